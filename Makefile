@@ -1,0 +1,22 @@
+# make demo: fine-tune the embedded tiny model and score it.  make test: the test suite.
+# Both create .venv on first use (torch first, pinned by constraints.txt) and reuse it after.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hubtune demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q

@@ -1,0 +1,50 @@
+"""hubtune: from a base model and a dataset on the Hugging Face Hub to a fine-tuned adapter others can trust.
+
+    import hubtune
+    run = hubtune.train(hubtune.load_config("run.yaml", ["training.learning_rate=1e-4"]))
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# Heavy libraries (torch, transformers) load on first use, so `import hubtune` and the CLI's --help stay fast.
+_EXPORTS = {
+    "RunConfig": "hubtune.config",
+    "load_config": ("hubtune.config", "load"),
+    "build_config": ("hubtune.config", "build"),
+    "ConfigError": "hubtune.errors",
+    "HubtuneError": "hubtune.errors",
+    "train": "hubtune.train",
+    "resume": "hubtune.train",
+    "Run": "hubtune.train",
+    "run_demo": "hubtune.demo",
+    "evaluate": "hubtune.evaluation",
+    "push": "hubtune.publish",
+    "check_licences": ("hubtune.licence", "check"),
+    "LicenceBlocked": "hubtune.errors",
+}
+
+if TYPE_CHECKING:
+    from hubtune.config import RunConfig
+    from hubtune.config import build as build_config
+    from hubtune.config import load as load_config
+    from hubtune.demo import run_demo
+    from hubtune.errors import ConfigError, HubtuneError, LicenceBlocked
+    from hubtune.licence import check as check_licences
+    from hubtune.publish import push
+    from hubtune.train import Run, resume, train
+
+
+def __getattr__(name: str):
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'hubtune' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    return getattr(import_module(module), attr)
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,342 @@
+"""The one typed config for a run: loaded from YAML, overridden as `key.path=value`,
+or built in Python. Every problem is reported at once as a ConfigError with its path.
+
+Defaults follow the QLoRA guidance: NF4 with double quantization, LoRA r 16 / alpha 32
+on all linear layers, lr 2e-4 with cosine decay and warm-up, effective batch 8, <= 3 epochs.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hubtune.errors import ConfigError
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_PREFIX = "hubtune:"
+TARGET_PRESETS = {
+    "qv": ["q_proj", "v_proj"],
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "all-linear": "all-linear",  # PEFT's own preset: every linear layer but the output head
+}
+
+
+def resolve_builtin(ref: str) -> str:
+    """`hubtune:tiny-llama` -> the path of an asset shipped inside the package."""
+    if ref.startswith(BUILTIN_PREFIX):
+        return str(ASSETS / ref[len(BUILTIN_PREFIX):])
+    return ref
+
+
+class Section(BaseModel):
+    # Unknown keys are errors, never silently ignored; assignment is validated too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    id: str = Field("hubtune:tiny-llama", description="Hub repo id, local folder, or hubtune:<asset>.")
+    revision: str | None = Field(None, description="Branch, tag or commit sha to pin; None means main.")
+    quantization: Literal["nf4", "fp4", "none"] = Field("nf4", description="4-bit base (QLoRA) or none (16-bit LoRA).")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.")
+    trust_remote_code: bool = Field(False, description="Run code shipped in the model repo. Off unless you trust it.")
+
+    @field_validator("id")
+    @classmethod
+    def _model_exists(cls, v: str) -> str:
+        if not _exists_or_hub_id(v):
+            raise ValueError(f"{v!r} is neither an existing folder nor a Hub repo id (owner/name)")
+        return v
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: Literal["qv", "attention", "all-linear"] | list[str] = Field(
+        "all-linear", description="A preset (qv | attention | all-linear) or explicit module names.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("give a preset (qv, attention, all-linear) or at least one module name")
+        return v
+
+    def peft_target_modules(self) -> str | list[str]:
+        return TARGET_PRESETS[self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+
+
+class DataSource(Section):
+    path: str = Field(description="Hub dataset id, local JSON/JSONL/CSV/Parquet file or folder, or hubtune:<asset>.")
+    split: str = Field("train", description="Split to read from a Hub dataset or folder.")
+    name: str | None = Field(None, description="Dataset config name on the Hub.")
+    revision: str | None = Field(None, description="Dataset revision to pin.")
+
+    @field_validator("path")
+    @classmethod
+    def _source_exists(cls, v: str) -> str:
+        if not _exists_or_hub_id(v):
+            raise ValueError(f"{v!r} is neither an existing file or folder nor a Hub dataset id (owner/name)")
+        return v
+
+
+FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text")
+
+
+class ScorerSection(Section):
+    callable: str = Field(description="A scoring function as module:function; it takes a list of "
+                          "{prompt, completion} rows and returns one number per row.")
+    threshold: float = Field(description="Rows scoring below this are dropped.")
+    batch_size: int = Field(64, ge=1, description="Rows passed to the scorer per call.")
+
+
+class MixSection(Section):
+    source: DataSource | None = Field(None, description="A general instruction dataset mixed into training against forgetting.")
+    ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training set drawn from source (0: off; 0.05-0.1 is usual).")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _path_as_source(cls, v):
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("ratio")
+    @classmethod
+    def _source_when_mixing(cls, v, info):
+        if v > 0 and info.data.get("source") is None:
+            raise ValueError("set data.mix.source to a general instruction dataset to mix in")
+        return v
+
+
+class DataSection(Section):
+    sources: list[DataSource] = Field(
+        default_factory=lambda: [DataSource(path="hubtune:data/invoices/train.jsonl")],
+        description="Training data; plain strings are read as paths.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = Field(
+        "auto", description="Row format; auto detects it from the columns.")
+    columns: dict[str, str] = Field(default_factory=dict,
+        description="Map hubtune's field names to your columns, e.g. {output: answer, instruction: question}.")
+    skip_bad_rows: bool = Field(False, description="Skip and count malformed rows instead of stopping at the first one.")
+    chat_template: Literal["auto", "default"] = Field(
+        "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's.")
+    val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
+    max_seq_len: int = Field(1024, ge=16, le=131072,
+        description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
+    truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")
+    packing: bool = Field(False, description="Pack several examples into each sequence (faster, same loss).")
+    dedup_exact: bool = Field(True, description="Drop exact duplicates of normalised prompt + response.")
+    near_dup_threshold: float | None = Field(0.8, gt=0.0, le=1.0,
+        description="Drop near duplicates at this Jaccard similarity of word shingles (MinHash LSH); null: off.")
+    shingle_words: int = Field(3, ge=1, le=10, description="Words per shingle for near-duplicate detection.")
+    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (one-token answers, empty ones).")
+    max_length_percentile: float | None = Field(None, gt=0.0, lt=100.0,
+        description="Drop examples longer than this percentile of token lengths (e.g. 99); null: off.")
+    scorer: ScorerSection | None = Field(None, description="Score rows (a reward model, an LLM judge) and drop low scorers.")
+    task_column: str = Field("task", description="Column naming each row's task type, for the balance report and cap.")
+    max_task_share: float = Field(1.0, gt=0.0, le=1.0, description="Downsample any task above this share of the data (1: no cap).")
+    mix: MixSection = Field(default_factory=MixSection, description="Mix in general instruction data at a ratio.")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _paths_as_sources(cls, v):
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [{"path": s} if isinstance(s, str) else s for s in v] if isinstance(v, list) else v
+
+    @field_validator("sources")
+    @classmethod
+    def _at_least_one(cls, v):
+        if not v:
+            raise ValueError("list at least one dataset")
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, v):
+        unknown = sorted(set(v) - set(FIELD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown field {', '.join(unknown)}; map any of {', '.join(FIELD_NAMES)} "
+                             f"to a column of yours (task type: use task_column)")
+        return v
+
+
+class TrainingSection(Section):
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate of the adapter.")
+    epochs: float = Field(3.0, gt=0.0, le=100.0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    micro_batch_size: int = Field(2, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step (effective batch = product).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
+        "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(0.3, gt=0.0, description="Gradient clipping (QLoRA paper: 0.3).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory (slower).")
+    logging_steps: int = Field(10, ge=1, description="Write a metrics.jsonl line every N steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps; None: once per epoch and at the end.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume starts from the last one).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+
+
+class LicenceSection(Section):
+    use: Literal["personal", "research", "commercial"] = Field("personal", description="What the tuned adapter is for.")
+    acknowledge: list[str] = Field(default_factory=list,
+        description="Repo ids whose warn/block licence verdict you accept explicitly.")
+
+
+class OutputSection(Section):
+    dir: str | None = Field(None, description="Run folder; None: runs/<timestamp>.")
+
+    def run_dir(self) -> Path:
+        return Path(self.dir) if self.dir else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+class EvalSection(Section):
+    test: DataSource | None = Field(None, description="Test set for exact match, F1 and the judge; None: the held-out split of data.sources.")
+    limit: int | None = Field(None, ge=1, description="Score at most this many test examples per measure (None: all).")
+    few_shot_k: int = Field(3, ge=0, le=32, description="Training examples in the base model's few-shot prompt (0: no few-shot column).")
+    max_new_tokens: int = Field(256, ge=1, description="Longest generated answer, in tokens.")
+    batch_size: int = Field(8, ge=1, description="Prompts per generation or scoring batch.")
+    tasks: list[str] = Field(default_factory=lambda: ["hubtune_general_mc"],
+        description="lm-eval harness tasks: harness names (hellaswag, ...) or names in evals/tasks/; [] skips the harness.")
+    harness_chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: chat template for generation tasks, raw text for multiple choice.")
+    regression_set: str | None = Field("evals:regression/general_mc.jsonl",
+        description="Multiple-choice rows {context, choices, label} the base already gets right; None skips it.")
+    regression_threshold: float = Field(0.05, ge=0.0, le=1.0,
+        description="Largest accuracy drop on the regression set before the run is marked regressed.")
+    judge: str | None = Field(None, description="Judge: OpenAI-compatible base URL, Hub model id, or local model folder; None: no judge.")
+    judge_model: str | None = Field(None, description="Model name sent to a base-URL judge (as the server expects it).")
+    judge_max_items: int = Field(50, ge=1, description="Test examples the judge grades (4 judge calls each).")
+    judge_timeout: float = Field(60.0, gt=0.0, description="Seconds to wait for one judge reply.")
+    judge_retries: int = Field(3, ge=0, description="Retries of a failed judge call, with exponential backoff.")
+    judge_backoff: float = Field(2.0, ge=0.0, description="Seconds before the first retry; doubles each time.")
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _path_as_source(cls, v):
+        return {"path": v} if isinstance(v, str) else v
+
+
+class RunConfig(Section):
+    """Everything a run needs. `RunConfig()` is the embedded demo: the tiny base on invoices."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    licence: LicenceSection = Field(default_factory=LicenceSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def _exists_or_hub_id(ref: str) -> bool:
+    if Path(resolve_builtin(ref)).exists():
+        return True
+    looks_local = ref.startswith((".", "/", "~", BUILTIN_PREFIX)) or ref.endswith(
+        (".json", ".jsonl", ".csv", ".parquet", ".txt"))
+    return not looks_local and bool(_HUB_ID.match(ref))
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors(include_url=False):
+        path = _loc(e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = _section_for(e["loc"][:-1])
+            allowed = ", ".join(section.model_fields) if section else ""
+            out.append((path, f"unknown key; allowed here: {allowed}"))
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) or repr(got) in e["msg"] else f" (got {got!r})"
+            out.append((path, e["msg"].removeprefix("Value error, ") + shown))
+    return out
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    """The model class at a location like ("data", "sources", 0), to list its allowed keys."""
+    cls: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an index into a list of sections (data.sources.N)
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        cls = DataSource if part in ("sources", "test") else field.annotation
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`training.learning_rate=1e-4 lora.r=8` -> nested dict; values are read as YAML scalars."""
+    tree: dict = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            problems.append((pair, "overrides look like section.key=value"))
+            continue
+        value = yaml.safe_load(raw) if raw else ""
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                problems.append((key, "a value was already set above this key"))
+                break
+        else:
+            node[leaf] = value
+    if problems:
+        raise ConfigError(problems, "command-line overrides")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build(data: dict | None = None, overrides: list[str] | None = None, source: str | None = None) -> RunConfig:
+    """Validate a dict (plus overrides) into a RunConfig, or raise ConfigError listing every problem."""
+    tree = _merge(data or {}, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_problems(err), source) from None
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (None: the defaults) and apply `key.path=value` overrides."""
+    if path is None:
+        return build({}, overrides)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([("(file)", f"{p} does not exist; pass the path of a YAML run config")], str(p))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(p)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([("(top level)", "a run config is a mapping of sections (model, lora, data, ...)")], str(p))
+    return build(data, overrides, source=str(p))

@@ -1,0 +1,213 @@
+"""Row formats: detect them from the columns, map columns, and turn every row into chat
+messages (a prompt of system/user/assistant turns and a completion of the last assistant
+turn), or plain text for the text format.
+
+| format            | columns                                     |
+|-------------------|---------------------------------------------|
+| alpaca            | instruction, output, optional input, system |
+| sharegpt          | conversations: [{from, value}, ...]         |
+| messages          | messages: [{role, content}, ...]            |
+| prompt_completion | prompt, completion (strings or messages)    |
+| text              | text                                        |
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from hubtune.errors import DataError
+
+REQUIRED = {
+    "alpaca": ("instruction", "output"),
+    "sharegpt": ("conversations",),
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+OPTIONAL = {"alpaca": ("input", "system"), "prompt_completion": ("system",)}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
+                  "system": "system"}
+ROLES = ("system", "user", "assistant")
+JSON_TURNS = re.compile(r"^\s*\[\s*(\{|\])")  # a list of turns stored as JSON text (CSV cells)
+
+
+class BadRow(ValueError):
+    """One row that cannot be turned into an example; the caller adds where it is."""
+
+
+@dataclass(slots=True)
+class Example:
+    prompt: list[dict] | None  # chat turns before the answer
+    completion: list[dict] | None  # the answer: one assistant turn
+    text: str | None  # plain-text format only
+    task: str | None
+    origin: str  # "file, line N"
+
+    def row(self) -> dict:
+        """The training row: TRL conversational prompt-completion, or {"text": ...}."""
+        if self.text is not None:
+            return {"text": self.text}
+        return {"prompt": self.prompt, "completion": self.completion}
+
+    def comparison_parts(self) -> tuple[str, str]:
+        """(prompt, response) as plain strings, for deduplication and statistics."""
+        if self.text is not None:
+            return "", self.text
+        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in self.prompt)
+        return prompt, "\n".join(m["content"] for m in self.completion)
+
+    @property
+    def response(self) -> str:
+        return self.text if self.text is not None else self.completion[-1]["content"]
+
+
+def describe_formats() -> str:
+    return "; ".join(f"{name} ({', '.join(cols)})" for name, cols in REQUIRED.items())
+
+
+def map_columns(row: dict, columns: dict[str, str]) -> dict:
+    """Rename the user's columns to hubtune's field names (columns: {field: their_column})."""
+    if not columns:
+        return row
+    out = dict(row)
+    for name, theirs in columns.items():
+        if theirs in row:
+            out[name] = row[theirs]
+    return out
+
+
+def detect_format(row: dict) -> str | None:
+    keys = set(row)
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def resolve_format(first_row: dict, wanted: str, columns: dict[str, str], source: str) -> str:
+    """The format of a source from its first row; a DataError lists what was found and expected."""
+    found = ", ".join(first_row) or "(none)"
+    mapped = map_columns(first_row, columns)
+    mapping_hint = ("map your columns with data.columns, e.g. {output: answer} "
+                    "(CLI: --column output=answer)")
+    if wanted == "auto":
+        fmt = detect_format(mapped)
+        if fmt is None:
+            raise DataError(f"{source}: cannot tell the format from the columns found: {found}. "
+                            f"Expected one of: {describe_formats()}. Set data.format and {mapping_hint}")
+        return fmt
+    missing = [c for c in REQUIRED[wanted] if c not in mapped]
+    if missing:
+        optional = f" (optional: {', '.join(OPTIONAL[wanted])})" if wanted in OPTIONAL else ""
+        raise DataError(f"{source}: missing column {', '.join(missing)} for format {wanted}, which expects "
+                        f"{', '.join(REQUIRED[wanted])}{optional}; columns found: {found}. Fix: {mapping_hint}")
+    return wanted
+
+
+def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
+    """One row in the given format -> Example; raises BadRow."""
+    missing = [c for c in REQUIRED[fmt] if row.get(c) is None]
+    if missing:
+        raise BadRow(f"no value for {', '.join(missing)} (format {fmt}; columns here: {', '.join(row) or 'none'})")
+    task = row.get(task_column)
+    task = None if task is None or task == "" else str(task)
+    if fmt == "text":
+        return Example(None, None, _text(row["text"], "text"), task, origin)
+    if fmt == "alpaca":
+        user = _text(row["instruction"], "instruction")
+        extra = _text(row.get("input") or "", "input")
+        prompt = _with_system(row, [{"role": "user", "content": user + ("\n\n" + extra if extra else "")}])
+        turns = prompt + [{"role": "assistant", "content": _text(row["output"], "output")}]
+    elif fmt == "prompt_completion":
+        prompt = _turns(row["prompt"], "user", "prompt")
+        if all(m["role"] != "system" for m in prompt):
+            prompt = _with_system(row, prompt)
+        turns = prompt + _turns(row["completion"], "assistant", "completion")
+    elif fmt == "messages":
+        turns = _messages(_list(row["messages"], "messages"), "role", "content", dict(zip(ROLES, ROLES)))
+    else:
+        conv = _list(row["conversations"], "conversations")
+        keys = ("role", "content") if conv and isinstance(conv[0], dict) and "role" in conv[0] else ("from", "value")
+        turns = _messages(conv, *keys, SHAREGPT_ROLES)
+    prompt, completion = split_turns(turns)
+    return Example(prompt, completion, None, task, origin)
+
+
+def split_turns(turns: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Everything before the last assistant turn is the prompt; turns after it have no answer and go."""
+    last = max((i for i, m in enumerate(turns) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise BadRow("the conversation has no assistant turn to learn from")
+    if last == 0:
+        raise BadRow("the conversation starts with the assistant: there is no prompt")
+    return turns[:last], [turns[last]]
+
+
+def _text(value, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise BadRow(f"{name} is a {type(value).__name__}, expected text")
+
+
+def _with_system(row: dict, turns: list[dict]) -> list[dict]:
+    system = row.get("system")
+    return ([{"role": "system", "content": _text(system, "system")}] if system else []) + turns
+
+
+def _list(value, name: str) -> list:
+    if isinstance(value, str) and JSON_TURNS.match(value):
+        try:
+            value = json.loads(value)  # CSV cells hold lists as JSON text
+        except json.JSONDecodeError as err:
+            raise BadRow(f"{name} is not valid JSON ({err.msg})") from None
+    if not isinstance(value, list):
+        raise BadRow(f"{name} is a {type(value).__name__}, expected a list of turns")
+    return value
+
+
+def _turns(value, role: str, name: str) -> list[dict]:
+    """A prompt or completion given as a string (one turn of `role`) or as a list of messages."""
+    if isinstance(value, str) and not JSON_TURNS.match(value):
+        return [{"role": role, "content": value}]
+    turns = _messages(_list(value, name), "role", "content", dict(zip(ROLES, ROLES)))
+    if name == "completion" and any(m["role"] != "assistant" for m in turns):
+        raise BadRow("completion holds a turn that is not the assistant's")
+    return turns
+
+
+def _messages(items: list, role_key: str, content_key: str, roles: dict[str, str]) -> list[dict]:
+    out = []
+    for i, m in enumerate(items):
+        if not isinstance(m, dict) or role_key not in m or content_key not in m:
+            raise BadRow(f"turn {i} needs {role_key!r} and {content_key!r} keys")
+        role = roles.get(str(m[role_key]).lower())
+        if role is None:
+            raise BadRow(f"turn {i} has role {m[role_key]!r}; known roles: {', '.join(sorted(roles))}")
+        out.append({"role": role, "content": _content(m[content_key], i)})
+    return out
+
+
+def _content(value, i: int) -> str:
+    """Message content: text, or a list of OpenAI-style parts of which only text ones are allowed."""
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise BadRow(f"turn {i} holds a non-text part; only text is supported")
+            parts.append(_text(part.get("text", ""), "text"))
+        return "".join(parts)
+    if value is None:
+        return ""
+    return _text(value, f"turn {i} content")

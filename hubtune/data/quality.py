@@ -1,0 +1,164 @@
+"""Quality steps after deduplication: token lengths, the scorer hook, task balance, the
+held-out split and mixing in general data. Each returns what it keeps and what it counted."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from hubtune.data.formats import Example
+from hubtune.errors import DataError
+
+Scorer = Callable[[list[dict]], Sequence[float]]
+BATCH = 1000
+
+
+def token_lengths(examples: list[Example], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(full example, response) lengths in the tokenizer's tokens. A chat example is measured as
+    rendered by the chat template, as the trainer will see it; plain text gets one EOS more."""
+    total, response = [], []
+    for start in range(0, len(examples), BATCH):
+        chunk = examples[start:start + BATCH]
+        answers = [ex.response for ex in chunk]
+        if chunk[0].text is None:
+            rendered = tokenizer.apply_chat_template([ex.prompt + ex.completion for ex in chunk], tokenize=False)
+            total += [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+        else:
+            total += [len(ids) + 1 for ids in tokenizer(answers)["input_ids"]]
+        response += [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+    return np.asarray(total, dtype=np.int64), np.asarray(response, dtype=np.int64)
+
+
+def load_scorer(spec: str) -> Scorer:
+    """`package.module:function` -> the function."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise DataError(f"data.scorer.callable: {spec!r} should look like package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise DataError(f"data.scorer.callable: cannot import {spec!r} ({err}); "
+                        f"check the module is importable and defines {attr}") from None
+    if not callable(fn):
+        raise DataError(f"data.scorer.callable: {spec!r} is not a function")
+    return fn
+
+
+def scores(examples: list[Example], scorer: Scorer, batch_size: int) -> np.ndarray:
+    out: list[float] = []
+    for start in range(0, len(examples), batch_size):
+        rows = [ex.row() for ex in examples[start:start + batch_size]]
+        got = list(scorer(rows))
+        if len(got) != len(rows):
+            raise DataError(f"scorer step: the scorer returned {len(got)} scores for {len(rows)} rows; "
+                            f"it must return one number per row")
+        try:
+            out += [float(s) for s in got]
+        except (TypeError, ValueError):
+            raise DataError(f"scorer step: the scorer returned a non-number among {got[:5]!r}; "
+                            f"return one number per row") from None
+    return np.asarray(out, dtype=np.float64)
+
+
+def task_caps(counts: dict[str, int], max_share: float) -> dict[str, int]:
+    """The largest count c such that no task holds more than max_share of the data once every
+    task is cut to at most c rows: {task: rows to keep}."""
+    if max_share >= 1.0 or not counts:
+        return dict(counts)
+    if max_share * len(counts) < 1.0:
+        raise DataError(f"task balance step: a cap of {max_share:.0%} cannot hold with {len(counts)} task types "
+                        f"(the smallest possible is {1 / len(counts):.0%}); raise data.max_task_share")
+    lo, hi = 0, max(counts.values())
+    while lo < hi:  # cap * sum(min(n, c)) - c is concave in c and >= 0 at 0, so bisect its last root
+        c = (lo + hi + 1) // 2
+        if c <= max_share * sum(min(n, c) for n in counts.values()):
+            lo = c
+        else:
+            hi = c - 1
+    return {task: min(n, lo) for task, n in counts.items()}
+
+
+def balance(examples: list[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
+    """Downsample task types above max_share (seeded): (indices dropped, shares before and after)."""
+    if all(ex.task is None for ex in examples):
+        return [], None
+    by_task: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_task.setdefault(ex.task if ex.task is not None else "(none)", []).append(i)
+    keep_n = task_caps({task: len(idx) for task, idx in by_task.items()}, max_share)
+    rng = random.Random(seed)
+    dropped = []
+    for task, idx in by_task.items():
+        if keep_n[task] < len(idx):
+            kept = set(rng.sample(idx, keep_n[task]))
+            dropped += [i for i in idx if i not in kept]
+    left = len(examples) - len(dropped)
+    table = {task: {"before": len(idx), "after": keep_n[task],
+                    "share_before": round(len(idx) / len(examples), 4),
+                    "share_after": round(keep_n[task] / max(left, 1), 4)}
+             for task, idx in sorted(by_task.items(), key=lambda kv: -len(kv[1]))}
+    return sorted(dropped), table
+
+
+def held_out(keys: list[bytes], size: float) -> list[bool]:
+    """Deterministic split by a hash of each normalised example, so reordering changes nothing.
+    A share (< 1) holds out the examples whose hash falls below it: adding rows never moves an
+    example between sides. A count (>= 1) holds out that many examples, those of lowest hash."""
+    position = [int.from_bytes(hashlib.sha256(k).digest()[:8], "big") / 2**64 for k in keys]
+    if size < 1:
+        return [p < size for p in position]
+    chosen = set(sorted(range(len(keys)), key=position.__getitem__)[:int(size)])
+    return [i in chosen for i in range(len(keys))]
+
+
+def mix_rows(pool: list[Example], train_size: int, ratio: float, seed: int) -> list[Example]:
+    """Rows of `pool` so that they make up `ratio` of the mixed training set, in a seeded order;
+    a pool smaller than needed is repeated."""
+    if ratio <= 0 or not pool:
+        return []
+    need = round(ratio * train_size / (1 - ratio))
+    rng = random.Random(seed)
+    out: list[Example] = []
+    while len(out) < need:
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        out += [pool[i] for i in order[:need - len(out)]]
+    return out
+
+
+def diversity(texts: list[str], seed: int, sample: int = 10_000) -> dict:
+    """Distinct n-gram ratios (distinct n-grams / all n-grams) over the words of up to `sample` examples."""
+    from hubtune.data.dedup import WORD, normalise
+
+    if len(texts) > sample:
+        texts = random.Random(seed).sample(texts, sample)
+    out: dict = {"examples": len(texts)}
+    words = [WORD.findall(normalise(t)) for t in texts]
+    for n in (1, 2):
+        grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
+        out[f"distinct_{n}"] = round(len(set(grams)) / len(grams), 4) if grams else 0.0
+    return out
+
+
+def histogram(values: np.ndarray, limit: int) -> list[dict]:
+    """Counts in power-of-two bins (0-16, 17-32, 33-64, ...) up to the largest value or `limit`."""
+    if not len(values):
+        return []
+    top = max(int(values.max()), limit)
+    edges = [-1, 16]
+    while edges[-1] < top:
+        edges.append(edges[-1] * 2)
+    counts = np.histogram(values, bins=np.asarray(edges) + 0.5)[0]
+    return [{"tokens": f"{edges[i] + 1}-{edges[i + 1]}", "count": int(c)} for i, c in enumerate(counts) if c]
+
+
+def stats(values: np.ndarray) -> dict:
+    if not len(values):
+        return {}
+    p = np.percentile(values, [50, 90, 99])
+    return {"min": int(values.min()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]),
+            "max": int(values.max()), "mean": round(float(values.mean()), 1)}

@@ -1,0 +1,105 @@
+"""lm-evaluation-harness tasks on an in-memory model (the PEFT adapter over its base, or the base).
+
+Tasks are harness names (hellaswag, arc_easy, ... where the Hub is reachable) or the project's own
+tasks in evals/tasks/*.yaml, whose local data paths (`hubtune:...`, `evals:...`, or relative to the
+YAML file) are resolved here so the harness reads them offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+
+from hubtune.config import resolve_builtin
+from hubtune.errors import EvalError
+from hubtune.evaluation.scoring import evals_dir
+
+EVALS_PREFIX = "evals:"
+
+
+def local_tasks() -> dict[str, Path]:
+    """Task name -> YAML file, for the tasks shipped in evals/tasks/."""
+    found = {}
+    for path in sorted((evals_dir() / "tasks").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text()) or {}
+        if isinstance(spec, dict) and "task" in spec:
+            found[spec["task"]] = path
+    return found
+
+
+def _resolve_data_path(ref: str, folder: Path) -> str:
+    if ref.startswith(EVALS_PREFIX):
+        return str(evals_dir() / ref[len(EVALS_PREFIX):])
+    resolved = Path(resolve_builtin(ref))
+    return str(resolved if resolved.is_absolute() else folder / resolved)
+
+
+def local_task_spec(path: Path) -> dict:
+    """A task YAML as an inline harness config with its data files made absolute."""
+    spec = yaml.safe_load(path.read_text())
+    files = (spec.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(files, dict):
+        spec["dataset_kwargs"]["data_files"] = {k: _resolve_data_path(v, path.parent) for k, v in files.items()}
+    elif isinstance(files, str):
+        spec["dataset_kwargs"]["data_files"] = _resolve_data_path(files, path.parent)
+    for ref in ([files] if isinstance(files, str) else list((files or {}).values())):
+        if not Path(_resolve_data_path(ref, path.parent)).is_file():
+            raise EvalError(f"{path}: data file {ref!r} not found")
+    return spec
+
+
+def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,
+                chat_template: str = "auto") -> dict[str, dict]:
+    """Run harness tasks; returns {task: {"output_type", "n", "metrics": {name: value}, "stderr": {...}}}.
+
+    chat_template: "auto" renders generation tasks through the model's chat template and scores
+    multiple-choice tasks on the raw text; "always" / "never" force one way for every task.
+    """
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise EvalError(f"harness tasks need lm-eval: pip install 'hubtune[eval]' ({err})") from None
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    local = local_tasks()
+    specs: dict[str, str | dict] = {}
+    output_types: dict[str, str] = {}
+    for name in tasks:
+        if name in local:
+            specs[name] = local_task_spec(local[name])
+            output_types[name] = specs[name].get("output_type", "generate_until")
+        else:
+            specs[name] = name
+    needs_defaults = any(isinstance(s, str) for s in specs.values())
+    manager = TaskManager(include_path=str(evals_dir() / "tasks"), include_defaults=needs_defaults)
+
+    def with_template(name: str) -> bool:
+        if chat_template != "auto":
+            return chat_template == "always"
+        return output_types.get(name) == "generate_until"
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    out: dict[str, dict] = {}
+    for templated in (True, False):
+        group = [specs[n] for n in tasks if with_template(n) == templated]
+        if not group:
+            continue
+        try:
+            results = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=manager, limit=limit,
+                                              apply_chat_template=templated, log_samples=False,
+                                              bootstrap_iters=0, verbosity="WARNING")
+        except (KeyError, ValueError) as err:
+            raise EvalError(f"harness task(s) {[n for n in tasks if with_template(n) == templated]}: {err}; "
+                            f"local tasks: {', '.join(sorted(local)) or 'none'}") from None
+        for task, values in results["results"].items():
+            metrics = {k.split(",")[0]: v for k, v in values.items()
+                       if "," in k and not k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
+            stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in values.items()
+                      if k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
+            out[task] = {"output_type": output_types.get(task), "n": results.get("n-samples", {}).get(task, {}).get("effective"),
+                         "chat_template": templated, "metrics": metrics, "stderr": stderr}
+    return out

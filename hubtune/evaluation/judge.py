@@ -1,0 +1,220 @@
+"""LLM-as-judge: single-answer grading on a 1-5 rubric and pairwise comparison against the base.
+
+The judge is any chat endpoint reachable through huggingface_hub.InferenceClient (an
+OpenAI-compatible base URL such as vLLM, TGI or `transformers serve`; a Hub model id through
+Inference Providers) or a local transformers model folder. Prompts live in evals/judges/.
+
+Pairwise comparisons are asked in both orders (base first, then tuned first): a win counts only
+when both orders agree, so a judge that always prefers the first answer produces ties, not wins.
+Each call is retried with exponential backoff; when the judge keeps failing, judging stops and
+the result says how many items were judged. Replies are cached in the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from hubtune.errors import JudgeError
+from hubtune.evaluation.cache import AnswerCache, key_of
+from hubtune.evaluation.scoring import evals_dir
+
+CRITERIA = ("helpfulness", "accuracy", "format")
+_SCORE = {c: re.compile(rf"\b{c}(?:\s+adherence)?\**\s*[:=]\s*\**\s*\[*\s*([1-5])(?![\d.])", re.IGNORECASE)
+          for c in CRITERIA}
+_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+# Student t quantiles for a two-sided 95% interval, by degrees of freedom.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def t_quantile_975(df: int) -> float:
+    if df < 1:
+        return math.nan
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df  # within 0.002 of the exact value above 30
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean with a two-sided 95% Student-t confidence interval."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = statistics.fmean(values)
+    if n == 1:
+        return {"mean": mean, "ci95": None, "n": 1}
+    half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
+def parse_scores(reply: str) -> dict[str, int] | None:
+    """{"helpfulness": 4, "accuracy": 5, "format": 3} from the judge's last such line, or None."""
+    found = {}
+    for c in CRITERIA:
+        hits = _SCORE[c].findall(reply or "")
+        if not hits:
+            return None
+        found[c] = int(hits[-1])
+    return found
+
+
+def parse_verdict(reply: str) -> str | None:
+    """"A", "B" or "C" (tie) when the reply names exactly one verdict, else None."""
+    verdicts = set(_VERDICT.findall(reply or ""))
+    return verdicts.pop() if len(verdicts) == 1 else None
+
+
+def per_order(base_first: str, tuned_first: str) -> tuple[str, str]:
+    """The tuned model's result ("win", "tie", "loss") in each order."""
+    return ({"B": "win", "A": "loss", "C": "tie"}[base_first],   # order 1: A = base, B = tuned
+            {"A": "win", "B": "loss", "C": "tie"}[tuned_first])  # order 2: A = tuned, B = base
+
+
+def pairwise_outcome(base_first: str, tuned_first: str) -> str:
+    """Tuned model's result over both orders: "win" or "loss" only when the orders agree, else "tie"."""
+    a, b = per_order(base_first, tuned_first)
+    return a if a == b else "tie"
+
+
+@dataclass
+class JudgePrompt:
+    system: str
+    user: jinja2.Template
+
+    @classmethod
+    def load(cls, name: str) -> JudgePrompt:
+        spec = yaml.safe_load((evals_dir() / "judges" / f"{name}.yaml").read_text())
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        return cls(spec["system"].strip(), env.from_string(spec["user"]))
+
+    def messages(self, **fields) -> list[dict]:
+        user = re.sub(r"\n{3,}", "\n\n", self.user.render(**fields)).strip()
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+class Judge:
+    """A chat endpoint that answers judge prompts, retried with exponential backoff."""
+
+    def __init__(self, spec: str, *, model: str | None = None, timeout: float = 60.0, retries: int = 3,
+                 backoff: float = 2.0, max_tokens: int = 512):
+        self.spec = spec
+        self.model = model
+        self.retries = retries
+        self.backoff = backoff
+        self.max_tokens = max_tokens
+        self.identity = f"{spec}|{model or ''}"
+        self._local = None
+        if spec.startswith(("http://", "https://")):
+            from huggingface_hub import InferenceClient
+
+            self._client = InferenceClient(base_url=spec, timeout=timeout)
+        elif Path(spec).expanduser().is_dir():
+            self._client = None
+        else:
+            from huggingface_hub import InferenceClient
+
+            self._client = InferenceClient(model=spec, timeout=timeout)
+
+    def _send(self, messages: list[dict]) -> str:
+        if self._client is None:
+            return self._local_reply(messages)
+        reply = self._client.chat_completion(messages, model=self.model, max_tokens=self.max_tokens, temperature=0.0)
+        text = reply.choices[0].message.content
+        if not isinstance(text, str):
+            raise ValueError(f"reply without text: {reply!r:.200}")
+        return text
+
+    def _local_reply(self, messages: list[dict]) -> str:
+        if self._local is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = str(Path(self.spec).expanduser())
+            self._local = (AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path))
+        from hubtune.evaluation.generate import generate_answers
+
+        model, tokenizer = self._local
+        return generate_answers(model, tokenizer, [messages], max_new_tokens=self.max_tokens)[0]
+
+    def complete(self, messages: list[dict]) -> str:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                return self._send(messages)
+            except Exception as err:  # down, slow or malformed: every transport failure is retried alike
+                last = err
+                if attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+        raise JudgeError(f"judge {self.spec} failed {self.retries + 1} times in a row: {type(last).__name__}: {last}",
+                         endpoint=self.spec)
+
+
+def judge_answers(judge: Judge, items: list[dict], cache: AnswerCache) -> dict:
+    """Grade tuned and base answers and compare them pairwise, item by item.
+
+    items: {"question", "reference", "tuned", "base"} dicts. Returns the aggregate report; on a
+    judge that keeps failing, the items judged so far with "partial": true and the error.
+    """
+    single = JudgePrompt.load("single_answer")
+    pair = JudgePrompt.load("pairwise")
+
+    def ask(messages: list[dict]) -> str:
+        key = key_of(judge.identity, messages)
+        if key not in cache:
+            cache.put_many({key: judge.complete(messages)})
+        return cache.get(key)
+
+    records, error = [], None
+    for item in items:
+        q, ref = item["question"], item.get("reference") or ""
+        try:
+            record = {
+                "tuned": parse_scores(ask(single.messages(question=q, reference=ref, answer=item["tuned"]))),
+                "base": parse_scores(ask(single.messages(question=q, reference=ref, answer=item["base"]))),
+                "base_first": parse_verdict(ask(pair.messages(question=q, reference=ref, answer_a=item["base"],
+                                                              answer_b=item["tuned"]))),
+                "tuned_first": parse_verdict(ask(pair.messages(question=q, reference=ref, answer_a=item["tuned"],
+                                                               answer_b=item["base"]))),
+            }
+        except JudgeError as err:
+            error = str(err)
+            break
+        records.append(record)
+    return {"judge": judge.identity.rstrip("|"), "items": len(items), "judged": len(records),
+            "partial": len(records) < len(items), "error": error, **aggregate(records)}
+
+
+def aggregate(records: list[dict]) -> dict:
+    """Rubric means with 95% CIs per model, pairwise win/tie/loss rates, unparsable counts."""
+    single = {}
+    for model in ("tuned", "base"):
+        graded = [r[model] for r in records if r[model] is not None]
+        single[model] = {"overall": mean_ci([sum(g.values()) / len(CRITERIA) for g in graded]),
+                         **{c: mean_ci([g[c] for g in graded]) for c in CRITERIA},
+                         "unparsable": sum(r[model] is None for r in records)}
+    both = [r for r in records if r["base_first"] and r["tuned_first"]]
+    outcomes = [pairwise_outcome(r["base_first"], r["tuned_first"]) for r in both]
+    n = len(outcomes)
+    verdicts = [v for r in records for v in (r["base_first"], r["tuned_first"]) if v]
+    decisive = [v for v in verdicts if v != "C"]
+    pairwise = {
+        "n": n,
+        "wins": outcomes.count("win"), "ties": outcomes.count("tie"), "losses": outcomes.count("loss"),
+        "win_rate": outcomes.count("win") / n if n else None,
+        "tie_rate": outcomes.count("tie") / n if n else None,
+        "loss_rate": outcomes.count("loss") / n if n else None,
+        # Share of items where both orders give the same result (same winner, or both a tie).
+        "position_consistency": sum(a == b for a, b in (per_order(r["base_first"], r["tuned_first"])
+                                                        for r in both)) / n if n else None,
+        # Share of decisive verdicts for whichever answer came first: 0.5 means no position bias.
+        "first_position_preferred": decisive.count("A") / len(decisive) if decisive else None,
+        "unparsable": sum((r["base_first"] is None) + (r["tuned_first"] is None) for r in records),
+        "unparsable_items": len(records) - n,
+    }
+    return {"single": single, "pairwise": pairwise}

@@ -1,0 +1,94 @@
+"""Scores that need only forward passes: held-out loss / perplexity on the completions, and
+multiple-choice accuracy by log-likelihood (the regression set)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[torch.Tensor]:
+    """Per-token log-probabilities of each continuation given its context, for one batch."""
+    seqs = [ctx + cont for ctx, cont in pairs]
+    width = max(len(s) for s in seqs) - 1
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s) - 1] = torch.tensor(s[:-1])
+        mask[i, :len(s) - 1] = 1
+    logits = model(input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model))).logits.float()
+    logprobs = F.log_softmax(logits, dim=-1).cpu()
+    out = []
+    for i, (ctx, cont) in enumerate(pairs):
+        # The token at position p is predicted by the logits at p - 1.
+        start = len(ctx) - 1
+        positions = torch.arange(start, start + len(cont))
+        out.append(logprobs[i, positions, torch.tensor(cont)])
+    return out
+
+
+def _batched(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.inference_mode()
+def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int = 1024, batch_size: int = 8) -> dict:
+    """Mean cross-entropy per completion token over prompt/completion chat rows, and its perplexity.
+
+    Each row holds "prompt" and "completion" message lists; the prompt is rendered with the
+    assistant turn opened and only the completion's tokens are scored, as in training.
+    """
+    pairs = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        completion = full[len(prompt):] if full.startswith(prompt) else row["completion"][-1]["content"]
+        ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        cont = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        # Like training: the sequence is cut at max_seq_len, so a long prompt leaves fewer scored tokens.
+        cont = cont[:max(max_seq_len - len(ctx), 0)]
+        if cont:
+            pairs.append((ctx, cont))
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for batch in _batched(sorted(pairs, key=lambda p: len(p[0]) + len(p[1])), batch_size):
+        for lp in _continuation_logprobs(model, batch, pad):
+            total -= lp.sum().item()
+            tokens += lp.numel()
+    model.train(was_training)
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "examples": len(rows)}
+
+
+@torch.inference_mode()
+def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 16, delimiter: str = " ") -> dict:
+    """Accuracy on {context, choices, label} rows: the choice with the highest summed
+    log-likelihood after `context + delimiter` is the model's answer (the harness's `acc`)."""
+    requests, owners = [], []
+    for n, row in enumerate(rows):
+        context_ids = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
+        for choice in row["choices"]:
+            whole = tokenizer(row["context"] + delimiter + choice, add_special_tokens=False)["input_ids"]
+            requests.append((context_ids, whole[len(context_ids):]))
+            owners.append(n)
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores: list[float] = []
+    for batch in _batched(requests, batch_size):
+        scores += [lp.sum().item() for lp in _continuation_logprobs(model, batch, pad)]
+    model.train(was_training)
+    per_row: list[list[float]] = [[] for _ in rows]
+    for n, s in zip(owners, scores):
+        per_row[n].append(s)
+    correct = [max(range(len(s)), key=s.__getitem__) == row["label"] for s, row in zip(per_row, rows)]
+    return {"accuracy": sum(correct) / max(len(rows), 1), "n": len(rows), "correct": correct}

@@ -1,0 +1,298 @@
+"""`hubtune eval`, top to bottom: is the tuned adapter better than the base at the task, and did it
+forget anything?
+
+    result = hubtune.evaluate("runs/demo")          # writes runs/demo/eval.json
+
+1. held-out loss and perplexity, tuned and base;
+2. exact match and token F1 of greedy answers on the test set: base zero-shot, base few-shot
+   (k training examples in the prompt) and tuned, and whether fine-tuning beat the best prompt;
+3. lm-evaluation-harness tasks, base and tuned;
+4. the regression set, base and tuned: a drop beyond the threshold marks the run regressed;
+5. an LLM judge, when one is configured: rubric scores and pairwise wins against the base;
+6. optionally, a blinded CSV for human raters.
+
+The base is the same loaded model with the adapter switched off. Generations and judge replies
+are cached under RUN/eval_cache/, so a rerun after a crash or a failing judge resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from hubtune import config as cfg
+from hubtune.errors import EvalError, JudgeError
+from hubtune.evaluation import report
+from hubtune.evaluation.cache import AnswerCache, cached_answers, file_fingerprint
+from hubtune.evaluation.generate import generate_answers, load_tuned
+from hubtune.evaluation.judge import Judge, judge_answers
+from hubtune.evaluation.likelihood import choice_accuracy, heldout_loss
+from hubtune.evaluation.scoring import evals_dir, exact_match_scores, token_f1_scores
+
+MODELS = ("base", "base_few_shot", "tuned")
+
+
+def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str | None = None,
+             judge_model: str | None = None, limit: int | None = None, export_human: int | None = None,
+             overrides: list[str] | None = None, log=None) -> dict:
+    """Evaluate a finished run folder; writes RUN/eval.json and returns what it holds.
+
+    tasks, judge, judge_model and limit override the run's `eval` config section; `overrides` are
+    `section.key=value` pairs like `hubtune train` takes (e.g. eval.few_shot_k=5).
+    export_human: write RUN/human_eval.csv with this many blinded base/tuned answer pairs.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run = Path(run_path)
+    if not (run / "config.yaml").is_file():
+        raise EvalError(f"{run} is not a run folder (no config.yaml); give the folder `hubtune train` wrote")
+    tree = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    updates = {"tasks": tasks, "judge": judge, "judge_model": judge_model, "limit": limit}
+    tree["eval"] = {**(tree.get("eval") or {}), **{k: v for k, v in updates.items() if v is not None}}
+    config = cfg.build(tree, overrides, source=str(run / "config.yaml"))
+    ev = config.eval
+
+    log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
+    model, tokenizer = load_tuned(run, quantization=config.model.quantization)
+    data = EvalData.load(config, ev, tokenizer)
+    cache = AnswerCache(run / "eval_cache" / "generations.jsonl")
+    keys = {"tuned": f"tuned|{file_fingerprint(_adapter_weights(run))}|{config.model.quantization}",
+            "base": f"base|{config.model.id}|{config.model.revision}|{config.model.quantization}"}
+    result: dict = {"run": str(run), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "settings": ev.model_dump(mode="json"), "data": data.describe()}
+
+    # 1. Held-out loss and perplexity.
+    loss_rows = data.validation or data.test
+    if loss_rows:
+        log(f"held-out loss on {len(loss_rows)} examples ({data.loss_split})")
+        result["loss"] = {"dataset": data.loss_dataset, "split": data.loss_split}
+        for name in ("base", "tuned"):
+            with _as(model, name):
+                result["loss"][name] = heldout_loss(model, tokenizer, loss_rows, config.data.max_seq_len, ev.batch_size)
+
+    # 2. Task metrics: base zero-shot, base few-shot, tuned.
+    answers: dict[str, list[str]] = {}
+    if data.test:
+        rows = data.test[:ev.limit] if ev.limit else data.test
+        refs = [r["completion"][-1]["content"] for r in rows]
+        prompts = {"base": [r["prompt"] for r in rows], "tuned": [r["prompt"] for r in rows],
+                   "base_few_shot": [data.few_shot_prompt(r["prompt"]) for r in rows] if data.shots else None}
+        task = {"dataset": data.test_dataset, "split": data.test_split, "n": len(rows), "few_shot_k": len(data.shots)}
+        for name in MODELS:
+            if prompts[name] is None:
+                continue
+            log(f"generating {len(rows)} answers: {name}")
+            answers[name] = _answers(model, tokenizer, cache, keys, name, prompts[name], ev)
+            task[name] = {"exact_match": exact_match_scores(answers[name], refs),
+                          "exact_match_normalized": exact_match_scores(answers[name], refs, normalize=True),
+                          "token_f1": token_f1_scores(answers[name], refs)}
+        result["task"] = report.summarize_task(task)
+        _write_answers(run / "eval_answers.jsonl", rows, refs, answers, task)
+
+    # 3. Harness tasks.
+    if ev.tasks:
+        result["harness"] = _harness(model, tokenizer, ev, log)
+
+    # 4. Regression set.
+    if ev.regression_set:
+        log(f"regression set {ev.regression_set}")
+        result["regression"] = _regression(model, tokenizer, ev)
+
+    # 5. LLM judge.
+    if ev.judge and answers:
+        items = [{"question": _question(r["prompt"]), "reference": r["completion"][-1]["content"],
+                  "tuned": t, "base": b} for r, t, b in zip(rows, answers["tuned"], answers["base"])][:ev.judge_max_items]
+        log(f"judging {len(items)} answers with {ev.judge}")
+        result["judge"] = _judge(ev, items, run)
+
+    # 6. Blinded answers for human raters.
+    if export_human:
+        path = _export_human(run, model, tokenizer, cache, keys, data, ev, export_human)
+        result["human_export"] = {"csv": str(path), "key": str(path.with_name("human_eval_key.json")), "n": export_human}
+
+    if "task" in result:
+        result["answers_file"] = str(run / "eval_answers.jsonl")
+    result["regressed"] = bool(result.get("regression", {}).get("regressed"))
+    result["metrics"] = report.metric_entries(result)
+    (run / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+class EvalData:
+    """The rows an evaluation reads: the run's held-out split, the test set, few-shot examples."""
+
+    def __init__(self):
+        self.validation: list[dict] = []
+        self.test: list[dict] = []
+        self.shots: list[dict] = []
+        self.loss_dataset = self.loss_split = self.test_dataset = self.test_split = None
+        self.test_in_train = 0
+
+    @classmethod
+    def load(cls, config: cfg.RunConfig, ev: cfg.EvalSection, tokenizer) -> EvalData:
+        from hubtune.data import dedup, pipeline
+
+        out = cls()
+        prepared = pipeline.prepare(config.data, tokenizer, seed=config.training.seed)
+        train_rows = list(prepared.train)
+        task_rows = train_rows[:len(train_rows) - prepared.report.get("mixed", 0)]  # general data is mixed in last
+        if prepared.eval is not None and "prompt" in prepared.eval.column_names:
+            out.validation = list(prepared.eval)
+        sources = ", ".join(s.path for s in config.data.sources)
+        if ev.test is not None:
+            examples, _, _ = pipeline.read_examples([ev.test], config.data)
+            out.test = [ex.row() for ex in examples if ex.text is None]
+            out.test_dataset, out.test_split = ev.test.path, ev.test.split
+            train_keys = {dedup.exact_key(*_parts(r)) for r in task_rows if "prompt" in r}
+            out.test_in_train = sum(dedup.exact_key(*_parts(r)) in train_keys for r in out.test)
+        else:
+            out.test = out.validation
+            out.test_dataset, out.test_split = sources, "validation"
+        out.loss_dataset, out.loss_split = (sources, "validation") if out.validation else (out.test_dataset, out.test_split)
+        if not out.test and not out.validation:
+            raise EvalError("nothing to evaluate on: the run has no held-out split (data.val_set_size: 0) and "
+                            "eval.test is not set; set eval.test to a test file or dataset")
+        candidates = [r for r in task_rows if "prompt" in r]
+        out.shots = random.Random(config.training.seed).sample(candidates, min(ev.few_shot_k, len(candidates)))
+        return out
+
+    def few_shot_prompt(self, prompt: list[dict]) -> list[dict]:
+        """k solved training examples as earlier chat turns, then the question."""
+        system = [m for m in prompt if m["role"] == "system"]
+        turns = [m for s in self.shots for m in s["prompt"] + s["completion"] if m["role"] != "system"]
+        return system + turns + [m for m in prompt if m["role"] != "system"]
+
+    def describe(self) -> dict:
+        return {"validation_examples": len(self.validation), "test_examples": len(self.test),
+                "test_dataset": self.test_dataset, "test_split": self.test_split,
+                "few_shot_k": len(self.shots), "test_examples_also_in_train": self.test_in_train}
+
+
+def _parts(row: dict) -> tuple[str, str]:
+    prompt = "\n".join(f"{m['role']}: {m['content']}" for m in row["prompt"])
+    return prompt, "\n".join(m["content"] for m in row["completion"])
+
+
+def _adapter_weights(run: Path) -> Path:
+    found = sorted((run / "adapter").glob("adapter_model.*"))
+    if not found:
+        raise EvalError(f"{run / 'adapter'} holds no adapter weights (adapter_model.safetensors)")
+    return found[0]
+
+
+def _as(model, name: str):
+    """The base is the tuned model with its adapter switched off."""
+    return model.disable_adapter() if name.startswith("base") else nullcontext()
+
+
+def _answers(model, tokenizer, cache, keys, name, prompts, ev) -> list[str]:
+    settings = {"max_new_tokens": ev.max_new_tokens}
+
+    def generate(batch):
+        with _as(model, name):
+            return generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+
+    model_key = keys["base" if name.startswith("base") else "tuned"]
+    answers, _ = cached_answers(cache, model_key, generate, prompts, settings, chunk=ev.batch_size * 4)
+    return answers
+
+
+def _write_answers(path: Path, rows, refs, answers, task) -> None:
+    """Every test prompt with its reference, each model's answer and scores, to read the failures."""
+    with path.open("w", encoding="utf-8") as f:
+        for i, (row, ref) in enumerate(zip(rows, refs)):
+            line = {"prompt": row["prompt"], "reference": ref, "answers": {m: answers[m][i] for m in answers},
+                    "exact_match": {m: task[m]["exact_match"][i] for m in answers},
+                    "token_f1": {m: round(task[m]["token_f1"][i], 4) for m in answers}}
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _question(prompt: list[dict]) -> str:
+    return "\n\n".join(m["content"] for m in prompt if m["role"] != "system")
+
+
+def _harness(model, tokenizer, ev, log) -> dict:
+    from hubtune.evaluation.harness import run_harness
+
+    out = {}
+    for name in ("base", "tuned"):
+        log(f"harness tasks {', '.join(ev.tasks)}: {name}")
+        try:
+            with _as(model, name):
+                out[name] = run_harness(model, tokenizer, ev.tasks, limit=ev.limit, batch_size=ev.batch_size,
+                                        chat_template=ev.harness_chat_template)
+        except EvalError as err:
+            if "need lm-eval" not in str(err):
+                raise
+            return {"skipped": str(err)}
+    return out
+
+
+def regression_rows(ref: str) -> list[dict]:
+    from hubtune.config import resolve_builtin
+    from hubtune.evaluation.harness import EVALS_PREFIX
+
+    path = evals_dir() / ref[len(EVALS_PREFIX):] if ref.startswith(EVALS_PREFIX) else Path(resolve_builtin(ref))
+    if not path.is_file():
+        raise EvalError(f"eval.regression_set: {ref!r} not found ({path})")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for n, row in enumerate(rows, 1):
+        if not {"context", "choices", "label"} <= row.keys():
+            raise EvalError(f"{path}, line {n}: a regression row holds context, choices and label")
+    return rows
+
+
+def _regression(model, tokenizer, ev) -> dict:
+    rows = regression_rows(ev.regression_set)
+    scored = {}
+    for name in ("base", "tuned"):
+        with _as(model, name):
+            scored[name] = choice_accuracy(model, tokenizer, rows, batch_size=max(ev.batch_size, 16))
+    drop = scored["base"]["accuracy"] - scored["tuned"]["accuracy"]
+    forgotten = [rows[i]["context"] for i, (b, t) in enumerate(zip(scored["base"]["correct"], scored["tuned"]["correct"]))
+                 if b and not t]
+    return {"dataset": ev.regression_set, "n": len(rows), "base": scored["base"]["accuracy"],
+            "tuned": scored["tuned"]["accuracy"], "drop": drop, "threshold": ev.regression_threshold,
+            "regressed": drop > ev.regression_threshold + 1e-12, "forgotten": forgotten,
+            "learned": sum(t and not b for b, t in zip(scored["base"]["correct"], scored["tuned"]["correct"]))}
+
+
+def _judge(ev, items, run: Path) -> dict:
+    try:
+        judge = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
+                      backoff=ev.judge_backoff)
+    except Exception as err:  # a malformed endpoint is reported like a judge that is down
+        return {"judge": ev.judge, "items": len(items), "judged": 0, "partial": True, "error": str(err)}
+    try:
+        return judge_answers(judge, items, AnswerCache(run / "eval_cache" / "judge.jsonl"))
+    except JudgeError as err:
+        return {"judge": ev.judge, "items": len(items), "judged": err.judged, "partial": True, "error": str(err)}
+
+
+def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int) -> Path:
+    """N test prompts with base and tuned answers in random columns, rows shuffled, rating columns empty."""
+    import csv
+
+    rng = random.Random(f"human-eval|{run.name}")
+    rows = rng.sample(data.test, min(n, len(data.test)))
+    prompts = [r["prompt"] for r in rows]
+    tuned = _answers(model, tokenizer, cache, keys, "tuned", prompts, ev)
+    base = _answers(model, tokenizer, cache, keys, "base", prompts, ev)
+    path = run / "human_eval.csv"
+    answer_key = {}
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["item", "prompt", "reference", "answer_1", "answer_2", "rating_1", "rating_2", "preferred", "notes"])
+        for i, (row, t, b) in enumerate(zip(rows, tuned, base), 1):
+            swap = rng.random() < 0.5
+            first, second = (("base", b), ("tuned", t)) if swap else (("tuned", t), ("base", b))
+            answer_key[i] = {"answer_1": first[0], "answer_2": second[0]}
+            w.writerow([i, _question(row["prompt"]), row["completion"][-1]["content"], first[1], second[1], "", "", "", ""])
+    path.with_name("human_eval_key.json").write_text(json.dumps(answer_key, indent=2))
+    return path
+

@@ -1,0 +1,158 @@
+"""Publish a run to the Hub: `hubtune push RUN --repo OWNER/NAME [--private] [--merged]`.
+
+The licence gate runs again for publishing (and checks naming rules), then the adapter (or the
+merged model), tokenizer, card, loss curve, config and run record go up in one commit. Files are
+staged in a temporary folder: the run folder is never written to, so a failed push can simply be
+run again. The token is only ever sent as a header; a staged file that contains it stops the push.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubtune import card as cards
+from hubtune import licence
+from hubtune.errors import PushError
+
+SKIP_FROM_ADAPTER = {"README.md"}  # peft writes a placeholder card; the run's card replaces it
+PICKLES = (".bin", ".pt", ".pth", ".pkl")  # e.g. the trainer's training_args.bin: never published
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    url: str  # the repo's page
+    commit_url: str
+    commit_sha: str
+    files: list[str]  # paths in the repo
+
+
+def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool = False,
+         acknowledge: list[str] | tuple[str, ...] = (), token: str | None = None) -> PushResult:
+    """Push a finished run to `repo` (OWNER/NAME). Raises LicenceBlocked / NamingRuleError when the
+    licences forbid it, PushError when the Hub refuses, with the fix in the message. `acknowledge`
+    adds repo ids (or paths) to the run's own licence.acknowledge for this push."""
+    from huggingface_hub import HfApi, constants, get_token
+
+    _check_repo_id(repo)
+    run = cards.read_run(run_dir)
+    token = token or get_token()
+    if not token:
+        raise PushError(f"no Hugging Face token is set, so nothing can be pushed to {repo}: create a write token "
+                        f"at {constants.ENDPOINT}/settings/tokens and set it with `export HF_TOKEN=hf_...` "
+                        f"or `hf auth login`")
+    base = licence.read_licence(run.base_model, "model", run.base_revision)
+    datasets = [licence.read_licence(d["path"], "dataset", d.get("revision")) for d in run.datasets]
+    accepted = [*run.licence.acknowledge, *acknowledge]
+    verdict = licence.gate_for_publishing(base, datasets, run.licence.use, accepted, repo)
+
+    api = HfApi(token=token)
+    what = "merged model" if merged else f"{run.summary.get('method') or 'lora'} adapter"
+    with tempfile.TemporaryDirectory(prefix="hubtune-push-") as tmp:
+        staged = Path(tmp)
+        files = stage(run, staged, repo, verdict, merged)
+        _refuse_secrets(staged, token)
+        with _push_errors(repo):
+            url = api.create_repo(repo, private=private, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo, folder_path=staged,
+                commit_message=f"hubtune: {what} of {run.base_model}",
+                commit_description=_description(run, verdict),
+            )
+    return PushResult(repo, str(url), info.commit_url, info.oid, files)
+
+
+def stage(run: cards.RunRecord, out: Path, repo: str, verdict, merged: bool = False) -> list[str]:
+    """Lay out the repo's files in `out`: weights + tokenizer, README.md, loss curve, run record."""
+    if merged:
+        merge_adapter(run, out)
+    else:
+        for f in sorted(run.adapter.iterdir()):
+            if f.is_file() and f.name not in SKIP_FROM_ADAPTER and not f.name.endswith(PICKLES):
+                shutil.copy2(f, out / f.name)
+    curve = cards.loss_curve(run.metrics, out / cards.LOSS_CURVE)
+    shutil.copy2(run.path / "config.yaml", out / "training_config.yaml")
+    shutil.copy2(run.path / "summary.json", out / "training_summary.json")
+    if (run.path / "metrics.jsonl").is_file():
+        shutil.copy2(run.path / "metrics.jsonl", out / "training_metrics.jsonl")
+    if (run.path / "eval.json").is_file():
+        shutil.copy2(run.path / "eval.json", out / "eval.json")
+    cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None).save(out / "README.md")
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def merge_adapter(run: cards.RunRecord, out: Path) -> None:
+    """Fold the adapter into an unquantized copy of the base and save it as safetensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtune.config import ModelSection
+    from hubtune.hub import resolve_model
+
+    section = ModelSection(id=run.base_model, revision=run.base_revision, quantization="none",
+                           trust_remote_code=run.model.trust_remote_code)
+    base_path = resolve_model(section).path
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32,
+                                                trust_remote_code=run.model.trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
+
+
+def _check_repo_id(repo: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        raise PushError(f"--repo {repo!r} is not a valid repo id: {err}. Use OWNER/NAME, "
+                        f"e.g. alice/Llama-3.1-8B-invoices") from None
+    if repo.count("/") != 1:
+        raise PushError(f"--repo {repo!r} needs an owner: use OWNER/NAME (your user name or an organisation)")
+
+
+def _refuse_secrets(folder: Path, token: str) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file() and token.encode() in f.read_bytes():
+            raise PushError(f"{f.name} would publish the Hugging Face token; remove it from the run folder "
+                            f"before pushing")
+
+
+def _description(run: cards.RunRecord, verdict) -> str:
+    s = run.summary
+    parts = [f"base: {run.base_model}" + (f"@{run.base_revision}" if run.base_revision else ""),
+             f"data: {', '.join(d['path'] for d in run.datasets)}",
+             f"steps: {s.get('global_steps', '?')}",
+             f"licence verdict for {verdict.use} use: {verdict.verdict}"]
+    return "\n".join(parts)
+
+
+@contextmanager
+def _push_errors(repo: str):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hubtune.hub import hub_errors
+
+    owner = repo.split("/")[0]
+    again = "The run folder is unchanged: fix this and run the same push again."
+    try:
+        with hub_errors(repo, "model"):
+            yield
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status == 401:
+            raise PushError(f"the Hub rejected the token (401) while pushing to {repo}: set a valid write token "
+                            f"with `export HF_TOKEN=hf_...` or `hf auth login`. {again}") from None
+        if status == 403:
+            raise PushError(f"the token's account may not write to {owner!r} (403): push to your own namespace or an "
+                            f"organisation you belong to, with a token that has write access. {again}") from None
+        raise PushError(f"the Hub refused the push to {repo} ({status}: {err.server_message or err}). "
+                        f"{again}") from None
+    except (OSError, RuntimeError, ValueError) as err:
+        raise PushError(f"the push to {repo} failed: {err}. {again}") from None

@@ -1,0 +1,304 @@
+"""The training recipe, top to bottom: check the licence, load the base in 4 bits
+(or 16), attach LoRA, turn the data into chat messages, train with TRL's SFTTrainer
+on completions only, save the adapter and a summary into the run folder.
+
+    run = hubtune.train(hubtune.config.load("run.yaml"))
+    run = hubtune.resume("runs/20260101-120000")   # after Ctrl-C or a crash
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from hubtune import config as cfg
+from hubtune import hardware
+from hubtune.errors import ConfigError, HubtuneError, TrainingInterrupted
+from hubtune.runinfo import library_versions, peak_memory_mb
+
+
+@dataclass
+class Run:
+    """A finished run: its folder and what `summary.json` holds."""
+
+    path: Path
+    summary: dict
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        path = Path(path)
+        summary_file = path / "summary.json"
+        if not summary_file.is_file():
+            raise HubtuneError(f"{path} is not a finished run folder (no summary.json); "
+                               f"finish it with `hubtune train --resume {path}`")
+        return cls(path, json.loads(summary_file.read_text()))
+
+
+def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
+          callbacks: list[TrainerCallback] | None = None) -> Run:
+    """Fine-tune the configured base on the configured data; returns the finished Run.
+
+    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed).
+    """
+    path = Path(run_dir) if run_dir else config.output.run_dir()
+    if (path / "checkpoints").exists() or (path / "summary.json").exists():
+        raise HubtuneError(f"{path} already holds a run; continue it with `hubtune train --resume {path}` "
+                           f"or choose another output.dir")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(config.to_yaml())
+    return _run(config, path, resume=False, callbacks=callbacks)
+
+
+def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> Run:
+    """Continue an interrupted run from its last checkpoint, with the config it started with."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise HubtuneError(f"{path} is not a run folder (no config.yaml)")
+    if (path / "summary.json").is_file():
+        return Run.open(path)
+    return _run(cfg.load(path / "config.yaml"), path, resume=True, callbacks=callbacks)
+
+
+def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[TrainerCallback] | None) -> Run:
+    from hubtune import data, hub, licence
+
+    started = time.time()
+    hw = hardware.detect(config.model, config.training)
+    torch.manual_seed(config.training.seed)
+
+    # 1. Licence gate and revision pin, before a single weight is downloaded.
+    verdict = licence.gate_for_training(config)
+    base = hub.resolve_model(config.model)
+
+    # 2. Tokenizer and data: fail on bad data before paying for the model.
+    tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
+    prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+    (path / "data_report.json").write_text(json.dumps(prepared.report, indent=2, default=str))
+
+    # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
+    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing)
+    model = get_peft_model(model, lora_config(config.lora))
+
+    # 4. SFT on completions only, with held-out loss and checkpoints.
+    stop = _StopOnSignal()
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(config, hw, path, has_eval=prepared.eval is not None),
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        processing_class=tokenizer,
+        callbacks=[_MetricsFile(path / "metrics.jsonl", resume), stop, *(callbacks or [])],
+    )
+    if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
+        # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
+        # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    last = _last_checkpoint(path) if resume else None
+    if prepared.eval is not None and not last:
+        # Held-out loss before any update: the baseline the final eval loss is compared with.
+        (path / "initial_eval.json").write_text(json.dumps(trainer.evaluate()))
+    with stop.installed():
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if stop.received:
+        trainer.save_model(str(path / "checkpoints" / "interrupted"))  # in case the step hook never ran
+        raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
+                                  f"a checkpoint is in {path / 'checkpoints'}. Continue with "
+                                  f"`hubtune train --resume {path}`")
+
+    # 5. Save the adapter with its tokenizer, and what the run was.
+    trainer.save_model(str(path / "adapter"))
+    tokenizer.save_pretrained(str(path / "adapter"))
+    shutil.rmtree(path / "checkpoints" / "interrupted", ignore_errors=True)
+    summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started)
+    initial = path / "initial_eval.json"
+    summary["initial_eval_loss"] = json.loads(initial.read_text())["eval_loss"] if initial.exists() else None
+    (path / "summary.json").write_text(json.dumps(summary, indent=2))
+    return Run(path, summary)
+
+
+def check_against_model(config: cfg.RunConfig, model_config) -> None:
+    """Settings that can only be judged against the base's architecture."""
+    problems = []
+    hidden = getattr(model_config, "hidden_size", None)
+    if hidden and config.lora.r > hidden:
+        problems.append(("lora.r", f"{config.lora.r} is larger than the model's hidden size {hidden}; use r <= {hidden} "
+                                   f"(8-64 is typical)"))
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit and config.data.max_seq_len > limit:
+        problems.append(("data.max_seq_len", f"{config.data.max_seq_len} exceeds the model's context of {limit} tokens"))
+    if problems:
+        raise ConfigError(problems, config.model.id)
+
+
+def load_base(path: str, model: cfg.ModelSection, hw: hardware.Hardware, gradient_checkpointing: bool = False):
+    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none."""
+    kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if model.quantization != "none":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=model.quantization,
+            bnb_4bit_use_double_quant=model.double_quant,
+            bnb_4bit_compute_dtype=hw.compute_dtype,
+        )
+    if hw.device == "cuda":
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if model.quantization != "none":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    return base
+
+
+def lora_config(lora: cfg.LoraSection) -> LoraConfig:
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
+
+
+def sft_args(config: cfg.RunConfig, hw: hardware.Hardware, path: Path, has_eval: bool) -> SFTConfig:
+    t = config.training
+    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    return SFTConfig(
+        output_dir=str(path / "checkpoints"),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size * 2,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        optim=hw.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=hw.bf16,
+        fp16=hw.fp16,
+        use_cpu=hw.device == "cpu",
+        logging_steps=t.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        max_length=config.data.max_seq_len,
+        packing=config.data.packing,
+        completion_only_loss=True,  # the prompt is context, not something to learn
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        dataloader_pin_memory=hw.device == "cuda",
+    )
+
+
+def _last_checkpoint(path: Path) -> Path | None:
+    found = sorted((path / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found[-1] if found else None
+
+
+class _MetricsFile(TrainerCallback):
+    """One JSON line per logging step: step, epoch, loss, eval_loss, learning_rate, tokens/s."""
+
+    def __init__(self, file: Path, resume: bool):
+        self.file = file
+        self.resume = resume
+        self.last: tuple[float, int] | None = None
+        if not resume:
+            file.write_text("")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume and self.file.exists():
+            # Lines past the checkpoint would be logged again: drop them.
+            kept = [ln for ln in self.file.read_text().splitlines() if json.loads(ln)["step"] <= state.global_step]
+            self.file.write_text("".join(ln + "\n" for ln in kept))
+        self.last = (time.time(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if not any(k in logs for k in ("loss", "eval_loss")):
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key in ("loss", "eval_loss", "learning_rate"):
+            if key in logs:
+                row[key] = logs[key]
+        if "loss" in logs and self.last:
+            now, seen = time.time(), state.num_input_tokens_seen
+            row["tokens_per_second"] = round((seen - self.last[1]) / max(now - self.last[0], 1e-9), 1)
+            self.last = (now, seen)
+        with self.file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class _StopOnSignal(TrainerCallback):
+    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop."""
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def installed(self):
+        stopper = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.old = {s: signal.signal(s, stopper._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+            def __exit__(self, *exc):
+                for s, h in self.old.items():
+                    signal.signal(s, h)
+
+        return _Ctx()
+
+    def _handle(self, signum, frame):
+        if self.received:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _summary(config, base, hw, trainer, verdict, prepared, seconds: float) -> dict:
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] > 0]
+    return {
+        "base_model": base.repo_id or config.model.id,
+        "base_revision": base.revision_sha,
+        "datasets": [{"path": s.path, "revision": s.revision, "split": s.split} for s in config.data.sources],
+        "method": "lora" if config.model.quantization == "none" else "qlora",
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "global_steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "train_examples": len(prepared.train),
+        "eval_examples": len(prepared.eval) if prepared.eval is not None else 0,
+        "final_eval_loss": evals[-1] if evals else None,
+        "duration_seconds": round(seconds, 1),
+        "peak_memory_mb": peak_memory_mb(hw.device),
+        "hardware": hw.describe(),
+        "licence": verdict.to_dict() if hasattr(verdict, "to_dict") else None,
+        "hyperparameters": config.model_dump(mode="json"),
+        "versions": library_versions(),
+    }

@@ -1,0 +1,247 @@
+"""`hubtune eval` on a real trained run of the tiny model: generation, held-out loss against TRL's,
+the harness against hubtune's own scorer, the README commands end to end with a judge on
+127.0.0.1, resuming after a crash, the regression alarm and the blinded human-eval sheet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hubtune import cli
+from hubtune import config as cfg
+from hubtune.evaluation import evaluate, generate_answers, load_tuned, token_f1
+from hubtune.evaluation.harness import run_harness
+from hubtune.evaluation.likelihood import choice_accuracy
+from hubtune.evaluation.pipeline import regression_rows
+from judge_server import ScriptedJudge
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("checkpoints", "eval_cache", "eval*.json*", "human_eval*"))
+    return dest
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def loaded(eval_run):
+    return load_tuned(eval_run)
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_generate_answers_batches_left_padded_like_greedy_one_at_a_time(loaded):
+    model, tok = loaded
+    rows = [json.loads(x) for x in Path(cfg.resolve_builtin("hubtune:data/invoices/test.jsonl")).read_text().splitlines()[:5]]
+    prompts = [user(r["instruction"] + "\n\n" + r["input"]) for r in rows]
+    side = tok.padding_side
+    batched = generate_answers(model, tok, prompts, max_new_tokens=24, batch_size=3)
+    assert tok.padding_side == side
+    assert batched == [generate_answers(model, tok, [p], max_new_tokens=24, batch_size=1)[0] for p in prompts]
+
+    # The same answer from a plain greedy loop: argmax token by token, stop at </s>.
+    text = tok.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(24):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    assert batched[0] == tok.decode(new, skip_special_tokens=True)
+    assert not any("</s>" in a or "<pad>" in a for a in batched)
+    assert generate_answers(model, tok, []) == []
+
+
+def test_load_tuned_puts_the_adapter_over_the_4bit_base_and_can_switch_it_off(loaded, eval_run):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+
+    model, tok = loaded
+    assert isinstance(model, PeftModel)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    x = tok("Invoice no. 12 - Acme Ltd", return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        tuned = model(**x).logits
+        with model.disable_adapter():
+            base = model(**x).logits
+    assert (tuned - base).abs().max() > 1e-3
+
+    plain, _ = load_tuned(eval_run, quantization="none")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
+
+
+def test_own_choice_scorer_agrees_with_the_harness(loaded):
+    model, tok = loaded
+    rows = regression_rows("evals:regression/general_mc.jsonl")
+    for switch in (model.disable_adapter, lambda: torch.no_grad()):
+        with switch():
+            mine = choice_accuracy(model, tok, rows)
+            harness = run_harness(model, tok, ["hubtune_general_mc"])["hubtune_general_mc"]
+        assert harness["n"] == mine["n"] == len(rows) == 40
+        assert mine["accuracy"] == pytest.approx(harness["metrics"]["acc"])
+
+
+def test_validation_split_by_default_and_loss_matches_training(eval_run, tmp_path):
+    run = copy_run(eval_run, tmp_path / "run")
+    result = evaluate(run, tasks=[], limit=3, overrides=["eval.test=null", "eval.regression_set=null",
+                                                          "eval.few_shot_k=1"], log=lambda m: None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["data"]["test_split"] == "validation" and result["task"]["n"] == 3
+    # The same held-out rows and completion-only loss TRL reported while training.
+    assert result["loss"]["split"] == "validation" and result["data"]["validation_examples"] == summary["eval_examples"]
+    assert result["loss"]["tuned"]["loss"] == pytest.approx(summary["final_eval_loss"], abs=0.02)
+    assert result["loss"]["base"]["loss"] == pytest.approx(summary["initial_eval_loss"], abs=0.02)
+    assert result["loss"]["tuned"]["loss"] < result["loss"]["base"]["loss"]
+    assert "harness" not in result and "regression" not in result and not result["regressed"]
+
+
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    text = README.read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", body, flags=re.S)
+
+
+def judge_by_reference(messages: list[dict]) -> str:
+    """A judge that prefers the answer with the higher token F1 against the reference."""
+    text = messages[-1]["content"]
+    reference = text.split("[Reference answer]\n", 1)[1]
+    if "[Answer to grade]\n" in text:
+        reference, answer = reference.split("[Answer to grade]\n", 1)
+        score = 1 + round(4 * token_f1(answer, reference))
+        return f"Helpfulness: {score}, Accuracy: {score}, Format: {score}"
+    reference, rest = reference.split("[Assistant A]\n", 1)
+    a, b = rest.split("[Assistant B]\n", 1)
+    fa, fb = token_f1(a, reference), token_f1(b, reference)
+    return "[[A]]" if fa > fb else "[[B]]" if fb > fa else "[[C]]"
+
+
+def test_readme_evaluating_section_runs(eval_run, tmp_path, monkeypatch, capsys):
+    blocks = readme_blocks("Evaluating")
+    assert [lang for lang, _ in blocks] == ["bash", "yaml", "python"]
+    copy_run(eval_run, tmp_path / "runs" / "demo")
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs/demo")
+    judge = ScriptedJudge(judge_by_reference).start()
+    try:
+        for line in blocks[0][1].strip().splitlines():
+            argv = shlex.split(line.replace("http://127.0.0.1:8000/v1", judge.url))
+            assert argv[0] == "hubtune"
+            code = cli.main(argv[1:])
+            result = json.loads((run / "eval.json").read_text())
+            assert code == (3 if result["regressed"] else 0)
+    finally:
+        judge.stop()
+    out = capsys.readouterr().out
+    assert re.search(r"exact match \(n=20\)\s+\S+ ±\S+\s+\S+ ±\S+\s+\S+ ±\S+", out)
+    assert "fine-tuning " in out and "best prompt (base" in out and "judge pairwise vs base" in out
+
+    # eval.json: every measure, for base, base few-shot and tuned.
+    task = result["task"]
+    assert task["n"] == 20 and task["few_shot_k"] == 3 and task["dataset"] == "hubtune:data/invoices/test.jsonl"
+    entries = {(e["name"], e["model"]) for e in result["metrics"]}
+    for model in ("tuned", "base", "base_few_shot"):
+        assert {("exact match", model), ("token F1", model)} <= entries
+    assert {("held-out loss", "tuned"), ("perplexity", "base"), ("hubtune_invoices exact_match", "tuned"),
+            ("hubtune_general_mc acc", "base"), ("regression set accuracy", "tuned"),
+            ("judge score (1-5)", "tuned"), ("judge win rate vs base", "tuned")} <= entries
+    assert all(set(e) == {"name", "type", "value", "dataset", "split", "model"} for e in result["metrics"])
+    assert result["harness"]["tuned"]["hubtune_invoices"]["n"] == 20
+    assert result["regression"]["n"] == 40
+
+    # The judge saw each item in both orders; its verdicts follow token F1, so the counts must too.
+    answers = [json.loads(x) for x in (run / "eval_answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 20
+    f1 = [(token_f1(a["answers"]["tuned"], a["reference"]), token_f1(a["answers"]["base"], a["reference"])) for a in answers]
+    pw = result["judge"]["pairwise"]
+    assert (pw["wins"], pw["losses"], pw["ties"]) == (sum(t > b for t, b in f1), sum(t < b for t, b in f1),
+                                                       sum(t == b for t, b in f1))
+    assert pw["position_consistency"] == 1.0 and pw["unparsable"] == 0 and len(judge.requests) == 80
+    tuned_scores = [1 + round(4 * t) for t, _ in f1]
+    assert result["judge"]["single"]["tuned"]["overall"]["mean"] == pytest.approx(sum(tuned_scores) / 20)
+    assert [a["exact_match"]["tuned"] for a in answers] == [float(a["answers"]["tuned"].strip() == a["reference"].strip())
+                                                           for a in answers]
+
+    # The blinded sheet: shuffled rows, models hidden behind answer_1 / answer_2, ratings empty.
+    with (run / "human_eval.csv").open() as f:
+        sheet = list(csv.DictReader(f))
+    key = json.loads((run / "human_eval_key.json").read_text())
+    assert len(sheet) == 10 and list(sheet[0]) == ["item", "prompt", "reference", "answer_1", "answer_2",
+                                                   "rating_1", "rating_2", "preferred", "notes"]
+    assert all(r["rating_1"] == r["rating_2"] == r["preferred"] == "" for r in sheet)
+    assert {tuple(v.values()) for v in key.values()} <= {("tuned", "base"), ("base", "tuned")}
+    model, tok = load_tuned(run)
+    for row in sheet[:3]:
+        tuned = generate_answers(model, tok, [user(row["prompt"])], max_new_tokens=64)[0]
+        with model.disable_adapter():
+            base = generate_answers(model, tok, [user(row["prompt"])], max_new_tokens=64)[0]
+        columns = key[row["item"]]
+        assert {columns["answer_1"]: row["answer_1"], columns["answer_2"]: row["answer_2"]} == {"tuned": tuned,
+                                                                                             "base": base}
+
+    # The run config section and the Python snippet.
+    section = cfg.build(yaml.safe_load(blocks[1][1]))
+    assert section.eval.tasks == ["hubtune_invoices", "hubtune_general_mc"] and section.eval.few_shot_k == 3
+    cached = lines(run / "eval_cache" / "generations.jsonl")
+    exec(compile(blocks[2][1], "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2].startswith("fine-tuning ") and printed[-1].split()[0] in ("regressed", "no")
+    assert lines(run / "eval_cache" / "generations.jsonl") == cached  # all 60 answers came from the cache
+
+
+def test_a_crash_keeps_the_generations_made_and_a_rerun_resumes(eval_run, tmp_path):
+    run = copy_run(eval_run, tmp_path / "run")
+    cache = run / "eval_cache" / "generations.jsonl"
+    settings = dict(tasks=[], limit=4, overrides=["eval.regression_set=null", "eval.few_shot_k=1"])
+
+    def crash_before_tuned(message: str):
+        if message.startswith("generating") and message.endswith("tuned"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(run, log=crash_before_tuned, **settings)
+    assert lines(cache) == 8 and not (run / "eval.json").exists()  # base and base few-shot answers kept
+
+    result = evaluate(run, log=lambda m: None, **settings)
+    assert lines(cache) == 12  # only the four tuned answers were generated
+    assert result["task"]["tuned"]["exact_match"]["n"] == 4 and (run / "eval.json").exists()
+
+
+def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = copy_run(eval_run, tmp_path / "run")
+    weights = run / "adapter" / "adapter_model.safetensors"
+    state = load_file(weights)
+    save_file({k: v * 40 if "lora_B" in k else v for k, v in state.items()}, weights)  # an adapter that wrecks the base
+    argv = [str(run), "--limit", "1", "eval.tasks=[]", "eval.few_shot_k=0"]
+
+    assert cli.main(argv) == 3
+    captured = capsys.readouterr()
+    assert "REGRESSED: regression set accuracy fell" in captured.out and "REGRESSED" in captured.err
+    reg = json.loads((run / "eval.json").read_text())["regression"]
+    assert reg["regressed"] and reg["drop"] > 0.05 and reg["forgotten"]
+    model, tok = loaded  # the intact run: with the adapter off it is the same base
+    with model.disable_adapter():
+        assert reg["base"] == choice_accuracy(model, tok, regression_rows(reg["dataset"]))["accuracy"]
+
+    assert cli.main([*argv, "eval.regression_threshold=1.0"]) == 0
+    assert not json.loads((run / "eval.json").read_text())["regressed"]
+    assert "no regression" in capsys.readouterr().out

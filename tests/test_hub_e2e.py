@@ -1,0 +1,114 @@
+"""End to end, as a new user would, with the Hub at a loopback address (HF_ENDPOINT): check the
+licences of a Llama 3.1 base and a non-commercial dataset, train on them, evaluate, push, and
+read the published card back through the Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import HUB_TOKEN
+from hub_server import readme
+
+from hubtune.config import resolve_builtin
+
+BASE, DATA, REPO = "meta-llama/Llama-3.1-tiny", "acme/invoices-nc", "alice/Llama-3.1-tiny-invoices"
+
+
+def hubtune_cli(*args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "hubtune.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def user_env(hub, tmp_path):
+    """A new user's shell: the Hub at the loopback address, an empty cache, no token yet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_XET="1",
+               TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def eval_json(run: Path, rows: list[dict]) -> dict:
+    """Greedy answers of the tuned model on held-out invoices, scored by exact match."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtune.config import ModelSection
+    from hubtune.hub import resolve_model
+
+    summary = json.loads((run / "summary.json").read_text())
+    base_path = resolve_model(ModelSection(id=BASE, revision=summary["base_revision"])).path
+    tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32),
+                                      str(run / "adapter")).eval()
+    hits = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**prompt, max_new_tokens=48, do_sample=False)
+        answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+        hits.append(float(answer.strip() == row["output"].strip()))
+    return {"metrics": [{"name": "exact_match", "type": "exact_match", "value": sum(hits) / len(hits),
+                         "dataset": DATA, "split": "test"}]}
+
+
+def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, monkeypatch):
+    lines = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()
+    test_file = Path(resolve_builtin("hubtune:data/invoices/test.jsonl"))
+    test_rows = [json.loads(x) for x in test_file.read_text().splitlines()[:3]]
+    base_sha = hub.seed(BASE, {**tiny_base_files, "README.md": readme(license="llama3.1")}, gated="manual")
+    hub.grant(BASE, "alice")
+    hub.seed(DATA, {"README.md": readme(license="cc-by-nc-4.0"), "data/train.jsonl": "\n".join(lines[:96]) + "\n"},
+             repo_type="dataset")
+
+    # 1. The licence check a new user runs first.
+    blocked = hubtune_cli("check", BASE, "--dataset", DATA, "--use", "commercial", "--json", env=user_env, cwd=tmp_path)
+    assert blocked.returncode == 3, blocked.stderr
+    verdict = json.loads(blocked.stdout)
+    assert verdict["verdict"] == "block"
+    assert any(DATA in r and "commercial" in r for r in verdict["reasons"])
+    research = hubtune_cli("check", BASE, "--dataset", DATA, "--use", "research", "--json", env=user_env, cwd=tmp_path)
+    assert research.returncode == 0, research.stderr
+    verdict = json.loads(research.stdout)
+    assert verdict["verdict"] in ("allow", "warn")
+    assert any("Built with Llama" in o for o in verdict["obligations"])
+
+    # 2. Train; the base is gated, so with the token of an account that accepted its terms.
+    run = tmp_path / "run"
+    config = {"model": {"id": BASE, "quantization": "none"}, "data": {"sources": [DATA], "val_set_size": 8, "max_seq_len": 384},
+              "training": {"max_steps": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
+                           "warmup_steps": 0, "gradient_checkpointing": False, "logging_steps": 1,
+                           "eval_steps": 3, "save_steps": 100},
+              "licence": {"use": "research"}, "output": {"dir": str(run)}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    user_env["HF_TOKEN"] = HUB_TOKEN
+    trained = hubtune_cli("train", "run.yaml", env=user_env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["base_model"], summary["base_revision"]) == (BASE, base_sha)
+
+    # 3. Evaluate, then push.
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    (run / "eval.json").write_text(json.dumps(eval_json(run, test_rows)))
+    pushed = hubtune_cli("push", str(run), "--repo", REPO, env=user_env, cwd=tmp_path)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert f"{hub.url}/{REPO}" in pushed.stdout
+
+    # 4. What the Hub now shows.
+    meta = yaml.safe_load(hub.files(REPO)["README.md"].decode().split("---")[1])
+    assert meta["license"] == "llama3.1" and meta["base_model"] == BASE
+    assert meta["datasets"] == [DATA] and meta["library_name"] == "peft"
+    assert meta["base_model_relation"] == "adapter"
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["type"] == DATA and result["metrics"][0]["type"] == "exact_match"
+    assert "Built with Llama" in hub.files(REPO)["README.md"].decode()
+    assert HUB_TOKEN.encode() not in b"".join(hub.files(REPO).values())

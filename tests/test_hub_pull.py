@@ -1,0 +1,195 @@
+"""Pulling models and datasets through the real huggingface_hub client from the loopback Hub."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from hub_server import readme
+
+from hubtune.config import DataSource, ModelSection, resolve_builtin
+from hubtune.errors import (
+    DataError,
+    GatedRepoAccessError,
+    HubAccessError,
+    HubUnreachableError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
+from hubtune.hub import ResolvedModel, resolve_dataset, resolve_model
+
+
+def hub_resolve(repo, revision=None):
+    return resolve_model(ModelSection(id=repo, revision=revision))
+
+
+@pytest.fixture
+def two_revisions(hub, tiny_base_files):
+    """A model repo with two commits; the second changes config.json and adds duplicates to skip."""
+    repo = "acme/tiny-two-revisions"
+    first = hub.seed(repo, {**tiny_base_files, "README.md": readme(license="apache-2.0")})
+    config = json.loads(tiny_base_files["config.json"])
+    second = hub.seed(repo, {"config.json": json.dumps({**config, "rms_norm_eps": 1e-5}),
+                             "pytorch_model.bin": b"\x80pickle" * 200, "model.gguf": b"GGUF" * 300,
+                             "onnx/model.onnx": b"onnx" * 300, "original/params.json": "{}",
+                             "modeling_custom.py": "raise SystemExit('remote code ran')\n"})
+    return repo, first, second
+
+
+def test_pull_at_a_pinned_revision(two_revisions, tiny_base_files):
+    repo, first, second = two_revisions
+    pinned = resolve_model(ModelSection(id=repo, revision=first))
+    assert pinned.repo_id == repo and pinned.revision_sha == first
+    assert Path(pinned.path, "config.json").read_bytes() == tiny_base_files["config.json"]
+    assert Path(pinned.path, "model.safetensors").read_bytes() == tiny_base_files["model.safetensors"]
+
+    latest = resolve_model(ModelSection(id=repo))  # main resolves to its current commit sha
+    assert latest.revision_sha == second
+    assert json.loads(Path(latest.path, "config.json").read_text())["rms_norm_eps"] == 1e-5
+
+
+def test_pull_downloads_only_what_training_needs(two_revisions):
+    repo, _, second = two_revisions
+    got = sorted(p.name for p in Path(resolve_model(ModelSection(id=repo)).path).rglob("*") if p.is_file())
+    assert "model.safetensors" in got and "tokenizer.json" in got and "config.json" in got
+    for skipped in ("pytorch_model.bin", "model.gguf", "model.onnx", "params.json", "modeling_custom.py"):
+        assert skipped not in got
+
+
+def test_remote_code_is_fetched_only_when_turned_on(two_revisions):
+    repo, _, _ = two_revisions
+    on = resolve_model(ModelSection(id=repo, trust_remote_code=True))
+    assert Path(on.path, "modeling_custom.py").is_file()
+
+
+def test_a_tag_resolves_to_its_commit(hub, tiny_base_files):
+    sha = hub.seed("acme/tagged", tiny_base_files, tag="v1.0")
+    hub.seed("acme/tagged", {"config.json": "{}"})
+    assert hub_resolve("acme/tagged", "v1.0").revision_sha == sha
+
+
+
+def test_local_folder_and_builtin_have_no_revision():
+    local = resolve_model(ModelSection(id="hubtune:tiny-llama"))
+    assert local == ResolvedModel(path=resolve_builtin("hubtune:tiny-llama"), repo_id=None, revision_sha=None)
+
+
+def test_gated_repo_without_a_token(hub, tiny_base_files):
+    hub.seed("meta-llama/Llama-gated", tiny_base_files, gated="manual")
+    with pytest.raises(GatedRepoAccessError) as err:
+        hub_resolve("meta-llama/Llama-gated")
+    e = err.value
+    assert (e.repo_id, e.repo_type, e.has_token) == ("meta-llama/Llama-gated", "model", False)
+    msg = str(e)
+    assert "meta-llama/Llama-gated" in msg and f"{hub.url}/meta-llama/Llama-gated" in msg
+    assert "HF_TOKEN" in msg and "hf auth login" in msg and "No Hugging Face token is set" in msg
+
+
+def test_gated_repo_with_a_token_that_has_no_access(hub, hub_token, tiny_base_files):
+    hub.seed("meta-llama/Llama-gated-2", tiny_base_files, gated="auto")
+    with pytest.raises(GatedRepoAccessError) as err:
+        hub_resolve("meta-llama/Llama-gated-2")
+    assert err.value.has_token is True
+    assert "accept the terms" in str(err.value) and "not been granted" in str(err.value)
+
+
+def test_gated_repo_once_access_is_granted(hub, hub_token, tiny_base_files):
+    sha = hub.seed("meta-llama/Llama-gated-3", tiny_base_files, gated="manual")
+    hub.grant("meta-llama/Llama-gated-3", "alice")
+    assert hub_resolve("meta-llama/Llama-gated-3").revision_sha == sha
+
+
+def test_missing_repo(hub):
+    with pytest.raises(RepoNotFoundError) as err:
+        hub_resolve("acme/does-not-exist")
+    assert err.value.repo_id == "acme/does-not-exist"
+    assert "was not found" in str(err.value) and "HF_TOKEN" in str(err.value)
+
+
+def test_missing_revision(two_revisions):
+    repo, _, _ = two_revisions
+    with pytest.raises(RevisionNotFoundError) as err:
+        hub_resolve(repo, "no-such-branch")
+    assert err.value.revision == "no-such-branch" and repo in str(err.value)
+    assert "no revision 'no-such-branch'" in str(err.value)
+
+
+def test_repo_without_safetensors_is_refused(hub):
+    hub.seed("acme/pickles-only", {"config.json": "{}", "pytorch_model.bin": b"\x80" * 100})
+    with pytest.raises(HubAccessError, match="no .safetensors weights"):
+        hub_resolve("acme/pickles-only")
+
+
+def test_offline_uses_the_cache_and_says_what_is_missing(two_revisions, monkeypatch):
+    from huggingface_hub import constants
+
+    repo, first, _ = two_revisions
+    online = hub_resolve(repo, first)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_resolve(repo, first) == online  # served from the cache
+    with pytest.raises(HubUnreachableError) as err:
+        hub_resolve("acme/never-downloaded")
+    assert "HF_HUB_OFFLINE=1" in str(err.value) and "hf download acme/never-downloaded" in str(err.value)
+
+
+def test_no_network(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    with pytest.raises(HubUnreachableError) as err:
+        hub_resolve("acme/anything")
+    assert dead in str(err.value) and "cache" in str(err.value)
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+def rows(n: int, tag: str) -> str:
+    return "".join(json.dumps({"instruction": f"{tag} {i}", "output": str(i)}) + "\n" for i in range(n))
+
+
+def test_dataset_by_hub_id_config_and_split(hub):
+    card = readme(license="cc-by-4.0", configs=[
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.jsonl"},
+                                                   {"split": "test", "path": "data/test-*.jsonl"}]},
+        {"config_name": "hard", "data_files": [{"split": "train", "path": "hard/*.jsonl"}]}])
+    sha = hub.seed("acme/qa", {"README.md": card, "data/train-00000.jsonl": rows(5, "train"),
+                               "data/test-00000.jsonl": rows(2, "test"), "hard/all.jsonl": rows(3, "hard")},
+                   repo_type="dataset")
+    train = resolve_dataset(DataSource(path="acme/qa"))
+    assert train.repo_id == "acme/qa" and train.revision_sha == sha
+    assert [Path(f).name for f in train.files] == ["train-00000.jsonl"]
+    test = resolve_dataset(DataSource(path="acme/qa", split="test", revision=sha))
+    assert [Path(f).name for f in test.files] == ["test-00000.jsonl"]
+    hard = resolve_dataset(DataSource(path="acme/qa", name="hard"))
+    assert Path(hard.files[0]).read_text() == rows(3, "hard")
+    with pytest.raises(DataError, match="no split 'validation'.*available: train, test"):
+        resolve_dataset(DataSource(path="acme/qa", split="validation"))
+    with pytest.raises(DataError, match="no config 'easy'"):
+        resolve_dataset(DataSource(path="acme/qa", name="easy"))
+
+
+def test_dataset_by_naming_convention(hub):
+    hub.seed("acme/plain", {"train.csv": "a,b\n1,2\n", "validation.csv": "a,b\n3,4\n"}, repo_type="dataset")
+    got = resolve_dataset(DataSource(path="acme/plain", split="validation"))
+    assert [Path(f).name for f in got.files] == ["validation.csv"]
+
+
+def test_missing_dataset_repo(hub):
+    with pytest.raises(RepoNotFoundError) as err:
+        resolve_dataset(DataSource(path="acme/no-data"))
+    assert err.value.repo_type == "dataset" and "dataset acme/no-data" in str(err.value)
+
+
+def test_local_dataset_file_and_folder(tmp_path):
+    (tmp_path / "train.jsonl").write_text(rows(3, "x"))
+    (tmp_path / "test.jsonl").write_text(rows(1, "y"))
+    one = resolve_dataset(DataSource(path=str(tmp_path / "test.jsonl")))
+    assert one.files == [str(tmp_path / "test.jsonl")] and one.revision_sha is None
+    folder = resolve_dataset(DataSource(path=str(tmp_path)))
+    assert folder.files == [str(tmp_path / "train.jsonl")]
+    builtin = resolve_dataset(DataSource(path="hubtune:data/invoices/train.jsonl"))
+    assert Path(builtin.files[0]).is_file()
