@@ -18,9 +18,6 @@ _EXPORTS = {
     "build_config": ("hubtune.config", "build"),
     "ConfigError": "hubtune.errors",
     "HubtuneError": "hubtune.errors",
-    "train": "hubtune.train",
-    "resume": "hubtune.train",
-    "Run": "hubtune.train",
     "run_demo": "hubtune.demo",
     "evaluate": "hubtune.evaluation",
     "push": "hubtune.publish",
@@ -36,7 +33,11 @@ if TYPE_CHECKING:
     from hubtune.errors import ConfigError, HubtuneError, LicenceBlocked
     from hubtune.licence import check as check_licences
     from hubtune.publish import push
-    from hubtune.train import Run, resume, train
+
+
+# Bound here, not lazily: importing the submodule hubtune.train would otherwise replace
+# the function `hubtune.train` with the module of the same name.
+from hubtune.train import Run, resume, train  # noqa: E402
 
 
 def __getattr__(name: str):
@@ -47,4 +48,4 @@ def __getattr__(name: str):
     return getattr(import_module(module), attr)
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "Run", "resume", "train"])

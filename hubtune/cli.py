@@ -32,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from hubtune.demo import run_demo
 
-    run_demo(output_dir=args.out)
+    run_demo(output_dir=args.out, overrides=args.overrides, limit=args.limit)
     return 0
 
 
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="fine-tune the embedded tiny model on the invoice task and score it")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-<timestamp>)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N test examples")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("eval", help="score base (zero- and few-shot) and tuned side by side; writes RUN/eval.json",

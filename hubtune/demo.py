@@ -33,7 +33,8 @@ def score_exact_match(model, tokenizer, rows: list[dict], batch_size: int = 50) 
     return sum(hits) / len(rows), answers
 
 
-def run_demo(output_dir: str | None = None, overrides: list[str] | None = None) -> dict:
+def run_demo(output_dir: str | None = None, overrides: list[str] | None = None, limit: int | None = None) -> dict:
+    """Train on the demo config (plus `overrides`), score base and tuned on the test split (first `limit` rows)."""
     from hubtune.data import read_jsonl
     from hubtune.evaluation import load_base, load_tuned
     from hubtune.train import train
@@ -43,7 +44,7 @@ def run_demo(output_dir: str | None = None, overrides: list[str] | None = None) 
     config = cfg.load(DEMO_CONFIG, [f"output.dir={out}", *(overrides or [])])
     run = train(config)
 
-    rows = read_jsonl(Path(resolve_builtin(TEST_SET)))
+    rows = read_jsonl(Path(resolve_builtin(TEST_SET)))[:limit]
     m = config.model
     base = load_base(m.id, quantization=m.quantization, double_quant=m.double_quant, dtype=m.compute_dtype)
     tuned, tokenizer = load_tuned(run.path)

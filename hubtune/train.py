@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
-from trl import SFTConfig, SFTTrainer
+from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune import hardware
 from hubtune.errors import ConfigError, HubtuneError, TrainingInterrupted
-from hubtune.runinfo import library_versions, peak_memory_mb
+
+# torch, transformers, peft and trl load inside the functions that use them, so that
+# `import hubtune` (which re-exports train) and the CLI stay fast.
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig
+
+    from hubtune.hardware import Hardware
 
 
 @dataclass
@@ -73,7 +75,13 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) 
 
 
 def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[TrainerCallback] | None) -> Run:
-    from hubtune import data, hub, licence
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoTokenizer
+    from trl import SFTTrainer
+
+    from hubtune import data, hardware, hub, licence
+    from hubtune.callbacks import MetricsFile, StopOnSignal
 
     started = time.time()
     hw = hardware.detect(config.model, config.training)
@@ -96,14 +104,14 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     model = get_peft_model(model, lora_config(config.lora))
 
     # 4. SFT on completions only, with held-out loss and checkpoints.
-    stop = _StopOnSignal()
+    stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
         args=sft_args(config, hw, path, has_eval=prepared.eval is not None),
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[_MetricsFile(path / "metrics.jsonl", resume), stop, *(callbacks or [])],
+        callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *(callbacks or [])],
     )
     if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
         # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
@@ -149,8 +157,13 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
         raise ConfigError(problems, config.model.id)
 
 
-def load_base(path: str, model: cfg.ModelSection, hw: hardware.Hardware, gradient_checkpointing: bool = False):
+def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
+              for_training: bool = True):
     """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
     if model.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -162,17 +175,21 @@ def load_base(path: str, model: cfg.ModelSection, hw: hardware.Hardware, gradien
     if hw.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if model.quantization != "none":
+    if model.quantization != "none" and for_training:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     return base
 
 
 def lora_config(lora: cfg.LoraSection) -> LoraConfig:
+    from peft import LoraConfig
+
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(config: cfg.RunConfig, hw: hardware.Hardware, path: Path, has_eval: bool) -> SFTConfig:
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) -> SFTConfig:
+    from trl import SFTConfig
+
     t = config.training
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     return SFTConfig(
@@ -215,70 +232,9 @@ def _last_checkpoint(path: Path) -> Path | None:
     return found[-1] if found else None
 
 
-class _MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, epoch, loss, eval_loss, learning_rate, tokens/s."""
-
-    def __init__(self, file: Path, resume: bool):
-        self.file = file
-        self.resume = resume
-        self.last: tuple[float, int] | None = None
-        if not resume:
-            file.write_text("")
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.resume and self.file.exists():
-            # Lines past the checkpoint would be logged again: drop them.
-            kept = [ln for ln in self.file.read_text().splitlines() if json.loads(ln)["step"] <= state.global_step]
-            self.file.write_text("".join(ln + "\n" for ln in kept))
-        self.last = (time.time(), state.num_input_tokens_seen)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if not any(k in logs for k in ("loss", "eval_loss")):
-            return
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        for key in ("loss", "eval_loss", "learning_rate"):
-            if key in logs:
-                row[key] = logs[key]
-        if "loss" in logs and self.last:
-            now, seen = time.time(), state.num_input_tokens_seen
-            row["tokens_per_second"] = round((seen - self.last[1]) / max(now - self.last[0], 1e-9), 1)
-            self.last = (now, seen)
-        with self.file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-class _StopOnSignal(TrainerCallback):
-    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop."""
-
-    def __init__(self):
-        self.received: str | None = None
-
-    def installed(self):
-        stopper = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.old = {s: signal.signal(s, stopper._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-            def __exit__(self, *exc):
-                for s, h in self.old.items():
-                    signal.signal(s, h)
-
-        return _Ctx()
-
-    def _handle(self, signum, frame):
-        if self.received:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = True
-            control.should_training_stop = True
-
-
 def _summary(config, base, hw, trainer, verdict, prepared, seconds: float) -> dict:
+    from hubtune.runinfo import library_versions, peak_memory_mb
+
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())

@@ -219,7 +219,7 @@ def eval_run(tmp_path_factory) -> Path:
         "training": {"learning_rate": 3e-3, "max_steps": 12, "micro_batch_size": 8, "gradient_accumulation_steps": 1,
                      "warmup_steps": 2, "gradient_checkpointing": False, "logging_steps": 4, "save_steps": 100,
                      "eval_steps": 12},
-        "eval": {"test": "hubtune:data/invoices/test.jsonl", "max_new_tokens": 64, "batch_size": 8},
+        "eval": {"test": "hubtune:data/invoices/test.jsonl", "max_new_tokens": 48, "batch_size": 8},
         "output": {"dir": str(tmp / "run")},
     })
     threads = torch.get_num_threads()

@@ -297,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _entry(self, path: str, stored: bytes) -> dict:
         content = self.state._content(stored)
-        entry = {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha1(stored)}
+        entry = {"type": "file", "path": path, "size": len(content)}
         if stored.startswith(b"lfs:"):
             pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{stored[4:].decode()}\n"
                        f"size {len(content)}\n")

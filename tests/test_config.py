@@ -87,7 +87,10 @@ def test_bad_overrides_and_bad_yaml(tmp_path):
 
 
 def test_shipped_configs_validate():
-    for path in (cfg.ASSETS / "configs").glob("*.yaml"):
+    root = cfg.ASSETS.parent.parent
+    shipped = [*(cfg.ASSETS / "configs").glob("*.yaml"), *(root / "examples").glob("*.yaml")]
+    assert len(shipped) >= 3
+    for path in shipped:
         cfg.load(path)
 
 

@@ -189,9 +189,9 @@ def test_readme_evaluating_section_runs(eval_run, tmp_path, monkeypatch, capsys)
     assert {tuple(v.values()) for v in key.values()} <= {("tuned", "base"), ("base", "tuned")}
     model, tok = load_tuned(run)
     for row in sheet[:3]:
-        tuned = generate_answers(model, tok, [user(row["prompt"])], max_new_tokens=64)[0]
+        tuned = generate_answers(model, tok, [user(row["prompt"])], max_new_tokens=48)[0]
         with model.disable_adapter():
-            base = generate_answers(model, tok, [user(row["prompt"])], max_new_tokens=64)[0]
+            base = generate_answers(model, tok, [user(row["prompt"])], max_new_tokens=48)[0]
         columns = key[row["item"]]
         assert {columns["answer_1"]: row["answer_1"], columns["answer_2"]: row["answer_2"]} == {"tuned": tuned,
                                                                                              "base": base}

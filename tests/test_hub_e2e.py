@@ -22,7 +22,7 @@ BASE, DATA, REPO = "meta-llama/Llama-3.1-tiny", "acme/invoices-nc", "alice/Llama
 
 def hubtune_cli(*args, env, cwd):
     return subprocess.run([sys.executable, "-m", "hubtune.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1200)
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, mon
 
     # 2. Train; the base is gated, so with the token of an account that accepted its terms.
     run = tmp_path / "run"
-    config = {"model": {"id": BASE, "quantization": "none"}, "data": {"sources": [DATA], "val_set_size": 8, "max_seq_len": 384},
+    config = {"model": {"id": BASE}, "data": {"sources": [DATA], "val_set_size": 8, "max_seq_len": 384},
               "training": {"max_steps": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
                            "warmup_steps": 0, "gradient_checkpointing": False, "logging_steps": 1,
                            "eval_steps": 3, "save_steps": 100},

@@ -40,14 +40,27 @@ def small_config(tmp: Path, **training) -> cfg.RunConfig:
 
 
 class Snapshot(TrainerCallback):
-    """Copies of every parameter before the first step and after the last."""
+    """Every trainable parameter, every plain base parameter, and the output of every frozen
+    base layer under LoRA (4-bit storage may be repacked on first use, so compare what it computes)."""
+
+    def _take(self, model):
+        torch.manual_seed(0)
+        params = {n: p.detach().clone() for n, p in model.named_parameters()
+                  if p.requires_grad or p.dtype != torch.uint8}
+        layers = {}
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if hasattr(module, "base_layer") and hasattr(module.base_layer, "in_features"):
+                    x = torch.randn(3, module.base_layer.in_features)
+                    layers[name] = module.base_layer(x).clone()
+        return params, layers
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.before, self.layers_before = self._take(model)
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.after, self.layers_after = self._take(model)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +105,9 @@ def test_every_lora_parameter_changed_and_no_base_weight_did(trained):
     for name in snap.before:
         if name not in snap.trainable:
             assert torch.equal(snap.before[name], snap.after[name]), f"base weight {name} changed"
+    assert len(snap.layers_before) == 4 * 7  # q, k, v, o, gate, up, down in each of 4 layers
+    for name, out in snap.layers_before.items():
+        assert torch.equal(out, snap.layers_after[name]), f"frozen base layer {name} computes something else"
 
 
 def test_adapter_reloads_on_unquantized_base_and_merges(trained):

@@ -166,25 +166,26 @@ ESTIMATE_MARGIN = 0.15  # about 4 standard errors of a 128-permutation estimate 
 
 
 def near_duplicates(texts, threshold: float = 0.8, shingle_words: int = 3, num_perm: int = NUM_PERM,
-                    seed: int = SEED, skip: set[int] | frozenset = frozenset()) -> list[NearDuplicate]:
-    """Examples whose shingle sets reach `threshold` Jaccard similarity with an earlier kept one.
+                    seed: int = SEED) -> list[NearDuplicate]:
+    """Texts whose shingle sets reach `threshold` Jaccard similarity with an earlier kept one.
 
     LSH looks for candidates at a lower similarity than the threshold, so that pairs just above
-    it are rarely missed (recall); the exact check on shingle sets then removes candidates below
-    it (precision). Indices in `skip` (already removed) are neither checked nor kept."""
+    it are rarely missed (recall); the signatures' estimate screens the candidates and the exact
+    check on shingle sets removes those below the threshold (precision). Cost grows with the
+    number of candidates: on heavily templated text, where most shingles are shared by all rows,
+    LSH buckets grow large and the check slows down (quadratically in the worst case)."""
     shingles = Shingles(texts, shingle_words)
     sigs = signatures(shingles, num_perm, seed)
     lsh = MinHashLSH(threshold=max(0.1, threshold - 0.2), num_perm=num_perm)
     found: list[NearDuplicate] = []
     for i in range(len(shingles)):
-        if i in skip or shingles.offsets[i + 1] == shingles.offsets[i]:
-            continue
+        if shingles.offsets[i + 1] == shingles.offsets[i]:
+            continue  # no words: nothing to compare
         sketch = LeanMinHash(seed=seed, hashvalues=sigs[i], scheme="affine32")
         best = None
         candidates = np.fromiter(lsh.query(sketch), dtype=np.int64)
         if len(candidates):
-            # On templated data LSH returns many candidates: the signatures' own estimate of the
-            # similarity screens them cheaply before the exact check.
+            # The signatures' estimate is cheap for many candidates at once; the exact check is not.
             estimate = (sigs[candidates] == sigs[i]).mean(axis=1)
             for j in np.sort(candidates[estimate >= threshold - ESTIMATE_MARGIN]).tolist():
                 sim = jaccard(shingles.doc(i), shingles.doc(j))

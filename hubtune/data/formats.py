@@ -96,7 +96,7 @@ def detect_format(row: dict) -> str | None:
 
 def resolve_format(first_row: dict, wanted: str, columns: dict[str, str], source: str) -> str:
     """The format of a source from its first row; a DataError lists what was found and expected."""
-    found = ", ".join(first_row) or "(none)"
+    found = ", ".join(map(str, first_row)) or "(none)"
     mapped = map_columns(first_row, columns)
     mapping_hint = ("map your columns with data.columns, e.g. {output: answer} "
                     "(CLI: --column output=answer)")
@@ -118,7 +118,8 @@ def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
     """One row in the given format -> Example; raises BadRow."""
     missing = [c for c in REQUIRED[fmt] if row.get(c) is None]
     if missing:
-        raise BadRow(f"no value for {', '.join(missing)} (format {fmt}; columns here: {', '.join(row) or 'none'})")
+        columns = ", ".join(map(str, row)) or "none"
+        raise BadRow(f"no value for {', '.join(missing)} (format {fmt}; columns here: {columns})")
     task = row.get(task_column)
     task = None if task is None or task == "" else str(task)
     if fmt == "text":
