@@ -40,19 +40,16 @@ def small_config(tmp: Path, **training) -> cfg.RunConfig:
 
 
 class Snapshot(TrainerCallback):
-    """Every trainable parameter, every plain base parameter, and the output of every frozen
-    base layer under LoRA (4-bit storage may be repacked on first use, so compare what it computes)."""
+    """Every trainable parameter, every plain base parameter, and the saved state of every frozen
+    4-bit base layer under LoRA (its state_dict: the 4-bit codes plus quantization constants)."""
 
     def _take(self, model):
-        torch.manual_seed(0)
         params = {n: p.detach().clone() for n, p in model.named_parameters()
                   if p.requires_grad or p.dtype != torch.uint8}
         layers = {}
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if hasattr(module, "base_layer") and hasattr(module.base_layer, "in_features"):
-                    x = torch.randn(3, module.base_layer.in_features)
-                    layers[name] = module.base_layer(x).clone()
+        for name, module in model.named_modules():
+            if hasattr(module, "base_layer") and hasattr(module.base_layer, "in_features"):
+                layers[name] = {k: v.detach().clone() for k, v in module.base_layer.state_dict().items()}
         return params, layers
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -106,8 +103,10 @@ def test_every_lora_parameter_changed_and_no_base_weight_did(trained):
         if name not in snap.trainable:
             assert torch.equal(snap.before[name], snap.after[name]), f"base weight {name} changed"
     assert len(snap.layers_before) == 4 * 7  # q, k, v, o, gate, up, down in each of 4 layers
-    for name, out in snap.layers_before.items():
-        assert torch.equal(out, snap.layers_after[name]), f"frozen base layer {name} computes something else"
+    for name, state in snap.layers_before.items():
+        assert "weight.quant_state.bitsandbytes__nf4" in state  # really 4-bit
+        for key, value in state.items():
+            assert torch.equal(value, snap.layers_after[name][key]), f"frozen base layer {name}: {key} changed"
 
 
 def test_adapter_reloads_on_unquantized_base_and_merges(trained):
