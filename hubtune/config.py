@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -278,10 +278,20 @@ def _section_for(loc: tuple) -> type[BaseModel] | None:
         if isinstance(part, int):
             continue  # an index into a list of sections (data.sources.N)
         field = cls.model_fields.get(part)
-        if field is None:
+        cls = _model_in(field.annotation) if field else None
+        if cls is None:
             return None
-        cls = DataSource if part in ("sources", "test") else field.annotation
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+    return cls
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The section class inside an annotation: X, list[X], X | None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None
 
 
 def parse_overrides(pairs: list[str]) -> dict:

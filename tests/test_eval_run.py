@@ -231,7 +231,7 @@ def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path
     weights = run / "adapter" / "adapter_model.safetensors"
     state = load_file(weights)
     save_file({k: v * 40 if "lora_B" in k else v for k, v in state.items()}, weights)  # an adapter that wrecks the base
-    argv = [str(run), "--limit", "1", "eval.tasks=[]", "eval.few_shot_k=0"]
+    argv = ["eval", str(run), "eval.tasks=[]", "eval.few_shot_k=0", "--limit", "1"]
 
     assert cli.main(argv) == 3
     captured = capsys.readouterr()
@@ -242,6 +242,6 @@ def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path
     with model.disable_adapter():
         assert reg["base"] == choice_accuracy(model, tok, regression_rows(reg["dataset"]))["accuracy"]
 
-    assert cli.main([*argv, "eval.regression_threshold=1.0"]) == 0
+    assert cli.main([*argv[:2], "eval.regression_threshold=1.0", *argv[2:]]) == 0
     assert not json.loads((run / "eval.json").read_text())["regressed"]
     assert "no regression" in capsys.readouterr().out

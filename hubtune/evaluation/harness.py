@@ -91,7 +91,7 @@ def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None,
         try:
             results = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=manager, limit=limit,
                                               apply_chat_template=templated, log_samples=False,
-                                              bootstrap_iters=0, verbosity="WARNING")
+                                              bootstrap_iters=1000, verbosity="WARNING")
         except (KeyError, ValueError) as err:
             raise EvalError(f"harness task(s) {[n for n in tasks if with_template(n) == templated]}: {err}; "
                             f"local tasks: {', '.join(sorted(local)) or 'none'}") from None

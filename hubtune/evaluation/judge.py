@@ -22,7 +22,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from hubtune.errors import JudgeError
+from hubtune.errors import EvalError, JudgeError
 from hubtune.evaluation.cache import AnswerCache, key_of
 from hubtune.evaluation.scoring import evals_dir
 
@@ -117,6 +117,9 @@ class Judge:
             self._client = InferenceClient(base_url=spec, timeout=timeout)
         elif Path(spec).expanduser().is_dir():
             self._client = None
+        elif spec.startswith((".", "/", "~")):
+            raise EvalError(f"judge {spec}: no such model folder; give a local model folder, an OpenAI-compatible "
+                            f"base URL (http://host:port/v1) or a Hub model id")
         else:
             from huggingface_hub import InferenceClient
 

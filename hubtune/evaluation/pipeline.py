@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from hubtune import config as cfg
-from hubtune.errors import EvalError, JudgeError
+from hubtune.errors import EvalError
 from hubtune.evaluation import report
 from hubtune.evaluation.cache import AnswerCache, cached_answers, file_fingerprint
 from hubtune.evaluation.generate import generate_answers, load_tuned
@@ -56,6 +56,9 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
     tree["eval"] = {**(tree.get("eval") or {}), **{k: v for k, v in updates.items() if v is not None}}
     config = cfg.build(tree, overrides, source=str(run / "config.yaml"))
     ev = config.eval
+    # A malformed judge is a setting to fix before any generation, not a partial result after.
+    judge_client = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
+                         backoff=ev.judge_backoff) if ev.judge else None
 
     log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
     model, tokenizer = load_tuned(run, quantization=config.model.quantization)
@@ -104,11 +107,11 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
         result["regression"] = _regression(model, tokenizer, ev)
 
     # 5. LLM judge.
-    if ev.judge and answers:
+    if judge_client and answers:
         items = [{"question": _question(r["prompt"]), "reference": r["completion"][-1]["content"],
                   "tuned": t, "base": b} for r, t, b in zip(rows, answers["tuned"], answers["base"])][:ev.judge_max_items]
         log(f"judging {len(items)} answers with {ev.judge}")
-        result["judge"] = _judge(ev, items, run)
+        result["judge"] = judge_answers(judge_client, items, AnswerCache(run / "eval_cache" / "judge.jsonl"))
 
     # 6. Blinded answers for human raters.
     if export_human:
@@ -260,18 +263,6 @@ def _regression(model, tokenizer, ev) -> dict:
             "tuned": scored["tuned"]["accuracy"], "drop": drop, "threshold": ev.regression_threshold,
             "regressed": drop > ev.regression_threshold + 1e-12, "forgotten": forgotten,
             "learned": sum(t and not b for b, t in zip(scored["base"]["correct"], scored["tuned"]["correct"]))}
-
-
-def _judge(ev, items, run: Path) -> dict:
-    try:
-        judge = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
-                      backoff=ev.judge_backoff)
-    except Exception as err:  # a malformed endpoint is reported like a judge that is down
-        return {"judge": ev.judge, "items": len(items), "judged": 0, "partial": True, "error": str(err)}
-    try:
-        return judge_answers(judge, items, AnswerCache(run / "eval_cache" / "judge.jsonl"))
-    except JudgeError as err:
-        return {"judge": ev.judge, "items": len(items), "judged": err.judged, "partial": True, "error": str(err)}
 
 
 def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int) -> Path:
