@@ -106,8 +106,11 @@ def _eval(args: argparse.Namespace) -> int:
     from hubtune.evaluation import evaluate
     from hubtune.evaluation.report import format_report
 
-    result = evaluate(args.run, tasks=args.tasks, judge=args.judge, judge_model=args.judge_model, limit=args.limit,
-                      export_human=args.export_human, overrides=args.overrides)
+    # `--tasks a b key=value` reads the override as a task; task names never hold "=".
+    tasks = [t for t in args.tasks if "=" not in t] if args.tasks else None
+    overrides = [*args.overrides, *(t for t in args.tasks or [] if "=" in t)]
+    result = evaluate(args.run, tasks=tasks, judge=args.judge, judge_model=args.judge_model, limit=args.limit,
+                      export_human=args.export_human, overrides=overrides)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     if result["regressed"]:
         print(f"error: {args.run} REGRESSED on the regression set (see eval.json)", file=sys.stderr)

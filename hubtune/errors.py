@@ -41,11 +41,10 @@ class EvalError(HubtuneError):
 
 
 class JudgeError(EvalError):
-    """A judge endpoint that kept failing after retries; `judged` items were scored before it gave up."""
+    """A judge endpoint that kept failing after its retries (down, too slow, or not answering chat completions)."""
 
-    def __init__(self, message: str, endpoint: str | None = None, judged: int = 0):
+    def __init__(self, message: str, endpoint: str | None = None):
         self.endpoint = endpoint
-        self.judged = judged
         super().__init__(message)
 
 

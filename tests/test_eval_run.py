@@ -245,3 +245,25 @@ def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path
     assert cli.main([*argv[:2], "eval.regression_threshold=1.0", *argv[2:]]) == 0
     assert not json.loads((run / "eval.json").read_text())["regressed"]
     assert "no regression" in capsys.readouterr().out
+
+
+def test_few_shot_prompts_leave_out_shots_that_would_overflow_the_context(loaded):
+    from hubtune.data import alpaca_to_messages
+    from hubtune.evaluation.pipeline import EvalData
+
+    _, tok = loaded
+    train = [json.loads(x) for x in Path(cfg.resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:3]]
+    data = EvalData()
+    data.shots = [alpaca_to_messages(r) for r in train]
+    question = user("Read the invoice below and extract each product name and its price.\n\nInvoice no. 7")
+
+    def length(messages):
+        return len(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"])
+
+    full, k = data.few_shot_prompt(question, tok, 10**6)
+    assert k == 3 and [m["role"] for m in full] == ["user", "assistant"] * 3 + ["user"] and full[-1] == question[0]
+    assert full[1]["content"] == train[0]["output"]
+    fewer, k = data.few_shot_prompt(question, tok, length(full) - 1)
+    assert k == 2 and fewer == full[:4] + question and length(fewer) <= length(full) - 1
+    assert data.few_shot_prompt(question, tok, 5) == (question, 0)

@@ -84,3 +84,15 @@ def test_eval_section_is_validated_with_paths():
     with pytest.raises(ConfigError) as err:
         cfg.build({"eval": {"few_shot_k": -1, "regression_threshold": 2, "judge_retrys": 3}})
     assert set(err.value.paths) == {"eval.few_shot_k", "eval.regression_threshold", "eval.judge_retrys"}
+
+
+def test_an_unknown_harness_task_fails_before_any_model_is_loaded(tmp_path):
+    from hubtune.errors import EvalError
+    from hubtune.evaluation import evaluate
+
+    (tmp_path / "config.yaml").write_text(cfg.RunConfig().to_yaml())  # no adapter: nothing could be loaded
+    with pytest.raises(EvalError) as err:
+        evaluate(tmp_path, tasks=["hubtune_invoices", "hellaswagg", "hubtune_general"], log=lambda m: None)
+    message = str(err.value)
+    assert "hellaswagg (did you mean hellaswag" in message and "hubtune_general (did you mean hubtune_general_mc" in message
+    assert "hubtune_invoices (" not in message

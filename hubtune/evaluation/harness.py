@@ -7,7 +7,9 @@ YAML file) are resolved here so the harness reads them offline.
 
 from __future__ import annotations
 
+import difflib
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -50,6 +52,39 @@ def local_task_spec(path: Path) -> dict:
     return spec
 
 
+def _import_harness():
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise EvalError(f"harness tasks need lm-eval: pip install 'hubtune[eval]' ({err})") from None
+    return lm_eval, TaskManager
+
+
+@lru_cache(maxsize=2)
+def task_manager(include_defaults: bool):
+    """The harness's task index over evals/tasks/ (plus its own tasks when a name needs them)."""
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    _, TaskManager = _import_harness()
+    return TaskManager(include_path=str(evals_dir() / "tasks"), include_defaults=include_defaults)
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """Raise EvalError naming every task that is neither in evals/tasks/ nor known to the harness."""
+    _import_harness()
+    local = local_tasks()
+    others = [t for t in tasks if t not in local]
+    if not others:
+        return
+    known = set(task_manager(True).all_tasks)
+    unknown = [t for t in others if t not in known]
+    if unknown:
+        hints = [f"{t} (did you mean {', '.join(m)}?)" if (m := difflib.get_close_matches(t, known | set(local), 3))
+                 else t for t in unknown]
+        raise EvalError(f"unknown harness task(s): {'; '.join(hints)}. Local tasks: {', '.join(sorted(local))}; "
+                        f"`lm-eval ls tasks` lists the harness's own")
+
+
 def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,
                 chat_template: str = "auto") -> dict[str, dict]:
     """Run harness tasks; returns {task: {"output_type", "n", "metrics": {name: value}, "stderr": {...}}}.
@@ -57,14 +92,9 @@ def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None,
     chat_template: "auto" renders generation tasks through the model's chat template and scores
     multiple-choice tasks on the raw text; "always" / "never" force one way for every task.
     """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError as err:
-        raise EvalError(f"harness tasks need lm-eval: pip install 'hubtune[eval]' ({err})") from None
+    lm_eval, _ = _import_harness()
+    from lm_eval.models.huggingface import HFLM
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
     local = local_tasks()
     specs: dict[str, str | dict] = {}
     output_types: dict[str, str] = {}
@@ -74,8 +104,7 @@ def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None,
             output_types[name] = specs[name].get("output_type", "generate_until")
         else:
             specs[name] = name
-    needs_defaults = any(isinstance(s, str) for s in specs.values())
-    manager = TaskManager(include_path=str(evals_dir() / "tasks"), include_defaults=needs_defaults)
+    manager = task_manager(any(isinstance(s, str) for s in specs.values()))
 
     def with_template(name: str) -> bool:
         if chat_template != "auto":

@@ -59,6 +59,7 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
     # A malformed judge is a setting to fix before any generation, not a partial result after.
     judge_client = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
                          backoff=ev.judge_backoff) if ev.judge else None
+    harness_note = _check_harness(ev.tasks)
 
     log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
     model, tokenizer = load_tuned(run, quantization=config.model.quantization)
@@ -83,9 +84,14 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
     if data.test:
         rows = data.test[:ev.limit] if ev.limit else data.test
         refs = [r["completion"][-1]["content"] for r in rows]
+        few_shot = [data.few_shot_prompt(r["prompt"], tokenizer, _context_length(model, tokenizer) - ev.max_new_tokens)
+                    for r in rows] if data.shots else None
         prompts = {"base": [r["prompt"] for r in rows], "tuned": [r["prompt"] for r in rows],
-                   "base_few_shot": [data.few_shot_prompt(r["prompt"]) for r in rows] if data.shots else None}
+                   "base_few_shot": [p for p, _ in few_shot] if few_shot else None}
         task = {"dataset": data.test_dataset, "split": data.test_split, "n": len(rows), "few_shot_k": len(data.shots)}
+        if few_shot:
+            # Shots that would push a prompt past the model's context are left out of that prompt.
+            task["few_shot_k_mean"] = sum(k for _, k in few_shot) / len(few_shot)
         for name in MODELS:
             if prompts[name] is None:
                 continue
@@ -98,13 +104,18 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
         _write_answers(run / "eval_answers.jsonl", rows, refs, answers, task)
 
     # 3. Harness tasks.
-    if ev.tasks:
+    if harness_note:
+        result["harness"] = {"skipped": harness_note}
+    elif ev.tasks:
         result["harness"] = _harness(model, tokenizer, ev, log)
 
     # 4. Regression set.
     if ev.regression_set:
         log(f"regression set {ev.regression_set}")
-        result["regression"] = _regression(model, tokenizer, ev)
+        result["regression"] = reg = _regression(model, tokenizer, ev)
+        if reg["regressed"]:
+            log(f"REGRESSED: regression set accuracy fell {reg['drop']:.3f} ({reg['base']:.3f} -> {reg['tuned']:.3f}), "
+                f"more than eval.regression_threshold={reg['threshold']}")
 
     # 5. LLM judge.
     if judge_client and answers:
@@ -116,7 +127,8 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
     # 6. Blinded answers for human raters.
     if export_human:
         path = _export_human(run, model, tokenizer, cache, keys, data, ev, export_human)
-        result["human_export"] = {"csv": str(path), "key": str(path.with_name("human_eval_key.json")), "n": export_human}
+        result["human_export"] = {"csv": str(path), "key": str(path.with_name("human_eval_key.json")),
+                                  "n": min(export_human, len(data.test))}
 
     if "task" in result:
         result["answers_file"] = str(run / "eval_answers.jsonl")
@@ -164,16 +176,28 @@ class EvalData:
         out.shots = random.Random(config.training.seed).sample(candidates, min(ev.few_shot_k, len(candidates)))
         return out
 
-    def few_shot_prompt(self, prompt: list[dict]) -> list[dict]:
-        """k solved training examples as earlier chat turns, then the question."""
+    def few_shot_prompt(self, prompt: list[dict], tokenizer, max_tokens: int) -> tuple[list[dict], int]:
+        """(messages, k): up to k solved training examples as earlier chat turns, then the question,
+        with as many shots as fit in max_tokens."""
         system = [m for m in prompt if m["role"] == "system"]
-        turns = [m for s in self.shots for m in s["prompt"] + s["completion"] if m["role"] != "system"]
-        return system + turns + [m for m in prompt if m["role"] != "system"]
+        question = [m for m in prompt if m["role"] != "system"]
+        for k in range(len(self.shots), -1, -1):
+            turns = [m for s in self.shots[:k] for m in s["prompt"] + s["completion"] if m["role"] != "system"]
+            messages = system + turns + question
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            if k == 0 or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
+                return messages, k
+        return prompt, 0
 
     def describe(self) -> dict:
         return {"validation_examples": len(self.validation), "test_examples": len(self.test),
                 "test_dataset": self.test_dataset, "test_split": self.test_split,
                 "few_shot_k": len(self.shots), "test_examples_also_in_train": self.test_in_train}
+
+
+def _context_length(model, tokenizer) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    return min((n for n in limits if isinstance(n, int) and 0 < n < 10**7), default=10**6)
 
 
 def _parts(row: dict) -> tuple[str, str]:
@@ -219,20 +243,30 @@ def _question(prompt: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in prompt if m["role"] != "system")
 
 
+def _check_harness(tasks: list[str]) -> str | None:
+    """Unknown task names fail before any generation; without lm-eval the harness is skipped, with a note."""
+    if not tasks:
+        return None
+    from hubtune.evaluation import harness
+
+    try:
+        harness.check_tasks(tasks)
+    except EvalError as err:
+        if "need lm-eval" in str(err):
+            return str(err)
+        raise
+    return None
+
+
 def _harness(model, tokenizer, ev, log) -> dict:
     from hubtune.evaluation.harness import run_harness
 
     out = {}
     for name in ("base", "tuned"):
         log(f"harness tasks {', '.join(ev.tasks)}: {name}")
-        try:
-            with _as(model, name):
-                out[name] = run_harness(model, tokenizer, ev.tasks, limit=ev.limit, batch_size=ev.batch_size,
-                                        chat_template=ev.harness_chat_template)
-        except EvalError as err:
-            if "need lm-eval" not in str(err):
-                raise
-            return {"skipped": str(err)}
+        with _as(model, name):
+            out[name] = run_harness(model, tokenizer, ev.tasks, limit=ev.limit, batch_size=ev.batch_size,
+                                    chat_template=ev.harness_chat_template)
     return out
 
 

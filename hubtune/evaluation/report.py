@@ -11,7 +11,7 @@ TASK_METRICS = {"exact_match": "exact match", "exact_match_normalized": "exact m
 
 def summarize_task(task: dict) -> dict:
     """Per-example scores -> mean with 95% CI per model and metric, plus the prompt-vs-tune verdict."""
-    out = {k: task[k] for k in ("dataset", "split", "n", "few_shot_k")}
+    out = {k: task[k] for k in ("dataset", "split", "n", "few_shot_k", "few_shot_k_mean") if k in task}
     for model in LABELS:
         if model in task:
             out[model] = {m: mean_ci(task[model][m]) for m in TASK_METRICS}
@@ -122,10 +122,16 @@ def format_report(result: dict) -> str:
                      _ci(judge["single"]["tuned"]["overall"])))
     shots = (task or {}).get("few_shot_k") or 0
     header = ("", "base", f"base {shots}-shot" if shots else "", "tuned")
+    if task and task.get("few_shot_k_mean") is not None and task["few_shot_k_mean"] < shots:
+        notes = [f"few-shot prompts held {task['few_shot_k_mean']:.1f} examples on average: more would not fit "
+                 f"in the model's context"]
+    else:
+        notes = []
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip()
              for r in [header, *rows]]
     if task and "tuned" in task:
+        lines += notes
         lines.append(task["versus_best_prompt"]["line"])
     if harness.get("skipped"):
         lines.append(f"harness skipped: {harness['skipped']}")
