@@ -45,8 +45,7 @@ def run_demo(output_dir: str | None = None, overrides: list[str] | None = None, 
     run = train(config)
 
     rows = read_jsonl(Path(resolve_builtin(TEST_SET)))[:limit]
-    m = config.model
-    base = load_base(m.id, quantization=m.quantization, double_quant=m.double_quant, dtype=m.compute_dtype)
+    base = load_base(config.model)
     tuned, tokenizer = load_tuned(run.path)
     base_em, base_answers = score_exact_match(base, tokenizer, rows)
     tuned_em, tuned_answers = score_exact_match(tuned, tokenizer, rows)

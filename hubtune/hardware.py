@@ -31,7 +31,7 @@ class Hardware:
                 "optimizer": self.optimizer}
 
 
-def detect(model: ModelSection, training: TrainingSection) -> Hardware:
+def detect(model: ModelSection, training: TrainingSection | None = None) -> Hardware:
     cuda = torch.cuda.is_available()
     if model.compute_dtype != "auto":
         dtype = _DTYPES[model.compute_dtype]
@@ -41,7 +41,7 @@ def detect(model: ModelSection, training: TrainingSection) -> Hardware:
     else:
         # CPUs without native bf16 run float32 several times faster than emulated bf16.
         dtype = torch.float32
-    optimizer = training.optimizer
+    optimizer = (training or TrainingSection()).optimizer
     if optimizer == "auto":
         optimizer = "paged_adamw_8bit" if cuda else "adamw_torch"
     elif not cuda:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -12,17 +11,13 @@ from pathlib import Path
 import yaml
 
 from hubtune import config as cfg
+import readme_blocks
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 
 
 def section_blocks() -> list[tuple[str, str]]:
-    text = README.read_text()
-    start = text.index("## Preparing data")
-    end = text.find("\n## ", start + 1)
-    section = text[start:end if end > 0 else None]
-    blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    blocks = readme_blocks.section_blocks("Preparing data")
     assert {lang for lang, _ in blocks} == {"bash", "yaml", "python"}
     return blocks
 

@@ -22,9 +22,9 @@ from hubtune.evaluation.harness import run_harness
 from hubtune.evaluation.likelihood import choice_accuracy
 from hubtune.evaluation.pipeline import regression_rows
 from judge_server import ScriptedJudge
+from readme_blocks import section_blocks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def copy_run(run: Path, dest: Path) -> Path:
@@ -113,12 +113,6 @@ def test_validation_split_by_default_and_loss_matches_training(eval_run, tmp_pat
     assert "harness" not in result and "regression" not in result and not result["regressed"]
 
 
-def readme_blocks(section: str) -> list[tuple[str, str]]:
-    text = README.read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(\w+)\n(.*?)```", body, flags=re.S)
-
-
 def judge_by_reference(messages: list[dict]) -> str:
     """A judge that prefers the answer with the higher token F1 against the reference."""
     text = messages[-1]["content"]
@@ -134,7 +128,7 @@ def judge_by_reference(messages: list[dict]) -> str:
 
 
 def test_readme_evaluating_section_runs(eval_run, tmp_path, monkeypatch, capsys):
-    blocks = readme_blocks("Evaluating")
+    blocks = section_blocks("Evaluating")
     assert [lang for lang, _ in blocks] == ["bash", "yaml", "python"]
     copy_run(eval_run, tmp_path / "runs" / "demo")
     monkeypatch.chdir(tmp_path)

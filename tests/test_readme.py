@@ -13,15 +13,13 @@ import pytest
 import yaml
 
 from hubtune import config as cfg
+from readme_blocks import section_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("Quickstart", "The command line", "The Python API", "A run config")
 
 
 def blocks(section: str, lang: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    body = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## |\Z)", text, re.S | re.M).group(1)
-    return re.findall(rf"^```{lang}\n(.*?)^```", body, re.S | re.M)
+    return [body for kind, body in section_blocks(section) if kind == lang]
 
 
 def commands(section: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -14,17 +13,13 @@ from pathlib import Path
 import pytest
 from conftest import HUB_TOKEN
 from hub_server import readme
+import readme_blocks
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 
 
 def section_blocks() -> list[tuple[str, str]]:
-    text = README.read_text()
-    start = text.index("## Hub, licences and publishing")
-    end = text.find("\n## ", start + 1)
-    section = text[start:end if end > 0 else None]
-    blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    blocks = readme_blocks.section_blocks("Hub, licences and publishing")
     assert [lang for lang, _ in blocks] == ["bash", "text", "python"]
     return blocks
 

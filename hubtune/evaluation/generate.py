@@ -11,37 +11,24 @@ from pathlib import Path
 
 import torch
 
+from hubtune.config import ModelSection
 from hubtune.errors import EvalError
 
 
-def compute_dtype(setting: str = "auto") -> torch.dtype:
-    """auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU."""
-    if setting != "auto":
-        return getattr(torch, setting)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+def load_base(model: ModelSection, quantization: str | None = None):
+    """The base model as training loaded it (4-bit nf4/fp4 or unquantized), in eval mode.
 
+    quantization: "nf4", "fp4" or "none"; None keeps the configured one.
+    """
+    from hubtune import hardware, hub
+    from hubtune.train import load_base as load_training_base
 
-def load_base(model_id: str, *, revision: str | None = None, quantization: str = "nf4",
-              double_quant: bool = True, dtype: str = "auto", trust_remote_code: bool = False):
-    """The base model as training saw it: 4-bit (nf4/fp4) with bitsandbytes, or unquantized ("none")."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from hubtune.config import resolve_builtin
-
-    torch_dtype = compute_dtype(dtype)
-    kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code, "dtype": torch_dtype}
-    if quantization != "none":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_use_double_quant=double_quant,
-            bnb_4bit_compute_dtype=torch_dtype)
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(resolve_builtin(model_id), **kwargs)
-    if quantization == "none" and torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    return model
+    if quantization is not None:
+        model = model.model_copy(update={"quantization": quantization})
+    path = hub.resolve_model(model).path  # the pinned revision, from the local cache when offline
+    base = load_training_base(path, model, hardware.detect(model), for_training=False)
+    base.eval()
+    return base
 
 
 def load_tuned(run_path: str | Path, quantization: str | None = None):
@@ -53,16 +40,12 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     from transformers import AutoTokenizer
 
     from hubtune import config as cfg
-    from hubtune import hub
 
     run = Path(run_path)
     adapter = run / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise EvalError(f"{adapter} holds no adapter_config.json; give a run folder written by `hubtune train`")
-    m = cfg.load(run / "config.yaml").model
-    base_path = hub.resolve_model(m).path  # the pinned revision, from the local cache when offline
-    base = load_base(base_path, quantization=quantization or m.quantization, double_quant=m.double_quant,
-                     dtype=m.compute_dtype, trust_remote_code=m.trust_remote_code)
+    base = load_base(cfg.load(run / "config.yaml").model, quantization)
     model = PeftModel.from_pretrained(base, str(adapter))
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter))

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from hubtune.errors import EvalError
 
-EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
+# A checkout keeps evals/ beside the package; an installed wheel carries it as hubtune/evals.
+_CHECKOUT_EVALS = Path(__file__).resolve().parents[2] / "evals"
+EVALS_DIR = _CHECKOUT_EVALS if _CHECKOUT_EVALS.is_dir() else Path(__file__).resolve().parents[1] / "evals"
 
 
 def evals_dir() -> Path:
     """The evals/ folder (metrics, harness tasks, judge prompts, regression sets)."""
     if not EVALS_DIR.is_dir():
-        raise EvalError(f"{EVALS_DIR} is missing; run hubtune from a checkout or editable install that has evals/")
+        raise EvalError(f"{EVALS_DIR} is missing; reinstall hubtune (its wheel carries hubtune/evals)")
     return EVALS_DIR
 
 
