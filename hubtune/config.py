@@ -244,12 +244,16 @@ class RunConfig(Section):
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
+def looks_local(ref: str) -> bool:
+    """A path by its shape (./x, /x, ~/x, hubtune:x, a data-file name, a/b/c), whether it exists or not."""
+    return (ref.startswith((".", "/", "~", BUILTIN_PREFIX)) or ref.endswith((".json", ".jsonl", ".csv", ".parquet", ".txt"))
+            or ref.count("/") > 1)
+
+
 def _exists_or_hub_id(ref: str) -> bool:
     if Path(resolve_builtin(ref)).exists():
         return True
-    looks_local = ref.startswith((".", "/", "~", BUILTIN_PREFIX)) or ref.endswith(
-        (".json", ".jsonl", ".csv", ".parquet", ".txt"))
-    return not looks_local and bool(_HUB_ID.match(ref))
+    return not looks_local(ref) and bool(_HUB_ID.match(ref))
 
 
 def _loc(loc: tuple) -> str:

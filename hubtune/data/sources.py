@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubtune.config import DataSource, resolve_builtin
+from hubtune.config import DataSource, looks_local, resolve_builtin
 from hubtune.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -54,10 +54,6 @@ def read_source(source: DataSource, skip_bad_rows: bool = False) -> SourceRows:
     else:
         read_hub(source, out)
     return out
-
-
-def looks_local(ref: str) -> bool:
-    return ref.startswith((".", "/", "~", "hubtune:")) or ref.endswith(SUFFIXES + (".txt",)) or ref.count("/") > 1
 
 
 def data_files(folder: Path, split: str) -> list[Path]:
