@@ -9,7 +9,6 @@ on completions only, save the adapter and a summary into the run folder.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +126,6 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     if stop.received:
-        trainer.save_model(str(path / "checkpoints" / "interrupted"))  # in case the step hook never ran
         raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
                                   f"a checkpoint is in {path / 'checkpoints'}. Continue with "
                                   f"`hubtune train --resume {path}`")
@@ -135,7 +133,6 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     # 5. Save the adapter with its tokenizer, and what the run was.
     trainer.save_model(str(path / "adapter"))
     tokenizer.save_pretrained(str(path / "adapter"))
-    shutil.rmtree(path / "checkpoints" / "interrupted", ignore_errors=True)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started)
     initial = path / "initial_eval.json"
     summary["initial_eval_loss"] = json.loads(initial.read_text())["eval_loss"] if initial.exists() else None
