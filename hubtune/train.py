@@ -172,16 +172,16 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if model.quantization != "none" and hw.device == "cpu" and for_training:
+    if model.quantization == "none" or not for_training:
+        return base
+    if hw.device == "cpu":
         # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
         # no-grad forward (the held-out eval), rounding the quantization constants: the frozen base
         # would drift. Training keeps the base exactly as quantized.
         for module in base.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-    if model.quantization != "none" and for_training:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
-    return base
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
 
 
 def lora_config(lora: cfg.LoraSection) -> LoraConfig:
