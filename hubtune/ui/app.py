@@ -50,6 +50,17 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     def runs_for(session: h.Session) -> list[RunFolder]:
         return views.visible_runs(root, session.user, shared=space)
 
+    def mine(path: str | None, session: h.Session) -> str | None:
+        """A run path this session may act on: under the runs root and, on a shared Space, its own."""
+        if not path:
+            return None
+        run = Path(path).resolve()
+        if run.parent != root or not (run / RunFolder.CONFIG).is_file():
+            raise gr.Error(f"{Path(path).name} is not a run under {root}")
+        if space and RunFolder(run).owner != session.user:
+            raise gr.Error(f"{run.name} belongs to another user; sign in as its owner")
+        return str(run)
+
     def finished_choices(session: h.Session) -> list[tuple[str, str]]:
         return views.run_choices([r for r in runs_for(session) if r.summary is not None])
 
@@ -72,6 +83,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns)
 
     def start(config_text, push_to, session):
+        if space and not session.user:
+            return None, "Sign in with Hugging Face to start a run: on a shared Space each run belongs to its owner."
         path, message = h.start_training(config_text, push_to, session, runner, root)
         return path, message
 
@@ -97,11 +110,11 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         return (current, p["line"], _progress_bar(p["fraction"]), _loss_frame(points),
                 views.chart_caption(points), views.log_tail(run))
 
-    def stop(current):
-        return runner.stop(current) if current else "No run to stop."
+    def stop(current, session):
+        return runner.stop(mine(current, session)) if current else "No run to stop."
 
     def resume(current, session):
-        return h.resume_run(current, session, runner) if current else "No run to resume."
+        return h.resume_run(mine(current, session), session, runner) if current else "No run to resume."
 
     def refresh_runs(session, selected):
         runs = runs_for(session)
@@ -113,20 +126,20 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                                                               "held-out loss", "error"])
         return (table, gr.update(choices=choices, value=value), gr.update(choices=choices, value=None), note)
 
-    def show_run(path):
+    def show_run(path, session):
         if not path:
             return "", "", _loss_frame([]), "", []
-        run = RunFolder(path)
+        run = RunFolder(mine(path, session))
         p = views.progress(run)
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
         return (p["line"], run.config.to_yaml(), _loss_frame(points), eval_text,
                 pd.DataFrame(samples))
 
-    def compare(a, b):
+    def compare(a, b, session):
         if not a or not b:
             return "Pick two runs to compare.", _loss_frame([])
-        runs = [RunFolder(a), RunFolder(b)]
+        runs = [RunFolder(mine(a, session)), RunFolder(mine(b, session))]
         return (views.config_diff(*runs),
                 _loss_frame(views.loss_points(runs, label_runs=True)))
 
@@ -139,7 +152,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     def publish_defaults(run, session):
         if not run:
             return "", NO_FINISHED
-        return h.publish_defaults(run, session)
+        return h.publish_defaults(mine(run, session), session)
 
     # ---- the page ---------------------------------------------------------------------------------------------
     with gr.Blocks(title="hubtune") as app:
@@ -207,7 +220,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 refresh_btn = gr.Button("Refresh")
                 runs_note = gr.Markdown(elem_id="runs-note")
                 runs_table = gr.Dataframe(label="History", interactive=False, wrap=True)
-                run_pick = gr.Dropdown(label="Run", choices=[], elem_id="run-pick")
+                run_pick = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, elem_id="run-pick")
                 run_line = gr.Markdown(elem_id="run-line")
                 with gr.Row():
                     run_resume = gr.Button("Resume")
@@ -222,13 +235,13 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 eval_md = gr.Markdown(elem_id="eval-report")
                 samples = gr.Dataframe(label="Sample answers, side by side", wrap=True, max_height=300)
                 with gr.Accordion("Compare two runs", open=False):
-                    run_b = gr.Dropdown(label="Compare with", choices=[])
+                    run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
                     diff = gr.Code(language=None, label="Config diff")
                     overlay = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Curves overlaid", height=260)
 
             with gr.Tab("4. Chat", id="chat") as chat_tab:
                 chat_note = gr.Markdown()
-                chat_run = gr.Dropdown(label="Finished run", choices=[], elem_id="chat-run")
+                chat_run = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True, elem_id="chat-run")
                 prompt = gr.Textbox(label="Prompt", lines=4, elem_id="chat-prompt")
                 send = gr.Button("Ask both", variant="primary", elem_id="chat-send")
                 with gr.Row():
@@ -237,11 +250,13 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
 
             with gr.Tab("5. Publish", id="publish") as publish_tab:
                 publish_note = gr.Markdown()
-                pub_run = gr.Dropdown(label="Finished run", choices=[], elem_id="publish-run")
+                pub_run = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True, elem_id="publish-run")
                 with gr.Row():
                     repo = gr.Textbox(label="Repo (OWNER/NAME, prefilled to follow the licence's naming rule)",
                                       elem_id="publish-repo")
                     private = gr.Checkbox(True, label="Private")
+                acknowledge = gr.Textbox(label="Acknowledge licences (repo ids or paths, comma-separated): only "
+                                               "if the verdict asks and you hold the rights", elem_id="acknowledge")
                 push_btn = gr.Button("Push to the Hub", variant="primary", elem_id="push")
                 push_result = gr.Markdown(elem_id="push-result")
                 gr.Markdown("### Model card preview")
@@ -269,7 +284,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
 
         start_btn.click(start, [config_code, push_to, session], [current, message], api_name="start").then(
             watch, [current, session], [current, progress_md, bar, chart, chart_note, log], api_name=False)
-        stop_btn.click(stop, [current], [message], api_name="stop")
+        stop_btn.click(stop, [current, session], [message], api_name="stop")
         resume_btn.click(resume, [current, session], [message], api_name="resume")
         timer.tick(watch, [current, session], [current, progress_md, bar, chart, chart_note, log],
                    api_name="progress", show_progress="hidden")
@@ -277,26 +292,26 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         refresh_outputs = [runs_table, run_pick, run_b, runs_note]
         refresh_btn.click(refresh_runs, [session, run_pick], refresh_outputs, api_name="runs")
         runs_tab.select(refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
-        run_pick.change(show_run, [run_pick], [run_line, run_config, run_chart, eval_md, samples], api_name="run")
-        run_resume.click(lambda r, s: h.resume_run(r, s, runner) if r else "Pick a run.", [run_pick, session],
-                         [run_message], api_name="resume_run")
-        run_eval.click(lambda r, n, s: h.evaluate_run(r, n, s, runner) if r else "Pick a run.",
+        run_pick.change(show_run, [run_pick, session], [run_line, run_config, run_chart, eval_md, samples], api_name="run")
+        run_resume.click(lambda r, s: h.resume_run(mine(r, s), s, runner) if r else "Pick a run.",
+                         [run_pick, session], [run_message], api_name="resume_run")
+        run_eval.click(lambda r, n, s: h.evaluate_run(mine(r, s), n, s, runner) if r else "Pick a run.",
                        [run_pick, eval_limit, session], [run_message], api_name="evaluate")
-        run_delete.click(lambda r, c: h.delete_run(r, c, runner, root) if r else "Pick a run.", [run_pick, confirm],
-                         [run_message], api_name="delete").then(
+        run_delete.click(lambda r, c, s: h.delete_run(mine(r, s), c, runner, root) if r else "Pick a run.",
+                         [run_pick, confirm, session], [run_message], api_name="delete").then(
             refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
-        run_b.change(compare, [run_pick, run_b], [diff, overlay], api_name="compare")
+        run_b.change(compare, [run_pick, run_b, session], [diff, overlay], api_name="compare")
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
-        send.click(lambda r, p: h.chat(r, p, models) if r else (NO_FINISHED, ""), [chat_run, prompt],
-                   [base_answer, tuned_answer], api_name="chat")
+        send.click(lambda r, p, s: h.chat(mine(r, s), p, models) if r else (NO_FINISHED, ""),
+                   [chat_run, prompt, session], [base_answer, tuned_answer], api_name="chat")
 
         publish_tab.select(refresh_finished, [session, pub_run], [pub_run, publish_note], api_name=False)
         pub_run.change(publish_defaults, [pub_run, session], [repo, card], api_name="publish_defaults")
-        repo.blur(lambda r, name: h.card_preview(r, name) if r else NO_FINISHED, [pub_run, repo], [card],
-                  api_name=False)
-        push_btn.click(lambda r, name, p, s: h.publish(r, name, p, s) if r else NO_FINISHED,
-                       [pub_run, repo, private, session], [push_result], api_name="publish")
+        repo.blur(lambda r, name, s: h.card_preview(mine(r, s), name) if r else NO_FINISHED, [pub_run, repo, session],
+                  [card], api_name=False)
+        push_btn.click(lambda r, name, p, a, s: h.publish(mine(r, s), name, p, s, a) if r else NO_FINISHED,
+                       [pub_run, repo, private, acknowledge, session], [push_result], api_name="publish")
 
     app.runner = runner  # for `hubtune ui` and the tests: the runner this app schedules on
     return app

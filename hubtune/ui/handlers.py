@@ -442,13 +442,14 @@ def card_preview(run: str, repo: str) -> str:
     return f"```yaml\n{card.data.to_yaml()}\n```\n\n{card.text}"
 
 
-def publish(run: str, repo: str, private: bool, session: Session) -> str:
+def publish(run: str, repo: str, private: bool, session: Session, acknowledge: str = "") -> str:
     from hubtune.publish import push
 
     if not session.token:
         return "**Refused:** no token. Sign in (or paste a write token) to publish."
+    accepted = [a.strip() for a in (acknowledge or "").split(",") if a.strip()]
     try:
-        result = push(run, (repo or "").strip(), private=private, token=session.token)
+        result = push(run, (repo or "").strip(), private=private, token=session.token, acknowledge=accepted)
     except Exception as err:
         return problem(err).replace("**Problem:**", "**Refused:**")
     return f"Published {len(result.files)} files in one commit: [{result.url}]({result.url})"
