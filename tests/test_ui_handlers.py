@@ -43,6 +43,12 @@ def test_check_data_shows_rows_format_licence_and_report(client):
     assert sum(count for _, count in histogram["data"]) > 1000
 
 
+def test_try_prompting_first_scores_the_base(client, one_torch_thread):
+    text = client.predict("hubtune:tiny-llama", "auto", "", "personal", 4,  # the data: the session's (the demo)
+                          api_name="/try_prompting")
+    assert "the fine-tune has to beat this" in text and "| base, zero-shot | 0.00 |" in text and "3-shot" in text
+
+
 def test_problems_are_named_messages(client, tmp_path):
     fmt, rows, *_ = check(client, dataset=str(tmp_path / "missing.jsonl"))
     assert fmt.startswith("**Problem:**") and "missing.jsonl" in fmt
@@ -69,7 +75,7 @@ def test_finished_run_history_chat_card_and_publish(client, ui_app, hub, eval_ru
     table, *_ = client.predict(None, api_name="/runs")
     assert [row[:2] for row in table["data"]] == [["done", "finished"]]
     run = str(ui_app.root / "done")
-    line, config, chart, eval_text, samples = client.predict(run, api_name="/run")
+    line, config, chart, eval_text, samples, log = client.predict(run, api_name="/run")
     assert "finished" in line and "step 12/12" in line
     assert len(chart["data"]) >= 3
     base, tuned = client.predict(run, "Extract all product names and prices from this invoice text.\n\n"

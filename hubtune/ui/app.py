@@ -128,13 +128,13 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
 
     def show_run(path, session):
         if not path:
-            return "", "", _loss_frame([]), "", []
+            return "", "", _loss_frame([]), "", [], ""
         run = RunFolder(mine(path, session))
-        p = views.progress(run)
+        p = views.progress(run, observer, place=runner.place(run.path))
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
         return (p["line"], run.config.to_yaml(), _loss_frame(points), eval_text,
-                pd.DataFrame(samples))
+                pd.DataFrame(samples), views.log_tail(run))
 
     def compare(a, b, session):
         if not a or not b:
@@ -189,6 +189,10 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     access_md = gr.Markdown(elem_id="access")
                 report_md = gr.Markdown(elem_id="data-report")
                 with gr.Row():
+                    prompt_limit = gr.Number(20, label="Test examples", precision=0, minimum=1, scale=1)
+                    prompt_btn = gr.Button("Try prompting first: score the base zero-shot and few-shot", scale=3)
+                prompting_md = gr.Markdown(elem_id="prompting")
+                with gr.Row():
                     histogram = gr.BarPlot(x="tokens", y="examples", label="Example length (tokens)", sort=None)
                     pairs = gr.Dataframe(label="Closest near-duplicate pairs", wrap=True, max_height=260)
                 source_used = gr.State(h.DEMO_DATA)
@@ -232,6 +236,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 run_chart = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Loss", height=260)
                 with gr.Accordion("Config", open=False):
                     run_config = gr.Code(language="yaml", interactive=False)
+                run_log = gr.Textbox(label="Log of its last job (train or eval; Refresh to update)", lines=6,
+                                     max_lines=6, interactive=False)
                 eval_md = gr.Markdown(elem_id="eval-report")
                 samples = gr.Dataframe(label="Sample answers, side by side", wrap=True, max_height=300)
                 with gr.Accordion("Compare two runs", open=False):
@@ -277,6 +283,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, session],
                         [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used],
                         api_name="check_data").then(compose, compose_inputs, [config_code, estimate], api_name=False)
+        prompt_btn.click(h.try_prompting, [model, source_used, fmt, columns, use, prompt_limit], [prompting_md],
+                         api_name="try_prompting")
         for field in (model, preset, epochs, max_steps, lr, use, fmt, columns):  # dataset: below
             field.change(compose, compose_inputs, [config_code, estimate], api_name=False)
         dataset.change(lambda d: d, dataset, source_used, api_name=False).then(
@@ -292,7 +300,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         refresh_outputs = [runs_table, run_pick, run_b, runs_note]
         refresh_btn.click(refresh_runs, [session, run_pick], refresh_outputs, api_name="runs")
         runs_tab.select(refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
-        run_pick.change(show_run, [run_pick, session], [run_line, run_config, run_chart, eval_md, samples], api_name="run")
+        run_outputs = [run_line, run_config, run_chart, eval_md, samples, run_log]
+        run_pick.change(show_run, [run_pick, session], run_outputs, api_name="run")
+        refresh_btn.click(show_run, [run_pick, session], run_outputs, api_name=False)
         run_resume.click(lambda r, s: h.resume_run(mine(r, s), s, runner) if r else "Pick a run.",
                          [run_pick, session], [run_message], api_name="resume_run")
         run_eval.click(lambda r, n, s: h.evaluate_run(mine(r, s), n, s, runner) if r else "Pick a run.",

@@ -237,6 +237,23 @@ def _report(config: cfg.RunConfig) -> tuple[str, list[dict], list[dict]]:
     return summary + f". {pairs_note}.\n\n" + "\n".join(lines), histogram, pairs
 
 
+def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, limit: int | None = 20) -> str:
+    """The base zero-shot and few-shot on the test set, before training: the number a fine-tune must beat."""
+    from hubtune.evaluation.baseline import score_prompting
+
+    try:
+        result = score_prompting(data_config(model, source, fmt, columns, use), limit=int(limit or 20))
+    except Exception as err:
+        return problem(err)
+    rows = ["| prompt | exact match | token F1 |", "|---|---:|---:|"]
+    for name, label in (("base", "base, zero-shot"), ("base_few_shot", f"base, {result['few_shot_k']}-shot")):
+        if name in result:
+            rows.append(f"| {label} | {result[name]['exact_match']['mean']:.2f} | {result[name]['token_f1']['mean']:.2f} |")
+    sample = (result.get("base_few_shot") or result["base"])["samples"][0]
+    return (f"**{result['line']}**\n\n" + "\n".join(rows) +
+            f"\n\nExample: expected `{sample['reference'][:120]}`, the best prompt gave `{sample['answer'][:120]}`")
+
+
 # ---- the run config -----------------------------------------------------------------------------------------
 def compose_config(model: str, source: str, preset: str, epochs: float | None, max_steps: int | None,
                    learning_rate: float | None, use: str, fmt: str = "auto", columns: str = "") -> tuple[str, str]:
