@@ -166,3 +166,44 @@ def test_hubtune_ui_serves_on_the_gradio_address(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_evaluate_runs_hubtune_eval_in_the_background(client, ui_app, eval_run):
+    shutil.copytree(eval_run, ui_app.root / "scored", ignore=shutil.ignore_patterns(".lock", "eval*"))
+    run = str(ui_app.root / "scored")
+    assert "Evaluating **scored**" in client.predict(run, 3, api_name="/evaluate")
+    deadline = time.time() + 400
+    while RunFolder(run).status != Status.EVALUATED and time.time() < deadline:
+        assert RunFolder(run).status in (Status.FINISHED, Status.EVALUATING), RunFolder(run).status
+        time.sleep(2)
+    line, config, chart, eval_text, samples, log = client.predict(run, api_name="/run")
+    assert "evaluated" in line
+    assert "regression set" in eval_text and "exact match" in eval_text
+    assert {"reference", "base", "tuned"} <= set(samples["headers"]) and len(samples["data"]) == 3
+    assert "regression" in log  # the tail of `hubtune eval`'s own output
+
+
+def test_uploads_are_size_checked_renamed_and_kept_with_the_run(client, ui_app, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
+    rows = (Path(__file__).resolve().parents[1] / "hubtune/assets/data/invoices/train.jsonl").read_text().splitlines()
+    upload = tmp_path / "my data (v2).jsonl"
+    upload.write_text("\n".join(rows[:64]) + "\n")
+    fmt, *_ = client.predict("hubtune:tiny-llama", "", handle_file(str(upload)), "auto", "", "personal",
+                             api_name="/check_data")
+    assert "64 rows" in fmt and "alpaca" in fmt
+    stored = ui_app.root / ".uploads" / "local" / "my_data_v2_.jsonl"
+    assert stored.read_text() == upload.read_text()
+
+    session = h.Session(user="alice")
+    text = h.compose_config(h.DEMO_MODEL, str(stored), "quick", 0, 2, 0, "personal")[0]
+    path, message = h.start_training(text, "", session, JobRunner(ui_app.root, slots=[]), ui_app.root)
+    run = RunFolder(path)
+    assert [s.path for s in run.config.data.sources] == [str(run.path / "uploads" / "my_data_v2_.jsonl")]
+    assert (run.path / "uploads" / "my_data_v2_.jsonl").read_text() == upload.read_text()
+    assert run.owner == "alice" and run.status == Status.QUEUED and "Queued" in message
+
+    monkeypatch.setattr(h.hosting, "UPLOAD_LIMIT_MB", 0)
+    fmt, *_ = client.predict("hubtune:tiny-llama", "", handle_file(str(upload)), "auto", "", "personal",
+                             api_name="/check_data")
+    assert "uploads are limited to 0 MB" in fmt
