@@ -143,6 +143,12 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         return (views.config_diff(*runs),
                 _loss_frame(views.loss_points(runs, label_runs=True)))
 
+    def ask(run, prompt, session):
+        if not run:
+            yield NO_FINISHED, ""
+            return
+        yield from h.chat(mine(run, session), prompt, models)
+
     def refresh_finished(session, selected):
         choices = finished_choices(session)
         paths = [c[1] for c in choices]
@@ -313,8 +319,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         run_b.change(compare, [run_pick, run_b, session], [diff, overlay], api_name="compare")
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
-        send.click(lambda r, p, s: h.chat(mine(r, s), p, models) if r else (NO_FINISHED, ""),
-                   [chat_run, prompt, session], [base_answer, tuned_answer], api_name="chat")
+        send.click(ask, [chat_run, prompt, session], [base_answer, tuned_answer], api_name="chat")
 
         publish_tab.select(refresh_finished, [session, pub_run], [pub_run, publish_note], api_name=False)
         pub_run.change(publish_defaults, [pub_run, session], [repo, card], api_name="publish_defaults")

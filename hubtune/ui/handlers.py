@@ -415,24 +415,30 @@ class ModelCache:
             return self.value
 
 
-def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128) -> tuple[str, str]:
-    """The same prompt to the base (adapter off) and to the tuned adapter: (base answer, tuned answer)."""
-    from hubtune.evaluation import generate_answers
+def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128):
+    """The same prompt to the base (adapter off), then to the tuned adapter, each answer streamed as it is
+    generated: yields (base answer so far, tuned answer so far)."""
+    from hubtune.evaluation.generate import stream_answer
 
     if not (prompt or "").strip():
-        return "Type a prompt first.", ""
+        yield "Type a prompt first.", ""
+        return
     folder = RunFolder(run)
     if folder.summary is None:
-        return f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run", ""
+        yield f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run", ""
+        return
+    base = ""
     try:
         model, tokenizer = cache.get(folder)
-        messages = [[{"role": "user", "content": prompt}]]
-        with model.disable_adapter():
-            base = generate_answers(model, tokenizer, messages, max_new_tokens=max_new_tokens)[0]
-        tuned = generate_answers(model, tokenizer, messages, max_new_tokens=max_new_tokens)[0]
+        messages = [{"role": "user", "content": prompt}]
+        with cache.lock, model.disable_adapter():  # one generation at a time: the adapter switch is shared
+            for base in stream_answer(model, tokenizer, messages, max_new_tokens):
+                yield base, ""
+        with cache.lock:
+            for tuned in stream_answer(model, tokenizer, messages, max_new_tokens):
+                yield base, tuned
     except Exception as err:
-        return problem(err), ""
-    return base, tuned
+        yield base, problem(err)
 
 
 # ---- publishing ----------------------------------------------------------------------------------------------
