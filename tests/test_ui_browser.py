@@ -41,9 +41,10 @@ def shot(page: Page, name: str) -> None:
 
 def sign_in(page: Page) -> None:
     """Locally the token is typed (it stays in the server's session for this page, never in the page)."""
+    expect(page.get_by_text("Not signed in")).to_be_visible()  # the page has loaded and checked for a login
     page.get_by_label("Hugging Face token").fill(HUB_TOKEN)
     page.get_by_label("Hugging Face token").press("Enter")
-    expect(page.get_by_text(f"Signed in as {HUB_USER}")).to_be_visible()
+    expect(page.get_by_text(f"Signed in as {HUB_USER}")).to_be_visible(timeout=60_000)
 
 
 def tab(page: Page, name: str) -> None:

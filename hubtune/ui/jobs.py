@@ -79,6 +79,7 @@ class JobRunner:
         self.shared = shared  # a shared Space: the app's own HF_TOKEN never reaches a user's job
         self.queue: deque[Job] = deque()
         self.running: dict[Path, Running] = {}
+        self.stopping: set[Path] = set()  # runs whose process was sent SIGTERM by stop()
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,6 +187,7 @@ class JobRunner:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return f"{run.name}: its process {pid} has already ended"
+        self.stopping.add(run)
         return f"stopping {run.name}: the current step finishes, a checkpoint is saved, then it exits"
 
     def pid(self, run: str | Path) -> int | None:
@@ -224,7 +226,11 @@ class JobRunner:
         reason in the run's state, so the history never shows a run waiting forever."""
         run = RunFolder(r.job.run)
         code = r.process.returncode
-        if code != 0 and r.job.kind == "train" and run.status == Status.QUEUED:
+        stopped = r.job.run in self.stopping
+        self.stopping.discard(r.job.run)
+        if stopped and run.status == Status.QUEUED:  # stopped before it could take the run: not a failure
+            run.mark(Status.INTERRUPTED)
+        elif code != 0 and r.job.kind == "train" and run.status == Status.QUEUED:
             run.mark(Status.FAILED, error=f"`hubtune train` exited with code {code} before training started: "
                                           f"{last_line(run.path / LOG)}")
 
