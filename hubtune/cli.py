@@ -15,7 +15,6 @@ from hubtune.errors import HubtuneError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hubtune import config as cfg
     from hubtune.train import resume, train
 
     if args.resume:
@@ -23,9 +22,54 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise HubtuneError("give a run config (hubtune train CONFIG.yaml) or --resume RUN_FOLDER")
-        config = cfg.load(args.config, args.overrides)
-        run = train(config)
+        run = train(_run_config(args.config, args.overrides, args.ignore_unsupported))
     print(f"run: {run.path}")
+    return 0
+
+
+def _run_config(path: str, overrides: list[str], ignore_unsupported: bool):
+    """A hubtune run config, or an Axolotl config translated, shown with what it could not honour."""
+    from pathlib import Path
+
+    from hubtune import config as cfg
+    from hubtune.interop import axolotl
+
+    if not axolotl.is_axolotl(axolotl.read_yaml(Path(path))):
+        return cfg.load(path, overrides)
+    translation = axolotl.read(path)
+    config = translation.run_config(overrides, ignore_unsupported)
+    print(f"Axolotl config {path}, translated to this hubtune run config:\n{config.to_yaml()}")
+    if report := translation.report(ignored=ignore_unsupported):
+        print(report)
+    return config
+
+
+def _config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from hubtune.interop import axolotl
+
+    if args.config_command == "convert":
+        translation = axolotl.read(args.source)
+        config = translation.run_config(ignore_unsupported=args.ignore_unsupported)
+        report = translation.report(ignored=args.ignore_unsupported)
+        header = f"# Translated by hubtune from the Axolotl config {args.source}\n"
+        header += "".join(f"# {line}\n" for line in report.splitlines())
+        Path(args.out).write_text(header + config.to_yaml())
+        print(report + ("\n" if report else "") + f"wrote {args.out}")
+        return 0
+    exported = axolotl.export(args.run)
+    text = yaml.safe_dump(exported, sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    if kept := axolotl.hubtune_only(exported):
+        print(f"kept under `hubtune:` (Axolotl ignores them; hubtune reads them back): {', '.join(kept)}",
+              file=sys.stderr)
     return 0
 
 
@@ -118,15 +162,30 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hubtune", description="Fine-tune, check, evaluate and publish LoRA adapters.")
+def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune, check, evaluate and publish LoRA adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune with QLoRA/LoRA from a run config")
     p.add_argument("config", nargs="?", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="train an Axolotl config without the keys hubtune cannot honour (they are listed)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("config", help="convert Axolotl configs to hubtune run configs and back")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    c = config_sub.add_parser("convert", help="write the hubtune run config of an Axolotl config")
+    c.add_argument("source", metavar="AXOLOTL.yml", help="an Axolotl config")
+    c.add_argument("--out", required=True, metavar="RUN.yaml", help="the run config to write")
+    c.add_argument("--ignore-unsupported", action="store_true", help="leave out the keys hubtune cannot honour")
+    c.set_defaults(func=_config)
+    c = config_sub.add_parser("export", help="write the Axolotl config of a hubtune run (or run config)")
+    c.add_argument("run", metavar="RUN", help="a run folder or a run config YAML")
+    c.add_argument("--to", choices=["axolotl"], default="axolotl", help="the format to write (axolotl)")
+    c.add_argument("--out", metavar="FILE.yml", help="write here instead of printing")
+    c.set_defaults(func=_config)
 
     p = sub.add_parser("demo", help="fine-tune the embedded tiny model on the invoice task and score it")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-<timestamp>)")
@@ -193,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args) or 0
     except HubtuneError as err:
@@ -205,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def hf_tune() -> int:
+    """`hf-tune`: the same commands as `hf tune ...`, an extension of huggingface_hub's `hf` CLI."""
+    return main(prog="hf tune")
 
 
 if __name__ == "__main__":

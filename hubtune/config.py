@@ -184,6 +184,17 @@ class TrainingSection(Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume starts from the last one).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+    backend: Literal["auto", "hf", "unsloth"] = Field(
+        "auto", description="auto: Unsloth where it can run (CUDA GPU, unsloth installed), else hf (transformers + PEFT).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(default_factory=list,
+        description="Experiment trackers to log to, through transformers' integrations; [] or none: no tracker.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, v):
+        if v is None or v == "none":
+            return []
+        return [v] if isinstance(v, str) else v
 
 
 class LicenceSection(Section):

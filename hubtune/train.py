@@ -9,6 +9,7 @@ on completions only, save the adapter and a summary into the run folder.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +76,23 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) 
 
 def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[TrainerCallback] | None) -> Run:
     import torch
-    from peft import get_peft_model
-    from transformers import AutoConfig, AutoTokenizer
-    from trl import SFTTrainer
 
-    from hubtune import data, hardware, hub, licence
-    from hubtune.callbacks import MetricsFile, StopOnSignal
+    from hubtune import hardware
+    from hubtune.interop import backends
 
     started = time.time()
     hw = hardware.detect(config.model, config.training)
+    backend = backends.select(config.training.backend, hw, config.model)
+    print(f"backend: {backend.name} ({backend.why})", file=sys.stderr)
+    if backend.name == "unsloth":
+        backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
+
+    from transformers import AutoConfig, AutoTokenizer
+    from trl import SFTTrainer
+
+    from hubtune import data, hub, licence
+    from hubtune.callbacks import MetricsFile, StopOnSignal
+
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded.
@@ -99,18 +108,20 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     (path / "data_report.json").write_text(json.dumps(prepared.report, indent=2, default=str))
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
-    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing)
-    model = get_peft_model(model, lora_config(config.lora))
+    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
+                      backend=backend.name, max_seq_len=config.data.max_seq_len)
+    model = attach_lora(model, config, backend.name)
 
     # 4. SFT on completions only, with held-out loss and checkpoints.
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None),
+        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name),
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *(callbacks or [])],
+        callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *tracker_callbacks(config, path),
+                   *(callbacks or [])],
     )
     if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
         # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
@@ -134,6 +145,8 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     trainer.save_model(str(path / "adapter"))
     tokenizer.save_pretrained(str(path / "adapter"))
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started)
+    summary["backend"] = backend.to_dict()
+    summary["base_quantization"] = _saved_quantization(base.path)
     initial = path / "initial_eval.json"
     summary["initial_eval_loss"] = json.loads(initial.read_text())["eval_loss"] if initial.exists() else None
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -155,14 +168,20 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True):
-    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none."""
+              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048):
+    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
+    saved already quantized (its config.json holds a quantization_config) loads as saved."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from hubtune.interop import backends, prequantized
+
+    saved_quantized = prequantized.quantization_config(path) is not None
+    if backend == "unsloth":
+        return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
-    if model.quantization != "none":
+    if model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,
@@ -172,7 +191,15 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if model.quantization == "none" or not for_training:
+    if saved_quantized:
+        # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the
+        # repo's: compute as a base quantized here would (float32 on a CPU without bf16 units).
+        from bitsandbytes.nn import Linear4bit
+
+        for module in base.modules():
+            if isinstance(module, Linear4bit):
+                module.compute_dtype = hw.compute_dtype
+    if not _quantized(base) or not for_training:
         return base
     if hw.device == "cpu":
         # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
@@ -184,6 +211,39 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
 
 
+def _saved_quantization(path: str) -> str | None:
+    """How a pre-quantized base was saved (`bitsandbytes nf4 (double quantization)`); None when hubtune quantized it."""
+    from hubtune.interop import prequantized
+
+    saved = prequantized.quantization_config(path)
+    return prequantized.describe(saved) if saved else None
+
+
+def _quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def attach_lora(model, config: cfg.RunConfig, backend: str = "hf"):
+    """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel."""
+    if backend == "unsloth":
+        from hubtune.interop import backends
+
+        return backends.unsloth_lora(model, config.lora, config.training.gradient_checkpointing, config.training.seed)
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(config.lora))
+
+
+def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback]:
+    """TensorBoard writes into RUN/tensorboard; the other trackers are named in report_to (sft_args)."""
+    if "tensorboard" not in config.training.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
+
+
 def lora_config(lora: cfg.LoraSection) -> LoraConfig:
     from peft import LoraConfig
 
@@ -191,10 +251,13 @@ def lora_config(lora: cfg.LoraSection) -> LoraConfig:
                       target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) -> SFTConfig:
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf") -> SFTConfig:
     from trl import SFTConfig
 
     t = config.training
+    # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
+    checkpointing = t.gradient_checkpointing and backend != "unsloth"
+    trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     return SFTConfig(
         output_dir=str(path / "checkpoints"),
@@ -209,8 +272,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         optim=hw.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         bf16=hw.bf16,
@@ -226,7 +289,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         packing=config.data.packing,
         completion_only_loss=True,  # the prompt is context, not something to learn
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
+        report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
     )
 
@@ -247,7 +310,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float) -> di
         "base_model": base.repo_id or config.model.id,
         "base_revision": base.revision_sha,
         "datasets": [{"path": s.path, "revision": s.revision, "split": s.split} for s in config.data.sources],
-        "method": "lora" if config.model.quantization == "none" else "qlora",
+        "method": "qlora" if _quantized(model) else "lora",
         "trainable_parameters": trainable,
         "total_parameters": total,
         "global_steps": trainer.state.global_step,
