@@ -123,7 +123,7 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
         callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *tracker_callbacks(config, path),
                    *(callbacks or [])],
     )
-    if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
+    if _quantized(model) and hw.compute_dtype == torch.float32:
         # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
         # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
         for p in trainer.model.parameters():
