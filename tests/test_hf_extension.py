@@ -1,10 +1,12 @@
 """`hf tune ...`: hubtune's `hf-tune` console script registered as an extension of huggingface_hub's
-`hf` CLI, laid out as `hf extensions install` lays out a Python extension, run against the loopback Hub."""
+`hf` CLI, laid out as `hf extensions install` lays out a Python extension, running the README's
+`hf tune check ...` against the loopback Hub."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -12,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hub_server import readme
+from readme_blocks import section_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,8 +39,8 @@ def hf_tune_script(folder: Path) -> Path:
 def test_hf_tune_check_runs_as_an_hf_extension(hub, tmp_path):
     from huggingface_hub.cli.extensions import ExtensionManifest
 
-    hub.seed("meta-llama/Llama-3.1-tiny", {"README.md": readme(license="llama3.1")}, gated="manual")
-    hub.seed("acme/invoices-nc", {"README.md": readme(license="cc-by-nc-4.0")}, repo_type="dataset")
+    hub.seed("meta-llama/Llama-3.1-8B", {"README.md": readme(license="llama3.1")}, gated="manual")
+    hub.seed("acme/invoices", {"README.md": readme(license="cc-by-nc-4.0")}, repo_type="dataset")
 
     home = tmp_path / "home"
     extension = home / ".local" / "share" / "hf" / "extensions" / "hf-tune"
@@ -52,8 +55,10 @@ def test_hf_tune_check_runs_as_an_hf_extension(hub, tmp_path):
     listed = subprocess.run([str(BIN / "hf"), "--help"], env=env, capture_output=True, text=True, timeout=120)
     assert "tune" in listed.stdout and "hubtune/hf-tune" in listed.stdout, listed.stdout + listed.stderr
 
-    checked = subprocess.run([str(BIN / "hf"), "tune", "check", "meta-llama/Llama-3.1-tiny", "--dataset",
-                              "acme/invoices-nc", "--use", "commercial", "--json"],
+    (command,) = [line for kind, body in section_blocks("The hf CLI extension") if kind == "bash"
+                  for line in body.splitlines() if line.strip()]  # the README's, as written
+    assert command.startswith("hf tune check ")
+    checked = subprocess.run([str(BIN / "hf"), *shlex.split(command)[1:]],
                              env=env, capture_output=True, text=True, timeout=120)
     assert checked.returncode == 3, checked.stdout + checked.stderr  # hubtune's exit code comes through hf
     verdict = json.loads(checked.stdout)

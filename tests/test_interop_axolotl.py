@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import yaml
 from hubtune import config as cfg
 from hubtune.cli import main
 from hubtune.interop import axolotl
+from readme_blocks import section_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -135,20 +140,47 @@ def write_guide(folder: Path, **changes) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def guide_run(tmp_path_factory, one_torch_thread):
-    """`hubtune train` on the guide's config with the embedded base and data: one optimizer step
-    (the tiny base's context is 512 tokens, so sequence_len comes down to it)."""
-    import contextlib
-    import io
+def readme_commands() -> list[list[str]]:
+    blocks = [body for kind, body in section_blocks("Axolotl configs") if kind == "bash"]
+    return [shlex.split(line)[1:] for b in blocks for line in b.splitlines() if line.strip()]
 
-    tmp = tmp_path_factory.mktemp("guide")
-    path = write_guide(tmp)
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A user's folder with hubtune's examples/ in it, as the README's commands expect."""
+    folder = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "examples", folder / "examples")
+    return folder
+
+
+@contextlib.contextmanager
+def inside(folder: Path):
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture(scope="module")
+def guide_run(workdir, one_torch_thread):
+    """The README's `hubtune train examples/axolotl-qlora.yml ...`: the guide's config on the embedded
+    base and data, one short optimizer step (the tiny base's context is 512 tokens)."""
+    train = readme_commands()[0]
+    assert train[:2] == ["train", "examples/axolotl-qlora.yml"] and "training.max_steps=1" in train
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["train", str(path), "training.max_steps=1", "training.gradient_accumulation_steps=1",
-                     "data.max_seq_len=512"])
-    return code, out.getvalue(), err.getvalue(), tmp / "run"
+    with inside(workdir), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(train)
+    return code, out.getvalue(), err.getvalue(), workdir / "runs" / "axolotl-qlora"
+
+
+def test_the_example_is_the_guides_config_on_the_embedded_base_and_data():
+    example = yaml.safe_load((ROOT / "examples" / "axolotl-qlora.yml").read_text())
+    assert example["base_model"] == "hubtune:tiny-llama"
+    assert example["datasets"] == [{"path": "hubtune:data/invoices/train.jsonl", "type": "alpaca"}]
+    same = {k: v for k, v in guide().items() if k not in ("base_model", "datasets", "output_dir")}
+    assert {k: example[k] for k in same} == same
 
 
 def test_the_guides_config_trains_through_hubtune_train_and_shows_its_translation(guide_run):
@@ -160,7 +192,9 @@ def test_the_guides_config_trains_through_hubtune_train_and_shows_its_translatio
     assert translated == cfg.load(run / "config.yaml")  # the run trained exactly what was shown
     assert (translated.lora.r, translated.lora.alpha, translated.lora.target_modules) == (16, 32, SEVEN)
     assert (translated.data.packing, translated.data.val_set_size, translated.training.warmup_steps) == (True, 0.05, 50)
-    assert "Alpaca prompt text" in rest and f"run: {run}" in out
+    assert (translated.training.optimizer, translated.training.lr_scheduler) == ("adamw_8bit", "cosine")
+    assert "Alpaca prompt text" in rest and "run: runs/axolotl-qlora" in out
+    assert "backend: hf (auto: Unsloth needs a CUDA GPU" in err
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_steps"] == 1 and summary["method"] == "qlora"
@@ -168,6 +202,16 @@ def test_the_guides_config_trains_through_hubtune_train_and_shows_its_translatio
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"], sorted(adapter["target_modules"])) == (16, 32, sorted(SEVEN))
     assert summary["eval_examples"] > 0 and summary["final_eval_loss"] is not None
+
+
+def test_the_readmes_convert_and_export_commands(workdir, capsys):
+    convert, export = readme_commands()[1:]
+    with inside(workdir):
+        assert main(convert) == 0 and main(export) == 0
+        converted = cfg.load("runs/from-axolotl.yaml")
+        assert converted == axolotl.read("examples/axolotl-qlora.yml").run_config()
+        back = axolotl.read("runs/invoices-axolotl.yml").run_config()
+        assert back == cfg.load("examples/invoices.yaml")
 
 
 def test_keys_hubtune_cannot_honour_are_listed_at_once(tmp_path, capsys):
