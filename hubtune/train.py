@@ -95,6 +95,7 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
 
     torch.manual_seed(config.training.seed)
 
+    trackers = tracker_callbacks(config, path)
     # 1. Licence gate and revision pin, before a single weight is downloaded.
     verdict = licence.gate_for_training(config)
     base = hub.resolve_model(config.model)
@@ -120,7 +121,7 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *tracker_callbacks(config, path),
+        callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *trackers,
                    *(callbacks or [])],
     )
     if _quantized(model) and hw.compute_dtype == torch.float32:
@@ -234,8 +235,18 @@ def attach_lora(model, config: cfg.RunConfig, backend: str = "hf"):
     return get_peft_model(model, lora_config(config.lora))
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
 def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback]:
-    """TensorBoard writes into RUN/tensorboard; the other trackers are named in report_to (sft_args)."""
+    """TensorBoard writes into RUN/tensorboard; the other trackers are named in report_to (sft_args).
+    A tracker whose package is missing is a ConfigError before anything loads."""
+    import importlib.util
+
+    missing = [name for name in config.training.report_to if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+    if missing:
+        raise ConfigError([("training.report_to", f"{name} is not installed: pip install {TRACKER_PACKAGES[name]}, "
+                                                  f"or take it out of training.report_to") for name in missing])
     if "tensorboard" not in config.training.report_to:
         return []
     from torch.utils.tensorboard import SummaryWriter

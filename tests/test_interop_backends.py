@@ -92,6 +92,16 @@ def test_report_to_is_one_list():
         cfg.TrainingSection(report_to=["tensorbored"])
 
 
+@pytest.mark.skipif(backends.importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_tracker_that_is_not_installed_stops_before_training(tmp_path, capsys):
+    code = main(["train", str(Path(__file__).parent.parent / "examples" / "invoices.yaml"),
+                 "training.report_to=[tensorboard, wandb]", f"output.dir={tmp_path / 'run'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "training.report_to: wandb is not installed: pip install wandb" in err and "tensorboard is not" not in err
+    assert not (tmp_path / "run" / "data_report.json").exists()
+
+
 def test_tensorboard_gets_the_runs_losses(tmp_path, one_torch_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
