@@ -109,3 +109,20 @@ def test_it_trains_on_cpu_and_its_push_carries_the_originals_licence(seeded, hub
     assert card.data.license == "llama3.1" and card.data.base_model == ORIGINAL
     assert "Built with Llama" in card.text and QUANTIZED in card.text
     assert "adapter_model.safetensors" in HfApi().list_repo_files("alice/Llama-tiny-invoices")
+
+
+def test_fine_tunes_that_are_not_quantized_copies_keep_their_own_licence(hub, capsys):
+    # Its card names a base_model too, but its config.json holds no quantization_config.
+    hub.seed("acme/Llama-3.1-8B-legal", {"config.json": "{}", "README.md": readme(
+        license="apache-2.0", base_model="meta-llama/Llama-3.1-8B")})
+    assert main(["check", "acme/Llama-3.1-8B-legal", "--json"]) == 0
+    repo = json.loads(capsys.readouterr().out)["repos"][0]
+    assert (repo["repo"], repo["licence"]) == ("acme/Llama-3.1-8B-legal", "apache-2.0")
+
+
+def test_a_gated_fine_tune_is_judged_by_its_own_card_without_access(hub, capsys):
+    # Its card names a base_model too, but its config.json cannot be read without access: no following.
+    hub.seed("meta-llama/Llama-3.1-8B-Instruct", {"config.json": "{}", "README.md": readme(
+        license="llama3.1", base_model="meta-llama/Llama-3.1-8B")}, gated="manual")
+    assert main(["check", "meta-llama/Llama-3.1-8B-Instruct", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["repos"][0]["repo"] == "meta-llama/Llama-3.1-8B-Instruct"

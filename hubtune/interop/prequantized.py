@@ -45,12 +45,19 @@ def repo_quantization_config(ref: str, revision: str | None = None) -> dict | No
 def original_base(metadata: dict, ref: str, revision: str | None = None) -> str | None:
     """The model a pre-quantized repo is a copy of: the one `base_model` its card names. None when the
     repo is not pre-quantized, or its card names no single other model."""
+    from hubtune.errors import HubAccessError
+
     base = metadata.get("base_model")
     if isinstance(base, list):
         base = base[0] if len(base) == 1 else None
     if not isinstance(base, str) or not base.strip() or base == ref:
         return None
-    return base if repo_quantization_config(ref, revision) else None
+    try:
+        quantized = repo_quantization_config(ref, revision)
+    except HubAccessError:
+        # A gated repo without access, or no network: its own card (already read) is what can be judged.
+        return None
+    return base if quantized else None
 
 
 def describe(quantization: dict) -> str:
