@@ -24,48 +24,56 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
     from hubtune.hardware import Hardware
+    from hubtune.progress import Display
 
 
-def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
-          callbacks: list[TrainerCallback] | None = None, owner: str | None = None) -> RunFolder:
+def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None, callbacks: list[TrainerCallback] | None = None,
+          owner: str | None = None, display: Display | None = None) -> RunFolder:
     """Fine-tune the configured base on the configured data; returns the finished run folder.
 
-    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed).
+    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed); `display`
+    is the console (phases, advice, the live training line).
     """
     run = RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config, owner=owner)
-    return _run(run, config, resume=False, callbacks=callbacks)
+    return _run(run, config, False, callbacks, display)
 
 
-def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> RunFolder:
+def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
+           display: Display | None = None) -> RunFolder:
     """Continue an interrupted run from its last checkpoint, with the config it started with."""
     run = RunFolder.open(run_dir)
     if run.summary is not None:
         return run
-    return _run(run, run.config, resume=True, callbacks=callbacks)
+    return _run(run, run.config, True, callbacks, display)
 
 
-def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> RunFolder:
-    with run.lock("train"):
+def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display: Display | None) -> RunFolder:
+    from hubtune.progress import Display, quiet_libraries, verbose
+
+    display = display or Display()
+    with run.lock("train"), quiet_libraries(show=verbose()):
         run.mark(Status.RUNNING)
         try:
-            _train(run, config, resume, callbacks)
+            _train(run, config, resume, callbacks or [], display)
         except TrainingInterrupted:
             run.mark(Status.INTERRUPTED)
             raise
         except BaseException as err:
             run.mark(Status.FAILED, error=str(err) or type(err).__name__)
             raise
+        finally:
+            display.close()
         run.mark(Status.FINISHED)
     return run
 
 
-def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> None:
+def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list, display: Display) -> None:
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import data, hardware, hub, licence
+    from hubtune import advice, compat, data, hardware, hub, licence
     from hubtune.callbacks import MetricsFile, StopOnSignal
 
     started = time.time()
@@ -74,20 +82,29 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded.
+    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+                             f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
+    display.licence(verdict)
     base = hub.resolve_model(config.model)
 
     # 2. Tokenizer and data: fail on bad data before paying for the model.
     tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
+    model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+    check_against_model(config, model_config)
+    if line := advice.advice_line(config, advice.parameter_count(model_config)):
+        display.note(line)
     prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+    display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
+    display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
+                             f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
     model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing)
     model = get_peft_model(model, lora_config(config.lora))
 
@@ -99,32 +116,46 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / RunFolder.METRICS, resume), stop, *(callbacks or [])],
+        callbacks=[MetricsFile(path / RunFolder.METRICS, resume, on_row=display.row), stop, *callbacks],
     )
-    if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
-        # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
-        # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    _quiet_trainer(trainer)
+    if model.is_loaded_in_4bit:
+        compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
     last = run.last_checkpoint() if resume else None
+    display.phase("training", f"resuming from {last.name}" if last else
+                  f"{len(prepared.train)} examples, effective batch "
+                  f"{config.training.micro_batch_size * config.training.gradient_accumulation_steps}")
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    display.close()
     if stop.received:
         raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
                                   f"a checkpoint is in {run.checkpoints}. Continue with "
                                   f"`hubtune train --resume {path}`")
 
     # 5. Save the adapter with its tokenizer, and what the run was.
+    display.phase("saving", f"adapter to {run.adapter}")
     trainer.save_model(str(run.adapter))
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
-    run.write_summary(_summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                               initial["eval_loss"] if initial else None))
+    summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
+                       initial["eval_loss"] if initial else None)
+    run.write_summary(summary)
+    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+        display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
+                              f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def _quiet_trainer(trainer) -> None:
+    """The display shows progress; the Trainer's own bar and printed log dicts would repeat it."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def check_against_model(config: cfg.RunConfig, model_config) -> None:
@@ -148,6 +179,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from hubtune import compat
+
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
     if model.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -162,12 +195,7 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if model.quantization == "none" or not for_training:
         return base
     if hw.device == "cpu":
-        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
-        # no-grad forward (the held-out eval), rounding the quantization constants: the frozen base
-        # would drift. Training keeps the base exactly as quantized.
-        for module in base.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        compat.keep_4bit_weights_exact(base)  # the frozen base stays exactly as quantized
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
 
 
