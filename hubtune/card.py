@@ -24,6 +24,7 @@ from hubtune.errors import HubtuneError
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
 LOSS_CURVE = "loss_curve.png"
+LICENCE_FILE_PREFIXES = ("LICENSE", "USE_POLICY", "NOTICE")  # the base's files a push copies (any case)
 TASK = "text-generation"
 
 
@@ -194,8 +195,10 @@ def card_data(run: RunRecord, repo_id: str, verdict, merged: bool = False):
     )
 
 
-def build_card(run: RunRecord, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE):
-    """The full ModelCard (metadata + body rendered from the package's Jinja template)."""
+def build_card(run: RunRecord, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE,
+               licence_files: list[str] | None = None):
+    """The full ModelCard (metadata + body rendered from the package's Jinja template).
+    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet)."""
     from huggingface_hub import ModelCard, constants
 
     data = card_data(run, repo_id, verdict, merged)
@@ -216,6 +219,8 @@ def build_card(run: RunRecord, repo_id: str, verdict, merged: bool = False, loss
         base_ref=run.base_model, base_is_hub=is_hub_id(run.base_model), hub=hub,
         base_revision=run.base_revision, base_licence=base_finding.repo.licence,
         base_licence_link=base_finding.repo.license_link or _link(base_finding),
+        licence_files=licence_files, base_revision_short=(run.base_revision or "")[:12],
+        licence_copy_clauses=[t.at(t.copy_required) for t in base_finding.terms if t.copy_required],
         method={"lora": "LoRA", "qlora": "QLoRA"}.get(s.get("method") or "", "LoRA"),
         datasets=datasets, built_with=verdict.attributions, obligations=verdict.obligations,
         verdict=verdict.verdict, use=verdict.use,
