@@ -14,6 +14,7 @@ from hubtune.runs import RunFolder
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
 LOSS_CURVE = "loss_curve.png"
+LICENCE_FILE_PREFIXES = ("LICENSE", "USE_POLICY", "NOTICE")  # the base's files a push copies (any case)
 TASK = "text-generation"
 
 
@@ -116,8 +117,10 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
     )
 
 
-def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE):
-    """The full ModelCard (metadata + body rendered from the package's Jinja template)."""
+def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE,
+               licence_files: list[str] | None = None):
+    """The full ModelCard (metadata + body rendered from the package's Jinja template).
+    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet)."""
     from huggingface_hub import ModelCard, constants
 
     data = card_data(run, repo_id, verdict, merged)
@@ -140,6 +143,8 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         base_ref=s.base_model, base_is_hub=is_hub_id(s.base_model), hub=hub,
         base_revision=s.base_revision, base_licence=base_finding.repo.licence,
         base_licence_link=base_finding.repo.license_link or _link(base_finding),
+        licence_files=licence_files, base_revision_short=(s.base_revision or "")[:12],
+        licence_copy_clauses=[t.at(t.copy_required) for t in base_finding.terms if t.copy_required],
         method={"lora": "LoRA", "qlora": "QLoRA"}[s.method],
         datasets=datasets, built_with=verdict.attributions, obligations=verdict.obligations,
         verdict=verdict.verdict, use=verdict.use,
