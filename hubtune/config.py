@@ -7,7 +7,6 @@ on all linear layers, lr 2e-4 with cosine decay and warm-up, effective batch 8, 
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -16,21 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hubtune.errors import ConfigError
+from hubtune.refs import ASSETS, RepoRef, resolve_builtin  # noqa: F401  (ASSETS, resolve_builtin: re-exported)
 
-ASSETS = Path(__file__).parent / "assets"
-BUILTIN_PREFIX = "hubtune:"
 TARGET_PRESETS = {
     "qv": ["q_proj", "v_proj"],
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "all-linear": "all-linear",  # PEFT's own preset: every linear layer but the output head
 }
-
-
-def resolve_builtin(ref: str) -> str:
-    """`hubtune:tiny-llama` -> the path of an asset shipped inside the package."""
-    if ref.startswith(BUILTIN_PREFIX):
-        return str(ASSETS / ref[len(BUILTIN_PREFIX):])
-    return ref
 
 
 class Section(BaseModel):
@@ -50,8 +41,8 @@ class ModelSection(Section):
     @field_validator("id")
     @classmethod
     def _model_exists(cls, v: str) -> str:
-        if not _exists_or_hub_id(v):
-            raise ValueError(f"{v!r} is neither an existing folder nor a Hub repo id (owner/name)")
+        if problem := RepoRef.parse(v).problem("folder"):
+            raise ValueError(problem)
         return v
 
 
@@ -82,8 +73,8 @@ class DataSource(Section):
     @field_validator("path")
     @classmethod
     def _source_exists(cls, v: str) -> str:
-        if not _exists_or_hub_id(v):
-            raise ValueError(f"{v!r} is neither an existing file or folder nor a Hub dataset id (owner/name)")
+        if problem := RepoRef.parse(v).problem("file or folder"):
+            raise ValueError(problem.replace("Hub repo id", "Hub dataset id"))
         return v
 
 
@@ -239,21 +230,6 @@ class RunConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-def looks_local(ref: str) -> bool:
-    """A path by its shape (./x, /x, ~/x, hubtune:x, a data-file name, a/b/c), whether it exists or not."""
-    return (ref.startswith((".", "/", "~", BUILTIN_PREFIX)) or ref.endswith((".json", ".jsonl", ".csv", ".parquet", ".txt"))
-            or ref.count("/") > 1)
-
-
-def _exists_or_hub_id(ref: str) -> bool:
-    if Path(resolve_builtin(ref)).exists():
-        return True
-    return not looks_local(ref) and bool(_HUB_ID.match(ref))
 
 
 def _loc(loc: tuple) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hubtune import config as cfg
-from hubtune.config import ASSETS, resolve_builtin
+from hubtune.refs import ASSETS, resolve_builtin
 
 DEMO_CONFIG = ASSETS / "configs" / "demo.yaml"
 TEST_SET = "hubtune:data/invoices/test.jsonl"
@@ -56,7 +56,7 @@ def run_demo(output_dir: str | None = None, overrides: list[str] | None = None, 
     samples = [{"input": r["input"], "reference": r["output"], "base": b, "tuned": t}
                for r, b, t in zip(rows[:20], base_answers, tuned_answers)]
     (run.path / "demo.json").write_text(json.dumps({**result, "samples": samples}, indent=2))
-    print(f"held-out loss: {run.summary.get('initial_eval_loss')} -> {run.summary.get('final_eval_loss')}")
+    print(f"held-out loss: {run.summary.initial_eval_loss} -> {run.summary.final_eval_loss}")
     print(f"demo: base_exact_match={base_em:.2f} tuned_exact_match={tuned_em:.2f} "
           f"minutes={minutes:.1f} run={run.path}")
     return result

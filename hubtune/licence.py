@@ -240,16 +240,15 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
     """Licence metadata of a Hub repo (card + gated flag), a local folder/file (its README.md front
     matter), or a `hubtune:` asset (its README.md, else the package's own licence)."""
     from hubtune import hub
-    from hubtune.config import resolve_builtin
+    from hubtune.refs import RepoRef
 
-    if hub.is_local(ref):
-        path = Path(resolve_builtin(ref)).expanduser()
-        folder = path if path.is_dir() else path.parent
+    parsed = RepoRef.parse(ref)
+    if parsed.is_local:
+        folder = parsed.path if parsed.path.is_dir() else parsed.path.parent
         meta = hub.read_card_metadata(folder / "README.md")
-        if meta is None and ref.startswith("hubtune:"):
+        if meta is None and parsed.kind == "builtin":
             return RepoLicence(ref, repo_type, "builtin", [HUBTUNE_LICENCE])
-        source = "builtin" if ref.startswith("hubtune:") else "local"
-        return _from_metadata(ref, repo_type, source, meta or {}, False, None)
+        return _from_metadata(ref, repo_type, parsed.kind, meta or {}, False, None)
     card = hub.repo_card(ref, repo_type, revision)
     return _from_metadata(ref, repo_type, "hub", card.metadata, card.gated, card.revision_sha)
 

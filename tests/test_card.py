@@ -9,6 +9,7 @@ from hub_server import readme
 from huggingface_hub import ModelCard, metadata_load
 
 from hubtune import card as cards
+from hubtune.runs import RunFolder
 
 EVAL = {"metrics": [
     {"name": "exact_match", "type": "exact_match", "value": 0.72, "dataset": "acme/invoices", "split": "test",
@@ -59,7 +60,7 @@ def llama_run(hub, make_run):
 
 def test_card_metadata_round_trips(llama_run, tmp_path):
     run_dir, sha = llama_run
-    run = cards.read_run(run_dir)
+    run = RunFolder.open(run_dir)
     card = cards.build_card(run, "alice/Llama-3.1-8B-invoices", cards.publishing_verdict(run))
     path = tmp_path / "README.md"
     card.save(path)
@@ -86,14 +87,14 @@ def test_card_metadata_round_trips(llama_run, tmp_path):
     assert ("| evals:regression/general_mc.jsonl | test | regression set accuracy | tuned | 0.9500 | "
             "[0.8300, 0.9900] |") in body
     assert "| acme/invoices | test | exact_match | base | 0.0500 |" in body
-    assert "3.1000 before, 1.8000 after" in body
+    assert f"{run.summary.initial_eval_loss:.4f} before, {run.summary.final_eval_loss:.4f} after" in body
     assert "cc-by-4.0" in body and "training_config.yaml" in body
 
 
 def test_card_for_a_licence_given_as_other(hub, make_run, tmp_path):
     hub.seed("Qwen/Qwen2.5-tiny", {"README.md": readme(license="other", license_name="qwen",
                                                          license_link="https://example.org/qwen/LICENSE")})
-    run = cards.read_run(make_run(base_model="Qwen/Qwen2.5-tiny", datasets=("hubtune:data/invoices/train.jsonl",)))
+    run = RunFolder.open(make_run(base_model="Qwen/Qwen2.5-tiny", datasets=("hubtune:data/invoices/train.jsonl",)))
     card = cards.build_card(run, "alice/qwen-invoices", cards.publishing_verdict(run))
     card.save(tmp_path / "README.md")
     meta = metadata_load(tmp_path / "README.md")
@@ -113,9 +114,11 @@ def test_card_for_a_local_base_and_write_card(make_run):
     assert "resolve_builtin(\"hubtune:tiny-llama\")" in text and "No evaluation results" in text
 
 
-def test_read_run_names_what_is_missing(tmp_path):
+def test_an_unfinished_run_names_what_is_missing(tmp_path):
     from hubtune.errors import HubtuneError
 
+    with pytest.raises(HubtuneError, match="not a run folder"):
+        RunFolder.open(tmp_path)
+    (tmp_path / "config.yaml").write_text("{}")
     with pytest.raises(HubtuneError, match="summary.json .*hubtune train --resume"):
-        (tmp_path / "config.yaml").write_text("{}")
-        cards.read_run(tmp_path)
+        RunFolder.open(tmp_path).require_finished()

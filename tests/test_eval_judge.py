@@ -239,11 +239,12 @@ def test_transformers_serve_as_an_openai_compatible_judge(tmp_path):
     assert result["single"]["tuned"]["unparsable"] + result["single"]["base"]["unparsable"] == 4
 
 
-def test_a_judge_folder_that_does_not_exist_is_an_error_before_any_generation(tmp_path):
-    from hubtune import config as cfg
+def test_a_judge_folder_that_does_not_exist_is_an_error_before_any_generation(make_run):
     from hubtune.errors import EvalError
     from hubtune.evaluation import evaluate
 
-    (tmp_path / "config.yaml").write_text(cfg.RunConfig().to_yaml())
+    def no_model_loading(message: str) -> None:
+        assert not message.startswith("loading"), message
+
     with pytest.raises(EvalError, match="no such model folder"):
-        evaluate(tmp_path, judge="./no-such-judge", log=lambda m: None)
+        evaluate(make_run(), judge="./no-such-judge", log=no_model_loading)

@@ -178,13 +178,16 @@ def test_eval_section_is_validated_with_paths():
     assert set(err.value.paths) == {"eval.few_shot_k", "eval.regression_threshold", "eval.judge_retrys"}
 
 
-def test_an_unknown_harness_task_fails_before_any_model_is_loaded(tmp_path):
+def no_model_loading(message: str) -> None:
+    assert not message.startswith("loading"), f"a model was loaded before the settings were checked: {message}"
+
+
+def test_an_unknown_harness_task_fails_before_any_model_is_loaded(make_run):
     from hubtune.errors import EvalError
     from hubtune.evaluation import evaluate
 
-    (tmp_path / "config.yaml").write_text(cfg.RunConfig().to_yaml())  # no adapter: nothing could be loaded
     with pytest.raises(EvalError) as err:
-        evaluate(tmp_path, tasks=["hubtune_invoices", "hellaswagg", "hubtune_general"], log=lambda m: None)
+        evaluate(make_run(), tasks=["hubtune_invoices", "hellaswagg", "hubtune_general"], log=no_model_loading)
     message = str(err.value)
     assert "hellaswagg (did you mean hellaswag" in message and "hubtune_general (did you mean hubtune_general_mc" in message
     assert "hubtune_invoices (" not in message

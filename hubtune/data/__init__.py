@@ -39,7 +39,7 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
     """The tokenizer of a base model (Hub id, local folder or hubtune:<asset>), for token lengths."""
     from transformers import AutoTokenizer
 
-    from hubtune.config import resolve_builtin
+    from hubtune.refs import resolve_builtin
     from hubtune.errors import DataError
 
     try:

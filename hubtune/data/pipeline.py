@@ -66,8 +66,9 @@ def read_examples(sources: list[DataSource], data: DataSection) -> tuple[list[Ex
                     raise DataError(f"{origin}: {err}; fix the row or remove it, or skip bad rows with "
                                     f"--skip-bad-rows (data.skip_bad_rows: true)") from None
                 bad.append(f"{origin}: {err}")
-        summary.append({"path": source.path, "format": fmt, "rows": len(got.rows) + len(got.bad_rows),
-                        "examples": len(examples) - n_before})
+        summary.append({"path": source.path, "split": source.split, "name": source.name,
+                        "revision": source.revision, "revision_sha": got.revision_sha, "format": fmt,
+                        "rows": len(got.rows) + len(got.bad_rows), "examples": len(examples) - n_before})
     if len({ex.text is None for ex in examples}) > 1:
         raise DataError("the sources mix plain text with chat data; train on one kind at a time "
                         f"(formats: {', '.join(str(s['format']) for s in summary)})")

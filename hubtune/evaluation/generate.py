@@ -39,16 +39,16 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from hubtune import config as cfg
+    from hubtune.runs import RunFolder
 
-    run = Path(run_path)
-    adapter = run / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise EvalError(f"{adapter} holds no adapter_config.json; give a run folder written by `hubtune train`")
-    base = load_base(cfg.load(run / "config.yaml").model, quantization)
-    model = PeftModel.from_pretrained(base, str(adapter))
+    run = RunFolder.open(run_path)
+    if not (run.adapter / "adapter_config.json").is_file():
+        raise EvalError(f"{run.adapter} holds no adapter_config.json; finish the run with "
+                        f"`hubtune train --resume {run.path}`")
+    base = load_base(run.config.model, quantization)
+    model = PeftModel.from_pretrained(base, str(run.adapter))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+    tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))
     return model, tokenizer
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from hubtune.config import resolve_builtin
+from hubtune.refs import resolve_builtin
 from hubtune.errors import EvalError
 from hubtune.evaluation.scoring import evals_dir
 

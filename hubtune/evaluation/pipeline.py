@@ -25,10 +25,10 @@ from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 
 from hubtune import config as cfg
 from hubtune.errors import EvalError
+from hubtune.runs import RunFolder
 from hubtune.evaluation import report
 from hubtune.evaluation.cache import AnswerCache, cached_answers, file_fingerprint
 from hubtune.evaluation.generate import generate_answers, load_tuned
@@ -49,13 +49,17 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
     export_human: write RUN/human_eval.csv with this many blinded base/tuned answer pairs.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    run = Path(run_path)
-    if not (run / "config.yaml").is_file():
-        raise EvalError(f"{run} is not a run folder (no config.yaml); give the folder `hubtune train` wrote")
-    tree = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    folder = RunFolder.open(run_path).require_finished()
+    with folder.lock("eval"):
+        return _evaluate(folder, tasks, judge, judge_model, limit, export_human, overrides, log)
+
+
+def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human, overrides, log) -> dict:
+    run = folder.path
+    tree = folder.config.model_dump(mode="json")
     updates = {"tasks": tasks, "judge": judge, "judge_model": judge_model, "limit": limit}
-    tree["eval"] = {**(tree.get("eval") or {}), **{k: v for k, v in updates.items() if v is not None}}
-    config = cfg.build(tree, overrides, source=str(run / "config.yaml"))
+    tree["eval"].update({k: v for k, v in updates.items() if v is not None})
+    config = cfg.build(tree, overrides, source=str(run / RunFolder.CONFIG))
     ev = config.eval
     # A malformed judge is a setting to fix before any generation, not a partial result after.
     judge_client = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
@@ -64,7 +68,7 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
 
     log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
     model, tokenizer = load_tuned(run, quantization=config.model.quantization)
-    data = EvalData.load(config, ev, tokenizer)
+    data = EvalData.load(folder, config, ev)
     cache = AnswerCache(run / "eval_cache" / "generations.jsonl")
     keys = {"tuned": f"tuned|{file_fingerprint(_adapter_weights(run))}|{config.model.quantization}",
             "base": f"base|{config.model.id}|{config.model.revision}|{config.model.quantization}"}
@@ -140,7 +144,7 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
         result["answers_file"] = str(run / "eval_answers.jsonl")
     result["regressed"] = bool(result.get("regression", {}).get("regressed"))
     result["metrics"] = report.metric_entries(result)
-    (run / "eval.json").write_text(json.dumps(result, indent=2))
+    folder.write_eval(result)
     return result
 
 
@@ -155,21 +159,25 @@ class EvalData:
         self.test_in_train = 0
 
     @classmethod
-    def load(cls, config: cfg.RunConfig, ev: cfg.EvalSection, tokenizer) -> EvalData:
+    def load(cls, run: RunFolder, config: cfg.RunConfig, ev: cfg.EvalSection) -> EvalData:
+        """The rows training wrote into the run; only an eval.test file is read anew."""
         from hubtune.data import dedup, pipeline
 
         out = cls()
-        prepared = pipeline.prepare(config.data, tokenizer, seed=config.training.seed)
-        train_rows = list(prepared.train)
-        task_rows = train_rows[:len(train_rows) - prepared.report.get("mixed", 0)]  # general data is mixed in last
-        if prepared.eval is not None and "prompt" in prepared.eval.column_names:
-            out.validation = list(prepared.eval)
-        single = config.data.sources[0] if len(config.data.sources) == 1 else None
-        sources = report.dataset_entry([s.path for s in config.data.sources], config=single and single.name)
+        train_rows = run.rows("train")
+        mixed = (run.read_json(RunFolder.DATA_REPORT) or {}).get("mixed", 0)
+        task_rows = train_rows[:len(train_rows) - mixed]  # general data is mixed in last
+        out.validation = [r for r in run.rows("validation") if "prompt" in r]
+        summary = run.summary
+        recorded = {d.path: d for d in (summary.datasets if summary else [])}  # with the commit each was read at
+        single = recorded.get(config.data.sources[0].path) if len(config.data.sources) == 1 else None
+        sources = report.dataset_entry([s.path for s in config.data.sources], config=single and single.name,
+                                       revision=single and single.revision_sha)
         if ev.test is not None:
-            examples, _, _ = pipeline.read_examples([ev.test], config.data)
+            examples, read, _ = pipeline.read_examples([ev.test], config.data)
             out.test = [ex.row() for ex in examples if ex.text is None]
-            out.test_dataset = report.dataset_entry(ev.test.path, config=ev.test.name)
+            out.test_dataset = report.dataset_entry(ev.test.path, config=ev.test.name,
+                                                    revision=read[0]["revision_sha"] if read else None)
             # A Hub dataset's split is the one read; a local file is the test set whatever split `datasets` gave it.
             out.test_split = ev.test.split if "type" in out.test_dataset else "test"
             train_keys = {dedup.exact_key(*_parts(r)) for r in task_rows if "prompt" in r}
@@ -281,7 +289,7 @@ def _harness(model, tokenizer, ev, log) -> dict:
 
 
 def regression_file(ref: str) -> Path:
-    from hubtune.config import resolve_builtin
+    from hubtune.refs import resolve_builtin
     from hubtune.evaluation.harness import EVALS_PREFIX
 
     path = evals_dir() / ref[len(EVALS_PREFIX):] if ref.startswith(EVALS_PREFIX) else Path(resolve_builtin(ref))

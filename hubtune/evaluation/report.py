@@ -26,23 +26,23 @@ def summarize_task(task: dict) -> dict:
 
 
 def on_hub(ref: str) -> bool:
-    from hubtune.config import looks_local
-    from hubtune.hub import is_local
+    from hubtune.refs import is_hub_id
 
-    return not (ref in FILE_LOADERS or looks_local(ref) or is_local(ref))
+    return ref not in FILE_LOADERS and is_hub_id(ref)
 
 
-def dataset_entry(refs: str | list[str], *, config: str | None = None, name: str | None = None) -> dict:
+def dataset_entry(refs: str | list[str], *, config: str | None = None, revision: str | None = None,
+                  name: str | None = None) -> dict:
     """The dataset a measure was taken on, as the card names it: {"name"} for local files (built-in
     refs as written, other paths by file name, never this machine's folders), plus the model-index's
-    {"type": Hub id} (and "config") only when the data is one Hub dataset."""
+    {"type": Hub id} (with "config" and the commit read as "revision", when known) only when the data
+    is one Hub dataset."""
     refs = [refs] if isinstance(refs, str) else list(refs)
     names = [r if on_hub(r) or r.startswith(("hubtune:", "evals:")) else Path(r).name for r in refs]
     entry = {"name": name or ", ".join(names)}
     if len(refs) == 1 and on_hub(refs[0]):
         entry["type"] = refs[0]
-        if config:
-            entry["config"] = config
+        entry.update({k: v for k, v in (("config", config), ("revision", revision)) if v})
     return entry
 
 
