@@ -19,10 +19,11 @@ TASK = "text-generation"
 
 
 def eval_entries(eval_json: dict | list | None, default_dataset: str | None = None) -> list[dict]:
-    """The numeric metric entries of an eval.json, normalised to {name, type, value, dataset, split, model}.
-    Accepts {"metrics": [{name, type, value, dataset, split, model}]} (dataset as an id or
-    {name, type, config, revision}; model: tuned, base or base_few_shot), a bare list of such
-    entries, {"metrics": {name: value}, "dataset": ...}, or {task: {"metrics": {name: value}}}."""
+    """The numeric metric entries of an eval.json, normalised to {name, type, value, ci95, dataset_type,
+    dataset_name, ..., split, model}. Accepts {"metrics": [{name, type, value, ci95, dataset, split, model}]}
+    (dataset as a Hub id or {name, type, config, revision}, where only a Hub dataset has a type; model:
+    tuned, base or base_few_shot), a bare list of such entries, {"metrics": {name: value}, "dataset": ...},
+    or {task: {"metrics": {name: value}}}."""
     if not eval_json:
         return []
     if isinstance(eval_json, dict) and "metrics" in eval_json:
@@ -42,11 +43,14 @@ def eval_entries(eval_json: dict | list | None, default_dataset: str | None = No
         value = e.get("value")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        dataset = e.get("dataset") or default_dataset or "unknown"
-        ds = dataset if isinstance(dataset, dict) else {"type": dataset, "name": dataset}
-        ds_type = str(ds.get("type") or ds.get("id") or ds.get("name"))
+        dataset = e.get("dataset") or default_dataset
+        ds = dataset if isinstance(dataset, dict) else \
+            {"type": dataset if dataset and is_hub_id(dataset) else None, "name": dataset or "unknown"}
+        ds_type = ds.get("type") or ds.get("id")
+        ci = e.get("ci95")
         out.append({"name": e.get("name"), "type": str(e.get("type") or e.get("name")), "value": value,
-                    "dataset_type": ds_type, "dataset_name": str(ds.get("name") or ds_type),
+                    "ci95": ci if isinstance(ci, list) and len(ci) == 2 else None,
+                    "dataset_type": str(ds_type) if ds_type else None, "dataset_name": str(ds.get("name") or ds_type),
                     "dataset_config": ds.get("config"), "dataset_revision": ds.get("revision"),
                     "split": e.get("split") or ds.get("split"), "model": e.get("model") or "tuned",
                     "task_type": e.get("task_type", TASK)})
@@ -54,15 +58,16 @@ def eval_entries(eval_json: dict | list | None, default_dataset: str | None = No
 
 
 def eval_results_from(eval_json: dict | list | None, default_dataset: str | None = None) -> list:
-    """EvalResults for the card's model-index: the tuned model's metrics from an eval.json
-    (entries scored on the base model are left for the body's comparison table)."""
+    """EvalResults for the card's model-index: the tuned model's metrics on Hub datasets from an eval.json.
+    The model-index requires a Hub dataset id as the dataset type, so measures on local files, like those
+    scored on the base model, are left for the body's table."""
     from huggingface_hub import EvalResult
 
     return [EvalResult(task_type=e["task_type"], dataset_type=e["dataset_type"], dataset_name=e["dataset_name"],
                        dataset_config=e["dataset_config"], dataset_split=e["split"],
                        dataset_revision=e["dataset_revision"], metric_type=e["type"], metric_name=e["name"],
                        metric_value=e["value"])
-            for e in eval_entries(eval_json, default_dataset) if e["model"] == "tuned"]
+            for e in eval_entries(eval_json, default_dataset) if e["model"] == "tuned" and e["dataset_type"]]
 
 
 def loss_curve(metrics: list[dict], out: Path) -> Path | None:
