@@ -18,24 +18,11 @@ LICENCE_FILE_PREFIXES = ("LICENSE", "USE_POLICY", "NOTICE")  # the base's files 
 TASK = "text-generation"
 
 
-def eval_entries(eval_json: dict | list | None, default_dataset: str | None = None) -> list[dict]:
-    """The numeric metric entries of an eval.json, normalised to {name, type, value, ci95, dataset_type,
-    dataset_name, ..., split, model}. Accepts {"metrics": [{name, type, value, ci95, dataset, split, model}]}
-    (dataset as a Hub id or {name, type, config, revision}, where only a Hub dataset has a type; model:
-    tuned, base or base_few_shot), a bare list of such entries, {"metrics": {name: value}, "dataset": ...},
-    or {task: {"metrics": {name: value}}}."""
-    if not eval_json:
-        return []
-    if isinstance(eval_json, dict) and "metrics" in eval_json:
-        entries = eval_json["metrics"]
-        if isinstance(entries, dict):  # {name: value}
-            entries = [{"name": k, "value": v, "dataset": eval_json.get("dataset")} for k, v in entries.items()]
-    elif isinstance(eval_json, list):
-        entries = eval_json
-    else:  # {task: {"metrics": {name: value}}}
-        entries = [{"name": name, "value": value, "dataset": task}
-                   for task, block in eval_json.items() if isinstance(block, dict)
-                   for name, value in (block.get("metrics") or {}).items()]
+def eval_entries(eval_json: dict | None, default_dataset: str | None = None) -> list[dict]:
+    """The numeric metric entries of the eval.json `hubtune eval` writes ({"metrics": [{name, type, value,
+    ci95, dataset, split, model}]}, dataset as a Hub id or {name, type, config, revision}, where only a
+    Hub dataset has a type; model: tuned, base or base_few_shot), normalised for the card."""
+    entries = (eval_json or {}).get("metrics") or []
     out = []
     for e in entries:
         if not isinstance(e, dict):
@@ -57,7 +44,7 @@ def eval_entries(eval_json: dict | list | None, default_dataset: str | None = No
     return out
 
 
-def eval_results_from(eval_json: dict | list | None, default_dataset: str | None = None) -> list:
+def eval_results_from(eval_json: dict | None, default_dataset: str | None = None) -> list:
     """EvalResults for the card's model-index: the tuned model's metrics on Hub datasets from an eval.json.
     The model-index requires a Hub dataset id as the dataset type, so measures on local files, like those
     scored on the base model, are left for the body's table."""

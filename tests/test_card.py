@@ -35,12 +35,8 @@ def test_eval_results_from_the_shapes_an_eval_writes():
     assert [(r.dataset_type, r.dataset_name, r.dataset_split, r.metric_type, r.metric_value) for r in results] == [
         ("acme/invoices", "acme/invoices", "test", "exact_match", 0.72),
         ("acme/invoices", "Invoices", "test", "f1", 0.9)]
-    harness = cards.eval_results_from({"invoices": {"metrics": {"exact_match": 0.5, "note": "n/a"}}})
-    assert [(r.dataset_type, r.metric_type, r.metric_value) for r in harness] == [("invoices", "exact_match", 0.5)]
-    flat = cards.eval_results_from({"metrics": {"accuracy": 0.8}, "dataset": "acme/x"})
-    assert [(r.dataset_type, r.metric_value) for r in flat] == [("acme/x", 0.8)]
     assert cards.eval_results_from(None) == [] and cards.eval_results_from({"metrics": []}) == []
-    assert cards.eval_results_from([{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]) == []
+    assert cards.eval_results_from({"metrics": [{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]}) == []
 
 
 def test_loss_curve_png(tmp_path):

@@ -254,7 +254,7 @@ def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path
     assert round(reg["drop"] * reg["n"]) == len(reg["forgotten"]) - reg["learned"]
     model, tok = loaded  # the intact run: with the adapter off it is the same base
     with model.disable_adapter():  # the regression task built from the file scores as the shipped harness task
-        shipped = run_harness(model, tok, ["hubtune_general_mc"])["hubtune_general_mc"]
+        shipped = run_harness(model, tok, ["hubtune_general_mc"], batch_size=16)["hubtune_general_mc"]
     assert reg["base"] == shipped["metrics"]["acc"] and shipped["n"] == reg["n"] == 40
 
     assert cli.main([*argv[:2], "eval.regression_threshold=1.0", *argv[2:]]) == 0

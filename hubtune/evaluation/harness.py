@@ -103,7 +103,7 @@ def resolve_specs(tasks: list[str | dict]) -> dict[str, str | dict]:
             local_task_spec(local[t]) if t in local else t for t in tasks}
 
 
-def run_harness(model, tokenizer, tasks: list[str | dict], *, limit: int | None = None, batch_size: int = 8,
+def run_harness(model, tokenizer, tasks: list[str | dict], *, limit: int | None = None, batch_size: int,
                 chat_template: str = "auto") -> dict[str, dict]:
     """Run harness tasks: names (evals/tasks/ or the harness's own) or inline task configs.
 

@@ -39,7 +39,7 @@ def _batched(items: list, size: int):
 
 
 @torch.inference_mode()
-def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int = 1024, batch_size: int = 8) -> dict:
+def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int, batch_size: int) -> dict:
     """Mean cross-entropy per completion token over prompt/completion chat rows, and its perplexity.
 
     Each row holds "prompt" and "completion" message lists; the prompt is rendered with the
