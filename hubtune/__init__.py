@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 # Bound here, not lazily: importing the submodule hubtune.train would otherwise replace
 # the function `hubtune.train` with the module of the same name.
-from hubtune.train import Run, resume, train  # noqa: E402
+from hubtune.runs import RunFolder, Status  # noqa: E402
+from hubtune.train import resume, train  # noqa: E402
 
 
 def __getattr__(name: str):
@@ -48,4 +49,4 @@ def __getattr__(name: str):
     return getattr(import_module(module), attr)
 
 
-__all__ = sorted([*_EXPORTS, "Run", "resume", "train"])
+__all__ = sorted([*_EXPORTS, "RunFolder", "Status", "resume", "train"])

@@ -95,3 +95,13 @@ class NamingRuleError(LicenceBlocked):
 
 class PushError(HubtuneError):
     """A push that could not be made; the run folder is untouched and the push can be retried."""
+
+
+class RunLockedError(HubtuneError):
+    """A run folder another live process is writing (a second `hubtune train` into the same output.dir)."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, holder: dict | None = None):
+        self.holder = holder or {}
+        super().__init__(message)

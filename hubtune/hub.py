@@ -4,29 +4,28 @@ Everything goes through the official `huggingface_hub` client, so HF_ENDPOINT, H
 HF_HOME and HF_HUB_OFFLINE work as they do for every Hub tool. A local folder (or a
 `hubtune:` asset) is used as it is and has no revision.
 
-    resolve_model(config.model)        -> ResolvedModel(path, repo_id, revision_sha)
-    resolve_dataset(config.data.sources[0]) -> ResolvedDataset(path, repo_id, revision_sha, files)
+    resolve_model(config.model)             -> ResolvedModel(path, repo_id, revision_sha)
+    download_dataset(config.data.sources[0]) -> (folder, revision_sha)   # read by hubtune.data.sources
 """
 
 from __future__ import annotations
 
 import importlib
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from hubtune.config import DataSource, ModelSection, resolve_builtin
+from hubtune.config import DataSource, ModelSection
 from hubtune.errors import (
-    DataError,
     GatedRepoAccessError,
     HubAccessError,
     HubUnreachableError,
     RepoNotFoundError,
     RevisionNotFoundError,
 )
+from hubtune.refs import RepoRef
 
 # What training needs from a model repo, at the top level only: weights as safetensors, the
 # config and the tokenizer. PyTorch .bin, GGUF, ONNX and `original/` duplicates stay on the Hub.
@@ -37,10 +36,7 @@ MODEL_FILES = [
     "chat_template.jinja", "chat_template.json", "README.md", "LICENSE*", "USE_POLICY*", "NOTICE*",
 ]
 REMOTE_CODE_FILES = ["*.py"]  # fetched only when model.trust_remote_code is on
-DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".json.gz", ".jsonl.gz", ".csv.gz")
-DATA_FILES = [f"*{s}" for s in DATA_SUFFIXES] + ["README.md"]
-SPLIT_ALIASES = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
-                 "test": ("test", "testing", "eval")}
+DATA_FILES = ["*.json", "*.jsonl", "*.csv", "*.parquet", "*.json.gz", "*.jsonl.gz", "*.csv.gz", "README.md"]
 
 
 @dataclass(frozen=True)
@@ -48,19 +44,6 @@ class ResolvedModel:
     path: str  # local folder to load from
     repo_id: str | None  # Hub repo id, None for a local folder
     revision_sha: str | None  # the commit the files came from, None for a local folder
-
-
-@dataclass(frozen=True)
-class ResolvedDataset:
-    path: str  # local file or folder holding the data
-    repo_id: str | None
-    revision_sha: str | None
-    files: list[str] = field(default_factory=list)  # data files of the requested config and split
-
-
-def is_local(ref: str) -> bool:
-    """A `hubtune:` asset or an existing path; anything else is read as a Hub repo id."""
-    return ref.startswith("hubtune:") or Path(ref).expanduser().exists()
 
 
 def hub_url(repo_id: str, repo_type: str = "model") -> str:
@@ -163,8 +146,9 @@ def _snapshot(repo_id: str, repo_type: str, revision: str | None, allow: list[st
 def resolve_model(model: ModelSection) -> ResolvedModel:
     """The folder to load the base model from, pulled at the configured revision when it is a Hub id."""
     ref = model.id
-    if is_local(ref):
-        return ResolvedModel(path=str(Path(resolve_builtin(ref)).expanduser()), repo_id=None, revision_sha=None)
+    parsed = RepoRef.parse(ref)
+    if parsed.is_local:
+        return ResolvedModel(path=str(parsed.path), repo_id=None, revision_sha=None)
     allow = MODEL_FILES + (REMOTE_CODE_FILES if model.trust_remote_code else [])
     # Top-level files only: subfolders hold duplicates (onnx/, original/, gguf/).
     path, sha = _snapshot(ref, "model", model.revision, allow, ignore=["*/*"])
@@ -175,81 +159,23 @@ def resolve_model(model: ModelSection) -> ResolvedModel:
     return ResolvedModel(path=path, repo_id=ref, revision_sha=sha)
 
 
-def resolve_dataset(source: DataSource) -> ResolvedDataset:
-    """The local data files for a source: a Hub dataset (config `name`, `split`) pulled at its
-    revision, a local JSON/JSONL/CSV/Parquet file, or a folder of them."""
-    ref = source.path
-    if is_local(ref):
-        path = Path(resolve_builtin(ref)).expanduser()
-        files = [path] if path.is_file() else _data_files(path)
-        chosen = files if path.is_file() else _pick_split(files, path, source, read_card_metadata(path / "README.md"))
-        return ResolvedDataset(str(path), None, None, [str(f) for f in chosen])
-    folder, sha = _snapshot(ref, "dataset", source.revision, DATA_FILES)
-    root = Path(folder)
-    chosen = _pick_split(_data_files(root), root, source, read_card_metadata(root / "README.md"))
-    return ResolvedDataset(str(root), ref, sha, [str(f) for f in chosen])
-
-
-def _data_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
-
-
-def _pick_split(files: list[Path], root: Path, source: DataSource, card: dict | None) -> list[Path]:
-    """Files of one config and split, by the card's `configs:` section when there is one,
-    otherwise by the Hub's naming conventions (train-*.parquet, data/test.jsonl, ...)."""
-    configs = (card or {}).get("configs") or []
-    if configs:
-        names = [c.get("config_name", "default") for c in configs]
-        wanted = source.name or ("default" if "default" in names else names[0])
-        config = next((c for c in configs if c.get("config_name", "default") == wanted), None)
-        if config is None:
-            raise DataError(f"{source.path}: no config {wanted!r}; available: {', '.join(names)} "
-                            f"(set the source's `name`)")
-        data_files = config.get("data_files") or []
-        if isinstance(data_files, (str, dict)):
-            data_files = [data_files]
-        entries = [e if isinstance(e, dict) else {"split": "train", "path": e} for e in data_files]
-        splits = [e.get("split", "train") for e in entries]
-        entry = next((e for e in entries if e.get("split", "train") == source.split), None)
-        if entry is None:
-            raise DataError(f"{source.path} (config {wanted!r}): no split {source.split!r}; "
-                            f"available: {', '.join(splits)} (set the source's `split`)")
-        globs = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
-        chosen = sorted({p for g in globs for p in root.glob(g) if p.is_file()})
-    else:
-        scoped = [f for f in files if source.name is None or source.name in f.relative_to(root).parts[:-1]]
-        chosen = [f for f in scoped if _split_of(f.relative_to(root)) == source.split]
-        if not chosen and source.split == "train":
-            chosen = [f for f in scoped if _split_of(f.relative_to(root)) is None]
-    if not chosen:
-        found = ", ".join(str(f.relative_to(root)) for f in files[:10]) or "no data files"
-        raise DataError(f"{source.path}: no data files for split {source.split!r}"
-                        f"{f' of config {source.name!r}' if source.name else ''} (found: {found}); "
-                        f"set the source's `split` / `name`, or point `path` at a file")
-    return chosen
-
-
-def _split_of(rel: Path) -> str | None:
-    """The split a data file belongs to by its name or folder (train-00000.parquet, test/x.jsonl)."""
-    words = [w for part in rel.parts for w in re.split(r"[^a-zA-Z]+", part.lower()) if w]
-    for split, aliases in SPLIT_ALIASES.items():
-        if any(w in aliases for w in words):
-            return split
-    return None
+def download_dataset(source: DataSource) -> tuple[Path, str]:
+    """The data files of a Hub dataset at its revision: (local folder, commit sha). Which files belong
+    to the source's config and split is decided by the data reader, as for a local folder."""
+    folder, sha = _snapshot(source.path, "dataset", source.revision, DATA_FILES)
+    return Path(folder), sha
 
 
 def read_card_metadata(readme: Path) -> dict | None:
-    """YAML front matter of a README.md (a model or dataset card), or None."""
+    """YAML front matter of a README.md (a model or dataset card), or None when absent or unreadable."""
+    from huggingface_hub import metadata_load
+
     if not readme.is_file():
         return None
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme.read_text(encoding="utf-8", errors="replace"), re.S)
-    if not match:
-        return None
     try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
+        return metadata_load(readme)
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -278,3 +204,20 @@ def repo_card(repo_id: str, repo_type: str = "model", revision: str | None = Non
             return RepoCard(read_card_metadata(Path(readme)) or {}, None, None)
         data = info.card_data.to_dict() if info.card_data is not None else {}
         return RepoCard(data, info.gated, info.sha)
+
+
+def gated_access(repo_id: str, repo_type: str = "model") -> str | None:
+    """Whether the token in use may read a gated repo's files: "granted", "denied" (the token's
+    account has not been granted access) or "no token"; None when the Hub cannot be asked."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hf
+
+    if not has_token():
+        return "no token"
+    try:
+        HfApi().auth_check(repo_id, repo_type=repo_type)
+    except hf.GatedRepoError:
+        return "denied"
+    except (hf.HfHubHTTPError, *_network_errors()):
+        return None
+    return "granted"

@@ -1,9 +1,10 @@
 """Publish a run to the Hub: `hubtune push RUN --repo OWNER/NAME [--private] [--merged]`.
 
 The licence gate runs again for publishing (and checks naming rules), then the adapter (or the
-merged model), tokenizer, card, loss curve, config and run record go up in one commit. Files are
-staged in a temporary folder: the run folder is never written to, so a failed push can simply be
-run again. The token is only ever sent as a header; a staged file that contains it stops the push.
+merged model), tokenizer, the base's licence files, card, loss curve, config and run record go up
+in one commit. Files are staged in a temporary folder: the run folder is never written to, so a
+failed push can simply be run again. The token is only ever sent as a header; a staged file that
+contains it stops the push.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from hubtune import card as cards
 from hubtune import licence
 from hubtune.errors import PushError
+from hubtune.runs import RunFolder
 
 SKIP_FROM_ADAPTER = {"README.md"}  # peft writes a placeholder card; the run's card replaces it
 PICKLES = (".bin", ".pt", ".pth", ".pkl")  # e.g. the trainer's training_args.bin: never published
@@ -39,53 +41,84 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
     from huggingface_hub import HfApi, constants, get_token
 
     _check_repo_id(repo)
-    run = cards.read_run(run_dir)
+    run = RunFolder.open(run_dir).require_finished()
     token = token or get_token()
     if not token:
         raise PushError(f"no Hugging Face token is set, so nothing can be pushed to {repo}: create a write token "
                         f"at {constants.ENDPOINT}/settings/tokens and set it with `export HF_TOKEN=hf_...` "
                         f"or `hf auth login`")
-    base = licence.read_licence(run.base_model, "model", run.base_revision)
-    datasets = [licence.read_licence(d["path"], "dataset", d.get("revision")) for d in run.datasets]
-    accepted = [*run.licence.acknowledge, *acknowledge]
-    verdict = licence.gate_for_publishing(base, datasets, run.licence.use, accepted, repo)
+    base, datasets = cards.repo_licences(run)
+    accepted = [*run.config.licence.acknowledge, *acknowledge]
+    verdict = licence.gate_for_publishing(base, datasets, run.config.licence.use, accepted, repo)
 
     api = HfApi(token=token)
-    what = "merged model" if merged else f"{run.summary.get('method') or 'lora'} adapter"
+    what = "merged model" if merged else f"{run.summary.method} adapter"
     with tempfile.TemporaryDirectory(prefix="hubtune-push-") as tmp:
         staged = Path(tmp)
-        files = stage(run, staged, repo, verdict, merged)
+        files = stage(run, staged, repo, verdict, merged, token=token)
         _refuse_secrets(staged, token)
         with _push_errors(repo):
             url = api.create_repo(repo, private=private, exist_ok=True)
             info = api.upload_folder(
                 repo_id=repo, folder_path=staged,
-                commit_message=f"hubtune: {what} of {run.base_model}",
+                commit_message=f"hubtune: {what} of {run.summary.base_model}",
                 commit_description=_description(run, verdict),
             )
+    run.record_push(repo, str(url), info.oid)
     return PushResult(repo, str(url), info.commit_url, info.oid, files)
 
 
-def stage(run: cards.RunRecord, out: Path, repo: str, verdict, merged: bool = False) -> list[str]:
-    """Lay out the repo's files in `out`: weights + tokenizer, README.md, loss curve, run record."""
+def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
+          token: str | None = None) -> list[str]:
+    """Lay out the repo's files in `out`: weights + tokenizer, the base's licence files, README.md,
+    loss curve, run record."""
     if merged:
         merge_adapter(run, out)
     else:
         for f in sorted(run.adapter.iterdir()):
             if f.is_file() and f.name not in SKIP_FROM_ADAPTER and not f.name.endswith(PICKLES):
                 shutil.copy2(f, out / f.name)
-    curve = cards.loss_curve(run.metrics, out / cards.LOSS_CURVE)
-    shutil.copy2(run.path / "config.yaml", out / "training_config.yaml")
-    shutil.copy2(run.path / "summary.json", out / "training_summary.json")
-    if (run.path / "metrics.jsonl").is_file():
-        shutil.copy2(run.path / "metrics.jsonl", out / "training_metrics.jsonl")
-    if (run.path / "eval.json").is_file():
-        shutil.copy2(run.path / "eval.json", out / "eval.json")
-    cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None).save(out / "README.md")
+    curve = cards.loss_curve(run.metrics(), out / cards.LOSS_CURVE)
+    shutil.copy2(run.path / RunFolder.CONFIG, out / "training_config.yaml")
+    shutil.copy2(run.path / RunFolder.SUMMARY, out / "training_summary.json")
+    if (run.path / RunFolder.METRICS).is_file():
+        shutil.copy2(run.path / RunFolder.METRICS, out / "training_metrics.jsonl")
+    if (run.path / RunFolder.EVAL).is_file():
+        shutil.copy2(run.path / RunFolder.EVAL, out / "eval.json")
+    licence_files = copy_licence_files(run, out, token)
+    cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None,
+                     licence_files=licence_files).save(out / "README.md")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
-def merge_adapter(run: cards.RunRecord, out: Path) -> None:
+def copy_licence_files(run: RunFolder, out: Path, token: str | None = None) -> list[str]:
+    """Copy the base's top-level LICENSE*, USE_POLICY* and NOTICE* files, at the revision the run
+    trained on, into `out`: Llama (§1.b.i), Gemma (§3.1), the RAIL family (§4(b)), Qwen (§3(a)) and
+    others require a copy of the licence with every derivative. Returns the names copied."""
+    from hubtune.hub import hub_errors
+    from hubtune.refs import RepoRef
+
+    def wanted(name: str) -> bool:
+        return "/" not in name and name.upper().startswith(cards.LICENCE_FILE_PREFIXES)
+
+    base, revision = run.summary.base_model, run.summary.base_revision
+    ref = RepoRef.parse(base)
+    if ref.is_local:
+        folder = ref.path
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and wanted(p.name)) if folder.is_dir() else []
+        for name in names:
+            shutil.copy2(folder / name, out / name)
+        return names
+    from huggingface_hub import HfApi, hf_hub_download
+
+    with hub_errors(base, "model", revision):
+        names = sorted(p for p in HfApi(token=token).list_repo_files(base, revision=revision) if wanted(p))
+        for name in names:
+            shutil.copyfile(hf_hub_download(base, name, revision=revision, token=token), out / name)
+    return names
+
+
+def merge_adapter(run: RunFolder, out: Path) -> None:
     """Fold the adapter into an unquantized copy of the base and save it as safetensors."""
     import torch
     from peft import PeftModel
@@ -94,11 +127,11 @@ def merge_adapter(run: cards.RunRecord, out: Path) -> None:
     from hubtune.config import ModelSection
     from hubtune.hub import resolve_model
 
-    section = ModelSection(id=run.base_model, revision=run.base_revision, quantization="none",
-                           trust_remote_code=run.model.trust_remote_code)
+    trust = run.config.model.trust_remote_code
+    section = ModelSection(id=run.summary.base_model, revision=run.summary.base_revision, quantization="none",
+                           trust_remote_code=trust)
     base_path = resolve_model(section).path
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32,
-                                                trust_remote_code=run.model.trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
     model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
@@ -124,11 +157,11 @@ def _refuse_secrets(folder: Path, token: str) -> None:
                             f"before pushing")
 
 
-def _description(run: cards.RunRecord, verdict) -> str:
+def _description(run: RunFolder, verdict) -> str:
     s = run.summary
-    parts = [f"base: {run.base_model}" + (f"@{run.base_revision}" if run.base_revision else ""),
-             f"data: {', '.join(d['path'] for d in run.datasets)}",
-             f"steps: {s.get('global_steps', '?')}",
+    parts = [f"base: {s.base_model}" + (f"@{s.base_revision}" if s.base_revision else ""),
+             f"data: {', '.join(d.path for d in s.datasets)}",
+             f"steps: {s.global_steps}",
              f"licence verdict for {verdict.use} use: {verdict.verdict}"]
     return "\n".join(parts)
 

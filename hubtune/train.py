@@ -2,21 +2,19 @@
 (or 16), attach LoRA, turn the data into chat messages, train with TRL's SFTTrainer
 on completions only, save the adapter and a summary into the run folder.
 
-    run = hubtune.train(hubtune.config.load("run.yaml"))
-    run = hubtune.resume("runs/20260101-120000")   # after Ctrl-C or a crash
+    run = hubtune.train(hubtune.config.load("run.yaml"))   # a RunFolder
+    run = hubtune.resume("runs/20260101-120000")          # after Ctrl-C or a crash
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune.errors import ConfigError, HubtuneError, TrainingInterrupted
+from hubtune.errors import ConfigError, TrainingInterrupted
+from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status
 
 # torch, transformers, peft and trl load inside the functions that use them, so that
 # `import hubtune` (which re-exports train) and the CLI stay fast.
@@ -26,89 +24,96 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
     from hubtune.hardware import Hardware
+    from hubtune.progress import Display
 
 
-@dataclass
-class Run:
-    """A finished run: its folder and what `summary.json` holds."""
+def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None, callbacks: list[TrainerCallback] | None = None,
+          owner: str | None = None, display: Display | None = None) -> RunFolder:
+    """Fine-tune the configured base on the configured data; returns the finished run folder.
 
-    path: Path
-    summary: dict
-
-    @property
-    def adapter(self) -> Path:
-        return self.path / "adapter"
-
-    @classmethod
-    def open(cls, path: str | Path) -> Run:
-        path = Path(path)
-        summary_file = path / "summary.json"
-        if not summary_file.is_file():
-            raise HubtuneError(f"{path} is not a finished run folder (no summary.json); "
-                               f"finish it with `hubtune train --resume {path}`")
-        return cls(path, json.loads(summary_file.read_text()))
-
-
-def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
-          callbacks: list[TrainerCallback] | None = None) -> Run:
-    """Fine-tune the configured base on the configured data; returns the finished Run.
-
-    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed).
+    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed); `display`
+    is the console (phases, advice, the live training line).
     """
-    path = Path(run_dir) if run_dir else config.output.run_dir()
-    if (path / "checkpoints").exists() or (path / "summary.json").exists():
-        raise HubtuneError(f"{path} already holds a run; continue it with `hubtune train --resume {path}` "
-                           f"or choose another output.dir")
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(config.to_yaml())
-    return _run(config, path, resume=False, callbacks=callbacks)
+    run = RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config, owner=owner)
+    return _run(run, config, False, callbacks, display)
 
 
-def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> Run:
+def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
+           display: Display | None = None) -> RunFolder:
     """Continue an interrupted run from its last checkpoint, with the config it started with."""
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
-        raise HubtuneError(f"{path} is not a run folder (no config.yaml)")
-    if (path / "summary.json").is_file():
-        return Run.open(path)
-    return _run(cfg.load(path / "config.yaml"), path, resume=True, callbacks=callbacks)
+    run = RunFolder.open(run_dir)
+    if run.summary is not None:
+        return run
+    return _run(run, run.config, True, callbacks, display)
 
 
-def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[TrainerCallback] | None) -> Run:
+def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display: Display | None) -> RunFolder:
+    from hubtune.progress import Display, quiet_libraries, verbose
+
+    display = display or Display()
+    with run.lock("train"), quiet_libraries(show=verbose()):
+        run.mark(Status.RUNNING)
+        try:
+            _train(run, config, resume, callbacks or [], display)
+        except TrainingInterrupted:
+            run.mark(Status.INTERRUPTED)
+            raise
+        except BaseException as err:
+            run.mark(Status.FAILED, error=str(err) or type(err).__name__)
+            raise
+        finally:
+            display.close()
+        run.mark(Status.FINISHED)
+    return run
+
+
+def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list, display: Display) -> None:
     import torch
 
     from hubtune import hardware
     from hubtune.interop import backends
 
     started = time.time()
+    path = run.path
     hw = hardware.detect(config.model, config.training)
     backend = backends.select(config.training.backend, hw, config.model)
-    print(f"backend: {backend.name} ({backend.why})", file=sys.stderr)
+    display.phase("backend", f"{backend.name} ({backend.why})")
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
+    trackers = tracker_callbacks(config, path)
 
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import data, hub, licence
+    from hubtune import advice, compat, data, hub, licence
     from hubtune.callbacks import MetricsFile, StopOnSignal
 
     torch.manual_seed(config.training.seed)
 
-    trackers = tracker_callbacks(config, path)
     # 1. Licence gate and revision pin, before a single weight is downloaded.
+    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+                             f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
+    display.licence(verdict)
     base = hub.resolve_model(config.model)
 
     # 2. Tokenizer and data: fail on bad data before paying for the model.
     tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
+    model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+    check_against_model(config, model_config)
+    if line := advice.advice_line(config, advice.parameter_count(model_config)):
+        display.note(line)
     prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
-    (path / "data_report.json").write_text(json.dumps(prepared.report, indent=2, default=str))
+    display.data_report(prepared.report)
+    run.write_json(RunFolder.DATA_REPORT, prepared.report)
+    run.write_rows("train", prepared.train)
+    run.write_rows("validation", prepared.eval)
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
+    display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
+                             f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
     model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len)
     model = attach_lora(model, config, backend.name)
@@ -121,37 +126,46 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / "metrics.jsonl", resume), stop, *trackers,
-                   *(callbacks or [])],
+        callbacks=[MetricsFile(path / RunFolder.METRICS, resume, on_row=display.row), stop, *trackers, *callbacks],
     )
-    if _quantized(model) and hw.compute_dtype == torch.float32:
-        # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
-        # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    _quiet_trainer(trainer)
+    if _quantized(model):
+        compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
-    last = _last_checkpoint(path) if resume else None
+    last = run.last_checkpoint() if resume else None
+    display.phase("training", f"resuming from {last.name}" if last else
+                  f"{len(prepared.train)} examples, effective batch "
+                  f"{config.training.micro_batch_size * config.training.gradient_accumulation_steps}")
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
-        (path / "initial_eval.json").write_text(json.dumps(trainer.evaluate()))
+        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    display.close()
     if stop.received:
         raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
-                                  f"a checkpoint is in {path / 'checkpoints'}. Continue with "
+                                  f"a checkpoint is in {run.checkpoints}. Continue with "
                                   f"`hubtune train --resume {path}`")
 
     # 5. Save the adapter with its tokenizer, and what the run was.
-    trainer.save_model(str(path / "adapter"))
-    tokenizer.save_pretrained(str(path / "adapter"))
-    summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started)
-    summary["backend"] = backend.to_dict()
-    summary["base_quantization"] = _saved_quantization(base.path)
-    initial = path / "initial_eval.json"
-    summary["initial_eval_loss"] = json.loads(initial.read_text())["eval_loss"] if initial.exists() else None
-    (path / "summary.json").write_text(json.dumps(summary, indent=2))
-    return Run(path, summary)
+    display.phase("saving", f"adapter to {run.adapter}")
+    trainer.save_model(str(run.adapter))
+    tokenizer.save_pretrained(str(run.adapter))
+    initial = run.read_json(RunFolder.INITIAL_EVAL)
+    summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
+                       initial["eval_loss"] if initial else None, backend.to_dict())
+    run.write_summary(summary)
+    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+        display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
+                              f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def _quiet_trainer(trainer) -> None:
+    """The display shows progress; the Trainer's own bar and printed log dicts would repeat it."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def check_against_model(config: cfg.RunConfig, model_config) -> None:
@@ -176,6 +190,7 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from hubtune import compat
     from hubtune.interop import backends, prequantized
 
     saved_quantized = prequantized.quantization_config(path) is not None
@@ -203,12 +218,7 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if not _quantized(base) or not for_training:
         return base
     if hw.device == "cpu":
-        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
-        # no-grad forward (the held-out eval), rounding the quantization constants: the frozen base
-        # would drift. Training keeps the base exactly as quantized.
-        for module in base.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        compat.keep_4bit_weights_exact(base)  # the frozen base stays exactly as quantized
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
 
 
@@ -305,34 +315,35 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
     )
 
 
-def _last_checkpoint(path: Path) -> Path | None:
-    found = sorted((path / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return found[-1] if found else None
-
-
-def _summary(config, base, hw, trainer, verdict, prepared, seconds: float) -> dict:
+def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,
+             backend: dict | None = None) -> RunSummary:
     from hubtune.runinfo import library_versions, peak_memory_mb
 
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] > 0]
-    return {
-        "base_model": base.repo_id or config.model.id,
-        "base_revision": base.revision_sha,
-        "datasets": [{"path": s.path, "revision": s.revision, "split": s.split} for s in config.data.sources],
-        "method": "qlora" if _quantized(model) else "lora",
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "global_steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0.0, 4),
-        "train_examples": len(prepared.train),
-        "eval_examples": len(prepared.eval) if prepared.eval is not None else 0,
-        "final_eval_loss": evals[-1] if evals else None,
-        "duration_seconds": round(seconds, 1),
-        "peak_memory_mb": peak_memory_mb(hw.device),
-        "hardware": hw.describe(),
-        "licence": verdict.to_dict() if hasattr(verdict, "to_dict") else None,
-        "hyperparameters": config.model_dump(mode="json"),
-        "versions": library_versions(),
-    }
+    read = {s["path"]: s for s in prepared.report["sources"]}
+    return RunSummary(
+        base_model=base.repo_id or config.model.id,
+        base_revision=base.revision_sha,
+        datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
+                                revision_sha=read.get(s.path, {}).get("revision_sha"))
+                  for s in config.data.sources],
+        method="qlora" if _quantized(model) else "lora",
+        trainable_parameters=trainable,
+        total_parameters=total,
+        global_steps=trainer.state.global_step,
+        epochs=round(trainer.state.epoch or 0.0, 4),
+        train_examples=len(prepared.train),
+        eval_examples=len(prepared.eval) if prepared.eval is not None else 0,
+        initial_eval_loss=initial_eval_loss,
+        final_eval_loss=evals[-1] if evals else None,
+        duration_seconds=round(seconds, 1),
+        peak_memory_mb=peak_memory_mb(hw.device),
+        hardware=hw.describe(),
+        licence=verdict.to_dict(),
+        versions=library_versions(),
+        backend=backend,
+        base_quantization=_saved_quantization(base.path),
+    )

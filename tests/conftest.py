@@ -72,60 +72,35 @@ def tiny_base_files() -> dict[str, bytes]:
 
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter(tmp_path_factory) -> Path:
-    """A LoRA adapter with non-zero weights on the embedded tiny model, saved with its tokenizer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hubtune.config import resolve_builtin
-
-    base = resolve_builtin("hubtune:tiny-llama")
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                      init_lora_weights=False, task_type="CAUSAL_LM"))
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
-
-
 @pytest.fixture
-def make_run(tiny_adapter, tmp_path):
-    """Build a finished run folder (the layout `hubtune.train` writes) around the tiny adapter."""
+def make_run(eval_run, tmp_path):
+    """A finished run folder: a copy of the real session run (`eval_run`), re-pointed at another base,
+    datasets and licence settings through the run folder's own types, for card, push and licence tests."""
     import json
     import shutil
 
     from hubtune import config as cfg
+    from hubtune.runs import DatasetRecord, RunFolder
 
     def build(base_model: str = "hubtune:tiny-llama", base_revision: str | None = None,
               datasets: tuple[str, ...] = ("hubtune:data/invoices/train.jsonl",), use: str = "personal",
               acknowledge: tuple[str, ...] = (), eval_json: dict | None = None, name: str = "run") -> Path:
-        run = tmp_path / name
-        shutil.copytree(tiny_adapter, run / "adapter")
-        config = cfg.build({"model": {"id": base_model, "revision": base_revision, "quantization": "none"},
-                            "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-                            "data": {"sources": list(datasets)},
-                            "training": {"max_steps": 6, "logging_steps": 1},
-                            "licence": {"use": use, "acknowledge": list(acknowledge)},
-                            "output": {"dir": str(run)}})
-        (run / "config.yaml").write_text(config.to_yaml())
-        losses = [2.9, 2.6, 2.2, 1.9, 1.7, 1.6]
-        lines = [{"step": i + 1, "epoch": (i + 1) / 6, "loss": loss, "learning_rate": 2e-4, "tokens_per_second": 900.0}
-                 for i, loss in enumerate(losses)] + [{"step": 6, "epoch": 1.0, "eval_loss": 1.8}]
-        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        summary = {"base_model": base_model, "base_revision": base_revision,
-                   "datasets": [{"path": d, "revision": None, "split": "train"} for d in datasets],
-                   "method": "lora", "trainable_parameters": 16384, "total_parameters": 2609664,
-                   "global_steps": 6, "epochs": 1.0, "train_examples": 48, "final_eval_loss": 1.8,
-                   "initial_eval_loss": 3.1, "duration_seconds": 12.5, "peak_memory_mb": {"process_rss": 800.0},
-                   "hyperparameters": config.model_dump(mode="json"), "versions": {"peft": "0.21.2"}}
-        (run / "summary.json").write_text(json.dumps(summary, indent=2))
+        dest = tmp_path / name
+        shutil.copytree(eval_run, dest, ignore=shutil.ignore_patterns(
+            "eval*", "human_eval*", "README.md", "loss_curve.png", ".lock", "checkpoints"))
+        run = RunFolder(dest)
+        tree = run.config.model_dump(mode="json")
+        tree["model"].update(id=base_model, revision=base_revision)
+        tree["data"]["sources"] = list(datasets)
+        tree["licence"] = {"use": use, "acknowledge": list(acknowledge)}
+        tree["output"]["dir"] = str(dest)
+        (dest / RunFolder.CONFIG).write_text(cfg.build(tree).to_yaml())
+        run.write_summary(run.summary.model_copy(update={
+            "base_model": base_model, "base_revision": base_revision,
+            "datasets": [DatasetRecord(path=d) for d in datasets]}))
         if eval_json is not None:
-            (run / "eval.json").write_text(json.dumps(eval_json))
-        return run
+            (dest / RunFolder.EVAL).write_text(json.dumps(eval_json))
+        return dest
 
     return build
 

@@ -9,13 +9,18 @@ from hub_server import readme
 from huggingface_hub import ModelCard, metadata_load
 
 from hubtune import card as cards
+from hubtune.runs import RunFolder
 
 EVAL = {"metrics": [
-    {"name": "exact_match", "type": "exact_match", "value": 0.72, "dataset": "acme/invoices", "split": "test"},
+    {"name": "exact_match", "type": "exact_match", "value": 0.72, "dataset": "acme/invoices", "split": "test",
+     "ci95": [0.58, 0.83]},
     {"name": "token_f1", "type": "f1", "value": 0.9, "dataset": {"name": "Invoices", "type": "acme/invoices"},
      "split": "test", "model": "tuned"},
     {"name": "exact_match", "type": "exact_match", "value": 0.05, "dataset": "acme/invoices", "split": "test",
      "model": "base"},
+    # A local file has a name but no Hub dataset type: the body's table shows it, the model-index cannot.
+    {"name": "regression set accuracy", "type": "accuracy", "value": 0.95, "ci95": [0.83, 0.99],
+     "dataset": {"name": "evals:regression/general_mc.jsonl"}, "split": "test", "model": "tuned"},
 ]}
 
 
@@ -30,12 +35,8 @@ def test_eval_results_from_the_shapes_an_eval_writes():
     assert [(r.dataset_type, r.dataset_name, r.dataset_split, r.metric_type, r.metric_value) for r in results] == [
         ("acme/invoices", "acme/invoices", "test", "exact_match", 0.72),
         ("acme/invoices", "Invoices", "test", "f1", 0.9)]
-    harness = cards.eval_results_from({"invoices": {"metrics": {"exact_match": 0.5, "note": "n/a"}}})
-    assert [(r.dataset_type, r.metric_type, r.metric_value) for r in harness] == [("invoices", "exact_match", 0.5)]
-    flat = cards.eval_results_from({"metrics": {"accuracy": 0.8}, "dataset": "acme/x"})
-    assert [(r.dataset_type, r.metric_value) for r in flat] == [("acme/x", 0.8)]
     assert cards.eval_results_from(None) == [] and cards.eval_results_from({"metrics": []}) == []
-    assert cards.eval_results_from([{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]) == []
+    assert cards.eval_results_from({"metrics": [{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]}) == []
 
 
 def test_loss_curve_png(tmp_path):
@@ -55,7 +56,7 @@ def llama_run(hub, make_run):
 
 def test_card_metadata_round_trips(llama_run, tmp_path):
     run_dir, sha = llama_run
-    run = cards.read_run(run_dir)
+    run = RunFolder.open(run_dir)
     card = cards.build_card(run, "alice/Llama-3.1-8B-invoices", cards.publishing_verdict(run))
     path = tmp_path / "README.md"
     card.save(path)
@@ -78,16 +79,18 @@ def test_card_metadata_round_trips(llama_run, tmp_path):
     assert f'AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B", revision="{sha}")' in body
     assert 'PeftModel.from_pretrained(base, "alice/Llama-3.1-8B-invoices")' in body
     assert "![Training and held-out loss](loss_curve.png)" in body
-    assert "| acme/invoices | test | exact_match | tuned | 0.7200 |" in body
+    assert "| acme/invoices | test | exact_match | tuned | 0.7200 | [0.5800, 0.8300] |" in body
+    assert ("| evals:regression/general_mc.jsonl | test | regression set accuracy | tuned | 0.9500 | "
+            "[0.8300, 0.9900] |") in body
     assert "| acme/invoices | test | exact_match | base | 0.0500 |" in body
-    assert "3.1000 before, 1.8000 after" in body
+    assert f"{run.summary.initial_eval_loss:.4f} before, {run.summary.final_eval_loss:.4f} after" in body
     assert "cc-by-4.0" in body and "training_config.yaml" in body
 
 
 def test_card_for_a_licence_given_as_other(hub, make_run, tmp_path):
     hub.seed("Qwen/Qwen2.5-tiny", {"README.md": readme(license="other", license_name="qwen",
                                                          license_link="https://example.org/qwen/LICENSE")})
-    run = cards.read_run(make_run(base_model="Qwen/Qwen2.5-tiny", datasets=("hubtune:data/invoices/train.jsonl",)))
+    run = RunFolder.open(make_run(base_model="Qwen/Qwen2.5-tiny", datasets=("hubtune:data/invoices/train.jsonl",)))
     card = cards.build_card(run, "alice/qwen-invoices", cards.publishing_verdict(run))
     card.save(tmp_path / "README.md")
     meta = metadata_load(tmp_path / "README.md")
@@ -107,9 +110,11 @@ def test_card_for_a_local_base_and_write_card(make_run):
     assert "resolve_builtin(\"hubtune:tiny-llama\")" in text and "No evaluation results" in text
 
 
-def test_read_run_names_what_is_missing(tmp_path):
+def test_an_unfinished_run_names_what_is_missing(tmp_path):
     from hubtune.errors import HubtuneError
 
+    with pytest.raises(HubtuneError, match="not a run folder"):
+        RunFolder.open(tmp_path)
+    (tmp_path / "config.yaml").write_text("{}")
     with pytest.raises(HubtuneError, match="summary.json .*hubtune train --resume"):
-        (tmp_path / "config.yaml").write_text("{}")
-        cards.read_run(tmp_path)
+        RunFolder.open(tmp_path).require_finished()

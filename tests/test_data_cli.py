@@ -10,6 +10,7 @@ from pathlib import Path
 
 from data_rows import alpaca_rows, section, sentence, write_jsonl
 
+from hubtune.config import DataSection
 from hubtune.data import prepare
 
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
@@ -80,7 +81,8 @@ def test_prepare_writes_rows_that_read_back_the_same(tmp_path, chat_model_dir, c
     assert again.report["format"] == "prompt_completion"
     assert again.train.to_list() == train_rows
     # The held-out split hashes the content, so the prepared rows split the same way again.
-    resplit = prepare(section(out.parent, val_set_size=0.2), chat_tokenizer)
+    both = DataSection(sources=[str(out), str(eval_path)], val_set_size=0.2)
+    resplit = prepare(both, chat_tokenizer)
     assert sorted(map(json.dumps, resplit.eval.to_list())) == sorted(map(json.dumps, eval_rows))
 
 
@@ -109,5 +111,6 @@ def test_a_hub_dataset_that_cannot_be_loaded(chat_model_dir):
     result = hubtune("data", "check", "nobody-here/no-such-dataset", "--model", chat_model_dir,
                      env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert result.returncode == 2
-    assert "error: nobody-here/no-such-dataset: cannot load this dataset from the Hub" in result.stderr
+    assert ("error: HF_HUB_OFFLINE=1 is set and nobody-here/no-such-dataset@main is not in the local cache"
+            in result.stderr and "hf download nobody-here/no-such-dataset --repo-type dataset" in result.stderr)
     assert "Traceback" not in result.stderr

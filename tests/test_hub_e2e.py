@@ -38,7 +38,7 @@ def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, mon
     lines = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()
     base_sha = hub.seed(BASE, {**tiny_base_files, "README.md": readme(license="llama3.1")}, gated="manual")
     hub.grant(BASE, "alice")
-    hub.seed(DATA, {"README.md": readme(license="cc-by-nc-4.0"), "data/train.jsonl": "\n".join(lines[:96]) + "\n"},
+    data_sha = hub.seed(DATA, {"README.md": readme(license="cc-by-nc-4.0"), "data/train.jsonl": "\n".join(lines[:96]) + "\n"},
              repo_type="dataset")
 
     # 1. The licence check a new user runs first.
@@ -66,6 +66,7 @@ def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, mon
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["base_model"], summary["base_revision"]) == (BASE, base_sha)
+    assert summary["datasets"][0]["revision_sha"] == data_sha  # the commit read, not the configured revision
 
     # 3. Evaluate (on the held-out split of the dataset), then push.
     evaluated = hubtune_cli("eval", str(run), "eval.few_shot_k=0", "eval.tasks=[]", "eval.regression_set=null",
@@ -84,6 +85,9 @@ def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, mon
     assert meta["base_model_relation"] == "adapter"
     results = meta["model-index"][0]["results"]
     assert {r["dataset"]["type"] for r in results} == {DATA}
+    # Scored on the run's held-out rows of the dataset, at the commit training read.
+    assert {(r["dataset"]["split"], r["dataset"]["revision"]) for r in results} == {("validation", data_sha)}
     assert {"loss", "exact_match", "f1"} <= {m["type"] for r in results for m in r["metrics"]}
     assert "Built with Llama" in hub.files(REPO)["README.md"].decode()
+    assert data_sha in hub.files(REPO)["README.md"].decode()  # the card pins the dataset's commit
     assert HUB_TOKEN.encode() not in b"".join(hub.files(REPO).values())

@@ -18,7 +18,8 @@ from hubtune.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from hubtune.hub import ResolvedModel, resolve_dataset, resolve_model
+from hubtune.data.sources import read_source
+from hubtune.hub import ResolvedModel, resolve_model
 
 
 def hub_resolve(repo, revision=None):
@@ -159,37 +160,37 @@ def test_dataset_by_hub_id_config_and_split(hub):
     sha = hub.seed("acme/qa", {"README.md": card, "data/train-00000.jsonl": rows(5, "train"),
                                "data/test-00000.jsonl": rows(2, "test"), "hard/all.jsonl": rows(3, "hard")},
                    repo_type="dataset")
-    train = resolve_dataset(DataSource(path="acme/qa"))
-    assert train.repo_id == "acme/qa" and train.revision_sha == sha
-    assert [Path(f).name for f in train.files] == ["train-00000.jsonl"]
-    test = resolve_dataset(DataSource(path="acme/qa", split="test", revision=sha))
-    assert [Path(f).name for f in test.files] == ["test-00000.jsonl"]
-    hard = resolve_dataset(DataSource(path="acme/qa", name="hard"))
-    assert Path(hard.files[0]).read_text() == rows(3, "hard")
+    train = read_source(DataSource(path="acme/qa"))
+    assert train.revision_sha == sha and [r["instruction"] for r in train.rows] == [f"train {i}" for i in range(5)]
+    assert train.origins[0].endswith("train-00000.jsonl, line 1")  # Hub rows point at their file and line
+    test = read_source(DataSource(path="acme/qa", split="test", revision=sha))
+    assert [r["instruction"] for r in test.rows] == ["test 0", "test 1"]
+    hard = read_source(DataSource(path="acme/qa", name="hard"))
+    assert [r["instruction"] for r in hard.rows] == ["hard 0", "hard 1", "hard 2"]
     with pytest.raises(DataError, match="no split 'validation'.*available: train, test"):
-        resolve_dataset(DataSource(path="acme/qa", split="validation"))
+        read_source(DataSource(path="acme/qa", split="validation"))
     with pytest.raises(DataError, match="no config 'easy'"):
-        resolve_dataset(DataSource(path="acme/qa", name="easy"))
+        read_source(DataSource(path="acme/qa", name="easy"))
 
 
 def test_dataset_by_naming_convention(hub):
     hub.seed("acme/plain", {"train.csv": "a,b\n1,2\n", "validation.csv": "a,b\n3,4\n"}, repo_type="dataset")
-    got = resolve_dataset(DataSource(path="acme/plain", split="validation"))
-    assert [Path(f).name for f in got.files] == ["validation.csv"]
+    got = read_source(DataSource(path="acme/plain", split="validation"))
+    assert got.rows == [{"a": "3", "b": "4"}] and got.origins[0].endswith("validation.csv, line 2")
 
 
 def test_missing_dataset_repo(hub):
     with pytest.raises(RepoNotFoundError) as err:
-        resolve_dataset(DataSource(path="acme/no-data"))
+        read_source(DataSource(path="acme/no-data"))
     assert err.value.repo_type == "dataset" and "dataset acme/no-data" in str(err.value)
 
 
 def test_local_dataset_file_and_folder(tmp_path):
     (tmp_path / "train.jsonl").write_text(rows(3, "x"))
     (tmp_path / "test.jsonl").write_text(rows(1, "y"))
-    one = resolve_dataset(DataSource(path=str(tmp_path / "test.jsonl")))
-    assert one.files == [str(tmp_path / "test.jsonl")] and one.revision_sha is None
-    folder = resolve_dataset(DataSource(path=str(tmp_path)))
-    assert folder.files == [str(tmp_path / "train.jsonl")]
-    builtin = resolve_dataset(DataSource(path="hubtune:data/invoices/train.jsonl"))
-    assert Path(builtin.files[0]).is_file()
+    one = read_source(DataSource(path=str(tmp_path / "test.jsonl")))
+    assert [r["instruction"] for r in one.rows] == ["y 0"] and one.revision_sha is None
+    folder = read_source(DataSource(path=str(tmp_path)))
+    assert [r["instruction"] for r in folder.rows] == ["x 0", "x 1", "x 2"]  # the train split only
+    builtin = read_source(DataSource(path="hubtune:data/invoices/train.jsonl"))
+    assert len(builtin.rows) > 100

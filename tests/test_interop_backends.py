@@ -15,12 +15,13 @@ import torch
 
 import hubtune
 from hubtune import config as cfg
-from hubtune.card import card_data, publishing_verdict, read_run
+from hubtune.card import card_data, publishing_verdict
 from hubtune.cli import main
 from hubtune.config import resolve_builtin
 from hubtune.errors import ConfigError
 from hubtune.hardware import Hardware
 from hubtune.interop import backends
+from hubtune.runs import RunFolder
 
 CPU = Hardware("cpu", torch.float32, "adamw_torch")
 GPU = Hardware("cuda", torch.bfloat16, "paged_adamw_8bit")
@@ -74,13 +75,11 @@ def test_unsloth_checkpoints_gradients_itself(tmp_path):
 
 
 def test_the_card_is_tagged_unsloth_when_unsloth_trained(make_run):
-    run_dir = make_run()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    run = read_run(run_dir)
+    run = RunFolder(make_run())
+    assert run.summary.backend["name"] == "hf"  # what the real run recorded
     assert "unsloth" not in card_data(run, "alice/x", publishing_verdict(run)).tags
-    summary["backend"] = {"name": "unsloth", "why": "auto: a CUDA GPU and unsloth are present"}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    run = read_run(run_dir)
+    run.write_summary(run.summary.model_copy(update={
+        "backend": {"name": "unsloth", "why": "auto: a CUDA GPU and unsloth are present"}}))
     assert "unsloth" in card_data(run, "alice/x", publishing_verdict(run)).tags
 
 

@@ -66,7 +66,11 @@ def test_the_token_never_lands_anywhere(hub, hub_token, llama_run):
     for name, content in hub.files(repo).items():
         assert token not in content, name
     assert all(token not in body for body in hub.uploaded_bodies)
-    assert folder_bytes(llama_run) == before  # nothing written into the run folder either
+    after = folder_bytes(llama_run)
+    assert token not in after.pop("state.json") and after == {k: v for k, v in before.items() if k != "state.json"}
+    # The run only records the push: its status, repo and commit.
+    run = hubtune.RunFolder(llama_run)
+    assert run.status == hubtune.Status.PUSHED and run.state()["pushes"][0]["repo"] == repo
 
 
 def test_naming_rule_refusal_creates_nothing(hub, hub_token, llama_run, capsys):

@@ -49,12 +49,22 @@ def test_quickstart_targets_install_then_run():
 
 def test_demo_prints_its_result_line(tmp_path):
     # The README's `make demo` runs `hubtune demo`; here with few steps and examples to stay quick.
-    proc = hubtune_cli(["demo", "--out", str(tmp_path / "demo"), "--limit", "8", "training.max_steps=4"], tmp_path)
+    proc = hubtune_cli(["demo", "--out", str(tmp_path / "demo"), "--limit", "8", "training.max_steps=4",
+                        "training.logging_steps=2"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"demo: base_exact_match=(\d\.\d\d) tuned_exact_match=(\d\.\d\d) minutes=(\d+\.\d) run=(\S+)", last)
     assert m, last
-    assert Path(m.group(4)) == tmp_path / "demo" and (tmp_path / "demo" / "demo.json").is_file()
+    run = tmp_path / "demo"
+    assert Path(m.group(4)) == run and (run / "eval.json").is_file()
+    # The tour: licence verdict, data report, live training line, the eval table, the card it would push.
+    out = proc.stdout
+    for shown in ("verdict: allow (use: personal)", "What each step removed", "training  step 4/4 · loss",
+                  "base 3-shot", "regression set accuracy", f"card      {run / 'README.md'}"):
+        assert shown in out, shown
+    assert (run / "README.md").read_text().startswith("---\n")
+    # A calm console: no third-party warnings, progress bars or raw log dicts.
+    assert "Warning" not in proc.stderr + out and "it/s]" not in proc.stderr and "{'loss'" not in out
 
 
 def test_command_line_section_runs(workdir):

@@ -81,15 +81,18 @@ def test_run_folder_holds_everything(trained):
     assert all(x["tokens_per_second"] > 0 and "learning_rate" in x and "epoch" in x for x in train_lines)
     assert any("eval_loss" in x for x in lines)
     s = run.summary
-    assert s["method"] == "qlora" and s["global_steps"] == 12
-    assert 0 < s["trainable_parameters"] < s["total_parameters"]
-    assert s["versions"]["transformers"] and s["peak_memory_mb"]["process_rss"] > 0
-    assert s["duration_seconds"] > 0
+    assert s.method == "qlora" and s.global_steps == 12
+    assert 0 < s.trainable_parameters < s.total_parameters
+    assert s.versions["transformers"] and s.peak_memory_mb["process_rss"] > 0
+    assert s.duration_seconds > 0
+    assert run.status == hubtune.Status.FINISHED and not (run.path / ".lock").exists()
+    # The held-out rows are in the run, so evaluation reads them instead of re-running the data steps.
+    assert len(run.rows("validation")) == s.eval_examples and len(run.rows("train")) == s.train_examples
 
 
 def test_training_lowers_held_out_loss(trained):
     run, _ = trained
-    assert run.summary["final_eval_loss"] < run.summary["initial_eval_loss"] - 0.05
+    assert run.summary.final_eval_loss < run.summary.initial_eval_loss - 0.05
 
 
 def test_every_lora_parameter_changed_and_no_base_weight_did(trained):

@@ -1,18 +1,23 @@
 """Read the rows of a data source: a local JSON/JSONL/CSV/Parquet file, a folder of them,
-or a dataset on the Hub. Every row remembers where it came from (file and line) so that
-later steps can point at it."""
+or a dataset on the Hub. A Hub dataset is downloaded at its revision and read like a folder,
+so every row, wherever it came from, remembers its file and line for later steps to point at."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubtune.config import DataSource, looks_local, resolve_builtin
+from hubtune.config import DataSource
 from hubtune.errors import DataError
+from hubtune.refs import RepoRef
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
+SPLIT_ALIASES = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+                 "test": ("test", "testing", "eval")}
 SKIP_HINT = "fix the row or remove it, or skip bad rows with --skip-bad-rows (data.skip_bad_rows: true)"
 
 
@@ -22,6 +27,7 @@ class SourceRows:
     rows: list[dict] = field(default_factory=list)
     origins: list[str] = field(default_factory=list)  # "file, line N" for each row
     bad_rows: list[str] = field(default_factory=list)  # "where: why" for each skipped row
+    revision_sha: str | None = None  # the commit a Hub dataset was read at; None for local data
 
     def add(self, row, origin: str, skip_bad_rows: bool) -> None:
         if isinstance(row, dict):
@@ -37,40 +43,95 @@ class SourceRows:
 
 
 def read_source(source: DataSource, skip_bad_rows: bool = False) -> SourceRows:
-    """All rows of one source, in order."""
-    path = Path(resolve_builtin(source.path)).expanduser()
+    """All rows of one source, in order: a file, the files of a folder's split, or a Hub dataset's."""
+    from hubtune.hub import download_dataset, read_card_metadata
+
+    ref = RepoRef.parse(source.path)
     out = SourceRows(source.path)
-    if path.is_dir():
-        files = data_files(path, source.split)
-        if not files:
-            raise DataError(f"{source.path}: no {', '.join(SUFFIXES)} files in this folder; "
-                            f"point data.sources at a file or a folder that holds some")
-        for f in files:
-            read_file(f, out, skip_bad_rows)
-    elif path.is_file():
-        read_file(path, out, skip_bad_rows)
-    elif looks_local(source.path):
-        raise DataError(f"{source.path}: no such file or folder; check the path")
+    if ref.is_hub:
+        folder, out.revision_sha = download_dataset(source)
+    elif ref.path.is_dir() or ref.path.is_file():
+        folder = ref.path
     else:
-        read_hub(source, out)
+        raise DataError(f"{source.path}: no such file or folder; check the path")
+    if folder.is_file():
+        files = [folder]
+    else:
+        files = split_files(folder, source, read_card_metadata(folder / "README.md"))
+    for f in files:
+        read_file(f, out, skip_bad_rows)
     return out
 
 
-def data_files(folder: Path, split: str) -> list[Path]:
-    """Files of a folder; those named after the split (train.jsonl, train-0000.parquet) when any are."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-    named = [p for p in files if p.stem == split or p.stem.startswith((f"{split}-", f"{split}_", f"{split}."))]
-    return named or files
+def split_files(root: Path, source: DataSource, card: dict | None) -> list[Path]:
+    """The files of one config and split in a folder or a downloaded Hub dataset: by the card's
+    `configs:` section when there is one, otherwise by the Hub's naming conventions
+    (train.jsonl, train-00000-of-00002.parquet, data/test/x.jsonl, ...)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+    if not files:
+        raise DataError(f"{source.path}: no {', '.join(SUFFIXES[:4])} files in this folder; "
+                        f"point data.sources at a file or a folder that holds some")
+    configs = (card or {}).get("configs") or []
+    if configs:
+        chosen = _card_split(root, source, configs)
+    else:
+        scoped = [f for f in files if source.name is None or source.name in f.relative_to(root).parts[:-1]]
+        chosen = [f for f in scoped if _split_of(f.relative_to(root)) == source.split]
+        if not chosen and source.split == "train":
+            chosen = [f for f in scoped if _split_of(f.relative_to(root)) is None]
+    if not chosen:
+        found = ", ".join(str(f.relative_to(root)) for f in files[:10])
+        raise DataError(f"{source.path}: no data files for split {source.split!r}"
+                        f"{f' of config {source.name!r}' if source.name else ''} (found: {found}); "
+                        f"set the source's `split` / `name`, or point `path` at a file")
+    return chosen
+
+
+def _card_split(root: Path, source: DataSource, configs: list[dict]) -> list[Path]:
+    names = [c.get("config_name", "default") for c in configs]
+    wanted = source.name or ("default" if "default" in names else names[0])
+    config = next((c for c in configs if c.get("config_name", "default") == wanted), None)
+    if config is None:
+        raise DataError(f"{source.path}: no config {wanted!r}; available: {', '.join(names)} "
+                        f"(set the source's `name`)")
+    data_files = config.get("data_files") or []
+    if isinstance(data_files, (str, dict)):
+        data_files = [data_files]
+    entries = [e if isinstance(e, dict) else {"split": "train", "path": e} for e in data_files]
+    entry = next((e for e in entries if e.get("split", "train") == source.split), None)
+    if entry is None:
+        splits = ", ".join(e.get("split", "train") for e in entries)
+        raise DataError(f"{source.path} (config {wanted!r}): no split {source.split!r}; "
+                        f"available: {splits} (set the source's `split`)")
+    globs = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
+    return sorted({p for g in globs for p in root.glob(g) if p.is_file()})
+
+
+def _split_of(rel: Path) -> str | None:
+    """The split a data file belongs to by its name or folder (train-00000.parquet, test/x.jsonl)."""
+    words = [w for part in rel.parts for w in re.split(r"[^a-zA-Z]+", part.lower()) if w]
+    for split, aliases in SPLIT_ALIASES.items():
+        if any(w in aliases for w in words):
+            return split
+    return None
+
+
+def _open_text(path: Path):
+    """A data file as text; `.gz` files are decompressed on the fly."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
 
 
 def read_file(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
-    if path.suffix == ".jsonl":
+    suffix = path.name.removesuffix(".gz").rsplit(".", 1)[-1] if "." in path.name else ""
+    if suffix == "jsonl":
         read_json_lines(path, out, skip_bad_rows)
-    elif path.suffix == ".json":
+    elif suffix == "json":
         read_json(path, out, skip_bad_rows)
-    elif path.suffix == ".csv":
+    elif suffix == "csv":
         read_csv(path, out)
-    elif path.suffix == ".parquet":
+    elif suffix == "parquet":
         read_parquet(path, out)
     else:
         raise DataError(f"{path}: cannot read {path.suffix or 'files without a suffix'}; "
@@ -78,7 +139,7 @@ def read_file(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
 
 
 def read_json_lines(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -92,7 +153,8 @@ def read_json_lines(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
 
 def read_json(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
     """A JSON array of rows, or JSON lines in a .json file (a common mix-up, so both are read)."""
-    text = path.read_text(encoding="utf-8")
+    with _open_text(path) as f:
+        text = f.read()
     if not text.lstrip().startswith("["):
         return read_json_lines(path, out, skip_bad_rows)
     try:
@@ -106,8 +168,9 @@ def read_json(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
 
 
 def read_csv(path: Path, out: SourceRows) -> None:
-    with path.open(encoding="utf-8", newline="") as f:
+    with _open_text(path) as f:
         reader = csv.DictReader(f)
+        reader.fieldnames  # reads the header, so the first row's line number is right
         start = reader.line_num + 1
         for row in reader:
             out.add(row, f"{path}, line {start}", False)
@@ -123,15 +186,3 @@ def read_parquet(path: Path, out: SourceRows) -> None:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     for i, row in enumerate(table.to_pylist()):
         out.add(row, f"{path}, row {i + 1}", False)
-
-
-def read_hub(source: DataSource, out: SourceRows) -> None:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(source.path, source.name, split=source.split, revision=source.revision)
-    except Exception as err:  # datasets raises many types (not found, offline, bad split, bad config)
-        raise DataError(f"{source.path}: cannot load this dataset from the Hub ({type(err).__name__}: {err}); "
-                        f"check the id, name, split and revision, or give a local file") from None
-    for i, row in enumerate(ds):
-        out.add(row, f"{source.path} ({source.split}), row {i + 1}", False)

@@ -172,7 +172,7 @@ class _Reader:
         if not isinstance(self.extra, dict):
             self.refuse(HUBTUNE_BLOCK, "must be a mapping of hubtune run config sections")
         else:
-            tree = cfg._merge(tree, self.extra)
+            tree = cfg.merge(tree, self.extra)
         return Translation(tree, self.notes, self.unsupported)
 
     # ---- sections -------------------------------------------------------------------------------
@@ -511,7 +511,7 @@ def hubtune_only(axolotl: dict) -> list[str]:
 
 def _axolotl_path(ref: str) -> str:
     """hubtune:<asset> is hubtune's own; Axolotl reads the file it stands for."""
-    return cfg.resolve_builtin(ref) if ref.startswith(cfg.BUILTIN_PREFIX) else ref
+    return cfg.resolve_builtin(ref)
 
 
 def _axolotl_dataset(source: cfg.DataSource, fmt: str, columns: dict, where: str,

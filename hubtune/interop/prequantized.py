@@ -27,10 +27,11 @@ def quantization_config(folder: str | Path) -> dict | None:
 def repo_quantization_config(ref: str, revision: str | None = None) -> dict | None:
     """The same for a local folder, a `hubtune:` asset or a Hub repo (only config.json is downloaded)."""
     from hubtune import hub
-    from hubtune.config import resolve_builtin
+    from hubtune.refs import RepoRef
 
-    if hub.is_local(ref):
-        return quantization_config(Path(resolve_builtin(ref)).expanduser())
+    parsed = RepoRef.parse(ref)
+    if parsed.is_local:
+        return quantization_config(parsed.path)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 

@@ -1,0 +1,324 @@
+"""The run folder: one type that owns its layout, so training, evaluation, the card, push, the CLI
+and the UI all read a run the same way.
+
+    runs/20260101-120000/
+      config.yaml          the resolved run config (typed: RunFolder.config)
+      state.json           status, owner, last error, pushes
+      .lock                pid and host of the process writing the run (train, eval)
+      data_report.json     what each data step removed
+      data/train.jsonl     the prepared training rows, and data/validation.jsonl the held-out ones
+      initial_eval.json    held-out loss before any update
+      metrics.jsonl        one line per logging step (what the console and the UI show)
+      checkpoints/         checkpoint-N folders, for resume
+      adapter/             the trained adapter and tokenizer
+      summary.json         what the finished run was (typed: RunSummary)
+      eval.json            `hubtune eval` results (+ eval_answers.jsonl, eval_cache/)
+      README.md            the card a push would publish (+ loss_curve.png)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hubtune import config as cfg
+from hubtune.errors import HubtuneError, RunLockedError
+
+
+class Status(str, Enum):
+    QUEUED = "queued"  # created, waiting for a GPU (the UI's queue)
+    RUNNING = "running"  # training now, in a live process
+    EVALUATING = "evaluating"  # `hubtune eval` now, in a live process
+    INTERRUPTED = "interrupted"  # stopped or killed before the end; resumable from its last checkpoint
+    FAILED = "failed"  # stopped by an error (state.json holds it)
+    FINISHED = "finished"  # adapter and summary written
+    EVALUATED = "evaluated"  # eval.json written
+    PUSHED = "pushed"  # published to the Hub at least once
+
+
+class DatasetRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    split: str = "train"
+    name: str | None = None
+    revision: str | None = None  # as configured (a branch, tag, or None for main)
+    revision_sha: str | None = None  # the commit the rows were read at; None for local data
+
+
+class RunSummary(BaseModel):
+    """What a finished run was: written once by training, read by the card, push, eval and the UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str
+    base_revision: str | None  # the commit sha the base was loaded at; None for a local folder
+    datasets: list[DatasetRecord]
+    method: Literal["lora", "qlora"]
+    trainable_parameters: int
+    total_parameters: int
+    global_steps: int
+    epochs: float
+    train_examples: int
+    eval_examples: int
+    initial_eval_loss: float | None
+    final_eval_loss: float | None
+    duration_seconds: float
+    peak_memory_mb: dict[str, float]
+    hardware: dict[str, Any]
+    licence: dict | None
+    versions: dict[str, str]
+    backend: dict[str, str] | None = None  # {name: hf | unsloth, why}: the training backend that ran
+    base_quantization: str | None = None  # how a pre-quantized base was saved; None when hubtune quantized it
+
+
+class RunFolder:
+    CONFIG = "config.yaml"
+    STATE = "state.json"
+    LOCK = ".lock"
+    SUMMARY = "summary.json"
+    METRICS = "metrics.jsonl"
+    EVAL = "eval.json"
+    DATA_REPORT = "data_report.json"
+    INITIAL_EVAL = "initial_eval.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ---- creating and opening ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: cfg.RunConfig, owner: str | None = None) -> RunFolder:
+        """A new run folder holding `config`; refuses a folder that already holds a run."""
+        run = cls(path)
+        if (run.path / "checkpoints").exists() or (run.path / cls.SUMMARY).exists():
+            raise HubtuneError(f"{run.path} already holds a run; continue it with `hubtune train --resume {run.path}` "
+                               f"or choose another output.dir")
+        run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / cls.CONFIG).write_text(config.to_yaml())
+        run._write_state(status=Status.QUEUED.value, owner=owner, created=_now(), error=None, pushes=[])
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        run = cls(path)
+        if not (run.path / cls.CONFIG).is_file():
+            raise HubtuneError(f"{run.path} is not a run folder (no {cls.CONFIG}); give a folder written by "
+                               f"`hubtune train`")
+        return run
+
+    def require_finished(self) -> RunFolder:
+        """This run, or an error naming what is missing and how to produce it."""
+        needed = {self.SUMMARY: "written when training finishes", "adapter/adapter_config.json": "the saved adapter"}
+        missing = [f"{name} ({why})" for name, why in needed.items() if not (self.path / name).is_file()]
+        if missing:
+            raise HubtuneError(f"{self.path} is not a finished run ({self.status.value}): missing {', '.join(missing)}. "
+                               f"Finish it with `hubtune train --resume {self.path}`")
+        return self
+
+    # ---- what it holds ------------------------------------------------------------------------------
+    @cached_property
+    def config(self) -> cfg.RunConfig:
+        return cfg.load(self.path / self.CONFIG)
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def summary(self) -> RunSummary | None:
+        f = self.path / self.SUMMARY
+        return RunSummary.model_validate_json(f.read_text()) if f.is_file() else None
+
+    def write_summary(self, summary: RunSummary) -> None:
+        _write_atomic(self.path / self.SUMMARY, summary.model_dump_json(indent=2))
+
+    def metrics(self) -> list[dict]:
+        """The metrics.jsonl rows; a line cut short by a crash is skipped."""
+        f = self.path / self.METRICS
+        rows = []
+        for line in (f.read_text().splitlines() if f.is_file() else []):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    @property
+    def eval(self) -> dict | None:
+        f = self.path / self.EVAL
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def write_eval(self, result: dict) -> None:
+        _write_atomic(self.path / self.EVAL, json.dumps(result, indent=2))
+
+    def read_json(self, name: str) -> dict | None:
+        f = self.path / name
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def write_json(self, name: str, value) -> None:
+        _write_atomic(self.path / name, json.dumps(value, indent=2, default=str))
+
+    def write_rows(self, split: Literal["train", "validation"], rows) -> int:
+        """The prepared rows training used, so evaluation reads them instead of re-running the data steps."""
+        f = self.path / "data" / f"{split}.jsonl"
+        f.parent.mkdir(exist_ok=True)
+        n = 0
+        with f.open("w", encoding="utf-8") as out:
+            for row in rows or []:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        return n
+
+    def rows(self, split: Literal["train", "validation"]) -> list[dict]:
+        f = self.path / "data" / f"{split}.jsonl"
+        if not f.is_file():
+            raise HubtuneError(f"{self.path} holds no prepared {split} rows ({f}); train it again with this "
+                               f"version of hubtune")
+        return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def last_checkpoint(self) -> Path | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not self.checkpoints.is_dir():
+            return None
+        found = get_last_checkpoint(str(self.checkpoints))
+        return Path(found) if found else None
+
+    # ---- status -------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        f = self.path / self.STATE
+        try:
+            return json.loads(f.read_text()) if f.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+
+    @property
+    def owner(self) -> str | None:
+        return self.state().get("owner")
+
+    @property
+    def error(self) -> str | None:
+        """The error that stopped the run, when it failed."""
+        return self.state().get("error")
+
+    @property
+    def status(self) -> Status:
+        holder = self.lock_holder()
+        if holder and _alive(holder):
+            return Status.EVALUATING if holder.get("command") == "eval" else Status.RUNNING
+        state = self.state()
+        if state.get("pushes"):
+            return Status.PUSHED
+        if (self.path / self.EVAL).is_file():
+            return Status.EVALUATED
+        if (self.path / self.SUMMARY).is_file():
+            return Status.FINISHED
+        recorded = state.get("status")
+        if recorded == Status.FAILED.value:
+            return Status.FAILED
+        if recorded == Status.QUEUED.value and not self.checkpoints.exists():
+            return Status.QUEUED
+        return Status.INTERRUPTED  # started, not finished, and no live process: stopped or killed
+
+    def mark(self, status: Status, error: str | None = None) -> None:
+        self._write_state(status=status.value, error=error, updated=_now())
+
+    def record_push(self, repo_id: str, url: str, commit: str) -> None:
+        pushes = [*self.state().get("pushes", []), {"repo": repo_id, "url": url, "commit": commit, "at": _now()}]
+        self._write_state(pushes=pushes)
+
+    def _write_state(self, **updates) -> None:
+        _write_atomic(self.path / self.STATE, json.dumps({**self.state(), **updates}, indent=2))
+
+    # ---- the lock -----------------------------------------------------------------------------------
+    def lock_holder(self) -> dict | None:
+        try:
+            return json.loads((self.path / self.LOCK).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    @contextmanager
+    def lock(self, command: str):
+        """Hold the run for one writer: a second `hubtune train` or `eval` on the same folder is refused
+        while the first one lives. A lock left by a process that is gone is taken over."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command,
+              "process_start": _process_start(os.getpid())}
+        f = self.path / self.LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.lock_holder()
+                if holder is None or not _alive(holder):
+                    f.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise RunLockedError(
+                    f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
+                    f"process is gone (another machine sharing this folder), delete {f}", holder) from None
+            with os.fdopen(fd, "w") as out:
+                json.dump(me, out)
+            break
+        try:
+            yield self
+        finally:
+            if (self.lock_holder() or {}).get("pid") == me["pid"]:
+                f.unlink(missing_ok=True)
+
+
+def list_runs(root: str | Path) -> list[RunFolder]:
+    """The run folders directly under `root`, newest first."""
+    root = Path(root)
+    found = [RunFolder(p.parent) for p in root.glob(f"*/{RunFolder.CONFIG}")] if root.is_dir() else []
+    return sorted(found, key=lambda r: (r.path / RunFolder.CONFIG).stat().st_mtime, reverse=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers (the UI polling a run) never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from the holder."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's process: cannot tell, so assume it lives
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("process_start")
+    return started is None or started == _process_start(pid)
