@@ -114,7 +114,7 @@ class Translation:
 
 def is_axolotl(data: Any) -> bool:
     """An Axolotl config names a base_model at the top level; a hubtune one has sections (model, lora, ...)."""
-    return isinstance(data, dict) and "base_model" in data and not (set(data) & (RUN_SECTIONS - {"eval"}))
+    return isinstance(data, dict) and "base_model" in data and not set(data) & RUN_SECTIONS
 
 
 def read(path: str | Path) -> Translation:
@@ -177,7 +177,9 @@ class _Reader:
 
     # ---- sections -------------------------------------------------------------------------------
     def model(self) -> dict:
-        model = {"id": str(self.take("base_model"))}
+        if not self.has("base_model"):
+            self.refuse("base_model", "missing: the model to fine-tune (a Hub id or a local folder)")
+        model = {"id": str(self.take("base_model", ""))}
         if self.has("revision_of_model"):
             model["revision"] = str(self.take("revision_of_model"))
         model["trust_remote_code"] = bool(self.take("trust_remote_code", False))
