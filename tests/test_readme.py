@@ -70,9 +70,16 @@ def test_demo_prints_its_result_line(tmp_path):
 def test_command_line_section_runs(workdir, cli):
     lines = commands("The command line")
     assert lines[0].startswith("hubtune train examples/invoices.yaml") and lines[1].startswith("hubtune train --resume")
+    printed = []
     for line in lines:
         proc = cli(*shlex.split(line)[1:], cwd=workdir)
         assert proc.returncode == 0, f"{line}\n{proc.stdout}\n{proc.stderr}"
+        printed += proc.stdout.splitlines()
+    # The console the README pastes: the same phases, the advice line and the live training line.
+    (pasted,) = [b for b in blocks("The command line", "text") if b.startswith("licence")]
+    phases = lambda text: [ln.split()[0] for ln in text if ln.strip()]  # noqa: E731
+    assert set(phases(pasted.splitlines())) <= set(phases(printed)), printed
+    assert any(ln.startswith("training  step 4/4 · loss") for ln in printed), printed
     run = workdir / "runs" / "readme"
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "summary.json").is_file()
 
@@ -80,7 +87,9 @@ def test_command_line_section_runs(workdir, cli):
 def test_config_error_example_matches_the_real_message(workdir, cli):
     (workdir / "bad.yaml").write_text("lora:\n  r: 0\ntraining:\n  lerning_rate: 1\n")
     proc = cli("train", "bad.yaml", cwd=workdir)
-    shown = [ln.split("...")[0].rstrip(", ") for b in blocks("The command line", "text") for ln in b.splitlines()]
+    shown = [ln.split("...")[0].rstrip(", ") for b in blocks("The command line", "text") if b.startswith("error:")
+             for ln in b.splitlines()]
+    assert shown
     for line in shown:
         assert line in proc.stderr, f"{line!r} not in {proc.stderr!r}"
 
