@@ -67,20 +67,29 @@ def test_demo_prints_its_result_line(tmp_path):
     assert "Warning" not in proc.stderr + out and "it/s]" not in proc.stderr and "{'loss'" not in out
 
 
-def test_command_line_section_runs(workdir):
+def test_command_line_section_runs(workdir, cli):
     lines = commands("The command line")
     assert lines[0].startswith("hubtune train examples/invoices.yaml") and lines[1].startswith("hubtune train --resume")
+    printed = []
     for line in lines:
-        proc = hubtune_cli(shlex.split(line)[1:], workdir)
+        proc = cli(*shlex.split(line)[1:], cwd=workdir)
         assert proc.returncode == 0, f"{line}\n{proc.stdout}\n{proc.stderr}"
+        printed += proc.stdout.splitlines()
+    # The console the README pastes: the same phases, the advice line and the live training line.
+    (pasted,) = [b for b in blocks("The command line", "text") if b.startswith("licence")]
+    phases = lambda text: [ln.split()[0] for ln in text if ln.strip()]  # noqa: E731
+    assert set(phases(pasted.splitlines())) <= set(phases(printed)), printed
+    assert any(ln.startswith("training  step 4/4 · loss") for ln in printed), printed
     run = workdir / "runs" / "readme"
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "summary.json").is_file()
 
 
-def test_config_error_example_matches_the_real_message(workdir):
+def test_config_error_example_matches_the_real_message(workdir, cli):
     (workdir / "bad.yaml").write_text("lora:\n  r: 0\ntraining:\n  lerning_rate: 1\n")
-    proc = hubtune_cli(["train", "bad.yaml"], workdir)
-    shown = [ln.split("...")[0].rstrip(", ") for b in blocks("The command line", "text") for ln in b.splitlines()]
+    proc = cli("train", "bad.yaml", cwd=workdir)
+    shown = [ln.split("...")[0].rstrip(", ") for b in blocks("The command line", "text") if b.startswith("error:")
+             for ln in b.splitlines()]
+    assert shown
     for line in shown:
         assert line in proc.stderr, f"{line!r} not in {proc.stderr!r}"
 
