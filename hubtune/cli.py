@@ -118,6 +118,39 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from hubtune import config as cfg
+    from hubtune import memory
+
+    if args.table:
+        rows = memory.guide_table()
+        print(json.dumps(rows, indent=2) if args.json else memory.format_guide_table(rows))
+        return 0
+    if args.model is None:
+        raise HubtuneError("give a model (Hub repo id, folder, hubtune:<asset>) or a run config YAML, or --table")
+    is_run_config = args.model.endswith((".yaml", ".yml"))
+    config = cfg.load(args.model if is_run_config else None)
+    model, revision = (config.model.id, args.revision or config.model.revision) if is_run_config else (args.model, args.revision)
+    arch = memory.read_architecture(model, revision)
+    settings = memory.Settings.from_run_config(
+        config, method=args.method, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
+        target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
+        optimizer=args.optimizer, compute_dtype=args.compute_dtype)
+    gpus = [args.gpu] if args.gpu else list(memory.GPUS)
+    fits = {g: memory.fit_report(arch, settings, g) for g in gpus}
+    est = memory.estimate(arch, memory.on_gpu(settings, args.gpu) if args.gpu else settings)
+    if args.json:
+        out = est.to_dict()
+        out["fits"] = fits[args.gpu]["fits"] if args.gpu else {g: f["fits"] for g, f in fits.items()}
+        out["suggestion"] = fits[args.gpu]["suggestion"] if args.gpu else None
+        print(json.dumps(out, indent=2))
+    else:
+        print(memory.format_estimate(est, list(fits.values())))
+    return 0 if not args.gpu or fits[args.gpu]["fits"] else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubtune", description="Fine-tune, check, evaluate and publish LoRA adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +198,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acknowledge", action="append", default=[], metavar="ID",
                    help="accept the licence of this repo or path explicitly (repeat for several)")
     p.set_defaults(func=_push)
+
+    p = sub.add_parser("estimate", help="peak GPU memory of a fine-tune from the model's config.json, and what fits",
+                       description="Counts the parameters from config.json alone (Hub repo, folder, or a run "
+                                   "config's model) and adds up weights, adapters, gradients, optimizer states, "
+                                   "activations and overhead. Flags default to the run config's values. Exits 3 "
+                                   "when the run does not fit --gpu.")
+    from hubtune.config import DataSection, LoraSection, ModelSection, TrainingSection
+    from hubtune.memory import GPUS, OPTIMIZERS
+
+    def doc(section, name: str) -> str:
+        return f"{section.model_fields[name].description} Default: the run config's."
+
+    p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
+                   help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
+    p.add_argument("--revision", help="branch, tag or commit of the Hub repo to read config.json at")
+    p.add_argument("--method", choices=["qlora", "lora", "full"],
+                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained")
+    p.add_argument("--seq-len", type=int, metavar="N", help=doc(DataSection, "max_seq_len"))
+    p.add_argument("--batch", type=int, metavar="N", help=doc(TrainingSection, "micro_batch_size"))
+    p.add_argument("--lora-r", type=int, metavar="N", help=doc(LoraSection, "r"))
+    p.add_argument("--target-modules", nargs="+", metavar="NAME", help=doc(LoraSection, "target_modules"))
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help=doc(TrainingSection, "gradient_checkpointing"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=doc(TrainingSection, "optimizer"))
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"], help=doc(ModelSection, "compute_dtype"))
+    p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")
+    p.add_argument("--table", action="store_true", help="the field guide's hardware table, computed from real configs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_estimate)
 
     p = sub.add_parser("data", help="check and prepare training data: formats, duplicates, lengths, balance")
     data_sub = p.add_subparsers(dest="data_command", required=True)
