@@ -7,6 +7,7 @@ on all linear layers, lr 2e-4 with cosine decay and warm-up, effective batch 8, 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -175,6 +176,17 @@ class TrainingSection(Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume starts from the last one).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
+        "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
+    push_checkpoints: str | None = Field(
+        None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
+
+    @field_validator("push_checkpoints")
+    @classmethod
+    def _repo_id(cls, v):
+        if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", v):
+            raise ValueError(f"{v!r} is not a Hub repo id: give OWNER/REPO, e.g. alice/my-run-checkpoints")
+        return v
 
 
 class LicenceSection(Section):

@@ -4,17 +4,27 @@ on completions only, save the adapter and a summary into the run folder.
 
     run = hubtune.train(hubtune.config.load("run.yaml"))   # a RunFolder
     run = hubtune.resume("runs/20260101-120000")          # after Ctrl-C or a crash
+    run = resume_from_hub("alice/my-run")                 # on another machine, from training.push_checkpoints
+
+Under accelerate (`hubtune train CONFIG --num-processes N`) every process runs this recipe on its shard of
+the data; the main process alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune.errors import ConfigError, TrainingInterrupted
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status
+from hubtune import distributed
+from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted
+from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
+
+log = logging.getLogger("hubtune")
 
 # torch, transformers, peft and trl load inside the functions that use them, so that
 # `import hubtune` (which re-exports train) and the CLI stay fast.
@@ -32,8 +42,13 @@ def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
 
     `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed).
     """
-    run = RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config, owner=owner)
-    return _run(run, config, resume=False, callbacks=callbacks)
+    from hubtune import hardware
+
+    cpu = hardware.detect(config.model, config.training).device == "cpu"
+    # One folder for all processes of a launch: the main one creates it and tells the others.
+    path = distributed.share(lambda: RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config,
+                                                      owner=owner).path, cpu=cpu)
+    return _run(RunFolder(path), config, resume=False, callbacks=callbacks)
 
 
 def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> RunFolder:
@@ -42,6 +57,25 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) 
     if run.summary is not None:
         return run
     return _run(run, run.config, resume=True, callbacks=callbacks)
+
+
+def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
+                    callbacks: list[TrainerCallback] | None = None) -> RunFolder:
+    """Continue, on this machine, a run mirrored with training.push_checkpoints: its config, metrics and
+    latest checkpoint are downloaded from `repo_id` into `run_dir` (default runs/<repo name>)."""
+    path = distributed.share(lambda: fetch_from_hub(repo_id, run_dir))
+    return resume(path, callbacks)
+
+
+def fetch_from_hub(repo_id: str, run_dir: str | Path | None = None) -> Path:
+    """Download the run mirrored in `repo_id` into a new local folder (default runs/<repo name>)."""
+    from hubtune.callbacks import download_run
+
+    dest = Path(run_dir) if run_dir else Path("runs") / repo_id.split("/")[-1]
+    if (dest / RunFolder.CONFIG).is_file():
+        raise HubtuneError(f"{dest} already holds a run: continue it with `hubtune train --resume {dest}`, or "
+                           f"download {repo_id} into another folder with --out")
+    return download_run(repo_id, dest)
 
 
 def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> RunFolder:
@@ -53,8 +87,12 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[Tr
             run.mark(Status.INTERRUPTED)
             raise
         except BaseException as err:
-            run.mark(Status.FAILED, error=str(err) or type(err).__name__)
-            raise
+            full = disk_full(run, err)
+            if full is None:
+                _mark(run, Status.FAILED, str(err) or type(err).__name__)
+                raise
+            _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
+            raise full from None
         run.mark(Status.FINISHED)
     return run
 
@@ -66,32 +104,49 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
     from trl import SFTTrainer
 
     from hubtune import data, hardware, hub, licence
-    from hubtune.callbacks import MetricsFile, StopOnSignal
+    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     started = time.time()
     path = run.path
     hw = hardware.detect(config.model, config.training)
+    cpu = hw.device == "cpu"
+    mode = config.training.distributed
+    distributed.check_launch(mode, hw.device)
+    hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
+    distributed.start(cpu)
     torch.manual_seed(config.training.seed)
 
-    # 1. Licence gate and revision pin, before a single weight is downloaded.
+    # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
+    #    repo too, so a token that cannot write there stops the run now rather than at the first save.
     verdict = licence.gate_for_training(config)
-    base = hub.resolve_model(config.model)
+    mirror = HubCheckpoints(path, config.training.push_checkpoints) if config.training.push_checkpoints else None
+    if mirror and run.writer:
+        mirror.create_repo()
+    with distributed.main_process_first(cpu):
+        base = hub.resolve_model(config.model)
 
-    # 2. Tokenizer and data: fail on bad data before paying for the model.
-    tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
-    prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        # 2. Tokenizer and data: fail on bad data before paying for the model.
+        tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
+    batches = distributed.batch_plan(config.training, len(prepared.train))
+    if run.writer:
+        log.info("training: %s", batches.describe())
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
-    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing)
+    sharded = mode in distributed.SHARDED and distributed.world_size() > 1
+    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
+                      sharded=sharded)
     model = get_peft_model(model, lora_config(config.lora))
 
-    # 4. SFT on completions only, with held-out loss and checkpoints.
+    # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
+    #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
+    last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
@@ -99,16 +154,18 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / RunFolder.METRICS, resume), stop, *(callbacks or [])],
+        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last)), stop, *([mirror] if mirror else []),
+                   *(callbacks or [])],
     )
-    if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
+    if getattr(model, "is_loaded_in_4bit", False) and hw.compute_dtype == torch.float32 and not sharded:
         # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
         # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
         for p in trainer.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
 
-    last = run.last_checkpoint() if resume else None
+    if last:
+        log.info("resuming from %s", last.name)
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
@@ -119,12 +176,17 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
                                   f"a checkpoint is in {run.checkpoints}. Continue with "
                                   f"`hubtune train --resume {path}`")
 
-    # 5. Save the adapter with its tokenizer, and what the run was.
+    # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
+    #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
     trainer.save_model(str(run.adapter))
+    if not run.writer:
+        return
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
     run.write_summary(_summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                               initial["eval_loss"] if initial else None))
+                               initial["eval_loss"] if initial else None, batches))
+    if mirror:
+        mirror.finish()
 
 
 def check_against_model(config: cfg.RunConfig, model_config) -> None:
@@ -142,8 +204,11 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True):
-    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none."""
+              for_training: bool = True, sharded: bool = False):
+    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none.
+
+    sharded (FSDP, DeepSpeed ZeRO-3): the 4-bit weights are stored in the compute dtype so they can be
+    flattened and sharded with the rest, and placement is left to accelerate (no device_map)."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -155,11 +220,16 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
             bnb_4bit_quant_type=model.quantization,
             bnb_4bit_use_double_quant=model.double_quant,
             bnb_4bit_compute_dtype=hw.compute_dtype,
+            bnb_4bit_quant_storage=hw.compute_dtype if sharded else torch.uint8,
         )
-    if hw.device == "cuda":
+    if hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if model.quantization == "none" or not for_training:
+        return base
+    if sharded:
+        # prepare_model_for_kbit_training would upcast the non-quantized weights to float32, and FSDP needs
+        # one dtype per flattened group; the Trainer turns on gradient checkpointing itself.
         return base
     if hw.device == "cpu":
         # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
@@ -215,10 +285,12 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         dataloader_pin_memory=hw.device == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 
-def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss) -> RunSummary:
+def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,
+             batches: distributed.BatchPlan) -> RunSummary:
     from hubtune.runinfo import library_versions, peak_memory_mb
 
     model = trainer.model
@@ -246,4 +318,51 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         hardware=hw.describe(),
         licence=verdict.to_dict(),
         versions=library_versions(),
+        processes=batches.processes,
+        effective_batch_size=batches.effective_batch_size,
     )
+
+
+def _step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _mark(run: RunFolder, status: Status, error: str) -> None:
+    try:
+        run.mark(status, error=error)
+    except OSError:  # a full disk may refuse even state.json; the status reads as interrupted then
+        pass
+
+
+# What a full disk looks like from each writer: OSError from Python, a message from torch.save's zip
+# writer and from safetensors' Rust side.
+_DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "file write failed")
+
+
+def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
+    """A DiskFullError for `err` when a full disk caused it, else None. The checkpoint it cut short is
+    removed to give its space back; the run resumes from the one before."""
+    import shutil
+
+    causes, seen = [], err
+    while seen is not None and len(causes) < 5:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(m in str(e) for m in _DISK_FULL)
+               for e in causes):
+        return None
+    removed = remove_incomplete(run.checkpoints) if run.writer else []
+    complete = sorted(run.checkpoints.glob("checkpoint-*"), key=_step)
+    needed = folder_size(complete[-1]) if complete else folder_size(run.adapter)
+    free = shutil.disk_usage(run.path).free
+    resume_from = f"it continues from {complete[-1].name}" if complete else "it starts over (no checkpoint was complete)"
+    cut = f" The incomplete {', '.join(removed)} was removed to give its space back." if removed else ""
+    need = f"a checkpoint needs about {_mb(needed)} and " if needed else ""
+    return DiskFullError(
+        f"the disk holding {run.path} is full ({need}{_mb(free)} are free).{cut} Free space there (or move the run "
+        f"folder to a larger disk), then continue with `hubtune train --resume {run.path}`: {resume_from}.",
+        str(run.path), needed or None, free)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"
