@@ -8,6 +8,7 @@ code; HUBTUNE_DEBUG=1 shows the traceback too.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Literal, get_args, get_origin
@@ -61,16 +62,89 @@ def _display(detail: bool = False):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hubtune.train import resume, train
+    from hubtune import config as cfg
+    from hubtune import distributed
+    from hubtune.refs import RepoRef
+    from hubtune.runs import RunFolder
+    from hubtune.train import fetch_from_hub, resume, resume_from_hub, train
 
+    if args.on == "hf-jobs":
+        return _train_on_jobs(args)
+    from_hub = bool(args.resume) and RepoRef.parse(args.resume).is_hub
     if args.resume:
-        run = resume(args.resume, display=_display())
+        config = None if from_hub else RunFolder.open(args.resume).config
+    elif args.config is None:
+        raise HubtuneError("give a run config (hubtune train CONFIG.yaml) or --resume RUN_FOLDER")
     else:
-        if args.config is None:
-            raise HubtuneError("give a run config (hubtune train CONFIG.yaml) or --resume RUN_FOLDER")
         config = _run_config(args.config, args.overrides, args.ignore_unsupported)
-        run = train(config, display=_display())
-    print(f"run: {run.path}")
+    if config is not None:
+        from hubtune.hardware import detect
+
+        distributed.check_hardware(config.training.distributed, detect(config.model).device)
+    plan = distributed.plan_launch(config.training.distributed if config else "none", args.num_processes,
+                                   args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port)
+    if plan is None:
+        if from_hub:
+            run = resume_from_hub(args.resume, args.out, display=_display())
+        else:
+            run = resume(args.resume, display=_display()) if args.resume else train(config, display=_display())
+        if distributed.is_main_process():
+            print(f"run: {run.path}")
+        return 0
+    # Several processes: this one starts `accelerate launch` and waits; they train.
+    if from_hub:
+        path = fetch_from_hub(args.resume, args.out)
+    else:
+        path = RunFolder.open(args.resume).path if args.resume else config.output.run_dir()
+    worker = (["train", "--resume", str(path)] if args.resume or from_hub else
+              ["train", args.config, *args.overrides, f"output.dir={path}"])
+    return distributed.launch(plan, worker)  # rank 0 prints the run's folder, or its error
+
+
+def _train_on_jobs(args: argparse.Namespace) -> int:
+    from hubtune import config as cfg
+    from hubtune import jobs
+
+    if not args.flavor:
+        raise HubtuneError("--on hf-jobs needs --flavor, e.g. --flavor a10g-small (see `hf jobs hardware`)")
+    options = {"flavor": args.flavor, "timeout": args.timeout, "install": args.install or jobs.DEFAULT_INSTALL,
+               "image": args.image or jobs.DEFAULT_IMAGE, "num_processes": args.num_processes}
+    if args.resume:
+        sub = jobs.submit_resume(args.resume, **options)
+    elif args.config is None:
+        raise HubtuneError("give a run config (hubtune train CONFIG.yaml --on hf-jobs ...) or --resume OWNER/REPO")
+    else:
+        sub = jobs.submit(cfg.load(args.config, args.overrides), **options)
+    print(f"estimated run: {sub.estimate.describe()}")
+    print(f"submitted job {sub.job.id} on {args.flavor} (timeout {jobs.duration(sub.timeout_seconds)}): {sub.job.url}")
+    print(f"checkpoints and the finished run go to {sub.repo_url}")
+    print(f"follow it with `hubtune jobs logs {sub.job.id} --follow`; if it stops early, continue with "
+          f"`hubtune train --resume {sub.repo_id} --on hf-jobs --flavor {args.flavor}`")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from hubtune import jobs
+
+    if args.jobs_command == "status":
+        job = jobs.status(args.job, namespace=args.namespace)
+        print(f"job {job.id}: {job.status.stage}" + (f" ({job.status.message})" if job.status.message else ""))
+        print(f"flavor: {job.flavor}  url: {job.url}")
+        return 0 if job.status.stage != "ERROR" else 1
+    if args.jobs_command == "logs":
+        for line in jobs.logs(args.job, follow=args.follow, tail=args.tail, namespace=args.namespace):
+            print(line)
+        return 0
+    jobs.cancel(args.job, namespace=args.namespace)
+    print(f"cancelled job {args.job}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from hubtune.merge import merge
+
+    result = merge(args.run, args.out, dtype=args.dtype)
+    print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype})")
     return 0
 
 
@@ -255,10 +329,48 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p = command("train", help="fine-tune with QLoRA/LoRA from a run config")
     p.add_argument("config", nargs="?", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue an interrupted run from its last checkpoint: a run folder, or the OWNER/REPO "
+                        "of training.push_checkpoints (downloaded into --out)")
+    p.add_argument("--out", metavar="DIR", help="with --resume OWNER/REPO: the local run folder (default runs/REPO)")
+    g = p.add_argument_group("several processes (accelerate launch with the preset of training.distributed)")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes (GPUs) in total, over all machines; default: every GPU when "
+                        "training.distributed is set")
+    g.add_argument("--num-machines", type=int, default=1, metavar="M", help="machines taking part (default 1)")
+    g.add_argument("--machine-rank", type=int, default=0, metavar="R", help="this machine's rank, 0 to M-1")
+    g.add_argument("--main-process-ip", metavar="IP", help="address of machine rank 0 (several machines)")
+    g.add_argument("--main-process-port", type=int, metavar="PORT",
+                   help="its port (default: a free one on one machine, 29500 over several)")
+    g = p.add_argument_group("Hugging Face Jobs")
+    g.add_argument("--on", choices=["local", "hf-jobs"], default="local", help="where to train (default local)")
+    g.add_argument("--flavor", metavar="FLAVOR", help="Jobs hardware, e.g. a10g-small, l40sx4, h200")
+    g.add_argument("--timeout", metavar="DURATION",
+                   help="e.g. 90m, 6h (default: 1.5 x the estimated run, at least 30m)")
+    g.add_argument("--install", metavar="SPEC", help="how the job installs hubtune: a pip requirement "
+                                                     "(default hubtune==<this version>; a git+https URL for a fork)")
+    g.add_argument("--image", metavar="IMAGE", help="Docker image with uv (default ghcr.io/astral-sh/uv:python3.12-bookworm)")
     p.add_argument("--ignore-unsupported", action="store_true",
                    help="train an Axolotl config without the keys hubtune cannot honour (they are listed)")
     p.set_defaults(func=_train)
+
+    p = command("jobs", help="follow Hugging Face Jobs started with `hubtune train ... --on hf-jobs`")
+    jobs_sub = p.add_subparsers(dest="jobs_command", required=True)
+    for name, help_text in (("status", "the job's stage"), ("logs", "the job's output"), ("cancel", "stop the job")):
+        j = jobs_sub.add_parser(name, parents=[common], help=help_text)
+        j.add_argument("job", metavar="JOB_ID")
+        j.add_argument("--namespace", help="the job's owner (default: the token's account)")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true", help="stream until the job ends")
+            j.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+        j.set_defaults(func=_jobs)
+
+    p = command("merge", help="merge a run's adapter into its unquantized base: a standalone model")
+    p.add_argument("run", metavar="RUN", help="a finished run folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model (new or empty)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="dtype of the saved weights (default auto: the base's own)")
+    p.set_defaults(func=_merge)
 
     p = command("config", help="convert Axolotl configs to hubtune run configs and back")
     config_sub = p.add_subparsers(dest="config_command", required=True)
@@ -361,10 +473,48 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     return parser
 
 
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (tests and notebooks swap it)."""
+
+    hubtune_console = True
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _console_logging() -> None:
+    """hubtune's own messages (resume points, skipped checkpoints, warnings) on stderr, once."""
+    logger = logging.getLogger("hubtune")
+    if not any(getattr(h, "hubtune_console", False) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(_ConsoleFormat())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args, extra = parser.parse_known_args(argv)
+    # `hubtune train CONFIG --num-processes 2 key=value`: overrides may also follow the options.
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # a subprocess (the UI's training job) inherits it
+    _console_logging()
     try:
         return args.func(args) or 0
     except HubtuneError as err:

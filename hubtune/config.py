@@ -7,6 +7,7 @@ on all linear layers, lr 2e-4 with cosine decay and warm-up, effective batch 8, 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -181,6 +182,10 @@ class TrainingSection(Section):
         "auto", description="auto: Unsloth where it can run (CUDA GPU, unsloth installed), else hf (transformers + PEFT).")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(default_factory=list,
         description="Experiment trackers to log to, through transformers' integrations; [] or none: no tracker.")
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
+        "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
+    push_checkpoints: str | None = Field(
+        None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -188,6 +193,13 @@ class TrainingSection(Section):
         if v is None or v == "none":
             return []
         return [v] if isinstance(v, str) else v
+
+    @field_validator("push_checkpoints")
+    @classmethod
+    def _repo_id(cls, v):
+        if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", v):
+            raise ValueError(f"{v!r} is not a Hub repo id: give OWNER/REPO, e.g. alice/my-run-checkpoints")
+        return v
 
 
 class LicenceSection(Section):

@@ -79,8 +79,9 @@ class Display:
     """The console of a run: phase lines, advice, and one live training line (a bar on a terminal,
     a plain line per logging step elsewhere, e.g. in a log file or the UI's log tail)."""
 
-    def __init__(self, console: Console | None = None, detail: bool = False):
-        self.console = console or Console(highlight=False, soft_wrap=True)
+    def __init__(self, console: Console | None = None, detail: bool = False, quiet: bool = False):
+        # quiet: print nothing (the other processes of a multi-process launch; the main one shows it all)
+        self.console = console or Console(highlight=False, soft_wrap=True, quiet=quiet)
         self.detail = detail  # the full licence table and data report (the demo's tour), not one line each
         self._progress = None
         self._task = None

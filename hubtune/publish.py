@@ -57,7 +57,7 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
         staged = Path(tmp)
         files = stage(run, staged, repo, verdict, merged, token=token)
         _refuse_secrets(staged, token)
-        with _push_errors(repo):
+        with push_errors(repo):
             url = api.create_repo(repo, private=private, exist_ok=True)
             info = api.upload_folder(
                 repo_id=repo, folder_path=staged,
@@ -73,7 +73,9 @@ def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
     """Lay out the repo's files in `out`: weights + tokenizer, the base's licence files, README.md,
     loss curve, run record."""
     if merged:
-        merge_adapter(run, out)
+        from hubtune.merge import merge_into
+
+        merge_into(run, out, dtype="float32")
     else:
         for f in sorted(run.adapter.iterdir()):
             if f.is_file() and f.name not in SKIP_FROM_ADAPTER and not f.name.endswith(PICKLES):
@@ -118,25 +120,6 @@ def copy_licence_files(run: RunFolder, out: Path, token: str | None = None) -> l
     return names
 
 
-def merge_adapter(run: RunFolder, out: Path) -> None:
-    """Fold the adapter into an unquantized copy of the base and save it as safetensors."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hubtune.config import ModelSection
-    from hubtune.hub import resolve_model
-
-    trust = run.config.model.trust_remote_code
-    section = ModelSection(id=run.summary.base_model, revision=run.summary.base_revision, quantization="none",
-                           trust_remote_code=trust)
-    base_path = resolve_model(section).path
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
-    model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
-
-
 def _check_repo_id(repo: str) -> None:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -167,7 +150,8 @@ def _description(run: RunFolder, verdict) -> str:
 
 
 @contextmanager
-def _push_errors(repo: str):
+def push_errors(repo: str):
+    """The client's errors while writing to `repo`, as PushError with the fix (401, 403, others)."""
     from huggingface_hub.errors import HfHubHTTPError
 
     from hubtune.hub import hub_errors
