@@ -105,3 +105,21 @@ class RunLockedError(HubtuneError):
     def __init__(self, message: str, holder: dict | None = None):
         self.holder = holder or {}
         super().__init__(message)
+
+
+class DiskFullError(HubtuneError):
+    """The disk holding the run folder filled up while training wrote to it. The run stays resumable from
+    its last complete checkpoint once space is freed."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, folder: str, needed_bytes: int | None = None, free_bytes: int | None = None):
+        self.folder = folder
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        super().__init__(message)
+
+
+class JobError(HubtuneError):
+    """A Hugging Face Job that cannot be submitted as asked (licence, token permission, timeout, local files),
+    or a job id the Hub does not know."""

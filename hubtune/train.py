@@ -4,17 +4,27 @@ on completions only, save the adapter and a summary into the run folder.
 
     run = hubtune.train(hubtune.config.load("run.yaml"))   # a RunFolder
     run = hubtune.resume("runs/20260101-120000")          # after Ctrl-C or a crash
+    run = resume_from_hub("alice/my-run")                 # on another machine, from training.push_checkpoints
+
+Under accelerate (`hubtune train CONFIG --num-processes N`) every process runs this recipe on its shard of
+the data; the main process alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune.errors import ConfigError, TrainingInterrupted
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status
+from hubtune import distributed
+from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted
+from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
+
+log = logging.getLogger("hubtune")
 
 # torch, transformers, peft and trl load inside the functions that use them, so that
 # `import hubtune` (which re-exports train) and the CLI stay fast.
@@ -24,107 +34,197 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
     from hubtune.hardware import Hardware
+    from hubtune.progress import Display
 
 
-def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
-          callbacks: list[TrainerCallback] | None = None, owner: str | None = None) -> RunFolder:
+def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None, callbacks: list[TrainerCallback] | None = None,
+          owner: str | None = None, display: Display | None = None) -> RunFolder:
     """Fine-tune the configured base on the configured data; returns the finished run folder.
 
-    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed).
+    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed); `display`
+    is the console (phases, advice, the live training line).
     """
-    run = RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config, owner=owner)
-    return _run(run, config, resume=False, callbacks=callbacks)
+    from hubtune import hardware
+
+    cpu = hardware.detect(config.model, config.training).device == "cpu"
+    # One folder for all processes of a launch: the main one creates it and tells the others.
+    path = distributed.share(lambda: RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config,
+                                                      owner=owner).path, cpu=cpu)
+    return _run(RunFolder(path), config, False, callbacks, display)
 
 
-def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> RunFolder:
+def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
+           display: Display | None = None) -> RunFolder:
     """Continue an interrupted run from its last checkpoint, with the config it started with."""
     run = RunFolder.open(run_dir)
     if run.summary is not None:
         return run
-    return _run(run, run.config, resume=True, callbacks=callbacks)
+    return _run(run, run.config, True, callbacks, display)
 
 
-def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> RunFolder:
-    with run.lock("train"):
+def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
+                    callbacks: list[TrainerCallback] | None = None, display: Display | None = None) -> RunFolder:
+    """Continue, on this machine, a run mirrored with training.push_checkpoints: its config, metrics and
+    latest checkpoint are downloaded from `repo_id` into `run_dir` (default runs/<repo name>)."""
+    path = distributed.share(lambda: fetch_from_hub(repo_id, run_dir))
+    return resume(path, callbacks, display)
+
+
+def fetch_from_hub(repo_id: str, run_dir: str | Path | None = None) -> Path:
+    """Download the run mirrored in `repo_id` into a new local folder (default runs/<repo name>)."""
+    from hubtune.callbacks import download_run
+
+    dest = Path(run_dir) if run_dir else Path("runs") / repo_id.split("/")[-1]
+    if (dest / RunFolder.CONFIG).is_file():
+        raise HubtuneError(f"{dest} already holds a run: continue it with `hubtune train --resume {dest}`, or "
+                           f"download {repo_id} into another folder with --out")
+    return download_run(repo_id, dest)
+
+
+def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display: Display | None) -> RunFolder:
+    from hubtune.progress import Display, quiet_libraries, verbose
+
+    # Only the process that writes the run shows the console; the others of a launch stay quiet.
+    display = display or Display(quiet=not distributed.is_main_process())
+    with run.lock("train"), quiet_libraries(show=verbose()):
         run.mark(Status.RUNNING)
         try:
-            _train(run, config, resume, callbacks)
+            _train(run, config, resume, callbacks or [], display)
         except TrainingInterrupted:
             run.mark(Status.INTERRUPTED)
             raise
         except BaseException as err:
-            run.mark(Status.FAILED, error=str(err) or type(err).__name__)
-            raise
+            full = disk_full(run, err)
+            if full is None:
+                _mark(run, Status.FAILED, str(err) or type(err).__name__)
+                raise
+            _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
+            raise full from None
+        finally:
+            display.close()
         run.mark(Status.FINISHED)
     return run
 
 
-def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> None:
+def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list, display: Display) -> None:
     import torch
-    from peft import get_peft_model
-    from transformers import AutoConfig, AutoTokenizer
-    from trl import SFTTrainer
 
-    from hubtune import data, hardware, hub, licence
-    from hubtune.callbacks import MetricsFile, StopOnSignal
+    from hubtune import hardware
+    from hubtune.interop import backends
 
     started = time.time()
     path = run.path
     hw = hardware.detect(config.model, config.training)
+    cpu = hw.device == "cpu"
+    mode = config.training.distributed
+    distributed.check_launch(mode, hw.device)
+    hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
+    backend = backends.select(config.training.backend, hw, config.model)
+    display.phase("backend", f"{backend.name} ({backend.why})")
+    if backend.name == "unsloth":
+        backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
+    trackers = tracker_callbacks(config, path)
+
+    from transformers import AutoConfig, AutoTokenizer
+    from trl import SFTTrainer
+
+    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+
+    distributed.start(cpu)
     torch.manual_seed(config.training.seed)
 
-    # 1. Licence gate and revision pin, before a single weight is downloaded.
+    # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
+    #    repo too, so a token that cannot write there stops the run now rather than at the first save.
+    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+                             f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
-    base = hub.resolve_model(config.model)
+    display.licence(verdict)
+    mirror = HubCheckpoints(path, config.training.push_checkpoints) if config.training.push_checkpoints else None
+    if mirror and run.writer:
+        mirror.create_repo()
+    with distributed.main_process_first(cpu):
+        base = hub.resolve_model(config.model)
 
-    # 2. Tokenizer and data: fail on bad data before paying for the model.
-    tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
-    prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        # 2. Tokenizer and data: fail on bad data before paying for the model.
+        tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        check_against_model(config, model_config)
+        if line := advice.advice_line(config, advice.parameter_count(model_config)):
+            display.note(line)
+        if warning := memory.device_warning(config, base.path):
+            display.note(warning, style="bold red")
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+    display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
+    batches = distributed.batch_plan(config.training, len(prepared.train))
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
-    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing)
-    model = get_peft_model(model, lora_config(config.lora))
+    display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
+                             f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
+    sharded = mode in distributed.SHARDED and distributed.world_size() > 1
+    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
+                      backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded)
+    model = attach_lora(model, config, backend.name)
 
-    # 4. SFT on completions only, with held-out loss and checkpoints.
+    # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
+    #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
+    last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None),
+        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name),
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / RunFolder.METRICS, resume), stop, *(callbacks or [])],
+        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
+                   *([mirror] if mirror else []), *trackers, *callbacks],
     )
-    if model.is_loaded_in_4bit and hw.compute_dtype == torch.float32:
-        # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
-        # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    _quiet_trainer(trainer)
+    if _quantized(model) and not sharded:
+        compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
-    last = run.last_checkpoint() if resume else None
+    display.phase("training", f"resuming from {last.name}" if last else
+                  f"{len(prepared.train)} examples; {batches.describe()}")
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    display.close()
     if stop.received:
         raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
                                   f"a checkpoint is in {run.checkpoints}. Continue with "
                                   f"`hubtune train --resume {path}`")
 
-    # 5. Save the adapter with its tokenizer, and what the run was.
+    # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
+    #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
+    display.phase("saving", f"adapter to {run.adapter}")
     trainer.save_model(str(run.adapter))
+    if not run.writer:
+        return
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
-    run.write_summary(_summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                               initial["eval_loss"] if initial else None))
+    summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
+                       initial["eval_loss"] if initial else None, backend.to_dict(), batches)
+    run.write_summary(summary)
+    if mirror:
+        mirror.finish()
+    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+        display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
+                              f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def _quiet_trainer(trainer) -> None:
+    """The display shows progress; the Trainer's own bar and printed log dicts would repeat it."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def check_against_model(config: cfg.RunConfig, model_config) -> None:
@@ -142,33 +242,108 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True):
-    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none."""
+              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False):
+    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
+    saved already quantized (its config.json holds a quantization_config) loads as saved.
+
+    sharded (FSDP, DeepSpeed ZeRO-3): the 4-bit weights are stored in the compute dtype so they can be
+    flattened and sharded with the rest, and placement is left to accelerate (no device_map)."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from hubtune import compat
+    from hubtune.interop import backends, prequantized
+
+    saved_quantized = prequantized.quantization_config(path) is not None
+    if backend == "unsloth":
+        return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
-    if model.quantization != "none":
+    if model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,
             bnb_4bit_use_double_quant=model.double_quant,
             bnb_4bit_compute_dtype=hw.compute_dtype,
+            bnb_4bit_quant_storage=hw.compute_dtype if sharded else torch.uint8,
         )
-    if hw.device == "cuda":
+    if hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if model.quantization == "none" or not for_training:
+    if saved_quantized:
+        # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the
+        # repo's: compute as a base quantized here would (float32 on a CPU without bf16 units).
+        from bitsandbytes.nn import Linear4bit
+
+        for module in base.modules():
+            if isinstance(module, Linear4bit):
+                module.compute_dtype = hw.compute_dtype
+    if not _quantized(base) or not for_training:
+        return base
+    if sharded:
+        # prepare_model_for_kbit_training would upcast the non-quantized weights to float32, and FSDP needs
+        # one dtype per flattened group; the Trainer turns on gradient checkpointing itself.
         return base
     if hw.device == "cpu":
-        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
-        # no-grad forward (the held-out eval), rounding the quantization constants: the frozen base
-        # would drift. Training keeps the base exactly as quantized.
-        for module in base.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        compat.keep_4bit_weights_exact(base)  # the frozen base stays exactly as quantized
+    if hw.compute_dtype == torch.bfloat16:
+        return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
+    """PEFT's prepare_model_for_kbit_training without its float32 upcast. The upcast of every 16-bit
+    parameter (embeddings, head, norms) guards float16 against overflow; in bfloat16 it only costs
+    memory: 4 GB more on an 8B model with a 128k vocabulary, and a float32 residual stream that doubles
+    the activations checkpointing keeps (see hubtune/memory.py). The base stays frozen either way."""
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return base
+
+
+def _saved_quantization(path: str) -> str | None:
+    """How a pre-quantized base was saved (`bitsandbytes nf4 (double quantization)`); None when hubtune quantized it."""
+    from hubtune.interop import prequantized
+
+    saved = prequantized.quantization_config(path)
+    return prequantized.describe(saved) if saved else None
+
+
+def _quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def attach_lora(model, config: cfg.RunConfig, backend: str = "hf"):
+    """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel."""
+    if backend == "unsloth":
+        from hubtune.interop import backends
+
+        return backends.unsloth_lora(model, config.lora, config.training.gradient_checkpointing, config.training.seed)
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(config.lora))
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback]:
+    """TensorBoard writes into RUN/tensorboard; the other trackers are named in report_to (sft_args).
+    A tracker whose package is missing is a ConfigError before anything loads."""
+    import importlib.util
+
+    missing = [name for name in config.training.report_to if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+    if missing:
+        raise ConfigError([("training.report_to", f"{name} is not installed: pip install {TRACKER_PACKAGES[name]}, "
+                                                  f"or take it out of training.report_to") for name in missing])
+    if "tensorboard" not in config.training.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
 def lora_config(lora: cfg.LoraSection) -> LoraConfig:
@@ -178,10 +353,13 @@ def lora_config(lora: cfg.LoraSection) -> LoraConfig:
                       target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) -> SFTConfig:
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf") -> SFTConfig:
     from trl import SFTConfig
 
     t = config.training
+    # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
+    checkpointing = t.gradient_checkpointing and backend != "unsloth"
+    trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     return SFTConfig(
         output_dir=str(path / "checkpoints"),
@@ -196,8 +374,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         optim=hw.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         bf16=hw.bf16,
@@ -213,12 +391,14 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         packing=config.data.packing,
         completion_only_loss=True,  # the prompt is context, not something to learn
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
+        report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 
-def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss) -> RunSummary:
+def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,
+             backend: dict | None, batches: distributed.BatchPlan) -> RunSummary:
     from hubtune.runinfo import library_versions, peak_memory_mb
 
     model = trainer.model
@@ -232,7 +412,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
                                 revision_sha=read.get(s.path, {}).get("revision_sha"))
                   for s in config.data.sources],
-        method="lora" if config.model.quantization == "none" else "qlora",
+        method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
         total_parameters=total,
         global_steps=trainer.state.global_step,
@@ -246,4 +426,53 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         hardware=hw.describe(),
         licence=verdict.to_dict(),
         versions=library_versions(),
+        backend=backend,
+        base_quantization=_saved_quantization(base.path),
+        processes=batches.processes,
+        effective_batch_size=batches.effective_batch_size,
     )
+
+
+def _step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _mark(run: RunFolder, status: Status, error: str) -> None:
+    try:
+        run.mark(status, error=error)
+    except OSError:  # a full disk may refuse even state.json; the status reads as interrupted then
+        pass
+
+
+# What a full disk looks like from each writer: OSError from Python, a message from torch.save's zip
+# writer and from safetensors' Rust side.
+_DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "file write failed")
+
+
+def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
+    """A DiskFullError for `err` when a full disk caused it, else None. The checkpoint it cut short is
+    removed to give its space back; the run resumes from the one before."""
+    import shutil
+
+    causes, seen = [], err
+    while seen is not None and len(causes) < 5:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(m in str(e) for m in _DISK_FULL)
+               for e in causes):
+        return None
+    removed = remove_incomplete(run.checkpoints) if run.writer else []
+    complete = sorted(run.checkpoints.glob("checkpoint-*"), key=_step)
+    needed = folder_size(complete[-1]) if complete else folder_size(run.adapter)
+    free = shutil.disk_usage(run.path).free
+    resume_from = f"it continues from {complete[-1].name}" if complete else "it starts over (no checkpoint was complete)"
+    cut = f" The incomplete {', '.join(removed)} was removed to give its space back." if removed else ""
+    need = f"a checkpoint needs about {_mb(needed)} and " if needed else ""
+    return DiskFullError(
+        f"the disk holding {run.path} is full ({need}{_mb(free)} are free).{cut} Free space there (or move the run "
+        f"folder to a larger disk), then continue with `hubtune train --resume {run.path}`: {resume_from}.",
+        str(run.path), needed or None, free)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"

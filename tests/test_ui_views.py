@@ -30,10 +30,14 @@ def test_advanced_editor_lists_every_field_with_its_description_and_round_trips(
 def test_progress_and_chart_of_a_finished_run(eval_run):
     run = RunFolder(eval_run)
     p = views.progress(run)
-    assert p["status"] == "finished" and p["step"] == p["total"] == 12 and p["fraction"] == 1.0
-    assert "held-out loss" in p["line"] and "peak memory" in p["line"]
+    steps = run.config.training.max_steps
+    assert p["status"] == "finished" and p["step"] == p["total"] == steps and p["fraction"] == 1.0
+    assert f"step {steps}/{steps} (100%)" in p["line"] and "held-out loss" in p["line"] and "peak memory" in p["line"]
+    metrics = run.metrics()
+    train, held = sum("loss" in m for m in metrics), sum("eval_loss" in m for m in metrics)
+    assert train >= 2 and held >= 2
     points = views.loss_points([run])
-    assert views.chart_caption(points) == "3 training-loss points, 2 held-out-loss points"
+    assert views.chart_caption(points) == f"{train} training-loss points, {held} held-out-loss points"
 
 
 def test_total_steps_from_epochs_once_the_data_is_prepared(eval_run, tmp_path):
@@ -78,3 +82,15 @@ def test_push_target_is_checked_before_training(hub):
     with pytest.raises(NamingRuleError, match="alice/Llama-invoices"):
         check_target("alice/invoices", HUB_TOKEN, llama)
     assert check_target("alice/Llama-invoices", HUB_TOKEN, llama) == "alice"
+
+
+def test_will_it_fit_estimates_against_the_gpu_and_suggests_a_fix(tmp_path):
+    demo = hosting.memory_estimate_line(cfg.load(DEMO_CONFIG))
+    assert "GB peak on the GPU" in demo and "fits an L4" in demo
+    big = cfg.build({"data": {"max_seq_len": 8192},
+                     "training": {"micro_batch_size": 64, "gradient_checkpointing": False}})
+    line = hosting.memory_estimate_line(big)
+    assert "does **not** fit an L4" in line and "To fit: gradient checkpointing" in line
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    unknown = hosting.memory_estimate_line(cfg.build({"model": {"id": str(tmp_path)}}))
+    assert unknown.startswith("**Will it fit:** no estimate:") and "gpt2" in unknown

@@ -2,7 +2,7 @@
 examples in its prompt, scored on the test set, so the fine-tune has a number to beat.
 
     result = score_prompting(config, limit=20)
-    print(result["line"])   # "best prompt: base 3-shot, exact match 0.45 ±0.22, token F1 0.80 (n=20)"
+    print(result["line"])   # "best prompt: base 3-shot, exact match 0.45 (95% CI 0.26-0.66), token F1 0.80 (n=20 ...)"
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def score_prompting(config: cfg.RunConfig, limit: int | None = 20) -> dict:
     from hubtune import data
     from hubtune.data import pipeline
     from hubtune.evaluation.generate import generate_answers, load_base
-    from hubtune.evaluation.judge import mean_ci
+    from hubtune.evaluation.intervals import bootstrap_mean, proportion
     from hubtune.evaluation.pipeline import EvalData, _context_length
     from hubtune.evaluation.scoring import exact_match_scores, token_f1_scores
 
@@ -48,14 +48,14 @@ def score_prompting(config: cfg.RunConfig, limit: int | None = 20) -> dict:
     result = {"test": where, "n": len(test), "few_shot_k": len(shots.shots)}
     for name, batch in prompts.items():
         answers = generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-        result[name] = {"exact_match": mean_ci(exact_match_scores(answers, refs)),
-                        "token_f1": mean_ci(token_f1_scores(answers, refs)),
+        result[name] = {"exact_match": proportion(exact_match_scores(answers, refs)),
+                        "token_f1": bootstrap_mean(token_f1_scores(answers, refs)),
                         "prompt_turns": sum(len(p) for p in batch) / len(batch),
                         "samples": [{"reference": ref, "answer": a} for ref, a in list(zip(refs, answers))[:3]]}
     best = max(prompts, key=lambda m: (result[m]["exact_match"]["mean"], result[m]["token_f1"]["mean"]))
     label = "base zero-shot" if best == "base" else f"base {len(shots.shots)}-shot"
     em, f1 = result[best]["exact_match"], result[best]["token_f1"]
-    ci = f" ±{(em['ci95'][1] - em['ci95'][0]) / 2:.2f}" if em["ci95"] else ""
+    ci = f" (95% CI {em['ci95'][0]:.2f}-{em['ci95'][1]:.2f})" if em["ci95"] else ""
     result["best_prompt"] = best
     result["line"] = (f"best prompt: {label}, exact match {em['mean']:.2f}{ci}, token F1 {f1['mean']:.2f} "
                       f"(n={len(test)} from {where}): the fine-tune has to beat this")

@@ -52,7 +52,43 @@ def device_line() -> str:
     return f"CPU ({os.cpu_count()} cores, no GPU)"
 
 
+SPACE_GPU = "L4"  # the GPU of the Space's suggested hardware (l4x1), for the estimate on a CPU machine
+
+
 def memory_estimate_line(config) -> str:
-    """The memory estimate for a config against this device; none until the estimator ships."""
-    return ("**Will it fit:** no estimate yet. This version of hubtune has no memory estimator; "
-            "on a GPU, start with the quick preset and watch peak memory on the Train tab.")
+    """Will it fit: the estimated peak GPU memory of these settings (hubtune.memory, from config.json alone)
+    against this machine's GPU, or, without one, against an L4; with the nearest settings that fit."""
+    from hubtune import memory
+    from hubtune.errors import HubtuneError
+
+    if config is None:
+        return "**Will it fit:** check a model to see its memory estimate."
+    try:
+        arch = memory.read_architecture(config.model.id, config.model.revision)
+        settings = memory.Settings.from_run_config(config)
+        gpu, where, note = _gpu()
+        report = memory.fit_report(arch, settings, gpu)
+    except HubtuneError as err:
+        return f"**Will it fit:** no estimate: {err}"
+    verdict = "fits" if report["fits"] else "does **not** fit"
+    line = (f"**Will it fit:** about {report['total_gb']:.1f} GB peak on the GPU ({settings.describe()}); "
+            f"{verdict} {where} ({report['gpu_gib']:.0f} GiB){note}.")
+    if report["suggestion"]:
+        s = report["suggestion"]
+        line += f" To fit: {s['change']} (about {s['total_gb']:.1f} GB)."
+    elif not report["fits"]:
+        line += " No single change fits: choose a larger GPU."
+    return line
+
+
+def _gpu() -> tuple[str | float, str, str]:
+    """(GPU name or size in GB for hubtune.memory, which GPU in words, a note) for this machine."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return props.total_memory / 10**9, f"this machine's {props.name}", ""
+    except Exception:  # no usable CUDA: estimate for the Space's GPU
+        pass
+    return SPACE_GPU, f"an {SPACE_GPU}", "; this machine has no GPU, so training here runs on the CPU"
