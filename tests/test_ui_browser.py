@@ -137,6 +137,7 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     assert min(losses[-5:]) < losses[0], f"loss did not fall: {losses}"
     log(started, "resumed run finished")
     page.locator("#loss-chart").scroll_into_view_if_needed()
+    page.wait_for_timeout(3000)  # the chart's last draw (it is sent only when it has new points)
     shot(page, "train")
 
     # The run in the history.

@@ -41,6 +41,14 @@ def test_requirements_pin_what_the_project_is_tested_with():
     assert {"torch", "transformers", "peft", "trl", "gradio", "huggingface-hub"} <= shared
     assert {name: space[name] for name in shared} == {name: tested[name] for name in shared}
     assert "gradio[oauth]==" in (SPACE / "requirements.txt").read_text()
+    # app.py installs the hubtune wheel without its dependencies: requirements.txt must list every one.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {re.split(r"[<>=\[ ;]", d)[0].lower().replace("_", "-") for d in project["dependencies"]}
+    listed = {re.split(r"[<>=\[ ;#]", line.strip())[0].lower().replace("_", "-")
+              for line in (SPACE / "requirements.txt").read_text().splitlines() if line.strip() and line[0] != "#"}
+    assert needed <= listed, needed - listed
 
 
 def test_deploy_creates_the_space_uploads_this_hubtune_and_requests_hardware(hub_token, hub, capsys):

@@ -98,17 +98,21 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         chosen = live[0] if live else (runs[0] if runs else None)
         return str(chosen.path) if chosen else None
 
-    def watch(current, session):
+    def watch(current, session, shown):
+        """One poll of the followed run. The chart is sent only when it has new points (`shown` is what
+        this page last drew), so it never redraws, or flickers, for nothing."""
         current = pick_current(current, session)
         if not current:
             empty = _loss_frame([])
-            return None, "No run yet: start one above.", _progress_bar(None), empty, "no points yet", ""
+            return None, "No run yet: start one above.", _progress_bar(None), empty, "no points yet", "", None
         run = RunFolder(current)
         p = views.progress(run, observer, place=runner.place(run.path),
                            memory=views.process_memory_mb(runner.pid(run.path)))
         points = views.loss_points([run])
-        return (current, p["line"], _progress_bar(p["fraction"]), _loss_frame(points),
-                views.chart_caption(points), views.log_tail(run))
+        drawn = (current, len(points))
+        chart_value = gr.skip() if drawn == shown else _loss_frame(points)
+        return (current, p["line"], _progress_bar(p["fraction"]), chart_value, views.chart_caption(points),
+                views.log_tail(run), drawn)
 
     def stop(current, session):
         return runner.stop(mine(current, session)) if current else "No run to stop."
@@ -164,6 +168,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     with gr.Blocks(title="hubtune") as app:
         session = gr.State(h.Session())
         current = gr.State(None)
+        shown = gr.State(None)  # (run, points) the Train tab's chart last drew
         gr.Markdown("# hubtune\nFrom a base model and a dataset to a fine-tuned adapter on the Hub. "
                     "Start with the embedded demo: check the data, press **Start training**, watch the loss fall.")
         with gr.Row():
@@ -179,7 +184,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         with gr.Tabs():
             with gr.Tab("1. Model and data", id="data"):
                 with gr.Row():
-                    model = gr.Textbox(h.DEMO_MODEL, label="Base model (Hub id, local folder, or the embedded hubtune:tiny-llama)")
+                    model = gr.Textbox(h.DEMO_MODEL,
+                                       label="Base model (Hub id, local folder, or the embedded hubtune:tiny-llama)")
                     dataset = gr.Textbox(h.DEMO_DATA, label="Dataset (Hub dataset id or local file)")
                     upload = gr.File(label=f"…or upload JSONL / CSV / Parquet (up to {hosting.UPLOAD_LIMIT_MB} MB)",
                                      file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath")
@@ -249,7 +255,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 with gr.Accordion("Compare two runs", open=False):
                     run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
                     diff = gr.Code(language=None, label="Config diff")
-                    overlay = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Curves overlaid", height=260)
+                    overlay = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Curves overlaid",
+                                          height=260)
 
             with gr.Tab("4. Chat", id="chat") as chat_tab:
                 chat_note = gr.Markdown()
@@ -284,7 +291,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             app.load(sign_in, [token_box], [session, whoami], api_name=False)
             token_box.change(sign_in, [token_box], [session, whoami], api_name="sign_in")
         app.load(compose, compose_inputs, [config_code, estimate], api_name=False)
-        app.load(watch, [current, session], [current, progress_md, bar, chart, chart_note, log], api_name=False)
+        follow = ([current, session, shown], [current, progress_md, bar, chart, chart_note, log, shown])
+        app.load(watch, *follow, api_name=False)
 
         check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, session],
                         [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used],
@@ -297,11 +305,10 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             compose, compose_inputs, [config_code, estimate], api_name=False)
 
         start_btn.click(start, [config_code, push_to, session], [current, message], api_name="start").then(
-            watch, [current, session], [current, progress_md, bar, chart, chart_note, log], api_name=False)
+            watch, *follow, api_name=False)
         stop_btn.click(stop, [current, session], [message], api_name="stop")
         resume_btn.click(resume, [current, session], [message], api_name="resume")
-        timer.tick(watch, [current, session], [current, progress_md, bar, chart, chart_note, log],
-                   api_name="progress", show_progress="hidden")
+        timer.tick(watch, *follow, api_name="progress", show_progress="hidden")
 
         refresh_outputs = [runs_table, run_pick, run_b, runs_note]
         refresh_btn.click(refresh_runs, [session, run_pick], refresh_outputs, api_name="runs")

@@ -26,7 +26,8 @@ DEMO_DATA = "hubtune:data/invoices/train.jsonl"
 PRESETS = {
     "quick": ["training.max_steps=60", "training.logging_steps=5", "training.eval_steps=20", "training.save_steps=20"],
     "balanced": ["training.epochs=1", "training.logging_steps=10", "training.eval_steps=50", "training.save_steps=50"],
-    "thorough": ["training.epochs=3", "training.logging_steps=10", "training.eval_steps=100", "training.save_steps=100"],
+    "thorough": ["training.epochs=3", "training.logging_steps=10", "training.eval_steps=100",
+                 "training.save_steps=100"],
 }
 
 
@@ -59,7 +60,8 @@ def sign_in(token: str | None) -> tuple[Session, str]:
         me = HfApi(token=token).whoami()
     except Exception as err:  # offline, or a rejected token: say which, keep the token for local work
         reason = getattr(getattr(err, "response", None), "status_code", None)
-        why = "the Hub rejected this token" if reason in (401, 403) else f"could not reach the Hub ({type(err).__name__})"
+        why = ("the Hub rejected this token" if reason in (401, 403) else
+               f"could not reach the Hub ({type(err).__name__})")
         return Session(token=token), f"Token set, but {why}: pushes and gated repos may fail."
     source = "the typed token" if typed else "the local login"
     return Session(token=token, user=me["name"]), f"Signed in as **{me['name']}** ({source})."
@@ -67,7 +69,8 @@ def sign_in(token: str | None) -> tuple[Session, str]:
 
 # ---- model and data ----------------------------------------------------------------------------------------
 def source_of(dataset: str, upload: str | None, session: Session, root: Path) -> str:
-    """The data source: an uploaded file (size-checked, copied under the runs root with a safe name) or the id/path typed."""
+    """The data source: an uploaded file (size-checked, copied under the runs root with a safe name), or the
+    id or path typed."""
     if upload:
         src = Path(upload)
         size_mb = src.stat().st_size / 2**20
@@ -158,7 +161,8 @@ def _preview(config: cfg.RunConfig) -> tuple[list[dict], str]:
         return [], problem(err)
     shown = [{k: _short(v) for k, v in r.items()} for r in rows[:5]]
     mapping = ", ".join(f"{k} <- {v}" for k, v in config.data.columns.items()) or "columns used as named"
-    return shown, f"**{len(rows)} rows**, format **{fmt}** ({'detected' if config.data.format == 'auto' else 'as set'}); {mapping}"
+    how = "detected" if config.data.format == "auto" else "as set"
+    return shown, f"**{len(rows)} rows**, format **{fmt}** ({how}); {mapping}"
 
 
 def _short(value, n: int = 160) -> str:
@@ -202,7 +206,8 @@ def _access(config: cfg.RunConfig, session: Session) -> str:
             files = [s.rfilename for s in info.siblings or []]
             if info.gated and files:
                 get_hf_file_metadata(hf_hub_url(repo, files[0], repo_type=kind), token=session.token)
-            lines.append(f"- {repo}: readable" + (f" (gated: {session.user or 'this token'} has access)" if info.gated else ""))
+            granted = f" (gated: {session.user or 'this token'} has access)" if info.gated else ""
+            lines.append(f"- {repo}: readable{granted}")
         except Exception as err:
             name = type(err).__name__
             if name == "GatedRepoError":
@@ -248,7 +253,8 @@ def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, lim
     rows = ["| prompt | exact match | token F1 |", "|---|---:|---:|"]
     for name, label in (("base", "base, zero-shot"), ("base_few_shot", f"base, {result['few_shot_k']}-shot")):
         if name in result:
-            rows.append(f"| {label} | {result[name]['exact_match']['mean']:.2f} | {result[name]['token_f1']['mean']:.2f} |")
+            scores = result[name]
+            rows.append(f"| {label} | {scores['exact_match']['mean']:.2f} | {scores['token_f1']['mean']:.2f} |")
     sample = (result.get("base_few_shot") or result["base"])["samples"][0]
     return (f"**{result['line']}**\n\n" + "\n".join(rows) +
             f"\n\nExample: expected `{sample['reference'][:120]}`, the best prompt gave `{sample['answer'][:120]}`")
@@ -290,7 +296,8 @@ def run_name(config: cfg.RunConfig) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start_training(config_text: str, push_to: str, session: Session, runner: JobRunner, root: Path) -> tuple[str | None, str]:
+def start_training(config_text: str, push_to: str, session: Session, runner: JobRunner,
+                   root: Path) -> tuple[str | None, str]:
     """Check the config, the licences and the push target; create the run folder (queued, with its owner)
     and queue `hubtune train`. Returns (run path, message)."""
     from hubtune import licence
@@ -310,10 +317,10 @@ def start_training(config_text: str, push_to: str, session: Session, runner: Job
         config = _with_uploads(config, path, root)
         config = cfg.build(config.model_dump(mode="json"), [f"output.dir={path}"])
         RunFolder.create(path, config, owner=session.user)
-        place = runner.submit(Job(path, "train", owner=session.user, token=session.token))
+        runner.submit(Job(path, "train", owner=session.user, token=session.token))
     except (HubtuneError, OSError) as err:
         return None, problem(err)
-    waiting = "starting now" if place == 1 and runner.place(path) is None else f"number {runner.place(path)} in the queue"
+    waiting = "starting now" if runner.place(path) is None else f"number {runner.place(path)} in the queue"
     note = f" Licence: {verdict.verdict}." if verdict.verdict != "allow" else ""
     return str(path), f"Queued **{path.name}** ({waiting}).{note}"
 
@@ -338,10 +345,12 @@ def resume_run(run: str, session: Session, runner: JobRunner) -> str:
     if status not in (Status.INTERRUPTED, Status.FAILED):
         return f"**{folder.path.name}** is {status.value}: only an interrupted or failed run can be resumed"
     try:
-        place = runner.submit(Job(folder.path, "train", owner=folder.owner, token=session.token))
+        runner.submit(Job(folder.path, "train", owner=folder.owner, token=session.token))
     except HubtuneError as err:
         return problem(err)
-    return f"Resuming **{folder.path.name}** from its last checkpoint (`hubtune train --resume`), place {place} in line"
+    place = runner.place(folder.path)
+    waiting = f"number {place} in the queue" if place else "starting now"
+    return f"Resuming **{folder.path.name}** from its last checkpoint (`hubtune train --resume`), {waiting}"
 
 
 def evaluate_run(run: str, limit: int | None, session: Session, runner: JobRunner) -> str:
@@ -379,7 +388,8 @@ def eval_view(run: str) -> tuple[str, list[dict]]:
     result = folder.eval
     if result is None:
         return f"{folder.path.name} has not been evaluated yet ({folder.status.value})", []
-    verdict = "**REGRESSED** on the regression set" if result.get("regressed") else "no regression on the regression set"
+    verdict = ("**REGRESSED** on the regression set" if result.get("regressed") else
+               "no regression on the regression set")
     versus = ((result.get("task") or {}).get("versus_best_prompt") or {}).get("line", "")
     text = f"{verdict}. {versus}\n\n```text\n{format_report(result)}\n```"
     samples = []
