@@ -62,6 +62,12 @@ def points(page: Page) -> int:
     return int(found.group(1)) if found else 0
 
 
+def line_colours(page: Page, chart: str) -> set[str]:
+    """The stroke colours of the lines the chart has drawn (grid and hit areas left out)."""
+    strokes = page.eval_on_selector_all(f"#{chart} path", "els => els.map(e => e.getAttribute('stroke'))")
+    return {s for s in strokes if s and s not in ("transparent", "#e4e4e7")}
+
+
 def edit_config(page: Page, replacements: dict[str, str]) -> None:
     """Change settings in the advanced editor (the generated YAML), as a user would."""
     page.get_by_text("Advanced: every setting").click()
@@ -138,6 +144,7 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     log(started, "resumed run finished")
     page.locator("#loss-chart").scroll_into_view_if_needed()
     page.wait_for_timeout(3000)  # the chart's last draw (it is sent only when it has new points)
+    assert len(line_colours(page, "loss-chart")) == 2, "the chart drew no training and held-out lines"
     shot(page, "train")
 
     # The run in the history.

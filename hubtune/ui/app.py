@@ -27,10 +27,17 @@ def _frame(points: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(points, columns=columns)
 
 
-def _loss_frame(points: list[dict]) -> pd.DataFrame:
-    """Typed even when empty: the chart fixes its axis types from the first frame it gets."""
+def _loss_frame(points: list[dict]) -> pd.DataFrame | None:
+    """The loss chart's value. Gradio's plot fixes its axis types and its colour domain (the series) when
+    it first draws; None clears it, so the next frame is drawn afresh. Never an empty frame."""
+    if not points:
+        return None
     return pd.DataFrame(points, columns=["step", "loss", "series"]).astype(
         {"step": "int64", "loss": "float64", "series": "str"})
+
+
+def _series(points: list[dict]) -> tuple[str, ...]:
+    return tuple(sorted({p["series"] for p in points}))
 
 
 def _progress_bar(fraction: float | None) -> str:
@@ -103,14 +110,18 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         this page last drew), so it never redraws, or flickers, for nothing."""
         current = pick_current(current, session)
         if not current:
-            empty = _loss_frame([])
-            return None, "No run yet: start one above.", _progress_bar(None), empty, "no points yet", "", None
+            return None, "No run yet: start one above.", _progress_bar(None), None, "no points yet", "", None
         run = RunFolder(current)
         p = views.progress(run, observer, place=runner.place(run.path),
                            memory=views.process_memory_mb(runner.pid(run.path)))
         points = views.loss_points([run])
-        drawn = (current, len(points))
-        chart_value = gr.skip() if drawn == shown else _loss_frame(points)
+        drawn = (current, len(points), _series(points))
+        if drawn == shown:
+            chart_value = gr.skip()
+        elif shown and shown[2] and shown[2] != drawn[2]:
+            chart_value, drawn = None, (None, 0, ())  # new series: clear now, draw afresh next poll
+        else:
+            chart_value = _loss_frame(points)
         return (current, p["line"], _progress_bar(p["fraction"]), chart_value, views.chart_caption(points),
                 views.log_tail(run), drawn)
 
@@ -131,21 +142,27 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         return (table, gr.update(choices=choices, value=value), gr.update(choices=choices, value=None), note)
 
     def show_run(path, session):
+        """Generator: the chart is cleared first, so it draws this run's series afresh (see _loss_frame)."""
         if not path:
-            return "", "", _loss_frame([]), "", [], ""
+            yield "", "", None, "", [], ""
+            return
         run = RunFolder(mine(path, session))
         p = views.progress(run, observer, place=runner.place(run.path))
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
-        return (p["line"], run.config.to_yaml(), _loss_frame(points), eval_text,
-                pd.DataFrame(samples), views.log_tail(run))
+        shown = [p["line"], run.config.to_yaml(), None, eval_text, pd.DataFrame(samples), views.log_tail(run)]
+        yield tuple(shown)
+        shown[2] = _loss_frame(points)
+        yield tuple(shown)
 
     def compare(a, b, session):
         if not a or not b:
-            return "Pick two runs to compare.", _loss_frame([])
+            yield "Pick two runs to compare.", None
+            return
         runs = [RunFolder(mine(a, session)), RunFolder(mine(b, session))]
-        return (views.config_diff(*runs),
-                _loss_frame(views.loss_points(runs, label_runs=True)))
+        diff = views.config_diff(*runs)
+        yield diff, None  # cleared first: another pair of runs is another set of series
+        yield diff, _loss_frame(views.loss_points(runs, label_runs=True))
 
     def ask(run, prompt, session):
         if not run:
@@ -227,7 +244,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 message = gr.Markdown(elem_id="train-message")
                 progress_md = gr.Markdown(elem_id="progress")
                 bar = gr.HTML(_progress_bar(None))
-                chart = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Loss", height=300,
+                chart = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss", height=300,
                                     elem_id="loss-chart")
                 chart_note = gr.Markdown(elem_id="chart-caption")
                 log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
@@ -245,7 +262,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     confirm = gr.Checkbox(label="Confirm delete")
                     run_delete = gr.Button("Delete", variant="stop")
                 run_message = gr.Markdown()
-                run_chart = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Loss", height=260)
+                run_chart = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss", height=260)
                 with gr.Accordion("Config", open=False):
                     run_config = gr.Code(language="yaml", interactive=False)
                 run_log = gr.Textbox(label="Log of its last job (train or eval; Refresh to update)", lines=6,
@@ -255,7 +272,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 with gr.Accordion("Compare two runs", open=False):
                     run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
                     diff = gr.Code(language=None, label="Config diff")
-                    overlay = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Curves overlaid",
+                    overlay = gr.LinePlot(None, x="step", y="loss", color="series", label="Curves overlaid",
                                           height=260)
 
             with gr.Tab("4. Chat", id="chat") as chat_tab:
