@@ -207,3 +207,18 @@ def test_uploads_are_size_checked_renamed_and_kept_with_the_run(client, ui_app, 
     fmt, *_ = client.predict("hubtune:tiny-llama", "", handle_file(str(upload)), "auto", "", "personal",
                              api_name="/check_data")
     assert "uploads are limited to 0 MB" in fmt
+
+
+def test_two_runs_compared_config_diff_and_curves_overlaid(client, ui_app, eval_run):
+    from hubtune import config as cfg
+
+    for name, lr in (("first", None), ("second", 0.0005)):
+        shutil.copytree(eval_run, ui_app.root / name, ignore=shutil.ignore_patterns(".lock"))
+        if lr:
+            tree = RunFolder(ui_app.root / name).config.model_dump(mode="json")
+            tree["training"]["learning_rate"] = lr
+            (ui_app.root / name / RunFolder.CONFIG).write_text(cfg.build(tree).to_yaml())
+    diff, overlay = client.predict(str(ui_app.root / "first"), str(ui_app.root / "second"), api_name="/compare")
+    assert "+  learning_rate: 0.0005" in diff
+    series = {row[2] for row in overlay["data"]}
+    assert series == {"first: training", "first: held-out", "second: training", "second: held-out"}

@@ -150,7 +150,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         p = views.progress(run, observer, place=runner.place(run.path))
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
-        shown = [p["line"], run.config.to_yaml(), None, eval_text, pd.DataFrame(samples), views.log_tail(run)]
+        table = pd.DataFrame(samples) if samples else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
+        shown = [p["line"], run.config.to_yaml(), None, eval_text, table, views.log_tail(run)]
         yield tuple(shown)
         shown[2] = _loss_frame(points)
         yield tuple(shown)
