@@ -77,7 +77,6 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     path = run.path
     hw = hardware.detect(config.model, config.training)
     backend = backends.select(config.training.backend, hw, config.model)
-    display.phase("backend", f"{backend.name} ({backend.why})")
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
     trackers = tracker_callbacks(config, path)
@@ -112,6 +111,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     run.write_rows("validation", prepared.eval)
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
+    display.phase("backend", f"{backend.name} ({backend.why})")
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
     model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
