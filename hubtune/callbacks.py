@@ -1,9 +1,14 @@
-"""Trainer callbacks of the recipe: the metrics file and a clean stop on Ctrl-C / SIGTERM."""
+"""Trainer callbacks of the recipe: the metrics file, a clean stop on Ctrl-C / SIGTERM, and the run
+mirrored to a Hub repo as it trains (with `download_run`, its way back)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -11,27 +16,31 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from hubtune.distributed import is_main_process
+
+log = logging.getLogger("hubtune")
+
 
 class MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate,
-    tokens/s and elapsed seconds. `on_row` (the console display) sees every row as written."""
+    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate, tokens/s
+    and elapsed seconds. `on_row` (the console display) sees every row as written.
 
-    def __init__(self, file: Path, resume: bool, on_row: Callable[[list[dict]], None] | None = None):
+    `resume_step` is the step of the checkpoint training continues from: lines up to it are kept, later
+    ones (logged before a crash but not covered by a checkpoint) are dropped, so the file never holds a
+    step twice. 0 starts the file afresh."""
+
+    def __init__(self, file: Path, resume_step: int = 0, on_row: Callable[[list[dict]], None] | None = None):
         self.file = file
-        self.resume = resume
         self.on_row = on_row
         self.rows: list[dict] = []
         self.last: tuple[float, int] | None = None
         self.started = time.time()
-        if not resume:
-            file.write_text("")
+        if not is_main_process():
+            return
+        self.rows = [row for row in _rows(file) if row["step"] <= resume_step] if resume_step > 0 else []
+        file.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.resume and self.file.exists():
-            # Lines past the checkpoint would be logged again: drop them.
-            kept = [ln for ln in self.file.read_text().splitlines() if json.loads(ln)["step"] <= state.global_step]
-            self.file.write_text("".join(ln + "\n" for ln in kept))
-            self.rows = [json.loads(ln) for ln in kept]
         # Elapsed time carries over a resume, so the time left stays honest.
         self.started = time.time() - next((r["elapsed_seconds"] for r in reversed(self.rows)
                                            if r.get("elapsed_seconds") is not None), 0.0)
@@ -39,7 +48,7 @@ class MetricsFile(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if not any(k in logs for k in ("loss", "eval_loss")):
+        if not state.is_world_process_zero or not any(k in logs for k in ("loss", "eval_loss")):
             return
         row = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4)}
         for key in ("loss", "eval_loss", "learning_rate"):
@@ -57,8 +66,22 @@ class MetricsFile(TrainerCallback):
             self.on_row(self.rows)
 
 
+def _rows(file: Path) -> list[dict]:
+    """The parseable lines of a metrics file; a line cut short by a crash is dropped."""
+    rows = []
+    for line in file.read_text().splitlines() if file.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
 class StopOnSignal(TrainerCallback):
-    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop."""
+    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop. Under several processes they
+    agree on it at each step end, so all of them stop at the same step."""
 
     def __init__(self):
         self.received: str | None = None
@@ -78,6 +101,178 @@ class StopOnSignal(TrainerCallback):
         self.received = signal.Signals(signum).name
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
+        if _any_process(self.received is not None, args):
+            self.received = self.received or "another process"
             control.should_save = True
             control.should_training_stop = True
+
+
+def _any_process(flag: bool, args) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    value = torch.tensor([int(flag)], device=args.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+# ---- the run on the Hub -----------------------------------------------------------------------------------
+# What a mirror holds, under the same names as in the run folder: enough to resume it anywhere
+# (config, metrics, the latest checkpoint), and once finished, the adapter and what the run was.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "initial_eval.json", "data_report.json")
+FINAL_FILES = ("summary.json", "adapter/*", "data/*")
+STAGING = ".hub-mirror"
+
+
+class HubCheckpoints(TrainerCallback):
+    """`training.push_checkpoints: OWNER/REPO`: after each checkpoint, its folder and the run's config and
+    metrics go to a private Hub repo in one commit that also deletes the older checkpoints there (the idea
+    of transformers' hub_strategy="checkpoint"). Uploads run in a background thread from hard-linked
+    copies, so training does not wait and the Trainer may rotate checkpoints meanwhile; when uploads fall
+    behind, only the newest checkpoint is sent. A failed upload is retried with the next checkpoint;
+    `finish` waits for the last one and uploads the finished run, and raises if that fails."""
+
+    def __init__(self, run_path: Path, repo_id: str, token: str | None = None):
+        self.run_path = Path(run_path)
+        self.repo_id = repo_id
+        self.token = token
+        self.uploaded: list[str] = []  # checkpoint names, in order, once on the Hub
+        self.errors: list[str] = []
+        self._pending: Path | None = None
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._stop = False
+
+    def create_repo(self) -> str:
+        """The private repo, created if needed: run before training, so a missing write permission stops
+        the run before any weight is loaded."""
+        from huggingface_hub import HfApi
+
+        from hubtune.publish import push_errors
+
+        with push_errors(self.repo_id):
+            return str(HfApi(token=self.token).create_repo(self.repo_id, private=True, exist_ok=True))
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        staged = self._stage(checkpoint)
+        with self._cv:
+            if self._pending is not None:
+                shutil.rmtree(self._pending, ignore_errors=True)  # superseded before it was sent
+            self._pending = staged
+            self._cv.notify()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._upload_loop, name="hubtune-hub-mirror", daemon=True)
+            self._worker.start()
+
+    def _stage(self, checkpoint: Path) -> Path:
+        staged = self.run_path / STAGING / checkpoint.name
+        shutil.rmtree(staged, ignore_errors=True)
+        (staged / "checkpoints").mkdir(parents=True)
+        shutil.copytree(checkpoint, staged / "checkpoints" / checkpoint.name, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("README.md"))
+        for name in RUN_FILES:
+            if (self.run_path / name).is_file():
+                shutil.copy2(self.run_path / name, staged / name)
+        return staged
+
+    def _upload_loop(self):
+        while True:
+            with self._cv:
+                while self._pending is None and not self._stop:
+                    self._cv.wait()
+                if self._pending is None:
+                    return
+                staged, self._pending = self._pending, None
+            name = next((staged / "checkpoints").iterdir()).name
+            try:
+                self._upload(staged, f"hubtune: {name}", delete=["checkpoints/**"])
+                self.uploaded.append(name)
+            except Exception as err:  # the next checkpoint tries again; finish() reports it
+                self.errors.append(f"{name}: {err}")
+                log.warning("could not mirror %s to %s (%s); the next checkpoint will try again", name,
+                            self.repo_id, err)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+
+    def _upload(self, folder: Path, message: str, delete: list[str] | None = None):
+        from huggingface_hub import HfApi
+
+        HfApi(token=self.token).upload_folder(repo_id=self.repo_id, folder_path=folder, commit_message=message,
+                                              delete_patterns=delete)
+
+    def wait(self) -> None:
+        """Until the newest checkpoint is on the Hub (or its upload failed)."""
+        if self._worker is None:
+            return
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._worker.join()
+        self._worker, self._stop = None, False
+        shutil.rmtree(self.run_path / STAGING, ignore_errors=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.wait()
+
+    def finish(self) -> None:
+        """Upload the finished run (adapter, summary, metrics, prepared rows) next to its last checkpoint."""
+        from hubtune.errors import PushError
+        from hubtune.publish import push_errors
+
+        self.wait()
+        staged = self.run_path / STAGING / "final"
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        for pattern in (*RUN_FILES, *FINAL_FILES):
+            for f in self.run_path.glob(pattern):
+                if f.is_file() and f.name != "README.md":
+                    (staged / f.relative_to(self.run_path)).parent.mkdir(parents=True, exist_ok=True)
+                    _link_or_copy(f, staged / f.relative_to(self.run_path))
+        try:
+            with push_errors(self.repo_id):
+                self._upload(staged, "hubtune: finished run")
+        except PushError as err:
+            raise PushError(f"the run finished in {self.run_path} but could not be mirrored to {self.repo_id}: "
+                            f"{err}. Push it with `hubtune push {self.run_path} --repo ...`, or rerun "
+                            f"`hubtune train --resume {self.run_path}` once the Hub is reachable") from None
+        finally:
+            shutil.rmtree(self.run_path / STAGING, ignore_errors=True)
+
+
+def _link_or_copy(src, dst):
+    """A hard link costs no space and survives the Trainer deleting the original; copy across disks."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def download_run(repo_id: str, dest: Path, token: str | None = None) -> Path:
+    """Fetch a run mirrored by HubCheckpoints into `dest` (its config, metrics and latest checkpoint, or the
+    finished run), to resume it on this machine. Returns `dest`."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    from hubtune.errors import HubtuneError
+    from hubtune.hub import hub_errors
+
+    with hub_errors(repo_id, "model"):
+        files = HfApi(token=token).list_repo_files(repo_id)
+        if "config.yaml" not in files:
+            raise HubtuneError(f"{repo_id} holds no hubtune run (no config.yaml): give the repo named in "
+                               f"training.push_checkpoints of the run to resume")
+        steps = {int(p.split("/")[1].split("-")[1]) for p in files
+                 if p.startswith("checkpoints/checkpoint-") and p.split("/")[1].split("-")[1].isdigit()}
+        allow = [*RUN_FILES, *FINAL_FILES]
+        if steps:
+            allow.append(f"checkpoints/checkpoint-{max(steps)}/*")
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=allow, token=token)
+    shutil.rmtree(dest / ".cache", ignore_errors=True)  # the download's own bookkeeping, not part of the run
+    return dest

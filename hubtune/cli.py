@@ -8,11 +8,12 @@ code; HUBTUNE_DEBUG=1 shows the traceback too.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Literal, get_args, get_origin
 
-from hubtune.errors import HubtuneError
+from hubtune.errors import HubtuneError, translate
 
 VERBOSE_ENV = "HUBTUNE_VERBOSE"
 
@@ -61,16 +62,89 @@ def _display(detail: bool = False):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hubtune.train import resume, train
+    from hubtune import config as cfg
+    from hubtune import distributed
+    from hubtune.refs import RepoRef
+    from hubtune.runs import RunFolder
+    from hubtune.train import fetch_from_hub, resume, resume_from_hub, train
 
+    if args.on == "hf-jobs":
+        return _train_on_jobs(args)
+    from_hub = bool(args.resume) and RepoRef.parse(args.resume).is_hub
     if args.resume:
-        run = resume(args.resume, display=_display())
+        config = None if from_hub else RunFolder.open(args.resume).config
+    elif args.config is None:
+        raise HubtuneError("give a run config (hubtune train CONFIG.yaml) or --resume RUN_FOLDER")
     else:
-        if args.config is None:
-            raise HubtuneError("give a run config (hubtune train CONFIG.yaml) or --resume RUN_FOLDER")
         config = _run_config(args.config, args.overrides, args.ignore_unsupported)
-        run = train(config, display=_display())
-    print(f"run: {run.path}")
+    if config is not None:
+        from hubtune.hardware import detect
+
+        distributed.check_hardware(config.training.distributed, detect(config.model).device)
+    plan = distributed.plan_launch(config.training.distributed if config else "none", args.num_processes,
+                                   args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port)
+    if plan is None:
+        if from_hub:
+            run = resume_from_hub(args.resume, args.out, display=_display())
+        else:
+            run = resume(args.resume, display=_display()) if args.resume else train(config, display=_display())
+        if distributed.is_main_process():
+            print(f"run: {run.path}")
+        return 0
+    # Several processes: this one starts `accelerate launch` and waits; they train.
+    if from_hub:
+        path = fetch_from_hub(args.resume, args.out)
+    else:
+        path = RunFolder.open(args.resume).path if args.resume else config.output.run_dir()
+    worker = (["train", "--resume", str(path)] if args.resume or from_hub else
+              ["train", args.config, *args.overrides, f"output.dir={path}"])
+    return distributed.launch(plan, worker)  # rank 0 prints the run's folder, or its error
+
+
+def _train_on_jobs(args: argparse.Namespace) -> int:
+    from hubtune import config as cfg
+    from hubtune import jobs
+
+    if not args.flavor:
+        raise HubtuneError("--on hf-jobs needs --flavor, e.g. --flavor a10g-small (see `hf jobs hardware`)")
+    options = {"flavor": args.flavor, "timeout": args.timeout, "install": args.install or jobs.DEFAULT_INSTALL,
+               "image": args.image or jobs.DEFAULT_IMAGE, "num_processes": args.num_processes}
+    if args.resume:
+        sub = jobs.submit_resume(args.resume, **options)
+    elif args.config is None:
+        raise HubtuneError("give a run config (hubtune train CONFIG.yaml --on hf-jobs ...) or --resume OWNER/REPO")
+    else:
+        sub = jobs.submit(cfg.load(args.config, args.overrides), **options)
+    print(f"estimated run: {sub.estimate.describe()}")
+    print(f"submitted job {sub.job.id} on {args.flavor} (timeout {jobs.duration(sub.timeout_seconds)}): {sub.job.url}")
+    print(f"checkpoints and the finished run go to {sub.repo_url}")
+    print(f"follow it with `hubtune jobs logs {sub.job.id} --follow`; if it stops early, continue with "
+          f"`hubtune train --resume {sub.repo_id} --on hf-jobs --flavor {args.flavor}`")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from hubtune import jobs
+
+    if args.jobs_command == "status":
+        job = jobs.status(args.job, namespace=args.namespace)
+        print(f"job {job.id}: {job.status.stage}" + (f" ({job.status.message})" if job.status.message else ""))
+        print(f"flavor: {job.flavor}  url: {job.url}")
+        return 0 if job.status.stage != "ERROR" else 1
+    if args.jobs_command == "logs":
+        for line in jobs.logs(args.job, follow=args.follow, tail=args.tail, namespace=args.namespace):
+            print(line)
+        return 0
+    jobs.cancel(args.job, namespace=args.namespace)
+    print(f"cancelled job {args.job}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from hubtune.merge import merge
+
+    result = merge(args.run, args.out, dtype=args.dtype)
+    print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype})")
     return 0
 
 
@@ -169,9 +243,12 @@ def _data(args: argparse.Namespace) -> int:
     import json
 
     from hubtune import data
+    from hubtune.data.output import check_outputs, write_record
     from hubtune.data.report import render
 
     config = _data_config(args)
+    # Where the rows go is checked before anything is read: a wrong --out fails in a second, not after the work.
+    out = check_outputs(args.out, config.data, args.force) if args.data_command == "prepare" else None
     m = config.model
     tokenizer = data.load_tokenizer(m.id, m.revision, m.trust_remote_code)
     prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
@@ -179,12 +256,13 @@ def _data(args: argparse.Namespace) -> int:
         print(json.dumps(prepared.report, indent=2, ensure_ascii=False))
     else:
         render(prepared.report)
-    if args.data_command == "prepare":
-        n = data.write_jsonl(prepared.train, args.out)
-        wrote = f"wrote {n} training rows to {args.out}"
+    if out is not None:
+        n = data.write_jsonl(prepared.train, out.train)
+        wrote = f"wrote {n} training rows to {out.train}"
+        out.eval.unlink(missing_ok=True)  # a held-out file of an earlier run would no longer match
         if prepared.eval is not None:
-            eval_path = args.out.removesuffix(".jsonl") + ".eval.jsonl"
-            wrote += f" and {data.write_jsonl(prepared.eval, eval_path)} held-out rows to {eval_path}"
+            wrote += f" and {data.write_jsonl(prepared.eval, out.eval)} held-out rows to {out.eval}"
+        write_record(out)
         print(wrote, file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -208,6 +286,39 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from hubtune import config as cfg
+    from hubtune import memory
+
+    if args.table:
+        rows = memory.guide_table()
+        print(json.dumps(rows, indent=2) if args.json else memory.format_guide_table(rows))
+        return 0
+    if args.model is None:
+        raise HubtuneError("give a model (Hub repo id, folder, hubtune:<asset>) or a run config YAML, or --table")
+    is_run_config = args.model.endswith((".yaml", ".yml"))
+    config = cfg.load(args.model if is_run_config else None)
+    model, revision = (config.model.id, args.revision or config.model.revision) if is_run_config else (args.model, args.revision)
+    arch = memory.read_architecture(model, revision)
+    settings = memory.Settings.from_run_config(
+        config, method=args.method, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
+        target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
+        optimizer=args.optimizer, compute_dtype=args.compute_dtype)
+    gpus = [args.gpu] if args.gpu else list(memory.GPUS)
+    fits = {g: memory.fit_report(arch, settings, g) for g in gpus}
+    est = memory.estimate(arch, memory.on_gpu(settings, args.gpu) if args.gpu else settings)
+    if args.json:
+        out = est.to_dict()
+        out["fits"] = fits[args.gpu]["fits"] if args.gpu else {g: f["fits"] for g, f in fits.items()}
+        out["suggestion"] = fits[args.gpu]["suggestion"] if args.gpu else None
+        print(json.dumps(out, indent=2))
+    else:
+        print(memory.format_estimate(est, list(fits.values())))
+    return 0 if not args.gpu or fits[args.gpu]["fits"] else 3
+
+
 def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Fine-tune, check, evaluate and publish LoRA adapters.")
     common = argparse.ArgumentParser(add_help=False)
@@ -222,10 +333,48 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p = command("train", help="fine-tune with QLoRA/LoRA from a run config")
     p.add_argument("config", nargs="?", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue an interrupted run from its last checkpoint: a run folder, or the OWNER/REPO "
+                        "of training.push_checkpoints (downloaded into --out)")
+    p.add_argument("--out", metavar="DIR", help="with --resume OWNER/REPO: the local run folder (default runs/REPO)")
+    g = p.add_argument_group("several processes (accelerate launch with the preset of training.distributed)")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes (GPUs) in total, over all machines; default: every GPU when "
+                        "training.distributed is set")
+    g.add_argument("--num-machines", type=int, default=1, metavar="M", help="machines taking part (default 1)")
+    g.add_argument("--machine-rank", type=int, default=0, metavar="R", help="this machine's rank, 0 to M-1")
+    g.add_argument("--main-process-ip", metavar="IP", help="address of machine rank 0 (several machines)")
+    g.add_argument("--main-process-port", type=int, metavar="PORT",
+                   help="its port (default: a free one on one machine, 29500 over several)")
+    g = p.add_argument_group("Hugging Face Jobs")
+    g.add_argument("--on", choices=["local", "hf-jobs"], default="local", help="where to train (default local)")
+    g.add_argument("--flavor", metavar="FLAVOR", help="Jobs hardware, e.g. a10g-small, l40sx4, h200")
+    g.add_argument("--timeout", metavar="DURATION",
+                   help="e.g. 90m, 6h (default: 1.5 x the estimated run, at least 30m)")
+    g.add_argument("--install", metavar="SPEC", help="how the job installs hubtune: a pip requirement "
+                                                     "(default hubtune==<this version>; a git+https URL for a fork)")
+    g.add_argument("--image", metavar="IMAGE", help="Docker image with uv (default ghcr.io/astral-sh/uv:python3.12-bookworm)")
     p.add_argument("--ignore-unsupported", action="store_true",
                    help="train an Axolotl config without the keys hubtune cannot honour (they are listed)")
     p.set_defaults(func=_train)
+
+    p = command("jobs", help="follow Hugging Face Jobs started with `hubtune train ... --on hf-jobs`")
+    jobs_sub = p.add_subparsers(dest="jobs_command", required=True)
+    for name, help_text in (("status", "the job's stage"), ("logs", "the job's output"), ("cancel", "stop the job")):
+        j = jobs_sub.add_parser(name, parents=[common], help=help_text)
+        j.add_argument("job", metavar="JOB_ID")
+        j.add_argument("--namespace", help="the job's owner (default: the token's account)")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true", help="stream until the job ends")
+            j.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+        j.set_defaults(func=_jobs)
+
+    p = command("merge", help="merge a run's adapter into its unquantized base: a standalone model")
+    p.add_argument("run", metavar="RUN", help="a finished run folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model (new or empty)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="dtype of the saved weights (default auto: the base's own)")
+    p.set_defaults(func=_merge)
 
     p = command("config", help="convert Axolotl configs to hubtune run configs and back")
     config_sub = p.add_subparsers(dest="config_command", required=True)
@@ -276,6 +425,31 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     config_option(p, "--acknowledge", "licence.acknowledge", action="append", nargs=None, metavar="ID")
     p.set_defaults(func=_push)
 
+    p = command("estimate", help="peak GPU memory of a fine-tune from the model's config.json, and what fits",
+                description="Counts the parameters from config.json alone (Hub repo, folder, or a run "
+                            "config's model) and adds up weights, adapters, gradients, optimizer states, "
+                            "activations and overhead. Flags default to the run config's values. Exits 3 "
+                            "when the run does not fit --gpu.")
+    from hubtune.memory import GPUS, OPTIMIZERS
+
+    p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
+                   help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
+    config_option(p, "--revision", "model.revision", dest="revision")
+    p.add_argument("--method", choices=["qlora", "lora", "full"],
+                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained")
+    config_option(p, "--seq-len", "data.max_seq_len", dest="seq_len", metavar="N")
+    config_option(p, "--batch", "training.micro_batch_size", dest="batch", metavar="N")
+    config_option(p, "--lora-r", "lora.r", dest="lora_r", metavar="N")
+    config_option(p, "--target-modules", "lora.target_modules", dest="target_modules", metavar="NAME")
+    config_option(p, "--gradient-checkpointing", "training.gradient_checkpointing", dest="gradient_checkpointing")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer whose states to count (default: the run config's)")
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"],
+                   help="dtype of the frozen weights and activations on the GPU (default: bfloat16)")
+    p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")
+    p.add_argument("--table", action="store_true", help="the field guide's hardware table, computed from real configs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_estimate)
+
     p = command("data", help="check and prepare training data: formats, duplicates, lengths, balance")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     for name, help_text in (("check", "print the quality report of a dataset"),
@@ -297,26 +471,78 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
         d.add_argument("--json", action="store_true", help="print the report as one JSON object")
         if name == "prepare":
             d.add_argument("--out", required=True, metavar="FILE.jsonl",
-                           help="training rows go here; held-out rows to FILE.eval.jsonl")
+                           help="training rows go here; held-out rows to FILE.eval.jsonl, their checksums to "
+                                "FILE.sha256")
+            d.add_argument("--force", action="store_true",
+                           help="overwrite --out even when it is a source or a file hubtune did not write")
         d.set_defaults(func=_data)
 
     return parser
 
 
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (tests and notebooks swap it)."""
+
+    hubtune_console = True
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _console_logging() -> None:
+    """hubtune's own messages (resume points, skipped checkpoints, warnings) on stderr, once."""
+    logger = logging.getLogger("hubtune")
+    if not any(getattr(h, "hubtune_console", False) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(_ConsoleFormat())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
-    args = build_parser(prog).parse_args(argv)
+    from hubtune.hub import use_timeouts
+
+    parser = build_parser(prog)
+    args, extra = parser.parse_known_args(argv)
+    # `hubtune train CONFIG --num-processes 2 key=value`: overrides may also follow the options.
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # a subprocess (the UI's training job) inherits it
+    _console_logging()
+    debug = os.environ.get("HUBTUNE_DEBUG") == "1"
     try:
+        use_timeouts()  # every Hub request this command makes, hubtune's or a library's, gets a timeout
         return args.func(args) or 0
-    except HubtuneError as err:
-        if os.environ.get("HUBTUNE_DEBUG") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Known errors, and foreign ones the table in hubtune.errors can explain, print their fix;
+        # anything else is a bug or a case not handled yet: one line, the traceback on request.
+        typed = translate(err)
+        if debug:
+            raise
+        if typed is None:
+            print(f"error: unexpected {type(err).__name__}: {err}\n(a case hubtune does not handle yet; "
+                  f"HUBTUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
+        print(f"error: {typed}", file=sys.stderr)
+        return typed.exit_code
 
 
 def hf_tune() -> int:

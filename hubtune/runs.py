@@ -19,7 +19,9 @@ and the UI all read a run the same way.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -31,7 +33,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from hubtune import config as cfg
+from hubtune.distributed import is_main_process
 from hubtune.errors import HubtuneError, RunLockedError
+
+log = logging.getLogger("hubtune")
 
 
 class Status(str, Enum):
@@ -79,6 +84,8 @@ class RunSummary(BaseModel):
     versions: dict[str, str]
     backend: dict[str, str] | None = None  # {name: hf | unsloth, why}: the training backend that ran
     base_quantization: str | None = None  # how a pre-quantized base was saved; None when hubtune quantized it
+    processes: int = 1  # training processes (GPUs) the data was sharded over
+    effective_batch_size: int | None = None  # micro batch x gradient accumulation x processes
 
 
 class RunFolder:
@@ -93,6 +100,9 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # Under accelerate every process opens the run, but only the main one writes it: the others'
+        # writes (state, summary, rows, lock) are skipped.
+        self.writer = is_main_process()
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -102,6 +112,9 @@ class RunFolder:
     def create(cls, path: str | Path, config: cfg.RunConfig, owner: str | None = None) -> RunFolder:
         """A new run folder holding `config`; refuses a folder that already holds a run."""
         run = cls(path)
+        holder = run.lock_holder()
+        if holder is not None and _alive(holder):  # before writing anything: the live run's config stays its own
+            raise run._locked_by(holder)
         if (run.path / "checkpoints").exists() or (run.path / cls.SUMMARY).exists():
             raise HubtuneError(f"{run.path} already holds a run; continue it with `hubtune train --resume {run.path}` "
                                f"or choose another output.dir")
@@ -146,6 +159,8 @@ class RunFolder:
         return RunSummary.model_validate_json(f.read_text()) if f.is_file() else None
 
     def write_summary(self, summary: RunSummary) -> None:
+        if not self.writer:
+            return
         _write_atomic(self.path / self.SUMMARY, summary.model_dump_json(indent=2))
 
     def metrics(self) -> list[dict]:
@@ -165,6 +180,8 @@ class RunFolder:
         return json.loads(f.read_text()) if f.is_file() else None
 
     def write_eval(self, result: dict) -> None:
+        if not self.writer:
+            return
         _write_atomic(self.path / self.EVAL, json.dumps(result, indent=2))
 
     def read_json(self, name: str) -> dict | None:
@@ -172,10 +189,14 @@ class RunFolder:
         return json.loads(f.read_text()) if f.is_file() else None
 
     def write_json(self, name: str, value) -> None:
+        if not self.writer:
+            return
         _write_atomic(self.path / name, json.dumps(value, indent=2, default=str))
 
     def write_rows(self, split: Literal["train", "validation"], rows) -> int:
         """The prepared rows training used, so evaluation reads them instead of re-running the data steps."""
+        if not self.writer:
+            return len(rows or [])
         f = self.path / "data" / f"{split}.jsonl"
         f.parent.mkdir(exist_ok=True)
         n = 0
@@ -193,12 +214,20 @@ class RunFolder:
         return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def last_checkpoint(self) -> Path | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if not self.checkpoints.is_dir():
-            return None
-        found = get_last_checkpoint(str(self.checkpoints))
-        return Path(found) if found else None
+        """The newest complete checkpoint, to resume from. One cut short (killed while it was written, a
+        full disk) is moved out of the way to checkpoints/incomplete-N, with a warning naming it."""
+        complete = None
+        for checkpoint in sorted(self.checkpoints.glob("checkpoint-*"), key=_step_of, reverse=True):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                complete = complete or checkpoint
+                continue
+            if not self.writer:
+                continue
+            aside = _free_name(self.checkpoints / f"incomplete-{_step_of(checkpoint)}")
+            checkpoint.rename(aside)
+            log.warning("%s is incomplete (%s): moved to %s", checkpoint.name, problem, aside)
+        return complete
 
     # ---- status -------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -244,6 +273,8 @@ class RunFolder:
         self._write_state(pushes=pushes)
 
     def _write_state(self, **updates) -> None:
+        if not self.writer:
+            return
         _write_atomic(self.path / self.STATE, json.dumps({**self.state(), **updates}, indent=2))
 
     # ---- the lock -----------------------------------------------------------------------------------
@@ -257,6 +288,9 @@ class RunFolder:
     def lock(self, command: str):
         """Hold the run for one writer: a second `hubtune train` or `eval` on the same folder is refused
         while the first one lives. A lock left by a process that is gone is taken over."""
+        if not self.writer:
+            yield self  # the main process holds the lock for all of a launch's processes
+            return
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command,
               "process_start": _process_start(os.getpid())}
         f = self.path / self.LOCK
@@ -268,10 +302,7 @@ class RunFolder:
                 if holder is None or not _alive(holder):
                     f.unlink(missing_ok=True)  # stale: its process is gone
                     continue
-                raise RunLockedError(
-                    f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
-                    f"process is gone (another machine sharing this folder), delete {f}", holder) from None
+                raise self._locked_by(holder) from None
             with os.fdopen(fd, "w") as out:
                 json.dump(me, out)
             break
@@ -281,12 +312,87 @@ class RunFolder:
             if (self.lock_holder() or {}).get("pid") == me["pid"]:
                 f.unlink(missing_ok=True)
 
+    def _locked_by(self, holder: dict) -> RunLockedError:
+        return RunLockedError(
+            f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
+            f"process is gone (another machine sharing this folder), delete {self.path / self.LOCK}", holder)
+
 
 def list_runs(root: str | Path) -> list[RunFolder]:
     """The run folders directly under `root`, newest first."""
     root = Path(root)
     found = [RunFolder(p.parent) for p in root.glob(f"*/{RunFolder.CONFIG}")] if root.is_dir() else []
     return sorted(found, key=lambda r: (r.path / RunFolder.CONFIG).stat().st_mtime, reverse=True)
+
+
+# What a checkpoint holds once the Trainer has finished writing it: the weights (adapter, or FSDP's sharded
+# folder), the optimizer (a file, FSDP's folder, or DeepSpeed's global_step folder), and trainer_state.json,
+# which the Trainer writes last.
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model_fsdp_0")
+CHECKPOINT_OPTIMIZER = ("optimizer.pt", "optimizer.bin", "optimizer_0", "global_step*")
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json: it was being written when training stopped"
+    try:
+        step = json.loads(state.read_text()).get("global_step")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is cut short"
+    if step != _step_of(checkpoint):
+        return f"trainer_state.json is for step {step}"
+    for kind, names in (("weights", CHECKPOINT_WEIGHTS), ("optimizer state", CHECKPOINT_OPTIMIZER)):
+        if not any(any(checkpoint.glob(n)) for n in names):
+            return f"no {kind} ({' or '.join(names)})"
+    adapter = checkpoint / "adapter_model.safetensors"
+    if adapter.is_file() and not _safetensors_whole(adapter):
+        return "adapter_model.safetensors is cut short"
+    return None
+
+
+def _step_of(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _free_name(path: Path) -> Path:
+    n = 2
+    found = path
+    while found.exists():
+        found = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return found
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The header parses and the data it describes fits in the file."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + size + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def remove_incomplete(checkpoints: Path) -> list[str]:
+    """Delete the checkpoints a full disk cut short, to give their space back; returns their names."""
+    removed = []
+    for checkpoint in checkpoints.glob("checkpoint-*"):
+        if checkpoint_problem(checkpoint) is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            removed.append(checkpoint.name)
+    return removed
 
 
 def _now() -> str:

@@ -4,17 +4,27 @@ on completions only, save the adapter and a summary into the run folder.
 
     run = hubtune.train(hubtune.config.load("run.yaml"))   # a RunFolder
     run = hubtune.resume("runs/20260101-120000")          # after Ctrl-C or a crash
+    run = resume_from_hub("alice/my-run")                 # on another machine, from training.push_checkpoints
+
+Under accelerate (`hubtune train CONFIG --num-processes N`) every process runs this recipe on its shard of
+the data; the main process alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune.errors import ConfigError, TrainingInterrupted
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status
+from hubtune import distributed
+from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, translate
+from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
+
+log = logging.getLogger("hubtune")
 
 # torch, transformers, peft and trl load inside the functions that use them, so that
 # `import hubtune` (which re-exports train) and the CLI stay fast.
@@ -34,8 +44,13 @@ def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None, callbacks
     `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed); `display`
     is the console (phases, advice, the live training line).
     """
-    run = RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config, owner=owner)
-    return _run(run, config, False, callbacks, display)
+    from hubtune import hardware
+
+    cpu = hardware.detect(config.model, config.training).device == "cpu"
+    # One folder for all processes of a launch: the main one creates it and tells the others.
+    path = distributed.share(lambda: RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config,
+                                                      owner=owner).path, cpu=cpu)
+    return _run(RunFolder(path), config, False, callbacks, display)
 
 
 def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
@@ -47,10 +62,30 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
     return _run(run, run.config, True, callbacks, display)
 
 
+def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
+                    callbacks: list[TrainerCallback] | None = None, display: Display | None = None) -> RunFolder:
+    """Continue, on this machine, a run mirrored with training.push_checkpoints: its config, metrics and
+    latest checkpoint are downloaded from `repo_id` into `run_dir` (default runs/<repo name>)."""
+    path = distributed.share(lambda: fetch_from_hub(repo_id, run_dir))
+    return resume(path, callbacks, display)
+
+
+def fetch_from_hub(repo_id: str, run_dir: str | Path | None = None) -> Path:
+    """Download the run mirrored in `repo_id` into a new local folder (default runs/<repo name>)."""
+    from hubtune.callbacks import download_run
+
+    dest = Path(run_dir) if run_dir else Path("runs") / repo_id.split("/")[-1]
+    if (dest / RunFolder.CONFIG).is_file():
+        raise HubtuneError(f"{dest} already holds a run: continue it with `hubtune train --resume {dest}`, or "
+                           f"download {repo_id} into another folder with --out")
+    return download_run(repo_id, dest)
+
+
 def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display: Display | None) -> RunFolder:
     from hubtune.progress import Display, quiet_libraries, verbose
 
-    display = display or Display()
+    # Only the process that writes the run shows the console; the others of a launch stay quiet.
+    display = display or Display(quiet=not distributed.is_main_process())
     with run.lock("train"), quiet_libraries(show=verbose()):
         run.mark(Status.RUNNING)
         try:
@@ -58,9 +93,26 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display
         except TrainingInterrupted:
             run.mark(Status.INTERRUPTED)
             raise
+        except Exception as err:
+            # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
+            # weights) is recorded and raised with its fix, in this run's own settings.
+            typed = translate(err, config=config)
+            run.mark(Status.FAILED, error=str(typed or err) or type(err).__name__)
+            if typed is None or typed is err:
+                raise
+            raise typed from err
         except BaseException as err:
-            run.mark(Status.FAILED, error=str(err) or type(err).__name__)
-            raise
+            full = disk_full(run, err)
+            if full is not None:
+                _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
+                raise full from None
+            # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
+            # weights) is recorded and raised with its fix, in this run's own settings.
+            typed = translate(err, config=config) if isinstance(err, Exception) else None
+            _mark(run, Status.FAILED, str(typed or err) or type(err).__name__)
+            if typed is None or typed is err:
+                raise
+            raise typed from err
         finally:
             display.close()
         run.mark(Status.FINISHED)
@@ -76,6 +128,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     started = time.time()
     path = run.path
     hw = hardware.detect(config.model, config.training)
+    cpu = hw.device == "cpu"
+    mode = config.training.distributed
+    distributed.check_launch(mode, hw.device)
+    hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     backend = backends.select(config.training.backend, hw, config.model)
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
@@ -84,41 +140,53 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, hub, licence
-    from hubtune.callbacks import MetricsFile, StopOnSignal
+    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
+    distributed.start(cpu)
     torch.manual_seed(config.training.seed)
 
-    # 1. Licence gate and revision pin, before a single weight is downloaded.
+    # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
+    #    repo too, so a token that cannot write there stops the run now rather than at the first save.
     display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
                              f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
     display.licence(verdict)
-    base = hub.resolve_model(config.model)
+    mirror = HubCheckpoints(path, config.training.push_checkpoints) if config.training.push_checkpoints else None
+    if mirror and run.writer:
+        mirror.create_repo()
+    with distributed.main_process_first(cpu):
+        base = hub.resolve_model(config.model)
 
-    # 2. Tokenizer and data: fail on bad data before paying for the model.
-    tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
-    check_against_model(config, model_config)
-    if line := advice.advice_line(config, advice.parameter_count(model_config)):
-        display.note(line)
-    prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        # 2. Tokenizer and data: fail on bad data before paying for the model.
+        tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        check_against_model(config, model_config)
+        if line := advice.advice_line(config, advice.parameter_count(model_config)):
+            display.note(line)
+        if warning := memory.device_warning(config, base.path):
+            display.note(warning, style="bold red")
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
     display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
+    batches = distributed.batch_plan(config.training, len(prepared.train))
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
+    sharded = mode in distributed.SHARDED and distributed.world_size() > 1
     model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
-                      backend=backend.name, max_seq_len=config.data.max_seq_len)
+                      backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded)
     model = attach_lora(model, config, backend.name)
 
-    # 4. SFT on completions only, with held-out loss and checkpoints.
+    # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
+    #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
+    last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
@@ -126,16 +194,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / RunFolder.METRICS, resume, on_row=display.row), stop, *trackers, *callbacks],
+        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
+                   *([mirror] if mirror else []), *trackers, *callbacks],
     )
     _quiet_trainer(trainer)
-    if _quantized(model):
+    if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
-    last = run.last_checkpoint() if resume else None
     display.phase("training", f"resuming from {last.name}" if last else
-                  f"{len(prepared.train)} examples, effective batch "
-                  f"{config.training.micro_batch_size * config.training.gradient_accumulation_steps}")
+                  f"{len(prepared.train)} examples; {batches.describe()}")
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
@@ -147,14 +214,19 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                                   f"a checkpoint is in {run.checkpoints}. Continue with "
                                   f"`hubtune train --resume {path}`")
 
-    # 5. Save the adapter with its tokenizer, and what the run was.
+    # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
+    #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
     display.phase("saving", f"adapter to {run.adapter}")
     trainer.save_model(str(run.adapter))
+    if not run.writer:
+        return
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                       initial["eval_loss"] if initial else None, backend.to_dict())
+                       initial["eval_loss"] if initial else None, backend.to_dict(), batches)
     run.write_summary(summary)
+    if mirror:
+        mirror.finish()
     if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
@@ -178,14 +250,55 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit and config.data.max_seq_len > limit:
         problems.append(("data.max_seq_len", f"{config.data.max_seq_len} exceeds the model's context of {limit} tokens"))
+    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
+        problems.append(("lora.target_modules", problem))
     if problems:
         raise ConfigError(problems, config.model.id)
 
 
+def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
+    """Why the LoRA target names do not fit the model, or None. PEFT adapts the names it finds and keeps
+    quiet about the others, so a typo would train less than asked. The model is built from its config on
+    the meta device (no weights, no memory) and each name is matched as PEFT matches it."""
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoModelForCausalLM, pytorch_utils
+
+    targets = lora.peft_target_modules()
+    if isinstance(targets, str):  # all-linear: whatever linear layers there are
+        return None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                 pytorch_utils.Conv1D)
+    modules = [(key, m) for key, m in skeleton.named_modules() if key]
+    linear_names = sorted({key.rsplit(".", 1)[-1] for key, m in modules if isinstance(m, adaptable)})
+    missing, unadaptable = [], []
+    for name in targets:
+        found = [m for key, m in modules if check_target_module_exists(LoraConfig(target_modules=[name]), key)]
+        if not found:
+            missing.append(name)
+        elif not any(isinstance(m, adaptable) for m in found):
+            unadaptable.append(f"{name} ({type(found[0]).__name__})")
+    if not missing and not unadaptable:
+        return None
+    what = []
+    if missing:
+        what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
+    if unadaptable:
+        what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
+            f"all-linear, attention, qv")
+
+
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048):
+              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False):
     """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
-    saved already quantized (its config.json holds a quantization_config) loads as saved."""
+    saved already quantized (its config.json holds a quantization_config) loads as saved.
+
+    sharded (FSDP, DeepSpeed ZeRO-3): the 4-bit weights are stored in the compute dtype so they can be
+    flattened and sharded with the rest, and placement is left to accelerate (no device_map)."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -203,8 +316,9 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
             bnb_4bit_quant_type=model.quantization,
             bnb_4bit_use_double_quant=model.double_quant,
             bnb_4bit_compute_dtype=hw.compute_dtype,
+            bnb_4bit_quant_storage=hw.compute_dtype if sharded else torch.uint8,
         )
-    if hw.device == "cuda":
+    if hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if saved_quantized:
@@ -217,9 +331,27 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
                 module.compute_dtype = hw.compute_dtype
     if not _quantized(base) or not for_training:
         return base
+    if sharded:
+        # prepare_model_for_kbit_training would upcast the non-quantized weights to float32, and FSDP needs
+        # one dtype per flattened group; the Trainer turns on gradient checkpointing itself.
+        return base
     if hw.device == "cpu":
         compat.keep_4bit_weights_exact(base)  # the frozen base stays exactly as quantized
+    if hw.compute_dtype == torch.bfloat16:
+        return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
+    """PEFT's prepare_model_for_kbit_training without its float32 upcast. The upcast of every 16-bit
+    parameter (embeddings, head, norms) guards float16 against overflow; in bfloat16 it only costs
+    memory: 4 GB more on an 8B model with a 128k vocabulary, and a float32 residual stream that doubles
+    the activations checkpointing keeps (see hubtune/memory.py). The base stays frozen either way."""
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return base
 
 
 def _saved_quantization(path: str) -> str | None:
@@ -312,11 +444,12 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         include_num_input_tokens_seen="non_padding",
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 
 def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,
-             backend: dict | None = None) -> RunSummary:
+             backend: dict | None, batches: distributed.BatchPlan) -> RunSummary:
     from hubtune.runinfo import library_versions, peak_memory_mb
 
     model = trainer.model
@@ -346,4 +479,51 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         versions=library_versions(),
         backend=backend,
         base_quantization=_saved_quantization(base.path),
+        processes=batches.processes,
+        effective_batch_size=batches.effective_batch_size,
     )
+
+
+def _step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _mark(run: RunFolder, status: Status, error: str) -> None:
+    try:
+        run.mark(status, error=error)
+    except OSError:  # a full disk may refuse even state.json; the status reads as interrupted then
+        pass
+
+
+# What a full disk looks like from each writer: OSError from Python, a message from torch.save's zip
+# writer and from safetensors' Rust side.
+_DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "file write failed")
+
+
+def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
+    """A DiskFullError for `err` when a full disk caused it, else None. The checkpoint it cut short is
+    removed to give its space back; the run resumes from the one before."""
+    import shutil
+
+    causes, seen = [], err
+    while seen is not None and len(causes) < 5:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(m in str(e) for m in _DISK_FULL)
+               for e in causes):
+        return None
+    removed = remove_incomplete(run.checkpoints) if run.writer else []
+    complete = sorted(run.checkpoints.glob("checkpoint-*"), key=_step)
+    needed = folder_size(complete[-1]) if complete else folder_size(run.adapter)
+    free = shutil.disk_usage(run.path).free
+    resume_from = f"it continues from {complete[-1].name}" if complete else "it starts over (no checkpoint was complete)"
+    cut = f" The incomplete {', '.join(removed)} was removed to give its space back." if removed else ""
+    need = f"a checkpoint needs about {_mb(needed)} and " if needed else ""
+    return DiskFullError(
+        f"the disk holding {run.path} is full ({need}{_mb(free)} are free).{cut} Free space there (or move the run "
+        f"folder to a larger disk), then continue with `hubtune train --resume {run.path}`: {resume_from}.",
+        str(run.path), needed or None, free)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"

@@ -8,6 +8,11 @@ and whoami. Point the real client at it with HF_ENDPOINT (or constants.ENDPOINT)
     hub = LoopbackHub(); hub.start()
     hub.add_user("alice", token="hf_alice")
     hub.seed("meta-llama/Llama-3.1-8B", {"config.json": b"{}"}, gated="manual")
+
+It also emulates the Jobs API (POST /api/jobs/{namespace}, inspect, logs as server-sent events,
+cancel): a submitted job is kept with the exact request the client sent (`hub.jobs[id].spec`), and
+`hub.execute_job(id, ...)` runs its command here, in a fresh folder with the job's environment and
+secrets, the way the Jobs runtime would in a container.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
 import threading
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -50,6 +59,39 @@ def card_metadata(readme: bytes | None) -> dict | None:
         return None
     data = yaml.safe_load(match.group(1))
     return data if isinstance(data, dict) else None
+
+
+JOB_STAGES_DONE = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+
+
+@dataclass
+class Job:
+    id: str
+    namespace: str
+    owner: str
+    spec: dict  # the request body, as the client sent it
+    stage: str = "SCHEDULING"
+    message: str | None = None
+    logs: list[tuple[str, str]] = field(default_factory=list)  # (timestamp, line)
+    created: str = ""
+
+    def info(self) -> dict:
+        spec = self.spec
+        out = {"id": self.id, "createdAt": self.created, "owner": {"id": f"id-{self.owner}", "name": self.owner,
+                                                                  "type": "user"},
+               "command": spec.get("command"), "arguments": spec.get("arguments", []),
+               "environment": spec.get("environment", {}),
+               "secrets": {k: None for k in spec.get("secrets", {})},  # the Hub never returns secret values
+               "flavor": spec.get("flavor"), "labels": spec.get("labels"),
+               "status": {"stage": self.stage, "message": self.message}}
+        if "timeoutSeconds" in spec:
+            out["timeoutSeconds"] = spec["timeoutSeconds"]
+        out["dockerImage" if "dockerImage" in spec else "spaceId"] = spec.get("dockerImage") or spec.get("spaceId")
+        return out
+
+
+def _timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass
@@ -86,6 +128,8 @@ class LoopbackHub:
         self.host = host
         self.repos: dict[tuple[str, str], Repo] = {}
         self.tokens: dict[str, str] = {}  # token -> user name
+        self.token_auth: dict[str, dict] = {}  # token -> whoami-v2 "auth.accessToken" (role, fineGrained)
+        self.jobs: dict[str, Job] = {}
         self.orgs: dict[str, set[str]] = {}  # org -> members
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, token)
@@ -118,8 +162,12 @@ class LoopbackHub:
             self._server.server_close()
 
     # ---- seeding ------------------------------------------------------------------------------
-    def add_user(self, name: str, token: str, orgs: tuple[str, ...] = ()) -> None:
+    def add_user(self, name: str, token: str, orgs: tuple[str, ...] = (), role: str = "write",
+                 fine_grained: dict | None = None) -> None:
+        """role: read | write | fineGrained (then `fine_grained` is whoami-v2's {global, scoped} grants)."""
         self.tokens[token] = name
+        self.token_auth[token] = {"displayName": f"{name}-token", "role": role,
+                                  **({"fineGrained": fine_grained} if fine_grained is not None else {})}
         for org in orgs:
             self.orgs.setdefault(org, set()).add(name)
 
@@ -186,6 +234,31 @@ class LoopbackHub:
 
     def _content(self, stored: bytes) -> bytes:
         return self.lfs[stored[4:].decode()] if stored.startswith(b"lfs:") else stored[4:]
+
+    # ---- the Jobs runtime -----------------------------------------------------------------------
+    def execute_job(self, job_id: str, workdir: Path, bin_dir: Path, machine_env: dict[str, str],
+                    timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run a submitted job's command here: `uv run --with SPEC... CMD ARGS` becomes CMD ARGS from
+        `bin_dir` (this environment stands in for the one uv would build), with only the job's
+        environment and secrets on top of `machine_env`, in the empty folder `workdir`."""
+        job = self.jobs[job_id]
+        command = list(job.spec["command"])
+        if command[:2] == ["uv", "run"]:
+            command = command[2:]
+            while command and command[0] in ("--with", "--python"):
+                command = command[2:]
+        env = {**machine_env, **job.spec.get("environment", {}), **job.spec.get("secrets", {})}
+        job.stage = "RUNNING"
+        workdir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=workdir, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        with self.lock:
+            for line in (proc.stdout + proc.stderr).splitlines():
+                job.logs.append((_timestamp(), line))
+            if job.stage == "RUNNING":
+                job.stage = "COMPLETED" if proc.returncode == 0 else "ERROR"
+                job.message = None if proc.returncode == 0 else f"exit code {proc.returncode}"
+        return proc
 
     # ---- access -------------------------------------------------------------------------------
     def user_of(self, token: str | None) -> str | None:
@@ -314,7 +387,66 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(401, "Invalid credentials in Authorization header")
         orgs = [{"name": o, "type": "org"} for o, members in self.state.orgs.items() if user in members]
         self._json(200, {"type": "user", "name": user, "orgs": orgs,
-                         "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}})
+                         "auth": {"type": "access_token", "accessToken": self.state.token_auth[token]}})
+
+    # ---- Jobs ---------------------------------------------------------------------------------
+    def _job_user(self, token, namespace) -> str:
+        user = self.state.user_of(token)
+        if user is None:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        if not self.state.can_write(user, namespace):
+            raise HubError(403, f"You don't have the rights to run jobs under {namespace}")
+        return user
+
+    def _job(self, token, namespace, job_id) -> Job:
+        self._job_user(token, namespace)
+        job = self.state.jobs.get(job_id)
+        if job is None or job.namespace != namespace:
+            raise HubError(404, f"Job {job_id} not found")
+        return job
+
+    def create_job(self, method, query, token, namespace):
+        from huggingface_hub import JobHardware
+
+        user = self._job_user(token, namespace)
+        spec = json.loads(self._body() or b"{}")
+        problems = []
+        if not isinstance(spec.get("command"), list) or not all(isinstance(c, str) for c in spec["command"]):
+            problems.append("command must be a list of strings")
+        if not (spec.get("dockerImage") or spec.get("spaceId")):
+            problems.append("dockerImage or spaceId is required")
+        if spec.get("flavor") not in [h.value for h in JobHardware]:
+            problems.append(f"unknown flavor {spec.get('flavor')!r}")
+        for key in ("environment", "secrets"):
+            if not all(isinstance(v, str) for v in (spec.get(key) or {}).values()):
+                problems.append(f"{key} values must be strings")
+        if "timeoutSeconds" in spec and not isinstance(spec["timeoutSeconds"], int):
+            problems.append("timeoutSeconds must be an integer")
+        if problems:
+            raise HubError(400, "; ".join(problems))
+        job_id = hashlib.sha1(f"job:{len(self.state.jobs)}:{time.time_ns()}".encode()).hexdigest()[:24]
+        job = Job(job_id, namespace, user, spec, created=_timestamp())
+        self.state.jobs[job_id] = job
+        self._json(200, job.info())
+
+    def list_jobs(self, method, query, token, namespace):
+        self._job_user(token, namespace)
+        self._json(200, [j.info() for j in self.state.jobs.values() if j.namespace == namespace])
+
+    def inspect_job(self, method, query, token, namespace, job_id):
+        self._json(200, self._job(token, namespace, job_id).info())
+
+    def job_logs(self, method, query, token, namespace, job_id):
+        job = self._job(token, namespace, job_id)
+        lines = job.logs[-int(query["tail"][0]):] if "tail" in query else job.logs
+        body = "".join(f"data: {json.dumps({'data': line, 'timestamp': ts})}\n\n" for ts, line in lines)
+        self._send(200, body.encode(), content_type="text/event-stream")
+
+    def cancel_job(self, method, query, token, namespace, job_id):
+        job = self._job(token, namespace, job_id)
+        if job.stage not in JOB_STAGES_DONE:
+            job.stage, job.message = "CANCELED", "canceled by the user"
+        self._send(200, b"")
 
     def create_repo(self, method, query, token):
         body = json.loads(self._body() or b"{}")
@@ -477,6 +609,11 @@ _RES_PREFIX = r"(?P<prefix>datasets/|spaces/)?"
 
 ROUTES = [
     ("whoami", "GET", r"/api/whoami-v2", _Handler.whoami),
+    ("job-create", "POST", r"/api/jobs/(?P<namespace>[\w.-]+)", _Handler.create_job),
+    ("job-list", "GET", r"/api/jobs/(?P<namespace>[\w.-]+)", _Handler.list_jobs),
+    ("job-inspect", "GET", r"/api/jobs/(?P<namespace>[\w.-]+)/(?P<job_id>[0-9a-f]+)", _Handler.inspect_job),
+    ("job-logs", "GET", r"/api/jobs/(?P<namespace>[\w.-]+)/(?P<job_id>[0-9a-f]+)/logs", _Handler.job_logs),
+    ("job-cancel", "POST", r"/api/jobs/(?P<namespace>[\w.-]+)/(?P<job_id>[0-9a-f]+)/cancel", _Handler.cancel_job),
     ("create", "POST", r"/api/repos/create", _Handler.create_repo),
     ("validate-yaml", "POST", r"/api/validate-yaml", _Handler.validate_yaml),
     ("info", "GET", rf"/api/{_TYPE}/{_ID}", _Handler.repo_info),

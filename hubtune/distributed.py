@@ -1,0 +1,259 @@
+"""Several processes, one run: accelerate's presets, the launcher behind `hubtune train --num-processes N`,
+and what each process may do once launched.
+
+hubtune does not bring a distributed runtime: `hubtune train CONFIG --num-processes N` runs
+`accelerate launch --config_file <preset> -m hubtune train CONFIG`, and `accelerate launch -m hubtune
+train CONFIG` with any accelerate config works the same. Every process trains on its shard of the
+data; only the main process (global rank 0) writes the run folder, the metrics, the adapter and the
+checkpoints' trainer state.
+
+    preset_path("fsdp")               -> .../assets/accelerate/fsdp.yaml
+    launch_command(plan, ["train", "run.yaml"])  -> [python, -m, accelerate.commands.launch, ...]
+    share(lambda: create_folder())    -> the main process's result, in every process
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from hubtune.errors import ConfigError, HubtuneError
+from hubtune.refs import ASSETS
+
+PRESETS = ASSETS / "accelerate"
+MODES = ("none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
+# Under these the base is sharded across processes: a 4-bit base must store its weights in the compute
+# dtype (bnb_4bit_quant_storage) so FSDP / ZeRO-3 can flatten them with the rest, and no device_map is set.
+SHARDED = ("fsdp", "deepspeed-zero3")
+
+T = TypeVar("T")
+
+
+# ---- where this process stands ------------------------------------------------------------------------
+def rank() -> int:
+    """Global rank under torchrun / accelerate / deepspeed; 0 in a plain process."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def under_launcher() -> bool:
+    """Started by accelerate launch / torchrun (which set LOCAL_RANK), rather than by a user."""
+    return "LOCAL_RANK" in os.environ
+
+
+def preset_path(mode: str) -> Path:
+    if mode not in MODES or mode == "none":
+        raise ConfigError([("training.distributed", f"no accelerate preset for {mode!r}; use one of "
+                                                    f"{', '.join(MODES[1:])}")])
+    return PRESETS / f"{mode}.yaml"
+
+
+# ---- the effective batch --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchPlan:
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    processes: int
+    rows: int  # training rows, before sharding
+    epochs: float
+    max_steps: int | None
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.processes
+
+    @property
+    def steps_per_epoch(self) -> int:
+        # As the Trainer counts them: each process gets ceil(batches / processes) micro-batches.
+        batches = math.ceil(math.ceil(self.rows / self.micro_batch_size) / self.processes)
+        return max(math.ceil(batches / self.gradient_accumulation_steps), 1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps or math.ceil(self.steps_per_epoch * self.epochs)
+
+    def describe(self) -> str:
+        per = "process" if self.processes == 1 else "processes"
+        return (f"{self.rows} training rows, effective batch {self.effective_batch_size} = {self.micro_batch_size} "
+                f"per device x {self.gradient_accumulation_steps} accumulation x {self.processes} {per}: "
+                f"{self.steps_per_epoch} steps per epoch, {self.total_steps} steps")
+
+
+def batch_plan(training, rows: int) -> BatchPlan:
+    return BatchPlan(training.micro_batch_size, training.gradient_accumulation_steps, world_size(), rows,
+                     training.epochs, training.max_steps)
+
+
+# ---- inside a launched process ------------------------------------------------------------------------
+def check_hardware(mode: str, device: str) -> None:
+    """FSDP and DeepSpeed shard over GPUs; DDP (gloo) also runs on CPUs."""
+    if mode in ("fsdp", "deepspeed-zero2", "deepspeed-zero3") and device != "cuda":
+        raise ConfigError([("training.distributed", f"{mode} shards the model across GPUs and needs CUDA; on "
+                                                    f"this {device} machine use ddp (or none)")])
+
+
+def check_launch(mode: str, device: str) -> None:
+    """The process was launched the way training.distributed asks, on hardware that can run it."""
+    if world_size() == 1:
+        return  # one process: nothing is sharded, whatever the config says
+    check_hardware(mode, device)
+    launched = ("deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else
+                "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else "ddp")
+    wanted = "deepspeed" if mode.startswith("deepspeed") else ("ddp" if mode == "none" else mode)
+    if launched != wanted:
+        raise ConfigError([("training.distributed", f"the run config asks for {mode} but this process was "
+                                                    f"launched with {launched}; start it with `hubtune train "
+                                                    f"CONFIG --num-processes N`, or pass `--config_file "
+                                                    f"{preset_path(mode if mode != 'none' else 'ddp')}` to accelerate launch")])
+    if wanted == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError([("training.distributed", f"{mode} needs DeepSpeed: `pip install deepspeed`")]) from None
+
+
+def start(cpu: bool) -> None:
+    """Join the process group (gloo on CPU, nccl on GPUs) and take this process's GPU, before any model loads."""
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=cpu)
+
+
+def optimizer_for(mode: str, resolved: str, configured: str) -> str:
+    """FSDP shards optimizer states with the flattened parameters and gathers them into its checkpoints;
+    bitsandbytes' 8-bit and paged states do not survive that, so FSDP trains with AdamW."""
+    if mode != "fsdp" or world_size() == 1 or not ("8bit" in resolved or resolved.startswith("paged")):
+        return resolved
+    if configured == "auto":
+        return "adamw_torch"
+    raise ConfigError([("training.optimizer", f"{configured} cannot be sharded by FSDP (8-bit and paged optimizer "
+                                              f"states do not go into FSDP checkpoints); use adamw_torch or auto")])
+
+
+def share(compute: Callable[[], T], cpu: bool = True) -> T:
+    """Run `compute` on the main process only and hand its result to every process (the run folder it
+    created, the checkpoint it chose). An error on the main process stops the others too."""
+    if world_size() == 1:
+        return compute()
+    from accelerate.utils import broadcast_object_list
+
+    start(cpu)
+    box: list = [None]
+    if is_main_process():
+        try:
+            box[0] = ("ok", compute())
+        except BaseException as err:
+            box[0] = ("error", f"{type(err).__name__}: {err}")
+            broadcast_object_list(box)
+            raise
+    broadcast_object_list(box)
+    kind, value = box[0]
+    if kind == "error":
+        raise HubtuneError(f"the main process stopped: {value}")
+    return value
+
+
+def main_process_first(cpu: bool = True):
+    """Downloads and data preparation on the main process first, so the others find them cached."""
+    from contextlib import nullcontext
+
+    if world_size() == 1:
+        return nullcontext()
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu).main_process_first()
+
+
+# ---- the launcher ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LaunchPlan:
+    mode: str  # ddp | fsdp | deepspeed-zero2 | deepspeed-zero3
+    num_processes: int  # in total, over all machines
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int | None = None  # None: a free port on one machine, 29500 over several
+
+    @property
+    def preset(self) -> Path:
+        return preset_path(self.mode)
+
+
+def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
+                main_process_ip: str | None = None, main_process_port: int | None = None) -> LaunchPlan | None:
+    """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
+    every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
+    training.distributed: none uses DDP."""
+    if under_launcher():
+        return None
+    if num_processes is None:
+        if config_mode == "none":
+            return None
+        num_processes = _gpu_count() * num_machines or 1
+    if num_processes < 1:
+        raise HubtuneError(f"--num-processes must be at least 1, got {num_processes}")
+    if num_processes == 1 and num_machines == 1 and config_mode in ("none", "ddp"):
+        return None
+    if num_machines > 1 and not main_process_ip:
+        raise HubtuneError("training on several machines needs --main-process-ip (the address of machine rank 0, "
+                           "reachable from the others)")
+    if num_processes % num_machines:
+        raise HubtuneError(f"--num-processes {num_processes} is the total over all machines; it must be a multiple "
+                           f"of --num-machines {num_machines}")
+    mode = "ddp" if config_mode == "none" else config_mode
+    return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+
+
+def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:
+    """`accelerate launch --config_file PRESET ... -m hubtune ARGS`, with this interpreter."""
+    port = plan.main_process_port if plan.main_process_port is not None else (0 if plan.num_machines == 1 else 29500)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(plan.preset),
+           "--num_processes", str(plan.num_processes), "--num_machines", str(plan.num_machines),
+           "--machine_rank", str(plan.machine_rank), "--main_process_port", str(port)]
+    if plan.main_process_ip:
+        cmd += ["--main_process_ip", plan.main_process_ip]
+    return [*cmd, "-m", "hubtune", *hubtune_args]
+
+
+def launch(plan: LaunchPlan, hubtune_args: list[str]) -> int:
+    """Run the launcher and wait; Ctrl-C / SIGTERM go to it (and on to every process, which finish their
+    step and save). Returns its exit code."""
+    proc = subprocess.Popen(launch_command(plan, hubtune_args))
+
+    def forward(signum, frame):
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+if __name__ == "__main__":  # `python -m hubtune.distributed fsdp`: the preset's path, for accelerate launch
+    print(preset_path(sys.argv[1] if len(sys.argv) > 1 else "ddp"))

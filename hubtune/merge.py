@@ -1,0 +1,106 @@
+"""`hubtune merge RUN --out DIR [--dtype ...]`: the adapter folded into its base, as one standalone model.
+
+The base is loaded unquantized at the commit the run trained on, the adapter applied and merged in
+float32, and the result saved in the asked dtype as safetensors, with the tokenizer and a card that
+says what it is. A base that exists only in 4 bits (a pre-quantized repo) is dequantized first, with a
+warning: the merged weights then carry the 4-bit rounding of the base. `hubtune push --merged` uses the
+same merge.
+
+    result = merge("runs/my-adapter", "merged/my-model", dtype="bfloat16")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hubtune.errors import HubtuneError
+from hubtune.runs import RunFolder
+
+log = logging.getLogger("hubtune")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    path: Path
+    dtype: str
+    base: str  # the base's path or repo id, with its commit when pinned
+    warnings: list[str] = field(default_factory=list)
+
+
+def merge(run_dir: str | Path, out: str | Path, dtype: str = "auto") -> MergeResult:
+    """Merge a finished run's adapter into its base and save a standalone model (with tokenizer and card) in `out`."""
+    from hubtune import card as cards
+    from hubtune.distributed import world_size
+
+    run = RunFolder.open(run_dir).require_finished()
+    out = Path(out)
+    if world_size() > 1:
+        raise HubtuneError("merge runs in one process: start `hubtune merge` directly, not under accelerate launch "
+                           "(an FSDP or DeepSpeed run's adapter merges like any other once training is done)")
+    if out.exists() and any(out.iterdir()):
+        raise HubtuneError(f"{out} is not empty; give a new folder to --out")
+    out.mkdir(parents=True, exist_ok=True)
+    saved_dtype, warnings = merge_into(run, out, dtype)
+
+    card = cards.build_card(run, out.name, cards.publishing_verdict(run), merged=True, loss_curve_file=None)
+    s = run.summary
+    at = f"@{s.base_revision}" if s.base_revision else ""
+    card.text += (f"\n## How it was merged\n\n`hubtune merge` applied the adapter of run `{run.path.name}` to "
+                  f"`{s.base_model}{at}` in float32 and saved the merged weights in {saved_dtype}.\n"
+                  + "".join(f"\n> **Warning:** {w}\n" for w in warnings))
+    card.save(out / "README.md")
+    return MergeResult(out, saved_dtype, f"{s.base_model}{at}", warnings)
+
+
+def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, list[str]]:
+    """Write the merged model's weights, config and tokenizer into `out`; returns (saved dtype, warnings)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from hubtune.config import ModelSection
+    from hubtune.hub import resolve_model
+
+    if dtype not in DTYPES:
+        raise HubtuneError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    s = run.summary
+    trust = run.config.model.trust_remote_code
+    base_path = resolve_model(ModelSection(id=s.base_model, revision=s.base_revision, quantization="none",
+                                           trust_remote_code=trust)).path
+    config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust)
+    warnings = []
+    if _is_4bit(config):
+        warnings.append(f"only a 4-bit base is available ({s.base_model} is stored quantized): it was dequantized "
+                        f"before merging, so the merged weights carry its 4-bit rounding and differ from a merge "
+                        f"into the original 16-bit base. Merge into the unquantized base for full precision.")
+        log.warning(warnings[-1])
+        base = AutoModelForCausalLM.from_pretrained(base_path, trust_remote_code=trust).dequantize()
+        base = base.to(torch.float32)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+    model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    if dtype == "auto":
+        dtype = _dtype_name(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or "float32"
+    model = model.to(getattr(torch, dtype))
+    model.config.quantization_config = None  # the merged weights are plain tensors, whatever the base was
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
+    return dtype, warnings
+
+
+def _is_4bit(config) -> bool:
+    q = getattr(config, "quantization_config", None)
+    if q is None:
+        return False
+    q = q if isinstance(q, dict) else q.to_dict()
+    return bool(q.get("load_in_4bit") or q.get("_load_in_4bit"))
+
+
+def _dtype_name(value) -> str | None:
+    name = str(value).removeprefix("torch.") if value is not None else None
+    return name if name in DTYPES else None

@@ -1,0 +1,271 @@
+"""Several processes: the accelerate presets, the launcher, and real 2-process training on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hubtune import config as cfg
+from hubtune import distributed
+from hubtune.errors import ConfigError, HubtuneError
+import readme_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
+HUBTUNE = str(Path(sys.executable).parent / "hubtune")
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+
+# ---- presets --------------------------------------------------------------------------------------------
+def _launch_env(mode: str) -> tuple[object, dict]:
+    """What `accelerate launch --config_file PRESET` makes of a preset: its own loader and argument
+    validation, then the environment it gives each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(distributed.preset_path(mode)),
+                                               "--num_processes", "2", "-m", "hubtune", "train", "run.yaml"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return defaults, prepare_deepspeed_cmd_env(args)[1]
+    return defaults, prepare_multi_gpu_env(args)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"])
+def test_every_preset_loads_with_accelerates_own_config_loader(mode):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+
+    loaded = load_config_from_file(str(distributed.preset_path(mode)))
+    assert isinstance(loaded, ClusterConfig)
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}
+    assert loaded.distributed_type.value == expected[mode]
+    assert loaded.mixed_precision == "no" and loaded.use_cpu is False  # precision comes from the hardware
+    _, env = _launch_env(mode)
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+def test_fsdp_preset_is_the_peft_qlora_recipe():
+    _, env = _launch_env("fsdp")
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    assert env["FSDP_USE_ORIG_PARAMS"] == "false"
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD"
+
+
+def test_deepspeed_presets_shard_as_named():
+    _, zero2 = _launch_env("deepspeed-zero2")
+    _, zero3 = _launch_env("deepspeed-zero3")
+    assert zero2["ACCELERATE_USE_DEEPSPEED"] == "true" and zero2["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "2"
+    assert zero3["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3" and zero3["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
+    assert zero3["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"
+
+
+def test_sharded_qlora_base_stores_4bit_weights_in_the_compute_dtype():
+    import torch
+
+    from hubtune.hardware import detect
+    from hubtune.refs import resolve_builtin
+    from hubtune.train import load_base
+
+    model = cfg.ModelSection(id="hubtune:tiny-llama")
+    hw = detect(model)
+    plain = load_base(resolve_builtin(model.id), model, hw)
+    sharded = load_base(resolve_builtin(model.id), model, hw, sharded=True)
+    assert plain.config.quantization_config.bnb_4bit_quant_storage == torch.uint8
+    assert sharded.config.quantization_config.bnb_4bit_quant_storage == hw.compute_dtype
+    quantized = [p for n, p in sharded.named_parameters() if "q_proj" in n]
+    assert quantized and all(p.dtype == hw.compute_dtype for p in quantized)
+    # FSDP flattens one dtype per group: nothing was upcast by prepare_model_for_kbit_training.
+    assert {p.dtype for p in sharded.parameters()} == {hw.compute_dtype}
+    assert sharded.is_loaded_in_4bit and torch.uint8 in {p.dtype for p in plain.parameters()}
+
+
+# ---- config and launch plan -----------------------------------------------------------------------------
+def test_distributed_and_push_checkpoints_are_typed_settings():
+    config = cfg.build({"training": {"distributed": "fsdp", "push_checkpoints": "alice/run-1"}})
+    assert config.training.distributed == "fsdp" and config.training.push_checkpoints == "alice/run-1"
+    with pytest.raises(ConfigError) as info:
+        cfg.build({"training": {"distributed": "zero3", "push_checkpoints": "not a repo"}})
+    assert set(info.value.paths) == {"training.distributed", "training.push_checkpoints"}
+    assert "deepspeed-zero3" in str(info.value) and "OWNER/REPO" in str(info.value)
+
+
+def test_launch_plan_and_command():
+    assert distributed.plan_launch("none", None) is None  # one process, in this one
+    assert distributed.plan_launch("none", 1) is None
+    plan = distributed.plan_launch("none", 4)
+    assert plan.mode == "ddp" and plan.num_processes == 4  # several processes without a strategy: DDP
+    cmd = distributed.launch_command(plan, ["train", "run.yaml", "output.dir=runs/x"])
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--config_file") + 1] == str(distributed.preset_path("ddp"))
+    assert cmd[cmd.index("--num_processes") + 1] == "4" and cmd[cmd.index("--main_process_port") + 1] == "0"
+    assert cmd[-5:] == ["-m", "hubtune", "train", "run.yaml", "output.dir=runs/x"]
+    nodes = distributed.plan_launch("fsdp", 16, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
+    cmd = distributed.launch_command(nodes, ["train", "run.yaml"])
+    assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[cmd.index("--main_process_ip") + 1] == "10.0.0.1"
+    assert cmd[cmd.index("--main_process_port") + 1] == "29500"
+    with pytest.raises(HubtuneError, match="--main-process-ip"):
+        distributed.plan_launch("ddp", 16, num_machines=2)
+    with pytest.raises(HubtuneError, match="multiple of --num-machines"):
+        distributed.plan_launch("ddp", 3, num_machines=2, main_process_ip="10.0.0.1")
+
+
+def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        distributed.check_launch("fsdp", "cpu")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="launched with fsdp"):
+        distributed.check_launch("ddp", "cuda")
+    distributed.check_launch("fsdp", "cuda")
+    assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
+    with pytest.raises(ConfigError, match="training.optimizer"):
+        distributed.optimizer_for("fsdp", "paged_adamw_8bit", "paged_adamw_8bit")
+    assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
+
+
+def test_effective_batch_sets_the_step_count():
+    plan = distributed.BatchPlan(micro_batch_size=4, gradient_accumulation_steps=2, processes=2, rows=50,
+                                 epochs=2, max_steps=None)
+    assert plan.effective_batch_size == 16
+    assert plan.steps_per_epoch == 4 and plan.total_steps == 8  # 13 micro-batches -> 7 per process -> 4 steps
+    assert "effective batch 16 = 4 per device x 2 accumulation x 2 processes" in plan.describe()
+
+
+# ---- the README's commands, run here with 2 CPU processes ---------------------------------------------------
+def _commands() -> list[str]:
+    blocks = [body for lang, body in readme_blocks.section_blocks("Several GPUs and machines") if lang == "bash"]
+    return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _on_this_machine(line: str, port: int) -> list[str]:
+    """A README command for a GPU box, as this 2-core CPU machine runs it: 2 processes in all, machine 0
+    on 127.0.0.1, a free port, a few small steps."""
+    args = shlex.split(line.replace("$(python -m hubtune.distributed", f"$({sys.executable} -m hubtune.distributed"))
+    args = [subprocess.run(a[2:-1], shell=True, capture_output=True, text=True).stdout.strip()
+            if a.startswith("$(") else a for a in args]
+    swaps = {"8": "2", "16": "2", "10.0.0.1": "127.0.0.1", "29500": str(port)}
+    args = [swaps.get(a, a) for a in args]
+    args[0] = {"hubtune": HUBTUNE, "accelerate": ACCELERATE}[args[0]]
+    return [*args, "training.max_steps=3", "training.logging_steps=1", "training.save_steps=3", "training.warmup_steps=0",
+            "data.max_seq_len=256", "training.micro_batch_size=4", "data.val_set_size=8"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("multi")
+    shutil.copytree(ROOT / "examples", work / "examples")
+    return work
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(workdir):
+    line = next(c for c in _commands() if c.startswith("hubtune train") and "--num-processes 8" in c)
+    proc = subprocess.run(_on_this_machine(line, _free_port()), cwd=workdir, env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    return proc, workdir / "runs" / "ddp"
+
+
+def test_two_processes_train_one_run(ddp_run):
+    proc, run_dir = ddp_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The data was sharded: 2 processes x 4 per device = effective batch 8, and the summary says so.
+    assert summary["processes"] == 2 and summary["effective_batch_size"] == 8
+    assert "effective batch 8 = 4 per device x 1 accumulation x 2 processes" in out
+    assert summary["global_steps"] == 3
+    # Each process trained: the checkpoint holds both random states; only the main process wrote the rest.
+    assert {p.name for p in (run_dir / "checkpoints" / "checkpoint-3").glob("rng_state_*.pth")} == {
+        "rng_state_0.pth", "rng_state_1.pth"}
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3]  # one line per step: written once, not once per process
+    assert rows[0]["step"] == 0 and "eval_loss" in rows[0]
+    assert out.count(f"run: {Path('runs') / 'ddp'}") == 1
+    assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
+    assert not (run_dir / ".lock").exists()
+
+
+def test_the_loss_falls_and_the_adapter_loads(ddp_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubtune.refs import resolve_builtin
+
+    proc, run_dir = ddp_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_eval_loss"] < summary["initial_eval_loss"]
+    losses = [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0]
+    base = AutoModelForCausalLM.from_pretrained(resolve_builtin("hubtune:tiny-llama"), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    ids = tok("INVOICE #7\nBolt x2 @ $1.00", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        before = base(ids).logits
+        after = PeftModel.from_pretrained(base, str(run_dir / "adapter"))(ids).logits
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_accelerate_launch_runs_hubtune_directly(workdir):
+    line = next(c for c in _commands() if c.startswith("accelerate launch"))
+    proc = subprocess.run(_on_this_machine(line, _free_port()), cwd=workdir, env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((workdir / "runs" / "accelerate" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_steps"] == 3
+
+
+def test_two_machines_train_one_run(workdir):
+    lines = [c for c in _commands() if "--num-machines 2" in c]
+    assert [("--machine-rank 0" in c, "--machine-rank 1" in c) for c in lines] == [(True, False), (False, True)]
+    port = _free_port()
+    procs = [subprocess.Popen(_on_this_machine(line, port), cwd=workdir, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for line in lines]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    summary = json.loads((workdir / "runs" / "nodes" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_steps"] == 3
+
+
+def test_fsdp_on_a_machine_without_gpus_is_a_clear_error(workdir, capsys, monkeypatch):
+    from hubtune.cli import main
+
+    monkeypatch.chdir(workdir)
+    line = next(c for c in _commands() if "training.distributed=fsdp" in c and "--num-machines" not in c)
+    code = main(shlex.split(line)[1:])
+    err = capsys.readouterr().err
+    assert code == 2 and "training.distributed: fsdp shards the model across GPUs and needs CUDA" in err
+    assert "Traceback" not in err
+
+
+def test_every_preset_is_documented():
+    section = "".join(body for _, body in readme_blocks.section_blocks("Several GPUs and machines"))
+    text = (ROOT / "README.md").read_text()
+    for mode in distributed.MODES[1:]:
+        assert mode in text
+    assert "--main-process-ip" in section and "--machine-rank 1" in section
+    for preset in distributed.PRESETS.glob("*.yaml"):
+        assert yaml.safe_load(preset.read_text())["mixed_precision"] == "no"
