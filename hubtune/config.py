@@ -221,6 +221,7 @@ class TrainingSection(Section):
     def _repo_id(cls, v):
         if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", v):
             raise ValueError(f"{v!r} is not a Hub repo id: give OWNER/REPO, e.g. alice/my-run-checkpoints")
+        return v
 
     @field_validator("max_steps", "warmup_steps", "logging_steps", "eval_steps", "save_steps")
     @classmethod
