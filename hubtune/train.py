@@ -268,8 +268,11 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     targets = lora.peft_target_modules()
     if isinstance(targets, str):  # all-linear: whatever linear layers there are
         return None
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    except Exception:  # an architecture that cannot be built empty: PEFT still checks when it attaches LoRA
+        return None
     adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
                  pytorch_utils.Conv1D)
     modules = [(key, m) for key, m in skeleton.named_modules() if key]

@@ -164,10 +164,12 @@ def build(work: Path, hub: LoopbackHub, tree: str) -> list[Case]:
         path.write_text(buf.getvalue(), encoding=encoding)
 
     write_csv(work / "excel.csv", good, "utf-8-sig")
-    write_csv(work / "comma.csv", good)
-    text = (work / "comma.csv").read_text().splitlines()
-    text.insert(3, "Say hello, politely,Hello there friend")
-    (work / "comma.csv").write_text("\n".join(text) + "\n")
+    write_csv(work / "comma.csv", good[:2])
+    with (work / "comma.csv").open("a") as f:
+        f.write("Say hello, politely,Hello there friend\n")  # a comma in an unquoted value: 3 cells
+    with (work / "comma.csv").open("a") as f:
+        csv.writer(f, lineterminator="\n").writerows([[r["instruction"] + " " + r["input"], r["output"]]
+                                                      for r in good[2:]])
     zero = [{**r, "instruction": "What is the discount code?", "input": 0, "output": f"The code is zero {i}."}
             for i, r in enumerate(good[:3])]
     (work / "zero.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*good, *zero]))
@@ -282,8 +284,10 @@ def build(work: Path, hub: LoopbackHub, tree: str) -> list[Case]:
         Case("killed-push-staging-left", push("stale-cleanup"), observe=stale_push_folder()),
         Case("not-utf8-csv", ["data", "check", str(work / "latin1.csv")]),
         Case("deep-json-line", ["data", "check", str(work / "deep.jsonl")]),
-        Case("deep-json-line-skip-bad-rows", ["data", "check", str(work / "deep.jsonl"), "--skip-bad-rows"]),
-        Case("excel-bom-csv", ["data", "check", str(work / "excel.csv")]),
+        Case("deep-json-line-skip-bad-rows", ["data", "check", str(work / "deep.jsonl"), "--skip-bad-rows", "--json"],
+             observe=lambda done: f"exit 0; bad rows skipped: {json.loads(done.stdout)['bad_rows']}"),
+        Case("excel-bom-csv", ["data", "check", str(work / "excel.csv"), "--json"],
+             observe=lambda done: f"exit 0; format {json.loads(done.stdout)['sources'][0]['format']}"),
         Case("quantization-none", train("lora16", "model.quantization=none"), observe=lambda done: "exit 0; trained"),
         Case("seed-minus-1", train("seed1", "training.seed=-1")),
         Case("seed-1e23", train("seed2", "training.seed=1e23")),
