@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,28 +22,33 @@ log = logging.getLogger("hubtune")
 
 
 class MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, epoch, loss, eval_loss, learning_rate, tokens/s.
+    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate,
+    tokens/s and elapsed seconds. `on_row` (the console display) sees every row as written.
 
     `resume_step` is the step of the checkpoint training continues from: lines up to it are kept, later
     ones (logged before a crash but not covered by a checkpoint) are dropped, so the file never holds a
-    step twice. 0 starts the file afresh."""
+    step twice. 0 starts the file afresh. Only the main process of a launch writes it."""
 
-    def __init__(self, file: Path, resume_step: int = 0):
+    def __init__(self, file: Path, resume_step: int = 0, on_row: Callable[[list[dict]], None] | None = None):
         self.file = file
+        self.on_row = on_row
         self.last: tuple[float, int] | None = None
-        if not is_main_process():
-            return
-        kept = [row for row in _rows(file) if row["step"] <= resume_step] if resume_step > 0 else []
-        file.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        self.rows = [row for row in _rows(file) if row["step"] <= resume_step] if resume_step > 0 else []
+        self.started = time.time()
+        if is_main_process():
+            file.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # Elapsed time carries over a resume, so the time left stays honest.
+        self.started = time.time() - next((r["elapsed_seconds"] for r in reversed(self.rows)
+                                           if r.get("elapsed_seconds") is not None), 0.0)
         self.last = (time.time(), state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if not state.is_world_process_zero or not any(k in logs for k in ("loss", "eval_loss")):
             return
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        row = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4)}
         for key in ("loss", "eval_loss", "learning_rate"):
             if key in logs:
                 row[key] = logs[key]
@@ -50,8 +56,12 @@ class MetricsFile(TrainerCallback):
             now, seen = time.time(), state.num_input_tokens_seen
             row["tokens_per_second"] = round((seen - self.last[1]) / max(now - self.last[0], 1e-9), 1)
             self.last = (now, seen)
+        row["elapsed_seconds"] = round(time.time() - self.started, 1)
         with self.file.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self.rows.append(row)
+        if self.on_row:
+            self.on_row(self.rows)
 
 
 def _rows(file: Path) -> list[dict]:

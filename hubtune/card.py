@@ -14,26 +14,15 @@ from hubtune.runs import RunFolder
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
 LOSS_CURVE = "loss_curve.png"
+LICENCE_FILE_PREFIXES = ("LICENSE", "USE_POLICY", "NOTICE")  # the base's files a push copies (any case)
 TASK = "text-generation"
 
 
-def eval_entries(eval_json: dict | list | None, default_dataset: str | None = None) -> list[dict]:
-    """The numeric metric entries of an eval.json, normalised to {name, type, value, dataset, split, model}.
-    Accepts {"metrics": [{name, type, value, dataset, split, model}]} (dataset as an id or
-    {name, type, config, revision}; model: tuned, base or base_few_shot), a bare list of such
-    entries, {"metrics": {name: value}, "dataset": ...}, or {task: {"metrics": {name: value}}}."""
-    if not eval_json:
-        return []
-    if isinstance(eval_json, dict) and "metrics" in eval_json:
-        entries = eval_json["metrics"]
-        if isinstance(entries, dict):  # {name: value}
-            entries = [{"name": k, "value": v, "dataset": eval_json.get("dataset")} for k, v in entries.items()]
-    elif isinstance(eval_json, list):
-        entries = eval_json
-    else:  # {task: {"metrics": {name: value}}}
-        entries = [{"name": name, "value": value, "dataset": task}
-                   for task, block in eval_json.items() if isinstance(block, dict)
-                   for name, value in (block.get("metrics") or {}).items()]
+def eval_entries(eval_json: dict | None, default_dataset: str | None = None) -> list[dict]:
+    """The numeric metric entries of the eval.json `hubtune eval` writes ({"metrics": [{name, type, value,
+    ci95, dataset, split, model}]}, dataset as a Hub id or {name, type, config, revision}, where only a
+    Hub dataset has a type; model: tuned, base or base_few_shot), normalised for the card."""
+    entries = (eval_json or {}).get("metrics") or []
     out = []
     for e in entries:
         if not isinstance(e, dict):
@@ -41,27 +30,31 @@ def eval_entries(eval_json: dict | list | None, default_dataset: str | None = No
         value = e.get("value")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        dataset = e.get("dataset") or default_dataset or "unknown"
-        ds = dataset if isinstance(dataset, dict) else {"type": dataset, "name": dataset}
-        ds_type = str(ds.get("type") or ds.get("id") or ds.get("name"))
+        dataset = e.get("dataset") or default_dataset
+        ds = dataset if isinstance(dataset, dict) else \
+            {"type": dataset if dataset and is_hub_id(dataset) else None, "name": dataset or "unknown"}
+        ds_type = ds.get("type") or ds.get("id")
+        ci = e.get("ci95")
         out.append({"name": e.get("name"), "type": str(e.get("type") or e.get("name")), "value": value,
-                    "dataset_type": ds_type, "dataset_name": str(ds.get("name") or ds_type),
+                    "ci95": ci if isinstance(ci, list) and len(ci) == 2 else None,
+                    "dataset_type": str(ds_type) if ds_type else None, "dataset_name": str(ds.get("name") or ds_type),
                     "dataset_config": ds.get("config"), "dataset_revision": ds.get("revision"),
                     "split": e.get("split") or ds.get("split"), "model": e.get("model") or "tuned",
                     "task_type": e.get("task_type", TASK)})
     return out
 
 
-def eval_results_from(eval_json: dict | list | None, default_dataset: str | None = None) -> list:
-    """EvalResults for the card's model-index: the tuned model's metrics from an eval.json
-    (entries scored on the base model are left for the body's comparison table)."""
+def eval_results_from(eval_json: dict | None, default_dataset: str | None = None) -> list:
+    """EvalResults for the card's model-index: the tuned model's metrics on Hub datasets from an eval.json.
+    The model-index requires a Hub dataset id as the dataset type, so measures on local files, like those
+    scored on the base model, are left for the body's table."""
     from huggingface_hub import EvalResult
 
     return [EvalResult(task_type=e["task_type"], dataset_type=e["dataset_type"], dataset_name=e["dataset_name"],
                        dataset_config=e["dataset_config"], dataset_split=e["split"],
                        dataset_revision=e["dataset_revision"], metric_type=e["type"], metric_name=e["name"],
                        metric_value=e["value"])
-            for e in eval_entries(eval_json, default_dataset) if e["model"] == "tuned"]
+            for e in eval_entries(eval_json, default_dataset) if e["model"] == "tuned" and e["dataset_type"]]
 
 
 def loss_curve(metrics: list[dict], out: Path) -> Path | None:
@@ -116,8 +109,10 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
     )
 
 
-def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE):
-    """The full ModelCard (metadata + body rendered from the package's Jinja template)."""
+def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE,
+               licence_files: list[str] | None = None):
+    """The full ModelCard (metadata + body rendered from the package's Jinja template).
+    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet)."""
     from huggingface_hub import ModelCard, constants
 
     data = card_data(run, repo_id, verdict, merged)
@@ -140,6 +135,8 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         base_ref=s.base_model, base_is_hub=is_hub_id(s.base_model), hub=hub,
         base_revision=s.base_revision, base_licence=base_finding.repo.licence,
         base_licence_link=base_finding.repo.license_link or _link(base_finding),
+        licence_files=licence_files, base_revision_short=(s.base_revision or "")[:12],
+        licence_copy_clauses=[t.at(t.copy_required) for t in base_finding.terms if t.copy_required],
         method={"lora": "LoRA", "qlora": "QLoRA"}[s.method],
         datasets=datasets, built_with=verdict.attributions, obligations=verdict.obligations,
         verdict=verdict.verdict, use=verdict.use,

@@ -11,8 +11,54 @@ import argparse
 import logging
 import os
 import sys
+from typing import Literal, get_args, get_origin
 
 from hubtune.errors import HubtuneError
+
+VERBOSE_ENV = "HUBTUNE_VERBOSE"
+
+
+def config_option(parser: argparse.ArgumentParser, flag: str, path: str, dest: str | None = None, **kwargs) -> None:
+    """An option that sets the run-config field at `path` (e.g. licence.use): its type, choices, default
+    and help all come from the field, so the CLI never restates them. Unset, it leaves the config alone."""
+    from hubtune.config import field_at
+
+    field = field_at(path)
+    kinds = (field.annotation, *get_args(field.annotation))
+    choices = next((get_args(k) for k in kinds if get_origin(k) is Literal), None)
+    default = field.get_default(call_default_factory=True)
+    shown = default.value if hasattr(default, "value") else default
+    help_text = f"{field.description} (config: {path}; default {shown})"
+    options: dict = {"dest": dest or path, "default": None, "help": help_text}
+    if bool in kinds:
+        options["action"] = argparse.BooleanOptionalAction
+    elif any(get_origin(k) is list for k in kinds):
+        options["nargs"] = "+"
+    else:
+        options["choices"] = choices
+        options["type"] = next((t for t in (int, float) if t in kinds), str)
+    if "action" not in options and not choices:
+        options["metavar"] = path.rsplit(".", 1)[-1].upper()
+    parser.add_argument(flag, **{**options, **kwargs})
+
+
+def config_settings(args: argparse.Namespace) -> dict:
+    """The config fields set by `config_option`s, as a nested dict for `config.build`."""
+    tree: dict = {}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            *parents, leaf = dest.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return tree
+
+
+def _display(detail: bool = False):
+    from hubtune.progress import Display
+
+    return Display(detail=detail)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -39,9 +85,9 @@ def _train(args: argparse.Namespace) -> int:
                                    args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port)
     if plan is None:
         if from_hub:
-            run = resume_from_hub(args.resume, args.out)
+            run = resume_from_hub(args.resume, args.out, display=_display())
         else:
-            run = resume(args.resume) if args.resume else train(config)
+            run = resume(args.resume, display=_display()) if args.resume else train(config, display=_display())
         if distributed.is_main_process():
             print(f"run: {run.path}")
         return 0
@@ -70,7 +116,7 @@ def _train_on_jobs(args: argparse.Namespace) -> int:
     else:
         sub = jobs.submit(cfg.load(args.config, args.overrides), **options)
     print(f"estimated run: {sub.estimate.describe()}")
-    print(f"submitted job {sub.job.id} on {args.flavor} (timeout {jobs._duration(sub.timeout_seconds)}): {sub.job.url}")
+    print(f"submitted job {sub.job.id} on {args.flavor} (timeout {jobs.duration(sub.timeout_seconds)}): {sub.job.url}")
     print(f"checkpoints and the finished run go to {sub.repo_url}")
     print(f"follow it with `hubtune jobs logs {sub.job.id} --follow`; if it stops early, continue with "
           f"`hubtune train --resume {sub.repo_id} --on hf-jobs --flavor {args.flavor}`")
@@ -105,7 +151,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from hubtune.demo import run_demo
 
-    run_demo(output_dir=args.out, overrides=args.overrides, limit=args.limit)
+    run_demo(overrides=args.overrides, settings=config_settings(args), display=_display(detail=True))
     return 0
 
 
@@ -114,7 +160,8 @@ def _check(args: argparse.Namespace) -> int:
 
     from hubtune.licence import check, format_table
 
-    verdict = check(args.model, args.dataset, use=args.use, revision=args.revision, publish=args.publish)
+    use = getattr(args, "licence.use") or "personal"
+    verdict = check(args.model, args.dataset, use=use, revision=getattr(args, "model.revision"), publish=args.publish)
     print(json.dumps(verdict.to_dict(), indent=2) if args.json else format_table(verdict))
     return 3 if verdict.verdict == "block" else 0
 
@@ -122,7 +169,8 @@ def _check(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from hubtune.publish import push
 
-    result = push(args.run, args.repo, private=args.private, merged=args.merged, acknowledge=args.acknowledge)
+    result = push(args.run, args.repo, private=args.private, merged=args.merged,
+                  acknowledge=getattr(args, "licence.acknowledge") or [])
     print(f"pushed {len(result.files)} files in one commit: {result.url}")
     return 0
 
@@ -132,19 +180,15 @@ def _data_config(args: argparse.Namespace):
     from hubtune import config as cfg
 
     tree = cfg.load(args.config).model_dump(mode="json") if args.config else {}
+    tree = cfg.merge(tree, config_settings(args))
     data = tree.setdefault("data", {})
-    data["sources"] = [{"path": args.source, "split": args.split, "name": args.name, "revision": args.revision}]
-    if args.format:
-        data["format"] = args.format
+    source = {"path": args.source, "split": args.split, "name": args.name, "revision": args.revision}
+    data["sources"] = [{k: v for k, v in source.items() if v is not None}]
     for pair in args.column:
         field, sep, column = pair.partition("=")
         if not sep:
             raise HubtuneError(f"--column {pair}: give FIELD=COLUMN, e.g. --column output=answer")
         data.setdefault("columns", {})[field] = column
-    if args.skip_bad_rows:
-        data["skip_bad_rows"] = True
-    if args.model:
-        tree.setdefault("model", {})["id"] = args.model
     overrides = [o if o.startswith("data.") else f"data.{o}" for o in args.overrides]
     return cfg.build(tree, overrides, source=args.config)
 
@@ -158,7 +202,7 @@ def _data(args: argparse.Namespace) -> int:
     config = _data_config(args)
     m = config.model
     tokenizer = data.load_tokenizer(m.id, m.revision, m.trust_remote_code)
-    prepared = data.prepare(config.data, tokenizer, seed=args.seed)
+    prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
     if args.json:
         print(json.dumps(prepared.report, indent=2, ensure_ascii=False))
     else:
@@ -180,9 +224,10 @@ def _eval(args: argparse.Namespace) -> int:
     from hubtune.evaluation.report import format_report
 
     # `--tasks a b key=value` reads the override as a task; task names never hold "=".
-    tasks = [t for t in args.tasks if "=" not in t] if args.tasks else None
-    overrides = [*args.overrides, *(t for t in args.tasks or [] if "=" in t)]
-    result = evaluate(args.run, tasks=tasks, judge=args.judge, judge_model=args.judge_model, limit=args.limit,
+    given = getattr(args, "eval.tasks")
+    tasks = [t for t in given if "=" not in t] if given else None
+    overrides = [*args.overrides, *(t for t in given or [] if "=" in t)]
+    result = evaluate(args.run, **{**config_settings(args).get("eval", {}), "tasks": tasks},
                       export_human=args.export_human, overrides=overrides)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     if result["regressed"]:
@@ -193,9 +238,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubtune", description="Fine-tune, check, evaluate and publish LoRA adapters.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show third-party output too (library warnings, progress bars); HUBTUNE_DEBUG=1 also "
+                             "shows tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune with QLoRA/LoRA from a run config")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("train", help="fine-tune with QLoRA/LoRA from a run config")
     p.add_argument("config", nargs="?", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
     p.add_argument("--resume", metavar="RUN",
@@ -218,13 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. 90m, 6h (default: 1.5 x the estimated run, at least 30m)")
     g.add_argument("--install", metavar="SPEC", help="how the job installs hubtune: a pip requirement "
                                                      "(default hubtune==<this version>; a git+https URL for a fork)")
-    g.add_argument("--image", metavar="IMAGE", help="Docker image with uv (default ghcr.io/astral-sh/uv:python3.12-bookworm)")
+    g.add_argument("--image", metavar="IMAGE",
+                   help="Docker image with uv (default ghcr.io/astral-sh/uv:python3.12-bookworm)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("jobs", help="follow Hugging Face Jobs started with `hubtune train ... --on hf-jobs`")
+    p = command("jobs", help="follow Hugging Face Jobs started with `hubtune train ... --on hf-jobs`")
     jobs_sub = p.add_subparsers(dest="jobs_command", required=True)
     for name, help_text in (("status", "the job's stage"), ("logs", "the job's output"), ("cancel", "stop the job")):
-        j = jobs_sub.add_parser(name, help=help_text)
+        j = jobs_sub.add_parser(name, parents=[common], help=help_text)
         j.add_argument("job", metavar="JOB_ID")
         j.add_argument("--namespace", help="the job's owner (default: the token's account)")
         if name == "logs":
@@ -232,69 +285,67 @@ def build_parser() -> argparse.ArgumentParser:
             j.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
         j.set_defaults(func=_jobs)
 
-    p = sub.add_parser("merge", help="merge a run's adapter into its unquantized base: a standalone model")
+    p = command("merge", help="merge a run's adapter into its unquantized base: a standalone model")
     p.add_argument("run", metavar="RUN", help="a finished run folder")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model (new or empty)")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                    help="dtype of the saved weights (default auto: the base's own)")
     p.set_defaults(func=_merge)
 
-    p = sub.add_parser("demo", help="fine-tune the embedded tiny model on the invoice task and score it")
-    p.add_argument("--out", default=None, help="run folder (default runs/demo-<timestamp>)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N test examples")
+    p = command("demo", help="the whole loop on the embedded tiny model: licence, data, training, evaluation, card")
+    config_option(p, "--out", "output.dir")
+    config_option(p, "--limit", "eval.limit")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("eval", help="score base (zero- and few-shot) and tuned side by side; writes RUN/eval.json",
-                       description="Held-out loss, exact match / F1 against base zero- and few-shot, harness tasks, "
-                                   "the regression set and an optional LLM judge. Exits 3 when the run regressed.")
+    p = command("eval", help="score base (zero- and few-shot) and tuned side by side; writes RUN/eval.json",
+                description="Held-out loss, exact match / F1 against base zero- and few-shot, harness tasks, "
+                            "the regression set and an optional LLM judge. Exits 3 when the run regressed.")
     p.add_argument("run", metavar="RUN", help="run folder written by `hubtune train`")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.few_shot_k=5")
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help="harness tasks (names in evals/tasks/ or lm-eval names)")
-    p.add_argument("--judge", help="judge: OpenAI-compatible base URL (http://host:port/v1), Hub model id, or model folder")
-    p.add_argument("--judge-model", help="model name to send to a base-URL judge")
-    p.add_argument("--limit", type=int, metavar="N", help="score at most N test examples per measure")
+    config_option(p, "--tasks", "eval.tasks", metavar="TASK")
+    config_option(p, "--judge", "eval.judge")
+    config_option(p, "--judge-model", "eval.judge_model")
+    config_option(p, "--limit", "eval.limit", metavar="N")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     p.add_argument("--export-human", type=int, metavar="N", help="write RUN/human_eval.csv: N blinded answer pairs")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("check", help="check the licences of a base model and datasets for a declared use")
+    p = command("check", help="check the licences of a base model and datasets for a declared use")
     p.add_argument("model", help="base model: Hub repo id, local folder or hubtune:<asset>")
     p.add_argument("--dataset", action="append", default=[], metavar="ID", help="a dataset (repeat for several)")
-    p.add_argument("--use", choices=["personal", "research", "commercial"], default="personal",
-                   help="what the tuned adapter is for (default personal)")
-    p.add_argument("--revision", help="branch, tag or commit of the model to read the licence at")
+    config_option(p, "--use", "licence.use")
+    config_option(p, "--revision", "model.revision")
     p.add_argument("--publish", action="store_true", help="also check that an adapter may be published")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_check)
 
-    p = sub.add_parser("push", help="publish a run's adapter, card and loss curve to the Hub in one commit")
+    p = command("push", help="publish a run's adapter, card and loss curve to the Hub in one commit")
     p.add_argument("run", help="a finished run folder")
     p.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the model repo to push to (created if needed)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--merged", action="store_true", help="push the base with the adapter merged in instead")
-    p.add_argument("--acknowledge", action="append", default=[], metavar="ID",
-                   help="accept the licence of this repo or path explicitly (repeat for several)")
+    config_option(p, "--acknowledge", "licence.acknowledge", action="append", nargs=None, metavar="ID")
     p.set_defaults(func=_push)
 
-    p = sub.add_parser("data", help="check and prepare training data: formats, duplicates, lengths, balance")
+    p = command("data", help="check and prepare training data: formats, duplicates, lengths, balance")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     for name, help_text in (("check", "print the quality report of a dataset"),
                             ("prepare", "write the prepared training rows as JSON lines, with the report")):
-        d = data_sub.add_parser(name, help=help_text)
+        d = data_sub.add_parser(name, parents=[common], help=help_text)
         d.add_argument("source", help="local JSON/JSONL/CSV/Parquet file or folder, Hub dataset id, or hubtune:<asset>")
         d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a data setting, e.g. --set near_dup_threshold=0.9 (repeatable)")
-        d.add_argument("--config", help="a run config whose data settings and model to use")
-        d.add_argument("--model", help="base model whose tokenizer and chat template to use (default: the config's)")
-        d.add_argument("--format", choices=["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"])
+        d.add_argument("--config", help="a run config whose data settings, model and seed to use")
+        config_option(d, "--model", "model.id")
+        config_option(d, "--format", "data.format")
         d.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                        help="read a field from a column of another name, e.g. output=answer (repeatable)")
-        d.add_argument("--split", default="train", help="split of a Hub dataset or folder (default train)")
-        d.add_argument("--name", help="dataset config name on the Hub")
-        d.add_argument("--revision", help="dataset revision to pin")
-        d.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
-        d.add_argument("--seed", type=int, default=42, help="seed for task balancing and mixing (default 42)")
+        config_option(d, "--split", "data.sources.split", dest="split")
+        config_option(d, "--name", "data.sources.name", dest="name")
+        config_option(d, "--revision", "data.sources.revision", dest="revision")
+        config_option(d, "--skip-bad-rows", "data.skip_bad_rows")
+        config_option(d, "--seed", "training.seed")
         d.add_argument("--json", action="store_true", help="print the report as one JSON object")
         if name == "prepare":
             d.add_argument("--out", required=True, metavar="FILE.jsonl",
@@ -304,14 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ConsoleFormat(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        return f"warning: {text}" if record.levelno >= logging.WARNING else text
-
-
-class _Stderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is now (tests and notebooks swap it)."""
+class _Warnings(logging.StreamHandler):
+    """hubtune's own warnings (a checkpoint moved aside, a 4-bit-only base) as `warning: ...` on whatever
+    sys.stderr is now (tests and notebooks swap it)."""
 
     hubtune_console = True
 
@@ -323,15 +369,15 @@ class _Stderr(logging.StreamHandler):
     def stream(self, value):
         pass
 
+    def format(self, record: logging.LogRecord) -> str:
+        return f"warning: {record.getMessage()}"
 
-def _console_logging() -> None:
-    """hubtune's own messages (resume points, skipped checkpoints, warnings) on stderr, once."""
+
+def _show_warnings() -> None:
     logger = logging.getLogger("hubtune")
     if not any(getattr(h, "hubtune_console", False) for h in logger.handlers):
-        handler = _Stderr()
-        handler.setFormatter(_ConsoleFormat())
+        handler = _Warnings(level=logging.WARNING)
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False
 
 
@@ -343,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _console_logging()
+    _show_warnings()
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # a subprocess (the UI's training job) inherits it
     try:
         return args.func(args) or 0
     except HubtuneError as err:

@@ -48,7 +48,7 @@ class ModelSection(Section):
 
 
 class LoraSection(Section):
-    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.", json_schema_extra={"typical": [8, 64]})
     alpha: int = Field(32, ge=1, description="Scaling numerator; the update is scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: Literal["qv", "attention", "all-linear"] | list[str] = Field(
@@ -118,7 +118,7 @@ class DataSection(Section):
     chat_template: Literal["auto", "default"] = Field(
         "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's.")
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
-    max_seq_len: int = Field(1024, ge=16, le=131072,
+    max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
     truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")
     packing: bool = Field(False, description="Pack several examples into each sequence (faster, same loss).")
@@ -159,13 +159,15 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate of the adapter.")
-    epochs: float = Field(3.0, gt=0.0, le=100.0, description="Passes over the training data (ignored when max_steps is set).")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate of the adapter.",
+                                 json_schema_extra={"typical": [1e-4, 3e-4]})
+    epochs: float = Field(3.0, gt=0.0, le=100.0, description="Passes over the training data (ignored when max_steps is set).",
+                          json_schema_extra={"typical": [1, 5], "usually_below": 3})
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     micro_batch_size: int = Field(2, ge=1, description="Examples per device per forward pass.")
     gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step (effective batch = product).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.", json_schema_extra={"typical": [50, 100]})
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
         "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
@@ -310,16 +312,16 @@ def parse_overrides(pairs: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
 def build(data: dict | None = None, overrides: list[str] | None = None, source: str | None = None) -> RunConfig:
     """Validate a dict (plus overrides) into a RunConfig, or raise ConfigError listing every problem."""
-    tree = _merge(data or {}, parse_overrides(overrides or []))
+    tree = merge(data or {}, parse_overrides(overrides or []))
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
@@ -342,3 +344,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     if not isinstance(data, dict):
         raise ConfigError([("(top level)", "a run config is a mapping of sections (model, lora, data, ...)")], str(p))
     return build(data, overrides, source=str(p))
+
+
+def field_at(path: str):
+    """The pydantic FieldInfo at a dotted path (`licence.use`, `data.sources.split`), for the CLI and UI
+    to take their choices, defaults and help from the config itself."""
+    cls: Any = RunConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        cls = _model_in(cls.model_fields[part].annotation)
+    return cls.model_fields[leaf]

@@ -204,3 +204,20 @@ def repo_card(repo_id: str, repo_type: str = "model", revision: str | None = Non
             return RepoCard(read_card_metadata(Path(readme)) or {}, None, None)
         data = info.card_data.to_dict() if info.card_data is not None else {}
         return RepoCard(data, info.gated, info.sha)
+
+
+def gated_access(repo_id: str, repo_type: str = "model") -> str | None:
+    """Whether the token in use may read a gated repo's files: "granted", "denied" (the token's
+    account has not been granted access) or "no token"; None when the Hub cannot be asked."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hf
+
+    if not has_token():
+        return "no token"
+    try:
+        HfApi().auth_check(repo_id, repo_type=repo_type)
+    except hf.GatedRepoError:
+        return "denied"
+    except (hf.HfHubHTTPError, *_network_errors()):
+        return None
+    return "granted"

@@ -55,8 +55,8 @@ class RunEstimate:
         return self.steps * self.seconds_per_step + self.setup_seconds
 
     def describe(self) -> str:
-        return (f"about {_duration(self.seconds)} on {self.flavor}: {self.steps} steps x ~{self.seconds_per_step:.1f} s "
-                f"({self.parameters / 1e9:.2f}B parameters) + {_duration(self.setup_seconds)} to install and download")
+        return (f"about {duration(self.seconds)} on {self.flavor}: {self.steps} steps x ~{self.seconds_per_step:.1f} s "
+                f"({self.parameters / 1e9:.2f}B parameters) + {duration(self.setup_seconds)} to install and download")
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ def _timeout_for(estimate: RunEstimate, timeout: str | int | None) -> int:
     if seconds < estimate.seconds:
         raise JobError(f"--timeout {timeout} is shorter than the estimated run ({estimate.describe()}); the job "
                        f"would stop before the end and only the last mirrored checkpoint would remain. Give "
-                       f"--timeout {_duration(estimate.seconds * 1.5, ceil=True)}, a larger flavor, or fewer "
+                       f"--timeout {duration(estimate.seconds * 1.5, ceil=True)}, a larger flavor, or fewer "
                        f"training.max_steps")
     return seconds
 
@@ -271,7 +271,7 @@ def parse_duration(value: str | int) -> int:
     return int(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
 
 
-def _duration(seconds: float, ceil: bool = False) -> str:
+def duration(seconds: float, ceil: bool = False) -> str:
     minutes = math.ceil(seconds / 60) if ceil else max(round(seconds / 60), 1)
     if minutes < 60:
         return f"{minutes}m"

@@ -1,11 +1,20 @@
 """The licence gate: what a base model's and its datasets' licences permit, before training and
 before publishing.
 
-Each repo's licence comes from its card metadata (`license`, `license_name`, `license_link`) and
-its gated flag from the repo info. `LICENCES` maps a licence to what it permits; the verdict for
-a declared use (personal | research | commercial) is `allow`, `warn` or `block`, with the reasons
-and the obligations the model card must carry. An unknown licence is a `warn` that needs an
-explicit acknowledgement (`licence.acknowledge` in the run config) before training or pushing.
+Each repo's licence comes from its card metadata (`license`, `license_name`, `license_link`), its
+gated flag from the repo info, and for a gated repo the token's actual access. `hubtune.licence_terms`
+holds what each licence permits; here the rules turn that into a verdict for a declared use
+(personal | research | commercial): `allow`, `warn` or `block`, with reasons that cite the clause
+they come from and the obligations the model card must carry.
+
+Two kinds of stop, and one way through each:
+- a licence hubtune does not know needs an explicit acknowledgement (`licence.acknowledge`), which
+  accepts its unknown text;
+- a block needs the same acknowledgement, which says you hold a licence that covers the use.
+An id hubtune does not know but whose family it does (`cc-by-nc-2.1`) is read as its family; the
+acknowledgement then accepts the unknown text only: the family's own restriction (non-commercial,
+research only, no derivatives) stays a block, so a non-commercial licence is never acknowledged into
+a commercial use.
 """
 
 from __future__ import annotations
@@ -15,136 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubtune.errors import LicenceBlocked, NamingRuleError
+from hubtune.licence_terms import (  # noqa: F401  (re-exported: the licence data lives there)
+    ALL,
+    LICENCES,
+    MULTIMODAL_TASKS,
+    NON_COMMERCIAL,
+    USES,
+    NameRule,
+    Terms,
+    family_terms,
+    licence_table,
+    lookup,
+)
 
-USES = ("personal", "research", "commercial")
-ALL = frozenset(USES)
-NON_COMMERCIAL = frozenset({"personal", "research"})
 SEVERITY = {"allow": 0, "warn": 1, "block": 2}
 HUBTUNE_LICENCE = "apache-2.0"  # the package's own licence covers its embedded assets
-
-LLAMA_CAP = "700 million monthly active users (above that, a licence from Meta is required)"
-QWEN_CAP = "100 million monthly active users (above that, a licence from Alibaba Cloud is required)"
-
-
-@dataclass(frozen=True)
-class Terms:
-    """One licence: what it permits and what a derivative must carry. `{repo}` in a notice is the repo id."""
-
-    id: str
-    name: str
-    link: str | None
-    uses: frozenset[str] = ALL  # declared uses it permits
-    commercial_cap: str | None = None  # a user-count ceiling on commercial use
-    derivatives: bool = True  # an adapter trained on it may be published
-    share_alike: bool = False  # derivatives must carry the same licence
-    notices: tuple[str, ...] = ()  # attribution and notices to carry on the card
-    name_rule: tuple[str, str] | None = None  # (regex a derivative's name must match, the rule in words)
-    use_policy: str | None = None  # use restrictions that must be passed on (link)
-    attribution: str | None = None  # the words a derivative must display ("Built with Llama")
-
-
-def _cc(id_: str, name: str, version: str, uses=ALL, share_alike=False, derivatives=True) -> Terms:
-    slug = id_.removeprefix("cc-").rsplit("-", 1)[0]
-    return Terms(id_, name, f"https://creativecommons.org/licenses/{slug}/{version}/", uses=uses,
-                 share_alike=share_alike, derivatives=derivatives,
-                 notices=(f"Credit {{repo}} ({name}): name the creator, link the licence and say what was changed.",))
-
-
-def _llama(id_: str, title: str, licence_link: str, policy: str, built_with: str, name_rule: tuple[str, str],
-           extra: tuple[str, ...] = ()) -> Terms:
-    return Terms(id_, f"{title} Community License", licence_link, commercial_cap=LLAMA_CAP,
-                 notices=(f'Display "{built_with}" prominently on the card and in any product using the adapter.',
-                          f"Include a copy of the {title} Community License ({licence_link}) with the adapter.",
-                          f'Carry the notice: "{title} is licensed under the {title} Community License, '
-                          f'Copyright © Meta Platforms, Inc. All Rights Reserved."') + extra,
-                 name_rule=name_rule, use_policy=policy, attribution=built_with)
-
-
-_META = "https://github.com/meta-llama/llama-models/blob/main/models"
-_EU_MULTIMODAL = ("The multimodal models' rights are not granted to individuals or companies based in the EU "
-                  "(see the licence's use policy).",)
-_LLAMA_NAME = (r"^Llama", 'its name must begin with "Llama"')
-
-LICENCES: dict[str, Terms] = {t.id: t for t in [
-    Terms("apache-2.0", "Apache License 2.0", "https://www.apache.org/licenses/LICENSE-2.0",
-          notices=("Keep the Apache-2.0 licence text and any NOTICE file of {repo}, and say what was changed.",)),
-    Terms("mit", "MIT License", "https://opensource.org/license/mit",
-          notices=("Keep the copyright notice and MIT licence text of {repo}.",)),
-    Terms("bsd-2-clause", "BSD 2-Clause License", "https://opensource.org/license/bsd-2-clause",
-          notices=("Keep the copyright notice and BSD licence conditions of {repo}.",)),
-    Terms("bsd-3-clause", "BSD 3-Clause License", "https://opensource.org/license/bsd-3-clause",
-          notices=("Keep the copyright notice and BSD licence conditions of {repo}; do not use its authors' "
-                   "names to endorse the adapter.",)),
-    Terms("cc0-1.0", "CC0 1.0 Universal", "https://creativecommons.org/publicdomain/zero/1.0/"),
-    _cc("cc-by-4.0", "CC BY 4.0", "4.0"),
-    _cc("cc-by-sa-3.0", "CC BY-SA 3.0", "3.0", share_alike=True),
-    _cc("cc-by-sa-4.0", "CC BY-SA 4.0", "4.0", share_alike=True),
-    _cc("cc-by-nc-4.0", "CC BY-NC 4.0", "4.0", uses=NON_COMMERCIAL),
-    _cc("cc-by-nc-sa-4.0", "CC BY-NC-SA 4.0", "4.0", uses=NON_COMMERCIAL, share_alike=True),
-    _cc("cc-by-nd-4.0", "CC BY-ND 4.0", "4.0", derivatives=False),
-    _cc("cc-by-nc-nd-4.0", "CC BY-NC-ND 4.0", "4.0", uses=NON_COMMERCIAL, derivatives=False),
-    Terms("odc-by", "Open Data Commons Attribution License 1.0", "https://opendatacommons.org/licenses/by/1-0/",
-          notices=("Attribute {repo} as the ODC-By licence requires and keep its notices.",)),
-    Terms("llama2", "Llama 2 Community License", "https://ai.meta.com/llama/license/", commercial_cap=LLAMA_CAP,
-          notices=("Include a copy of the Llama 2 Community License (https://ai.meta.com/llama/license/) "
-                   "with the adapter.",
-                   'Carry the notice: "Llama 2 is licensed under the LLAMA 2 Community License, Copyright (c) Meta '
-                   'Platforms, Inc. All Rights Reserved."',
-                   "Do not use Llama 2 or its outputs to improve any other large language model than Llama 2 "
-                   "and its derivatives."),
-          use_policy="https://ai.meta.com/llama/use-policy/"),
-    _llama("llama3", "Meta Llama 3", "https://llama.meta.com/llama3/license/",
-           "https://llama.meta.com/llama3/use-policy/", "Built with Meta Llama 3",
-           (r"^Llama[-_. ]?3", 'its name must begin with "Llama 3" (e.g. Llama-3-...)')),
-    _llama("llama3.1", "Llama 3.1", f"{_META}/llama3_1/LICENSE", "https://llama.meta.com/llama3_1/use-policy",
-           "Built with Llama", _LLAMA_NAME),
-    _llama("llama3.2", "Llama 3.2", f"{_META}/llama3_2/LICENSE", f"{_META}/llama3_2/USE_POLICY.md",
-           "Built with Llama", _LLAMA_NAME, _EU_MULTIMODAL),
-    _llama("llama3.3", "Llama 3.3", f"{_META}/llama3_3/LICENSE", f"{_META}/llama3_3/USE_POLICY.md",
-           "Built with Llama", _LLAMA_NAME),
-    _llama("llama4", "Llama 4", f"{_META}/llama4/LICENSE", f"{_META}/llama4/USE_POLICY.md",
-           "Built with Llama", _LLAMA_NAME, _EU_MULTIMODAL),
-    Terms("gemma", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms",
-          notices=('Carry the notice: "Gemma is provided under and subject to the Gemma Terms of Use found at '
-                   'ai.google.dev/gemma/terms".',
-                   "Pass the Gemma Terms of Use and its use restrictions on to everyone you share the adapter with.",
-                   "Mark the adapter as a modification of {repo}."),
-          use_policy="https://ai.google.dev/gemma/prohibited_use_policy"),
-    Terms("openrail", "Open RAIL License", "https://huggingface.co/blog/open_rail",
-          notices=("Include the licence of {repo} and its use restrictions in the adapter's licence.",),
-          use_policy="the use restrictions of the Open RAIL licence of {repo}"),
-    Terms("openrail++", "CreativeML Open RAIL++-M License",
-          "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/LICENSE.md",
-          notices=("Include the licence of {repo} and its use restrictions (Attachment A) in the adapter's licence.",),
-          use_policy="Attachment A of the Open RAIL++-M licence of {repo}"),
-    Terms("bigscience-bloom-rail-1.0", "BigScience BLOOM RAIL 1.0", "https://huggingface.co/spaces/bigscience/license",
-          notices=("Include the licence of {repo} and its use restrictions (Attachment A) in the adapter's licence.",),
-          use_policy="Attachment A of the BigScience BLOOM RAIL 1.0 licence"),
-    Terms("creativeml-openrail-m", "CreativeML Open RAIL-M", "https://huggingface.co/spaces/CompVis/stable-diffusion-license",
-          notices=("Include the licence of {repo} and its use restrictions (Attachment A) in the adapter's licence.",),
-          use_policy="Attachment A of the CreativeML Open RAIL-M licence"),
-    Terms("qwen", "Qwen License Agreement", "https://huggingface.co/Qwen/Qwen2.5-72B-Instruct/blob/main/LICENSE",
-          commercial_cap=QWEN_CAP, attribution="Built with Qwen",
-          notices=('Display "Built with Qwen" or "Improved using Qwen" in the adapter\'s documentation.',
-                   "Include a copy of the Qwen License Agreement with the adapter.")),
-    Terms("qwen-research", "Qwen Research License Agreement",
-          "https://huggingface.co/Qwen/Qwen2.5-3B-Instruct/blob/main/LICENSE", uses=NON_COMMERCIAL,
-          attribution="Built with Qwen",
-          notices=('Display "Built with Qwen" or "Improved using Qwen" in the adapter\'s documentation.',
-                   "Include a copy of the Qwen Research License Agreement with the adapter.")),
-]}
-
-# `license: other` with a `license_name` the Hub does not list itself.
-OTHER_NAMES = {"qwen": "qwen", "tongyi-qianwen": "qwen", "qwen-research": "qwen-research",
-               "tongyi-qianwen-research": "qwen-research"}
-
-
-def lookup(licence: str | None, license_name: str | None = None) -> Terms | None:
-    """The terms of a card's licence, or None when hubtune does not know it."""
-    key = (licence or "").strip().lower()
-    if key == "other" and license_name:
-        key = OTHER_NAMES.get(license_name.strip().lower(), "")
-    return LICENCES.get(key)
 
 
 @dataclass
@@ -159,6 +53,9 @@ class RepoLicence:
     license_link: str | None = None
     gated: bool | str | None = False
     revision_sha: str | None = None
+    pipeline_tag: str | None = None  # the card's task; tells a multimodal model from a text one
+    eu_disallowed: bool = False  # the card's `extra_gated_eu_disallowed`: the gate refuses EU users
+    access: str | None = None  # gated Hub repo: "granted", "denied" or "no token"; None when not checked
 
     @property
     def terms(self) -> list[Terms | None]:
@@ -171,19 +68,44 @@ class RepoLicence:
 
 
 @dataclass
+class Hit:
+    """One rule that fired on a repo."""
+
+    rule: str  # what the rule is about, e.g. "outputs-improve-other-models"
+    verdict: str
+    reason: str  # what `hubtune check` prints, ending with the clause in brackets
+    clause: str | None  # the licence and clause, e.g. "Llama 2 §1.b.v"
+    hard: bool = False  # a family reading's restriction: an acknowledgement does not lift it
+
+
+@dataclass
 class Finding:
     repo: RepoLicence
     verdict: str = "allow"
-    reasons: list[str] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
     obligations: list[str] = field(default_factory=list)
     needs_acknowledgement: bool = False
-    name_rules: list[tuple[str, str]] = field(default_factory=list)
+    name_rules: list[tuple[NameRule, str]] = field(default_factory=list)  # (rule, its citation)
     attributions: list[str] = field(default_factory=list)
+    terms: list[Terms] = field(default_factory=list)  # what the repo's licences were read as
 
-    def raise_to(self, verdict: str, reason: str) -> None:
-        self.reasons.append(reason)
+    @property
+    def reasons(self) -> list[str]:
+        return [h.reason for h in self.hits]
+
+    def raise_to(self, verdict: str, reason: str, rule: str = "note", clause: str | None = None,
+                 hard: bool = False, cited: bool = False) -> None:
+        """Record a rule that fired; the reason ends with its clause unless it `cited` it already."""
+        self.hits.append(Hit(rule, verdict, f"{reason} [{clause}]" if clause and not cited else reason, clause, hard))
         if SEVERITY[verdict] > SEVERITY[self.verdict]:
             self.verdict = verdict
+
+    def oblige(self, text: str, clause: str | None = None) -> None:
+        self.obligations.append(f"{text} [{clause}]" if clause else text)
+
+    @property
+    def hard_block(self) -> bool:
+        return any(h.hard and h.verdict == "block" for h in self.hits)
 
 
 @dataclass
@@ -212,14 +134,16 @@ class Verdict:
         return list(dict.fromkeys(a for f in self.findings for a in f.attributions))
 
     @property
-    def name_rules(self) -> list[tuple[str, str, str]]:
-        """(repo, regex, rule in words) for each naming rule a derivative must follow."""
-        return [(f.repo.ref, pattern, words) for f in self.findings for pattern, words in f.name_rules]
+    def name_rules(self) -> list[tuple[str, str, str, str]]:
+        """(repo, regex, rule in words, clause) for each naming rule a derivative must follow."""
+        return list(dict.fromkeys((f.repo.ref, r.pattern, r.words, cite)
+                                  for f in self.findings for r, cite in f.name_rules))
 
     def unacknowledged(self, acknowledge: list[str] | tuple[str, ...] = ()) -> list[Finding]:
-        """Findings that stop a run: a block, or an unknown licence, not listed in `acknowledge`."""
-        return [f for f in self.findings
-                if (f.verdict == "block" or f.needs_acknowledgement) and f.repo.ref not in acknowledge]
+        """Findings that stop a run: a block or an unknown licence not listed in `acknowledge`, and
+        a family reading's restriction whether listed or not."""
+        return [f for f in self.findings if f.hard_block
+                or ((f.verdict == "block" or f.needs_acknowledgement) and f.repo.ref not in acknowledge)]
 
     def to_dict(self) -> dict:
         return {
@@ -227,18 +151,23 @@ class Verdict:
             "reasons": self.reasons, "obligations": self.obligations,
             "repos": [{"repo": f.repo.ref, "type": f.repo.repo_type, "source": f.repo.source,
                        "licence": f.repo.licence, "license_name": f.repo.license_name,
-                       "license_link": f.repo.license_link, "gated": f.repo.gated,
+                       "license_link": f.repo.license_link, "gated": f.repo.gated, "access": f.repo.access,
                        "revision": f.repo.revision_sha, "verdict": f.verdict, "reasons": f.reasons,
+                       "rules": [{"rule": h.rule, "verdict": h.verdict, "clause": h.clause, "reason": h.reason}
+                                 for h in f.hits],
+                       "read_as": [t.reading or t.id for t in f.terms],
                        "obligations": f.obligations, "needs_acknowledgement": f.needs_acknowledgement}
                       for f in self.findings],
-            "name_rules": [{"repo": r, "pattern": p, "rule": w} for r, p, w in self.name_rules],
+            "name_rules": [{"repo": r, "pattern": p, "rule": w, "clause": c} for r, p, w, c in self.name_rules],
             "attributions": self.attributions,
         }
 
 
+# ---- reading the licences --------------------------------------------------------------------
 def read_licence(ref: str, repo_type: str = "model", revision: str | None = None) -> RepoLicence:
-    """Licence metadata of a Hub repo (card + gated flag), a local folder/file (its README.md front
-    matter), or a `hubtune:` asset (its README.md, else the package's own licence)."""
+    """Licence metadata of a Hub repo (card, gated flag, the token's access to a gated repo), a local
+    folder/file (its README.md front matter), or a `hubtune:` asset (its README.md, else the
+    package's own licence)."""
     from hubtune import hub
     from hubtune.refs import RepoRef
 
@@ -250,60 +179,154 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
             return RepoLicence(ref, repo_type, "builtin", [HUBTUNE_LICENCE])
         return _from_metadata(ref, repo_type, parsed.kind, meta or {}, False, None)
     card = hub.repo_card(ref, repo_type, revision)
-    return _from_metadata(ref, repo_type, "hub", card.metadata, card.gated, card.revision_sha)
+    found = _from_metadata(ref, repo_type, "hub", card.metadata, card.gated, card.revision_sha)
+    if card.gated:
+        found.access = hub.gated_access(ref, repo_type)
+    return found
 
 
 def _from_metadata(ref, repo_type, source, meta: dict, gated, sha) -> RepoLicence:
     raw = meta.get("license")
     licences = [str(x) for x in raw] if isinstance(raw, list) else [str(raw)] if raw else []
-    return RepoLicence(ref, repo_type, source, licences, meta.get("license_name"), meta.get("license_link"), gated, sha)
+    return RepoLicence(ref, repo_type, source, licences, meta.get("license_name"), meta.get("license_link"), gated,
+                       sha, pipeline_tag=meta.get("pipeline_tag"),
+                       eu_disallowed=bool(meta.get("extra_gated_eu_disallowed")))
 
 
+# ---- the rules, one repo at a time ------------------------------------------------------------
 def _finding(repo: RepoLicence, use: str, publish: bool) -> Finding:
-    from hubtune.hub import hub_url
-
     f = Finding(repo)
     role = "dataset" if repo.repo_type == "dataset" else "base model"
-    for lic, terms in zip(repo.licences or [None], repo.terms):
+    for lic in repo.licences or [None]:
+        terms = lookup(lic, repo.license_name)
         if terms is None:
-            if repo.source == "hub" or publish:
-                f.needs_acknowledgement = True
-                f.raise_to("warn", f"{repo.ref}: licence {repo.licence!r} is not one hubtune knows; read it "
-                                   f"yourself, then add {repo.ref!r} to licence.acknowledge to proceed")
-            else:
-                f.raise_to("warn", f"{repo.ref}: local {role} without licence metadata (no README.md with "
-                                   f"`license:`); make sure you may use it")
-            continue
-        label = f"{repo.ref} ({role}, {terms.name})"
-        if use not in terms.uses:
-            inherits = "; the adapter inherits that restriction" if repo.repo_type == "dataset" else ""
-            f.raise_to("block", f"{label} does not permit {use} use{inherits}")
-        if publish and not terms.derivatives:
-            f.raise_to("block", f"{label} does not permit publishing derivatives, so the adapter cannot be pushed")
-        if "commercial" not in terms.uses:
-            f.obligations.append(f"Not for commercial use: trained with {repo.ref}, licensed {terms.name}.")
-        if use == "commercial" and terms.commercial_cap:
-            f.obligations.append(f"Commercial use of {repo.ref} is licensed only below {terms.commercial_cap}.")
-        if terms.share_alike:
-            f.raise_to("warn", f"{label} is share-alike: if the adapter is an adaptation of it, it must be shared "
-                               f"under the same licence")
-            f.obligations.append(f"Share-alike: publish the adapter under {terms.name} if it adapts {repo.ref}.")
-        f.obligations += [n.format(repo=repo.ref) for n in terms.notices]
-        if terms.attribution:
-            f.attributions.append(terms.attribution)
-        if terms.use_policy:
-            policy = terms.use_policy.format(repo=repo.ref)
-            f.obligations.append(f"Pass on the use restrictions of {repo.ref}: {policy}")
-        if terms.name_rule and repo.repo_type == "model":
-            f.name_rules.append(terms.name_rule)
-            f.obligations.append(f"Naming: a derivative of {repo.ref} is published under a name that "
-                                 f"{terms.name_rule[1].removeprefix('its name ')}.")
-    if repo.gated:
-        f.obligations.append(f"{repo.ref} is gated: its users accept its terms on {hub_url(repo.ref, repo.repo_type)}.")
-    if not f.reasons:
-        f.reasons.append(f"{repo.ref} ({role}, {repo.licence}) permits {use} use"
-                         + (" and publishing an adapter" if publish else ""))
+            terms = family_terms(lic, repo.license_name)
+            if terms is None:
+                _unknown(f, repo, role, publish)
+                continue
+        f.terms.append(terms)
+        if terms.acknowledge:
+            _to_acknowledge(f, repo, terms, publish)
+        _apply(f, terms, use, publish, role)
+    _repo_rules(f, repo)
     return f
+
+
+def _unknown(f: Finding, repo: RepoLicence, role: str, publish: bool) -> None:
+    if repo.source == "hub" or publish:
+        f.needs_acknowledgement = True
+        f.raise_to("warn", f"{repo.ref}: licence {repo.licence!r} is not one hubtune knows; read it yourself, then "
+                           f"add {repo.ref!r} to licence.acknowledge to proceed", "unknown-licence")
+    else:
+        f.raise_to("warn", f"{repo.ref}: local {role} without licence metadata (no README.md with `license:`); make "
+                           f"sure you may use it", "local-without-licence")
+
+
+def _to_acknowledge(f: Finding, repo: RepoLicence, terms: Terms, publish: bool) -> None:
+    if terms.reading:
+        f.needs_acknowledgement = repo.source == "hub" or publish
+        f.raise_to("warn", f"{repo.ref}: licence {terms.id!r} is not one hubtune knows by id, but its name places it "
+                           f"in the {terms.reading}, and it is read as such; read it yourself, then add {repo.ref!r} "
+                           f"to licence.acknowledge. Acknowledging accepts the unknown text, not a use the family "
+                           f"forbids", "family-reading", "family reading")
+    else:
+        f.needs_acknowledgement = True
+        f.raise_to("warn", f"{repo.ref}: its card says its licence is `unknown`, which leaves all rights reserved; "
+                           f"find out its terms, then add {repo.ref!r} to licence.acknowledge to proceed",
+                   "unknown-licence", "card metadata: license: unknown")
+
+
+def _apply(f: Finding, t: Terms, use: str, publish: bool, role: str) -> None:
+    """The rules of one licence on one repo."""
+    ref, dataset = f.repo.ref, f.repo.repo_type == "dataset"
+    label, hard = f"{ref} ({role}, {t.name})", t.reading is not None
+    if use not in t.uses:
+        inherits = "; the adapter inherits that restriction" if dataset else ""
+        f.raise_to("block", f"{label} does not permit {use} use{inherits}", "use-not-permitted",
+                   t.at(t.uses_clause), hard)
+    if publish and not t.derivatives:
+        f.raise_to("block", f"{label} does not permit publishing derivatives, so the adapter cannot be pushed",
+                   "no-derivatives", t.at(t.derivatives_clause), hard)
+    if "commercial" not in t.uses:
+        f.oblige(f"Not for commercial use: trained with {ref}, licensed {t.name}.", t.at(t.uses_clause))
+    if "personal" not in t.uses:
+        f.oblige(f"Research only: {ref} is licensed {t.name}, which permits research (and evaluation) use only.",
+                 t.at(t.uses_clause))
+    if t.cap and (t.cap.scope == "all" or use == "commercial"):
+        f.oblige(t.cap.text.format(repo=ref), t.at(t.cap.clause))
+    if t.share_alike:
+        f.raise_to("warn", f"{label} is share-alike: if the adapter is an adaptation of it, it must be shared under "
+                           f"the same licence", "share-alike", t.at(t.share_alike))
+        f.oblige(f"Share-alike: publish the adapter under {t.name} if it adapts {ref}.", t.at(t.share_alike))
+    for duty in t.duties:
+        f.oblige(duty.text.format(repo=ref), t.at(duty.clause))
+    if t.attribution and (not dataset or t.attribution_through_outputs):
+        f.attributions.append(t.attribution)
+        through = f" (it was trained on {ref}, licensed {t.name})" if dataset else ""
+        f.oblige(f'Display "{t.attribution}" prominently on the card and in any product using the adapter{through}.',
+                 t.at(t.attribution_clause))
+    if t.use_policy:
+        f.oblige(f"Pass on the use restrictions of {ref}: {t.use_policy}", t.at(t.use_policy_clause))
+    if t.name_rule and (not dataset or t.name_rule.through_outputs):
+        f.name_rules.append((t.name_rule, t.at(t.name_rule.clause)))
+        whose = f"a model trained on {ref} (data under {t.name})" if dataset else f"a derivative of {ref}"
+        f.oblige(f"Naming: {whose} is published under a name that {t.name_rule.words.removeprefix('its name ')}.",
+                 t.at(t.name_rule.clause))
+    if t.eu_multimodal and not dataset:
+        if t.multimodal or f.repo.pipeline_tag in MULTIMODAL_TASKS:
+            f.raise_to("warn", f"{label} is a multimodal model: the licence grants no rights to individuals "
+                               f"domiciled in, or companies with their principal place of business in, the EU "
+                               f"(end users of a product built on it excepted); do not train or publish it from the "
+                               f"EU", "eu-multimodal", t.at(t.eu_multimodal))
+
+
+def _repo_rules(f: Finding, repo: RepoLicence) -> None:
+    """Rules about the repo rather than its licence text: the EU gate and the token's access."""
+    from hubtune.hub import hub_url
+
+    url = hub_url(repo.ref, repo.repo_type) if repo.source == "hub" else repo.ref
+    if repo.eu_disallowed:
+        f.raise_to("warn", f"{repo.ref}: its gate refuses access from the European Union; licensees in the EU may "
+                           f"not use it", "eu-gate", "Hub gate: extra_gated_eu_disallowed")
+    if not repo.gated:
+        return
+    f.oblige(f"{repo.ref} is gated: its users accept its terms on {url}.")
+    if repo.access == "denied":
+        f.raise_to("warn", f"{repo.ref} is gated and the token in use belongs to an account that has not been "
+                           f"granted access: accept its terms at {url} with that account, or use a token of an "
+                           f"account that has", "gated-access", "Hub gate")
+    elif repo.access == "no token":
+        f.raise_to("warn", f"{repo.ref} is gated and no Hugging Face token is set, so the Hub cannot tell whether you "
+                           f"accepted its terms: accept them at {url}, then set a token of that account "
+                           f"(`export HF_TOKEN=hf_...` or `hf auth login`)", "gated-access", "Hub gate")
+
+
+# ---- rules across repos -----------------------------------------------------------------------
+def _cross_rules(findings: list[Finding]) -> None:
+    base, datasets = findings[0], findings[1:]
+    families = {t.family or t.id for t in base.terms}
+    for f in datasets:
+        for t in f.terms:
+            if t.improve_only and not families & t.improve_only:
+                f.raise_to("block", f"{f.repo.ref} (dataset, {t.name}): the licence forbids using its materials or "
+                                    f"their outputs to improve any other large language model than "
+                                    f"{' or '.join(sorted(t.improve_only))} models and their derivatives, and the base "
+                                    f"{base.repo.ref} is licensed {base.repo.licence}; this holds for every use. If "
+                                    f"the base is in fact such a derivative, acknowledge {f.repo.ref!r}",
+                           "outputs-improve-other-models", t.at(t.improve_clause))
+    passing_on = [(g, u) for g in findings for u in g.terms if u.use_policy_clause]
+    for f in findings:
+        for t in f.terms:
+            if not t.no_added_restrictions:
+                continue
+            for g, u in passing_on:
+                if g is not f:
+                    f.raise_to("warn", f"{f.repo.ref} ({t.name}) forbids adding restrictions to an adaptation "
+                                       f"[{t.at(t.no_added_restrictions)}], while {g.repo.ref} ({u.name}) requires "
+                                       f"passing its use restrictions on to the adapter's users "
+                                       f"[{u.at(u.use_policy_clause)}]: if the adapter adapts {f.repo.ref}, it cannot "
+                                       f"meet both", "share-alike-vs-use-restrictions",
+                               f"{t.at(t.no_added_restrictions)}; {u.at(u.use_policy_clause)}", cited=True)
 
 
 def licence_verdict(model: RepoLicence, datasets: list[RepoLicence], use: str = "personal",
@@ -311,7 +334,14 @@ def licence_verdict(model: RepoLicence, datasets: list[RepoLicence], use: str = 
     """Combine the base model's and the datasets' licences for a declared use."""
     if use not in USES:
         raise ValueError(f"use must be one of {', '.join(USES)}, got {use!r}")
-    return Verdict(use, publish, [_finding(r, use, publish) for r in [model, *datasets]])
+    findings = [_finding(r, use, publish) for r in [model, *datasets]]
+    _cross_rules(findings)
+    for f in findings:
+        if not f.hits:
+            role = "dataset" if f.repo.repo_type == "dataset" else "base model"
+            f.raise_to("allow", f"{f.repo.ref} ({role}, {f.repo.licence}) permits {use} use"
+                                + (" and publishing an adapter" if publish else ""), "permitted")
+    return Verdict(use, publish, findings)
 
 
 def check(model: str, datasets: list[str] | tuple[str, ...] = (), use: str = "personal",
@@ -321,14 +351,22 @@ def check(model: str, datasets: list[str] | tuple[str, ...] = (), use: str = "pe
                            [read_licence(d, "dataset") for d in datasets], use, publish)
 
 
+# ---- the gates --------------------------------------------------------------------------------
 def _stop(verdict: Verdict, findings: list[Finding], doing: str) -> LicenceBlocked:
     lines = [f"licence gate: {doing} stopped for {verdict.use} use:"]
-    lines += [f"  - {r}" for f in findings for r in f.reasons if f.verdict != "allow"]
-    refs = ", ".join(repr(f.repo.ref) for f in findings)
-    how = (f"licence.acknowledge=[{refs}] in the run config" if doing == "training" else
-           " ".join(f"--acknowledge {f.repo.ref}" for f in findings) + " on `hubtune push`")
-    lines.append(f"Fix: declare a use these licences permit (licence.use), use other repos, or, if you hold a "
-                 f"licence that covers it, acknowledge it explicitly: {how}")
+    lines += [f"  - {h.reason}" for f in findings for h in f.hits if h.verdict != "allow"]
+    hard = [f.repo.ref for f in findings if f.hard_block]
+    soft = [f for f in findings if not f.hard_block]
+    if hard:
+        lines.append(f"Fix: {', '.join(hard)} {'is' if len(hard) == 1 else 'are'} read by licence family, and an "
+                     f"acknowledgement accepts an unknown licence text, not a use its family forbids: declare a use "
+                     f"the family permits (licence.use) or use other repos.")
+    if soft:
+        refs = ", ".join(repr(f.repo.ref) for f in soft)
+        how = (f"licence.acknowledge=[{refs}] in the run config" if doing == "training" else
+               " ".join(f"--acknowledge {f.repo.ref}" for f in soft) + " on `hubtune push`")
+        lines.append(f"Fix: declare a use these licences permit (licence.use), use other repos, or, if you hold a "
+                     f"licence that covers it, acknowledge it explicitly: {how}")
     return LicenceBlocked("\n".join(lines), verdict)
 
 
@@ -346,16 +384,18 @@ def gate_for_training(config) -> Verdict:
 
 def gate_for_publishing(model: RepoLicence, datasets: list[RepoLicence], use: str,
                         acknowledge: list[str], repo_id: str) -> Verdict:
-    """Run before a push: the licences must permit publishing and the repo name must follow their naming rules."""
+    """Run before a push: the licences must permit publishing and the repo name must follow their
+    naming rules (a base's, and since Llama 3.1 also a dataset's: §1.b.i binds "outputs or results")."""
     verdict = licence_verdict(model, datasets, use, publish=True)
     stopping = verdict.unacknowledged(acknowledge)
     if stopping:
         raise _stop(verdict, stopping, "publishing")
     name = repo_id.split("/")[-1]
-    for ref, pattern, words in verdict.name_rules:
+    for ref, pattern, words, clause in verdict.name_rules:
         if not re.match(pattern, name):
             raise NamingRuleError(
-                f"cannot publish {repo_id}: it derives from {ref}, whose licence says {words}. "
+                f"cannot publish {repo_id}: it derives from (or was trained on) {ref}, whose licence says {words} "
+                f"[{clause}]. "
                 f"Push to a repo named like {repo_id.split('/')[0]}/{_suggest(pattern, name)} instead.", verdict)
     return verdict
 
@@ -369,9 +409,9 @@ def _suggest(pattern: str, name: str) -> str:
 
 def format_table(verdict: Verdict) -> str:
     """The verdict as a plain-text table, then its reasons and obligations."""
-    rows = [("repo", "type", "licence", "gated", "verdict")]
-    rows += [(f.repo.ref, f.repo.repo_type, f.repo.licence, str(f.repo.gated or "no"), f.verdict)
-             for f in verdict.findings]
+    rows = [("repo", "type", "licence", "gated", "access", "verdict")]
+    rows += [(f.repo.ref, f.repo.repo_type, f.repo.licence, str(f.repo.gated or "no"),
+              (f.repo.access or "unknown") if f.repo.gated else "-", f.verdict) for f in verdict.findings]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,9 +1,10 @@
 """Publish a run to the Hub: `hubtune push RUN --repo OWNER/NAME [--private] [--merged]`.
 
 The licence gate runs again for publishing (and checks naming rules), then the adapter (or the
-merged model), tokenizer, card, loss curve, config and run record go up in one commit. Files are
-staged in a temporary folder: the run folder is never written to, so a failed push can simply be
-run again. The token is only ever sent as a header; a staged file that contains it stops the push.
+merged model), tokenizer, the base's licence files, card, loss curve, config and run record go up
+in one commit. Files are staged in a temporary folder: the run folder is never written to, so a
+failed push can simply be run again. The token is only ever sent as a header; a staged file that
+contains it stops the push.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
     what = "merged model" if merged else f"{run.summary.method} adapter"
     with tempfile.TemporaryDirectory(prefix="hubtune-push-") as tmp:
         staged = Path(tmp)
-        files = stage(run, staged, repo, verdict, merged)
+        files = stage(run, staged, repo, verdict, merged, token=token)
         _refuse_secrets(staged, token)
         with push_errors(repo):
             url = api.create_repo(repo, private=private, exist_ok=True)
@@ -67,8 +68,10 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
     return PushResult(repo, str(url), info.commit_url, info.oid, files)
 
 
-def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False) -> list[str]:
-    """Lay out the repo's files in `out`: weights + tokenizer, README.md, loss curve, run record."""
+def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
+          token: str | None = None) -> list[str]:
+    """Lay out the repo's files in `out`: weights + tokenizer, the base's licence files, README.md,
+    loss curve, run record."""
     if merged:
         from hubtune.merge import merge_into
 
@@ -84,8 +87,37 @@ def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False) -
         shutil.copy2(run.path / RunFolder.METRICS, out / "training_metrics.jsonl")
     if (run.path / RunFolder.EVAL).is_file():
         shutil.copy2(run.path / RunFolder.EVAL, out / "eval.json")
-    cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None).save(out / "README.md")
+    licence_files = copy_licence_files(run, out, token)
+    cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None,
+                     licence_files=licence_files).save(out / "README.md")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def copy_licence_files(run: RunFolder, out: Path, token: str | None = None) -> list[str]:
+    """Copy the base's top-level LICENSE*, USE_POLICY* and NOTICE* files, at the revision the run
+    trained on, into `out`: Llama (§1.b.i), Gemma (§3.1), the RAIL family (§4(b)), Qwen (§3(a)) and
+    others require a copy of the licence with every derivative. Returns the names copied."""
+    from hubtune.hub import hub_errors
+    from hubtune.refs import RepoRef
+
+    def wanted(name: str) -> bool:
+        return "/" not in name and name.upper().startswith(cards.LICENCE_FILE_PREFIXES)
+
+    base, revision = run.summary.base_model, run.summary.base_revision
+    ref = RepoRef.parse(base)
+    if ref.is_local:
+        folder = ref.path
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and wanted(p.name)) if folder.is_dir() else []
+        for name in names:
+            shutil.copy2(folder / name, out / name)
+        return names
+    from huggingface_hub import HfApi, hf_hub_download
+
+    with hub_errors(base, "model", revision):
+        names = sorted(p for p in HfApi(token=token).list_repo_files(base, revision=revision) if wanted(p))
+        for name in names:
+            shutil.copyfile(hf_hub_download(base, name, revision=revision, token=token), out / name)
+    return names
 
 
 def _check_repo_id(repo: str) -> None:

@@ -7,14 +7,13 @@ on completions only, save the adapter and a summary into the run folder.
     run = resume_from_hub("alice/my-run")                 # on another machine, from training.push_checkpoints
 
 Under accelerate (`hubtune train CONFIG --num-processes N`) every process runs this recipe on its shard of
-the data; the main process alone writes the run folder.
+the data; the main process alone writes the run folder and shows the console.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +23,6 @@ from hubtune import distributed
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted
 from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
 
-log = logging.getLogger("hubtune")
-
 # torch, transformers, peft and trl load inside the functions that use them, so that
 # `import hubtune` (which re-exports train) and the CLI stay fast.
 if TYPE_CHECKING:
@@ -34,13 +31,15 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
     from hubtune.hardware import Hardware
+    from hubtune.progress import Display
 
 
-def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
-          callbacks: list[TrainerCallback] | None = None, owner: str | None = None) -> RunFolder:
+def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None, callbacks: list[TrainerCallback] | None = None,
+          owner: str | None = None, display: Display | None = None) -> RunFolder:
     """Fine-tune the configured base on the configured data; returns the finished run folder.
 
-    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed).
+    `callbacks` are transformers TrainerCallbacks (a live loss plot, a progress feed); `display`
+    is the console (phases, advice, the live training line).
     """
     from hubtune import hardware
 
@@ -48,23 +47,24 @@ def train(config: cfg.RunConfig, *, run_dir: str | Path | None = None,
     # One folder for all processes of a launch: the main one creates it and tells the others.
     path = distributed.share(lambda: RunFolder.create(Path(run_dir) if run_dir else config.output.run_dir(), config,
                                                       owner=owner).path, cpu=cpu)
-    return _run(RunFolder(path), config, resume=False, callbacks=callbacks)
+    return _run(RunFolder(path), config, False, callbacks, display)
 
 
-def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None) -> RunFolder:
+def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
+           display: Display | None = None) -> RunFolder:
     """Continue an interrupted run from its last checkpoint, with the config it started with."""
     run = RunFolder.open(run_dir)
     if run.summary is not None:
         return run
-    return _run(run, run.config, resume=True, callbacks=callbacks)
+    return _run(run, run.config, True, callbacks, display)
 
 
-def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
-                    callbacks: list[TrainerCallback] | None = None) -> RunFolder:
+def resume_from_hub(repo_id: str, run_dir: str | Path | None = None, callbacks: list[TrainerCallback] | None = None,
+                    display: Display | None = None) -> RunFolder:
     """Continue, on this machine, a run mirrored with training.push_checkpoints: its config, metrics and
     latest checkpoint are downloaded from `repo_id` into `run_dir` (default runs/<repo name>)."""
     path = distributed.share(lambda: fetch_from_hub(repo_id, run_dir))
-    return resume(path, callbacks)
+    return resume(path, callbacks, display)
 
 
 def fetch_from_hub(repo_id: str, run_dir: str | Path | None = None) -> Path:
@@ -78,11 +78,18 @@ def fetch_from_hub(repo_id: str, run_dir: str | Path | None = None) -> Path:
     return download_run(repo_id, dest)
 
 
-def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> RunFolder:
-    with run.lock("train"):
+def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display: Display | None) -> RunFolder:
+    from hubtune.progress import Display, quiet_libraries, verbose
+
+    display = display or Display()
+    if not run.writer:  # under accelerate, the main process shows the console
+        from rich.console import Console
+
+        display = Display(Console(quiet=True))
+    with run.lock("train"), quiet_libraries(show=verbose()):
         run.mark(Status.RUNNING)
         try:
-            _train(run, config, resume, callbacks)
+            _train(run, config, resume, callbacks or [], display)
         except TrainingInterrupted:
             run.mark(Status.INTERRUPTED)
             raise
@@ -93,17 +100,19 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[Tr
                 raise
             _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
             raise full from None
+        finally:
+            display.close()
         run.mark(Status.FINISHED)
     return run
 
 
-def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[TrainerCallback] | None) -> None:
+def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list, display: Display) -> None:
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import data, hardware, hub, licence
+    from hubtune import advice, compat, data, hardware, hub, licence
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     started = time.time()
@@ -116,29 +125,35 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
     distributed.start(cpu)
     torch.manual_seed(config.training.seed)
 
-    # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
-    #    repo too, so a token that cannot write there stops the run now rather than at the first save.
+    # 1. Licence gate and revision pin, before a single weight is downloaded.
+    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+                             f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
+    display.licence(verdict)
+    # The checkpoint mirror's repo too: a token that cannot write there stops the run now, not at the first save.
     mirror = HubCheckpoints(path, config.training.push_checkpoints) if config.training.push_checkpoints else None
     if mirror and run.writer:
-        mirror.create_repo()
-    with distributed.main_process_first(cpu):
+        display.phase("mirror", f"checkpoints go to {mirror.create_repo()}")
+    with distributed.main_process_first(cpu):  # downloads and data on the main process first
         base = hub.resolve_model(config.model)
 
         # 2. Tokenizer and data: fail on bad data before paying for the model.
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        check_against_model(config, AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code))
+        model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        check_against_model(config, model_config)
+        if line := advice.advice_line(config, advice.parameter_count(model_config)):
+            display.note(line)
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+    display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
-    batches = distributed.batch_plan(config.training, len(prepared.train))
-    if run.writer:
-        log.info("training: %s", batches.describe())
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
+    display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
+                             f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
     model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
                       sharded=sharded)
@@ -147,6 +162,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
     # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
     last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
+    batches = distributed.batch_plan(config.training, len(prepared.train))
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
@@ -154,23 +170,20 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last)), stop, *([mirror] if mirror else []),
-                   *(callbacks or [])],
+        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
+                   *([mirror] if mirror else []), *callbacks],
     )
-    if getattr(model, "is_loaded_in_4bit", False) and hw.compute_dtype == torch.float32 and not sharded:
-        # TRL casts the adapters of a quantized model to bf16; on a CPU without bf16 units
-        # that is ~3x slower than the float32 compute dtype chosen, so cast them back.
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    _quiet_trainer(trainer)
+    if getattr(model, "is_loaded_in_4bit", False) and not sharded:
+        compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
-    if last:
-        log.info("resuming from %s", last.name)
+    display.phase("training", f"resuming from {last.name}" if last else batches.describe())
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    display.close()
     if stop.received:
         raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
                                   f"a checkpoint is in {run.checkpoints}. Continue with "
@@ -178,15 +191,29 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list[
 
     # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
     #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
+    display.phase("saving", f"adapter to {run.adapter}")
     trainer.save_model(str(run.adapter))
     if not run.writer:
         return
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
-    run.write_summary(_summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                               initial["eval_loss"] if initial else None, batches))
+    summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
+                       initial["eval_loss"] if initial else None, batches)
+    run.write_summary(summary)
     if mirror:
+        display.phase("mirror", f"uploading the finished run to {config.training.push_checkpoints}")
         mirror.finish()
+    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+        display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
+                              f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def _quiet_trainer(trainer) -> None:
+    """The display shows progress; the Trainer's own bar and printed log dicts would repeat it."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def check_against_model(config: cfg.RunConfig, model_config) -> None:
@@ -213,6 +240,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from hubtune import compat
+
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
     if model.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -232,12 +261,7 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         # one dtype per flattened group; the Trainer turns on gradient checkpointing itself.
         return base
     if hw.device == "cpu":
-        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel at the first
-        # no-grad forward (the held-out eval), rounding the quantization constants: the frozen base
-        # would drift. Training keeps the base exactly as quantized.
-        for module in base.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+        compat.keep_4bit_weights_exact(base)  # the frozen base stays exactly as quantized
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
 
 

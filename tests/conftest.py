@@ -175,10 +175,41 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+class Snapshot:
+    """A TrainerCallback (built lazily: transformers loads on first use) that keeps every trainable
+    parameter, every plain base parameter, and the saved state of every frozen 4-bit base layer under
+    LoRA (the 4-bit codes plus quantization constants), before and after training."""
+
+    @staticmethod
+    def callback():
+        import torch
+        from transformers import TrainerCallback
+
+        def take(model):
+            params = {n: p.detach().clone() for n, p in model.named_parameters()
+                      if p.requires_grad or p.dtype != torch.uint8}
+            layers = {}
+            for name, module in model.named_modules():
+                if hasattr(module, "base_layer") and hasattr(module.base_layer, "in_features"):
+                    layers[name] = {k: v.detach().clone() for k, v in module.base_layer.state_dict().items()}
+            return params, layers
+
+        class Taken(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                self.before, self.layers_before = take(model)
+                self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+            def on_train_end(self, args, state, control, model=None, **kwargs):
+                self.after, self.layers_after = take(model)
+
+        return Taken()
+
+
 @pytest.fixture(scope="session")
-def eval_run(tmp_path_factory) -> Path:
-    """A finished run of `hubtune.train`: the tiny base, QLoRA, 12 steps on 96 invoices; its config's
-    eval section scores the invoice test set with short generations."""
+def trained_run(tmp_path_factory):
+    """One real finished run of `hubtune.train` shared by the training, evaluation, card and push tests:
+    the tiny base, QLoRA, 12 steps on 96 invoices, with a snapshot of the weights before and after;
+    its config's eval section scores the invoice test set with short generations."""
     import torch
 
     import hubtune
@@ -192,14 +223,44 @@ def eval_run(tmp_path_factory) -> Path:
         "model": {"id": "hubtune:tiny-llama"},
         "data": {"sources": [str(tmp / "invoices.jsonl")], "val_set_size": 8, "max_seq_len": 384},
         "training": {"learning_rate": 3e-3, "max_steps": 12, "micro_batch_size": 8, "gradient_accumulation_steps": 1,
-                     "warmup_steps": 2, "gradient_checkpointing": False, "logging_steps": 4, "save_steps": 100,
+                     "warmup_steps": 2, "gradient_checkpointing": False, "logging_steps": 2, "save_steps": 100,
                      "eval_steps": 12},
         "eval": {"test": "hubtune:data/invoices/test.jsonl", "max_new_tokens": 48, "batch_size": 8},
         "output": {"dir": str(tmp / "run")},
     })
+    snapshot = Snapshot.callback()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return hubtune.train(config).path
+        return hubtune.train(config, callbacks=[snapshot]), snapshot
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def eval_run(trained_run) -> Path:
+    return trained_run[0].path
+
+
+# ---- the CLI, in this process ----------------------------------------------------------------------
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `hubtune ARGS...` through the real entry point (hubtune.cli.main) in this process: the same
+    parsing, error mapping and exit codes as the installed command, without a new interpreter paying
+    ~5 s of imports. Settings that huggingface_hub reads at import time (HF_HUB_OFFLINE) need a subprocess."""
+    from types import SimpleNamespace
+
+    from hubtune.cli import main
+
+    def run(*args, env: dict | None = None, cwd=None):
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            if cwd is not None:
+                m.chdir(cwd)
+            code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run

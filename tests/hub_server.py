@@ -2,8 +2,8 @@
 
 It keeps repos in memory as a chain of commits (full file snapshots), speaks the regular
 (non-Xet) upload route (preupload, LFS batch + PUT, NDJSON commit), serves repo info with
-card data and the gated flag, tree listings, file resolution, and whoami. Point the real
-client at it with HF_ENDPOINT (or constants.ENDPOINT) and HF_HUB_DISABLE_XET=1.
+card data and the gated flag, access checks (auth-check), tree listings, file resolution,
+and whoami. Point the real client at it with HF_ENDPOINT (or constants.ENDPOINT) and HF_HUB_DISABLE_XET=1.
 
     hub = LoopbackHub(); hub.start()
     hub.add_user("alice", token="hf_alice")
@@ -491,6 +491,18 @@ class _Handler(BaseHTTPRequestHandler):
             info["cardData"] = meta
         self._json(200, info)
 
+    def auth_check(self, method, query, token, type, repo_id, write=None):
+        """What `HfApi.auth_check` asks: may this token read (or write) the repo's files?"""
+        repo = self._repo(type, repo_id, token)
+        user = self.state.user_of(token)
+        if write and not self.state.can_write(user, repo_id.split("/")[0]):
+            raise HubError(403, f"You don't have the rights to write to {repo_id}")
+        if repo.gated and user not in repo.granted:
+            raise HubError(401 if token is None else 403,
+                           f"Access to {repo_id} is restricted. You must have access to it and be authenticated.",
+                           "GatedRepo")
+        self._json(200, {"ok": True})
+
     def tree(self, method, query, token, type, repo_id, revision, path=""):
         repo = self._repo(type, repo_id, token)
         commit = self._commit_at(repo, revision)
@@ -606,6 +618,7 @@ ROUTES = [
     ("validate-yaml", "POST", r"/api/validate-yaml", _Handler.validate_yaml),
     ("info", "GET", rf"/api/{_TYPE}/{_ID}", _Handler.repo_info),
     ("info", "GET", rf"/api/{_TYPE}/{_ID}/revision/(?P<revision>.+)", _Handler.repo_info),
+    ("auth-check", "GET", rf"/api/{_TYPE}/{_ID}/auth-check(?P<write>/write)?", _Handler.auth_check),
     ("tree", "GET", rf"/api/{_TYPE}/{_ID}/tree/(?P<revision>[^/]+)(?:/(?P<path>.*))?", _Handler.tree),
     ("preupload", "POST", rf"/api/{_TYPE}/{_ID}/preupload/(?P<revision>.+)", _Handler.preupload),
     ("commit", "POST", rf"/api/{_TYPE}/{_ID}/commit/(?P<revision>.+)", _Handler.commit),

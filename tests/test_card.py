@@ -12,11 +12,15 @@ from hubtune import card as cards
 from hubtune.runs import RunFolder
 
 EVAL = {"metrics": [
-    {"name": "exact_match", "type": "exact_match", "value": 0.72, "dataset": "acme/invoices", "split": "test"},
+    {"name": "exact_match", "type": "exact_match", "value": 0.72, "dataset": "acme/invoices", "split": "test",
+     "ci95": [0.58, 0.83]},
     {"name": "token_f1", "type": "f1", "value": 0.9, "dataset": {"name": "Invoices", "type": "acme/invoices"},
      "split": "test", "model": "tuned"},
     {"name": "exact_match", "type": "exact_match", "value": 0.05, "dataset": "acme/invoices", "split": "test",
      "model": "base"},
+    # A local file has a name but no Hub dataset type: the body's table shows it, the model-index cannot.
+    {"name": "regression set accuracy", "type": "accuracy", "value": 0.95, "ci95": [0.83, 0.99],
+     "dataset": {"name": "evals:regression/general_mc.jsonl"}, "split": "test", "model": "tuned"},
 ]}
 
 
@@ -31,12 +35,8 @@ def test_eval_results_from_the_shapes_an_eval_writes():
     assert [(r.dataset_type, r.dataset_name, r.dataset_split, r.metric_type, r.metric_value) for r in results] == [
         ("acme/invoices", "acme/invoices", "test", "exact_match", 0.72),
         ("acme/invoices", "Invoices", "test", "f1", 0.9)]
-    harness = cards.eval_results_from({"invoices": {"metrics": {"exact_match": 0.5, "note": "n/a"}}})
-    assert [(r.dataset_type, r.metric_type, r.metric_value) for r in harness] == [("invoices", "exact_match", 0.5)]
-    flat = cards.eval_results_from({"metrics": {"accuracy": 0.8}, "dataset": "acme/x"})
-    assert [(r.dataset_type, r.metric_value) for r in flat] == [("acme/x", 0.8)]
     assert cards.eval_results_from(None) == [] and cards.eval_results_from({"metrics": []}) == []
-    assert cards.eval_results_from([{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]) == []
+    assert cards.eval_results_from({"metrics": [{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]}) == []
 
 
 def test_loss_curve_png(tmp_path):
@@ -79,7 +79,9 @@ def test_card_metadata_round_trips(llama_run, tmp_path):
     assert f'AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B", revision="{sha}")' in body
     assert 'PeftModel.from_pretrained(base, "alice/Llama-3.1-8B-invoices")' in body
     assert "![Training and held-out loss](loss_curve.png)" in body
-    assert "| acme/invoices | test | exact_match | tuned | 0.7200 |" in body
+    assert "| acme/invoices | test | exact_match | tuned | 0.7200 | [0.5800, 0.8300] |" in body
+    assert ("| evals:regression/general_mc.jsonl | test | regression set accuracy | tuned | 0.9500 | "
+            "[0.8300, 0.9900] |") in body
     assert "| acme/invoices | test | exact_match | base | 0.0500 |" in body
     assert f"{run.summary.initial_eval_loss:.4f} before, {run.summary.final_eval_loss:.4f} after" in body
     assert "cc-by-4.0" in body and "training_config.yaml" in body

@@ -1,4 +1,4 @@
-"""`hubtune data check` and `hubtune data prepare`, run as the installed command."""
+"""`hubtune data check` and `hubtune data prepare` through the CLI's entry point (one case as the installed command)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from pathlib import Path
 
 from data_rows import alpaca_rows, section, sentence, write_jsonl
 
+from hubtune.config import DataSection
 from hubtune.data import prepare
 
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 
 
-def hubtune(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+def installed(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([HUBTUNE, *map(str, args)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
 
@@ -35,9 +36,9 @@ def planted(tmp_path: Path) -> tuple[Path, dict[str, set[int]]]:
     return write_jsonl(tmp_path / "planted.jsonl", rows), {"exact": {31, 33}, "near": {32, 34}}
 
 
-def test_check_finds_planted_exact_and_near_duplicates(tmp_path, chat_model_dir):
+def test_check_finds_planted_exact_and_near_duplicates(tmp_path, chat_model_dir, cli):
     path, lines = planted(tmp_path)
-    result = hubtune("data", "check", path, "--json", "--model", chat_model_dir)
+    result = cli("data", "check", path, "--json", "--model", chat_model_dir)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["total"], report["exact_duplicates"], report["near_duplicates"]) == (34, 2, 2)
@@ -50,11 +51,11 @@ def test_check_finds_planted_exact_and_near_duplicates(tmp_path, chat_model_dir)
     assert all(0.8 <= p["similarity"] < 1 for p in pairs)
 
 
-def test_check_prints_a_table_of_what_each_step_removed(tmp_path, chat_model_dir):
+def test_check_prints_a_table_of_what_each_step_removed(tmp_path, chat_model_dir, cli):
     path, _ = planted(tmp_path)
     run_config = tmp_path / "run.yaml"
     run_config.write_text(f"model:\n  id: {chat_model_dir}\ndata:\n  near_dup_threshold: 0.99\n")
-    result = hubtune("data", "check", path, "--config", run_config)
+    result = cli("data", "check", path, "--config", run_config)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     step_rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
@@ -64,10 +65,10 @@ def test_check_prints_a_table_of_what_each_step_removed(tmp_path, chat_model_dir
     assert "Example length in tokens" in out and "diversity:" in out
 
 
-def test_prepare_writes_rows_that_read_back_the_same(tmp_path, chat_model_dir, chat_tokenizer):
+def test_prepare_writes_rows_that_read_back_the_same(tmp_path, chat_model_dir, chat_tokenizer, cli):
     source = write_jsonl(tmp_path / "src.jsonl", alpaca_rows(60))
     out = tmp_path / "out" / "prepared.jsonl"
-    result = hubtune("data", "prepare", source, "--out", out, "--model", chat_model_dir, "--json",
+    result = cli("data", "prepare", source, "--out", out, "--model", chat_model_dir, "--json",
                      "--set", "val_set_size=0.2")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -80,34 +81,36 @@ def test_prepare_writes_rows_that_read_back_the_same(tmp_path, chat_model_dir, c
     assert again.report["format"] == "prompt_completion"
     assert again.train.to_list() == train_rows
     # The held-out split hashes the content, so the prepared rows split the same way again.
-    resplit = prepare(section(out.parent, val_set_size=0.2), chat_tokenizer)
+    both = DataSection(sources=[str(out), str(eval_path)], val_set_size=0.2)
+    resplit = prepare(both, chat_tokenizer)
     assert sorted(map(json.dumps, resplit.eval.to_list())) == sorted(map(json.dumps, eval_rows))
 
 
-def test_errors_print_the_fix_without_a_traceback(tmp_path, chat_model_dir):
+def test_errors_print_the_fix_without_a_traceback(tmp_path, chat_model_dir, cli):
     rows = [json.dumps(r) for r in alpaca_rows(3)]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(rows[:2] + ["{oops"] + rows[2:]) + "\n")
-    result = hubtune("data", "check", path, "--model", chat_model_dir)
+    result = cli("data", "check", path, "--model", chat_model_dir)
     assert result.returncode == 2
     assert f"error: {path}, line 3, column 2: not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
-    skipped = hubtune("data", "check", path, "--model", chat_model_dir, "--skip-bad-rows", "--json")
+    skipped = cli("data", "check", path, "--model", chat_model_dir, "--skip-bad-rows", "--json")
     assert skipped.returncode == 0, skipped.stderr
     assert json.loads(skipped.stdout)["bad_rows"] == 1
 
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Total of invoice 9?", "answer": "Nine dollars in all."}])
-    mapped = hubtune("data", "check", qa, "--model", chat_model_dir, "--json",
+    mapped = cli("data", "check", qa, "--model", chat_model_dir, "--json",
                      "--column", "instruction=question", "--column", "output=answer")
     assert mapped.returncode == 0, mapped.stderr
     assert json.loads(mapped.stdout)["kept"] == 1
-    typo = hubtune("data", "check", qa, "--model", chat_model_dir, "--set", "near_dup_treshold=0.9")
+    typo = cli("data", "check", qa, "--model", chat_model_dir, "--set", "near_dup_treshold=0.9")
     assert typo.returncode == 2 and "data.near_dup_treshold: unknown key" in typo.stderr
 
 
 def test_a_hub_dataset_that_cannot_be_loaded(chat_model_dir):
-    result = hubtune("data", "check", "nobody-here/no-such-dataset", "--model", chat_model_dir,
+    result = installed("data", "check", "nobody-here/no-such-dataset", "--model", chat_model_dir,
                      env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert result.returncode == 2
-    assert "error: nobody-here/no-such-dataset: cannot load this dataset from the Hub" in result.stderr
+    assert ("error: HF_HUB_OFFLINE=1 is set and nobody-here/no-such-dataset@main is not in the local cache"
+            in result.stderr and "hf download nobody-here/no-such-dataset --repo-type dataset" in result.stderr)
     assert "Traceback" not in result.stderr

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import yaml
 
 from hubtune import config as cfg
 import readme_blocks
-
-HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 
 
 def section_blocks() -> list[tuple[str, str]]:
@@ -22,13 +17,13 @@ def section_blocks() -> list[tuple[str, str]]:
     return blocks
 
 
-def test_the_commands_run(tmp_path):
+def test_the_commands_run(tmp_path, cli):
     commands = [line for lang, body in section_blocks() if lang == "bash" for line in body.splitlines() if line]
     assert len(commands) == 3
     for line in commands:
         args = shlex.split(line)
         assert args[0] == "hubtune"
-        result = subprocess.run([HUBTUNE, *args[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        result = cli(*args[1:], cwd=tmp_path)
         assert result.returncode == 0, f"{line}\n{result.stderr}"
         if "--json" in args:
             report = json.loads(result.stdout)
@@ -51,9 +46,9 @@ def test_the_config_is_valid_and_shows_the_defaults():
     assert section.mix.ratio == 0.05 and cfg.DataSection().mix.ratio == 0.0
 
 
-def test_the_python_snippet_runs(tmp_path):
+def test_the_python_snippet_runs(tmp_path, monkeypatch, capsys):
     (body,) = [body for lang, body in section_blocks() if lang == "python"]
-    result = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    first = result.stdout.splitlines()[0].split(" ", 2)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(body, "README.md", "exec"), {})
+    first = capsys.readouterr().out.splitlines()[0].split(" ", 2)
     assert int(first[0]) > 0 and "'share_after': 0.5" in first[2]

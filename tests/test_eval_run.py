@@ -1,5 +1,5 @@
 """`hubtune eval` on a real trained run of the tiny model: generation, held-out loss against TRL's,
-the harness against hubtune's own scorer, the README commands end to end with a judge on
+the regression set through the harness, the README commands end to end with a judge on
 127.0.0.1, resuming after a crash, the regression alarm and the blinded human-eval sheet."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from hubtune import cli
 from hubtune import config as cfg
 from hubtune.evaluation import evaluate, generate_answers, load_tuned, token_f1
 from hubtune.evaluation.harness import run_harness
-from hubtune.evaluation.likelihood import choice_accuracy
 from hubtune.evaluation.pipeline import regression_rows
 from judge_server import ScriptedJudge
 from readme_blocks import section_blocks
@@ -88,15 +87,24 @@ def test_load_tuned_puts_the_adapter_over_the_4bit_base_and_can_switch_it_off(lo
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
 
 
-def test_own_choice_scorer_agrees_with_the_harness(loaded):
-    model, tok = loaded
-    rows = regression_rows("evals:regression/general_mc.jsonl")
-    for switch in (model.disable_adapter, lambda: torch.no_grad()):
-        with switch():
-            mine = choice_accuracy(model, tok, rows)
-            harness = run_harness(model, tok, ["hubtune_general_mc"])["hubtune_general_mc"]
-        assert harness["n"] == mine["n"] == len(rows) == 40
-        assert mine["accuracy"] == pytest.approx(harness["metrics"]["acc"])
+def test_the_regression_set_reuses_a_harness_run_of_the_same_questions(eval_run, tmp_path):
+    run = copy_run(eval_run, tmp_path / "run")
+    logged = []
+    result = evaluate(run, tasks=["hubtune_general_mc"], overrides=["eval.test=null", "eval.few_shot_k=0",
+                                                                     "eval.max_new_tokens=8"], log=logged.append)
+    reg, harness = result["regression"], result["harness"]
+    assert reg["harness_task"] == "hubtune_general_mc" and reg["n"] == 40  # the 40 questions were scored once
+    assert not any("hubtune_regression" in m for m in logged)
+    for model in ("base", "tuned"):
+        assert reg[model] == harness[model]["hubtune_general_mc"]["metrics"]["acc"]
+        assert reg["ci95"][model] == harness[model]["hubtune_general_mc"]["ci95"]["acc"]
+        assert "per_doc" not in harness[model]["hubtune_general_mc"]  # per-document scores stay out of eval.json
+
+    # The held-out rows are the validation split of a local file: named, split "validation", no Hub type.
+    task = result["task"]
+    assert (task["dataset"], task["split"]) == ({"name": "invoices.jsonl"}, "validation")
+    assert {e["split"] for e in result["metrics"] if e["name"] in ("held-out loss", "exact match")} == {"validation"}
+    assert not any("type" in e["dataset"] for e in result["metrics"])
 
 
 def test_validation_split_by_default_and_loss_matches_training(eval_run, tmp_path):
@@ -144,21 +152,29 @@ def test_readme_evaluating_section_runs(eval_run, tmp_path, monkeypatch, capsys)
     finally:
         judge.stop()
     out = capsys.readouterr().out
-    assert re.search(r"exact match \(n=20\)\s+\S+ ±\S+\s+\S+ ±\S+\s+\S+ ±\S+", out)
+    interval = r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]"
+    assert re.search(rf"exact match \(n=20\)\s+{interval}\s+{interval}\s+{interval}\n", out)
+    assert re.search(rf"regression set accuracy \(n=40\)\s+{interval}\s+{interval}\n", out)
+    assert "[lower, upper]: 95% intervals; Wilson score" in out
     assert "fine-tuning " in out and "best prompt (base" in out and "judge pairwise vs base" in out
 
     # eval.json: every measure, for base, base few-shot and tuned.
     task = result["task"]
-    assert task["n"] == 20 and task["few_shot_k"] == 3 and task["dataset"] == "hubtune:data/invoices/test.jsonl"
+    assert task["n"] == 20 and task["few_shot_k"] == 3
+    assert task["dataset"] == {"name": "hubtune:data/invoices/test.jsonl"}
+    assert task["split"] == "test"  # a local file scored as the test set, whatever split `datasets` read it as
     entries = {(e["name"], e["model"]) for e in result["metrics"]}
     for model in ("tuned", "base", "base_few_shot"):
         assert {("exact match", model), ("token F1", model)} <= entries
     assert {("held-out loss", "tuned"), ("perplexity", "base"), ("hubtune_invoices exact_match", "tuned"),
             ("hubtune_general_mc acc", "base"), ("regression set accuracy", "tuned"),
             ("judge score (1-5)", "tuned"), ("judge win rate vs base", "tuned")} <= entries
-    assert all(set(e) == {"name", "type", "value", "dataset", "split", "model"} for e in result["metrics"])
+    assert all(set(e) == {"name", "type", "value", "ci95", "dataset", "split", "model"} for e in result["metrics"])
+    for e in result["metrics"]:
+        if e["type"] in ("exact_match", "f1", "acc", "acc_norm", "accuracy", "llm_judge_score", "win_rate"):
+            assert e["ci95"][0] <= e["value"] <= e["ci95"][1], e
     assert result["harness"]["tuned"]["hubtune_invoices"]["n"] == 20
-    assert result["regression"]["n"] == 40
+    assert result["regression"]["n"] == 40 and result["regression"]["harness_task"] == "hubtune_regression"
 
     # The judge saw each item in both orders; its verdicts follow token F1, so the counts must too.
     answers = [json.loads(x) for x in (run / "eval_answers.jsonl").read_text().splitlines()]
@@ -232,9 +248,14 @@ def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path
     assert "REGRESSED: regression set accuracy fell" in captured.out and "REGRESSED" in captured.err
     reg = json.loads((run / "eval.json").read_text())["regression"]
     assert reg["regressed"] and reg["drop"] > 0.05 and reg["forgotten"]
+    # Forgotten and learned items come from the per-document scores: they account for the drop exactly.
+    contexts = [r["context"] for r in regression_rows(reg["dataset"])]
+    assert set(reg["forgotten"]) <= set(contexts)
+    assert round(reg["drop"] * reg["n"]) == len(reg["forgotten"]) - reg["learned"]
     model, tok = loaded  # the intact run: with the adapter off it is the same base
-    with model.disable_adapter():
-        assert reg["base"] == choice_accuracy(model, tok, regression_rows(reg["dataset"]))["accuracy"]
+    with model.disable_adapter():  # the regression task built from the file scores as the shipped harness task
+        shipped = run_harness(model, tok, ["hubtune_general_mc"], batch_size=16)["hubtune_general_mc"]
+    assert reg["base"] == shipped["metrics"]["acc"] and shipped["n"] == reg["n"] == 40
 
     assert cli.main([*argv[:2], "eval.regression_threshold=1.0", *argv[2:]]) == 0
     assert not json.loads((run / "eval.json").read_text())["regressed"]

@@ -85,6 +85,8 @@ def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, mon
     assert meta["base_model_relation"] == "adapter"
     results = meta["model-index"][0]["results"]
     assert {r["dataset"]["type"] for r in results} == {DATA}
+    # Scored on the run's held-out rows of the dataset, at the commit training read.
+    assert {(r["dataset"]["split"], r["dataset"]["revision"]) for r in results} == {("validation", data_sha)}
     assert {"loss", "exact_match", "f1"} <= {m["type"] for r in results for m in r["metrics"]}
     assert "Built with Llama" in hub.files(REPO)["README.md"].decode()
     assert data_sha in hub.files(REPO)["README.md"].decode()  # the card pins the dataset's commit

@@ -41,6 +41,31 @@ CASES = [
     ("creativeml-openrail-m", None, True, None, "Attachment A", None, True),
     ("other", "qwen", True, "100 million", "Built with Qwen", None, False),
     ("other", "qwen-research", False, None, "Built with Qwen", None, False),
+    ("other", "tongyi-qianwen", True, "100 million", "Tongyi Qianwen LICENSE AGREEMENT", None, False),
+    ("other", "tongyi-qianwen-research", False, None, "Tongyi Qianwen RESEARCH LICENSE AGREEMENT", None, False),
+    ("other", "mnpl", False, None, "copy of the MNPL", None, False),
+    ("other", "mrl", False, None, "Licensed by Mistral AI under the Mistral AI Research License", None, False),
+    ("other", "deepseek", True, None, "Attachment A", None, True),
+    ("bigcode-openrail-m", None, True, None, "Attachment A", None, True),
+    ("bigscience-openrail-m", None, True, None, "Attachment A", None, True),
+    ("other", "falcon-llm-license", True, None, "Technology Innovation Institute", None, True),
+    ("other", "nvidia-open-model-license", True, None, "Licensed by NVIDIA Corporation", None, True),
+    ("fair-noncommercial-research-license", None, False, None, "FAIR Noncommercial Research License", None, False),
+    ("cc-by-2.0", None, True, None, "Credit", None, False),
+    ("cc-by-2.5", None, True, None, "Credit", None, False),
+    ("cc-by-3.0", None, True, None, "Credit", None, False),
+    ("cc-by-nc-2.0", None, False, None, "Credit", None, False),
+    ("cc-by-nc-3.0", None, False, None, "Credit", None, False),
+    ("cc-by-nc-sa-2.0", None, False, None, "Share-alike", None, False),
+    ("cc-by-nc-sa-3.0", None, False, None, "Share-alike", None, False),
+    ("odbl", None, True, None, "ODbL", None, False),
+    ("cdla-permissive-1.0", None, True, None, "a trained model is a Result", None, False),
+    ("cdla-permissive-2.0", None, True, None, "a trained model is a Result", None, False),
+    ("cdla-sharing-1.0", None, True, None, "a trained model is a Result", None, False),
+    ("gpl", None, True, None, "same GNU licence", None, False),
+    ("gpl-2.0", None, True, None, "same GNU licence", None, False),
+    ("gpl-3.0", None, True, None, "same GNU licence", None, False),
+    ("agpl-3.0", None, True, None, "over a network", None, False),
 ]
 
 
@@ -72,10 +97,11 @@ def test_each_licence(hub, lic, name, commercial, cap, notice, bad_name, policy)
         licence.gate_for_publishing(for_research.findings[0].repo, [], "research", [], "alice/any-name")
 
 
-@pytest.mark.parametrize("meta", [{"license": "other"}, {"license": "other", "license_name": "acme-custom"}, {}],
-                         ids=["other", "other-unknown-name", "missing"])
+@pytest.mark.parametrize("meta", [{"license": "other"}, {"license": "other", "license_name": "acme-custom"}, {},
+                                  {"license": "unknown"}],
+                         ids=["other", "other-unknown-name", "missing", "unknown"])
 def test_unknown_licence_is_a_warn_that_needs_acknowledgement(hub, meta):
-    repo = f"acme/unknown-{len(meta)}-{meta.get('license_name', 'x')}"
+    repo = f"acme/unknown-{len(meta)}-{meta.get('license_name', meta.get('license', 'x'))}"
     hub.seed(repo, {"README.md": readme(**meta) if meta else "# no card metadata\n"})
     verdict = licence.check(repo, use="personal")
     assert verdict.verdict == "warn"
@@ -214,8 +240,9 @@ def test_check_cli_table_json_and_exit_codes(hub, capsys):
 
     assert main([*args, "--use", "research"]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["repo", "type", "licence", "gated", "verdict"]
+    assert table.splitlines()[0].split() == ["repo", "type", "licence", "gated", "access", "verdict"]
     assert "meta-llama/Llama-3.1-cli" in table and "manual" in table and "Built with Llama" in table
+    assert "no token" in table  # the gated repo's access was asked for, and there is no token to ask with
 
 
 def test_check_cli_on_a_missing_repo_prints_the_fix(hub, capsys):

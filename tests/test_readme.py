@@ -49,28 +49,47 @@ def test_quickstart_targets_install_then_run():
 
 def test_demo_prints_its_result_line(tmp_path):
     # The README's `make demo` runs `hubtune demo`; here with few steps and examples to stay quick.
-    proc = hubtune_cli(["demo", "--out", str(tmp_path / "demo"), "--limit", "8", "training.max_steps=4"], tmp_path)
+    proc = hubtune_cli(["demo", "--out", str(tmp_path / "demo"), "--limit", "8", "training.max_steps=4",
+                        "training.logging_steps=2"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"demo: base_exact_match=(\d\.\d\d) tuned_exact_match=(\d\.\d\d) minutes=(\d+\.\d) run=(\S+)", last)
     assert m, last
-    assert Path(m.group(4)) == tmp_path / "demo" and (tmp_path / "demo" / "demo.json").is_file()
+    run = tmp_path / "demo"
+    assert Path(m.group(4)) == run and (run / "eval.json").is_file()
+    # The tour: licence verdict, data report, live training line, the eval table, the card it would push.
+    out = proc.stdout
+    for shown in ("verdict: allow (use: personal)", "What each step removed", "training  step 4/4 · loss",
+                  "base 3-shot", "regression set accuracy", f"card      {run / 'README.md'}"):
+        assert shown in out, shown
+    assert (run / "README.md").read_text().startswith("---\n")
+    # A calm console: no third-party warnings, progress bars or raw log dicts.
+    assert "Warning" not in proc.stderr + out and "it/s]" not in proc.stderr and "{'loss'" not in out
 
 
-def test_command_line_section_runs(workdir):
+def test_command_line_section_runs(workdir, cli):
     lines = commands("The command line")
     assert lines[0].startswith("hubtune train examples/invoices.yaml") and lines[1].startswith("hubtune train --resume")
+    printed = []
     for line in lines:
-        proc = hubtune_cli(shlex.split(line)[1:], workdir)
+        proc = cli(*shlex.split(line)[1:], cwd=workdir)
         assert proc.returncode == 0, f"{line}\n{proc.stdout}\n{proc.stderr}"
+        printed += proc.stdout.splitlines()
+    # The console the README pastes: the same phases, the advice line and the live training line.
+    (pasted,) = [b for b in blocks("The command line", "text") if b.startswith("licence")]
+    phases = lambda text: [ln.split()[0] for ln in text if ln.strip()]  # noqa: E731
+    assert set(phases(pasted.splitlines())) <= set(phases(printed)), printed
+    assert any(ln.startswith("training  step 4/4 · loss") for ln in printed), printed
     run = workdir / "runs" / "readme"
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "summary.json").is_file()
 
 
-def test_config_error_example_matches_the_real_message(workdir):
+def test_config_error_example_matches_the_real_message(workdir, cli):
     (workdir / "bad.yaml").write_text("lora:\n  r: 0\ntraining:\n  lerning_rate: 1\n")
-    proc = hubtune_cli(["train", "bad.yaml"], workdir)
-    shown = [ln.split("...")[0].rstrip(", ") for b in blocks("The command line", "text") for ln in b.splitlines()]
+    proc = cli("train", "bad.yaml", cwd=workdir)
+    shown = [ln.split("...")[0].rstrip(", ") for b in blocks("The command line", "text") if b.startswith("error:")
+             for ln in b.splitlines()]
+    assert shown
     for line in shown:
         assert line in proc.stderr, f"{line!r} not in {proc.stderr!r}"
 

@@ -27,6 +27,7 @@ def section_blocks() -> list[tuple[str, str]]:
 @pytest.fixture
 def readme_hub(hub, make_run, tmp_path):
     sha = hub.seed("meta-llama/Llama-3.1-8B", {"README.md": readme(license="llama3.1")}, gated="manual")
+    hub.grant("meta-llama/Llama-3.1-8B", "alice")  # the README's user accepted the base's terms
     hub.seed("acme/invoices", {"README.md": readme(license="cc-by-nc-4.0")}, repo_type="dataset")
     make_run(base_model="meta-llama/Llama-3.1-8B", base_revision=sha, datasets=("acme/invoices",),
              use="research", name="runs/my-adapter")

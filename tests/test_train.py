@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 import hubtune
 from hubtune import config as cfg
@@ -38,33 +37,10 @@ def small_config(tmp: Path, **training) -> cfg.RunConfig:
     })
 
 
-class Snapshot(TrainerCallback):
-    """Every trainable parameter, every plain base parameter, and the saved state of every frozen
-    4-bit base layer under LoRA (its state_dict: the 4-bit codes plus quantization constants)."""
-
-    def _take(self, model):
-        params = {n: p.detach().clone() for n, p in model.named_parameters()
-                  if p.requires_grad or p.dtype != torch.uint8}
-        layers = {}
-        for name, module in model.named_modules():
-            if hasattr(module, "base_layer") and hasattr(module.base_layer, "in_features"):
-                layers[name] = {k: v.detach().clone() for k, v in module.base_layer.state_dict().items()}
-        return params, layers
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before, self.layers_before = self._take(model)
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after, self.layers_after = self._take(model)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("train")
-    snap = Snapshot()
-    run = hubtune.train(small_config(tmp), callbacks=[snap])
-    return run, snap
+def trained(trained_run):
+    """The session's shared real run (tests/conftest.py) and its weight snapshot."""
+    return trained_run
 
 
 def test_run_folder_holds_everything(trained):
@@ -78,6 +54,7 @@ def test_run_folder_holds_everything(trained):
     lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if "loss" in x]
     assert [x["step"] for x in train_lines] == [2, 4, 6, 8, 10, 12]
+    assert all(x["total_steps"] == 12 and x["elapsed_seconds"] >= 0 for x in lines if x["step"])
     assert all(x["tokens_per_second"] > 0 and "learning_rate" in x and "epoch" in x for x in train_lines)
     assert any("eval_loss" in x for x in lines)
     s = run.summary
@@ -179,10 +156,9 @@ def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert steps == list(range(1, 41))
 
 
-def test_cli_reports_config_errors_without_traceback(tmp_path):
+def test_cli_reports_config_errors_without_traceback(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora:\n  r: 0\ntraining:\n  lerning_rate: 1\n")
-    proc = _hubtune("train", str(bad))
-    out, _ = proc.communicate(timeout=120)
+    proc = cli("train", str(bad))
     assert proc.returncode == 2
-    assert "lora.r" in out and "training.lerning_rate" in out and "Traceback" not in out
+    assert "lora.r" in proc.stderr and "training.lerning_rate" in proc.stderr and "Traceback" not in proc.stderr

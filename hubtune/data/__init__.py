@@ -2,8 +2,8 @@
 the chat template, clean the data (duplicates, lengths, scores, task balance), split off a
 held-out set, mix in general data, and report each step.
 
-`prepare(data_section, tokenizer, seed)` is the one entry point the training recipe uses;
-`check` returns only the report; `write_jsonl` saves prepared rows.
+`prepare(data_section, tokenizer, seed)` is the one entry point (training and `hubtune data` use it);
+`write_jsonl` saves prepared rows.
 """
 
 from __future__ import annotations
@@ -15,12 +15,7 @@ from hubtune.data.formats import to_example
 from hubtune.data.pipeline import PreparedData, prepare
 from hubtune.data.sources import SourceRows, read_json_lines
 
-__all__ = ["PreparedData", "prepare", "check", "write_jsonl", "load_tokenizer", "read_jsonl", "alpaca_to_messages"]
-
-
-def check(data, tokenizer, seed: int = 42) -> dict:
-    """The quality report of `data` without keeping the prepared rows."""
-    return prepare(data, tokenizer, seed).report
+__all__ = ["PreparedData", "prepare", "write_jsonl", "load_tokenizer", "read_jsonl", "alpaca_to_messages"]
 
 
 def write_jsonl(rows, path: str | Path) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from datasets import Dataset
 
-from hubtune.config import DataSection, DataSource
+from hubtune.config import DataSection, DataSource, TrainingSection
 from hubtune.data import dedup, quality
 from hubtune.data.formats import BadRow, Example, map_columns, resolve_format, to_example
 from hubtune.data.sources import read_source
@@ -102,10 +102,12 @@ class Pool:
         return pool
 
 
-def prepare(data: DataSection, tokenizer, seed: int = 42) -> PreparedData:
+def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedData:
     """Read, check, filter and split the training data of a run; the report says what happened.
+    `seed` (task balancing, mixing) is the run's training.seed; None takes that field's default.
 
     Gives `tokenizer` hubtune's default chat template when it has none (the report says so)."""
+    seed = TrainingSection.model_fields["seed"].default if seed is None else seed
     steps = Steps()
     examples, sources, bad = read_examples(data.sources, data)
     total = len(examples) + len(bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from hubtune.config import ModelSection
+from hubtune.config import EvalSection, ModelSection
 from hubtune.errors import EvalError
 
 
@@ -65,8 +65,8 @@ def _left_padding(tokenizer):
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 256,
-                     batch_size: int = 8) -> list[str]:
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int | None = None,
+                     batch_size: int | None = None) -> list[str]:
     """Greedy answers to chat prompts, one string per prompt, in the order given.
 
     Each prompt is a list of chat messages; the chat template renders it with the assistant
@@ -75,6 +75,9 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     """
     if not prompts:
         return []
+    # Unset, the eval section's own defaults apply.
+    max_new_tokens = max_new_tokens or EvalSection.model_fields["max_new_tokens"].default
+    batch_size = batch_size or EvalSection.model_fields["batch_size"].default
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])

@@ -85,25 +85,41 @@ def check_tasks(tasks: list[str]) -> None:
                         f"`lm-eval ls tasks` lists the harness's own")
 
 
-def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,
-                chat_template: str = "auto") -> dict[str, dict]:
-    """Run harness tasks; returns {task: {"output_type", "n", "metrics": {name: value}, "stderr": {...}}}.
+def multiple_choice_task(name: str, data_file: Path) -> dict:
+    """An inline harness task over {context, choices, label} rows: the answer is the choice with the
+    highest log-likelihood after `context + " "` (the harness's `acc`), on the raw text."""
+    return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+            "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{context}}",
+            "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}", "target_delimiter": " ",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metadata": {"version": 1.0}}
 
+
+def resolve_specs(tasks: list[str | dict]) -> dict[str, str | dict]:
+    """Task name -> what the harness is given: a local task's inline config, an inline config as
+    passed, or a harness task name."""
+    local = local_tasks()
+    return {(t["task"] if isinstance(t, dict) else t): t if isinstance(t, dict) else
+            local_task_spec(local[t]) if t in local else t for t in tasks}
+
+
+def run_harness(model, tokenizer, tasks: list[str | dict], *, limit: int | None = None, batch_size: int,
+                chat_template: str = "auto") -> dict[str, dict]:
+    """Run harness tasks: names (evals/tasks/ or the harness's own) or inline task configs.
+
+    Returns {task: {"output_type", "n", "chat_template", "metrics": {name: value}, "stderr": {...},
+    "ci95": {name: [lower, upper]}, "dataset": {"path", "config", "split"}, "per_doc": {"doc_ids": [...],
+    "scores": {name: [value per doc]}}}}. The intervals come from the per-document scores: Wilson
+    for 0/1 scores, a bootstrap for graded ones.
     chat_template: "auto" renders generation tasks through the model's chat template and scores
     multiple-choice tasks on the raw text; "always" / "never" force one way for every task.
     """
     lm_eval, _ = _import_harness()
     from lm_eval.models.huggingface import HFLM
 
-    local = local_tasks()
-    specs: dict[str, str | dict] = {}
-    output_types: dict[str, str] = {}
-    for name in tasks:
-        if name in local:
-            specs[name] = local_task_spec(local[name])
-            output_types[name] = specs[name].get("output_type", "generate_until")
-        else:
-            specs[name] = name
+    specs = resolve_specs(tasks)
+    names = list(specs)
+    output_types = {n: s.get("output_type", "generate_until") for n, s in specs.items() if isinstance(s, dict)}
     manager = task_manager(any(isinstance(s, str) for s in specs.values()))
 
     def with_template(name: str) -> bool:
@@ -114,21 +130,43 @@ def run_harness(model, tokenizer, tasks: list[str], *, limit: int | None = None,
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     out: dict[str, dict] = {}
     for templated in (True, False):
-        group = [specs[n] for n in tasks if with_template(n) == templated]
+        group = [specs[n] for n in names if with_template(n) == templated]
         if not group:
             continue
         try:
             results = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=manager, limit=limit,
-                                              apply_chat_template=templated, log_samples=False,
+                                              apply_chat_template=templated, log_samples=True,
                                               bootstrap_iters=1000, verbosity="WARNING")
         except (KeyError, ValueError) as err:
-            raise EvalError(f"harness task(s) {[n for n in tasks if with_template(n) == templated]}: {err}; "
-                            f"local tasks: {', '.join(sorted(local)) or 'none'}") from None
+            raise EvalError(f"harness task(s) {[n for n in names if with_template(n) == templated]}: {err}; "
+                            f"local tasks: {', '.join(sorted(local_tasks())) or 'none'}") from None
         for task, values in results["results"].items():
-            metrics = {k.split(",")[0]: v for k, v in values.items()
-                       if "," in k and not k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
-            stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in values.items()
-                      if k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
-            out[task] = {"output_type": output_types.get(task), "n": results.get("n-samples", {}).get(task, {}).get("effective"),
-                         "chat_template": templated, "metrics": metrics, "stderr": stderr}
+            out[task] = _task_result(task, values, results, output_types.get(task), templated)
     return out
+
+
+def _task_result(task: str, values: dict, results: dict, output_type: str | None, templated: bool) -> dict:
+    from hubtune.evaluation.intervals import summarize
+
+    metrics = {k.split(",")[0]: v for k, v in values.items()
+               if "," in k and not k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
+    stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in values.items()
+              if k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
+    samples = sorted(results.get("samples", {}).get(task, []), key=lambda s: s["doc_id"])
+    scores: dict[str, list[float]] = {}
+    for key in values:
+        metric, _, filter_key = key.partition(",")
+        if metric not in metrics or not filter_key:
+            continue
+        per_doc = [s.get(metric) for s in samples if s.get("filter") == filter_key]
+        if per_doc and all(isinstance(v, (int, float)) for v in per_doc):  # bool counts as 0/1
+            scores[metric] = [float(v) for v in per_doc]
+    doc_ids = sorted({s["doc_id"] for s in samples})
+    config = results.get("configs", {}).get(task, {})
+    return {"output_type": output_type or config.get("output_type"),
+            "n": results.get("n-samples", {}).get(task, {}).get("effective"), "chat_template": templated,
+            "metrics": metrics, "stderr": stderr,
+            "ci95": {m: summarize(v)["ci95"] for m, v in scores.items()},
+            "dataset": {"path": config.get("dataset_path"), "config": config.get("dataset_name"),
+                        "split": config.get("test_split") or config.get("validation_split")},
+            "per_doc": {"doc_ids": doc_ids, "scores": scores}}

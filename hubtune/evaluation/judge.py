@@ -12,9 +12,7 @@ the result says how many items were judged. Replies are cached in the run folder
 
 from __future__ import annotations
 
-import math
 import re
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,34 +22,13 @@ import yaml
 
 from hubtune.errors import EvalError, JudgeError
 from hubtune.evaluation.cache import AnswerCache, key_of
+from hubtune.evaluation.intervals import bootstrap_mean, wilson
 from hubtune.evaluation.scoring import evals_dir
 
 CRITERIA = ("helpfulness", "accuracy", "format")
 _SCORE = {c: re.compile(rf"\b{c}(?:\s+adherence)?\**\s*[:=]\s*\**\s*\[*\s*([1-5])(?![\d.])", re.IGNORECASE)
           for c in CRITERIA}
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
-# Student t quantiles for a two-sided 95% interval, by degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
-
-
-def t_quantile_975(df: int) -> float:
-    if df < 1:
-        return math.nan
-    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df  # within 0.002 of the exact value above 30
-
-
-def mean_ci(values: list[float]) -> dict:
-    """Mean with a two-sided 95% Student-t confidence interval."""
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean = statistics.fmean(values)
-    if n == 1:
-        return {"mean": mean, "ci95": None, "n": 1}
-    half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
 
 
 def parse_scores(reply: str) -> dict[str, int] | None:
@@ -194,12 +171,13 @@ def judge_answers(judge: Judge, items: list[dict], cache: AnswerCache) -> dict:
 
 
 def aggregate(records: list[dict]) -> dict:
-    """Rubric means with 95% CIs per model, pairwise win/tie/loss rates, unparsable counts."""
+    """Rubric means with bootstrap 95% intervals per model, pairwise win/tie/loss rates with Wilson
+    intervals, unparsable counts."""
     single = {}
     for model in ("tuned", "base"):
         graded = [r[model] for r in records if r[model] is not None]
-        single[model] = {"overall": mean_ci([sum(g.values()) / len(CRITERIA) for g in graded]),
-                         **{c: mean_ci([g[c] for g in graded]) for c in CRITERIA},
+        single[model] = {"overall": bootstrap_mean([sum(g.values()) / len(CRITERIA) for g in graded]),
+                         **{c: bootstrap_mean([g[c] for g in graded]) for c in CRITERIA},
                          "unparsable": sum(r[model] is None for r in records)}
     both = [r for r in records if r["base_first"] and r["tuned_first"]]
     outcomes = [pairwise_outcome(r["base_first"], r["tuned_first"]) for r in both]
@@ -212,6 +190,7 @@ def aggregate(records: list[dict]) -> dict:
         "win_rate": outcomes.count("win") / n if n else None,
         "tie_rate": outcomes.count("tie") / n if n else None,
         "loss_rate": outcomes.count("loss") / n if n else None,
+        "ci95": {f"{o}_rate": list(wilson(outcomes.count(o), n)) if n else None for o in ("win", "tie", "loss")},
         # Share of items where both orders give the same result (same winner, or both a tie).
         "position_consistency": sum(a == b for a, b in (per_order(r["base_first"], r["tuned_first"])
                                                         for r in both)) / n if n else None,

@@ -1,5 +1,5 @@
-"""Scores that need only forward passes: held-out loss / perplexity on the completions, and
-multiple-choice accuracy by log-likelihood (the regression set)."""
+"""Held-out loss and perplexity on the completions: a forward pass per batch, completion tokens
+scored as in training. (Multiple-choice accuracy, the regression set included, is the harness's.)"""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _batched(items: list, size: int):
 
 
 @torch.inference_mode()
-def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int = 1024, batch_size: int = 8) -> dict:
+def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int, batch_size: int) -> dict:
     """Mean cross-entropy per completion token over prompt/completion chat rows, and its perplexity.
 
     Each row holds "prompt" and "completion" message lists; the prompt is rendered with the
@@ -67,28 +67,3 @@ def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int = 1024, ba
     model.train(was_training)
     loss = total / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "examples": len(rows)}
-
-
-@torch.inference_mode()
-def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 16, delimiter: str = " ") -> dict:
-    """Accuracy on {context, choices, label} rows: the choice with the highest summed
-    log-likelihood after `context + delimiter` is the model's answer (the harness's `acc`)."""
-    requests, owners = [], []
-    for n, row in enumerate(rows):
-        context_ids = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
-        for choice in row["choices"]:
-            whole = tokenizer(row["context"] + delimiter + choice, add_special_tokens=False)["input_ids"]
-            requests.append((context_ids, whole[len(context_ids):]))
-            owners.append(n)
-    was_training = model.training
-    model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scores: list[float] = []
-    for batch in _batched(requests, batch_size):
-        scores += [lp.sum().item() for lp in _continuation_logprobs(model, batch, pad)]
-    model.train(was_training)
-    per_row: list[list[float]] = [[] for _ in rows]
-    for n, s in zip(owners, scores):
-        per_row[n].append(s)
-    correct = [max(range(len(s)), key=s.__getitem__) == row["label"] for s, row in zip(per_row, rows)]
-    return {"accuracy": sum(correct) / max(len(rows), 1), "n": len(rows), "correct": correct}

@@ -7,7 +7,8 @@ forget anything?
 2. exact match and token F1 of greedy answers on the test set: base zero-shot, base few-shot
    (k training examples in the prompt) and tuned, and whether fine-tuning beat the best prompt;
 3. lm-evaluation-harness tasks, base and tuned;
-4. the regression set, base and tuned: a drop beyond the threshold marks the run regressed;
+4. the regression set, base and tuned, scored by the harness (reusing a harness task of step 3 that
+   scored the same questions): a drop beyond the threshold marks the run regressed;
 5. an LLM judge, when one is configured: rubric scores and pairwise wins against the base;
 6. optionally, a blinded CSV for human raters.
 
@@ -32,7 +33,7 @@ from hubtune.evaluation import report
 from hubtune.evaluation.cache import AnswerCache, cached_answers, file_fingerprint
 from hubtune.evaluation.generate import generate_answers, load_tuned
 from hubtune.evaluation.judge import Judge, judge_answers
-from hubtune.evaluation.likelihood import choice_accuracy, heldout_loss
+from hubtune.evaluation.likelihood import heldout_loss
 from hubtune.evaluation.scoring import evals_dir, exact_match_scores, token_f1_scores
 
 MODELS = ("base", "base_few_shot", "tuned")
@@ -63,7 +64,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
     # A malformed judge is a setting to fix before any generation, not a partial result after.
     judge_client = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
                          backoff=ev.judge_backoff) if ev.judge else None
-    harness_note = _check_harness(ev.tasks)
+    harness_note = _check_harness(ev.tasks, needed=bool(ev.tasks or ev.regression_set))
 
     log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
     model, tokenizer = load_tuned(run, quantization=config.model.quantization)
@@ -107,16 +108,21 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
         result["task"] = report.summarize_task(task)
         _write_answers(run / "eval_answers.jsonl", rows, refs, answers, task)
 
-    # 3. Harness tasks.
+    # 3. Harness tasks (per-document scores stay in memory: the regression set may reuse them).
+    harness_runs: dict = {}
     if harness_note:
         result["harness"] = {"skipped": harness_note}
     elif ev.tasks:
-        result["harness"] = _harness(model, tokenizer, ev, log)
+        harness_runs = _harness(model, tokenizer, ev, log)
+        result["harness"] = {m: {t: {k: v for k, v in r.items() if k != "per_doc"} for t, r in runs.items()}
+                             for m, runs in harness_runs.items()}
 
-    # 4. Regression set.
-    if ev.regression_set:
+    # 4. Regression set, scored by the harness like any multiple-choice task.
+    if ev.regression_set and harness_note:
+        result["regression"] = {"dataset": ev.regression_set, "skipped": harness_note}
+    elif ev.regression_set:
         log(f"regression set {ev.regression_set}")
-        result["regression"] = reg = _regression(model, tokenizer, ev)
+        result["regression"] = reg = _regression(model, tokenizer, ev, harness_runs)
         if reg["regressed"]:
             log(f"REGRESSED: regression set accuracy fell {reg['drop']:.3f} ({reg['base']:.3f} -> {reg['tuned']:.3f}), "
                 f"more than eval.regression_threshold={reg['threshold']}")
@@ -162,11 +168,18 @@ class EvalData:
         mixed = (run.read_json(RunFolder.DATA_REPORT) or {}).get("mixed", 0)
         task_rows = train_rows[:len(train_rows) - mixed]  # general data is mixed in last
         out.validation = [r for r in run.rows("validation") if "prompt" in r]
-        sources = ", ".join(s.path for s in config.data.sources)
+        summary = run.summary
+        recorded = {d.path: d for d in (summary.datasets if summary else [])}  # with the commit each was read at
+        single = recorded.get(config.data.sources[0].path) if len(config.data.sources) == 1 else None
+        sources = report.dataset_entry([s.path for s in config.data.sources], config=single and single.name,
+                                       revision=single and single.revision_sha)
         if ev.test is not None:
-            examples, _, _ = pipeline.read_examples([ev.test], config.data)
+            examples, read, _ = pipeline.read_examples([ev.test], config.data)
             out.test = [ex.row() for ex in examples if ex.text is None]
-            out.test_dataset, out.test_split = ev.test.path, ev.test.split
+            out.test_dataset = report.dataset_entry(ev.test.path, config=ev.test.name,
+                                                    revision=read[0]["revision_sha"] if read else None)
+            # A Hub dataset's split is the one read; a local file is the test set whatever split `datasets` gave it.
+            out.test_split = ev.test.split if "type" in out.test_dataset else "test"
             train_keys = {dedup.exact_key(*_parts(r)) for r in task_rows if "prompt" in r}
             out.test_in_train = sum(dedup.exact_key(*_parts(r)) in train_keys for r in out.test)
         else:
@@ -247,9 +260,10 @@ def _question(prompt: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in prompt if m["role"] != "system")
 
 
-def _check_harness(tasks: list[str]) -> str | None:
-    """Unknown task names fail before any generation; without lm-eval the harness is skipped, with a note."""
-    if not tasks:
+def _check_harness(tasks: list[str], needed: bool) -> str | None:
+    """Unknown task names fail before any generation; without lm-eval the harness tasks and the
+    regression set are skipped, with a note."""
+    if not needed:
         return None
     from hubtune.evaluation import harness
 
@@ -274,33 +288,89 @@ def _harness(model, tokenizer, ev, log) -> dict:
     return out
 
 
-def regression_rows(ref: str) -> list[dict]:
+def regression_file(ref: str) -> Path:
     from hubtune.refs import resolve_builtin
     from hubtune.evaluation.harness import EVALS_PREFIX
 
     path = evals_dir() / ref[len(EVALS_PREFIX):] if ref.startswith(EVALS_PREFIX) else Path(resolve_builtin(ref))
     if not path.is_file():
         raise EvalError(f"eval.regression_set: {ref!r} not found ({path})")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for n, row in enumerate(rows, 1):
-        if not {"context", "choices", "label"} <= row.keys():
+    return path.resolve()
+
+
+def regression_rows(ref: str) -> list[dict]:
+    """The {context, choices, label} rows of a regression set, each checked before the harness reads them."""
+    path = regression_file(ref)
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise EvalError(f"{path}, line {n}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not {"context", "choices", "label"} <= row.keys():
             raise EvalError(f"{path}, line {n}: a regression row holds context, choices and label")
+        choices, label = row["choices"], row["label"]
+        if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)
+                and isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(choices)):
+            raise EvalError(f"{path}, line {n}: choices must be a list of two or more strings and label the "
+                            f"index of the right one, counting from 0")
+        rows.append(row)
+    if not rows:
+        raise EvalError(f"eval.regression_set: {path} holds no rows")
     return rows
 
 
-def _regression(model, tokenizer, ev) -> dict:
+# What makes a harness task the same questions scored the same way as the regression task.
+_SAME_TASK = ("dataset_path", "dataset_kwargs", "test_split", "output_type", "doc_to_text", "doc_to_choice",
+              "doc_to_target", "target_delimiter")
+
+
+def _reusable(spec: dict, tasks: list[str], runs: dict, n: int) -> tuple[str, dict] | None:
+    """A harness task of this evaluation that already scored every regression row on the raw text."""
+    from hubtune.evaluation.harness import local_tasks, resolve_specs
+
+    local = local_tasks()
+    for name in tasks:
+        got = runs.get(name)
+        if name not in local or not got or got["chat_template"] or got["n"] != n:
+            continue
+        other = resolve_specs([name])[name]
+        if all(other.get(k) == spec[k] for k in _SAME_TASK) and "acc" in got["per_doc"]["scores"]:
+            return name, got
+    return None
+
+
+def _regression(model, tokenizer, ev, harness_runs: dict) -> dict:
+    """Accuracy of base and tuned on the regression set through the harness's `acc`, and the items
+    the base got right that the tuned model now gets wrong."""
+    from hubtune.evaluation.harness import multiple_choice_task, run_harness
+    from hubtune.evaluation.intervals import proportion
+
     rows = regression_rows(ev.regression_set)
-    scored = {}
+    spec = multiple_choice_task("hubtune_regression", regression_file(ev.regression_set))
+    correct, reused = {}, None
     for name in ("base", "tuned"):
-        with _as(model, name):
-            scored[name] = choice_accuracy(model, tokenizer, rows, batch_size=max(ev.batch_size, 16))
-    drop = scored["base"]["accuracy"] - scored["tuned"]["accuracy"]
-    forgotten = [rows[i]["context"] for i, (b, t) in enumerate(zip(scored["base"]["correct"], scored["tuned"]["correct"]))
-                 if b and not t]
-    return {"dataset": ev.regression_set, "n": len(rows), "base": scored["base"]["accuracy"],
-            "tuned": scored["tuned"]["accuracy"], "drop": drop, "threshold": ev.regression_threshold,
-            "regressed": drop > ev.regression_threshold + 1e-12, "forgotten": forgotten,
-            "learned": sum(t and not b for b, t in zip(scored["base"]["correct"], scored["tuned"]["correct"]))}
+        found = _reusable(spec, ev.tasks, harness_runs.get(name) or {}, len(rows))
+        if found:
+            reused, got = found
+        else:
+            with _as(model, name):
+                got = run_harness(model, tokenizer, [spec], batch_size=max(ev.batch_size, 16),
+                                  chat_template="never")[spec["task"]]
+        if got["per_doc"]["doc_ids"] != list(range(len(rows))):
+            raise EvalError(f"the harness scored {len(got['per_doc']['doc_ids'])} of the {len(rows)} rows of "
+                            f"{ev.regression_set}")
+        correct[name] = [bool(v) for v in got["per_doc"]["scores"]["acc"]]
+    stats = {name: proportion([float(c) for c in correct[name]]) for name in correct}
+    drop = stats["base"]["mean"] - stats["tuned"]["mean"]
+    pairs = list(zip(correct["base"], correct["tuned"]))
+    return {"dataset": ev.regression_set, "n": len(rows), "base": stats["base"]["mean"],
+            "tuned": stats["tuned"]["mean"], "ci95": {m: stats[m]["ci95"] for m in stats}, "drop": drop,
+            "threshold": ev.regression_threshold, "regressed": drop > ev.regression_threshold + 1e-12,
+            "forgotten": [rows[i]["context"] for i, (b, t) in enumerate(pairs) if b and not t],
+            "learned": sum(t and not b for b, t in pairs), "harness_task": reused or spec["task"]}
 
 
 def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int) -> Path:

@@ -3,28 +3,57 @@ model-index is built from, and the side-by-side text `hubtune eval` prints."""
 
 from __future__ import annotations
 
-from hubtune.evaluation.judge import mean_ci
+from pathlib import Path
+
+from hubtune.evaluation.intervals import RESAMPLES, bootstrap_mean, proportion
 
 LABELS = {"base": "base", "base_few_shot": "base few-shot", "tuned": "tuned"}
 TASK_METRICS = {"exact_match": "exact match", "exact_match_normalized": "exact match (normalised)", "token_f1": "token F1"}
+# Exact match is a share of hits (Wilson interval); token F1 is a mean of graded scores (bootstrap).
+INTERVALS = {"exact_match": proportion, "exact_match_normalized": proportion, "token_f1": bootstrap_mean}
+# `datasets` builders that read local files: a harness task on them has no Hub dataset behind it.
+FILE_LOADERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
 
 
 def summarize_task(task: dict) -> dict:
-    """Per-example scores -> mean with 95% CI per model and metric, plus the prompt-vs-tune verdict."""
+    """Per-example scores -> mean with a 95% interval per model and metric, plus the prompt-vs-tune verdict."""
     out = {k: task[k] for k in ("dataset", "split", "n", "few_shot_k", "few_shot_k_mean") if k in task}
     for model in LABELS:
         if model in task:
-            out[model] = {m: mean_ci(task[model][m]) for m in TASK_METRICS}
+            out[model] = {m: INTERVALS[m](task[model][m]) for m in TASK_METRICS}
     out["versus_best_prompt"] = versus_best_prompt(task)
     return out
 
 
+def on_hub(ref: str) -> bool:
+    from hubtune.refs import is_hub_id
+
+    return ref not in FILE_LOADERS and is_hub_id(ref)
+
+
+def dataset_entry(refs: str | list[str], *, config: str | None = None, revision: str | None = None,
+                  name: str | None = None) -> dict:
+    """The dataset a measure was taken on, as the card names it: {"name"} for local files (built-in
+    refs as written, other paths by file name, never this machine's folders), plus the model-index's
+    {"type": Hub id} (with "config" and the commit read as "revision", when known) only when the data
+    is one Hub dataset."""
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    names = [r if on_hub(r) or r.startswith(("hubtune:", "evals:")) else Path(r).name for r in refs]
+    entry = {"name": name or ", ".join(names)}
+    if len(refs) == 1 and on_hub(refs[0]):
+        entry["type"] = refs[0]
+        entry.update({k: v for k, v in (("config", config), ("revision", revision)) if v})
+    return entry
+
+
 def versus_best_prompt(task: dict) -> dict:
-    """Did fine-tuning beat the best prompt? Paired differences on the same examples, with 95% CIs."""
+    """Did fine-tuning beat the best prompt? Paired differences on the same examples, with bootstrap
+    95% intervals."""
     prompts = [m for m in ("base", "base_few_shot") if m in task]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
     best = max(prompts, key=lambda m: (mean(task[m]["exact_match"]), mean(task[m]["token_f1"])))
-    diffs = {m: mean_ci([t - b for t, b in zip(task["tuned"][m], task[best][m])]) for m in ("exact_match", "token_f1")}
+    diffs = {m: bootstrap_mean([t - b for t, b in zip(task["tuned"][m], task[best][m])])
+             for m in ("exact_match", "token_f1")}
     em = diffs["exact_match"]
     tuned_em, best_em = mean(task["tuned"]["exact_match"]), mean(task[best]["exact_match"])
     name = LABELS[best] if best == "base" else f"base {task['few_shot_k']}-shot"
@@ -45,12 +74,15 @@ def versus_best_prompt(task: dict) -> dict:
 
 
 def metric_entries(result: dict) -> list[dict]:
-    """Flat {name, type, value, dataset, split, model} entries; tuned ones become the card's model-index."""
+    """Flat {name, type, value, ci95, dataset, split, model} entries; tuned ones become the card's
+    model-index. dataset is {"name"} plus "type" for a Hub dataset (see dataset_entry); ci95 is
+    [lower, upper] or None."""
     out = []
 
-    def add(name, type_, value, dataset, split, model):
+    def add(name, type_, value, dataset, split, model, ci95=None):
         if value is not None:
-            out.append({"name": name, "type": type_, "value": round(float(value), 6), "dataset": dataset,
+            out.append({"name": name, "type": type_, "value": round(float(value), 6),
+                        "ci95": [round(x, 6) for x in ci95] if ci95 else None, "dataset": dataset,
                         "split": split, "model": model})
 
     if "loss" in result:
@@ -64,24 +96,33 @@ def metric_entries(result: dict) -> list[dict]:
             for metric, label in TASK_METRICS.items():
                 if model in task:
                     type_ = "f1" if metric == "token_f1" else "exact_match"
-                    add(label, type_, task[model][metric]["mean"], task["dataset"], task["split"], model)
+                    stat = task[model][metric]
+                    add(label, type_, stat["mean"], task["dataset"], task["split"], model, stat["ci95"])
     for model, tasks in (result.get("harness") or {}).items():
         if model == "skipped":
             continue
         for name, values in tasks.items():
+            ds = values.get("dataset") or {}
+            dataset = (dataset_entry(ds["path"], config=ds.get("config"), name=name) if ds.get("path")
+                       else {"name": name})
             for metric, value in values["metrics"].items():
-                add(f"{name} {metric}", metric, value, name, "test", model)
-    if "regression" in result:
+                add(f"{name} {metric}", metric, value, dataset, ds.get("split") or "test", model,
+                    (values.get("ci95") or {}).get(metric))
+    if "regression" in result and "skipped" not in result["regression"]:
         reg = result["regression"]
         for model in ("tuned", "base"):
-            add("regression set accuracy", "accuracy", reg[model], reg["dataset"], "test", model)
+            add("regression set accuracy", "accuracy", reg[model], dataset_entry(reg["dataset"]), "test", model,
+                (reg.get("ci95") or {}).get(model))
     judge = result.get("judge") or {}
     if judge.get("single"):
+        task = result["task"]
         for model in ("tuned", "base"):
-            add("judge score (1-5)", "llm_judge_score", judge["single"][model]["overall"]["mean"],
-                result["task"]["dataset"], result["task"]["split"], model)
-        add("judge win rate vs base", "win_rate", judge["pairwise"]["win_rate"],
-            result["task"]["dataset"], result["task"]["split"], "tuned")
+            overall = judge["single"][model]["overall"]
+            add("judge score (1-5)", "llm_judge_score", overall["mean"], task["dataset"], task["split"], model,
+                overall["ci95"])
+        pairwise = judge["pairwise"]
+        add("judge win rate vs base", "win_rate", pairwise["win_rate"], task["dataset"], task["split"], "tuned",
+            (pairwise.get("ci95") or {}).get("win_rate"))
     return out
 
 
@@ -92,8 +133,14 @@ def _num(value, digits: int = 3) -> str:
 def _ci(stat: dict | None) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
-    ci = stat.get("ci95")
-    return f"{stat['mean']:.2f}" + (f" ±{(ci[1] - ci[0]) / 2:.2f}" if ci else "")
+    return _with_interval(stat["mean"], stat.get("ci95"))
+
+
+def _with_interval(value: float | None, ci: list[float] | None) -> str:
+    """0.40 [0.12, 0.77]: the estimate and its 95% interval, which need not be symmetric."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def format_report(result: dict) -> str:
@@ -110,12 +157,18 @@ def format_report(result: dict) -> str:
     harness = result.get("harness") or {}
     if "skipped" not in harness:
         for name, values in harness.get("tuned", {}).items():
+            base = harness["base"][name]
             for metric, value in values["metrics"].items():
-                rows.append((f"{name} {metric} (n={values['n']})", _num(harness["base"][name]["metrics"].get(metric)),
-                             "", _num(value)))
+                rows.append((f"{name} {metric} (n={values['n']})",
+                             _with_interval(base["metrics"].get(metric), (base.get("ci95") or {}).get(metric)),
+                             "", _with_interval(value, (values.get("ci95") or {}).get(metric))))
     reg = result.get("regression")
+    skipped_reg = (reg or {}).get("skipped")
+    reg = None if skipped_reg else reg
     if reg:
-        rows.append((f"regression set accuracy (n={reg['n']})", _num(reg["base"]), "", _num(reg["tuned"])))
+        ci = reg.get("ci95") or {}
+        rows.append((f"regression set accuracy (n={reg['n']})", _with_interval(reg["base"], ci.get("base")), "",
+                     _with_interval(reg["tuned"], ci.get("tuned"))))
     judge = result.get("judge") or {}
     if judge.get("single"):
         rows.append((f"judge score 1-5 (n={judge['judged']})", _ci(judge["single"]["base"]["overall"]), "",
@@ -130,11 +183,16 @@ def format_report(result: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip()
              for r in [header, *rows]]
+    if any("[" in c for r in rows for c in r[1:]):
+        lines.append(f"[lower, upper]: 95% intervals; Wilson score for exact match and accuracy, percentile "
+                     f"bootstrap ({RESAMPLES:,} resamples) for token F1 and judge scores")
     if task and "tuned" in task:
         lines += notes
         lines.append(task["versus_best_prompt"]["line"])
     if harness.get("skipped"):
         lines.append(f"harness skipped: {harness['skipped']}")
+    if skipped_reg:
+        lines.append(f"regression set skipped: {skipped_reg}")
     if judge:
         lines += _judge_lines(judge)
     if reg:
@@ -154,7 +212,9 @@ def _judge_lines(judge: dict) -> list[str]:
     lines = []
     pw = judge.get("pairwise")
     if pw and pw["n"]:
-        lines.append(f"judge pairwise vs base, both orders (n={pw['n']}): tuned wins {pw['win_rate']:.0%}, "
+        ci = (pw.get("ci95") or {}).get("win_rate")
+        wins = f"{pw['win_rate']:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else "")
+        lines.append(f"judge pairwise vs base, both orders (n={pw['n']}): tuned wins {wins}, "
                      f"ties {pw['tie_rate']:.0%}, losses {pw['loss_rate']:.0%}; "
                      f"orders agree on {pw['position_consistency']:.0%}")
     if pw is not None:

@@ -1,0 +1,178 @@
+"""What a run shows while it works: the phase it is in, then one live line for training (step / total,
+loss, held-out loss, tokens/s, elapsed, time left). The figures come from the rows written to
+metrics.jsonl, so the terminal and the UI (which reads that file) always show the same thing.
+
+Third-party output (progress bars of every datasets map, deprecation warnings, notices) is hidden
+unless `--verbose` or HUBTUNE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rich.console import Console
+
+PHASES = ("licence", "data", "loading", "training", "saving")
+NOISY_LOGGERS = ("transformers", "datasets", "bitsandbytes", "peft", "trl", "accelerate", "huggingface_hub",
+                 "torch", "lm_eval", "evaluate", "httpx")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The live figures of a run, from its metrics rows."""
+
+    step: int
+    total: int | None
+    loss: float | None
+    eval_loss: float | None
+    tokens_per_second: float | None
+    elapsed: float | None  # seconds of training so far
+
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> Figures | None:
+        if not rows:
+            return None
+        last = rows[-1]
+        latest = lambda key: next((r[key] for r in reversed(rows) if r.get(key) is not None), None)  # noqa: E731
+        return cls(step=last["step"], total=latest("total_steps"), loss=latest("loss"), eval_loss=latest("eval_loss"),
+                   tokens_per_second=latest("tokens_per_second"), elapsed=latest("elapsed_seconds"))
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far."""
+        if not (self.total and self.step and self.elapsed is not None):
+            return None
+        return self.elapsed / self.step * max(self.total - self.step, 0)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.step / self.total, 1.0) if self.total else 0.0
+
+    def line(self) -> str:
+        if self.step == 0:
+            return f"held-out loss before training {self.eval_loss:.4f}" if self.eval_loss is not None else "starting"
+        parts = [f"step {self.step}/{self.total or '?'}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.eval_loss is not None:
+            parts.append(f"eval loss {self.eval_loss:.4f}")
+        if self.tokens_per_second is not None:
+            parts.append(f"{self.tokens_per_second:,.0f} tok/s")
+        if self.elapsed is not None:
+            parts.append(f"{clock(self.elapsed)} elapsed")
+        if self.eta is not None:
+            parts.append(f"{clock(self.eta)} left")
+        return " · ".join(parts)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Display:
+    """The console of a run: phase lines, advice, and one live training line (a bar on a terminal,
+    a plain line per logging step elsewhere, e.g. in a log file or the UI's log tail)."""
+
+    def __init__(self, console: Console | None = None, detail: bool = False):
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.detail = detail  # the full licence table and data report (the demo's tour), not one line each
+        self._progress = None
+        self._task = None
+
+    def phase(self, name: str, detail: str = "") -> None:
+        self.console.print(f"[bold cyan]{name:<9}[/] {detail}".rstrip())
+
+    def note(self, text: str, style: str = "yellow") -> None:
+        self.console.print(f"[{style}]{text}[/]")
+
+    def licence(self, verdict) -> None:
+        if self.detail:
+            from hubtune.licence import format_table
+
+            self.console.print(format_table(verdict), markup=False)
+        else:
+            self.phase("licence", verdict.verdict + (f": {verdict.reasons[0]}" if verdict.reasons else ""))
+
+    def data_report(self, report: dict) -> None:
+        if self.detail:
+            from hubtune.data.report import render
+
+            render(report, self.console)
+        else:
+            self.phase("data", f"kept {report['kept']} of {report['total']} rows: {report['train']} for training, "
+                               f"{report['eval']} held out")
+
+    def row(self, rows: list[dict]) -> None:
+        """Show the figures after a new metrics row (called by the metrics file's writer)."""
+        figures = Figures.from_rows(rows)
+        if figures is None:
+            return
+        if not self.console.is_terminal:
+            self.console.print(f"{'training':<9} {figures.line()}")
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._progress = Progress(TextColumn("[bold cyan]training "), BarColumn(),
+                                      TextColumn("{task.fields[line]}"), console=self.console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("training", total=figures.total or 1, line="")
+        self._progress.update(self._task, completed=figures.step, total=figures.total or 1, line=figures.line())
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def verbose() -> bool:
+    """`--verbose` (HUBTUNE_VERBOSE=1) or HUBTUNE_DEBUG=1: show third-party output too."""
+    return "1" in (os.environ.get("HUBTUNE_VERBOSE"), os.environ.get("HUBTUNE_DEBUG"))
+
+
+@contextmanager
+def quiet_libraries(show: bool = False):
+    """Hide third-party progress bars, warnings and notices for the duration (unless `show`)."""
+    if show:
+        yield
+        return
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    tqdm_env = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm bars of any library that honours it
+    bars = _library_bars(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("default", module=r"hubtune(\.|$)")
+            yield
+    finally:
+        _library_bars(bars)
+        if tqdm_env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_env
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _library_bars(enabled: bool) -> bool:
+    """Turn the progress bars of datasets, transformers and huggingface_hub on or off; returns
+    whether they were on before."""
+    import datasets
+    import huggingface_hub.utils as hf_utils
+    from transformers.utils import logging as tf_logging
+
+    before = datasets.is_progress_bar_enabled()
+    for module, on, off in ((datasets, "enable_progress_bars", "disable_progress_bars"),
+                            (tf_logging, "enable_progress_bar", "disable_progress_bar"),
+                            (hf_utils, "enable_progress_bars", "disable_progress_bars")):
+        getattr(module, on if enabled else off)()
+    return before

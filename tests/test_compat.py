@@ -1,0 +1,81 @@
+"""Each workaround in hubtune/compat.py against the upstream behaviour it corrects. When one of these
+fails after an upgrade, upstream changed: check the workaround is still needed, then update or remove
+it and its MEASURED versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubtune import compat
+from hubtune import config as cfg
+
+
+def cpu_has_avx512_bf16() -> bool:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_4bit():
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    return lambda: AutoModelForCausalLM.from_pretrained(cfg.resolve_builtin("hubtune:tiny-llama"), dtype=torch.float32,
+                                                        quantization_config=quant)
+
+
+def test_trl_still_casts_the_adapters_of_a_quantized_model_to_bf16(tiny_4bit, tmp_path):
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    model = get_peft_model(tiny_4bit(), LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.resolve_builtin("hubtune:tiny-llama"))
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
+                               "completion": [{"role": "assistant", "content": "hello"}]}])
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=rows,
+                         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1))
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trainable} == {torch.bfloat16}, (
+        "TRL no longer casts adapters to bf16: compat.restore_adapter_dtype may be removed")
+    assert compat.restore_adapter_dtype(trainer.model, torch.float32) == len(trainable)
+    assert {p.dtype for p in trainable} == {torch.float32}
+    assert compat.restore_adapter_dtype(trainer.model, torch.float32) == 0  # nothing left to correct
+
+
+@pytest.mark.skipif(not cpu_has_avx512_bf16(), reason="the repack happens only on CPUs with AVX512-BF16")
+def test_bitsandbytes_still_repacks_4bit_weights_at_a_no_grad_forward(tiny_4bit):
+    ids = torch.tensor([[1, 5, 9, 14]])
+
+    def quantized_state(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.dtype == torch.uint8}
+
+    drifting = tiny_4bit()
+    before = quantized_state(drifting)
+    with torch.no_grad():
+        drifting(ids)
+    after = quantized_state(drifting)
+    assert any(not torch.equal(before[n], after[n]) or before[n].shape != after[n].shape for n in before), (
+        "bitsandbytes no longer repacks 4-bit weights on AVX512-BF16 CPUs: compat.keep_4bit_weights_exact may go")
+
+    kept = tiny_4bit()
+    assert compat.keep_4bit_weights_exact(kept) > 0
+    before = quantized_state(kept)
+    with torch.no_grad():
+        kept(ids)
+    assert all(torch.equal(before[n], p) for n, p in quantized_state(kept).items())
+
+
+def test_the_repack_switch_still_exists_where_it_matters(tiny_4bit):
+    import bitsandbytes as bnb
+
+    model = tiny_4bit()
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(hasattr(m, "support_avx512bf16_for_cpu") for m in layers), (
+        "bitsandbytes renamed its AVX512-BF16 switch: update compat.keep_4bit_weights_exact")
+
