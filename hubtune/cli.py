@@ -376,7 +376,8 @@ class _Warnings(logging.StreamHandler):
 def _show_warnings() -> None:
     logger = logging.getLogger("hubtune")
     if not any(getattr(h, "hubtune_console", False) for h in logger.handlers):
-        handler = _Warnings(level=logging.WARNING)
+        handler = _Warnings()
+        handler.setLevel(logging.WARNING)
         logger.addHandler(handler)
         logger.propagate = False
 

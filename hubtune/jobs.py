@@ -21,6 +21,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,23 +371,19 @@ def cancel(job_id: str, namespace: str | None = None, token: str | None = None) 
         HfApi(token=token).cancel_job(job_id=job_id, namespace=namespace)
 
 
-class _job_errors:
-    def __init__(self, job_id: str):
-        self.job_id = job_id
+@contextmanager
+def _job_errors(job_id: str):
+    """The client's HTTP errors about one job, as JobError with the fix."""
+    from huggingface_hub.errors import HfHubHTTPError
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        from huggingface_hub.errors import HfHubHTTPError
-
-        if isinstance(err, HfHubHTTPError):
-            code = err.response.status_code if err.response is not None else None
-            if code == 404:
-                raise JobError(f"no job {self.job_id} in this namespace: check the id (`hubtune train ... --on hf-jobs` "
-                               f"printed it) and --namespace") from None
-            if code in (401, 403):
-                raise JobError(f"the token may not read job {self.job_id} ({code}); use the token that submitted it "
-                               f"(HF_TOKEN or `hf auth login`)") from None
-            raise JobError(f"the Hub refused the request for job {self.job_id} ({code}: {err})") from None
-        return False
+    try:
+        yield
+    except HfHubHTTPError as err:
+        code = err.response.status_code if err.response is not None else None
+        if code == 404:
+            raise JobError(f"no job {job_id} in this namespace: check the id (`hubtune train ... --on hf-jobs` "
+                           f"printed it) and --namespace") from None
+        if code in (401, 403):
+            raise JobError(f"the token may not read job {job_id} ({code}); use the token that submitted it "
+                           f"(HF_TOKEN or `hf auth login`)") from None
+        raise JobError(f"the Hub refused the request for job {job_id} ({code}: {err})") from None
