@@ -62,19 +62,15 @@ def advice_line(config: cfg.RunConfig, parameters: int | None = None) -> str | N
 
 
 def parameter_count(model_config) -> int | None:
-    """Parameters of a decoder from its config alone: embeddings, attention (grouped KV heads), MLP, norms."""
-    c = model_config
+    """Parameters of the base from its config alone (hubtune.memory's count); None for an architecture
+    the count does not know."""
+    from hubtune import memory
+    from hubtune.errors import HubtuneError
+
     try:
-        h, layers, vocab, inter = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
-    except AttributeError:
+        return memory.architecture(model_config.to_dict()).parameters()["total"]
+    except HubtuneError:
         return None
-    heads = c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or h // heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
-    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
-    per_layer = attention + 3 * h * inter + 2 * h
-    embeddings = vocab * h * (1 if getattr(c, "tie_word_embeddings", False) else 2)
-    return layers * per_layer + embeddings + h
 
 
 def _n(x: float) -> str:

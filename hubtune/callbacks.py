@@ -22,21 +22,23 @@ log = logging.getLogger("hubtune")
 
 
 class MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate,
-    tokens/s and elapsed seconds. `on_row` (the console display) sees every row as written.
+    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate, tokens/s
+    and elapsed seconds. `on_row` (the console display) sees every row as written.
 
     `resume_step` is the step of the checkpoint training continues from: lines up to it are kept, later
     ones (logged before a crash but not covered by a checkpoint) are dropped, so the file never holds a
-    step twice. 0 starts the file afresh. Only the main process of a launch writes it."""
+    step twice. 0 starts the file afresh."""
 
     def __init__(self, file: Path, resume_step: int = 0, on_row: Callable[[list[dict]], None] | None = None):
         self.file = file
         self.on_row = on_row
+        self.rows: list[dict] = []
         self.last: tuple[float, int] | None = None
-        self.rows = [row for row in _rows(file) if row["step"] <= resume_step] if resume_step > 0 else []
         self.started = time.time()
-        if is_main_process():
-            file.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
+        if not is_main_process():
+            return
+        self.rows = [row for row in _rows(file) if row["step"] <= resume_step] if resume_step > 0 else []
+        file.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Elapsed time carries over a resume, so the time left stays honest.

@@ -96,12 +96,14 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
     hub_datasets = [d.path for d in summary.datasets if is_hub_id(d.path)]
     results = eval_results_from(run.eval, default_dataset=hub_datasets[0] if hub_datasets else None)
     return ModelCardData(
-        base_model=summary.base_model if is_hub_id(summary.base_model) else None,
+        # The licensed model: for a pre-quantized base, the original its card names.
+        base_model=base.ref if is_hub_id(base.ref) else None,
         base_model_relation="finetune" if merged else "adapter",
         library_name="transformers" if merged else "peft",
         license=licences[0] if licences else None,  # the base's own licence id, as its card gives it
         datasets=hub_datasets or None,
-        tags=["hubtune", method, *(["lora"] if method != "lora" else []), "trl", "sft"],
+        tags=["hubtune", method, *(["lora"] if method != "lora" else []), "trl", "sft",
+              *(["unsloth"] if (summary.backend or {}).get("name") == "unsloth" else [])],
         pipeline_tag=TASK,
         model_name=repo_id.split("/")[-1] if results else None,
         eval_results=results or None,

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Literal, get_args, get_origin
 
-from hubtune.errors import HubtuneError
+from hubtune.errors import HubtuneError, translate
 
 VERBOSE_ENV = "HUBTUNE_VERBOSE"
 
@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
     elif args.config is None:
         raise HubtuneError("give a run config (hubtune train CONFIG.yaml) or --resume RUN_FOLDER")
     else:
-        config = cfg.load(args.config, args.overrides)
+        config = _run_config(args.config, args.overrides, args.ignore_unsupported)
     if config is not None:
         from hubtune.hardware import detect
 
@@ -148,6 +148,52 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(path: str, overrides: list[str], ignore_unsupported: bool):
+    """A hubtune run config, or an Axolotl config translated, shown with what it could not honour."""
+    from pathlib import Path
+
+    from hubtune import config as cfg
+    from hubtune.interop import axolotl
+
+    if not axolotl.is_axolotl(axolotl.read_yaml(Path(path))):
+        return cfg.load(path, overrides)
+    translation = axolotl.read(path)
+    config = translation.run_config(overrides, ignore_unsupported)
+    print(f"Axolotl config {path}, translated to this hubtune run config:\n{config.to_yaml()}")
+    if report := translation.report(ignored=ignore_unsupported):
+        print(report)
+    return config
+
+
+def _config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from hubtune.interop import axolotl
+
+    if args.config_command == "convert":
+        translation = axolotl.read(args.source)
+        config = translation.run_config(ignore_unsupported=args.ignore_unsupported)
+        report = translation.report(ignored=args.ignore_unsupported)
+        header = f"# Translated by hubtune from the Axolotl config {args.source}\n"
+        header += "".join(f"# {line}\n" for line in report.splitlines())
+        Path(args.out).write_text(header + config.to_yaml())
+        print(report + ("\n" if report else "") + f"wrote {args.out}")
+        return 0
+    exported = axolotl.export(args.run)
+    text = yaml.safe_dump(exported, sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    if kept := axolotl.hubtune_only(exported):
+        print(f"kept under `hubtune:` (Axolotl ignores them; hubtune reads them back): {', '.join(kept)}",
+              file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from hubtune.demo import run_demo
 
@@ -197,9 +243,12 @@ def _data(args: argparse.Namespace) -> int:
     import json
 
     from hubtune import data
+    from hubtune.data.output import check_outputs, write_record
     from hubtune.data.report import render
 
     config = _data_config(args)
+    # Where the rows go is checked before anything is read: a wrong --out fails in a second, not after the work.
+    out = check_outputs(args.out, config.data, args.force) if args.data_command == "prepare" else None
     m = config.model
     tokenizer = data.load_tokenizer(m.id, m.revision, m.trust_remote_code)
     prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
@@ -207,12 +256,13 @@ def _data(args: argparse.Namespace) -> int:
         print(json.dumps(prepared.report, indent=2, ensure_ascii=False))
     else:
         render(prepared.report)
-    if args.data_command == "prepare":
-        n = data.write_jsonl(prepared.train, args.out)
-        wrote = f"wrote {n} training rows to {args.out}"
+    if out is not None:
+        n = data.write_jsonl(prepared.train, out.train)
+        wrote = f"wrote {n} training rows to {out.train}"
+        out.eval.unlink(missing_ok=True)  # a held-out file of an earlier run would no longer match
         if prepared.eval is not None:
-            eval_path = args.out.removesuffix(".jsonl") + ".eval.jsonl"
-            wrote += f" and {data.write_jsonl(prepared.eval, eval_path)} held-out rows to {eval_path}"
+            wrote += f" and {data.write_jsonl(prepared.eval, out.eval)} held-out rows to {out.eval}"
+        write_record(out)
         print(wrote, file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -236,8 +286,41 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hubtune", description="Fine-tune, check, evaluate and publish LoRA adapters.")
+def _estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from hubtune import config as cfg
+    from hubtune import memory
+
+    if args.table:
+        rows = memory.guide_table()
+        print(json.dumps(rows, indent=2) if args.json else memory.format_guide_table(rows))
+        return 0
+    if args.model is None:
+        raise HubtuneError("give a model (Hub repo id, folder, hubtune:<asset>) or a run config YAML, or --table")
+    is_run_config = args.model.endswith((".yaml", ".yml"))
+    config = cfg.load(args.model if is_run_config else None)
+    model, revision = (config.model.id, args.revision or config.model.revision) if is_run_config else (args.model, args.revision)
+    arch = memory.read_architecture(model, revision)
+    settings = memory.Settings.from_run_config(
+        config, method=args.method, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
+        target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
+        optimizer=args.optimizer, compute_dtype=args.compute_dtype)
+    gpus = [args.gpu] if args.gpu else list(memory.GPUS)
+    fits = {g: memory.fit_report(arch, settings, g) for g in gpus}
+    est = memory.estimate(arch, memory.on_gpu(settings, args.gpu) if args.gpu else settings)
+    if args.json:
+        out = est.to_dict()
+        out["fits"] = fits[args.gpu]["fits"] if args.gpu else {g: f["fits"] for g, f in fits.items()}
+        out["suggestion"] = fits[args.gpu]["suggestion"] if args.gpu else None
+        print(json.dumps(out, indent=2))
+    else:
+        print(memory.format_estimate(est, list(fits.values())))
+    return 0 if not args.gpu or fits[args.gpu]["fits"] else 3
+
+
+def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune, check, evaluate and publish LoRA adapters.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true",
                         help="show third-party output too (library warnings, progress bars); HUBTUNE_DEBUG=1 also "
@@ -270,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. 90m, 6h (default: 1.5 x the estimated run, at least 30m)")
     g.add_argument("--install", metavar="SPEC", help="how the job installs hubtune: a pip requirement "
                                                      "(default hubtune==<this version>; a git+https URL for a fork)")
-    g.add_argument("--image", metavar="IMAGE",
-                   help="Docker image with uv (default ghcr.io/astral-sh/uv:python3.12-bookworm)")
+    g.add_argument("--image", metavar="IMAGE", help="Docker image with uv (default ghcr.io/astral-sh/uv:python3.12-bookworm)")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="train an Axolotl config without the keys hubtune cannot honour (they are listed)")
     p.set_defaults(func=_train)
 
     p = command("jobs", help="follow Hugging Face Jobs started with `hubtune train ... --on hf-jobs`")
@@ -291,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                    help="dtype of the saved weights (default auto: the base's own)")
     p.set_defaults(func=_merge)
+
+    p = command("config", help="convert Axolotl configs to hubtune run configs and back")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    c = config_sub.add_parser("convert", parents=[common], help="write the hubtune run config of an Axolotl config")
+    c.add_argument("source", metavar="AXOLOTL.yml", help="an Axolotl config")
+    c.add_argument("--out", required=True, metavar="RUN.yaml", help="the run config to write")
+    c.add_argument("--ignore-unsupported", action="store_true", help="leave out the keys hubtune cannot honour")
+    c.set_defaults(func=_config)
+    c = config_sub.add_parser("export", parents=[common], help="write the Axolotl config of a hubtune run (or run config)")
+    c.add_argument("run", metavar="RUN", help="a run folder or a run config YAML")
+    c.add_argument("--to", choices=["axolotl"], default="axolotl", help="the format to write (axolotl)")
+    c.add_argument("--out", metavar="FILE.yml", help="write here instead of printing")
+    c.set_defaults(func=_config)
 
     p = command("demo", help="the whole loop on the embedded tiny model: licence, data, training, evaluation, card")
     config_option(p, "--out", "output.dir")
@@ -328,6 +425,31 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(p, "--acknowledge", "licence.acknowledge", action="append", nargs=None, metavar="ID")
     p.set_defaults(func=_push)
 
+    p = command("estimate", help="peak GPU memory of a fine-tune from the model's config.json, and what fits",
+                description="Counts the parameters from config.json alone (Hub repo, folder, or a run "
+                            "config's model) and adds up weights, adapters, gradients, optimizer states, "
+                            "activations and overhead. Flags default to the run config's values. Exits 3 "
+                            "when the run does not fit --gpu.")
+    from hubtune.memory import GPUS, OPTIMIZERS
+
+    p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
+                   help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
+    config_option(p, "--revision", "model.revision", dest="revision")
+    p.add_argument("--method", choices=["qlora", "lora", "full"],
+                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained")
+    config_option(p, "--seq-len", "data.max_seq_len", dest="seq_len", metavar="N")
+    config_option(p, "--batch", "training.micro_batch_size", dest="batch", metavar="N")
+    config_option(p, "--lora-r", "lora.r", dest="lora_r", metavar="N")
+    config_option(p, "--target-modules", "lora.target_modules", dest="target_modules", metavar="NAME")
+    config_option(p, "--gradient-checkpointing", "training.gradient_checkpointing", dest="gradient_checkpointing")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer whose states to count (default: the run config's)")
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"],
+                   help="dtype of the frozen weights and activations on the GPU (default: bfloat16)")
+    p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")
+    p.add_argument("--table", action="store_true", help="the field guide's hardware table, computed from real configs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_estimate)
+
     p = command("data", help="check and prepare training data: formats, duplicates, lengths, balance")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     for name, help_text in (("check", "print the quality report of a dataset"),
@@ -349,15 +471,23 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--json", action="store_true", help="print the report as one JSON object")
         if name == "prepare":
             d.add_argument("--out", required=True, metavar="FILE.jsonl",
-                           help="training rows go here; held-out rows to FILE.eval.jsonl")
+                           help="training rows go here; held-out rows to FILE.eval.jsonl, their checksums to "
+                                "FILE.sha256")
+            d.add_argument("--force", action="store_true",
+                           help="overwrite --out even when it is a source or a file hubtune did not write")
         d.set_defaults(func=_data)
 
     return parser
 
 
-class _Warnings(logging.StreamHandler):
-    """hubtune's own warnings (a checkpoint moved aside, a 4-bit-only base) as `warning: ...` on whatever
-    sys.stderr is now (tests and notebooks swap it)."""
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (tests and notebooks swap it)."""
 
     hubtune_console = True
 
@@ -369,40 +499,55 @@ class _Warnings(logging.StreamHandler):
     def stream(self, value):
         pass
 
-    def format(self, record: logging.LogRecord) -> str:
-        return f"warning: {record.getMessage()}"
 
-
-def _show_warnings() -> None:
+def _console_logging() -> None:
+    """hubtune's own messages (resume points, skipped checkpoints, warnings) on stderr, once."""
     logger = logging.getLogger("hubtune")
     if not any(getattr(h, "hubtune_console", False) for h in logger.handlers):
-        handler = _Warnings()
-        handler.setLevel(logging.WARNING)
+        handler = _Stderr()
+        handler.setFormatter(_ConsoleFormat())
         logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
         logger.propagate = False
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
+    from hubtune.hub import use_timeouts
+
+    parser = build_parser(prog)
     args, extra = parser.parse_known_args(argv)
     # `hubtune train CONFIG --num-processes 2 key=value`: overrides may also follow the options.
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _show_warnings()
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # a subprocess (the UI's training job) inherits it
+    _console_logging()
+    debug = os.environ.get("HUBTUNE_DEBUG") == "1"
     try:
+        use_timeouts()  # every Hub request this command makes, hubtune's or a library's, gets a timeout
         return args.func(args) or 0
-    except HubtuneError as err:
-        if os.environ.get("HUBTUNE_DEBUG") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Known errors, and foreign ones the table in hubtune.errors can explain, print their fix;
+        # anything else is a bug or a case not handled yet: one line, the traceback on request.
+        typed = translate(err)
+        if debug:
+            raise
+        if typed is None:
+            print(f"error: unexpected {type(err).__name__}: {err}\n(a case hubtune does not handle yet; "
+                  f"HUBTUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
+        print(f"error: {typed}", file=sys.stderr)
+        return typed.exit_code
+
+
+def hf_tune() -> int:
+    """`hf-tune`: the same commands as `hf tune ...`, an extension of huggingface_hub's `hf` CLI."""
+    return main(prog="hf tune")
 
 
 if __name__ == "__main__":

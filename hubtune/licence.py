@@ -167,7 +167,8 @@ class Verdict:
 def read_licence(ref: str, repo_type: str = "model", revision: str | None = None) -> RepoLicence:
     """Licence metadata of a Hub repo (card, gated flag, the token's access to a gated repo), a local
     folder/file (its README.md front matter), or a `hubtune:` asset (its README.md, else the
-    package's own licence)."""
+    package's own licence). A pre-quantized model is judged by the original its card names
+    (see `_prequantized_original`)."""
     from hubtune import hub
     from hubtune.refs import RepoRef
 
@@ -177,12 +178,26 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
         meta = hub.read_card_metadata(folder / "README.md")
         if meta is None and parsed.kind == "builtin":
             return RepoLicence(ref, repo_type, "builtin", [HUBTUNE_LICENCE])
+        if original := _prequantized_original(ref, repo_type, meta or {}, revision):
+            return read_licence(original, "model")
         return _from_metadata(ref, repo_type, parsed.kind, meta or {}, False, None)
     card = hub.repo_card(ref, repo_type, revision)
+    if original := _prequantized_original(ref, repo_type, card.metadata, revision):
+        return read_licence(original, "model")
     found = _from_metadata(ref, repo_type, "hub", card.metadata, card.gated, card.revision_sha)
     if card.gated:
         found.access = hub.gated_access(ref, repo_type)
     return found
+
+
+def _prequantized_original(ref: str, repo_type: str, meta: dict, revision: str | None) -> str | None:
+    """A 4-bit copy of a model (unsloth/...-bnb-4bit) is that model under its licence: its rules,
+    notices and name prefix come from the `base_model` its card names."""
+    if repo_type != "model" or "base_model" not in meta:
+        return None
+    from hubtune.interop.prequantized import original_base
+
+    return original_base(meta, ref, revision)
 
 
 def _from_metadata(ref, repo_type, source, meta: dict, gated, sha) -> RepoLicence:

@@ -7,21 +7,24 @@ on completions only, save the adapter and a summary into the run folder.
     run = resume_from_hub("alice/my-run")                 # on another machine, from training.push_checkpoints
 
 Under accelerate (`hubtune train CONFIG --num-processes N`) every process runs this recipe on its shard of
-the data; the main process alone writes the run folder and shows the console.
+the data; the main process alone writes the run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
 from hubtune import distributed
-from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted
+from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, translate
 from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
+
+log = logging.getLogger("hubtune")
 
 # torch, transformers, peft and trl load inside the functions that use them, so that
 # `import hubtune` (which re-exports train) and the CLI stay fast.
@@ -59,8 +62,8 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
     return _run(run, run.config, True, callbacks, display)
 
 
-def resume_from_hub(repo_id: str, run_dir: str | Path | None = None, callbacks: list[TrainerCallback] | None = None,
-                    display: Display | None = None) -> RunFolder:
+def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
+                    callbacks: list[TrainerCallback] | None = None, display: Display | None = None) -> RunFolder:
     """Continue, on this machine, a run mirrored with training.push_checkpoints: its config, metrics and
     latest checkpoint are downloaded from `repo_id` into `run_dir` (default runs/<repo name>)."""
     path = distributed.share(lambda: fetch_from_hub(repo_id, run_dir))
@@ -81,11 +84,8 @@ def fetch_from_hub(repo_id: str, run_dir: str | Path | None = None) -> Path:
 def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display: Display | None) -> RunFolder:
     from hubtune.progress import Display, quiet_libraries, verbose
 
-    display = display or Display()
-    if not run.writer:  # under accelerate, the main process shows the console
-        from rich.console import Console
-
-        display = Display(Console(quiet=True))
+    # Only the process that writes the run shows the console; the others of a launch stay quiet.
+    display = display or Display(quiet=not distributed.is_main_process())
     with run.lock("train"), quiet_libraries(show=verbose()):
         run.mark(Status.RUNNING)
         try:
@@ -93,13 +93,26 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display
         except TrainingInterrupted:
             run.mark(Status.INTERRUPTED)
             raise
+        except Exception as err:
+            # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
+            # weights) is recorded and raised with its fix, in this run's own settings.
+            typed = translate(err, config=config)
+            run.mark(Status.FAILED, error=str(typed or err) or type(err).__name__)
+            if typed is None or typed is err:
+                raise
+            raise typed from err
         except BaseException as err:
             full = disk_full(run, err)
-            if full is None:
-                _mark(run, Status.FAILED, str(err) or type(err).__name__)
+            if full is not None:
+                _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
+                raise full from None
+            # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
+            # weights) is recorded and raised with its fix, in this run's own settings.
+            typed = translate(err, config=config) if isinstance(err, Exception) else None
+            _mark(run, Status.FAILED, str(typed or err) or type(err).__name__)
+            if typed is None or typed is err:
                 raise
-            _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
-            raise full from None
+            raise typed from err
         finally:
             display.close()
         run.mark(Status.FINISHED)
@@ -108,12 +121,9 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display
 
 def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list, display: Display) -> None:
     import torch
-    from peft import get_peft_model
-    from transformers import AutoConfig, AutoTokenizer
-    from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, hardware, hub, licence
-    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune import hardware
+    from hubtune.interop import backends
 
     started = time.time()
     path = run.path
@@ -122,19 +132,31 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
+    backend = backends.select(config.training.backend, hw, config.model)
+    display.phase("backend", f"{backend.name} ({backend.why})")
+    if backend.name == "unsloth":
+        backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
+    trackers = tracker_callbacks(config, path)
+
+    from transformers import AutoConfig, AutoTokenizer
+    from trl import SFTTrainer
+
+    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+
     distributed.start(cpu)
     torch.manual_seed(config.training.seed)
 
-    # 1. Licence gate and revision pin, before a single weight is downloaded.
+    # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
+    #    repo too, so a token that cannot write there stops the run now rather than at the first save.
     display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
                              f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
     display.licence(verdict)
-    # The checkpoint mirror's repo too: a token that cannot write there stops the run now, not at the first save.
     mirror = HubCheckpoints(path, config.training.push_checkpoints) if config.training.push_checkpoints else None
     if mirror and run.writer:
-        display.phase("mirror", f"checkpoints go to {mirror.create_repo()}")
-    with distributed.main_process_first(cpu):  # downloads and data on the main process first
+        mirror.create_repo()
+    with distributed.main_process_first(cpu):
         base = hub.resolve_model(config.model)
 
         # 2. Tokenizer and data: fail on bad data before paying for the model.
@@ -145,36 +167,38 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
+        if warning := memory.device_warning(config, base.path):
+            display.note(warning, style="bold red")
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
     display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
+    batches = distributed.batch_plan(config.training, len(prepared.train))
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
     model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
-                      sharded=sharded)
-    model = get_peft_model(model, lora_config(config.lora))
+                      backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded)
+    model = attach_lora(model, config, backend.name)
 
     # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
     last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
-    batches = distributed.batch_plan(config.training, len(prepared.train))
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None),
+        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name),
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
-                   *([mirror] if mirror else []), *callbacks],
+                   *([mirror] if mirror else []), *trackers, *callbacks],
     )
     _quiet_trainer(trainer)
-    if getattr(model, "is_loaded_in_4bit", False) and not sharded:
+    if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
     display.phase("training", f"resuming from {last.name}" if last else batches.describe())
@@ -198,10 +222,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                       initial["eval_loss"] if initial else None, batches)
+                       initial["eval_loss"] if initial else None, backend.to_dict(), batches)
     run.write_summary(summary)
     if mirror:
-        display.phase("mirror", f"uploading the finished run to {config.training.push_checkpoints}")
         mirror.finish()
     if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
@@ -226,13 +249,52 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit and config.data.max_seq_len > limit:
         problems.append(("data.max_seq_len", f"{config.data.max_seq_len} exceeds the model's context of {limit} tokens"))
+    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
+        problems.append(("lora.target_modules", problem))
     if problems:
         raise ConfigError(problems, config.model.id)
 
 
+def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
+    """Why the LoRA target names do not fit the model, or None. PEFT adapts the names it finds and keeps
+    quiet about the others, so a typo would train less than asked. The model is built from its config on
+    the meta device (no weights, no memory) and each name is matched as PEFT matches it."""
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoModelForCausalLM, pytorch_utils
+
+    targets = lora.peft_target_modules()
+    if isinstance(targets, str):  # all-linear: whatever linear layers there are
+        return None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                 pytorch_utils.Conv1D)
+    modules = [(key, m) for key, m in skeleton.named_modules() if key]
+    linear_names = sorted({key.rsplit(".", 1)[-1] for key, m in modules if isinstance(m, adaptable)})
+    missing, unadaptable = [], []
+    for name in targets:
+        found = [m for key, m in modules if check_target_module_exists(LoraConfig(target_modules=[name]), key)]
+        if not found:
+            missing.append(name)
+        elif not any(isinstance(m, adaptable) for m in found):
+            unadaptable.append(f"{name} ({type(found[0]).__name__})")
+    if not missing and not unadaptable:
+        return None
+    what = []
+    if missing:
+        what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
+    if unadaptable:
+        what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
+            f"all-linear, attention, qv")
+
+
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True, sharded: bool = False):
-    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none.
+              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False):
+    """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
+    saved already quantized (its config.json holds a quantization_config) loads as saved.
 
     sharded (FSDP, DeepSpeed ZeRO-3): the 4-bit weights are stored in the compute dtype so they can be
     flattened and sharded with the rest, and placement is left to accelerate (no device_map)."""
@@ -241,9 +303,13 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from hubtune import compat
+    from hubtune.interop import backends, prequantized
 
+    saved_quantized = prequantized.quantization_config(path) is not None
+    if backend == "unsloth":
+        return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
-    if model.quantization != "none":
+    if model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,
@@ -254,7 +320,15 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if model.quantization == "none" or not for_training:
+    if saved_quantized:
+        # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the
+        # repo's: compute as a base quantized here would (float32 on a CPU without bf16 units).
+        from bitsandbytes.nn import Linear4bit
+
+        for module in base.modules():
+            if isinstance(module, Linear4bit):
+                module.compute_dtype = hw.compute_dtype
+    if not _quantized(base) or not for_training:
         return base
     if sharded:
         # prepare_model_for_kbit_training would upcast the non-quantized weights to float32, and FSDP needs
@@ -262,7 +336,64 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         return base
     if hw.device == "cpu":
         compat.keep_4bit_weights_exact(base)  # the frozen base stays exactly as quantized
+    if hw.compute_dtype == torch.bfloat16:
+        return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
+    """PEFT's prepare_model_for_kbit_training without its float32 upcast. The upcast of every 16-bit
+    parameter (embeddings, head, norms) guards float16 against overflow; in bfloat16 it only costs
+    memory: 4 GB more on an 8B model with a 128k vocabulary, and a float32 residual stream that doubles
+    the activations checkpointing keeps (see hubtune/memory.py). The base stays frozen either way."""
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return base
+
+
+def _saved_quantization(path: str) -> str | None:
+    """How a pre-quantized base was saved (`bitsandbytes nf4 (double quantization)`); None when hubtune quantized it."""
+    from hubtune.interop import prequantized
+
+    saved = prequantized.quantization_config(path)
+    return prequantized.describe(saved) if saved else None
+
+
+def _quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def attach_lora(model, config: cfg.RunConfig, backend: str = "hf"):
+    """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel."""
+    if backend == "unsloth":
+        from hubtune.interop import backends
+
+        return backends.unsloth_lora(model, config.lora, config.training.gradient_checkpointing, config.training.seed)
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(config.lora))
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback]:
+    """TensorBoard writes into RUN/tensorboard; the other trackers are named in report_to (sft_args).
+    A tracker whose package is missing is a ConfigError before anything loads."""
+    import importlib.util
+
+    missing = [name for name in config.training.report_to if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+    if missing:
+        raise ConfigError([("training.report_to", f"{name} is not installed: pip install {TRACKER_PACKAGES[name]}, "
+                                                  f"or take it out of training.report_to") for name in missing])
+    if "tensorboard" not in config.training.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
 def lora_config(lora: cfg.LoraSection) -> LoraConfig:
@@ -272,10 +403,13 @@ def lora_config(lora: cfg.LoraSection) -> LoraConfig:
                       target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) -> SFTConfig:
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf") -> SFTConfig:
     from trl import SFTConfig
 
     t = config.training
+    # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
+    checkpointing = t.gradient_checkpointing and backend != "unsloth"
+    trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     return SFTConfig(
         output_dir=str(path / "checkpoints"),
@@ -290,8 +424,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         optim=hw.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         bf16=hw.bf16,
@@ -307,14 +441,14 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         packing=config.data.packing,
         completion_only_loss=True,  # the prompt is context, not something to learn
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
+        report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 
 def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,
-             batches: distributed.BatchPlan) -> RunSummary:
+             backend: dict | None, batches: distributed.BatchPlan) -> RunSummary:
     from hubtune.runinfo import library_versions, peak_memory_mb
 
     model = trainer.model
@@ -328,7 +462,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
                                 revision_sha=read.get(s.path, {}).get("revision_sha"))
                   for s in config.data.sources],
-        method="lora" if config.model.quantization == "none" else "qlora",
+        method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
         total_parameters=total,
         global_steps=trainer.state.global_step,
@@ -342,6 +476,8 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         hardware=hw.describe(),
         licence=verdict.to_dict(),
         versions=library_versions(),
+        backend=backend,
+        base_quantization=_saved_quantization(base.path),
         processes=batches.processes,
         effective_batch_size=batches.effective_batch_size,
     )

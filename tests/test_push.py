@@ -94,7 +94,7 @@ def test_licence_block_refuses_publishing(hub, hub_token, make_run):
 def test_failed_push_leaves_the_run_untouched_and_can_be_retried(hub, hub_token, llama_run):
     repo = "alice/Llama-3.1-retry"
     before = folder_bytes(llama_run)
-    hub.fail_next["commit"] = 500
+    hub.fail_next["commit"] = 422  # refused for good (a 5xx is retried: tests/test_hub_faults.py)
     with pytest.raises(PushError, match="run the same push again"):
         hubtune.push(llama_run, repo)
     assert folder_bytes(llama_run) == before

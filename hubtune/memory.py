@@ -1,0 +1,630 @@
+"""Will it fit? The peak GPU memory of a fine-tune, from the base model's config.json alone.
+
+Nothing but `config.json` is read (from the Hub at a revision, a local folder, or a built-in asset):
+the parameters are counted from the architecture, and the peak is the sum of what hubtune's recipe
+holds on the GPU at once:
+
+- weights: linear layers in NF4/FP4 with their quantization constants (QLoRA), or 16-bit; the
+  embeddings, output head and norms stay in bfloat16 (hubtune.train.load_base), or float32 when
+  the GPU computes in float16;
+- LoRA adapters, their gradients and the optimizer's states;
+- activations saved for the backward pass, per layer and token, with or without gradient
+  checkpointing (coefficients measured with autograd's saved-tensor hooks on this recipe, see
+  tests/test_memory.py), and the logits, which TRL's fused LM head computes in float32 tiles;
+- framework overhead: the CUDA context and the caching allocator's slack.
+
+    arch = memory.read_architecture("meta-llama/Llama-3.1-8B")
+    est = memory.estimate(arch, memory.Settings(method="qlora", seq_len=2048, micro_batch=2, lora_r=8))
+    print(est.total_gib, est.fits("RTX 4090"), memory.suggest(arch, est.settings, "T4"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from hubtune.errors import HubtuneError
+
+GIB = 2**30
+GB = 10**9
+
+# Memory CUDA reports for each GPU (torch.cuda.get_device_properties(0).total_memory), in MiB, and
+# whether it computes in bfloat16 (Ampere and newer) or falls back to float16.
+GPUS: dict[str, tuple[int, bool]] = {
+    "T4": (15_360, False), "L4": (23_034, True), "A10G": (23_028, True), "RTX 3090": (24_576, True),
+    "RTX 4090": (24_564, True), "A100 40GB": (40_960, True), "A100 80GB": (81_920, True),
+    "H100 80GB": (81_559, True), "H200": (143_771, True),
+}
+
+# Bytes saved for the backward pass per token and decoder layer, as a*hidden + b*intermediate +
+# c*kv_dim, in bfloat16 autocast with SDPA attention and no LoRA dropout, plus, with dropout, its
+# mask and dropped copy of every adapted layer's input (DROPOUT_BYTES per input element): measured
+# with autograd's saved-tensor hooks (parameters excluded) on Llama layers of hidden 1024-4096 as
+# hubtune.train.load_base prepares them, by benchmarks/activation_memory.py. With checkpointing a
+# layer keeps only its bfloat16 input until it is recomputed.
+# QLoRA in float16 (GPUs without bfloat16, like the T4) keeps PEFT's float32 embeddings, head and
+# norms, so its residual stream and checkpoints are float32 too.
+ACTIVATION_COEFFICIENTS = {"qlora": (16.1, 8.0, 4.0), "qlora-fp16": (24.8, 14.4, 6.2),
+                           "lora": (24.8, 8.4, 6.2), "full": (19.9, 8.0, 4.1)}
+DROPOUT_BYTES = {"qlora": 3, "qlora-fp16": 2, "lora": 4}  # per adapted input element: its dropped copy, mask
+
+# TRL's fused LM head (trl.trainer.utils.add_fused_lm_head) projects 4,096 tokens x 32,768 vocabulary
+# entries at a time and never holds the whole (tokens x vocabulary) logits.
+HEAD_TOKEN_TILE, HEAD_VOCAB_TILE = 4096, 32768
+
+CUDA_CONTEXT_BYTES = 500 * 2**20  # the CUDA context and cuBLAS workspaces, outside PyTorch's own count
+ALLOCATOR_SLACK = 0.05  # the caching allocator rounds and fragments: a few percent over the tensors
+
+# bitsandbytes 4-bit: one absmax per 64 weights, float32, or with double quantization an 8-bit
+# absmax plus one float32 constant per 256 blocks (QLoRA paper, section 3).
+NF4_BLOCK = 64
+DQ_BLOCK = 256
+
+Method = Literal["qlora", "lora", "full"]
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
+
+
+class UnknownArchitecture(HubtuneError):
+    """A config.json whose architecture the estimator cannot count."""
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str  # the module name PEFT targets (q_proj, gate_up_proj, ...)
+    fan_in: int
+    fan_out: int
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the count needs from a decoder-only transformer's config.json."""
+
+    name: str  # where it came from: repo id, folder or file
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+    linears: tuple[Linear, ...]  # per decoder layer
+    norm_params: int  # per decoder layer (RMSNorm weights, QK-norms)
+    vision_params: int = 0  # a vision tower and its projector, counted whole
+    max_positions: int | None = None
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def parameters(self) -> dict[str, int]:
+        """Parameter counts by part; `total` is what the checkpoint holds."""
+        linear = self.layers * sum(m.fan_in * m.fan_out + (m.fan_out if m.bias else 0) for m in self.linears)
+        parts = {
+            "embeddings": self.vocab * self.hidden,
+            "decoder_linear": linear,
+            "norms": self.layers * self.norm_params + self.hidden,
+            "lm_head": 0 if self.tied_embeddings else self.vocab * self.hidden,
+            "vision": self.vision_params,
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def lora_parameters(self, r: int, targets: str | list[str]) -> int:
+        """Adapter parameters for rank r on the given modules (PEFT's all-linear: every decoder linear)."""
+        chosen = self.target_linears(targets)
+        return self.layers * sum(r * (m.fan_in + m.fan_out) for m in chosen)
+
+    def target_linears(self, targets: str | list[str]) -> list[Linear]:
+        from hubtune.config import TARGET_PRESETS
+
+        names = TARGET_PRESETS.get(targets, targets) if isinstance(targets, str) else targets
+        if names == "all-linear":
+            return list(self.linears)
+        chosen = [m for m in self.linears if m.name in names]
+        if not chosen:
+            raise HubtuneError(f"none of the target modules {', '.join(names)} exists in {self.name}; "
+                               f"its linear layers are {', '.join(m.name for m in self.linears)}")
+        return chosen
+
+
+# ---- reading config.json -------------------------------------------------------------------------
+LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}
+KNOWN = "Llama, Mistral, Qwen2/2.5, Qwen3, Gemma, Gemma 2, Gemma 3 and Phi-3/Phi-4"
+
+
+def read_config(model: str, revision: str | None = None) -> tuple[dict, str]:
+    """The config.json of a model: a Hub repo id (downloaded alone, at `revision`), a local folder,
+    a config.json file or a hubtune: asset. Returns (config, where it came from)."""
+    from hubtune.refs import RepoRef
+
+    ref = RepoRef.parse(model)
+    path = ref.path if ref.is_local else Path(model)
+    if ref.is_local and path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise HubtuneError(f"{model} has no config.json; point at a model folder or a Hub repo id")
+    elif ref.is_local and not path.is_file():
+        raise HubtuneError(f"{model}: no such file or folder")
+    elif ref.is_hub:
+        path = Path(_download_config(model, revision))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HubtuneError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise HubtuneError(f"{path}: a config.json holds one JSON object")
+    return config, model
+
+
+def _download_config(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from hubtune.errors import HubUnreachableError
+    from hubtune.hub import hub_errors
+
+    with hub_errors(repo_id, "model", revision):
+        try:
+            return hf_hub_download(repo_id, "config.json", revision=revision or "main")
+        except LocalEntryNotFoundError:
+            raise HubUnreachableError(f"cannot reach the Hub and {repo_id}@{revision or 'main'}'s config.json is not "
+                                      f"in the local cache; check the network (and HF_ENDPOINT), or pass a local "
+                                      f"model folder", repo_id, "model", revision) from None
+
+
+def read_architecture(model: str, revision: str | None = None) -> Architecture:
+    config, source = read_config(model, revision)
+    return architecture(config, source)
+
+
+def architecture(config: dict, name: str = "config.json") -> Architecture:
+    """The architecture of a config.json, with transformers' defaults for the keys it leaves out."""
+    full = _with_defaults(config)
+    text = full.get("text_config") or full
+    model_type = text.get("model_type") or full.get("model_type")
+    if model_type not in LLAMA_LIKE:
+        arch = ", ".join(full.get("architectures") or []) or str(full.get("model_type"))
+        raise UnknownArchitecture(
+            f"{name}: the memory estimate does not know the architecture {arch} (model_type {model_type!r}); "
+            f"it counts {KNOWN} models. Measure instead: train a few steps with a small micro-batch and read "
+            f"peak_memory_mb in the run's summary.json")
+    try:
+        return _decoder(text, model_type, name, _vision_params(full))
+    except (KeyError, TypeError) as err:
+        raise HubtuneError(f"{name}: config.json lacks {err} for a {model_type} model") from None
+
+
+def _with_defaults(config: dict) -> dict:
+    """config.json completed by transformers' config class for its model_type (the values a
+    checkpoint leaves out are the class defaults, as when the model is loaded)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(**config).to_dict()
+    except (ValueError, KeyError, TypeError):  # a model_type transformers does not know: take it as written
+        return config
+
+
+def _decoder(c: dict, model_type: str, name: str, vision: int) -> Architecture:
+    h, layers, heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
+    kv = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or h // heads
+    inter, vocab = c["intermediate_size"], c["vocab_size"]
+    q, kvd = heads * head_dim, kv * head_dim
+    attn_bias = bool(c.get("attention_bias", False))
+    mlp_bias = bool(c.get("mlp_bias", False))
+    if model_type == "phi3":  # fused projections
+        linears = (Linear("qkv_proj", h, q + 2 * kvd, attn_bias), Linear("o_proj", q, h, attn_bias),
+                   Linear("gate_up_proj", h, 2 * inter, mlp_bias), Linear("down_proj", inter, h, mlp_bias))
+    else:
+        qkv_bias = attn_bias or model_type == "qwen2"  # Qwen2 has q/k/v biases and none on o_proj
+        linears = (Linear("q_proj", h, q, qkv_bias), Linear("k_proj", h, kvd, qkv_bias),
+                   Linear("v_proj", h, kvd, qkv_bias), Linear("o_proj", q, h, attn_bias),
+                   Linear("gate_proj", h, inter, mlp_bias), Linear("up_proj", h, inter, mlp_bias),
+                   Linear("down_proj", inter, h, mlp_bias))
+    norms = 4 * h if model_type in {"gemma2", "gemma3_text"} else 2 * h  # Gemma 2/3 norm around both blocks
+    if model_type in {"qwen3", "gemma3_text"}:
+        norms += 2 * head_dim  # RMSNorm on queries and keys
+    tied = c.get("tie_word_embeddings", model_type.startswith("gemma"))
+    return Architecture(name=name, model_type=model_type, hidden=h, layers=layers, heads=heads, kv_heads=kv,
+                        head_dim=head_dim, intermediate=inter, vocab=vocab, tied_embeddings=bool(tied),
+                        linears=linears, norm_params=norms, vision_params=vision,
+                        max_positions=c.get("max_position_embeddings"))
+
+
+def _vision_params(full: dict) -> int:
+    """A SigLIP vision tower with Gemma 3's projector (the only multimodal family counted)."""
+    v = full.get("vision_config")
+    if not v:
+        return 0
+    if v.get("model_type") != "siglip_vision_model" or full.get("model_type") != "gemma3":
+        raise UnknownArchitecture(f"the memory estimate does not know the vision tower {v.get('model_type')!r} of "
+                                  f"{full.get('model_type')!r}; it counts {KNOWN} language models")
+    h, i, layers = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    embed = v.get("num_channels", 3) * v["patch_size"] ** 2 * h + h + patches * h
+    layer = 4 * (h * h + h) + 2 * h * i + i + h + 2 * 2 * h  # attention, MLP, two LayerNorms
+    text_hidden = (full.get("text_config") or {})["hidden_size"]
+    projector = h * text_hidden + h  # Gemma3MultiModalProjector: a matrix and an RMSNorm
+    return embed + layers * layer + 2 * h + projector
+
+
+# ---- the estimate -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What the peak depends on besides the model; defaults are hubtune's QLoRA recipe on a GPU."""
+
+    method: Method = "qlora"
+    quantization: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    seq_len: int = 1024
+    micro_batch: int = 2
+    gradient_accumulation: int = 4
+    lora_r: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    gradient_checkpointing: bool = True
+    optimizer: str = "paged_adamw_8bit"
+    gpus: int = 1
+
+    @classmethod
+    def from_run_config(cls, config, **changes) -> Settings:
+        """The settings of a RunConfig (hubtune.config) as the recipe runs them on a GPU, with `changes`
+        (Settings fields; None leaves the config's value)."""
+        t, m = config.training, config.model
+        settings = cls(method="lora" if m.quantization == "none" else "qlora",
+                       quantization="nf4" if m.quantization == "none" else m.quantization,
+                       double_quant=m.double_quant,
+                       compute_dtype="float16" if m.compute_dtype == "float16" else "bfloat16",
+                       seq_len=config.data.max_seq_len, micro_batch=t.micro_batch_size,
+                       gradient_accumulation=t.gradient_accumulation_steps, lora_r=config.lora.r,
+                       lora_dropout=config.lora.dropout, target_modules=config.lora.target_modules,
+                       gradient_checkpointing=t.gradient_checkpointing,
+                       optimizer=CUDA_OPTIMIZER if t.optimizer == "auto" else t.optimizer)
+        changes = {k: v for k, v in changes.items() if v is not None}
+        targets = changes.get("target_modules")
+        if isinstance(targets, list) and len(targets) == 1 and targets[0] in ("qv", "attention", "all-linear"):
+            changes["target_modules"] = targets[0]  # a preset given on the command line
+        return replace(settings, **changes)
+
+    @property
+    def recipe(self) -> str:
+        """Which measured activation profile applies."""
+        return "qlora-fp16" if self.method == "qlora" and self.compute_dtype == "float16" else self.method
+
+    def describe(self) -> str:
+        what = {"qlora": f"QLoRA ({self.quantization.upper()}{' + double quantization' if self.double_quant else ''})",
+                "lora": "16-bit LoRA", "full": "full fine-tuning"}[self.method]
+        lora = (f", r {self.lora_r} on {_targets(self.target_modules)}, dropout {self.lora_dropout:g}"
+                if self.method != "full" else "")
+        return (f"{what}{lora}, {self.compute_dtype} compute, micro-batch {self.micro_batch} x {self.seq_len} "
+                f"tokens, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
+                + (f", {self.gpus} GPUs" if self.gpus > 1 else ""))
+
+
+CUDA_OPTIMIZER = "paged_adamw_8bit"  # what training.optimizer: auto picks on CUDA (hubtune.hardware)
+
+
+def _targets(t: str | list[str]) -> str:
+    return t if isinstance(t, str) else ", ".join(t)
+
+
+@dataclass
+class Estimate:
+    architecture: Architecture
+    settings: Settings
+    parameters: dict[str, int]
+    trainable: int
+    breakdown: dict[str, int]  # bytes per part, in the order they are printed; they sum to the total
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.breakdown.values())
+
+    @property
+    def total_gb(self) -> float:
+        return self.total / GB
+
+    @property
+    def total_gib(self) -> float:
+        return self.total / GIB
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.architecture.name, "model_type": self.architecture.model_type,
+            "settings": asdict(self.settings), "parameters": self.parameters, "trainable_parameters": self.trainable,
+            "breakdown_gb": {k: round(v / GB, 3) for k, v in self.breakdown.items()},
+            "total_gb": round(self.total_gb, 2), "total_gib": round(self.total_gib, 2), "notes": self.notes,
+        }
+
+
+def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
+    """Peak GPU memory of one training step, part by part (bytes)."""
+    s = settings or Settings()
+    p = arch.parameters()
+    tokens = s.micro_batch * s.seq_len
+    # Frozen embeddings, head, norms (and a vision tower) stay 16-bit, except that in float16 PEFT
+    # upcasts them to float32 (hubtune.train.load_base).
+    unquantized = p["embeddings"] + p["lm_head"] + p["vision"] + p["norms"]
+    wide = 4 if s.recipe == "qlora-fp16" else 2
+    if s.method == "qlora":
+        quantized = p["decoder_linear"]
+        per_block = 1 + 4 / DQ_BLOCK if s.double_quant else 4
+        weights = quantized / 2 + quantized / NF4_BLOCK * per_block + wide * unquantized
+        label = (f"weights: {s.quantization.upper()} decoder layers, "
+                 f"{'float32' if wide == 4 else '16-bit'} embeddings, head and norms")
+    else:
+        weights, label = 2 * p["total"], "weights: 16-bit"
+    if s.method == "full":
+        trainable, trainable_bytes = p["total"], 2
+    else:
+        trainable = arch.lora_parameters(s.lora_r, s.target_modules)
+        # TRL keeps a 4-bit base's adapters in bfloat16; PEFT keeps a 16-bit base's in float32.
+        trainable_bytes = 2 if s.method == "qlora" else 4
+    breakdown = {label: int(weights)}
+    if s.method != "full":
+        breakdown[f"LoRA adapters (r {s.lora_r}, {trainable / 1e6:.1f}M parameters)"] = trainable * trainable_bytes
+    breakdown["gradients"] = trainable * trainable_bytes
+    breakdown[f"optimizer states ({s.optimizer})"] = _optimizer_bytes(arch, s, trainable, trainable_bytes)
+    if s.gpus > 1:  # FSDP shards weights, gradients and optimizer states; activations stay per GPU
+        breakdown = {k: math.ceil(v / s.gpus) for k, v in breakdown.items()}
+    layer = layer_activation_bytes(arch, s, tokens)
+    head = _head_bytes(arch, s, tokens)
+    if s.gradient_checkpointing:
+        # The LM head's backward runs before any layer is recomputed: the two are never alive together.
+        breakdown[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
+        breakdown["activations: the layer being recomputed, or the LM head's logit tiles"] = max(layer, head)
+    else:
+        breakdown[f"activations: all {arch.layers} layers"] = arch.layers * layer
+        breakdown["logits: float32 tiles of TRL's fused LM head"] = head
+    tensors = sum(breakdown.values())
+    breakdown["framework: CUDA context, allocator slack"] = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors)
+    notes = [f"the logits are computed in {HEAD_TOKEN_TILE:,} x {HEAD_VOCAB_TILE:,} tiles (TRL's fused LM head); "
+             f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"]
+    if arch.max_positions and s.seq_len > arch.max_positions:
+        notes.append(f"seq_len {s.seq_len} exceeds the model's context of {arch.max_positions} tokens")
+    return Estimate(arch, s, p, trainable, breakdown, notes)
+
+
+def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
+    """Bytes one decoder layer saves for the backward pass."""
+    a, b, c = ACTIVATION_COEFFICIENTS[s.recipe]
+    per_token = a * arch.hidden + b * arch.intermediate + c * arch.kv_dim
+    if s.method != "full" and s.lora_dropout > 0:
+        per_token += DROPOUT_BYTES[s.recipe] * sum(m.fan_in for m in arch.target_linears(s.target_modules))
+    return int(tokens * per_token)
+
+
+def _head_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
+    """TRL's fused head: one 16-bit tile of logits (plus the head's rows cast to the compute dtype when
+    it is float32), float32 per-token statistics and, in the backward, the float32 gradient of the
+    hidden states (and of the head itself when it is trained)."""
+    vocab_tile = min(arch.vocab, HEAD_VOCAB_TILE)
+    tile = min(tokens, HEAD_TOKEN_TILE) * vocab_tile * 2
+    cast = vocab_tile * arch.hidden * 2 if s.recipe == "qlora-fp16" else 0
+    grad_hidden = tokens * arch.hidden * 4
+    stats = tokens * 8 * 4
+    grad_head = arch.vocab * arch.hidden * 4 if s.method == "full" else 0
+    return int(tile + cast + grad_hidden + stats + grad_head)
+
+
+def _optimizer_bytes(arch: Architecture, s: Settings, trainable: int, param_bytes: int) -> int:
+    opt = s.optimizer
+    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+        return int(trainable * (2 + 2 * 4 / 256))  # two 8-bit moments, a float32 scale per 256
+    if opt == "paged_adamw_32bit":
+        return trainable * 8
+    if opt in ("adamw_torch", "adamw_torch_fused"):
+        return trainable * 2 * param_bytes  # torch keeps both moments in the parameter's dtype
+    if opt == "adafactor":  # factored second moment: a row and a column vector per matrix
+        targets = arch.linears if s.method == "full" else arch.target_linears(s.target_modules)
+        if s.method == "full":
+            sides = [m.fan_in + m.fan_out for m in targets]
+        else:
+            sides = [m.fan_in + 2 * s.lora_r + m.fan_out for m in targets]
+        return arch.layers * sum(sides) * 4
+    if opt == "sgd":
+        return 0
+    raise HubtuneError(f"unknown optimizer {opt!r}; the estimate knows {', '.join(OPTIMIZERS)}")
+
+
+# ---- GPUs and what to change ------------------------------------------------------------------------
+def gpu_spec(gpu: str | float) -> tuple[str, int, bool]:
+    """(name, bytes, computes in bfloat16) of a GPU from GPUS (case and spaces ignored) or a size in GB."""
+    if isinstance(gpu, (int, float)):
+        return f"{gpu:g} GB", int(gpu * GB), True
+    key = gpu.replace(" ", "").lower()
+    for name, (mib, bf16) in GPUS.items():
+        if name.replace(" ", "").lower() == key:
+            return name, mib * 2**20, bf16
+    try:
+        size = float(key.removesuffix("gb"))
+    except ValueError:
+        raise HubtuneError(f"unknown GPU {gpu!r}; give one of {', '.join(GPUS)} or a size in GB (e.g. 24)") from None
+    return f"{size:g} GB", int(size * GB), True
+
+
+def on_gpu(settings: Settings, gpu: str | float) -> Settings:
+    """The settings as they run on this GPU: float16 compute where it has no bfloat16."""
+    return settings if gpu_spec(gpu)[2] else replace(settings, compute_dtype="float16")
+
+
+@dataclass
+class Suggestion:
+    change: str  # what to change, in words
+    settings: Settings
+    total: int
+
+    def to_dict(self) -> dict:
+        return {"change": self.change, "total_gb": round(self.total / GB, 2), "settings": asdict(self.settings)}
+
+
+def fit_report(arch: Architecture, settings: Settings, gpu: str | float) -> dict:
+    """Whether the run fits the GPU, and when it does not, the nearest settings that do."""
+    name, limit, _ = gpu_spec(gpu)
+    settings = on_gpu(settings, gpu)
+    total = estimate(arch, settings).total
+    tip = None if total <= limit else suggest(arch, settings, limit)
+    return {"gpu": name, "gpu_gib": round(limit / GIB, 1), "compute_dtype": settings.compute_dtype,
+            "total_gb": round(total / GB, 2), "fits": total <= limit, "suggestion": tip.to_dict() if tip else None}
+
+
+def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
+    """The nearest settings that fit in `limit` bytes. Changes are added one at a time, cheapest for
+    the run first: an 8-bit optimizer, checkpointing, smaller micro-batches with more accumulation
+    (the same effective batch), 4-bit (QLoRA), shorter sequences, more GPUs. The first set that fits
+    is then pruned of every change it does not need."""
+    effective = s.micro_batch * s.gradient_accumulation
+    options: list[tuple[str, str, dict]] = []  # (kind, phrase, Settings fields), in order of cost
+    if s.optimizer not in ("adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"):
+        options.append(("optimizer", f"an 8-bit optimizer (training.optimizer: {CUDA_OPTIMIZER})",
+                        {"optimizer": CUDA_OPTIMIZER}))
+    if not s.gradient_checkpointing:
+        options.append(("checkpointing", "gradient checkpointing (training.gradient_checkpointing: true)",
+                        {"gradient_checkpointing": True}))
+    micro = s.micro_batch
+    while micro > 1:
+        micro //= 2
+        accum = max(1, effective // micro)
+        options.append(("batch", f"micro-batch {micro} with {accum} accumulation steps (training.micro_batch_size: "
+                                 f"{micro}, training.gradient_accumulation_steps: {accum})",
+                        {"micro_batch": micro, "gradient_accumulation": accum}))
+    if s.method != "qlora":
+        options.append(("method", "LoRA on the base loaded in 4 bits (model.quantization: nf4)",
+                        {"method": "qlora", "quantization": "nf4", "double_quant": True}))
+    seq = s.seq_len
+    while seq > 256:
+        seq //= 2
+        options.append(("seq", f"sequences of at most {seq} tokens (data.max_seq_len: {seq})", {"seq_len": seq}))
+    options += [("gpus", f"{n} GPUs with FSDP sharding weights and optimizer states", {"gpus": n}) for n in (2, 4, 8)]
+
+    def build(chosen: dict[str, tuple[str, dict]]) -> Settings:
+        return replace(s, **{k: v for _, fields in chosen.values() for k, v in fields.items()})
+
+    chosen: dict[str, tuple[str, dict]] = {}  # a later option of the same kind replaces the earlier one
+    for kind, phrase, fields in options:
+        chosen[kind] = (phrase, fields)
+        if estimate(arch, build(chosen)).total <= limit:
+            for k in list(chosen)[:-1]:  # drop what the fit does not need ...
+                rest = {k2: v for k2, v in chosen.items() if k2 != k}
+                if estimate(arch, build(rest)).total <= limit:
+                    chosen = rest
+            for k in list(chosen):  # ... and soften the rest: the mildest option of each kind that fits
+                for kind2, phrase2, fields2 in options:
+                    softer = {**chosen, k: (phrase2, fields2)}
+                    if kind2 == k and estimate(arch, build(softer)).total <= limit:
+                        chosen = softer
+                        break
+            settings = build(chosen)
+            return Suggestion("; ".join(p for p, _ in chosen.values()), settings, estimate(arch, settings).total)
+    return None
+
+
+def device_warning(config, model_path: str, device_bytes: int | None = None) -> str | None:
+    """Before loading: a warning when the estimated peak exceeds the GPU's memory, with the nearest
+    settings that fit. None on a CPU (no `device_bytes` and no CUDA), when it fits, or for an
+    architecture the estimate does not know."""
+    if device_bytes is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        device_bytes = torch.cuda.get_device_properties(0).total_memory
+    try:
+        arch = read_architecture(model_path)
+    except HubtuneError:
+        return None
+    settings = Settings.from_run_config(config)
+    total = estimate(arch, settings).total
+    if total <= device_bytes:
+        return None
+    tip = suggest(arch, settings, device_bytes)
+    fix = f"; try {tip.change} (about {tip.total / GB:.1f} GB)" if tip else "; no single change fits: use a larger GPU"
+    return (f"estimated peak memory {total / GB:.1f} GB ({settings.describe()}) exceeds this GPU's "
+            f"{device_bytes / GB:.1f} GB and will likely run out of memory{fix}. "
+            f"See `hubtune estimate {config.model.id}` for the breakdown")
+
+
+# ---- the field guide's table ------------------------------------------------------------------------
+GUIDE = [  # (row, reference configs, full, 16-bit LoRA, QLoRA) in GB, as the field guide prints them
+    ("1B-3B", ("Llama-3.2-1B", "Llama-3.2-3B"), 24, 8, 4),
+    ("7B-8B", ("Mistral-7B-v0.3", "Qwen2.5-7B-Instruct", "Llama-3.1-8B", "Qwen3-8B"), 60, 16, 8),
+    ("13B", ("Llama-2-13b-hf", "phi-4"), 120, 32, 14),
+    ("70B", ("Llama-3.1-70B",), None, 160, 40),  # None: "a cluster"
+]
+
+
+def reference_config(name: str) -> Path:
+    """A config.json shipped with hubtune (hubtune/assets/model_configs/NAME.json)."""
+    from hubtune.config import ASSETS
+
+    path = ASSETS / "model_configs" / f"{name}.json"
+    if not path.is_file():
+        raise HubtuneError(f"no shipped config {name!r}")
+    return path
+
+
+def guide_table(settings: Settings | None = None) -> list[dict]:
+    """The guide's hardware table computed from real configs: per row and method, the estimate for each
+    reference model and the largest of them (what a GPU for that row must hold) beside the guide's figure.
+    Default settings: hubtune's run-config defaults."""
+    settings = settings or Settings()
+    rows = []
+    for row, names, *guide in GUIDE:
+        archs = [architecture(json.loads(reference_config(n).read_text()), n) for n in names]
+        cells = {}
+        for method, figure in zip(("full", "lora", "qlora"), guide):
+            totals = [estimate(a, replace(settings, method=method)).total / GB for a in archs]
+            cells[method] = {"estimate_gb": round(max(totals), 1), "models_gb": [round(t, 1) for t in totals],
+                             "guide_gb": figure}
+        rows.append({"row": row, "models": list(names),
+                     "parameters_b": [round(a.parameters()["total"] / 1e9, 2) for a in archs], **cells})
+    return rows
+
+
+# ---- printing ---------------------------------------------------------------------------------------
+def format_estimate(est: Estimate, fits: list[dict]) -> str:
+    """The estimate as text: parameters, settings, the breakdown, the total and each GPU's verdict."""
+    a, p = est.architecture, est.parameters
+    lines = [f"{a.name} ({a.model_type}): {p['total'] / 1e9:.2f}B parameters "
+             f"(embeddings {p['embeddings'] / 1e9:.2f}B, decoder layers {p['decoder_linear'] / 1e9:.2f}B"
+             + (f", output head {p['lm_head'] / 1e9:.2f}B" if p["lm_head"] else ", tied output head")
+             + (f", vision {p['vision'] / 1e9:.2f}B" if p["vision"] else "") + ")",
+             est.settings.describe(), ""]
+    width = max(len(k) for k in est.breakdown) + 2
+    lines += [f"  {k:<{width}}{v / GB:7.2f} GB" for k, v in est.breakdown.items()]
+    lines.append(f"  {'total':<{width}}{est.total_gb:7.2f} GB ({est.total_gib:.2f} GiB)")
+    lines += [f"note: {n}" for n in est.notes] + [""]
+    for f in fits:
+        line = f"{f['gpu']} ({f['gpu_gib']:g} GiB): {'fits' if f['fits'] else 'does not fit'}"
+        if f["compute_dtype"] != est.settings.compute_dtype:
+            line += f" ({f['total_gb']:.2f} GB: no bfloat16 on this GPU, so float16 with float32 embeddings and norms)"
+        if not f["fits"]:
+            tip = f["suggestion"]
+            line += (f"; nearest that fits: {tip['change']} ({tip['total_gb']:.2f} GB)" if tip
+                     else "; no single change makes it fit")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_guide_table(rows: list[dict]) -> str:
+    """The guide's table beside the estimates (GB; the largest reference model of each row)."""
+    def cell(c: dict) -> str:
+        guide = "cluster" if c["guide_gb"] is None else f"{c['guide_gb']:g}"
+        return f"{c['estimate_gb']:>7.1f} / {guide:<7}"
+
+    lines = [f"hubtune estimate vs the field guide, GB ({Settings().describe()})", "",
+             f"{'size':<7}{'full':>17}{'16-bit LoRA':>19}{'QLoRA':>17}   reference configs",
+             f"{'':<7}{'ours / guide':>17}{'ours / guide':>19}{'ours / guide':>17}"]
+    for r in rows:
+        models = ", ".join(f"{m} {b:g}B" for m, b in zip(r["models"], r["parameters_b"]))
+        lines.append(f"{r['row']:<7}  {cell(r['full'])}  {cell(r['lora'])}  {cell(r['qlora'])}   {models}")
+    return "\n".join(lines)
