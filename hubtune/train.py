@@ -93,15 +93,9 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display
         except TrainingInterrupted:
             run.mark(Status.INTERRUPTED)
             raise
-        except Exception as err:
-            # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
-            # weights) is recorded and raised with its fix, in this run's own settings.
-            typed = translate(err, config=config)
-            run.mark(Status.FAILED, error=str(typed or err) or type(err).__name__)
-            if typed is None or typed is err:
-                raise
-            raise typed from err
         except BaseException as err:
+            # A full disk first: safetensors and torch.save report it in words the table below would
+            # read as damaged weights.
             full = disk_full(run, err)
             if full is not None:
                 _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
@@ -201,8 +195,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
-    display.phase("training", f"resuming from {last.name}" if last else
-                  f"{len(prepared.train)} examples; {batches.describe()}")
+    display.phase("training", f"resuming from {last.name}" if last else batches.describe())
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
