@@ -1,10 +1,11 @@
 # make demo: fine-tune the embedded tiny model and score it.  make test: the test suite.
+# make ui: the web app on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change it).
 # Both create .venv on first use (torch first, pinned by constraints.txt) and reuse it after.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test
+.PHONY: install demo test ui
 
 install: $(STAMP)
 
@@ -20,3 +21,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+ui: $(STAMP)
+	$(VENV)/bin/hubtune ui

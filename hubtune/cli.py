@@ -286,6 +286,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from hubtune.ui import launch
+
+    launch(args.root)
+    return 0
+
+
+def _space_deploy(args: argparse.Namespace) -> int:
+    from hubtune.ui.deploy import deploy
+
+    done = deploy(args.space, hardware=args.hardware or None, private=args.private, wheel=args.wheel)
+    print(f"uploaded {len(done.files)} files to {done.repo_id}; {done.hardware_note}")
+    print(done.url)
+    return 0
+
+
 def _estimate(args: argparse.Namespace) -> int:
     import json
 
@@ -476,6 +492,20 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
             d.add_argument("--force", action="store_true",
                            help="overwrite --out even when it is a source or a file hubtune did not write")
         d.set_defaults(func=_data)
+
+    p = command("ui", help="the web app: run, watch, evaluate, chat and publish from a browser",
+                       description="Serves the app on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).")
+    p.add_argument("--root", help="where runs live (default: HUBTUNE_HOME, else ./runs)")
+    p.set_defaults(func=_ui)
+
+    p = command("space", help="put the app on a Hugging Face Space")
+    space_sub = p.add_subparsers(dest="space_command", required=True)
+    d = space_sub.add_parser("deploy", parents=[common], help="create or update a Gradio Space running this hubtune")
+    d.add_argument("space", metavar="OWNER/NAME", help="the Space repo (created if needed)")
+    d.add_argument("--hardware", default="l4x1", help="hardware to request (default l4x1; '' for none)")
+    d.add_argument("--private", action="store_true", help="create the Space as private")
+    d.add_argument("--wheel", help="a hubtune wheel to upload (default: built from this source checkout)")
+    d.set_defaults(func=_space_deploy)
 
     return parser
 

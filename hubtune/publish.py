@@ -207,3 +207,61 @@ def push_errors(repo: str):
                         f"{again}") from None
     except (OSError, RuntimeError, ValueError) as err:
         raise PushError(f"the push to {repo} failed: {err}. {again}") from None
+
+
+def suggested_repo(run: RunFolder, owner: str | None, verdict=None) -> str:
+    """A repo id for publishing a run: OWNER/<base name>-<run name>, renamed to follow the licences'
+    naming rules (a Llama 3.1 derivative's name begins with "Llama")."""
+    import re
+
+    from hubtune.card import publishing_verdict
+
+    run.require_finished()
+    base = run.summary.base_model.rstrip("/").split("/")[-1].removeprefix("hubtune:")
+    stem = run.path.name if run.path.name.startswith(base) else f"{base}-{run.path.name}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:90]
+    verdict = verdict or publishing_verdict(run)
+    for _ref, pattern, *_ in verdict.name_rules:
+        if not re.match(pattern, name):
+            name = licence._suggest(pattern, name)
+    return f"{owner or 'OWNER'}/{name}"
+
+
+def check_target(repo: str, token: str | None = None, verdict=None) -> str:
+    """Check a push target before any GPU time is spent on the run that will go there: the repo id is
+    valid, follows the naming rules in `verdict` (a licence.Verdict), and the token may write to its
+    namespace. Returns the token's account name; raises NamingRuleError or PushError with the fix."""
+    import re
+
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hubtune.errors import NamingRuleError
+    from hubtune.hub import hub_errors
+
+    _check_repo_id(repo)
+    owner, name = repo.split("/")
+    for ref, pattern, words, *_ in (verdict.name_rules if verdict else []):
+        if not re.match(pattern, name):
+            raise NamingRuleError(f"cannot publish to {repo}: the run derives from {ref}, whose licence says {words}. "
+                                  f"Use a name like {owner}/{licence._suggest(pattern, name)}", verdict)
+    token = token or get_token()
+    if not token:
+        raise PushError(f"no Hugging Face token is set, so the run could not be pushed to {repo}: sign in, or create "
+                        f"a write token at {constants.ENDPOINT}/settings/tokens")
+    try:
+        with hub_errors(repo, "model"):
+            me = HfApi(token=token).whoami()
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        raise PushError(f"the Hub rejected the token ({status}) when checking the push target {repo}: use a valid "
+                        f"write token") from None
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PushError(f"the token of {me['name']} is read-only, so nothing can be pushed to {repo}: use a token "
+                        f"with write access ({constants.ENDPOINT}/settings/tokens)")
+    namespaces = {me["name"], *(o["name"] for o in me.get("orgs") or [])}
+    if owner not in namespaces:
+        raise PushError(f"{me['name']} cannot write to {owner!r}: push to {me['name']}/{name} or to an "
+                        f"organisation the account belongs to ({', '.join(sorted(namespaces))})")
+    return me["name"]

@@ -267,6 +267,37 @@ def trained_run(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+# ---- the UI in a real browser: Debian's Chromium, driven by Playwright ------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches Debian's Chromium (Playwright's own download cannot work offline),
+    headless, without the background networking that keeps calling hosts this network refuses."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run installs it)")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True,
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run"]}
+
+
+@pytest.fixture
+def ui_app(tmp_path):
+    """The app on 127.0.0.1 (a free port) over a fresh runs root; its jobs are stopped afterwards."""
+    from hubtune.ui import build_app
+
+    root = tmp_path / "runs"
+    app = build_app(root)
+    app.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=None,
+                                                   prevent_thread_lock=True, quiet=True)
+    app.root = root
+    yield app
+    app.runner.close()
+    for running in list(app.runner.running.values()):  # the subprocesses this app started, by pid
+        running.process.terminate()
+        running.process.wait(timeout=60)
+    app.close()
 @pytest.fixture(scope="session")
 def eval_run(trained_run) -> Path:
     return trained_run[0].path

@@ -110,6 +110,8 @@ class Repo:
     granted: set[str] = field(default_factory=set)  # users who accepted a gated repo's terms
     commits: dict[str, Commit] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # branch or tag -> commit sha
+    sdk: str | None = None  # a Space's SDK (gradio, docker, static)
+    hardware: str | None = None  # a Space's requested hardware flavor
 
     def resolve(self, revision: str) -> Commit | None:
         revision = unquote(revision)
@@ -461,8 +463,12 @@ class _Handler(BaseHTTPRequestHandler):
         if (repo_type, repo_id) in self.state.repos:
             self._json(409, {"error": "You already created this repo", "url": url})
             return
+        if repo_type == "space" and body.get("sdk") not in SPACE_SDKS:
+            raise HubError(400, f"a Space needs an sdk, one of {', '.join(SPACE_SDKS)}")
         private = body.get("visibility") == "private" or bool(body.get("private"))
-        self.state.create(repo_id, repo_type, private=private)
+        repo = self.state.create(repo_id, repo_type, private=private)
+        repo.sdk = body.get("sdk")
+        repo.hardware = body.get("hardware")
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def validate_yaml(self, method, query, token):
@@ -485,11 +491,27 @@ class _Handler(BaseHTTPRequestHandler):
             "lastModified": "2025-01-01T00:00:00.000Z", "createdAt": "2025-01-01T00:00:00.000Z",
             "siblings": [{"rfilename": p} for p in sorted(commit.files)],
         }
+        if repo.repo_type == "space":
+            info.update(sdk=repo.sdk, runtime=self._runtime(repo))
         meta = card_metadata(self.state._content(readme)) if readme else None
         if meta is not None:
             info["cardData"] = meta
         self._json(200, info)
 
+    def _runtime(self, repo: Repo) -> dict:
+        return {"stage": "BUILDING", "hardware": {"current": None, "requested": repo.hardware},
+                "storage": None, "gcTimeout": None, "replicas": {"current": 1, "requested": 1}}
+
+    def space_hardware(self, method, query, token, repo_id):
+        repo = self._writable("space", repo_id, token)
+        flavor = json.loads(self._body() or b"{}").get("flavor")
+        if flavor not in SPACE_HARDWARE:
+            raise HubError(400, f"unknown hardware {flavor!r}; one of {', '.join(SPACE_HARDWARE)}")
+        repo.hardware = flavor
+        self._json(200, self._runtime(repo))
+
+    def space_runtime(self, method, query, token, repo_id):
+        self._json(200, self._runtime(self._repo("space", repo_id, token)))
     def auth_check(self, method, query, token, type, repo_id, write=None):
         """What `HfApi.auth_check` asks: may this token read (or write) the repo's files?"""
         repo = self._repo(type, repo_id, token)
@@ -601,6 +623,9 @@ class _Handler(BaseHTTPRequestHandler):
                          "commitUrl": f"{self.state.url}/{PREFIX[type]}{repo_id}/commit/{sha}"})
 
 
+SPACE_SDKS = ("gradio", "docker", "static")
+SPACE_HARDWARE = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "l4x4", "a10g-small", "a10g-large",
+                  "a100-large", "h100")
 _TYPE = r"(?P<type>model|dataset|space)s"
 _ID = r"(?P<repo_id>[\w.-]+/[\w.-]+)"
 _RES_PREFIX = r"(?P<prefix>datasets/|spaces/)?"
@@ -615,6 +640,8 @@ ROUTES = [
     ("job-cancel", "POST", r"/api/jobs/(?P<namespace>[\w.-]+)/(?P<job_id>[0-9a-f]+)/cancel", _Handler.cancel_job),
     ("create", "POST", r"/api/repos/create", _Handler.create_repo),
     ("validate-yaml", "POST", r"/api/validate-yaml", _Handler.validate_yaml),
+    ("space-hardware", "POST", rf"/api/spaces/{_ID}/hardware", _Handler.space_hardware),
+    ("space-runtime", "GET", rf"/api/spaces/{_ID}/runtime", _Handler.space_runtime),
     ("info", "GET", rf"/api/{_TYPE}/{_ID}", _Handler.repo_info),
     ("info", "GET", rf"/api/{_TYPE}/{_ID}/revision/(?P<revision>.+)", _Handler.repo_info),
     ("auth-check", "GET", rf"/api/{_TYPE}/{_ID}/auth-check(?P<write>/write)?", _Handler.auth_check),

@@ -97,3 +97,24 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True)
     model.train(was_training)
     return answers
+
+
+def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 256):
+    """Greedy answer to one chat prompt, yielded as the text so far after each new token (for a chat UI)."""
+    from threading import Thread
+
+    from transformers import TextIteratorStreamer
+
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    worker = Thread(target=torch.inference_mode()(model.generate), kwargs=kwargs, daemon=True)
+    worker.start()
+    answer = ""
+    for piece in streamer:
+        answer += piece
+        yield answer
+    worker.join()

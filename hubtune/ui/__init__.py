@@ -1,0 +1,19 @@
+"""The Gradio app (`hubtune ui`, and the Space): a page thin over the library and a job runner that runs
+`hubtune train` / `hubtune eval` as subprocesses. Importing this package does not import Gradio."""
+
+from __future__ import annotations
+
+
+def build_app(root=None, runner=None):
+    from hubtune.ui.app import build_app as build
+
+    return build(root, runner)
+
+
+def launch(root=None, **kwargs) -> None:
+    from hubtune.ui.app import launch as serve
+
+    serve(root, **kwargs)
+
+
+__all__ = ["build_app", "launch"]

@@ -1,0 +1,345 @@
+"""The Gradio app: one function builds the page, thin over handlers.py (which call the library) and the
+job runner. Tabs follow what a user does: model and data, train, runs, chat, publish.
+
+    from hubtune.ui import build_app
+    build_app().launch()          # or: hubtune ui
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from hubtune.runs import RunFolder
+from hubtune.ui import handlers as h
+from hubtune.ui import hosting, views
+from hubtune.ui.jobs import JobRunner
+
+POLL_SECONDS = 2.0
+FORMATS = ["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+NO_RUNS = "No runs yet under {root}: start one on the Train tab."
+NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
+
+
+def _frame(points: list[dict], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(points, columns=columns)
+
+
+def _loss_frame(points: list[dict]) -> pd.DataFrame:
+    """Typed even when empty: the chart fixes its axis types from the first frame it gets."""
+    return pd.DataFrame(points, columns=["step", "loss", "series"]).astype(
+        {"step": "int64", "loss": "float64", "series": "str"})
+
+
+def _progress_bar(fraction: float | None) -> str:
+    pct = 0 if fraction is None else round(fraction * 100)
+    return (f'<div id="progress-bar" data-percent="{pct}" style="background:#e5e7eb;border-radius:6px;height:14px">'
+            f'<div style="width:{pct}%;background:#f59e0b;height:14px;border-radius:6px"></div></div>')
+
+
+def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -> gr.Blocks:
+    root = Path(root or hosting.runs_root()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    space = hosting.on_space()
+    runner = runner or JobRunner(root, shared=space).start()
+    observer = views.Observer()
+    models = h.ModelCache()
+
+    def runs_for(session: h.Session) -> list[RunFolder]:
+        return views.visible_runs(root, session.user, shared=space)
+
+    def mine(path: str | None, session: h.Session) -> str | None:
+        """A run path this session may act on: under the runs root and, on a shared Space, its own."""
+        if not path:
+            return None
+        run = Path(path).resolve()
+        if run.parent != root or not (run / RunFolder.CONFIG).is_file():
+            raise gr.Error(f"{Path(path).name} is not a run under {root}")
+        if space and RunFolder(run).owner != session.user:
+            raise gr.Error(f"{run.name} belongs to another user; sign in as its owner")
+        return str(run)
+
+    def finished_choices(session: h.Session) -> list[tuple[str, str]]:
+        return views.run_choices([r for r in runs_for(session) if r.summary is not None])
+
+    # ---- event functions (thin: each calls handlers or views) ------------------------------------------------
+    def sign_in(token: str):
+        session, message = h.sign_in(token)
+        return session, message
+
+    def space_sign_in(oauth_token: gr.OAuthToken | None):
+        return h.sign_in(oauth_token.token if oauth_token else None)
+
+    def check_data(model, dataset, upload, fmt, columns, use, session):
+        out = h.inspect_data(model, dataset, upload, fmt, columns, use, session, root)
+        return (out["format"], _frame(out["rows"], list(out["rows"][0]) if out["rows"] else ["(no rows)"]),
+                out["licence"], out["access"], out["report"],
+                _frame(out["histogram"], ["tokens", "examples"]),
+                _frame(out["pairs"], ["similarity", "kept", "removed"]), out["source"] or dataset)
+
+    def compose(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns):
+        return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns)
+
+    def start(config_text, push_to, session):
+        if space and not session.user:
+            return None, "Sign in with Hugging Face to start a run: on a shared Space each run belongs to its owner."
+        path, message = h.start_training(config_text, push_to, session, runner, root)
+        return path, message
+
+    def pick_current(current, session):
+        """The run the Train tab follows: the one this page started, else the user's newest live one (a
+        reload or another browser reattaches), else the newest."""
+        runs = runs_for(session)
+        live = [r for r in runs if r.status in views.LIVE]
+        if current and Path(current).is_dir() and (RunFolder(current).status in views.LIVE or not live):
+            return current
+        chosen = live[0] if live else (runs[0] if runs else None)
+        return str(chosen.path) if chosen else None
+
+    def watch(current, session, shown):
+        """One poll of the followed run. The chart is sent only when it has new points (`shown` is what
+        this page last drew), so it never redraws, or flickers, for nothing."""
+        current = pick_current(current, session)
+        if not current:
+            empty = _loss_frame([])
+            return None, "No run yet: start one above.", _progress_bar(None), empty, "no points yet", "", None
+        run = RunFolder(current)
+        p = views.progress(run, observer, place=runner.place(run.path),
+                           memory=views.process_memory_mb(runner.pid(run.path)))
+        points = views.loss_points([run])
+        drawn = (current, len(points))
+        chart_value = gr.skip() if drawn == shown else _loss_frame(points)
+        return (current, p["line"], _progress_bar(p["fraction"]), chart_value, views.chart_caption(points),
+                views.log_tail(run), drawn)
+
+    def stop(current, session):
+        return runner.stop(mine(current, session)) if current else "No run to stop."
+
+    def resume(current, session):
+        return h.resume_run(mine(current, session), session, runner) if current else "No run to resume."
+
+    def refresh_runs(session, selected):
+        runs = runs_for(session)
+        choices = views.run_choices(runs)
+        paths = [c[1] for c in choices]
+        value = selected if selected in paths else (paths[0] if paths else None)
+        note = "" if runs else NO_RUNS.format(root=root)
+        table = pd.DataFrame(views.runs_table(runs), columns=["run", "status", "owner", "base", "steps",
+                                                              "held-out loss", "error"])
+        return (table, gr.update(choices=choices, value=value), gr.update(choices=choices, value=None), note)
+
+    def show_run(path, session):
+        if not path:
+            return "", "", _loss_frame([]), "", [], ""
+        run = RunFolder(mine(path, session))
+        p = views.progress(run, observer, place=runner.place(run.path))
+        points = views.loss_points([run])
+        eval_text, samples = h.eval_view(path)
+        return (p["line"], run.config.to_yaml(), _loss_frame(points), eval_text,
+                pd.DataFrame(samples), views.log_tail(run))
+
+    def compare(a, b, session):
+        if not a or not b:
+            return "Pick two runs to compare.", _loss_frame([])
+        runs = [RunFolder(mine(a, session)), RunFolder(mine(b, session))]
+        return (views.config_diff(*runs),
+                _loss_frame(views.loss_points(runs, label_runs=True)))
+
+    def ask(run, prompt, session):
+        if not run:
+            yield NO_FINISHED, ""
+            return
+        yield from h.chat(mine(run, session), prompt, models)
+
+    def refresh_finished(session, selected):
+        choices = finished_choices(session)
+        paths = [c[1] for c in choices]
+        value = selected if selected in paths else (paths[0] if paths else None)
+        return gr.update(choices=choices, value=value), ("" if choices else NO_FINISHED)
+
+    def publish_defaults(run, session):
+        if not run:
+            return "", NO_FINISHED
+        return h.publish_defaults(mine(run, session), session)
+
+    # ---- the page ---------------------------------------------------------------------------------------------
+    with gr.Blocks(title="hubtune") as app:
+        session = gr.State(h.Session())
+        current = gr.State(None)
+        shown = gr.State(None)  # (run, points) the Train tab's chart last drew
+        gr.Markdown("# hubtune\nFrom a base model and a dataset to a fine-tuned adapter on the Hub. "
+                    "Start with the embedded demo: check the data, press **Start training**, watch the loss fall.")
+        with gr.Row():
+            if space:
+                gr.LoginButton()
+                token_box = None
+            else:
+                token_box = gr.Textbox(label="Hugging Face token", type="password", scale=2,
+                                       placeholder="hf_... (empty: the `hf auth login` or HF_TOKEN token)")
+            whoami = gr.Markdown()
+        gr.Markdown(f"{hosting.storage_notice(root)}  \nDevice: {hosting.device_line()}")
+
+        with gr.Tabs():
+            with gr.Tab("1. Model and data", id="data"):
+                with gr.Row():
+                    model = gr.Textbox(h.DEMO_MODEL,
+                                       label="Base model (Hub id, local folder, or the embedded hubtune:tiny-llama)")
+                    dataset = gr.Textbox(h.DEMO_DATA, label="Dataset (Hub dataset id or local file)")
+                    upload = gr.File(label=f"…or upload JSONL / CSV / Parquet (up to {hosting.UPLOAD_LIMIT_MB} MB)",
+                                     file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath")
+                with gr.Row():
+                    fmt = gr.Dropdown(FORMATS, value="auto", label="Format")
+                    columns = gr.Textbox(label="Column mapping (FIELD=COLUMN, ...)", placeholder="output=answer")
+                    use = gr.Radio(["personal", "research", "commercial"], value="personal", label="Intended use")
+                check_btn = gr.Button("Check model and data", variant="secondary")
+                data_format = gr.Markdown(elem_id="data-format")
+                rows = gr.Dataframe(label="First rows", wrap=True, max_height=260)
+                with gr.Row():
+                    licence_md = gr.Markdown(elem_id="licence")
+                    access_md = gr.Markdown(elem_id="access")
+                report_md = gr.Markdown(elem_id="data-report")
+                with gr.Row():
+                    prompt_limit = gr.Number(20, label="Test examples", precision=0, minimum=1, scale=1)
+                    prompt_btn = gr.Button("Try prompting first: score the base zero-shot and few-shot", scale=3)
+                prompting_md = gr.Markdown(elem_id="prompting")
+                with gr.Row():
+                    histogram = gr.BarPlot(x="tokens", y="examples", label="Example length (tokens)", sort=None)
+                    pairs = gr.Dataframe(label="Closest near-duplicate pairs", wrap=True, max_height=260)
+                source_used = gr.State(h.DEMO_DATA)
+
+            with gr.Tab("2. Train", id="train"):
+                with gr.Row():
+                    preset = gr.Radio(list(h.PRESETS), value="quick", label="Preset")
+                    epochs = gr.Number(0, label="Epochs (0: the preset's)", minimum=0)
+                    max_steps = gr.Number(0, label="Max steps (0: the preset's)", minimum=0, precision=0,
+                                          elem_id="max-steps")
+                    lr = gr.Number(0, label="Learning rate (0: the config's)", minimum=0)
+                push_to = gr.Textbox(label="Push target, checked before training (optional, OWNER/NAME)")
+                estimate = gr.Markdown(hosting.memory_estimate_line(None))
+                with gr.Accordion("Advanced: every setting (generated from the run config, editable)", open=False):
+                    config_code = gr.Code(language="yaml", label="Run config", interactive=True, elem_id="config")
+                with gr.Row():
+                    start_btn = gr.Button("Start training", variant="primary", elem_id="start")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                    resume_btn = gr.Button("Resume", elem_id="resume")
+                message = gr.Markdown(elem_id="train-message")
+                progress_md = gr.Markdown(elem_id="progress")
+                bar = gr.HTML(_progress_bar(None))
+                chart = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Loss", height=300,
+                                    elem_id="loss-chart")
+                chart_note = gr.Markdown(elem_id="chart-caption")
+                log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
+
+            with gr.Tab("3. Runs", id="runs") as runs_tab:
+                refresh_btn = gr.Button("Refresh")
+                runs_note = gr.Markdown(elem_id="runs-note")
+                runs_table = gr.Dataframe(label="History", interactive=False, wrap=True)
+                run_pick = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, elem_id="run-pick")
+                run_line = gr.Markdown(elem_id="run-line")
+                with gr.Row():
+                    run_resume = gr.Button("Resume")
+                    eval_limit = gr.Number(20, label="Evaluate on at most N test examples", precision=0, minimum=1)
+                    run_eval = gr.Button("Evaluate")
+                    confirm = gr.Checkbox(label="Confirm delete")
+                    run_delete = gr.Button("Delete", variant="stop")
+                run_message = gr.Markdown()
+                run_chart = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Loss", height=260)
+                with gr.Accordion("Config", open=False):
+                    run_config = gr.Code(language="yaml", interactive=False)
+                run_log = gr.Textbox(label="Log of its last job (train or eval; Refresh to update)", lines=6,
+                                     max_lines=6, interactive=False)
+                eval_md = gr.Markdown(elem_id="eval-report")
+                samples = gr.Dataframe(label="Sample answers, side by side", wrap=True, max_height=300)
+                with gr.Accordion("Compare two runs", open=False):
+                    run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
+                    diff = gr.Code(language=None, label="Config diff")
+                    overlay = gr.LinePlot(_loss_frame([]), x="step", y="loss", color="series", label="Curves overlaid",
+                                          height=260)
+
+            with gr.Tab("4. Chat", id="chat") as chat_tab:
+                chat_note = gr.Markdown()
+                chat_run = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True, elem_id="chat-run")
+                prompt = gr.Textbox(label="Prompt", lines=4, elem_id="chat-prompt")
+                send = gr.Button("Ask both", variant="primary", elem_id="chat-send")
+                with gr.Row():
+                    base_answer = gr.Textbox(label="Base model", lines=6, elem_id="base-answer")
+                    tuned_answer = gr.Textbox(label="Tuned adapter", lines=6, elem_id="tuned-answer")
+
+            with gr.Tab("5. Publish", id="publish") as publish_tab:
+                publish_note = gr.Markdown()
+                pub_run = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True, elem_id="publish-run")
+                with gr.Row():
+                    repo = gr.Textbox(label="Repo (OWNER/NAME, prefilled to follow the licence's naming rule)",
+                                      elem_id="publish-repo")
+                    private = gr.Checkbox(True, label="Private")
+                acknowledge = gr.Textbox(label="Acknowledge licences (repo ids or paths, comma-separated): only "
+                                               "if the verdict asks and you hold the rights", elem_id="acknowledge")
+                push_btn = gr.Button("Push to the Hub", variant="primary", elem_id="push")
+                push_result = gr.Markdown(elem_id="push-result")
+                gr.Markdown("### Model card preview")
+                card = gr.Markdown(elem_id="card-preview")
+
+        timer = gr.Timer(POLL_SECONDS)
+
+        # ---- wiring ---------------------------------------------------------------------------------------------
+        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns]
+        if space:
+            app.load(space_sign_in, None, [session, whoami], api_name=False)
+        else:
+            app.load(sign_in, [token_box], [session, whoami], api_name=False)
+            token_box.change(sign_in, [token_box], [session, whoami], api_name="sign_in")
+        app.load(compose, compose_inputs, [config_code, estimate], api_name=False)
+        follow = ([current, session, shown], [current, progress_md, bar, chart, chart_note, log, shown])
+        app.load(watch, *follow, api_name=False)
+
+        check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, session],
+                        [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used],
+                        api_name="check_data").then(compose, compose_inputs, [config_code, estimate], api_name=False)
+        prompt_btn.click(h.try_prompting, [model, source_used, fmt, columns, use, prompt_limit], [prompting_md],
+                         api_name="try_prompting")
+        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns):  # dataset: below
+            field.change(compose, compose_inputs, [config_code, estimate], api_name=False)
+        dataset.change(lambda d: d, dataset, source_used, api_name=False).then(
+            compose, compose_inputs, [config_code, estimate], api_name=False)
+
+        start_btn.click(start, [config_code, push_to, session], [current, message], api_name="start").then(
+            watch, *follow, api_name=False)
+        stop_btn.click(stop, [current, session], [message], api_name="stop")
+        resume_btn.click(resume, [current, session], [message], api_name="resume")
+        timer.tick(watch, *follow, api_name="progress", show_progress="hidden")
+
+        refresh_outputs = [runs_table, run_pick, run_b, runs_note]
+        refresh_btn.click(refresh_runs, [session, run_pick], refresh_outputs, api_name="runs")
+        runs_tab.select(refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
+        run_outputs = [run_line, run_config, run_chart, eval_md, samples, run_log]
+        run_pick.change(show_run, [run_pick, session], run_outputs, api_name="run")
+        refresh_btn.click(show_run, [run_pick, session], run_outputs, api_name=False)
+        run_resume.click(lambda r, s: h.resume_run(mine(r, s), s, runner) if r else "Pick a run.",
+                         [run_pick, session], [run_message], api_name="resume_run")
+        run_eval.click(lambda r, n, s: h.evaluate_run(mine(r, s), n, s, runner) if r else "Pick a run.",
+                       [run_pick, eval_limit, session], [run_message], api_name="evaluate")
+        run_delete.click(lambda r, c, s: h.delete_run(mine(r, s), c, runner, root) if r else "Pick a run.",
+                         [run_pick, confirm, session], [run_message], api_name="delete").then(
+            refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
+        run_b.change(compare, [run_pick, run_b, session], [diff, overlay], api_name="compare")
+
+        chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
+        send.click(ask, [chat_run, prompt, session], [base_answer, tuned_answer], api_name="chat")
+
+        publish_tab.select(refresh_finished, [session, pub_run], [pub_run, publish_note], api_name=False)
+        pub_run.change(publish_defaults, [pub_run, session], [repo, card], api_name="publish_defaults")
+        repo.blur(lambda r, name, s: h.card_preview(mine(r, s), name) if r else NO_FINISHED, [pub_run, repo, session],
+                  [card], api_name=False)
+        push_btn.click(lambda r, name, p, a, s: h.publish(mine(r, s), name, p, s, a) if r else NO_FINISHED,
+                       [pub_run, repo, private, acknowledge, session], [push_result], api_name="publish")
+
+    app.runner = runner  # for `hubtune ui` and the tests: the runner this app schedules on
+    return app
+
+
+def launch(root: str | Path | None = None, **kwargs) -> None:
+    """Build and serve the app; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, as for any Gradio app."""
+    app = build_app(root)
+    app.queue(default_concurrency_limit=4).launch(max_file_size=f"{hosting.UPLOAD_LIMIT_MB}mb", **kwargs)

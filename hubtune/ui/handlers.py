@@ -1,0 +1,488 @@
+"""What the buttons do: each handler calls the library (config, data, licence, publish, card, evaluation)
+or the job runner, and turns every known error into a named message. No training, licence or card
+logic lives here."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hubtune import config as cfg
+from hubtune.errors import ConfigError, HubtuneError
+from hubtune.runs import RunFolder, Status
+from hubtune.ui import hosting, views
+from hubtune.ui.jobs import Job, JobRunner
+
+DEMO_MODEL = "hubtune:tiny-llama"
+DEMO_DATA = "hubtune:data/invoices/train.jsonl"
+
+# Presets over the same run config the CLI uses: overrides on top of the chosen base config.
+PRESETS = {
+    "quick": ["training.max_steps=60", "training.logging_steps=5", "training.eval_steps=20", "training.save_steps=20"],
+    "balanced": ["training.epochs=1", "training.logging_steps=10", "training.eval_steps=50", "training.save_steps=50"],
+    "thorough": ["training.epochs=3", "training.logging_steps=10", "training.eval_steps=100",
+                 "training.save_steps=100"],
+}
+
+
+@dataclass
+class Session:
+    """Who is using this browser session. Kept server-side (gr.State): the token never reaches the page."""
+
+    token: str | None = None
+    user: str | None = None
+
+
+def problem(err: BaseException) -> str:
+    """A known error as a message; anything else with its type, so nothing reads as success."""
+    text = str(err) if isinstance(err, HubtuneError) else f"{type(err).__name__}: {err}"
+    return f"**Problem:** {text}".replace("\n", "  \n")
+
+
+# ---- signing in ------------------------------------------------------------------------------------------
+def sign_in(token: str | None) -> tuple[Session, str]:
+    """A session for this token (typed, from the Space login, or the `hf auth login` / HF_TOKEN one)."""
+    from huggingface_hub import HfApi, get_token
+
+    typed = (token or "").strip()
+    token = typed or (None if hosting.on_space() else get_token())
+    if not token:
+        where = "sign in with Hugging Face" if hosting.on_space() else "paste a token or run `hf auth login`"
+        return Session(), (f"Not signed in: runs are recorded without an owner, and gated repos and pushes need a "
+                           f"token ({where}).")
+    try:
+        me = HfApi(token=token).whoami()
+    except Exception as err:  # offline, or a rejected token: say which, keep the token for local work
+        reason = getattr(getattr(err, "response", None), "status_code", None)
+        why = ("the Hub rejected this token" if reason in (401, 403) else
+               f"could not reach the Hub ({type(err).__name__})")
+        return Session(token=token), f"Token set, but {why}: pushes and gated repos may fail."
+    source = "the typed token" if typed else "the local login"
+    return Session(token=token, user=me["name"]), f"Signed in as **{me['name']}** ({source})."
+
+
+# ---- model and data ----------------------------------------------------------------------------------------
+def source_of(dataset: str, upload: str | None, session: Session, root: Path) -> str:
+    """The data source: an uploaded file (size-checked, copied under the runs root with a safe name), or the
+    id or path typed."""
+    if upload:
+        src = Path(upload)
+        size_mb = src.stat().st_size / 2**20
+        if size_mb > hosting.UPLOAD_LIMIT_MB:
+            raise HubtuneError(f"{src.name} is {size_mb:.0f} MB; uploads are limited to {hosting.UPLOAD_LIMIT_MB} MB. "
+                               f"Put larger datasets on the Hub and give their id")
+        if not src.name.lower().endswith((".jsonl", ".json", ".csv", ".parquet")):
+            raise HubtuneError(f"{src.name}: upload a .jsonl, .json, .csv or .parquet file")
+        dest = root / ".uploads" / safe_name(session.user or "local") / safe_name(src.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        return str(dest)
+    dataset = (dataset or "").strip()
+    if not dataset:
+        raise HubtuneError("give a dataset: a Hub dataset id (owner/name), a local file, or upload a file")
+    return dataset
+
+
+def safe_name(name: str) -> str:
+    """A file or folder name with no path parts or odd characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "file"
+    return cleaned[:100]
+
+
+def data_config(model: str, source: str, fmt: str = "auto", columns: str = "", use: str = "personal",
+                base: cfg.RunConfig | None = None) -> cfg.RunConfig:
+    """The run config with this model and data on top of `base` (the demo config for the embedded model)."""
+    from hubtune.demo import DEMO_CONFIG
+
+    if base is None:
+        base = cfg.load(DEMO_CONFIG) if model.strip() == DEMO_MODEL else cfg.RunConfig()
+    tree = base.model_dump(mode="json")
+    tree["model"]["id"] = model.strip()
+    same_data = [s["path"] for s in tree["data"]["sources"]] == [source]
+    tree["data"]["sources"] = tree["data"]["sources"] if same_data else [{"path": source}]
+    if not same_data:
+        tree["eval"]["test"] = None  # the demo's test set belongs to the demo data
+    tree["data"]["format"] = fmt or "auto"
+    mapping = parse_columns(columns)
+    if mapping:
+        tree["data"]["columns"] = mapping
+    tree["licence"]["use"] = use
+    return cfg.build(tree)
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """`output=answer, instruction=question` as a dict."""
+    mapping = {}
+    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+        field, sep, column = pair.partition("=")
+        if not sep:
+            raise HubtuneError(f"column mapping {pair!r}: write FIELD=COLUMN, e.g. output=answer")
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+def inspect_data(model: str, dataset: str, upload: str | None, fmt: str, columns: str, use: str,
+                 session: Session, root: Path) -> dict:
+    """First rows, detected format, licence verdict, access to gated repos and the data report. Each part
+    that fails says why in its own place; the others still show."""
+    out = {"rows": [], "format": "", "licence": "", "access": "", "report": "", "histogram": [], "pairs": [],
+           "source": ""}
+    try:
+        source = source_of(dataset, upload, session, root)
+        config = data_config(model, source, fmt, columns, use)
+    except (HubtuneError, OSError) as err:
+        out["format"] = problem(err)
+        return out
+    out["source"] = source
+    out["rows"], out["format"] = _preview(config)
+    out["licence"] = _licence(config)
+    out["access"] = _access(config, session)
+    out["report"], out["histogram"], out["pairs"] = _report(config)
+    return out
+
+
+def _preview(config: cfg.RunConfig) -> tuple[list[dict], str]:
+    from hubtune.data.formats import resolve_format
+    from hubtune.data.sources import read_source
+
+    source = config.data.sources[0]
+    try:
+        rows = read_source(source, config.data.skip_bad_rows).rows
+        if not rows:
+            return [], f"**Problem:** {source.path} holds no rows (split {source.split!r})"
+        fmt = resolve_format(rows[0], config.data.format, config.data.columns, source.path)
+    except Exception as err:
+        return [], problem(err)
+    shown = [{k: _short(v) for k, v in r.items()} for r in rows[:5]]
+    mapping = ", ".join(f"{k} <- {v}" for k, v in config.data.columns.items()) or "columns used as named"
+    how = "detected" if config.data.format == "auto" else "as set"
+    return shown, f"**{len(rows)} rows**, format **{fmt}** ({how}); {mapping}"
+
+
+def _short(value, n: int = 160) -> str:
+    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _licence(config: cfg.RunConfig) -> str:
+    from hubtune import licence
+
+    try:
+        verdict = licence.check(config.model.id, [s.path for s in config.data.sources], use=config.licence.use,
+                                revision=config.model.revision, publish=True)
+    except Exception as err:
+        return problem(err)
+    lines = [f"**Licence verdict: {verdict.verdict}** for {verdict.use} use, publishing included", ""]
+    lines += ["| repo | type | licence | gated | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {f.repo.ref} | {f.repo.repo_type} | {f.repo.licence} | {f.repo.gated or 'no'} | {f.verdict} |"
+              for f in verdict.findings]
+    lines += ["", "Reasons:"] + [f"- {r}" for r in verdict.reasons]
+    if verdict.obligations:
+        lines += ["", "Obligations the card will carry:"] + [f"- {o}" for o in verdict.obligations]
+    return "\n".join(lines)
+
+
+def _access(config: cfg.RunConfig, session: Session) -> str:
+    """Whether the signed-in account can read each Hub repo's files (gated ones need granted access)."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+
+    from hubtune.hub import hub_url
+    from hubtune.refs import is_hub_id
+
+    repos = [(config.model.id, "model")] + [(s.path, "dataset") for s in config.data.sources]
+    lines = []
+    for repo, kind in repos:
+        if not is_hub_id(repo):
+            lines.append(f"- {repo}: local or built in, nothing to request")
+            continue
+        try:
+            info = HfApi(token=session.token).repo_info(repo, repo_type=kind)
+            files = [s.rfilename for s in info.siblings or []]
+            if info.gated and files:
+                get_hf_file_metadata(hf_hub_url(repo, files[0], repo_type=kind), token=session.token)
+            granted = f" (gated: {session.user or 'this token'} has access)" if info.gated else ""
+            lines.append(f"- {repo}: readable{granted}")
+        except Exception as err:
+            name = type(err).__name__
+            if name == "GatedRepoError":
+                who = session.user or "you (not signed in)"
+                lines.append(f"- {repo}: **gated, and {who} has no access yet**: request it on {hub_url(repo, kind)}")
+            elif name == "RepositoryNotFoundError":
+                lines.append(f"- {repo}: **not found** (or private to another account)")
+            else:
+                lines.append(f"- {repo}: **could not check** ({name}: {str(err).splitlines()[0] if str(err) else ''})")
+    return "**Access**\n\n" + "\n".join(lines)
+
+
+def _report(config: cfg.RunConfig) -> tuple[str, list[dict], list[dict]]:
+    from hubtune import data
+    from hubtune.data.report import STEP_LABELS
+
+    try:
+        tokenizer = data.load_tokenizer(config.model.id, config.model.revision, config.model.trust_remote_code)
+        report = data.prepare(config.data, tokenizer, seed=config.training.seed).report
+    except Exception as err:
+        return problem(err), [], []
+    lines = ["| step | removed | left |", "|---|---:|---:|", f"| rows read | | {report['total']} |"]
+    lines += [f"| {STEP_LABELS.get(s['step'], s['step'])} | {s['removed']} | {s['left']} |" for s in report["steps"]]
+    summary = (f"Kept **{report['kept']} of {report['total']}**: {report['train']} for training, {report['eval']} "
+               f"held out" + (f" ({report['mixed']} general rows mixed in)" if report.get("mixed") else ""))
+    histogram = [{"tokens": b["tokens"], "examples": b["count"]} for b in report["lengths"]["histogram"]]
+    pairs = [{"similarity": round(p["similarity"], 3), "kept": p["kept"]["text"][:200],
+              "removed": p["removed"]["text"][:200]} for p in report["near_duplicate_examples"]]
+    threshold = report["settings"].get("near_dup_threshold")
+    pairs_note = (f"{len(pairs)} closest near-duplicate pairs below" if pairs else
+                  f"No near-duplicate pairs at similarity {threshold}" if threshold else "Near-duplicate check is off")
+    return summary + f". {pairs_note}.\n\n" + "\n".join(lines), histogram, pairs
+
+
+def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, limit: int | None = 20) -> str:
+    """The base zero-shot and few-shot on the test set, before training: the number a fine-tune must beat."""
+    from hubtune.evaluation.baseline import score_prompting
+
+    try:
+        result = score_prompting(data_config(model, source, fmt, columns, use), limit=int(limit or 20))
+    except Exception as err:
+        return problem(err)
+    rows = ["| prompt | exact match | token F1 |", "|---|---:|---:|"]
+    for name, label in (("base", "base, zero-shot"), ("base_few_shot", f"base, {result['few_shot_k']}-shot")):
+        if name in result:
+            scores = result[name]
+            rows.append(f"| {label} | {scores['exact_match']['mean']:.2f} | {scores['token_f1']['mean']:.2f} |")
+    sample = (result.get("base_few_shot") or result["base"])["samples"][0]
+    return (f"**{result['line']}**\n\n" + "\n".join(rows) +
+            f"\n\nExample: expected `{sample['reference'][:120]}`, the best prompt gave `{sample['answer'][:120]}`")
+
+
+# ---- the run config -----------------------------------------------------------------------------------------
+def compose_config(model: str, source: str, preset: str, epochs: float | None, max_steps: int | None,
+                   learning_rate: float | None, use: str, fmt: str = "auto", columns: str = "") -> tuple[str, str]:
+    """(annotated YAML for the advanced editor, message): model and data, the preset, then the fields set here."""
+    try:
+        config = data_config(model, source, fmt, columns, use)
+        overrides = list(PRESETS.get(preset, []))
+        if epochs:
+            overrides.append(f"training.epochs={epochs}")
+        if max_steps:
+            overrides.append(f"training.max_steps={int(max_steps)}")
+        elif preset != "quick":
+            overrides.append("training.max_steps=null")
+        if learning_rate:
+            overrides.append(f"training.learning_rate={learning_rate}")
+        config = cfg.build(config.model_dump(mode="json"), overrides)
+    except (HubtuneError, ValueError) as err:
+        return "", problem(err)
+    return views.annotated_yaml(config), hosting.memory_estimate_line(config)
+
+
+def parse_config(text: str) -> cfg.RunConfig:
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise HubtuneError(f"the advanced settings are not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise HubtuneError("the advanced settings must be a YAML mapping (model:, data:, training:, ...)")
+    return cfg.build(tree, source="the advanced settings")
+
+
+def run_name(config: cfg.RunConfig) -> str:
+    base = safe_name(config.model.id.rstrip("/").split("/")[-1].removeprefix("hubtune:"))
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start_training(config_text: str, push_to: str, session: Session, runner: JobRunner,
+                   root: Path) -> tuple[str | None, str]:
+    """Check the config, the licences and the push target; create the run folder (queued, with its owner)
+    and queue `hubtune train`. Returns (run path, message)."""
+    from hubtune import licence
+    from hubtune.publish import check_target
+
+    try:
+        config = parse_config(config_text)
+        verdict = licence.gate_for_training(config)
+        if push_to and push_to.strip():
+            publish_verdict = licence.check(config.model.id, [s.path for s in config.data.sources],
+                                            use=config.licence.use, revision=config.model.revision, publish=True)
+            check_target(push_to.strip(), session.token, publish_verdict)
+        path = root / run_name(config)
+        while path.exists():
+            path = path.with_name(path.name + "-1")
+        path.mkdir(parents=True)
+        config = _with_uploads(config, path, root)
+        config = cfg.build(config.model_dump(mode="json"), [f"output.dir={path}"])
+        RunFolder.create(path, config, owner=session.user)
+        runner.submit(Job(path, "train", owner=session.user, token=session.token))
+    except (HubtuneError, OSError) as err:
+        return None, problem(err)
+    waiting = "starting now" if runner.place(path) is None else f"number {runner.place(path)} in the queue"
+    note = f" Licence: {verdict.verdict}." if verdict.verdict != "allow" else ""
+    return str(path), f"Queued **{path.name}** ({waiting}).{note}"
+
+
+def _with_uploads(config: cfg.RunConfig, run: Path, root: Path) -> cfg.RunConfig:
+    """Uploaded files move under the run (run/uploads/NAME), so the run holds the data it was trained on."""
+    uploads = (root / ".uploads").resolve()
+    tree = config.model_dump(mode="json")
+    for s in tree["data"]["sources"]:
+        p = Path(s["path"])
+        if p.is_file() and uploads in p.resolve().parents:
+            dest = run / "uploads" / safe_name(p.name)
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(p, dest)
+            s["path"] = str(dest)
+    return cfg.build(tree)
+
+
+def resume_run(run: str, session: Session, runner: JobRunner) -> str:
+    folder = RunFolder(run)
+    status = folder.status
+    if status not in (Status.INTERRUPTED, Status.FAILED):
+        return f"**{folder.path.name}** is {status.value}: only an interrupted or failed run can be resumed"
+    try:
+        runner.submit(Job(folder.path, "train", owner=folder.owner, token=session.token))
+    except HubtuneError as err:
+        return problem(err)
+    place = runner.place(folder.path)
+    waiting = f"number {place} in the queue" if place else "starting now"
+    return f"Resuming **{folder.path.name}** from its last checkpoint (`hubtune train --resume`), {waiting}"
+
+
+def evaluate_run(run: str, limit: int | None, session: Session, runner: JobRunner) -> str:
+    folder = RunFolder(run)
+    if folder.summary is None:
+        return f"**{folder.path.name}** is {folder.status.value}: finish training before evaluating"
+    options = ["--limit", str(int(limit))] if limit else []
+    try:
+        runner.submit(Job(folder.path, "eval", owner=folder.owner, token=session.token, options=options))
+    except HubtuneError as err:
+        return problem(err)
+    return f"Evaluating **{folder.path.name}** in the background (`hubtune eval {' '.join(options)}`)"
+
+
+def delete_run(run: str, confirmed: bool, runner: JobRunner, root: Path) -> str:
+    folder = RunFolder(run)
+    if not confirmed:
+        return "Tick the box to confirm: deleting a run removes its folder, adapter and checkpoints"
+    if runner.is_active(folder.path):
+        return f"**{folder.path.name}** is {folder.status.value}: stop it before deleting it"
+    if root.resolve() not in folder.path.resolve().parents:
+        return f"{folder.path} is not under {root}; nothing deleted"
+    shutil.rmtree(folder.path)
+    return f"Deleted {folder.path.name}"
+
+
+# ---- evaluation results -------------------------------------------------------------------------------------
+def eval_view(run: str) -> tuple[str, list[dict]]:
+    """The eval report (base / few-shot / tuned side by side, the regression verdict) and sample answers."""
+    import json
+
+    from hubtune.evaluation.report import format_report
+
+    folder = RunFolder(run)
+    result = folder.eval
+    if result is None:
+        return f"{folder.path.name} has not been evaluated yet ({folder.status.value})", []
+    verdict = ("**REGRESSED** on the regression set" if result.get("regressed") else
+               "no regression on the regression set")
+    versus = ((result.get("task") or {}).get("versus_best_prompt") or {}).get("line", "")
+    text = f"{verdict}. {versus}\n\n```text\n{format_report(result)}\n```"
+    samples = []
+    answers = folder.path / "eval_answers.jsonl"
+    if answers.is_file():
+        for line in answers.read_text(encoding="utf-8").splitlines()[:10]:
+            row = json.loads(line)
+            question = "\n".join(m["content"] for m in row["prompt"] if m["role"] != "system")
+            samples.append({"prompt": question[:300], "reference": row["reference"],
+                            **{m: a for m, a in row["answers"].items()}})
+    return text, samples
+
+
+# ---- chat ----------------------------------------------------------------------------------------------------
+class ModelCache:
+    """The last run's tuned model, kept loaded between chat turns (one at a time: memory is finite)."""
+
+    def __init__(self):
+        self.key = None
+        self.value = None
+        self.lock = threading.Lock()
+
+    def get(self, run: RunFolder):
+        from hubtune.evaluation import load_tuned
+
+        weights = run.adapter / "adapter_model.safetensors"
+        key = (str(run.path), weights.stat().st_mtime if weights.exists() else None)
+        with self.lock:
+            if key != self.key:
+                self.value, self.key = None, None
+                self.value = load_tuned(run.path)
+                self.key = key
+            return self.value
+
+
+def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128):
+    """The same prompt to the base (adapter off), then to the tuned adapter, each answer streamed as it is
+    generated: yields (base answer so far, tuned answer so far)."""
+    from hubtune.evaluation.generate import stream_answer
+
+    if not (prompt or "").strip():
+        yield "Type a prompt first.", ""
+        return
+    folder = RunFolder(run)
+    if folder.summary is None:
+        yield f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run", ""
+        return
+    base = ""
+    try:
+        model, tokenizer = cache.get(folder)
+        messages = [{"role": "user", "content": prompt}]
+        with cache.lock, model.disable_adapter():  # one generation at a time: the adapter switch is shared
+            for base in stream_answer(model, tokenizer, messages, max_new_tokens):
+                yield base, ""
+        with cache.lock:
+            for tuned in stream_answer(model, tokenizer, messages, max_new_tokens):
+                yield base, tuned
+    except Exception as err:
+        yield base, problem(err)
+
+
+# ---- publishing ----------------------------------------------------------------------------------------------
+def publish_defaults(run: str, session: Session) -> tuple[str, str]:
+    """(repo id prefilled to follow the licence's naming rule, the card preview)."""
+    from hubtune.publish import suggested_repo
+
+    try:
+        folder = RunFolder(run).require_finished()
+        repo = suggested_repo(folder, session.user)
+    except Exception as err:
+        return "", problem(err)
+    return repo, card_preview(run, repo)
+
+
+def card_preview(run: str, repo: str) -> str:
+    from hubtune.card import build_card, publishing_verdict
+
+    try:
+        folder = RunFolder(run).require_finished()
+        card = build_card(folder, repo or "OWNER/NAME", publishing_verdict(folder), loss_curve_file=None)
+    except Exception as err:
+        return problem(err)
+    return f"```yaml\n{card.data.to_yaml()}\n```\n\n{card.text}"
+
+
+def publish(run: str, repo: str, private: bool, session: Session, acknowledge: str = "") -> str:
+    from hubtune.publish import push
+
+    if not session.token:
+        return "**Refused:** no token. Sign in (or paste a write token) to publish."
+    accepted = [a.strip() for a in (acknowledge or "").split(",") if a.strip()]
+    try:
+        result = push(run, (repo or "").strip(), private=private, token=session.token, acknowledge=accepted)
+    except Exception as err:
+        return problem(err).replace("**Problem:**", "**Refused:**")
+    return f"Published {len(result.files)} files in one commit: [{result.url}]({result.url})"

@@ -1,0 +1,254 @@
+"""The UI's job runner: `hubtune train` and `hubtune eval` as subprocesses, first come first served,
+one job per device at a time.
+
+A job's state lives in its run folder (status, lock, metrics, log), not in this process: a reloaded tab,
+a second browser or a restarted app reads the same folder and reattaches. Each subprocess runs in its
+own session, so a closed tab never stalls or kills it. Stop is SIGTERM: the recipe finishes the step,
+saves a checkpoint and exits; resume is `hubtune train --resume RUN`.
+
+A new run is created here as a queued run folder (owner recorded) and started, when its turn comes, with
+`hubtune train --resume RUN`: with no checkpoint yet, that trains it from the start.
+
+The user's Hub token reaches the subprocess through its environment only: never its command line, a
+file or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hubtune.errors import HubtuneError
+from hubtune.runs import RunFolder, Status, list_runs
+
+LOG = "job.log"  # the subprocess's stdout and stderr, appended run after run
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+@dataclass
+class Job:
+    run: Path
+    kind: Literal["train", "eval"]
+    owner: str | None = None
+    token: str | None = field(default=None, repr=False)
+    options: list[str] = field(default_factory=list)  # extra CLI arguments (eval: --limit N)
+    queued_at: float = field(default_factory=time.time)
+
+    def command(self) -> list[str]:
+        cli = [sys.executable, "-m", "hubtune.cli"]
+        if self.kind == "train":
+            return [*cli, "train", "--resume", str(self.run), *self.options]
+        return [*cli, "eval", str(self.run), *self.options]
+
+
+@dataclass
+class Running:
+    job: Job
+    process: subprocess.Popen
+    slot: str | None  # CUDA device index, or None on CPU
+    started: float = field(default_factory=time.time)
+
+
+def device_slots() -> list[str | None]:
+    """One slot per CUDA device (its index for CUDA_VISIBLE_DEVICES), or one CPU slot."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except Exception:  # no torch build with CUDA: the CPU slot
+        count = 0
+    return [str(i) for i in range(count)] or [None]
+
+
+class JobRunner:
+    """A FIFO queue of jobs over the device slots, polled by a daemon thread every `poll` seconds."""
+
+    def __init__(self, root: str | Path, slots: list[str | None] | None = None, poll: float = 1.0,
+                 shared: bool = False):
+        self.root = Path(root)
+        self.slots = slots if slots is not None else device_slots()
+        self.poll = poll
+        self.shared = shared  # a shared Space: the app's own HF_TOKEN never reaches a user's job
+        self.queue: deque[Job] = deque()
+        self.running: dict[Path, Running] = {}
+        self.stopping: set[Path] = set()  # runs whose process was sent SIGTERM by stop()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._requeue_waiting()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def start(self) -> JobRunner:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="hubtune-jobs", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self.tick()
+            except Exception as err:  # the loop must outlive any one bad run folder
+                print(f"hubtune ui: job runner: {err}", file=sys.stderr)
+
+    def tick(self) -> None:
+        """Reap finished subprocesses, then start queued jobs on free slots."""
+        with self._lock:
+            for path, r in list(self.running.items()):
+                if r.process.poll() is not None:
+                    del self.running[path]
+                    self._after_exit(r)
+            while (job := self._next()) and (slot := self._free_slot()) is not False:
+                self.queue.remove(job)
+                self._launch(job, slot)
+
+    def _next(self) -> Job | None:
+        """The first queued job whose run has no process of ours still exiting."""
+        return next((j for j in self.queue if j.run not in self.running), None)
+
+    def _requeue_waiting(self) -> None:
+        """Queued run folders left by an earlier app process go back in line, oldest first."""
+        waiting = [r for r in list_runs(self.root) if r.status == Status.QUEUED]
+        for run in sorted(waiting, key=lambda r: r.state().get("created", "")):
+            self.queue.append(Job(run.path, "train", owner=run.owner))
+
+    # ---- slots ------------------------------------------------------------------------------------
+    def _free_slot(self) -> str | None | bool:
+        """A free device slot, or False when every one is busy (with our jobs or live ones we did not start)."""
+        ours = {r.slot for r in self.running.values()}
+        foreign = sum(1 for run in list_runs(self.root)
+                      if run.path not in self.running and run.status in (Status.RUNNING, Status.EVALUATING))
+        free = [s for s in self.slots if s not in ours]
+        return free[0] if len(free) > foreign else False
+
+    # ---- submitting and stopping ------------------------------------------------------------------
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns its place in line (1: next to start)."""
+        job.run = Path(job.run)
+        with self._lock:
+            if self.is_active(job.run):
+                raise HubtuneError(f"{job.run.name} is already queued or running; stop it first")
+            self.queue.append(job)
+            place = len(self.queue)
+        self.tick()
+        return place
+
+    def place(self, run: str | Path) -> int | None:
+        """1-based place of a run's job in the queue, or None when it is not waiting."""
+        with self._lock:
+            for i, job in enumerate(self.queue, 1):
+                if job.run == Path(run):
+                    return i
+        return None
+
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+    def is_active(self, run: str | Path) -> bool:
+        """Queued, or a live process works on it. A process that has released the run (stopped, finished)
+        but not yet exited does not count: the next job on that run waits in line for it."""
+        run = Path(run)
+        if self.place(run) is not None:
+            return True
+        status = RunFolder(run).status
+        return status in (Status.RUNNING, Status.EVALUATING) or (status == Status.QUEUED and run in self.running)
+
+    def stop(self, run: str | Path) -> str:
+        """SIGTERM to the run's process (ours, or any live holder of its lock on this host); a queued
+        job leaves the queue. Returns what was done, in words."""
+        run = Path(run)
+        with self._lock:
+            for job in list(self.queue):
+                if job.run == run:
+                    self.queue.remove(job)
+                    folder = RunFolder(run)
+                    if folder.status == Status.QUEUED:
+                        folder.mark(Status.INTERRUPTED, error=None)
+                    return f"{run.name} left the queue before it started"
+            pid = self.running[run].process.pid if run in self.running else None
+        holder = RunFolder(run).lock_holder() or {}
+        pid = pid or holder.get("pid")
+        if not pid or RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED):
+            return f"{run.name} is not running ({RunFolder(run).status.value})"
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return f"{run.name}: its process {pid} has already ended"
+        self.stopping.add(run)
+        return f"stopping {run.name}: the current step finishes, a checkpoint is saved, then it exits"
+
+    def pid(self, run: str | Path) -> int | None:
+        """The process working on a run: ours, or the live holder of its lock."""
+        run = Path(run)
+        with self._lock:
+            if run in self.running:
+                return self.running[run].process.pid
+        holder = RunFolder(run).lock_holder()
+        folder = RunFolder(run)
+        return holder.get("pid") if holder and folder.status in (Status.RUNNING, Status.EVALUATING) else None
+
+    # ---- one subprocess ---------------------------------------------------------------------------
+    def _launch(self, job: Job, slot: str | None) -> None:
+        env = dict(os.environ)
+        if self.shared or job.token:
+            for name in TOKEN_VARIABLES:
+                env.pop(name, None)
+        if job.token:
+            env["HF_TOKEN"] = job.token
+        env["PYTHONUNBUFFERED"] = "1"  # the log tail is live
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        log = open(job.run / LOG, "ab")
+        log.write(f"\n$ hubtune {' '.join(job.command()[3:])}\n".encode())
+        log.flush()
+        try:
+            process = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, start_new_session=True)
+        finally:
+            log.close()
+        self.running[job.run] = Running(job, process, slot)
+
+    def _after_exit(self, r: Running) -> None:
+        """A process that died before its run could record why (an import error, a kill) leaves the
+        reason in the run's state, so the history never shows a run waiting forever."""
+        run = RunFolder(r.job.run)
+        code = r.process.returncode
+        stopped = r.job.run in self.stopping
+        self.stopping.discard(r.job.run)
+        if stopped and run.status == Status.QUEUED:  # stopped before it could take the run: not a failure
+            run.mark(Status.INTERRUPTED)
+        elif code != 0 and r.job.kind == "train" and run.status == Status.QUEUED:
+            run.mark(Status.FAILED, error=f"`hubtune train` exited with code {code} before training started: "
+                                          f"{last_line(run.path / LOG)}")
+
+
+def last_line(path: Path) -> str:
+    lines = tail(path, 1)
+    return lines[-1] if lines else "(no output)"
+
+
+def tail(path: Path, n: int = 20) -> list[str]:
+    """The last n lines of a log, progress bars (carriage returns) reduced to their latest state."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return [line for line in lines if line.strip()][-n:]

@@ -1,0 +1,174 @@
+"""The whole loop in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The embedded demo, a short run: check the data, start training, reload while it runs and see the page
+reattach, stop (checkpoint) and resume to the end with the loss chart gaining points, open the run in
+the history, ask the tuned adapter in chat, see the card preview and publish to the loopback Hub.
+Screenshots land in test-results/ui/ (artifacts); HUBTUNE_UPDATE_SCREENSHOTS=1 also refreshes the
+README's copies in docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from conftest import HUB_TOKEN, HUB_USER
+from hubtune.runs import RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-results" / "ui"
+README_SHOTS = ROOT / "docs" / "screenshots"
+MAX_STEPS = 30
+LONG = 420_000  # ms: a training subprocess on a busy 2-core machine
+
+
+def log(started: float, what: str) -> None:
+    print(f"[{time.time() - started:5.0f} s] {what}", flush=True)
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if os.environ.get("HUBTUNE_UPDATE_SCREENSHOTS") == "1":
+        README_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ARTIFACTS / f"{name}.png", README_SHOTS / f"{name}.png")
+
+
+def sign_in(page: Page) -> None:
+    """Locally the token is typed (it stays in the server's session for this page, never in the page)."""
+    expect(page.get_by_text("Not signed in")).to_be_visible()  # the page has loaded and checked for a login
+    page.get_by_label("Hugging Face token").fill(HUB_TOKEN)
+    page.get_by_label("Hugging Face token").press("Enter")
+    expect(page.get_by_text(f"Signed in as {HUB_USER}")).to_be_visible(timeout=60_000)
+
+
+def tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def pick(page: Page, dropdown: str, option: str) -> None:
+    page.locator(f"#{dropdown} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+
+
+def points(page: Page) -> int:
+    text = page.locator("#chart-caption").inner_text()
+    found = re.search(r"(\d+) training-loss points", text)
+    return int(found.group(1)) if found else 0
+
+
+def edit_config(page: Page, replacements: dict[str, str]) -> None:
+    """Change settings in the advanced editor (the generated YAML), as a user would."""
+    page.get_by_text("Advanced: every setting").click()
+    editor = page.locator("#config .cm-content")
+    expect(editor).to_be_visible()
+    # CodeMirror renders only the lines in view: a tall window shows them all.
+    page.set_viewport_size({"width": 1280, "height": 6000})
+    expect(editor).to_contain_text(f"max_steps: {MAX_STEPS}")
+    text = editor.inner_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(text)
+    for new in replacements.values():
+        expect(editor).to_contain_text(new)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
+    started = time.time()
+    page.set_default_timeout(60_000)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(ui_app.local_url)
+
+    # Sign in with a token, then check the embedded demo's model and data.
+    sign_in(page)
+    page.get_by_role("button", name="Check model and data").click()
+    expect(page.locator("#data-format")).to_contain_text("format alpaca", timeout=120_000)
+    expect(page.locator("#licence")).to_contain_text("Licence verdict: allow")
+    expect(page.locator("#data-report")).to_contain_text("for training")
+    shot(page, "data")
+
+    # Train: a short run of the demo (fewer steps, logging every step, a small held-out set).
+    tab(page, "2. Train")
+    page.locator("#max-steps input").fill(str(MAX_STEPS))
+    page.locator("#max-steps input").press("Tab")
+    edit_config(page, {"logging_steps: 5": "logging_steps: 1", "eval_steps: 20": "eval_steps: 10",
+                       "val_set_size: 0.05": "val_set_size: 16", "micro_batch_size: 8": "micro_batch_size: 4"})
+    page.locator("#start").click()
+    expect(page.locator("#train-message")).to_contain_text("Queued")
+    log(started, "training queued")
+    run_name = re.search(r"tiny-llama-[\d-]+", page.locator("#train-message").inner_text()).group(0)
+    expect(page.locator("#progress")).to_contain_text(run_name)
+
+    # A reload (a closed tab, another browser) reattaches to the job, which never depended on the page.
+    page.reload()
+    sign_in(page)
+    tab(page, "2. Train")
+    expect(page.locator("#progress")).to_contain_text(run_name)
+    expect(page.locator("#progress")).to_contain_text(re.compile(r"queued|running"))
+    expect(page.locator("#progress")).to_contain_text(re.compile(r"step [1-9]\d*/"), timeout=LONG)
+    assert points(page) >= 1
+    log(started, "reattached, training")
+
+    # Stop: the step finishes, a checkpoint is saved, the process exits.
+    page.locator("#stop").click()
+    expect(page.locator("#progress")).to_contain_text("interrupted", timeout=LONG)
+    stopped_at = points(page)
+    log(started, f"stopped after {stopped_at} points")
+    run = ui_app.root / run_name
+    assert any((run / "checkpoints").glob("checkpoint-*")), "stopping saved no checkpoint"
+
+    # Resume from the checkpoint to the end; the chart gains the remaining points.
+    page.locator("#resume").click()
+    expect(page.locator("#train-message")).to_contain_text("Resuming")
+    expect(page.locator("#progress")).to_contain_text(f"finished · step {MAX_STEPS}/{MAX_STEPS}", timeout=LONG)
+    expect(page.locator("#chart-caption")).to_contain_text(f"{MAX_STEPS} training-loss points")
+    assert points(page) > stopped_at
+    losses = [m["loss"] for m in RunFolder(run).metrics() if "loss" in m]
+    assert min(losses[-5:]) < losses[0], f"loss did not fall: {losses}"
+    log(started, "resumed run finished")
+    page.locator("#loss-chart").scroll_into_view_if_needed()
+    page.wait_for_timeout(3000)  # the chart's last draw (it is sent only when it has new points)
+    shot(page, "train")
+
+    # The run in the history.
+    tab(page, "3. Runs")
+    expect(page.locator("#runs-note")).not_to_contain_text("No runs")
+    pick(page, "run-pick", run_name)
+    expect(page.locator("#run-line")).to_contain_text("finished")
+    shot(page, "runs")
+
+    # Chat: the tuned adapter answers.
+    tab(page, "4. Chat")
+    pick(page, "chat-run", run_name)
+    page.locator("#chat-prompt textarea").fill(
+        "Extract all product names and prices from this invoice text.\n\n"
+        "INVOICE #1234\nProduct: Steel Lamp\nQuantity: 2\nPrice: $45.00")
+    page.locator("#chat-send").click()
+    expect(page.locator("#tuned-answer textarea")).not_to_have_value("", timeout=180_000)
+    assert "Problem" not in page.locator("#tuned-answer textarea").input_value()
+    shot(page, "chat")
+    log(started, "chat answered")
+
+    # Publish: the repo name is prefilled, the card previewed, the push lands on the (loopback) Hub.
+    tab(page, "5. Publish")
+    pick(page, "publish-run", run_name)
+    expect(page.locator("#publish-repo textarea")).to_have_value(re.compile(rf"^{HUB_USER}/tiny-llama-"))
+    expect(page.locator("#card-preview")).to_contain_text("QLoRA")
+    repo = page.locator("#publish-repo textarea").input_value()
+    page.locator("#push").click()
+    expect(page.locator("#push-result")).to_contain_text("Published", timeout=120_000)
+    files = hub.files(repo)
+    assert "adapter_model.safetensors" in files and "README.md" in files
+    assert HUB_TOKEN.encode() not in b"".join(files.values())
+    shot(page, "publish")
+    print(f"browser test wall time: {time.time() - started:.0f} s")
