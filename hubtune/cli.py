@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Literal, get_args, get_origin
 
-from hubtune.errors import HubtuneError
+from hubtune.errors import HubtuneError, translate
 
 VERBOSE_ENV = "HUBTUNE_VERBOSE"
 
@@ -243,9 +243,12 @@ def _data(args: argparse.Namespace) -> int:
     import json
 
     from hubtune import data
+    from hubtune.data.output import check_outputs, write_record
     from hubtune.data.report import render
 
     config = _data_config(args)
+    # Where the rows go is checked before anything is read: a wrong --out fails in a second, not after the work.
+    out = check_outputs(args.out, config.data, args.force) if args.data_command == "prepare" else None
     m = config.model
     tokenizer = data.load_tokenizer(m.id, m.revision, m.trust_remote_code)
     prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
@@ -253,12 +256,13 @@ def _data(args: argparse.Namespace) -> int:
         print(json.dumps(prepared.report, indent=2, ensure_ascii=False))
     else:
         render(prepared.report)
-    if args.data_command == "prepare":
-        n = data.write_jsonl(prepared.train, args.out)
-        wrote = f"wrote {n} training rows to {args.out}"
+    if out is not None:
+        n = data.write_jsonl(prepared.train, out.train)
+        wrote = f"wrote {n} training rows to {out.train}"
+        out.eval.unlink(missing_ok=True)  # a held-out file of an earlier run would no longer match
         if prepared.eval is not None:
-            eval_path = args.out.removesuffix(".jsonl") + ".eval.jsonl"
-            wrote += f" and {data.write_jsonl(prepared.eval, eval_path)} held-out rows to {eval_path}"
+            wrote += f" and {data.write_jsonl(prepared.eval, out.eval)} held-out rows to {out.eval}"
+        write_record(out)
         print(wrote, file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -483,7 +487,10 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
         d.add_argument("--json", action="store_true", help="print the report as one JSON object")
         if name == "prepare":
             d.add_argument("--out", required=True, metavar="FILE.jsonl",
-                           help="training rows go here; held-out rows to FILE.eval.jsonl")
+                           help="training rows go here; held-out rows to FILE.eval.jsonl, their checksums to "
+                                "FILE.sha256")
+            d.add_argument("--force", action="store_true",
+                           help="overwrite --out even when it is a source or a file hubtune did not write")
         d.set_defaults(func=_data)
 
     p = command("ui", help="the web app: run, watch, evaluate, chat and publish from a browser",
@@ -535,6 +542,8 @@ def _console_logging() -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
+    from hubtune.hub import use_timeouts
+
     parser = build_parser(prog)
     args, extra = parser.parse_known_args(argv)
     # `hubtune train CONFIG --num-processes 2 key=value`: overrides may also follow the options.
@@ -545,16 +554,25 @@ def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # a subprocess (the UI's training job) inherits it
     _console_logging()
+    debug = os.environ.get("HUBTUNE_DEBUG") == "1"
     try:
+        use_timeouts()  # every Hub request this command makes, hubtune's or a library's, gets a timeout
         return args.func(args) or 0
-    except HubtuneError as err:
-        if os.environ.get("HUBTUNE_DEBUG") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Known errors, and foreign ones the table in hubtune.errors can explain, print their fix;
+        # anything else is a bug or a case not handled yet: one line, the traceback on request.
+        typed = translate(err)
+        if debug:
+            raise
+        if typed is None:
+            print(f"error: unexpected {type(err).__name__}: {err}\n(a case hubtune does not handle yet; "
+                  f"HUBTUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
+        print(f"error: {typed}", file=sys.stderr)
+        return typed.exit_code
 
 
 def hf_tune() -> int:

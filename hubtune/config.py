@@ -30,6 +30,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SEED_MAX = 2**32 - 1  # numpy's seed range, which transformers' set_seed passes the seed to
+STEPS_CEILING = (10_000_000, "ten million steps is months of training; a larger number is a typo")
+BATCH_CEILING = (4096, "no accelerator holds more examples in one pass; raise gradient_accumulation_steps instead")
+
+
+def _at_most(value, ceiling: tuple[int, str]):
+    limit, why = ceiling
+    if value is not None and value > limit:
+        raise ValueError(f"at most {limit:,}: {why}")
+    return value
+
+
+def _revision(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("is empty: leave it out (null) for the default branch, or give a branch, tag or commit sha")
+    return value
+
+
 class ModelSection(Section):
     id: str = Field("hubtune:tiny-llama", description="Hub repo id, local folder, or hubtune:<asset>.")
     revision: str | None = Field(None, description="Branch, tag or commit sha to pin; None means main.")
@@ -45,6 +63,8 @@ class ModelSection(Section):
         if problem := RepoRef.parse(v).problem("folder"):
             raise ValueError(problem)
         return v
+
+    _revision = field_validator("revision")(_revision)
 
 
 class LoraSection(Section):
@@ -77,6 +97,8 @@ class DataSource(Section):
         if problem := RepoRef.parse(v).problem("file or folder"):
             raise ValueError(problem.replace("Hub repo id", "Hub dataset id"))
         return v
+
+    _revision = field_validator("revision")(_revision)
 
 
 FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text")
@@ -177,7 +199,7 @@ class TrainingSection(Section):
     eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps; None: once per epoch and at the end.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume starts from the last one).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+    seed: int = Field(42, description="Seed for data order, adapter init and dropout (0 to 2**32 - 1).")
     backend: Literal["auto", "hf", "unsloth"] = Field(
         "auto", description="auto: Unsloth where it can run (CUDA GPU, unsloth installed), else hf (transformers + PEFT).")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(default_factory=list,
@@ -199,6 +221,23 @@ class TrainingSection(Section):
     def _repo_id(cls, v):
         if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", v):
             raise ValueError(f"{v!r} is not a Hub repo id: give OWNER/REPO, e.g. alice/my-run-checkpoints")
+        return v
+
+    @field_validator("max_steps", "warmup_steps", "logging_steps", "eval_steps", "save_steps")
+    @classmethod
+    def _steps_ceiling(cls, v):
+        return _at_most(v, STEPS_CEILING)
+
+    @field_validator("micro_batch_size", "gradient_accumulation_steps")
+    @classmethod
+    def _batch_ceiling(cls, v):
+        return _at_most(v, BATCH_CEILING)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v <= SEED_MAX:
+            raise ValueError(f"a seed is a whole number from 0 to {SEED_MAX:,} (numpy's seed range)")
         return v
 
 
@@ -235,6 +274,16 @@ class EvalSection(Section):
     judge_timeout: float = Field(60.0, gt=0.0, description="Seconds to wait for one judge reply.")
     judge_retries: int = Field(3, ge=0, description="Retries of a failed judge call, with exponential backoff.")
     judge_backoff: float = Field(2.0, ge=0.0, description="Seconds before the first retry; doubles each time.")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_ceiling(cls, v):
+        return _at_most(v, BATCH_CEILING)
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _tokens_ceiling(cls, v):
+        return _at_most(v, (131_072, "longer than any model's context"))
 
     @field_validator("test", mode="before")
     @classmethod
@@ -308,7 +357,12 @@ def parse_overrides(pairs: list[str]) -> dict:
         if not sep or not key:
             problems.append((pair, "overrides look like section.key=value"))
             continue
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            problems.append((key, f"the value {raw!r} is not valid YAML ({getattr(err, 'problem', None) or err}); "
+                                  f"write a list as [a, b], and quote text that holds [ ] {{ }} : or #"))
+            continue
         node = tree
         *parents, leaf = key.split(".")
         for p in parents:

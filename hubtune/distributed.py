@@ -88,8 +88,8 @@ class BatchPlan:
 
     def describe(self) -> str:
         per = "process" if self.processes == 1 else "processes"
-        return (f"{self.rows} training rows, effective batch {self.effective_batch_size} = {self.micro_batch_size} "
-                f"per device x {self.gradient_accumulation_steps} accumulation x {self.processes} {per}: "
+        return (f"{self.rows} training rows, effective batch {self.effective_batch_size} ({self.micro_batch_size} "
+                f"per device x {self.gradient_accumulation_steps} accumulation x {self.processes} {per}): "
                 f"{self.steps_per_epoch} steps per epoch, {self.total_steps} steps")
 
 

@@ -1,7 +1,16 @@
 """Typed errors. Each carries what went wrong and how to fix it; the CLI prints
-the message and exits with the class's code, with a traceback only when HUBTUNE_DEBUG=1."""
+the message and exits with the class's code, with a traceback only when HUBTUNE_DEBUG=1.
+
+Exit codes: 2 a problem to fix (config, data, model folder, paths), 3 a licence block or a regressed
+run, 4 a run folder in use, 5 the Hub failing (run again later), 130 interrupted, 1 unexpected.
+`translate` turns a foreign exception (out of memory, a Hub timeout, damaged weights, ...) into the
+typed error with its fix, from one table (FOREIGN_ERRORS).
+"""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class HubtuneError(Exception):
@@ -123,3 +132,259 @@ class DiskFullError(HubtuneError):
 class JobError(HubtuneError):
     """A Hugging Face Job that cannot be submitted as asked (licence, token permission, timeout, local files),
     or a job id the Hub does not know."""
+
+
+class HubServiceError(HubtuneError):
+    """The Hub did not answer usefully after retries: a server error, a garbled body, no answer in time, or
+    no connection. Carries the endpoint (method and URL) and the setting that bounds the call; running the
+    same command again later usually works."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, endpoint: str | None = None, setting: str | None = None):
+        self.endpoint = endpoint
+        self.setting = setting
+        super().__init__(message)
+
+
+class HubTimeoutError(HubServiceError):
+    """A Hub call that got no answer within its timeout (HF_HUB_ETAG_TIMEOUT or HF_HUB_DOWNLOAD_TIMEOUT)."""
+
+
+class HubServerError(HubServiceError):
+    """A Hub call answered with a server error (5xx) or rate limit (429) on every try."""
+
+
+class HubBadResponseError(HubServiceError):
+    """A Hub call answered with a body that is not the JSON it should be (a proxy or the Hub garbled it)."""
+
+
+class ModelFolderError(HubtuneError):
+    """A base model folder that cannot be loaded as it is: no config.json, damaged weights, no tokenizer,
+    or modelling code of its own that model.trust_remote_code does not allow to run."""
+
+
+class OutOfMemoryError(HubtuneError):
+    """The accelerator ran out of memory; the message lists the settings that lower the need."""
+
+
+class OutputPathError(HubtuneError):
+    """An output path that cannot or may not be written (a folder, unwritable, an input, someone else's file)."""
+
+
+# ---- foreign exceptions -> typed errors ---------------------------------------------------------------
+# One table for every exception hubtune does not raise itself but can explain: the CLI (and the UI) turn
+# what escapes into the first typed error whose row matches. Rows match by class through sys.modules, so
+# this module imports neither torch nor the HTTP client; context (the run config, the Hub endpoint being
+# called, how many tries were made) sharpens the fix where the caller knows it.
+
+HUB_RETRIES_SETTING = "HUBTUNE_HUB_RETRIES"
+
+
+def _instance(err: BaseException, module: str, name: str) -> bool:
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return isinstance(cls, type) and isinstance(err, cls)
+
+
+def hub_timeout_setting(method: str, path: str) -> str:
+    """The huggingface_hub setting that bounds a request: metadata (HEAD, GET /api/...) or the rest
+    (file downloads, uploads, commits)."""
+    if method == "HEAD" or (method == "GET" and "/api/" in path):
+        return "HF_HUB_ETAG_TIMEOUT"
+    return "HF_HUB_DOWNLOAD_TIMEOUT"
+
+
+def _endpoint(err: BaseException, context: dict) -> str | None:
+    for owner in (err, getattr(err, "response", None)):
+        try:
+            request = owner.request  # httpx raises RuntimeError when an exception holds no request
+            return f"{request.method} {request.url}"
+        except (AttributeError, RuntimeError):
+            continue
+    return context.get("endpoint")
+
+
+def _tries(context: dict) -> str:
+    n = context.get("attempts")
+    return f" on {n} tries ({HUB_RETRIES_SETTING}={n - 1})" if n and n > 1 else ""
+
+
+def _is_hub_timeout(err: BaseException, context: dict) -> bool:
+    return _instance(err, "httpx2", "TimeoutException") or _instance(err, "httpx", "TimeoutException")
+
+
+def _hub_timeout(err: BaseException, context: dict) -> HubtuneError:
+    from huggingface_hub import constants
+
+    endpoint = _endpoint(err, context) or "a Hub call"
+    method, _, url = endpoint.partition(" ")
+    setting = hub_timeout_setting(method, url)
+    seconds = getattr(constants, setting)
+    return HubTimeoutError(
+        f"the Hub did not answer {endpoint} within {seconds} s ({setting}={seconds}){_tries(context)}: it is down or "
+        f"slow from here. Try again later, or give it more time with `export {setting}=60`.", endpoint, setting)
+
+
+def _is_hub_server_error(err: BaseException, context: dict) -> bool:
+    response = getattr(err, "response", None)
+    return (_instance(err, "huggingface_hub.errors", "HfHubHTTPError") and response is not None
+            and (response.status_code >= 500 or response.status_code in (408, 429)))
+
+
+def _hub_server_error(err: BaseException, context: dict) -> HubtuneError:
+    status = err.response.status_code
+    endpoint = _endpoint(err, context)
+    said = (getattr(err, "server_message", None) or err.response.reason_phrase or "").strip().splitlines()
+    busy = "is rate-limiting this token" if status == 429 else "is failing"
+    return HubServerError(
+        f"the Hub answered {endpoint} with {status} ({said[0][:200] if said else 'no message'}){_tries(context)}: "
+        f"it {busy} right now. Run the same command again later (more tries: `export {HUB_RETRIES_SETTING}=6`).",
+        endpoint, HUB_RETRIES_SETTING)
+
+
+def _is_hub_unreachable(err: BaseException, context: dict) -> bool:
+    return _instance(err, "httpx2", "TransportError") or _instance(err, "httpx", "TransportError")
+
+
+def _hub_unreachable(err: BaseException, context: dict) -> HubtuneError:
+    from huggingface_hub import constants
+
+    endpoint = _endpoint(err, context) or f"the Hub at {constants.ENDPOINT}"
+    return HubServiceError(
+        f"cannot reach {endpoint} ({type(err).__name__}: {err}){_tries(context)}: check the network, a proxy "
+        f"(HTTPS_PROXY) and HF_ENDPOINT, then run the same command again.", endpoint, "HF_ENDPOINT")
+
+
+def _is_garbled(err: BaseException, context: dict) -> bool:
+    # Only for a Hub call the caller names: a file that is not UTF-8 is a data problem, reported where it is read.
+    return bool(context.get("endpoint")) and type(err).__name__ in ("UnicodeDecodeError", "JSONDecodeError")
+
+
+def _garbled(err: BaseException, context: dict) -> HubtuneError:
+    endpoint = context.get("endpoint") or "a Hub call"
+    return HubBadResponseError(
+        f"the Hub answered {endpoint} with a body that is not JSON ({type(err).__name__}: {err}){_tries(context)}: "
+        f"the Hub or a proxy between here and it garbled the answer. Run the same command again later; if it "
+        f"persists, check HTTPS_PROXY and HF_ENDPOINT.", endpoint, "HF_ENDPOINT")
+
+
+def _is_oom(err: BaseException, context: dict) -> bool:
+    return (_instance(err, "torch", "OutOfMemoryError")
+            or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+                and ("cuda" in str(err).lower() or "mps" in str(err).lower())))
+
+
+def _oom(err: BaseException, context: dict) -> HubtuneError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if context.get("fix"):
+        fixes = [context["fix"]]
+    elif (config := context.get("config")) is not None:
+        t, d, m = config.training, config.data, config.model
+        effective = t.micro_batch_size * t.gradient_accumulation_steps
+        fixes = [f"lower training.micro_batch_size (now {t.micro_batch_size}) and raise "
+                 f"training.gradient_accumulation_steps to keep the effective batch of {effective}",
+                 f"lower data.max_seq_len (now {d.max_seq_len})"]
+        if not t.gradient_checkpointing:
+            fixes.append("turn on training.gradient_checkpointing (now off; ~20% slower, far less activation memory)")
+        if m.quantization == "none":
+            fixes.append("load the base in 4 bits with model.quantization: nf4 (now none)")
+        if not d.packing and d.max_seq_len > 512:
+            fixes.append("or keep data.max_seq_len and drop the longest rows with data.max_length_percentile: 99")
+    else:
+        fixes = ["lower training.micro_batch_size (raise training.gradient_accumulation_steps to keep the batch)",
+                 "lower data.max_seq_len", "turn on training.gradient_checkpointing",
+                 "load the base in 4 bits (model.quantization: nf4)"]
+    return OutOfMemoryError(f"out of accelerator memory ({first}). To fit: " + "; ".join(fixes) + ".")
+
+
+def _is_corrupt_weights(err: BaseException, context: dict) -> bool:
+    return _instance(err, "safetensors._safetensors_rust", "SafetensorError") or (
+        type(err).__name__ == "SafetensorError")
+
+
+def _corrupt_weights(err: BaseException, context: dict) -> HubtuneError:
+    where = f" in {context['model']}" if context.get("model") else ""
+    return ModelFolderError(f"a .safetensors weights file{where} is damaged ({err}): it was cut short or is not "
+                            f"safetensors. Download it again (for a Hub model, delete its folder in the HF cache; "
+                            f"`hf cache scan` lists them).")
+
+
+def _is_remote_code(err: BaseException, context: dict) -> bool:
+    return isinstance(err, ValueError) and "trust_remote_code" in str(err)
+
+
+def _remote_code(err: BaseException, context: dict) -> HubtuneError:
+    return ModelFolderError(remote_code_message(context.get("model") or "this model"))
+
+
+def remote_code_message(model: str, detail: str = "") -> str:
+    return (f"{model} needs modelling code of its own{detail}, and model.trust_remote_code is off. Turning it on "
+            f"runs that Python code on this machine with your permissions: read the repo's *.py files first, pin "
+            f"model.revision to the commit you read, then set model.trust_remote_code: true.")
+
+
+def _is_missing_model_file(err: BaseException, context: dict) -> bool:
+    return ((isinstance(err, OSError) and "does not appear to have a file named" in str(err))
+            or (isinstance(err, ValueError) and str(err).startswith("Unrecognized model in")))
+
+
+def _missing_model_file(err: BaseException, context: dict) -> HubtuneError:
+    first = str(err).splitlines()[0]
+    return ModelFolderError(f"{first}: a base model folder needs config.json, safetensors weights and tokenizer "
+                            f"files; copy the complete folder (or use the Hub id).")
+
+
+_PATH_ERRNOS = {"EACCES", "EPERM", "EROFS", "EISDIR", "ENOTDIR"}
+
+
+def _is_path_error(err: BaseException, context: dict) -> bool:
+    import errno
+
+    return (isinstance(err, OSError) and getattr(err, "filename", None) is not None
+            and errno.errorcode.get(err.errno or 0) in _PATH_ERRNOS)
+
+
+def _path_error(err: BaseException, context: dict) -> HubtuneError:
+    return OutputPathError(f"{err.filename}: {err.strerror}; choose a path this user can read and write "
+                           f"(a file, not a folder, under a folder that exists).")
+
+
+def _is_recursion(err: BaseException, context: dict) -> bool:
+    return isinstance(err, RecursionError)
+
+
+def _recursion(err: BaseException, context: dict) -> HubtuneError:
+    return DataError("a value is nested too deeply to process (RecursionError): find the row with deeply "
+                     "nested lists or objects and flatten or remove it.")
+
+
+# (what is translated, does it match, the typed error with its fix). First match wins: Hub errors come
+# before the generic OSError rows because huggingface_hub's HTTP errors are OSErrors too.
+Row = tuple[str, Callable[[BaseException, dict], bool], Callable[[BaseException, dict], "HubtuneError"]]
+FOREIGN_ERRORS: tuple[Row, ...] = (
+    ("torch.OutOfMemoryError (CUDA / MPS out of memory)", _is_oom, _oom),
+    ("httpx TimeoutException (a Hub call without an answer)", _is_hub_timeout, _hub_timeout),
+    ("HfHubHTTPError 5xx / 408 / 429", _is_hub_server_error, _hub_server_error),
+    ("httpx TransportError (no connection to the Hub)", _is_hub_unreachable, _hub_unreachable),
+    ("JSONDecodeError / UnicodeDecodeError of a Hub answer", _is_garbled, _garbled),
+    ("safetensors SafetensorError (damaged weights)", _is_corrupt_weights, _corrupt_weights),
+    ("ValueError asking for trust_remote_code", _is_remote_code, _remote_code),
+    ("transformers: a model folder without config.json (OSError / ValueError)", _is_missing_model_file,
+     _missing_model_file),
+    ("OSError on a path: permission, a folder for a file, read-only", _is_path_error, _path_error),
+    ("RecursionError (deeply nested data)", _is_recursion, _recursion),
+)
+
+
+def translate(err: BaseException, **context) -> HubtuneError | None:
+    """The typed error for `err` (itself when it already is one), or None when no row of the table knows it.
+    Context: config (the RunConfig), endpoint ("GET url"), attempts, model, fix (replaces the listed fixes)."""
+    if isinstance(err, HubtuneError):
+        return err
+    for _, matches, build in FOREIGN_ERRORS:
+        if matches(err, context):
+            typed = build(err, context)
+            typed.__cause__ = err
+            return typed
+    return None

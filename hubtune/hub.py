@@ -6,11 +6,20 @@ HF_HOME and HF_HUB_OFFLINE work as they do for every Hub tool. A local folder (o
 
     resolve_model(config.model)             -> ResolvedModel(path, repo_id, revision_sha)
     download_dataset(config.data.sources[0]) -> (folder, revision_sha)   # read by hubtune.data.sources
+
+Every Hub call has a timeout (HF_HUB_ETAG_TIMEOUT for metadata, HF_HUB_DOWNLOAD_TIMEOUT for the rest, in
+seconds), and hubtune's own calls go through `call`, which retries what is safe to retry with exponential
+backoff (HUBTUNE_HUB_RETRIES tries more, HUBTUNE_HUB_BACKOFF seconds before the first) and then raises a
+typed error that names the endpoint and the setting.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +30,14 @@ from hubtune.config import DataSource, ModelSection
 from hubtune.errors import (
     GatedRepoAccessError,
     HubAccessError,
+    HubServiceError,
     HubUnreachableError,
+    ModelFolderError,
     RepoNotFoundError,
     RevisionNotFoundError,
+    hub_timeout_setting,
+    remote_code_message,
+    translate,
 )
 from hubtune.refs import RepoRef
 
@@ -59,16 +73,118 @@ def has_token() -> bool:
     return bool(get_token())
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub.errors import OfflineModeIsEnabled
+# ---- timeouts and retries ---------------------------------------------------------------------------------
+# huggingface_hub 2.4 gives its shared HTTP client no timeout; create_repo and create_commit use that
+# default, and repo_info and the paginated tree listing pass `timeout=None`: a Hub that accepts the
+# connection and never answers hangs them for ever (file downloads alone are bounded). A request hook on the
+# client fills in the timeout each request lacks, from the library's own settings, read at request time.
+_last = threading.local()  # the request this thread sent last, to name the endpoint of a garbled answer
+_installed = False
 
-    errors: list[type[BaseException]] = [OfflineModeIsEnabled]
+
+def use_timeouts() -> None:
+    """Give every request of huggingface_hub's shared client a timeout (once per process)."""
+    global _installed
+    if _installed:
+        return
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory  # the library's own client, kept as it is
+
+    def client():
+        made = default_client_factory()
+        hooks = made.event_hooks
+        made.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_request]}
+        return made
+
+    set_client_factory(client)
+    _installed = True
+
+
+def _bound_request(request) -> None:
+    from huggingface_hub import constants
+
+    seconds = getattr(constants, hub_timeout_setting(request.method, request.url.path))
+    given = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {k: seconds if given.get(k) is None else given[k]
+                                     for k in ("connect", "read", "write", "pool")}
+    _last.endpoint = f"{request.method} {request.url}"
+
+
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+
+
+def _transient(err: BaseException) -> BaseException | None:
+    """The Hub failure behind `err` that a later try may not meet (itself or what it was raised from)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for e in (err, err.__cause__):
+        if e is None:
+            continue
+        if isinstance(e, HfHubHTTPError):
+            if e.response is not None and e.response.status_code in RETRY_STATUSES:
+                return e
+        elif _answer_lost(e) or isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+            return e
+    return None
+
+
+def _answer_lost(err: BaseException) -> bool:
+    """A timeout or a connection dropped mid-answer. A refused connection is not retried: the Hub is not
+    there at all, and the cache fallback (or HubUnreachableError) says so at once."""
+    try:
+        import httpx2 as http  # huggingface_hub 2.x
+    except ImportError:
+        import httpx as http
+    return isinstance(err, (http.TimeoutException, http.ReadError, http.WriteError, http.RemoteProtocolError))
+
+
+def _setting(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def call(fn, *args, idempotent: bool = True, retries: int | None = None, **kwargs):
+    """`fn(*args, **kwargs)`, a call to the Hub through huggingface_hub. A server error (5xx, 408, 429) is tried
+    again; so are a timeout, a dropped connection and a garbled body when the call is idempotent (a commit is
+    not: it may have landed). Waits HUBTUNE_HUB_BACKOFF seconds (default 1), doubling up to 8, between tries,
+    at most HUBTUNE_HUB_RETRIES times (default 3); then raises the typed error of hubtune.errors."""
+    use_timeouts()
+    retries = int(_setting("HUBTUNE_HUB_RETRIES", 3)) if retries is None else retries
+    wait = _setting("HUBTUNE_HUB_BACKOFF", 1.0)
+    for attempt in range(1, retries + 2):
+        _last.endpoint = None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            cause = _transient(err)
+            if cause is None:
+                raise
+            status = getattr(getattr(cause, "response", None), "status_code", None)
+            if attempt <= retries and (idempotent or status is not None):
+                time.sleep(min(wait * 2 ** (attempt - 1), 8.0))
+                continue
+            typed = translate(cause, endpoint=getattr(_last, "endpoint", None) or "a Hub call", attempts=attempt)
+            if typed is None:
+                raise
+            raise typed from cause
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = []
     for name in ("httpx2", "httpx"):  # the HTTP library behind huggingface_hub 2.x / 1.x
         try:
             errors.append(importlib.import_module(name).TransportError)
         except (ImportError, AttributeError):
             pass
     return tuple(errors)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    return (OfflineModeIsEnabled, *_transport_errors())
 
 
 @contextmanager
@@ -78,6 +194,7 @@ def hub_errors(repo_id: str, repo_type: str = "model", revision: str | None = No
 
     what = "dataset" if repo_type == "dataset" else "model"
     url = hub_url(repo_id, repo_type)
+    use_timeouts()
     try:
         yield
     except hf.GatedRepoError:
@@ -106,8 +223,13 @@ def hub_errors(repo_id: str, repo_type: str = "model", revision: str | None = No
         raise _unreachable(repo_id, repo_type, revision, err) from None
 
 
-def _unreachable(repo_id: str, repo_type: str, revision: str | None, err: BaseException | None) -> HubUnreachableError:
+def _unreachable(repo_id: str, repo_type: str, revision: str | None,
+                 err: BaseException | None) -> HubAccessError | HubServiceError:
     from huggingface_hub import constants
+
+    if isinstance(err, HubServiceError):  # the Hub answered badly or not in time: say which call, which setting
+        return type(err)(f"{err} ({repo_id}@{revision or 'main'} is not in the local cache to fall back on.)",
+                         err.endpoint, err.setting)
 
     at = f"{repo_id}@{revision or 'main'}"
     if constants.HF_HUB_OFFLINE:
@@ -130,24 +252,27 @@ def _snapshot(repo_id: str, repo_type: str, revision: str | None, allow: list[st
 
     with hub_errors(repo_id, repo_type, revision):
         try:
-            info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision)
-        except _network_errors() as err:
+            info = call(HfApi().repo_info, repo_id, repo_type=repo_type, revision=revision)
+        except (HubServiceError, *_network_errors()) as err:
             try:
                 path = snapshot_download(repo_id, repo_type=repo_type, revision=revision or "main",
                                          allow_patterns=allow, ignore_patterns=ignore, local_files_only=True)
             except LocalEntryNotFoundError:
                 raise _unreachable(repo_id, repo_type, revision, err) from None
             return path, Path(path).name  # cache folders are named after their commit sha
-        path = snapshot_download(repo_id, repo_type=repo_type, revision=info.sha,
-                                 allow_patterns=allow, ignore_patterns=ignore)
+        # The library retries file downloads itself; `call` only names the endpoint when they give up.
+        path = call(snapshot_download, repo_id, repo_type=repo_type, revision=info.sha, allow_patterns=allow,
+                    ignore_patterns=ignore, retries=0)
         return path, info.sha
 
 
 def resolve_model(model: ModelSection) -> ResolvedModel:
-    """The folder to load the base model from, pulled at the configured revision when it is a Hub id."""
+    """The folder to load the base model from, pulled at the configured revision when it is a Hub id,
+    and checked to hold what loading needs (see check_model_folder)."""
     ref = model.id
     parsed = RepoRef.parse(ref)
     if parsed.is_local:
+        check_model_folder(parsed.path, model)
         return ResolvedModel(path=str(parsed.path), repo_id=None, revision_sha=None)
     allow = MODEL_FILES + (REMOTE_CODE_FILES if model.trust_remote_code else [])
     # Top-level files only: subfolders hold duplicates (onnx/, original/, gguf/).
@@ -156,7 +281,60 @@ def resolve_model(model: ModelSection) -> ResolvedModel:
         raise HubAccessError(
             f"model {ref}@{sha[:12]} has no .safetensors weights; hubtune loads only safetensors "
             f"(no pickled .bin). Pick a revision or a repo that ships them.", ref, "model", model.revision)
+    check_model_folder(path, model)
     return ResolvedModel(path=path, repo_id=ref, revision_sha=sha)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def check_model_folder(folder: str | Path, model: ModelSection) -> None:
+    """Before any weight is loaded: config.json readable, no modelling code of its own unless trusted,
+    safetensors weights whose headers and sizes agree, and tokenizer files. ModelFolderError otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    folder, name = Path(folder), model.id
+    found = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
+    whole = ("a model folder holds config.json, *.safetensors weights and the tokenizer files, as "
+             "`save_pretrained` writes them: copy the complete folder, or give the model's Hub id")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelFolderError(f"{name}: no config.json in {folder} (found: {found}); {whole}") from None
+    except (ValueError, OSError) as err:
+        raise ModelFolderError(f"{name}: {folder / 'config.json'} is not readable JSON ({err}); {whole}") from None
+    _check_model_code(config, name, model.trust_remote_code)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ModelFolderError(f"{name}: no *.safetensors weights in {folder} (found: {found}); hubtune loads only "
+                               f"safetensors (no pickled .bin); {whole}")
+    for w in weights:
+        try:
+            with safe_open(str(w), framework="pt"):
+                pass  # reads the header and checks that the file holds every tensor it lists
+        except SafetensorError as err:
+            raise ModelFolderError(f"{name}: {w} is damaged ({err}): it was cut short or is not safetensors. Copy "
+                                   f"or download it again (a Hub model: delete it from the HF cache, "
+                                   f"`hf cache scan` shows where).") from None
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelFolderError(f"{name}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}; found: "
+                               f"{found}); copy the tokenizer files from the model's repo into the folder")
+
+
+def _check_model_code(config: dict, name: str, trust_remote_code: bool) -> None:
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type, auto_map = config.get("model_type"), config.get("auto_map") or {}
+    if model_type in CONFIG_MAPPING or trust_remote_code:
+        return  # transformers' own code for this architecture (an auto_map is then not needed)
+    if auto_map:
+        names = [n for v in auto_map.values() for n in (v if isinstance(v, list) else [v]) if isinstance(n, str)]
+        code = sorted({n.split("--")[-1].split(".")[0] + ".py" for n in names})  # "repo--module.Class" too
+        raise ModelFolderError(remote_code_message(name, f" ({', '.join(code)}, named by auto_map in config.json)"))
+    raise ModelFolderError(f"{name}: config.json has model_type {model_type!r}, which transformers {__version__} does "
+                           f"not know and the repo ships no code for; upgrade transformers, or check the folder "
+                           f"(config.json needs a model_type such as \"llama\")")
 
 
 def download_dataset(source: DataSource) -> tuple[Path, str]:
@@ -194,8 +372,8 @@ def repo_card(repo_id: str, repo_type: str = "model", revision: str | None = Non
 
     with hub_errors(repo_id, repo_type, revision):
         try:
-            info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision)
-        except _network_errors() as err:
+            info = call(HfApi().repo_info, repo_id, repo_type=repo_type, revision=revision)
+        except (HubServiceError, *_network_errors()) as err:
             try:
                 readme = hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision or "main",
                                          local_files_only=True)

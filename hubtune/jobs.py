@@ -21,6 +21,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,8 @@ class RunEstimate:
         return self.steps * self.seconds_per_step + self.setup_seconds
 
     def describe(self) -> str:
-        return (f"about {_duration(self.seconds)} on {self.flavor}: {self.steps} steps x ~{self.seconds_per_step:.1f} s "
-                f"({self.parameters / 1e9:.2f}B parameters) + {_duration(self.setup_seconds)} to install and download")
+        return (f"about {duration(self.seconds)} on {self.flavor}: {self.steps} steps x ~{self.seconds_per_step:.1f} s "
+                f"({self.parameters / 1e9:.2f}B parameters) + {duration(self.setup_seconds)} to install and download")
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ def _timeout_for(estimate: RunEstimate, timeout: str | int | None) -> int:
     if seconds < estimate.seconds:
         raise JobError(f"--timeout {timeout} is shorter than the estimated run ({estimate.describe()}); the job "
                        f"would stop before the end and only the last mirrored checkpoint would remain. Give "
-                       f"--timeout {_duration(estimate.seconds * 1.5, ceil=True)}, a larger flavor, or fewer "
+                       f"--timeout {duration(estimate.seconds * 1.5, ceil=True)}, a larger flavor, or fewer "
                        f"training.max_steps")
     return seconds
 
@@ -271,7 +272,7 @@ def parse_duration(value: str | int) -> int:
     return int(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
 
 
-def _duration(seconds: float, ceil: bool = False) -> str:
+def duration(seconds: float, ceil: bool = False) -> str:
     minutes = math.ceil(seconds / 60) if ceil else max(round(seconds / 60), 1)
     if minutes < 60:
         return f"{minutes}m"
@@ -370,23 +371,19 @@ def cancel(job_id: str, namespace: str | None = None, token: str | None = None) 
         HfApi(token=token).cancel_job(job_id=job_id, namespace=namespace)
 
 
-class _job_errors:
-    def __init__(self, job_id: str):
-        self.job_id = job_id
+@contextmanager
+def _job_errors(job_id: str):
+    """The client's HTTP errors about one job, as JobError with the fix."""
+    from huggingface_hub.errors import HfHubHTTPError
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        from huggingface_hub.errors import HfHubHTTPError
-
-        if isinstance(err, HfHubHTTPError):
-            code = err.response.status_code if err.response is not None else None
-            if code == 404:
-                raise JobError(f"no job {self.job_id} in this namespace: check the id (`hubtune train ... --on hf-jobs` "
-                               f"printed it) and --namespace") from None
-            if code in (401, 403):
-                raise JobError(f"the token may not read job {self.job_id} ({code}); use the token that submitted it "
-                               f"(HF_TOKEN or `hf auth login`)") from None
-            raise JobError(f"the Hub refused the request for job {self.job_id} ({code}: {err})") from None
-        return False
+    try:
+        yield
+    except HfHubHTTPError as err:
+        code = err.response.status_code if err.response is not None else None
+        if code == 404:
+            raise JobError(f"no job {job_id} in this namespace: check the id (`hubtune train ... --on hf-jobs` "
+                           f"printed it) and --namespace") from None
+        if code in (401, 403):
+            raise JobError(f"the token may not read job {job_id} ({code}); use the token that submitted it "
+                           f"(HF_TOKEN or `hf auth login`)") from None
+        raise JobError(f"the Hub refused the request for job {job_id} ({code}: {err})") from None

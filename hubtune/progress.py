@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-PHASES = ("licence", "data", "loading", "training", "saving")
+PHASES = ("licence", "data", "backend", "loading", "training", "saving")
 NOISY_LOGGERS = ("transformers", "datasets", "bitsandbytes", "peft", "trl", "accelerate", "huggingface_hub",
-                 "torch", "lm_eval", "evaluate", "httpx")
+                 "torch", "lm_eval", "lm-eval", "evaluate", "httpx")
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,6 @@ def quiet_libraries(show: bool = False):
     levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    tqdm_env = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # tqdm bars of any library that honours it
     bars = _library_bars(False)
     try:
         with warnings.catch_warnings():
@@ -156,10 +154,6 @@ def quiet_libraries(show: bool = False):
             yield
     finally:
         _library_bars(bars)
-        if tqdm_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_env
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
@@ -177,3 +171,26 @@ def _library_bars(enabled: bool) -> bool:
                             (hf_utils, "enable_progress_bars", "disable_progress_bars")):
         getattr(module, on if enabled else off)()
     return before
+
+
+@contextmanager
+def silenced_stderr(show: bool = False):
+    """Send stderr, Python's and the process's own (file descriptor 2, which child processes inherit),
+    to nowhere for the duration: for libraries that print bars and notices there with no switch to turn
+    them off (lm-eval's per-request bars, the `git describe` it runs). Errors still surface as exceptions."""
+    if show:
+        yield
+        return
+    import contextlib
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(null):
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

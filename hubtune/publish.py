@@ -9,7 +9,9 @@ contains it stops the push.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from hubtune import card as cards
 from hubtune import licence
-from hubtune.errors import PushError
+from hubtune.errors import HubServiceError, PushError
 from hubtune.runs import RunFolder
 
 SKIP_FROM_ADAPTER = {"README.md"}  # peft writes a placeholder card; the run's card replaces it
@@ -40,6 +42,8 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
     adds repo ids (or paths) to the run's own licence.acknowledge for this push."""
     from huggingface_hub import HfApi, constants, get_token
 
+    from hubtune.hub import call
+
     _check_repo_id(repo)
     run = RunFolder.open(run_dir).require_finished()
     token = token or get_token()
@@ -53,19 +57,46 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
 
     api = HfApi(token=token)
     what = "merged model" if merged else f"{run.summary.method} adapter"
-    with tempfile.TemporaryDirectory(prefix="hubtune-push-") as tmp:
+    remove_stale_staging()
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}-") as tmp:
         staged = Path(tmp)
         files = stage(run, staged, repo, verdict, merged, token=token)
         _refuse_secrets(staged, token)
         with push_errors(repo):
-            url = api.create_repo(repo, private=private, exist_ok=True)
-            info = api.upload_folder(
-                repo_id=repo, folder_path=staged,
-                commit_message=f"hubtune: {what} of {run.summary.base_model}",
-                commit_description=_description(run, verdict),
-            )
+            url = call(api.create_repo, repo, private=private, exist_ok=True)
+            # Not idempotent: retried on a server error only (a commit that timed out may have landed).
+            info = call(api.upload_folder, idempotent=False,
+                        repo_id=repo, folder_path=staged,
+                        commit_message=f"hubtune: {what} of {run.summary.base_model}",
+                        commit_description=_description(run, verdict))
     run.record_push(repo, str(url), info.oid)
     return PushResult(repo, str(url), info.commit_url, info.oid, files)
+
+
+STAGING_PREFIX = "hubtune-push-"  # + PID@HOST- of the pushing process: a folder whose process is gone is stale
+
+
+def remove_stale_staging(root: str | Path | None = None) -> list[Path]:
+    """Delete staging folders left in the temp folder by pushes that were killed (a merged model is
+    gigabytes). A folder of a process that still runs, or of another machine sharing the folder, stays."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*"):
+        owner = folder.name[len(STAGING_PREFIX):].rpartition("-")[0]  # the rest is tempfile's random part
+        pid, _, host = owner.partition("@")
+        if folder.is_dir() and pid.isdigit() and host == socket.gethostname() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
@@ -154,13 +185,16 @@ def push_errors(repo: str):
     """The client's errors while writing to `repo`, as PushError with the fix (401, 403, others)."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hubtune.hub import hub_errors
+    from hubtune.hub import hub_errors, hub_url
 
     owner = repo.split("/")[0]
     again = "The run folder is unchanged: fix this and run the same push again."
     try:
         with hub_errors(repo, "model"):
             yield
+    except HubServiceError as err:
+        raise type(err)(f"{err} Pushing to {repo}: the run folder is unchanged; if {hub_url(repo)}/commits/main does "
+                        f"not show the commit, run the same push again.", err.endpoint, err.setting) from None
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         if status == 401:

@@ -112,6 +112,9 @@ class RunFolder:
     def create(cls, path: str | Path, config: cfg.RunConfig, owner: str | None = None) -> RunFolder:
         """A new run folder holding `config`; refuses a folder that already holds a run."""
         run = cls(path)
+        holder = run.lock_holder()
+        if holder is not None and _alive(holder):  # before writing anything: the live run's config stays its own
+            raise run._locked_by(holder)
         if (run.path / "checkpoints").exists() or (run.path / cls.SUMMARY).exists():
             raise HubtuneError(f"{run.path} already holds a run; continue it with `hubtune train --resume {run.path}` "
                                f"or choose another output.dir")
@@ -299,10 +302,7 @@ class RunFolder:
                 if holder is None or not _alive(holder):
                     f.unlink(missing_ok=True)  # stale: its process is gone
                     continue
-                raise RunLockedError(
-                    f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
-                    f"process is gone (another machine sharing this folder), delete {f}", holder) from None
+                raise self._locked_by(holder) from None
             with os.fdopen(fd, "w") as out:
                 json.dump(me, out)
             break
@@ -311,6 +311,12 @@ class RunFolder:
         finally:
             if (self.lock_holder() or {}).get("pid") == me["pid"]:
                 f.unlink(missing_ok=True)
+
+    def _locked_by(self, holder: dict) -> RunLockedError:
+        return RunLockedError(
+            f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
+            f"process is gone (another machine sharing this folder), delete {self.path / self.LOCK}", holder)
 
 
 def list_runs(root: str | Path) -> list[RunFolder]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
 from hubtune import distributed
-from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted
+from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, translate
 from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
 
 log = logging.getLogger("hubtune")
@@ -94,12 +94,19 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display
             run.mark(Status.INTERRUPTED)
             raise
         except BaseException as err:
+            # A full disk first: safetensors and torch.save report it in words the table below would
+            # read as damaged weights.
             full = disk_full(run, err)
-            if full is None:
-                _mark(run, Status.FAILED, str(err) or type(err).__name__)
+            if full is not None:
+                _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
+                raise full from None
+            # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
+            # weights) is recorded and raised with its fix, in this run's own settings.
+            typed = translate(err, config=config) if isinstance(err, Exception) else None
+            _mark(run, Status.FAILED, str(typed or err) or type(err).__name__)
+            if typed is None or typed is err:
                 raise
-            _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
-            raise full from None
+            raise typed from err
         finally:
             display.close()
         run.mark(Status.FINISHED)
@@ -120,7 +127,6 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     distributed.check_launch(mode, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     backend = backends.select(config.training.backend, hw, config.model)
-    display.phase("backend", f"{backend.name} ({backend.why})")
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
     trackers = tracker_callbacks(config, path)
@@ -164,6 +170,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     batches = distributed.batch_plan(config.training, len(prepared.train))
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
+    display.phase("backend", f"{backend.name} ({backend.why})")
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
@@ -188,8 +195,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
-    display.phase("training", f"resuming from {last.name}" if last else
-                  f"{len(prepared.train)} examples; {batches.describe()}")
+    display.phase("training", f"resuming from {last.name}" if last else batches.describe())
     if prepared.eval is not None and not last:
         # Held-out loss before any update: the baseline the final eval loss is compared with.
         run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
@@ -237,8 +243,49 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit and config.data.max_seq_len > limit:
         problems.append(("data.max_seq_len", f"{config.data.max_seq_len} exceeds the model's context of {limit} tokens"))
+    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
+        problems.append(("lora.target_modules", problem))
     if problems:
         raise ConfigError(problems, config.model.id)
+
+
+def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
+    """Why the LoRA target names do not fit the model, or None. PEFT adapts the names it finds and keeps
+    quiet about the others, so a typo would train less than asked. The model is built from its config on
+    the meta device (no weights, no memory) and each name is matched as PEFT matches it."""
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoModelForCausalLM, pytorch_utils
+
+    targets = lora.peft_target_modules()
+    if isinstance(targets, str):  # all-linear: whatever linear layers there are
+        return None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    except Exception:  # an architecture that cannot be built empty: PEFT still checks when it attaches LoRA
+        return None
+    adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                 pytorch_utils.Conv1D)
+    modules = [(key, m) for key, m in skeleton.named_modules() if key]
+    linear_names = sorted({key.rsplit(".", 1)[-1] for key, m in modules if isinstance(m, adaptable)})
+    missing, unadaptable = [], []
+    for name in targets:
+        found = [m for key, m in modules if check_target_module_exists(LoraConfig(target_modules=[name]), key)]
+        if not found:
+            missing.append(name)
+        elif not any(isinstance(m, adaptable) for m in found):
+            unadaptable.append(f"{name} ({type(found[0]).__name__})")
+    if not missing and not unadaptable:
+        return None
+    what = []
+    if missing:
+        what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
+    if unadaptable:
+        what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
+            f"all-linear, attention, qv")
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,

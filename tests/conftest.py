@@ -55,6 +55,36 @@ def hub(hub_server, tmp_path_factory, monkeypatch):
     return hub_server
 
 
+@pytest.fixture(scope="session")
+def fault_proxy(hub_server):
+    """The fault-injecting proxy (tests/fault_proxy.py) in front of the loopback Hub, for the session."""
+    from fault_proxy import FaultProxy
+
+    proxy = FaultProxy(hub_server.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def faulty_hub(hub, fault_proxy, monkeypatch):
+    """The loopback Hub reached through the fault proxy, with no faults yet (add them with
+    `fault_proxy.fault(...)`), one-second timeouts and two quick retries."""
+    from huggingface_hub import constants
+
+    fault_proxy.clear()
+    fault_proxy.seen.clear()
+    monkeypatch.setenv("HF_ENDPOINT", fault_proxy.url)
+    monkeypatch.setattr(constants, "ENDPOINT", fault_proxy.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        fault_proxy.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    monkeypatch.setenv("HUBTUNE_HUB_RETRIES", "2")
+    monkeypatch.setenv("HUBTUNE_HUB_BACKOFF", "0.05")
+    yield hub
+    fault_proxy.clear()
+
+
 @pytest.fixture
 def hub_token(hub, monkeypatch):
     """HF_TOKEN set to the loopback user's write token."""

@@ -139,7 +139,7 @@ def test_effective_batch_sets_the_step_count():
                                  epochs=2, max_steps=None)
     assert plan.effective_batch_size == 16
     assert plan.steps_per_epoch == 4 and plan.total_steps == 8  # 13 micro-batches -> 7 per process -> 4 steps
-    assert "effective batch 16 = 4 per device x 2 accumulation x 2 processes" in plan.describe()
+    assert "effective batch 16 (4 per device x 2 accumulation x 2 processes)" in plan.describe()
 
 
 # ---- the README's commands, run here with 2 CPU processes ---------------------------------------------------
@@ -193,7 +193,7 @@ def test_two_processes_train_one_run(ddp_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     # The data was sharded: 2 processes x 4 per device = effective batch 8, and the summary says so.
     assert summary["processes"] == 2 and summary["effective_batch_size"] == 8
-    assert "effective batch 8 = 4 per device x 1 accumulation x 2 processes" in out
+    assert "effective batch 8 (4 per device x 1 accumulation x 2 processes)" in out
     assert summary["global_steps"] == 3
     # Each process trained: the checkpoint holds both random states; only the main process wrote the rest.
     assert {p.name for p in (run_dir / "checkpoints" / "checkpoint-3").glob("rng_state_*.pth")} == {
@@ -259,6 +259,18 @@ def test_fsdp_on_a_machine_without_gpus_is_a_clear_error(workdir, capsys, monkey
     err = capsys.readouterr().err
     assert code == 2 and "training.distributed: fsdp shards the model across GPUs and needs CUDA" in err
     assert "Traceback" not in err
+
+
+def test_the_readme_shows_the_step_count_of_its_first_command_on_8_gpus():
+    from hubtune.config import load
+
+    (shown,) = [body.strip() for lang, body in readme_blocks.section_blocks("Several GPUs and machines")
+                if lang == "text"]
+    config = load(ROOT / "examples" / "invoices.yaml")
+    rows = int(shown.split()[1])  # as the data steps keep them (the console README shows the same count)
+    plan = distributed.BatchPlan(config.training.micro_batch_size, config.training.gradient_accumulation_steps, 8,
+                                 rows, config.training.epochs, config.training.max_steps)
+    assert shown == f"training  {plan.describe()}"
 
 
 def test_every_preset_is_documented():

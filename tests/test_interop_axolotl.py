@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from hubtune import config as cfg
 from hubtune.cli import main
@@ -169,7 +170,7 @@ def guide_run(workdir, one_torch_thread):
     """The README's `hubtune train examples/axolotl-qlora.yml ...`: the guide's config on the embedded
     base and data, one short optimizer step (the tiny base's context is 512 tokens)."""
     train = readme_commands()[0]
-    assert train[:2] == ["train", "examples/axolotl-qlora.yml"] and "training.max_steps=1" in train
+    assert train[:2] == ["train", "examples/axolotl-qlora.yml"] and "training.max_steps=2" in train
     out, err = io.StringIO(), io.StringIO()
     with inside(workdir), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(train)
@@ -198,11 +199,15 @@ def test_the_guides_config_trains_through_hubtune_train_and_shows_its_translatio
     assert re.search(r"^backend +hf \(auto: Unsloth needs a CUDA GPU", out, re.M)  # the run's console says which
 
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["global_steps"] == 1 and summary["method"] == "qlora"
+    assert summary["global_steps"] == 2 and summary["method"] == "qlora"
     assert summary["backend"]["name"] == "hf"
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"], sorted(adapter["target_modules"])) == (16, 32, sorted(SEVEN))
-    assert summary["eval_examples"] > 0 and summary["final_eval_loss"] is not None
+    assert summary["eval_examples"] > 0 and summary["final_eval_loss"] != summary["initial_eval_loss"]
+    # LoRA's B matrices start at zero: the warm-up's first non-zero learning rate moved every one of them.
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert len(lora_b) == 4 * 7 and all(w.abs().max() > 0 for w in lora_b)
 
 
 def test_the_readmes_convert_and_export_commands(workdir, capsys):

@@ -19,8 +19,7 @@ import hubtune
 from hubtune import config as cfg
 from hubtune import jobs
 from hubtune.cli import main
-from hubtune.config import resolve_builtin
-from hubtune.errors import ConfigError, JobError
+from hubtune.errors import JobError
 import readme_blocks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ turn), or plain text for the text format.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -120,13 +121,12 @@ def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
     if missing:
         columns = ", ".join(map(str, row)) or "none"
         raise BadRow(f"no value for {', '.join(missing)} (format {fmt}; columns here: {columns})")
-    task = row.get(task_column)
-    task = None if task is None or task == "" else str(task)
+    task = _optional_text(row.get(task_column), task_column) or None
     if fmt == "text":
         return Example(None, None, _text(row["text"], "text"), task, origin)
     if fmt == "alpaca":
         user = _text(row["instruction"], "instruction")
-        extra = _text(row.get("input") or "", "input")
+        extra = _optional_text(row.get("input"), "input")
         prompt = _with_system(row, [{"role": "user", "content": user + ("\n\n" + extra if extra else "")}])
         turns = prompt + [{"role": "assistant", "content": _text(row["output"], "output")}]
     elif fmt == "prompt_completion":
@@ -155,16 +155,27 @@ def split_turns(turns: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def _text(value, name: str) -> str:
+    """A field's text. Numbers become their digits (an answer of 0 is "0"); NaN and infinity are refused:
+    they are what an empty spreadsheet cell or a failed computation turns into, never text to train on."""
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRow(f"{name} is {value} (an empty cell read as a number, or a failed computation), expected text")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise BadRow(f"{name} is a {type(value).__name__}, expected text")
 
 
+def _optional_text(value, name: str) -> str:
+    """An optional field: absent, null, NaN or "" mean "none" and give ""; anything else is read as by _text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return _text(value, name)
+
+
 def _with_system(row: dict, turns: list[dict]) -> list[dict]:
-    system = row.get("system")
-    return ([{"role": "system", "content": _text(system, "system")}] if system else []) + turns
+    system = _optional_text(row.get("system"), "system")
+    return ([{"role": "system", "content": system}] if system else []) + turns
 
 
 def _list(value, name: str) -> list:

@@ -142,7 +142,8 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
 
     score_stats = None
     if data.scorer is not None:
-        s = quality.scores(pool.examples, quality.load_scorer(data.scorer.callable), data.scorer.batch_size)
+        s = quality.scores(pool.examples, quality.load_scorer(data.scorer.callable), data.scorer.batch_size,
+                           data.scorer.callable)
         score_stats = {"threshold": data.scorer.threshold, "min": float(s.min()), "p50": float(np.median(s)),
                        "mean": round(float(s.mean()), 4), "max": float(s.max())}
         pool = pool.drop(np.flatnonzero(s < data.scorer.threshold), "scorer", steps)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
+import os
 import random
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from hubtune.data.formats import Example
-from hubtune.errors import DataError
+from hubtune.errors import DataError, OutOfMemoryError, translate
 
 Scorer = Callable[[list[dict]], Sequence[float]]
 BATCH = 1000
@@ -34,10 +37,13 @@ def token_lengths(examples: list[Example], tokenizer) -> tuple[np.ndarray, np.nd
 
 
 def load_scorer(spec: str) -> Scorer:
-    """`package.module:function` -> the function."""
+    """`package.module:function` -> the function. Modules in the current folder are found too, as
+    `python -m` finds them (`my_scores:reward` next to the run config)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise DataError(f"data.scorer.callable: {spec!r} should look like package.module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # last: a module of the same name that is installed still wins
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
@@ -48,19 +54,35 @@ def load_scorer(spec: str) -> Scorer:
     return fn
 
 
-def scores(examples: list[Example], scorer: Scorer, batch_size: int) -> np.ndarray:
+def scores(examples: list[Example], scorer: Scorer, batch_size: int, name: str = "the scorer") -> np.ndarray:
+    """One score per example, `batch_size` rows per call; whatever the scorer does wrong is a DataError
+    naming the rows it was given."""
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
-        rows = [ex.row() for ex in examples[start:start + batch_size]]
-        got = list(scorer(rows))
-        if len(got) != len(rows):
-            raise DataError(f"scorer step: the scorer returned {len(got)} scores for {len(rows)} rows; "
-                            f"it must return one number per row")
+        chunk = examples[start:start + batch_size]
+        rows = [ex.row() for ex in chunk]
+        where = f"rows {start + 1}-{start + len(rows)}, the first from {chunk[0].origin}"
         try:
-            out += [float(s) for s in got]
+            got = scorer(rows)
+        except Exception as err:
+            oom = translate(err, fix=f"lower data.scorer.batch_size (now {batch_size}), or score on a larger device")
+            if isinstance(oom, OutOfMemoryError):
+                raise oom from None
+            raise DataError(f"scorer step: {name} raised {type(err).__name__}: {err} (on {where}); fix the scorer "
+                            f"(run it on those rows alone to see the traceback)") from None
+        try:
+            got = [float(s) for s in got]
         except (TypeError, ValueError):
-            raise DataError(f"scorer step: the scorer returned a non-number among {got[:5]!r}; "
-                            f"return one number per row") from None
+            shown = repr(got)[:120]
+            raise DataError(f"scorer step: {name} returned {shown} (for {where}); it must return a list of numbers, "
+                            f"one per row") from None
+        if len(got) != len(rows):
+            raise DataError(f"scorer step: {name} returned {len(got)} scores for {len(rows)} rows ({where}); "
+                            f"it must return one number per row")
+        if bad := [start + i + 1 for i, s in enumerate(got) if math.isnan(s)]:
+            raise DataError(f"scorer step: {name} returned NaN for row {bad[0]} ({len(bad)} in all); "
+                            f"return a number for every row")
+        out += got
     return np.asarray(out, dtype=np.float64)
 
 

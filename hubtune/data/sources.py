@@ -19,6 +19,8 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".cs
 SPLIT_ALIASES = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
                  "test": ("test", "testing", "eval")}
 SKIP_HINT = "fix the row or remove it, or skip bad rows with --skip-bad-rows (data.skip_bad_rows: true)"
+TOO_DEEP = "nested deeper than the JSON reader can follow (lists or objects inside each other thousands of times)"
+EXTRA_CELLS = "\0extra cells"  # csv.DictReader's key for cells beyond the header; no real column is named so
 
 
 @dataclass
@@ -117,20 +119,51 @@ def _split_of(rel: Path) -> str | None:
 
 
 def _open_text(path: Path):
-    """A data file as text; `.gz` files are decompressed on the fly."""
+    """A data file as UTF-8 text; `.gz` files are decompressed on the fly. A byte-order mark (Excel's
+    "CSV UTF-8" writes one) is dropped, or it would become part of the first column's name."""
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
+
+
+def not_utf8(path: Path) -> DataError:
+    """Where a file stops being UTF-8 (byte offset, line) and how to re-encode it."""
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        return DataError(f"{path}: not UTF-8 text; re-encode it as UTF-8")
+    except UnicodeDecodeError as err:
+        offset = err.start
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "UTF-16"
+    else:
+        try:
+            raw.decode("cp1252")
+            encoding = "WINDOWS-1252"  # what Excel's plain "CSV" and many Windows tools write
+        except UnicodeDecodeError:
+            encoding = "ITS-ENCODING"
+    line = raw.count(b"\n", 0, offset) + 1
+    target = path.with_name(path.name.replace(".", ".utf8.", 1))
+    return DataError(f"{path}: not UTF-8 text: byte 0x{raw[offset]:02x} at byte offset {offset} (line {line}) is not "
+                     f"valid UTF-8. hubtune reads data as UTF-8; re-encode the file, e.g. "
+                     f"`iconv -f {encoding} -t UTF-8 {path} > {target}` (in Excel: Save As \"CSV UTF-8\")")
 
 
 def read_file(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
+    try:
+        _read_file(path, out, skip_bad_rows)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_file(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
     suffix = path.name.removesuffix(".gz").rsplit(".", 1)[-1] if "." in path.name else ""
     if suffix == "jsonl":
         read_json_lines(path, out, skip_bad_rows)
     elif suffix == "json":
         read_json(path, out, skip_bad_rows)
     elif suffix == "csv":
-        read_csv(path, out)
+        read_csv(path, out, skip_bad_rows)
     elif suffix == "parquet":
         read_parquet(path, out)
     else:
@@ -148,6 +181,9 @@ def read_json_lines(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
             except json.JSONDecodeError as err:
                 out.bad(f"{path}, line {n}, column {err.colno}", f"not valid JSON ({err.msg})", skip_bad_rows)
                 continue
+            except RecursionError:
+                out.bad(f"{path}, line {n}", TOO_DEEP, skip_bad_rows)
+                continue
             out.add(row, f"{path}, line {n}", skip_bad_rows)
 
 
@@ -163,18 +199,28 @@ def read_json(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
         # One broken element spoils the whole array, so there is no row to skip.
         raise DataError(f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}); "
                         f"fix the file") from None
+    except RecursionError:
+        raise DataError(f"{path}: {TOO_DEEP}; one such element spoils the whole array: flatten or remove it, "
+                        f"or store the rows as JSON lines (.jsonl) so that --skip-bad-rows can skip it") from None
     for i, row in enumerate(rows):
         out.add(row, f"{path}, element {i}", skip_bad_rows)
 
 
-def read_csv(path: Path, out: SourceRows) -> None:
+def read_csv(path: Path, out: SourceRows, skip_bad_rows: bool = False) -> None:
     with _open_text(path) as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames  # reads the header, so the first row's line number is right
+        reader = csv.DictReader(f, restkey=EXTRA_CELLS)
+        header = reader.fieldnames or []  # reads the header, so the first row's line number is right
         start = reader.line_num + 1
         for row in reader:
-            out.add(row, f"{path}, line {start}", False)
+            where = f"{path}, line {start}"
             start = reader.line_num + 1
+            if EXTRA_CELLS in row:
+                # Cells shifted by a comma inside an unquoted value: no column can be trusted.
+                out.bad(where, f"{len(header) + len(row[EXTRA_CELLS])} cells for the {len(header)} columns of the "
+                               f"header ({', '.join(header)}): a value holding a comma must be in double quotes",
+                        skip_bad_rows)
+                continue
+            out.add(row, where, skip_bad_rows)
 
 
 def read_parquet(path: Path, out: SourceRows) -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from hubtune.refs import resolve_builtin
 from hubtune.errors import EvalError
+from hubtune.progress import silenced_stderr, verbose
 from hubtune.evaluation.scoring import evals_dir
 
 EVALS_PREFIX = "evals:"
@@ -127,16 +128,19 @@ def run_harness(model, tokenizer, tasks: list[str | dict], *, limit: int | None 
             return chat_template == "always"
         return output_types.get(name) == "generate_until"
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    show = verbose()
+    with silenced_stderr(show):  # lm-eval's notices about being handed a loaded model
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     out: dict[str, dict] = {}
     for templated in (True, False):
         group = [specs[n] for n in names if with_template(n) == templated]
         if not group:
             continue
         try:
-            results = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=manager, limit=limit,
-                                              apply_chat_template=templated, log_samples=True,
-                                              bootstrap_iters=1000, verbosity="WARNING")
+            with silenced_stderr(show):  # its per-request bars and the `git describe` it runs
+                results = lm_eval.simple_evaluate(model=lm, tasks=group, task_manager=manager, limit=limit,
+                                                  apply_chat_template=templated, log_samples=True, bootstrap_iters=1000,
+                                                  verbosity="WARNING" if show else "ERROR")
         except (KeyError, ValueError) as err:
             raise EvalError(f"harness task(s) {[n for n in names if with_template(n) == templated]}: {err}; "
                             f"local tasks: {', '.join(sorted(local_tasks())) or 'none'}") from None
