@@ -131,9 +131,10 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
     runner.queue.clear()
     secret = "hf_only_in_the_environment_0123"
     runner.submit(Job(run, "train", owner="alice", token=secret))
-    pid = runner.running[run].process.pid
-    environ = Path(f"/proc/{pid}/environ").read_bytes()
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    process = runner.running[run].process
+    environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+    cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    assert process.poll() is None, "the job exited before its environment could be read"
     assert f"HF_TOKEN={secret}".encode() in environ.split(b"\0")
     assert secret.encode() not in cmdline
     deadline = time.time() + 180
@@ -141,8 +142,8 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
         time.sleep(0.5)
         runner.tick()
     folder = RunFolder(run)
-    assert folder.status == Status.FAILED, folder.state()
-    assert "learning_rate" in folder.error
+    assert folder.status == Status.FAILED, (folder.state(), (run / LOG).read_text()[-2000:])
+    assert "learning_rate" in folder.error, (folder.error, (run / LOG).read_text()[-2000:])
     assert secret not in (run / LOG).read_text() and secret not in (run / RunFolder.STATE).read_text()
 
 
