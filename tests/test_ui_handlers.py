@@ -132,9 +132,11 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
     secret = "hf_only_in_the_environment_0123"
     runner.submit(Job(run, "train", owner="alice", token=secret))
     process = runner.running[run].process
-    environ = Path(f"/proc/{process.pid}/environ").read_bytes()
-    cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
-    assert process.poll() is None, "the job exited before its environment could be read"
+    deadline, environ = time.time() + 10, b""
+    while not environ and process.poll() is None and time.time() < deadline:  # empty while the exec settles
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    assert environ, "the job exited before its environment could be read"
     assert f"HF_TOKEN={secret}".encode() in environ.split(b"\0")
     assert secret.encode() not in cmdline
     deadline = time.time() + 180
