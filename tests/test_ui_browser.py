@@ -3,7 +3,7 @@
 The embedded demo, a short run: check the data, start training, reload while it runs and see the page
 reattach, stop (checkpoint) and resume to the end with the loss chart gaining points, open the run in
 the history, ask the tuned adapter in chat, see the card preview and publish to the loopback Hub.
-Screenshots land in test-results/ui/ (artifacts); HUBTUNE_UPDATE_SCREENSHOTS=1 also refreshes the
+Screenshots land in test-artifacts/ui/ (artifacts); HUBTUNE_UPDATE_SCREENSHOTS=1 also refreshes the
 README's copies in docs/screenshots/.
 """
 
@@ -21,7 +21,7 @@ from conftest import HUB_TOKEN, HUB_USER
 from hubtune.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-results" / "ui"
+ARTIFACTS = ROOT / "test-artifacts" / "ui"  # not test-results/, which pytest-playwright empties at each session
 README_SHOTS = ROOT / "docs" / "screenshots"
 MAX_STEPS = 30
 LONG = 420_000  # ms: a training subprocess on a busy 2-core machine
