@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import torch
 from transformers import TrainerCallback
@@ -42,7 +43,7 @@ class KillAt(TrainerCallback):
         if self.moment == "between-steps" and state.global_step == 3:  # checkpoint-3 is complete
             die()
         if self.moment == "slow":
-            time.sleep(0.6)
+            time.sleep(1.0)
 
 
 def kill_while_writing_optimizer(step: int) -> None:
@@ -103,10 +104,14 @@ def start(config_path, moment: str):
 
 
 def _forked(config_path: str, moment: str) -> None:
+    code = 1
     try:
         run(config_path, moment)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
     finally:
-        os._exit(0)  # never run the test process's exit handlers in the fork
+        os._exit(code)  # never run the test process's exit handlers in the fork
 
 
 if __name__ == "__main__":

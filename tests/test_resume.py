@@ -80,7 +80,7 @@ def killed(tmp_path_factory, one_torch_thread):
     outside = tmp / "from-outside" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and procs["from-outside"].is_alive():
-        if outside.exists() and sum('"loss"' in x for x in outside.read_text().splitlines()) >= 3:
+        if outside.exists() and sum('"loss"' in x for x in outside.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
     os.kill(procs["from-outside"].pid, signal.SIGKILL)
@@ -94,7 +94,7 @@ def killed(tmp_path_factory, one_torch_thread):
 def test_a_killed_run_resumes_to_the_same_final_step(killed, moment, capsys):
     tmp, codes, reference = killed
     run = RunFolder(tmp / moment)
-    assert codes[moment] == -signal.SIGKILL
+    assert codes[moment] == -signal.SIGKILL, f"{moment}: exit code {codes[moment]} (it was not killed)"
     assert run.summary is None and run.status == Status.INTERRUPTED  # the dead process's lock is no owner
     start, aside = MOMENTS[moment]
     if aside:
