@@ -285,7 +285,7 @@ class Settings:
                        seq_len=config.data.max_seq_len, micro_batch=t.micro_batch_size,
                        gradient_accumulation=t.gradient_accumulation_steps, lora_r=config.lora.r,
                        lora_dropout=config.lora.dropout, target_modules=config.lora.target_modules,
-                       gradient_checkpointing=t.gradient_checkpointing,
+                       gradient_checkpointing=t.gradient_checkpointing is not False,  # auto: on, to be safe
                        optimizer=CUDA_OPTIMIZER if t.optimizer == "auto" else t.optimizer)
         changes = {k: v for k, v in changes.items() if v is not None}
         targets = changes.get("target_modules")
@@ -527,6 +527,42 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
     return None
 
 
+def device_memory(device: str) -> int:
+    """Bytes of the GPU (CUDA), or of the machine's RAM on a CPU."""
+    import os
+
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def checkpointing_needed(config, model_path: str, device: str, device_bytes: int | None = None) -> bool:
+    """training.gradient_checkpointing: auto. Off when the run without it takes at most 80% of the
+    device's memory; on otherwise, and for an architecture the estimate does not know."""
+    try:
+        arch = read_architecture(model_path)
+    except HubtuneError:
+        return True
+    settings = replace(Settings.from_run_config(config), gradient_checkpointing=False)
+    limit = device_memory(device) if device_bytes is None else device_bytes
+    return estimate(arch, settings).total > 0.8 * limit
+
+
+class MemoryWarning(UserWarning):
+    """The estimated peak memory of a run exceeds the GPU's."""
+
+
+def warn_if_too_large(config, model_path: str) -> None:
+    """Training's check before loading: a MemoryWarning with the nearest settings that fit."""
+    import warnings
+
+    message = device_warning(config, model_path)
+    if message:
+        warnings.warn(message, MemoryWarning, stacklevel=2)
+
+
 def device_warning(config, model_path: str, device_bytes: int | None = None) -> str | None:
     """Before loading: a warning when the estimated peak exceeds the GPU's memory, with the nearest
     settings that fit. None on a CPU (no `device_bytes` and no CUDA), when it fits, or for an
@@ -542,6 +578,8 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
     except HubtuneError:
         return None
     settings = Settings.from_run_config(config)
+    if config.training.gradient_checkpointing == "auto":
+        settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, model_path, "cuda", device_bytes))
     total = estimate(arch, settings).total
     if total <= device_bytes:
         return None

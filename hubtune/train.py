@@ -79,7 +79,7 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import data, hardware, hub, licence
+    from hubtune import data, hardware, hub, licence, memory
     from hubtune.callbacks import MetricsFile, StopOnSignal
 
     started = time.time()
@@ -89,6 +89,7 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     # 1. Licence gate and revision pin, before a single weight is downloaded.
     verdict = licence.gate_for_training(config)
     base = hub.resolve_model(config.model)
+    memory.warn_if_too_large(config, base.path)  # from config.json, before any weight is loaded
 
     # 2. Tokenizer and data: fail on bad data before paying for the model.
     tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
@@ -99,14 +100,16 @@ def _run(config: cfg.RunConfig, path: Path, resume: bool, callbacks: list[Traine
     (path / "data_report.json").write_text(json.dumps(prepared.report, indent=2, default=str))
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
-    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing)
+    levers = recipe_levers(config, hw, base.path)
+    model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
+                      attention=levers.attention)
     model = get_peft_model(model, lora_config(config.lora))
 
     # 4. SFT on completions only, with held-out loss and checkpoints.
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None),
+        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, levers=levers),
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
@@ -155,13 +158,15 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True):
+              for_training: bool = True, attention: str | None = None):
     """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if attention:
+        kwargs["attn_implementation"] = attention
     if model.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -205,11 +210,53 @@ def lora_config(lora: cfg.LoraSection) -> LoraConfig:
                       target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) -> SFTConfig:
+@dataclass(frozen=True)
+class Levers:
+    """How a run uses the machine: the config's auto settings resolved for this device and base."""
+
+    attention: str  # sdpa | flash_attention_2 | eager
+    liger: bool  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU) through TRL
+    padding_free: bool  # each batch one row with position ids
+    gradient_checkpointing: bool
+
+
+def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Levers:
+    """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
+    variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
+    checkpointing only when the memory estimate needs it (hubtune.memory)."""
+    from importlib.util import find_spec
+
+    from hubtune import memory
+
+    t, d = config.training, config.data
+    cuda = hw.device == "cuda"
+    if t.kernels == "auto":
+        attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
+        liger = cuda and find_spec("liger_kernel") is not None
+    else:
+        attention, liger = ("sdpa", True) if t.kernels == "liger" else (t.kernels, False)
+    if d.padding_free == "auto":
+        padding_free = attention == "flash_attention_2" and not d.truncate
+    elif d.padding_free and d.truncate and not d.packing:
+        raise ConfigError([("data.padding_free", "padding-free rows are not cut to data.max_seq_len; set data.truncate: "
+                                                 "false (over-long examples are dropped) or data.padding_free: auto")])
+    else:
+        padding_free = d.padding_free
+    checkpointing = t.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = memory.checkpointing_needed(config, model_path, hw.device)
+    return Levers(attention, liger, padding_free, checkpointing)
+
+
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, levers: Levers | None = None) -> SFTConfig:
     from trl import SFTConfig
 
     t = config.training
+    levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    checkpointing = levers.gradient_checkpointing
+    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
+    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
     return SFTConfig(
         output_dir=str(path / "checkpoints"),
         learning_rate=t.learning_rate,
@@ -223,8 +270,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         optim=hw.optimizer,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         bf16=hw.bf16,
@@ -236,8 +283,12 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool) ->
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        max_length=config.data.max_seq_len,
+        max_length=max_length,
         packing=config.data.packing,
+        packing_strategy=config.data.packing_strategy,
+        padding_free=levers.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not config.data.packing else "random",
+        use_liger_kernel=levers.liger,
         completion_only_loss=True,  # the prompt is context, not something to learn
         include_num_input_tokens_seen="non_padding",
         report_to="none",

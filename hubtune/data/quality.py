@@ -17,7 +17,7 @@ Scorer = Callable[[list[dict]], Sequence[float]]
 BATCH = 1000
 
 
-def token_lengths(examples: list[Example], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def token_lengths(examples: Sequence[Example], tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(full example, response) lengths in the tokenizer's tokens. A chat example is measured as
     rendered by the chat template, as the trainer will see it; plain text gets one EOS more."""
     total, response = [], []
@@ -48,7 +48,7 @@ def load_scorer(spec: str) -> Scorer:
     return fn
 
 
-def scores(examples: list[Example], scorer: Scorer, batch_size: int) -> np.ndarray:
+def scores(examples: Sequence[Example], scorer: Scorer, batch_size: int) -> np.ndarray:
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
         rows = [ex.row() for ex in examples[start:start + batch_size]]
@@ -82,13 +82,18 @@ def task_caps(counts: dict[str, int], max_share: float) -> dict[str, int]:
     return {task: min(n, lo) for task, n in counts.items()}
 
 
-def balance(examples: list[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
+def balance(examples: Sequence[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
     """Downsample task types above max_share (seeded): (indices dropped, shares before and after)."""
-    if all(ex.task is None for ex in examples):
+    return balance_tasks([ex.task for ex in examples], max_share, seed)
+
+
+def balance_tasks(tasks: list[str | None], max_share: float, seed: int) -> tuple[list[int], dict | None]:
+    """`balance` on the task of each example."""
+    if all(t is None for t in tasks):
         return [], None
     by_task: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_task.setdefault(ex.task if ex.task is not None else "(none)", []).append(i)
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task if task is not None else "(none)", []).append(i)
     keep_n = task_caps({task: len(idx) for task, idx in by_task.items()}, max_share)
     rng = random.Random(seed)
     dropped = []
@@ -96,9 +101,9 @@ def balance(examples: list[Example], max_share: float, seed: int) -> tuple[list[
         if keep_n[task] < len(idx):
             kept = set(rng.sample(idx, keep_n[task]))
             dropped += [i for i in idx if i not in kept]
-    left = len(examples) - len(dropped)
+    left = len(tasks) - len(dropped)
     table = {task: {"before": len(idx), "after": keep_n[task],
-                    "share_before": round(len(idx) / len(examples), 4),
+                    "share_before": round(len(idx) / len(tasks), 4),
                     "share_after": round(keep_n[task] / max(left, 1), 4)}
              for task, idx in sorted(by_task.items(), key=lambda kv: -len(kv[1]))}
     return sorted(dropped), table
@@ -130,7 +135,7 @@ def mix_rows(pool: list[Example], train_size: int, ratio: float, seed: int) -> l
     return out
 
 
-def diversity(texts: list[str], seed: int, sample: int = 10_000) -> dict:
+def diversity(texts: Sequence[str], seed: int, sample: int = 10_000) -> dict:
     """Distinct n-gram ratios (distinct n-grams / all n-grams) over the words of up to `sample` examples."""
     from hubtune.data.dedup import WORD, normalise
 
