@@ -653,12 +653,16 @@ def format_estimate(est: Estimate, fits: list[dict]) -> str:
 
 
 def format_guide_table(rows: list[dict]) -> str:
-    """The guide's table beside the estimates (GB; the largest reference model of each row)."""
+    """The guide's table beside the estimates (GB; the largest reference model of each row). Full
+    fine-tuning trains bfloat16 weights in place; 16-bit LoRA and QLoRA train adapters."""
     def cell(c: dict) -> str:
         guide = "cluster" if c["guide_gb"] is None else f"{c['guide_gb']:g}"
         return f"{c['estimate_gb']:>7.1f} / {guide:<7}"
 
-    lines = [f"hubtune estimate vs the field guide, GB ({Settings().describe()})", "",
+    s = Settings()
+    lines = [f"hubtune estimate vs the field guide, GB: the largest reference model of each row, micro-batch "
+             f"{s.micro_batch} x {s.seq_len} tokens, checkpointing, {s.optimizer}, LoRA r {s.lora_r} on all linear "
+             f"layers (hubtune's defaults)", "",
              f"{'size':<7}{'full':>17}{'16-bit LoRA':>19}{'QLoRA':>17}   reference configs",
              f"{'':<7}{'ours / guide':>17}{'ours / guide':>19}{'ours / guide':>17}"]
     for r in rows:
