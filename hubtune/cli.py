@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help=doc(TrainingSection, "gradient_checkpointing"))
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=doc(TrainingSection, "optimizer"))
-    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"], help=doc(ModelSection, "compute_dtype"))
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16", "float32"], help=doc(ModelSection, "compute_dtype"))
     p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")
     p.add_argument("--table", action="store_true", help="the field guide's hardware table, computed from real configs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
