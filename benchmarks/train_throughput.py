@@ -11,12 +11,16 @@ tokens. They differ in how the machine is used:
 - baseline, the docs' recipe: bfloat16 compute (BitsAndBytesConfig + prepare_model_for_kbit_training),
   SFTTrainer's defaults: gradient checkpointing, each batch padded to its longest example, no packing;
 - hubtune: hubtune.train with the run config's defaults, which resolve on this machine to its levers
-  (compute dtype, checkpointing only when memory needs it, length grouping, padding-free rows where the
-  attention kernel has a variable-length path).
+  (compute dtype, checkpointing only when memory needs it, each step's examples sorted by length into
+  micro-batches of 2 with gradient accumulation, padding-free rows where the attention kernel has a
+  variable-length path). The optimizer step sees the same number of examples (--batch) either way, and
+  the loss is averaged over all their tokens either way.
 
 Speed is real (non-padding) tokens per second of optimizer steps (evaluation and saving excluded), by
 the wall clock and, less disturbed by other work on a shared machine, per CPU-second of this process;
-the held-out loss is each trainer's own completion-only eval loss on the same held-out rows. A table
+the held-out loss is the mean loss over every completion token of the same held-out rows, computed the
+same way after each run (the trainers' own eval_loss averages per-batch means, so it moves with their
+eval batch sizes). A table
 first adds hubtune's levers one at a time (its "+ length grouping" row is what the run config's defaults
 resolve to on a CPU); then the two recipes run again, interleaved (`--rounds` times each, alternating, so
 that a busy machine slows both alike), and the last line gives the medians over all their runs:
@@ -63,6 +67,33 @@ class StepTimer(TrainerCallback):
         self.steps += 1
 
 
+def completion_loss(model, dataloader, bf16: bool) -> float:
+    """The mean loss over every completion token the dataloader holds (each batch's mean weighted by its
+    token count, so the batch size does not matter), in the recipe's own precision."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        for batch in dataloader:
+            batch = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in batch.items()}
+            n = int((batch["labels"][..., 1:] != -100).sum())
+            total += float(model(**batch).loss) * n
+            tokens += n
+    model.train()
+    return total / tokens
+
+
+class HeldOutLoss(TrainerCallback):
+    """completion_loss on the held-out rows once training ends (hubtune.train evaluates, so the trainer
+    has built its eval dataloader by then)."""
+
+    def __init__(self):
+        self.loss = None
+
+    def on_train_end(self, args, state, control, model=None, eval_dataloader=None, **kwargs):
+        self.loss = completion_loss(model, eval_dataloader, bool(args.bf16))
+
+
 def make_rows(n: int, seed: int) -> list[dict]:
     """Alpaca rows of very different lengths: one to three invoices to extract, or a short question."""
     invoices = [json.loads(x) for x in Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()]
@@ -88,21 +119,22 @@ def hubtune_config(data_file: Path, out: Path, args, **changes) -> cfg.RunConfig
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
         "data": {"sources": [str(data_file)], "val_set_size": args.eval_rows, "max_seq_len": 512,
                  "near_dup_threshold": None, "dedup_exact": False},
-        "training": {**HYPER, "micro_batch_size": args.batch, "gradient_accumulation_steps": 1,
+        # hubtune's default shape, micro-batches of 2: the same examples per optimizer step as the baseline
+        "training": {**HYPER, "micro_batch_size": 2, "gradient_accumulation_steps": args.batch // 2,
                      "max_steps": args.steps, "logging_steps": 10_000, "save_steps": 10_000, "eval_steps": args.steps},
         "output": {"dir": str(out)},
     }
-    return cfg.build(tree, [f"{k}={v}" for k, v in changes.items()])
+    return cfg.build(tree, [f"{k}={str(v).format(batch=args.batch)}" for k, v in changes.items()])
 
 
 def run_hubtune(data_file: Path, args, **changes) -> dict:
     import hubtune
 
-    timer = StepTimer()
-    run = hubtune.train(hubtune_config(data_file, Path(tempfile.mkdtemp(prefix="hubtune-tp-")) / "run", args,
-                                       **changes), callbacks=[timer])
+    timer, held_out = StepTimer(), HeldOutLoss()
+    hubtune.train(hubtune_config(data_file, Path(tempfile.mkdtemp(prefix="hubtune-tp-")) / "run", args, **changes),
+                  callbacks=[timer, held_out])
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "steps": timer.steps,
-            "eval_loss": run.summary["final_eval_loss"]}
+            "eval_loss": held_out.loss}
 
 
 def run_baseline(prepared, args) -> dict:
@@ -133,7 +165,7 @@ def run_baseline(prepared, args) -> dict:
     )
     trainer.train()
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "steps": timer.steps,
-            "eval_loss": trainer.evaluate()["eval_loss"]}
+            "eval_loss": completion_loss(trainer.model, trainer.get_eval_dataloader(), bool(trainer.args.bf16))}
 
 
 def real_tokens(prepared, epochs: int) -> int:
@@ -145,16 +177,18 @@ def real_tokens(prepared, epochs: int) -> int:
     return epochs * sum(len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
+ONE_BATCH = {"training.micro_batch_size": "{batch}", "training.gradient_accumulation_steps": 1}
 LEVERS = [  # (row, overrides): each row adds one of hubtune's levers to the one above
-    ("hubtune, levers off: bf16, checkpointing, padded", {"model.compute_dtype": "bfloat16", "training.gradient_checkpointing": "true",
-                                  "training.group_by_length": "false", "data.padding_free": "false"}),
-    ("+ compute dtype auto (float32 on a CPU)", {"training.gradient_checkpointing": "true", "training.group_by_length": "false",
-                                "data.padding_free": "false"}),
-    ("+ checkpointing auto (off: memory allows)", {"training.group_by_length": "false", "data.padding_free": "false"}),
-    ("+ length grouping", {"data.padding_free": "false"}),
+    ("hubtune, levers off: bf16, checkpointing, padded", {**ONE_BATCH, "model.compute_dtype": "bfloat16",
+     "training.gradient_checkpointing": "true", "training.group_by_length": "false", "data.padding_free": "false"}),
+    ("+ compute dtype auto (float32 on a CPU)", {**ONE_BATCH, "training.gradient_checkpointing": "true",
+                                                 "training.group_by_length": "false", "data.padding_free": "false"}),
+    ("+ checkpointing auto (off: memory allows)", {**ONE_BATCH, "training.group_by_length": "false",
+                                                   "data.padding_free": "false"}),
+    ("+ length-sorted micro-batches (2 x 4 per step)", {"data.padding_free": "false"}),
     ("+ padding-free rows (auto: only with FlashAttention)", {"data.padding_free": "true"}),
 ]
-DEFAULTS_ROW = "+ length grouping"
+DEFAULTS_ROW = "+ length-sorted micro-batches (2 x 4 per step)"
 
 
 def main() -> None:

@@ -184,7 +184,7 @@ class TrainingSection(Section):
     max_grad_norm: float = Field(0.3, gt=0.0, description="Gradient clipping (QLoRA paper: 0.3).")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="Recompute activations to save memory (slower); auto: only when the memory estimate needs it.")
-    group_by_length: bool = Field(True, description="Batch examples of similar length together, so little is padding.")
+    group_by_length: bool = Field(True, description="Sort each step's examples by length into its micro-batches: same loss, little padding.")
     kernels: Literal["auto", "sdpa", "flash_attention_2", "liger", "eager"] = Field(
         "auto", description="auto: FlashAttention 2 and Liger kernels on CUDA when installed, else SDPA; liger: SDPA + Liger.")
     logging_steps: int = Field(10, ge=1, description="Write a metrics.jsonl line every N steps.")

@@ -287,7 +287,11 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, le
         packing=config.data.packing,
         packing_strategy=config.data.packing_strategy,
         padding_free=levers.padding_free,
-        train_sampling_strategy="group_by_length" if t.group_by_length and not config.data.packing else "random",
+        # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
+        # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
+        # would instead make whole steps of short or long examples, which reweights them).
+        train_sampling_strategy=("batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
+                                 and not config.data.packing else "random"),
         use_liger_kernel=levers.liger,
         completion_only_loss=True,  # the prompt is context, not something to learn
         include_num_input_tokens_seen="non_padding",
