@@ -459,7 +459,7 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     config_option(p, "--target-modules", "lora.target_modules", dest="target_modules", metavar="NAME")
     config_option(p, "--gradient-checkpointing", "training.gradient_checkpointing", dest="gradient_checkpointing")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer whose states to count (default: the run config's)")
-    p.add_argument("--compute-dtype", choices=["bfloat16", "float16"],
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the frozen weights and activations on the GPU (default: bfloat16)")
     p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")
     p.add_argument("--table", action="store_true", help="the field guide's hardware table, computed from real configs")

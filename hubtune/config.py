@@ -144,6 +144,10 @@ class DataSection(Section):
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
     truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")
     packing: bool = Field(False, description="Pack several examples into each sequence (faster, same loss).")
+    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = Field(
+        "bfd", description="With packing: bfd fits whole examples best-first, bfd_split splits the overflow, wrapped cuts anywhere.")
+    padding_free: bool | Literal["auto"] = Field(
+        "auto", description="Batches as one row of examples with position ids, no padding; auto: with FlashAttention on CUDA.")
     dedup_exact: bool = Field(True, description="Drop exact duplicates of normalised prompt + response.")
     near_dup_threshold: float | None = Field(0.8, gt=0.0, le=1.0,
         description="Drop near duplicates at this Jaccard similarity of word shingles (MinHash LSH); null: off.")
@@ -194,7 +198,11 @@ class TrainingSection(Section):
         "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(0.3, gt=0.0, description="Gradient clipping (QLoRA paper: 0.3).")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory (slower).")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute activations to save memory (slower); auto: only when the memory estimate needs it.")
+    group_by_length: bool = Field(True, description="Sort each step's examples by length into its micro-batches: same loss, little padding.")
+    kernels: Literal["auto", "sdpa", "flash_attention_2", "liger", "eager"] = Field(
+        "auto", description="auto: FlashAttention 2 and Liger kernels on CUDA when installed, else SDPA; liger: SDPA + Liger.")
     logging_steps: int = Field(10, ge=1, description="Write a metrics.jsonl line every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps; None: once per epoch and at the end.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume starts from the last one).")

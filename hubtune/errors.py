@@ -285,8 +285,11 @@ def _oom(err: BaseException, context: dict) -> HubtuneError:
         fixes = [f"lower training.micro_batch_size (now {t.micro_batch_size}) and raise "
                  f"training.gradient_accumulation_steps to keep the effective batch of {effective}",
                  f"lower data.max_seq_len (now {d.max_seq_len})"]
-        if not t.gradient_checkpointing:
+        if t.gradient_checkpointing is False:
             fixes.append("turn on training.gradient_checkpointing (now off; ~20% slower, far less activation memory)")
+        elif t.gradient_checkpointing == "auto":
+            fixes.append("set training.gradient_checkpointing: true (now auto, which leaves it off when the estimate "
+                         "says memory allows; ~20% slower, far less activation memory)")
         if m.quantization == "none":
             fixes.append("load the base in 4 bits with model.quantization: nf4 (now none)")
         if not d.packing and d.max_seq_len > 512:

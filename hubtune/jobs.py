@@ -240,7 +240,7 @@ def estimate_run(config: cfg.RunConfig, flavor: str) -> RunEstimate:
     plan = BatchPlan(t.micro_batch_size, t.gradient_accumulation_steps, processes, rows or 0, t.epochs, t.max_steps)
     params = _parameters(config.model)
     tokens = plan.effective_batch_size * config.data.max_seq_len
-    flops = (8 if t.gradient_checkpointing else 6) * params * tokens
+    flops = (8 if t.gradient_checkpointing is True else 6) * params * tokens  # auto: off when memory allows
     method = "lora" if config.model.quantization == "none" else "qlora"
     accelerator = next((a for a in sorted(ACCELERATOR_TFLOPS, key=len, reverse=True) if flavor.startswith(a)), "cpu")
     per_second = ACCELERATOR_TFLOPS[accelerator] * 1e12 * max(gpus, 1) * MFU[method]

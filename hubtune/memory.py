@@ -9,13 +9,14 @@ holds on the GPU at once:
   the GPU computes in float16;
 - LoRA adapters, their gradients and the optimizer's states;
 - activations saved for the backward pass, per layer and token, with or without gradient
-  checkpointing (coefficients measured with autograd's saved-tensor hooks on this recipe, see
-  tests/test_memory.py), and the logits, which TRL's fused LM head computes in float32 tiles;
+  checkpointing (coefficients measured with autograd's saved-tensor hooks on this recipe by
+  benchmarks/activation_memory.py, checked by tests/test_memory.py), and the logits, which TRL's
+  fused LM head computes in tiles;
 - framework overhead: the CUDA context and the caching allocator's slack.
 
     arch = memory.read_architecture("meta-llama/Llama-3.1-8B")
-    est = memory.estimate(arch, memory.Settings(method="qlora", seq_len=2048, micro_batch=2, lora_r=8))
-    print(est.total_gib, est.fits("RTX 4090"), memory.suggest(arch, est.settings, "T4"))
+    settings = memory.Settings(method="qlora", seq_len=2048, micro_batch=2, lora_r=8)
+    print(memory.estimate(arch, settings).total_gib, memory.fit_report(arch, settings, "T4"))
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from hubtune.errors import HubtuneError
 GIB = 2**30
 GB = 10**9
 
-# Memory CUDA reports for each GPU (torch.cuda.get_device_properties(0).total_memory), in MiB, and
-# whether it computes in bfloat16 (Ampere and newer) or falls back to float16.
+# Memory each GPU reports (nvidia-smi's total, in MiB; variants differ by a few MiB), and whether it
+# computes in bfloat16 (Ampere and newer) or falls back to float16.
 GPUS: dict[str, tuple[int, bool]] = {
     "T4": (15_360, False), "L4": (23_034, True), "A10G": (23_028, True), "RTX 3090": (24_576, True),
     "RTX 4090": (24_564, True), "A100 40GB": (40_960, True), "A100 80GB": (81_920, True),
@@ -263,7 +264,7 @@ class Settings:
     method: Method = "qlora"
     quantization: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     seq_len: int = 1024
     micro_batch: int = 2
     gradient_accumulation: int = 4
@@ -282,11 +283,11 @@ class Settings:
         settings = cls(method="lora" if m.quantization == "none" else "qlora",
                        quantization="nf4" if m.quantization == "none" else m.quantization,
                        double_quant=m.double_quant,
-                       compute_dtype="float16" if m.compute_dtype == "float16" else "bfloat16",
+                       compute_dtype=m.compute_dtype if m.compute_dtype != "auto" else "bfloat16",
                        seq_len=config.data.max_seq_len, micro_batch=t.micro_batch_size,
                        gradient_accumulation=t.gradient_accumulation_steps, lora_r=config.lora.r,
                        lora_dropout=config.lora.dropout, target_modules=config.lora.target_modules,
-                       gradient_checkpointing=t.gradient_checkpointing,
+                       gradient_checkpointing=t.gradient_checkpointing is not False,  # auto: on, to be safe
                        optimizer=CUDA_OPTIMIZER if t.optimizer == "auto" else t.optimizer)
         changes = {k: v for k, v in changes.items() if v is not None}
         targets = changes.get("target_modules")
@@ -354,7 +355,7 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     # Frozen embeddings, head, norms (and a vision tower) stay 16-bit, except that in float16 PEFT
     # upcasts them to float32 (hubtune.train.load_base).
     unquantized = p["embeddings"] + p["lm_head"] + p["vision"] + p["norms"]
-    wide = 4 if s.recipe == "qlora-fp16" else 2
+    wide = 4 if s.recipe == "qlora-fp16" or s.compute_dtype == "float32" else 2
     if s.method == "qlora":
         quantized = p["decoder_linear"]
         per_block = 1 + 4 / DQ_BLOCK if s.double_quant else 4
@@ -362,9 +363,9 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         label = (f"weights: {s.quantization.upper()} decoder layers, "
                  f"{'float32' if wide == 4 else '16-bit'} embeddings, head and norms")
     else:
-        weights, label = 2 * p["total"], "weights: 16-bit"
+        weights, label = wide * p["total"], f"weights: {'32' if wide == 4 else '16'}-bit"
     if s.method == "full":
-        trainable, trainable_bytes = p["total"], 2
+        trainable, trainable_bytes = p["total"], wide
     else:
         trainable = arch.lora_parameters(s.lora_r, s.target_modules)
         # TRL keeps a 4-bit base's adapters in bfloat16; PEFT keeps a 16-bit base's in float32.
@@ -400,6 +401,8 @@ def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     per_token = a * arch.hidden + b * arch.intermediate + c * arch.kv_dim
     if s.method != "full" and s.lora_dropout > 0:
         per_token += DROPOUT_BYTES[s.recipe] * sum(m.fan_in for m in arch.target_linears(s.target_modules))
+    if s.compute_dtype == "float32":  # measured in 16-bit autocast; float32 tensors are twice the size
+        per_token *= 2
     return int(tokens * per_token)
 
 
@@ -454,7 +457,9 @@ def gpu_spec(gpu: str | float) -> tuple[str, int, bool]:
 
 def on_gpu(settings: Settings, gpu: str | float) -> Settings:
     """The settings as they run on this GPU: float16 compute where it has no bfloat16."""
-    return settings if gpu_spec(gpu)[2] else replace(settings, compute_dtype="float16")
+    if gpu_spec(gpu)[2] or settings.compute_dtype != "bfloat16":
+        return settings
+    return replace(settings, compute_dtype="float16")
 
 
 @dataclass
@@ -528,6 +533,29 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
     return None
 
 
+def device_memory(device: str) -> int:
+    """Bytes of the GPU (CUDA), or of the machine's RAM on a CPU."""
+    import os
+
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def checkpointing_needed(config, model_path: str, device: str, device_bytes: int | None = None) -> bool:
+    """training.gradient_checkpointing: auto. Off when the run without it takes at most 80% of the
+    device's memory; on otherwise, and for an architecture the estimate does not know."""
+    try:
+        arch = read_architecture(model_path)
+    except HubtuneError:
+        return True
+    settings = replace(Settings.from_run_config(config), gradient_checkpointing=False)
+    limit = device_memory(device) if device_bytes is None else device_bytes
+    return estimate(arch, settings).total > 0.8 * limit
+
+
 def device_warning(config, model_path: str, device_bytes: int | None = None) -> str | None:
     """Before loading: a warning when the estimated peak exceeds the GPU's memory, with the nearest
     settings that fit. None on a CPU (no `device_bytes` and no CUDA), when it fits, or for an
@@ -543,6 +571,8 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
     except HubtuneError:
         return None
     settings = Settings.from_run_config(config)
+    if config.training.gradient_checkpointing == "auto":
+        settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, model_path, "cuda", device_bytes))
     total = estimate(arch, settings).total
     if total <= device_bytes:
         return None
@@ -616,12 +646,16 @@ def format_estimate(est: Estimate, fits: list[dict]) -> str:
 
 
 def format_guide_table(rows: list[dict]) -> str:
-    """The guide's table beside the estimates (GB; the largest reference model of each row)."""
+    """The guide's table beside the estimates (GB; the largest reference model of each row). Full
+    fine-tuning trains bfloat16 weights in place; 16-bit LoRA and QLoRA train adapters."""
     def cell(c: dict) -> str:
         guide = "cluster" if c["guide_gb"] is None else f"{c['guide_gb']:g}"
         return f"{c['estimate_gb']:>7.1f} / {guide:<7}"
 
-    lines = [f"hubtune estimate vs the field guide, GB ({Settings().describe()})", "",
+    s = Settings()
+    lines = [f"hubtune estimate vs the field guide, GB: the largest reference model of each row, micro-batch "
+             f"{s.micro_batch} x {s.seq_len} tokens, checkpointing, {s.optimizer}, LoRA r {s.lora_r} on all linear "
+             f"layers (hubtune's defaults)", "",
              f"{'size':<7}{'full':>17}{'16-bit LoRA':>19}{'QLoRA':>17}   reference configs",
              f"{'':<7}{'ours / guide':>17}{'ours / guide':>19}{'ours / guide':>17}"]
     for r in rows:

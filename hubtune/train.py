@@ -171,12 +171,14 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
+    levers = recipe_levers(config, hw, base.path)
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
-                             f"{str(hw.compute_dtype).removeprefix('torch.')} compute")
+                             f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
-    model = load_base(base.path, config.model, hw, gradient_checkpointing=config.training.gradient_checkpointing,
-                      backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded)
-    model = attach_lora(model, config, backend.name)
+    model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
+                      backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
+                      attention=levers.attention)
+    model = attach_lora(model, config, backend.name, levers.gradient_checkpointing)
 
     # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
@@ -184,7 +186,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name),
+        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
+                     levers=levers),
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
@@ -289,7 +292,8 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
-              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False):
+              for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False,
+              attention: str | None = None):
     """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
     saved already quantized (its config.json holds a quantization_config) loads as saved.
 
@@ -306,6 +310,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if attention:
+        kwargs["attn_implementation"] = attention
     if model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -362,12 +368,14 @@ def _quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def attach_lora(model, config: cfg.RunConfig, backend: str = "hf"):
+def attach_lora(model, config: cfg.RunConfig, backend: str = "hf", gradient_checkpointing: bool | None = None):
     """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel."""
     if backend == "unsloth":
         from hubtune.interop import backends
 
-        return backends.unsloth_lora(model, config.lora, config.training.gradient_checkpointing, config.training.seed)
+        checkpointing = config.training.gradient_checkpointing is not False if gradient_checkpointing is None \
+            else gradient_checkpointing
+        return backends.unsloth_lora(model, config.lora, checkpointing, config.training.seed)
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(config.lora))
@@ -400,14 +408,61 @@ def lora_config(lora: cfg.LoraSection) -> LoraConfig:
                       target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf") -> SFTConfig:
+@dataclasses.dataclass(frozen=True)
+class Levers:
+    """How a run uses the machine: the config's auto settings resolved for this device and base."""
+
+    attention: str  # sdpa | flash_attention_2 | eager
+    liger: bool  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU) through TRL
+    padding_free: bool  # each batch one row with position ids
+    gradient_checkpointing: bool
+
+    def describe(self) -> str:
+        return (f"{self.attention} attention{', Liger kernels' if self.liger else ''}"
+                f"{', padding-free rows' if self.padding_free else ''}, gradient checkpointing "
+                f"{'on' if self.gradient_checkpointing else 'off'}")
+
+
+def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Levers:
+    """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
+    variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
+    checkpointing only when the memory estimate needs it (hubtune.memory)."""
+    from importlib.util import find_spec
+
+    from hubtune import memory
+
+    t, d = config.training, config.data
+    cuda = hw.device == "cuda"
+    if t.kernels == "auto":
+        attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
+        liger = cuda and find_spec("liger_kernel") is not None
+    else:
+        attention, liger = ("sdpa", True) if t.kernels == "liger" else (t.kernels, False)
+    if d.padding_free == "auto":
+        padding_free = attention == "flash_attention_2" and not d.truncate
+    elif d.padding_free and d.truncate and not d.packing:
+        raise ConfigError([("data.padding_free", "padding-free rows are not cut to data.max_seq_len; set data.truncate: "
+                                                 "false (over-long examples are dropped) or data.padding_free: auto")])
+    else:
+        padding_free = d.padding_free
+    checkpointing = t.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = memory.checkpointing_needed(config, model_path, hw.device)
+    return Levers(attention, liger, padding_free, checkpointing)
+
+
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+             levers: Levers | None = None) -> SFTConfig:
     from trl import SFTConfig
 
     t = config.training
+    levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
     # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
-    checkpointing = t.gradient_checkpointing and backend != "unsloth"
+    checkpointing = levers.gradient_checkpointing and backend != "unsloth"
     trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
+    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
     return SFTConfig(
         output_dir=str(path / "checkpoints"),
         learning_rate=t.learning_rate,
@@ -434,8 +489,16 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        max_length=config.data.max_seq_len,
+        max_length=max_length,
         packing=config.data.packing,
+        packing_strategy=config.data.packing_strategy,
+        padding_free=levers.padding_free,
+        # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
+        # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
+        # would instead make whole steps of short or long examples, which reweights them).
+        train_sampling_strategy=("batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
+                                 and not config.data.packing else "random"),
+        use_liger_kernel=levers.liger,
         completion_only_loss=True,  # the prompt is context, not something to learn
         include_num_input_tokens_seen="non_padding",
         report_to=trackers or "none",

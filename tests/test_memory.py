@@ -5,6 +5,7 @@ training gives before loading."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -216,3 +217,26 @@ def test_training_warns_before_loading_when_the_estimate_exceeds_the_gpu(tmp_pat
     assert "exceeds this GPU's 9.0 GB" in warning and "try micro-batch" in warning
     assert memory.device_warning(config, str(folder), device_bytes=80 * 10**9) is None
     assert memory.device_warning(config, str(folder)) is None  # no GPU here: nothing to compare with
+
+
+# ---- the README section -------------------------------------------------------------------------
+def test_the_readme_section_runs_and_shows_the_real_output(hubtune):
+    import shlex
+
+    import readme_blocks
+
+    blocks = readme_blocks.section_blocks("Will it fit? Memory and speed")
+    commands = [line for lang, body in blocks if lang == "bash" for line in body.splitlines() if line]
+    shown = [body.rstrip("\n") for lang, body in blocks if lang == "text"]
+    assert len(commands) == 2 and len(shown) == 2
+    for command, text in zip(commands, shown):
+        args = shlex.split(command)
+        assert args[0] == "hubtune"
+        code, out = hubtune(*args[1:])
+        assert code == 0
+        assert out.rstrip("\n") == text, command
+    (python,) = [body for lang, body in blocks if lang == "python"]
+    result = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "7.98 GiB True"

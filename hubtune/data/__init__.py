@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hubtune.data.formats import to_example
 from hubtune.data.pipeline import PreparedData, prepare
-from hubtune.data.sources import SourceRows, read_json_lines
+from hubtune.data.sources import iter_rows
 
 __all__ = ["PreparedData", "prepare", "write_jsonl", "load_tokenizer", "read_jsonl", "alpaca_to_messages"]
 
@@ -47,9 +47,7 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
 
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSON-lines file; a malformed line is a DataError with its line number."""
-    out = SourceRows(str(path))
-    read_json_lines(Path(path), out, skip_bad_rows=False)
-    return out.rows
+    return [row for row, _, _ in iter_rows([Path(path)], skip_bad_rows=False, bad_rows=[])]
 
 
 def alpaca_to_messages(row: dict) -> dict:

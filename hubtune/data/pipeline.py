@@ -1,10 +1,21 @@
 """The data workflow, top to bottom: read the sources, turn rows into chat examples, check the
 chat template, drop exact and near duplicates, filter by token length and score, balance task
-types, split off a held-out set, mix in general data, and report what each step did."""
+types, split off a held-out set, mix in general data, and report what each step did.
+
+Sized for a million rows: rows are read one at a time and each example is kept as compact JSON
+bytes with its task as a code and its origin as a number (ExampleStore); the steps work on arrays of
+indices, keys and lengths; the prepared datasets are built only when asked for, and a large one is
+written to an Arrow file and memory-mapped rather than held as Python objects."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
+import os
+import tempfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,11 +24,12 @@ from datasets import Dataset
 from hubtune.config import DataSection, DataSource, TrainingSection
 from hubtune.data import dedup, quality
 from hubtune.data.formats import BadRow, Example, map_columns, resolve_format, to_example
-from hubtune.data.sources import read_source
+from hubtune.data.sources import iter_rows, locate
 from hubtune.data.template import ensure_chat_template
 from hubtune.errors import DataError
 
 EXAMPLES_SHOWN = 5
+IN_MEMORY_ROWS = 100_000  # larger prepared splits go to a memory-mapped Arrow file
 FIX_WHEN_EMPTY = {
     "read": "the sources hold no usable rows; check the path and the format",
     "exact_duplicates": "every row repeats an earlier one; check the source",
@@ -30,11 +42,153 @@ FIX_WHEN_EMPTY = {
 }
 
 
-@dataclass
+class ExampleStore(Sequence):
+    """Examples in order, a few hundred bytes each: the training row as JSON bytes, the task as a
+    code, the origin as (where, number). `store[i]` gives the Example back."""
+
+    def __init__(self):
+        self._rows: list[bytes] = []
+        self._where: list[str] = []
+        self._where_of = np.zeros(0, np.int32)
+        self._number = np.zeros(0, np.int64)
+        self._task = np.zeros(0, np.int32)
+        self._task_names: list[str | None] = [None]
+        self._pending: list[tuple[int, int, int]] = []
+        self._codes: dict[str | None, int] = {None: 0}
+
+    def append(self, ex: Example, where: str, number: int) -> None:
+        if not self._where or self._where[-1] != where:
+            self._where.append(where)
+        code = self._codes.setdefault(ex.task, len(self._task_names))
+        if code == len(self._task_names):
+            self._task_names.append(ex.task)
+        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text], ensure_ascii=False).encode())
+        self._pending.append((len(self._where) - 1, number, code))
+        if len(self._pending) >= 65536:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            w, n, t = np.asarray(self._pending, dtype=np.int64).T
+            self._where_of = np.concatenate([self._where_of, w.astype(np.int32)])
+            self._number = np.concatenate([self._number, n])
+            self._task = np.concatenate([self._task, t.astype(np.int32)])
+            self._pending = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        self._flush()
+        prompt, completion, text = json.loads(self._rows[i])
+        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i))
+
+    def origin(self, i: int) -> str:
+        self._flush()
+        return f"{self._where[self._where_of[i]]} {self._number[i]}"
+
+    def row_json(self, i: int) -> list:
+        return json.loads(self._rows[i])
+
+    def tasks(self, indices: np.ndarray) -> list[str | None]:
+        self._flush()
+        return [self._task_names[c] for c in self._task[indices].tolist()]
+
+    def release(self, indices: np.ndarray) -> None:
+        """Free the rows no step will read again."""
+        for i in indices.tolist():
+            self._rows[i] = b""
+
+
+class Subset(Sequence):
+    """Examples (or one derived value of each) of a store at some indices, read on demand."""
+
+    def __init__(self, store: ExampleStore, indices: np.ndarray, view=None):
+        self.store, self.indices, self.view = store, indices, view
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        ex = self.store[int(self.indices[k])]
+        return self.view(ex) if self.view else ex
+
+
+def comparison_text(ex: Example) -> str:
+    prompt, response = ex.comparison_parts()
+    return f"{prompt}\n{response}"
+
+
 class PreparedData:
-    train: Dataset  # conversational prompt/completion rows: {"prompt": [...], "completion": [...]}
-    eval: Dataset | None
-    report: dict = field(default_factory=dict)
+    """The prepared rows: `train` and `eval` (None when nothing is held out) are datasets of
+    conversational prompt/completion rows ({"prompt": [...], "completion": [...]}, or {"text": ...}),
+    built when first used; `report` says what each step did."""
+
+    def __init__(self, report: dict, store: ExampleStore | None = None, train_idx=None, eval_idx=None,
+                 mixed: list[Example] | None = None):
+        self.report = report
+        self._store, self._train_idx, self._eval_idx, self._mixed = store, train_idx, eval_idx, mixed or []
+        self._train: Dataset | None = None
+        self._eval: Dataset | None | bool = False
+
+    @property
+    def train(self) -> Dataset:
+        if self._train is None:
+            rows = (self._store[int(i)].row() for i in self._train_idx)
+            self._train = _dataset(rows, len(self._train_idx) + len(self._mixed), extra=self._mixed)
+        return self._train
+
+    @property
+    def eval(self) -> Dataset | None:
+        if self._eval is False:
+            n = len(self._eval_idx)
+            self._eval = _dataset((self._store[int(i)].row() for i in self._eval_idx), n) if n else None
+        return self._eval
+
+
+def _dataset(rows: Iterator[dict], n: int, extra: list[Example] = ()) -> Dataset:
+    """A Dataset of rows: in memory when small, else written to an Arrow file in batches and mapped."""
+    rows = _chain(rows, (ex.row() for ex in extra))
+    if n <= IN_MEMORY_ROWS:
+        return Dataset.from_list(list(rows))
+    import pyarrow as pa
+
+    fd, path = tempfile.mkstemp(prefix="hubtune-prepared-", suffix=".arrow")
+    os.close(fd)
+    atexit.register(_remove, path)  # the dataset maps the file until the process ends
+    writer, schema, batch = None, None, []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == 10_000:
+            writer, schema = _write(batch, path, writer, schema, pa)
+            batch = []
+    if batch:
+        writer, schema = _write(batch, path, writer, schema, pa)
+    writer.close()
+    return Dataset.from_file(path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _chain(*iterables):
+    for it in iterables:
+        yield from it
+
+
+def _write(batch, path, writer, schema, pa):
+    table = pa.Table.from_pylist(batch, schema=schema)
+    if writer is None:
+        schema = table.schema
+        writer = pa.ipc.new_stream(path, schema)
+    writer.write_table(table)
+    return writer, schema
 
 
 class Steps:
@@ -50,56 +204,45 @@ class Steps:
                             f"fix: {FIX_WHEN_EMPTY[step]}")
 
 
-def read_examples(sources: list[DataSource], data: DataSection) -> tuple[list[Example], list[dict], list[str]]:
-    """All sources as examples, with a summary per source and the bad rows skipped."""
-    examples, summary, bad = [], [], []
+def stream_examples(sources: list[DataSource], data: DataSection, sink, summary: list[dict], bad: list[str]) -> None:
+    """Every row of every source turned into an Example, handed to sink(example, where, number); a
+    summary per source and the bad rows skipped are appended to `summary` and `bad`."""
+    kinds = set()
     for source in sources:
-        got = read_source(source, data.skip_bad_rows)
-        bad += got.bad_rows
-        fmt = resolve_format(got.rows[0], data.format, data.columns, source.path) if got.rows else None
-        n_before = len(examples)
-        for row, origin in zip(got.rows, got.origins):
+        fmt, rows, examples, unusable, bad_before = None, 0, 0, 0, len(bad)
+        files, revision_sha = locate(source)
+        for row, where, number in iter_rows(files, data.skip_bad_rows, bad):
+            rows += 1
+            if fmt is None:
+                fmt = resolve_format(row, data.format, data.columns, source.path)
             try:
-                examples.append(to_example(map_columns(row, data.columns), fmt, data.task_column, origin))
+                ex = to_example(map_columns(row, data.columns), fmt, data.task_column, f"{where} {number}")
             except BadRow as err:
                 if not data.skip_bad_rows:
-                    raise DataError(f"{origin}: {err}; fix the row or remove it, or skip bad rows with "
+                    raise DataError(f"{where} {number}: {err}; fix the row or remove it, or skip bad rows with "
                                     f"--skip-bad-rows (data.skip_bad_rows: true)") from None
-                bad.append(f"{origin}: {err}")
+                bad.append(f"{where} {number}: {err}")
+                unusable += 1
+                continue
+            kinds.add(ex.text is None)
+            examples += 1
+            sink(ex, where, number)
+        # rows: what the source holds, malformed ones included; examples: what became an example
         summary.append({"path": source.path, "split": source.split, "name": source.name,
-                        "revision": source.revision, "revision_sha": got.revision_sha, "format": fmt,
-                        "rows": len(got.rows) + len(got.bad_rows), "examples": len(examples) - n_before})
-    if len({ex.text is None for ex in examples}) > 1:
+                        "revision": source.revision, "revision_sha": revision_sha, "format": fmt,
+                        "rows": rows + len(bad) - bad_before - unusable, "examples": examples})
+    if len(kinds) > 1:
         raise DataError("the sources mix plain text with chat data; train on one kind at a time "
                         f"(formats: {', '.join(str(s['format']) for s in summary)})")
+
+
+def read_examples(sources: list[DataSource], data: DataSection) -> tuple[list[Example], list[dict], list[str]]:
+    """All sources as a list of examples, with a summary per source and the bad rows skipped."""
+    examples: list[Example] = []
+    summary: list[dict] = []
+    bad: list[str] = []
+    stream_examples(sources, data, lambda ex, where, number: examples.append(ex), summary, bad)
     return examples, summary, bad
-
-
-@dataclass
-class Pool:
-    """The examples still in, with what earlier steps measured about each (parallel lists)."""
-
-    examples: list[Example]
-    keys: list[bytes]  # hash of the normalised prompt + response
-    parts: list[tuple[str, str]]  # (prompt, response) as plain text
-    total_len: np.ndarray | None = None  # tokens of the rendered example
-    response_len: np.ndarray | None = None  # tokens of the answer
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def drop(self, indices, step: str, steps: Steps) -> Pool:
-        gone = {int(i) for i in indices}
-        keep = [i for i in range(len(self)) if i not in gone]
-
-        def pick(column):
-            if column is None or isinstance(column, np.ndarray):
-                return None if column is None else column[keep]
-            return [column[i] for i in keep]
-
-        pool = Pool(*map(pick, (self.examples, self.keys, self.parts, self.total_len, self.response_len)))
-        steps.record(step, len(self), len(pool))
-        return pool
 
 
 def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedData:
@@ -109,78 +252,98 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     Gives `tokenizer` hubtune's default chat template when it has none (the report says so)."""
     seed = TrainingSection.model_fields["seed"].default if seed is None else seed
     steps = Steps()
-    examples, sources, bad = read_examples(data.sources, data)
-    total = len(examples) + len(bad)
-    steps.record("read", total, len(examples))
-    tasks_read = Counter(ex.task if ex.task is not None else "(none)" for ex in examples)
-    plain_text = examples[0].text is not None
+    store = ExampleStore()
+    keys: list[bytes] = []
+    summary: list[dict] = []
+    bad: list[str] = []
+
+    def keep(ex: Example, where: str, number: int) -> None:
+        store.append(ex, where, number)
+        keys.append(dedup.exact_key(*ex.comparison_parts()))
+
+    stream_examples(data.sources, data, keep, summary, bad)
+    total = len(store) + len(bad)
+    steps.record("read", total, len(store))
+    tasks_read = Counter(t if t is not None else "(none)" for t in store.tasks(np.arange(len(store))))
+    plain_text = store[0].text is not None
     template = None if plain_text else ensure_chat_template(tokenizer, data.chat_template)
-    parts = [ex.comparison_parts() for ex in examples]
-    pool = Pool(examples, [dedup.exact_key(p, r) for p, r in parts], parts)
+    pool = np.arange(len(store))
+
+    def drop(gone, step: str) -> np.ndarray:
+        nonlocal pool
+        mask = np.ones(len(pool), dtype=bool)
+        mask[np.asarray(list(gone), dtype=np.int64)] = False
+        store.release(pool[~mask])
+        before, pool = len(pool), pool[mask]
+        steps.record(step, before, len(pool))
+        return mask
 
     # Duplicates: exact first, then near duplicates among the rest; the first of each group stays.
-    exact = dedup.exact_duplicates(pool.keys) if data.dedup_exact else {}
-    exact_shown = [{"kept": pool.examples[j].origin, "removed": pool.examples[i].origin}
-                   for i, j in list(exact.items())[:EXAMPLES_SHOWN]]
-    pool = pool.drop(exact, "exact_duplicates", steps)
-    near = []
+    exact = dedup.exact_duplicates(keys) if data.dedup_exact else {}
+    exact_shown = [{"kept": store.origin(j), "removed": store.origin(i)} for i, j in list(exact.items())[:EXAMPLES_SHOWN]]
+    near: list[dedup.NearDuplicate] = []
+    near_shown: list[dict] = []
+    drop(exact.keys(), "exact_duplicates")
     if data.near_dup_threshold is not None:
-        near = dedup.near_duplicates([f"{p}\n{r}" for p, r in pool.parts], data.near_dup_threshold,
-                                     data.shingle_words)
-    near_shown = [_pair(pool, d) for d in sorted(near, key=lambda d: d.similarity)[:EXAMPLES_SHOWN]]
-    pool = pool.drop([d.index for d in near], "near_duplicates", steps)
+        near = dedup.near_duplicates(Subset(store, pool, comparison_text), data.near_dup_threshold, data.shingle_words)
+        near_shown = [_pair(store, pool, d) for d in sorted(near, key=lambda d: d.similarity)[:EXAMPLES_SHOWN]]
+    drop([d.index for d in near], "near_duplicates")
 
     # Lengths in the base model's tokens: answers too short, examples too long (or truncated).
-    pool.total_len, pool.response_len = quality.token_lengths(pool.examples, tokenizer)
-    short = np.flatnonzero(pool.response_len < data.min_response_tokens)
-    pool = pool.drop(short, "too_short", steps)
-    limit = float(np.percentile(pool.total_len, data.max_length_percentile)) if data.max_length_percentile else None
-    over = pool.total_len > data.max_seq_len
-    too_long = (pool.total_len > limit if limit is not None else np.zeros_like(over)) | (over & (not data.truncate))
+    total_len, response_len = quality.token_lengths(Subset(store, pool), tokenizer)
+    short = np.flatnonzero(response_len < data.min_response_tokens)
+    mask = drop(short, "too_short")
+    total_len, response_len = total_len[mask], response_len[mask]
+    limit = float(np.percentile(total_len, data.max_length_percentile)) if data.max_length_percentile else None
+    over = total_len > data.max_seq_len
+    too_long = (total_len > limit if limit is not None else np.zeros_like(over)) | (over & (not data.truncate))
     truncated = int((over & ~too_long).sum())
-    pool = pool.drop(np.flatnonzero(too_long), "too_long", steps)
+    mask = drop(np.flatnonzero(too_long), "too_long")
+    total_len, response_len = total_len[mask], response_len[mask]
 
-    score_stats = None
+    score_stats, low_score = None, 0
     if data.scorer is not None:
-        s = quality.scores(pool.examples, quality.load_scorer(data.scorer.callable), data.scorer.batch_size,
+        s = quality.scores(Subset(store, pool), quality.load_scorer(data.scorer.callable), data.scorer.batch_size,
                            data.scorer.callable)
         score_stats = {"threshold": data.scorer.threshold, "min": float(s.min()), "p50": float(np.median(s)),
                        "mean": round(float(s.mean()), 4), "max": float(s.max())}
-        pool = pool.drop(np.flatnonzero(s < data.scorer.threshold), "scorer", steps)
+        mask = drop(np.flatnonzero(s < data.scorer.threshold), "scorer")
+        total_len, response_len = total_len[mask], response_len[mask]
+        low_score = int((~mask).sum())
 
-    capped, tasks = quality.balance(pool.examples, data.max_task_share, seed)
-    pool = pool.drop(capped, "task_balance", steps)
+    capped, tasks = quality.balance_tasks(store.tasks(pool), data.max_task_share, seed)
+    mask = drop(capped, "task_balance")
+    total_len, response_len = total_len[mask], response_len[mask]
+    task_capped = int((~mask).sum())
 
     # Held-out split by hash, then general data mixed into training only.
-    is_eval = quality.held_out(pool.keys, data.val_set_size)
-    train = [ex for ex, e in zip(pool.examples, is_eval) if not e]
-    held = [ex for ex, e in zip(pool.examples, is_eval) if e]
-    steps.record("split", len(pool), len(train))
-    mixed = _mix(data, train, set(pool.keys), seed, plain_text)
+    pool_keys = [keys[i] for i in pool.tolist()]
+    is_eval = np.asarray(quality.held_out(pool_keys, data.val_set_size), dtype=bool)
+    train_idx, eval_idx = pool[~is_eval], pool[is_eval]
+    steps.record("split", len(pool), len(train_idx))
+    mixed = _mix(data, len(train_idx), set(pool_keys), seed, plain_text)
 
-    removed = {s["step"]: s["removed"] for s in steps.log}
     report = {
-        "sources": sources, "format": ", ".join(sorted({str(s["format"]) for s in sources})),
+        "sources": summary, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
         "chat_template": template,
-        "total": total, "kept": len(pool), "train": len(train) + len(mixed), "eval": len(held), "mixed": len(mixed),
-        "bad_rows": len(bad), "exact_duplicates": len(exact), "near_duplicates": len(near),
-        "too_short": len(short), "too_long": removed["too_long"], "truncated": truncated,
-        "low_score": removed.get("scorer", 0), "task_capped": removed["task_balance"],
+        "total": total, "kept": len(pool), "train": len(train_idx) + len(mixed), "eval": len(eval_idx),
+        "mixed": len(mixed), "bad_rows": len(bad), "exact_duplicates": len(exact), "near_duplicates": len(near),
+        "too_short": len(short), "too_long": int(too_long.sum()), "truncated": truncated,
+        "low_score": low_score, "task_capped": task_capped,
         "steps": [s for s in steps.log if s["step"] != "split"],
         "bad_row_examples": bad[:EXAMPLES_SHOWN],
         "exact_duplicate_examples": exact_shown,
         "near_duplicate_examples": near_shown,
         "lengths": {"max_seq_len": data.max_seq_len, "percentile_limit": limit,
-                    "example_tokens": quality.stats(pool.total_len),
-                    "response_tokens": quality.stats(pool.response_len),
-                    "histogram": quality.histogram(pool.total_len, data.max_seq_len)},
+                    "example_tokens": quality.stats(total_len),
+                    "response_tokens": quality.stats(response_len),
+                    "histogram": quality.histogram(total_len, data.max_seq_len)},
         "scores": score_stats,
         "tasks": _task_table(tasks_read, tasks),
-        "diversity": quality.diversity([f"{p}\n{r}" for p, r in pool.parts], seed),
+        "diversity": quality.diversity(Subset(store, pool, comparison_text), seed),
         "settings": data.model_dump(mode="json"),
     }
-    return PreparedData(Dataset.from_list([ex.row() for ex in train + mixed]),
-                        Dataset.from_list([ex.row() for ex in held]) if held else None, report)
+    return PreparedData(report, store, train_idx, eval_idx, mixed)
 
 
 def _task_table(read: Counter, balanced: dict | None) -> dict | None:
@@ -191,14 +354,15 @@ def _task_table(read: Counter, balanced: dict | None) -> dict | None:
     return {name: {"read": count} | (balanced or {}).get(name, empty) for name, count in read.most_common()}
 
 
-def _pair(pool: Pool, d: dedup.NearDuplicate) -> dict:
-    def show(i: int) -> dict:
-        text = "\n".join(pool.parts[i]).strip()
-        return {"origin": pool.examples[i].origin, "text": text if len(text) <= 300 else text[:297] + "..."}
+def _pair(store: ExampleStore, pool: np.ndarray, d: dedup.NearDuplicate) -> dict:
+    def show(k: int) -> dict:
+        i = int(pool[k])
+        text = "\n".join(store[i].comparison_parts()).strip()
+        return {"origin": store.origin(i), "text": text if len(text) <= 300 else text[:297] + "..."}
     return {"similarity": d.similarity, "kept": show(d.kept), "removed": show(d.index)}
 
 
-def _mix(data: DataSection, train: list[Example], train_keys: set[bytes], seed: int, plain_text: bool) -> list[Example]:
+def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int, plain_text: bool) -> list[Example]:
     if data.mix.ratio <= 0 or data.mix.source is None:
         return []
     general = DataSection(sources=[data.mix.source], skip_bad_rows=data.skip_bad_rows, task_column=data.task_column)
@@ -210,4 +374,4 @@ def _mix(data: DataSection, train: list[Example], train_keys: set[bytes], seed: 
     if not pool:
         raise DataError(f"data.mix.source {data.mix.source.path}: no rows to mix in (empty, or all already in the "
                         f"training data); give a general instruction dataset")
-    return quality.mix_rows(pool, len(train), data.mix.ratio, seed)
+    return quality.mix_rows(pool, train_size, data.mix.ratio, seed)

@@ -17,23 +17,32 @@ from hubtune.data.formats import Example
 from hubtune.errors import DataError, OutOfMemoryError, translate
 
 Scorer = Callable[[list[dict]], Sequence[float]]
-BATCH = 1000
+BATCH = 2000  # examples rendered and tokenized at once
 
 
-def token_lengths(examples: list[Example], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def token_lengths(examples: Sequence[Example], tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(full example, response) lengths in the tokenizer's tokens. A chat example is measured as
     rendered by the chat template, as the trainer will see it; plain text gets one EOS more."""
+    count = _token_counter(tokenizer)
     total, response = [], []
     for start in range(0, len(examples), BATCH):
         chunk = examples[start:start + BATCH]
-        answers = [ex.response for ex in chunk]
+        answers = count([ex.response for ex in chunk], False)
         if chunk[0].text is None:
             rendered = tokenizer.apply_chat_template([ex.prompt + ex.completion for ex in chunk], tokenize=False)
-            total += [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+            total += count(rendered, False)
         else:
-            total += [len(ids) + 1 for ids in tokenizer(answers)["input_ids"]]
-        response += [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+            total += [n + 1 for n in count([ex.response for ex in chunk], True)]
+        response += answers
     return np.asarray(total, dtype=np.int64), np.asarray(response, dtype=np.int64)
+
+
+def _token_counter(tokenizer):
+    """texts, add_special_tokens -> token counts; straight from the Rust tokenizer when there is one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return lambda texts, special: [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=special)]
+    return lambda texts, special: [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
 def load_scorer(spec: str) -> Scorer:
@@ -54,7 +63,7 @@ def load_scorer(spec: str) -> Scorer:
     return fn
 
 
-def scores(examples: list[Example], scorer: Scorer, batch_size: int, name: str = "the scorer") -> np.ndarray:
+def scores(examples: Sequence[Example], scorer: Scorer, batch_size: int, name: str = "the scorer") -> np.ndarray:
     """One score per example, `batch_size` rows per call; whatever the scorer does wrong is a DataError
     naming the rows it was given."""
     out: list[float] = []
@@ -104,13 +113,18 @@ def task_caps(counts: dict[str, int], max_share: float) -> dict[str, int]:
     return {task: min(n, lo) for task, n in counts.items()}
 
 
-def balance(examples: list[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
+def balance(examples: Sequence[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
     """Downsample task types above max_share (seeded): (indices dropped, shares before and after)."""
-    if all(ex.task is None for ex in examples):
+    return balance_tasks([ex.task for ex in examples], max_share, seed)
+
+
+def balance_tasks(tasks: list[str | None], max_share: float, seed: int) -> tuple[list[int], dict | None]:
+    """`balance` on the task of each example."""
+    if all(t is None for t in tasks):
         return [], None
     by_task: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_task.setdefault(ex.task if ex.task is not None else "(none)", []).append(i)
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task if task is not None else "(none)", []).append(i)
     keep_n = task_caps({task: len(idx) for task, idx in by_task.items()}, max_share)
     rng = random.Random(seed)
     dropped = []
@@ -118,9 +132,9 @@ def balance(examples: list[Example], max_share: float, seed: int) -> tuple[list[
         if keep_n[task] < len(idx):
             kept = set(rng.sample(idx, keep_n[task]))
             dropped += [i for i in idx if i not in kept]
-    left = len(examples) - len(dropped)
+    left = len(tasks) - len(dropped)
     table = {task: {"before": len(idx), "after": keep_n[task],
-                    "share_before": round(len(idx) / len(examples), 4),
+                    "share_before": round(len(idx) / len(tasks), 4),
                     "share_after": round(keep_n[task] / max(left, 1), 4)}
              for task, idx in sorted(by_task.items(), key=lambda kv: -len(kv[1]))}
     return sorted(dropped), table
@@ -152,17 +166,19 @@ def mix_rows(pool: list[Example], train_size: int, ratio: float, seed: int) -> l
     return out
 
 
-def diversity(texts: list[str], seed: int, sample: int = 10_000) -> dict:
-    """Distinct n-gram ratios (distinct n-grams / all n-grams) over the words of up to `sample` examples."""
-    from hubtune.data.dedup import WORD, normalise
+def diversity(texts: Sequence[str], seed: int, sample: int = 10_000) -> dict:
+    """Distinct n-gram ratios (distinct n-grams / all n-grams) over the words of up to `sample` examples
+    (words as the near-duplicate step reads them, counted by their 64-bit hashes)."""
+    from hubtune.data.dedup import fmix64, word_hashes
 
     if len(texts) > sample:
         texts = random.Random(seed).sample(texts, sample)
-    out: dict = {"examples": len(texts)}
-    words = [WORD.findall(normalise(t)) for t in texts]
-    for n in (1, 2):
-        grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
-        out[f"distinct_{n}"] = round(len(set(grams)) / len(grams), 4) if grams else 0.0
+    words, counts = word_hashes(list(texts))
+    out: dict = {"examples": len(texts), "distinct_1": round(len(np.unique(words)) / len(words), 4) if len(words) else 0.0}
+    follows = np.ones(len(words), dtype=bool)  # word p and p + 1 belong to the same text
+    follows[(np.cumsum(counts) - 1)[counts > 0]] = False
+    pairs = fmix64(words[:-1] * np.uint64(0x9E3779B97F4A7C15) + words[1:])[follows[:-1]]
+    out["distinct_2"] = round(len(np.unique(pairs)) / len(pairs), 4) if len(pairs) else 0.0
     return out
 
 

@@ -1,6 +1,8 @@
 """Read the rows of a data source: a local JSON/JSONL/CSV/Parquet file, a folder of them,
 or a dataset on the Hub. A Hub dataset is downloaded at its revision and read like a folder,
-so every row, wherever it came from, remembers its file and line for later steps to point at."""
+so every row, wherever it came from, remembers its file and line for later steps to point at.
+Rows are read one at a time (`iter_rows`: a million rows never sit in memory as dicts);
+`read_source` collects them."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import gzip
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,8 @@ SKIP_HINT = "fix the row or remove it, or skip bad rows with --skip-bad-rows (da
 TOO_DEEP = "nested deeper than the JSON reader can follow (lists or objects inside each other thousands of times)"
 EXTRA_CELLS = "\0extra cells"  # csv.DictReader's key for cells beyond the header; no real column is named so
 
+Row = tuple[dict, str, int]  # (row, where, number): its origin reads "{where} {number}", e.g. "data.jsonl, line 7"
+
 
 @dataclass
 class SourceRows:
@@ -31,38 +36,53 @@ class SourceRows:
     bad_rows: list[str] = field(default_factory=list)  # "where: why" for each skipped row
     revision_sha: str | None = None  # the commit a Hub dataset was read at; None for local data
 
-    def add(self, row, origin: str, skip_bad_rows: bool) -> None:
-        if isinstance(row, dict):
-            self.rows.append(row)
-            self.origins.append(origin)
-        else:
-            self.bad(origin, f"a row is a JSON object, got {type(row).__name__}", skip_bad_rows)
-
-    def bad(self, origin: str, why: str, skip_bad_rows: bool) -> None:
-        if not skip_bad_rows:
-            raise DataError(f"{origin}: {why}; {SKIP_HINT}")
-        self.bad_rows.append(f"{origin}: {why}")
-
 
 def read_source(source: DataSource, skip_bad_rows: bool = False) -> SourceRows:
     """All rows of one source, in order: a file, the files of a folder's split, or a Hub dataset's."""
+    files, revision_sha = locate(source)
+    out = SourceRows(source.path, revision_sha=revision_sha)
+    for row, where, number in iter_rows(files, skip_bad_rows, out.bad_rows):
+        out.rows.append(row)
+        out.origins.append(f"{where} {number}")
+    return out
+
+
+def locate(source: DataSource) -> tuple[list[Path], str | None]:
+    """The files holding one source's split, and the commit sha a Hub dataset was downloaded at."""
     from hubtune.hub import download_dataset, read_card_metadata
 
     ref = RepoRef.parse(source.path)
-    out = SourceRows(source.path)
+    revision_sha = None
     if ref.is_hub:
-        folder, out.revision_sha = download_dataset(source)
+        folder, revision_sha = download_dataset(source)
     elif ref.path.is_dir() or ref.path.is_file():
         folder = ref.path
     else:
         raise DataError(f"{source.path}: no such file or folder; check the path")
     if folder.is_file():
-        files = [folder]
-    else:
-        files = split_files(folder, source, read_card_metadata(folder / "README.md"))
-    for f in files:
-        read_file(f, out, skip_bad_rows)
-    return out
+        return [folder], revision_sha
+    return split_files(folder, source, read_card_metadata(folder / "README.md")), revision_sha
+
+
+def iter_rows(files: list[Path], skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
+    """The rows of these files, one at a time. A row that is not a JSON object (or a CSV line that
+    cannot be trusted) is a DataError, or, with skip_bad_rows, a "where: why" line in bad_rows."""
+    for path in files:
+        try:
+            for row, where, number in _iter_file(path, skip_bad_rows, bad_rows):
+                if isinstance(row, dict):
+                    yield row, where, number
+                else:
+                    _bad(bad_rows, f"{where} {number}", f"a row is a JSON object, got {type(row).__name__}",
+                         skip_bad_rows)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+
+
+def _bad(bad_rows: list[str], origin: str, why: str, skip_bad_rows: bool) -> None:
+    if not skip_bad_rows:
+        raise DataError(f"{origin}: {why}; {SKIP_HINT}")
+    bad_rows.append(f"{origin}: {why}")
 
 
 def split_files(root: Path, source: DataSource, card: dict | None) -> list[Path]:
@@ -149,29 +169,21 @@ def not_utf8(path: Path) -> DataError:
                      f"`iconv -f {encoding} -t UTF-8 {path} > {target}` (in Excel: Save As \"CSV UTF-8\")")
 
 
-def read_file(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
-    try:
-        _read_file(path, out, skip_bad_rows)
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-
-
-def _read_file(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
+def _iter_file(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
     suffix = path.name.removesuffix(".gz").rsplit(".", 1)[-1] if "." in path.name else ""
     if suffix == "jsonl":
-        read_json_lines(path, out, skip_bad_rows)
-    elif suffix == "json":
-        read_json(path, out, skip_bad_rows)
-    elif suffix == "csv":
-        read_csv(path, out, skip_bad_rows)
-    elif suffix == "parquet":
-        read_parquet(path, out)
-    else:
-        raise DataError(f"{path}: cannot read {path.suffix or 'files without a suffix'}; "
-                        f"use one of {', '.join(SUFFIXES)}")
+        return iter_json_lines(path, skip_bad_rows, bad_rows)
+    if suffix == "json":
+        return iter_json(path, skip_bad_rows, bad_rows)
+    if suffix == "csv":
+        return iter_csv(path, skip_bad_rows, bad_rows)
+    if suffix == "parquet":
+        return iter_parquet(path)
+    raise DataError(f"{path}: cannot read {path.suffix or 'files without a suffix'}; use one of {', '.join(SUFFIXES)}")
 
 
-def read_json_lines(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
+def iter_json_lines(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
+    where = f"{path}, line"
     with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -179,20 +191,23 @@ def read_json_lines(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
             try:
                 row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                out.bad(f"{path}, line {n}, column {err.colno}", f"not valid JSON ({err.msg})", skip_bad_rows)
+                _bad(bad_rows, f"{path}, line {n}, column {err.colno}", f"not valid JSON ({err.msg})", skip_bad_rows)
                 continue
             except RecursionError:
-                out.bad(f"{path}, line {n}", TOO_DEEP, skip_bad_rows)
+                _bad(bad_rows, f"{path}, line {n}", TOO_DEEP, skip_bad_rows)
                 continue
-            out.add(row, f"{path}, line {n}", skip_bad_rows)
+            yield row, where, n
 
 
-def read_json(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
+def iter_json(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
     """A JSON array of rows, or JSON lines in a .json file (a common mix-up, so both are read)."""
     with _open_text(path) as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("["):
+        yield from iter_json_lines(path, skip_bad_rows, bad_rows)
+        return
+    with _open_text(path) as f:
         text = f.read()
-    if not text.lstrip().startswith("["):
-        return read_json_lines(path, out, skip_bad_rows)
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as err:
@@ -202,33 +217,39 @@ def read_json(path: Path, out: SourceRows, skip_bad_rows: bool) -> None:
     except RecursionError:
         raise DataError(f"{path}: {TOO_DEEP}; one such element spoils the whole array: flatten or remove it, "
                         f"or store the rows as JSON lines (.jsonl) so that --skip-bad-rows can skip it") from None
-    for i, row in enumerate(rows):
-        out.add(row, f"{path}, element {i}", skip_bad_rows)
+    del text
+    where = f"{path}, element"
+    for i in range(len(rows)):
+        row, rows[i] = rows[i], None  # let each row go once handed on
+        yield row, where, i
 
 
-def read_csv(path: Path, out: SourceRows, skip_bad_rows: bool = False) -> None:
+def iter_csv(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
+    where = f"{path}, line"
     with _open_text(path) as f:
         reader = csv.DictReader(f, restkey=EXTRA_CELLS)
         header = reader.fieldnames or []  # reads the header, so the first row's line number is right
         start = reader.line_num + 1
         for row in reader:
-            where = f"{path}, line {start}"
-            start = reader.line_num + 1
+            number, start = start, reader.line_num + 1
             if EXTRA_CELLS in row:
                 # Cells shifted by a comma inside an unquoted value: no column can be trusted.
-                out.bad(where, f"{len(header) + len(row[EXTRA_CELLS])} cells for the {len(header)} columns of the "
-                               f"header ({', '.join(header)}): a value holding a comma must be in double quotes",
-                        skip_bad_rows)
+                _bad(bad_rows, f"{where} {number}",
+                     f"{len(header) + len(row[EXTRA_CELLS])} cells for the {len(header)} columns of the header "
+                     f"({', '.join(header)}): a value holding a comma must be in double quotes", skip_bad_rows)
                 continue
-            out.add(row, where, skip_bad_rows)
+            yield row, where, number
 
 
-def read_parquet(path: Path, out: SourceRows) -> None:
+def iter_parquet(path: Path) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=10_000)
+        n, where = 0, f"{path}, row"
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield row, where, n
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    for i, row in enumerate(table.to_pylist()):
-        out.add(row, f"{path}, row {i + 1}", False)

@@ -476,7 +476,7 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
                lr_scheduler=t.lr_scheduler, warmup_steps=t.warmup_steps,
                optimizer="paged_adamw_8bit" if t.optimizer == "auto" else t.optimizer,
                weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-               gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps,
+               gradient_checkpointing=t.gradient_checkpointing is not False, logging_steps=t.logging_steps,
                save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, train_on_inputs=False)
     if t.max_steps:
         out["max_steps"] = t.max_steps
