@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hubtune demo
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
 ui: $(STAMP)
 	$(VENV)/bin/hubtune ui

@@ -21,8 +21,8 @@ the wall clock and, less disturbed by other work on a shared machine, per CPU-se
 the held-out loss is the mean loss over every completion token of the same held-out rows, computed the
 same way after each run (the trainers' own eval_loss averages per-batch means, so it moves with their
 eval batch sizes). A table
-first adds hubtune's levers one at a time (its "+ length grouping" row is what the run config's defaults
-resolve to on a CPU); then the two recipes run again, interleaved (`--rounds` times each, alternating, so
+first adds hubtune's levers one at a time (its "+ length-sorted micro-batches" row is what the run config's
+defaults resolve to on a CPU); then the two recipes run again, interleaved (`--rounds` times each, alternating, so
 that a busy machine slows both alike), and the last line gives the medians over all their runs:
 
     throughput: hubtune_tok_s=<x> baseline_tok_s=<y> ratio=<x/y> hubtune_eval_loss=<a> baseline_eval_loss=<b>

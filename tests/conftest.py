@@ -11,6 +11,11 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
+# Under pytest-xdist each worker is one of the machine's cores: one torch thread per process (the
+# worker's and those it starts), or the workers' thread pools fight over the cores and all slow down.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # The loopback Hub speaks the regular upload route, not Xet: set before huggingface_hub is used.
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 

@@ -48,7 +48,7 @@ def test_dedup_templated_variant_finds_the_planted_paraphrases():
 
 def test_dedup_pipeline_times_the_whole_data_check():
     lines = run("dedup.py", "--rows", "600", "--pipeline")
-    match = re.fullmatch(rf"data check: rows=600 seconds={NUMBER} peak_rss_mb=\d+ kept=(\d+) near_duplicates=(\d+)",
+    match = re.fullmatch(rf"data check: rows=600 seconds={NUMBER} peak_rss_mb=\d+ kept=(\d+) near_duplicates=(\d+) planted=\d+",
                          lines[-1])
     assert match, lines[-1]
     kept, near = map(int, match.groups())
