@@ -129,10 +129,11 @@ def hubtune_config(data_file: Path, out: Path, args, **changes) -> cfg.RunConfig
 
 def run_hubtune(data_file: Path, args, **changes) -> dict:
     import hubtune
+    from hubtune.progress import Display
 
     timer, held_out = StepTimer(), HeldOutLoss()
     hubtune.train(hubtune_config(data_file, Path(tempfile.mkdtemp(prefix="hubtune-tp-")) / "run", args, **changes),
-                  callbacks=[timer, held_out])
+                  callbacks=[timer, held_out], display=Display(quiet=True))  # the table is this script's output
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "steps": timer.steps,
             "eval_loss": held_out.loss}
 
@@ -141,6 +142,7 @@ def run_baseline(prepared, args) -> dict:
     """The PEFT + TRL docs recipe: QLoRA with bfloat16 compute, SFTTrainer's defaults."""
     from peft import LoraConfig, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers.trainer_callback import ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
     path = resolve_builtin(BASE)
@@ -163,6 +165,7 @@ def run_baseline(prepared, args) -> dict:
                                task_type="CAUSAL_LM"),
         callbacks=[timer],
     )
+    trainer.remove_callback(ProgressCallback)  # its bar and its end-of-training dict would break up the table
     trainer.train()
     return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "steps": timer.steps,
             "eval_loss": completion_loss(trainer.model, trainer.get_eval_dataloader(), bool(trainer.args.bf16))}

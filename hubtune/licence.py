@@ -424,12 +424,11 @@ def _suggest(pattern: str, name: str) -> str:
 
 def format_table(verdict: Verdict) -> str:
     """The verdict as a plain-text table, then its reasons and obligations."""
-    rows = [("repo", "type", "licence", "gated", "access", "verdict")]
-    rows += [(f.repo.ref, f.repo.repo_type, f.repo.licence, str(f.repo.gated or "no"),
-              (f.repo.access or "unknown") if f.repo.gated else "-", f.verdict) for f in verdict.findings]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    from hubtune.tables import text_table
+
+    rows = [(f.repo.ref, f.repo.repo_type, f.repo.licence, str(f.repo.gated or "no"),
+             (f.repo.access or "unknown") if f.repo.gated else "-", f.verdict) for f in verdict.findings]
+    lines = [text_table(("repo", "type", "licence", "gated", "access", "verdict"), rows)]
     lines += ["", f"verdict: {verdict.verdict} (use: {verdict.use})", "reasons:"]
     lines += [f"  - {r}" for r in verdict.reasons]
     if verdict.obligations:

@@ -648,17 +648,18 @@ def format_estimate(est: Estimate, fits: list[dict]) -> str:
 def format_guide_table(rows: list[dict]) -> str:
     """The guide's table beside the estimates (GB; the largest reference model of each row). Full
     fine-tuning trains bfloat16 weights in place; 16-bit LoRA and QLoRA train adapters."""
+    from hubtune.tables import text_table
+
     def cell(c: dict) -> str:
         guide = "cluster" if c["guide_gb"] is None else f"{c['guide_gb']:g}"
-        return f"{c['estimate_gb']:>7.1f} / {guide:<7}"
+        return f"{c['estimate_gb']:>5.1f} / {guide}"
 
     s = Settings()
-    lines = [f"hubtune estimate vs the field guide, GB: the largest reference model of each row, micro-batch "
+    title = (f"hubtune estimate vs the field guide, GB: the largest reference model of each row, micro-batch "
              f"{s.micro_batch} x {s.seq_len} tokens, checkpointing, {s.optimizer}, LoRA r {s.lora_r} on all linear "
-             f"layers (hubtune's defaults)", "",
-             f"{'size':<7}{'full':>17}{'16-bit LoRA':>19}{'QLoRA':>17}   reference configs",
-             f"{'':<7}{'ours / guide':>17}{'ours / guide':>19}{'ours / guide':>17}"]
-    for r in rows:
-        models = ", ".join(f"{m} {b:g}B" for m, b in zip(r["models"], r["parameters_b"]))
-        lines.append(f"{r['row']:<7}  {cell(r['full'])}  {cell(r['lora'])}  {cell(r['qlora'])}   {models}")
-    return "\n".join(lines)
+             f"layers")
+    table = text_table(
+        ("size", "full: ours / guide", "16-bit LoRA: ours / guide", "QLoRA: ours / guide", "reference configs"),
+        [(r["row"], cell(r["full"]), cell(r["lora"]), cell(r["qlora"]),
+          ", ".join(f"{m} {b:g}B" for m, b in zip(r["models"], r["parameters_b"]))) for r in rows])
+    return f"{title}\n\n{table}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hubtune.evaluation.intervals import RESAMPLES, bootstrap_mean, proportion
+from hubtune.tables import text_table
 
 LABELS = {"base": "base", "base_few_shot": "base few-shot", "tuned": "tuned"}
 TASK_METRICS = {"exact_match": "exact match", "exact_match_normalized": "exact match (normalised)", "token_f1": "token F1"}
@@ -180,9 +181,7 @@ def format_report(result: dict) -> str:
                  f"in the model's context"]
     else:
         notes = []
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip()
-             for r in [header, *rows]]
+    lines = text_table(header, rows, right=(1, 2, 3)).splitlines()
     if any("[" in c for r in rows for c in r[1:]):
         lines.append(f"[lower, upper]: 95% intervals; Wilson score for exact match and accuracy, percentile "
                      f"bootstrap ({RESAMPLES:,} resamples) for token F1 and judge scores")
