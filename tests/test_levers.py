@@ -30,6 +30,22 @@ def test_on_a_cpu_auto_means_sdpa_padded_grouped_batches_and_no_checkpointing(tm
     assert args.max_length == config.data.max_seq_len
 
 
+def test_on_cuda_auto_takes_flash_attention_and_liger_when_they_are_installed(monkeypatch):
+    # flash-attn and liger-kernel build only against CUDA, so "installed" is what find_spec answers here
+    import importlib.util
+
+    installed = {"flash_attn", "liger_kernel"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in installed else real(name, *a))
+    cuda = Hardware("cuda", torch.bfloat16, "paged_adamw_8bit")
+    config = cfg.build({"training": {"gradient_checkpointing": True}})  # explicit: auto would ask the GPU its size
+    assert recipe_levers(config, cuda, TINY) == Levers("flash_attention_2", liger=True, padding_free=True,
+                                                       gradient_checkpointing=True)
+    installed.clear()
+    assert recipe_levers(config, cuda, TINY) == Levers("sdpa", liger=False, padding_free=False,
+                                                       gradient_checkpointing=True)
+
+
 def test_checkpointing_auto_follows_the_memory_estimate(tmp_path):
     from hubtune import memory
 

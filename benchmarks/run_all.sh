@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the CPU benchmarks at full size and writes what they print to benchmarks/results/ (one file each,
+# with the command and the machine's load before and after). About 20 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+run() {
+    local out=$1; shift
+    { echo "\$ python $*"; uptime; "$PY" "$@"; uptime; echo; } >> "$out"
+}
+mkdir -p benchmarks/results
+: > benchmarks/results/train_throughput.txt
+run benchmarks/results/train_throughput.txt benchmarks/train_throughput.py
+: > benchmarks/results/dedup.txt
+run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000
+run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --templated
+run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --pipeline
