@@ -5,7 +5,7 @@ task with the live training line, then `hubtune eval`'s table (base zero-shot, b
 on the held-out test split, and the regression verdict), and the card a push would publish, written
 into the run as README.md. The last line printed is the result:
 
-    demo: base_exact_match=0.00 tuned_exact_match=1.00 minutes=2.0 run=runs/demo-20260101-120000
+    demo: base_exact_match=0.00 tuned_exact_match=1.00 minutes=1.8 run=runs/demo-20260101-120000
 """
 
 from __future__ import annotations
