@@ -10,7 +10,7 @@ run() {
 }
 mkdir -p benchmarks/results
 : > benchmarks/results/train_throughput.txt
-run benchmarks/results/train_throughput.txt benchmarks/train_throughput.py
+run benchmarks/results/train_throughput.txt benchmarks/train_throughput.py --rounds 3
 : > benchmarks/results/dedup.txt
 run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000
 run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --templated
