@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from data_rows import tiny_run_config  # noqa: E402
 from fault_proxy import FaultProxy  # noqa: E402
 from hub_server import LoopbackHub, readme  # noqa: E402
 
@@ -113,22 +114,7 @@ def rows(n: int = 24) -> list[str]:
 
 def tiny_config(work: Path) -> Path:
     (work / "inv.jsonl").write_text("\n".join(rows()) + "\n")
-    cfg = work / "tiny.yaml"
-    cfg.write_text(f"""model:
-  id: hubtune:tiny-llama
-data:
-  sources: [{work / 'inv.jsonl'}]
-  val_set_size: 0
-  max_seq_len: 384
-training:
-  max_steps: 1
-  micro_batch_size: 2
-  gradient_accumulation_steps: 1
-  gradient_checkpointing: false
-  logging_steps: 1
-  warmup_steps: 0
-""")
-    return cfg
+    return tiny_run_config(work / "tiny.yaml", work / "inv.jsonl")
 
 
 def model_folder(work: Path, name: str, drop: tuple[str, ...] = (), patch=None) -> str:

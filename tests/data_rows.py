@@ -28,6 +28,26 @@ def alpaca_rows(n: int, start: int = 0) -> list[dict]:
             for i in range(start, start + n)]
 
 
+def tiny_run_config(path: Path, dataset, steps: int = 1, output: Path | None = None) -> Path:
+    """A run config training the embedded tiny base for `steps` steps of 2 examples of `dataset`, nothing
+    held out, written to `path` (command-line overrides change it per case)."""
+    path.write_text(f"""model:
+  id: hubtune:tiny-llama
+data:
+  sources: [{dataset}]
+  val_set_size: 0
+  max_seq_len: 384
+training:
+  max_steps: {steps}
+  micro_batch_size: 2
+  gradient_accumulation_steps: 1
+  gradient_checkpointing: false
+  warmup_steps: 0
+  logging_steps: 1
+""" + (f"output:\n  dir: {output}\n" if output else ""))
+    return path
+
+
 def section(path, **settings) -> DataSection:
     """A data section on one source with the held-out split off unless asked for."""
     settings.setdefault("val_set_size", 0)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from data_rows import tiny_run_config
 from hub_server import readme
 from transformers import TrainerCallback
 
@@ -32,24 +33,7 @@ def config(tmp_path) -> Path:
     """A one-step run on 24 invoices; overrides on the command line change it per test."""
     rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:24]
     (tmp_path / "inv.jsonl").write_text("\n".join(rows) + "\n")
-    path = tmp_path / "run.yaml"
-    path.write_text(f"""model:
-  id: hubtune:tiny-llama
-data:
-  sources: [{tmp_path / 'inv.jsonl'}]
-  val_set_size: 0
-  max_seq_len: 384
-training:
-  max_steps: 1
-  micro_batch_size: 2
-  gradient_accumulation_steps: 1
-  gradient_checkpointing: false
-  warmup_steps: 0
-  logging_steps: 1
-output:
-  dir: {tmp_path / 'run'}
-""")
-    return path
+    return tiny_run_config(tmp_path / "run.yaml", tmp_path / "inv.jsonl", output=tmp_path / "run")
 
 
 def train(capsys, config: Path, *overrides: str) -> tuple[int, str]:

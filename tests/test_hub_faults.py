@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HUB_TOKEN
+from data_rows import tiny_run_config
 from hub_server import readme
 
 from hubtune.cli import main
@@ -88,24 +89,7 @@ def test_the_installed_command_honours_the_timeout_setting(faulty_hub, fault_pro
 
 # ---- train: the licence gate and the dataset download --------------------------------------------
 def train_config(tmp_path: Path, dataset: str, steps: int = 1) -> Path:
-    config = tmp_path / "run.yaml"
-    config.write_text(f"""model:
-  id: hubtune:tiny-llama
-data:
-  sources: [{dataset}]
-  val_set_size: 0
-  max_seq_len: 384
-training:
-  max_steps: {steps}
-  micro_batch_size: 2
-  gradient_accumulation_steps: 1
-  gradient_checkpointing: false
-  warmup_steps: 0
-  logging_steps: 1
-output:
-  dir: {tmp_path / 'run'}
-""")
-    return config
+    return tiny_run_config(tmp_path / "run.yaml", dataset, steps, output=tmp_path / "run")
 
 
 def seed_dataset(hub, repo: str, n: int = 16) -> None:
