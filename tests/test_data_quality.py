@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
-import numpy as np
 import pytest
 from data_rows import alpaca_rows, section, sentence, write_jsonl
-from datasketch import MinHash
 
 from hubtune.data import prepare
-from hubtune.data.dedup import Shingles, near_duplicates, signatures
+from hubtune.data.dedup import near_duplicates
 from hubtune.errors import DataError
 
 
@@ -93,17 +91,6 @@ def test_near_duplicate_threshold_is_exact_at_the_boundary():
             kept.append(i)
     assert {d.index for d in found} == expected
     assert 0 < len(expected) < len(sims)  # the boundary falls inside the range tried
-
-
-def test_signatures_equal_datasketch_minhash():
-    texts = [sentence(i, 30) for i in range(5)] + ["two words", ""]
-    shingles = Shingles(texts, 3)
-    sigs = signatures(shingles, num_perm=64, seed=7)
-    inputs = shingles.minhash_inputs()
-    for i in range(len(texts)):
-        m = MinHash(num_perm=64, seed=7, hashfunc=int)
-        m.update_batch(inputs[shingles.offsets[i]:shingles.offsets[i + 1]].tolist())
-        assert np.array_equal(m.hashvalues, sigs[i])
 
 
 def test_too_short_counts_response_tokens_of_the_base_tokenizer(tmp_path, chat_tokenizer):

@@ -27,18 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch import MinHash
 
 WORD = re.compile(r"\w+")
 SPACE = re.compile(r"\s+")
-NUM_PERM = 128  # of the k-permutation MinHash (`signatures`), datasketch's default
 SEED = 1
 BINS = 64  # one-permutation MinHash bins
 CHUNK_TEXTS = 4096  # texts hashed per numpy pass
 BUCKET_CAP = 64
 FREQUENT_SAMPLE = 20_000  # texts sampled to find frequent shingles
 FREQUENT_SHARE, FREQUENT_MIN_DOCS = 0.01, 20  # a shingle in >= 1% (and >= 20) of the sampled texts
-CHUNK_SHINGLES = 8192  # shingles per numpy block in `signatures`
 U64 = np.uint64
 EMPTY = np.uint32(0xFFFFFFFF)
 _WORD_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
@@ -82,14 +79,6 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> U64(33))
     h = h * U64(0xC4CEB9FE1A85EC53)
     return h ^ (h >> U64(33))
-
-
-def fmix32(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
 
 
 _P = 0x100000001B3  # odd, so invertible mod 2^64
@@ -169,35 +158,6 @@ class Shingles:
 
     def doc(self, i: int) -> np.ndarray:
         return self.hashes[self.offsets[i]:self.offsets[i + 1]]
-
-    def minhash_inputs(self) -> np.ndarray:
-        """The 32-bit value each shingle is hashed to before MinHash's permutations."""
-        return (self.hashes >> U64(32)).astype(np.uint32)
-
-
-def signatures(shingles: Shingles, num_perm: int = NUM_PERM, seed: int = SEED) -> np.ndarray:
-    """k-permutation MinHash signatures, shape (docs, num_perm), uint32, bit for bit datasketch's
-    "affine32" MinHash(num_perm, seed) over `minhash_inputs`: for every doc and permutation (a, b),
-    min over its shingles x of a * fmix32(x) + b (mod 2^32). Empty docs keep the all-max signature.
-    (The detector uses the cheaper one-permutation signature; this one is for comparing with datasketch.)"""
-    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-    a, b = a[:, None], b[:, None]
-    x = fmix32(shingles.minhash_inputs())
-    offsets = shingles.offsets
-    out = np.full((len(shingles), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    doc, n_docs = 0, len(shingles)
-    while doc < n_docs:
-        stop = int(np.searchsorted(offsets, offsets[doc] + CHUNK_SHINGLES, side="right")) - 1
-        stop = min(max(stop, doc + 1), n_docs)
-        lo, hi = offsets[doc], offsets[stop]
-        if hi > lo:
-            block = a * x[lo:hi] + b  # (num_perm, shingles in block), wraps mod 2^32
-            starts = offsets[doc:stop] - lo
-            filled = offsets[doc + 1:stop + 1] > offsets[doc:stop]
-            mins = np.minimum.reduceat(block, starts[filled], axis=1)
-            out[np.arange(doc, stop)[filled]] = mins.T
-        doc = stop
-    return out
 
 
 def one_permutation_signatures(hashes: np.ndarray, counts: np.ndarray, bins: int = BINS) -> np.ndarray:
