@@ -368,14 +368,13 @@ def _quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def attach_lora(model, config: cfg.RunConfig, backend: str = "hf", gradient_checkpointing: bool | None = None):
-    """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel."""
+def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool):
+    """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel (which checkpoints
+    gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it)."""
     if backend == "unsloth":
         from hubtune.interop import backends
 
-        checkpointing = config.training.gradient_checkpointing is not False if gradient_checkpointing is None \
-            else gradient_checkpointing
-        return backends.unsloth_lora(model, config.lora, checkpointing, config.training.seed)
+        return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(config.lora))

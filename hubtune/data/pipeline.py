@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import json
 import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset
@@ -89,9 +89,6 @@ class ExampleStore(Sequence):
         self._flush()
         return f"{self._where[self._where_of[i]]} {self._number[i]}"
 
-    def row_json(self, i: int) -> list:
-        return json.loads(self._rows[i])
-
     def tasks(self, indices: np.ndarray) -> list[str | None]:
         self._flush()
         return [self._task_names[c] for c in self._task[indices].tolist()]
@@ -152,7 +149,7 @@ class PreparedData:
 
 def _dataset(rows: Iterator[dict], n: int, extra: list[Example] = ()) -> Dataset:
     """A Dataset of rows: in memory when small, else written to an Arrow file in batches and mapped."""
-    rows = _chain(rows, (ex.row() for ex in extra))
+    rows = itertools.chain(rows, (ex.row() for ex in extra))
     if n <= IN_MEMORY_ROWS:
         return Dataset.from_list(list(rows))
     import pyarrow as pa
@@ -175,11 +172,6 @@ def _dataset(rows: Iterator[dict], n: int, extra: list[Example] = ()) -> Dataset
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-def _chain(*iterables):
-    for it in iterables:
-        yield from it
 
 
 def _write(batch, path, writer, schema, pa):
