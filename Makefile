@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# llama.cpp's Python binding (GGUF export and its parity tests): compiled once per machine into
+	# ~/.cache/hubtune/wheels, installed from there into every later venv in seconds.
+	$(PY) -m hubtune.export.toolchain install
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -79,6 +79,58 @@ def _rows(file: Path) -> list[dict]:
     return rows
 
 
+class CheckpointSelection(TrainerCallback):
+    """`training.select: eval_loss | task`: each saved checkpoint is scored (its held-out loss; with task also
+    exact match on a held-out slice and the regression verdict, through hubtune.evaluation.checkpoints), the
+    scores go to RUN/checkpoint_scores.json as they come, and the adapter of the best checkpoint so far is
+    kept in RUN/selected-adapter, so the Trainer may rotate checkpoints away meanwhile. `chosen` is the
+    checkpoint the run keeps (the training recipe copies its adapter over the last one)."""
+
+    FILE = "checkpoint_scores.json"
+    BEST = "selected-adapter"
+
+    def __init__(self, run_path: Path, select: str, rows: list[dict], ev, tokenizer, resume_step: int = 0):
+        self.run_path = Path(run_path)
+        self.select = select
+        self.rows = rows
+        self.ev = ev
+        self.tokenizer = tokenizer
+        saved = json.loads((self.run_path / self.FILE).read_text()) if (self.run_path / self.FILE).is_file() else {}
+        self.history: list[dict] = [h for h in saved.get("checkpoints", []) if h["step"] <= resume_step]
+        self.base_regression = saved.get("base_regression") if resume_step else None
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        from hubtune.evaluation.checkpoints import choose, score_checkpoint
+
+        if not state.is_world_process_zero or model is None:
+            return
+        losses = [h["eval_loss"] for h in state.log_history if "eval_loss" in h and h.get("step") == state.global_step]
+        entry = {"step": state.global_step, "eval_loss": losses[-1] if losses else None}
+        if self.select == "task":
+            entry.update(score_checkpoint(model, self.tokenizer, self.rows, self.ev, self.base_regression))
+            if entry["regression"] and self.base_regression is None:
+                self.base_regression = {"accuracy": entry["regression"]["base"]}
+        self.history = [h for h in self.history if h["step"] != entry["step"]] + [entry]
+        if choose(self.history, self.select) is entry:
+            model.save_pretrained(str(self.run_path / self.BEST))
+        (self.run_path / self.FILE).write_text(json.dumps(self.summary(), indent=2))
+
+    @property
+    def chosen(self) -> dict | None:
+        from hubtune.evaluation.checkpoints import choose
+
+        return choose(self.history, self.select)
+
+    def summary(self) -> dict:
+        chosen = self.chosen
+        verdicts = [h["regression"]["passed"] for h in self.history if h.get("regression")]
+        return {"select": self.select, "chosen_step": chosen["step"] if chosen else None,
+                "held_out_examples": len(self.rows) if self.select == "task" else 0,
+                # False: no checkpoint passed the regression set, so the best task score was kept regardless
+                "regression_passed": any(verdicts) if verdicts else None,
+                "base_regression": self.base_regression, "checkpoints": self.history}
+
+
 class StopOnSignal(TrainerCallback):
     """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop. Under several processes they
     agree on it at each step end, so all of them stop at the same step."""

@@ -151,6 +151,7 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         peak_memory=s.peak_memory_mb, versions=s.versions,
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
+        selection=s.selection,
     )
 
 

@@ -144,7 +144,8 @@ def _merge(args: argparse.Namespace) -> int:
     from hubtune.merge import merge
 
     result = merge(args.run, args.out, dtype=args.dtype)
-    print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype})")
+    print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype}); largest logit difference "
+          f"from the adapter on held-out prompts: {result.max_logit_difference:.2e}")
     return 0
 
 
@@ -218,6 +219,19 @@ def _push(args: argparse.Namespace) -> int:
     result = push(args.run, args.repo, private=args.private, merged=args.merged,
                   acknowledge=getattr(args, "licence.acknowledge") or [])
     print(f"pushed {len(result.files)} files in one commit: {result.url}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hubtune.export import export
+    from hubtune.export.report import format_parity
+
+    result = export(args.run, out=args.out, fmt=args.format, quants=args.quant, adapter_only=args.adapter_only,
+                    limit=args.limit, parity=not args.no_parity, pre_tokenizer=args.pre_tokenizer)
+    if "parity" in result:
+        print(format_parity(result))
+    for quant, f in result["files"].items():
+        print(f"{quant}: {f['file']} ({f['bytes'] / 2**20:.1f} MiB)")
     return 0
 
 
@@ -391,6 +405,21 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                    help="dtype of the saved weights (default auto: the base's own)")
     p.set_defaults(func=_merge)
+
+    p = command("export", help="export a run as GGUF files for llama.cpp and Ollama, checked against the adapter")
+    p.add_argument("run", metavar="RUN", help="a finished run folder")
+    p.add_argument("--format", choices=["gguf"], default="gguf", help="file format (default gguf)")
+    p.add_argument("--quant", nargs="+", choices=["f16", "q8_0", "q4_k_m"], default=["q8_0"],
+                   help="one or more precisions (default q8_0); f16 and q8_0 must match the adapter within the "
+                        "interval, lower ones are reported")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="a LoRA GGUF over the base's f16 GGUF instead of merged weights")
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN/export)")
+    p.add_argument("--limit", type=int, metavar="N", help="parity on the first N test prompts (default all)")
+    p.add_argument("--no-parity", action="store_true", help="skip the parity check (the files are then unchecked)")
+    p.add_argument("--pre-tokenizer", metavar="NAME",
+                   help="llama.cpp pre-tokenizer for a BPE tokenizer its converter does not recognise")
+    p.set_defaults(func=_export)
 
     p = command("config", help="convert Axolotl configs to hubtune run configs and back")
     config_sub = p.add_subparsers(dest="config_command", required=True)

@@ -216,6 +216,11 @@ class TrainingSection(Section):
         "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
     push_checkpoints: str | None = Field(
         None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
+    select: Literal["last", "eval_loss", "task"] = Field(
+        "last", description="Checkpoint the run keeps: the last, the lowest held-out loss, or task: the best exact "
+                            "match on a held-out slice whose regression-set verdict passes (each save is scored).")
+    select_examples: int = Field(32, ge=1, le=10_000,
+                                 description="With select: task, held-out examples each checkpoint is scored on.")
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -172,6 +172,22 @@ class OutputPathError(HubtuneError):
     """An output path that cannot or may not be written (a folder, unwritable, an input, someone else's file)."""
 
 
+class ExportError(HubtuneError):
+    """An export that cannot be made as asked: llama.cpp missing or failing, an architecture or tokenizer
+    its converter does not know, an output folder in the way."""
+
+
+class ParityError(ExportError):
+    """An exported file that no longer does the task: its score fell below the adapter's beyond the stated
+    tolerance, or its generations do not stop as the adapter's do. `parity` holds the measured table."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, parity: dict | None = None):
+        self.parity = parity or {}
+        super().__init__(message)
+
+
 # ---- foreign exceptions -> typed errors ---------------------------------------------------------------
 # One table for every exception hubtune does not raise itself but can explain: the CLI (and the UI) turn
 # what escapes into the first typed error whose row matches. Rows match by class through sys.modules, so

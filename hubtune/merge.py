@@ -28,6 +28,7 @@ class MergeResult:
     dtype: str
     base: str  # the base's path or repo id, with its commit when pinned
     warnings: list[str] = field(default_factory=list)
+    max_logit_difference: float | None = None  # merged vs adapter on held-out prompts (logit_difference)
 
 
 def merge(run_dir: str | Path, out: str | Path, dtype: str = "auto") -> MergeResult:
@@ -44,15 +45,18 @@ def merge(run_dir: str | Path, out: str | Path, dtype: str = "auto") -> MergeRes
         raise HubtuneError(f"{out} is not empty; give a new folder to --out")
     out.mkdir(parents=True, exist_ok=True)
     saved_dtype, warnings = merge_into(run, out, dtype)
+    difference = logit_difference(run, out)
 
     card = cards.build_card(run, out.name, cards.publishing_verdict(run), merged=True, loss_curve_file=None)
     s = run.summary
     at = f"@{s.base_revision}" if s.base_revision else ""
     card.text += (f"\n## How it was merged\n\n`hubtune merge` applied the adapter of run `{run.path.name}` to "
-                  f"`{s.base_model}{at}` in float32 and saved the merged weights in {saved_dtype}.\n"
+                  f"`{s.base_model}{at}` in float32 and saved the merged weights in {saved_dtype}. On "
+                  f"{difference['prompts']} held-out prompts the largest logit difference between the merged "
+                  f"model and the adapter over the same base is {difference['max']:.2e}.\n"
                   + "".join(f"\n> **Warning:** {w}\n" for w in warnings))
     card.save(out / "README.md")
-    return MergeResult(out, saved_dtype, f"{s.base_model}{at}", warnings)
+    return MergeResult(out, saved_dtype, f"{s.base_model}{at}", warnings, difference["max"])
 
 
 def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, list[str]]:
@@ -61,26 +65,22 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from hubtune.config import ModelSection
-    from hubtune.hub import resolve_model
-
     if dtype not in DTYPES:
         raise HubtuneError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     s = run.summary
     trust = run.config.model.trust_remote_code
-    base_path = resolve_model(ModelSection(id=s.base_model, revision=s.base_revision, quantization="none",
-                                           trust_remote_code=trust)).path
-    config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust)
+    path = base_path(run)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     warnings = []
     if _is_4bit(config):
         warnings.append(f"only a 4-bit base is available ({s.base_model} is stored quantized): it was dequantized "
                         f"before merging, so the merged weights carry its 4-bit rounding and differ from a merge "
                         f"into the original 16-bit base. Merge into the unquantized base for full precision.")
         log.warning(warnings[-1])
-        base = AutoModelForCausalLM.from_pretrained(base_path, trust_remote_code=trust).dequantize()
+        base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust).dequantize()
         base = base.to(torch.float32)
     else:
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
     model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
     if dtype == "auto":
         dtype = _dtype_name(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or "float32"
@@ -91,6 +91,45 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
     return dtype, warnings
+
+
+def base_path(run: RunFolder) -> str:
+    """The base's folder in its original precision, at the commit the run trained on."""
+    from hubtune.config import ModelSection
+    from hubtune.hub import resolve_model
+
+    s = run.summary
+    return resolve_model(ModelSection(id=s.base_model, revision=s.base_revision, quantization="none",
+                                      trust_remote_code=run.config.model.trust_remote_code)).path
+
+
+def logit_difference(run: RunFolder, merged: Path, limit: int = 8) -> dict:
+    """The largest absolute logit difference between the merged model in `merged` and the adapter applied
+    (unmerged) to the same original-precision base, over up to `limit` held-out conversations: how much
+    merging (and saving in a lower dtype) changed what the model computes. {max, prompts}."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    trust = run.config.model.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))
+    rows = [r for r in run.rows("validation") if "prompt" in r][:limit] or \
+        [r for r in run.rows("train") if "prompt" in r][:limit]
+    texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
+    path = base_path(run)
+    if _is_4bit(AutoConfig.from_pretrained(path, trust_remote_code=trust)):
+        base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust).dequantize().to(torch.float32)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+    adapter = PeftModel.from_pretrained(base, str(run.adapter)).eval()
+    merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, trust_remote_code=trust).eval()
+    largest = 0.0
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            diff = (adapter(input_ids=ids).logits - merged_model(input_ids=ids).logits).abs().max().item()
+            largest = max(largest, diff)
+    return {"max": largest, "prompts": len(texts)}
 
 
 def _is_4bit(config) -> bool:

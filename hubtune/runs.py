@@ -86,6 +86,7 @@ class RunSummary(BaseModel):
     base_quantization: str | None = None  # how a pre-quantized base was saved; None when hubtune quantized it
     processes: int = 1  # training processes (GPUs) the data was sharded over
     effective_batch_size: int | None = None  # micro batch x gradient accumulation x processes
+    selection: dict | None = None  # training.select other than last: the chosen step and every checkpoint's scores
 
 
 class RunFolder:

@@ -184,6 +184,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
     last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
+    selection = checkpoint_selection(run, config, prepared.eval, tokenizer, _step(last))
     trainer = SFTTrainer(
         model=model,
         args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
@@ -192,7 +193,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
-                   *([mirror] if mirror else []), *trackers, *callbacks],
+                   *([mirror] if mirror else []), *([selection] if selection else []), *trackers, *callbacks],
     )
     _quiet_trainer(trainer)
     if _quantized(model) and not sharded:
@@ -216,16 +217,50 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     trainer.save_model(str(run.adapter))
     if not run.writer:
         return
+    if selection:
+        keep_selected(run, selection, trainer.state.global_step, display)
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
                        initial["eval_loss"] if initial else None, backend.to_dict(), batches)
+    if selection:
+        summary.selection = {**selection.summary(), "last_step": trainer.state.global_step}
     run.write_summary(summary)
     if mirror:
         mirror.finish()
     if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def checkpoint_selection(run: RunFolder, config: cfg.RunConfig, held_out, tokenizer, resume_step: int):
+    """The CheckpointSelection callback of training.select (None for `last`), scoring on the first
+    training.select_examples held-out task examples."""
+    from hubtune.callbacks import CheckpointSelection
+
+    t = config.training
+    if t.select == "last":
+        return None
+    if held_out is None or len(held_out) == 0:
+        raise ConfigError([("training.select", f"{t.select} scores each checkpoint on the held-out split, and this "
+                                               f"run has none: set data.val_set_size above 0, or select: last")])
+    rows = [r for r in held_out if r.get("prompt")][:t.select_examples]
+    return CheckpointSelection(run.path, t.select, rows, config.eval, tokenizer, resume_step)
+
+
+def keep_selected(run: RunFolder, selection, last_step: int, display: Display) -> None:
+    """The chosen checkpoint's adapter replaces the last one in RUN/adapter when they differ."""
+    import shutil
+
+    chosen = selection.chosen
+    best = run.path / selection.BEST
+    if chosen is None or chosen["step"] == last_step or not best.is_dir():
+        display.phase("select", f"kept the last checkpoint (step {last_step}) by {selection.select}")
+        return
+    for f in best.iterdir():
+        if f.is_file():
+            shutil.copy2(f, run.adapter / f.name)
+    display.phase("select", f"kept step {chosen['step']} of {last_step} by {selection.select}")
 
 
 def _quiet_trainer(trainer) -> None:
@@ -459,7 +494,10 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
     # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
     checkpointing = levers.gradient_checkpointing and backend != "unsloth"
     trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
-    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps or t.select != "last" else "epoch")
+    eval_steps = t.eval_steps
+    if has_eval and t.select != "last" and (not eval_steps or t.save_steps % eval_steps):
+        eval_steps = t.save_steps  # every checkpoint chosen among needs its held-out loss
     # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
     max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
     return SFTConfig(
@@ -484,7 +522,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         use_cpu=hw.device == "cpu",
         logging_steps=t.logging_steps,
         eval_strategy=eval_strategy,
-        eval_steps=t.eval_steps,
+        eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
