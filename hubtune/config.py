@@ -51,7 +51,8 @@ def _revision(value: str | None) -> str | None:
 class ModelSection(Section):
     id: str = Field("hubtune:tiny-llama", description="Hub repo id, local folder, or hubtune:<asset>.")
     revision: str | None = Field(None, description="Branch, tag or commit sha to pin; None means main.")
-    quantization: Literal["nf4", "fp4", "none"] = Field("nf4", description="4-bit base (QLoRA) or none (16-bit LoRA).")
+    quantization: Literal["nf4", "fp4", "int8", "none"] = Field(
+        "nf4", description="4-bit base (QLoRA: nf4, fp4), 8-bit base (int8, LLM.int8()) or none (16-bit LoRA).")
     double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.")

@@ -329,7 +329,12 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
     if attention:
         kwargs["attn_implementation"] = attention
-    if model.quantization != "none" and not saved_quantized:
+    if model.quantization == "int8" and sharded:
+        raise ConfigError([("model.quantization", "int8 bases cannot be sharded by FSDP or ZeRO-3; use nf4 (4 bits) "
+                                                  "or training.distributed: ddp")])
+    if model.quantization == "int8" and not saved_quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,

@@ -360,13 +360,13 @@ def test_export_writes_hubtune_assets_as_references_never_as_package_paths(tmp_p
 
 
 def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thread, capsys):
-    """Ratio warm-up, per-epoch checkpoints and evaluations, a sliced split, a regex target, new special
+    """An 8-bit base, ratio warm-up, per-epoch checkpoints and evaluations, a sliced split, a regex target, new special
     and end-of-turn tokens with a named chat template, Adam's betas: each reaches the trainer."""
     from hubtune.evaluation.generate import load_tuned
 
     path = tmp_path / "axolotl.yml"
     path.write_text(yaml.safe_dump({
-        "base_model": "hubtune:tiny-llama", "adapter": "lora", "lora_r": 4, "lora_alpha": 8,
+        "base_model": "hubtune:tiny-llama", "adapter": "lora", "load_in_8bit": True, "lora_r": 4, "lora_alpha": 8,
         "lora_target_modules": r"model\.layers\.\d+\.self_attn\.(q|v)_proj",
         "datasets": [{"path": "hubtune:data/invoices/train.jsonl", "type": "alpaca", "split": "train[:2%]"}],
         "val_set_size": 0.25, "sequence_len": 384, "micro_batch_size": 2, "num_epochs": 2, "learning_rate": 1e-3,
@@ -380,6 +380,7 @@ def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thr
     run = tmp_path / "run"
     config = cfg.load(run / "config.yaml")
     assert config.data.sources[0].split == "train[:2%]" and config.training.kernels == ["sdpa"]
+    assert config.model.quantization == "int8" and "(int8)" in out
     report = json.loads((run / "data_report.json").read_text())
     assert report["sources"][0]["rows"] == 24  # 2% of the 1,200 rows, as `datasets` slices them
     saved = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))
@@ -400,3 +401,32 @@ def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thr
     new_ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|pad|>", "<|tool|>"])
     assert min(new_ids) >= embedding.shape[0] - 3 and embedding[new_ids].abs().sum() > 0
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+NEW_KEYS = {
+    "model": {"id": "acme/base", "quantization": "int8", "special_tokens": {"pad_token": "<|pad|>"},
+              "added_tokens": ["<|eot|>"]},
+    "lora": {"target_regex": r"model\.layers\.\d+\.mlp\.\w+_proj", "target_parameters": ["experts.down_proj"],
+             "modules_to_save": ["lm_head"], "use_rslora": True},
+    "data": {"sources": [{"path": "acme/chats", "split": "train[10%:60%]"}], "format": "messages",
+             "chat_template": "chatml"},
+    "training": {"warmup_ratio": 0.1, "saves_per_epoch": 4, "evals_per_epoch": 2, "tf32": "auto",
+                 "kernels": ["flash_attention_2", "liger"], "distributed": "fsdp", "adam_beta2": 0.95,
+                 "optimizer": "adamw_torch_4bit"},
+}
+
+
+def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
+    original = cfg.build(NEW_KEYS)
+    exported = axolotl.to_axolotl(original)
+    assert axolotl.from_axolotl(exported).run_config() == original
+    # Only hubtune's own choices ride under `hubtune:` (gradient_checkpointing: auto has no Axolotl spelling).
+    assert set(exported["hubtune"]["training"]) == {"gradient_checkpointing"}
+    assert not exported.get("hubtune", {}).get("model") and not exported.get("hubtune", {}).get("lora")
+    assert (exported["load_in_8bit"], exported["special_tokens"], exported["tokens"]) == (
+        True, {"pad_token": "<|pad|>"}, ["<|eot|>"])
+    assert exported["lora_target_modules"] == NEW_KEYS["lora"]["target_regex"] and exported["peft_use_rslora"]
+    assert (exported["warmup_ratio"], exported["saves_per_epoch"], exported["evals_per_epoch"]) == (0.1, 4, 2)
+    assert exported["attn_implementation"] == "flash_attention_2"
+    assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"] and exported["fsdp"]
+    assert exported["datasets"][0]["split"] == "train[10%:60%]" and exported["chat_template"] == "chatml"

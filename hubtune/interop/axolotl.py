@@ -120,7 +120,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "rl": "preference / reinforcement training: hubtune trains supervised fine-tuning (SFT) only so far",
     "reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
     "process_reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
-    "load_in_8bit": "hubtune loads bases in 4 bits (QLoRA: load_in_4bit) or 16 bits (LoRA), not 8",
     "train_on_inputs": "hubtune learns the completions only (the prompt is context)",
     "lora_model_dir": "hubtune starts new adapters; it does not continue a saved one",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
@@ -350,8 +349,11 @@ class _Reader:
                         if adapter else "not set (a full fine-tune): hubtune trains adapters; set adapter: lora or qlora")
         if adapter == "qlora" and not four_bit:
             self.refuse("load_in_4bit", "adapter: qlora needs load_in_4bit: true (as in Axolotl)")
+        eight_bit = bool(self.take("load_in_8bit", False))
+        if eight_bit and (four_bit or adapter == "qlora"):
+            self.refuse("load_in_8bit", "True: contradicts load_in_4bit / adapter: qlora; give one of them")
         bnb = dict(self.take("bnb_config_kwargs", {}) or {})
-        model["quantization"] = str(bnb.pop("bnb_4bit_quant_type", "nf4")) if four_bit else "none"
+        model["quantization"] = str(bnb.pop("bnb_4bit_quant_type", "nf4")) if four_bit else "int8" if eight_bit else "none"
         model["double_quant"] = bool(bnb.pop("bnb_4bit_use_double_quant", True))
         if bnb.pop("llm_int8_has_fp16_weight", False):
             self.refuse("bnb_config_kwargs.llm_int8_has_fp16_weight", "8-bit weights are not used by hubtune")
@@ -644,8 +646,8 @@ class _Reader:
             self.refuse("batch_size", f"{batch!r}: a multiple of micro_batch_size ({micro}), or give "
                                       f"gradient_accumulation_steps")
         elif batch is not None and batch != micro * steps:
-            self.refuse("batch_size", f"{batch!r}: differs from micro_batch_size x gradient_accumulation_steps "
-                                      f"({micro * steps}); give one of them")
+            self.note(f"batch_size {batch}: gradient_accumulation_steps comes first, as in Axolotl (an effective "
+                      f"batch of {micro * steps} per GPU)")
         return steps or AXOLOTL_DEFAULTS["gradient_accumulation_steps"]
 
     def cadence(self, t: dict) -> None:
@@ -860,16 +862,26 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["revision_of_model"] = m.revision
     if m.trust_remote_code:
         out["trust_remote_code"] = True
-    quantized = m.quantization != "none"
-    out.update(adapter="qlora" if quantized else "lora", load_in_4bit=quantized, load_in_8bit=False)
+    quantized = m.quantization in ("nf4", "fp4")
+    out.update(adapter="qlora" if quantized else "lora", load_in_4bit=quantized, load_in_8bit=m.quantization == "int8")
     if quantized:
         out["bnb_config_kwargs"] = {"bnb_4bit_quant_type": m.quantization, "bnb_4bit_use_double_quant": m.double_quant}
     out.update(DTYPE_TO_AXOLOTL[m.compute_dtype])
+    if m.special_tokens:
+        out["special_tokens"] = dict(m.special_tokens)
+    if m.added_tokens:
+        out["tokens"] = list(m.added_tokens)
     out.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout)
-    if lo.target_modules == "all-linear":
+    if lo.target_regex is None and lo.target_modules == "all-linear":
         out["lora_target_linear"] = True
     else:
         out["lora_target_modules"] = lo.peft_target_modules()
+    if lo.target_parameters:
+        out["lora_target_parameters"] = list(lo.target_parameters)
+    if lo.modules_to_save:
+        out["lora_modules_to_save"] = list(lo.modules_to_save)
+    if lo.use_rslora:
+        out["peft_use_rslora"] = True
 
     found = formats or [None] * len(d.sources)
     out["datasets"] = []
@@ -883,24 +895,29 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     if d.chat_template == "default":
         problems.append(("data.chat_template", "hubtune's default template has no Axolotl name; use auto"))
     out.update(val_set_size=d.val_set_size if d.val_set_size < 1 else 0.0, sequence_len=d.max_seq_len,
-               sample_packing=d.packing, chat_template="tokenizer_default",
+               sample_packing=d.packing, chat_template="tokenizer_default" if d.chat_template == "auto" else d.chat_template,
                excess_length_strategy="truncate" if d.truncate else "drop")
     if d.dedup_exact:
         out["dataset_exact_deduplication"] = True
 
     out.update(num_epochs=t.epochs, micro_batch_size=t.micro_batch_size,
                gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-               lr_scheduler=t.lr_scheduler, warmup_steps=t.warmup_steps,
+               lr_scheduler=t.lr_scheduler,
                optimizer="paged_adamw_8bit" if t.optimizer == "auto" else t.optimizer,
-               weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+               weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
+               adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm,
                gradient_checkpointing=t.gradient_checkpointing is not False, logging_steps=t.logging_steps,
-               save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, train_on_inputs=False)
+               save_total_limit=t.save_total_limit, seed=t.seed, tf32=t.tf32, train_on_inputs=False)
+    out.update({"warmup_ratio": t.warmup_ratio} if t.warmup_ratio is not None else {"warmup_steps": t.warmup_steps})
+    out.update({"saves_per_epoch": t.saves_per_epoch} if t.saves_per_epoch else {"save_steps": t.save_steps})
     if t.max_steps:
         out["max_steps"] = t.max_steps
-    if t.eval_steps:
+    if t.eval_steps and t.evals_per_epoch is None:
         out["eval_steps"] = t.eval_steps
     else:
-        out["evals_per_epoch"] = 1
+        out["evals_per_epoch"] = 1 if t.evals_per_epoch is None else t.evals_per_epoch
+    out.update(_axolotl_kernels(t))
+    out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     if config.output.dir:
@@ -916,6 +933,28 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out[HUBTUNE_BLOCK] = extra
     if cfg.build(from_axolotl(out).tree) != config:
         raise HubtuneError("the Axolotl config would not read back as the same run config; please report this")
+    return out
+
+
+DISTRIBUTED_TO_AXOLOTL = {  # hubtune's presets as Axolotl writes them (ddp: Axolotl's default when launched on GPUs)
+    "fsdp": {"fsdp": ["full_shard", "auto_wrap"],
+             "fsdp_config": {"fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                             "fsdp_cpu_ram_efficient_loading": True, "fsdp_offload_params": False}},
+    "deepspeed-zero2": {"deepspeed": "deepspeed_configs/zero2.json"},
+    "deepspeed-zero3": {"deepspeed": "deepspeed_configs/zero3.json"},
+}
+
+
+def _axolotl_kernels(t: cfg.TrainingSection) -> dict:
+    """attn_implementation and the Liger plugin for training.kernels (auto: nothing; hubtune picks at run time)."""
+    choice = t.kernel_choice()
+    if choice is None:
+        return {}
+    attention, liger = choice
+    out: dict[str, Any] = {"attn_implementation": attention}
+    if liger:
+        out["plugins"] = ["axolotl.integrations.liger.LigerPlugin"]
+        out.update({key: True for key in ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm")})
     return out
 
 
