@@ -65,6 +65,8 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from hubtune.train import fit_vocabulary
+
     if dtype not in DTYPES:
         raise HubtuneError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     s = run.summary
@@ -81,6 +83,7 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
         base = base.to(torch.float32)
     else:
         base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+    fit_vocabulary(base, run.adapter)
     model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
     if dtype == "auto":
         dtype = _dtype_name(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or "float32"
