@@ -144,8 +144,10 @@ def _merge(args: argparse.Namespace) -> int:
     from hubtune.merge import merge
 
     result = merge(args.run, args.out, dtype=args.dtype)
-    print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype}); largest logit difference "
-          f"from the adapter on held-out prompts: {result.max_logit_difference:.2e}")
+    difference = result.max_logit_difference
+    print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype})"
+          + (f"; largest logit difference from the adapter on held-out prompts: {difference:.2e}"
+             if difference is not None else ""))
     return 0
 
 
@@ -219,7 +221,7 @@ def _check(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from hubtune.publish import push
 
-    result = push(args.run, args.repo, private=args.private, merged=args.merged,
+    result = push(args.run, args.repo, private=args.private, merged=args.merged, gguf=args.gguf,
                   acknowledge=getattr(args, "licence.acknowledge") or [])
     print(f"pushed {len(result.files)} files in one commit: {result.url}")
     return 0
@@ -470,6 +472,9 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the model repo to push to (created if needed)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--merged", action="store_true", help="push the base with the adapter merged in instead")
+    p.add_argument("--gguf", action="store_true",
+                   help="push the GGUF files of `hubtune export RUN --format gguf` with their parity table (to a "
+                        "repo of their own, e.g. OWNER/NAME-GGUF)")
     config_option(p, "--acknowledge", "licence.acknowledge", action="append", nargs=None, metavar="ID")
     p.set_defaults(func=_push)
 

@@ -51,9 +51,10 @@ def merge(run_dir: str | Path, out: str | Path, dtype: str = "auto") -> MergeRes
     s = run.summary
     at = f"@{s.base_revision}" if s.base_revision else ""
     card.text += (f"\n## How it was merged\n\n`hubtune merge` applied the adapter of run `{run.path.name}` to "
-                  f"`{s.base_model}{at}` in float32 and saved the merged weights in {saved_dtype}. On "
-                  f"{difference['prompts']} held-out prompts the largest logit difference between the merged "
-                  f"model and the adapter over the same base is {difference['max']:.2e}.\n"
+                  f"`{s.base_model}{at}` in float32 and saved the merged weights in {saved_dtype}."
+                  + (f" On {difference['prompts']} held-out prompts the largest logit difference between the merged "
+                     f"model and the adapter over the same base is {difference['max']:.2e}."
+                     if difference["max"] is not None else "") + "\n"
                   + "".join(f"\n> **Warning:** {w}\n" for w in warnings))
     card.save(out / "README.md")
     return MergeResult(out, saved_dtype, f"{s.base_model}{at}", warnings, difference["max"])
@@ -116,8 +117,16 @@ def logit_difference(run: RunFolder, merged: Path, limit: int = 8) -> dict:
 
     trust = run.config.model.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))
-    rows = [r for r in run.rows("validation") if "prompt" in r][:limit] or \
-        [r for r in run.rows("train") if "prompt" in r][:limit]
+    rows: list[dict] = []
+    for split in ("validation", "train"):  # held-out prompts, else training ones for a run that held none out
+        try:
+            rows = [r for r in run.rows(split) if "prompt" in r][:limit]
+        except HubtuneError:  # a run written before the prepared rows were kept
+            continue
+        if rows:
+            break
+    if not rows:
+        return {"max": None, "prompts": 0}
     texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
     path = base_path(run)
     if _is_4bit(AutoConfig.from_pretrained(path, trust_remote_code=trust)):

@@ -35,11 +35,12 @@ class PushResult:
     files: list[str]  # paths in the repo
 
 
-def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool = False,
+def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool = False, gguf: bool = False,
          acknowledge: list[str] | tuple[str, ...] = (), token: str | None = None) -> PushResult:
     """Push a finished run to `repo` (OWNER/NAME). Raises LicenceBlocked / NamingRuleError when the
     licences forbid it, PushError when the Hub refuses, with the fix in the message. `acknowledge`
-    adds repo ids (or paths) to the run's own licence.acknowledge for this push."""
+    adds repo ids (or paths) to the run's own licence.acknowledge for this push. gguf: the files of
+    `hubtune export RUN --format gguf` with their parity table, instead of the adapter."""
     from huggingface_hub import HfApi, constants, get_token
 
     from hubtune.hub import call
@@ -56,11 +57,12 @@ def push(run_dir: str | Path, repo: str, *, private: bool = False, merged: bool 
     verdict = licence.gate_for_publishing(base, datasets, run.config.licence.use, accepted, repo)
 
     api = HfApi(token=token)
-    what = "merged model" if merged else f"{run.summary.method} adapter"
+    what = "GGUF files" if gguf else "merged model" if merged else f"{run.summary.method} adapter"
     remove_stale_staging()
     with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}-") as tmp:
         staged = Path(tmp)
-        files = stage(run, staged, repo, verdict, merged, token=token)
+        files = (stage_gguf(run, staged, repo, verdict, token=token) if gguf
+                 else stage(run, staged, repo, verdict, merged, token=token))
         _refuse_secrets(staged, token)
         with push_errors(repo):
             url = call(api.create_repo, repo, private=private, exist_ok=True)
@@ -121,6 +123,37 @@ def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
     licence_files = copy_licence_files(run, out, token)
     cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None,
                      licence_files=licence_files).save(out / "README.md")
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def stage_gguf(run: RunFolder, out: Path, repo: str, verdict, token: str | None = None) -> list[str]:
+    """Lay out a GGUF repo in `out`: the exported files, the Modelfile, the parity record, the base's licence
+    files and a card whose metadata says what the files are a quantization of."""
+    from hubtune.export import RESULT
+    from hubtune.export.card import gguf_card
+
+    record = run.read_json(RESULT)
+    if not record:
+        raise PushError(f"{run.path} has no GGUF export to push: run `hubtune export {run.path} --format gguf` first")
+    folder = Path(record["folder"])
+    parity = record.get("parity")
+    if not parity:
+        raise PushError(f"the GGUF export in {folder} was made with --no-parity; export it again with the parity "
+                        f"check (`hubtune export {run.path} --format gguf`) so the card can say it still does the task")
+    failed = [q for q, r in parity["files"].items() if r["verdict"] == "fail"]
+    if failed:
+        raise PushError(f"the exported {', '.join(failed)} file(s) failed the parity check (see {folder / RESULT}); "
+                        f"they are not published")
+    names = [f["file"] for f in record["files"].values()] + ([record["lora"]["file"]] if record.get("lora") else [])
+    for name in [*names, record.get("modelfile") or ""]:
+        if name and not (folder / name).is_file():
+            raise PushError(f"{folder / name} is missing: export the run again")
+        if name:
+            shutil.copy2(folder / name, out / name)
+    shutil.copy2(folder / RESULT, out / "gguf_parity.json")
+    shutil.copy2(run.path / RunFolder.SUMMARY, out / "training_summary.json")
+    licence_files = copy_licence_files(run, out, token)
+    gguf_card(run, repo, verdict, record, licence_files).save(out / "README.md")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 

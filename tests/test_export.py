@@ -128,7 +128,8 @@ def test_tiny_base_converts_with_template_and_stop_token_in_metadata(tmp_path):
     assert meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.ggml.eos_token_id"] == 2
     assert meta["tokenizer.ggml.add_bos_token"] is False
-    assert "generation" not in meta["tokenizer.chat_template"] and "<|assistant|>" in meta["tokenizer.chat_template"]
+    template = meta["tokenizer.chat_template"]
+    assert "{% generation %}" not in template and "endgeneration" not in template and "<|assistant|>" in template
 
 
 def test_unknown_quant_and_format_are_clear_errors(trained_run):
@@ -152,15 +153,20 @@ def llama_cpp():
     return llama_cpp
 
 
-def test_export_runs_in_llama_cpp_like_the_adapter(trained_run, llama_cpp, tmp_path):
+def test_export_runs_in_llama_cpp_like_the_adapter_and_pushes_with_its_table(trained_run, llama_cpp, tmp_path,
+                                                                             hub, hub_token):
     """f16, q8_0 and q4_k_m files of a real trained run: llama.cpp loads them, tokenizes every prompt as
-    transformers does, and f16 / q8_0 score within the adapter's interval and stop as it does."""
+    transformers does, and f16 / q8_0 score within the adapter's interval and stop as it does; then
+    `push --gguf` publishes them as a quantization of the pushed adapter, with the parity table."""
     import gguf
+    from huggingface_hub import ModelCard, snapshot_download
 
+    import hubtune
     from hubtune.export import export
     from hubtune.export.report import format_parity, parity_markdown
 
-    run, _ = trained_run
+    shutil.copytree(trained_run[0].path, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    run = hubtune.RunFolder(tmp_path / "run")
     out = tmp_path / "export"
     result = export(run.path, out=out, quants=["f16", "q8_0", "q4_k_m"], limit=16)
     parity = result["parity"]
@@ -182,3 +188,17 @@ def test_export_runs_in_llama_cpp_like_the_adapter(trained_run, llama_cpp, tmp_p
     text = format_parity(result)
     assert "f16 GGUF (llama.cpp)" in text and "tolerance:" in text
     assert parity_markdown(result).count("\n") == 5  # header, rule, adapter and three files
+    from hubtune.ui.handlers import export_view
+
+    assert parity_markdown(result) in export_view(run)  # the Runs tab of the web app shows the same table
+
+    # Published: the adapter first, then its GGUF files, whose card names the adapter as what they quantize.
+    hubtune.push(run.path, "alice/tiny-invoices")
+    pushed = hubtune.push(run.path, "alice/tiny-invoices-GGUF", gguf=True)
+    files = set(snapshot_download("alice/tiny-invoices-GGUF", token=False).rglob("*.gguf"))
+    assert {f.name for f in files} == {f["file"] for f in result["files"].values()}
+    assert {"Modelfile", "gguf_parity.json", "README.md"} <= set(pushed.files)
+    card = ModelCard.load("alice/tiny-invoices-GGUF")
+    assert (card.data.base_model, card.data.base_model_relation) == ("alice/tiny-invoices", "quantized")
+    assert "gguf" in card.data.tags and parity_markdown(result).splitlines()[2] in card.text
+    assert "vllm serve" in card.text and "transformers serve" in card.text

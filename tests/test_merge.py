@@ -61,6 +61,7 @@ def test_the_readme_merge_matches_the_adapter_on_its_base_in_float32(make_run, t
     card = (out / "README.md").read_text()
     assert "base_model_relation: finetune" in card and "merged into the base weights" in card
     assert "saved the merged weights in float32" in card and "runs/readme" not in card.split("---")[1]
+    assert "largest logit difference between the merged model and the adapter over the same base" in card
 
 
 def test_the_saved_dtype_is_the_one_asked_or_the_bases(make_run, tmp_path):
@@ -68,6 +69,8 @@ def test_the_saved_dtype_is_the_one_asked_or_the_bases(make_run, tmp_path):
     result = merge(run, tmp_path / "bf16", dtype="bfloat16")
     assert result.dtype == "bfloat16" and saved_dtypes(result.path) == {"bfloat16"}
     auto = merge(run, tmp_path / "auto")
+    # What merging changed, measured: float32 keeps the adapter's logits, bfloat16 rounds them.
+    assert auto.max_logit_difference < 1e-4 < result.max_logit_difference
     base_dtype = str(AutoConfig.from_pretrained(BASE).dtype).removeprefix("torch.")
     assert auto.dtype == base_dtype and saved_dtypes(auto.path) == {base_dtype}
     assert not auto.warnings

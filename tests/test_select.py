@@ -82,6 +82,12 @@ def test_select_task_keeps_the_best_checkpoint_not_the_last(tmp_path):
     for step in (4, 8, 12):
         assert f"| {step} | {scores[step]['eval_loss']:.4f} | {scores[step]['exact_match']['mean']:.3f}" in card
 
+    # So does the Runs tab of the web app.
+    from hubtune.ui.handlers import checkpoint_view
+
+    view = checkpoint_view(run)
+    assert f"kept step {selection['chosen_step']} of 12" in view and view.count("| yes |") == 1
+
 
 def test_choose_rules():
     def h(step, em, passed=True, loss=None):
@@ -102,7 +108,8 @@ def test_select_task_without_held_out_split_is_a_config_error(tmp_path):
 
     rows = [{"instruction": f"Q{i}", "output": "A"} for i in range(8)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    config = cfg.build({"data": {"sources": [str(tmp_path / "d.jsonl")], "val_set_size": 0, "min_response_tokens": 0},
+    config = cfg.build({"data": {"sources": [str(tmp_path / "d.jsonl")], "val_set_size": 0, "min_response_tokens": 0,
+                                 "max_seq_len": 256},
                         "training": {"max_steps": 1, "select": "task"}, "output": {"dir": str(tmp_path / "run")}})
     with pytest.raises(ConfigError, match="training.select"):
         hubtune.train(config)

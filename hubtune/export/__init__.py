@@ -87,7 +87,7 @@ def export(run_dir: str | Path, *, out: str | Path | None = None, fmt: str = "gg
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        stop = _stop_strings(tokenizer)
+        stop = _stop_strings(tokenizer, model_dir)
         first = files[quants[0]]
         result["modelfile"] = modelfile.write_modelfile(out, first.name, tokenizer, stop).name
         if lora:
@@ -140,10 +140,19 @@ def _copy_base(run: RunFolder, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
-def _stop_strings(tokenizer) -> list[str]:
-    """Texts that end a turn: the end-of-sequence token, and an end-of-turn token the template writes."""
-    stop = [tokenizer.eos_token] if tokenizer.eos_token else []
-    return stop
+def _stop_strings(tokenizer, model_dir: Path) -> list[str]:
+    """Texts generation stops on, as the adapter's generation does: the tokenizer's EOS, generation_config's
+    eos ids and the family's end-of-turn token (hubtune.families)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from hubtune.families import family_of, stop_token_ids
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_dir)
+    except OSError:
+        generation = None
+    family = family_of(AutoConfig.from_pretrained(model_dir), tokenizer.chat_template)
+    return [t for t in tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, generation, family)) if t]
 
 
 def _parity(run: RunFolder, files: dict[str, Path], tokenizer, lora: Path | None, limit: int | None, log) -> dict:

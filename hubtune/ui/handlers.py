@@ -386,12 +386,13 @@ def eval_view(run: str) -> tuple[str, list[dict]]:
 
     folder = RunFolder(run)
     result = folder.eval
+    extra = checkpoint_view(folder) + export_view(folder)
     if result is None:
-        return f"{folder.path.name} has not been evaluated yet ({folder.status.value})", []
+        return f"{folder.path.name} has not been evaluated yet ({folder.status.value}){extra}", []
     verdict = ("**REGRESSED** on the regression set" if result.get("regressed") else
                "no regression on the regression set")
     versus = ((result.get("task") or {}).get("versus_best_prompt") or {}).get("line", "")
-    text = f"{verdict}. {versus}\n\n```text\n{format_report(result)}\n```"
+    text = f"{verdict}. {versus}\n\n```text\n{format_report(result)}\n```{extra}"
     samples = []
     answers = folder.path / "eval_answers.jsonl"
     if answers.is_file():
@@ -401,6 +402,34 @@ def eval_view(run: str) -> tuple[str, list[dict]]:
             samples.append({"prompt": question[:300], "reference": row["reference"],
                             **{m: a for m, a in row["answers"].items()}})
     return text, samples
+
+
+def checkpoint_view(folder: RunFolder) -> str:
+    """training.select's table: every checkpoint's scores and the step the run kept."""
+    summary = folder.summary
+    selection = summary.selection if summary else None
+    if not selection:
+        return ""
+    rows = ["| step | held-out loss | exact match | regression accuracy (base) | kept |", "|---|---|---|---|---|"]
+    for c in selection["checkpoints"]:
+        loss, em, reg = c.get("eval_loss"), c.get("exact_match"), c.get("regression")
+        cells = [str(c["step"]), "" if loss is None else f"{loss:.4f}", f"{em['mean']:.3f}" if em else "",
+                 f"{reg['accuracy']:.3f} ({reg['base']:.3f})" if reg else "",
+                 "yes" if c["step"] == selection["chosen_step"] else ""]
+        rows.append("| " + " | ".join(cells) + " |")
+    return (f"\n\n**Checkpoints** (`training.select: {selection['select']}`): kept step {selection['chosen_step']} "
+            f"of {selection.get('last_step', '?')}\n\n" + "\n".join(rows))
+
+
+def export_view(folder: RunFolder) -> str:
+    """The run's last GGUF export: its files and the parity table."""
+    from hubtune.export.report import parity_markdown
+
+    record = folder.read_json("export.json")
+    if not record or "parity" not in record:
+        return ""
+    return (f"\n\n**GGUF export** in `{record['folder']}` (llama.cpp `{record['llama_cpp']['commit'][:9]}`)\n\n"
+            + parity_markdown(record))
 
 
 # ---- chat ----------------------------------------------------------------------------------------------------
