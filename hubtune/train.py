@@ -138,6 +138,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
+    if cpu:
+        torch.set_num_threads(hardware.cpu_threads(distributed.local_world_size()))
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's

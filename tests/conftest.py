@@ -19,8 +19,15 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # The loopback Hub speaks the regular upload route, not Xet: set before huggingface_hub is used.
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
+SHARED_RUN = {"trained_run", "eval_run", "make_run"}  # fixtures over the session's real training run
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu need a CUDA device: skipped, saying so, on a machine without one."""
+    """A test that needs the session's trained run is slow (the first one pays for the training). Tests
+    marked gpu need a CUDA device: skipped, saying so, on a machine without one."""
+    for item in items:
+        if SHARED_RUN & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
         import torch

@@ -24,7 +24,7 @@ from hubtune.evaluation.pipeline import regression_rows
 from judge_server import ScriptedJudge
 from readme_blocks import section_blocks
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 def copy_run(run: Path, dest: Path) -> Path:

@@ -14,7 +14,7 @@ from data_rows import tiny_config
 import hubtune
 from hubtune import config as cfg
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 # Measured on CPU (fp32 compute, one torch thread) with torch 2.13.0, transformers 5.24.0, peft 0.21.2,
 # trl 1.16.0, bitsandbytes 0.50.2: two runs gave bit-identical losses at all 20 steps, so the tolerance

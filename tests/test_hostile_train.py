@@ -24,6 +24,8 @@ from hubtune.config import resolve_builtin
 from hubtune.errors import OutOfMemoryError
 from hubtune.runs import RunFolder, Status
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 TINY = Path(resolve_builtin("hubtune:tiny-llama"))
 

@@ -15,6 +15,8 @@ from conftest import HUB_TOKEN
 from hub_server import readme
 from data_rows import invoice_lines, tiny_run_config
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 
 BASE, DATA, REPO = "meta-llama/Llama-3.1-tiny", "acme/invoices-nc", "alice/Llama-3.1-tiny-invoices"
 

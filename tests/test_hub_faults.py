@@ -21,6 +21,8 @@ from hub_server import readme
 from hubtune.cli import main
 from hubtune.runs import RunFolder, Status
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 FAULTS = [500, 503, "hang", "garbage"]
 TRIES = 3  # HUBTUNE_HUB_RETRIES=2 in the faulty_hub fixture

@@ -185,6 +185,7 @@ def test_the_example_is_the_guides_config_on_the_embedded_base_and_data():
     assert {k: example[k] for k in same} == same
 
 
+@pytest.mark.slow
 def test_the_guides_config_trains_through_hubtune_train_and_shows_its_translation(guide_run):
     code, out, err, run = guide_run
     assert code == 0, err[-3000:]

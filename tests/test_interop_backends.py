@@ -102,6 +102,7 @@ def test_a_tracker_that_is_not_installed_stops_before_training(tmp_path, capsys)
     assert not (tmp_path / "run" / "data_report.json").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_runs_losses(tmp_path, one_torch_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

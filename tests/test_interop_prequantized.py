@@ -16,6 +16,8 @@ from hubtune.cli import main
 from hubtune.config import resolve_builtin
 from hubtune.interop import prequantized
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 QUANTIZED, ORIGINAL, DATA = "unsloth/tiny-llama-bnb-4bit", "meta-llama/Llama-3.1-8B", "acme/invoices"
 
 

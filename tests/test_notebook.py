@@ -3,6 +3,8 @@ and publishes to the loopback Hub when PUSH_TO is set, as a user would set it.""
 
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from hub_server import readme
 from huggingface_hub import ModelCard
 from nbclient import NotebookClient
 from data_rows import invoice_file
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"

@@ -22,6 +22,8 @@ from hubtune.cli import main
 from hubtune.errors import DiskFullError, PushError
 from hubtune.runs import RunFolder, Status, checkpoint_problem
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
 

@@ -18,6 +18,8 @@ from hubtune import config as cfg
 from hubtune.config import resolve_builtin
 from hubtune.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = resolve_builtin("hubtune:tiny-llama")
 
