@@ -186,6 +186,8 @@ def repo_licences(run: RunFolder):
     from hubtune import licence
 
     s = run.summary
-    model = licence.read_licence(s.base_model, "model", s.base_revision)
+    recorded = (s.licence or {}).get("repos") or [{}]
+    pins = {a["repo"]: a["revision"] for a in recorded[0].get("ancestors", []) if a.get("revision")}
+    model = licence.read_licence(s.base_model, "model", s.base_revision, pins=pins)
     datasets = [licence.read_licence(d.path, "dataset", d.revision_sha or d.revision) for d in s.datasets]
     return model, datasets

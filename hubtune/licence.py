@@ -232,13 +232,14 @@ class Verdict:
 
 # ---- reading the licences --------------------------------------------------------------------
 def read_licence(ref: str, repo_type: str = "model", revision: str | None = None,
-                 _chain: tuple[str, ...] = ()) -> RepoLicence:
+                 _chain: tuple[str, ...] = (), pins: dict[str, str] | None = None) -> RepoLicence:
     """Licence metadata of a Hub repo (card, gated flag, the token's access to a gated repo), a local
     folder/file (its README.md front matter), or a `hubtune:` asset (its README.md, else the
     package's own licence); its licence texts and card prose at the same revision; and, for a model,
     its ancestors through the card's `base_model`, each read the same way (`_chain`: the repos below it,
-    for the cycle guard and the depth limit). A pre-quantized model is judged by the original its card
-    names (see `_prequantized_original`)."""
+    for the cycle guard and the depth limit), at the commit `pins` gives for it (a run records the commit
+    each ancestor was read at, and a push reads them there again), else the one the Hub serves now. A
+    pre-quantized base is judged by the original its card names (see `_prequantized_original`)."""
     from hubtune import hub
     from hubtune.refs import RepoRef
 
@@ -255,7 +256,7 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
         if parsed.path.is_dir() or (folder / "README.md").is_file():
             _read_texts(found, hub.folder_texts(folder, found.license_link) if parsed.path.is_dir()
                         else hub.RepoTexts((folder / "README.md").read_text(errors="replace"), {}, []))
-        found.parents = _parents(meta or {}, found, _chain, "quantized" if quantized else None)
+        found.parents = _parents(meta or {}, found, _chain, "quantized" if quantized else None, pins)
         return found
     card = hub.repo_card(ref, repo_type, revision)
     # The base itself pre-quantized: judged as the original (its card, its files, its name rule). As an
@@ -268,7 +269,7 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
         _read_texts(found, hub.repo_texts(ref, repo_type, card.revision_sha or revision, found.license_link))
     if card.gated and not _chain:
         found.access = hub.gated_access(ref, repo_type)
-    found.parents = _parents(card.metadata, found, _chain, "quantized" if quantized else None)
+    found.parents = _parents(card.metadata, found, _chain, "quantized" if quantized else None, pins)
     return found
 
 
@@ -289,9 +290,10 @@ def _read_texts(found: RepoLicence, texts) -> None:
         found.clauses += found.card.clauses
 
 
-def _parents(meta: dict, child: RepoLicence, chain: tuple[str, ...], relation: str | None = None) -> list[Link]:
-    """The card's `base_model`s (one, or several for a merge), each read with its own ancestry, at the
-    commit the Hub serves now (recorded as the ancestor's revision)."""
+def _parents(meta: dict, child: RepoLicence, chain: tuple[str, ...], relation: str | None = None,
+             pins: dict[str, str] | None = None) -> list[Link]:
+    """The card's `base_model`s (one, or several for a merge), each read with its own ancestry, at its
+    commit in `pins`, else the one the Hub serves now (recorded as the ancestor's revision either way)."""
     from hubtune.refs import is_hub_id
 
     if child.repo_type != "model":
@@ -310,7 +312,7 @@ def _parents(meta: dict, child: RepoLicence, chain: tuple[str, ...], relation: s
             links.append(Link(relation, base, None, f"deeper than {MAX_DEPTH} generations"))
         else:
             try:
-                links.append(Link(relation, base, read_licence(base, "model", None, below)))
+                links.append(Link(relation, base, read_licence(base, "model", (pins or {}).get(base), below, pins)))
             except HubtuneError as err:
                 links.append(Link(relation, base, None, str(err).split(": ", 1)[-1][:200]))
     return links
@@ -394,8 +396,8 @@ def _judge(f: Finding, r: RepoLicence, use: str, publish: bool, role: str, label
             _to_acknowledge(f, r, t, publish)
         if not t.acknowledge or t.reading:
             # A restriction its own licence text confirms rests on the text: it cannot be acknowledged away.
-            _apply(f, t, use, publish, label.format(name=t.name), hard=t.reading is not None or _fam(t) in read_families,
-                   ref=r.ref)
+            _apply(f, t, use, publish, label.format(name=t.name),
+                   hard=t.reading is not None or _fam(t) in read_families, ref=r.ref)
     if not tagged and not read and not owned:
         if r.clauses:
             f.needs_acknowledgement = True

@@ -172,6 +172,17 @@ def test_cycle_and_depth_limit_end_the_walk(hub):
     assert [f.repo.ref for f in deep.unacknowledged()] == ["acme/gen-0"]
 
 
+def test_ancestors_are_read_at_the_commits_a_run_recorded(hub):
+    first = hub.seed("acme/relicensed-base", {"README.md": readme(license="cc-by-nc-4.0")})
+    hub.seed("acme/relicensed-base", {"README.md": readme(license="apache-2.0")})
+    hub.seed("acme/child", {"README.md": readme(license="mit", base_model="acme/relicensed-base")})
+    now = licence.read_licence("acme/child")
+    assert now.parents[0].parent.licences == ["apache-2.0"]
+    pinned = licence.read_licence("acme/child", pins={"acme/relicensed-base": first})
+    assert pinned.parents[0].parent.licences == ["cc-by-nc-4.0"] and pinned.parents[0].parent.revision_sha == first
+    assert licence.licence_verdict(pinned, [], "commercial").verdict == "block"
+
+
 def test_an_ancestor_that_cannot_be_read_needs_acknowledgement(hub):
     hub.seed("acme/orphan", {"README.md": readme(license="apache-2.0", base_model="acme/deleted-base")})
     verdict = licence.check("acme/orphan", use="research")
