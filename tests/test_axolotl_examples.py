@@ -169,8 +169,10 @@ def expected(data: dict) -> dict:
               else ("ratio", ratio) if ratio is not None else ("ratio", SCHEMA["warmup_ratio"]))
     checkpointing = get("gradient_checkpointing") in (True, "offload", "offload_disk") or any(
         (data.get("fsdp_config") or {}).get(k) for k in ("activation_checkpointing", "fsdp_activation_checkpointing"))
+    # Axolotl's builder: save_steps, else save_strategy (steps: transformers' 500), else once per epoch.
     saves = (("steps", data["save_steps"]) if data.get("save_steps") else
-             ("per epoch", data.get("saves_per_epoch") or 1))
+             ("per epoch", data["saves_per_epoch"]) if data.get("saves_per_epoch") else
+             ("steps", 500) if data.get("save_strategy") == "steps" else ("per epoch", 1))
     precision = ("bfloat16" if data.get("bf16") is True or data.get("bfloat16") else
                  "float16" if data.get("fp16") is True or data.get("float16") else
                  "auto" if get("bf16") == "auto" else "float32")

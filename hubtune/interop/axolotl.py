@@ -670,6 +670,8 @@ class _Reader:
         elif self.data.get("save_strategy") in (None, "epoch"):
             self.take("save_strategy")
             t["saves_per_epoch"] = 1  # Axolotl's default: a checkpoint at the end of each epoch
+        elif self.data.get("save_strategy") == "steps":
+            t["save_steps"] = 500  # transformers' default save_steps, which Axolotl leaves in place
         strategy = self.data.get("save_strategy")
         if strategy == "no":
             self.refuse("save_strategy", "'no': hubtune always keeps checkpoints (save_total_limit of them)")
