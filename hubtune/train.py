@@ -161,7 +161,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
         new_tokens = add_tokens(tokenizer, config.model)
         if new_tokens:
-            display.note(f"added to the vocabulary (embedding and output rows trained): {', '.join(new_tokens)}")
+            display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
+                         f"{', '.join(new_tokens)}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)

@@ -377,7 +377,8 @@ def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thr
         "output_dir": str(tmp_path / "run")}))
     assert main(["train", str(path)]) == 0, capsys.readouterr().err[-3000:]
     out = capsys.readouterr().out
-    assert "added to the vocabulary (embedding and output rows trained): <|im_end|>, <|pad|>, <|tool|>" in out
+    assert "added to the vocabulary (the embedding and output head train with the adapter): <|im_end|>, <|pad|>, " \
+           "<|tool|>" in out
     run = tmp_path / "run"
     config = cfg.load(run / "config.yaml")
     assert config.data.sources[0].split == "train[:2%]" and config.training.kernels == ["sdpa"]

@@ -686,8 +686,8 @@ class _Reader:
             value = self.take("evals_per_epoch")
             if "eval_steps" not in t:
                 t["evals_per_epoch"] = value
-        elif self.data.get("eval_strategy") == "epoch" or self.data.get("evaluation_strategy") == "epoch":
-            self.take("eval_strategy") or self.take("evaluation_strategy")
+        elif "epoch" in (self.data.get("eval_strategy"), self.data.get("evaluation_strategy")):
+            self.take("eval_strategy"), self.take("evaluation_strategy")
             t["evals_per_epoch"] = 1
         elif "eval_steps" not in t:
             t["evals_per_epoch"] = 0  # Axolotl evaluates during training only when asked
