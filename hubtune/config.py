@@ -62,6 +62,8 @@ class ModelSection(Section):
         "a token the vocabulary lacks is added and its embedding (and output row) trained.")
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
         "tokenizer lacks them (end-of-turn markers, tags); the new embedding and output rows are trained.")
+    router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
+        "loss to the training loss (transformers' output_router_logits).")
 
     @field_validator("special_tokens", "added_tokens")
     @classmethod

@@ -327,6 +327,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if model.router_aux_loss:
+        kwargs["output_router_logits"] = True  # the model's forward then adds the load-balancing loss
     if attention:
         kwargs["attn_implementation"] = attention
     if model.quantization == "int8" and sharded:

@@ -221,7 +221,7 @@ def test_the_readmes_convert_and_export_commands(workdir, capsys):
 
 
 def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full(tmp_path, capsys):
-    path = write_guide(tmp_path, xformers_attention=True, s2_attention=True, early_stopping_patience=3,
+    path = write_guide(tmp_path, unfrozen_parameters=["^lm_head.*"], s2_attention=True, early_stopping_patience=3,
                        special_tokens={"pad_token": "<|end_of_text|>", "sep_token": "<sep>"}, lora_model_dir=None,
                        plugins=["axolotl.integrations.kernels.KernelsPlugin"])
     data = yaml.safe_load(path.read_text())
@@ -231,9 +231,10 @@ def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full
     assert main(["train", str(path), "training.max_steps=1"]) == 2
     err = capsys.readouterr().err
     assert "6 Axolotl keys hubtune cannot honour" in err
-    for key in ("xformers_attention", "s2_attention", "early_stopping_patience", "special_tokens.sep_token",
+    for key in ("unfrozen_parameters", "s2_attention", "early_stopping_patience", "special_tokens.sep_token",
                 "plugins", "datasets[1].type"):
         assert f"  {key}: " in err, (key, err)
+    assert "unfrozen_parameters: [^lm_head.*]: training chosen base weights" in err
     assert "special_tokens.sep_token: '<sep>'" in err and "axolotl.integrations.kernels.KernelsPlugin: kernels" in err
     assert "'oasst': hubtune reads the types alpaca" in err and "..." not in err
     assert "--ignore-unsupported" in err
@@ -242,7 +243,7 @@ def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full
     out_file = tmp_path / "run.yaml"
     assert main(["config", "convert", str(path), "--out", str(out_file), "--ignore-unsupported"]) == 0
     written = out_file.read_text()
-    assert "# ignored (--ignore-unsupported): xformers_attention: True" in written
+    assert "# ignored (--ignore-unsupported): s2_attention: True" in written
     converted = cfg.load(out_file)
     assert [s.path for s in converted.data.sources] == ["hubtune:data/invoices/train.jsonl"]
     assert converted.lora.target_modules == SEVEN
@@ -405,7 +406,7 @@ def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thr
 
 NEW_KEYS = {
     "model": {"id": "acme/base", "quantization": "int8", "special_tokens": {"pad_token": "<|pad|>"},
-              "added_tokens": ["<|eot|>"]},
+              "added_tokens": ["<|eot|>"], "router_aux_loss": True},
     "lora": {"target_regex": r"model\.layers\.\d+\.mlp\.\w+_proj", "target_parameters": ["experts.down_proj"],
              "modules_to_save": ["lm_head"], "use_rslora": True},
     "data": {"sources": [{"path": "acme/chats", "split": "train[10%:60%]"}], "format": "messages",
@@ -426,6 +427,7 @@ def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
     assert (exported["load_in_8bit"], exported["special_tokens"], exported["tokens"]) == (
         True, {"pad_token": "<|pad|>"}, ["<|eot|>"])
     assert exported["lora_target_modules"] == NEW_KEYS["lora"]["target_regex"] and exported["peft_use_rslora"]
+    assert exported["model_config"] == {"output_router_logits": True}
     assert (exported["warmup_ratio"], exported["saves_per_epoch"], exported["evals_per_epoch"]) == (0.1, 4, 2)
     assert exported["attn_implementation"] == "flash_attention_2"
     assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"] and exported["fsdp"]

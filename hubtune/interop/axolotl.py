@@ -124,7 +124,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "lora_model_dir": "hubtune starts new adapters; it does not continue a saved one",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
-    "xformers_attention": "transformers has no xformers attention; use flash_attention or sdp_attention",
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "gptq": "hubtune quantizes bases with bitsandbytes (NF4/FP4); a GPTQ base is not loaded for training",
     "unfrozen_parameters": "training chosen base weights in full: hubtune trains LoRA adapters (and lora_modules_to_save)",
@@ -150,7 +149,7 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "use_scattermoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "use_sonicmoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "experts_implementation": "hubtune runs transformers' default experts implementation",
-    "model_config": "overrides of the model's config.json change the model (e.g. its router loss); hubtune loads the config as saved",
+    "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "context_parallel_size": "context parallelism (one sequence split over GPUs): hubtune runs DDP, FSDP or DeepSpeed",
@@ -197,7 +196,9 @@ PLUGINS = {  # Axolotl plugins, by the kernel hubtune runs in their place (None:
 LIGER_FLAGS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_rms_norm_gated",
                "liger_fused_linear_cross_entropy", "liger_cross_entropy", "liger_swiglu")
 ATTENTION = {"flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "eager": "eager",
-             "flex_attention": "flex_attention"}
+             "flex_attention": "flex_attention", "xformers": "sdpa"}
+XFORMERS_NOTE = ("xformers: transformers has no xformers attention; hubtune runs PyTorch's SDPA, which computes "
+                 "the same exact attention (its memory-efficient kernel)")
 FSDP_OFFLOAD = ("offload_params", "fsdp_offload_params")
 
 
@@ -361,6 +362,13 @@ class _Reader:
             self.refuse(f"bnb_config_kwargs.{key}", f"{shown(value)}: hubtune sets the rest of the 4-bit config itself")
         model["compute_dtype"] = self.precision()
         model.update(self.tokens())
+        overrides = self.take("model_config")
+        if overrides is not None:
+            overrides = dict(overrides) if isinstance(overrides, dict) else {"(value)": overrides}
+            if overrides.pop("output_router_logits", False) is True:
+                model["router_aux_loss"] = True
+            for key, value in overrides.items():
+                self.refuse(f"model_config.{key}", f"{shown(value)}: {WHY['model_config']}")
         return model
 
     def precision(self) -> str:
@@ -662,6 +670,8 @@ class _Reader:
         elif self.data.get("save_strategy") in (None, "epoch"):
             self.take("save_strategy")
             t["saves_per_epoch"] = 1  # Axolotl's default: a checkpoint at the end of each epoch
+        elif self.data.get("save_strategy") == "steps":
+            t["save_steps"] = 500  # transformers' default save_steps, which Axolotl leaves in place
         strategy = self.data.get("save_strategy")
         if strategy == "no":
             self.refuse("save_strategy", "'no': hubtune always keeps checkpoints (save_total_limit of them)")
@@ -720,13 +730,18 @@ class _Reader:
             if value in ATTENTION:
                 attention = ATTENTION[value]
                 self.take("attn_implementation")
+                if value == "xformers":
+                    self.note(XFORMERS_NOTE)
             else:
                 self.refuse("attn_implementation", f"{self.take('attn_implementation')!r}: transformers' attention "
                                                    f"hubtune loads: {', '.join(ATTENTION)}")
         for key, name in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                          ("flex_attention", "flex_attention"), ("eager_attention", "eager")):
+                          ("flex_attention", "flex_attention"), ("eager_attention", "eager"),
+                          ("xformers_attention", "sdpa")):
             if self.data.get(key) is True:
                 self.take(key)
+                if key == "xformers_attention":
+                    self.note(XFORMERS_NOTE)
                 if attention not in (None, name):
                     self.refuse(key, f"True: contradicts attention {attention}")
                 attention = attention or name
@@ -867,6 +882,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     if quantized:
         out["bnb_config_kwargs"] = {"bnb_4bit_quant_type": m.quantization, "bnb_4bit_use_double_quant": m.double_quant}
     out.update(DTYPE_TO_AXOLOTL[m.compute_dtype])
+    if m.router_aux_loss:
+        out["model_config"] = {"output_router_logits": True}
     if m.special_tokens:
         out["special_tokens"] = dict(m.special_tokens)
     if m.added_tokens:
