@@ -165,6 +165,18 @@ def _run_config(path: str, overrides: list[str], ignore_unsupported: bool):
     return config
 
 
+
+def _write_out(path: str, text: str) -> None:
+    """A file the user named with --out, its folder made if need be (runs/x.yaml in a fresh folder)."""
+    from pathlib import Path
+
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as err:
+        raise HubtuneError(f"cannot write {out} ({err.strerror}); give --out a path in a folder you can write") from None
+
 def _config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -178,13 +190,13 @@ def _config(args: argparse.Namespace) -> int:
         report = translation.report(ignored=args.ignore_unsupported)
         header = f"# Translated by hubtune from the Axolotl config {args.source}\n"
         header += "".join(f"# {line}\n" for line in report.splitlines())
-        Path(args.out).write_text(header + config.to_yaml())
+        _write_out(args.out, header + config.to_yaml())
         print(report + ("\n" if report else "") + f"wrote {args.out}")
         return 0
     exported = axolotl.export(args.run)
     text = yaml.safe_dump(exported, sort_keys=False)
     if args.out:
-        Path(args.out).write_text(text)
+        _write_out(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text, end="")
