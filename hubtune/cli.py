@@ -175,7 +175,8 @@ def _write_out(path: str, text: str) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     except OSError as err:
-        raise HubtuneError(f"cannot write {out} ({err.strerror}); give --out a path in a folder you can write") from None
+        raise HubtuneError(f"cannot write {out} ({err.strerror}); give --out a path in a folder you can "
+                           f"write") from None
 
 def _config(args: argparse.Namespace) -> int:
     from pathlib import Path

@@ -27,18 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from hubtune import gpus
 from hubtune.errors import HubtuneError
 
 GIB = 2**30
 GB = 10**9
 
-# Memory each GPU reports (nvidia-smi's total, in MiB; variants differ by a few MiB), and whether it
-# computes in bfloat16 (Ampere and newer) or falls back to float16.
-GPUS: dict[str, tuple[int, bool]] = {
-    "T4": (15_360, False), "L4": (23_034, True), "A10G": (23_028, True), "RTX 3090": (24_576, True),
-    "RTX 4090": (24_564, True), "A100 40GB": (40_960, True), "A100 80GB": (81_920, True),
-    "H100 80GB": (81_559, True), "H200": (143_771, True),
-}
+# Memory each GPU reports (MiB) and whether it computes in bfloat16, from the one GPU table.
+GPUS: dict[str, tuple[int, bool]] = {g.name: (g.memory_mib, g.bf16) for g in gpus.GPUS}
 
 # Bytes saved for the backward pass per token and decoder layer, as a*hidden + b*intermediate +
 # c*kv_dim, in bfloat16 autocast with SDPA attention and no LoRA dropout, plus, with dropout, its
@@ -183,6 +179,25 @@ def _download_config(repo_id: str, revision: str | None) -> str:
             raise HubUnreachableError(f"cannot reach the Hub and {repo_id}@{revision or 'main'}'s config.json is not "
                                       f"in the local cache; check the network (and HF_ENDPOINT), or pass a local "
                                       f"model folder", repo_id, "model", revision) from None
+
+
+def parameter_count(config: dict) -> int:
+    """The parameters a checkpoint of this config.json holds: counted from the architecture where the
+    estimate knows it, else from a build of the model on the meta device (shapes only, no memory)."""
+    try:
+        return architecture(config).parameters()["total"]
+    except UnknownArchitecture:
+        pass
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UnknownArchitecture(f"cannot build the model of this config.json to count its parameters "
+                                  f"({err})") from None
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def read_architecture(model: str, revision: str | None = None) -> Architecture:
