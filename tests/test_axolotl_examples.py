@@ -44,7 +44,7 @@ CANNOT_HONOUR = {
         "dsv4_fp4_grouped_mode", "nvfp4_merge_aware", "model_quantization_config",
         "model_quantization_config_kwargs", "gptq", "gptq_disable_exllama"},
     "attention and kernels transformers does not offer": {
-        "attn_implementation", "fused_attn_kernel", "gemma4_hybrid_attn_impl", "flex_attn_compile_kwargs"},
+        "attn_implementation", "flex_attn_compile_kwargs"},
     "vision-language model classes": {"model_type"},
     "the mistral-common tokenizer": {"tokenizer_use_mistral_common", "tokenizer_legacy"},
     "context parallelism": {"context_parallel_size", "context_parapllel_size"},
@@ -119,7 +119,7 @@ def test_counts_by_family(results):
     for why, n in reasons.most_common():
         print(f"  {n:3d}  {why}")
     sft = counts["supervised LoRA / QLoRA"]
-    assert sft["converted"] + sft["refused"] == 137 and sft["converted"] >= 80
+    assert sft["converted"] + sft["refused"] == 137 and sft["converted"] >= 84
     for kind in ("preference / reward training", "vision / audio models", "full fine-tuning", "not a training config"):
         assert counts[kind]["converted"] == 0, kind
 
