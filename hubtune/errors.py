@@ -164,6 +164,26 @@ class ModelFolderError(HubtuneError):
     or modelling code of its own that model.trust_remote_code does not allow to run."""
 
 
+class RemoteCodeRefusedError(ModelFolderError):
+    """model.trust_remote_code on a shared Space, where no code from a user's repo may run."""
+
+
+class SignInRequiredError(HubtuneError):
+    """An action of the app on a shared Space that needs a signed-in user."""
+
+
+class NotYoursError(HubtuneError):
+    """A run, upload or path on a shared Space that belongs to someone else, or to no one the user may act as."""
+
+
+class BudgetError(HubtuneError):
+    """An input over one of the app's limits (upload size, rows, line length, queued runs)."""
+
+
+class TemplateError(DataError):
+    """A chat template that fails, or runs past its time or output budget, when rendered."""
+
+
 class OutOfMemoryError(HubtuneError):
     """The accelerator ran out of memory; the message lists the settings that lower the need."""
 
@@ -322,6 +342,12 @@ def _remote_code(err: BaseException, context: dict) -> HubtuneError:
 
 
 def remote_code_message(model: str, detail: str = "") -> str:
+    import os
+
+    if os.environ.get("SPACE_ID"):
+        return (f"{model} needs modelling code of its own{detail}; a shared Space runs no code from model repos "
+                f"(its users' tokens and data live beside it). Train it with the CLI on your own machine, or pick a "
+                f"model that transformers supports natively.")
     return (f"{model} needs modelling code of its own{detail}, and model.trust_remote_code is off. Turning it on "
             f"runs that Python code on this machine with your permissions: read the repo's *.py files first, pin "
             f"model.revision to the commit you read, then set model.trust_remote_code: true.")

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from hubtune.errors import (
     HubServiceError,
     HubUnreachableError,
     ModelFolderError,
+    RemoteCodeRefusedError,
     RepoNotFoundError,
     RevisionNotFoundError,
     hub_timeout_setting,
@@ -67,10 +69,57 @@ def hub_url(repo_id: str, repo_type: str = "model") -> str:
     return f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}"
 
 
+# ---- whose token ---------------------------------------------------------------------------------------------
+# The CLI acts with the process's token (HF_TOKEN, `hf auth login`). The app serves many people: each of its
+# requests acts as its own user (`acting_as`), with that user's token or none, never the process's, and the
+# shared download cache is used only after the Hub has said that this token may read the repo.
+_acting: ContextVar[tuple[str | None] | None] = ContextVar("hubtune_acting_token", default=None)
+
+
+@contextmanager
+def acting_as(token: str | None):
+    """Every Hub call inside acts with `token` (None: a signed-out user, who sends no token at all)."""
+    reset = _acting.set((token or None,))
+    try:
+        yield
+    finally:
+        _acting.reset(reset)
+
+
+def acting() -> bool:
+    """Whether Hub calls act for a user of the app (see acting_as) rather than for this process."""
+    return _acting.get() is not None
+
+
+def token() -> str | bool | None:
+    """The `token=` to give huggingface_hub: the acting user's, False (send none) for a signed-out user,
+    or None (the process's own) outside the app."""
+    acting_token = _acting.get()
+    if acting_token is None:
+        return None
+    return acting_token[0] or False
+
+
 def has_token() -> bool:
     from huggingface_hub import get_token
 
-    return bool(get_token())
+    given = token()
+    return bool(given) if given is not None else bool(get_token())
+
+
+def require_access(repo_id: str, repo_type: str = "model", revision: str | None = None) -> None:
+    """For a user of the app: ask the Hub whether their token may read this repo's files (private and gated
+    repos) before any cached copy is used, since a download at a commit sha returns cached files without
+    asking. Outside the app, the Hub answers each download itself."""
+    from huggingface_hub import HfApi
+
+    if not acting():
+        return
+    with hub_errors(repo_id, repo_type, revision):
+        try:
+            call(HfApi(token=token()).auth_check, repo_id, repo_type=repo_type)
+        except HubServiceError as err:
+            raise _unreachable(repo_id, repo_type, revision, err) from None
 
 
 # ---- timeouts and retries ---------------------------------------------------------------------------------
@@ -198,15 +247,19 @@ def hub_errors(repo_id: str, repo_type: str = "model", revision: str | None = No
     try:
         yield
     except hf.GatedRepoError:
-        token = has_token()
-        fix = ("The token in use (HF_TOKEN or `hf auth login`) belongs to an account that has not been "
-               "granted access yet: accept the terms with that account, then retry."
-               if token else
-               "No Hugging Face token is set, so the Hub cannot tell that you accepted them: after accepting, "
-               "set one with `export HF_TOKEN=hf_...` or `hf auth login`.")
+        signed = has_token()
+        if acting():
+            fix = ("Your account has not been granted access yet: accept the terms with it, then retry." if signed
+                   else "Sign in with the account that accepted them, then retry.")
+        else:
+            fix = ("The token in use (HF_TOKEN or `hf auth login`) belongs to an account that has not been "
+                   "granted access yet: accept the terms with that account, then retry."
+                   if signed else
+                   "No Hugging Face token is set, so the Hub cannot tell that you accepted them: after accepting, "
+                   "set one with `export HF_TOKEN=hf_...` or `hf auth login`.")
         raise GatedRepoAccessError(
             f"{repo_id} is a gated {what}: its files are shared only with accounts that accepted its terms "
-            f"on {url}. {fix}", repo_id, repo_type, revision, has_token=token) from None
+            f"on {url}. {fix}", repo_id, repo_type, revision, has_token=signed) from None
     except hf.RevisionNotFoundError:
         raise RevisionNotFoundError(
             f"{what} {repo_id} has no revision {revision!r}: give an existing branch, tag or full commit sha "
@@ -215,7 +268,8 @@ def hub_errors(repo_id: str, repo_type: str = "model", revision: str | None = No
     except hf.RepositoryNotFoundError:
         from huggingface_hub import constants
 
-        hint = "" if has_token() else " If it is private, set a token that can read it (HF_TOKEN or `hf auth login`)."
+        hint = ("" if has_token() else " If it is private, sign in with an account that can read it." if acting()
+                else " If it is private, set a token that can read it (HF_TOKEN or `hf auth login`).")
         raise RepoNotFoundError(
             f"{what} {repo_id} was not found on {constants.ENDPOINT}: check the id (owner/name) and that it is "
             f"a {what} repo.{hint}", repo_id, repo_type, revision) from None
@@ -251,9 +305,12 @@ def _snapshot(repo_id: str, repo_type: str, revision: str | None, allow: list[st
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     with hub_errors(repo_id, repo_type, revision):
+        require_access(repo_id, repo_type, revision)
         try:
-            info = call(HfApi().repo_info, repo_id, repo_type=repo_type, revision=revision)
+            info = call(HfApi(token=token()).repo_info, repo_id, repo_type=repo_type, revision=revision)
         except (HubServiceError, *_network_errors()) as err:
+            if acting():  # the Hub could not say whether this user may read the cached files
+                raise _unreachable(repo_id, repo_type, revision, err) from None
             try:
                 path = snapshot_download(repo_id, repo_type=repo_type, revision=revision or "main",
                                          allow_patterns=allow, ignore_patterns=ignore, local_files_only=True)
@@ -262,14 +319,41 @@ def _snapshot(repo_id: str, repo_type: str, revision: str | None, allow: list[st
             return path, Path(path).name  # cache folders are named after their commit sha
         # The library retries file downloads itself; `call` only names the endpoint when they give up.
         path = call(snapshot_download, repo_id, repo_type=repo_type, revision=info.sha, allow_patterns=allow,
-                    ignore_patterns=ignore, retries=0)
+                    ignore_patterns=ignore, retries=0, token=token())
         return path, info.sha
+
+
+class RemoteCodeWarning(UserWarning):
+    """model.trust_remote_code is on: the repo's Python code runs with this user's permissions."""
+
+
+def on_shared_space() -> bool:
+    """A Hugging Face Space (SPACE_ID is set there): many people share this machine, its tokens and its disk."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def check_remote_code(trust_remote_code: bool, model: str) -> None:
+    """Refuse model.trust_remote_code on a shared Space (another user's repo code would run beside every
+    user's token and data); elsewhere allow it, with a warning."""
+    if not trust_remote_code:
+        return
+    if on_shared_space():
+        raise RemoteCodeRefusedError(
+            f"{model}: model.trust_remote_code is refused on a shared Space: code from a model repo would run "
+            f"beside every user's token and data. Set model.trust_remote_code: false (a model transformers "
+            f"supports natively), or train with the CLI on your own machine.")
+    import warnings
+
+    warnings.warn(f"{model}: model.trust_remote_code is on, so the repo's Python code runs on this machine with "
+                  f"your permissions; pin model.revision to the commit whose code you read", RemoteCodeWarning,
+                  stacklevel=3)
 
 
 def resolve_model(model: ModelSection) -> ResolvedModel:
     """The folder to load the base model from, pulled at the configured revision when it is a Hub id,
     and checked to hold what loading needs (see check_model_folder)."""
     ref = model.id
+    check_remote_code(model.trust_remote_code, ref)
     parsed = RepoRef.parse(ref)
     if parsed.is_local:
         check_model_folder(parsed.path, model)
@@ -372,7 +456,7 @@ def repo_card(repo_id: str, repo_type: str = "model", revision: str | None = Non
 
     with hub_errors(repo_id, repo_type, revision):
         try:
-            info = call(HfApi().repo_info, repo_id, repo_type=repo_type, revision=revision)
+            info = call(HfApi(token=token()).repo_info, repo_id, repo_type=repo_type, revision=revision)
         except (HubServiceError, *_network_errors()) as err:
             try:
                 readme = hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision or "main",
@@ -393,7 +477,7 @@ def gated_access(repo_id: str, repo_type: str = "model") -> str | None:
     if not has_token():
         return "no token"
     try:
-        HfApi().auth_check(repo_id, repo_type=repo_type)
+        HfApi(token=token()).auth_check(repo_id, repo_type=repo_type)
     except hf.GatedRepoError:
         return "denied"
     except (hf.HfHubHTTPError, *_network_errors()):

@@ -307,10 +307,10 @@ def _rows_of(source: cfg.DataSource) -> int | None:
         return sum(1 for f in files if f.suffix == ".jsonl" for line in f.open() if line.strip()) or None
     from huggingface_hub import HfApi
 
-    from hubtune.hub import hub_errors
+    from hubtune.hub import hub_errors, token
 
     with hub_errors(source.path, "dataset", source.revision):
-        info = HfApi().dataset_info(source.path, revision=source.revision)
+        info = HfApi(token=token()).dataset_info(source.path, revision=source.revision)
     card = info.card_data.to_dict() if info.card_data else {}
     infos = card.get("dataset_info") or []
     for entry in infos if isinstance(infos, list) else [infos]:
@@ -330,10 +330,12 @@ def _parameters(model: cfg.ModelSection) -> int:
     else:
         from huggingface_hub import hf_hub_download
 
-        from hubtune.hub import hub_errors
+        from hubtune.hub import hub_errors, require_access, token
 
         with hub_errors(model.id, "model", model.revision):
-            data = json.loads(Path(hf_hub_download(model.id, "config.json", revision=model.revision)).read_text())
+            require_access(model.id, "model", model.revision)
+            data = json.loads(Path(hf_hub_download(model.id, "config.json", revision=model.revision,
+                                                   token=token())).read_text())
     data = data.get("text_config", data)
     h, layers = data["hidden_size"], data["num_hidden_layers"]
     heads = data.get("num_attention_heads", 1)

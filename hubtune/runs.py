@@ -4,7 +4,7 @@ and the UI all read a run the same way.
     runs/20260101-120000/
       config.yaml          the resolved run config (typed: RunFolder.config)
       state.json           status, owner, last error, pushes
-      .lock                pid and host of the process writing the run (train, eval)
+      .lock                pid, host and boot id of the process writing the run (train, eval)
       data_report.json     what each data step removed
       data/train.jsonl     the prepared training rows, and data/validation.jsonl the held-out ones
       initial_eval.json    held-out loss before any update
@@ -291,8 +291,8 @@ class RunFolder:
         if not self.writer:
             yield self  # the main process holds the lock for all of a launch's processes
             return
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command,
-              "process_start": _process_start(os.getpid())}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": boot_id(), "started": _now(),
+              "command": command, "process_start": _process_start(os.getpid())}
         f = self.path / self.LOCK
         for _ in range(2):
             try:
@@ -414,17 +414,38 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def boot_id() -> str | None:
+    """This boot of this machine (Linux): a lock from an earlier boot is stale whatever its pid."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def _alive(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname():
-        return True  # another machine's process: cannot tell, so assume it lives
+        # Another machine's process: on a shared folder it may live. A Space's disk is its own, so a lock
+        # from another host there was left by the Space before a restart moved it.
+        return not os.environ.get("SPACE_ID")
+    return local_holder_pid(holder) is not None
+
+
+def local_holder_pid(holder: dict) -> int | None:
+    """The pid of the lock's holder when it is a live process of this machine's current boot and the very
+    process that took the lock (its start time matches); None otherwise. The only pid that may be signalled."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    recorded_boot = holder.get("boot_id")
+    if recorded_boot is not None and recorded_boot != boot_id():
+        return None
     pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return False
+    if not isinstance(pid, int) or pid <= 0:
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
-        return True
+        return pid
     started = holder.get("process_start")
-    return started is None or started == _process_start(pid)
+    return pid if started is None or started == _process_start(pid) else None

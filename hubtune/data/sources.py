@@ -126,7 +126,17 @@ def _card_split(root: Path, source: DataSource, configs: list[dict]) -> list[Pat
         raise DataError(f"{source.path} (config {wanted!r}): no split {source.split!r}; "
                         f"available: {splits} (set the source's `split`)")
     globs = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
-    return sorted({p for g in globs for p in root.glob(g) if p.is_file()})
+    return sorted({p for g in globs for p in root.glob(_inside(g, root, source)) if p.is_file()})
+
+
+def _inside(pattern, root: Path, source: DataSource) -> str:
+    """A card's data_files pattern, which must stay inside the dataset's folder: relative, without `..`."""
+    parts = Path(str(pattern)).parts
+    if not isinstance(pattern, str) or not pattern or Path(pattern).is_absolute() or ".." in parts:
+        raise DataError(f"{source.path}: the card's data_files pattern {pattern!r} points outside the dataset "
+                        f"({root.name}); a pattern is a path relative to the dataset's root, such as "
+                        f"data/train-*.parquet")
+    return pattern
 
 
 def _split_of(rel: Path) -> str | None:
