@@ -322,3 +322,33 @@ def test_what_axolotl_cannot_express_is_an_error(tmp_path, capsys):
     assert main(["config", "export", str(path), "--to", "axolotl"]) == 2
     err = capsys.readouterr().err
     assert "data.val_set_size: 8 rows" in err and "prompt_completion has no Axolotl dataset type" in err
+
+
+@pytest.mark.parametrize("datasets,extra,named", [
+    ([{"path": "org/prefs", "type": "chatml.intel"}, {"path": "org/kto", "type": "llama3.argilla"}], {"rl": "dpo"},
+     ["org/prefs (type chatml.intel)", "org/kto (type llama3.argilla)"]),
+    (None, {"pretraining_dataset": [{"path": "org/web", "type": "pretrain"}]}, ["pretraining_dataset"]),
+])
+def test_a_config_without_a_readable_dataset_is_refused_even_when_ignoring(datasets, extra, named, tmp_path, capsys):
+    path = write_guide(tmp_path, **extra)
+    data = yaml.safe_load(path.read_text())
+    data["datasets"] = datasets
+    path.write_text(yaml.safe_dump(data))
+    for args in (["train", str(path), "--ignore-unsupported", "training.max_steps=1"],
+                 ["config", "convert", str(path), "--ignore-unsupported", "--out", str(tmp_path / "c.yaml")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "hubtune never substitutes one" in err and all(n in err for n in named), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c.yaml").exists()
+
+
+def test_export_writes_hubtune_assets_as_references_never_as_package_paths(tmp_path, capsys):
+    out = tmp_path / "axolotl.yml"
+    assert main(["config", "export", str(ROOT / "examples" / "invoices.yaml"), "--to", "axolotl", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert str(cfg.ASSETS) not in text and "site-packages" not in text
+    exported = yaml.safe_load(text)
+    assert exported["base_model"] == "hubtune:tiny-llama"
+    assert exported["datasets"][0]["path"] == "hubtune:data/invoices/train.jsonl"
+    err = capsys.readouterr().err
+    assert "Axolotl cannot read: base_model: hubtune:tiny-llama; datasets[0].path: hubtune:data/invoices" in err

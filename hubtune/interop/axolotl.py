@@ -78,14 +78,17 @@ WHY = {  # the fix for the most common keys hubtune cannot honour
 
 
 class UnsupportedAxolotlKeys(ConfigError):
-    """Axolotl keys hubtune cannot honour, all of them at once, each with why or what to do."""
+    """Axolotl keys hubtune cannot honour, all of them at once, each with why or what to do.
+    `blocking`: the config has no dataset hubtune can read, which --ignore-unsupported cannot skip."""
 
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None, blocking: bool = False):
         super().__init__(problems, source)
         where = f"{source}: " if source else ""
         lines = [f"{where}{len(problems)} Axolotl key{'s' if len(problems) != 1 else ''} hubtune cannot honour:"]
         lines += [f"  {key}: {why}" for key, why in problems]
-        lines.append("Remove them from the config, or train without them with --ignore-unsupported.")
+        lines.append("No dataset is left to train on; hubtune never substitutes one. Point datasets at data of a "
+                     "type hubtune reads." if blocking else
+                     "Remove them from the config, or train without them with --ignore-unsupported.")
         self.args = ("\n".join(lines),)
 
 
@@ -102,6 +105,10 @@ class Translation:
         """The validated RunConfig (overrides on top); UnsupportedAxolotlKeys unless ignore_unsupported."""
         if self.unsupported and not ignore_unsupported:
             raise UnsupportedAxolotlKeys(self.unsupported, self.source)
+        if not cfg.merge(self.tree, cfg.parse_overrides(overrides or [])).get("data", {}).get("sources"):
+            # Leaving data.sources out would fill in hubtune's demo data: a run on data nobody named.
+            raise UnsupportedAxolotlKeys(self.unsupported or [("datasets", "missing: list at least one dataset: "
+                                                               "[{path, type}]")], self.source, blocking=True)
         return cfg.build(self.tree, overrides, source=self.source)
 
     def report(self, ignored: bool = False) -> str:
@@ -288,6 +295,10 @@ class _Reader:
                 columns.append(got[2])
         if sources:
             data["sources"] = sources
+        else:
+            named = ", ".join(f"{e.get('path')} (type {e.get('type')})" if isinstance(e, dict) else str(e)
+                              for e in entries)
+            self.refuse("datasets", f"none of them is data hubtune can read: {named}")
         if len(set(formats)) == 1:
             data["format"] = formats[0]
         elif formats:
@@ -427,8 +438,14 @@ class _Reader:
         for key, value in self.data.items():
             if value is None or key in NO_EFFECT or value in MATCHING.get(key, ()):
                 continue
-            shown = value if not isinstance(value, (dict, list)) else "..."
-            self.refuse(key, f"{shown!r}: {WHY.get(key, 'hubtune has no such setting')}")
+            self.refuse(key, f"{shown(value)}: {WHY.get(key, 'hubtune has no such setting')}")
+
+
+def shown(value: Any) -> str:
+    """A value in full, as YAML writes it on one line (a dict of tokens or plugins included)."""
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return repr(value)
 
 
 # ---- hubtune -> Axolotl -------------------------------------------------------------------------
@@ -512,8 +529,18 @@ def hubtune_only(axolotl: dict) -> list[str]:
 
 
 def _axolotl_path(ref: str) -> str:
-    """hubtune:<asset> is hubtune's own; Axolotl reads the file it stands for."""
-    return cfg.resolve_builtin(ref)
+    """A `hubtune:<asset>` reference is written as it is, never as the file inside the installed package
+    (a path that holds on this machine only); `hubtune_assets` names them for the user to replace."""
+    return ref
+
+
+def hubtune_assets(axolotl: dict) -> list[str]:
+    """The keys of an exported Axolotl config that name one of hubtune's own assets (hubtune:...), which
+    Axolotl cannot read: the user points them at a Hub repo or a file of their own."""
+    found = [f"base_model: {axolotl['base_model']}"] if str(axolotl.get("base_model", "")).startswith("hubtune:") else []
+    found += [f"datasets[{i}].path: {d['path']}" for i, d in enumerate(axolotl.get("datasets") or [])
+              if str(d.get("path", "")).startswith("hubtune:")]
+    return found
 
 
 def _axolotl_dataset(source: cfg.DataSource, fmt: str, columns: dict, where: str,
