@@ -333,6 +333,22 @@ def _corrupt_weights(err: BaseException, context: dict) -> HubtuneError:
                             f"`hf cache scan` lists them).")
 
 
+def _is_unsafe_pickle(err: BaseException, context: dict) -> bool:
+    import pickle
+
+    return isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)
+
+
+def _unsafe_pickle(err: BaseException, context: dict) -> HubtuneError:
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = f" (it would build {found.group(1)})" if found else ""
+    return ModelFolderError(f"a pickled weights file was refused{what}: it holds objects beyond plain tensors, "
+                            f"which is how a pickle runs code when loaded. Use safetensors weights from a source you "
+                            f"trust; hubtune does not load such a file.")
+
+
 def _is_remote_code(err: BaseException, context: dict) -> bool:
     return isinstance(err, ValueError) and "trust_remote_code" in str(err)
 
@@ -398,6 +414,7 @@ FOREIGN_ERRORS: tuple[Row, ...] = (
     ("httpx TransportError (no connection to the Hub)", _is_hub_unreachable, _hub_unreachable),
     ("JSONDecodeError / UnicodeDecodeError of a Hub answer", _is_garbled, _garbled),
     ("safetensors SafetensorError (damaged weights)", _is_corrupt_weights, _corrupt_weights),
+    ("pickle UnpicklingError from torch.load(weights_only=True)", _is_unsafe_pickle, _unsafe_pickle),
     ("ValueError asking for trust_remote_code", _is_remote_code, _remote_code),
     ("transformers: a model folder without config.json (OSError / ValueError)", _is_missing_model_file,
      _missing_model_file),

@@ -388,6 +388,7 @@ def check_model_folder(folder: str | Path, model: ModelSection) -> None:
     except (ValueError, OSError) as err:
         raise ModelFolderError(f"{name}: {folder / 'config.json'} is not readable JSON ({err}); {whole}") from None
     _check_model_code(config, name, model.trust_remote_code)
+    check_sizes(config, f"{name}: {folder / 'config.json'}")
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise ModelFolderError(f"{name}: no *.safetensors weights in {folder} (found: {found}); hubtune loads only "
@@ -403,6 +404,21 @@ def check_model_folder(folder: str | Path, model: ModelSection) -> None:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFolderError(f"{name}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}; found: "
                                f"{found}); copy the tokenizer files from the model's repo into the folder")
+
+
+SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+             "vocab_size", "head_dim")
+
+
+def check_sizes(config: dict, where: str) -> None:
+    """A config.json's sizes are positive whole numbers: 0 or -40 layers would divide by zero deep in a
+    model's code, or give a negative memory estimate."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    bad = [f"{k}: {text[k]!r}" for k in SIZE_KEYS
+           if text.get(k) is not None and (isinstance(text[k], bool) or not isinstance(text[k], int) or text[k] < 1)]
+    if bad:
+        raise ModelFolderError(f"{where}: {'; '.join(bad)}: each must be a positive whole number. The file is damaged "
+                               f"or hand-edited: restore it from the model's repo")
 
 
 def _check_model_code(config: dict, name: str, trust_remote_code: bool) -> None:

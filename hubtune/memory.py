@@ -189,6 +189,9 @@ def read_architecture(model: str, revision: str | None = None) -> Architecture:
 
 def architecture(config: dict, name: str = "config.json") -> Architecture:
     """The architecture of a config.json, with transformers' defaults for the keys it leaves out."""
+    from hubtune.hub import check_sizes
+
+    check_sizes(config, name)
     full = _with_defaults(config)
     text = full.get("text_config") or full
     model_type = text.get("model_type") or full.get("model_type")

@@ -58,6 +58,7 @@ class DatasetRecord(BaseModel):
     name: str | None = None
     revision: str | None = None  # as configured (a branch, tag, or None for main)
     revision_sha: str | None = None  # the commit the rows were read at; None for local data
+    sha256: str | None = None  # a local file's content when it was read, to recognise it wherever it moves
 
 
 class RunSummary(BaseModel):
@@ -138,12 +139,40 @@ class RunFolder:
         if missing:
             raise HubtuneError(f"{self.path} is not a finished run ({self.status.value}): missing {', '.join(missing)}. "
                                f"Finish it with `hubtune train --resume {self.path}`")
+        self.check_adapter_weights()
         return self
+
+    def check_adapter_weights(self) -> None:
+        """The adapter's weights are one whole safetensors file. A pickled one (adapter_model.bin) is refused
+        before anything loads it: unpickling is how such a file would run code."""
+        from hubtune.errors import ModelFolderError
+
+        weights = self.adapter / "adapter_model.safetensors"
+        restore = (f"restore the adapter folder from where it was published, or train it again "
+                   f"(`hubtune train --resume {self.path}` continues from its last checkpoint)")
+        if not weights.is_file():
+            pickled = sorted(p.name for p in self.adapter.glob("adapter_model*.bin")) if self.adapter.is_dir() else []
+            if pickled:
+                raise ModelFolderError(f"{self.adapter} holds pickled weights ({', '.join(pickled)}), not "
+                                       f"adapter_model.safetensors; hubtune loads adapters only from safetensors, "
+                                       f"which hold tensors and nothing that runs. Save the adapter as safetensors "
+                                       f"(PEFT's save_pretrained does by default), or {restore}")
+            raise ModelFolderError(f"{weights} is missing: the run's adapter has no weights; {restore}")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors' own error type: a cut-short or garbled file
+            raise ModelFolderError(f"{weights} is damaged ({err}): it was cut short or is not safetensors; "
+                                   f"{restore}") from None
 
     # ---- what it holds ------------------------------------------------------------------------------
     @cached_property
     def config(self) -> cfg.RunConfig:
-        return cfg.load(self.path / self.CONFIG)
+        """The run's config as it was trained. Its data paths are a record, not a requirement: push, eval,
+        merge and export read the prepared data inside the run folder, wherever the sources have gone."""
+        return cfg.load(self.path / self.CONFIG, check_paths=False)
 
     @property
     def adapter(self) -> Path:

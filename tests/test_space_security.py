@@ -317,3 +317,144 @@ def test_a_hanging_chat_template_is_stopped_by_its_budget(bpe_tokenizer_dir, tmp
     except subprocess.TimeoutExpired:
         pytest.fail("`hubtune data check --model` hung on the chat template")
     assert done.returncode == 2 and "ran past its budget of 1 s" in done.stderr, done.stderr[-2000:]
+
+
+# ---- a finished run stands on its own ----------------------------------------------------------------------
+def test_a_finished_run_works_after_its_training_file_moved(eval_run, tmp_path, cli, hub, hub_token):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "volume" / "run"  # HUBTUNE_HOME moved to a volume, the training file left behind
+    shutil.copytree(eval_run, run, ignore=shutil.ignore_patterns("eval*", "human_eval*", ".lock", "checkpoints"))
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree["data"]["sources"] = [{"path": "data/invoices.jsonl"}]  # relative to a folder it is no longer run from
+    tree["data"]["val_set_size"] = 0.1  # a share, which an Axolotl config can hold
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    exported = cli("config", "export", run, cwd=elsewhere)
+    assert exported.returncode == 0 and "datasets:" in exported.stdout, exported.stderr
+    merged = cli("merge", run, "--out", tmp_path / "merged", cwd=elsewhere)
+    assert merged.returncode == 0, merged.stderr
+    evaluated = cli("eval", run, "eval.tasks=[]", "eval.regression_set=null", "--limit", "2", cwd=elsewhere)
+    assert evaluated.returncode in (0, 3) and (run / "eval.json").is_file(), evaluated.stderr
+    repo = unique("alice/moved-run")
+    record = json.loads((run / "summary.json").read_text())["datasets"][0]
+    assert len(record["sha256"]) == 64  # the file's content as trained, to recognise it wherever it moves
+    recorded = record["path"]  # the path it was trained from
+    pushed = cli("push", run, "--repo", repo, "--acknowledge", recorded, cwd=elsewhere)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "adapter_model.safetensors" in hub.files(repo)
+
+
+# ---- messages: typed, saying what to do, never weakening a safety check -----------------------------------
+def finished_copy(eval_run, tmp_path, name="run"):
+    import shutil
+
+    run = tmp_path / name
+    shutil.copytree(eval_run, run, ignore=shutil.ignore_patterns("eval*", "human_eval*", ".lock", "checkpoints"))
+    return run
+
+
+def test_adapter_weights_pickled_missing_or_cut_short_are_typed(eval_run, tmp_path, cli):
+    import datetime
+
+    import torch
+
+    pickled = finished_copy(eval_run, tmp_path, "pickled")
+    (pickled / "adapter" / "adapter_model.safetensors").unlink()
+    torch.save({"base_model.model.x": torch.zeros(1), "when": datetime.date(2026, 1, 1)},
+               pickled / "adapter" / "adapter_model.bin")
+    cut = finished_copy(eval_run, tmp_path, "cut")
+    weights = cut / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    missing = finished_copy(eval_run, tmp_path, "missing")
+    (missing / "adapter" / "adapter_model.safetensors").unlink()
+    for run, says in ((pickled, "holds pickled weights (adapter_model.bin)"), (cut, "is damaged"),
+                      (missing, "adapter_model.safetensors is missing")):
+        for command in (("merge", run, "--out", tmp_path / f"merged-{run.name}"), ("eval", run, "--limit", "1")):
+            result = cli(*command)
+            text = result.stdout + result.stderr
+            assert result.returncode == 2 and says in text, (command, text[-1500:])
+            assert "unexpected" not in text and "weights_only=False" not in text and "likely succeed" not in text
+
+
+def test_a_resumed_run_with_an_edited_lora_rank_is_a_config_error(eval_run, tmp_path, cli):
+    import shutil
+
+    import yaml
+
+    run = finished_copy(eval_run, tmp_path)
+    (run / "summary.json").unlink()  # interrupted at step 2
+    shutil.copytree(run / "adapter", run / "checkpoints" / "checkpoint-2")
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    was = tree["lora"]["r"]
+    tree["lora"]["r"] = was * 2
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    result = cli("train", "--resume", run)
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert f"lora.r: {was * 2} here, but checkpoint-2 was saved with {was}" in result.stderr
+    assert "unexpected" not in result.stderr
+
+
+@pytest.mark.parametrize("key,value", [("num_attention_heads", 0), ("num_hidden_layers", -40)])
+def test_impossible_model_sizes_are_refused_not_estimated(tmp_path, cli, key, value):
+    import shutil
+
+    from hubtune.refs import resolve_builtin
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_builtin("hubtune:tiny-llama"), model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, key: value}))
+    result = cli("estimate", model)
+    text = result.stdout + result.stderr
+    assert result.returncode == 2 and f"{key}: {value}: each must be a positive whole number" in text, text[-1500:]
+    assert "fits" not in result.stdout and "unexpected" not in text
+
+
+def test_a_csv_with_a_million_columns_gets_a_short_message(tmp_path, cli):
+    header = ",".join(f"column_{i}" for i in range(1_000_000))
+    path = tmp_path / "wide.csv"
+    path.write_text(header + "\n" + ",".join("1" for _ in range(1_000_000)) + "\n")
+    result = cli("data", "check", path)
+    assert result.returncode == 2 and "(1,000,000 columns in all)" in result.stderr
+    assert len(result.stderr) < 5000
+
+
+def upload(client, path):
+    from gradio_client import handle_file
+
+    return client.predict("hubtune:tiny-llama", "", handle_file(str(path)), "auto", "", "personal",
+                          api_name="/check_data")
+
+
+def test_uploads_are_checked_against_their_budget_before_they_are_read(space, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HUBTUNE_UPLOAD_MAX_MB", "50")
+    app = space()
+    alice = person(app, HUB_TOKEN)
+    bomb = tmp_path / "bomb.parquet"  # one 100 kB value, dictionary-encoded, repeated: 200 MB once decoded
+    value = "x" * 100_000
+    pq.write_table(pa.table({"instruction": [value] * 2000, "output": ["y"] * 2000}), bomb, use_dictionary=True,
+                   compression="zstd")
+    assert bomb.stat().st_size < 50_000
+    fmt, rows, *_ = upload(alice, bomb)
+    assert "more than 50 MB of values once decoded" in fmt and not rows["data"], fmt
+    long_line = tmp_path / "long.jsonl"
+    long_line.write_text(json.dumps({"instruction": "a" * 3_000_000, "output": "b"}) + "\n")
+    fmt, rows, *_ = upload(alice, long_line)
+    assert "line 1 is longer than 1 MB" in fmt and not rows["data"], fmt
+
+
+def test_a_line_too_long_to_read_is_a_data_error_not_a_memory_error(tmp_path, cli):
+    import gzip
+
+    path = tmp_path / "one-line.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"instruction": "a" * 3_000_000, "output": "b"}) + "\n")
+    result = cli("data", "check", path, env={"HUBTUNE_MAX_LINE_MB": "1"})
+    assert result.returncode == 2 and "line 1: longer than 1 MB (HUBTUNE_MAX_LINE_MB)" in result.stderr, result.stderr

@@ -46,6 +46,7 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     if not (run.adapter / "adapter_config.json").is_file():
         raise EvalError(f"{run.adapter} holds no adapter_config.json; finish the run with "
                         f"`hubtune train --resume {run.path}`")
+    run.check_adapter_weights()
     base = load_base(run.config.model, quantization)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     model.eval()

@@ -110,8 +110,10 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             return h.try_prompting(model, source, fmt, columns, use, limit)
 
     def start(config_text, push_to, session):
-        if space and not session.user:
-            return None, "Sign in with Hugging Face to start a run: on a shared Space each run belongs to its owner."
+        try:
+            gate.require_user(session, "start a run")
+        except HubtuneError as err:
+            return None, h.problem(err)
         with session.hub():
             return h.start_training(config_text, push_to, session, runner, root, gate)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from hubtune import config as cfg
+from hubtune.data.limits import check_upload
 from hubtune.errors import ConfigError, HubtuneError
 from hubtune.runs import RunFolder, Status
 from hubtune.ui import hosting, views
@@ -70,6 +71,7 @@ def source_of(dataset: str, upload: str | None, session: Session, root: Path) ->
                                f"Put larger datasets on the Hub and give their id")
         if not src.name.lower().endswith((".jsonl", ".json", ".csv", ".parquet")):
             raise HubtuneError(f"{src.name}: upload a .jsonl, .json, .csv or .parquet file")
+        check_upload(src)
         dest = root / ".uploads" / safe_name(session.user or "local") / safe_name(src.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
