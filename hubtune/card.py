@@ -112,9 +112,10 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
 
 
 def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE,
-               licence_files: list[str] | None = None):
+               licence_files: list[str] | None = None, ancestor_files: list[dict] | None = None):
     """The full ModelCard (metadata + body rendered from the package's Jinja template).
-    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet)."""
+    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet);
+    `ancestor_files`: those of the base's ancestors (see publish.copy_ancestor_licence_files)."""
     from huggingface_hub import ModelCard, constants
 
     data = card_data(run, repo_id, verdict, merged)
@@ -141,6 +142,7 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         licence_copy_clauses=[t.at(t.copy_required) for t in base_finding.terms if t.copy_required],
         method={"lora": "LoRA", "qlora": "QLoRA"}[s.method],
         datasets=datasets, built_with=verdict.attributions, obligations=verdict.obligations,
+        lineage=base_finding.repo.chains(), conditions=verdict.conditions, ancestor_files=ancestor_files or [],
         verdict=verdict.verdict, use=verdict.use,
         lora=config.lora, training=config.training, model_section=config.model,
         trainable=s.trainable_parameters, total=s.total_parameters,
@@ -184,6 +186,8 @@ def repo_licences(run: RunFolder):
     from hubtune import licence
 
     s = run.summary
-    model = licence.read_licence(s.base_model, "model", s.base_revision)
+    recorded = (s.licence or {}).get("repos") or [{}]
+    pins = {a["repo"]: a["revision"] for a in recorded[0].get("ancestors", []) if a.get("revision")}
+    model = licence.read_licence(s.base_model, "model", s.base_revision, pins=pins)
     datasets = [licence.read_licence(d.path, "dataset", d.revision_sha or d.revision) for d in s.datasets]
     return model, datasets
