@@ -538,7 +538,8 @@ def repo_texts(repo_id: str, repo_type: str = "model", revision: str | None = No
     out = RepoTexts(None, {}, [])
     try:
         with hub_errors(repo_id, repo_type, revision):
-            names = call(HfApi().list_repo_files, repo_id, repo_type=repo_type, revision=revision)
+            require_access(repo_id, repo_type, revision)
+            names = call(HfApi(token=token()).list_repo_files, repo_id, repo_type=repo_type, revision=revision)
     except (HubtuneError, hf.HfHubHTTPError) as err:
         out.unread.append(f"its file list: {err}")
         return out
@@ -549,7 +550,7 @@ def repo_texts(repo_id: str, repo_type: str = "model", revision: str | None = No
             continue
         try:
             with hub_errors(repo_id, repo_type, revision):
-                path = call(hf_hub_download, repo_id, name, repo_type=repo_type, revision=revision)
+                path = call(hf_hub_download, repo_id, name, repo_type=repo_type, revision=revision, token=token())
         except (HubtuneError, hf.HfHubHTTPError, OSError) as err:
             out.unread.append(f"{name}: {err}")
             continue

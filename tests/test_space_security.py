@@ -380,21 +380,22 @@ def test_adapter_weights_pickled_missing_or_cut_short_are_typed(eval_run, tmp_pa
             assert "unexpected" not in text and "weights_only=False" not in text and "likely succeed" not in text
 
 
-def test_a_resumed_run_with_an_edited_lora_rank_is_a_config_error(eval_run, tmp_path, cli):
+def test_a_resumed_run_with_an_edited_lora_rank_is_a_config_error(eval_run, tmp_path, cli, one_torch_thread):
     import shutil
 
     import yaml
 
-    run = finished_copy(eval_run, tmp_path)
-    (run / "summary.json").unlink()  # interrupted at step 2
-    shutil.copytree(run / "adapter", run / "checkpoints" / "checkpoint-2")
+    run = tmp_path / "run"
+    shutil.copytree(eval_run, run, ignore=shutil.ignore_patterns("eval*", "human_eval*", ".lock"))
+    (run / "summary.json").unlink()  # stopped after its last checkpoint (step 12), before the summary
+    saved = next((run / "checkpoints").glob("checkpoint-*")).name
     tree = yaml.safe_load((run / "config.yaml").read_text())
     was = tree["lora"]["r"]
     tree["lora"]["r"] = was * 2
     (run / "config.yaml").write_text(yaml.safe_dump(tree))
     result = cli("train", "--resume", run)
     assert result.returncode == 2, result.stderr[-1500:]
-    assert f"lora.r: {was * 2} here, but checkpoint-2 was saved with {was}" in result.stderr
+    assert f"lora.r: {was * 2} here, but {saved} was saved with {was}" in result.stderr
     assert "unexpected" not in result.stderr
 
 
@@ -455,6 +456,34 @@ def test_a_line_too_long_to_read_is_a_data_error_not_a_memory_error(tmp_path, cl
 
     path = tmp_path / "one-line.jsonl.gz"
     with gzip.open(path, "wt") as f:
-        f.write(json.dumps({"instruction": "a" * 3_000_000, "output": "b"}) + "\n")
+        f.write(json.dumps({"instruction": "a " * 1_500_000, "output": "an answer of several words"}) + "\n")
     result = cli("data", "check", path, env={"HUBTUNE_MAX_LINE_MB": "1"})
     assert result.returncode == 2 and "line 1: longer than 1 MB (HUBTUNE_MAX_LINE_MB)" in result.stderr, result.stderr
+
+
+def test_every_hub_call_in_the_library_names_its_token():
+    """In the app each Hub call must act with the session's token (hubtune.hub.token()), never fall back to
+    the process's: a call to huggingface_hub without `token=` is what let the owner's HF_TOKEN serve visitors."""
+    import ast
+    from pathlib import Path
+
+    import hubtune
+
+    hub_functions = {"HfApi", "hf_hub_download", "snapshot_download", "get_hf_file_metadata", "InferenceClient"}
+
+    def name(node):
+        return getattr(node, "id", None) or getattr(node, "attr", None)
+
+    def names_token(call):
+        return any(k.arg in ("token", "api_key", "local_files_only") for k in call.keywords)
+
+    missing = []
+    for path in Path(hubtune.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            direct = name(node.func) in hub_functions
+            passed = bool(node.args) and name(node.args[0]) in hub_functions and not isinstance(node.args[0], ast.Call)
+            if (direct or passed) and not names_token(node):
+                missing.append(f"{path.relative_to(Path(hubtune.__file__).parent)}:{node.lineno}")
+    assert not missing, f"Hub calls without token=: {missing}"

@@ -105,7 +105,11 @@ class Judge:
         else:
             from huggingface_hub import InferenceClient
 
-            self._client = InferenceClient(model=spec, timeout=timeout)
+            from hubtune.hub import token
+
+            # A Hub model id is served by the Hub's Inference Providers: the Hub token is its key. Judges run
+            # in `hubtune eval`, whose environment holds only its own user's token.
+            self._client = InferenceClient(model=spec, timeout=timeout, token=token() or None)
 
     def _send(self, messages: list[dict]) -> str:
         if self._client is None:
