@@ -143,6 +143,7 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         method={"lora": "LoRA", "qlora": "QLoRA"}[s.method],
         datasets=datasets, built_with=verdict.attributions, obligations=verdict.obligations,
         lineage=base_finding.repo.chains(), conditions=verdict.conditions, ancestor_files=ancestor_files or [],
+        named_copies=_named_copies(base_finding.repo),
         verdict=verdict.verdict, use=verdict.use,
         lora=config.lora, training=config.training, model_section=config.model,
         trainable=s.trainable_parameters, total=s.total_parameters,
@@ -154,6 +155,24 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
     )
+
+
+def _named_copies(repo) -> list[dict]:
+    """Licences the card text of the base (or of an ancestor) says it derives from, with no repo to copy
+    their files from, whose text must go with every derivative: {"name", "clause", "link", "quote"}."""
+    from hubtune.licence_terms import family_terms, lookup
+
+    out, seen = [], set()
+    for r in [repo, *(a for _, a in repo.ancestors())]:
+        for claim in (r.card.claims if r.card else []):
+            if claim.kind != "lineage":
+                continue
+            for i in claim.licences:
+                t = lookup(i) or family_terms(i)
+                if t is not None and t.copy_required and t.id not in seen:
+                    seen.add(t.id)
+                    out.append({"name": t.name, "clause": t.at(t.copy_required), "link": t.link, "quote": claim.quote})
+    return out
 
 
 def _link(finding) -> str | None:

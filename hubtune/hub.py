@@ -531,26 +531,31 @@ def repo_texts(repo_id: str, repo_type: str = "model", revision: str | None = No
     in `unread`."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import errors as hf
+    from huggingface_hub.hf_api import RepoFile
 
     from hubtune.errors import HubtuneError
     from hubtune.licence_texts import MAX_TEXT_CHARS, wanted
 
     out = RepoTexts(None, {}, [])
-    try:
+    try:  # the top level only: a dataset may hold many thousands of files below it
         with hub_errors(repo_id, repo_type, revision):
             require_access(repo_id, repo_type, revision)
-            names = call(HfApi(token=token()).list_repo_files, repo_id, repo_type=repo_type, revision=revision)
+            names = [e.path for e in call(lambda: list(HfApi(token=token()).list_repo_tree(
+                repo_id, repo_type=repo_type, revision=revision, recursive=False))) if isinstance(e, RepoFile)]
     except (HubtuneError, hf.HfHubHTTPError) as err:
         out.unread.append(f"its file list: {err}")
         return out
     linked = _link_path(repo_id, repo_type, license_link)
-    picked = [n for n in names if wanted(n)] + ([linked] if linked in names and not wanted(linked) else [])
-    for name in ["README.md", *picked]:
-        if name not in names:
+    picked = [n for n in names if wanted(n)] + ([linked] if linked and not wanted(linked) else [])
+    for name in dict.fromkeys(["README.md", *picked]):
+        if name not in names and "/" not in name:
             continue
         try:
             with hub_errors(repo_id, repo_type, revision):
                 path = call(hf_hub_download, repo_id, name, repo_type=repo_type, revision=revision, token=token())
+        except hf.EntryNotFoundError:
+            out.unread.append(f"{name}: not in the repo (named by license_link)")
+            continue
         except (HubtuneError, hf.HfHubHTTPError, OSError) as err:
             out.unread.append(f"{name}: {err}")
             continue

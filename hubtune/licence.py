@@ -77,14 +77,26 @@ class RepoLicence:
                 out += link.parent.ancestors()
         return out
 
-    def chains(self, head: str | None = None) -> list[str]:
-        """The lineage as lines: "a/b (mit) ← derived from meta-llama/Llama-3.1-8B (llama3.1)"."""
-        head = head or f"{self.ref} ({self.licence})"
+    def chains(self) -> list[str]:
+        """The lineage as lines: "a/b (mit) ← derived from meta-llama/Llama-3.1-8B (llama3.1)". A sentence
+        that several generations' cards repeat is shown once, on the shortest line."""
+        lines = self._chains()
+        said = ", the card says: "
+        shortest: dict[str, str] = {}
+        for line in lines:
+            if said in line:
+                quote = line.split(said, 1)[1]
+                if quote not in shortest or len(line) < len(shortest[quote]):
+                    shortest[quote] = line
+        return [ln for ln in lines if said not in ln or shortest[ln.split(said, 1)[1]] == ln]
+
+    def _chains(self) -> list[str]:
+        head = f"{self.ref} ({self.licence})"
         lines = []
         for link in self.parents:
             rel = RELATIONS.get(link.relation, link.relation)
             if link.parent is not None:
-                tails = link.parent.chains() or [f"{link.parent.ref} ({link.parent.licence})"]
+                tails = link.parent._chains() or [f"{link.parent.ref} ({link.parent.licence})"]
                 lines += [f"{head} ← {rel} {tail}" for tail in tails]
             else:
                 lines.append(f"{head} ← {rel} {link.ref} (not read: {link.note})")
@@ -135,6 +147,7 @@ class Finding:
     attributions: list[str] = field(default_factory=list)
     terms: list[Terms] = field(default_factory=list)  # what the repo's licences (and its ancestors') were read as
     conditions: list[str] = field(default_factory=list)  # actions the user confirms, each ending with its clause
+    applied: dict[str, bool] = field(default_factory=dict)  # licence id -> applied as resting on its text
 
     @property
     def reasons(self) -> list[str]:
@@ -283,7 +296,8 @@ def _read_texts(found: RepoLicence, texts) -> None:
     for name, text in sorted(texts.files.items()):
         known = recognise(text)
         found.text_licences += [(k, name) for k in known]
-        if not known and not name.upper().startswith("NOTICE"):  # a NOTICE names, it does not grant
+        # A NOTICE names a licence and a use policy lists forbidden acts: neither grants or limits a use.
+        if not known and not name.upper().startswith(("NOTICE", "USE_POLICY")):
             found.clauses += decisive_clauses(text, name)
     if texts.readme:
         found.card = read_card(texts.readme, found.ref.rstrip("/").split("/")[-1])
@@ -394,6 +408,8 @@ def _judge(f: Finding, r: RepoLicence, use: str, publish: bool, role: str, label
         f.terms.append(t)
         if t.acknowledge and not (read and not t.reading):
             _to_acknowledge(f, r, t, publish)
+        if any(_fam(x) == _fam(t) and x.id != t.id for x, _ in read):
+            continue  # its licence file names the same licence more precisely (EXAONE 1.1-NC for `exaone`)
         if not t.acknowledge or t.reading:
             # A restriction its own licence text confirms rests on the text: it cannot be acknowledged away.
             _apply(f, t, use, publish, label.format(name=t.name),
@@ -502,6 +518,10 @@ def _apply(f: Finding, t: Terms, use: str, publish: bool, label: str, hard: bool
     """The rules of one licence on one repo (`ref`: whose licence it is, the finding's repo or an ancestor)."""
     ref = ref or f.repo.ref
     dataset = f.repo.repo_type == "dataset"
+    before = f.applied.get(t.id)
+    if before is not None and (before or not hard):
+        return  # the same licence, met again up the lineage: its rules are on the finding already
+    f.applied[t.id] = hard or bool(before)
     if use not in t.uses:
         inherits = "; the adapter inherits that restriction" if dataset else ""
         f.raise_to("block", f"{label} does not permit {use} use{inherits}", "use-not-permitted",

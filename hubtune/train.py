@@ -167,6 +167,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
+    if cpu:
+        torch.set_num_threads(hardware.cpu_threads(distributed.local_world_size()))
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
@@ -185,7 +187,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
         new_tokens = add_tokens(tokenizer, config.model)
         if new_tokens:
-            display.note(f"added to the vocabulary (embedding and output rows trained): {', '.join(new_tokens)}")
+            display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
+                         f"{', '.join(new_tokens)}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)

@@ -105,6 +105,8 @@ NOTED = {
     "flash_attn_fuse_mlp": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
     "flash_attn_fuse_qkv": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
     "torch_compile": "hubtune does not compile the model with torch.compile (speed only)",
+    "fused_attn_kernel": "Axolotl's fused RMSNorm + RoPE kernel only speeds up the same computation; hubtune runs "
+                         "transformers' own",
     "torch_compile_mode": "hubtune does not compile the model with torch.compile (speed only)",
     "ddp_find_unused_parameters": "hubtune lets DDP expect a gradient for every LoRA weight (each gets one every step)",
     "loss_watchdog_threshold": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
@@ -133,8 +135,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "tokenizer_legacy": "hubtune loads the tokenizer as the base saved it",
     "quantize_moe_experts": "hubtune quantizes linear layers; stacked mixture-of-experts weights stay as the base saved them",
     "use_kernels": "kernels downloaded from the Hub (the kernels package) are code hubtune does not run",
-    "fused_attn_kernel": "a fused attention kernel from Axolotl: hubtune runs transformers' attention",
-    "gemma4_hybrid_attn_impl": "Axolotl's patched Gemma 4 attention: hubtune runs transformers' own",
     "llama4_linearized_experts": "Axolotl's linearised Llama 4 experts (a re-saved base): hubtune loads transformers' own",
     "flex_attn_compile_kwargs": "hubtune does not compile flex attention with custom arguments",
     "dsv4_fp4_grouped_mode": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
@@ -184,12 +184,12 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "neftune_noise_alpha": "hubtune adds no noise to embeddings",
     "freeze_mm_modules": "a vision / audio model: hubtune trains text-only causal language models",
 }
-PLUGINS = {  # Axolotl plugins, by the kernel hubtune runs in their place (None: why not)
+PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (what hubtune does anyway), None (why not)
     "axolotl.integrations.liger.LigerPlugin": ("liger", None),
     "axolotl.integrations.liger.plugin.LigerPlugin": ("liger", None),
     "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": (
-        "liger", "Cut Cross Entropy: hubtune runs Liger's fused linear cross-entropy, which also computes the loss "
-                 "without materialising the logits (the same loss)"),
+        "same", "Cut Cross Entropy: TRL's trainer already computes the loss through a fused, chunked LM head "
+                "without materialising all logits (the same loss)"),
     "axolotl.integrations.kernels.KernelsPlugin": (
         None, "kernels downloaded from the Hub (the kernels package) are code hubtune does not run"),
 }
@@ -670,6 +670,8 @@ class _Reader:
         elif self.data.get("save_strategy") in (None, "epoch"):
             self.take("save_strategy")
             t["saves_per_epoch"] = 1  # Axolotl's default: a checkpoint at the end of each epoch
+        elif self.data.get("save_strategy") == "steps":
+            t["save_steps"] = 500  # transformers' default save_steps, which Axolotl leaves in place
         strategy = self.data.get("save_strategy")
         if strategy == "no":
             self.refuse("save_strategy", "'no': hubtune always keeps checkpoints (save_total_limit of them)")
@@ -684,8 +686,8 @@ class _Reader:
             value = self.take("evals_per_epoch")
             if "eval_steps" not in t:
                 t["evals_per_epoch"] = value
-        elif self.data.get("eval_strategy") == "epoch" or self.data.get("evaluation_strategy") == "epoch":
-            self.take("eval_strategy") or self.take("evaluation_strategy")
+        elif "epoch" in (self.data.get("eval_strategy"), self.data.get("evaluation_strategy")):
+            self.take("eval_strategy"), self.take("evaluation_strategy")
             t["evals_per_epoch"] = 1
         elif "eval_steps" not in t:
             t["evals_per_epoch"] = 0  # Axolotl evaluates during training only when asked
@@ -733,6 +735,12 @@ class _Reader:
             else:
                 self.refuse("attn_implementation", f"{self.take('attn_implementation')!r}: transformers' attention "
                                                    f"hubtune loads: {', '.join(ATTENTION)}")
+        hybrid = self.data.get("gemma4_hybrid_attn_impl") is True
+        if hybrid:
+            self.take("gemma4_hybrid_attn_impl")
+            attention = "sdpa"  # before the flags below: their flash_attention gives way to it
+            self.note("gemma4_hybrid_attn_impl: hubtune runs SDPA in every layer (FlashAttention 2 cannot serve "
+                      "Gemma 4's 512-wide global heads); the same exact attention")
         for key, name in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
                           ("flex_attention", "flex_attention"), ("eager_attention", "eager"),
                           ("xformers_attention", "sdpa")):
@@ -740,7 +748,7 @@ class _Reader:
                 self.take(key)
                 if key == "xformers_attention":
                     self.note(XFORMERS_NOTE)
-                if attention not in (None, name):
+                if attention not in (None, name) and not (hybrid and name == "flash_attention_2"):
                     self.refuse(key, f"True: contradicts attention {attention}")
                 attention = attention or name
         liger = False
@@ -749,13 +757,12 @@ class _Reader:
             kernel, why = PLUGINS.get(str(plugin), (None, "an Axolotl plugin hubtune has no counterpart for"))
             if kernel == "liger":
                 liger = True
-                if why:
-                    self.note(why)
+            elif kernel == "same":
+                self.note(why)
             else:
                 self.refuse("plugins", f"{plugin}: {why}")
         if self.data.get("cut_cross_entropy") is True:
             self.take("cut_cross_entropy")
-            liger = True
             self.note(PLUGINS["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"][1])
         flags = {key: self.take(key) for key in LIGER_FLAGS if self.has(key)}
         if any(flags.values()):
