@@ -299,7 +299,9 @@ def _oom(err: BaseException, context: dict) -> HubtuneError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if context.get("fix"):
         fixes = [context["fix"]]
-    elif (config := context.get("config")) is not None:
+    elif (config := context.get("config")) is not None and (found := _fit_search(config)):
+        fixes = [found]
+    elif config is not None:
         t, d, m = config.training, config.data, config.model
         effective = t.micro_batch_size * t.gradient_accumulation_steps
         fixes = [f"lower training.micro_batch_size (now {t.micro_batch_size}) and raise "
@@ -319,6 +321,22 @@ def _oom(err: BaseException, context: dict) -> HubtuneError:
                  "lower data.max_seq_len", "turn on training.gradient_checkpointing",
                  "load the base in 4 bits (model.quantization: nf4)"]
     return OutOfMemoryError(f"out of accelerator memory ({first}). To fit: " + "; ".join(fixes) + ".")
+
+
+def _fit_search(config) -> str | None:
+    """The memory estimate's fit search for this run on this CUDA device (hubtune.memory.oom_advice); None
+    where it cannot say (no CUDA device, an architecture it does not know), and the settings to lower
+    are listed instead."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        from hubtune import memory
+
+        return memory.oom_advice(config, torch.cuda.get_device_properties(0).total_memory)
+    except Exception:  # advice never hides the error it explains
+        return None
 
 
 def _is_corrupt_weights(err: BaseException, context: dict) -> bool:

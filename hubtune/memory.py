@@ -648,6 +648,23 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
             f"See `hubtune estimate {config.model.id}` for the breakdown")
 
 
+def oom_advice(config, device_bytes: int) -> str | None:
+    """After running out of memory: the nearest settings the fit search finds that need at least a fifth
+    less than this run was estimated to need (the run has shown it needs more than the estimate), within
+    the device. None for an architecture the estimate does not know, or when no change is enough."""
+    try:
+        arch = read_architecture(config.model.id, config.model.revision)
+    except HubtuneError:
+        return None
+    settings = Settings.from_run_config(config)
+    if config.training.gradient_checkpointing == "auto":
+        settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, config.model.id, "cuda",
+                                                                                 device_bytes))
+    target = min(device_bytes, int(0.8 * estimate(arch, settings).total))
+    tip = suggest(arch, settings, target)
+    return f"{tip.change} (estimated {tip.total / GB:.1f} GB)" if tip else None
+
+
 # ---- the field guide's table ------------------------------------------------------------------------
 GUIDE = [  # (row, reference configs, full, 16-bit LoRA, QLoRA) in GB, as the field guide prints them
     ("1B-3B", ("Llama-3.2-1B", "Llama-3.2-3B"), 24, 8, 4),
