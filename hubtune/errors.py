@@ -164,6 +164,26 @@ class ModelFolderError(HubtuneError):
     or modelling code of its own that model.trust_remote_code does not allow to run."""
 
 
+class RemoteCodeRefusedError(ModelFolderError):
+    """model.trust_remote_code on a shared Space, where no code from a user's repo may run."""
+
+
+class SignInRequiredError(HubtuneError):
+    """An action of the app on a shared Space that needs a signed-in user."""
+
+
+class NotYoursError(HubtuneError):
+    """A run, upload or path on a shared Space that belongs to someone else, or to no one the user may act as."""
+
+
+class BudgetError(HubtuneError):
+    """An input over one of the app's limits (upload size, rows, line length, queued runs)."""
+
+
+class TemplateError(DataError):
+    """A chat template that fails, or runs past its time or output budget, when rendered."""
+
+
 class OutOfMemoryError(HubtuneError):
     """The accelerator ran out of memory; the message lists the settings that lower the need."""
 
@@ -331,6 +351,22 @@ def _corrupt_weights(err: BaseException, context: dict) -> HubtuneError:
                             f"`hf cache scan` lists them).")
 
 
+def _is_unsafe_pickle(err: BaseException, context: dict) -> bool:
+    import pickle
+
+    return isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)
+
+
+def _unsafe_pickle(err: BaseException, context: dict) -> HubtuneError:
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = f" (it would build {found.group(1)})" if found else ""
+    return ModelFolderError(f"a pickled weights file was refused{what}: it holds objects beyond plain tensors, "
+                            f"which is how a pickle runs code when loaded. Use safetensors weights from a source you "
+                            f"trust; hubtune does not load such a file.")
+
+
 def _is_remote_code(err: BaseException, context: dict) -> bool:
     return isinstance(err, ValueError) and "trust_remote_code" in str(err)
 
@@ -340,6 +376,12 @@ def _remote_code(err: BaseException, context: dict) -> HubtuneError:
 
 
 def remote_code_message(model: str, detail: str = "") -> str:
+    import os
+
+    if os.environ.get("SPACE_ID"):
+        return (f"{model} needs modelling code of its own{detail}; a shared Space runs no code from model repos "
+                f"(its users' tokens and data live beside it). Train it with the CLI on your own machine, or pick a "
+                f"model that transformers supports natively.")
     return (f"{model} needs modelling code of its own{detail}, and model.trust_remote_code is off. Turning it on "
             f"runs that Python code on this machine with your permissions: read the repo's *.py files first, pin "
             f"model.revision to the commit you read, then set model.trust_remote_code: true.")
@@ -390,6 +432,7 @@ FOREIGN_ERRORS: tuple[Row, ...] = (
     ("httpx TransportError (no connection to the Hub)", _is_hub_unreachable, _hub_unreachable),
     ("JSONDecodeError / UnicodeDecodeError of a Hub answer", _is_garbled, _garbled),
     ("safetensors SafetensorError (damaged weights)", _is_corrupt_weights, _corrupt_weights),
+    ("pickle UnpicklingError from torch.load(weights_only=True)", _is_unsafe_pickle, _unsafe_pickle),
     ("ValueError asking for trust_remote_code", _is_remote_code, _remote_code),
     ("transformers: a model folder without config.json (OSError / ValueError)", _is_missing_model_file,
      _missing_model_file),

@@ -172,9 +172,12 @@ def _download_config(repo_id: str, revision: str | None) -> str:
     from hubtune.errors import HubUnreachableError
     from hubtune.hub import hub_errors
 
+    from hubtune.hub import require_access, token
+
     with hub_errors(repo_id, "model", revision):
+        require_access(repo_id, "model", revision)
         try:
-            return hf_hub_download(repo_id, "config.json", revision=revision or "main")
+            return hf_hub_download(repo_id, "config.json", revision=revision or "main", token=token())
         except LocalEntryNotFoundError:
             raise HubUnreachableError(f"cannot reach the Hub and {repo_id}@{revision or 'main'}'s config.json is not "
                                       f"in the local cache; check the network (and HF_ENDPOINT), or pass a local "
@@ -207,6 +210,9 @@ def read_architecture(model: str, revision: str | None = None) -> Architecture:
 
 def architecture(config: dict, name: str = "config.json") -> Architecture:
     """The architecture of a config.json, with transformers' defaults for the keys it leaves out."""
+    from hubtune.hub import check_sizes
+
+    check_sizes(config, name)
     full = _with_defaults(config)
     text = full.get("text_config") or full
     model_type = text.get("model_type") or full.get("model_type")
