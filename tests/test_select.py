@@ -24,6 +24,7 @@ class SpoilLastStep(TrainerCallback):
                         p.copy_(torch.randn_like(p) * 2.0)
 
 
+@pytest.mark.slow
 def test_select_task_keeps_the_best_checkpoint_not_the_last(tmp_path):
     import torch
 
@@ -101,6 +102,7 @@ def test_choose_rules():
     assert choose([], "task") is None
 
 
+@pytest.mark.slow
 def test_select_task_without_held_out_split_is_a_config_error(tmp_path):
     import hubtune
     from hubtune import config as cfg

@@ -1,5 +1,5 @@
 """The card of a GGUF repo: what the files are a quantization of, the parity table that says they still do the
-task, and how to run them (llama.cpp, Ollama) or serve the adapter itself (vLLM, transformers serve)."""
+task, and how to run them (llama.cpp, Ollama) or serve the adapter itself (vLLM)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def lineage(run: RunFolder, repo: str, adapter_only: bool) -> tuple[str | None, 
 
 
 def serving_text(tuned_repo: str, base: str, rank: int) -> str:
-    """How to serve the adapter: vLLM with multi-LoRA, and `transformers serve`."""
+    """How to serve the adapter: vLLM with multi-LoRA."""
     name = tuned_repo.split("/")[-1]
     return f"""## Serving the adapter
 
@@ -31,13 +31,6 @@ curl http://localhost:8000/v1/chat/completions -H "Content-Type: application/jso
   -d '{{"model": "{name}", "messages": [{{"role": "user", "content": "..."}}]}}'
 ```
 
-With transformers, which loads the base named in the adapter's config and applies the adapter:
-
-```bash
-transformers serve --host 127.0.0.1 --port 8000
-curl http://127.0.0.1:8000/v1/chat/completions -H "Content-Type: application/json" \\
-  -d '{{"model": "{tuned_repo}", "messages": [{{"role": "user", "content": "..."}}], "max_tokens": 256}}'
-```
 """
 
 
