@@ -121,6 +121,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     started = time.time()
     path = run.path
+    method = config.training.method
     hw = hardware.detect(config.model, config.training)
     cpu = hw.device == "cpu"
     mode = config.training.distributed
@@ -132,9 +133,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     trackers = tracker_callbacks(config, path)
 
     from transformers import AutoConfig, AutoTokenizer
-    from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune import advice, compat, data, hub, licence, memory, methods
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
@@ -163,6 +163,12 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         if warning := memory.device_warning(config, base.path):
             display.note(warning, style="bold red")
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        methods.check_data(method, prepared.report["kind"], prepared.report["format"])
+    rewards = None
+    if method == "grpo":  # built now: a missing judge or a reward that cannot import stops the run here
+        from hubtune.evaluation.rewards import build_rewards
+
+        rewards, _ = build_rewards(config.training.grpo.rewards, config.eval)
     display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
@@ -180,19 +186,19 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                       attention=levers.attention)
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing)
 
-    # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
+    # 4. The method's trainer: SFT on completions only, DPO / ORPO / KTO on preference pairs, GRPO on
+    #    answers it samples and scores (methods.py), with checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
     last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
-                     levers=levers),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
-        processing_class=tokenizer,
+    args = methods.method_args(config, trainer_args(config, hw, path, prepared.eval is not None, backend.name, levers),
+                               lambda: sft_args(config, hw, path, has_eval=prepared.eval is not None,
+                                                backend=backend.name, levers=levers))
+    trainer = methods.build_trainer(
+        config, model, tokenizer, args, prepared.train, prepared.eval,
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *trackers, *callbacks],
+        rewards=rewards,
     )
     _quiet_trainer(trainer)
     if _quantized(model) and not sharded:
@@ -200,8 +206,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     display.phase("training", f"resuming from {last.name}" if last else batches.describe())
     if prepared.eval is not None and not last:
-        # Held-out loss before any update: the baseline the final eval loss is compared with.
-        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
+        # Held-out loss (SFT) or the method's own measure before any update: the baseline the end is compared with.
+        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate() if method == "sft" else
+                       methods.held_out_measures(config, trainer.model, tokenizer, prepared.eval, rewards))
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     display.close()
@@ -218,12 +225,20 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         return
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
+    after = methods.held_out_measures(config, trainer.model, tokenizer, prepared.eval, rewards)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                       initial["eval_loss"] if initial else None, backend.to_dict(), batches)
+                       (initial or {}).get("eval_loss"), backend.to_dict(), batches)
+    summary.training_method = method
+    summary.method_settings = methods.settings_record(config)
+    if after:
+        summary.held_out = {"before": {k: v for k, v in (initial or {}).items() if k in after}, "after": after}
     run.write_summary(summary)
     if mirror:
         mirror.finish()
-    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+    if summary.held_out:
+        display.phase("done", f"{methods.describe_measures(summary.held_out)} in {summary.global_steps} steps, "
+                              f"{summary.duration_seconds:.0f} s")
+    elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
 
@@ -375,9 +390,21 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         from hubtune.interop import backends
 
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
 
+    if config.lora.init_from:
+        return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
     return get_peft_model(model, lora_config(config.lora))
+
+
+def adapter_folder(where: str) -> Path:
+    """The adapter of a run folder (RUN/adapter) or an adapter folder itself; a ConfigError when neither."""
+    path = Path(where)
+    for candidate in (RunFolder(path).adapter, path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise ConfigError([("lora.init_from", f"{where} holds no adapter (no adapter_config.json there or in "
+                                          f"{RunFolder(path).adapter}); give a finished run folder or an adapter folder")])
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
@@ -450,19 +477,16 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Lever
     return Levers(attention, liger, padding_free, checkpointing)
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
-             levers: Levers | None = None) -> SFTConfig:
-    from trl import SFTConfig
-
+def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+                 levers: Levers | None = None) -> dict:
+    """The TrainingArguments every method shares: schedule, batch, precision, logging, checkpoints."""
     t = config.training
     levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
     # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
     checkpointing = levers.gradient_checkpointing and backend != "unsloth"
     trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
-    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
-    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
-    return SFTConfig(
+    return dict(
         output_dir=str(path / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -488,6 +512,24 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
+        use_liger_kernel=levers.liger,
+        include_num_input_tokens_seen="non_padding",
+        report_to=trackers or "none",
+        dataloader_pin_memory=hw.device == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
+    )
+
+
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+             levers: Levers | None = None) -> SFTConfig:
+    from trl import SFTConfig
+
+    t = config.training
+    levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
+    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
+    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
+    return SFTConfig(
+        **trainer_args(config, hw, path, has_eval, backend, levers),
         max_length=max_length,
         packing=config.data.packing,
         packing_strategy=config.data.packing_strategy,
@@ -497,12 +539,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # would instead make whole steps of short or long examples, which reweights them).
         train_sampling_strategy=("batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
                                  and not config.data.packing else "random"),
-        use_liger_kernel=levers.liger,
         completion_only_loss=True,  # the prompt is context, not something to learn
-        include_num_input_tokens_seen="non_padding",
-        report_to=trackers or "none",
-        dataloader_pin_memory=hw.device == "cuda",
-        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 

@@ -62,7 +62,8 @@ class ExampleStore(Sequence):
         code = self._codes.setdefault(ex.task, len(self._task_names))
         if code == len(self._task_names):
             self._task_names.append(ex.task)
-        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text], ensure_ascii=False).encode())
+        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text, ex.rejected, ex.label],
+                                     ensure_ascii=False).encode())
         self._pending.append((len(self._where) - 1, number, code))
         if len(self._pending) >= 65536:
             self._flush()
@@ -82,8 +83,8 @@ class ExampleStore(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         self._flush()
-        prompt, completion, text = json.loads(self._rows[i])
-        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i))
+        prompt, completion, text, rejected, label = json.loads(self._rows[i])
+        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i), rejected, label)
 
     def origin(self, i: int) -> str:
         self._flush()
@@ -216,7 +217,7 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                 bad.append(f"{where} {number}: {err}")
                 unusable += 1
                 continue
-            kinds.add(ex.text is None)
+            kinds.add(ex.kind)
             examples += 1
             sink(ex, where, number)
         # rows: what the source holds, malformed ones included; examples: what became an example
@@ -224,7 +225,7 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                         "revision": source.revision, "revision_sha": revision_sha, "format": fmt,
                         "rows": rows + len(bad) - bad_before - unusable, "examples": examples})
     if len(kinds) > 1:
-        raise DataError("the sources mix plain text with chat data; train on one kind at a time "
+        raise DataError(f"the sources mix {' and '.join(sorted(kinds))} data; train on one kind at a time "
                         f"(formats: {', '.join(str(s['format']) for s in summary)})")
 
 
@@ -257,7 +258,8 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     total = len(store) + len(bad)
     steps.record("read", total, len(store))
     tasks_read = Counter(t if t is not None else "(none)" for t in store.tasks(np.arange(len(store))))
-    plain_text = store[0].text is not None
+    kind = store[0].kind
+    plain_text = kind == "text"
     template = None if plain_text else ensure_chat_template(tokenizer, data.chat_template)
     pool = np.arange(len(store))
 
@@ -314,9 +316,12 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     train_idx, eval_idx = pool[~is_eval], pool[is_eval]
     steps.record("split", len(pool), len(train_idx))
     mixed = _mix(data, len(train_idx), set(pool_keys), seed, plain_text)
+    if mixed and kind in ("preference", "kto"):
+        raise DataError("data.mix mixes instruction rows into preference data, which a preference method cannot "
+                        "train on; set data.mix.ratio: 0")
 
     report = {
-        "sources": summary, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
+        "sources": summary, "format": ", ".join(sorted({str(s["format"]) for s in summary})), "kind": kind,
         "chat_template": template,
         "total": total, "kept": len(pool), "train": len(train_idx) + len(mixed), "eval": len(eval_idx),
         "mixed": len(mixed), "bad_rows": len(bad), "exact_duplicates": len(exact), "near_duplicates": len(near),
@@ -334,6 +339,7 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
         "tasks": _task_table(tasks_read, tasks),
         "diversity": quality.diversity(Subset(store, pool, comparison_text), seed),
         "settings": data.model_dump(mode="json"),
+        "preference": quality.preference_stats(Subset(store, pool), tokenizer) if kind in ("preference", "kto") else None,
     }
     return PreparedData(report, store, train_idx, eval_idx, mixed)
 
