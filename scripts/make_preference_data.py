@@ -4,6 +4,8 @@
     python scripts/make_preference_data.py
 
 hubtune/assets/data/invoices/preferences_{train,test}.jsonl   prompt / chosen / rejected (plain text)
+hubtune/assets/data/invoices/short_{train,test}.jsonl         the same prompts with their answers (prompt /
+                                                              completion): SFT, then GRPO against the answer
 
 chosen is the correct extraction; rejected is the same extraction with the price cut from one line or
 from every line: an answer that names the products but loses what was asked for. Only the shorter
@@ -47,6 +49,10 @@ def main() -> None:
         path = INVOICES / f"preferences_{split}.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in written))
         print(f"{path.relative_to(ROOT)}: {len(written)} pairs")
+        short = INVOICES / f"short_{split}.jsonl"
+        short.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}, ensure_ascii=False)
+                                 + "\n" for r in written))
+        print(f"{short.relative_to(ROOT)}: {len(written)} prompts")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""Preference, unpaired and GRPO data through the real pipeline and tokenizer; GRPO rewards from
+hubtune's scorers, a real judge over loopback HTTP and a user's own function."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+from data_rows import section, write_jsonl
+from judge_server import ScriptedJudge
+
+from hubtune import config as cfg
+from hubtune import methods
+from hubtune.data import prepare
+from hubtune.errors import ConfigError, DataError, RewardError
+from hubtune.evaluation import rewards
+
+PAIRS = [{"prompt": f"Extract the products.\n\nInvoice {i}: Item{i} Lamp at ${i}.50",
+          "chosen": f"Products:\n- Item{i} Lamp: ${i}.50", "rejected": f"Products:\n- Item{i} Lamp"} for i in range(12)]
+
+
+@pytest.fixture
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.resolve_builtin("hubtune:tiny-llama"))
+
+
+def test_plain_text_pairs_become_conversational_preference_rows(tmp_path, tokenizer):
+    prepared = prepare(section(write_jsonl(tmp_path / "p.jsonl", PAIRS), near_dup_threshold=None), tokenizer)
+    row = prepared.train[0]
+    assert set(row) == {"prompt", "chosen", "rejected"}
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"] == [{"role": "assistant", "content": PAIRS[0]["chosen"]}]
+    report = prepared.report
+    assert report["format"] == "preference" and report["kind"] == "preference"
+    assert report["preference"]["pairs"] == 12 and report["preference"]["chosen_longer_share"] == 1.0
+
+
+def test_implicit_prompt_is_the_turns_chosen_and_rejected_share(tmp_path, tokenizer):
+    user = {"role": "user", "content": "Name the capital of France."}
+    rows = [{"chosen": [user, {"role": "assistant", "content": f"Paris {i}"}],
+             "rejected": [user, {"role": "assistant", "content": f"Lyon {i}"}]} for i in range(3)]
+    prepared = prepare(section(write_jsonl(tmp_path / "hh.jsonl", rows), near_dup_threshold=None), tokenizer)
+    assert prepared.train[0]["prompt"] == [user]
+    assert prepared.train[0]["rejected"] == [{"role": "assistant", "content": "Lyon 0"}]
+
+
+def test_duplicate_pairs_are_counted_and_dropped(tmp_path, tokenizer):
+    rows = PAIRS + [PAIRS[3], dict(PAIRS[3], rejected="Products: none")]  # the second differs: kept
+    prepared = prepare(section(write_jsonl(tmp_path / "p.jsonl", rows), near_dup_threshold=None), tokenizer)
+    assert prepared.report["exact_duplicates"] == 1 and prepared.report["kept"] == 13
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"prompt": "Q", "chosen": "A"}, "no value for rejected"),
+    ({"prompt": "Q", "chosen": "Same answer", "rejected": " Same answer "}, "chosen and rejected are the same answer"),
+    ({"prompt": "Q", "chosen": "", "rejected": "B"}, "chosen or rejected is empty"),
+])
+def test_bad_pairs_are_errors_naming_the_row(tmp_path, tokenizer, bad, words):
+    path = write_jsonl(tmp_path / "p.jsonl", PAIRS[:4] + [bad])
+    with pytest.raises(DataError, match=rf"p.jsonl, line 5: {words}"):
+        prepare(section(path), tokenizer)
+
+
+def test_unpaired_kto_rows_and_their_labels(tmp_path, tokenizer):
+    rows = [{"prompt": f"Q{i}", "completion": f"answer number {i}", "label": ["true", False, 1][i % 3]} for i in range(9)]
+    prepared = prepare(section(write_jsonl(tmp_path / "k.jsonl", rows), near_dup_threshold=None), tokenizer)
+    assert prepared.report["kind"] == "kto"
+    assert [r["label"] for r in prepared.train][:3] == [True, False, True]
+    assert prepared.report["preference"] == {"rows": 9, "desirable": 6, "undesirable": 3}
+    with pytest.raises(DataError, match="line 2: label is 'maybe'"):
+        prepare(section(write_jsonl(tmp_path / "bad.jsonl", rows[:1] + [dict(rows[1], label="maybe")])), tokenizer)
+
+
+def test_the_method_must_match_the_data():
+    methods.check_data("dpo", "preference", "preference")
+    methods.check_data("kto", "preference", "preference")  # pairs train KTO as two unpaired rows
+    with pytest.raises(DataError, match="training.method sft cannot train on preference rows.*dpo, orpo or kto"):
+        methods.check_data("sft", "preference", "preference")
+    with pytest.raises(DataError, match="training.method dpo cannot train on chat rows"):
+        methods.check_data("dpo", "chat", "alpaca")
+    with pytest.raises(DataError, match="method grpo cannot train on preference"):
+        methods.check_data("grpo", "preference", "preference")
+
+
+def test_kto_reads_pairs_unpaired_and_grpo_keeps_the_reference():
+    from datasets import Dataset
+
+    pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": "Q"}],
+                                "chosen": [{"role": "assistant", "content": "good"}],
+                                "rejected": [{"role": "assistant", "content": "bad"}]}])
+    unpaired = methods.method_dataset("kto", pairs)
+    assert sorted(unpaired["label"]) == [False, True]
+    chat = Dataset.from_list([{"prompt": [{"role": "user", "content": "Q"}],
+                               "completion": [{"role": "assistant", "content": "A"}]}])
+    assert methods.method_dataset("grpo", chat)[0] == {"prompt": [{"role": "user", "content": "Q"}], "reference": "A"}
+
+
+# ---- rewards ------------------------------------------------------------------------------------
+def _as_chat(texts):
+    return [[{"role": "assistant", "content": t}] for t in texts]
+
+
+def test_built_in_rewards_score_against_the_reference():
+    specs = cfg.GRPOSection(rewards=["exact_match", "f1", "json", {"name": "regex", "pattern": r"^Products:"},
+                                     {"name": "length", "target_chars": 10, "weight": 0.5}]).rewards
+    funcs, weights = rewards.build_rewards(specs, cfg.EvalSection())
+    assert [f.__name__ for f in funcs] == ["exact_match", "f1", "json", "regex", "length"]
+    assert weights == [1.0, 1.0, 1.0, 1.0, 0.5]
+    completions = _as_chat(["Products:\n- Lamp: $2", '{"a": 1}', "Products: Lamp " + "x" * 20])
+    refs = ["Products:\n- Lamp: $2", '{"a": 1}', "Products:\n- Lamp: $2"]
+    scores = {f.__name__: f(["q"] * 3, completions, reference=refs) for f in funcs}
+    assert scores["exact_match"] == [1.0, 1.0, 0.0]
+    assert scores["f1"][0] == 1.0 and 0 < scores["f1"][2] < 1
+    assert scores["json"] == [0.0, 1.0, 0.0]
+    assert scores["regex"] == [1.0, 0.0, 1.0]
+    assert scores["length"][1] == 1.0 and scores["length"][2] == 0.0
+
+
+def test_the_judge_reward_goes_through_the_judge_client():
+    server = ScriptedJudge(lambda m: "Good.\nHelpfulness: 5, Accuracy: 3, Format: 1" if "Lamp" in m[-1]["content"]
+                           else "Helpfulness: 1, Accuracy: 1, Format: 1").start()
+    try:
+        funcs, _ = rewards.build_rewards([cfg.RewardSpec(name="judge")],
+                                         cfg.EvalSection(judge=server.url, judge_retries=0))
+        assert funcs[0](["Extract"] * 2, _as_chat(["Lamp", "nothing"]), reference=["ref", "ref"]) == [0.5, 0.0]
+        assert "[Reference answer]" in server.requests[0][-1]["content"]
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match="the judge reward needs a judge: set eval.judge"):
+        rewards.build_rewards([cfg.RewardSpec(name="judge")], cfg.EvalSection())
+
+
+@pytest.fixture
+def user_rewards(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "import math\n"
+        "def short(prompts, completions, references):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
+        "def broken(prompts, completions, references):\n    raise KeyError('score')\n"
+        "def nan(prompts, completions, references):\n    return [0.5, math.nan]\n"
+        "def too_few(prompts, completions, references):\n    return [1.0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    yield
+    sys.modules.pop("my_rewards", None)
+
+
+def _user(name):
+    return rewards.build_rewards([cfg.RewardSpec(name="callable", callable=f"my_rewards:{name}")], cfg.EvalSection())[0][0]
+
+
+def test_a_users_reward_function_runs_and_every_failure_names_it(user_rewards):
+    fn = _user("short")
+    assert fn.__name__ == "my_rewards:short"
+    assert fn(["q", "q"], _as_chat(["a", "abc"]), reference=["a", "a"]) == [0.5, 0.25]
+    with pytest.raises(RewardError, match=r"reward my_rewards:broken raised KeyError: 'score'"):
+        _user("broken")(["q"], _as_chat(["a"]), reference=["a"])
+    with pytest.raises(RewardError, match=r"reward my_rewards:nan returned nan for completion 1"):
+        _user("nan")(["q", "q"], _as_chat(["a", "b"]), reference=["a", "b"])
+    with pytest.raises(RewardError, match=r"reward my_rewards:too_few returned 1 for 2 completions"):
+        _user("too_few")(["q", "q"], _as_chat(["a", "b"]), reference=["a", "b"])
+    with pytest.raises(RewardError, match=r"cannot import 'my_rewards:missing'"):
+        _user("missing")
+
+
+def test_a_users_reward_function_never_runs_on_a_shared_space(user_rewards, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "alice/hubtune")
+    with pytest.raises(ConfigError, match="not on a shared Space"):
+        _user("short")
+    assert "my_rewards" not in sys.modules  # refused before anything was imported
+
+
+def test_reward_settings_are_checked_where_they_enter():
+    with pytest.raises(ConfigError, match="training.grpo.rewards.0: the regex reward needs pattern"):
+        cfg.build({"training": {"grpo": {"rewards": [{"name": "regex"}]}}})
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        cfg.build({"training": {"grpo": {"rewards": [{"name": "regex", "pattern": "("}]}}})
+    with pytest.raises(ConfigError, match="is not module:function"):
+        cfg.build({"training": {"grpo": {"rewards": [{"name": "callable", "callable": "no colon"}]}}})
+    assert cfg.build({"training": {"method": "grpo"}}).training.method_beta() == 0.0
+    assert cfg.build({"training": {"method": "dpo"}}).training.method_beta() == 0.1
+    assert not math.isnan(json.loads(json.dumps(0.1)))
