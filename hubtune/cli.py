@@ -321,8 +321,10 @@ def _estimate(args: argparse.Namespace) -> int:
     config = cfg.load(args.model if is_run_config else None)
     model, revision = (config.model.id, args.revision or config.model.revision) if is_run_config else (args.model, args.revision)
     arch = memory.read_architecture(model, revision)
+    adapter, training_method = (None, args.method) if args.method in cfg.METHODS else (args.method, None)
     settings = memory.Settings.from_run_config(
-        config, method=args.method, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
+        config, method=adapter, training_method=training_method, num_generations=args.generations,
+        max_completion_length=args.completion_len, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
         target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
         optimizer=args.optimizer, compute_dtype=args.compute_dtype)
     gpus = [args.gpu] if args.gpu else list(memory.GPUS)
@@ -454,8 +456,11 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
                    help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
     config_option(p, "--revision", "model.revision", dest="revision")
-    p.add_argument("--method", choices=["qlora", "lora", "full"],
-                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained")
+    p.add_argument("--method", choices=["qlora", "lora", "full", "sft", "dpo", "orpo", "kto", "grpo"],
+                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained; "
+                        "or the training method (sft, dpo, orpo, kto, grpo), default the run config's")
+    config_option(p, "--generations", "training.grpo.num_generations", dest="generations", metavar="N")
+    config_option(p, "--completion-len", "training.grpo.max_completion_length", dest="completion_len", metavar="N")
     config_option(p, "--seq-len", "data.max_seq_len", dest="seq_len", metavar="N")
     config_option(p, "--batch", "training.micro_batch_size", dest="batch", metavar="N")
     config_option(p, "--lora-r", "lora.r", dest="lora_r", metavar="N")

@@ -182,3 +182,34 @@ def test_reward_settings_are_checked_where_they_enter():
     assert cfg.build({"training": {"method": "grpo"}}).training.method_beta() == 0.0
     assert cfg.build({"training": {"method": "dpo"}}).training.method_beta() == 0.1
     assert not math.isnan(json.loads(json.dumps(0.1)))
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+def test_the_estimate_counts_each_methods_sequences():
+    from dataclasses import replace
+
+    from hubtune import memory
+
+    arch = memory.architecture(json.loads(memory.reference_config("Llama-3.1-8B").read_text()))
+    sft = memory.Settings(seq_len=1024, micro_batch=2)
+    dpo, grpo = replace(sft, training_method="dpo"), replace(sft, training_method="grpo", num_generations=8,
+                                                            max_completion_length=256)
+
+    def activations(s):
+        return sum(v for k, v in memory.estimate(arch, s).breakdown.items() if k.startswith("activations"))
+    assert activations(dpo) == pytest.approx(2 * activations(sft), rel=0.01)  # chosen and rejected in one batch
+    assert activations(grpo) == pytest.approx(8 * 1280 / 1024 * activations(sft), rel=0.01)
+    assert any(k.startswith("generation: key/value cache of 16 sequences x 1280 tokens")
+               for k in memory.estimate(arch, grpo).breakdown)
+    assert "micro-batch 2 pairs (chosen + rejected: 4 sequences)" in dpo.describe()
+    config = cfg.build({"training": {"method": "grpo", "grpo": {"num_generations": 6}}})
+    assert memory.Settings.from_run_config(config).sequences == 12
+
+
+def test_estimate_on_the_command_line_takes_a_training_method(capsys):
+    from hubtune.cli import main
+
+    main(["estimate", "hubtune:tiny-llama", "--method", "grpo", "--generations", "8", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["training_method"] == "grpo" and out["settings"]["num_generations"] == 8
+    assert any(k.startswith("generation: key/value cache") for k in out["breakdown_gb"])
