@@ -310,7 +310,8 @@ class Settings:
                 "lora": "16-bit LoRA", "full": "full fine-tuning"}[self.method]
         lora = (f", r {self.lora_r} on {_targets(self.target_modules)}, dropout {self.lora_dropout:g}"
                 if self.method != "full" else "")
-        return (f"{self.training_method.upper()}, {what}{lora}, {self.compute_dtype} compute, "
+        method = "" if self.training_method == "sft" else f"{self.training_method.upper()}, "
+        return (f"{method}{what}{lora}, {self.compute_dtype} compute, "
                 f"{self.sequences_described()}, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
                 + (f", {self.gpus} GPUs" if self.gpus > 1 else ""))
 

@@ -29,6 +29,7 @@ from hubtune.data.template import ensure_chat_template
 from hubtune.errors import DataError
 
 EXAMPLES_SHOWN = 5
+KIND_NAMES = {"text": "plain text", "chat": "chat", "preference": "preference pair", "kto": "labelled (KTO)"}
 IN_MEMORY_ROWS = 100_000  # larger prepared splits go to a memory-mapped Arrow file
 FIX_WHEN_EMPTY = {
     "read": "the sources hold no usable rows; check the path and the format",
@@ -225,7 +226,8 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                         "revision": source.revision, "revision_sha": revision_sha, "format": fmt,
                         "rows": rows + len(bad) - bad_before - unusable, "examples": examples})
     if len(kinds) > 1:
-        raise DataError(f"the sources mix {' and '.join(sorted(kinds))} data; train on one kind at a time "
+        names = [KIND_NAMES[k] for k in KIND_NAMES if k in kinds]
+        raise DataError(f"the sources mix {' with '.join(names)} data; train on one kind at a time "
                         f"(formats: {', '.join(str(s['format']) for s in summary)})")
 
 
