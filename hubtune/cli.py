@@ -270,6 +270,16 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_pairs(args: argparse.Namespace) -> int:
+    from hubtune.data.pairs import pairs_from_eval, write_pairs
+
+    rows, report = pairs_from_eval(args.run, args.metric, args.reference_chosen)
+    out = write_pairs(rows, args.out)
+    print(f"{report['pairs']} pairs from {report['prompts']} prompts ({report['reference_chosen']} with the reference "
+          f"chosen, {report['tied']} left out: their answers scored alike) ranked by {report['metric']}: {out}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -500,6 +510,17 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
             d.add_argument("--force", action="store_true",
                            help="overwrite --out even when it is a source or a file hubtune did not write")
         d.set_defaults(func=_data)
+    d = data_sub.add_parser("pairs", parents=[common], help="preference pairs from an evaluated run's answers",
+                            description="Each test prompt of `hubtune eval RUN` whose answers (tuned, base, few-shot "
+                                        "base) score differently becomes a pair: the best answer chosen, the worst "
+                                        "rejected. Train on them with training.method: dpo (or orpo, kto).")
+    d.add_argument("run", help="an evaluated run folder (it holds eval_answers.jsonl)")
+    d.add_argument("--out", required=True, metavar="FILE.jsonl", help="where the pairs go")
+    d.add_argument("--metric", choices=["exact_match", "token_f1"], default="token_f1",
+                   help="the score that ranks the answers (default token_f1)")
+    d.add_argument("--reference-chosen", action="store_true",
+                   help="where no answer is fully right, prefer the reference answer over the tuned model's")
+    d.set_defaults(func=_data_pairs)
 
     p = command("ui", help="the web app: run, watch, evaluate, chat and publish from a browser",
                        description="Serves the app on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).")

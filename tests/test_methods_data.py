@@ -213,3 +213,72 @@ def test_estimate_on_the_command_line_takes_a_training_method(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["settings"]["training_method"] == "grpo" and out["settings"]["num_generations"] == 8
     assert any(k.startswith("generation: key/value cache") for k in out["breakdown_gb"])
+
+
+# ---- the documentation ----------------------------------------------------------------------------
+def test_the_run_configs_in_the_docs_validate():
+    import yaml
+    from readme_blocks import section_blocks
+
+    blocks = [block for title in ("Preference data", "GRPO and its rewards")
+              for lang, block in section_blocks(title) if lang == "yaml"]
+    methods_found = {cfg.build(yaml.safe_load(block)).training.method for block in blocks}
+    assert methods_found == {"dpo", "grpo"}
+
+
+def test_the_memory_table_in_the_docs_is_what_the_estimate_says():
+    from readme_blocks import section
+
+    from hubtune import memory
+
+    arch = memory.architecture(json.loads(memory.reference_config("Llama-3.1-8B").read_text()))
+    text = section("Memory, compared with SFT").text
+    for method in ("sft", "kto", "dpo", "orpo", "grpo"):
+        est = memory.estimate(arch, memory.Settings(seq_len=1024, micro_batch=2, training_method=method))
+        activations = sum(v for k, v in est.breakdown.items() if k.startswith(("activations", "logits")))
+        row = next(line for line in text.splitlines() if line.startswith("| ") and method in line.split("|")[1])
+        assert f"{est.total_gb:.2f} GB | {activations / memory.GB:.2f} GB |" in row, (method, row)
+
+
+# ---- pairs from an evaluated run ---------------------------------------------------------------------
+def test_an_evaluated_runs_answers_become_a_preference_set(tmp_path, tokenizer, capsys):
+    from hubtune.cli import main
+
+    prompt = [{"role": "user", "content": "List the products."}]
+    lines = [  # as hubtune.evaluation.pipeline writes RUN/eval_answers.jsonl
+        {"prompt": prompt, "reference": "Lamp: $2", "answers": {"tuned": "Lamp: $2", "base": "Lamp"},
+         "exact_match": {"tuned": 1.0, "base": 0.0}, "token_f1": {"tuned": 1.0, "base": 0.5}},
+        {"prompt": prompt, "reference": "Desk: $9", "answers": {"tuned": "Desk", "base": "Desk"},
+         "exact_match": {"tuned": 0.0, "base": 0.0}, "token_f1": {"tuned": 0.5, "base": 0.5}},
+    ]
+    write_jsonl(tmp_path / "eval_answers.jsonl", lines)
+    assert main(["data", "pairs", str(tmp_path), "--out", str(tmp_path / "pairs.jsonl")]) == 0
+    assert "1 pairs from 2 prompts (0 with the reference chosen, 1 left out" in capsys.readouterr().out
+    main(["data", "pairs", str(tmp_path), "--out", str(tmp_path / "pairs.jsonl"), "--reference-chosen"])
+    written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["chosen"], r["rejected"]) for r in written] == [("Lamp: $2", "Lamp"), ("Desk: $9", "Desk")]
+    prepared = prepare(section(tmp_path / "pairs.jsonl", near_dup_threshold=None, min_response_tokens=1), tokenizer)
+    assert prepared.report["kind"] == "preference" and prepared.report["kept"] == 2
+    assert main(["data", "pairs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "evaluate the run first (`hubtune eval" in capsys.readouterr().err
+
+
+# ---- the page ---------------------------------------------------------------------------------------
+def test_the_page_previews_pairs_sets_the_method_and_charts_rewards(tmp_path):
+    from hubtune.runs import RunFolder
+    from hubtune.ui import handlers as h
+    from hubtune.ui import views
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    shown, line = h._preview(cfg.build({"data": {"sources": [str(pairs)]}}))
+    assert set(shown[0]) == {"prompt", "chosen", "rejected"}
+    assert "format **preference** (detected)" in line and "choose the method dpo, orpo or kto" in line
+    text, _ = h.compose_config(h.DEMO_MODEL, str(pairs), "quick", 0, 2, 0, "personal", method="dpo")
+    assert h.parse_config(text).training.method == "dpo"
+    run = tmp_path / "run"
+    run.mkdir()
+    write_jsonl(run / RunFolder.METRICS, [{"step": 1, "loss": 0.5, "rewards/exact_match/mean": 0.25,
+                                           "rewards/exact_match/std": 0.1, "reward": 0.25}])
+    points = views.loss_points([RunFolder(run)])
+    assert {p["series"]: p["loss"] for p in points} == {"training": 0.5, "reward exact_match": 0.25}
+    assert views.chart_caption(points) == "1 training-loss points, 0 held-out-loss points, 1 reward points"

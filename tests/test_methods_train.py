@@ -63,3 +63,39 @@ def test_orpo_and_kto_train_a_4bit_base_on_the_pairs(tmp_path, method, trainer):
 def test_sft_rows_are_refused_by_a_preference_method_before_the_model_loads(tmp_path):
     with pytest.raises(DataError, match="training.method dpo cannot train on chat rows"):
         hubtune.train(_config(tmp_path, "dpo", "hubtune:data/invoices/short_train.jsonl", 1))
+
+
+SHORT = "hubtune:data/invoices/short_train.jsonl"
+GRPO = {"num_generations": 2, "max_completion_length": 16}
+
+
+def test_grpo_logs_each_reward_per_step_and_scores_held_out_prompts_before_and_after(tmp_path):
+    rewards = ["exact_match", {"name": "f1", "weight": 0.5}, {"name": "regex", "pattern": r"\$\d", "weight": 0.25}]
+    run = hubtune.train(_config(tmp_path, "grpo", SHORT, 2, micro_batch_size=2, held_out=4,
+                                grpo=dict(GRPO, rewards=rewards)))
+    s = run.summary
+    assert s.method_settings["rewards"] == [{"name": "exact_match", "weight": 1.0}, {"name": "f1", "weight": 0.5},
+                                            {"name": "regex", "weight": 0.25}]
+    assert s.method_settings["beta"] == 0.0 and s.method_settings["reference"] == "none"
+    for moment in ("before", "after"):
+        assert set(s.held_out[moment]["rewards"]) == {"exact_match", "f1", "regex"}
+    logged = [json.loads(line) for line in (run.path / RunFolder.METRICS).read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2]
+    for row in logged:
+        means = [row[f"rewards/{n}/mean"] for n in ("exact_match", "f1", "regex")]
+        assert row["reward"] == pytest.approx(means[0] + 0.5 * means[1] + 0.25 * means[2], abs=1e-4)
+    card = write_card(run.path, "alice/tiny-grpo").read_text()
+    assert "| Reward functions (weight) | `exact_match` (1.0), `f1` (0.5), `regex` (0.25) |" in card
+    assert "| reward f1 (greedy answers) |" in card
+
+
+def test_a_reward_returning_nan_stops_grpo_with_an_error_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "bad_rewards.py").write_text("def half_nan(prompts, completions, references):\n"
+                                             "    return [float('nan')] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, "grpo", SHORT, 1, micro_batch_size=1, held_out=0,
+                     grpo=dict(GRPO, rewards=[{"name": "callable", "callable": "bad_rewards:half_nan"}]))
+    with pytest.raises(RewardError, match=r"reward bad_rewards:half_nan returned nan for completion 0"):
+        hubtune.train(config)
+    run = RunFolder(tmp_path / "grpo")
+    assert run.status == Status.FAILED and "bad_rewards:half_nan" in run.error

@@ -12,13 +12,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from hubtune import config as cfg
 from hubtune.runs import RunFolder
 from hubtune.ui import handlers as h
 from hubtune.ui import hosting, views
 from hubtune.ui.jobs import JobRunner
 
 POLL_SECONDS = 2.0
-FORMATS = ["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+FORMATS = ["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference", "kto"]
 NO_RUNS = "No runs yet under {root}: start one on the Train tab."
 NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
 
@@ -86,8 +87,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 _frame(out["histogram"], ["tokens", "examples"]),
                 _frame(out["pairs"], ["similarity", "kept", "removed"]), out["source"] or dataset)
 
-    def compose(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns):
-        return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns)
+    def compose(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns, method):
+        return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns, method)
 
     def start(config_text, push_to, session):
         if space and not session.user:
@@ -230,6 +231,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             with gr.Tab("2. Train", id="train"):
                 with gr.Row():
                     preset = gr.Radio(list(h.PRESETS), value="quick", label="Preset")
+                    method = gr.Radio(list(cfg.METHODS), value="sft", label="Method (dpo, orpo, kto: preference data; "
+                                      "grpo: prompts with answers, rewards in the advanced settings)",
+                                      elem_id="method")
                     epochs = gr.Number(0, label="Epochs (0: the preset's)", minimum=0)
                     max_steps = gr.Number(0, label="Max steps (0: the preset's)", minimum=0, precision=0,
                                           elem_id="max-steps")
@@ -245,7 +249,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 message = gr.Markdown(elem_id="train-message")
                 progress_md = gr.Markdown(elem_id="progress")
                 bar = gr.HTML(_progress_bar(None))
-                chart = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss", height=300,
+                chart = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss and rewards", height=300,
                                     elem_id="loss-chart")
                 chart_note = gr.Markdown(elem_id="chart-caption")
                 log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
@@ -302,7 +306,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         timer = gr.Timer(POLL_SECONDS)
 
         # ---- wiring ---------------------------------------------------------------------------------------------
-        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns]
+        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, method]
         if space:
             app.load(space_sign_in, None, [session, whoami], api_name=False)
         else:
@@ -317,7 +321,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                         api_name="check_data").then(compose, compose_inputs, [config_code, estimate], api_name=False)
         prompt_btn.click(h.try_prompting, [model, source_used, fmt, columns, use, prompt_limit], [prompting_md],
                          api_name="try_prompting")
-        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns):  # dataset: below
+        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns, method):  # dataset: below
             field.change(compose, compose_inputs, [config_code, estimate], api_name=False)
         dataset.change(lambda d: d, dataset, source_used, api_name=False).then(
             compose, compose_inputs, [config_code, estimate], api_name=False)

@@ -179,13 +179,20 @@ def loss_points(runs: list[RunFolder], label_runs: bool = False) -> list[dict]:
                 points.append({"step": m["step"], "loss": m["loss"], "series": f"{prefix}training"})
             if m.get("eval_loss") is not None:
                 points.append({"step": m["step"], "loss": m["eval_loss"], "series": f"{prefix}held-out"})
+            # Preference methods: the share of pairs won; GRPO: each reward's mean (hubtune.callbacks.MetricsFile).
+            for key, value in m.items():
+                if key == "rewards/accuracies" or (key.startswith("rewards/") and key.endswith("/mean")):
+                    name = "preference accuracy" if key == "rewards/accuracies" else f"reward {key.split('/')[1]}"
+                    points.append({"step": m["step"], "loss": value, "series": f"{prefix}{name}"})
     return points
 
 
 def chart_caption(points: list[dict]) -> str:
     train = sum(1 for p in points if p["series"].endswith("training"))
-    held = len(points) - train
-    return f"{train} training-loss points, {held} held-out-loss points"
+    held = sum(1 for p in points if p["series"].endswith("held-out"))
+    caption = f"{train} training-loss points, {held} held-out-loss points"
+    rewards = len(points) - train - held
+    return caption + (f", {rewards} reward points" if rewards else "")
 
 
 def log_tail(run: RunFolder, n: int = 15) -> str:
