@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hubtune.errors import ConfigError
 from hubtune.refs import ASSETS, RepoRef, resolve_builtin  # noqa: F401  (ASSETS, resolve_builtin: re-exported)
@@ -51,16 +51,19 @@ def _revision(value: str | None) -> str | None:
 class ModelSection(Section):
     id: str = Field("hubtune:tiny-llama", description="Hub repo id, local folder, or hubtune:<asset>.")
     revision: str | None = Field(None, description="Branch, tag or commit sha to pin; None means main.")
-    quantization: Literal["nf4", "fp4", "none"] = Field("nf4", description="4-bit base (QLoRA) or none (16-bit LoRA).")
+    quantization: Literal["nf4", "fp4", "int8", "none"] = Field(
+        "nf4", description="4-bit base (QLoRA: nf4, fp4), 8-bit base (int8, LLM.int8()) or none (16-bit LoRA).")
     double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.")
     trust_remote_code: bool = Field(False, description="Run code shipped in the model repo. Off unless you trust it.")
     special_tokens: dict[Literal["bos_token", "eos_token", "pad_token", "unk_token"], str] = Field(
         default_factory=dict, description="Set the tokenizer's bos/eos/pad/unk token, e.g. {pad_token: <|end_of_text|>}; "
-        "a token the vocabulary lacks is added and its embedding (and output row) trained.")
+        "a token the vocabulary lacks is added, and the embedding and output head then train with the adapter.")
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
-        "tokenizer lacks them (end-of-turn markers, tags); the new embedding and output rows are trained.")
+        "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
+    router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
+        "loss to the training loss (transformers' output_router_logits).")
 
     @field_validator("special_tokens", "added_tokens")
     @classmethod
@@ -135,7 +138,9 @@ class DataSource(Section):
 
     @field_validator("path")
     @classmethod
-    def _source_exists(cls, v: str) -> str:
+    def _source_exists(cls, v: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("check_paths") is False:  # a finished run's record: its data may have moved
+            return v
         if problem := RepoRef.parse(v).problem("file or folder"):
             raise ValueError(problem.replace("Hub repo id", "Hub dataset id"))
         return v
@@ -571,16 +576,18 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build(data: dict | None = None, overrides: list[str] | None = None, source: str | None = None) -> RunConfig:
-    """Validate a dict (plus overrides) into a RunConfig, or raise ConfigError listing every problem."""
+def build(data: dict | None = None, overrides: list[str] | None = None, source: str | None = None,
+          check_paths: bool = True) -> RunConfig:
+    """Validate a dict (plus overrides) into a RunConfig, or raise ConfigError listing every problem.
+    check_paths=False: local data paths need not exist (the record of a run trained from them)."""
     tree = merge(data or {}, parse_overrides(overrides or []))
     try:
-        return RunConfig.model_validate(tree)
+        return RunConfig.model_validate(tree, context={"check_paths": check_paths})
     except ValidationError as err:
         raise ConfigError(_problems(err), source) from None
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load(path: str | Path | None = None, overrides: list[str] | None = None, check_paths: bool = True) -> RunConfig:
     """Read a YAML run config (None: the defaults) and apply `key.path=value` overrides."""
     if path is None:
         return build({}, overrides)
@@ -595,7 +602,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         raise ConfigError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(p)) from None
     if not isinstance(data, dict):
         raise ConfigError([("(top level)", "a run config is a mapping of sections (model, lora, data, ...)")], str(p))
-    return build(data, overrides, source=str(p))
+    return build(data, overrides, source=str(p), check_paths=check_paths)
 
 
 def field_at(path: str):

@@ -27,18 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from hubtune import gpus
 from hubtune.errors import HubtuneError
 
 GIB = 2**30
 GB = 10**9
 
-# Memory each GPU reports (nvidia-smi's total, in MiB; variants differ by a few MiB), and whether it
-# computes in bfloat16 (Ampere and newer) or falls back to float16.
-GPUS: dict[str, tuple[int, bool]] = {
-    "T4": (15_360, False), "L4": (23_034, True), "A10G": (23_028, True), "RTX 3090": (24_576, True),
-    "RTX 4090": (24_564, True), "A100 40GB": (40_960, True), "A100 80GB": (81_920, True),
-    "H100 80GB": (81_559, True), "H200": (143_771, True),
-}
+# Memory each GPU reports (MiB) and whether it computes in bfloat16, from the one GPU table.
+GPUS: dict[str, tuple[int, bool]] = {g.name: (g.memory_mib, g.bf16) for g in gpus.GPUS}
 
 # Bytes saved for the backward pass per token and decoder layer, as a*hidden + b*intermediate +
 # c*kv_dim, in bfloat16 autocast with SDPA attention and no LoRA dropout, plus, with dropout, its
@@ -48,8 +44,14 @@ GPUS: dict[str, tuple[int, bool]] = {
 # layer keeps only its bfloat16 input until it is recomputed.
 # QLoRA in float16 (GPUs without bfloat16, like the T4) keeps PEFT's float32 embeddings, head and
 # norms, so its residual stream and checkpoints are float32 too.
+# An adapted layer also saves its LoRA branch's input and intermediate: adapters on q_proj and v_proj
+# alone save less than on every linear layer, measured the same way (`--targets qv`). Other target sets
+# take the all-linear figures, which err high.
 ACTIVATION_COEFFICIENTS = {"qlora": (16.1, 8.0, 4.0), "qlora-fp16": (24.8, 14.4, 6.2),
                            "lora": (24.8, 8.4, 6.2), "full": (19.9, 8.0, 4.1)}
+# Measured at hidden 1024-3072 with dropout 0.05, its share (DROPOUT_BYTES per q and v input) taken out:
+# 20% below all-linear for QLoRA and 31% below for 16-bit LoRA at Llama-3.1-8B's shape.
+QV_ACTIVATION_COEFFICIENTS = {"qlora": (14.5, 6.0, 3.0), "lora": (16.8, 6.0, 3.2)}
 DROPOUT_BYTES = {"qlora": 3, "qlora-fp16": 2, "lora": 4}  # per adapted input element: its dropped copy, mask
 
 # TRL's fused LM head (trl.trainer.utils.add_fused_lm_head) projects 4,096 tokens x 32,768 vocabulary
@@ -170,13 +172,35 @@ def _download_config(repo_id: str, revision: str | None) -> str:
     from hubtune.errors import HubUnreachableError
     from hubtune.hub import hub_errors
 
+    from hubtune.hub import require_access, token
+
     with hub_errors(repo_id, "model", revision):
+        require_access(repo_id, "model", revision)
         try:
-            return hf_hub_download(repo_id, "config.json", revision=revision or "main")
+            return hf_hub_download(repo_id, "config.json", revision=revision or "main", token=token())
         except LocalEntryNotFoundError:
             raise HubUnreachableError(f"cannot reach the Hub and {repo_id}@{revision or 'main'}'s config.json is not "
                                       f"in the local cache; check the network (and HF_ENDPOINT), or pass a local "
                                       f"model folder", repo_id, "model", revision) from None
+
+
+def parameter_count(config: dict) -> int:
+    """The parameters a checkpoint of this config.json holds: counted from the architecture where the
+    estimate knows it, else from a build of the model on the meta device (shapes only, no memory)."""
+    try:
+        return architecture(config).parameters()["total"]
+    except UnknownArchitecture:
+        pass
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UnknownArchitecture(f"cannot build the model of this config.json to count its parameters "
+                                  f"({err})") from None
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def read_architecture(model: str, revision: str | None = None) -> Architecture:
@@ -186,6 +210,9 @@ def read_architecture(model: str, revision: str | None = None) -> Architecture:
 
 def architecture(config: dict, name: str = "config.json") -> Architecture:
     """The architecture of a config.json, with transformers' defaults for the keys it leaves out."""
+    from hubtune.hub import check_sizes
+
+    check_sizes(config, name)
     full = _with_defaults(config)
     text = full.get("text_config") or full
     model_type = text.get("model_type") or full.get("model_type")
@@ -277,14 +304,18 @@ class Settings:
     training_method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = "sft"
     num_generations: int = 4  # grpo: completions per prompt
     max_completion_length: int = 128  # grpo: tokens sampled after the prompt (seq_len)
+    # How the loss is computed: TRL's fused LM head, in tiles (hubtune's recipe), or the whole
+    # (tokens x vocabulary) logits upcast to float32, as plain transformers does (most peers' baselines).
+    loss: Literal["fused", "float32"] = "fused"
 
     @classmethod
     def from_run_config(cls, config, **changes) -> Settings:
         """The settings of a RunConfig (hubtune.config) as the recipe runs them on a GPU, with `changes`
         (Settings fields; None leaves the config's value)."""
         t, m = config.training, config.model
-        settings = cls(method="lora" if m.quantization == "none" else "qlora",
-                       quantization="nf4" if m.quantization == "none" else m.quantization,
+        # An 8-bit base is estimated as a 16-bit one (LoRA): an upper bound on its weights.
+        settings = cls(method="lora" if m.quantization in ("none", "int8") else "qlora",
+                       quantization="nf4" if m.quantization in ("none", "int8") else m.quantization,
                        double_quant=m.double_quant,
                        compute_dtype=m.compute_dtype if m.compute_dtype != "auto" else "bfloat16",
                        seq_len=config.data.max_seq_len, micro_batch=t.micro_batch_size,
@@ -304,6 +335,18 @@ class Settings:
     def recipe(self) -> str:
         """Which measured activation profile applies."""
         return "qlora-fp16" if self.method == "qlora" and self.compute_dtype == "float16" else self.method
+
+    @property
+    def activation_coefficients(self) -> tuple[float, float, float]:
+        """Bytes saved per token and layer as (per hidden, per intermediate, per kv_dim) unit, measured for
+        this recipe and these adapted modules."""
+        from hubtune.config import TARGET_PRESETS
+
+        t = self.target_modules
+        names = TARGET_PRESETS.get(t, t) if isinstance(t, str) else t
+        if self.method != "full" and names != "all-linear" and set(names) <= {"q_proj", "v_proj"}:
+            return QV_ACTIVATION_COEFFICIENTS.get(self.recipe, ACTIVATION_COEFFICIENTS[self.recipe])
+        return ACTIVATION_COEFFICIENTS[self.recipe]
 
     def describe(self) -> str:
         what = {"qlora": f"QLoRA ({self.quantization.upper()}{' + double quantization' if self.double_quant else ''})",
@@ -405,24 +448,35 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown = {k: math.ceil(v / s.gpus) for k, v in breakdown.items()}
     layer = layer_activation_bytes(arch, s, tokens)
     head = _head_bytes(arch, s, tokens)
+    activations = {}
     if s.gradient_checkpointing:
         # The LM head's backward runs before any layer is recomputed: the two are never alive together.
-        breakdown[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
-        breakdown["activations: the layer being recomputed, or the LM head's logit tiles"] = max(layer, head)
+        activations[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
+        shown = "LM head's logit tiles" if s.loss == "fused" else "float32 logits of the whole vocabulary"
+        activations[f"activations: the layer being recomputed, or the {shown}"] = max(layer, head)
     else:
-        breakdown[f"activations: all {arch.layers} layers"] = arch.layers * layer
-        breakdown["logits: float32 tiles of TRL's fused LM head"] = head
+        activations[f"activations: all {arch.layers} layers"] = arch.layers * layer
+        activations[_head_name(s)] = head
+    if s.method == "full":
+        # Every weight's gradient is written as the backward frees the activations that made it: the peak
+        # holds the larger of the two, not their sum.
+        gradients = breakdown.pop("gradients")
+        optimizer = breakdown.popitem()
+        breakdown.update(activations)
+        breakdown["gradients, beyond the activations freed by then"] = max(0, gradients - sum(activations.values()))
+        breakdown[optimizer[0]] = optimizer[1]
+    else:
+        breakdown.update(activations)
     if s.training_method == "grpo":
         # Sampling keeps a key/value cache for every sequence of the group; it is freed before the training
         # forward, so only what it needs beyond the training activations raises the peak.
         cache = 2 * arch.layers * arch.kv_dim * (4 if s.compute_dtype == "float32" else 2) * tokens
-        activations = sum(v for k, v in breakdown.items() if k.startswith(("activations", "logits")))
         breakdown[f"generation: key/value cache of {s.sequences} sequences x {s.sequence_length} tokens, beyond the "
-                  f"activations"] = max(0, cache - activations)
+                  f"activations"] = max(0, cache - sum(activations.values()))
     tensors = sum(breakdown.values())
     breakdown["framework: CUDA context, allocator slack"] = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors)
     notes = [f"the logits are computed in {HEAD_TOKEN_TILE:,} x {HEAD_VOCAB_TILE:,} tiles (TRL's fused LM head); "
-             f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"]
+             f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"] if s.loss == "fused" else []
     if s.training_method in ("dpo", "kto"):
         notes.append("the reference is the base with the adapter disabled: no second copy of the weights; its "
                      "forward runs without gradients and saves no activations")
@@ -433,7 +487,7 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
 
 def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     """Bytes one decoder layer saves for the backward pass."""
-    a, b, c = ACTIVATION_COEFFICIENTS[s.recipe]
+    a, b, c = s.activation_coefficients
     per_token = a * arch.hidden + b * arch.intermediate + c * arch.kv_dim
     if s.method != "full" and s.lora_dropout > 0:
         per_token += DROPOUT_BYTES[s.recipe] * sum(m.fan_in for m in arch.target_linears(s.target_modules))
@@ -442,16 +496,26 @@ def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     return int(tokens * per_token)
 
 
+def _head_name(s: Settings) -> str:
+    return ("logits: float32 tiles of TRL's fused LM head" if s.loss == "fused"
+            else "logits: the whole vocabulary, upcast to float32 for the loss")
+
+
 def _head_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     """TRL's fused head: one 16-bit tile of logits (plus the head's rows cast to the compute dtype when
     it is float32), float32 per-token statistics and, in the backward, the float32 gradient of the
-    hidden states (and of the head itself when it is trained)."""
+    hidden states (and of the head itself when it is trained). The unfused float32 loss: the logits in
+    the compute dtype (the model's output keeps them), the float32 log-probabilities cross-entropy saves,
+    and their float32 gradient."""
+    grad_head = arch.vocab * arch.hidden * 4 if s.method == "full" else 0
+    if s.loss == "float32":
+        wide = 4 if s.compute_dtype == "float32" else 2
+        return int(tokens * arch.vocab * (wide + 4 + 4) + grad_head)
     vocab_tile = min(arch.vocab, HEAD_VOCAB_TILE)
     tile = min(tokens, HEAD_TOKEN_TILE) * vocab_tile * 2
     cast = vocab_tile * arch.hidden * 2 if s.recipe == "qlora-fp16" else 0
     grad_hidden = tokens * arch.hidden * 4
     stats = tokens * 8 * 4
-    grad_head = arch.vocab * arch.hidden * 4 if s.method == "full" else 0
     return int(tile + cast + grad_hidden + stats + grad_head)
 
 
@@ -617,6 +681,23 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
     return (f"estimated peak memory {total / GB:.1f} GB ({settings.describe()}) exceeds this GPU's "
             f"{device_bytes / GB:.1f} GB and will likely run out of memory{fix}. "
             f"See `hubtune estimate {config.model.id}` for the breakdown")
+
+
+def oom_advice(config, device_bytes: int) -> str | None:
+    """After running out of memory: the nearest settings the fit search finds that need at least a fifth
+    less than this run was estimated to need (the run has shown it needs more than the estimate), within
+    the device. None for an architecture the estimate does not know, or when no change is enough."""
+    try:
+        arch = read_architecture(config.model.id, config.model.revision)
+    except HubtuneError:
+        return None
+    settings = Settings.from_run_config(config)
+    if config.training.gradient_checkpointing == "auto":
+        settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, config.model.id, "cuda",
+                                                                                 device_bytes))
+    target = min(device_bytes, int(0.8 * estimate(arch, settings).total))
+    tip = suggest(arch, settings, target)
+    return f"{tip.change} (estimated {tip.total / GB:.1f} GB)" if tip else None
 
 
 # ---- the field guide's table ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ and the UI all read a run the same way.
     runs/20260101-120000/
       config.yaml          the resolved run config (typed: RunFolder.config)
       state.json           status, owner, last error, pushes
-      .lock                pid and host of the process writing the run (train, eval)
+      .lock                pid, host and boot id of the process writing the run (train, eval), while it does
+      .lock.flock          the file lock that process holds; the OS frees it when the process ends
       data_report.json     what each data step removed
       data/train.jsonl     the prepared training rows, and data/validation.jsonl the held-out ones
       initial_eval.json    held-out loss before any update
@@ -30,6 +31,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict
 
 from hubtune import config as cfg
@@ -58,6 +60,7 @@ class DatasetRecord(BaseModel):
     name: str | None = None
     revision: str | None = None  # as configured (a branch, tag, or None for main)
     revision_sha: str | None = None  # the commit the rows were read at; None for local data
+    sha256: str | None = None  # a local file's content when it was read, to recognise it wherever it moves
 
 
 class RunSummary(BaseModel):
@@ -94,7 +97,8 @@ class RunSummary(BaseModel):
 class RunFolder:
     CONFIG = "config.yaml"
     STATE = "state.json"
-    LOCK = ".lock"
+    LOCK = ".lock"  # who holds the run: pid, host, command, since
+    OS_LOCK = ".lock.flock"  # what they hold: freed by the OS however the process ends, SIGKILL included
     SUMMARY = "summary.json"
     METRICS = "metrics.jsonl"
     EVAL = "eval.json"
@@ -116,7 +120,7 @@ class RunFolder:
         """A new run folder holding `config`; refuses a folder that already holds a run."""
         run = cls(path)
         holder = run.lock_holder()
-        if holder is not None and _alive(holder):  # before writing anything: the live run's config stays its own
+        if holder is not None:  # before writing anything: the live run's config stays its own
             raise run._locked_by(holder)
         if (run.path / "checkpoints").exists() or (run.path / cls.SUMMARY).exists():
             raise HubtuneError(f"{run.path} already holds a run; continue it with `hubtune train --resume {run.path}` "
@@ -141,12 +145,41 @@ class RunFolder:
         if missing:
             raise HubtuneError(f"{self.path} is not a finished run ({self.status.value}): missing {', '.join(missing)}. "
                                f"Finish it with `hubtune train --resume {self.path}`")
+        self.check_adapter_weights()
         return self
+
+    def check_adapter_weights(self) -> None:
+        """The adapter's weights are one whole safetensors file. A pickled one (adapter_model.bin) is refused
+        before anything loads it: unpickling is how such a file would run code."""
+        from hubtune.errors import ModelFolderError
+
+        weights = self.adapter / "adapter_model.safetensors"
+        restore = (f"restore the adapter folder from where it was published, or train it again "
+                   f"(`hubtune train --resume {self.path}` continues from its last checkpoint)")
+        if not weights.is_file():
+            pickled = sorted(p.name for p in self.adapter.glob("adapter_model*.bin")) if self.adapter.is_dir() else []
+            if pickled:
+                raise ModelFolderError(f"{self.adapter} holds pickled weights ({', '.join(pickled)}), not "
+                                       f"adapter_model.safetensors; hubtune loads adapters only from safetensors, "
+                                       f"which hold tensors and nothing that runs. Save the adapter as safetensors "
+                                       f"(PEFT's save_pretrained does by default), or {restore}")
+            raise ModelFolderError(f"{weights} is missing: the run's adapter has no weights; {restore}")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors' own error type: a cut-short or garbled file
+            raise ModelFolderError(f"{weights} is damaged ({err}): it was cut short or is not safetensors; "
+                                   f"{restore}") from None
+
 
     # ---- what it holds ------------------------------------------------------------------------------
     @cached_property
     def config(self) -> cfg.RunConfig:
-        return cfg.load(self.path / self.CONFIG)
+        """The run's config as it was trained. Its data paths are a record, not a requirement: push, eval,
+        merge and export read the prepared data inside the run folder, wherever the sources have gone."""
+        return cfg.load(self.path / self.CONFIG, check_paths=False)
 
     @property
     def adapter(self) -> Path:
@@ -252,7 +285,7 @@ class RunFolder:
     @property
     def status(self) -> Status:
         holder = self.lock_holder()
-        if holder and _alive(holder):
+        if holder:
             return Status.EVALUATING if holder.get("command") == "eval" else Status.RUNNING
         state = self.state()
         if state.get("pushes"):
@@ -281,11 +314,29 @@ class RunFolder:
         _write_atomic(self.path / self.STATE, json.dumps({**self.state(), **updates}, indent=2))
 
     # ---- the lock -----------------------------------------------------------------------------------
-    def lock_holder(self) -> dict | None:
+    def _recorded_holder(self) -> dict | None:
         try:
             return json.loads((self.path / self.LOCK).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+    def lock_holder(self) -> dict | None:
+        """Who writes the run now (pid, host, command, started), or None. A holder on this machine is live
+        while its file lock is held; one on another machine sharing the folder is taken at its word."""
+        holder = self._recorded_holder()
+        if holder is not None and _foreign_and_stale(holder):
+            return None
+        if holder is None or holder.get("host") != socket.gethostname():
+            return holder
+        probe = FileLock(self.path / self.OS_LOCK, timeout=0)  # its own descriptor: even this process's hold counts
+        try:
+            probe.acquire()
+        except Timeout:
+            return holder
+        except OSError:  # a folder this process may only read: judge by the recorded process instead
+            return holder if _alive(holder) else None
+        probe.release()
+        return None  # left by a process that is gone
 
     @contextmanager
     def lock(self, command: str):
@@ -294,28 +345,30 @@ class RunFolder:
         if not self.writer:
             yield self  # the main process holds the lock for all of a launch's processes
             return
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command,
-              "process_start": _process_start(os.getpid())}
-        f = self.path / self.LOCK
-        for _ in range(2):
-            try:
-                fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.lock_holder()
-                if holder is None or not _alive(holder):
-                    f.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                raise self._locked_by(holder) from None
-            with os.fdopen(fd, "w") as out:
-                json.dump(me, out)
-            break
+        os_lock = FileLock(self.path / self.OS_LOCK, timeout=0)
         try:
-            yield self
+            os_lock.acquire()
+        except Timeout:
+            raise self._locked_by(self._recorded_holder() or {}) from None
+        try:
+            recorded = self._recorded_holder()
+            if recorded and recorded.get("host") != socket.gethostname() and not _foreign_and_stale(recorded):
+                raise self._locked_by(recorded)
+            # Ours now; details a process that is gone left behind are replaced.
+            _write_atomic(self.path / self.LOCK, json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(), "boot_id": boot_id(), "started": _now(),
+                "command": command, "process_start": _process_start(os.getpid())}))
+            try:
+                yield self
+            finally:
+                (self.path / self.LOCK).unlink(missing_ok=True)
         finally:
-            if (self.lock_holder() or {}).get("pid") == me["pid"]:
-                f.unlink(missing_ok=True)
+            os_lock.release()
 
     def _locked_by(self, holder: dict) -> RunLockedError:
+        if not holder:  # the holder has its file lock but has not written its details yet
+            return RunLockedError(f"{self.path} is in use by another hubtune process that is just starting; wait "
+                                  f"for it to finish or stop it", holder)
         return RunLockedError(
             f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
             f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
@@ -417,9 +470,33 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _alive(holder: dict) -> bool:
+def boot_id() -> str | None:
+    """This boot of this machine (Linux): a lock from an earlier boot is stale whatever its pid."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _foreign_and_stale(holder: dict) -> bool:
+    """A lock recorded by another host, on a Space: a Space's disk is its own, so such a lock was left by the
+    Space before a restart moved it to this host. Elsewhere another host sharing the folder may live."""
+    return holder.get("host") != socket.gethostname() and bool(os.environ.get("SPACE_ID"))
+
+
+def local_holder_pid(holder: dict) -> int | None:
+    """The pid of the lock's holder when it is a live process of this machine's current boot and the very
+    process that took the lock (its start time matches); None otherwise. The only pid that may be signalled."""
     if holder.get("host") != socket.gethostname():
-        return True  # another machine's process: cannot tell, so assume it lives
+        return None
+    recorded_boot = holder.get("boot_id")
+    if recorded_boot is not None and recorded_boot != boot_id():
+        return None
+    return holder["pid"] if _alive(holder) and holder.get("pid", 0) > 0 else None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the recorded process on this machine still runs (a reused pid is told by its start time)."""
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False

@@ -61,7 +61,31 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
     run = RunFolder.open(run_dir)
     if run.summary is not None:
         return run
+    check_resumable(run, run.config)
     return _run(run, run.config, True, callbacks, display)
+
+
+def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
+    """A checkpoint continues only with the adapter shape it was saved with: a lora.r or lora.alpha edited
+    in config.yaml since is a ConfigError naming both values, before any weight is loaded."""
+    import json
+
+    saved = sorted(run.checkpoints.glob("checkpoint-*/adapter_config.json"),
+                   key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit()
+                   else -1)
+    if not saved:
+        return
+    try:
+        adapter = json.loads(saved[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # a damaged checkpoint is set aside by last_checkpoint, with its own warning
+    problems = [(f"lora.{name}", f"{now} here, but {saved[-1].parent.name} was saved with {was}; a run continues "
+                                 f"with the adapter it was saved with: set it back to {was}, or start a new run")
+                for name, now, was in (("r", config.lora.r, adapter.get("r")),
+                                       ("alpha", config.lora.alpha, adapter.get("lora_alpha")))
+                if was is not None and now != was]
+    if problems:
+        raise ConfigError(problems, str(run.path / RunFolder.CONFIG))
 
 
 def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
@@ -143,6 +167,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
+    if cpu:
+        torch.set_num_threads(hardware.cpu_threads(distributed.local_world_size()))
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
@@ -161,7 +187,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
         new_tokens = add_tokens(tokenizer, config.model)
         if new_tokens:
-            display.note(f"added to the vocabulary (embedding and output rows trained): {', '.join(new_tokens)}")
+            display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
+                         f"{', '.join(new_tokens)}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
@@ -342,9 +369,16 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if model.router_aux_loss:
+        kwargs["output_router_logits"] = True  # the model's forward then adds the load-balancing loss
     if attention:
         kwargs["attn_implementation"] = attention
-    if model.quantization != "none" and not saved_quantized:
+    if model.quantization == "int8" and sharded:
+        raise ConfigError([("model.quantization", "int8 bases cannot be sharded by FSDP or ZeRO-3; use nf4 (4 bits) "
+                                                  "or training.distributed: ddp")])
+    if model.quantization == "int8" and not saved_quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,
@@ -646,7 +680,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         base_model=base.repo_id or config.model.id,
         base_revision=base.revision_sha,
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
-                                revision_sha=read.get(s.path, {}).get("revision_sha"))
+                                revision_sha=read.get(s.path, {}).get("revision_sha"), sha256=_file_sha256(s.path))
                   for s in config.data.sources],
         method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
@@ -712,3 +746,12 @@ def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"
+
+
+def _file_sha256(path: str) -> str | None:
+    """The content hash of a local data file (None for a Hub dataset, a built-in asset or a folder)."""
+    from hubtune.data.output import file_sha256
+    from hubtune.refs import RepoRef
+
+    ref = RepoRef.parse(path)
+    return file_sha256(ref.path) if ref.kind == "local" and ref.path.is_file() else None

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from hubtune.data.formats import to_example
 from hubtune.data.pipeline import PreparedData, prepare
-from hubtune.data.sources import iter_rows
 
-__all__ = ["PreparedData", "prepare", "write_jsonl", "load_tokenizer", "read_jsonl", "alpaca_to_messages"]
+__all__ = ["PreparedData", "prepare", "write_jsonl", "load_tokenizer", "alpaca_to_messages"]
 
 
 def write_jsonl(rows, path: str | Path) -> int:
@@ -34,20 +33,20 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
     """The tokenizer of a base model (Hub id, local folder or hubtune:<asset>), for token lengths."""
     from transformers import AutoTokenizer
 
-    from hubtune.refs import resolve_builtin
+    from hubtune import hub
     from hubtune.errors import DataError
+    from hubtune.refs import RepoRef, resolve_builtin
 
+    hub.check_remote_code(trust_remote_code, model_id)
+    if RepoRef.parse(model_id).is_hub:
+        with hub.hub_errors(model_id, "model", revision):
+            hub.require_access(model_id, "model", revision)
     try:
-        return AutoTokenizer.from_pretrained(resolve_builtin(model_id), revision=revision,
+        return AutoTokenizer.from_pretrained(resolve_builtin(model_id), revision=revision, token=hub.token(),
                                              trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot load the tokenizer of {model_id} ({err}); token lengths are measured with the "
                         f"base model's tokenizer: pass a local model folder or a Hub id with --model") from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a malformed line is a DataError with its line number."""
-    return [row for row, _, _ in iter_rows([Path(path)], skip_bad_rows=False, bad_rows=[])]
 
 
 def alpaca_to_messages(row: dict) -> dict:

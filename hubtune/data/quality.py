@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from hubtune.data.budget import check_renders
 from hubtune.data.formats import Example
 from hubtune.errors import DataError, OutOfMemoryError, translate
 
@@ -29,8 +30,9 @@ def token_lengths(examples: Sequence[Example], tokenizer) -> tuple[np.ndarray, n
         chunk = examples[start:start + BATCH]
         answers = count([ex.response for ex in chunk], False)
         if chunk[0].text is None:
-            rendered = tokenizer.apply_chat_template([ex.prompt + ex.completion for ex in chunk], tokenize=False)
-            lengths = count(rendered, False)
+            conversations = [ex.prompt + ex.completion for ex in chunk]
+            check_renders(tokenizer, conversations, getattr(tokenizer, "name_or_path", "") or "the base model")
+            lengths = count(tokenizer.apply_chat_template(conversations, tokenize=False), False)
             if chunk[0].rejected is not None:  # a pair is as long as its longer answer
                 rendered = tokenizer.apply_chat_template([ex.prompt + ex.rejected for ex in chunk], tokenize=False)
                 lengths = [max(a, b) for a, b in zip(lengths, count(rendered, False))]
@@ -131,13 +133,9 @@ def task_caps(counts: dict[str, int], max_share: float) -> dict[str, int]:
     return {task: min(n, lo) for task, n in counts.items()}
 
 
-def balance(examples: Sequence[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
-    """Downsample task types above max_share (seeded): (indices dropped, shares before and after)."""
-    return balance_tasks([ex.task for ex in examples], max_share, seed)
-
-
 def balance_tasks(tasks: list[str | None], max_share: float, seed: int) -> tuple[list[int], dict | None]:
-    """`balance` on the task of each example."""
+    """Downsample task types above max_share (seeded), given each example's task: (indices dropped, shares
+    before and after)."""
     if all(t is None for t in tasks):
         return [], None
     by_task: dict[str, list[int]] = {}

@@ -105,6 +105,8 @@ NOTED = {
     "flash_attn_fuse_mlp": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
     "flash_attn_fuse_qkv": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
     "torch_compile": "hubtune does not compile the model with torch.compile (speed only)",
+    "fused_attn_kernel": "Axolotl's fused RMSNorm + RoPE kernel only speeds up the same computation; hubtune runs "
+                         "transformers' own",
     "torch_compile_mode": "hubtune does not compile the model with torch.compile (speed only)",
     "ddp_find_unused_parameters": "hubtune lets DDP expect a gradient for every LoRA weight (each gets one every step)",
     "loss_watchdog_threshold": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
@@ -120,12 +122,10 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "rl": "preference / reinforcement training: hubtune trains supervised fine-tuning (SFT) only so far",
     "reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
     "process_reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
-    "load_in_8bit": "hubtune loads bases in 4 bits (QLoRA: load_in_4bit) or 16 bits (LoRA), not 8",
     "train_on_inputs": "hubtune learns the completions only (the prompt is context)",
     "lora_model_dir": "hubtune starts new adapters; it does not continue a saved one",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
-    "xformers_attention": "transformers has no xformers attention; use flash_attention or sdp_attention",
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "gptq": "hubtune quantizes bases with bitsandbytes (NF4/FP4); a GPTQ base is not loaded for training",
     "unfrozen_parameters": "training chosen base weights in full: hubtune trains LoRA adapters (and lora_modules_to_save)",
@@ -135,8 +135,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "tokenizer_legacy": "hubtune loads the tokenizer as the base saved it",
     "quantize_moe_experts": "hubtune quantizes linear layers; stacked mixture-of-experts weights stay as the base saved them",
     "use_kernels": "kernels downloaded from the Hub (the kernels package) are code hubtune does not run",
-    "fused_attn_kernel": "a fused attention kernel from Axolotl: hubtune runs transformers' attention",
-    "gemma4_hybrid_attn_impl": "Axolotl's patched Gemma 4 attention: hubtune runs transformers' own",
     "llama4_linearized_experts": "Axolotl's linearised Llama 4 experts (a re-saved base): hubtune loads transformers' own",
     "flex_attn_compile_kwargs": "hubtune does not compile flex attention with custom arguments",
     "dsv4_fp4_grouped_mode": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
@@ -151,7 +149,7 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "use_scattermoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "use_sonicmoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "experts_implementation": "hubtune runs transformers' default experts implementation",
-    "model_config": "overrides of the model's config.json change the model (e.g. its router loss); hubtune loads the config as saved",
+    "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "context_parallel_size": "context parallelism (one sequence split over GPUs): hubtune runs DDP, FSDP or DeepSpeed",
@@ -186,19 +184,21 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "neftune_noise_alpha": "hubtune adds no noise to embeddings",
     "freeze_mm_modules": "a vision / audio model: hubtune trains text-only causal language models",
 }
-PLUGINS = {  # Axolotl plugins, by the kernel hubtune runs in their place (None: why not)
+PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (what hubtune does anyway), None (why not)
     "axolotl.integrations.liger.LigerPlugin": ("liger", None),
     "axolotl.integrations.liger.plugin.LigerPlugin": ("liger", None),
     "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": (
-        "liger", "Cut Cross Entropy: hubtune runs Liger's fused linear cross-entropy, which also computes the loss "
-                 "without materialising the logits (the same loss)"),
+        "same", "Cut Cross Entropy: TRL's trainer already computes the loss through a fused, chunked LM head "
+                "without materialising all logits (the same loss)"),
     "axolotl.integrations.kernels.KernelsPlugin": (
         None, "kernels downloaded from the Hub (the kernels package) are code hubtune does not run"),
 }
 LIGER_FLAGS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_rms_norm_gated",
                "liger_fused_linear_cross_entropy", "liger_cross_entropy", "liger_swiglu")
 ATTENTION = {"flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "eager": "eager",
-             "flex_attention": "flex_attention"}
+             "flex_attention": "flex_attention", "xformers": "sdpa"}
+XFORMERS_NOTE = ("xformers: transformers has no xformers attention; hubtune runs PyTorch's SDPA, which computes "
+                 "the same exact attention (its memory-efficient kernel)")
 FSDP_OFFLOAD = ("offload_params", "fsdp_offload_params")
 
 
@@ -350,8 +350,11 @@ class _Reader:
                         if adapter else "not set (a full fine-tune): hubtune trains adapters; set adapter: lora or qlora")
         if adapter == "qlora" and not four_bit:
             self.refuse("load_in_4bit", "adapter: qlora needs load_in_4bit: true (as in Axolotl)")
+        eight_bit = bool(self.take("load_in_8bit", False))
+        if eight_bit and (four_bit or adapter == "qlora"):
+            self.refuse("load_in_8bit", "True: contradicts load_in_4bit / adapter: qlora; give one of them")
         bnb = dict(self.take("bnb_config_kwargs", {}) or {})
-        model["quantization"] = str(bnb.pop("bnb_4bit_quant_type", "nf4")) if four_bit else "none"
+        model["quantization"] = str(bnb.pop("bnb_4bit_quant_type", "nf4")) if four_bit else "int8" if eight_bit else "none"
         model["double_quant"] = bool(bnb.pop("bnb_4bit_use_double_quant", True))
         if bnb.pop("llm_int8_has_fp16_weight", False):
             self.refuse("bnb_config_kwargs.llm_int8_has_fp16_weight", "8-bit weights are not used by hubtune")
@@ -359,6 +362,13 @@ class _Reader:
             self.refuse(f"bnb_config_kwargs.{key}", f"{shown(value)}: hubtune sets the rest of the 4-bit config itself")
         model["compute_dtype"] = self.precision()
         model.update(self.tokens())
+        overrides = self.take("model_config")
+        if overrides is not None:
+            overrides = dict(overrides) if isinstance(overrides, dict) else {"(value)": overrides}
+            if overrides.pop("output_router_logits", False) is True:
+                model["router_aux_loss"] = True
+            for key, value in overrides.items():
+                self.refuse(f"model_config.{key}", f"{shown(value)}: {WHY['model_config']}")
         return model
 
     def precision(self) -> str:
@@ -644,8 +654,8 @@ class _Reader:
             self.refuse("batch_size", f"{batch!r}: a multiple of micro_batch_size ({micro}), or give "
                                       f"gradient_accumulation_steps")
         elif batch is not None and batch != micro * steps:
-            self.refuse("batch_size", f"{batch!r}: differs from micro_batch_size x gradient_accumulation_steps "
-                                      f"({micro * steps}); give one of them")
+            self.note(f"batch_size {batch}: gradient_accumulation_steps comes first, as in Axolotl (an effective "
+                      f"batch of {micro * steps} per GPU)")
         return steps or AXOLOTL_DEFAULTS["gradient_accumulation_steps"]
 
     def cadence(self, t: dict) -> None:
@@ -660,6 +670,8 @@ class _Reader:
         elif self.data.get("save_strategy") in (None, "epoch"):
             self.take("save_strategy")
             t["saves_per_epoch"] = 1  # Axolotl's default: a checkpoint at the end of each epoch
+        elif self.data.get("save_strategy") == "steps":
+            t["save_steps"] = 500  # transformers' default save_steps, which Axolotl leaves in place
         strategy = self.data.get("save_strategy")
         if strategy == "no":
             self.refuse("save_strategy", "'no': hubtune always keeps checkpoints (save_total_limit of them)")
@@ -674,8 +686,8 @@ class _Reader:
             value = self.take("evals_per_epoch")
             if "eval_steps" not in t:
                 t["evals_per_epoch"] = value
-        elif self.data.get("eval_strategy") == "epoch" or self.data.get("evaluation_strategy") == "epoch":
-            self.take("eval_strategy") or self.take("evaluation_strategy")
+        elif "epoch" in (self.data.get("eval_strategy"), self.data.get("evaluation_strategy")):
+            self.take("eval_strategy"), self.take("evaluation_strategy")
             t["evals_per_epoch"] = 1
         elif "eval_steps" not in t:
             t["evals_per_epoch"] = 0  # Axolotl evaluates during training only when asked
@@ -718,14 +730,25 @@ class _Reader:
             if value in ATTENTION:
                 attention = ATTENTION[value]
                 self.take("attn_implementation")
+                if value == "xformers":
+                    self.note(XFORMERS_NOTE)
             else:
                 self.refuse("attn_implementation", f"{self.take('attn_implementation')!r}: transformers' attention "
                                                    f"hubtune loads: {', '.join(ATTENTION)}")
+        hybrid = self.data.get("gemma4_hybrid_attn_impl") is True
+        if hybrid:
+            self.take("gemma4_hybrid_attn_impl")
+            attention = "sdpa"  # before the flags below: their flash_attention gives way to it
+            self.note("gemma4_hybrid_attn_impl: hubtune runs SDPA in every layer (FlashAttention 2 cannot serve "
+                      "Gemma 4's 512-wide global heads); the same exact attention")
         for key, name in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                          ("flex_attention", "flex_attention"), ("eager_attention", "eager")):
+                          ("flex_attention", "flex_attention"), ("eager_attention", "eager"),
+                          ("xformers_attention", "sdpa")):
             if self.data.get(key) is True:
                 self.take(key)
-                if attention not in (None, name):
+                if key == "xformers_attention":
+                    self.note(XFORMERS_NOTE)
+                if attention not in (None, name) and not (hybrid and name == "flash_attention_2"):
                     self.refuse(key, f"True: contradicts attention {attention}")
                 attention = attention or name
         liger = False
@@ -734,13 +757,12 @@ class _Reader:
             kernel, why = PLUGINS.get(str(plugin), (None, "an Axolotl plugin hubtune has no counterpart for"))
             if kernel == "liger":
                 liger = True
-                if why:
-                    self.note(why)
+            elif kernel == "same":
+                self.note(why)
             else:
                 self.refuse("plugins", f"{plugin}: {why}")
         if self.data.get("cut_cross_entropy") is True:
             self.take("cut_cross_entropy")
-            liger = True
             self.note(PLUGINS["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"][1])
         flags = {key: self.take(key) for key in LIGER_FLAGS if self.has(key)}
         if any(flags.values()):
@@ -860,16 +882,28 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["revision_of_model"] = m.revision
     if m.trust_remote_code:
         out["trust_remote_code"] = True
-    quantized = m.quantization != "none"
-    out.update(adapter="qlora" if quantized else "lora", load_in_4bit=quantized, load_in_8bit=False)
+    quantized = m.quantization in ("nf4", "fp4")
+    out.update(adapter="qlora" if quantized else "lora", load_in_4bit=quantized, load_in_8bit=m.quantization == "int8")
     if quantized:
         out["bnb_config_kwargs"] = {"bnb_4bit_quant_type": m.quantization, "bnb_4bit_use_double_quant": m.double_quant}
     out.update(DTYPE_TO_AXOLOTL[m.compute_dtype])
+    if m.router_aux_loss:
+        out["model_config"] = {"output_router_logits": True}
+    if m.special_tokens:
+        out["special_tokens"] = dict(m.special_tokens)
+    if m.added_tokens:
+        out["tokens"] = list(m.added_tokens)
     out.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout)
-    if lo.target_modules == "all-linear":
+    if lo.target_regex is None and lo.target_modules == "all-linear":
         out["lora_target_linear"] = True
     else:
         out["lora_target_modules"] = lo.peft_target_modules()
+    if lo.target_parameters:
+        out["lora_target_parameters"] = list(lo.target_parameters)
+    if lo.modules_to_save:
+        out["lora_modules_to_save"] = list(lo.modules_to_save)
+    if lo.use_rslora:
+        out["peft_use_rslora"] = True
 
     found = formats or [None] * len(d.sources)
     out["datasets"] = []
@@ -883,24 +917,29 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     if d.chat_template == "default":
         problems.append(("data.chat_template", "hubtune's default template has no Axolotl name; use auto"))
     out.update(val_set_size=d.val_set_size if d.val_set_size < 1 else 0.0, sequence_len=d.max_seq_len,
-               sample_packing=d.packing, chat_template="tokenizer_default",
+               sample_packing=d.packing, chat_template="tokenizer_default" if d.chat_template == "auto" else d.chat_template,
                excess_length_strategy="truncate" if d.truncate else "drop")
     if d.dedup_exact:
         out["dataset_exact_deduplication"] = True
 
     out.update(num_epochs=t.epochs, micro_batch_size=t.micro_batch_size,
                gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-               lr_scheduler=t.lr_scheduler, warmup_steps=t.warmup_steps,
+               lr_scheduler=t.lr_scheduler,
                optimizer="paged_adamw_8bit" if t.optimizer == "auto" else t.optimizer,
-               weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+               weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
+               adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm,
                gradient_checkpointing=t.gradient_checkpointing is not False, logging_steps=t.logging_steps,
-               save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, train_on_inputs=False)
+               save_total_limit=t.save_total_limit, seed=t.seed, tf32=t.tf32, train_on_inputs=False)
+    out.update({"warmup_ratio": t.warmup_ratio} if t.warmup_ratio is not None else {"warmup_steps": t.warmup_steps})
+    out.update({"saves_per_epoch": t.saves_per_epoch} if t.saves_per_epoch else {"save_steps": t.save_steps})
     if t.max_steps:
         out["max_steps"] = t.max_steps
-    if t.eval_steps:
+    if t.eval_steps and t.evals_per_epoch is None:
         out["eval_steps"] = t.eval_steps
     else:
-        out["evals_per_epoch"] = 1
+        out["evals_per_epoch"] = 1 if t.evals_per_epoch is None else t.evals_per_epoch
+    out.update(_axolotl_kernels(t))
+    out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     if config.output.dir:
@@ -910,12 +949,34 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         raise HubtuneError("cannot write this run config as an Axolotl config:\n" + "\n".join(lines))
 
     # What Axolotl has no key for rides along under `hubtune:`, so that reading the file back is exact.
-    back = cfg.build(from_axolotl(out).tree).model_dump(mode="json")
+    back = cfg.build(from_axolotl(out).tree, check_paths=False).model_dump(mode="json")
     extra = _difference(config.model_dump(mode="json"), back)
     if extra:
         out[HUBTUNE_BLOCK] = extra
-    if cfg.build(from_axolotl(out).tree) != config:
+    if cfg.build(from_axolotl(out).tree, check_paths=False) != config:
         raise HubtuneError("the Axolotl config would not read back as the same run config; please report this")
+    return out
+
+
+DISTRIBUTED_TO_AXOLOTL = {  # hubtune's presets as Axolotl writes them (ddp: Axolotl's default when launched on GPUs)
+    "fsdp": {"fsdp": ["full_shard", "auto_wrap"],
+             "fsdp_config": {"fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                             "fsdp_cpu_ram_efficient_loading": True, "fsdp_offload_params": False}},
+    "deepspeed-zero2": {"deepspeed": "deepspeed_configs/zero2.json"},
+    "deepspeed-zero3": {"deepspeed": "deepspeed_configs/zero3.json"},
+}
+
+
+def _axolotl_kernels(t: cfg.TrainingSection) -> dict:
+    """attn_implementation and the Liger plugin for training.kernels (auto: nothing; hubtune picks at run time)."""
+    choice = t.kernel_choice()
+    if choice is None:
+        return {}
+    attention, liger = choice
+    out: dict[str, Any] = {"attn_implementation": attention}
+    if liger:
+        out["plugins"] = ["axolotl.integrations.liger.LigerPlugin"]
+        out.update({key: True for key in ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm")})
     return out
 
 
@@ -1005,7 +1066,7 @@ def export(run_or_config: str | Path) -> dict:
     config_file = path / "config.yaml" if path.is_dir() else path
     if not config_file.is_file():
         raise HubtuneError(f"{path} is neither a run folder (with config.yaml) nor a run config file")
-    config = cfg.load(config_file)
+    config = cfg.load(config_file, check_paths=not path.is_dir())  # a run's record: its data may have moved
     report = path / "data_report.json" if path.is_dir() else None
     formats = None
     if report is not None and report.is_file():
