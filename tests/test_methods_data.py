@@ -282,3 +282,12 @@ def test_the_page_previews_pairs_sets_the_method_and_charts_rewards(tmp_path):
     points = views.loss_points([RunFolder(run)])
     assert {p["series"]: p["loss"] for p in points} == {"training": 0.5, "reward exact_match": 0.25}
     assert views.chart_caption(points) == "1 training-loss points, 0 held-out-loss points, 1 reward points"
+
+
+def test_evaluation_scores_a_preference_run_against_the_chosen_answers():
+    from hubtune.evaluation.pipeline import _scored_rows
+
+    prompt, good, bad = ([{"role": r, "content": c}] for r, c in (("user", "Q"), ("assistant", "A"), ("assistant", "B")))
+    rows = [{"prompt": prompt, "chosen": good, "rejected": bad},
+            {"prompt": prompt, "completion": bad, "label": False}, {"prompt": prompt, "completion": good, "label": True}]
+    assert _scored_rows(rows) == [{"prompt": prompt, "completion": good}] * 2
