@@ -178,7 +178,8 @@ def chat_template_names() -> list[str]:
     return sorted(p.stem for p in CHAT_TEMPLATES.glob("*.jinja"))
 
 
-FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text")
+FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text",
+               "chosen", "rejected", "label")
 
 
 class ScorerSection(Section):
@@ -209,8 +210,9 @@ class DataSection(Section):
     sources: list[DataSource] = Field(
         default_factory=lambda: [DataSource(path="hubtune:data/invoices/train.jsonl")],
         description="Training data; plain strings are read as paths.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = Field(
-        "auto", description="Row format; auto detects it from the columns.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference", "kto"] = Field(
+        "auto", description="Row format; auto detects it from the columns (preference: prompt/chosen/rejected "
+                            "pairs; kto: prompt/completion/label).")
     columns: dict[str, str] = Field(default_factory=dict,
         description="Map hubtune's field names to your columns, e.g. {output: answer, instruction: question}.")
     skip_bad_rows: bool = Field(False, description="Skip and count malformed rows instead of stopping at the first one.")
