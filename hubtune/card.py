@@ -122,13 +122,14 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
     findings = verdict.findings
     base_finding = findings[0]
     hub = constants.ENDPOINT.rstrip("/")
-    dataset_findings = {f.repo.ref: f for f in findings[1:]}
     datasets = []
-    for d in s.datasets:
-        f = dataset_findings.get(d.path)
-        datasets.append({"ref": d.path, "url": f"{hub}/datasets/{d.path}" if is_hub_id(d.path) else None,
+    for d, f in zip(s.datasets, findings[1:] + [None] * len(s.datasets)):  # repo_licences' order: the summary's
+        declared = f.repo.declared if f else None
+        datasets.append({"ref": d.label, "url": f"{hub}/datasets/{d.path}" if is_hub_id(d.path) else None,
                          "revision": d.revision_sha or d.revision,  # the commit the rows were read at
-                         "split": d.split, "licence": f.repo.licence if f else "unknown"})
+                         "sha256": d.sha256, "role": {"task": "task data", "mix": "general data mixed in"}[d.role],
+                         "rows": d.train_rows, "split": d.split, "licence": f.repo.licence if f else "unknown",
+                         "declared": declared})
     hw = s.hardware
     details = f" ({hw['compute_dtype']})" if hw.get("compute_dtype") else ""
     return ModelCard.from_template(
@@ -144,7 +145,7 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         verdict=verdict.verdict, use=verdict.use,
         lora=config.lora, training=config.training, model_section=config.model,
         trainable=s.trainable_parameters, total=s.total_parameters,
-        steps=s.global_steps, epochs=s.epochs, train_examples=s.train_examples,
+        steps=s.global_steps, epochs=s.epochs, train_examples=s.train_examples, eval_examples=s.eval_examples,
         duration=s.duration_seconds, final_eval_loss=s.final_eval_loss,
         initial_eval_loss=s.initial_eval_loss, hardware=f"{hw.get('device_name') or hw.get('device', '?')}{details}",
         optimizer=hw.get("optimizer") or config.training.optimizer,  # `auto` as the hardware resolved it
@@ -185,5 +186,5 @@ def repo_licences(run: RunFolder):
 
     s = run.summary
     model = licence.read_licence(s.base_model, "model", s.base_revision)
-    datasets = [licence.read_licence(d.path, "dataset", d.revision_sha or d.revision) for d in s.datasets]
+    datasets = licence.dataset_licences([(d, d.role) for d in s.datasets], run.config.licence.declared)
     return model, datasets

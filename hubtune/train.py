@@ -136,13 +136,16 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     from hubtune import advice, compat, data, hub, licence, memory
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
     #    repo too, so a token that cannot write there stops the run now rather than at the first save.
-    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+    datasets = config.data.trained_sources()
+    mixed = " (general data mixed in included)" if len(datasets) > len(config.data.sources) else ""
+    display.phase("licence", f"checking {config.model.id} and {len(datasets)} dataset(s){mixed} "
                              f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
     display.licence(verdict)
@@ -164,6 +167,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
             display.note(warning, style="bold red")
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
     display.data_report(prepared.report)
+    require_held_out(prepared.report, config.data)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
@@ -508,6 +512,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
 
 def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,
              backend: dict | None, batches: distributed.BatchPlan) -> RunSummary:
+    from hubtune.refs import RepoRef, file_sha256, resolve_builtin
     from hubtune.runinfo import library_versions, peak_memory_mb
 
     model = trainer.model
@@ -515,12 +520,16 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
     total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] > 0]
     read = {s["path"]: s for s in prepared.report["sources"]}
+    if prepared.report.get("mix_source"):
+        read[config.data.mix.source.path] = prepared.report["mix_source"]
     return RunSummary(
         base_model=base.repo_id or config.model.id,
         base_revision=base.revision_sha,
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
-                                revision_sha=read.get(s.path, {}).get("revision_sha"))
-                  for s in config.data.sources],
+                                revision_sha=read.get(s.path, {}).get("revision_sha"), role=role,
+                                train_rows=read.get(s.path, {}).get("train"), eval_rows=read.get(s.path, {}).get("eval"),
+                                sha256=file_sha256(resolve_builtin(s.path)) if RepoRef.parse(s.path).kind == "local" else None)
+                  for s, role in config.data.trained_sources()],
         method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
         total_parameters=total,
