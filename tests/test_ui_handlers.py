@@ -34,13 +34,17 @@ def check(client, dataset="hubtune:data/invoices/train.jsonl", model="hubtune:ti
 
 
 def test_check_data_shows_rows_format_licence_and_report(client):
-    fmt, rows, licence, access, report, histogram, pairs = check(client)
+    fmt, rows, licence, access, report, histogram, pairs, training_on, *_ = check(client)
+    assert training_on.startswith("Training on: **hubtune:data/invoices/train.jsonl**, 1200 rows, built in")
+    assert "10% general data mixed in: hubtune:data/general/train.jsonl (apache-2.0)" in training_on
+    bins = [b for b, _ in histogram["value"]["data"]]  # drawn in numeric order, not as text sorts them
+    assert histogram["sort"] == bins == sorted(bins, key=lambda b: int(b.split("-")[0])) != sorted(bins)
     assert "1200 rows" in fmt and "format **alpaca**" in fmt
     assert rows["headers"] == ["instruction", "input", "output"] and len(rows["data"]) == 5
     assert "Licence verdict: allow" in licence
     assert "nothing to request" in access
     assert "for training" in report and "near-duplicate" in report
-    assert sum(count for _, count in histogram["data"]) > 1000
+    assert sum(count for _, count in histogram["value"]["data"]) > 1000
 
 
 def test_try_prompting_first_scores_the_base(client, one_torch_thread):
@@ -224,4 +228,27 @@ def test_two_runs_compared_config_diff_and_curves_overlaid(client, ui_app, eval_
     diff, overlay = client.predict(str(ui_app.root / "first"), str(ui_app.root / "second"), api_name="/compare")
     assert "+  learning_rate: 0.0005" in diff
     series = {row[2] for row in overlay["data"]}
-    assert series == {"first: training", "first: held-out", "second: training", "second: held-out"}
+    assert series == {"first: training loss", "first: held-out loss", "second: training loss", "second: held-out loss"}
+
+
+def test_own_upload_is_named_mixed_only_when_asked_and_a_rejected_one_clears(client, ui_app, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
+    from data_rows import label_rows, write_jsonl
+
+    mine = write_jsonl(tmp_path / "my_labels.jsonl", label_rows(60))
+    out = client.predict("hubtune:tiny-llama", "hubtune:data/invoices/train.jsonl", handle_file(str(mine)), "auto",
+                         "", "personal", False, True, api_name="/check_data")
+    fmt, _, licence, _, report, _, _, training_on, *_ = out
+    assert "60 rows" in fmt
+    assert training_on.startswith("Training on: **my_labels.jsonl**, 60 rows, uploaded (sha256 ")
+    assert "rights declared by you (not signed in)" in training_on and "no general data mixed in" in training_on
+    assert "Kept **60 of 60**" in report and "mixed in" not in report.split("\n")[0]
+    assert "declared by the uploader" in licence and str(ui_app.root) not in licence + report + training_on
+
+    monkeypatch.setattr(h.hosting, "UPLOAD_LIMIT_MB", 0)  # too large: refused, and nothing stands in for it
+    fmt, *_, training_on, upload, dataset = client.predict(
+        "hubtune:tiny-llama", "hubtune:data/invoices/train.jsonl", handle_file(str(mine)), "auto", "", "personal",
+        False, False, api_name="/check_data")
+    assert upload is None and dataset == ""
+    assert training_on.startswith("**Nothing to train on:** my_labels.jsonl was rejected. my_labels.jsonl is 0 MB")

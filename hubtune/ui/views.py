@@ -170,20 +170,23 @@ def process_memory_mb(pid: int | None) -> dict:
 
 # ---- the loss chart ---------------------------------------------------------------------------------
 def loss_points(runs: list[RunFolder], label_runs: bool = False) -> list[dict]:
-    """Rows of {step, loss, series}: training and held-out loss, one series per run when overlaid."""
+    """Rows of {step, loss, curve}: "training loss" and "held-out loss", named by run when overlaid."""
     points = []
     for r in runs:
         prefix = f"{r.path.name}: " if label_runs else ""
         for m in r.metrics():
             if m.get("loss") is not None:
-                points.append({"step": m["step"], "loss": m["loss"], "series": f"{prefix}training"})
+                points.append({"step": m["step"], "loss": m["loss"], "curve": f"{prefix}{TRAINING_LOSS}"})
             if m.get("eval_loss") is not None:
-                points.append({"step": m["step"], "loss": m["eval_loss"], "series": f"{prefix}held-out"})
+                points.append({"step": m["step"], "loss": m["eval_loss"], "curve": f"{prefix}{HELD_OUT_LOSS}"})
     return points
 
 
+TRAINING_LOSS, HELD_OUT_LOSS = "training loss", "held-out loss"
+
+
 def chart_caption(points: list[dict]) -> str:
-    train = sum(1 for p in points if p["series"].endswith("training"))
+    train = sum(1 for p in points if p["curve"].endswith(TRAINING_LOSS))
     held = len(points) - train
     return f"{train} training-loss points, {held} held-out-loss points"
 
