@@ -1,11 +1,12 @@
 # make demo: fine-tune the embedded tiny model and score it.  make test: the test suite.
+# make docs: the documentation site on http://127.0.0.1:8000 (mkdocs serve).
 # make ui: the web app on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change it).
 # Both create .venv on first use (torch first, pinned by constraints.txt) and reuse it after.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test ui
+.PHONY: install demo test ui docs
 
 install: $(STAMP)
 
@@ -24,3 +25,6 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/hubtune ui
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve

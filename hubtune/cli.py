@@ -191,6 +191,9 @@ def _config(args: argparse.Namespace) -> int:
     if kept := axolotl.hubtune_only(exported):
         print(f"kept under `hubtune:` (Axolotl ignores them; hubtune reads them back): {', '.join(kept)}",
               file=sys.stderr)
+    if assets := axolotl.hubtune_assets(exported):
+        print(f"hubtune's own assets, which Axolotl cannot read: {'; '.join(assets)}. Replace them with a Hub "
+              f"repo id or a file of your own before training with Axolotl.", file=sys.stderr)
     return 0
 
 

@@ -137,7 +137,7 @@ def start(cpu: bool) -> None:
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
     """FSDP shards optimizer states with the flattened parameters and gathers them into its checkpoints;
     bitsandbytes' 8-bit and paged states do not survive that, so FSDP trains with AdamW."""
-    if mode != "fsdp" or world_size() == 1 or not ("8bit" in resolved or resolved.startswith("paged")):
+    if mode != "fsdp" or world_size() == 1 or not ("bit" in resolved or resolved.startswith("paged")):
         return resolved
     if configured == "auto":
         return "adamw_torch"

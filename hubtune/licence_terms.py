@@ -4,7 +4,7 @@ rule with the clause of the licence it comes from.
 `LICENCES` maps a Hub licence id (a card's `license`, or its `license_name` when `license: other`)
 to its `Terms`. `lookup` finds one; `family_terms` gives the conservative reading of an id hubtune
 does not know but whose family it does (`cc-by-nc-2.1`, `acme-research-license`, ...).
-`licence_table` renders the table the README shows (`python -m hubtune.licence_terms README.md`
+`licence_table` renders the table the docs show (`python -m hubtune.licence_terms docs/hub.md`
 rewrites it there).
 
 Clause numbers are the licences' own. Where a number could not be checked against the licence's
@@ -489,7 +489,7 @@ def _cell_cap(t: Terms) -> str:
 
 
 def licence_table() -> str:
-    """Every licence hubtune knows, as the Markdown table the README shows."""
+    """Every licence hubtune knows, as the Markdown table docs/hub.md shows."""
     rows = ["| id | licence | commercial use | adapter publishing | obligations | cap |", "|---|---|---|---|---|---|"]
     for t in sorted(LICENCES.values(), key=lambda t: t.id):
         name = f"[{t.name}]({t.link})" if t.link else t.name
@@ -514,7 +514,7 @@ def with_licence_table(readme: str) -> str:
             f"{aliases_line()}.\n{TABLE_END}{tail}")
 
 
-if __name__ == "__main__":  # python -m hubtune.licence_terms README.md: regenerate the README's table
+if __name__ == "__main__":  # python -m hubtune.licence_terms docs/hub.md: regenerate the docs' table
     import sys
     from pathlib import Path
 

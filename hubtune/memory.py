@@ -280,8 +280,9 @@ class Settings:
         """The settings of a RunConfig (hubtune.config) as the recipe runs them on a GPU, with `changes`
         (Settings fields; None leaves the config's value)."""
         t, m = config.training, config.model
-        settings = cls(method="lora" if m.quantization == "none" else "qlora",
-                       quantization="nf4" if m.quantization == "none" else m.quantization,
+        # An 8-bit base is estimated as a 16-bit one (LoRA): an upper bound on its weights.
+        settings = cls(method="lora" if m.quantization in ("none", "int8") else "qlora",
+                       quantization="nf4" if m.quantization in ("none", "int8") else m.quantization,
                        double_quant=m.double_quant,
                        compute_dtype=m.compute_dtype if m.compute_dtype != "auto" else "bfloat16",
                        seq_len=config.data.max_seq_len, micro_batch=t.micro_batch_size,

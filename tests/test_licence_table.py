@@ -1,11 +1,11 @@
-"""The licence table: every licence cites the clause of each rule, and the README's table is the
+"""The licence table: every licence cites the clause of each rule, and the docs' table is the
 data's own rendering, so it cannot drift from what the gate applies."""
 
 from __future__ import annotations
 
 import re
 
-from readme_blocks import README
+from readme_blocks import DOCS
 
 from hubtune.licence_terms import ALL, LICENCES, TABLE_END, TABLE_START, licence_table, with_licence_table
 
@@ -23,10 +23,10 @@ def test_every_rule_of_every_licence_cites_its_clause():
         assert t.share_alike is None or t.share_alike.strip(), t.id
 
 
-def test_readme_table_matches_the_licence_data():
-    text = README.read_text()
+def test_docs_table_matches_the_licence_data():
+    text = (DOCS / "hub.md").read_text()
     assert text == with_licence_table(text), (
-        "README.md's licence table is out of date: run `python -m hubtune.licence_terms README.md`")
+        "docs/hub.md's licence table is out of date: run `python -m hubtune.licence_terms docs/hub.md`")
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
     assert licence_table() in table
     shown = re.findall(r"^\| `([^`]+)` \|", table, flags=re.M)

@@ -29,7 +29,12 @@ def ensure_chat_template(tokenizer, choice: str = "auto") -> dict:
     the assistant turn ends with EOS, and say which template is used (for the report)."""
     name = getattr(tokenizer, "name_or_path", "") or "the base model"
     own = getattr(tokenizer, "chat_template", None)
-    if choice == "default" or not own:
+    if choice not in ("auto", "default"):
+        from hubtune.config import CHAT_TEMPLATES
+
+        tokenizer.chat_template = (CHAT_TEMPLATES / f"{choice}.jinja").read_text()
+        source = f"{choice} (data.chat_template)"
+    elif choice == "default" or not own:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         source = "hubtune default" + (" (the base model has none)" if not own else " (data.chat_template: default)")
     else:
