@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hubtune.refs import is_hub_id
 from hubtune.runs import RunFolder
+from hubtune.tables import peak_memory_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
 LOSS_CURVE = "loss_curve.png"
@@ -149,7 +150,7 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         duration=s.duration_seconds, final_eval_loss=s.final_eval_loss,
         initial_eval_loss=s.initial_eval_loss, hardware=f"{hw.get('device_name') or hw.get('device', '?')}{details}",
         optimizer=hw.get("optimizer") or config.training.optimizer,  # `auto` as the hardware resolved it
-        peak_memory=s.peak_memory_mb, versions=s.versions,
+        peak_memory=peak_memory_text(s.peak_memory_mb).removeprefix("peak memory "), versions=s.versions,
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
     )

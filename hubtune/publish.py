@@ -171,10 +171,11 @@ def _check_repo_id(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as err:
-        raise PushError(f"--repo {repo!r} is not a valid repo id: {err}. Use OWNER/NAME, "
-                        f"e.g. alice/Llama-3.1-8B-invoices") from None
+        why = f"is not a valid repo id: {err}. Use OWNER/NAME, e.g. alice/Llama-3.1-8B-invoices"
+        raise PushError(f"--repo {repo!r} {why}").for_page(f"The Repo box's {repo!r} {why}") from None
     if repo.count("/") != 1:
-        raise PushError(f"--repo {repo!r} needs an owner: use OWNER/NAME (your user name or an organisation)")
+        why = "needs an owner: use OWNER/NAME (your user name or an organisation)"
+        raise PushError(f"--repo {repo!r} {why}").for_page(f"The Repo box's {repo!r} {why}")
 
 
 def _refuse_secrets(folder: Path, token: str) -> None:

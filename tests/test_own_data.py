@@ -99,3 +99,16 @@ def test_a_rights_declaration_covers_the_file_it_hashed(tmp_path, cli, hub, hub_
     other = RightsDeclaration(**{**declared, "sha256": "0" * 64})
     assert licence.dataset_licences([(record, "task")], [other])[0].declared is None
     assert licence.dataset_licences([(record, "task")], [RightsDeclaration(**declared)])[0].declared["by"] == "alice"
+
+
+def test_one_error_two_renderings_the_command_lines_and_the_pages():
+    import pytest
+
+    from hubtune.errors import PushError, page_text
+    from hubtune.publish import _check_repo_id
+
+    with pytest.raises(PushError) as err:
+        _check_repo_id("not a repo id")
+    assert str(err.value).startswith("--repo 'not a repo id' is not a valid repo id")
+    assert page_text(err.value).startswith("The Repo box's 'not a repo id' is not a valid repo id")
+    assert "--" not in page_text(err.value)

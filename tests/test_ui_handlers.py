@@ -82,16 +82,22 @@ def test_finished_run_history_chat_card_and_publish(client, ui_app, hub, eval_ru
     line, config, chart, eval_text, samples, log = client.predict(run, api_name="/run")
     assert "finished" in line and "step 12/12" in line
     assert len(chart["data"]) >= 3
-    base, tuned = client.predict(run, "Extract all product names and prices from this invoice text.\n\n"
-                                      "Product: Oak Chair\nPrice: $12.00", api_name="/chat")
-    assert base and tuned and "Problem" not in base + tuned
+    question = "Extract all product names and prices from this invoice text.\n\nProduct: Oak Chair\nPrice: $12.00"
+    base, tuned, prompt = client.predict(run, question, [], [], "", 0, 1, 32, api_name="/chat")
+    assert [m["role"] for m in base] == [m["role"] for m in tuned] == ["user", "assistant"] and prompt == ""
+    assert base[1]["content"] and tuned[1]["content"] and "Problem" not in base[1]["content"] + tuned[1]["content"]
+    # A second turn goes on from each model's own answers, after a system prompt, sampled.
+    base, tuned, _ = client.predict(run, "And the total?", base, tuned, "Answer in JSON.", 0.7, 0.9, 16,
+                                    api_name="/chat")
+    assert [m["role"] for m in tuned] == ["user", "assistant", "user", "assistant"]
+    assert "And the total?" in str(tuned[2]["content"]) and "Problem" not in str(tuned[3]["content"])
     repo, card = client.predict(run, api_name="/publish_defaults")
     assert repo == f"{HUB_USER}/tiny-llama-done"
     assert "base_model_relation: adapter" in card and "QLoRA" in card
     refused = client.predict(run, repo, True, "", api_name="/publish")
     assert refused.startswith("**Refused:**") and "acknowledge" in refused  # local data, no licence metadata
     data = RunFolder(run).config.data.sources[0].path
-    result = client.predict(run, repo, True, data, api_name="/publish")
+    result = client.predict(run, repo, True, Path(data).name, api_name="/publish")  # the file as the page names it
     assert "Published" in result and repo in result
     assert "adapter_model.safetensors" in hub.files(repo)
     assert RunFolder(run).status == Status.PUSHED
@@ -104,7 +110,7 @@ def test_outside_paths_are_refused(client, tmp_path):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="is not a run under"):
-        client.predict(str(tmp_path), "hello", api_name="/chat")
+        client.predict(str(tmp_path), "hello", [], [], "", 0, 1, 16, api_name="/chat")
 
 
 # ---- the job runner -----------------------------------------------------------------------------------

@@ -379,7 +379,7 @@ def guardrails(train: int, held_out: int, kept: int, val_set_size: float) -> lis
                    f"learn them by heart; add rows (a few hundred is a sound start), and judge the run by the "
                    f"held-out loss, not the training loss")
     if 0 < held_out < FEW_HELD_OUT:
-        out.append(f"only {held_out} rows held out: the held-out loss will move with single rows; hold out at "
+        out.append(f"only {held_out} row{'s' if held_out > 1 else ''} held out: the held-out loss will move with single rows; hold out at "
                    f"least {FEW_HELD_OUT} (data.val_set_size: {FEW_HELD_OUT})")
     return out
 

@@ -18,7 +18,7 @@ from hubtune.ui import hosting, views
 from hubtune.ui.jobs import JobRunner
 
 POLL_SECONDS = 2.0
-LOG_LINES = 8  # the log box's height: the newest line is always in view
+LOG_LINES, RUN_LOG_LINES = 8, 6  # the log boxes' heights: the newest line is always in view
 FORMATS = ["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
 NO_RUNS = "No runs yet under {root}: start one on the Train tab."
 NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
@@ -175,7 +175,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
         table = pd.DataFrame(samples) if samples else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
-        shown = [p["line"], run.config.to_yaml(), None, eval_text, table, views.log_tail(run)]
+        shown = [p["line"], run.config.to_yaml(), None, eval_text, table, views.log_tail(run, RUN_LOG_LINES)]
         yield tuple(shown)
         shown[2] = _loss_frame(points)
         yield tuple(shown)
@@ -199,7 +199,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         history = pd.DataFrame(views.runs_table(runs), columns=["run", "status", "owner", "base", "steps",
                                                                 "held-out loss", "error"])
         chart_value = _loss_frame(views.loss_points([run])) if seen and seen[0] == path else gr.skip()
-        return p["line"], eval_text, table, views.log_tail(run), history, chart_value, gr.skip(), key
+        return p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key
 
     def compare(a, b, session):
         if not a or not b:
@@ -210,11 +210,13 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         yield diff, None  # cleared first: another pair of runs is another set of series
         yield diff, _loss_frame(views.loss_points(runs, label_runs=True))
 
-    def ask(run, prompt, session):
+    def ask(run, prompt, base_turns, tuned_turns, system, temperature, top_p, max_tokens, session):
         if not run:
-            yield NO_FINISHED, ""
+            yield base_turns, (tuned_turns or []) + [{"role": "assistant", "content": NO_FINISHED}], prompt
             return
-        yield from h.chat(mine(run, session), prompt, models)
+        for base, tuned in h.chat(mine(run, session), prompt, models, max_tokens, base_turns, tuned_turns, system,
+                                  temperature, top_p):
+            yield base, tuned, ""
 
     def refresh_finished(session, selected):
         choices = finished_choices(session)
@@ -276,8 +278,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     prompt_btn = gr.Button("Try prompting first: score the base zero-shot and few-shot", scale=3)
                 prompting_md = gr.Markdown(elem_id="prompting")
                 with gr.Row():
+                    # y from 0: a plot scaled to its data alone draws one bin as a bar of no height
                     histogram = gr.BarPlot(x="tokens", y="examples", label="Example length (tokens)", sort=None,
-                                           elem_id="histogram")
+                                           y_lim=[0, None], elem_id="histogram")
                     pairs = gr.Dataframe(label="Closest near-duplicate pairs", wrap=True, max_height=260)
                 source_used = gr.State(h.DEMO_DATA)
 
@@ -335,11 +338,20 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             with gr.Tab("4. Chat", id="chat") as chat_tab:
                 chat_note = gr.Markdown()
                 chat_run = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True, elem_id="chat-run")
-                prompt = gr.Textbox(label="Prompt", lines=4, elem_id="chat-prompt")
-                send = gr.Button("Ask both", variant="primary", elem_id="chat-send")
+                with gr.Accordion("System prompt and sampling", open=False):
+                    system = gr.Textbox(label="System prompt (both models get it)", lines=2, elem_id="chat-system")
+                    with gr.Row():
+                        temperature = gr.Slider(0.0, 1.5, 0.0, step=0.05, label="Temperature (0: greedy)")
+                        top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
+                        max_tokens = gr.Slider(16, 512, 128, step=16, label="Max new tokens")
                 with gr.Row():
-                    base_answer = gr.Textbox(label="Base model", lines=6, elem_id="base-answer")
-                    tuned_answer = gr.Textbox(label="Tuned adapter", lines=6, elem_id="tuned-answer")
+                    base_answer = gr.Chatbot(label="Base model", height=320, elem_id="base-answer")
+                    tuned_answer = gr.Chatbot(label="Tuned adapter", height=320, elem_id="tuned-answer")
+                prompt = gr.Textbox(label="Message (each model goes on from its own answers)", lines=3,
+                                    elem_id="chat-prompt")
+                with gr.Row():
+                    send = gr.Button("Ask both", variant="primary", elem_id="chat-send")
+                    new_chat = gr.Button("New conversation", elem_id="chat-clear")
 
             with gr.Tab("5. Publish", id="publish") as publish_tab:
                 publish_note = gr.Markdown()
@@ -409,7 +421,10 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                    api_name=False, show_progress="hidden")
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
-        send.click(ask, [chat_run, prompt, session], [base_answer, tuned_answer], api_name="chat")
+        send.click(ask, [chat_run, prompt, base_answer, tuned_answer, system, temperature, top_p, max_tokens, session],
+                   [base_answer, tuned_answer, prompt], api_name="chat")
+        new_chat.click(lambda: ([], []), None, [base_answer, tuned_answer], api_name=False)
+        chat_run.change(lambda: ([], []), None, [base_answer, tuned_answer], api_name=False)
 
         publish_tab.select(refresh_finished, [session, pub_run], [pub_run, publish_note], api_name=False)
         pub_run.change(publish_defaults, [pub_run, session], [repo, card], api_name="publish_defaults")

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from hubtune import config as cfg
-from hubtune.errors import ConfigError, HubtuneError
+from hubtune.errors import ConfigError, HubtuneError, page_text
 from hubtune.runs import RunFolder, Status
 from hubtune.ui import hosting, views
 from hubtune.ui.jobs import Job, JobRunner
@@ -52,7 +52,7 @@ def without_server_paths(text: str) -> str:
 
 def problem(err: BaseException) -> str:
     """A known error as a message; anything else with its type, so nothing reads as success."""
-    text = str(err) if isinstance(err, HubtuneError) else f"{type(err).__name__}: {err}"
+    text = page_text(err) if isinstance(err, HubtuneError) else f"{type(err).__name__}: {err}"
     return without_server_paths(f"**Problem:** {text}".replace("\n", "  \n"))
 
 
@@ -191,6 +191,19 @@ def is_upload(path: str, root: Path) -> bool:
     return p.is_file() and (root / ".uploads").resolve() in p.resolve().parents
 
 
+def _local_rows(source: cfg.DataSource, limit_mb: float = 50) -> int | None:
+    """How many rows a local file or built-in asset holds (None when unreadable, or too large to count here)."""
+    from hubtune.data.sources import iter_source_rows, locate
+
+    try:
+        files, _ = locate(source)
+        if sum(f.stat().st_size for f in files) > limit_mb * 2**20:
+            return None
+        return sum(1 for _ in iter_source_rows(source, files, True, []))
+    except (HubtuneError, OSError, ValueError):
+        return None
+
+
 def training_on(config: cfg.RunConfig, root: Path, report: dict | None = None) -> str:
     """What will train, in one line: "Training on: my_labels.jsonl, 60 rows, uploaded ..."."""
     from hubtune.refs import RepoRef, data_label, file_sha256
@@ -201,7 +214,8 @@ def training_on(config: cfg.RunConfig, root: Path, report: dict | None = None) -
         how = ("uploaded" if is_upload(s.path, root) else {"builtin": "built in", "local": "a local file",
                                                           "hub": f"Hub dataset, split {s.split}"}[ref.kind])
         read = next((r for r in (report or {}).get("sources", []) if r["path"] == s.path), None)
-        rows = f", {read['rows']} rows" if read else ""
+        count = read["rows"] if read else _local_rows(s) if ref.kind != "hub" else None
+        rows = f", {count} rows" if count is not None else ""
         sha = file_sha256(ref.path) if ref.kind == "local" else None
         parts.append(f"**{data_label(s.path)}**{rows}, {how}" + (f" (sha256 {sha[:12]})" if sha else ""))
     line = "Training on: " + "; ".join(parts)
@@ -522,30 +536,53 @@ class ModelCache:
             return self.value
 
 
-def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128):
-    """The same prompt to the base (adapter off), then to the tuned adapter, each answer streamed as it is
-    generated: yields (base answer so far, tuned answer so far)."""
+def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128, base_turns: list | None = None,
+         tuned_turns: list | None = None, system: str = "", temperature: float = 0.0, top_p: float = 1.0):
+    """The next turn of two conversations, one with the base (adapter off), one with the tuned adapter: each
+    goes on from its own earlier answers, after the same system prompt. Streams as it generates: yields
+    (base conversation, tuned conversation), lists of {"role", "content"} messages."""
     from hubtune.evaluation.generate import stream_answer
 
+    base_turns, tuned_turns = list(base_turns or []), list(tuned_turns or [])
     if not (prompt or "").strip():
-        yield "Type a prompt first.", ""
+        yield base_turns, tuned_turns + [{"role": "assistant", "content": "Type a prompt first."}]
         return
     folder = RunFolder(run)
     if folder.summary is None:
-        yield f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run", ""
+        note = f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run"
+        yield base_turns, tuned_turns + [{"role": "assistant", "content": note}]
         return
-    base = ""
+    head = [{"role": "system", "content": system.strip()}] if (system or "").strip() else []
+    asked = {"role": "user", "content": prompt}
+    base_turns.append(asked)
+    tuned_turns.append(asked)
+    settings = dict(max_new_tokens=int(max_new_tokens or 128), temperature=float(temperature or 0),
+                    top_p=float(top_p or 1.0))
     try:
         model, tokenizer = cache.get(folder)
-        messages = [{"role": "user", "content": prompt}]
+        answer = ""
         with cache.lock, model.disable_adapter():  # one generation at a time: the adapter switch is shared
-            for base in stream_answer(model, tokenizer, messages, max_new_tokens):
-                yield base, ""
+            for answer in stream_answer(model, tokenizer, head + _plain(base_turns), **settings):
+                yield base_turns + [{"role": "assistant", "content": answer}], tuned_turns
+        base_turns.append({"role": "assistant", "content": answer})
+        answer = ""
         with cache.lock:
-            for tuned in stream_answer(model, tokenizer, messages, max_new_tokens):
-                yield base, tuned
+            for answer in stream_answer(model, tokenizer, head + _plain(tuned_turns), **settings):
+                yield base_turns, tuned_turns + [{"role": "assistant", "content": answer}]
     except Exception as err:
-        yield base, problem(err)
+        yield base_turns, tuned_turns + [{"role": "assistant", "content": problem(err)}]
+
+
+def _plain(turns: list) -> list[dict]:
+    """A chat box's messages as the chat template takes them: role and text (the box hands its messages back
+    with the content as a list of typed parts)."""
+    def text(content) -> str:
+        if isinstance(content, str):
+            return content
+        parts = content if isinstance(content, list) else [content]
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts)
+    return [{"role": t["role"], "content": text(t["content"])}
+            for t in (t if isinstance(t, dict) else {"role": t.role, "content": t.content} for t in turns)]
 
 
 # ---- publishing ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from hubtune import config as cfg
 from hubtune.runs import RunFolder, Status, list_runs
+from hubtune.tables import peak_memory_text
 from hubtune.ui.jobs import LOG, tail
 
 LIVE = (Status.QUEUED, Status.RUNNING, Status.EVALUATING)
@@ -127,9 +128,8 @@ def progress_line(p: dict) -> str:
         parts.append(f"{p['tokens_per_second']:,.0f} tokens/s")
     if status == "running":
         parts.append(f"ETA {_duration(p['eta_seconds'])}" if p["eta_seconds"] is not None else "ETA: measuring")
-    mem = p.get("peak_memory_mb") or {}
-    if mem:
-        parts.append("peak memory " + ", ".join(f"{k} {v:,.0f} MB" for k, v in mem.items()))
+    if memory := peak_memory_text(p.get("peak_memory_mb")):
+        parts.append(memory)
     if status == "interrupted":
         parts.append("stopped with a checkpoint: Resume continues it")
     return " · ".join(parts)
