@@ -451,8 +451,8 @@ def _with_uploads(config: cfg.RunConfig, run: Path, root: Path) -> cfg.RunConfig
 def resume_run(run: str, session: Session, runner: JobRunner) -> str:
     folder = RunFolder(run)
     status = folder.status
-    if folder.path in runner.running:  # a job of ours on it has not exited yet: a second would duplicate it
-        return f"**{folder.path.name}** already has a job (queued, running or exiting): wait for it to end"
+    if runner.is_active(folder.path):  # queued, or launched and not yet marked running: no second job
+        return f"**{folder.path.name}** already has a job queued or starting: wait for it"
     if status not in (Status.INTERRUPTED, Status.FAILED):
         return f"**{folder.path.name}** is {status.value}: only an interrupted or failed run can be resumed"
     try:

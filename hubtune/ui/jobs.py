@@ -55,6 +55,7 @@ class Running:
     process: subprocess.Popen
     slot: str | None  # CUDA device index, or None on CPU
     started: float = field(default_factory=time.time)
+    status_at_launch: Status | None = None  # the run's status before its process took it over
 
 
 def device_slots() -> list[str | None]:
@@ -164,7 +165,13 @@ class JobRunner:
         if self.place(run) is not None:
             return True
         status = RunFolder(run).status
-        return status in (Status.RUNNING, Status.EVALUATING) or (status == Status.QUEUED and run in self.running)
+        if status in (Status.RUNNING, Status.EVALUATING) or (status == Status.QUEUED and run in self.running):
+            return True
+        # Launched but not yet marked running (a resumed run still reads "interrupted"): a second job now
+        # would duplicate it. A process told to stop, or one whose run has moved on, is only exiting.
+        r = self.running.get(run)
+        return (r is not None and run not in self.stopping and r.process.poll() is None
+                and status == r.status_at_launch)
 
     def stop(self, run: str | Path) -> str:
         """SIGTERM to the run's process (ours, or any live holder of its lock on this host); a queued
@@ -219,7 +226,7 @@ class JobRunner:
                                        env=env, start_new_session=True)
         finally:
             log.close()
-        self.running[job.run] = Running(job, process, slot)
+        self.running[job.run] = Running(job, process, slot, status_at_launch=RunFolder(job.run).status)
 
     def _after_exit(self, r: Running) -> None:
         """A process that died before its run could record why (an import error, a kill) leaves the
