@@ -59,9 +59,11 @@ class ModelSection(Section):
     trust_remote_code: bool = Field(False, description="Run code shipped in the model repo. Off unless you trust it.")
     special_tokens: dict[Literal["bos_token", "eos_token", "pad_token", "unk_token"], str] = Field(
         default_factory=dict, description="Set the tokenizer's bos/eos/pad/unk token, e.g. {pad_token: <|end_of_text|>}; "
-        "a token the vocabulary lacks is added and its embedding (and output row) trained.")
+        "a token the vocabulary lacks is added, and the embedding and output head then train with the adapter.")
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
-        "tokenizer lacks them (end-of-turn markers, tags); the new embedding and output rows are trained.")
+        "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
+    router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
+        "loss to the training loss (transformers' output_router_logits).")
 
     @field_validator("special_tokens", "added_tokens")
     @classmethod

@@ -144,6 +144,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
+    if cpu:
+        torch.set_num_threads(hardware.cpu_threads(distributed.local_world_size()))
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
@@ -164,7 +166,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
         new_tokens = add_tokens(tokenizer, config.model)
         if new_tokens:
-            display.note(f"added to the vocabulary (embedding and output rows trained): {', '.join(new_tokens)}")
+            display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
+                         f"{', '.join(new_tokens)}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
@@ -331,6 +334,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if model.router_aux_loss:
+        kwargs["output_router_logits"] = True  # the model's forward then adds the load-balancing loss
     if attention:
         kwargs["attn_implementation"] = attention
     if model.quantization == "int8" and sharded:

@@ -22,6 +22,8 @@ from hubtune.cli import main
 from hubtune.errors import JobError
 import readme_blocks
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["training.max_steps=3", "training.logging_steps=1", "training.save_steps=2", "training.warmup_steps=0",
          "training.micro_batch_size=4", "data.max_seq_len=256", "data.val_set_size=8", "model.quantization=none",
@@ -184,8 +186,9 @@ def test_what_a_job_cannot_reach_or_run_is_refused(hub, hub_token, tmp_path, cap
 
 
 # ---- the timeout ---------------------------------------------------------------------------------------------
-LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
-            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 128256,
             "tie_word_embeddings": False}
 
 

@@ -105,6 +105,8 @@ NOTED = {
     "flash_attn_fuse_mlp": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
     "flash_attn_fuse_qkv": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
     "torch_compile": "hubtune does not compile the model with torch.compile (speed only)",
+    "fused_attn_kernel": "Axolotl's fused RMSNorm + RoPE kernel only speeds up the same computation; hubtune runs "
+                         "transformers' own",
     "torch_compile_mode": "hubtune does not compile the model with torch.compile (speed only)",
     "ddp_find_unused_parameters": "hubtune lets DDP expect a gradient for every LoRA weight (each gets one every step)",
     "loss_watchdog_threshold": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
@@ -124,7 +126,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "lora_model_dir": "hubtune starts new adapters; it does not continue a saved one",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
-    "xformers_attention": "transformers has no xformers attention; use flash_attention or sdp_attention",
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "gptq": "hubtune quantizes bases with bitsandbytes (NF4/FP4); a GPTQ base is not loaded for training",
     "unfrozen_parameters": "training chosen base weights in full: hubtune trains LoRA adapters (and lora_modules_to_save)",
@@ -134,8 +135,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "tokenizer_legacy": "hubtune loads the tokenizer as the base saved it",
     "quantize_moe_experts": "hubtune quantizes linear layers; stacked mixture-of-experts weights stay as the base saved them",
     "use_kernels": "kernels downloaded from the Hub (the kernels package) are code hubtune does not run",
-    "fused_attn_kernel": "a fused attention kernel from Axolotl: hubtune runs transformers' attention",
-    "gemma4_hybrid_attn_impl": "Axolotl's patched Gemma 4 attention: hubtune runs transformers' own",
     "llama4_linearized_experts": "Axolotl's linearised Llama 4 experts (a re-saved base): hubtune loads transformers' own",
     "flex_attn_compile_kwargs": "hubtune does not compile flex attention with custom arguments",
     "dsv4_fp4_grouped_mode": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
@@ -150,7 +149,7 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "use_scattermoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "use_sonicmoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "experts_implementation": "hubtune runs transformers' default experts implementation",
-    "model_config": "overrides of the model's config.json change the model (e.g. its router loss); hubtune loads the config as saved",
+    "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "context_parallel_size": "context parallelism (one sequence split over GPUs): hubtune runs DDP, FSDP or DeepSpeed",
@@ -185,19 +184,21 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "neftune_noise_alpha": "hubtune adds no noise to embeddings",
     "freeze_mm_modules": "a vision / audio model: hubtune trains text-only causal language models",
 }
-PLUGINS = {  # Axolotl plugins, by the kernel hubtune runs in their place (None: why not)
+PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (what hubtune does anyway), None (why not)
     "axolotl.integrations.liger.LigerPlugin": ("liger", None),
     "axolotl.integrations.liger.plugin.LigerPlugin": ("liger", None),
     "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": (
-        "liger", "Cut Cross Entropy: hubtune runs Liger's fused linear cross-entropy, which also computes the loss "
-                 "without materialising the logits (the same loss)"),
+        "same", "Cut Cross Entropy: TRL's trainer already computes the loss through a fused, chunked LM head "
+                "without materialising all logits (the same loss)"),
     "axolotl.integrations.kernels.KernelsPlugin": (
         None, "kernels downloaded from the Hub (the kernels package) are code hubtune does not run"),
 }
 LIGER_FLAGS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_rms_norm_gated",
                "liger_fused_linear_cross_entropy", "liger_cross_entropy", "liger_swiglu")
 ATTENTION = {"flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "eager": "eager",
-             "flex_attention": "flex_attention"}
+             "flex_attention": "flex_attention", "xformers": "sdpa"}
+XFORMERS_NOTE = ("xformers: transformers has no xformers attention; hubtune runs PyTorch's SDPA, which computes "
+                 "the same exact attention (its memory-efficient kernel)")
 FSDP_OFFLOAD = ("offload_params", "fsdp_offload_params")
 
 
@@ -361,6 +362,13 @@ class _Reader:
             self.refuse(f"bnb_config_kwargs.{key}", f"{shown(value)}: hubtune sets the rest of the 4-bit config itself")
         model["compute_dtype"] = self.precision()
         model.update(self.tokens())
+        overrides = self.take("model_config")
+        if overrides is not None:
+            overrides = dict(overrides) if isinstance(overrides, dict) else {"(value)": overrides}
+            if overrides.pop("output_router_logits", False) is True:
+                model["router_aux_loss"] = True
+            for key, value in overrides.items():
+                self.refuse(f"model_config.{key}", f"{shown(value)}: {WHY['model_config']}")
         return model
 
     def precision(self) -> str:
@@ -662,6 +670,8 @@ class _Reader:
         elif self.data.get("save_strategy") in (None, "epoch"):
             self.take("save_strategy")
             t["saves_per_epoch"] = 1  # Axolotl's default: a checkpoint at the end of each epoch
+        elif self.data.get("save_strategy") == "steps":
+            t["save_steps"] = 500  # transformers' default save_steps, which Axolotl leaves in place
         strategy = self.data.get("save_strategy")
         if strategy == "no":
             self.refuse("save_strategy", "'no': hubtune always keeps checkpoints (save_total_limit of them)")
@@ -676,8 +686,8 @@ class _Reader:
             value = self.take("evals_per_epoch")
             if "eval_steps" not in t:
                 t["evals_per_epoch"] = value
-        elif self.data.get("eval_strategy") == "epoch" or self.data.get("evaluation_strategy") == "epoch":
-            self.take("eval_strategy") or self.take("evaluation_strategy")
+        elif "epoch" in (self.data.get("eval_strategy"), self.data.get("evaluation_strategy")):
+            self.take("eval_strategy"), self.take("evaluation_strategy")
             t["evals_per_epoch"] = 1
         elif "eval_steps" not in t:
             t["evals_per_epoch"] = 0  # Axolotl evaluates during training only when asked
@@ -720,14 +730,25 @@ class _Reader:
             if value in ATTENTION:
                 attention = ATTENTION[value]
                 self.take("attn_implementation")
+                if value == "xformers":
+                    self.note(XFORMERS_NOTE)
             else:
                 self.refuse("attn_implementation", f"{self.take('attn_implementation')!r}: transformers' attention "
                                                    f"hubtune loads: {', '.join(ATTENTION)}")
+        hybrid = self.data.get("gemma4_hybrid_attn_impl") is True
+        if hybrid:
+            self.take("gemma4_hybrid_attn_impl")
+            attention = "sdpa"  # before the flags below: their flash_attention gives way to it
+            self.note("gemma4_hybrid_attn_impl: hubtune runs SDPA in every layer (FlashAttention 2 cannot serve "
+                      "Gemma 4's 512-wide global heads); the same exact attention")
         for key, name in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                          ("flex_attention", "flex_attention"), ("eager_attention", "eager")):
+                          ("flex_attention", "flex_attention"), ("eager_attention", "eager"),
+                          ("xformers_attention", "sdpa")):
             if self.data.get(key) is True:
                 self.take(key)
-                if attention not in (None, name):
+                if key == "xformers_attention":
+                    self.note(XFORMERS_NOTE)
+                if attention not in (None, name) and not (hybrid and name == "flash_attention_2"):
                     self.refuse(key, f"True: contradicts attention {attention}")
                 attention = attention or name
         liger = False
@@ -736,13 +757,12 @@ class _Reader:
             kernel, why = PLUGINS.get(str(plugin), (None, "an Axolotl plugin hubtune has no counterpart for"))
             if kernel == "liger":
                 liger = True
-                if why:
-                    self.note(why)
+            elif kernel == "same":
+                self.note(why)
             else:
                 self.refuse("plugins", f"{plugin}: {why}")
         if self.data.get("cut_cross_entropy") is True:
             self.take("cut_cross_entropy")
-            liger = True
             self.note(PLUGINS["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"][1])
         flags = {key: self.take(key) for key in LIGER_FLAGS if self.has(key)}
         if any(flags.values()):
@@ -867,6 +887,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     if quantized:
         out["bnb_config_kwargs"] = {"bnb_4bit_quant_type": m.quantization, "bnb_4bit_use_double_quant": m.double_quant}
     out.update(DTYPE_TO_AXOLOTL[m.compute_dtype])
+    if m.router_aux_loss:
+        out["model_config"] = {"output_router_logits": True}
     if m.special_tokens:
         out["special_tokens"] = dict(m.special_tokens)
     if m.added_tokens:
