@@ -161,6 +161,29 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
     assert secret not in (run / LOG).read_text() and secret not in (run / RunFolder.STATE).read_text()
 
 
+def test_resume_pressed_twice_starts_one_job(tmp_path):
+    """Between its launch and its first write a resumed run still reads "interrupted": a second Resume then
+    must not start a second process on it. A stopped job, only exiting, does not hold a resume back."""
+    run = queued_run(tmp_path, "twice")
+    RunFolder(run).mark(Status.INTERRUPTED)
+    runner = JobRunner(tmp_path, slots=[None])
+    session = h.Session(user="alice")
+    try:
+        assert "Resuming" in h.resume_run(str(run), session, runner)  # launched at once: the slot is free
+        assert run in runner.running and RunFolder(run).status == Status.INTERRUPTED
+        assert "already has a job" in h.resume_run(str(run), session, runner)
+        assert not runner.queue
+        runner.stop(run)
+        RunFolder(run).mark(Status.INTERRUPTED)  # as the stopped process leaves it
+        assert "Resuming" in h.resume_run(str(run), session, runner)  # queued behind the exiting process
+        assert runner.place(run) == 1
+    finally:
+        runner.queue.clear()
+        for r in runner.running.values():
+            r.process.kill()
+            r.process.wait(timeout=60)
+
+
 def test_hubtune_ui_serves_on_the_gradio_address(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

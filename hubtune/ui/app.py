@@ -55,6 +55,11 @@ def _progress_bar(fraction: float | None) -> str:
 
 
 def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -> gr.Blocks:
+    # transformers' lazy module is not safe to import from several event threads at once (one of them can
+    # see a half-initialised module: "cannot import name 'AutoTokenizer'"): import it once, here.
+    import transformers  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401
+
     root = Path(root or hosting.runs_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     space = hosting.on_space()

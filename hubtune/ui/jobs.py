@@ -182,10 +182,13 @@ class JobRunner:
                     if folder.status == Status.QUEUED:
                         folder.mark(Status.INTERRUPTED, error=None)
                     return f"{run.name} left the queue before it started"
-            pid = self.running[run].process.pid if run in self.running else None
+            ours = run in self.running and self.running[run].process.poll() is None
+            pid = self.running[run].process.pid if ours else None
         holder = RunFolder(run).lock_holder() or {}
         pid = pid or holder.get("pid")
-        if not pid or RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED):
+        # Our own live process is stopped whatever the run reads (a resumed one reads "interrupted" until
+        # it starts); another's only while the run says it works on it.
+        if not pid or (not ours and RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED)):
             return f"{run.name} is not running ({RunFolder(run).status.value})"
         try:
             os.kill(pid, signal.SIGTERM)
