@@ -58,7 +58,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     # transformers' lazy module is not safe to import from several event threads at once (one of them can
     # see a half-initialised module: "cannot import name 'AutoTokenizer'"): import it once, here.
     import transformers  # noqa: F401
-    from transformers import AutoTokenizer  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     root = Path(root or hosting.runs_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
