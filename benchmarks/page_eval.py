@@ -58,16 +58,19 @@ def measure(root: Path, run: Path, limit: int) -> dict:
 
     fresh(run)
     cli = timed(lambda: hubtune("eval", str(run), "--limit", str(limit)))
+    print(f"cli eval: {cli:.1f} s", flush=True)
     app = build_app(root)
     app.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         client = Client(app.local_url, verbose=False)
         fresh(run)
         page = timed(lambda: page_eval(client, run, limit))
+        print(f"page eval: {page:.1f} s", flush=True)
         library = timed(lambda: subprocess.run([sys.executable, "-c", PROMPTING.format(limit=limit)], check=True,
                                                capture_output=True))
-        prompting = timed(lambda: client.predict("hubtune:tiny-llama", "hubtune:data/invoices/train.jsonl", "auto",
-                                                 "", "personal", limit, api_name="/try_prompting"))
+        # The page's data is the session's (the demo until another is checked), as a fresh page has it.
+        prompting = timed(lambda: client.predict("hubtune:tiny-llama", "auto", "", "personal", limit,
+                                                 api_name="/try_prompting"))
     finally:
         app.runner.close()
         app.close()
