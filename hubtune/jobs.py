@@ -304,10 +304,10 @@ def _rows_of(source: cfg.DataSource) -> int | None:
         return _sliced(source, rows) or None
     from huggingface_hub import HfApi
 
-    from hubtune.hub import hub_errors
+    from hubtune.hub import hub_errors, token
 
     with hub_errors(source.path, "dataset", source.revision):
-        info = HfApi().dataset_info(source.path, revision=source.revision)
+        info = HfApi(token=token()).dataset_info(source.path, revision=source.revision)
     card = info.card_data.to_dict() if info.card_data else {}
     infos = card.get("dataset_info") or []
     for entry in infos if isinstance(infos, list) else [infos]:

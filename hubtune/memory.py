@@ -172,9 +172,12 @@ def _download_config(repo_id: str, revision: str | None) -> str:
     from hubtune.errors import HubUnreachableError
     from hubtune.hub import hub_errors
 
+    from hubtune.hub import require_access, token
+
     with hub_errors(repo_id, "model", revision):
+        require_access(repo_id, "model", revision)
         try:
-            return hf_hub_download(repo_id, "config.json", revision=revision or "main")
+            return hf_hub_download(repo_id, "config.json", revision=revision or "main", token=token())
         except LocalEntryNotFoundError:
             raise HubUnreachableError(f"cannot reach the Hub and {repo_id}@{revision or 'main'}'s config.json is not "
                                       f"in the local cache; check the network (and HF_ENDPOINT), or pass a local "
@@ -207,6 +210,9 @@ def read_architecture(model: str, revision: str | None = None) -> Architecture:
 
 def architecture(config: dict, name: str = "config.json") -> Architecture:
     """The architecture of a config.json, with transformers' defaults for the keys it leaves out."""
+    from hubtune.hub import check_sizes
+
+    check_sizes(config, name)
     full = _with_defaults(config)
     text = full.get("text_config") or full
     model_type = text.get("model_type") or full.get("model_type")
@@ -640,6 +646,23 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
     return (f"estimated peak memory {total / GB:.1f} GB ({settings.describe()}) exceeds this GPU's "
             f"{device_bytes / GB:.1f} GB and will likely run out of memory{fix}. "
             f"See `hubtune estimate {config.model.id}` for the breakdown")
+
+
+def oom_advice(config, device_bytes: int) -> str | None:
+    """After running out of memory: the nearest settings the fit search finds that need at least a fifth
+    less than this run was estimated to need (the run has shown it needs more than the estimate), within
+    the device. None for an architecture the estimate does not know, or when no change is enough."""
+    try:
+        arch = read_architecture(config.model.id, config.model.revision)
+    except HubtuneError:
+        return None
+    settings = Settings.from_run_config(config)
+    if config.training.gradient_checkpointing == "auto":
+        settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, config.model.id, "cuda",
+                                                                                 device_bytes))
+    target = min(device_bytes, int(0.8 * estimate(arch, settings).total))
+    tip = suggest(arch, settings, target)
+    return f"{tip.change} (estimated {tip.total / GB:.1f} GB)" if tip else None
 
 
 # ---- the field guide's table ------------------------------------------------------------------------

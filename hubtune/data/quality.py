@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from hubtune.data.budget import check_renders
 from hubtune.data.formats import Example
 from hubtune.errors import DataError, OutOfMemoryError, translate
 
@@ -29,7 +30,9 @@ def token_lengths(examples: Sequence[Example], tokenizer) -> tuple[np.ndarray, n
         chunk = examples[start:start + BATCH]
         answers = count([ex.response for ex in chunk], False)
         if chunk[0].text is None:
-            rendered = tokenizer.apply_chat_template([ex.prompt + ex.completion for ex in chunk], tokenize=False)
+            conversations = [ex.prompt + ex.completion for ex in chunk]
+            check_renders(tokenizer, conversations, getattr(tokenizer, "name_or_path", "") or "the base model")
+            rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
             total += count(rendered, False)
         else:
             total += [n + 1 for n in count([ex.response for ex in chunk], True)]

@@ -4,6 +4,7 @@ tuned on turns without it never learns to stop."""
 
 from __future__ import annotations
 
+from hubtune.data.budget import check_renders
 from hubtune.errors import DataError
 
 # hubtune's default chat template, used when the base model ships none (or data.chat_template is
@@ -39,6 +40,8 @@ def ensure_chat_template(tokenizer, choice: str = "auto") -> dict:
         source = "hubtune default" + (" (the base model has none)" if not own else " (data.chat_template: default)")
     else:
         source = f"the base model's own ({name})"
+    check_renders(tokenizer, [PROBE], name)
+    check_renders(tokenizer, [PROBE[:2]], name, add_generation_prompt=True)
     check_eos(tokenizer, name)
     return {"template": source, "eos_token": tokenizer.eos_token,
             "rendered_example": tokenizer.apply_chat_template(PROBE, tokenize=False)}
