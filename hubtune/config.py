@@ -81,8 +81,16 @@ class LoraSection(Section):
             raise ValueError("give a preset (qv, attention, all-linear) or at least one module name")
         return v
 
-    def peft_target_modules(self) -> str | list[str]:
-        return TARGET_PRESETS[self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+    def peft_target_modules(self, model_config=None) -> str | list[str]:
+        """The module names to adapt; a preset resolves to the architecture's own names when the model's
+        config is given (Phi-3's fused qkv_proj for qv / attention; see hubtune.families)."""
+        if not isinstance(self.target_modules, str):
+            return self.target_modules
+        if model_config is None:
+            return TARGET_PRESETS[self.target_modules]
+        from hubtune.families import target_modules
+
+        return target_modules(self.target_modules, model_config)
 
 
 class DataSource(Section):
@@ -139,6 +147,9 @@ class DataSection(Section):
     skip_bad_rows: bool = Field(False, description="Skip and count malformed rows instead of stopping at the first one.")
     chat_template: Literal["auto", "default"] = Field(
         "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's.")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models (Qwen3, DeepSeek-R1): auto trains rows with reasoning in thinking mode and "
+                            "the rest with thinking off; on / off: every row.")
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
@@ -270,6 +281,8 @@ class EvalSection(Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generation or scoring batch.")
     tasks: list[str] = Field(default_factory=lambda: ["hubtune_general_mc"],
         description="lm-eval harness tasks: harness names (hellaswag, ...) or names in evals/tasks/; [] skips the harness.")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models: generate with thinking on or off; auto: on when training rows carried reasoning.")
     harness_chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: chat template for generation tasks, raw text for multiple choice.")
     regression_set: str | None = Field("evals:regression/general_mc.jsonl",

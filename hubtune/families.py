@@ -44,6 +44,7 @@ class Family:
     thinking: str | None = None  # None | "switch" (enable_thinking on/off) | "forced" (the generation prompt opens <think>)
     template_marker: str = ""  # a piece of the chat template that tells this family from others of its model_type
     modules: dict = field(default_factory=lambda: SEPARATE_QKV)
+    tool_arguments: str = "object"  # how its template takes tool call arguments: object (a dict) or text (JSON)
     answer_marker: str | None = None  # where the answer starts in generated text (gpt-oss: after the last <|message|>)
     attention: str | None = None  # the attention implementation training must use (None: hubtune's choice)
     quirks: str = ""  # what its template does that trips fine-tuning
@@ -58,6 +59,7 @@ FAMILIES: tuple[Family, ...] = (
     # Template markers first: families that share a model_type with another are told apart by their template.
     Family("deepseek-r1-distill", "DeepSeek-R1 distill (Qwen / Llama)", ("qwen2", "llama"),
            end_of_turn="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>", thinking="forced", template_marker="<｜Assistant｜>",
+           tool_arguments="text",
            quirks="The generation prompt ends `<｜Assistant｜><think>\\n`, but a rendered training conversation drops "
                   "everything up to `</think>` and never writes `<think>\\n`: the prompt is not a prefix of prompt + "
                   "answer. The system prompt is written bare before the first user turn.",
@@ -180,3 +182,15 @@ def stop_token_ids(tokenizer, generation_config=None, family: Family | None = No
         if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot not in ids:
             ids.append(eot)
     return ids
+
+
+def markdown_table() -> str:
+    """The family table as the docs show it (docs/families.md holds this text; a test keeps them equal)."""
+    rows = ["| Family | model_type | End of turn | System prompt | Template quirks | What hubtune does |",
+            "|---|---|---|---|---|---|"]
+    system = {"native": "its own turn", "first_user": "folded into the first user turn",
+              "last_user": "folded into the last user turn"}
+    for f in FAMILIES:
+        cells = [f.name, ", ".join(f.model_types), f"`{f.end_of_turn}`", system[f.system], f.quirks, f.handling]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a pipe in a token splits a cell
+    return "\n".join(rows) + "\n"

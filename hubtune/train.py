@@ -134,7 +134,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune import advice, compat, data, families, hub, licence, memory
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
@@ -154,15 +154,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
         # 2. Tokenizer and data: fail on bad data before paying for the model.
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        set_pad_token(tokenizer, families.family_of(model_config, tokenizer.chat_template))
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
         if warning := memory.device_warning(config, base.path):
             display.note(warning, style="bold red")
-        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
+                                generation_config=generation_config(base.path))
     display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
@@ -171,14 +171,14 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
-    levers = recipe_levers(config, hw, base.path)
+    levers = recipe_levers(config, hw, base.path, families.family_of(model_config, tokenizer.chat_template))
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
     model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
                       attention=levers.attention)
-    model = attach_lora(model, config, backend.name, levers.gradient_checkpointing)
+    model = attach_lora(model, config, backend.name, levers.gradient_checkpointing, model_config)
 
     # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
@@ -188,8 +188,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         model=model,
         args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
                      levers=levers),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
+        train_dataset=tokenized(prepared.train, prepared.chat),
+        eval_dataset=tokenized(prepared.eval, prepared.chat),
         processing_class=tokenizer,
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *trackers, *callbacks],
@@ -261,7 +261,7 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import AutoModelForCausalLM, pytorch_utils
 
-    targets = lora.peft_target_modules()
+    targets = lora.peft_target_modules(model_config)
     if isinstance(targets, str):  # all-linear: whatever linear layers there are
         return None
     try:
@@ -368,7 +368,7 @@ def _quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool):
+def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool, model_config=None):
     """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel (which checkpoints
     gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it)."""
     if backend == "unsloth":
@@ -377,7 +377,7 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(config.lora))
+    return get_peft_model(model, lora_config(config.lora, model_config))
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
@@ -400,11 +400,43 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
-def lora_config(lora: cfg.LoraSection) -> LoraConfig:
+def lora_config(lora: cfg.LoraSection, model_config=None) -> LoraConfig:
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.peft_target_modules(), bias="none", task_type="CAUSAL_LM")
+                      target_modules=lora.peft_target_modules(model_config), bias="none", task_type="CAUSAL_LM")
+
+
+def set_pad_token(tokenizer, family) -> None:
+    """A pad token where the tokenizer has none: the family's (Llama 3's <|finetune_right_pad_id|>), else its
+    unknown token, else EOS. Padding is masked out of the loss by position, so EOS is safe, but a distinct
+    token keeps padded batches readable."""
+    if tokenizer.pad_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in (family.pad if family else None, tokenizer.unk_token, tokenizer.eos_token):
+        if candidate and candidate in vocab:
+            tokenizer.pad_token = candidate
+            return
+
+
+def generation_config(path: str):
+    """The base's generation_config.json (what it stops on), or None when it ships none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def tokenized(rows, chat):
+    """Chat rows as input_ids with the completion mask hubtune checked (hubtune.data.chat); plain text and
+    an absent split pass through for TRL to tokenize."""
+    if rows is None or chat is None or "prompt" not in rows.column_names:
+        return rows
+    return rows.map(lambda row: chat.tokenize(row["prompt"], row["completion"], row.get("tools")),
+                    remove_columns=rows.column_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,7 +454,7 @@ class Levers:
                 f"{'on' if self.gradient_checkpointing else 'off'}")
 
 
-def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Levers:
+def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=None) -> Levers:
     """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
     variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
     checkpointing only when the memory estimate needs it (hubtune.memory)."""
@@ -434,6 +466,8 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Lever
     cuda = hw.device == "cuda"
     if t.kernels == "auto":
         attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
+        if family is not None and family.attention:  # Gemma 2's soft-capped attention has no SDPA kernel
+            attention = family.attention
         liger = cuda and find_spec("liger_kernel") is not None
     else:
         attention, liger = ("sdpa", True) if t.kernels == "liger" else (t.kernels, False)
