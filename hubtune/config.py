@@ -42,6 +42,11 @@ def _at_most(value, ceiling: tuple[int, str]):
     return value
 
 
+def _on_off(value):
+    """YAML reads a bare on / off as true / false."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _revision(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("is empty: leave it out (null) for the default branch, or give a branch, tag or commit sha")
@@ -150,6 +155,8 @@ class DataSection(Section):
     thinking: Literal["auto", "on", "off"] = Field(
         "auto", description="Reasoning models (Qwen3, DeepSeek-R1): auto trains rows with reasoning in thinking mode and "
                             "the rest with thinking off; on / off: every row.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
@@ -283,6 +290,8 @@ class EvalSection(Section):
         description="lm-eval harness tasks: harness names (hellaswag, ...) or names in evals/tasks/; [] skips the harness.")
     thinking: Literal["auto", "on", "off"] = Field(
         "auto", description="Reasoning models: generate with thinking on or off; auto: on when training rows carried reasoning.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     harness_chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: chat template for generation tasks, raw text for multiple choice.")
     regression_set: str | None = Field("evals:regression/general_mc.jsonl",

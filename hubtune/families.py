@@ -122,10 +122,11 @@ FAMILIES: tuple[Family, ...] = (
            handling="Folds the system prompt into the last user turn of the prompt itself, as the template does at "
                     "inference, so training and inference see the same text."),
     Family("gpt-oss", "gpt-oss", ("gpt_oss",), end_of_turn="<|return|>", pad="<|endoftext|>",
-           template_marker="<|channel|>", answer_marker="<|message|>",
+           template_marker="<|channel|>", answer_marker="<|message|>", attention="eager",
            quirks="Harmony format: the final answer goes to the `final` channel and ends with `<|return|>` when "
                   "rendered last (`<|end|>` inside a history); reasoning goes to the `analysis` channel.",
-           handling="Stops generation on `<|return|>`, `<|end|>` and `<|call|>`."),
+           handling="Stops generation on `<|return|>`, `<|endoftext|>` and `<|call|>`; scores the text after the "
+                    "last `<|message|>`; trains with eager attention (its attention sinks have no SDPA kernel)."),
 )
 BY_KEY = {f.key: f for f in FAMILIES}
 
@@ -194,3 +195,13 @@ def markdown_table() -> str:
         cells = [f.name, ", ".join(f.model_types), f"`{f.end_of_turn}`", system[f.system], f.quirks, f.handling]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a pipe in a token splits a cell
     return "\n".join(rows) + "\n"
+
+
+def suggestion(name: str | None) -> str:
+    """A line for the app's model box: the family found, the modules behind each LoRA preset, what hubtune does
+    about its template. Empty for a model of no known family."""
+    family = next((f for f in FAMILIES if f.name == name), None)
+    if family is None:
+        return ""
+    presets = "; ".join(f"`{preset}` adapts {', '.join(names)}" for preset, names in family.modules.items())
+    return f"**Model family: {family.name}.** LoRA presets on it: {presets}. Its template: {family.handling}"

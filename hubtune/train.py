@@ -249,7 +249,8 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
         problems.append(("lora.target_modules", problem))
     if problems:
-        raise ConfigError(problems, config.model.id)
+        # The settings are the config's; the model they were judged against is named in each problem.
+        raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
@@ -287,8 +288,8 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
     if unadaptable:
         what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
-    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
-            f"all-linear, attention, qv")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset "
+            f"(all-linear, attention, qv), which names this architecture's own modules")
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,

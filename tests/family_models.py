@@ -59,6 +59,11 @@ def build_family_model(key: str, bpe_dir: Path, out: Path) -> Path:
     config = AutoConfig.for_model(model_type, **settings)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
+    if config.pad_token_id is not None:
+        # Random init zeroes the pad row of the embeddings (padding_idx); with tied embeddings (SmolLM2, whose pad
+        # is its end-of-turn token) that would zero the token's output logit too. Trained weights never have it.
+        with torch.no_grad():
+            model.get_input_embeddings().weight[config.pad_token_id].normal_(0.0, SCALED["initializer_range"])
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -69,9 +74,9 @@ def build_family_model(key: str, bpe_dir: Path, out: Path) -> Path:
 
 
 # ---- a label task in chat format with a system prompt -------------------------------------------------
-SYSTEM = "Label the note by its last word. Answer with one word."
-# Cues and labels that are one or two tokens of the suite's small BPE: a short task to learn in ~100 steps.
-CUES = {"price": ["each", "plus"], "unit": ["name", "text"], "product": ["every", "this"]}
+SYSTEM = "Label the mood of the note. Answer with one word."
+CUES = {"calm": ["lagoon", "meadow", "willow"], "angry": ["glacier", "raven", "bramble"],
+        "happy": ["orchid", "nectar", "saffron"]}
 FILLER = "amber basil cedar delta ember fjord garnet harbor indigo juniper kestrel pebble quartz timber".split()
 
 
@@ -93,9 +98,7 @@ def label_rows(n: int, seed: int, reasoning: bool = False) -> list[dict]:
 
 
 TOOLS = [{"type": "function", "function": {
-    "name": "set_label", "description": "Record the note's label.",
-    "parameters": {"type": "object", "properties": {"label": {"type": "string", "enum": sorted(CUES)}},
-                   "required": ["label"]}}}]
+    "name": "set_label", "parameters": {"type": "object", "properties": {"label": {"type": "string"}}}}}]
 
 
 def tool_rows(n: int, seed: int) -> list[dict]:
@@ -103,15 +106,16 @@ def tool_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for row in label_rows(n, seed):
         label = row["messages"][-1]["content"]
-        call = {"type": "function", "function": {"name": "set_label", "arguments": {"label": label}}}
+        call = {"type": "function", "id": "call00001",  # Mistral's template wants 9-character call ids
+                "function": {"name": "set_label", "arguments": {"label": label}}}
         rows.append({"messages": row["messages"][:-1] + [{"role": "assistant", "content": "", "tool_calls": [call]}],
                      "tools": TOOLS})
     return rows
 
 
 # ---- one run through the command line: train, then evaluate ------------------------------------------
-# A hidden-64, 2-layer model with LoRA on every linear layer learns the label in ~100 steps at this rate.
-STEPS, LEARNING_RATE, TEST_ROWS = 100, 1.5e-2, 16
+# A hidden-64, 2-layer model with LoRA on every linear layer learns the label in ~150 steps at this rate.
+STEPS, LEARNING_RATE, TEST_ROWS = 150, 1e-2, 16
 
 
 def run_config(tmp_path, model, train_rows, steps: int = STEPS, thinking: str = "auto", test_rows=None):

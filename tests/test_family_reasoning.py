@@ -12,7 +12,7 @@ from family_models import answers, label_rows, run_config, train_and_eval
 def test_qwen3_obeys_both_thinking_modes_after_training(family_model, cli, tmp_path, one_torch_thread):
     rows = label_rows(60, 1, reasoning=True) + label_rows(60, 3)
     run = tmp_path / "run"
-    result = train_and_eval(cli, run_config(tmp_path, family_model("qwen3"), rows, steps=150), run,
+    result = train_and_eval(cli, run_config(tmp_path, family_model("qwen3"), rows, steps=250), run,
                             "eval.thinking=off")
     report = json.loads((run / "data_report.json").read_text())
     assert report["reasoning_rows"] == 60 and report["chat_template"]["family"] == "Qwen3"
@@ -35,7 +35,7 @@ def test_a_tool_calling_task_is_scored_by_the_call_metric(family_model, cli, tmp
     from family_models import TEST_ROWS, tool_rows
 
     run = tmp_path / "run"
-    config = run_config(tmp_path, family_model("qwen2.5"), tool_rows(120, 1), test_rows=tool_rows(TEST_ROWS, 2))
+    config = run_config(tmp_path, family_model("mistral"), tool_rows(120, 1), test_rows=tool_rows(TEST_ROWS, 2))
     task = train_and_eval(cli, config, run)["task"]
     assert task["tool_calls"]["tuned"] >= 0.9 and task["tool_calls"]["base"] == 0.0
     assert task["stopped"]["tuned"] >= 0.95

@@ -253,3 +253,12 @@ def test_the_call_metric_compares_the_name_and_the_json_arguments():
     assert not call_matches('{"name": "get_label", "arguments": {"label": "price"}}', reference)
     assert not call_matches("price", reference)
     assert tool_call_of('[TOOL_CALLS][{"name": "f", "arguments": "{\\"a\\": 1}"}]') == {"name": "f", "arguments": {"a": 1}}
+
+
+def test_the_docs_show_the_family_table_as_it_is():
+    from pathlib import Path
+
+    from hubtune.families import markdown_table
+
+    page = (Path(__file__).parents[1] / "docs" / "families.md").read_text(encoding="utf-8")
+    assert markdown_table() in page, "regenerate the table in docs/families.md from hubtune.families.markdown_table()"
