@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test ui docs
+.PHONY: install demo test test-fast ui docs
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -n auto --dist loadfile
+
+# The inner loop: everything but the tests marked slow, browser or gpu (under a minute on 2 cores).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -n auto -m "not slow and not browser and not gpu"
 
 ui: $(STAMP)
 	$(VENV)/bin/hubtune ui

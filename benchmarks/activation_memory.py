@@ -1,7 +1,7 @@
 """Activation memory of hubtune's recipe, measured: the bytes autograd saves for the backward pass
 per token and decoder layer, and the coefficients hubtune/memory.py uses for them.
 
-    python benchmarks/activation_memory.py [--widths 2048,3072,4096] [--tokens 256]
+    python benchmarks/activation_memory.py [--widths 2048,3072,4096] [--tokens 256] [--targets qv]
 
 For each method (qlora: the 4-bit base as hubtune.train.load_base prepares it for bfloat16 compute;
 qlora-fp16: the same for float16 compute, where PEFT upcasts the embeddings, head and norms to
@@ -27,7 +27,7 @@ WIDTHS = {  # hidden: (intermediate, heads, kv heads), Llama-3.2-1B/3B and Llama
 }
 
 
-def build(method: str, hidden: int, layers: int, dropout: float = 0.05):
+def build(method: str, hidden: int, layers: int, dropout: float = 0.05, targets: str = "all-linear"):
     """A Llama of the given width with hubtune's training setup for `method`."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -50,7 +50,7 @@ def build(method: str, hidden: int, layers: int, dropout: float = 0.05):
     dtype = torch.float16 if method == "qlora-fp16" else torch.bfloat16
     hw = Hardware("cpu", dtype, "adamw_torch")
     section = ModelSection(id=folder, quantization="none" if method == "lora" else "nf4")
-    model = get_peft_model(load_base(folder, section, hw), lora_config(LoraSection(r=16, dropout=dropout)))
+    model = get_peft_model(load_base(folder, section, hw), lora_config(LoraSection(r=16, dropout=dropout, target_modules=targets)))
     if method.startswith("qlora"):  # as TRL does for a quantized base
         for p in model.parameters():
             if p.requires_grad:
@@ -81,20 +81,23 @@ def saved_bytes(model, tokens: int, dtype=torch.bfloat16) -> int:
     return sum(seen.values())
 
 
-def per_layer_per_token(method: str, hidden: int, tokens: int, dropout: float = 0.05) -> float:
+def per_layer_per_token(method: str, hidden: int, tokens: int, dropout: float = 0.05,
+                        targets: str = "all-linear") -> float:
     dtype = torch.float16 if method == "qlora-fp16" else torch.bfloat16
-    one = saved_bytes(build(method, hidden, 1, dropout), tokens, dtype)
-    two = saved_bytes(build(method, hidden, 2, dropout), tokens, dtype)
+    one = saved_bytes(build(method, hidden, 1, dropout, targets), tokens, dtype)
+    two = saved_bytes(build(method, hidden, 2, dropout, targets), tokens, dtype)
     return (two - one) / tokens
 
 
-def fit(method: str, widths: list[int], tokens: int, dropout: float = 0.05) -> tuple[np.ndarray, list[float]]:
+def fit(method: str, widths: list[int], tokens: int, dropout: float = 0.05,
+        targets: str = "all-linear") -> tuple[np.ndarray, list[float]]:
     rows, measured = [], []
     for h in widths:
         inter, heads, kv = WIDTHS[h]
         rows.append([h, inter, kv * h // heads])
-        measured.append(per_layer_per_token(method, h, tokens, dropout))
-        print(f"{method} (LoRA dropout {dropout}) hidden {h}: {measured[-1]:.0f} bytes per token and layer", flush=True)
+        measured.append(per_layer_per_token(method, h, tokens, dropout, targets))
+        print(f"{method} on {targets} (LoRA dropout {dropout}) hidden {h}: {measured[-1]:.0f} bytes per token and "
+              f"layer", flush=True)
     coef = np.linalg.lstsq(np.asarray(rows, float), np.asarray(measured), rcond=None)[0]
     return coef, measured
 
@@ -105,11 +108,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--methods", default="qlora,lora,full")
     parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (0 saves no dropout masks)")
+    parser.add_argument("--targets", default="all-linear", help="LoRA target modules: all-linear, attention or qv")
     args = parser.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     found = {}
     for method in args.methods.split(","):
-        coef, _ = fit(method, widths, args.tokens, args.dropout)
+        coef, _ = fit(method, widths, args.tokens, args.dropout, args.targets)
         found[method] = ",".join(f"{c:.1f}" for c in coef)
     print("activations: " + " ".join(f"{m}={c}" for m, c in found.items()))
 

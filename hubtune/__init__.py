@@ -6,10 +6,15 @@
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# OpenMP threads that wait for work sleep instead of spinning: on a CPU shared with other work (a Space's
+# page, other jobs) spinning threads take the cores the stragglers need. Read once, when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Heavy libraries (torch, transformers) load on first use, so `import hubtune` and the CLI's --help stay fast.
 _EXPORTS = {

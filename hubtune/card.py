@@ -112,9 +112,10 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
 
 
 def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss_curve_file: str | None = LOSS_CURVE,
-               licence_files: list[str] | None = None):
+               licence_files: list[str] | None = None, ancestor_files: list[dict] | None = None):
     """The full ModelCard (metadata + body rendered from the package's Jinja template).
-    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet)."""
+    `licence_files`: the base's licence files the repo carries ([] none; None not staged yet);
+    `ancestor_files`: those of the base's ancestors (see publish.copy_ancestor_licence_files)."""
     from huggingface_hub import ModelCard, constants
 
     data = card_data(run, repo_id, verdict, merged)
@@ -141,6 +142,8 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         licence_copy_clauses=[t.at(t.copy_required) for t in base_finding.terms if t.copy_required],
         method={"lora": "LoRA", "qlora": "QLoRA"}[s.method],
         datasets=datasets, built_with=verdict.attributions, obligations=verdict.obligations,
+        lineage=base_finding.repo.chains(), conditions=verdict.conditions, ancestor_files=ancestor_files or [],
+        named_copies=_named_copies(base_finding.repo),
         verdict=verdict.verdict, use=verdict.use,
         lora=config.lora, training=config.training, model_section=config.model,
         trainable=s.trainable_parameters, total=s.total_parameters,
@@ -165,6 +168,24 @@ def usage(run: RunFolder) -> dict:
             "fold": "first" if system.startswith("folded into the first") else
                     "last" if system.startswith("folded into the last") else None,
             "thinking": chat.get("thinking") is not None and chat.get("family") == "Qwen3"}
+
+
+def _named_copies(repo) -> list[dict]:
+    """Licences the card text of the base (or of an ancestor) says it derives from, with no repo to copy
+    their files from, whose text must go with every derivative: {"name", "clause", "link", "quote"}."""
+    from hubtune.licence_terms import family_terms, lookup
+
+    out, seen = [], set()
+    for r in [repo, *(a for _, a in repo.ancestors())]:
+        for claim in (r.card.claims if r.card else []):
+            if claim.kind != "lineage":
+                continue
+            for i in claim.licences:
+                t = lookup(i) or family_terms(i)
+                if t is not None and t.copy_required and t.id not in seen:
+                    seen.add(t.id)
+                    out.append({"name": t.name, "clause": t.at(t.copy_required), "link": t.link, "quote": claim.quote})
+    return out
 
 
 def _link(finding) -> str | None:
@@ -197,6 +218,8 @@ def repo_licences(run: RunFolder):
     from hubtune import licence
 
     s = run.summary
-    model = licence.read_licence(s.base_model, "model", s.base_revision)
+    recorded = (s.licence or {}).get("repos") or [{}]
+    pins = {a["repo"]: a["revision"] for a in recorded[0].get("ancestors", []) if a.get("revision")}
+    model = licence.read_licence(s.base_model, "model", s.base_revision, pins=pins)
     datasets = [licence.read_licence(d.path, "dataset", d.revision_sha or d.revision) for d in s.datasets]
     return model, datasets

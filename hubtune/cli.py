@@ -165,6 +165,18 @@ def _run_config(path: str, overrides: list[str], ignore_unsupported: bool):
     return config
 
 
+
+def _write_out(path: str, text: str) -> None:
+    """A file the user named with --out, its folder made if need be (runs/x.yaml in a fresh folder)."""
+    from pathlib import Path
+
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as err:
+        raise HubtuneError(f"cannot write {out} ({err.strerror}); give --out a path in a folder you can write") from None
+
 def _config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -178,13 +190,13 @@ def _config(args: argparse.Namespace) -> int:
         report = translation.report(ignored=args.ignore_unsupported)
         header = f"# Translated by hubtune from the Axolotl config {args.source}\n"
         header += "".join(f"# {line}\n" for line in report.splitlines())
-        Path(args.out).write_text(header + config.to_yaml())
+        _write_out(args.out, header + config.to_yaml())
         print(report + ("\n" if report else "") + f"wrote {args.out}")
         return 0
     exported = axolotl.export(args.run)
     text = yaml.safe_dump(exported, sort_keys=False)
     if args.out:
-        Path(args.out).write_text(text)
+        _write_out(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text, end="")
@@ -324,7 +336,7 @@ def _estimate(args: argparse.Namespace) -> int:
     settings = memory.Settings.from_run_config(
         config, method=args.method, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
         target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
-        optimizer=args.optimizer, compute_dtype=args.compute_dtype)
+        optimizer=args.optimizer, compute_dtype=args.compute_dtype, loss=args.loss)
     gpus = [args.gpu] if args.gpu else list(memory.GPUS)
     fits = {g: memory.fit_report(arch, settings, g) for g in gpus}
     est = memory.estimate(arch, memory.on_gpu(settings, args.gpu) if args.gpu else settings)
@@ -464,6 +476,9 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer whose states to count (default: the run config's)")
     p.add_argument("--compute-dtype", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the frozen weights and activations on the GPU (default: bfloat16)")
+    p.add_argument("--loss", choices=["fused", "float32"],
+                   help="fused: TRL's tiled LM head (hubtune's recipe, the default); float32: the whole vocabulary's "
+                        "logits in float32, as plain transformers computes the loss")
     p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")
     p.add_argument("--table", action="store_true", help="the field guide's hardware table, computed from real configs")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -56,11 +56,30 @@ def _revision(value: str | None) -> str | None:
 class ModelSection(Section):
     id: str = Field("hubtune:tiny-llama", description="Hub repo id, local folder, or hubtune:<asset>.")
     revision: str | None = Field(None, description="Branch, tag or commit sha to pin; None means main.")
-    quantization: Literal["nf4", "fp4", "none"] = Field("nf4", description="4-bit base (QLoRA) or none (16-bit LoRA).")
+    quantization: Literal["nf4", "fp4", "int8", "none"] = Field(
+        "nf4", description="4-bit base (QLoRA: nf4, fp4), 8-bit base (int8, LLM.int8()) or none (16-bit LoRA).")
     double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.")
     trust_remote_code: bool = Field(False, description="Run code shipped in the model repo. Off unless you trust it.")
+    special_tokens: dict[Literal["bos_token", "eos_token", "pad_token", "unk_token"], str] = Field(
+        default_factory=dict, description="Set the tokenizer's bos/eos/pad/unk token, e.g. {pad_token: <|end_of_text|>}; "
+        "a token the vocabulary lacks is added, and the embedding and output head then train with the adapter.")
+    added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
+        "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
+    router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
+        "loss to the training loss (transformers' output_router_logits).")
+
+    @field_validator("special_tokens", "added_tokens")
+    @classmethod
+    def _non_empty_tokens(cls, v):
+        if any(not t for t in (v.values() if isinstance(v, dict) else v)):
+            raise ValueError("a token is a non-empty string")
+        return v
+
+    def new_token_texts(self) -> list[str]:
+        """Every token the run asks for, special ones first, each once."""
+        return list(dict.fromkeys([*self.special_tokens.values(), *self.added_tokens]))
 
     @field_validator("id")
     @classmethod
@@ -78,6 +97,23 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: Literal["qv", "attention", "all-linear"] | list[str] = Field(
         "all-linear", description="A preset (qv | attention | all-linear) or explicit module names.")
+    target_regex: str | None = Field(None, description="A regular expression matched against full module names "
+        "(PEFT's full match), used instead of target_modules, e.g. model.layers.\\d+.(self_attn|mlp).\\w+_proj.")
+    target_parameters: list[str] = Field(default_factory=list, description="Parameters (not modules) to adapt too, "
+        "such as a mixture-of-experts layer's stacked experts.gate_up_proj (PEFT's target_parameters).")
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with "
+        "the adapter, e.g. [embed_tokens, lm_head].")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+
+    @field_validator("target_regex")
+    @classmethod
+    def _compiles(cls, v):
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"{v!r} is not a regular expression ({err})") from None
+        return v
 
     @field_validator("target_modules")
     @classmethod
@@ -87,8 +123,11 @@ class LoraSection(Section):
         return v
 
     def peft_target_modules(self, model_config=None) -> str | list[str]:
-        """The module names to adapt; a preset resolves to the architecture's own names when the model's
-        config is given (Phi-3's fused qkv_proj for qv / attention; see hubtune.families)."""
+        """What PEFT's target_modules takes: the regular expression, the listed names, or a preset's names, which
+        resolve to the architecture's own modules when the model's config is given (Phi-3's fused qkv_proj for
+        qv / attention; see hubtune.families)."""
+        if self.target_regex is not None:
+            return self.target_regex
         if not isinstance(self.target_modules, str):
             return self.target_modules
         if model_config is None:
@@ -98,9 +137,13 @@ class LoraSection(Section):
         return target_modules(self.target_modules, model_config)
 
 
+SPLIT_SLICE = re.compile(r"(?P<name>[\w.-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+
+
 class DataSource(Section):
     path: str = Field(description="Hub dataset id, local JSON/JSONL/CSV/Parquet file or folder, or hubtune:<asset>.")
-    split: str = Field("train", description="Split to read from a Hub dataset or folder.")
+    split: str = Field("train", description="Split to read from a Hub dataset or folder; a slice as in "
+                       "`datasets`: train[:20%], train[100:500], train[-10%:].")
     name: str | None = Field(None, description="Dataset config name on the Hub.")
     revision: str | None = Field(None, description="Dataset revision to pin.")
 
@@ -112,6 +155,36 @@ class DataSource(Section):
         return v
 
     _revision = field_validator("revision")(_revision)
+
+    @field_validator("split")
+    @classmethod
+    def _split_spec(cls, v: str) -> str:
+        m = SPLIT_SLICE.fullmatch(v.replace(" ", ""))
+        if not m:
+            raise ValueError(f"{v!r} is not a split: give a name (train) or a slice such as train[:20%] or train[10:500]")
+        for bound in (m["start"], m["stop"]):
+            if bound and bound.endswith("%") and not -100 <= int(bound[:-1]) <= 100:
+                raise ValueError(f"{v!r}: a percentage lies between -100% and 100%")
+        return v
+
+    @property
+    def split_name(self) -> str:
+        """The split without its slice: train for train[:20%]."""
+        return SPLIT_SLICE.fullmatch(self.split.replace(" ", ""))["name"]
+
+    @property
+    def split_slice(self) -> str | None:
+        """The slice part of the split (train[:20%] -> [:20%]), or None for the whole split."""
+        spec = self.split.replace(" ", "")
+        return spec[len(self.split_name):] or None
+
+
+CHAT_TEMPLATES = ASSETS / "chat_templates"
+
+
+def chat_template_names() -> list[str]:
+    """The named chat templates shipped in hubtune/assets/chat_templates (Axolotl's, by its names)."""
+    return sorted(p.stem for p in CHAT_TEMPLATES.glob("*.jinja"))
 
 
 FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text")
@@ -150,8 +223,9 @@ class DataSection(Section):
     columns: dict[str, str] = Field(default_factory=dict,
         description="Map hubtune's field names to your columns, e.g. {output: answer, instruction: question}.")
     skip_bad_rows: bool = Field(False, description="Skip and count malformed rows instead of stopping at the first one.")
-    chat_template: Literal["auto", "default"] = Field(
-        "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's.")
+    chat_template: str = Field(
+        "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's; "
+        "or a named template (chatml, llama3, qwen_25, gemma3, ...: hubtune/assets/chat_templates).")
     thinking: Literal["auto", "on", "off"] = Field(
         "auto", description="Reasoning models (Qwen3, DeepSeek-R1): auto trains rows with reasoning in thinking mode and "
                             "the rest with thinking off; on / off: every row.")
@@ -192,6 +266,14 @@ class DataSection(Section):
             raise ValueError("list at least one dataset")
         return v
 
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, v):
+        names = chat_template_names()
+        if v not in ("auto", "default", *names):
+            raise ValueError(f"{v!r} is not a chat template hubtune has: auto, default, or one of {', '.join(names)}")
+        return v
+
     @field_validator("columns")
     @classmethod
     def _known_fields(cls, v):
@@ -212,18 +294,33 @@ class TrainingSection(Section):
     gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step (effective batch = product).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule.")
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.", json_schema_extra={"typical": [50, 100]})
-    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
-        "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU.")
+    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0,
+        description="Warm-up as a share of all optimizer steps (rounded up), instead of warmup_steps; null: warmup_steps.")
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
+                       "adamw_torch_4bit", "adafactor", "sgd"] = Field(
+        "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU. adamw_8bit: bitsandbytes' 8-bit states; "
+        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install torchao).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam's first-moment decay.")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam's second-moment decay (0.95 for less memory of old gradients).")
+    adam_epsilon: float = Field(1e-8, gt=0.0, lt=1.0, description="Adam's epsilon.")
     max_grad_norm: float = Field(0.3, gt=0.0, description="Gradient clipping (QLoRA paper: 0.3).")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="Recompute activations to save memory (slower); auto: only when the memory estimate needs it.")
     group_by_length: bool = Field(True, description="Sort each step's examples by length into its micro-batches: same loss, little padding.")
-    kernels: Literal["auto", "sdpa", "flash_attention_2", "liger", "eager"] = Field(
-        "auto", description="auto: FlashAttention 2 and Liger kernels on CUDA when installed, else SDPA; liger: SDPA + Liger.")
+    kernels: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "liger", "eager"] | list[
+        Literal["sdpa", "flash_attention_2", "flex_attention", "eager", "liger"]] = Field(
+        "auto", description="auto: FlashAttention 2 and Liger kernels on CUDA when installed, else SDPA; liger: SDPA + "
+        "Liger; a list names one attention and optionally liger, e.g. [flash_attention_2, liger].")
+    tf32: bool | Literal["auto"] = Field(False, description="TensorFloat-32 float32 matrix products (10-bit mantissa, "
+        "faster); true or auto: on Ampere and newer GPUs, off elsewhere.")
     logging_steps: int = Field(10, ge=1, description="Write a metrics.jsonl line every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Held-out loss every N steps; None: once per epoch and at the end.")
+    evals_per_epoch: int | None = Field(None, ge=0, description="Held-out loss N times per epoch (0: not during "
+        "training), spaced over all steps as 1 / (N x epochs) of them; instead of eval_steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume starts from the last one).")
+    saves_per_epoch: int | None = Field(None, ge=1, description="Checkpoint N times per epoch, spaced over all steps "
+        "as 1 / (N x epochs) of them; instead of save_steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     seed: int = Field(42, description="Seed for data order, adapter init and dropout (0 to 2**32 - 1).")
     backend: Literal["auto", "hf", "unsloth"] = Field(
@@ -234,6 +331,21 @@ class TrainingSection(Section):
         "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
     push_checkpoints: str | None = Field(
         None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
+
+    @field_validator("kernels")
+    @classmethod
+    def _one_attention(cls, v):
+        if isinstance(v, list) and (not v or len([k for k in v if k != "liger"]) > 1 or len(set(v)) != len(v)):
+            raise ValueError("a list of kernels names one attention (sdpa, flash_attention_2, flex_attention, eager), "
+                             "once, and optionally liger")
+        return v
+
+    def kernel_choice(self) -> tuple[str, bool] | None:
+        """(attention, liger) as the config asks for them; None for auto."""
+        if self.kernels == "auto":
+            return None
+        chosen = self.kernels if isinstance(self.kernels, list) else [self.kernels]
+        return next((k for k in chosen if k != "liger"), "sdpa"), "liger" in chosen
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -46,6 +46,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_world_size() -> int:
+    """The training processes on this machine (accelerate launch and torchrun set LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+
+
 def is_main_process() -> bool:
     return rank() == 0
 
@@ -137,7 +142,7 @@ def start(cpu: bool) -> None:
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
     """FSDP shards optimizer states with the flattened parameters and gathers them into its checkpoints;
     bitsandbytes' 8-bit and paged states do not survive that, so FSDP trains with AdamW."""
-    if mode != "fsdp" or world_size() == 1 or not ("8bit" in resolved or resolved.startswith("paged")):
+    if mode != "fsdp" or world_size() == 1 or not ("bit" in resolved or resolved.startswith("paged")):
         return resolved
     if configured == "auto":
         return "adamw_torch"

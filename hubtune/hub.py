@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -399,3 +400,85 @@ def gated_access(repo_id: str, repo_type: str = "model") -> str | None:
     except (hf.HfHubHTTPError, *_network_errors()):
         return None
     return "granted"
+
+
+@dataclass
+class RepoTexts:
+    """A repo's README.md and top-level licence texts at one revision, and what could not be read."""
+
+    readme: str | None
+    files: dict[str, str]  # file name -> text (LICENSE*, NOTICE*, USE_POLICY*, the license_link file)
+    unread: list[str]  # "LICENSE: why", for texts that exist but could not be read
+
+
+def _link_path(repo_id: str, repo_type: str, link: str | None) -> str | None:
+    """The file inside the repo a card's `license_link` points to (`LICENSE`, or a Hub URL of this repo's
+    blob/resolve), else None: a link elsewhere is not the repo's to pin."""
+    if not link:
+        return None
+    if "://" not in link:
+        return link.lstrip("./") or None
+    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[repo_type]
+    m = re.search(rf"/{prefix}{re.escape(repo_id)}/(?:blob|resolve|raw)/[^/]+/(.+)$", link)
+    return m.group(1) if m else None
+
+
+def repo_texts(repo_id: str, repo_type: str = "model", revision: str | None = None,
+               license_link: str | None = None) -> RepoTexts:
+    """README.md, the top-level LICENSE* / LICENCE* / NOTICE* / USE_POLICY* / COPYING* files and the file a
+    relative `license_link` names, at `revision` (a commit sha, so that the texts match the pinned card).
+    Never raises for a text it cannot read (a gated repo without access, the Hub unreachable): it says so
+    in `unread`."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import errors as hf
+    from huggingface_hub.hf_api import RepoFile
+
+    from hubtune.errors import HubtuneError
+    from hubtune.licence_texts import MAX_TEXT_CHARS, wanted
+
+    out = RepoTexts(None, {}, [])
+    try:  # the top level only: a dataset may hold many thousands of files below it
+        with hub_errors(repo_id, repo_type, revision):
+            names = [e.path for e in call(lambda: list(HfApi().list_repo_tree(
+                repo_id, repo_type=repo_type, revision=revision, recursive=False))) if isinstance(e, RepoFile)]
+    except (HubtuneError, hf.HfHubHTTPError) as err:
+        out.unread.append(f"its file list: {err}")
+        return out
+    linked = _link_path(repo_id, repo_type, license_link)
+    picked = [n for n in names if wanted(n)] + ([linked] if linked and not wanted(linked) else [])
+    for name in dict.fromkeys(["README.md", *picked]):
+        if name not in names and "/" not in name:
+            continue
+        try:
+            with hub_errors(repo_id, repo_type, revision):
+                path = call(hf_hub_download, repo_id, name, repo_type=repo_type, revision=revision)
+        except hf.EntryNotFoundError:
+            out.unread.append(f"{name}: not in the repo (named by license_link)")
+            continue
+        except (HubtuneError, hf.HfHubHTTPError, OSError) as err:
+            out.unread.append(f"{name}: {err}")
+            continue
+        text = Path(path).read_bytes()[: MAX_TEXT_CHARS * 4].decode("utf-8", "replace")
+        if name == "README.md":
+            out.readme = text
+        else:
+            out.files[name] = text
+    return out
+
+
+def folder_texts(folder: Path, license_link: str | None = None) -> RepoTexts:
+    """The same for a local folder."""
+    from hubtune.licence_texts import MAX_TEXT_CHARS, wanted
+
+    out = RepoTexts(None, {}, [])
+    if not folder.is_dir():
+        return out
+    linked = _link_path("", "model", license_link) if license_link and "://" not in license_link else None
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and (wanted(p.name) or p.name == "README.md" or p.name == linked):
+            text = p.read_bytes()[: MAX_TEXT_CHARS * 4].decode("utf-8", "replace")
+            if p.name == "README.md":
+                out.readme = text
+            else:
+                out.files[p.name] = text
+    return out

@@ -304,7 +304,8 @@ def _rows_of(source: cfg.DataSource) -> int | None:
     if ref.is_local:
         path = ref.path
         files = [path] if path.is_file() else sorted(path.glob("*.jsonl"))
-        return sum(1 for f in files if f.suffix == ".jsonl" for line in f.open() if line.strip()) or None
+        rows = sum(1 for f in files if f.suffix == ".jsonl" for line in f.open() if line.strip())
+        return _sliced(source, rows) or None
     from huggingface_hub import HfApi
 
     from hubtune.hub import hub_errors
@@ -317,9 +318,17 @@ def _rows_of(source: cfg.DataSource) -> int | None:
         if source.name and entry.get("config_name") not in (source.name, None):
             continue
         for split in entry.get("splits") or []:
-            if split.get("name") == source.split and split.get("num_examples"):
-                return int(split["num_examples"])
+            if split.get("name") == source.split_name and split.get("num_examples"):
+                return _sliced(source, int(split["num_examples"]))
     return None
+
+
+def _sliced(source: cfg.DataSource, rows: int) -> int:
+    """How many of a split's rows a sliced split (train[:20%]) takes."""
+    from hubtune.data.sources import slice_bounds
+
+    start, stop = slice_bounds(source, rows) if source.split_slice else (0, rows)
+    return max(stop - start, 0)
 
 
 def _parameters(model: cfg.ModelSection) -> int:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubtune.errors import LicenceBlocked, NamingRuleError
+from hubtune.errors import HubtuneError, LicenceBlocked, NamingRuleError
 from hubtune.licence_terms import (  # noqa: F401  (re-exported: the licence data lives there)
     ALL,
     LICENCES,
@@ -36,8 +36,13 @@ from hubtune.licence_terms import (  # noqa: F401  (re-exported: the licence dat
     licence_table,
     lookup,
 )
+from hubtune.licence_texts import CardReading, Clause
 
-SEVERITY = {"allow": 0, "warn": 1, "block": 2}
+SEVERITY = {"allow": 0, "warn": 1, "conditional": 2, "block": 3}
+MAX_DEPTH = 8  # ancestors followed through `base_model`; deeper ones are reported, not read
+# Hub `base_model_relation` values (and "distill", which cards say in words) as the chain shows them.
+RELATIONS = {"finetune": "fine-tuned from", "adapter": "an adapter of", "merge": "merged from",
+             "quantized": "quantized from", "distill": "distilled from", "card text": "derived from"}
 HUBTUNE_LICENCE = "apache-2.0"  # the package's own licence covers its embedded assets
 
 
@@ -56,6 +61,49 @@ class RepoLicence:
     pipeline_tag: str | None = None  # the card's task; tells a multimodal model from a text one
     eu_disallowed: bool = False  # the card's `extra_gated_eu_disallowed`: the gate refuses EU users
     access: str | None = None  # gated Hub repo: "granted", "denied" or "no token"; None when not checked
+    text_licences: list[tuple[str, str]] = field(default_factory=list)  # (licence id, file) known by its text
+    clauses: list[Clause] = field(default_factory=list)  # decisive clauses of texts hubtune does not know
+    card: CardReading | None = None  # what the card's prose says about licences
+    files: list[str] = field(default_factory=list)  # the licence texts read, at `revision_sha`
+    unread: list[str] = field(default_factory=list)  # texts that exist but could not be read, and why
+    parents: list[Link] = field(default_factory=list)  # the card's `base_model`s, read in turn
+
+    def ancestors(self) -> list[tuple[str, RepoLicence]]:
+        """Every ancestor read, depth first, with how it relates to this repo ("fine-tuned from X")."""
+        out = []
+        for link in self.parents:
+            if link.parent is not None:
+                out.append((f"{RELATIONS.get(link.relation, link.relation)} {self.ref}", link.parent))
+                out += link.parent.ancestors()
+        return out
+
+    def chains(self) -> list[str]:
+        """The lineage as lines: "a/b (mit) ← derived from meta-llama/Llama-3.1-8B (llama3.1)". A sentence
+        that several generations' cards repeat is shown once, on the shortest line."""
+        lines = self._chains()
+        said = ", the card says: "
+        shortest: dict[str, str] = {}
+        for line in lines:
+            if said in line:
+                quote = line.split(said, 1)[1]
+                if quote not in shortest or len(line) < len(shortest[quote]):
+                    shortest[quote] = line
+        return [ln for ln in lines if said not in ln or shortest[ln.split(said, 1)[1]] == ln]
+
+    def _chains(self) -> list[str]:
+        head = f"{self.ref} ({self.licence})"
+        lines = []
+        for link in self.parents:
+            rel = RELATIONS.get(link.relation, link.relation)
+            if link.parent is not None:
+                tails = link.parent._chains() or [f"{link.parent.ref} ({link.parent.licence})"]
+                lines += [f"{head} ← {rel} {tail}" for tail in tails]
+            else:
+                lines.append(f"{head} ← {rel} {link.ref} (not read: {link.note})")
+        for claim in self.card.claims if self.card else []:
+            if claim.kind == "lineage":
+                lines.append(f"{head} ← derived from ({', '.join(claim.licences)}), the card says: \"{claim.quote}\"")
+        return lines
 
     @property
     def terms(self) -> list[Terms | None]:
@@ -68,6 +116,16 @@ class RepoLicence:
 
 
 @dataclass
+class Link:
+    """One `base_model` of a card: the parent as read, or why it was not."""
+
+    relation: str  # finetune, adapter, merge, quantized, distill
+    ref: str
+    parent: RepoLicence | None
+    note: str | None = None  # why the parent was not read (not found, gated, a cycle, the depth limit)
+
+
+@dataclass
 class Hit:
     """One rule that fired on a repo."""
 
@@ -75,7 +133,7 @@ class Hit:
     verdict: str
     reason: str  # what `hubtune check` prints, ending with the clause in brackets
     clause: str | None  # the licence and clause, e.g. "Llama 2 §1.b.v"
-    hard: bool = False  # a family reading's restriction: an acknowledgement does not lift it
+    hard: bool = False  # rests on the licence's words (its text, card text, family reading): not acknowledgeable
 
 
 @dataclass
@@ -87,7 +145,9 @@ class Finding:
     needs_acknowledgement: bool = False
     name_rules: list[tuple[NameRule, str]] = field(default_factory=list)  # (rule, its citation)
     attributions: list[str] = field(default_factory=list)
-    terms: list[Terms] = field(default_factory=list)  # what the repo's licences were read as
+    terms: list[Terms] = field(default_factory=list)  # what the repo's licences (and its ancestors') were read as
+    conditions: list[str] = field(default_factory=list)  # actions the user confirms, each ending with its clause
+    applied: dict[str, bool] = field(default_factory=dict)  # licence id -> applied as resting on its text
 
     @property
     def reasons(self) -> list[str]:
@@ -102,6 +162,13 @@ class Finding:
 
     def oblige(self, text: str, clause: str | None = None) -> None:
         self.obligations.append(f"{text} [{clause}]" if clause else text)
+
+    def condition(self, text: str, clause: str, label: str) -> None:
+        """Allowed once the user does something: a verdict of its own, confirmed by acknowledging the repo."""
+        line = f"{text} [{clause}]"
+        if line not in self.conditions:
+            self.conditions.append(line)
+            self.raise_to("conditional", f"{label}: allowed once you confirm: {line}", "condition", clause, cited=True)
 
     @property
     def hard_block(self) -> bool:
@@ -129,6 +196,10 @@ class Verdict:
         return list(dict.fromkeys(o for f in self.findings for o in f.obligations))
 
     @property
+    def conditions(self) -> list[str]:
+        return list(dict.fromkeys(c for f in self.findings for c in f.conditions))
+
+    @property
     def attributions(self) -> list[str]:
         """What the card and any product must display, e.g. "Built with Llama"."""
         return list(dict.fromkeys(a for f in self.findings for a in f.attributions))
@@ -140,15 +211,17 @@ class Verdict:
                                   for f in self.findings for r, cite in f.name_rules))
 
     def unacknowledged(self, acknowledge: list[str] | tuple[str, ...] = ()) -> list[Finding]:
-        """Findings that stop a run: a block or an unknown licence not listed in `acknowledge`, and
-        a family reading's restriction whether listed or not."""
+        """Findings that stop a run: a block, an unknown licence or a condition not listed in
+        `acknowledge`, and a block that rests on a licence's text (or a family reading) whether listed
+        or not."""
         return [f for f in self.findings if f.hard_block
-                or ((f.verdict == "block" or f.needs_acknowledgement) and f.repo.ref not in acknowledge)]
+                or ((f.verdict == "block" or f.needs_acknowledgement or f.conditions)
+                    and f.repo.ref not in acknowledge)]
 
     def to_dict(self) -> dict:
         return {
             "verdict": self.verdict, "use": self.use, "publish": self.publish,
-            "reasons": self.reasons, "obligations": self.obligations,
+            "reasons": self.reasons, "obligations": self.obligations, "conditions": self.conditions,
             "repos": [{"repo": f.repo.ref, "type": f.repo.repo_type, "source": f.repo.source,
                        "licence": f.repo.licence, "license_name": f.repo.license_name,
                        "license_link": f.repo.license_link, "gated": f.repo.gated, "access": f.repo.access,
@@ -156,7 +229,14 @@ class Verdict:
                        "rules": [{"rule": h.rule, "verdict": h.verdict, "clause": h.clause, "reason": h.reason}
                                  for h in f.hits],
                        "read_as": [t.reading or t.id for t in f.terms],
-                       "obligations": f.obligations, "needs_acknowledgement": f.needs_acknowledgement}
+                       "obligations": f.obligations, "conditions": f.conditions,
+                       "needs_acknowledgement": f.needs_acknowledgement,
+                       "lineage": f.repo.chains(), "ancestors": [
+                           {"repo": a.ref, "relation": rel, "licence": a.licence, "revision": a.revision_sha,
+                            "licence_files": a.files} for rel, a in f.repo.ancestors()],
+                       "licence_files": f.repo.files,
+                       "read_from_text": [{"licence": i, "file": src} for i, src in f.repo.text_licences],
+                       "clauses": [{"kind": c.kind, "quote": c.quote, "file": c.source} for c in f.repo.clauses]}
                       for f in self.findings],
             "name_rules": [{"repo": r, "pattern": p, "rule": w, "clause": c} for r, p, w, c in self.name_rules],
             "attributions": self.attributions,
@@ -164,11 +244,15 @@ class Verdict:
 
 
 # ---- reading the licences --------------------------------------------------------------------
-def read_licence(ref: str, repo_type: str = "model", revision: str | None = None) -> RepoLicence:
+def read_licence(ref: str, repo_type: str = "model", revision: str | None = None,
+                 _chain: tuple[str, ...] = (), pins: dict[str, str] | None = None) -> RepoLicence:
     """Licence metadata of a Hub repo (card, gated flag, the token's access to a gated repo), a local
     folder/file (its README.md front matter), or a `hubtune:` asset (its README.md, else the
-    package's own licence). A pre-quantized model is judged by the original its card names
-    (see `_prequantized_original`)."""
+    package's own licence); its licence texts and card prose at the same revision; and, for a model,
+    its ancestors through the card's `base_model`, each read the same way (`_chain`: the repos below it,
+    for the cycle guard and the depth limit), at the commit `pins` gives for it (a run records the commit
+    each ancestor was read at, and a push reads them there again), else the one the Hub serves now. A
+    pre-quantized base is judged by the original its card names (see `_prequantized_original`)."""
     from hubtune import hub
     from hubtune.refs import RepoRef
 
@@ -178,16 +262,73 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
         meta = hub.read_card_metadata(folder / "README.md")
         if meta is None and parsed.kind == "builtin":
             return RepoLicence(ref, repo_type, "builtin", [HUBTUNE_LICENCE])
-        if original := _prequantized_original(ref, repo_type, meta or {}, revision):
-            return read_licence(original, "model")
-        return _from_metadata(ref, repo_type, parsed.kind, meta or {}, False, None)
+        quantized = _prequantized_original(ref, repo_type, meta or {}, revision)
+        if quantized and not _chain:
+            return read_licence(quantized, "model", None, (ref,))
+        found = _from_metadata(ref, repo_type, parsed.kind, meta or {}, False, None)
+        if parsed.path.is_dir() or (folder / "README.md").is_file():
+            _read_texts(found, hub.folder_texts(folder, found.license_link) if parsed.path.is_dir()
+                        else hub.RepoTexts((folder / "README.md").read_text(errors="replace"), {}, []))
+        found.parents = _parents(meta or {}, found, _chain, "quantized" if quantized else None, pins)
+        return found
     card = hub.repo_card(ref, repo_type, revision)
-    if original := _prequantized_original(ref, repo_type, card.metadata, revision):
-        return read_licence(original, "model")
+    # The base itself pre-quantized: judged as the original (its card, its files, its name rule). As an
+    # ancestor, it stays a step of the chain ("quantized from ...").
+    quantized = _prequantized_original(ref, repo_type, card.metadata, revision)
+    if quantized and not _chain:
+        return read_licence(quantized, "model", None, (ref,))
     found = _from_metadata(ref, repo_type, "hub", card.metadata, card.gated, card.revision_sha)
-    if card.gated:
+    if card.revision_sha or revision:
+        _read_texts(found, hub.repo_texts(ref, repo_type, card.revision_sha or revision, found.license_link))
+    if card.gated and not _chain:
         found.access = hub.gated_access(ref, repo_type)
+    found.parents = _parents(card.metadata, found, _chain, "quantized" if quantized else None, pins)
     return found
+
+
+def _read_texts(found: RepoLicence, texts) -> None:
+    """Recognise the repo's licence files by their clauses, read the decisive clauses of those hubtune does
+    not know, and read the card's prose."""
+    from hubtune.licence_texts import decisive_clauses, read_card, recognise
+
+    found.files = sorted(texts.files)
+    found.unread = list(texts.unread)
+    for name, text in sorted(texts.files.items()):
+        known = recognise(text)
+        found.text_licences += [(k, name) for k in known]
+        if not known and not name.upper().startswith("NOTICE"):  # a NOTICE names, it does not grant
+            found.clauses += decisive_clauses(text, name)
+    if texts.readme:
+        found.card = read_card(texts.readme, found.ref.rstrip("/").split("/")[-1])
+        found.clauses += found.card.clauses
+
+
+def _parents(meta: dict, child: RepoLicence, chain: tuple[str, ...], relation: str | None = None,
+             pins: dict[str, str] | None = None) -> list[Link]:
+    """The card's `base_model`s (one, or several for a merge), each read with its own ancestry, at its
+    commit in `pins`, else the one the Hub serves now (recorded as the ancestor's revision either way)."""
+    from hubtune.refs import is_hub_id
+
+    if child.repo_type != "model":
+        return []
+    raw = meta.get("base_model")
+    bases = [b.strip() for b in (raw if isinstance(raw, list) else [raw]) if isinstance(b, str) and b.strip()]
+    relation = str(meta.get("base_model_relation") or relation or ("merge" if len(bases) > 1 else "finetune"))
+    below = (*chain, child.ref)
+    links = []
+    for base in dict.fromkeys(bases):
+        if base == child.ref or base in below:
+            continue  # a card naming itself, or a cycle: the repo is judged already
+        if not is_hub_id(base):
+            links.append(Link(relation, base, None, "not a Hub repo id"))
+        elif len(below) > MAX_DEPTH:
+            links.append(Link(relation, base, None, f"deeper than {MAX_DEPTH} generations"))
+        else:
+            try:
+                links.append(Link(relation, base, read_licence(base, "model", (pins or {}).get(base), below, pins)))
+            except HubtuneError as err:
+                links.append(Link(relation, base, None, str(err).split(": ", 1)[-1][:200]))
+    return links
 
 
 def _prequantized_original(ref: str, repo_type: str, meta: dict, revision: str | None) -> str | None:
@@ -212,26 +353,146 @@ def _from_metadata(ref, repo_type, source, meta: dict, gated, sha) -> RepoLicenc
 def _finding(repo: RepoLicence, use: str, publish: bool) -> Finding:
     f = Finding(repo)
     role = "dataset" if repo.repo_type == "dataset" else "base model"
-    for lic in repo.licences or [None]:
-        terms = lookup(lic, repo.license_name)
-        if terms is None:
-            terms = family_terms(lic, repo.license_name)
-            if terms is None:
-                _unknown(f, repo, role, publish)
-                continue
-        f.terms.append(terms)
-        if terms.acknowledge:
-            _to_acknowledge(f, repo, terms, publish)
-        _apply(f, terms, use, publish, role)
+    ancestors = repo.ancestors()
+    # Card text naming a licence an ancestor's card or files already carry adds nothing but noise.
+    covered = {_fam(t) for _, a in ancestors for t in _licences_of(a)}
+    _judge(f, repo, use, publish, role, f"{repo.ref} ({role}, {{name}})", covered=covered)
+    for how, ancestor in ancestors:
+        _judge(f, ancestor, use, publish, "ancestor", f"{ancestor.ref} ({how}; {{name}})", ancestor=True,
+               covered=covered)
+    for link in _unread_links(repo):
+        f.needs_acknowledgement = True
+        f.raise_to("warn", f"{repo.ref}: its lineage names {link.ref} ({RELATIONS.get(link.relation, link.relation)}), "
+                           f"whose licence could not be read ({link.note}); its terms bind this repo too: read them, "
+                           f"then add {repo.ref!r} to licence.acknowledge", "lineage-unread", "card: base_model")
     _repo_rules(f, repo)
     return f
+
+
+def _unread_links(repo: RepoLicence) -> list[Link]:
+    out = [link for link in repo.parents if link.parent is None]
+    for link in repo.parents:
+        if link.parent is not None:
+            out += _unread_links(link.parent)
+    return out
+
+
+def _fam(t: Terms) -> str:
+    return t.family or t.id
+
+
+def _licences_of(r: RepoLicence) -> list[Terms]:
+    """The known licences a repo carries by its tag and its licence files."""
+    tagged = [lookup(lic, r.license_name) for lic in r.licences]
+    return [t for t in [*tagged, *(LICENCES.get(i) for i, _ in r.text_licences)] if t is not None]
+
+
+def _judge(f: Finding, r: RepoLicence, use: str, publish: bool, role: str, label: str,
+           ancestor: bool = False, covered: set[str] = frozenset()) -> None:
+    """Apply everything `r` is licensed under (its tag, its licence texts, its card's prose) to `f`.
+    `label` names the repo in reasons ("{name}" becomes the licence's name)."""
+    tagged = []
+    for lic in r.licences or [None]:
+        terms = lookup(lic, r.license_name) or family_terms(lic, r.license_name)
+        if terms is not None:
+            tagged.append(terms)
+    read = [(LICENCES[i], src) for i, src in r.text_licences if i in LICENCES]
+    read += [(LICENCES[i], "card text") for i in (r.card.recognised if r.card else []) if i in LICENCES]
+    owned = [(t, c.quote) for c in (r.card.claims if r.card else []) if c.kind == "own"
+             for t in [lookup(i) or family_terms(i) for i in c.licences] if t is not None]
+    read_families = {_fam(t) for t, _ in read}
+    tag_families = {_fam(t) for t in tagged if not t.acknowledge or t.reading}
+
+    for t in tagged:
+        f.terms.append(t)
+        if t.acknowledge and not (read and not t.reading):
+            _to_acknowledge(f, r, t, publish)
+        if any(_fam(x) == _fam(t) and x.id != t.id for x, _ in read):
+            continue  # its licence file names the same licence more precisely (EXAONE 1.1-NC for `exaone`)
+        if not t.acknowledge or t.reading:
+            # A restriction its own licence text confirms rests on the text: it cannot be acknowledged away.
+            _apply(f, t, use, publish, label.format(name=t.name),
+                   hard=t.reading is not None or _fam(t) in read_families, ref=r.ref)
+    if not tagged and not read and not owned:
+        if r.clauses:
+            f.needs_acknowledgement = True
+            f.raise_to("warn", f"{r.ref}: licence {r.licence!r} is not one hubtune knows and neither is the text of "
+                               f"{', '.join(dict.fromkeys(c.source for c in r.clauses))}; its decisive clauses are "
+                               f"applied below; read the rest yourself, then add {f.repo.ref!r} to "
+                               f"licence.acknowledge", "unknown-licence")
+        else:
+            _unknown(f, r, "ancestor" if ancestor else role, publish)
+    tag_ids = {t.id for t in tagged}
+    for t, src in read:
+        if t.id in tag_ids:
+            continue  # its tag says the same; applied above, as resting on the text
+        f.terms.append(t)
+        _apply(f, t, use, publish, label.format(name=f"{t.name}, read from its {src}"), hard=True, ref=r.ref)
+        if tag_families and _fam(t) not in tag_families:
+            f.needs_acknowledgement = True
+            f.raise_to("warn", f"{r.ref}: its card's tag says {r.licence!r}, but its {src} is the {t.name}: which of "
+                               f"them governs needs a human; both are applied until then. Read them, then add "
+                               f"{f.repo.ref!r} to licence.acknowledge", "tag-text-mismatch",
+                       f"{src} vs card metadata")
+    for t, quote in owned:
+        if _fam(t) in tag_families | read_families:
+            continue
+        f.terms.append(t)
+        _apply(f, t, use, publish, label.format(name=f"{t.name}, as its card says"), hard=True, ref=r.ref)
+        if tag_families:
+            f.needs_acknowledgement = True
+            f.raise_to("warn", f"{r.ref}: its card's tag says {r.licence!r}, but its card's text says \"{quote}\": "
+                               f"which governs needs a human; both are applied until then. Read them, then add "
+                               f"{f.repo.ref!r} to licence.acknowledge", "tag-card-mismatch", "card text vs metadata")
+    for c in r.clauses:
+        _clause(f, r, c, use, publish)
+    for claim in (r.card.claims if r.card else []):
+        if claim.kind != "lineage":
+            continue
+        for i in claim.licences:
+            t = lookup(i) or family_terms(i)
+            if t is None or _fam(t) in tag_families | read_families | covered:
+                continue
+            f.terms.append(t)
+            _apply(f, t, use, publish, f"{r.ref} (derived from {t.name}, as its card says: \"{claim.quote}\")",
+                   hard=True, ref=r.ref)
+    if r.card and r.card.use_policies and not any(t.use_policy for t in [*tagged, *(t for t, _ in read)]):
+        for quote in r.card.use_policies:
+            f.oblige(f"Adhere to, and pass on to the adapter's users, the use policy the card of {r.ref} names: "
+                     f"\"{quote}\"", "card text")
+
+
+_CLAUSE_WORDS = {"non-commercial": "non-commercial", "research-only": "research only",
+                 "no-derivatives": "no derivatives"}
+
+
+def _clause(f: Finding, r: RepoLicence, c: Clause, use: str, publish: bool) -> None:
+    """A decisive clause of a text hubtune does not know: it blocks the use it forbids, and no
+    acknowledgement lifts that block."""
+    where = f"{r.ref}: its {c.source} says \"{c.quote}\""
+    cite = f"{c.source} of {r.ref}"
+    if c.kind == "non-commercial":
+        if use == "commercial":
+            f.raise_to("block", f"{where}: a non-commercial clause, so commercial use is not permitted", "text-clause",
+                       cite, hard=True)
+        f.oblige(f"Not for commercial use: {r.ref}'s {c.source} says \"{c.quote}\"", cite)
+    elif c.kind == "research-only":
+        if use != "research":
+            f.raise_to("block", f"{where}: a research-only clause, so {use} use is not permitted", "text-clause",
+                       cite, hard=True)
+        f.oblige(f"Research only: {r.ref}'s {c.source} says \"{c.quote}\"", cite)
+    elif c.kind == "no-derivatives" and publish:
+        f.raise_to("block", f"{where}: a no-derivatives clause, so the adapter cannot be published", "text-clause",
+                   cite, hard=True)
 
 
 def _unknown(f: Finding, repo: RepoLicence, role: str, publish: bool) -> None:
     if repo.source == "hub" or publish:
         f.needs_acknowledgement = True
-        f.raise_to("warn", f"{repo.ref}: licence {repo.licence!r} is not one hubtune knows; read it yourself, then "
-                           f"add {repo.ref!r} to licence.acknowledge to proceed", "unknown-licence")
+        f.raise_to("warn", f"{repo.ref}: licence {repo.licence!r} is not one hubtune knows"
+                           + (f" (nor are the texts it holds: {', '.join(repo.files)})" if repo.files else "")
+                           + f"; read it yourself, then add {f.repo.ref!r} to licence.acknowledge to proceed",
+                   "unknown-licence")
     else:
         f.raise_to("warn", f"{repo.ref}: local {role} without licence metadata (no README.md with `license:`); make "
                            f"sure you may use it", "local-without-licence")
@@ -241,20 +502,25 @@ def _to_acknowledge(f: Finding, repo: RepoLicence, terms: Terms, publish: bool) 
     if terms.reading:
         f.needs_acknowledgement = repo.source == "hub" or publish
         f.raise_to("warn", f"{repo.ref}: licence {terms.id!r} is not one hubtune knows by id, but its name places it "
-                           f"in the {terms.reading}, and it is read as such; read it yourself, then add {repo.ref!r} "
+                           f"in the {terms.reading}, and it is read as such; read it yourself, then add {f.repo.ref!r} "
                            f"to licence.acknowledge. Acknowledging accepts the unknown text, not a use the family "
                            f"forbids", "family-reading", "family reading")
     else:
         f.needs_acknowledgement = True
         f.raise_to("warn", f"{repo.ref}: its card says its licence is `unknown`, which leaves all rights reserved; "
-                           f"find out its terms, then add {repo.ref!r} to licence.acknowledge to proceed",
+                           f"find out its terms, then add {f.repo.ref!r} to licence.acknowledge to proceed",
                    "unknown-licence", "card metadata: license: unknown")
 
 
-def _apply(f: Finding, t: Terms, use: str, publish: bool, role: str) -> None:
-    """The rules of one licence on one repo."""
-    ref, dataset = f.repo.ref, f.repo.repo_type == "dataset"
-    label, hard = f"{ref} ({role}, {t.name})", t.reading is not None
+def _apply(f: Finding, t: Terms, use: str, publish: bool, label: str, hard: bool = False,
+           ref: str | None = None) -> None:
+    """The rules of one licence on one repo (`ref`: whose licence it is, the finding's repo or an ancestor)."""
+    ref = ref or f.repo.ref
+    dataset = f.repo.repo_type == "dataset"
+    before = f.applied.get(t.id)
+    if before is not None and (before or not hard):
+        return  # the same licence, met again up the lineage: its rules are on the finding already
+    f.applied[t.id] = hard or bool(before)
     if use not in t.uses:
         inherits = "; the adapter inherits that restriction" if dataset else ""
         f.raise_to("block", f"{label} does not permit {use} use{inherits}", "use-not-permitted",
@@ -269,6 +535,11 @@ def _apply(f: Finding, t: Terms, use: str, publish: bool, role: str) -> None:
                  t.at(t.uses_clause))
     if t.cap and (t.cap.scope == "all" or use == "commercial"):
         f.oblige(t.cap.text.format(repo=ref), t.at(t.cap.clause))
+        if t.cap.confirm:
+            f.condition(t.cap.text.format(repo=ref), t.at(t.cap.clause), label)
+    for c in t.conditions:
+        if use in c.uses:
+            f.condition(c.text.format(repo=ref), t.at(c.clause), label)
     if t.share_alike:
         f.raise_to("warn", f"{label} is share-alike: if the adapter is an adaptation of it, it must be shared under "
                            f"the same licence", "share-alike", t.at(t.share_alike))
@@ -354,8 +625,9 @@ def licence_verdict(model: RepoLicence, datasets: list[RepoLicence], use: str = 
     for f in findings:
         if not f.hits:
             role = "dataset" if f.repo.repo_type == "dataset" else "base model"
-            f.raise_to("allow", f"{f.repo.ref} ({role}, {f.repo.licence}) permits {use} use"
-                                + (" and publishing an adapter" if publish else ""), "permitted")
+            lineage = " and the licences of its lineage" if f.repo.chains() else ""
+            f.raise_to("allow", f"{f.repo.ref} ({role}, {f.repo.licence}){lineage} permit{'' if lineage else 's'} "
+                                f"{use} use" + (" and publishing an adapter" if publish else ""), "permitted")
     return Verdict(use, publish, findings)
 
 
@@ -369,19 +641,25 @@ def check(model: str, datasets: list[str] | tuple[str, ...] = (), use: str = "pe
 # ---- the gates --------------------------------------------------------------------------------
 def _stop(verdict: Verdict, findings: list[Finding], doing: str) -> LicenceBlocked:
     lines = [f"licence gate: {doing} stopped for {verdict.use} use:"]
-    lines += [f"  - {h.reason}" for f in findings for h in f.hits if h.verdict != "allow"]
+    lines += [f"  - {h.reason}" for f in findings for h in f.hits if h.verdict not in ("allow", "conditional")]
+    conditions = [c for f in findings for c in f.conditions]
+    if conditions:
+        lines.append("allowed once you confirm that you have done this:")
+        lines += [f"  - {c}" for c in conditions]
     hard = [f.repo.ref for f in findings if f.hard_block]
     soft = [f for f in findings if not f.hard_block]
     if hard:
-        lines.append(f"Fix: {', '.join(hard)} {'is' if len(hard) == 1 else 'are'} read by licence family, and an "
-                     f"acknowledgement accepts an unknown licence text, not a use its family forbids: declare a use "
-                     f"the family permits (licence.use) or use other repos.")
+        lines.append(f"Fix: for {', '.join(hard)} the block rests on the licence's own words (its text, its card's "
+                     f"text, or the family its name places it in): an acknowledgement accepts an unknown text or "
+                     f"confirms a condition, not a use its family forbids, nor one its text or card forbids. Declare a "
+                     f"use it permits (licence.use) or use other repos.")
     if soft:
         refs = ", ".join(repr(f.repo.ref) for f in soft)
         how = (f"licence.acknowledge=[{refs}] in the run config" if doing == "training" else
                " ".join(f"--acknowledge {f.repo.ref}" for f in soft) + " on `hubtune push`")
-        lines.append(f"Fix: declare a use these licences permit (licence.use), use other repos, or, if you hold a "
-                     f"licence that covers it, acknowledge it explicitly: {how}")
+        lines.append(f"Fix: declare a use these licences permit (licence.use), use other repos, or, once you have "
+                     f"done what a condition asks (or if you hold a licence that covers the use), acknowledge it "
+                     f"explicitly: {how}")
     return LicenceBlocked("\n".join(lines), verdict)
 
 
@@ -429,12 +707,18 @@ def format_table(verdict: Verdict) -> str:
     rows = [(f.repo.ref, f.repo.repo_type, f.repo.licence, str(f.repo.gated or "no"),
              (f.repo.access or "unknown") if f.repo.gated else "-", f.verdict) for f in verdict.findings]
     lines = [text_table(("repo", "type", "licence", "gated", "access", "verdict"), rows)]
+    chains = [c for f in verdict.findings for c in f.repo.chains()]
+    if chains:
+        lines += ["", "lineage (every ancestor's terms apply):"] + [f"  {c}" for c in chains]
     lines += ["", f"verdict: {verdict.verdict} (use: {verdict.use})", "reasons:"]
     lines += [f"  - {r}" for r in verdict.reasons]
+    if verdict.conditions:
+        lines.append("conditions (allowed once you do this; confirm with licence.acknowledge):")
+        lines += [f"  - {c}" for c in verdict.conditions]
     if verdict.obligations:
         lines.append("obligations:")
         lines += [f"  - {o}" for o in verdict.obligations]
-    pending = [f.repo.ref for f in verdict.findings if f.needs_acknowledgement]
+    pending = [f.repo.ref for f in verdict.findings if f.needs_acknowledgement or f.conditions]
     if pending:
         lines.append(f"to train or push anyway, acknowledge: licence.acknowledge=[{', '.join(map(repr, pending))}]")
     return "\n".join(lines)

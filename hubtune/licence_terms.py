@@ -47,12 +47,24 @@ class NameRule:
 
 @dataclass(frozen=True)
 class Cap:
-    """A user-count ceiling above which the licence grants less."""
+    """A ceiling (users or revenue) above which the licence grants less."""
 
-    users: str  # "700 million monthly active users"
+    users: str  # the ceiling in words: "700 million monthly active users", "USD 1,000,000 in annual revenue"
     scope: str  # "all": no rights at all above it; "commercial": commercial use needs another licence
     clause: str
     text: str  # the obligation in words
+    confirm: bool = False  # staying under it is a condition the user confirms (see Condition)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Allowed once you do something: register, apply, stay under a cap. Shown as an action the user
+    confirms (by acknowledging the repo), named by its clause."""
+
+    label: str  # a few words: "register with Stability AI"
+    text: str  # the action in words; `{repo}` is the repo id
+    clause: str
+    uses: frozenset[str] = frozenset({"commercial"})  # the declared uses it governs
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class Terms:
     duties: tuple[Duty, ...] = ()  # notices, attribution, copies to carry
     copy_required: str | None = None  # clause: a copy of the licence goes with every derivative
     cap: Cap | None = None
+    conditions: tuple[Condition, ...] = ()  # allowed once the user does something (see Condition)
     name_rule: NameRule | None = None
     attribution: str | None = None  # words a derivative must display ("Built with Llama")
     attribution_clause: str | None = None
@@ -166,6 +179,23 @@ def _llama2() -> Terms:
         copy_required="§1.b.i", cap=_llama_cap("Llama 2"),
         use_policy="https://ai.meta.com/llama/use-policy", use_policy_clause="§1.b.iv",
         improve_only=frozenset({"llama2"}), improve_clause="§1.b.v", family="llama2")
+
+
+def _exaone(id_: str, version: str | None) -> Terms:
+    """The EXAONE AI Model License Agreement 1.1-NC (EXAONE 3.x) and 1.2-NC (EXAONE 4.x): a research-only
+    grant (§2.1(a)); commercial use of the Model, Derivatives or Output expressly prohibited (§3.1)."""
+    name = f"EXAONE AI Model License Agreement {version} - NC" if version else "EXAONE AI Model License Agreement - NC"
+    return Terms(
+        id_, name, "https://huggingface.co/LGAI-EXAONE/EXAONE-3.5-7.8B-Instruct/blob/main/LICENSE",
+        f"EXAONE {version}-NC" if version else "EXAONE NC",
+        uses=RESEARCH_ONLY, uses_clause="§2.1(a), §3.1",
+        duties=(Duty("copy of the licence", "Distribute the adapter only with a copy of the EXAONE AI Model License "
+                     "Agreement.", "§2.1(d)"),
+                Duty("derivatives stay research-only", "The adapter and its outputs may be used for research only, "
+                     "and not to develop or improve other models outside research.", "§2.1(c), §3.1")),
+        copy_required="§2.1(d)",
+        name_rule=NameRule(r"^EXAONE", 'its name must begin with "EXAONE"', "§2.1(c)", through_outputs=False),
+        family="exaone")
 
 
 # ---- Alibaba Qwen / Tongyi Qianwen ----------------------------------------------------------------
@@ -380,6 +410,55 @@ LICENCES: dict[str, Terms] = {t.id: t for t in [
                  "with a copy of it (its text is in the base repo's LICENSE file).", "§1.b"),
             uses=RESEARCH_ONLY, uses_clause="§1.b (Noncommercial Research Uses, outputs included)",
             copy_required="§1.b"),
+    # Stability AI (StableLM 2, Stable Diffusion 3.5, Stable Audio): free below a revenue ceiling.
+    _simple("stabilityai-ai-community", "Stability AI Community License Agreement",
+            "https://stability.ai/community-license-agreement", "Stability AI Community",
+            Duty("copy of the licence", "Give every recipient of the adapter a copy of the Stability AI Community "
+                 "License Agreement.", "§IV(a)(i)"),
+            Duty("Notice file", 'Carry in a "Notice" text file: "This Stability AI Model is licensed under the '
+                 'Stability AI Community License, Copyright © Stability AI Ltd. All Rights Reserved", and say there '
+                 'that you changed the Stability AI Materials and how.', "§IV(a)(ii)"),
+            copy_required="§IV(a)(i)",
+            cap=Cap("USD 1,000,000 in annual revenue", "all", "§III",
+                    "Stay under USD 1,000,000 annual revenue (with your affiliates, from any source): above it every "
+                    "licence under the Stability AI Community License ends and you need an Enterprise licence from "
+                    "Stability AI (https://stability.ai/enterprise).", confirm=True),
+            conditions=(Condition("register with Stability AI", "Register with Stability AI at "
+                                  "https://stability.ai/community-license before using or distributing {repo} for "
+                                  "a commercial purpose.", "§III"),),
+            attribution="Powered by Stability AI", attribution_clause="§IV(a)(iii)",
+            use_policy="the Stability AI Acceptable Use Policy (https://stability.ai/use-policy), incorporated by "
+            "§IV(b)", use_policy_clause="§IV(b)", family="stabilityai"),
+    # Zhipu AI / THUDM GLM-4 (the 2024 glm-4-9b family; GLM-4-0414 and later are MIT).
+    _simple("glm-4", "glm-4 License", "https://huggingface.co/THUDM/glm-4-9b/blob/main/LICENSE", "glm-4 License",
+            Duty("copy of the licence", "Give a copy of the glm-4 License with the adapter.", "§2(A)"),
+            Duty("no military or illegal use", "Do not use {repo} or the adapter for any military or illegal "
+                 "purpose.", "§3"),
+            copy_required="§2(A)",
+            conditions=(Condition("register for commercial use", "Complete the registration at "
+                                  "https://open.bigmodel.cn/mla/form before any commercial use of {repo}.", "§2"),),
+            attribution="Built with glm-4", attribution_clause="§2(B)",
+            name_rule=NameRule(r"^glm-4", 'its name must begin with "glm-4"', "§2", through_outputs=False),
+            family="glm-4"),
+    # LG AI Research EXAONE: research only, commercial use expressly prohibited.
+    *[_exaone(id_, version) for id_, version in (("exaone", None), ("exaone-1.1-nc", "1.1"),
+                                                 ("exaone-1.2-nc", "1.2"))],
+    # Shanghai AI Laboratory InternLM: code Apache-2.0; weights free for research, commercial use on application.
+    _simple("internlm", "InternLM model licence (weights: research, and commercial use on application)",
+            "https://github.com/InternLM/InternLM#license", "InternLM",
+            conditions=(Condition("apply for a commercial licence", "Fill in InternLM's commercial licence "
+                                  "application form (https://wj.qq.com/s2/12727483/5dba/) before commercial use of "
+                                  "{repo}.", "card: License section"),),
+            family="internlm"),
+    # Cohere For AI (Command R, Aya): CC BY-NC 4.0 with an acceptable use addendum.
+    _simple("c4ai-cc-by-nc", "CC BY-NC 4.0 with C4AI's Acceptable Use Policy",
+            "https://cohere.com/c4ai-cc-by-nc-license", "C4AI CC-BY-NC",
+            Duty("credit", "Credit {repo} (CC BY-NC 4.0): name the creator, link the licence and say what was "
+                 "changed.", "CC BY-NC 4.0 §3(a)"),
+            uses=NON_COMMERCIAL, uses_clause="CC BY-NC 4.0 §2(a)(1)",
+            use_policy="C4AI's Acceptable Use Policy (https://docs.cohere.com/docs/c4ai-acceptable-use-policy), "
+            "which the card requires adhering to", use_policy_clause="acceptable use addendum",
+            family="cc-by-nc-4.0"),  # the tag Cohere's cards carry: the same licence, not a mismatch
     # The card says the licence is unknown: hubtune cannot read it, the user must.
     Terms("unknown", "Unknown licence", None, "unknown", acknowledge=True),
 ]}
@@ -393,6 +472,10 @@ ALIASES = {
     "deepseek-license": "deepseek", "deepseek-license-agreement": "deepseek",
     "mistral-ai-non-production-license": "mnpl", "mistral-ai-research-license": "mrl",
     "nvidia-open-model-license-agreement": "nvidia-open-model-license",
+    "stability-ai-community": "stabilityai-ai-community", "stabilityai-community": "stabilityai-ai-community",
+    "stability-ai-community-license": "stabilityai-ai-community", "glm-4-license": "glm-4",
+    "exaone-ai-model-license-agreement-1.1-nc": "exaone-1.1-nc",
+    "exaone-ai-model-license-agreement-1.2-nc": "exaone-1.2-nc",
 }
 
 
@@ -450,7 +533,9 @@ def _cell_uses(t: Terms) -> str:
     if t.acknowledge:
         return "read it yourself; acknowledge"
     if t.uses == ALL:
-        return "yes" + (f" (below {t.cap.users}, {t.cap.clause})" if t.cap and t.cap.scope == "commercial" else "")
+        once = [f"{c.label} ({c.clause})" for c in t.conditions if "commercial" in c.uses]
+        return ("yes" + (f" (below {t.cap.users}, {t.cap.clause})" if t.cap and t.cap.scope == "commercial" else "")
+                + (f", once you {' and '.join(once)}" if once else ""))
     return f"no: {' and '.join(u for u in USES if u in t.uses)} only ({t.uses_clause})"
 
 
@@ -485,7 +570,7 @@ def _cell_cap(t: Terms) -> str:
     if not t.cap:
         return "-"
     scope = "no rights at all" if t.cap.scope == "all" else "commercial use needs a licence"
-    return f"above {t.cap.users}: {scope} ({t.cap.clause})"
+    return f"above {t.cap.users}: {scope} ({t.cap.clause}){'; a condition to confirm' if t.cap.confirm else ''}"
 
 
 def licence_table() -> str:

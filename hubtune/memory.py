@@ -48,8 +48,14 @@ GPUS: dict[str, tuple[int, bool]] = {
 # layer keeps only its bfloat16 input until it is recomputed.
 # QLoRA in float16 (GPUs without bfloat16, like the T4) keeps PEFT's float32 embeddings, head and
 # norms, so its residual stream and checkpoints are float32 too.
+# An adapted layer also saves its LoRA branch's input and intermediate: adapters on q_proj and v_proj
+# alone save less than on every linear layer, measured the same way (`--targets qv`). Other target sets
+# take the all-linear figures, which err high.
 ACTIVATION_COEFFICIENTS = {"qlora": (16.1, 8.0, 4.0), "qlora-fp16": (24.8, 14.4, 6.2),
                            "lora": (24.8, 8.4, 6.2), "full": (19.9, 8.0, 4.1)}
+# Measured at hidden 1024-3072 with dropout 0.05, its share (DROPOUT_BYTES per q and v input) taken out:
+# 20% below all-linear for QLoRA and 31% below for 16-bit LoRA at Llama-3.1-8B's shape.
+QV_ACTIVATION_COEFFICIENTS = {"qlora": (14.5, 6.0, 3.0), "lora": (16.8, 6.0, 3.2)}
 DROPOUT_BYTES = {"qlora": 3, "qlora-fp16": 2, "lora": 4}  # per adapted input element: its dropped copy, mask
 
 # TRL's fused LM head (trl.trainer.utils.add_fused_lm_head) projects 4,096 tokens x 32,768 vocabulary
@@ -274,14 +280,18 @@ class Settings:
     gradient_checkpointing: bool = True
     optimizer: str = "paged_adamw_8bit"
     gpus: int = 1
+    # How the loss is computed: TRL's fused LM head, in tiles (hubtune's recipe), or the whole
+    # (tokens x vocabulary) logits upcast to float32, as plain transformers does (most peers' baselines).
+    loss: Literal["fused", "float32"] = "fused"
 
     @classmethod
     def from_run_config(cls, config, **changes) -> Settings:
         """The settings of a RunConfig (hubtune.config) as the recipe runs them on a GPU, with `changes`
         (Settings fields; None leaves the config's value)."""
         t, m = config.training, config.model
-        settings = cls(method="lora" if m.quantization == "none" else "qlora",
-                       quantization="nf4" if m.quantization == "none" else m.quantization,
+        # An 8-bit base is estimated as a 16-bit one (LoRA): an upper bound on its weights.
+        settings = cls(method="lora" if m.quantization in ("none", "int8") else "qlora",
+                       quantization="nf4" if m.quantization in ("none", "int8") else m.quantization,
                        double_quant=m.double_quant,
                        compute_dtype=m.compute_dtype if m.compute_dtype != "auto" else "bfloat16",
                        seq_len=config.data.max_seq_len, micro_batch=t.micro_batch_size,
@@ -299,6 +309,18 @@ class Settings:
     def recipe(self) -> str:
         """Which measured activation profile applies."""
         return "qlora-fp16" if self.method == "qlora" and self.compute_dtype == "float16" else self.method
+
+    @property
+    def activation_coefficients(self) -> tuple[float, float, float]:
+        """Bytes saved per token and layer as (per hidden, per intermediate, per kv_dim) unit, measured for
+        this recipe and these adapted modules."""
+        from hubtune.config import TARGET_PRESETS
+
+        t = self.target_modules
+        names = TARGET_PRESETS.get(t, t) if isinstance(t, str) else t
+        if self.method != "full" and names != "all-linear" and set(names) <= {"q_proj", "v_proj"}:
+            return QV_ACTIVATION_COEFFICIENTS.get(self.recipe, ACTIVATION_COEFFICIENTS[self.recipe])
+        return ACTIVATION_COEFFICIENTS[self.recipe]
 
     def describe(self) -> str:
         what = {"qlora": f"QLoRA ({self.quantization.upper()}{' + double quantization' if self.double_quant else ''})",
@@ -379,17 +401,29 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown = {k: math.ceil(v / s.gpus) for k, v in breakdown.items()}
     layer = layer_activation_bytes(arch, s, tokens)
     head = _head_bytes(arch, s, tokens)
+    activations = {}
     if s.gradient_checkpointing:
         # The LM head's backward runs before any layer is recomputed: the two are never alive together.
-        breakdown[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
-        breakdown["activations: the layer being recomputed, or the LM head's logit tiles"] = max(layer, head)
+        activations[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
+        shown = "LM head's logit tiles" if s.loss == "fused" else "float32 logits of the whole vocabulary"
+        activations[f"activations: the layer being recomputed, or the {shown}"] = max(layer, head)
     else:
-        breakdown[f"activations: all {arch.layers} layers"] = arch.layers * layer
-        breakdown["logits: float32 tiles of TRL's fused LM head"] = head
+        activations[f"activations: all {arch.layers} layers"] = arch.layers * layer
+        activations[_head_name(s)] = head
+    if s.method == "full":
+        # Every weight's gradient is written as the backward frees the activations that made it: the peak
+        # holds the larger of the two, not their sum.
+        gradients = breakdown.pop("gradients")
+        optimizer = breakdown.popitem()
+        breakdown.update(activations)
+        breakdown["gradients, beyond the activations freed by then"] = max(0, gradients - sum(activations.values()))
+        breakdown[optimizer[0]] = optimizer[1]
+    else:
+        breakdown.update(activations)
     tensors = sum(breakdown.values())
     breakdown["framework: CUDA context, allocator slack"] = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors)
     notes = [f"the logits are computed in {HEAD_TOKEN_TILE:,} x {HEAD_VOCAB_TILE:,} tiles (TRL's fused LM head); "
-             f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"]
+             f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"] if s.loss == "fused" else []
     if arch.max_positions and s.seq_len > arch.max_positions:
         notes.append(f"seq_len {s.seq_len} exceeds the model's context of {arch.max_positions} tokens")
     return Estimate(arch, s, p, trainable, breakdown, notes)
@@ -397,7 +431,7 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
 
 def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     """Bytes one decoder layer saves for the backward pass."""
-    a, b, c = ACTIVATION_COEFFICIENTS[s.recipe]
+    a, b, c = s.activation_coefficients
     per_token = a * arch.hidden + b * arch.intermediate + c * arch.kv_dim
     if s.method != "full" and s.lora_dropout > 0:
         per_token += DROPOUT_BYTES[s.recipe] * sum(m.fan_in for m in arch.target_linears(s.target_modules))
@@ -406,16 +440,26 @@ def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     return int(tokens * per_token)
 
 
+def _head_name(s: Settings) -> str:
+    return ("logits: float32 tiles of TRL's fused LM head" if s.loss == "fused"
+            else "logits: the whole vocabulary, upcast to float32 for the loss")
+
+
 def _head_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     """TRL's fused head: one 16-bit tile of logits (plus the head's rows cast to the compute dtype when
     it is float32), float32 per-token statistics and, in the backward, the float32 gradient of the
-    hidden states (and of the head itself when it is trained)."""
+    hidden states (and of the head itself when it is trained). The unfused float32 loss: the logits in
+    the compute dtype (the model's output keeps them), the float32 log-probabilities cross-entropy saves,
+    and their float32 gradient."""
+    grad_head = arch.vocab * arch.hidden * 4 if s.method == "full" else 0
+    if s.loss == "float32":
+        wide = 4 if s.compute_dtype == "float32" else 2
+        return int(tokens * arch.vocab * (wide + 4 + 4) + grad_head)
     vocab_tile = min(arch.vocab, HEAD_VOCAB_TILE)
     tile = min(tokens, HEAD_TOKEN_TILE) * vocab_tile * 2
     cast = vocab_tile * arch.hidden * 2 if s.recipe == "qlora-fp16" else 0
     grad_hidden = tokens * arch.hidden * 4
     stats = tokens * 8 * 4
-    grad_head = arch.vocab * arch.hidden * 4 if s.method == "full" else 0
     return int(tile + cast + grad_hidden + stats + grad_head)
 
 

@@ -63,6 +63,7 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
 
     from hubtune.config import ModelSection
     from hubtune.hub import resolve_model
+    from hubtune.train import fit_vocabulary
 
     if dtype not in DTYPES:
         raise HubtuneError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -81,6 +82,7 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
         base = base.to(torch.float32)
     else:
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+    fit_vocabulary(base, run.adapter)
     model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
     if dtype == "auto":
         dtype = _dtype_name(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or "float32"

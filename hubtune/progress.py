@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-PHASES = ("licence", "data", "backend", "loading", "training", "saving")
 NOISY_LOGGERS = ("transformers", "datasets", "bitsandbytes", "peft", "trl", "accelerate", "huggingface_hub",
                  "torch", "lm_eval", "lm-eval", "evaluate", "httpx")
 

@@ -119,8 +119,9 @@ def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
     if (run.path / RunFolder.EVAL).is_file():
         shutil.copy2(run.path / RunFolder.EVAL, out / "eval.json")
     licence_files = copy_licence_files(run, out, token)
+    ancestor_files = copy_ancestor_licence_files(verdict, out, token)
     cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None,
-                     licence_files=licence_files).save(out / "README.md")
+                     licence_files=licence_files, ancestor_files=ancestor_files).save(out / "README.md")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
@@ -149,6 +150,45 @@ def copy_licence_files(run: RunFolder, out: Path, token: str | None = None) -> l
         for name in names:
             shutil.copyfile(hf_hub_download(base, name, revision=revision, token=token), out / name)
     return names
+
+
+ANCESTOR_LICENCES = "licences"  # ancestors' licence files go to licences/OWNER--NAME/ in the pushed repo
+
+
+def copy_ancestor_licence_files(verdict, out: Path, token: str | None = None) -> list[dict]:
+    """Copy the licence files of every ancestor of the base (its `base_model` chain) whose licence requires
+    a copy with each derivative, at the revision it was read at, into licences/OWNER--NAME/. Returns, per
+    ancestor, {"ref", "revision", "files", "clauses", "missing"} for the card (`missing`: why nothing was
+    copied, when nothing was)."""
+    from huggingface_hub import hf_hub_download
+
+    from hubtune.errors import HubtuneError
+    from hubtune.hub import hub_errors
+    from hubtune.refs import is_hub_id
+
+    copied, done = [], set()
+    for _how, a in verdict.findings[0].repo.ancestors():
+        terms = [t for t in [*a.terms, *(licence.LICENCES.get(i) for i, _ in a.text_licences)] if t is not None]
+        clauses = list(dict.fromkeys(t.at(t.copy_required) for t in terms if t.copy_required))
+        if a.ref in done or not clauses or not is_hub_id(a.ref) or a.source != "hub":
+            continue
+        done.add(a.ref)
+        entry = {"ref": a.ref, "revision": a.revision_sha, "files": [], "clauses": clauses, "missing": None}
+        folder = out / ANCESTOR_LICENCES / a.ref.replace("/", "--")
+        for name in a.files:
+            try:
+                with hub_errors(a.ref, "model", a.revision_sha):
+                    path = hf_hub_download(a.ref, name, revision=a.revision_sha, token=token)
+            except HubtuneError as err:
+                entry["missing"] = str(err).split(". ")[0]
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / name)
+            entry["files"].append(f"{ANCESTOR_LICENCES}/{folder.name}/{name}")
+        if not entry["files"] and not entry["missing"]:
+            entry["missing"] = "; ".join(a.unread) or "it holds no licence file"
+        copied.append(entry)
+    return copied
 
 
 def _check_repo_id(repo: str) -> None:

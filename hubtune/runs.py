@@ -4,7 +4,8 @@ and the UI all read a run the same way.
     runs/20260101-120000/
       config.yaml          the resolved run config (typed: RunFolder.config)
       state.json           status, owner, last error, pushes
-      .lock                pid and host of the process writing the run (train, eval)
+      .lock                pid and host of the process writing the run (train, eval), while it does
+      .lock.flock          the file lock that process holds; the OS frees it when the process ends
       data_report.json     what each data step removed
       data/train.jsonl     the prepared training rows, and data/validation.jsonl the held-out ones
       initial_eval.json    held-out loss before any update
@@ -30,6 +31,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict
 
 from hubtune import config as cfg
@@ -91,7 +93,8 @@ class RunSummary(BaseModel):
 class RunFolder:
     CONFIG = "config.yaml"
     STATE = "state.json"
-    LOCK = ".lock"
+    LOCK = ".lock"  # who holds the run: pid, host, command, since
+    OS_LOCK = ".lock.flock"  # what they hold: freed by the OS however the process ends, SIGKILL included
     SUMMARY = "summary.json"
     METRICS = "metrics.jsonl"
     EVAL = "eval.json"
@@ -113,7 +116,7 @@ class RunFolder:
         """A new run folder holding `config`; refuses a folder that already holds a run."""
         run = cls(path)
         holder = run.lock_holder()
-        if holder is not None and _alive(holder):  # before writing anything: the live run's config stays its own
+        if holder is not None:  # before writing anything: the live run's config stays its own
             raise run._locked_by(holder)
         if (run.path / "checkpoints").exists() or (run.path / cls.SUMMARY).exists():
             raise HubtuneError(f"{run.path} already holds a run; continue it with `hubtune train --resume {run.path}` "
@@ -249,7 +252,7 @@ class RunFolder:
     @property
     def status(self) -> Status:
         holder = self.lock_holder()
-        if holder and _alive(holder):
+        if holder:
             return Status.EVALUATING if holder.get("command") == "eval" else Status.RUNNING
         state = self.state()
         if state.get("pushes"):
@@ -278,11 +281,27 @@ class RunFolder:
         _write_atomic(self.path / self.STATE, json.dumps({**self.state(), **updates}, indent=2))
 
     # ---- the lock -----------------------------------------------------------------------------------
-    def lock_holder(self) -> dict | None:
+    def _recorded_holder(self) -> dict | None:
         try:
             return json.loads((self.path / self.LOCK).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+
+    def lock_holder(self) -> dict | None:
+        """Who writes the run now (pid, host, command, started), or None. A holder on this machine is live
+        while its file lock is held; one on another machine sharing the folder is taken at its word."""
+        holder = self._recorded_holder()
+        if holder is None or holder.get("host") != socket.gethostname():
+            return holder
+        probe = FileLock(self.path / self.OS_LOCK, timeout=0)  # its own descriptor: even this process's hold counts
+        try:
+            probe.acquire()
+        except Timeout:
+            return holder
+        except OSError:  # a folder this process may only read: judge by the recorded process instead
+            return holder if _alive(holder) else None
+        probe.release()
+        return None  # left by a process that is gone
 
     @contextmanager
     def lock(self, command: str):
@@ -291,28 +310,30 @@ class RunFolder:
         if not self.writer:
             yield self  # the main process holds the lock for all of a launch's processes
             return
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command,
-              "process_start": _process_start(os.getpid())}
-        f = self.path / self.LOCK
-        for _ in range(2):
-            try:
-                fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.lock_holder()
-                if holder is None or not _alive(holder):
-                    f.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                raise self._locked_by(holder) from None
-            with os.fdopen(fd, "w") as out:
-                json.dump(me, out)
-            break
+        os_lock = FileLock(self.path / self.OS_LOCK, timeout=0)
         try:
-            yield self
+            os_lock.acquire()
+        except Timeout:
+            raise self._locked_by(self._recorded_holder() or {}) from None
+        try:
+            recorded = self._recorded_holder()
+            if recorded and recorded.get("host") != socket.gethostname():
+                raise self._locked_by(recorded)
+            # Ours now; details a process that is gone left behind are replaced.
+            _write_atomic(self.path / self.LOCK, json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "command": command,
+                "process_start": _process_start(os.getpid())}))
+            try:
+                yield self
+            finally:
+                (self.path / self.LOCK).unlink(missing_ok=True)
         finally:
-            if (self.lock_holder() or {}).get("pid") == me["pid"]:
-                f.unlink(missing_ok=True)
+            os_lock.release()
 
     def _locked_by(self, holder: dict) -> RunLockedError:
+        if not holder:  # the holder has its file lock but has not written its details yet
+            return RunLockedError(f"{self.path} is in use by another hubtune process that is just starting; wait "
+                                  f"for it to finish or stop it", holder)
         return RunLockedError(
             f"{self.path} is in use by `hubtune {holder.get('command')}` (pid {holder.get('pid')} on "
             f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or stop it. If that "
@@ -415,8 +436,7 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # another machine's process: cannot tell, so assume it lives
+    """Whether the recorded process on this machine still runs (a reused pid is told by its start time)."""
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import importlib.util
 import logging
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +128,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
+    if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
+        raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
+                                                  f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
     backend = backends.select(config.training.backend, hw, config.model)
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
@@ -138,6 +143,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
+    if cpu:
+        torch.set_num_threads(hardware.cpu_threads(distributed.local_world_size()))
     torch.manual_seed(config.training.seed)
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
@@ -154,6 +161,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
         # 2. Tokenizer and data: fail on bad data before paying for the model.
         tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        new_tokens = add_tokens(tokenizer, config.model)
+        if new_tokens:
+            display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
+                         f"{', '.join(new_tokens)}")
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
         set_pad_token(tokenizer, families.family_of(model_config, tokenizer.chat_template))
         check_against_model(config, model_config)
@@ -178,7 +189,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
                       attention=levers.attention)
-    model = attach_lora(model, config, backend.name, levers.gradient_checkpointing, model_config)
+    if new_tokens:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
+    model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
+                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
 
     # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
@@ -263,7 +277,7 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     from transformers import AutoModelForCausalLM, pytorch_utils
 
     targets = lora.peft_target_modules(model_config)
-    if isinstance(targets, str):  # all-linear: whatever linear layers there are
+    if isinstance(targets, str) and lora.target_regex is None:  # all-linear: whatever linear layers there are
         return None
     try:
         with torch.device("meta"):
@@ -274,6 +288,12 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
                  pytorch_utils.Conv1D)
     modules = [(key, m) for key, m in skeleton.named_modules() if key]
     linear_names = sorted({key.rsplit(".", 1)[-1] for key, m in modules if isinstance(m, adaptable)})
+    if lora.target_regex is not None:
+        if any(isinstance(m, adaptable) and re.fullmatch(lora.target_regex, key) for key, m in modules):
+            return None
+        example = next(key for key, m in modules if isinstance(m, adaptable))
+        return (f"lora.target_regex {lora.target_regex!r} matches no adaptable layer of this model (it must match "
+                f"the whole name, e.g. {example})")
     missing, unadaptable = [], []
     for name in targets:
         found = [m for key, m in modules if check_target_module_exists(LoraConfig(target_modules=[name]), key)]
@@ -311,9 +331,16 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
+    if model.router_aux_loss:
+        kwargs["output_router_logits"] = True  # the model's forward then adds the load-balancing loss
     if attention:
         kwargs["attn_implementation"] = attention
-    if model.quantization != "none" and not saved_quantized:
+    if model.quantization == "int8" and sharded:
+        raise ConfigError([("model.quantization", "int8 bases cannot be sharded by FSDP or ZeRO-3; use nf4 (4 bits) "
+                                                  "or training.distributed: ddp")])
+    if model.quantization == "int8" and not saved_quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif model.quantization != "none" and not saved_quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,
@@ -369,18 +396,63 @@ def _quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool, model_config=None):
+def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool,
+                new_token_ids: list[int] | None = None, model_config=None):
     """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel (which checkpoints
-    gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it)."""
+    gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it). With tokens
+    new to the vocabulary the embedding and output head are trained in full and saved with the adapter
+    (modules_to_save, as Axolotl requires for new tokens): a new row has nothing to start from."""
     if backend == "unsloth":
         from hubtune.interop import backends
 
+        if new_token_ids:
+            raise ConfigError([("model.added_tokens", "the Unsloth backend does not train new token rows; "
+                                                      "set training.backend: hf")])
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(config.lora, model_config))
+    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
+                                             model_config))
 
 
+def add_tokens(tokenizer, model: cfg.ModelSection) -> list[str]:
+    """Set the special tokens and add the extra ones the config names; the tokens that were new."""
+    vocabulary = tokenizer.get_vocab()
+    new = [t for t in model.new_token_texts() if t not in vocabulary]
+    if model.special_tokens:
+        tokenizer.add_special_tokens(dict(model.special_tokens))
+    extra = [t for t in model.added_tokens if t not in tokenizer.get_vocab()]
+    if extra:
+        tokenizer.add_tokens(extra, special_tokens=True)
+    return new
+
+
+def vocabulary_modules(model) -> tuple[list[str], bool]:
+    """The names of the input embedding and output head (for modules_to_save), and whether they are tied."""
+    names = {id(m): name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    found = [names[id(embedding)]] + ([names[id(head)]] if head is not None else [])
+    return found, head is not None and head.weight is embedding.weight
+
+
+def fit_vocabulary(base, adapter: Path) -> None:
+    """A base about to take an adapter trained with added tokens grows its embedding to the adapter's
+    tokenizer first (the new rows come from the adapter)."""
+    import json
+
+    files = [adapter / "tokenizer.json", adapter / "tokenizer_config.json"]
+    if not any(f.is_file() for f in files):
+        return
+    from transformers import AutoTokenizer
+
+    size = len(AutoTokenizer.from_pretrained(str(adapter)))
+    if size > base.get_input_embeddings().weight.shape[0]:
+        saved = json.loads((adapter / "adapter_config.json").read_text())
+        if saved.get("modules_to_save"):
+            base.resize_token_embeddings(size, mean_resizing=False)  # the trained rows come from the adapter
+
+
+TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
@@ -401,11 +473,19 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
-def lora_config(lora: cfg.LoraSection, model_config=None) -> LoraConfig:
+def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
+                model_config=None) -> LoraConfig:
+    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
+    `model_config` resolves a preset to the architecture's own module names (hubtune.families)."""
     from peft import LoraConfig
 
+    names, tied = vocabulary or ([], False)
+    save = list(dict.fromkeys([*lora.modules_to_save, *names]))
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.peft_target_modules(model_config), bias="none", task_type="CAUSAL_LM")
+                      target_modules=lora.peft_target_modules(model_config),
+                      target_parameters=lora.target_parameters or None,
+                      modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
+                      bias="none", task_type="CAUSAL_LM")
 
 
 def set_pad_token(tokenizer, family) -> None:
@@ -471,7 +551,7 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=N
             attention = family.attention
         liger = cuda and find_spec("liger_kernel") is not None
     else:
-        attention, liger = ("sdpa", True) if t.kernels == "liger" else (t.kernels, False)
+        attention, liger = t.kernel_choice()
     if d.padding_free == "auto":
         padding_free = attention == "flash_attention_2" and not d.truncate
     elif d.padding_free and d.truncate and not d.packing:
@@ -494,7 +574,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
     # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
     checkpointing = levers.gradient_checkpointing and backend != "unsloth"
     trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
-    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    eval_strategy, eval_steps = ("no", None) if not has_eval else _cadence(t.evals_per_epoch, t.eval_steps, t.epochs)
+    save_strategy, save_steps = _cadence(t.saves_per_epoch, t.save_steps, t.epochs)
     # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
     max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
     return SFTConfig(
@@ -506,9 +587,12 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         per_device_eval_batch_size=t.micro_batch_size * 2,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
+        warmup_steps=t.warmup_ratio if t.warmup_ratio is not None else t.warmup_steps,  # < 1: a share of all steps
         optim=hw.optimizer,
         weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
         max_grad_norm=t.max_grad_norm,
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
@@ -516,12 +600,13 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         data_seed=t.seed,
         bf16=hw.bf16,
         fp16=hw.fp16,
+        tf32=True if t.tf32 is not False and _tf32_capable(hw) else None,
         use_cpu=hw.device == "cpu",
         logging_steps=t.logging_steps,
         eval_strategy=eval_strategy,
-        eval_steps=t.eval_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
+        eval_steps=eval_steps,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
         save_total_limit=t.save_total_limit,
         max_length=max_length,
         packing=config.data.packing,
@@ -539,6 +624,25 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
+
+
+def _tf32_capable(hw: Hardware) -> bool:
+    """TF32 units exist on Ampere (compute capability 8) and newer GPUs only."""
+    import torch
+
+    return hw.device == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+
+
+def _cadence(per_epoch: int | None, steps: int | None, epochs: float) -> tuple[str, float | int | None]:
+    """(strategy, steps) for checkpoints or evaluations: N per epoch is 1 / (N x epochs) of all steps, as
+    a share the Trainer turns into steps (once per epoch when that share is 1 or more); else every
+    `steps` steps. per_epoch 0: never during training."""
+    if per_epoch is None:
+        return ("steps", steps) if steps else ("epoch", None)
+    if per_epoch == 0:
+        return "no", None
+    share = 1.0 / (per_epoch * epochs)
+    return ("steps", share) if share < 1.0 else ("epoch", None)
 
 
 def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initial_eval_loss,

@@ -19,6 +19,24 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # The loopback Hub speaks the regular upload route, not Xet: set before huggingface_hub is used.
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
+SHARED_RUN = {"trained_run", "eval_run", "make_run"}  # fixtures over the session's real training run
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs the session's trained run is slow (the first one pays for the training). Tests
+    marked gpu need a CUDA device: skipped, saying so, on a machine without one."""
+    for item in items:
+        if SHARED_RUN & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 # ---- the loopback Hub -------------------------------------------------------------------------
 HUB_USER, HUB_TOKEN = "alice", "hf_alice_loopback_token_0123456789"
 HUB_OTHER_USER, HUB_OTHER_TOKEN = "bob", "hf_bob_loopback_token_9876543210"
@@ -264,21 +282,13 @@ def trained_run(tmp_path_factory):
     import torch
 
     import hubtune
-    from hubtune import config as cfg
-    from hubtune.config import resolve_builtin
+    from data_rows import tiny_config
 
-    tmp = tmp_path_factory.mktemp("eval-run")
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:96]
-    (tmp / "invoices.jsonl").write_text("\n".join(rows) + "\n")
-    config = cfg.build({
-        "model": {"id": "hubtune:tiny-llama"},
-        "data": {"sources": [str(tmp / "invoices.jsonl")], "val_set_size": 8, "max_seq_len": 384},
-        "training": {"learning_rate": 3e-3, "max_steps": 12, "micro_batch_size": 8, "gradient_accumulation_steps": 1,
-                     "warmup_steps": 2, "gradient_checkpointing": False, "logging_steps": 2, "save_steps": 100,
-                     "eval_steps": 12},
-        "eval": {"test": "hubtune:data/invoices/test.jsonl", "max_new_tokens": 48, "batch_size": 8},
-        "output": {"dir": str(tmp / "run")},
-    })
+    config = tiny_config(
+        tmp_path_factory.mktemp("eval-run"), rows=96, data={"val_set_size": 8},
+        training={"learning_rate": 3e-3, "max_steps": 12, "micro_batch_size": 8, "warmup_steps": 2,
+                  "logging_steps": 2, "save_steps": 100, "eval_steps": 12},
+        eval={"test": "hubtune:data/invoices/test.jsonl", "max_new_tokens": 48, "batch_size": 8})
     snapshot = Snapshot.callback()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,11 +1,20 @@
-"""Small crafted datasets for the data tests."""
+"""Small crafted datasets for the data tests, and the short runs of the embedded tiny base the training
+tests share: the first rows of the invoice task and a config of a few small steps."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from hubtune.config import DataSection
+import yaml
+
+from hubtune import config as cfg
+from hubtune.config import DataSection, resolve_builtin
+
+INVOICES = "hubtune:data/invoices/train.jsonl"
+# One small step, nothing held out: what a test of something other than the training maths needs.
+TINY_TRAINING = {"max_steps": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+                 "gradient_checkpointing": False, "warmup_steps": 0, "logging_steps": 1}
 
 WORDS = ("amber basil cedar delta ember fjord garnet harbor indigo juniper kestrel lagoon meadow nectar "
          "orchid pebble quartz raven saffron timber umber velvet willow yarrow zephyr acorn bramble cobalt "
@@ -28,23 +37,40 @@ def alpaca_rows(n: int, start: int = 0) -> list[dict]:
             for i in range(start, start + n)]
 
 
-def tiny_run_config(path: Path, dataset, steps: int = 1, output: Path | None = None) -> Path:
-    """A run config training the embedded tiny base for `steps` steps of 2 examples of `dataset`, nothing
-    held out, written to `path` (command-line overrides change it per case)."""
-    path.write_text(f"""model:
-  id: hubtune:tiny-llama
-data:
-  sources: [{dataset}]
-  val_set_size: 0
-  max_seq_len: 384
-training:
-  max_steps: {steps}
-  micro_batch_size: 2
-  gradient_accumulation_steps: 1
-  gradient_checkpointing: false
-  warmup_steps: 0
-  logging_steps: 1
-""" + (f"output:\n  dir: {output}\n" if output else ""))
+def invoice_lines(n: int) -> list[str]:
+    """The first n rows of the embedded invoice task, as JSON lines."""
+    return Path(resolve_builtin(INVOICES)).read_text().splitlines()[:n]
+
+
+def invoice_file(path: Path, n: int) -> Path:
+    """The first n invoices as a local JSON-lines dataset at `path`."""
+    path.write_text("\n".join(invoice_lines(n)) + "\n")
+    return path
+
+
+def tiny_tree(dataset, output: Path | None = None, *, model: dict | None = None, data: dict | None = None,
+              training: dict | None = None, **sections) -> dict:
+    """The settings of a short run of the embedded tiny base on `dataset` (TINY_TRAINING, nothing held out);
+    each section's keys override these."""
+    tree = {"model": {"id": "hubtune:tiny-llama", **(model or {})},
+            "data": {"sources": [str(dataset)], "val_set_size": 0, "max_seq_len": 384, **(data or {})},
+            "training": {**TINY_TRAINING, **(training or {})}, **sections}
+    if output is not None:
+        tree["output"] = {"dir": str(output)}
+    return tree
+
+
+def tiny_config(tmp: Path, rows: int = 40, run: str = "run", **settings) -> cfg.RunConfig:
+    """A short run of the embedded tiny base on the first `rows` invoices (written under `tmp`), into
+    tmp/run; `model=`, `data=`, `training=` and other sections override tiny_tree's settings."""
+    data = invoice_file(tmp / "invoices.jsonl", rows)
+    return cfg.build(tiny_tree(data, tmp / run, **settings))
+
+
+def tiny_run_config(path: Path, dataset, steps: int = 1, output: Path | None = None, **settings) -> Path:
+    """tiny_tree for `steps` steps as a run config file at `path` (command-line overrides change it per case)."""
+    settings["training"] = {"max_steps": steps, **settings.get("training", {})}
+    path.write_text(yaml.safe_dump(tiny_tree(dataset, output, **settings), sort_keys=False))
     return path
 
 

@@ -11,6 +11,8 @@ from huggingface_hub import ModelCard, metadata_load
 from hubtune import card as cards
 from hubtune.runs import RunFolder
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 EVAL = {"metrics": [
     {"name": "exact_match", "type": "exact_match", "value": 0.72, "dataset": "acme/invoices", "split": "test",
      "ci95": [0.58, 0.83]},

@@ -3,10 +3,14 @@ running it at full size, not here)."""
 
 from __future__ import annotations
 
+import pytest
+
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "dedup.py"
 LAST_LINE = re.compile(r"dedup: rows=(\d+) seconds=([\d.]+) peak_rss_mb=(\d+) recall=([\d.]+) precision=([\d.]+)")

@@ -19,6 +19,8 @@ from hubtune import distributed
 from hubtune.errors import ConfigError, HubtuneError
 import readme_blocks
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")

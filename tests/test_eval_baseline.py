@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hubtune import config as cfg
 from hubtune.evaluation.baseline import score_prompting
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 
 def test_base_zero_and_few_shot_on_the_test_set(one_torch_thread, tmp_path):

@@ -210,6 +210,7 @@ def _free_port() -> int:
 @pytest.mark.skipif(shutil.which("transformers", path=str(Path(sys.executable).parent)) is None
                     and shutil.which("transformers") is None,
                     reason="`transformers serve` needs the transformers[serving] extra (pip install 'hubtune[dev]')")
+@pytest.mark.slow
 def test_transformers_serve_as_an_openai_compatible_judge(tmp_path):
     model = resolve_builtin("hubtune:tiny-llama")
     exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from data_rows import invoice_lines
 
 from hubtune import cli
 from hubtune import config as cfg
@@ -23,7 +24,7 @@ from hubtune.evaluation.pipeline import regression_rows
 from judge_server import ScriptedJudge
 from readme_blocks import section_blocks
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 def copy_run(run: Path, dest: Path) -> Path:
@@ -267,7 +268,7 @@ def test_few_shot_prompts_leave_out_shots_that_would_overflow_the_context(loaded
     from hubtune.evaluation.pipeline import EvalData
 
     _, tok = loaded
-    train = [json.loads(x) for x in Path(cfg.resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:3]]
+    train = [json.loads(x) for x in invoice_lines(3)]
     data = EvalData()
     data.shots = [alpaca_to_messages(r) for r in train]
     question = user("Read the invoice below and extract each product name and its price.\n\nInvoice no. 7")

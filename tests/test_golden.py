@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_rows import tiny_config
 
 import hubtune
 from hubtune import config as cfg
-from hubtune.config import resolve_builtin
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 # Measured on CPU (fp32 compute, one torch thread) with torch 2.13.0, transformers 5.24.0, peft 0.21.2,
 # trl 1.16.0, bitsandbytes 0.50.2: two runs gave bit-identical losses at all 20 steps, so the tolerance
@@ -25,16 +25,10 @@ RELATIVE = 1e-3
 
 def golden_config(tmp: Path) -> cfg.RunConfig:
     """The tiny base in 4 bits, the first 40 invoices, 20 steps of 2 examples, a loss line every step."""
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:40]
-    (tmp / "invoices.jsonl").write_text("\n".join(rows) + "\n")
-    return cfg.build({
-        "model": {"id": "hubtune:tiny-llama", "quantization": "nf4", "compute_dtype": "float32"},
-        "data": {"sources": [str(tmp / "invoices.jsonl")], "val_set_size": 0, "max_seq_len": 256},
-        "training": {"learning_rate": 3e-3, "max_steps": 20, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
-                     "warmup_steps": 2, "optimizer": "adamw_torch", "gradient_checkpointing": False,
-                     "logging_steps": 1, "save_steps": 1000, "seed": 42},
-        "output": {"dir": str(tmp / "run")},
-    })
+    return tiny_config(tmp, rows=40, model={"quantization": "nf4", "compute_dtype": "float32"},
+                       data={"max_seq_len": 256},
+                       training={"learning_rate": 3e-3, "max_steps": 20, "warmup_steps": 2, "optimizer": "adamw_torch",
+                                 "save_steps": 1000, "seed": 42})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the golden losses were measured on CPU")

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import shlex
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from hub_server import readme
 from readme_blocks import section_blocks
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

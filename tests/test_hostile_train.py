@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from data_rows import tiny_run_config
+from data_rows import invoice_file, tiny_run_config
 from hub_server import readme
 from transformers import TrainerCallback
 
@@ -24,6 +24,8 @@ from hubtune.config import resolve_builtin
 from hubtune.errors import OutOfMemoryError
 from hubtune.runs import RunFolder, Status
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 TINY = Path(resolve_builtin("hubtune:tiny-llama"))
 
@@ -31,9 +33,7 @@ TINY = Path(resolve_builtin("hubtune:tiny-llama"))
 @pytest.fixture
 def config(tmp_path) -> Path:
     """A one-step run on 24 invoices; overrides on the command line change it per test."""
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:24]
-    (tmp_path / "inv.jsonl").write_text("\n".join(rows) + "\n")
-    return tiny_run_config(tmp_path / "run.yaml", tmp_path / "inv.jsonl", output=tmp_path / "run")
+    return tiny_run_config(tmp_path / "run.yaml", invoice_file(tmp_path / "inv.jsonl", 24), output=tmp_path / "run")
 
 
 def train(capsys, config: Path, *overrides: str) -> tuple[int, str]:

@@ -8,14 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import HUB_TOKEN
 from hub_server import readme
+from data_rows import invoice_lines, tiny_run_config
 
-from hubtune.config import resolve_builtin
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 
 BASE, DATA, REPO = "meta-llama/Llama-3.1-tiny", "acme/invoices-nc", "alice/Llama-3.1-tiny-invoices"
 
@@ -35,10 +36,9 @@ def user_env(hub, tmp_path):
 
 
 def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, monkeypatch):
-    lines = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()
     base_sha = hub.seed(BASE, {**tiny_base_files, "README.md": readme(license="llama3.1")}, gated="manual")
     hub.grant(BASE, "alice")
-    data_sha = hub.seed(DATA, {"README.md": readme(license="cc-by-nc-4.0"), "data/train.jsonl": "\n".join(lines[:96]) + "\n"},
+    data_sha = hub.seed(DATA, {"README.md": readme(license="cc-by-nc-4.0"), "data/train.jsonl": "\n".join(invoice_lines(96)) + "\n"},
              repo_type="dataset")
 
     # 1. The licence check a new user runs first.
@@ -55,12 +55,8 @@ def test_check_train_evaluate_push(hub, user_env, tiny_base_files, tmp_path, mon
 
     # 2. Train; the base is gated, so with the token of an account that accepted its terms.
     run = tmp_path / "run"
-    config = {"model": {"id": BASE}, "data": {"sources": [DATA], "val_set_size": 8, "max_seq_len": 384},
-              "training": {"max_steps": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
-                           "warmup_steps": 0, "gradient_checkpointing": False, "logging_steps": 1,
-                           "eval_steps": 3, "save_steps": 100},
-              "licence": {"use": "research"}, "output": {"dir": str(run)}}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    tiny_run_config(tmp_path / "run.yaml", DATA, 3, run, model={"id": BASE}, data={"val_set_size": 8},
+                    training={"micro_batch_size": 4, "eval_steps": 3, "save_steps": 100}, licence={"use": "research"})
     user_env["HF_TOKEN"] = HUB_TOKEN
     trained = hubtune_cli("train", "run.yaml", env=user_env, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]

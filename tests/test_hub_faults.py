@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import HUB_TOKEN
-from data_rows import tiny_run_config
+from data_rows import invoice_lines, tiny_run_config
 from hub_server import readme
 
 from hubtune.cli import main
-from hubtune.config import resolve_builtin
 from hubtune.runs import RunFolder, Status
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 FAULTS = [500, 503, "hang", "garbage"]
@@ -61,7 +62,8 @@ def test_check_gets_through_a_passing_fault(faulty_hub, fault_proxy, capsys):
     fault_proxy.fault(r"^/api/models/acme/flaky-base", "garbage", times=1)
     assert main(["check", "acme/flaky-base"]) == 0
     assert "apache-2.0" in capsys.readouterr().out
-    assert [s[2] for s in fault_proxy.seen if "flaky-base" in s[1]] == [503, "garbage", None]
+    info = [s for s in fault_proxy.seen if "flaky-base" in s[1] and "/tree/" not in s[1] and "/resolve/" not in s[1]]
+    assert [s[2] for s in info] == [503, "garbage", None]  # then the licence texts' listing and download
 
 
 def test_a_hang_is_bounded_by_the_etag_timeout(faulty_hub, fault_proxy, capsys, monkeypatch):
@@ -93,8 +95,7 @@ def train_config(tmp_path: Path, dataset: str, steps: int = 1) -> Path:
 
 
 def seed_dataset(hub, repo: str, n: int = 16) -> None:
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:n]
-    hub.seed(repo, {"train.jsonl": "\n".join(rows) + "\n", "README.md": readme(license="cc-by-4.0")},
+    hub.seed(repo, {"train.jsonl": "\n".join(invoice_lines(n)) + "\n", "README.md": readme(license="cc-by-4.0")},
              repo_type="dataset")
 
 

@@ -185,6 +185,7 @@ def test_the_example_is_the_guides_config_on_the_embedded_base_and_data():
     assert {k: example[k] for k in same} == same
 
 
+@pytest.mark.slow
 def test_the_guides_config_trains_through_hubtune_train_and_shows_its_translation(guide_run):
     code, out, err, run = guide_run
     assert code == 0, err[-3000:]
@@ -220,28 +221,34 @@ def test_the_readmes_convert_and_export_commands(workdir, capsys):
         assert back == cfg.load("examples/invoices.yaml")
 
 
-def test_keys_hubtune_cannot_honour_are_listed_at_once(tmp_path, capsys):
-    path = write_guide(tmp_path, flash_attention=True, deepspeed="deepspeed_configs/zero2.json",
-                       warmup_ratio=0.1, special_tokens={"pad_token": "<|end_of_text|>"}, lora_model_dir=None)
+def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full(tmp_path, capsys):
+    path = write_guide(tmp_path, unfrozen_parameters=["^lm_head.*"], s2_attention=True, early_stopping_patience=3,
+                       special_tokens={"pad_token": "<|end_of_text|>", "sep_token": "<sep>"}, lora_model_dir=None,
+                       plugins=["axolotl.integrations.kernels.KernelsPlugin"])
     data = yaml.safe_load(path.read_text())
     data["datasets"].append({"path": "org/oasst", "type": "oasst"})
     path.write_text(yaml.safe_dump(data))
 
     assert main(["train", str(path), "training.max_steps=1"]) == 2
     err = capsys.readouterr().err
-    assert "5 Axolotl keys hubtune cannot honour" in err
-    for key in ("flash_attention", "deepspeed", "warmup_ratio", "special_tokens", "datasets[1].type"):
+    assert "6 Axolotl keys hubtune cannot honour" in err
+    for key in ("unfrozen_parameters", "s2_attention", "early_stopping_patience", "special_tokens.sep_token",
+                "plugins", "datasets[1].type"):
         assert f"  {key}: " in err, (key, err)
-    assert "--ignore-unsupported" in err and "multi-GPU" in err
+    assert "unfrozen_parameters: [^lm_head.*]: training chosen base weights" in err
+    assert "special_tokens.sep_token: '<sep>'" in err and "axolotl.integrations.kernels.KernelsPlugin: kernels" in err
+    assert "'oasst': hubtune reads the types alpaca" in err and "..." not in err
+    assert "--ignore-unsupported" in err
     assert not (tmp_path / "run").exists()  # nothing started
 
     out_file = tmp_path / "run.yaml"
     assert main(["config", "convert", str(path), "--out", str(out_file), "--ignore-unsupported"]) == 0
     written = out_file.read_text()
-    assert "# ignored (--ignore-unsupported): flash_attention: True" in written
+    assert "# ignored (--ignore-unsupported): s2_attention: True" in written
     converted = cfg.load(out_file)
     assert [s.path for s in converted.data.sources] == ["hubtune:data/invoices/train.jsonl"]
     assert converted.lora.target_modules == SEVEN
+    assert converted.model.special_tokens == {"pad_token": "<|end_of_text|>"}
 
 
 def test_a_hubtune_config_still_loads_as_one(tmp_path, capsys):
@@ -352,3 +359,78 @@ def test_export_writes_hubtune_assets_as_references_never_as_package_paths(tmp_p
     assert exported["datasets"][0]["path"] == "hubtune:data/invoices/train.jsonl"
     err = capsys.readouterr().err
     assert "Axolotl cannot read: base_model: hubtune:tiny-llama; datasets[0].path: hubtune:data/invoices" in err
+
+
+def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thread, capsys):
+    """An 8-bit base, ratio warm-up, per-epoch checkpoints and evaluations, a sliced split, a regex target, new special
+    and end-of-turn tokens with a named chat template, Adam's betas: each reaches the trainer."""
+    from hubtune.evaluation.generate import load_tuned
+
+    path = tmp_path / "axolotl.yml"
+    path.write_text(yaml.safe_dump({
+        "base_model": "hubtune:tiny-llama", "adapter": "lora", "load_in_8bit": True, "lora_r": 4, "lora_alpha": 8,
+        "lora_target_modules": r"model\.layers\.\d+\.self_attn\.(q|v)_proj",
+        "datasets": [{"path": "hubtune:data/invoices/train.jsonl", "type": "alpaca", "split": "train[:2%]"}],
+        "val_set_size": 0.25, "sequence_len": 384, "micro_batch_size": 4, "num_epochs": 2, "learning_rate": 1e-3,
+        "warmup_ratio": 0.5, "saves_per_epoch": 2, "evals_per_epoch": 2, "adam_beta2": 0.95, "logging_steps": 1,
+        "chat_template": "chatml", "special_tokens": {"eos_token": "<|im_end|>", "pad_token": "<|pad|>"},
+        "eot_tokens": ["<|im_end|>", "<|tool|>"], "tf32": True, "flash_attention": False, "sdp_attention": True,
+        "output_dir": str(tmp_path / "run")}))
+    assert main(["train", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    assert "added to the vocabulary (the embedding and output head train with the adapter): <|im_end|>, <|pad|>, " \
+           "<|tool|>" in out
+    run = tmp_path / "run"
+    config = cfg.load(run / "config.yaml")
+    assert config.data.sources[0].split == "train[:2%]" and config.training.kernels == ["sdpa"]
+    assert config.model.quantization == "int8" and "(int8)" in out
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["sources"][0]["rows"] == 24  # 2% of the 1,200 rows, as `datasets` slices them
+    saved = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))
+    state = json.loads((run / "checkpoints" / f"checkpoint-{saved[-1]}" / "trainer_state.json").read_text())
+    assert json.loads((run / "data_report.json").read_text())["train"] == 19  # 5 of the 24 held out
+    assert state["max_steps"] == 10  # 19 rows in batches of 4: 5 steps an epoch, two epochs
+    assert saved == [3, 6, 9, 10]  # 2 per epoch: every 1 / (2 x 2) of the 10 steps (rounded up), and the last
+    assert [h["step"] for h in state["log_history"] if "eval_loss" in h] == [3, 6, 9, 10]
+    rates = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert rates[:6] == sorted(rates[:6]) and rates[4] < 1e-3 and rates[5] == pytest.approx(1e-3)  # half: 5 steps
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == r"model\.layers\.\d+\.self_attn\.(q|v)_proj"
+    assert "embed_tokens" in adapter["modules_to_save"]  # new rows trained (the tiny base ties its head to it)
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    embedding = next(w for name, w in weights.items() if "embed_tokens" in name)  # saved whole, grown by 3 rows
+    model, tokenizer = load_tuned(run)
+    assert tokenizer.eos_token == "<|im_end|>" and len(tokenizer) == embedding.shape[0]
+    new_ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|pad|>", "<|tool|>"])
+    assert min(new_ids) >= embedding.shape[0] - 3 and embedding[new_ids].abs().sum() > 0
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+NEW_KEYS = {
+    "model": {"id": "acme/base", "quantization": "int8", "special_tokens": {"pad_token": "<|pad|>"},
+              "added_tokens": ["<|eot|>"], "router_aux_loss": True},
+    "lora": {"target_regex": r"model\.layers\.\d+\.mlp\.\w+_proj", "target_parameters": ["experts.down_proj"],
+             "modules_to_save": ["lm_head"], "use_rslora": True},
+    "data": {"sources": [{"path": "acme/chats", "split": "train[10%:60%]"}], "format": "messages",
+             "chat_template": "chatml"},
+    "training": {"warmup_ratio": 0.1, "saves_per_epoch": 4, "evals_per_epoch": 2, "tf32": "auto",
+                 "kernels": ["flash_attention_2", "liger"], "distributed": "fsdp", "adam_beta2": 0.95,
+                 "optimizer": "adamw_torch_4bit"},
+}
+
+
+def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
+    original = cfg.build(NEW_KEYS)
+    exported = axolotl.to_axolotl(original)
+    assert axolotl.from_axolotl(exported).run_config() == original
+    # Only hubtune's own choices ride under `hubtune:` (gradient_checkpointing: auto has no Axolotl spelling).
+    assert set(exported["hubtune"]["training"]) == {"gradient_checkpointing"}
+    assert not exported.get("hubtune", {}).get("model") and not exported.get("hubtune", {}).get("lora")
+    assert (exported["load_in_8bit"], exported["special_tokens"], exported["tokens"]) == (
+        True, {"pad_token": "<|pad|>"}, ["<|eot|>"])
+    assert exported["lora_target_modules"] == NEW_KEYS["lora"]["target_regex"] and exported["peft_use_rslora"]
+    assert exported["model_config"] == {"output_router_logits": True}
+    assert (exported["warmup_ratio"], exported["saves_per_epoch"], exported["evals_per_epoch"]) == (0.1, 4, 2)
+    assert exported["attn_implementation"] == "flash_attention_2"
+    assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"] and exported["fsdp"]
+    assert exported["datasets"][0]["split"] == "train[10%:60%]" and exported["chat_template"] == "chatml"

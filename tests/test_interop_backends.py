@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_rows import tiny_config
 
 import hubtune
 from hubtune import config as cfg
@@ -101,18 +102,14 @@ def test_a_tracker_that_is_not_installed_stops_before_training(tmp_path, capsys)
     assert not (tmp_path / "run" / "data_report.json").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_runs_losses(tmp_path, one_torch_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:40]
-    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
-    run = hubtune.train(cfg.build({
-        "model": {"quantization": "none"},
-        "data": {"sources": [str(tmp_path / "rows.jsonl")], "val_set_size": 8, "max_seq_len": 256},
-        "training": {"max_steps": 4, "micro_batch_size": 8, "gradient_accumulation_steps": 1, "logging_steps": 2,
-                     "eval_steps": 4, "gradient_checkpointing": False, "report_to": ["tensorboard"]},
-        "output": {"dir": str(tmp_path / "run")},
-    }))
+    run = hubtune.train(tiny_config(
+        tmp_path, rows=40, model={"quantization": "none"}, data={"val_set_size": 8, "max_seq_len": 256},
+        training={"max_steps": 4, "micro_batch_size": 8, "logging_steps": 2, "eval_steps": 4,
+                  "report_to": ["tensorboard"]}))
     events = list((run.path / "tensorboard").glob("events.out.tfevents.*"))
     assert events, list(run.path.iterdir())
     acc = EventAccumulator(str(run.path / "tensorboard"))

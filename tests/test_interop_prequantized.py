@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hub_server import readme
 from safetensors.torch import load_file
+from data_rows import invoice_lines, tiny_run_config
 
 from hubtune.cli import main
 from hubtune.config import resolve_builtin
 from hubtune.interop import prequantized
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 QUANTIZED, ORIGINAL, DATA = "unsloth/tiny-llama-bnb-4bit", "meta-llama/Llama-3.1-8B", "acme/invoices"
 
@@ -67,8 +69,7 @@ def seeded(hub, quantized_folder, tiny_base_files):
     hub.seed(QUANTIZED, {**files, "README.md": readme("4-bit NF4 copy.", base_model=ORIGINAL, license="llama3.1",
                                                        tags=["unsloth", "bnb-4bit"])})
     hub.seed(ORIGINAL, {"README.md": readme(license="llama3.1")}, gated="manual")  # its card is all that is read
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:48]
-    hub.seed(DATA, {"README.md": readme(license="cc-by-4.0"), "train.jsonl": "\n".join(rows) + "\n"},
+    hub.seed(DATA, {"README.md": readme(license="cc-by-4.0"), "train.jsonl": "\n".join(invoice_lines(48)) + "\n"},
              repo_type="dataset")
     return hub
 
@@ -86,12 +87,8 @@ def test_it_trains_on_cpu_and_its_push_carries_the_originals_licence(seeded, hub
                                                                      one_torch_thread):
     from huggingface_hub import HfApi, ModelCard
 
-    config = {"model": {"id": QUANTIZED}, "data": {"sources": [DATA], "val_set_size": 8, "max_seq_len": 384},
-              "training": {"max_steps": 3, "micro_batch_size": 8, "gradient_accumulation_steps": 1,
-                           "learning_rate": 2e-3, "warmup_steps": 0, "gradient_checkpointing": False,
-                           "logging_steps": 1, "eval_steps": 3},
-              "output": {"dir": str(tmp_path / "run")}}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    tiny_run_config(tmp_path / "run.yaml", DATA, 3, tmp_path / "run", model={"id": QUANTIZED},
+                    data={"val_set_size": 8}, training={"micro_batch_size": 8, "learning_rate": 2e-3, "eval_steps": 3})
     assert main(["train", str(tmp_path / "run.yaml")]) == 0, capsys.readouterr().err[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())

@@ -22,6 +22,8 @@ from hubtune.cli import main
 from hubtune.errors import JobError
 import readme_blocks
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["training.max_steps=3", "training.logging_steps=1", "training.save_steps=2", "training.warmup_steps=0",
          "training.micro_batch_size=4", "data.max_seq_len=256", "data.val_set_size=8", "model.quantization=none",

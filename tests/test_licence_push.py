@@ -4,6 +4,8 @@ says so. End to end against the loopback Hub, with the real client."""
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from hub_server import readme
@@ -11,6 +13,8 @@ from huggingface_hub import ModelCard, snapshot_download
 
 import hubtune
 from hubtune.cli import main
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 LICENSE = "LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\nLlama 3.1 Version Release Date: July 23, 2024\n(test copy)\n"
 USE_POLICY = "# Llama 3.1 Acceptable Use Policy\n(test copy)\n"

@@ -322,6 +322,7 @@ def test_gated_repo_access_is_tested_with_the_token(hub, capsys, monkeypatch):
 
 
 # ---- the real command, in its own process ----------------------------------------------------------------
+@pytest.mark.slow
 def test_check_json_in_a_real_process(hub, tmp_path):
     seed(hub, "acme/base-proc", license="apache-2.0")
     seed(hub, "acme/llama2-proc", "dataset", license="llama2")

@@ -96,6 +96,7 @@ def test_each_part_moves_the_way_it_should():
     assert sum(base.breakdown.values()) == base.total
 
 
+@pytest.mark.slow
 def test_the_activation_coefficients_match_a_measurement():
     """One Llama layer of hidden 1024, built and prepared as hubtune trains it (4-bit base, LoRA on all
     linear layers, dropout 0.05, bfloat16 autocast): the bytes autograd saves per token."""

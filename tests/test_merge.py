@@ -17,6 +17,8 @@ from hubtune.errors import HubtuneError
 from hubtune.merge import merge
 import readme_blocks
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 BASE = resolve_builtin("hubtune:tiny-llama")
 PROMPT = "INVOICE #123\nSteel Bolt x2 @ $4.25\nHex Nut x10 @ $0.15"
 

@@ -3,6 +3,8 @@ and publishes to the loopback Hub when PUSH_TO is set, as a user would set it.""
 
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
@@ -10,8 +12,10 @@ import nbformat
 from hub_server import readme
 from huggingface_hub import ModelCard
 from nbclient import NotebookClient
+from data_rows import invoice_file
 
-from hubtune.config import resolve_builtin
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
 REPO = "alice/tiny-llama-invoices"
@@ -33,9 +37,8 @@ def test_quickstart_notebook_runs_and_publishes(hub_token, tmp_path, monkeypatch
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
     # A user's own small file, few steps and examples: seconds on a CPU.
-    rows = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:96]
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "invoices.jsonl").write_text("\n".join(rows) + "\n")
+    invoice_file(tmp_path / "data" / "invoices.jsonl", 96)
     (tmp_path / "data" / "README.md").write_text(readme(license="apache-2.0"))  # its licence, for publishing
     set_parameters(nb, DATASET="data/invoices.jsonl", MAX_STEPS=2, EVAL_LIMIT=2, PUSH_TO=REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: tiny models run fastest on one thread

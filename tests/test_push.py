@@ -14,6 +14,8 @@ import hubtune
 from hubtune.cli import main
 from hubtune.errors import LicenceBlocked, NamingRuleError, PushError
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 RECORD_FILES = {"README.md", "loss_curve.png", "training_config.yaml", "training_summary.json",
                 "training_metrics.jsonl", "eval.json"}

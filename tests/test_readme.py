@@ -47,6 +47,7 @@ def test_quickstart_targets_install_then_run():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_demo_prints_its_result_line(tmp_path):
     # The README's `make demo` runs `hubtune demo`; here with few steps and examples to stay quick.
     proc = hubtune_cli(["demo", "--out", str(tmp_path / "demo"), "--limit", "8", "training.max_steps=4",
@@ -67,6 +68,7 @@ def test_demo_prints_its_result_line(tmp_path):
     assert "Warning" not in proc.stderr + out and "it/s]" not in proc.stderr and "{'loss'" not in out
 
 
+@pytest.mark.slow
 def test_command_line_section_runs(workdir, cli):
     lines = commands("The command line")
     assert lines[0].startswith("hubtune train examples/invoices.yaml") and lines[1].startswith("hubtune train --resume")
@@ -94,6 +96,7 @@ def test_config_error_example_matches_the_real_message(workdir, cli):
         assert line in proc.stderr, f"{line!r} not in {proc.stderr!r}"
 
 
+@pytest.mark.slow
 def test_python_section_runs(workdir, monkeypatch):
     (code,) = blocks("The Python API", "python")
     monkeypatch.chdir(workdir)

@@ -15,6 +15,8 @@ from conftest import HUB_TOKEN
 from hub_server import readme
 import readme_blocks
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 HUBTUNE = str(Path(sys.executable).parent / "hubtune")
 
 

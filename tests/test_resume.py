@@ -14,33 +14,27 @@ from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
+from data_rows import invoice_file, tiny_tree
 
 import hubtune
 from hubtune import config as cfg
 from hubtune.cli import main
-from hubtune.config import resolve_builtin
 from hubtune.errors import DiskFullError, PushError
 from hubtune.runs import RunFolder, Status, checkpoint_problem
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
 
 
-ROWS = Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines()[:40]
-
-
 def resume_config(tmp: Path, run: str, data: str | None = None, **training) -> cfg.RunConfig:
     """The tiny base, unquantized (what is tested here does not depend on 4 bits), 40 invoices, a
     checkpoint and a metrics line at every step, held-out loss every 3 steps."""
-    if data is None:
-        data = tmp / "rows.jsonl"
-        data.write_text("\n".join(ROWS) + "\n")
-    settings = {"learning_rate": 3e-3, "max_steps": STEPS, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
-                "warmup_steps": 0, "gradient_checkpointing": False, "logging_steps": 1, "save_steps": 1,
+    settings = {"learning_rate": 3e-3, "max_steps": STEPS, "micro_batch_size": 4, "save_steps": 1,
                 "save_total_limit": 2, "eval_steps": 3, **training}
-    return cfg.build({"model": {"id": "hubtune:tiny-llama", "quantization": "none"},
-                      "data": {"sources": [str(data)], "val_set_size": 8, "max_seq_len": 256},
-                      "training": settings, "output": {"dir": str(tmp / run)}})
+    return cfg.build(tiny_tree(data or invoice_file(tmp / "rows.jsonl", 40), tmp / run, model={"quantization": "none"},
+                               data={"val_set_size": 8, "max_seq_len": 256}, training=settings))
 
 
 def metrics(run: Path) -> tuple[list[int], list[int], dict[int, float]]:

@@ -61,18 +61,48 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     run = new_run(tmp_path)
     (run.path / RunFolder.LOCK).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(),
                                                        "command": "train", "started": "earlier"}))
-    assert run.status == Status.QUEUED
+    assert run.status == Status.QUEUED and run.lock_holder() is None
     with run.lock("train"):
-        assert run.lock_holder()["pid"] == os.getpid()
+        assert run.lock_holder()["pid"] == os.getpid() and run.lock_holder()["started"] != "earlier"
+
+
+def test_a_holder_killed_mid_run_leaves_a_lock_that_is_taken_over(tmp_path):
+    run = new_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from hubtune.runs import RunFolder, Status\n"
+        "run = RunFolder(sys.argv[1])\n"
+        "with run.lock('train'):\n"
+        "    run.mark(Status.RUNNING)\n"
+        "    print('holding', flush=True)\n"
+        "    time.sleep(600)\n"), str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert run.status == Status.RUNNING and run.lock_holder()["pid"] == holder.pid
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+            with run.lock("train"):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, its details stay in the folder
+        holder.wait()
+    assert json.loads((run.path / RunFolder.LOCK).read_text())["pid"] == holder.pid
+    assert run.status == Status.INTERRUPTED and run.lock_holder() is None
+    with run.lock("train"):
+        assert run.lock_holder()["pid"] == os.getpid() and run.status == Status.RUNNING
+    assert not (run.path / RunFolder.LOCK).exists()
 
 
 def test_a_reused_pid_is_not_taken_for_the_holder(tmp_path):
     run = new_run(tmp_path)
-    # Our own pid, but a different process start time: the original holder is gone.
+    # Our own pid, alive, but it holds no lock on this run: the original holder is gone.
     (run.path / RunFolder.LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                       "command": "train", "process_start": "1"}))
-    with run.lock("train"):
-        pass
+                                                       "command": "train", "started": "earlier",
+                                                       "process_start": "1"}))
+    assert run.lock_holder() is None and run.status == Status.QUEUED
+    with run.lock("eval"):
+        holder = run.lock_holder()
+        assert (holder["command"], holder["started"] != "earlier") == ("eval", True)
+        assert run.status == Status.EVALUATING
 
 
 def test_a_lock_from_another_machine_is_respected(tmp_path):

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_rows import tiny_config
 
 import hubtune
 from hubtune import config as cfg
 from hubtune.config import resolve_builtin
 from hubtune.errors import ConfigError
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = resolve_builtin("hubtune:tiny-llama")
@@ -23,18 +26,9 @@ BASE = resolve_builtin("hubtune:tiny-llama")
 
 def small_config(tmp: Path, **training) -> cfg.RunConfig:
     """The demo task cut to 96 examples and a handful of steps."""
-    rows = (Path(resolve_builtin("hubtune:data/invoices/train.jsonl")).read_text().splitlines())[:96]
-    data = tmp / "invoices.jsonl"
-    data.write_text("\n".join(rows) + "\n")
-    settings = {"learning_rate": 2e-3, "max_steps": 12, "micro_batch_size": 8, "gradient_accumulation_steps": 1,
-                "warmup_steps": 2, "gradient_checkpointing": False, "logging_steps": 2, "save_steps": 6,
-                "eval_steps": 12, **training}
-    return cfg.build({
-        "model": {"id": "hubtune:tiny-llama"},
-        "data": {"sources": [str(data)], "val_set_size": 16, "max_seq_len": 384},
-        "training": settings,
-        "output": {"dir": str(tmp / "run")},
-    })
+    return tiny_config(tmp, rows=96, data={"val_set_size": 16},
+                       training={"learning_rate": 2e-3, "max_steps": 12, "micro_batch_size": 8, "warmup_steps": 2,
+                                 "logging_steps": 2, "save_steps": 6, "eval_steps": 12, **training})
 
 
 @pytest.fixture(scope="module")

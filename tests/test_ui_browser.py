@@ -9,6 +9,8 @@ README's copies in docs/screenshots/.
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import shutil
@@ -19,6 +21,8 @@ from playwright.sync_api import Page, expect
 
 from conftest import HUB_TOKEN, HUB_USER
 from hubtune.runs import RunFolder
+
+pytestmark = pytest.mark.browser  # Chromium through the whole app: make test-fast leaves it out
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "ui"  # not test-results/, which pytest-playwright empties at each session

@@ -21,6 +21,8 @@ from hubtune.runs import RunFolder, Status
 from hubtune.ui import handlers as h
 from hubtune.ui.jobs import LOG, Job, JobRunner
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 
 @pytest.fixture
 def client(ui_app):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import re
@@ -16,6 +18,8 @@ from pathlib import Path
 from readme_blocks import section_blocks
 
 from hubtune.cli import main
+
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,8 @@ import pytest
 from hubtune import config as cfg
 from hubtune.runs import RunFolder
 
+pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
+
 
 @pytest.fixture
 def space_app(tmp_path, monkeypatch):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from hubtune.data.formats import to_example
 from hubtune.data.pipeline import PreparedData, prepare
-from hubtune.data.sources import iter_rows
 
-__all__ = ["PreparedData", "prepare", "write_jsonl", "load_tokenizer", "read_jsonl", "alpaca_to_messages"]
+__all__ = ["PreparedData", "prepare", "write_jsonl", "load_tokenizer", "alpaca_to_messages"]
 
 
 def write_jsonl(rows, path: str | Path) -> int:
@@ -43,11 +42,6 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
     except (OSError, ValueError) as err:
         raise DataError(f"cannot load the tokenizer of {model_id} ({err}); token lengths are measured with the "
                         f"base model's tokenizer: pass a local model folder or a Hub id with --model") from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a malformed line is a DataError with its line number."""
-    return [row for row, _, _ in iter_rows([Path(path)], skip_bad_rows=False, bad_rows=[])]
 
 
 def alpaca_to_messages(row: dict) -> dict:

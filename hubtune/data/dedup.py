@@ -266,15 +266,6 @@ def candidate_pairs(bands: np.ndarray, usable: np.ndarray, cap: int = BUCKET_CAP
     return np.stack([codes >> 32, codes & 0xFFFFFFFF], axis=1)
 
 
-def jaccard(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact Jaccard similarity of two arrays of shingle hashes, as sets."""
-    x, y = np.unique(x), np.unique(y)
-    if not len(x) and not len(y):
-        return 1.0
-    inter = len(np.intersect1d(x, y, assume_unique=True))
-    return inter / (len(x) + len(y) - inter)
-
-
 def near_duplicates(texts: Sequence[str], threshold: float = 0.8, shingle_words: int = 3) -> list[NearDuplicate]:
     """Texts whose shingle sets reach `threshold` Jaccard similarity with an earlier kept one.
 

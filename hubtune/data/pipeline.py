@@ -24,8 +24,8 @@ from datasets import Dataset
 from hubtune.config import DataSection, DataSource, TrainingSection
 from hubtune.data import dedup, quality
 from hubtune.data.formats import BadRow, Example, map_columns, resolve_format, to_example
-from hubtune.data.sources import iter_rows, locate
 from hubtune.data.chat import reasoning_of
+from hubtune.data.sources import iter_source_rows, locate
 from hubtune.data.template import chat_format
 from hubtune.errors import DataError
 
@@ -205,7 +205,7 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
     for source in sources:
         fmt, rows, examples, unusable, bad_before = None, 0, 0, 0, len(bad)
         files, revision_sha = locate(source)
-        for row, where, number in iter_rows(files, data.skip_bad_rows, bad):
+        for row, where, number in iter_source_rows(source, files, data.skip_bad_rows, bad):
             rows += 1
             if fmt is None:
                 fmt = resolve_format(row, data.format, data.columns, source.path)

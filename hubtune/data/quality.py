@@ -117,13 +117,9 @@ def task_caps(counts: dict[str, int], max_share: float) -> dict[str, int]:
     return {task: min(n, lo) for task, n in counts.items()}
 
 
-def balance(examples: Sequence[Example], max_share: float, seed: int) -> tuple[list[int], dict | None]:
-    """Downsample task types above max_share (seeded): (indices dropped, shares before and after)."""
-    return balance_tasks([ex.task for ex in examples], max_share, seed)
-
-
 def balance_tasks(tasks: list[str | None], max_share: float, seed: int) -> tuple[list[int], dict | None]:
-    """`balance` on the task of each example."""
+    """Downsample task types above max_share (seeded), given each example's task: (indices dropped, shares
+    before and after)."""
     if all(t is None for t in tasks):
         return [], None
     by_task: dict[str, list[int]] = {}

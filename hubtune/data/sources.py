@@ -41,10 +41,34 @@ def read_source(source: DataSource, skip_bad_rows: bool = False) -> SourceRows:
     """All rows of one source, in order: a file, the files of a folder's split, or a Hub dataset's."""
     files, revision_sha = locate(source)
     out = SourceRows(source.path, revision_sha=revision_sha)
-    for row, where, number in iter_rows(files, skip_bad_rows, out.bad_rows):
+    for row, where, number in iter_source_rows(source, files, skip_bad_rows, out.bad_rows):
         out.rows.append(row)
         out.origins.append(f"{where} {number}")
     return out
+
+
+def iter_source_rows(source: DataSource, files: list[Path], skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
+    """iter_rows over a source's files, keeping only the rows of a sliced split (train[:20%]). A slice by
+    share or from the end counts the rows first (one extra pass over the files, nothing kept in memory)."""
+    if not source.split_slice:
+        yield from iter_rows(files, skip_bad_rows, bad_rows)
+        return
+    total = sum(1 for _ in iter_rows(files, True, [])) if re.search(r"[%-]", source.split_slice) else 10**18
+    start, stop = slice_bounds(source, total)
+    for i, item in enumerate(iter_rows(files, skip_bad_rows, bad_rows)):
+        if i >= stop:
+            return
+        if i >= start:
+            yield item
+
+
+def slice_bounds(source: DataSource, rows: int) -> tuple[int, int]:
+    """The rows a sliced split (train[:20%], train[100:500]) takes out of `rows`, rounded as `datasets`
+    rounds them, so the same split string reads the same rows here as in load_dataset."""
+    from datasets import ReadInstruction
+
+    (absolute,) = ReadInstruction.from_spec(source.split.replace(" ", "")).to_absolute({source.split_name: rows})
+    return absolute.from_, absolute.to
 
 
 def locate(source: DataSource) -> tuple[list[Path], str | None]:
@@ -98,12 +122,12 @@ def split_files(root: Path, source: DataSource, card: dict | None) -> list[Path]
         chosen = _card_split(root, source, configs)
     else:
         scoped = [f for f in files if source.name is None or source.name in f.relative_to(root).parts[:-1]]
-        chosen = [f for f in scoped if _split_of(f.relative_to(root)) == source.split]
-        if not chosen and source.split == "train":
+        chosen = [f for f in scoped if _split_of(f.relative_to(root)) == source.split_name]
+        if not chosen and source.split_name == "train":
             chosen = [f for f in scoped if _split_of(f.relative_to(root)) is None]
     if not chosen:
         found = ", ".join(str(f.relative_to(root)) for f in files[:10])
-        raise DataError(f"{source.path}: no data files for split {source.split!r}"
+        raise DataError(f"{source.path}: no data files for split {source.split_name!r}"
                         f"{f' of config {source.name!r}' if source.name else ''} (found: {found}); "
                         f"set the source's `split` / `name`, or point `path` at a file")
     return chosen
@@ -120,10 +144,10 @@ def _card_split(root: Path, source: DataSource, configs: list[dict]) -> list[Pat
     if isinstance(data_files, (str, dict)):
         data_files = [data_files]
     entries = [e if isinstance(e, dict) else {"split": "train", "path": e} for e in data_files]
-    entry = next((e for e in entries if e.get("split", "train") == source.split), None)
+    entry = next((e for e in entries if e.get("split", "train") == source.split_name), None)
     if entry is None:
         splits = ", ".join(e.get("split", "train") for e in entries)
-        raise DataError(f"{source.path} (config {wanted!r}): no split {source.split!r}; "
+        raise DataError(f"{source.path} (config {wanted!r}): no split {source.split_name!r}; "
                         f"available: {splits} (set the source's `split`)")
     globs = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
     return sorted({p for g in globs for p in root.glob(g) if p.is_file()})

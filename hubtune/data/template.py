@@ -39,7 +39,13 @@ def chat_format(tokenizer, choice: str = "auto", model_config=None, generation_c
     """(ChatFormat, report): the family's rendering of the tokenizer's template, checked on a probe conversation."""
     name = getattr(tokenizer, "name_or_path", "") or "the base model"
     own = getattr(tokenizer, "chat_template", None)
-    if choice == "default" or not own:
+    if choice not in ("auto", "default"):
+        from hubtune.config import CHAT_TEMPLATES
+
+        tokenizer.chat_template = (CHAT_TEMPLATES / f"{choice}.jinja").read_text()
+        source = f"{choice} (data.chat_template)"
+        family = family_of(model_config, tokenizer.chat_template)
+    elif choice == "default" or not own:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         source = "hubtune default" + (" (the base model has none)" if not own else " (data.chat_template: default)")
         family = None

@@ -40,12 +40,14 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     from transformers import AutoTokenizer
 
     from hubtune.runs import RunFolder
+    from hubtune.train import fit_vocabulary
 
     run = RunFolder.open(run_path)
     if not (run.adapter / "adapter_config.json").is_file():
         raise EvalError(f"{run.adapter} holds no adapter_config.json; finish the run with "
                         f"`hubtune train --resume {run.path}`")
     base = load_base(run.config.model, quantization)
+    fit_vocabulary(base, run.adapter)
     model = PeftModel.from_pretrained(base, str(run.adapter))
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))

@@ -29,16 +29,18 @@ from hubtune.errors import ConfigError, HubtuneError
 HUBTUNE_BLOCK = "hubtune"  # settings Axolotl has no key for; Axolotl ignores unknown keys
 RUN_SECTIONS = set(cfg.RunConfig.model_fields)
 
-# Where an Axolotl config leaves a key out, Axolotl's default applies (its pydantic schema and
-# trainer builder), not hubtune's: these are the ones that differ.
+# Where an Axolotl config leaves a key out, Axolotl's default applies (its pydantic schema in
+# src/axolotl/utils/schemas/ and its trainer builder), not hubtune's: these are the ones that differ.
 AXOLOTL_DEFAULTS = {
     "lora_dropout": 0.0, "sequence_len": 512, "sample_packing": False, "val_set_size": 0.0,
     "num_epochs": 1.0, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "lr_scheduler": "cosine",
     "weight_decay": 0.0, "max_grad_norm": 1.0, "gradient_checkpointing": False, "seed": 42,
+    "optimizer": "adamw_torch_fused", "warmup_ratio": 0.03, "save_total_limit": 4, "tf32": "auto",
 }
 OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_torch_fused": "adamw_torch", "adamw_hf": "adamw_torch",
               "adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
-              "paged_adamw_32bit": "paged_adamw_32bit", "adafactor": "adafactor", "sgd": "sgd"}
+              "paged_adamw_32bit": "paged_adamw_32bit", "adamw_torch_8bit": "adamw_torch_8bit",
+              "adamw_torch_4bit": "adamw_torch_4bit", "adafactor": "adafactor", "sgd": "sgd"}
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 DTYPE_TO_AXOLOTL = {"auto": {"bf16": "auto"}, "bfloat16": {"bf16": True}, "float16": {"bf16": False, "fp16": True},
                     "float32": {"bf16": False, "fp16": False}}
@@ -46,35 +48,158 @@ FORMAT_TO_TYPE = {"alpaca": "alpaca", "messages": "chat_template", "sharegpt": "
 SHAREGPT_FIELDS = {"role": "from", "content": "value"}
 MESSAGE_FIELDS = {"role": "role", "content": "content"}
 
-# Keys that do not change what is trained (caches, process counts, padding), accepted with any value,
-# and keys accepted only at the value that matches what hubtune does.
+# Axolotl dataset types, by what hubtune does with them: the row format it reads them as (with a note
+# where rendering differs), or why not. Preference and reward types name their training method; they
+# convert once hubtune trains that method (add the type here with its format).
+DATASET_TYPES = {
+    "alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpaca", "alpaca_chat": "alpaca",
+    "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat", "completion": "text",
+}
+PREFERENCE_METHODS = {  # Axolotl's `rl:` values and reward-model flags, as the refusal names them
+    "dpo": "DPO", "ipo": "IPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO", "grpo": "GRPO", "gdpo": "GDPO",
+    "ebft": "EBFT", "reward_model": "reward-model", "process_reward_model": "process reward-model",
+}
+PREFERENCE_TYPES = re.compile(r"(chatml|llama3|chat_template|phi3|zephyr|user_defined|bradley_terry|qwen|"
+                              r"gemma|mistral)\.(intel|argilla\w*|ultra|icr|prompt_pairs|nectar|default|"
+                              r"chat_template|\w+)$|.*\.transform$|stepwise_supervised|bradley_terry\.\w+")
+ALPACA_NOTE = "hubtune renders rows with the base's chat template, not Axolotl's Alpaca prompt text"
+
+# Keys that do not change what is trained (caches, worker counts, padding, logging of the data set),
+# accepted with any value.
 NO_EFFECT = {"strict", "dataset_prepared_path", "dataset_processes", "dataset_num_proc", "hf_use_auth_token",
              "pad_to_sequence_len", "eval_sample_packing", "is_llama_derived_model", "is_mistral_derived_model",
-             "is_qwen_derived_model", "is_falcon_derived_model", "shuffle_merged_datasets"}
+             "is_qwen_derived_model", "is_falcon_derived_model", "shuffle_merged_datasets", "low_cpu_mem_usage",
+             "experimental_skip_move_to_device", "save_safetensors", "tokenizer_use_fast", "use_wandb", "use_mlflow",
+             "wandb_name", "wandb_watch", "wandb_log_model", "wandb_run_id", "eval_table_size",
+             "eval_max_new_tokens", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_prefetch_factor",
+             "use_otel_metrics", "otel_metrics_host", "otel_metrics_port", "include_tokens_per_second"}
+# Keys accepted at the values that are what hubtune does anyway.
 MATCHING = {
-    "load_in_8bit": (False,), "train_on_inputs": (False,), "group_by_length": (False,), "tf32": (False, "auto"),
-    "flash_attention": (False,), "xformers_attention": (False,), "sdp_attention": (True, False),
-    "s2_attention": (False,), "flex_attention": (False,), "sage_attention": (False,), "peft_use_dora": (False,),
-    "peft_use_rslora": (False,), "lora_fan_in_fan_out": (False,), "debug": (False,), "gptq": (False,),
+    "load_in_8bit": (False,), "train_on_inputs": (False,), "group_by_length": (False,),
+    "flash_attention": (False,), "xformers_attention": (False,), "sdp_attention": (False,),
+    "s2_attention": (False,), "flex_attention": (False,), "sage_attention": (False,), "eager_attention": (False,),
+    "peft_use_dora": (False,), "peft_use_rslora": (False,), "debug": (False, True), "gptq": (False,),
     "auto_resume_from_checkpoints": (False,), "torch_compile": (False,), "excess_length_strategy": ("drop",),
-    "fp8": (False,), "bfloat16": (False,), "float16": (False,), "float32": (False,), "evals_per_epoch": (1,),
-    "attn_implementation": ("sdpa",), "use_wandb": (False,), "use_mlflow": (False,), "use_tensorboard": (False,),
+    "fp8": (False,), "bfloat16": (False,), "float16": (False,), "float32": (False,), "use_tensorboard": (False,),
+    "lora_mlp_kernel": (False,), "lora_qkv_kernel": (False,), "lora_o_kernel": (False,), "dp_shard_size": (1,),
+    "dp_replicate_size": (1,), "context_parallel_size": (1,), "tensor_parallel_size": (1,),
+    "expert_parallel_size": (1,), "save_strategy": ("steps",), "activation_offloading": (False,),
+    "cut_cross_entropy": (False,), "flash_attn_cross_entropy": (False,), "flash_attn_rms_norm": (False,),
+    "flash_attn_fuse_mlp": (False,), "flash_attn_fuse_qkv": (False,), "use_kernels": (False,), "ddp": (False,),
+    "quantize_moe_experts": (False,), "sample_packing_sequentially": (False,), "curriculum_sampling": (False,),
+    "tokenizer_use_mistral_common": (False,), "lora_fan_in_fan_out": (False, True), "unfrozen_parameters": ([],),
+    "save_only_model": (False,), "resize_token_embeddings_to_32x": (False,), "use_ray": (False,),
+    "use_swanlab": (False,), "remove_unused_columns": (True,), "eval_causal_lm_metrics": ([],),
+    "do_causal_lm_eval": (False,), "gradient_checkpointing_kwargs": ({"use_reentrant": False},),
 }
-WHY = {  # the fix for the most common keys hubtune cannot honour
-    "deepspeed": "multi-GPU training: run this config with Axolotl itself",
-    "fsdp": "multi-GPU training: run this config with Axolotl itself",
-    "fsdp_config": "multi-GPU training: run this config with Axolotl itself",
-    "rl": "hubtune trains supervised fine-tuning (SFT) only",
-    "load_in_8bit": "hubtune loads bases in 4 bits (QLoRA) or 16 bits (LoRA), not 8",
+# Keys accepted at any value, with a note on what hubtune does instead: speed or memory settings that
+# leave the computed updates as they are, and checks that only stop a run.
+NOTED = {
+    "lora_mlp_kernel": "Axolotl's fused LoRA kernels only speed up the same computation; hubtune runs PEFT's LoRA layers",
+    "lora_qkv_kernel": "Axolotl's fused LoRA kernels only speed up the same computation; hubtune runs PEFT's LoRA layers",
+    "lora_o_kernel": "Axolotl's fused LoRA kernels only speed up the same computation; hubtune runs PEFT's LoRA layers",
+    "gradient_checkpointing_kwargs": "hubtune checkpoints with use_reentrant: false (the same gradients)",
+    "activation_offloading": "hubtune keeps checkpointed activations on the GPU: the same training, more GPU memory",
+    "flash_attn_cross_entropy": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
+    "flash_attn_rms_norm": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
+    "flash_attn_fuse_mlp": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
+    "flash_attn_fuse_qkv": "flash-attn's fused kernels only speed up the same computation; hubtune runs transformers' own",
+    "torch_compile": "hubtune does not compile the model with torch.compile (speed only)",
+    "fused_attn_kernel": "Axolotl's fused RMSNorm + RoPE kernel only speeds up the same computation; hubtune runs "
+                         "transformers' own",
+    "torch_compile_mode": "hubtune does not compile the model with torch.compile (speed only)",
+    "ddp_find_unused_parameters": "hubtune lets DDP expect a gradient for every LoRA weight (each gets one every step)",
+    "loss_watchdog_threshold": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
+    "loss_watchdog_patience": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
+    "lora_fan_in_fan_out": "PEFT sets fan_in_fan_out itself from the layer type (Conv1D or Linear)",
+    "resize_token_embeddings_to_32x": "hubtune sizes the embedding to the vocabulary (padding rows are never used)",
+    "eval_batch_size": "hubtune evaluates twice micro_batch_size examples at a time (the same loss)",
+    "save_only_model": "hubtune also saves the optimizer state, so `hubtune train --resume` can continue",
+    "auto_resume_from_checkpoints": "continue a run with `hubtune train --resume RUN`",
+    "save_safetensors": "hubtune saves safetensors",
+}
+WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
+    "rl": "preference / reinforcement training: hubtune trains supervised fine-tuning (SFT) only so far",
+    "reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
+    "process_reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
     "train_on_inputs": "hubtune learns the completions only (the prompt is context)",
-    "warmup_ratio": "give warmup_steps instead",
-    "evals_per_epoch": "give eval_steps instead (or 1: once per epoch)",
-    "special_tokens": "hubtune keeps the base's tokenizer as it is (the pad token falls back to EOS)",
     "lora_model_dir": "hubtune starts new adapters; it does not continue a saved one",
-    "flash_attention": "hubtune loads the base with transformers' default attention (sdpa)",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
+    "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
+    "gptq": "hubtune quantizes bases with bitsandbytes (NF4/FP4); a GPTQ base is not loaded for training",
+    "unfrozen_parameters": "training chosen base weights in full: hubtune trains LoRA adapters (and lora_modules_to_save)",
+    "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
+    "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
+    "tokenizer_use_mistral_common": "hubtune loads the tokenizer through transformers (AutoTokenizer), not mistral-common",
+    "tokenizer_legacy": "hubtune loads the tokenizer as the base saved it",
+    "quantize_moe_experts": "hubtune quantizes linear layers; stacked mixture-of-experts weights stay as the base saved them",
+    "use_kernels": "kernels downloaded from the Hub (the kernels package) are code hubtune does not run",
+    "llama4_linearized_experts": "Axolotl's linearised Llama 4 experts (a re-saved base): hubtune loads transformers' own",
+    "flex_attn_compile_kwargs": "hubtune does not compile flex attention with custom arguments",
+    "dsv4_fp4_grouped_mode": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
+    "nvfp4_merge_aware": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
+    "use_dsv4_kernels": "Axolotl's DeepSeek V4 kernels: hubtune runs transformers' own layers",
+    "use_glm_dsa_kernels": "Axolotl's GLM sparse-attention kernels: hubtune runs transformers' own layers",
+    "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
+    "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
+    "gptq_disable_exllama": "hubtune does not load GPTQ bases for training",
+    "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
+    "trl": "TRL trainer settings for preference / reinforcement training: hubtune trains SFT only so far",
+    "use_scattermoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
+    "use_sonicmoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
+    "experts_implementation": "hubtune runs transformers' default experts implementation",
+    "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
+    "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
+    "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
+    "context_parallel_size": "context parallelism (one sequence split over GPUs): hubtune runs DDP, FSDP or DeepSpeed",
+    "tensor_parallel_size": "tensor parallelism: hubtune runs DDP, FSDP or DeepSpeed",
+    "expert_parallel_size": "expert parallelism: hubtune runs DDP, FSDP or DeepSpeed",
+    "dp_shard_size": "hubtune's FSDP shards over every GPU of the launch (dp_shard_size: 1 or the GPU count)",
+    "dp_replicate_size": "hubtune's FSDP shards over every GPU of the launch (hybrid sharding is not offered)",
+    "use_ray": "hubtune launches its processes with accelerate, not Ray",
+    "early_stopping_patience": "hubtune trains for the epochs or steps given; it does not stop on a rising eval loss",
+    "cosine_min_lr_ratio": "hubtune's cosine schedule decays to zero",
+    "cosine_constant_lr_ratio": "hubtune's cosine schedule decays to zero",
+    "lr_scheduler_kwargs": "hubtune runs transformers' schedules with their default arguments",
+    "lr_quadratic_warmup": "hubtune warms up linearly",
+    "optim_args": "hubtune runs the optimizer with its default arguments",
+    "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
+    "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
+    "min_sample_len": "hubtune keeps every example up to sequence_len, however short",
+    "sample_packing_sequentially": "hubtune packs examples best-fit first",
+    "curriculum_sampling": "hubtune shuffles the examples (no curriculum order)",
+    "relora": "ReLoRA (merging and restarting the adapter) is not in hubtune",
+    "use_swanlab": "SwanLab is not among hubtune's trackers (tensorboard, wandb, mlflow, trackio)",
+    "chat_template_jinja": "hubtune renders with a named template or the base's own (chat_template)",
+    "device_map": "hubtune places the base itself (one GPU per process)",
+    "max_memory": "hubtune places the base itself (one GPU per process)",
+    "remove_unused_columns": "keeping extra columns is for vision / audio collators: hubtune trains on text",
+    "skip_prepare_dataset": "datasets prepared by the collator (vision / audio): hubtune prepares the text itself",
+    "eval_causal_lm_metrics": "generation metrics during training: run `hubtune eval RUN` after training",
+    "do_causal_lm_eval": "generation metrics during training: run `hubtune eval RUN` after training",
+    "embedding_lr": "hubtune trains everything at one learning rate",
+    "embedding_lr_scale": "hubtune trains everything at one learning rate",
+    "lr_groups": "hubtune trains everything at one learning rate",
+    "neftune_noise_alpha": "hubtune adds no noise to embeddings",
+    "freeze_mm_modules": "a vision / audio model: hubtune trains text-only causal language models",
 }
+PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (what hubtune does anyway), None (why not)
+    "axolotl.integrations.liger.LigerPlugin": ("liger", None),
+    "axolotl.integrations.liger.plugin.LigerPlugin": ("liger", None),
+    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": (
+        "same", "Cut Cross Entropy: TRL's trainer already computes the loss through a fused, chunked LM head "
+                "without materialising all logits (the same loss)"),
+    "axolotl.integrations.kernels.KernelsPlugin": (
+        None, "kernels downloaded from the Hub (the kernels package) are code hubtune does not run"),
+}
+LIGER_FLAGS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_rms_norm_gated",
+               "liger_fused_linear_cross_entropy", "liger_cross_entropy", "liger_swiglu")
+ATTENTION = {"flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "eager": "eager",
+             "flex_attention": "flex_attention", "xformers": "sdpa"}
+XFORMERS_NOTE = ("xformers: transformers has no xformers attention; hubtune runs PyTorch's SDPA, which computes "
+                 "the same exact attention (its memory-efficient kernel)")
+FSDP_OFFLOAD = ("offload_params", "fsdp_offload_params")
 
 
 class UnsupportedAxolotlKeys(ConfigError):
@@ -171,7 +296,12 @@ class _Reader:
     def refuse(self, key: str, why: str) -> None:
         self.unsupported.append((key, why))
 
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     def translate(self) -> Translation:
+        self.method()
         tree = {"model": self.model(), "lora": self.lora(), "data": self.datasets(), "training": self.training()}
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
@@ -183,6 +313,18 @@ class _Reader:
         return Translation(tree, self.notes, self.unsupported)
 
     # ---- sections -------------------------------------------------------------------------------
+    def method(self) -> None:
+        """Preference and reward training, by name (their datasets are refused with them)."""
+        self.preference = None
+        if self.has("rl"):
+            rl = str(self.data["rl"])
+            self.preference = PREFERENCE_METHODS.get(rl.lower(), rl)
+            self.refuse("rl", f"{self.take('rl')!r}: {self.preference} {WHY['rl']}")
+        for key in ("reward_model", "process_reward_model"):
+            if self.data.get(key):
+                self.preference = PREFERENCE_METHODS[key]
+                self.refuse(key, f"{self.take(key)!r}: {WHY[key]}")
+
     def model(self) -> dict:
         if not self.has("base_model"):
             self.refuse("base_model", "missing: the model to fine-tune (a Hub id or a local folder)")
@@ -195,8 +337,11 @@ class _Reader:
                 self.take(key)
         for key, suffix in (("model_type", "ForCausalLM"), ("tokenizer_type", "Tokenizer")):
             value = self.data.get(key)
-            if value is None or suffix in str(value):
+            if value is None or str(value).endswith(suffix):
                 self.take(key)  # the Auto* classes hubtune loads with resolve to these anyway
+            elif key == "model_type":
+                self.refuse(key, f"{self.take(key)!r}: hubtune trains causal language models (AutoModelForCausalLM); "
+                                 f"a vision / audio model class is not loaded")
 
         adapter = self.take("adapter")
         four_bit = bool(self.take("load_in_4bit", False))
@@ -205,14 +350,25 @@ class _Reader:
                         if adapter else "not set (a full fine-tune): hubtune trains adapters; set adapter: lora or qlora")
         if adapter == "qlora" and not four_bit:
             self.refuse("load_in_4bit", "adapter: qlora needs load_in_4bit: true (as in Axolotl)")
+        eight_bit = bool(self.take("load_in_8bit", False))
+        if eight_bit and (four_bit or adapter == "qlora"):
+            self.refuse("load_in_8bit", "True: contradicts load_in_4bit / adapter: qlora; give one of them")
         bnb = dict(self.take("bnb_config_kwargs", {}) or {})
-        model["quantization"] = str(bnb.pop("bnb_4bit_quant_type", "nf4")) if four_bit else "none"
+        model["quantization"] = str(bnb.pop("bnb_4bit_quant_type", "nf4")) if four_bit else "int8" if eight_bit else "none"
         model["double_quant"] = bool(bnb.pop("bnb_4bit_use_double_quant", True))
         if bnb.pop("llm_int8_has_fp16_weight", False):
             self.refuse("bnb_config_kwargs.llm_int8_has_fp16_weight", "8-bit weights are not used by hubtune")
-        for key in bnb:
-            self.refuse(f"bnb_config_kwargs.{key}", "hubtune sets the rest of the 4-bit config itself")
+        for key, value in bnb.items():
+            self.refuse(f"bnb_config_kwargs.{key}", f"{shown(value)}: hubtune sets the rest of the 4-bit config itself")
         model["compute_dtype"] = self.precision()
+        model.update(self.tokens())
+        overrides = self.take("model_config")
+        if overrides is not None:
+            overrides = dict(overrides) if isinstance(overrides, dict) else {"(value)": overrides}
+            if overrides.pop("output_router_logits", False) is True:
+                model["router_aux_loss"] = True
+            for key, value in overrides.items():
+                self.refuse(f"model_config.{key}", f"{shown(value)}: {WHY['model_config']}")
         return model
 
     def precision(self) -> str:
@@ -222,13 +378,46 @@ class _Reader:
                 self.take(key)
                 return key
         if bf16 == "full":
-            self.notes.append("bf16: full also evaluates in bf16 in Axolotl; hubtune computes in bfloat16")
+            self.note("bf16: full also evaluates in bf16 in Axolotl; hubtune computes in bfloat16")
             return "bfloat16"
         if bf16 is True:
             return "bfloat16"
         if fp16 is True:
             return "float16"
         return "auto" if bf16 == "auto" else "float32"
+
+    def tokens(self) -> dict:
+        """special_tokens (bos/eos/pad/unk, extra ones), tokens and eot_tokens: set on the tokenizer and,
+        where new to the vocabulary, added with their embedding and output rows trained."""
+        out: dict = {}
+        special = self.take("special_tokens", {})
+        if not isinstance(special, dict):
+            self.refuse("special_tokens", f"{shown(special)}: a mapping such as {{pad_token: <|end_of_text|>}}")
+            special = {}
+        special = dict(special)
+        added = [str(t) for t in special.pop("additional_special_tokens", None) or []]
+        chosen = {k: str(special.pop(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                  if special.get(k) is not None}
+        for key, value in special.items():
+            if value is not None:
+                self.refuse(f"special_tokens.{key}", f"{shown(value)}: hubtune sets bos, eos, pad and unk tokens "
+                                                     f"and additional_special_tokens")
+        if chosen:
+            out["special_tokens"] = chosen
+        for key in ("tokens", "eot_tokens"):
+            value = self.take(key, [])
+            if not isinstance(value, list):
+                self.refuse(key, f"{shown(value)}: a list of tokens")
+                continue
+            added += [str(t) for t in value]
+            if key == "eot_tokens" and value:
+                self.note(f"eot_tokens {shown(value)}: added to the vocabulary where new; hubtune learns each "
+                          f"assistant turn as the chat template ends it (checked to end with the EOS token)")
+        if added:
+            out["added_tokens"] = list(dict.fromkeys(t for t in added if t not in chosen.values()))
+            if not out["added_tokens"]:
+                del out["added_tokens"]
+        return out
 
     def lora(self) -> dict:
         lora = {"dropout": float(self.take("lora_dropout", AXOLOTL_DEFAULTS["lora_dropout"]))}
@@ -237,7 +426,7 @@ class _Reader:
                 lora[name] = self.take(key)
             else:
                 default = getattr(cfg.LoraSection(), name)
-                self.notes.append(f"{key} not set: hubtune's default {default}")
+                self.note(f"{key} not set: hubtune's default {default}")
         modules = self.take("lora_target_modules")
         if self.take("lora_target_linear", False):
             lora["target_modules"] = "all-linear"  # Axolotl adds the named ones to all linear layers: the same set
@@ -245,11 +434,21 @@ class _Reader:
             if re.fullmatch(r"\w+", modules):
                 lora["target_modules"] = [modules]
             else:
-                self.refuse("lora_target_modules", f"{modules!r} is a pattern; list the module names instead")
+                lora["target_regex"] = modules  # PEFT matches a string target_modules as a full regex, as Axolotl
         elif modules:
             lora["target_modules"] = [str(m) for m in modules]
-        else:
-            self.notes.append("neither lora_target_modules nor lora_target_linear set: hubtune targets all linear layers")
+        elif not self.has("lora_target_parameters"):
+            self.note("neither lora_target_modules nor lora_target_linear set: hubtune targets all linear layers")
+        parameters = self.take("lora_target_parameters")
+        if parameters:
+            lora["target_parameters"] = [parameters] if isinstance(parameters, str) else [str(p) for p in parameters]
+            if not modules and "target_modules" not in lora:
+                self.refuse("lora_target_parameters", f"{shown(parameters)} without lora_target_modules: hubtune "
+                                                      f"adapts modules too; list them in lora_target_modules")
+        if self.has("lora_modules_to_save"):
+            lora["modules_to_save"] = [str(m) for m in self.take("lora_modules_to_save")]
+        if self.data.get("peft_use_rslora") is True:
+            lora["use_rslora"] = bool(self.take("peft_use_rslora"))
         return lora
 
     def datasets(self) -> dict:
@@ -269,22 +468,29 @@ class _Reader:
         if self.data.get("excess_length_strategy") == "truncate":
             self.take("excess_length_strategy")
             data["truncate"] = True
-        self.notes.append("hubtune's near-duplicate and short-answer filters are off, as in Axolotl "
-                          "(turn them on with data.near_dup_threshold=0.8 data.min_response_tokens=2)")
+        self.note("hubtune's near-duplicate and short-answer filters are off, as in Axolotl "
+                  "(turn them on with data.near_dup_threshold=0.8 data.min_response_tokens=2)")
         template = self.take("chat_template")
         if template is not None:
+            template = str(template)
             if template == "tokenizer_default":
                 data["chat_template"] = "auto"
-            elif str(template).startswith("tokenizer_default_fallback_"):
+            elif template.startswith("tokenizer_default_fallback_"):
                 data["chat_template"] = "auto"
-                self.notes.append(f"chat_template: {template}: a base without a template gets hubtune's default "
-                                  f"template, not {str(template).rsplit('_', 1)[-1]}")
+                self.note(f"chat_template: {template}: a base without a template gets hubtune's default "
+                          f"template, not {template.rsplit('_', 1)[-1]}")
+            elif template in cfg.chat_template_names():
+                data["chat_template"] = template
             else:
-                self.refuse("chat_template", f"{template!r}: hubtune renders with the base's own template "
-                                            f"(chat_template: tokenizer_default)")
+                self.refuse("chat_template", f"{template!r}: hubtune has no template by that name; it has "
+                                             f"tokenizer_default and {', '.join(cfg.chat_template_names())}")
         entries = self.take("datasets") or []
         if not isinstance(entries, list) or not entries:
-            self.refuse("datasets", "list at least one dataset: [{path, type}]")
+            why = "list at least one dataset: [{path, type}]"
+            if self.has("pretraining_dataset"):
+                why = f"none; pretraining_dataset ({shown(self.take('pretraining_dataset'))}) is not read by " \
+                      f"hubtune: {WHY['pretraining_dataset']}"
+            self.refuse("datasets", why)
             return data
         sources, formats, columns = [], [], []
         for i, entry in enumerate(entries):
@@ -303,8 +509,8 @@ class _Reader:
             data["format"] = formats[0]
         elif formats:
             data["format"] = "auto"
-            self.notes.append(f"the datasets are of several types ({', '.join(sorted(set(formats)))}); hubtune "
-                              f"detects each one's format from its columns")
+            self.note(f"the datasets are of several types ({', '.join(sorted(set(formats)))}); hubtune "
+                      f"detects each one's format from its columns")
         if any(columns) and any(c != columns[0] for c in columns):
             self.refuse("datasets", "the datasets map their columns differently; hubtune maps columns the same "
                                     "way for every source")
@@ -319,34 +525,51 @@ class _Reader:
         if not path:
             self.refuse(f"{where}.path", "missing: a Hub dataset id or a local file")
             return None
+        kind = kind if isinstance(kind, str) or kind is None else shown(kind)
+        fmt = DATASET_TYPES.get(kind) if kind and not self.preference else None
+        if fmt is None:
+            self.refuse(f"{where}.type", self.type_refusal(kind))
+            return None
         source = {"path": str(path), "split": str(entry.pop("split", "train"))}
+        try:
+            cfg.DataSource(**source)
+        except Exception:
+            self.refuse(f"{where}.split", f"{source['split']!r}: give a split name (train) or a slice such as "
+                                          f"train[:20%] or train[10:500]")
+            return None
         for key in ("name", "revision"):
             if key in entry:
                 source[key] = str(entry.pop(key))
         entry.pop("ds_type", None)  # hubtune reads the file type from the extension
         entry.pop("trust_remote_code", None)  # datasets are read as data files, never as scripts
-        if entry.pop("chat_template", "tokenizer_default") != "tokenizer_default":
-            self.refuse(f"{where}.chat_template", "hubtune renders with the base's own template")
+        template = entry.pop("chat_template", "tokenizer_default")
+        if template != "tokenizer_default":
+            self.refuse(f"{where}.chat_template", f"{shown(template)}: set chat_template once for all datasets "
+                                                  f"(hubtune renders every source with one template)")
         columns: dict = {}
-        if kind == "alpaca":
-            fmt = "alpaca"
-            self.notes.append(f"{where} (alpaca): hubtune renders rows with the base's chat template, "
-                              f"not Axolotl's Alpaca prompt text")
-        elif kind in ("chat_template", "sharegpt"):
+        if fmt == "alpaca":
+            self.note(f"{where} ({kind}): {ALPACA_NOTE}")
+        elif fmt in ("chat", "sharegpt"):
             fmt, columns = self.chat_dataset(where, entry, kind)
-        elif kind == "completion":
-            fmt = "text"
-            if entry.get("field", "text") != "text":
-                columns = {"text": str(entry["field"])}
-            entry.pop("field", None)
-            self.notes.append(f"{where} (completion): texts longer than sequence_len are dropped, not split")
-        else:
-            self.refuse(f"{where}.type", f"{kind!r}: hubtune reads alpaca, sharegpt, chat_template and completion"
-                        if kind else "missing: alpaca, sharegpt, chat_template or completion")
-            return None
-        for key in entry:
-            self.refuse(f"{where}.{key}", "hubtune has no such dataset setting")
+        elif fmt == "text":
+            column = entry.pop("field", None) or entry.pop("text_column", None) or "text"
+            entry.pop("text_column", None)
+            if column != "text":
+                columns = {"text": str(column)}
+            self.note(f"{where} (completion): texts longer than sequence_len are dropped, not split")
+        for key, value in entry.items():
+            self.refuse(f"{where}.{key}", f"{shown(value)}: {DATASET_KEYS.get(key, 'hubtune has no such dataset setting')}")
         return source, fmt, columns
+
+    def type_refusal(self, kind: str | None) -> str:
+        readable = ", ".join(sorted(DATASET_TYPES))
+        if not kind:
+            return f"missing: one of {readable}"
+        if self.preference:
+            return f"{kind!r}: a {self.preference} dataset; hubtune trains supervised fine-tuning (SFT) only so far"
+        if PREFERENCE_TYPES.fullmatch(kind):
+            return f"{kind!r}: a preference / reward dataset type; hubtune trains supervised fine-tuning (SFT) only so far"
+        return f"{kind!r}: hubtune reads the types {readable}"
 
     def chat_dataset(self, where: str, entry: dict, kind: str) -> tuple[str, dict]:
         mappings = dict(entry.pop("message_property_mappings", None) or {})
@@ -356,67 +579,242 @@ class _Reader:
         sharegpt = kind == "sharegpt" or mappings == SHAREGPT_FIELDS
         expected = SHAREGPT_FIELDS if sharegpt else MESSAGE_FIELDS
         if {**expected, **mappings} != expected:
-            self.refuse(f"{where}.message_property_mappings", f"{mappings}: hubtune reads turns as "
+            self.refuse(f"{where}.message_property_mappings", f"{shown(mappings)}: hubtune reads turns as "
                         f"{{role, content}} or {{from, value}}")
         column = str(entry.pop("field_messages", "conversations" if sharegpt else "messages"))
-        entry.pop("conversation", None)  # the legacy sharegpt template name: the base's template renders instead
+        entry.pop("conversation", None)  # the legacy sharegpt template name: the chat template renders instead
         for key, allowed in (("roles_to_train", (["assistant"], ["gpt"])), ("train_on_eos", ("turn", "last"))):
-            if key in entry and entry.pop(key) not in allowed:
-                self.refuse(f"{where}.{key}", "hubtune learns the assistant's last turn")
-        if "roles" in entry:
-            self.refuse(f"{where}.roles", "hubtune maps roles itself (human/user, gpt/assistant, system)")
-            entry.pop("roles")
-        self.notes.append(f"{where} ({kind}): hubtune learns the last assistant turn of each conversation; "
-                          f"earlier turns are context (Axolotl trains on every assistant turn)")
+            if key in entry and entry[key] not in allowed:
+                self.refuse(f"{where}.{key}", f"{shown(entry.pop(key))}: hubtune learns the assistant's last turn")
+            entry.pop(key, None)
+        roles = entry.pop("roles", None)
+        if roles is not None and not _standard_roles(roles):
+            self.refuse(f"{where}.roles", f"{shown(roles)}: hubtune maps roles itself (human/user, gpt/assistant, "
+                                          f"system)")
+        if entry.get("drop_system_message") is False:
+            entry.pop("drop_system_message")
+        self.note(f"{where} ({kind}): hubtune learns the last assistant turn of each conversation; "
+                  f"earlier turns are context (Axolotl trains on every assistant turn)")
         fmt = "sharegpt" if sharegpt else "messages"
         home = "conversations" if sharegpt else "messages"
         return fmt, ({home: column} if column != home else {})
 
     def training(self) -> dict:
+        epochs = self.take("num_epochs", AXOLOTL_DEFAULTS["num_epochs"])
         t: dict = {
-            "epochs": self.take("num_epochs", AXOLOTL_DEFAULTS["num_epochs"]),
+            "epochs": epochs,
             "micro_batch_size": self.take("micro_batch_size", AXOLOTL_DEFAULTS["micro_batch_size"]),
-            "gradient_accumulation_steps": self.take("gradient_accumulation_steps",
-                                                     AXOLOTL_DEFAULTS["gradient_accumulation_steps"]),
             "weight_decay": self.take("weight_decay", AXOLOTL_DEFAULTS["weight_decay"]),
             "max_grad_norm": self.take("max_grad_norm", AXOLOTL_DEFAULTS["max_grad_norm"]),
             "seed": self.take("seed", AXOLOTL_DEFAULTS["seed"]),
+            "save_total_limit": self.take("save_total_limit", AXOLOTL_DEFAULTS["save_total_limit"]),
+            "tf32": self.take("tf32", AXOLOTL_DEFAULTS["tf32"]),
         }
+        t["gradient_accumulation_steps"] = self.accumulation(t["micro_batch_size"])
         if self.has("learning_rate"):
             t["learning_rate"] = float(self.take("learning_rate"))
         else:
-            self.notes.append(f"learning_rate not set: hubtune's default {cfg.TrainingSection().learning_rate}")
-        for key in ("max_steps", "logging_steps", "save_steps", "save_total_limit"):
+            self.note(f"learning_rate not set: hubtune's default {cfg.TrainingSection().learning_rate}")
+        for key in ("max_steps", "logging_steps", "adam_beta1", "adam_beta2", "adam_epsilon"):
             if self.has(key):
                 t[key] = self.take(key)
-        if isinstance(self.data.get("eval_steps"), int):
-            t["eval_steps"] = self.take("eval_steps")
-        if self.data.get("evals_per_epoch") == 1:
-            self.take("evals_per_epoch")
+        if self.has("adam_eps") and "adam_epsilon" not in t:
+            t["adam_epsilon"] = self.take("adam_eps")
+        self.cadence(t)
         scheduler = self.take("lr_scheduler", AXOLOTL_DEFAULTS["lr_scheduler"])
         if scheduler in SCHEDULERS:
             t["lr_scheduler"] = scheduler
         else:
             self.refuse("lr_scheduler", f"{scheduler!r}: hubtune schedules {', '.join(SCHEDULERS)}")
-        optimizer = self.take("optimizer", "adamw_torch_fused")
+        optimizer = self.take("optimizer", AXOLOTL_DEFAULTS["optimizer"])
         if optimizer in OPTIMIZERS:
             t["optimizer"] = OPTIMIZERS[optimizer]
             if OPTIMIZERS[optimizer] != optimizer:
-                self.notes.append(f"optimizer {optimizer}: hubtune runs {OPTIMIZERS[optimizer]} (the same update)")
+                self.note(f"optimizer {optimizer}: hubtune runs {OPTIMIZERS[optimizer]} (the same update)")
         else:
             self.refuse("optimizer", f"{optimizer!r}: hubtune runs {', '.join(sorted(set(OPTIMIZERS.values())))}")
-        if self.has("warmup_steps"):
-            t["warmup_steps"] = self.take("warmup_steps")
-        elif not self.has("warmup_ratio"):
-            self.notes.append(f"warmup_steps not set: Axolotl warms up for 3% of the steps (at most 100); hubtune "
-                              f"uses {cfg.TrainingSection().warmup_steps} steps (set warmup_steps to choose)")
-        checkpointing = self.take("gradient_checkpointing", AXOLOTL_DEFAULTS["gradient_checkpointing"])
-        if isinstance(checkpointing, bool):
-            t["gradient_checkpointing"] = checkpointing
-        else:
-            self.refuse("gradient_checkpointing", f"{checkpointing!r}: hubtune checkpoints on the GPU (true) or not")
+        self.warmup(t)
+        self.checkpointing(t)
+        kernels = self.kernels()
+        if kernels:
+            t["kernels"] = kernels
+        distributed = self.distributed(t)
+        if distributed:
+            t["distributed"] = distributed
         t["report_to"] = self.trackers()
         return t
+
+    def accumulation(self, micro: int) -> int:
+        """gradient_accumulation_steps, or Axolotl's batch_size (micro_batch_size x accumulation)."""
+        steps = self.take("gradient_accumulation_steps")
+        batch = self.take("batch_size")
+        if batch is not None and steps is None:
+            if isinstance(batch, int) and batch % micro == 0:
+                return batch // micro
+            self.refuse("batch_size", f"{batch!r}: a multiple of micro_batch_size ({micro}), or give "
+                                      f"gradient_accumulation_steps")
+        elif batch is not None and batch != micro * steps:
+            self.note(f"batch_size {batch}: gradient_accumulation_steps comes first, as in Axolotl (an effective "
+                      f"batch of {micro * steps} per GPU)")
+        return steps or AXOLOTL_DEFAULTS["gradient_accumulation_steps"]
+
+    def cadence(self, t: dict) -> None:
+        """Checkpoints and held-out loss: every N steps, N times per epoch, or once per epoch."""
+        if self.has("save_steps"):
+            t["save_steps"] = self.take("save_steps")
+            if self.data.get("saves_per_epoch") is not None:
+                self.refuse("saves_per_epoch", f"{self.take('saves_per_epoch')!r}: give save_steps or saves_per_epoch, "
+                                               f"not both")
+        elif self.has("saves_per_epoch"):
+            t["saves_per_epoch"] = self.take("saves_per_epoch")
+        elif self.data.get("save_strategy") in (None, "epoch"):
+            self.take("save_strategy")
+            t["saves_per_epoch"] = 1  # Axolotl's default: a checkpoint at the end of each epoch
+        elif self.data.get("save_strategy") == "steps":
+            t["save_steps"] = 500  # transformers' default save_steps, which Axolotl leaves in place
+        strategy = self.data.get("save_strategy")
+        if strategy == "no":
+            self.refuse("save_strategy", "'no': hubtune always keeps checkpoints (save_total_limit of them)")
+            self.take("save_strategy")
+        eval_steps = self.data.get("eval_steps")
+        if isinstance(eval_steps, int):
+            t["eval_steps"] = self.take("eval_steps")
+        elif isinstance(eval_steps, float) and 0 < eval_steps < 1:
+            self.refuse("eval_steps", f"{eval_steps!r}: a share of all steps; give evals_per_epoch or whole steps")
+            self.take("eval_steps")
+        if self.has("evals_per_epoch"):
+            value = self.take("evals_per_epoch")
+            if "eval_steps" not in t:
+                t["evals_per_epoch"] = value
+        elif "epoch" in (self.data.get("eval_strategy"), self.data.get("evaluation_strategy")):
+            self.take("eval_strategy"), self.take("evaluation_strategy")
+            t["evals_per_epoch"] = 1
+        elif "eval_steps" not in t:
+            t["evals_per_epoch"] = 0  # Axolotl evaluates during training only when asked
+        if self.data.get("eval_strategy") == "no":
+            self.take("eval_strategy")
+            t.pop("eval_steps", None)
+            t["evals_per_epoch"] = 0
+
+    def warmup(self, t: dict) -> None:
+        steps, ratio = self.take("warmup_steps"), self.take("warmup_ratio")
+        if steps is not None:
+            if isinstance(steps, float) and 0 < steps < 1:
+                t["warmup_ratio"] = steps  # transformers reads warmup_steps below 1 as a share of all steps
+            else:
+                t["warmup_steps"] = int(steps)
+            if ratio is not None:
+                self.note(f"warmup_ratio {ratio} ignored: warmup_steps comes first, as in Axolotl")
+        elif ratio is not None:
+            t["warmup_ratio"] = ratio
+        else:
+            t["warmup_ratio"] = AXOLOTL_DEFAULTS["warmup_ratio"]
+            self.note("warm-up not set: 3% of the steps, as Axolotl (which also caps it at 100 steps)")
+
+    def checkpointing(self, t: dict) -> None:
+        value = self.take("gradient_checkpointing", AXOLOTL_DEFAULTS["gradient_checkpointing"])
+        if value in ("offload", "offload_disk"):
+            t["gradient_checkpointing"] = True
+            self.note(f"gradient_checkpointing: {value}: hubtune checkpoints and keeps the activations on the GPU "
+                      f"(the same training, more GPU memory)")
+        elif isinstance(value, bool):
+            t["gradient_checkpointing"] = value
+        else:
+            self.refuse("gradient_checkpointing", f"{value!r}: true, false or offload")
+
+    def kernels(self) -> list[str] | None:
+        """Attention and Liger from attn_implementation, the *_attention flags and the plugins."""
+        attention = None
+        if self.has("attn_implementation"):
+            value = str(self.data["attn_implementation"])
+            if value in ATTENTION:
+                attention = ATTENTION[value]
+                self.take("attn_implementation")
+                if value == "xformers":
+                    self.note(XFORMERS_NOTE)
+            else:
+                self.refuse("attn_implementation", f"{self.take('attn_implementation')!r}: transformers' attention "
+                                                   f"hubtune loads: {', '.join(ATTENTION)}")
+        hybrid = self.data.get("gemma4_hybrid_attn_impl") is True
+        if hybrid:
+            self.take("gemma4_hybrid_attn_impl")
+            attention = "sdpa"  # before the flags below: their flash_attention gives way to it
+            self.note("gemma4_hybrid_attn_impl: hubtune runs SDPA in every layer (FlashAttention 2 cannot serve "
+                      "Gemma 4's 512-wide global heads); the same exact attention")
+        for key, name in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
+                          ("flex_attention", "flex_attention"), ("eager_attention", "eager"),
+                          ("xformers_attention", "sdpa")):
+            if self.data.get(key) is True:
+                self.take(key)
+                if key == "xformers_attention":
+                    self.note(XFORMERS_NOTE)
+                if attention not in (None, name) and not (hybrid and name == "flash_attention_2"):
+                    self.refuse(key, f"True: contradicts attention {attention}")
+                attention = attention or name
+        liger = False
+        plugins = self.take("plugins", [])
+        for plugin in plugins if isinstance(plugins, list) else [plugins]:
+            kernel, why = PLUGINS.get(str(plugin), (None, "an Axolotl plugin hubtune has no counterpart for"))
+            if kernel == "liger":
+                liger = True
+            elif kernel == "same":
+                self.note(why)
+            else:
+                self.refuse("plugins", f"{plugin}: {why}")
+        if self.data.get("cut_cross_entropy") is True:
+            self.take("cut_cross_entropy")
+            self.note(PLUGINS["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"][1])
+        flags = {key: self.take(key) for key in LIGER_FLAGS if self.has(key)}
+        if any(flags.values()):
+            if not liger:
+                for key, value in flags.items():
+                    self.refuse(key, f"{value!r}: Liger's kernels run with the LigerPlugin in plugins")
+            elif not all(flags.values()) or len(flags) < 4:
+                self.note(f"Liger kernels {shown(sorted(k for k, v in flags.items() if v))}: hubtune applies every "
+                          f"Liger kernel the model has (each computes the same as the layer it replaces)")
+        if attention is None and not liger:
+            return None
+        return [attention or "sdpa", *(["liger"] if liger else [])]
+
+    def distributed(self, t: dict) -> str | None:
+        mode = None
+        fsdp, fsdp_config = self.take("fsdp"), self.take("fsdp_config")
+        version = self.take("fsdp_version")
+        if fsdp or fsdp_config:
+            mode = "fsdp"
+            config = dict(fsdp_config or {}) if isinstance(fsdp_config, dict) else {}
+            version = config.pop("fsdp_version", config.pop("version", version))
+            for key in list(config):
+                if key in FSDP_OFFLOAD and config[key] or "offload" in str(fsdp):
+                    self.note(f"fsdp_config.{key}: {config.get(key)}: hubtune's FSDP keeps the parameters on the GPUs "
+                              f"(the same training, more GPU memory)")
+                elif key in ("activation_checkpointing", "fsdp_activation_checkpointing"):
+                    if config.pop(key):
+                        t["gradient_checkpointing"] = True
+            self.note("fsdp: hubtune's FSDP preset (full sharding, transformer-layer wrapping, sharded checkpoints)"
+                      + (f"; version {version} settings map to it" if version else ""))
+        deepspeed = self.take("deepspeed")
+        if deepspeed:
+            name = str(deepspeed)
+            stage = re.search(r"zero[_-]?(\d)", name)
+            if mode:
+                self.refuse("deepspeed", f"{name!r}: give fsdp or deepspeed, not both")
+            elif stage and stage[1] in ("2", "3") and "offload" not in name:
+                mode = f"deepspeed-zero{stage[1]}"
+                self.note(f"deepspeed {name}: hubtune's ZeRO stage {stage[1]} preset (no CPU offload)")
+            elif stage and stage[1] == "1":
+                mode = "ddp"
+                self.note(f"deepspeed {name}: ZeRO stage 1 shards optimizer states only; hubtune runs DDP (the same "
+                          f"updates, more memory per GPU)")
+            else:
+                self.refuse("deepspeed", f"{name!r}: hubtune's DeepSpeed presets are ZeRO 2 and 3 without offload "
+                                         f"(deepspeed_configs/zero2.json, zero3.json)")
+        if self.data.get("ddp") is True and mode is None:
+            self.take("ddp")
+            mode = "ddp"
+        if mode:
+            self.note(f"training.distributed: {mode}; start it with `hubtune train CONFIG --num-processes N`")
+        return mode
 
     def trackers(self) -> list[str]:
         found = []
@@ -430,15 +828,39 @@ class _Reader:
                 value = self.take(key)
                 if tracker not in found:
                     found.append(tracker)
-                self.notes.append(f"{key}: {value}: transformers reads it from the environment; "
-                                  f"export {env}={value} before training")
+                self.note(f"{key}: {value}: transformers reads it from the environment; "
+                          f"export {env}={value} before training")
         return found
 
     def leftovers(self) -> None:
         for key, value in self.data.items():
             if value is None or key in NO_EFFECT or value in MATCHING.get(key, ()):
                 continue
-            self.refuse(key, f"{shown(value)}: {WHY.get(key, 'hubtune has no such setting')}")
+            if key in NOTED:
+                self.note(f"{key}: {shown(value)}: {NOTED[key]}")
+            elif key.startswith("swanlab_"):
+                continue  # SwanLab's own settings: use_swanlab says whether it runs
+            else:
+                self.refuse(key, f"{shown(value)}: {WHY.get(key, 'hubtune has no such setting')}")
+
+
+DATASET_KEYS = {  # why a dataset entry's key is not honoured
+    "data_files": "hubtune reads a dataset's splits by its card or file names; point path at the file instead",
+    "drop_system_message": "hubtune keeps the system message as context",
+    "field_thinking": "hubtune renders the turns' content only (no separate reasoning field)",
+    "template_thinking_key": "hubtune renders the turns' content only (no separate reasoning field)",
+    "shards": "hubtune reads the whole split (slice it with split: train[:10%])",
+    "preprocess_shards": "hubtune reads the whole split (slice it with split: train[:10%])",
+}
+
+
+def _standard_roles(roles: Any) -> bool:
+    """A roles mapping that says what hubtune assumes anyway (user, assistant, system as themselves)."""
+    if not isinstance(roles, dict):
+        return False
+    standard = {"user": {"user", "human"}, "assistant": {"assistant", "gpt", "model"}, "system": {"system"}}
+    return all(k in standard and all(str(v) in standard[k] for v in (vs if isinstance(vs, list) else [vs]))
+               for k, vs in roles.items())
 
 
 def shown(value: Any) -> str:
@@ -460,16 +882,28 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["revision_of_model"] = m.revision
     if m.trust_remote_code:
         out["trust_remote_code"] = True
-    quantized = m.quantization != "none"
-    out.update(adapter="qlora" if quantized else "lora", load_in_4bit=quantized, load_in_8bit=False)
+    quantized = m.quantization in ("nf4", "fp4")
+    out.update(adapter="qlora" if quantized else "lora", load_in_4bit=quantized, load_in_8bit=m.quantization == "int8")
     if quantized:
         out["bnb_config_kwargs"] = {"bnb_4bit_quant_type": m.quantization, "bnb_4bit_use_double_quant": m.double_quant}
     out.update(DTYPE_TO_AXOLOTL[m.compute_dtype])
+    if m.router_aux_loss:
+        out["model_config"] = {"output_router_logits": True}
+    if m.special_tokens:
+        out["special_tokens"] = dict(m.special_tokens)
+    if m.added_tokens:
+        out["tokens"] = list(m.added_tokens)
     out.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout)
-    if lo.target_modules == "all-linear":
+    if lo.target_regex is None and lo.target_modules == "all-linear":
         out["lora_target_linear"] = True
     else:
         out["lora_target_modules"] = lo.peft_target_modules()
+    if lo.target_parameters:
+        out["lora_target_parameters"] = list(lo.target_parameters)
+    if lo.modules_to_save:
+        out["lora_modules_to_save"] = list(lo.modules_to_save)
+    if lo.use_rslora:
+        out["peft_use_rslora"] = True
 
     found = formats or [None] * len(d.sources)
     out["datasets"] = []
@@ -483,24 +917,29 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     if d.chat_template == "default":
         problems.append(("data.chat_template", "hubtune's default template has no Axolotl name; use auto"))
     out.update(val_set_size=d.val_set_size if d.val_set_size < 1 else 0.0, sequence_len=d.max_seq_len,
-               sample_packing=d.packing, chat_template="tokenizer_default",
+               sample_packing=d.packing, chat_template="tokenizer_default" if d.chat_template == "auto" else d.chat_template,
                excess_length_strategy="truncate" if d.truncate else "drop")
     if d.dedup_exact:
         out["dataset_exact_deduplication"] = True
 
     out.update(num_epochs=t.epochs, micro_batch_size=t.micro_batch_size,
                gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-               lr_scheduler=t.lr_scheduler, warmup_steps=t.warmup_steps,
+               lr_scheduler=t.lr_scheduler,
                optimizer="paged_adamw_8bit" if t.optimizer == "auto" else t.optimizer,
-               weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+               weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
+               adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm,
                gradient_checkpointing=t.gradient_checkpointing is not False, logging_steps=t.logging_steps,
-               save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, train_on_inputs=False)
+               save_total_limit=t.save_total_limit, seed=t.seed, tf32=t.tf32, train_on_inputs=False)
+    out.update({"warmup_ratio": t.warmup_ratio} if t.warmup_ratio is not None else {"warmup_steps": t.warmup_steps})
+    out.update({"saves_per_epoch": t.saves_per_epoch} if t.saves_per_epoch else {"save_steps": t.save_steps})
     if t.max_steps:
         out["max_steps"] = t.max_steps
-    if t.eval_steps:
+    if t.eval_steps and t.evals_per_epoch is None:
         out["eval_steps"] = t.eval_steps
     else:
-        out["evals_per_epoch"] = 1
+        out["evals_per_epoch"] = 1 if t.evals_per_epoch is None else t.evals_per_epoch
+    out.update(_axolotl_kernels(t))
+    out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     if config.output.dir:
@@ -516,6 +955,28 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out[HUBTUNE_BLOCK] = extra
     if cfg.build(from_axolotl(out).tree) != config:
         raise HubtuneError("the Axolotl config would not read back as the same run config; please report this")
+    return out
+
+
+DISTRIBUTED_TO_AXOLOTL = {  # hubtune's presets as Axolotl writes them (ddp: Axolotl's default when launched on GPUs)
+    "fsdp": {"fsdp": ["full_shard", "auto_wrap"],
+             "fsdp_config": {"fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                             "fsdp_cpu_ram_efficient_loading": True, "fsdp_offload_params": False}},
+    "deepspeed-zero2": {"deepspeed": "deepspeed_configs/zero2.json"},
+    "deepspeed-zero3": {"deepspeed": "deepspeed_configs/zero3.json"},
+}
+
+
+def _axolotl_kernels(t: cfg.TrainingSection) -> dict:
+    """attn_implementation and the Liger plugin for training.kernels (auto: nothing; hubtune picks at run time)."""
+    choice = t.kernel_choice()
+    if choice is None:
+        return {}
+    attention, liger = choice
+    out: dict[str, Any] = {"attn_implementation": attention}
+    if liger:
+        out["plugins"] = ["axolotl.integrations.liger.LigerPlugin"]
+        out.update({key: True for key in ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm")})
     return out
 
 

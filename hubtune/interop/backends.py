@@ -34,7 +34,7 @@ def unsloth_missing(hw: Hardware, model: ModelSection) -> list[str]:
         missing.append("a CUDA GPU (torch sees none)")
     if importlib.util.find_spec("unsloth") is None:
         missing.append("the unsloth package (pip install unsloth)")
-    if model.quantization == "fp4" or (model.quantization == "nf4" and not model.double_quant):
+    if model.quantization in ("fp4", "int8") or (model.quantization == "nf4" and not model.double_quant):
         missing.append("model.quantization: nf4 with model.double_quant: true (Unsloth's 4-bit format)")
     return missing
 

@@ -182,7 +182,13 @@ def _licence(config: cfg.RunConfig) -> str:
     lines += ["| repo | type | licence | gated | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {f.repo.ref} | {f.repo.repo_type} | {f.repo.licence} | {f.repo.gated or 'no'} | {f.verdict} |"
               for f in verdict.findings]
+    chains = [c for f in verdict.findings for c in f.repo.chains()]
+    if chains:
+        lines += ["", "Lineage (every ancestor's terms apply):"] + [f"- {c}" for c in chains]
     lines += ["", "Reasons:"] + [f"- {r}" for r in verdict.reasons]
+    if verdict.conditions:
+        lines += ["", "Allowed once you have done this (confirm by acknowledging the repo):"]
+        lines += [f"- {c}" for c in verdict.conditions]
     if verdict.obligations:
         lines += ["", "Obligations the card will carry:"] + [f"- {o}" for o in verdict.obligations]
     return "\n".join(lines)

@@ -154,9 +154,6 @@ class JobRunner:
                     return i
         return None
 
-    def queue_length(self) -> int:
-        return len(self.queue)
-
     def is_active(self, run: str | Path) -> bool:
         """Queued, or a live process works on it. A process that has released the run (stopped, finished)
         but not yet exited does not count: the next job on that run waits in line for it."""
