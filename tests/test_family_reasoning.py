@@ -15,7 +15,8 @@ def test_qwen3_obeys_both_thinking_modes_after_training(family_model, cli, tmp_p
     result = train_and_eval(cli, run_config(tmp_path, family_model("qwen3"), rows, steps=250), run,
                             "eval.thinking=off")
     report = json.loads((run / "data_report.json").read_text())
-    assert report["reasoning_rows"] == 60 and report["chat_template"]["family"] == "Qwen3"
+    # A reasoning row whose note and answer repeat a plain row's is an exact duplicate, and goes.
+    assert 55 <= report["reasoning_rows"] <= 60 and report["chat_template"]["family"] == "Qwen3"
 
     task = result["task"]
     assert task["thinking"] is False
