@@ -148,7 +148,8 @@ def family_of(model_config=None, chat_template: str | None = None) -> Family | N
 def target_modules(preset: str, model_config=None) -> str | list[str]:
     """The module names behind a LoRA preset for this model: the family's own names where the family is
     known, else the model's (Phi-3's fused qkv_proj where it has one), else PEFT's all-linear."""
-    model_type = model_config.get("model_type") if isinstance(model_config, dict) else getattr(model_config, "model_type", None)
+    model_type = (model_config.get("model_type") if isinstance(model_config, dict)
+                  else getattr(model_config, "model_type", None))
     known = [f for f in FAMILIES if model_type in f.model_types]
     if known:
         return known[0].modules[preset] if preset != "all-linear" else "all-linear"

@@ -118,7 +118,8 @@ def tool_rows(n: int, seed: int) -> list[dict]:
 STEPS, LEARNING_RATE, TEST_ROWS = 150, 1e-2, 16
 
 
-def run_config(tmp_path, model, train_rows, steps: int = STEPS, thinking: str = "auto", test_rows=None):
+def run_config(tmp_path, model, train_rows, steps: int = STEPS, thinking: str = "auto", test_rows=None,
+               max_new_tokens: int = 16):
     write_jsonl(tmp_path / "train.jsonl", train_rows)
     write_jsonl(tmp_path / "test.jsonl", test_rows or label_rows(TEST_ROWS, 2))
     config = tmp_path / "run.yaml"
@@ -142,7 +143,7 @@ training:
   save_steps: 100000
 eval:
   test: {tmp_path / 'test.jsonl'}
-  max_new_tokens: 16
+  max_new_tokens: {max_new_tokens}
   batch_size: {TEST_ROWS}
   tasks: []
   regression_set: null
