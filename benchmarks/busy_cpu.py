@@ -1,7 +1,7 @@
 """Training on a busy CPU: the demo's training while CPU-bound processes compete for the cores, against
 the same training on the machine as it is.
 
-    python benchmarks/busy_cpu.py [--steps 40] [--competitors 2] [--rounds 2]
+    python benchmarks/busy_cpu.py [--steps 40] [--competitors 2] [--rounds 2] [--spinning]
 
 Each measurement is one `hubtune train` process on the demo's run config (the embedded tiny base, QLoRA,
 the invoice task) for --steps optimizer steps, its throughput read from the run's metrics.jsonl: the
@@ -10,11 +10,12 @@ data preparation do not count. "busy" runs it with --competitors processes that 
 (a Python loop), started before training and stopped after. Idle and busy alternate, --rounds times,
 so that other work on a shared machine slows both alike; the medians are compared.
 
-Two settings are measured side by side: hubtune's (torch threads from the CPUs the process may use,
-OpenMP threads that sleep when they wait: OMP_WAIT_POLICY=PASSIVE, hubtune's default) and spinning waits
-(OMP_WAIT_POLICY=ACTIVE, threads that busy-wait for each other). The last line:
+hubtune's settings are measured (torch threads from the CPUs the process may use, OpenMP threads that
+sleep when they wait: OMP_WAIT_POLICY=PASSIVE, hubtune's default); with --spinning, also spinning waits
+(OMP_WAIT_POLICY=ACTIVE, threads that busy-wait for each other), which on a loaded machine can be
+many times slower. The last line:
 
-    busy_cpu: idle_tok_s=<x> busy_tok_s=<y> busy_over_idle=<y/x> spinning_busy_over_idle=<...>
+    busy_cpu: idle_tok_s=<x> busy_tok_s=<y> busy_over_idle=<y/x> [spinning_busy_over_idle=<...>]
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--competitors", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--spinning", action="store_true", help="also measure spinning waits (OMP_WAIT_POLICY=ACTIVE)")
     args = ap.parse_args()
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     base["PYTHONPATH"] = os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    settings = {"hubtune": base, "spinning": {**base, "OMP_WAIT_POLICY": "ACTIVE"}}
+    settings = {"hubtune": base, **({"spinning": {**base, "OMP_WAIT_POLICY": "ACTIVE"}} if args.spinning else {})}
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -86,9 +88,10 @@ def main() -> None:
     for name in settings:
         print(f"{name:<8}  idle {med[(name, 'idle')]:8,.0f} tok/s  busy {med[(name, 'busy')]:8,.0f} tok/s  "
               f"busy/idle {med[(name, 'busy')] / med[(name, 'idle')]:.2f}")
+    spinning = (f" spinning_busy_over_idle={med[('spinning', 'busy')] / med[('spinning', 'idle')]:.2f}"
+                if args.spinning else "")
     print(f"busy_cpu: idle_tok_s={med[('hubtune', 'idle')]:.0f} busy_tok_s={med[('hubtune', 'busy')]:.0f} "
-          f"busy_over_idle={med[('hubtune', 'busy')] / med[('hubtune', 'idle')]:.2f} "
-          f"spinning_busy_over_idle={med[('spinning', 'busy')] / med[('spinning', 'idle')]:.2f}")
+          f"busy_over_idle={med[('hubtune', 'busy')] / med[('hubtune', 'idle')]:.2f}{spinning}")
 
 
 if __name__ == "__main__":

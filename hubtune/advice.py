@@ -62,13 +62,13 @@ def advice_line(config: cfg.RunConfig, parameters: int | None = None) -> str | N
 
 
 def parameter_count(model_config) -> int | None:
-    """Parameters of the base from its config alone (hubtune.memory's count); None for an architecture
-    the count does not know."""
+    """Parameters of the base from its config alone (hubtune.memory.parameter_count); None when the
+    config cannot be built."""
     from hubtune import memory
     from hubtune.errors import HubtuneError
 
     try:
-        return memory.architecture(model_config.to_dict()).parameters()["total"]
+        return memory.parameter_count(model_config.to_dict())
     except HubtuneError:
         return None
 

@@ -175,7 +175,8 @@ def _write_out(path: str, text: str) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     except OSError as err:
-        raise HubtuneError(f"cannot write {out} ({err.strerror}); give --out a path in a folder you can write") from None
+        raise HubtuneError(f"cannot write {out} ({err.strerror}); give --out a path in a folder you can "
+                           f"write") from None
 
 def _config(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -304,7 +305,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from hubtune.ui import launch
 
-    launch(args.root)
+    launch(args.root, share_token_with_visitors=args.share_token_with_visitors)
     return 0
 
 
@@ -514,6 +515,9 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p = command("ui", help="the web app: run, watch, evaluate, chat and publish from a browser",
                        description="Serves the app on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).")
     p.add_argument("--root", help="where runs live (default: HUBTUNE_HOME, else ./runs)")
+    p.add_argument("--share-token-with-visitors", action="store_true",
+                   help="allow serving beyond 127.0.0.1 (GRADIO_SERVER_NAME=0.0.0.0): everyone who reaches the page "
+                        "acts with this machine's Hugging Face token and reads its files")
     p.set_defaults(func=_ui)
 
     p = command("space", help="put the app on a Hugging Face Space")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hubtune.errors import ConfigError
 from hubtune.refs import ASSETS, RepoRef, resolve_builtin  # noqa: F401  (ASSETS, resolve_builtin: re-exported)
@@ -149,7 +149,9 @@ class DataSource(Section):
 
     @field_validator("path")
     @classmethod
-    def _source_exists(cls, v: str) -> str:
+    def _source_exists(cls, v: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("check_paths") is False:  # a finished run's record: its data may have moved
+            return v
         if problem := RepoRef.parse(v).problem("file or folder"):
             raise ValueError(problem.replace("Hub repo id", "Hub dataset id"))
         return v
@@ -526,16 +528,18 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build(data: dict | None = None, overrides: list[str] | None = None, source: str | None = None) -> RunConfig:
-    """Validate a dict (plus overrides) into a RunConfig, or raise ConfigError listing every problem."""
+def build(data: dict | None = None, overrides: list[str] | None = None, source: str | None = None,
+          check_paths: bool = True) -> RunConfig:
+    """Validate a dict (plus overrides) into a RunConfig, or raise ConfigError listing every problem.
+    check_paths=False: local data paths need not exist (the record of a run trained from them)."""
     tree = merge(data or {}, parse_overrides(overrides or []))
     try:
-        return RunConfig.model_validate(tree)
+        return RunConfig.model_validate(tree, context={"check_paths": check_paths})
     except ValidationError as err:
         raise ConfigError(_problems(err), source) from None
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load(path: str | Path | None = None, overrides: list[str] | None = None, check_paths: bool = True) -> RunConfig:
     """Read a YAML run config (None: the defaults) and apply `key.path=value` overrides."""
     if path is None:
         return build({}, overrides)
@@ -550,7 +554,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         raise ConfigError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(p)) from None
     if not isinstance(data, dict):
         raise ConfigError([("(top level)", "a run config is a mapping of sections (model, lora, data, ...)")], str(p))
-    return build(data, overrides, source=str(p))
+    return build(data, overrides, source=str(p), check_paths=check_paths)
 
 
 def field_at(path: str):

@@ -164,6 +164,26 @@ class ModelFolderError(HubtuneError):
     or modelling code of its own that model.trust_remote_code does not allow to run."""
 
 
+class RemoteCodeRefusedError(ModelFolderError):
+    """model.trust_remote_code on a shared Space, where no code from a user's repo may run."""
+
+
+class SignInRequiredError(HubtuneError):
+    """An action of the app on a shared Space that needs a signed-in user."""
+
+
+class NotYoursError(HubtuneError):
+    """A run, upload or path on a shared Space that belongs to someone else, or to no one the user may act as."""
+
+
+class BudgetError(HubtuneError):
+    """An input over one of the app's limits (upload size, rows, line length, queued runs)."""
+
+
+class TemplateError(DataError):
+    """A chat template that fails, or runs past its time or output budget, when rendered."""
+
+
 class OutOfMemoryError(HubtuneError):
     """The accelerator ran out of memory; the message lists the settings that lower the need."""
 
@@ -279,7 +299,9 @@ def _oom(err: BaseException, context: dict) -> HubtuneError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if context.get("fix"):
         fixes = [context["fix"]]
-    elif (config := context.get("config")) is not None:
+    elif (config := context.get("config")) is not None and (found := _fit_search(config)):
+        fixes = [found]
+    elif config is not None:
         t, d, m = config.training, config.data, config.model
         effective = t.micro_batch_size * t.gradient_accumulation_steps
         fixes = [f"lower training.micro_batch_size (now {t.micro_batch_size}) and raise "
@@ -301,6 +323,22 @@ def _oom(err: BaseException, context: dict) -> HubtuneError:
     return OutOfMemoryError(f"out of accelerator memory ({first}). To fit: " + "; ".join(fixes) + ".")
 
 
+def _fit_search(config) -> str | None:
+    """The memory estimate's fit search for this run on this CUDA device (hubtune.memory.oom_advice); None
+    where it cannot say (no CUDA device, an architecture it does not know), and the settings to lower
+    are listed instead."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        from hubtune import memory
+
+        return memory.oom_advice(config, torch.cuda.get_device_properties(0).total_memory)
+    except Exception:  # advice never hides the error it explains
+        return None
+
+
 def _is_corrupt_weights(err: BaseException, context: dict) -> bool:
     return _instance(err, "safetensors._safetensors_rust", "SafetensorError") or (
         type(err).__name__ == "SafetensorError")
@@ -313,6 +351,22 @@ def _corrupt_weights(err: BaseException, context: dict) -> HubtuneError:
                             f"`hf cache scan` lists them).")
 
 
+def _is_unsafe_pickle(err: BaseException, context: dict) -> bool:
+    import pickle
+
+    return isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)
+
+
+def _unsafe_pickle(err: BaseException, context: dict) -> HubtuneError:
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = f" (it would build {found.group(1)})" if found else ""
+    return ModelFolderError(f"a pickled weights file was refused{what}: it holds objects beyond plain tensors, "
+                            f"which is how a pickle runs code when loaded. Use safetensors weights from a source you "
+                            f"trust; hubtune does not load such a file.")
+
+
 def _is_remote_code(err: BaseException, context: dict) -> bool:
     return isinstance(err, ValueError) and "trust_remote_code" in str(err)
 
@@ -322,6 +376,12 @@ def _remote_code(err: BaseException, context: dict) -> HubtuneError:
 
 
 def remote_code_message(model: str, detail: str = "") -> str:
+    import os
+
+    if os.environ.get("SPACE_ID"):
+        return (f"{model} needs modelling code of its own{detail}; a shared Space runs no code from model repos "
+                f"(its users' tokens and data live beside it). Train it with the CLI on your own machine, or pick a "
+                f"model that transformers supports natively.")
     return (f"{model} needs modelling code of its own{detail}, and model.trust_remote_code is off. Turning it on "
             f"runs that Python code on this machine with your permissions: read the repo's *.py files first, pin "
             f"model.revision to the commit you read, then set model.trust_remote_code: true.")
@@ -372,6 +432,7 @@ FOREIGN_ERRORS: tuple[Row, ...] = (
     ("httpx TransportError (no connection to the Hub)", _is_hub_unreachable, _hub_unreachable),
     ("JSONDecodeError / UnicodeDecodeError of a Hub answer", _is_garbled, _garbled),
     ("safetensors SafetensorError (damaged weights)", _is_corrupt_weights, _corrupt_weights),
+    ("pickle UnpicklingError from torch.load(weights_only=True)", _is_unsafe_pickle, _unsafe_pickle),
     ("ValueError asking for trust_remote_code", _is_remote_code, _remote_code),
     ("transformers: a model folder without config.json (OSError / ValueError)", _is_missing_model_file,
      _missing_model_file),

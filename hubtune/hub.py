@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from hubtune.errors import (
     HubServiceError,
     HubUnreachableError,
     ModelFolderError,
+    RemoteCodeRefusedError,
     RepoNotFoundError,
     RevisionNotFoundError,
     hub_timeout_setting,
@@ -68,10 +70,57 @@ def hub_url(repo_id: str, repo_type: str = "model") -> str:
     return f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}"
 
 
+# ---- whose token ---------------------------------------------------------------------------------------------
+# The CLI acts with the process's token (HF_TOKEN, `hf auth login`). The app serves many people: each of its
+# requests acts as its own user (`acting_as`), with that user's token or none, never the process's, and the
+# shared download cache is used only after the Hub has said that this token may read the repo.
+_acting: ContextVar[tuple[str | None] | None] = ContextVar("hubtune_acting_token", default=None)
+
+
+@contextmanager
+def acting_as(token: str | None):
+    """Every Hub call inside acts with `token` (None: a signed-out user, who sends no token at all)."""
+    reset = _acting.set((token or None,))
+    try:
+        yield
+    finally:
+        _acting.reset(reset)
+
+
+def acting() -> bool:
+    """Whether Hub calls act for a user of the app (see acting_as) rather than for this process."""
+    return _acting.get() is not None
+
+
+def token() -> str | bool | None:
+    """The `token=` to give huggingface_hub: the acting user's, False (send none) for a signed-out user,
+    or None (the process's own) outside the app."""
+    acting_token = _acting.get()
+    if acting_token is None:
+        return None
+    return acting_token[0] or False
+
+
 def has_token() -> bool:
     from huggingface_hub import get_token
 
-    return bool(get_token())
+    given = token()
+    return bool(given) if given is not None else bool(get_token())
+
+
+def require_access(repo_id: str, repo_type: str = "model", revision: str | None = None) -> None:
+    """For a user of the app: ask the Hub whether their token may read this repo's files (private and gated
+    repos) before any cached copy is used, since a download at a commit sha returns cached files without
+    asking. Outside the app, the Hub answers each download itself."""
+    from huggingface_hub import HfApi
+
+    if not acting():
+        return
+    with hub_errors(repo_id, repo_type, revision):
+        try:
+            call(HfApi(token=token()).auth_check, repo_id, repo_type=repo_type)
+        except HubServiceError as err:
+            raise _unreachable(repo_id, repo_type, revision, err) from None
 
 
 # ---- timeouts and retries ---------------------------------------------------------------------------------
@@ -199,15 +248,19 @@ def hub_errors(repo_id: str, repo_type: str = "model", revision: str | None = No
     try:
         yield
     except hf.GatedRepoError:
-        token = has_token()
-        fix = ("The token in use (HF_TOKEN or `hf auth login`) belongs to an account that has not been "
-               "granted access yet: accept the terms with that account, then retry."
-               if token else
-               "No Hugging Face token is set, so the Hub cannot tell that you accepted them: after accepting, "
-               "set one with `export HF_TOKEN=hf_...` or `hf auth login`.")
+        signed = has_token()
+        if acting():
+            fix = ("Your account has not been granted access yet: accept the terms with it, then retry." if signed
+                   else "Sign in with the account that accepted them, then retry.")
+        else:
+            fix = ("The token in use (HF_TOKEN or `hf auth login`) belongs to an account that has not been "
+                   "granted access yet: accept the terms with that account, then retry."
+                   if signed else
+                   "No Hugging Face token is set, so the Hub cannot tell that you accepted them: after accepting, "
+                   "set one with `export HF_TOKEN=hf_...` or `hf auth login`.")
         raise GatedRepoAccessError(
             f"{repo_id} is a gated {what}: its files are shared only with accounts that accepted its terms "
-            f"on {url}. {fix}", repo_id, repo_type, revision, has_token=token) from None
+            f"on {url}. {fix}", repo_id, repo_type, revision, has_token=signed) from None
     except hf.RevisionNotFoundError:
         raise RevisionNotFoundError(
             f"{what} {repo_id} has no revision {revision!r}: give an existing branch, tag or full commit sha "
@@ -216,7 +269,8 @@ def hub_errors(repo_id: str, repo_type: str = "model", revision: str | None = No
     except hf.RepositoryNotFoundError:
         from huggingface_hub import constants
 
-        hint = "" if has_token() else " If it is private, set a token that can read it (HF_TOKEN or `hf auth login`)."
+        hint = ("" if has_token() else " If it is private, sign in with an account that can read it." if acting()
+                else " If it is private, set a token that can read it (HF_TOKEN or `hf auth login`).")
         raise RepoNotFoundError(
             f"{what} {repo_id} was not found on {constants.ENDPOINT}: check the id (owner/name) and that it is "
             f"a {what} repo.{hint}", repo_id, repo_type, revision) from None
@@ -252,9 +306,12 @@ def _snapshot(repo_id: str, repo_type: str, revision: str | None, allow: list[st
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     with hub_errors(repo_id, repo_type, revision):
+        require_access(repo_id, repo_type, revision)
         try:
-            info = call(HfApi().repo_info, repo_id, repo_type=repo_type, revision=revision)
+            info = call(HfApi(token=token()).repo_info, repo_id, repo_type=repo_type, revision=revision)
         except (HubServiceError, *_network_errors()) as err:
+            if acting():  # the Hub could not say whether this user may read the cached files
+                raise _unreachable(repo_id, repo_type, revision, err) from None
             try:
                 path = snapshot_download(repo_id, repo_type=repo_type, revision=revision or "main",
                                          allow_patterns=allow, ignore_patterns=ignore, local_files_only=True)
@@ -263,14 +320,41 @@ def _snapshot(repo_id: str, repo_type: str, revision: str | None, allow: list[st
             return path, Path(path).name  # cache folders are named after their commit sha
         # The library retries file downloads itself; `call` only names the endpoint when they give up.
         path = call(snapshot_download, repo_id, repo_type=repo_type, revision=info.sha, allow_patterns=allow,
-                    ignore_patterns=ignore, retries=0)
+                    ignore_patterns=ignore, retries=0, token=token())
         return path, info.sha
+
+
+class RemoteCodeWarning(UserWarning):
+    """model.trust_remote_code is on: the repo's Python code runs with this user's permissions."""
+
+
+def on_shared_space() -> bool:
+    """A Hugging Face Space (SPACE_ID is set there): many people share this machine, its tokens and its disk."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def check_remote_code(trust_remote_code: bool, model: str) -> None:
+    """Refuse model.trust_remote_code on a shared Space (another user's repo code would run beside every
+    user's token and data); elsewhere allow it, with a warning."""
+    if not trust_remote_code:
+        return
+    if on_shared_space():
+        raise RemoteCodeRefusedError(
+            f"{model}: model.trust_remote_code is refused on a shared Space: code from a model repo would run "
+            f"beside every user's token and data. Set model.trust_remote_code: false (a model transformers "
+            f"supports natively), or train with the CLI on your own machine.")
+    import warnings
+
+    warnings.warn(f"{model}: model.trust_remote_code is on, so the repo's Python code runs on this machine with "
+                  f"your permissions; pin model.revision to the commit whose code you read", RemoteCodeWarning,
+                  stacklevel=3)
 
 
 def resolve_model(model: ModelSection) -> ResolvedModel:
     """The folder to load the base model from, pulled at the configured revision when it is a Hub id,
     and checked to hold what loading needs (see check_model_folder)."""
     ref = model.id
+    check_remote_code(model.trust_remote_code, ref)
     parsed = RepoRef.parse(ref)
     if parsed.is_local:
         check_model_folder(parsed.path, model)
@@ -305,6 +389,7 @@ def check_model_folder(folder: str | Path, model: ModelSection) -> None:
     except (ValueError, OSError) as err:
         raise ModelFolderError(f"{name}: {folder / 'config.json'} is not readable JSON ({err}); {whole}") from None
     _check_model_code(config, name, model.trust_remote_code)
+    check_sizes(config, f"{name}: {folder / 'config.json'}")
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise ModelFolderError(f"{name}: no *.safetensors weights in {folder} (found: {found}); hubtune loads only "
@@ -320,6 +405,21 @@ def check_model_folder(folder: str | Path, model: ModelSection) -> None:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelFolderError(f"{name}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}; found: "
                                f"{found}); copy the tokenizer files from the model's repo into the folder")
+
+
+SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+             "vocab_size", "head_dim")
+
+
+def check_sizes(config: dict, where: str) -> None:
+    """A config.json's sizes are positive whole numbers: 0 or -40 layers would divide by zero deep in a
+    model's code, or give a negative memory estimate."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    bad = [f"{k}: {text[k]!r}" for k in SIZE_KEYS
+           if text.get(k) is not None and (isinstance(text[k], bool) or not isinstance(text[k], int) or text[k] < 1)]
+    if bad:
+        raise ModelFolderError(f"{where}: {'; '.join(bad)}: each must be a positive whole number. The file is damaged "
+                               f"or hand-edited: restore it from the model's repo")
 
 
 def _check_model_code(config: dict, name: str, trust_remote_code: bool) -> None:
@@ -373,7 +473,7 @@ def repo_card(repo_id: str, repo_type: str = "model", revision: str | None = Non
 
     with hub_errors(repo_id, repo_type, revision):
         try:
-            info = call(HfApi().repo_info, repo_id, repo_type=repo_type, revision=revision)
+            info = call(HfApi(token=token()).repo_info, repo_id, repo_type=repo_type, revision=revision)
         except (HubServiceError, *_network_errors()) as err:
             try:
                 readme = hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=revision or "main",
@@ -394,7 +494,7 @@ def gated_access(repo_id: str, repo_type: str = "model") -> str | None:
     if not has_token():
         return "no token"
     try:
-        HfApi().auth_check(repo_id, repo_type=repo_type)
+        HfApi(token=token()).auth_check(repo_id, repo_type=repo_type)
     except hf.GatedRepoError:
         return "denied"
     except (hf.HfHubHTTPError, *_network_errors()):
@@ -439,7 +539,8 @@ def repo_texts(repo_id: str, repo_type: str = "model", revision: str | None = No
     out = RepoTexts(None, {}, [])
     try:  # the top level only: a dataset may hold many thousands of files below it
         with hub_errors(repo_id, repo_type, revision):
-            names = [e.path for e in call(lambda: list(HfApi().list_repo_tree(
+            require_access(repo_id, repo_type, revision)
+            names = [e.path for e in call(lambda: list(HfApi(token=token()).list_repo_tree(
                 repo_id, repo_type=repo_type, revision=revision, recursive=False))) if isinstance(e, RepoFile)]
     except (HubtuneError, hf.HfHubHTTPError) as err:
         out.unread.append(f"its file list: {err}")
@@ -451,7 +552,7 @@ def repo_texts(repo_id: str, repo_type: str = "model", revision: str | None = No
             continue
         try:
             with hub_errors(repo_id, repo_type, revision):
-                path = call(hf_hub_download, repo_id, name, repo_type=repo_type, revision=revision)
+                path = call(hf_hub_download, repo_id, name, repo_type=repo_type, revision=revision, token=token())
         except hf.EntryNotFoundError:
             out.unread.append(f"{name}: not in the repo (named by license_link)")
             continue

@@ -17,7 +17,6 @@ never in the command or the environment.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ from pathlib import Path
 from hubtune import __version__
 from hubtune import config as cfg
 from hubtune.errors import ConfigError, JobError
+from hubtune.gpus import CPU_TFLOPS, by_flavor
 from hubtune.refs import RepoRef
 
 # The Jobs image for `uv run` scripts: Python 3.12 with uv; torch's PyPI wheels bring their own CUDA.
@@ -35,10 +35,6 @@ DEFAULT_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 DEFAULT_INSTALL = f"hubtune=={__version__}"
 JOBS_DEFAULT_TIMEOUT = 30 * 60  # what the Hub gives a job that does not ask
 
-# Nominal dense bf16 (fp16 on T4) tensor throughput per accelerator in TFLOP/s, and GPUs per flavor, for the
-# run-time estimate. CPU flavors get a token figure: training there is for toy models.
-ACCELERATOR_TFLOPS = {"t4": 65, "l4": 121, "l40s": 362, "a10g": 70, "a100": 312, "h200": 989, "rtx-pro-6000": 500,
-                      "cpu": 0.2}
 MFU = {"lora": 0.35, "qlora": 0.25}  # share of the nominal figure fine-tuning reaches; 4-bit dequantizes each step
 SETUP_SECONDS = 10 * 60  # install hubtune and torch, download the base
 
@@ -242,8 +238,8 @@ def estimate_run(config: cfg.RunConfig, flavor: str) -> RunEstimate:
     tokens = plan.effective_batch_size * config.data.max_seq_len
     flops = (8 if t.gradient_checkpointing is True else 6) * params * tokens  # auto: off when memory allows
     method = "lora" if config.model.quantization == "none" else "qlora"
-    accelerator = next((a for a in sorted(ACCELERATOR_TFLOPS, key=len, reverse=True) if flavor.startswith(a)), "cpu")
-    per_second = ACCELERATOR_TFLOPS[accelerator] * 1e12 * max(gpus, 1) * MFU[method]
+    gpu = by_flavor(flavor)  # the nominal throughput of the flavor's GPU (hubtune.gpus)
+    per_second = (gpu.tflops if gpu else CPU_TFLOPS) * 1e12 * max(gpus, 1) * MFU[method]
     setup = SETUP_SECONDS + params * 2 / 100e6  # 16-bit weights at ~100 MB/s
     return RunEstimate(plan.total_steps, flops / per_second, setup, params, flavor)
 
@@ -308,10 +304,10 @@ def _rows_of(source: cfg.DataSource) -> int | None:
         return _sliced(source, rows) or None
     from huggingface_hub import HfApi
 
-    from hubtune.hub import hub_errors
+    from hubtune.hub import hub_errors, token
 
     with hub_errors(source.path, "dataset", source.revision):
-        info = HfApi().dataset_info(source.path, revision=source.revision)
+        info = HfApi(token=token()).dataset_info(source.path, revision=source.revision)
     card = info.card_data.to_dict() if info.card_data else {}
     infos = card.get("dataset_info") or []
     for entry in infos if isinstance(infos, list) else [infos]:
@@ -332,28 +328,10 @@ def _sliced(source: cfg.DataSource, rows: int) -> int:
 
 
 def _parameters(model: cfg.ModelSection) -> int:
-    """About how many parameters the base has, from its config.json (a dense decoder)."""
-    ref = RepoRef.parse(model.id)
-    if ref.is_local:
-        data = json.loads((ref.path / "config.json").read_text())
-    else:
-        from huggingface_hub import hf_hub_download
+    """The base's parameters, from its config.json alone (hubtune.memory's count)."""
+    from hubtune import memory
 
-        from hubtune.hub import hub_errors
-
-        with hub_errors(model.id, "model", model.revision):
-            data = json.loads(Path(hf_hub_download(model.id, "config.json", revision=model.revision)).read_text())
-    data = data.get("text_config", data)
-    h, layers = data["hidden_size"], data["num_hidden_layers"]
-    heads = data.get("num_attention_heads", 1)
-    kv = data.get("num_key_value_heads", heads)
-    head_dim = data.get("head_dim") or h // heads
-    inter = data.get("intermediate_size", 4 * h)
-    vocab = data.get("vocab_size", 32000)
-    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
-    mlp = 3 * h * inter
-    embeddings = vocab * h * (1 if data.get("tie_word_embeddings") else 2)
-    return layers * (attention + mlp) + embeddings
+    return memory.parameter_count(memory.read_config(model.id, model.revision)[0])
 
 
 # ---- following a job ----------------------------------------------------------------------------------------

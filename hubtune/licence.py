@@ -296,7 +296,8 @@ def _read_texts(found: RepoLicence, texts) -> None:
     for name, text in sorted(texts.files.items()):
         known = recognise(text)
         found.text_licences += [(k, name) for k in known]
-        if not known and not name.upper().startswith("NOTICE"):  # a NOTICE names, it does not grant
+        # A NOTICE names a licence and a use policy lists forbidden acts: neither grants or limits a use.
+        if not known and not name.upper().startswith(("NOTICE", "USE_POLICY")):
             found.clauses += decisive_clauses(text, name)
     if texts.readme:
         found.card = read_card(texts.readme, found.ref.rstrip("/").split("/")[-1])

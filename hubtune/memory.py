@@ -27,18 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from hubtune import gpus
 from hubtune.errors import HubtuneError
 
 GIB = 2**30
 GB = 10**9
 
-# Memory each GPU reports (nvidia-smi's total, in MiB; variants differ by a few MiB), and whether it
-# computes in bfloat16 (Ampere and newer) or falls back to float16.
-GPUS: dict[str, tuple[int, bool]] = {
-    "T4": (15_360, False), "L4": (23_034, True), "A10G": (23_028, True), "RTX 3090": (24_576, True),
-    "RTX 4090": (24_564, True), "A100 40GB": (40_960, True), "A100 80GB": (81_920, True),
-    "H100 80GB": (81_559, True), "H200": (143_771, True),
-}
+# Memory each GPU reports (MiB) and whether it computes in bfloat16, from the one GPU table.
+GPUS: dict[str, tuple[int, bool]] = {g.name: (g.memory_mib, g.bf16) for g in gpus.GPUS}
 
 # Bytes saved for the backward pass per token and decoder layer, as a*hidden + b*intermediate +
 # c*kv_dim, in bfloat16 autocast with SDPA attention and no LoRA dropout, plus, with dropout, its
@@ -176,13 +172,35 @@ def _download_config(repo_id: str, revision: str | None) -> str:
     from hubtune.errors import HubUnreachableError
     from hubtune.hub import hub_errors
 
+    from hubtune.hub import require_access, token
+
     with hub_errors(repo_id, "model", revision):
+        require_access(repo_id, "model", revision)
         try:
-            return hf_hub_download(repo_id, "config.json", revision=revision or "main")
+            return hf_hub_download(repo_id, "config.json", revision=revision or "main", token=token())
         except LocalEntryNotFoundError:
             raise HubUnreachableError(f"cannot reach the Hub and {repo_id}@{revision or 'main'}'s config.json is not "
                                       f"in the local cache; check the network (and HF_ENDPOINT), or pass a local "
                                       f"model folder", repo_id, "model", revision) from None
+
+
+def parameter_count(config: dict) -> int:
+    """The parameters a checkpoint of this config.json holds: counted from the architecture where the
+    estimate knows it, else from a build of the model on the meta device (shapes only, no memory)."""
+    try:
+        return architecture(config).parameters()["total"]
+    except UnknownArchitecture:
+        pass
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UnknownArchitecture(f"cannot build the model of this config.json to count its parameters "
+                                  f"({err})") from None
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def read_architecture(model: str, revision: str | None = None) -> Architecture:
@@ -192,6 +210,9 @@ def read_architecture(model: str, revision: str | None = None) -> Architecture:
 
 def architecture(config: dict, name: str = "config.json") -> Architecture:
     """The architecture of a config.json, with transformers' defaults for the keys it leaves out."""
+    from hubtune.hub import check_sizes
+
+    check_sizes(config, name)
     full = _with_defaults(config)
     text = full.get("text_config") or full
     model_type = text.get("model_type") or full.get("model_type")
@@ -625,6 +646,23 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
     return (f"estimated peak memory {total / GB:.1f} GB ({settings.describe()}) exceeds this GPU's "
             f"{device_bytes / GB:.1f} GB and will likely run out of memory{fix}. "
             f"See `hubtune estimate {config.model.id}` for the breakdown")
+
+
+def oom_advice(config, device_bytes: int) -> str | None:
+    """After running out of memory: the nearest settings the fit search finds that need at least a fifth
+    less than this run was estimated to need (the run has shown it needs more than the estimate), within
+    the device. None for an architecture the estimate does not know, or when no change is enough."""
+    try:
+        arch = read_architecture(config.model.id, config.model.revision)
+    except HubtuneError:
+        return None
+    settings = Settings.from_run_config(config)
+    if config.training.gradient_checkpointing == "auto":
+        settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, config.model.id, "cuda",
+                                                                                 device_bytes))
+    target = min(device_bytes, int(0.8 * estimate(arch, settings).total))
+    tip = suggest(arch, settings, target)
+    return f"{tip.change} (estimated {tip.total / GB:.1f} GB)" if tip else None
 
 
 # ---- the field guide's table ------------------------------------------------------------------------

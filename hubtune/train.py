@@ -61,7 +61,31 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
     run = RunFolder.open(run_dir)
     if run.summary is not None:
         return run
+    check_resumable(run, run.config)
     return _run(run, run.config, True, callbacks, display)
+
+
+def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
+    """A checkpoint continues only with the adapter shape it was saved with: a lora.r or lora.alpha edited
+    in config.yaml since is a ConfigError naming both values, before any weight is loaded."""
+    import json
+
+    saved = sorted(run.checkpoints.glob("checkpoint-*/adapter_config.json"),
+                   key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit()
+                   else -1)
+    if not saved:
+        return
+    try:
+        adapter = json.loads(saved[-1].read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # a damaged checkpoint is set aside by last_checkpoint, with its own warning
+    problems = [(f"lora.{name}", f"{now} here, but {saved[-1].parent.name} was saved with {was}; a run continues "
+                                 f"with the adapter it was saved with: set it back to {was}, or start a new run")
+                for name, now, was in (("r", config.lora.r, adapter.get("r")),
+                                       ("alpha", config.lora.alpha, adapter.get("lora_alpha")))
+                if was is not None and now != was]
+    if problems:
+        raise ConfigError(problems, str(run.path / RunFolder.CONFIG))
 
 
 def resume_from_hub(repo_id: str, run_dir: str | Path | None = None,
@@ -658,7 +682,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
         base_model=base.repo_id or config.model.id,
         base_revision=base.revision_sha,
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
-                                revision_sha=read.get(s.path, {}).get("revision_sha"))
+                                revision_sha=read.get(s.path, {}).get("revision_sha"), sha256=_file_sha256(s.path))
                   for s in config.data.sources],
         method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
@@ -724,3 +748,12 @@ def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"
+
+
+def _file_sha256(path: str) -> str | None:
+    """The content hash of a local data file (None for a Hub dataset, a built-in asset or a folder)."""
+    from hubtune.data.output import file_sha256
+    from hubtune.refs import RepoRef
+
+    ref = RepoRef.parse(path)
+    return file_sha256(ref.path) if ref.kind == "local" and ref.path.is_file() else None

@@ -17,6 +17,7 @@ class ScriptedJudge:
     def __init__(self, script):
         self.script = script
         self.requests: list[list[dict]] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header
         self.failures_left = 0
         self.failure_status = 503
         self.delay = 0.0
@@ -62,6 +63,7 @@ class ScriptedJudge:
                     return self._send(404, b'{"error": "not found"}')
                 with judge.lock:
                     judge.requests.append(body["messages"])
+                    judge.authorizations.append(self.headers.get("Authorization"))
                     failing = judge.failures_left > 0
                     if failing:
                         judge.failures_left -= 1

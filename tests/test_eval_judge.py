@@ -251,3 +251,16 @@ def test_a_judge_folder_that_does_not_exist_is_an_error_before_any_generation(ma
     with pytest.raises(EvalError, match="no such model folder"):
         evaluate(run, judge="./no-such-judge", log=no_model_loading)
     assert not (run / "eval_cache").exists()  # nothing was generated
+
+
+def test_a_base_url_judge_gets_its_own_key_never_the_hub_token(monkeypatch):
+    echo = ScriptedJudge(lambda messages: "ok").start()
+    try:
+        monkeypatch.setenv("HF_TOKEN", "hf_the_users_hub_token_0000000000")
+        monkeypatch.delenv("HUBTUNE_JUDGE_API_KEY", raising=False)
+        fast_judge(echo.url).complete([{"role": "user", "content": "hi"}])
+        monkeypatch.setenv("HUBTUNE_JUDGE_API_KEY", "judge-key-1")
+        fast_judge(echo.url).complete([{"role": "user", "content": "hi"}])
+    finally:
+        echo.stop()
+    assert echo.authorizations == ["Bearer EMPTY", "Bearer judge-key-1"]

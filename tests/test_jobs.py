@@ -186,8 +186,9 @@ def test_what_a_job_cannot_reach_or_run_is_refused(hub, hub_token, tmp_path, cap
 
 
 # ---- the timeout ---------------------------------------------------------------------------------------------
-LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
-            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 128256,
             "tie_word_embeddings": False}
 
 

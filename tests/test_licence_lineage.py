@@ -227,6 +227,11 @@ def test_licence_is_recognised_by_its_clauses_not_its_file_name(hub):
     hub.seed("acme/misnamed", {"README.md": readme(), "LICENSE-LLAMA": "All rights reserved.\n"})
     misnamed = licence.check("acme/misnamed", use="personal")
     assert misnamed.findings[0].repo.text_licences == [] and misnamed.findings[0].needs_acknowledgement
+    # A use policy lists forbidden acts and a NOTICE names licences: neither is read for decisive clauses.
+    hub.seed("acme/policied", {"README.md": readme(license="apache-2.0"),
+                               "USE_POLICY.md": "Do not use it for research only purposes of harm.\n",
+                               "NOTICE": "Parts are licensed for non-commercial use elsewhere.\n"})
+    assert licence.check("acme/policied", use="commercial").verdict == "allow"
 
 
 def test_license_link_inside_the_repo_is_read_at_the_pinned_revision(hub):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hubtune import config as cfg
 from hubtune import memory
 from hubtune.memory import GIB, Settings, architecture, estimate, reference_config
 
@@ -241,3 +242,19 @@ def test_the_readme_section_runs_and_shows_the_real_output(hubtune):
                             cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "7.98 GiB True"
+
+
+def test_out_of_memory_advice_comes_from_the_fit_search(tmp_path):
+    """What a run that ran out of memory is told: the nearest settings the estimate gives at least a fifth
+    less than this run's estimate, on this device."""
+    folder = tmp_path / "Llama-3.1-8B"
+    folder.mkdir()
+    (folder / "config.json").write_text(reference_config("Llama-3.1-8B").read_text())
+    config = cfg.build({"model": {"id": str(folder), "quantization": "none"}, "data": {"max_seq_len": 4096},
+                        "training": {"micro_batch_size": 8, "gradient_checkpointing": False}})
+    advice = memory.oom_advice(config, 24 * GIB)
+    assert advice and ("gradient checkpointing" in advice or "micro-batch" in advice), advice
+    before = estimate(arch("Llama-3.1-8B"), Settings.from_run_config(config)).total
+    after = float(advice.rsplit("estimated ", 1)[1].split(" GB")[0]) * 1e9
+    assert after <= min(24 * GIB, 0.8 * before)
+    assert memory.oom_advice(cfg.build({"model": {"id": str(tmp_path)}}), 24 * GIB) is None  # no config.json

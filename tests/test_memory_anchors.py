@@ -8,14 +8,13 @@ loss is computed (TRL's fused head, or the whole vocabulary in float32 as plain 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
 
 from hubtune import memory
 from hubtune.memory import GB, GIB, Settings, architecture, estimate, reference_config
-
-import json
 
 LLAMA_2_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
               "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
@@ -51,10 +50,12 @@ LITGPT = Settings(method="lora", seq_len=1304, micro_batch=1, lora_r=8, lora_dro
 LITGPT_TABLE = "Lightning-AI/litgpt tutorials/resource-tables.md @4839345a97a0a90bc5f2361664b04d665c9a0e89"
 
 ANCHORS = {
-    "peft lora r32 q,v": Anchor(f"{PEFT_RESULTS}lora--llama-3.2-3B-rank32.json @0a179c1e8659ab4f7df0369b9b03943cfe470ff1",
-                                "Llama-3.2-3B", Settings(**{**PEFT.__dict__, "lora_r": 32}), 22_273_851_392 / GB, GB),
-    "peft lora r64 q,v": Anchor(f"{PEFT_RESULTS}lora--llama-3.2-3B-rank64.json @18e07f189c06cbc6472e4e3ec180358319de8175",
-                                "Llama-3.2-3B", Settings(**{**PEFT.__dict__, "lora_r": 64}), 22_540_189_696 / GB, GB),
+    "peft lora r32 q,v": Anchor(
+        f"{PEFT_RESULTS}lora--llama-3.2-3B-rank32.json @0a179c1e8659ab4f7df0369b9b03943cfe470ff1",
+        "Llama-3.2-3B", Settings(**{**PEFT.__dict__, "lora_r": 32}), 22_273_851_392 / GB, GB),
+    "peft lora r64 q,v": Anchor(
+        f"{PEFT_RESULTS}lora--llama-3.2-3B-rank64.json @18e07f189c06cbc6472e4e3ec180358319de8175",
+        "Llama-3.2-3B", Settings(**{**PEFT.__dict__, "lora_r": 64}), 22_540_189_696 / GB, GB),
     "peft lora r10 mlp": Anchor(
         f"{PEFT_RESULTS}lora--llama-3.2-3B-rank10-target-mlp.json @1948110ce61086030772abf36aa9396c5c3e6739",
         "Llama-3.2-3B", Settings(**{**PEFT.__dict__, "lora_r": 10,
@@ -63,11 +64,12 @@ ANCHORS = {
         f"{PEFT_RESULTS}full-finetuning--llama-3.2-3B-lr_0.00001.json @0a179c1e8659ab4f7df0369b9b03943cfe470ff1",
         "Llama-3.2-3B", Settings(**{**PEFT.__dict__, "method": "full"}), 37_241_225_216 / GB, GB),
     "litgpt 7B lora, micro-batch 1": Anchor(LITGPT_TABLE, "Llama-2-7b", LITGPT, 21.30, GB),
-    "litgpt 7B lora, micro-batch 2": Anchor(LITGPT_TABLE, "Llama-2-7b", Settings(**{**LITGPT.__dict__, "micro_batch": 2}),
-                                            29.07, GB),
+    "litgpt 7B lora, micro-batch 2": Anchor(LITGPT_TABLE, "Llama-2-7b",
+                                            Settings(**{**LITGPT.__dict__, "micro_batch": 2}), 29.07, GB),
     "litgpt 7B nf4": Anchor(LITGPT_TABLE, "Llama-2-7b",
                             Settings(**{**LITGPT.__dict__, "method": "qlora", "double_quant": False}), 14.14, GB),
-    "litgpt 7B nf4-dq": Anchor(LITGPT_TABLE, "Llama-2-7b", Settings(**{**LITGPT.__dict__, "method": "qlora"}), 13.84, GB),
+    "litgpt 7B nf4-dq": Anchor(LITGPT_TABLE, "Llama-2-7b", Settings(**{**LITGPT.__dict__, "method": "qlora"}),
+                               13.84, GB),
     "litgpt 13B lora": Anchor(LITGPT_TABLE, "Llama-2-13b-hf", LITGPT, 38.12, GB),
     "litgpt 13B nf4": Anchor(LITGPT_TABLE, "Llama-2-13b-hf",
                              Settings(**{**LITGPT.__dict__, "method": "qlora", "double_quant": False}), 23.14, GB),
@@ -84,12 +86,14 @@ ANCHORS = {
 def test_the_estimate_lands_within_a_quarter_of_the_published_peak(name):
     anchor = ANCHORS[name]
     got = estimate(anchor.architecture(), anchor.settings).total / anchor.unit
-    assert abs(got - anchor.figure) <= 0.25 * anchor.figure, f"{name}: {got:.2f} against {anchor.figure:.2f} ({anchor.source})"
+    assert abs(got - anchor.figure) <= 0.25 * anchor.figure, (
+        f"{name}: {got:.2f} against {anchor.figure:.2f} ({anchor.source})")
 
 
 def test_there_are_a_dozen_anchors_from_several_stacks():
     assert len(ANCHORS) >= 12
-    assert {a.source.split()[0] for a in ANCHORS.values()} >= {"huggingface/peft", "Lightning-AI/litgpt", "pytorch/torchtune"}
+    stacks = {a.source.split()[0] for a in ANCHORS.values()}
+    assert stacks >= {"huggingface/peft", "Lightning-AI/litgpt", "pytorch/torchtune"}
 
 
 def test_full_fine_tuning_holds_the_larger_of_gradients_and_activations():

@@ -52,5 +52,5 @@ def test_space_page_logs_in_with_hugging_face_and_keeps_runs_private(space_app):
     assert table["data"] == [] and "No runs yet" in note  # bob's run is not shown to a signed-out visitor
     message = client.predict("model:\n  id: hubtune:tiny-llama\n", "", api_name="/start")
     assert "Sign in with Hugging Face to start a run" in message
-    with pytest.raises(AppError, match="belongs to another user"):
+    with pytest.raises(AppError, match="Sign in with Hugging Face"):
         client.predict(str(space_app.root / "bobs-run"), "hello", api_name="/chat")

@@ -33,11 +33,16 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
     """The tokenizer of a base model (Hub id, local folder or hubtune:<asset>), for token lengths."""
     from transformers import AutoTokenizer
 
-    from hubtune.refs import resolve_builtin
+    from hubtune import hub
     from hubtune.errors import DataError
+    from hubtune.refs import RepoRef, resolve_builtin
 
+    hub.check_remote_code(trust_remote_code, model_id)
+    if RepoRef.parse(model_id).is_hub:
+        with hub.hub_errors(model_id, "model", revision):
+            hub.require_access(model_id, "model", revision)
     try:
-        return AutoTokenizer.from_pretrained(resolve_builtin(model_id), revision=revision,
+        return AutoTokenizer.from_pretrained(resolve_builtin(model_id), revision=revision, token=hub.token(),
                                              trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot load the tokenizer of {model_id} ({err}); token lengths are measured with the "

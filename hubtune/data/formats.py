@@ -103,9 +103,18 @@ def detect_format(row: dict) -> str | None:
     return None
 
 
+def column_list(names, shown: int = 20, width: int = 40) -> str:
+    """Column names for a message: the first `shown`, each cut to `width` characters, and how many in all
+    (a file with a million columns still gives a message one can read)."""
+    names = list(names)
+    cut = [n if len(n) <= width else n[:width] + "…" for n in map(str, names[:shown])]
+    more = f", … ({len(names):,} columns in all)" if len(names) > shown else ""
+    return ", ".join(cut) + more
+
+
 def resolve_format(first_row: dict, wanted: str, columns: dict[str, str], source: str) -> str:
     """The format of a source from its first row; a DataError lists what was found and expected."""
-    found = ", ".join(map(str, first_row)) or "(none)"
+    found = column_list(first_row) or "(none)"
     mapped = map_columns(first_row, columns)
     mapping_hint = ("map your columns with data.columns, e.g. {output: answer} "
                     "(CLI: --column output=answer)")
@@ -127,7 +136,7 @@ def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
     """One row in the given format -> Example; raises BadRow."""
     missing = [c for c in REQUIRED[fmt] if row.get(c) is None]
     if missing:
-        columns = ", ".join(map(str, row)) or "none"
+        columns = column_list(row) or "none"
         raise BadRow(f"no value for {', '.join(missing)} (format {fmt}; columns here: {columns})")
     task = _optional_text(row.get(task_column), task_column) or None
     if fmt == "text":

@@ -55,11 +55,11 @@ def check_outputs(out: str | Path, data: DataSection, force: bool = False) -> Pr
 def written_by_hubtune(path: Path, record: Path) -> bool:
     """True when `record` (FILE.sha256) lists `path` with the content it has now."""
     written = _record_of(record)
-    return written is not None and written.get(path.name) == _sha256(path)
+    return written is not None and written.get(path.name) == file_sha256(path)
 
 
 def write_record(paths: PreparedPaths) -> None:
-    lines = [f"{_sha256(p)}  {p.name}\n" for p in (paths.train, paths.eval) if p.is_file()]
+    lines = [f"{file_sha256(p)}  {p.name}\n" for p in (paths.train, paths.eval) if p.is_file()]
     paths.record.write_text("".join(lines))
 
 
@@ -96,7 +96,7 @@ def _writable(folder: Path) -> None:
                               f"can write to") from None
 
 
-def _sha256(path: Path) -> str | None:
+def file_sha256(path: Path) -> str | None:
     if not path.is_file():
         return None
     digest = hashlib.sha256()

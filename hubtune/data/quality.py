@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from hubtune.data.budget import check_renders
 from hubtune.data.formats import Example
 from hubtune.errors import DataError, OutOfMemoryError, translate
 
@@ -30,10 +31,14 @@ def token_lengths(examples: Sequence[Example], tokenizer, chat=None) -> tuple[np
         chunk = examples[start:start + BATCH]
         answers = count([ex.response for ex in chunk], False)
         if chunk[0].text is None:
-            if chat is not None:
+            conversations = [ex.prompt + ex.completion for ex in chunk]
+            name = getattr(tokenizer, "name_or_path", "") or "the base model"
+            if chat is not None:  # as the family renders them (a system prompt folded, thinking, tools)
+                check_renders(tokenizer, [chat.messages(c) for c in conversations], name)
                 rendered = ["".join(chat.render(ex.prompt, ex.completion, ex.tools)) for ex in chunk]
             else:
-                rendered = tokenizer.apply_chat_template([ex.prompt + ex.completion for ex in chunk], tokenize=False)
+                check_renders(tokenizer, conversations, name)
+                rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
             total += count(rendered, False)
         else:
             total += [n + 1 for n in count([ex.response for ex in chunk], True)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubtune.config import DataSource
+from hubtune.data.formats import column_list
 from hubtune.errors import DataError
 from hubtune.refs import RepoRef
 
@@ -150,7 +151,17 @@ def _card_split(root: Path, source: DataSource, configs: list[dict]) -> list[Pat
         raise DataError(f"{source.path} (config {wanted!r}): no split {source.split_name!r}; "
                         f"available: {splits} (set the source's `split`)")
     globs = entry["path"] if isinstance(entry["path"], list) else [entry["path"]]
-    return sorted({p for g in globs for p in root.glob(g) if p.is_file()})
+    return sorted({p for g in globs for p in root.glob(_inside(g, root, source)) if p.is_file()})
+
+
+def _inside(pattern, root: Path, source: DataSource) -> str:
+    """A card's data_files pattern, which must stay inside the dataset's folder: relative, without `..`."""
+    parts = Path(str(pattern)).parts
+    if not isinstance(pattern, str) or not pattern or Path(pattern).is_absolute() or ".." in parts:
+        raise DataError(f"{source.path}: the card's data_files pattern {pattern!r} points outside the dataset "
+                        f"({root.name}); a pattern is a path relative to the dataset's root, such as "
+                        f"data/train-*.parquet")
+    return pattern
 
 
 def _split_of(rel: Path) -> str | None:
@@ -206,10 +217,32 @@ def _iter_file(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator
     raise DataError(f"{path}: cannot read {path.suffix or 'files without a suffix'}; use one of {', '.join(SUFFIXES)}")
 
 
+def max_line_chars() -> int:
+    """The longest JSON line read (HUBTUNE_MAX_LINE_MB, default 64): a longer one is an error, not a MemoryError."""
+    import os
+
+    try:
+        return int(float(os.environ.get("HUBTUNE_MAX_LINE_MB") or 64) * 2**20)
+    except ValueError:
+        return 64 * 2**20
+
+
+def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
+    """(number, line) of a text file, each line read up to the limit and no further."""
+    limit = max_line_chars()
+    n = 0
+    while line := f.readline(limit + 1):
+        n += 1
+        if len(line) > limit and not line.endswith("\n"):
+            raise DataError(f"{path}, line {n}: longer than {limit / 2**20:,.0f} MB (HUBTUNE_MAX_LINE_MB); a row this "
+                            f"long is rarely data: check that the file is JSON lines, one row per line")
+        yield n, line
+
+
 def iter_json_lines(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:
     where = f"{path}, line"
     with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
+        for n, line in _lines(f, path):
             if not line.strip():
                 continue
             try:
@@ -260,7 +293,7 @@ def iter_csv(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[R
                 # Cells shifted by a comma inside an unquoted value: no column can be trusted.
                 _bad(bad_rows, f"{where} {number}",
                      f"{len(header) + len(row[EXTRA_CELLS])} cells for the {len(header)} columns of the header "
-                     f"({', '.join(header)}): a value holding a comma must be in double quotes", skip_bad_rows)
+                     f"({column_list(header)}): a value holding a comma must be in double quotes", skip_bad_rows)
                 continue
             yield row, where, number
 

@@ -5,6 +5,7 @@ learns to stop."""
 
 from __future__ import annotations
 
+from hubtune.data.budget import check_renders
 from hubtune.data.chat import ChatFormat
 from hubtune.errors import DataError
 from hubtune.families import family_of
@@ -56,9 +57,12 @@ def chat_format(tokenizer, choice: str = "auto", model_config=None, generation_c
         raise DataError(f"the tokenizer of {name} has no EOS token, so a tuned model could not learn to stop; "
                         f"set eos_token in its tokenizer_config.json")
     chat = ChatFormat(tokenizer, family, generation_config, thinking, name)
-    if family is None and not _takes_system(tokenizer):
+    if family is None and not _takes_system(tokenizer, name):
         # A template that refuses a system message (as Gemma's do) gets it in the first user turn.
         chat.fold_system = "first_user"
+    # In the budgeted sandbox first: a template that hangs or floods stops here, with its fix.
+    check_renders(tokenizer, [chat.messages(PROBE)], name)
+    check_renders(tokenizer, [chat.messages(PROBE[:2])], name, add_generation_prompt=True)
     chat.tokenize(PROBE[:2], PROBE[2:], origin="a probe conversation")
     report = {"template": source, "eos_token": tokenizer.eos_token,
               "family": family.name if family else None,
@@ -74,13 +78,13 @@ def chat_format(tokenizer, choice: str = "auto", model_config=None, generation_c
     return chat, report
 
 
-def _takes_system(tokenizer) -> bool:
+def _takes_system(tokenizer, name: str) -> bool:
+    """Whether the template renders a system turn (in the budgeted sandbox); a refusal that names the
+    system role (Gemma's "System role not supported") means no, any other failure is the template's."""
     try:
-        tokenizer.apply_chat_template(PROBE, tokenize=False)
+        check_renders(tokenizer, [PROBE], name)
         return True
-    except Exception as err:  # a template that cannot render a system turn says so in its own words
+    except DataError as err:
         if "system" in str(err).lower():
             return False
-        raise DataError(f"the chat template of {getattr(tokenizer, 'name_or_path', '')} does not render a "
-                        f"system/user/assistant conversation ({type(err).__name__}: {err}); use hubtune's with "
-                        f"data.chat_template: default") from None
+        raise

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from hubtune.config import EvalSection, ModelSection
+from hubtune.data.budget import check_renders
 from hubtune.errors import EvalError
 
 
@@ -46,6 +47,7 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     if not (run.adapter / "adapter_config.json").is_file():
         raise EvalError(f"{run.adapter} holds no adapter_config.json; finish the run with "
                         f"`hubtune train --resume {run.path}`")
+    run.check_adapter_weights()
     base = load_base(run.config.model, quantization)
     fit_vocabulary(base, run.adapter)
     model = PeftModel.from_pretrained(base, str(run.adapter))
@@ -95,9 +97,12 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     max_new_tokens = max_new_tokens or EvalSection.model_fields["max_new_tokens"].default
     batch_size = batch_size or EvalSection.model_fields["batch_size"].default
     if chat is not None:  # a prompt may come with the tools it can call: {"messages": [...], "tools": "[...]"}
+        check_renders(tokenizer, [chat.messages(p["messages"] if isinstance(p, dict) else p) for p in prompts],
+                      _name(tokenizer), add_generation_prompt=True)
         texts = [chat.generation_prompt(p["messages"], thinking, p.get("tools")) if isinstance(p, dict)
                  else chat.generation_prompt(p, thinking) for p in prompts]
     else:
+        check_renders(tokenizer, prompts, _name(tokenizer), add_generation_prompt=True)
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     stop = chat.stop_ids if chat is not None else tokenizer.eos_token_id
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
@@ -131,6 +136,7 @@ def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 
 
     from transformers import TextIteratorStreamer
 
+    check_renders(tokenizer, [messages], _name(tokenizer), add_generation_prompt=True)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -144,3 +150,7 @@ def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 
         answer += piece
         yield answer
     worker.join()
+
+
+def _name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or "the model"

@@ -12,6 +12,7 @@ the result says how many items were judged. Replies are cached in the run folder
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from hubtune.evaluation.cache import AnswerCache, key_of
 from hubtune.evaluation.intervals import bootstrap_mean, wilson
 from hubtune.evaluation.scoring import evals_dir
 
+JUDGE_KEY_VARIABLE = "HUBTUNE_JUDGE_API_KEY"  # the key of a base-URL judge; the Hub token never goes there
+NO_KEY = "EMPTY"  # what OpenAI-compatible servers started without a key are sent by convention (vLLM's docs)
 CRITERIA = ("helpfulness", "accuracy", "format")
 _SCORE = {c: re.compile(rf"\b{c}(?:\s+adherence)?\**\s*[:=]\s*\**\s*\[*\s*([1-5])(?![\d.])", re.IGNORECASE)
           for c in CRITERIA}
@@ -80,7 +83,7 @@ class Judge:
     """A chat endpoint that answers judge prompts, retried with exponential backoff."""
 
     def __init__(self, spec: str, *, model: str | None = None, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 2.0, max_tokens: int = 512):
+                 backoff: float = 2.0, max_tokens: int = 512, api_key: str | None = None):
         self.spec = spec
         self.model = model
         self.retries = retries
@@ -91,7 +94,9 @@ class Judge:
         if spec.startswith(("http://", "https://")):
             from huggingface_hub import InferenceClient
 
-            self._client = InferenceClient(base_url=spec, timeout=timeout)
+            # Its own key only: without one, InferenceClient would send the Hub token to this host.
+            key = api_key if api_key is not None else os.environ.get(JUDGE_KEY_VARIABLE)
+            self._client = InferenceClient(base_url=spec, timeout=timeout, api_key=key or NO_KEY)
         elif Path(spec).expanduser().is_dir():
             self._client = None
         elif spec.startswith((".", "/", "~")):
@@ -100,7 +105,11 @@ class Judge:
         else:
             from huggingface_hub import InferenceClient
 
-            self._client = InferenceClient(model=spec, timeout=timeout)
+            from hubtune.hub import token
+
+            # A Hub model id is served by the Hub's Inference Providers: the Hub token is its key. Judges run
+            # in `hubtune eval`, whose environment holds only its own user's token.
+            self._client = InferenceClient(model=spec, timeout=timeout, token=token() or None)
 
     def _send(self, messages: list[dict]) -> str:
         if self._client is None:

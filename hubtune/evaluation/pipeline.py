@@ -60,7 +60,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
     tree = folder.config.model_dump(mode="json")
     updates = {"tasks": tasks, "judge": judge, "judge_model": judge_model, "limit": limit}
     tree["eval"].update({k: v for k, v in updates.items() if v is not None})
-    config = cfg.build(tree, overrides, source=str(run / RunFolder.CONFIG))
+    config = cfg.build(tree, overrides, source=str(run / RunFolder.CONFIG), check_paths=False)
     ev = config.eval
     # A malformed judge is a setting to fix before any generation, not a partial result after.
     judge_client = Judge(ev.judge, model=ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,

@@ -949,11 +949,11 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         raise HubtuneError("cannot write this run config as an Axolotl config:\n" + "\n".join(lines))
 
     # What Axolotl has no key for rides along under `hubtune:`, so that reading the file back is exact.
-    back = cfg.build(from_axolotl(out).tree).model_dump(mode="json")
+    back = cfg.build(from_axolotl(out).tree, check_paths=False).model_dump(mode="json")
     extra = _difference(config.model_dump(mode="json"), back)
     if extra:
         out[HUBTUNE_BLOCK] = extra
-    if cfg.build(from_axolotl(out).tree) != config:
+    if cfg.build(from_axolotl(out).tree, check_paths=False) != config:
         raise HubtuneError("the Axolotl config would not read back as the same run config; please report this")
     return out
 
@@ -1066,7 +1066,7 @@ def export(run_or_config: str | Path) -> dict:
     config_file = path / "config.yaml" if path.is_dir() else path
     if not config_file.is_file():
         raise HubtuneError(f"{path} is neither a run folder (with config.yaml) nor a run config file")
-    config = cfg.load(config_file)
+    config = cfg.load(config_file, check_paths=not path.is_dir())  # a run's record: its data may have moved
     report = path / "data_report.json" if path.is_dir() else None
     formats = None
     if report is not None and report.is_file():

@@ -36,8 +36,9 @@ def repo_quantization_config(ref: str, revision: str | None = None) -> dict | No
     from huggingface_hub.errors import EntryNotFoundError
 
     with hub.hub_errors(ref, "model", revision):
+        hub.require_access(ref, "model", revision)
         try:
-            path = hf_hub_download(ref, "config.json", revision=revision)
+            path = hf_hub_download(ref, "config.json", revision=revision, token=hub.token())
         except EntryNotFoundError:
             return None
     return quantization_config(Path(path).parent)

@@ -10,10 +10,10 @@ def build_app(root=None, runner=None):
     return build(root, runner)
 
 
-def launch(root=None, **kwargs) -> None:
+def launch(root=None, share_token_with_visitors: bool = False, **kwargs) -> None:
     from hubtune.ui.app import launch as serve
 
-    serve(root, **kwargs)
+    serve(root, share_token_with_visitors=share_token_with_visitors, **kwargs)
 
 
 __all__ = ["build_app", "launch"]

@@ -12,9 +12,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from hubtune.runs import RunFolder
+from hubtune.errors import HubtuneError
+from hubtune.runs import RunFolder, list_runs
+from hubtune.ui import access, hosting, views
 from hubtune.ui import handlers as h
-from hubtune.ui import hosting, views
 from hubtune.ui.jobs import JobRunner
 
 POLL_SECONDS = 2.0
@@ -53,20 +54,19 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     runner = runner or JobRunner(root, shared=space).start()
     observer = views.Observer()
     models = h.ModelCache()
+    gate = access.Gate(root, shared=space)
 
     def runs_for(session: h.Session) -> list[RunFolder]:
-        return views.visible_runs(root, session.user, shared=space)
+        return [r for r in list_runs(root) if gate.owns(r, session.user)]
 
     def mine(path: str | None, session: h.Session) -> str | None:
-        """A run path this session may act on: under the runs root and, on a shared Space, its own."""
+        """A run path this session may act on (access.Gate.run), or the page's error."""
         if not path:
             return None
-        run = Path(path).resolve()
-        if run.parent != root or not (run / RunFolder.CONFIG).is_file():
-            raise gr.Error(f"{Path(path).name} is not a run under {root}")
-        if space and RunFolder(run).owner != session.user:
-            raise gr.Error(f"{run.name} belongs to another user; sign in as its owner")
-        return str(run)
+        try:
+            return str(gate.run(path, session))
+        except HubtuneError as err:
+            raise gr.Error(str(err)) from None
 
     def finished_choices(session: h.Session) -> list[tuple[str, str]]:
         return views.run_choices([r for r in runs_for(session) if r.summary is not None])
@@ -77,23 +77,45 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         return session, message
 
     def space_sign_in(oauth_token: gr.OAuthToken | None):
-        return h.sign_in(oauth_token.token if oauth_token else None)
+        session, message = h.sign_in(oauth_token.token if oauth_token else None)
+        if released := runner.release(session.user, session.token):
+            message += f" {released} of your queued runs, held since the Space restarted, take their turn again."
+        return session, message
 
     def check_data(model, dataset, upload, fmt, columns, use, session):
-        out = h.inspect_data(model, dataset, upload, fmt, columns, use, session, root)
+        with session.hub():
+            out = h.inspect_data(model, dataset, upload, fmt, columns, use, session, root, gate)
         return (out["format"], _frame(out["rows"], list(out["rows"][0]) if out["rows"] else ["(no rows)"]),
                 out["licence"], out["access"], out["report"],
                 _frame(out["histogram"], ["tokens", "examples"]),
                 _frame(out["pairs"], ["similarity", "kept", "removed"]), out["source"] or dataset)
 
-    def compose(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns):
-        return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns)
+    def compose(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns, session):
+        try:
+            gate.check_model(model)
+            gate.check_source(dataset, session)
+        except HubtuneError as err:
+            return "", h.problem(err)
+        with session.hub():
+            return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns)
+
+    def try_prompting(model, source, fmt, columns, use, limit, session):
+        try:
+            gate.require_user(session, "score the base model")
+            gate.check_model(model)
+            gate.check_source(source, session)
+        except HubtuneError as err:
+            return h.problem(err)
+        with session.hub():
+            return h.try_prompting(model, source, fmt, columns, use, limit)
 
     def start(config_text, push_to, session):
-        if space and not session.user:
-            return None, "Sign in with Hugging Face to start a run: on a shared Space each run belongs to its owner."
-        path, message = h.start_training(config_text, push_to, session, runner, root)
-        return path, message
+        try:
+            gate.require_user(session, "start a run")
+        except HubtuneError as err:
+            return None, h.problem(err)
+        with session.hub():
+            return h.start_training(config_text, push_to, session, runner, root, gate)
 
     def pick_current(current, session):
         """The run the Train tab follows: the one this page started, else the user's newest live one (a
@@ -169,7 +191,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         if not run:
             yield NO_FINISHED, ""
             return
-        yield from h.chat(mine(run, session), prompt, models)
+        yield from session.iterate(h.chat(mine(run, session), prompt, models))
 
     def refresh_finished(session, selected):
         choices = finished_choices(session)
@@ -180,7 +202,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     def publish_defaults(run, session):
         if not run:
             return "", NO_FINISHED
-        return h.publish_defaults(mine(run, session), session)
+        path = mine(run, session)
+        with session.hub():
+            return h.publish_defaults(path, session)
 
     # ---- the page ---------------------------------------------------------------------------------------------
     with gr.Blocks(title="hubtune") as app:
@@ -302,9 +326,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         timer = gr.Timer(POLL_SECONDS)
 
         # ---- wiring ---------------------------------------------------------------------------------------------
-        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns]
+        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, session]
         if space:
-            app.load(space_sign_in, None, [session, whoami], api_name=False)
+            app.load(space_sign_in, None, [session, whoami], api_name="sign_in")
         else:
             app.load(sign_in, [token_box], [session, whoami], api_name=False)
             token_box.change(sign_in, [token_box], [session, whoami], api_name="sign_in")
@@ -315,7 +339,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, session],
                         [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used],
                         api_name="check_data").then(compose, compose_inputs, [config_code, estimate], api_name=False)
-        prompt_btn.click(h.try_prompting, [model, source_used, fmt, columns, use, prompt_limit], [prompting_md],
+        prompt_btn.click(try_prompting, [model, source_used, fmt, columns, use, prompt_limit, session], [prompting_md],
                          api_name="try_prompting")
         for field in (model, preset, epochs, max_steps, lr, use, fmt, columns):  # dataset: below
             field.change(compose, compose_inputs, [config_code, estimate], api_name=False)
@@ -357,7 +381,12 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     return app
 
 
-def launch(root: str | Path | None = None, **kwargs) -> None:
-    """Build and serve the app; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, as for any Gradio app."""
+def launch(root: str | Path | None = None, share_token_with_visitors: bool = False, **kwargs) -> None:
+    """Build and serve the app; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, as for any Gradio
+    app. Outside a Space, an address beyond loopback needs `share_token_with_visitors` (hosting.check_address)."""
+    import os
+
+    host = kwargs.get("server_name") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    hosting.check_address(host, share_token_with_visitors)
     app = build_app(root)
     app.queue(default_concurrency_limit=4).launch(max_file_size=f"{hosting.UPLOAD_LIMIT_MB}mb", **kwargs)

@@ -4,19 +4,19 @@ logic lives here."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from hubtune import config as cfg
+from hubtune.data.limits import check_upload
 from hubtune.errors import ConfigError, HubtuneError
 from hubtune.runs import RunFolder, Status
 from hubtune.ui import hosting, views
+from hubtune.ui.access import Gate, Session, safe_name
 from hubtune.ui.jobs import Job, JobRunner
 
 DEMO_MODEL = "hubtune:tiny-llama"
@@ -29,14 +29,6 @@ PRESETS = {
     "thorough": ["training.epochs=3", "training.logging_steps=10", "training.eval_steps=100",
                  "training.save_steps=100"],
 }
-
-
-@dataclass
-class Session:
-    """Who is using this browser session. Kept server-side (gr.State): the token never reaches the page."""
-
-    token: str | None = None
-    user: str | None = None
 
 
 def problem(err: BaseException) -> str:
@@ -63,7 +55,7 @@ def sign_in(token: str | None) -> tuple[Session, str]:
         why = ("the Hub rejected this token" if reason in (401, 403) else
                f"could not reach the Hub ({type(err).__name__})")
         return Session(token=token), f"Token set, but {why}: pushes and gated repos may fail."
-    source = "the typed token" if typed else "the local login"
+    source = "Hugging Face login" if hosting.on_space() else "the typed token" if typed else "the local login"
     return Session(token=token, user=me["name"]), f"Signed in as **{me['name']}** ({source})."
 
 
@@ -79,6 +71,7 @@ def source_of(dataset: str, upload: str | None, session: Session, root: Path) ->
                                f"Put larger datasets on the Hub and give their id")
         if not src.name.lower().endswith((".jsonl", ".json", ".csv", ".parquet")):
             raise HubtuneError(f"{src.name}: upload a .jsonl, .json, .csv or .parquet file")
+        check_upload(src)
         dest = root / ".uploads" / safe_name(session.user or "local") / safe_name(src.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
@@ -87,12 +80,6 @@ def source_of(dataset: str, upload: str | None, session: Session, root: Path) ->
     if not dataset:
         raise HubtuneError("give a dataset: a Hub dataset id (owner/name), a local file, or upload a file")
     return dataset
-
-
-def safe_name(name: str) -> str:
-    """A file or folder name with no path parts or odd characters."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "file"
-    return cleaned[:100]
 
 
 def data_config(model: str, source: str, fmt: str = "auto", columns: str = "", use: str = "personal",
@@ -128,13 +115,19 @@ def parse_columns(text: str) -> dict[str, str]:
 
 
 def inspect_data(model: str, dataset: str, upload: str | None, fmt: str, columns: str, use: str,
-                 session: Session, root: Path) -> dict:
+                 session: Session, root: Path, gate: Gate | None = None) -> dict:
     """First rows, detected format, licence verdict, access to gated repos and the data report. Each part
-    that fails says why in its own place; the others still show."""
+    that fails says why in its own place; the others still show. With a gate (the app), only what this
+    session may read."""
     out = {"rows": [], "format": "", "licence": "", "access": "", "report": "", "histogram": [], "pairs": [],
            "source": ""}
     try:
+        if gate is not None:
+            gate.require_user(session, "check data")
+            gate.check_model(model)
         source = source_of(dataset, upload, session, root)
+        if gate is not None:
+            gate.check_source(source, session)
         config = data_config(model, source, fmt, columns, use)
     except (HubtuneError, OSError) as err:
         out["format"] = problem(err)
@@ -307,7 +300,7 @@ def run_name(config: cfg.RunConfig) -> str:
 
 
 def start_training(config_text: str, push_to: str, session: Session, runner: JobRunner,
-                   root: Path) -> tuple[str | None, str]:
+                   root: Path, gate: Gate | None = None) -> tuple[str | None, str]:
     """Check the config, the licences and the push target; create the run folder (queued, with its owner)
     and queue `hubtune train`. Returns (run path, message)."""
     from hubtune import licence
@@ -315,11 +308,14 @@ def start_training(config_text: str, push_to: str, session: Session, runner: Job
 
     try:
         config = parse_config(config_text)
+        if gate is not None:
+            gate.check_config(config, session)
         verdict = licence.gate_for_training(config)
         if push_to and push_to.strip():
             publish_verdict = licence.check(config.model.id, [s.path for s in config.data.sources],
                                             use=config.licence.use, revision=config.model.revision, publish=True)
             check_target(push_to.strip(), session.token, publish_verdict)
+        runner.check_room(session.user)
         path = root / run_name(config)
         while path.exists():
             path = path.with_name(path.name + "-1")

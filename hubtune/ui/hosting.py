@@ -3,8 +3,12 @@ Space (SPACE_ID), whether the runs root is on a mounted volume, and the device i
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
+
+from hubtune.errors import HubtuneError
 
 DEFAULT_ROOT = "runs"
 UPLOAD_LIMIT_MB = 200  # largest dataset upload accepted, per file
@@ -16,6 +20,29 @@ def runs_root() -> Path:
 
 def on_space() -> bool:
     return bool(os.environ.get("SPACE_ID"))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to serve on is reachable from this machine only."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, ValueError):
+        return False
+
+
+def check_address(host: str, share_token: bool) -> None:
+    """Outside a Space the page acts with this machine's Hub token and reads its files for whoever reaches
+    it: serving it beyond loopback needs the operator's explicit consent."""
+    if on_space() or share_token or is_loopback(host):
+        return
+    raise HubtuneError(
+        f"refusing to serve the page on {host or 'every address'}: outside a Space it acts with this machine's "
+        f"Hugging Face token and reads its files for anyone who reaches it. Serve it on 127.0.0.1 (the default; "
+        f"reach it through an SSH tunnel), or pass --share-token-with-visitors if everyone who can reach "
+        f"{host} may use your token and files.")
 
 
 def mount_of(path: Path) -> Path | None:

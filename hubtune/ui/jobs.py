@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +27,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hubtune.errors import HubtuneError
-from hubtune.runs import RunFolder, Status, list_runs
+from hubtune.errors import BudgetError, HubtuneError
+from hubtune.runs import RunFolder, Status, list_runs, local_holder_pid
 
 LOG = "job.log"  # the subprocess's stdout and stderr, appended run after run
+WAITING_FOR_OWNER = ("waiting for its owner to sign in: the Space restarted while it was queued, and its owner's "
+                     "token lives only in their session")
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+# On a shared Space a job gets an explicit environment: the few variables a Python process, the Hub client,
+# torch and hubtune read, and its own user's token. Nothing else of the app's (OAuth client secret, the
+# owner's secrets, other settings) reaches it.
+JOB_VARIABLES = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+                 "LD_LIBRARY_PATH", "SPACE_ID", "SYSTEM", "XDG_CACHE_HOME")
+JOB_PREFIXES = ("HF_", "HUBTUNE_", "CUDA_", "NVIDIA_", "NCCL_", "PYTORCH_", "TORCH_", "OMP_", "MKL_",
+                "TRANSFORMERS_", "ACCELERATE_", "BNB_", "TOKENIZERS_")
+SECRET_WORDS = ("TOKEN", "SECRET", "KEY", "PASSWORD", "CREDENTIAL")
+
+
+def job_environment(token: str | None, slot: str | None, shared: bool, base: dict | None = None) -> dict[str, str]:
+    """The environment of one job: on a shared Space the allowed variables only, never one that names a
+    secret, and the job's own user's token; elsewhere this process's, with the user's token in place of it."""
+    base = dict(os.environ if base is None else base)
+    if shared:
+        env = {k: v for k, v in base.items()
+               if (k in JOB_VARIABLES or k.startswith(JOB_PREFIXES)) and not any(w in k.upper() for w in SECRET_WORDS)}
+        env["HF_TOKEN_PATH"] = os.devnull  # no stored login of the machine's either
+        env["HF_STORED_TOKENS_PATH"] = os.devnull
+    else:
+        env = base
+        if token:
+            for name in TOKEN_VARIABLES:
+                env.pop(name, None)
+    if token:
+        env["HF_TOKEN"] = token
+    env["PYTHONUNBUFFERED"] = "1"  # the log tail is live
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    return env
 
 
 @dataclass
@@ -41,6 +75,7 @@ class Job:
     token: str | None = field(default=None, repr=False)
     options: list[str] = field(default_factory=list)  # extra CLI arguments (eval: --limit N)
     queued_at: float = field(default_factory=time.time)
+    held: bool = False  # waits for its owner to sign in and give it their token (see JobRunner.release)
 
     def command(self) -> list[str]:
         cli = [sys.executable, "-m", "hubtune.cli"]
@@ -72,11 +107,14 @@ class JobRunner:
     """A FIFO queue of jobs over the device slots, polled by a daemon thread every `poll` seconds."""
 
     def __init__(self, root: str | Path, slots: list[str | None] | None = None, poll: float = 1.0,
-                 shared: bool = False):
+                 shared: bool = False, max_queued_per_user: int | None = None):
         self.root = Path(root)
         self.slots = slots if slots is not None else device_slots()
         self.poll = poll
         self.shared = shared  # a shared Space: the app's own HF_TOKEN never reaches a user's job
+        # On a shared Space one user may not fill the queue: at most this many waiting jobs each.
+        self.max_queued_per_user = (max_queued_per_user if max_queued_per_user is not None
+                                    else int(os.environ.get("HUBTUNE_MAX_QUEUED_PER_USER") or 3))
         self.queue: deque[Job] = deque()
         self.running: dict[Path, Running] = {}
         self.stopping: set[Path] = set()  # runs whose process was sent SIGTERM by stop()
@@ -116,14 +154,33 @@ class JobRunner:
                 self._launch(job, slot)
 
     def _next(self) -> Job | None:
-        """The first queued job whose run has no process of ours still exiting."""
-        return next((j for j in self.queue if j.run not in self.running), None)
+        """The first queued job, not held for its owner, whose run has no process of ours still exiting."""
+        return next((j for j in self.queue if j.run not in self.running and not j.held), None)
 
     def _requeue_waiting(self) -> None:
-        """Queued run folders left by an earlier app process go back in line, oldest first."""
+        """Queued run folders left by an earlier app process go back in line, oldest first. On a shared
+        Space their owners' tokens went with the old process: they wait until their owner signs in."""
         waiting = [r for r in list_runs(self.root) if r.status == Status.QUEUED]
         for run in sorted(waiting, key=lambda r: r.state().get("created", "")):
-            self.queue.append(Job(run.path, "train", owner=run.owner))
+            held = self.shared and run.owner is not None
+            self.queue.append(Job(run.path, "train", owner=run.owner, held=held))
+            if held:
+                run.mark(Status.QUEUED, error=WAITING_FOR_OWNER)
+
+    def release(self, user: str | None, token: str | None) -> int:
+        """Give a signed-in owner's token to their held jobs, which then take their turn; how many."""
+        released = 0
+        with self._lock:
+            for job in self.queue:
+                if job.held and user and job.owner == user and token:
+                    job.token, job.held = token, False
+                    RunFolder(job.run).mark(Status.QUEUED, error=None)
+                    released += 1
+        return released
+
+    def held(self, run: str | Path) -> bool:
+        with self._lock:
+            return any(j.held and j.run == Path(run) for j in self.queue)
 
     # ---- slots ------------------------------------------------------------------------------------
     def _free_slot(self) -> str | None | bool:
@@ -141,10 +198,19 @@ class JobRunner:
         with self._lock:
             if self.is_active(job.run):
                 raise HubtuneError(f"{job.run.name} is already queued or running; stop it first")
+            self.check_room(job.owner)
             self.queue.append(job)
             place = len(self.queue)
         self.tick()
         return place
+
+    def check_room(self, owner: str | None) -> None:
+        """On a shared Space, refuse a job to a user who already has the most waiting jobs one user may have."""
+        with self._lock:
+            waiting = sum(1 for j in self.queue if j.owner == owner)
+        if self.shared and waiting >= self.max_queued_per_user:
+            raise BudgetError(f"{owner or 'this user'} already has {waiting} jobs waiting in the queue, the most one "
+                              f"user may queue on this Space; wait for one to start, or stop one")
 
     def place(self, run: str | Path) -> int | None:
         """1-based place of a run's job in the queue, or None when it is not waiting."""
@@ -164,8 +230,9 @@ class JobRunner:
         return status in (Status.RUNNING, Status.EVALUATING) or (status == Status.QUEUED and run in self.running)
 
     def stop(self, run: str | Path) -> str:
-        """SIGTERM to the run's process (ours, or any live holder of its lock on this host); a queued
-        job leaves the queue. Returns what was done, in words."""
+        """SIGTERM to the run's process (ours, or the live holder of its lock on this machine and boot, the
+        very process that took it: never another process that reuses its pid); a queued job leaves the
+        queue. Returns what was done, in words."""
         run = Path(run)
         with self._lock:
             for job in list(self.queue):
@@ -177,7 +244,10 @@ class JobRunner:
                     return f"{run.name} left the queue before it started"
             pid = self.running[run].process.pid if run in self.running else None
         holder = RunFolder(run).lock_holder() or {}
-        pid = pid or holder.get("pid")
+        pid = pid or local_holder_pid(holder)
+        if not pid and holder.get("host") not in (None, socket.gethostname()) and RunFolder(run).status in (
+                Status.RUNNING, Status.EVALUATING):
+            return f"{run.name} is worked on by a process on {holder['host']} (pid {holder.get('pid')}); stop it there"
         if not pid or RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED):
             return f"{run.name} is not running ({RunFolder(run).status.value})"
         try:
@@ -195,19 +265,11 @@ class JobRunner:
                 return self.running[run].process.pid
         holder = RunFolder(run).lock_holder()
         folder = RunFolder(run)
-        return holder.get("pid") if holder and folder.status in (Status.RUNNING, Status.EVALUATING) else None
+        return local_holder_pid(holder) if holder and folder.status in (Status.RUNNING, Status.EVALUATING) else None
 
     # ---- one subprocess ---------------------------------------------------------------------------
     def _launch(self, job: Job, slot: str | None) -> None:
-        env = dict(os.environ)
-        if self.shared or job.token:
-            for name in TOKEN_VARIABLES:
-                env.pop(name, None)
-        if job.token:
-            env["HF_TOKEN"] = job.token
-        env["PYTHONUNBUFFERED"] = "1"  # the log tail is live
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
+        env = job_environment(job.token, slot, self.shared)
         log = open(job.run / LOG, "ab")
         log.write(f"\n$ hubtune {' '.join(job.command()[3:])}\n".encode())
         log.flush()

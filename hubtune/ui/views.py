@@ -12,21 +12,13 @@ import yaml
 from pydantic import BaseModel
 
 from hubtune import config as cfg
-from hubtune.runs import RunFolder, Status, list_runs
+from hubtune.runs import RunFolder, Status
 from hubtune.ui.jobs import LOG, tail
 
 LIVE = (Status.QUEUED, Status.RUNNING, Status.EVALUATING)
 
 
-# ---- which runs a user sees ------------------------------------------------------------------------
-def visible_runs(root: Path, user: str | None, shared: bool) -> list[RunFolder]:
-    """Runs under root, newest first; on a shared Space only the signed-in user's own."""
-    runs = list_runs(root)
-    if shared:
-        runs = [r for r in runs if user and r.owner == user]
-    return runs
-
-
+# ---- which runs a user sees: hubtune.ui.access.Gate.owns ---------------------------------------------
 def run_choices(runs: list[RunFolder]) -> list[tuple[str, str]]:
     """(label, path) pairs for a dropdown: name and status."""
     return [(f"{r.path.name} ({r.status.value})", str(r.path)) for r in runs]
