@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from family_models import answers, label_rows, run_config, train_and_eval
+
+pytestmark = pytest.mark.slow  # each test trains and evaluates a model
 
 
 def test_qwen3_obeys_both_thinking_modes_after_training(family_model, cli, tmp_path, one_torch_thread):

@@ -9,6 +9,8 @@ import json
 import pytest
 from family_models import KEYS, answers, label_rows, run_config, train_and_eval
 
+pytestmark = pytest.mark.slow  # each test trains and evaluates a model
+
 # gpt-oss routes every token through 2 of 4 random experts: it needs more steps than the dense models.
 STEPS = {"*": 150, "gpt-oss": 250}
 
