@@ -462,12 +462,16 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
                             "config's model) and adds up weights, adapters, gradients, optimizer states, "
                             "activations and overhead. Flags default to the run config's values. Exits 3 "
                             "when the run does not fit --gpu.")
-    from hubtune.memory import GPUS, OPTIMIZERS
+    from typing import get_type_hints
+
+    from hubtune.memory import GPUS, OPTIMIZERS, Settings
+
+    fields = get_type_hints(Settings)  # the estimate's own choices for the flags that are not run-config fields
 
     p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
                    help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
     config_option(p, "--revision", "model.revision", dest="revision")
-    p.add_argument("--method", choices=["qlora", "lora", "full"],
+    p.add_argument("--method", choices=get_args(fields["method"]),
                    help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained")
     config_option(p, "--seq-len", "data.max_seq_len", dest="seq_len", metavar="N")
     config_option(p, "--batch", "training.micro_batch_size", dest="batch", metavar="N")
@@ -475,9 +479,9 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     config_option(p, "--target-modules", "lora.target_modules", dest="target_modules", metavar="NAME")
     config_option(p, "--gradient-checkpointing", "training.gradient_checkpointing", dest="gradient_checkpointing")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer whose states to count (default: the run config's)")
-    p.add_argument("--compute-dtype", choices=["bfloat16", "float16", "float32"],
+    p.add_argument("--compute-dtype", choices=get_args(fields["compute_dtype"]),
                    help="dtype of the frozen weights and activations on the GPU (default: bfloat16)")
-    p.add_argument("--loss", choices=["fused", "float32"],
+    p.add_argument("--loss", choices=get_args(fields["loss"]),
                    help="fused: TRL's tiled LM head (hubtune's recipe, the default); float32: the whole vocabulary's "
                         "logits in float32, as plain transformers computes the loss")
     p.add_argument("--gpu", metavar="NAME|GB", help=f"a GPU ({', '.join(GPUS)}) or a size in GB; default: all listed")

@@ -310,6 +310,7 @@ def test_round_trip_axolotl_hubtune_axolotl_hubtune(tmp_path):
     assert again == first
 
 
+@pytest.mark.slow
 def test_export_of_a_run_folder_takes_row_formats_from_its_data_report(guide_run, tmp_path, capsys):
     _, _, _, run = guide_run
     copy = tmp_path / "run"
@@ -361,6 +362,7 @@ def test_export_writes_hubtune_assets_as_references_never_as_package_paths(tmp_p
     assert "Axolotl cannot read: base_model: hubtune:tiny-llama; datasets[0].path: hubtune:data/invoices" in err
 
 
+@pytest.mark.slow
 def test_axolotl_keys_with_new_meanings_train_as_written(tmp_path, one_torch_thread, capsys):
     """An 8-bit base, ratio warm-up, per-epoch checkpoints and evaluations, a sliced split, a regex target, new special
     and end-of-turn tokens with a named chat template, Adam's betas: each reaches the trainer."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from hubtune import config as cfg
@@ -22,6 +23,7 @@ def test_backend_and_tracker_snippets_are_valid_configs():
     assert cfg.RunConfig().training.backend == "auto" and cfg.RunConfig().training.report_to == []
 
 
+@pytest.mark.slow
 def test_the_guides_peft_listing_in_hubtune_runs(tmp_path, monkeypatch, capsys, one_torch_thread):
     monkeypatch.chdir(tmp_path)
     exec(compile(only("From the guide's PEFT code to hubtune", "python"), "README.md", "exec"), {})

@@ -343,6 +343,7 @@ def test_command_r_card_text_makes_its_non_commercial_block_final(cases, capsys)
                for o in research.obligations)
 
 
+@pytest.mark.slow
 def test_training_on_a_derived_base_records_its_lineage_and_obligations(cases, hub, cli, tmp_path, tiny_base_files):
     """`hubtune train` on the NVIDIA model (the tiny test weights under its real card): the gate passes for
     commercial use, and the run record keeps the chain and both licences' obligations."""

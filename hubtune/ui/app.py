@@ -8,10 +8,12 @@ job runner. Tabs follow what a user does: model and data, train, runs, chat, pub
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import gradio as gr
 import pandas as pd
 
+from hubtune.config import field_at
 from hubtune.errors import HubtuneError
 from hubtune.runs import RunFolder, Status, list_runs
 from hubtune.ui import access, hosting, views
@@ -20,7 +22,7 @@ from hubtune.ui.jobs import JobRunner
 
 POLL_SECONDS = 2.0
 LOG_LINES, RUN_LOG_LINES = 8, 6  # the log boxes' heights: the newest line is always in view
-FORMATS = ["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+FORMATS = list(get_args(field_at("data.format").annotation))  # the run config's own choices
 NO_RUNS = "No runs yet under {root}: start one on the Train tab."
 NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
 

@@ -341,11 +341,15 @@ def _report(config: cfg.RunConfig) -> tuple[dict | None, str, list[dict], list[d
     threshold = report["settings"].get("near_dup_threshold")
     pairs_note = (f"{len(pairs)} closest near-duplicate pairs below" if pairs else
                   f"No near-duplicate pairs at similarity {threshold}" if threshold else "Near-duplicate check is off")
+    from hubtune.families import suggestion
+
+    family = suggestion((report.get("chat_template") or {}).get("family"))
     removed = [f"- {STEP_LABELS.get(step, step)}, first removed: " + "; ".join(
                    f"`{without_server_paths(ex['origin'])}`: {ex['text'][:80]!r}" for ex in shown)
                for step, shown in (report.get("removed_examples") or {}).items() if shown]
     warnings = [f"**Warning:** {w}" for w in report.get("warnings") or []]
-    text = "\n\n".join([summary + f". {pairs_note}.", "\n".join(lines), "\n".join(removed), "  \n".join(warnings)])
+    text = "\n\n".join([summary + f". {pairs_note}.", *([family] if family else []), "\n".join(lines),
+                         "\n".join(removed), "  \n".join(warnings)])
     return report, without_server_paths(text), histogram, pairs
 
 

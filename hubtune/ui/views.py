@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from hubtune import config as cfg
+from hubtune.progress import clock
 from hubtune.runs import RunFolder, Status
 from hubtune.tables import peak_memory_text
 from hubtune.ui.jobs import LOG, tail
@@ -119,21 +120,12 @@ def progress_line(p: dict) -> str:
     if p["tokens_per_second"]:
         parts.append(f"{p['tokens_per_second']:,.0f} tokens/s")
     if status == "running":
-        parts.append(f"ETA {_duration(p['eta_seconds'])}" if p["eta_seconds"] is not None else "ETA: measuring")
+        parts.append(f"ETA {clock(p['eta_seconds'])}" if p["eta_seconds"] is not None else "ETA: measuring")
     if memory := peak_memory_text(p.get("peak_memory_mb")):
         parts.append(memory)
     if status == "interrupted":
         parts.append("stopped with a checkpoint: Resume continues it")
     return " · ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def process_memory_mb(pid: int | None) -> dict:
