@@ -154,7 +154,20 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         peak_memory=s.peak_memory_mb, versions=s.versions,
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
+        usage=usage(run),
     )
+
+
+def usage(run: RunFolder) -> dict:
+    """What the card's "How to use" needs to render a prompt the way training did and stop where the model
+    learned to: the family, the ids generation stops on, where a system prompt goes, the thinking switch."""
+    chat = (run.read_json(RunFolder.DATA_REPORT) or {}).get("chat_template") or {}
+    system = chat.get("system_prompt", "")
+    return {"family": chat.get("family"), "stop_ids": chat.get("stop_token_ids") or [],
+            "end_of_turn": chat.get("end_of_turn"),
+            "fold": "first" if system.startswith("folded into the first") else
+                    "last" if system.startswith("folded into the last") else None,
+            "thinking": chat.get("thinking") is not None and chat.get("family") == "Qwen3"}
 
 
 def _named_copies(repo) -> list[dict]:

@@ -42,6 +42,11 @@ def _at_most(value, ceiling: tuple[int, str]):
     return value
 
 
+def _on_off(value):
+    """YAML reads a bare on / off as true / false."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _revision(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("is empty: leave it out (null) for the default branch, or give a branch, tag or commit sha")
@@ -117,11 +122,19 @@ class LoraSection(Section):
             raise ValueError("give a preset (qv, attention, all-linear) or at least one module name")
         return v
 
-    def peft_target_modules(self) -> str | list[str]:
-        """What PEFT's target_modules takes: a preset's names, the listed names, or the regular expression."""
+    def peft_target_modules(self, model_config=None) -> str | list[str]:
+        """What PEFT's target_modules takes: the regular expression, the listed names, or a preset's names, which
+        resolve to the architecture's own modules when the model's config is given (Phi-3's fused qkv_proj for
+        qv / attention; see hubtune.families)."""
         if self.target_regex is not None:
             return self.target_regex
-        return TARGET_PRESETS[self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if not isinstance(self.target_modules, str):
+            return self.target_modules
+        if model_config is None:
+            return TARGET_PRESETS[self.target_modules]
+        from hubtune.families import target_modules
+
+        return target_modules(self.target_modules, model_config)
 
 
 SPLIT_SLICE = re.compile(r"(?P<name>[\w.-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
@@ -215,6 +228,11 @@ class DataSection(Section):
     chat_template: str = Field(
         "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's; "
         "or a named template (chatml, llama3, qwen_25, gemma3, ...: hubtune/assets/chat_templates).")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models (Qwen3, DeepSeek-R1): auto trains rows with reasoning in thinking mode and "
+                            "the rest with thinking off; on / off: every row.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
@@ -384,6 +402,10 @@ class EvalSection(Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generation or scoring batch.")
     tasks: list[str] = Field(default_factory=lambda: ["hubtune_general_mc"],
         description="lm-eval harness tasks: harness names (hellaswag, ...) or names in evals/tasks/; [] skips the harness.")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models: generate with thinking on or off; auto: on when training rows carried reasoning.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     harness_chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: chat template for generation tasks, raw text for multiple choice.")
     regression_set: str | None = Field("evals:regression/general_mc.jsonl",

@@ -163,7 +163,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from transformers import AutoConfig, AutoTokenizer
     from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune import advice, compat, data, families, hub, licence, memory
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
 
     distributed.start(cpu)
@@ -189,15 +189,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
                          f"{', '.join(new_tokens)}")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        set_pad_token(tokenizer, families.family_of(model_config, tokenizer.chat_template))
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
         if warning := memory.device_warning(config, base.path):
             display.note(warning, style="bold red")
-        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
+                                generation_config=generation_config(base.path))
     display.data_report(prepared.report)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
@@ -206,7 +206,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
-    levers = recipe_levers(config, hw, base.path)
+    levers = recipe_levers(config, hw, base.path, families.family_of(model_config, tokenizer.chat_template))
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
@@ -216,7 +216,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
-                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens))
+                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
 
     # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
@@ -226,8 +226,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         model=model,
         args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
                      levers=levers),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
+        train_dataset=tokenized(prepared.train, prepared.chat),
+        eval_dataset=tokenized(prepared.eval, prepared.chat),
         processing_class=tokenizer,
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *trackers, *callbacks],
@@ -287,7 +287,8 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
         problems.append(("lora.target_modules", problem))
     if problems:
-        raise ConfigError(problems, config.model.id)
+        # The settings are the config's; the model they were judged against is named in each problem.
+        raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
@@ -299,7 +300,7 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import AutoModelForCausalLM, pytorch_utils
 
-    targets = lora.peft_target_modules()
+    targets = lora.peft_target_modules(model_config)
     if isinstance(targets, str) and lora.target_regex is None:  # all-linear: whatever linear layers there are
         return None
     try:
@@ -331,8 +332,8 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
     if unadaptable:
         what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
-    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
-            f"all-linear, attention, qv")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset "
+            f"(all-linear, attention, qv), which names this architecture's own modules")
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
@@ -420,7 +421,7 @@ def _quantized(model) -> bool:
 
 
 def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool,
-                new_token_ids: list[int] | None = None):
+                new_token_ids: list[int] | None = None, model_config=None):
     """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel (which checkpoints
     gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it). With tokens
     new to the vocabulary the embedding and output head are trained in full and saved with the adapter
@@ -434,7 +435,8 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None))
+    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
+                                             model_config))
 
 
 def add_tokens(tokenizer, model: cfg.ModelSection) -> list[str]:
@@ -495,16 +497,51 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
-def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None) -> LoraConfig:
-    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save."""
+def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
+                model_config=None) -> LoraConfig:
+    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
+    `model_config` resolves a preset to the architecture's own module names (hubtune.families)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
     save = list(dict.fromkeys([*lora.modules_to_save, *names]))
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.peft_target_modules(), target_parameters=lora.target_parameters or None,
+                      target_modules=lora.peft_target_modules(model_config),
+                      target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
                       bias="none", task_type="CAUSAL_LM")
+
+
+def set_pad_token(tokenizer, family) -> None:
+    """A pad token where the tokenizer has none: the family's (Llama 3's <|finetune_right_pad_id|>), else its
+    unknown token, else EOS. Padding is masked out of the loss by position, so EOS is safe, but a distinct
+    token keeps padded batches readable."""
+    if tokenizer.pad_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in (family.pad if family else None, tokenizer.unk_token, tokenizer.eos_token):
+        if candidate and candidate in vocab:
+            tokenizer.pad_token = candidate
+            return
+
+
+def generation_config(path: str):
+    """The base's generation_config.json (what it stops on), or None when it ships none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def tokenized(rows, chat):
+    """Chat rows as input_ids with the completion mask hubtune checked (hubtune.data.chat); plain text and
+    an absent split pass through for TRL to tokenize."""
+    if rows is None or chat is None or "prompt" not in rows.column_names:
+        return rows
+    return rows.map(lambda row: chat.tokenize(row["prompt"], row["completion"], row.get("tools")),
+                    remove_columns=rows.column_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,7 +559,7 @@ class Levers:
                 f"{'on' if self.gradient_checkpointing else 'off'}")
 
 
-def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Levers:
+def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=None) -> Levers:
     """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
     variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
     checkpointing only when the memory estimate needs it (hubtune.memory)."""
@@ -534,6 +571,8 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Lever
     cuda = hw.device == "cuda"
     if t.kernels == "auto":
         attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
+        if family is not None and family.attention:  # Gemma 2's soft-capped attention has no SDPA kernel
+            attention = family.attention
         liger = cuda and find_spec("liger_kernel") is not None
     else:
         attention, liger = t.kernel_choice()

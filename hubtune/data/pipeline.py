@@ -24,8 +24,9 @@ from datasets import Dataset
 from hubtune.config import DataSection, DataSource, TrainingSection
 from hubtune.data import dedup, quality
 from hubtune.data.formats import BadRow, Example, map_columns, resolve_format, to_example
+from hubtune.data.chat import reasoning_of
 from hubtune.data.sources import iter_source_rows, locate
-from hubtune.data.template import ensure_chat_template
+from hubtune.data.template import chat_format
 from hubtune.errors import DataError
 
 EXAMPLES_SHOWN = 5
@@ -62,7 +63,7 @@ class ExampleStore(Sequence):
         code = self._codes.setdefault(ex.task, len(self._task_names))
         if code == len(self._task_names):
             self._task_names.append(ex.task)
-        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text], ensure_ascii=False).encode())
+        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text, ex.tools], ensure_ascii=False).encode())
         self._pending.append((len(self._where) - 1, number, code))
         if len(self._pending) >= 65536:
             self._flush()
@@ -82,8 +83,8 @@ class ExampleStore(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         self._flush()
-        prompt, completion, text = json.loads(self._rows[i])
-        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i))
+        prompt, completion, text, tools = json.loads(self._rows[i])
+        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i), tools)
 
     def origin(self, i: int) -> str:
         self._flush()
@@ -131,6 +132,7 @@ class PreparedData:
         self._store, self._train_idx, self._eval_idx, self._mixed = store, train_idx, eval_idx, mixed or []
         self._train: Dataset | None = None
         self._eval: Dataset | None | bool = False
+        self.chat = None  # the ChatFormat the rows are rendered with (None for plain text)
 
     @property
     def train(self) -> Dataset:
@@ -237,9 +239,11 @@ def read_examples(sources: list[DataSource], data: DataSection) -> tuple[list[Ex
     return examples, summary, bad
 
 
-def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedData:
+def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=None,
+            generation_config=None) -> PreparedData:
     """Read, check, filter and split the training data of a run; the report says what happened.
     `seed` (task balancing, mixing) is the run's training.seed; None takes that field's default.
+    `model_config` and `generation_config` tell the model's family (hubtune.families) and what it stops on.
 
     Gives `tokenizer` hubtune's default chat template when it has none (the report says so)."""
     seed = TrainingSection.model_fields["seed"].default if seed is None else seed
@@ -258,7 +262,8 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     steps.record("read", total, len(store))
     tasks_read = Counter(t if t is not None else "(none)" for t in store.tasks(np.arange(len(store))))
     plain_text = store[0].text is not None
-    template = None if plain_text else ensure_chat_template(tokenizer, data.chat_template)
+    chat, template = (None, None) if plain_text else chat_format(tokenizer, data.chat_template, model_config,
+                                                                  generation_config, data.thinking)
     pool = np.arange(len(store))
 
     def drop(gone, step: str) -> np.ndarray:
@@ -282,7 +287,7 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     drop([d.index for d in near], "near_duplicates")
 
     # Lengths in the base model's tokens: answers too short, examples too long (or truncated).
-    total_len, response_len = quality.token_lengths(Subset(store, pool), tokenizer)
+    total_len, response_len = quality.token_lengths(Subset(store, pool), tokenizer, chat)
     short = np.flatnonzero(response_len < data.min_response_tokens)
     mask = drop(short, "too_short")
     total_len, response_len = total_len[mask], response_len[mask]
@@ -318,6 +323,8 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     report = {
         "sources": summary, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
         "chat_template": template,
+        "reasoning_rows": 0 if plain_text else sum(reasoning_of(ex.completion[-1])[0] is not None
+                                                   for ex in Subset(store, pool)),
         "total": total, "kept": len(pool), "train": len(train_idx) + len(mixed), "eval": len(eval_idx),
         "mixed": len(mixed), "bad_rows": len(bad), "exact_duplicates": len(exact), "near_duplicates": len(near),
         "too_short": len(short), "too_long": int(too_long.sum()), "truncated": truncated,
@@ -335,7 +342,9 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
         "diversity": quality.diversity(Subset(store, pool, comparison_text), seed),
         "settings": data.model_dump(mode="json"),
     }
-    return PreparedData(report, store, train_idx, eval_idx, mixed)
+    prepared = PreparedData(report, store, train_idx, eval_idx, mixed)
+    prepared.chat = chat
+    return prepared
 
 
 def _task_table(read: Counter, balanced: dict | None) -> dict | None:

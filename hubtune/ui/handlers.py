@@ -238,7 +238,11 @@ def _report(config: cfg.RunConfig) -> tuple[str, list[dict], list[dict]]:
     threshold = report["settings"].get("near_dup_threshold")
     pairs_note = (f"{len(pairs)} closest near-duplicate pairs below" if pairs else
                   f"No near-duplicate pairs at similarity {threshold}" if threshold else "Near-duplicate check is off")
-    return summary + f". {pairs_note}.\n\n" + "\n".join(lines), histogram, pairs
+    from hubtune.families import suggestion
+
+    family = suggestion((report.get("chat_template") or {}).get("family"))
+    return (summary + f". {pairs_note}.\n\n" + (family + "\n\n" if family else "") + "\n".join(lines),
+            histogram, pairs)
 
 
 def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, limit: int | None = 20) -> str:
