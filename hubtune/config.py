@@ -42,6 +42,11 @@ def _at_most(value, ceiling: tuple[int, str]):
     return value
 
 
+def _on_off(value):
+    """YAML reads a bare on / off as true / false."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _revision(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("is empty: leave it out (null) for the default branch, or give a branch, tag or commit sha")
@@ -119,11 +124,19 @@ class LoraSection(Section):
             raise ValueError("give a preset (qv, attention, all-linear) or at least one module name")
         return v
 
-    def peft_target_modules(self) -> str | list[str]:
-        """What PEFT's target_modules takes: a preset's names, the listed names, or the regular expression."""
+    def peft_target_modules(self, model_config=None) -> str | list[str]:
+        """What PEFT's target_modules takes: the regular expression, the listed names, or a preset's names, which
+        resolve to the architecture's own modules when the model's config is given (Phi-3's fused qkv_proj for
+        qv / attention; see hubtune.families)."""
         if self.target_regex is not None:
             return self.target_regex
-        return TARGET_PRESETS[self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if not isinstance(self.target_modules, str):
+            return self.target_modules
+        if model_config is None:
+            return TARGET_PRESETS[self.target_modules]
+        from hubtune.families import target_modules
+
+        return target_modules(self.target_modules, model_config)
 
 
 SPLIT_SLICE = re.compile(r"(?P<name>[\w.-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
@@ -219,6 +232,11 @@ class DataSection(Section):
     chat_template: str = Field(
         "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's; "
         "or a named template (chatml, llama3, qwen_25, gemma3, ...: hubtune/assets/chat_templates).")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models (Qwen3, DeepSeek-R1): auto trains rows with reasoning in thinking mode and "
+                            "the rest with thinking off; on / off: every row.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
@@ -232,13 +250,21 @@ class DataSection(Section):
     near_dup_threshold: float | None = Field(0.8, gt=0.0, le=1.0,
         description="Drop near duplicates at this Jaccard similarity of word shingles (MinHash LSH); null: off.")
     shingle_words: int = Field(3, ge=1, le=10, description="Words per shingle for near-duplicate detection.")
-    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (one-token answers, empty ones).")
+    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (empty ones, one-token ones).")
+    short_relative: bool = Field(True,
+        description="Short answers are dropped only as outliers: the bar falls to the answers' own 10th percentile, so labels, names and numbers that are the bulk stay; false: min_response_tokens as an absolute bar.")
     max_length_percentile: float | None = Field(None, gt=0.0, lt=100.0,
         description="Drop examples longer than this percentile of token lengths (e.g. 99); null: off.")
     scorer: ScorerSection | None = Field(None, description="Score rows (a reward model, an LLM judge) and drop low scorers.")
     task_column: str = Field("task", description="Column naming each row's task type, for the balance report and cap.")
     max_task_share: float = Field(1.0, gt=0.0, le=1.0, description="Downsample any task above this share of the data (1: no cap).")
     mix: MixSection = Field(default_factory=MixSection, description="Mix in general instruction data at a ratio.")
+
+    def trained_sources(self) -> list[tuple[DataSource, str]]:
+        """(source, role) for every dataset that reaches training: the task data, then the general data
+        mixed in when mixing is on. The licence gate, the summary and the card all read this list."""
+        mixing = self.mix.source is not None and self.mix.ratio > 0
+        return [(s, "task") for s in self.sources] + ([(self.mix.source, "mix")] if mixing else [])
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -435,10 +461,19 @@ class TrainingSection(Section):
         return v
 
 
+class RightsDeclaration(Section):
+    file: str = Field(description="The data file's name, as the card shows it.")
+    sha256: str = Field(description="Its content hash: the declaration covers these bytes only.")
+    by: str | None = Field(None, description="Who declared it (the signed-in account; None when not signed in).")
+    at: str = Field(description="When, as an ISO 8601 UTC time.")
+
+
 class LicenceSection(Section):
     use: Literal["personal", "research", "commercial"] = Field("personal", description="What the tuned adapter is for.")
     acknowledge: list[str] = Field(default_factory=list,
-        description="Repo ids whose warn/block licence verdict you accept explicitly.")
+        description="Repo ids or data file names whose warn/block licence verdict you accept explicitly.")
+    declared: list[RightsDeclaration] = Field(default_factory=list,
+        description="Your own files: the uploader's declaration that they hold the rights to use and publish them.")
 
 
 class OutputSection(Section):
@@ -456,6 +491,10 @@ class EvalSection(Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generation or scoring batch.")
     tasks: list[str] = Field(default_factory=lambda: ["hubtune_general_mc"],
         description="lm-eval harness tasks: harness names (hellaswag, ...) or names in evals/tasks/; [] skips the harness.")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models: generate with thinking on or off; auto: on when training rows carried reasoning.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     harness_chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: chat template for generation tasks, raw text for multiple choice.")
     regression_set: str | None = Field("evals:regression/general_mc.jsonl",

@@ -163,8 +163,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from hubtune import advice, compat, data, hub, licence, memory, methods
+    from hubtune import advice, compat, data, families, hub, licence, memory, methods
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
     if cpu:
@@ -173,7 +174,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
     #    repo too, so a token that cannot write there stops the run now rather than at the first save.
-    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+    datasets = config.data.trained_sources()
+    mixed = " (general data mixed in included)" if len(datasets) > len(config.data.sources) else ""
+    display.phase("licence", f"checking {config.model.id} and {len(datasets)} dataset(s){mixed} "
                              f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
     display.licence(verdict)
@@ -189,15 +192,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
                          f"{', '.join(new_tokens)}")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        set_pad_token(tokenizer, families.family_of(model_config, tokenizer.chat_template))
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
         if warning := memory.device_warning(config, base.path):
             display.note(warning, style="bold red")
-        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
+                                generation_config=generation_config(base.path))
         methods.check_data(method, prepared.report["kind"], prepared.report["format"])
     rewards = None
     if method == "grpo":  # built now: a missing judge or a reward that cannot import stops the run here
@@ -205,6 +208,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
         rewards, _ = build_rewards(config.training.grpo.rewards, config.eval)
     display.data_report(prepared.report)
+    require_held_out(prepared.report, config.data)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
@@ -212,7 +216,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
-    levers = recipe_levers(config, hw, base.path)
+    levers = recipe_levers(config, hw, base.path, families.family_of(model_config, tokenizer.chat_template))
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
@@ -222,7 +226,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
-                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens))
+                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
 
     # 4. The method's trainer: SFT on completions only, DPO / ORPO / KTO on preference pairs, GRPO on
     #    answers it samples and scores (methods.py), with checkpoints. Resuming, the newest complete
@@ -232,8 +236,11 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     args = methods.method_args(config, trainer_args(config, hw, path, prepared.eval is not None, backend.name, levers),
                                lambda: sft_args(config, hw, path, has_eval=prepared.eval is not None,
                                                 backend=backend.name, levers=levers))
+    # SFT trains on rows tokenized as the model family renders them; the other trainers read the rows and
+    # apply the chat template themselves.
+    rows = (lambda split: tokenized(split, prepared.chat)) if method == "sft" else (lambda split: split)
     trainer = methods.build_trainer(
-        config, model, tokenizer, args, prepared.train, prepared.eval,
+        config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *trackers, *callbacks],
         rewards=rewards,
@@ -302,7 +309,8 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
         problems.append(("lora.target_modules", problem))
     if problems:
-        raise ConfigError(problems, config.model.id)
+        # The settings are the config's; the model they were judged against is named in each problem.
+        raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
@@ -314,7 +322,7 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import AutoModelForCausalLM, pytorch_utils
 
-    targets = lora.peft_target_modules()
+    targets = lora.peft_target_modules(model_config)
     if isinstance(targets, str) and lora.target_regex is None:  # all-linear: whatever linear layers there are
         return None
     try:
@@ -346,8 +354,8 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
     if unadaptable:
         what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
-    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
-            f"all-linear, attention, qv")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset "
+            f"(all-linear, attention, qv), which names this architecture's own modules")
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
@@ -435,7 +443,7 @@ def _quantized(model) -> bool:
 
 
 def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool,
-                new_token_ids: list[int] | None = None):
+                new_token_ids: list[int] | None = None, model_config=None):
     """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel (which checkpoints
     gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it). With tokens
     new to the vocabulary the embedding and output head are trained in full and saved with the adapter
@@ -451,7 +459,8 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
 
     if config.lora.init_from:
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
-    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None))
+    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
+                                             model_config))
 
 
 def adapter_folder(where: str) -> Path:
@@ -522,16 +531,51 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
-def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None) -> LoraConfig:
-    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save."""
+def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
+                model_config=None) -> LoraConfig:
+    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
+    `model_config` resolves a preset to the architecture's own module names (hubtune.families)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
     save = list(dict.fromkeys([*lora.modules_to_save, *names]))
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.peft_target_modules(), target_parameters=lora.target_parameters or None,
+                      target_modules=lora.peft_target_modules(model_config),
+                      target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
                       bias="none", task_type="CAUSAL_LM")
+
+
+def set_pad_token(tokenizer, family) -> None:
+    """A pad token where the tokenizer has none: the family's (Llama 3's <|finetune_right_pad_id|>), else its
+    unknown token, else EOS. Padding is masked out of the loss by position, so EOS is safe, but a distinct
+    token keeps padded batches readable."""
+    if tokenizer.pad_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in (family.pad if family else None, tokenizer.unk_token, tokenizer.eos_token):
+        if candidate and candidate in vocab:
+            tokenizer.pad_token = candidate
+            return
+
+
+def generation_config(path: str):
+    """The base's generation_config.json (what it stops on), or None when it ships none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def tokenized(rows, chat):
+    """Chat rows as input_ids with the completion mask hubtune checked (hubtune.data.chat); plain text and
+    an absent split pass through for TRL to tokenize."""
+    if rows is None or chat is None or "prompt" not in rows.column_names:
+        return rows
+    return rows.map(lambda row: chat.tokenize(row["prompt"], row["completion"], row.get("tools")),
+                    remove_columns=rows.column_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -549,7 +593,7 @@ class Levers:
                 f"{'on' if self.gradient_checkpointing else 'off'}")
 
 
-def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Levers:
+def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=None) -> Levers:
     """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
     variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
     checkpointing only when the memory estimate needs it (hubtune.memory)."""
@@ -561,6 +605,8 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Lever
     cuda = hw.device == "cuda"
     if t.kernels == "auto":
         attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
+        if family is not None and family.attention:  # Gemma 2's soft-capped attention has no SDPA kernel
+            attention = family.attention
         liger = cuda and find_spec("liger_kernel") is not None
     else:
         attention, liger = t.kernel_choice()
@@ -676,12 +722,16 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
     total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] > 0]
     read = {s["path"]: s for s in prepared.report["sources"]}
+    if prepared.report.get("mix_source"):
+        read[config.data.mix.source.path] = prepared.report["mix_source"]
     return RunSummary(
         base_model=base.repo_id or config.model.id,
         base_revision=base.revision_sha,
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
-                                revision_sha=read.get(s.path, {}).get("revision_sha"), sha256=_file_sha256(s.path))
-                  for s in config.data.sources],
+                                revision_sha=read.get(s.path, {}).get("revision_sha"), role=role,
+                                train_rows=read.get(s.path, {}).get("train"), eval_rows=read.get(s.path, {}).get("eval"),
+                                sha256=_file_sha256(s.path))
+                  for s, role in config.data.trained_sources()],
         method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
         total_parameters=total,
@@ -750,7 +800,7 @@ def _mb(n: int) -> str:
 
 def _file_sha256(path: str) -> str | None:
     """The content hash of a local data file (None for a Hub dataset, a built-in asset or a folder)."""
-    from hubtune.data.output import file_sha256
+    from hubtune.refs import file_sha256
     from hubtune.refs import RepoRef
 
     ref = RepoRef.parse(path)

@@ -21,9 +21,10 @@ Scorer = Callable[[list[dict]], Sequence[float]]
 BATCH = 2000  # examples rendered and tokenized at once
 
 
-def token_lengths(examples: Sequence[Example], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def token_lengths(examples: Sequence[Example], tokenizer, chat=None) -> tuple[np.ndarray, np.ndarray]:
     """(full example, response) lengths in the tokenizer's tokens. A chat example is measured as
-    rendered by the chat template, as the trainer will see it; plain text gets one EOS more."""
+    rendered by the chat template, as the trainer will see it (through `chat`, a ChatFormat, when the
+    family needs its own rendering); plain text gets one EOS more."""
     count = _token_counter(tokenizer)
     total, response = [], []
     for start in range(0, len(examples), BATCH):
@@ -31,11 +32,19 @@ def token_lengths(examples: Sequence[Example], tokenizer) -> tuple[np.ndarray, n
         answers = count([ex.response for ex in chunk], False)
         if chunk[0].text is None:
             conversations = [ex.prompt + ex.completion for ex in chunk]
-            check_renders(tokenizer, conversations, getattr(tokenizer, "name_or_path", "") or "the base model")
-            lengths = count(tokenizer.apply_chat_template(conversations, tokenize=False), False)
+            name = getattr(tokenizer, "name_or_path", "") or "the base model"
+            if chat is not None:  # as the family renders them (a system prompt folded, thinking, tools)
+                check_renders(tokenizer, [chat.messages(c) for c in conversations], name)
+                rendered = ["".join(chat.render(ex.prompt, ex.completion, ex.tools)) for ex in chunk]
+            else:
+                check_renders(tokenizer, conversations, name)
+                rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
+            lengths = count(rendered, False)
             if chunk[0].rejected is not None:  # a pair is as long as its longer answer
-                rendered = tokenizer.apply_chat_template([ex.prompt + ex.rejected for ex in chunk], tokenize=False)
-                lengths = [max(a, b) for a, b in zip(lengths, count(rendered, False))]
+                pairs = [ex.prompt + ex.rejected for ex in chunk]
+                rejected = (["".join(chat.render(ex.prompt, ex.rejected, ex.tools)) for ex in chunk] if chat is not None
+                            else tokenizer.apply_chat_template(pairs, tokenize=False))
+                lengths = [max(x, y) for x, y in zip(lengths, count(rejected, False))]
             total += lengths
         else:
             total += [n + 1 for n in count([ex.response for ex in chunk], True)]
