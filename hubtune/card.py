@@ -162,10 +162,6 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
     )
 
 
-METHOD_NAMES,
-    )
-
-
 METHOD_NAMES = {"sft": "supervised fine-tuning (SFT)", "dpo": "Direct Preference Optimization (DPO)",
                 "orpo": "Odds Ratio Preference Optimization (ORPO)", "kto": "Kahneman-Tversky Optimization (KTO)",
                 "grpo": "Group Relative Policy Optimization (GRPO)"}
