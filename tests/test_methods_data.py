@@ -280,7 +280,7 @@ def test_the_page_previews_pairs_sets_the_method_and_charts_rewards(tmp_path):
     write_jsonl(run / RunFolder.METRICS, [{"step": 1, "loss": 0.5, "rewards/exact_match/mean": 0.25,
                                            "rewards/exact_match/std": 0.1, "reward": 0.25}])
     points = views.loss_points([RunFolder(run)])
-    assert {p["series"]: p["loss"] for p in points} == {"training": 0.5, "reward exact_match": 0.25}
+    assert {p["curve"]: p["loss"] for p in points} == {"training loss": 0.5, "reward exact_match": 0.25}
     assert views.chart_caption(points) == "1 training-loss points, 0 held-out-loss points, 1 reward points"
 
 
