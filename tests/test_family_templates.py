@@ -262,3 +262,20 @@ def test_the_docs_show_the_family_table_as_it_is():
 
     page = (Path(__file__).parents[1] / "docs" / "families.md").read_text(encoding="utf-8")
     assert markdown_table() in page, "regenerate the table in docs/families.md from hubtune.families.markdown_table()"
+
+
+def test_generation_renders_a_system_prompt_the_way_the_family_takes_it(family_model):
+    """Generation (evaluation, the base's prompting score, the app's chat) renders through the family: Gemma 2's
+    template alone refuses the system prompt; through hubtune it is folded, and every stop id is passed."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtune.evaluation.generate import chat_for, generate_answers, stream_answer
+
+    folder = family_model("gemma2")
+    tokenizer, _, _ = load(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    chat = chat_for(model, tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in chat.stop_ids
+    generated = generate_answers(model, tokenizer, [PROMPT], max_new_tokens=3, chat=chat)
+    assert len(generated) == 1 and isinstance(chat.answer(generated[0]), str)
+    assert isinstance(list(stream_answer(model, tokenizer, PROMPT, max_new_tokens=3))[-1], str)
