@@ -172,9 +172,18 @@ def test_the_data_report_counts_rows_with_reasoning(tmp_path, family_model):
 def test_a_system_prompt_the_template_refuses_is_folded_and_the_report_says_so(tmp_path, family_model):
     tokenizer, config, generation = load(family_model("gemma2"))
     path = write_jsonl(tmp_path / "g.jsonl", label_rows(4, 1))
-    report = prepare(section(path, near_dup_threshold=None), tokenizer, model_config=config,
-                     generation_config=generation).report["chat_template"]
+    full = prepare(section(path, near_dup_threshold=None), tokenizer, model_config=config,
+                   generation_config=generation).report
+    report = full["chat_template"]
     assert report["system_prompt"].startswith("folded into the first user turn")
+    from rich.console import Console
+
+    from hubtune.data.report import render
+
+    console = Console(record=True, width=200)
+    render(full, console)
+    shown = console.export_text()
+    assert shown.count("system prompt: folded into the first user turn") == 1 and "(Gemma 2 family)" in shown
     assert report["end_of_turn"] == "<end_of_turn>" and tokenizer.convert_tokens_to_ids("<end_of_turn>") in \
         report["stop_token_ids"]
 
