@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hubtune.refs import is_hub_id
 from hubtune.runs import RunFolder
+from hubtune.tables import peak_memory_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
 LOSS_CURVE = "loss_curve.png"
@@ -123,13 +124,14 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
     findings = verdict.findings
     base_finding = findings[0]
     hub = constants.ENDPOINT.rstrip("/")
-    dataset_findings = {f.repo.ref: f for f in findings[1:]}
     datasets = []
-    for d in s.datasets:
-        f = dataset_findings.get(d.path)
-        datasets.append({"ref": d.path, "url": f"{hub}/datasets/{d.path}" if is_hub_id(d.path) else None,
+    for d, f in zip(s.datasets, findings[1:] + [None] * len(s.datasets)):  # repo_licences' order: the summary's
+        declared = f.repo.declared if f else None
+        datasets.append({"ref": d.label, "url": f"{hub}/datasets/{d.path}" if is_hub_id(d.path) else None,
                          "revision": d.revision_sha or d.revision,  # the commit the rows were read at
-                         "split": d.split, "licence": f.repo.licence if f else "unknown"})
+                         "sha256": d.sha256, "role": {"task": "task data", "mix": "general data mixed in"}[d.role],
+                         "rows": d.train_rows, "split": d.split, "licence": f.repo.licence if f else "unknown",
+                         "declared": declared})
     hw = s.hardware
     details = f" ({hw['compute_dtype']})" if hw.get("compute_dtype") else ""
     return ModelCard.from_template(
@@ -147,11 +149,11 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         verdict=verdict.verdict, use=verdict.use,
         lora=config.lora, training=config.training, model_section=config.model,
         trainable=s.trainable_parameters, total=s.total_parameters,
-        steps=s.global_steps, epochs=s.epochs, train_examples=s.train_examples,
+        steps=s.global_steps, epochs=s.epochs, train_examples=s.train_examples, eval_examples=s.eval_examples,
         duration=s.duration_seconds, final_eval_loss=s.final_eval_loss,
         initial_eval_loss=s.initial_eval_loss, hardware=f"{hw.get('device_name') or hw.get('device', '?')}{details}",
         optimizer=hw.get("optimizer") or config.training.optimizer,  # `auto` as the hardware resolved it
-        peak_memory=s.peak_memory_mb, versions=s.versions,
+        peak_memory=peak_memory_text(s.peak_memory_mb).removeprefix("peak memory "), versions=s.versions,
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
         usage=usage(run),
@@ -221,5 +223,5 @@ def repo_licences(run: RunFolder):
     recorded = (s.licence or {}).get("repos") or [{}]
     pins = {a["repo"]: a["revision"] for a in recorded[0].get("ancestors", []) if a.get("revision")}
     model = licence.read_licence(s.base_model, "model", s.base_revision, pins=pins)
-    datasets = [licence.read_licence(d.path, "dataset", d.revision_sha or d.revision) for d in s.datasets]
+    datasets = licence.dataset_licences([(d, d.role) for d in s.datasets], run.config.licence.declared)
     return model, datasets

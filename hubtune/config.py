@@ -246,13 +246,21 @@ class DataSection(Section):
     near_dup_threshold: float | None = Field(0.8, gt=0.0, le=1.0,
         description="Drop near duplicates at this Jaccard similarity of word shingles (MinHash LSH); null: off.")
     shingle_words: int = Field(3, ge=1, le=10, description="Words per shingle for near-duplicate detection.")
-    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (one-token answers, empty ones).")
+    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (empty ones, one-token ones).")
+    short_relative: bool = Field(True,
+        description="Short answers are dropped only as outliers: the bar falls to the answers' own 10th percentile, so labels, names and numbers that are the bulk stay; false: min_response_tokens as an absolute bar.")
     max_length_percentile: float | None = Field(None, gt=0.0, lt=100.0,
         description="Drop examples longer than this percentile of token lengths (e.g. 99); null: off.")
     scorer: ScorerSection | None = Field(None, description="Score rows (a reward model, an LLM judge) and drop low scorers.")
     task_column: str = Field("task", description="Column naming each row's task type, for the balance report and cap.")
     max_task_share: float = Field(1.0, gt=0.0, le=1.0, description="Downsample any task above this share of the data (1: no cap).")
     mix: MixSection = Field(default_factory=MixSection, description="Mix in general instruction data at a ratio.")
+
+    def trained_sources(self) -> list[tuple[DataSource, str]]:
+        """(source, role) for every dataset that reaches training: the task data, then the general data
+        mixed in when mixing is on. The licence gate, the summary and the card all read this list."""
+        mixing = self.mix.source is not None and self.mix.ratio > 0
+        return [(s, "task") for s in self.sources] + ([(self.mix.source, "mix")] if mixing else [])
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -381,10 +389,19 @@ class TrainingSection(Section):
         return v
 
 
+class RightsDeclaration(Section):
+    file: str = Field(description="The data file's name, as the card shows it.")
+    sha256: str = Field(description="Its content hash: the declaration covers these bytes only.")
+    by: str | None = Field(None, description="Who declared it (the signed-in account; None when not signed in).")
+    at: str = Field(description="When, as an ISO 8601 UTC time.")
+
+
 class LicenceSection(Section):
     use: Literal["personal", "research", "commercial"] = Field("personal", description="What the tuned adapter is for.")
     acknowledge: list[str] = Field(default_factory=list,
-        description="Repo ids whose warn/block licence verdict you accept explicitly.")
+        description="Repo ids or data file names whose warn/block licence verdict you accept explicitly.")
+    declared: list[RightsDeclaration] = Field(default_factory=list,
+        description="Your own files: the uploader's declaration that they hold the rights to use and publish them.")
 
 
 class OutputSection(Section):

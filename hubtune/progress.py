@@ -108,6 +108,8 @@ class Display:
         else:
             self.phase("data", f"kept {report['kept']} of {report['total']} rows: {report['train']} for training, "
                                f"{report['eval']} held out")
+            for warning in report.get("warnings") or []:
+                self.note(f"warning: {warning}", style="bold yellow")
 
     def row(self, rows: list[dict]) -> None:
         """Show the figures after a new metrics row (called by the metrics file's writer)."""

@@ -60,7 +60,17 @@ class DatasetRecord(BaseModel):
     name: str | None = None
     revision: str | None = None  # as configured (a branch, tag, or None for main)
     revision_sha: str | None = None  # the commit the rows were read at; None for local data
+    role: Literal["task", "mix"] = "task"  # the task data, or general data mixed in against forgetting
+    train_rows: int | None = None  # rows it gave to training (after every data step)
+    eval_rows: int | None = None  # rows it gave to the held-out split
     sha256: str | None = None  # a local file's content when it was read, to recognise it wherever it moves
+
+    @property
+    def label(self) -> str:
+        """Its name as shown to people: a Hub id or built-in asset as written, a local file by its name."""
+        from hubtune.refs import data_label
+
+        return data_label(self.path)
 
 
 class RunSummary(BaseModel):

@@ -165,6 +165,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     from hubtune import advice, compat, data, families, hub, licence, memory
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
     if cpu:
@@ -173,7 +174,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
     #    repo too, so a token that cannot write there stops the run now rather than at the first save.
-    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+    datasets = config.data.trained_sources()
+    mixed = " (general data mixed in included)" if len(datasets) > len(config.data.sources) else ""
+    display.phase("licence", f"checking {config.model.id} and {len(datasets)} dataset(s){mixed} "
                              f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
     display.licence(verdict)
@@ -199,6 +202,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
                                 generation_config=generation_config(base.path))
     display.data_report(prepared.report)
+    require_held_out(prepared.report, config.data)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
@@ -678,12 +682,16 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
     total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] > 0]
     read = {s["path"]: s for s in prepared.report["sources"]}
+    if prepared.report.get("mix_source"):
+        read[config.data.mix.source.path] = prepared.report["mix_source"]
     return RunSummary(
         base_model=base.repo_id or config.model.id,
         base_revision=base.revision_sha,
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
-                                revision_sha=read.get(s.path, {}).get("revision_sha"), sha256=_file_sha256(s.path))
-                  for s in config.data.sources],
+                                revision_sha=read.get(s.path, {}).get("revision_sha"), role=role,
+                                train_rows=read.get(s.path, {}).get("train"), eval_rows=read.get(s.path, {}).get("eval"),
+                                sha256=_file_sha256(s.path))
+                  for s, role in config.data.trained_sources()],
         method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
         total_parameters=total,
@@ -752,7 +760,7 @@ def _mb(n: int) -> str:
 
 def _file_sha256(path: str) -> str | None:
     """The content hash of a local data file (None for a Hub dataset, a built-in asset or a folder)."""
-    from hubtune.data.output import file_sha256
+    from hubtune.refs import file_sha256
     from hubtune.refs import RepoRef
 
     ref = RepoRef.parse(path)

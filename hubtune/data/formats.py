@@ -118,17 +118,21 @@ def resolve_format(first_row: dict, wanted: str, columns: dict[str, str], source
     mapped = map_columns(first_row, columns)
     mapping_hint = ("map your columns with data.columns, e.g. {output: answer} "
                     "(CLI: --column output=answer)")
+    page_hint = "map your columns in the Column mapping box, e.g. output=answer"
     if wanted == "auto":
         fmt = detect_format(mapped)
         if fmt is None:
-            raise DataError(f"{source}: cannot tell the format from the columns found: {found}. "
-                            f"Expected one of: {describe_formats()}. Set data.format and {mapping_hint}")
+            what = (f"{source}: cannot tell the format from the columns found: {found}. "
+                    f"Expected one of: {describe_formats()}.")
+            raise DataError(f"{what} Set data.format and {mapping_hint}").for_page(
+                f"{what} Choose the Format and {page_hint}")
         return fmt
     missing = [c for c in REQUIRED[wanted] if c not in mapped]
     if missing:
         optional = f" (optional: {', '.join(OPTIONAL[wanted])})" if wanted in OPTIONAL else ""
-        raise DataError(f"{source}: missing column {', '.join(missing)} for format {wanted}, which expects "
-                        f"{', '.join(REQUIRED[wanted])}{optional}; columns found: {found}. Fix: {mapping_hint}")
+        what = (f"{source}: missing column {', '.join(missing)} for format {wanted}, which expects "
+                f"{', '.join(REQUIRED[wanted])}{optional}; columns found: {found}.")
+        raise DataError(f"{what} Fix: {mapping_hint}").for_page(f"{what} Fix: {page_hint}")
     return wanted
 
 

@@ -35,7 +35,7 @@ FIX_WHEN_EMPTY = {
     "read": "the sources hold no usable rows; check the path and the format",
     "exact_duplicates": "every row repeats an earlier one; check the source",
     "near_duplicates": "raise data.near_dup_threshold, or set it to null to skip this step",
-    "too_short": "lower data.min_response_tokens",
+    "too_short": "lower data.min_response_tokens, or set data.short_relative: true",
     "too_long": "raise data.max_seq_len, set data.truncate: true, or raise data.max_length_percentile",
     "scorer": "lower data.scorer.threshold",
     "task_balance": "raise data.max_task_share",
@@ -265,11 +265,14 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
     chat, template = (None, None) if plain_text else chat_format(tokenizer, data.chat_template, model_config,
                                                                   generation_config, data.thinking)
     pool = np.arange(len(store))
+    removed_shown: dict[str, list[dict]] = {}
 
     def drop(gone, step: str) -> np.ndarray:
         nonlocal pool
         mask = np.ones(len(pool), dtype=bool)
         mask[np.asarray(list(gone), dtype=np.int64)] = False
+        if step not in ("exact_duplicates", "near_duplicates"):  # those show pairs of their own
+            removed_shown[step] = [_shown(store, int(i)) for i in pool[~mask][:EXAMPLES_SHOWN]]
         store.release(pool[~mask])
         before, pool = len(pool), pool[mask]
         steps.record(step, before, len(pool))
@@ -286,9 +289,14 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
         near_shown = [_pair(store, pool, d) for d in sorted(near, key=lambda d: d.similarity)[:EXAMPLES_SHOWN]]
     drop([d.index for d in near], "near_duplicates")
 
-    # Lengths in the base model's tokens: answers too short, examples too long (or truncated).
+    # Lengths in the base model's tokens: answers too short, examples too long (or truncated). "Too
+    # short" is relative to the data: when short answers are the bulk (labels, names, numbers) they are
+    # the task, so the bar drops to the 10th percentile of the answers' own lengths: only outliers go.
     total_len, response_len = quality.token_lengths(Subset(store, pool), tokenizer, chat)
-    short = np.flatnonzero(response_len < data.min_response_tokens)
+    short_below = data.min_response_tokens
+    if data.short_relative:
+        short_below = min(short_below, max(int(np.percentile(response_len, 10)), 1))
+    short = np.flatnonzero(response_len < short_below)
     mask = drop(short, "too_short")
     total_len, response_len = total_len[mask], response_len[mask]
     limit = float(np.percentile(total_len, data.max_length_percentile)) if data.max_length_percentile else None
@@ -318,10 +326,18 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
     is_eval = np.asarray(quality.held_out(pool_keys, data.val_set_size), dtype=bool)
     train_idx, eval_idx = pool[~is_eval], pool[is_eval]
     steps.record("split", len(pool), len(train_idx))
-    mixed = _mix(data, len(train_idx), set(pool_keys), seed, plain_text)
+
+    mixed, mix_source = _mix(data, len(train_idx), set(pool_keys), seed, plain_text)
+    # Rows each source gives to training and to the held-out split (a store holds the sources in order).
+    ends = np.cumsum([s["examples"] for s in summary])
+    for i, s in enumerate(summary):
+        s["train"] = int(np.count_nonzero(np.searchsorted(ends, train_idx, side="right") == i))
+        s["eval"] = int(np.count_nonzero(np.searchsorted(ends, eval_idx, side="right") == i))
+    if mix_source is not None:
+        mix_source.update(train=len(mixed), eval=0, role="mix")
 
     report = {
-        "sources": summary, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
+        "sources": summary, "mix_source": mix_source, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
         "chat_template": template,
         "reasoning_rows": 0 if plain_text else sum(reasoning_of(ex.completion[-1])[0] is not None
                                                    for ex in Subset(store, pool)),
@@ -333,7 +349,9 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
         "bad_row_examples": bad[:EXAMPLES_SHOWN],
         "exact_duplicate_examples": exact_shown,
         "near_duplicate_examples": near_shown,
-        "lengths": {"max_seq_len": data.max_seq_len, "percentile_limit": limit,
+        "removed_examples": removed_shown,  # per step, its first removed examples
+        "warnings": guardrails(len(train_idx) + len(mixed), len(eval_idx), len(pool), data.val_set_size),
+        "lengths": {"max_seq_len": data.max_seq_len, "percentile_limit": limit, "short_below": short_below,
                     "example_tokens": quality.stats(total_len),
                     "response_tokens": quality.stats(response_len),
                     "histogram": quality.histogram(total_len, data.max_seq_len)},
@@ -355,19 +373,56 @@ def _task_table(read: Counter, balanced: dict | None) -> dict | None:
     return {name: {"read": count} | (balanced or {}).get(name, empty) for name, count in read.most_common()}
 
 
+FEW_TRAINING_ROWS = 50
+FEW_HELD_OUT = 10
+
+
+def guardrails(train: int, held_out: int, kept: int, val_set_size: float) -> list[str]:
+    """Warnings, in words with the fix, for data too small to trust what training will show. The first
+    (nothing held out although held-out loss was asked for) is an error for training: see require_held_out."""
+    out = []
+    if val_set_size > 0 and not held_out:
+        out.append(no_held_out(val_set_size, kept))
+    if train < FEW_TRAINING_ROWS:
+        out.append(f"only {train} training rows: an adapter learns little from fewer than {FEW_TRAINING_ROWS} and may "
+                   f"learn them by heart; add rows (a few hundred is a sound start), and judge the run by the "
+                   f"held-out loss, not the training loss")
+    if 0 < held_out < FEW_HELD_OUT:
+        out.append(f"only {held_out} row{'s' if held_out > 1 else ''} held out: the held-out loss will move with single rows; hold out at "
+                   f"least {FEW_HELD_OUT} (data.val_set_size: {FEW_HELD_OUT})")
+    return out
+
+
+def no_held_out(val_set_size: float, kept: int) -> str:
+    return (f"data.val_set_size is {val_set_size:g}, but of {kept} examples none fell in the held-out split, so "
+            f"there would be no held-out loss: hold out a number of rows instead (data.val_set_size: "
+            f"{min(FEW_HELD_OUT, max(kept // 5, 1))}), or set data.val_set_size: 0 to train without held-out loss")
+
+
+def require_held_out(report: dict, data: DataSection) -> None:
+    """Before training: held-out loss was asked for (val_set_size > 0) and nothing was held out."""
+    if data.val_set_size > 0 and not report["eval"]:
+        raise DataError(no_held_out(data.val_set_size, report["kept"]))
+
+
+def _shown(store: ExampleStore, i: int) -> dict:
+    """One example as a report shows it: where it came from and its text, cut at 300 characters."""
+    text = "\n".join(store[i].comparison_parts()).strip()
+    return {"origin": store.origin(i), "text": text if len(text) <= 300 else text[:297] + "..."}
+
+
 def _pair(store: ExampleStore, pool: np.ndarray, d: dedup.NearDuplicate) -> dict:
-    def show(k: int) -> dict:
-        i = int(pool[k])
-        text = "\n".join(store[i].comparison_parts()).strip()
-        return {"origin": store.origin(i), "text": text if len(text) <= 300 else text[:297] + "..."}
-    return {"similarity": d.similarity, "kept": show(d.kept), "removed": show(d.index)}
+    return {"similarity": d.similarity, "kept": _shown(store, int(pool[d.kept])),
+            "removed": _shown(store, int(pool[d.index]))}
 
 
-def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int, plain_text: bool) -> list[Example]:
+def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int,
+         plain_text: bool) -> tuple[list[Example], dict | None]:
+    """The general rows mixed into training, and the summary of the source they came from."""
     if data.mix.ratio <= 0 or data.mix.source is None:
-        return []
+        return [], None
     general = DataSection(sources=[data.mix.source], skip_bad_rows=data.skip_bad_rows, task_column=data.task_column)
-    pool, _, _ = read_examples(general.sources, general)
+    pool, read, _ = read_examples(general.sources, general)
     if pool and (pool[0].text is not None) != plain_text:
         raise DataError(f"data.mix.source {data.mix.source.path}: its format does not match the training data "
                         f"(one is plain text, the other chat); mix in data of the same kind")
@@ -375,4 +430,4 @@ def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int, 
     if not pool:
         raise DataError(f"data.mix.source {data.mix.source.path}: no rows to mix in (empty, or all already in the "
                         f"training data); give a general instruction dataset")
-    return quality.mix_rows(pool, train_size, data.mix.ratio, seed)
+    return quality.mix_rows(pool, train_size, data.mix.ratio, seed), read[0]

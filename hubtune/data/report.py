@@ -47,6 +47,8 @@ def render(report: dict, console: Console | None = None) -> None:
     if report["truncated"]:
         line += f"; {report['truncated']} over max_seq_len kept and truncated"
     console.print(line)
+    for warning in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}")
 
     lengths = report["lengths"]
     hist = Table(title=f"Example length in tokens (max_seq_len {lengths['max_seq_len']})", title_justify="left")
@@ -83,6 +85,11 @@ def render(report: dict, console: Console | None = None) -> None:
             pairs.add_row(f"{p['similarity']:.2f}", f"{p['kept']['origin']}\n{p['kept']['text']}",
                           f"{p['removed']['origin']}\n{p['removed']['text']}")
         console.print(pairs)
+    for step, shown in (report.get("removed_examples") or {}).items():
+        if shown:
+            console.print(f"first removed as {STEP_LABELS.get(step, step)}:")
+            for ex in shown:
+                console.print(f"  {ex['origin']}: {ex['text'][:120]!r}", markup=False, highlight=False)
     for pair in report["exact_duplicate_examples"]:
         console.print(f"exact duplicate: {pair['removed']} repeats {pair['kept']}")
     for bad in report["bad_row_examples"]:

@@ -130,8 +130,10 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     return answers
 
 
-def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 256):
-    """Greedy answer to one chat prompt, yielded as the text so far after each new token (for a chat UI)."""
+def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+                  top_p: float = 1.0):
+    """The answer to a conversation, yielded as the text so far after each new token (for a chat UI):
+    greedy at temperature 0, else sampled at that temperature and top-p."""
     from threading import Thread
 
     from transformers import TextIteratorStreamer
@@ -142,8 +144,9 @@ def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                  eos_token_id=chat.stop_ids, pad_token_id=pad)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, eos_token_id=chat.stop_ids,
+                  pad_token_id=pad, **sampling)
     worker = Thread(target=torch.inference_mode()(model.generate), kwargs=kwargs, daemon=True)
     worker.start()
     answer = ""
