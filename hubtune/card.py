@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hubtune.refs import is_hub_id
 from hubtune.runs import RunFolder
+from hubtune.tables import peak_memory_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
 LOSS_CURVE = "loss_curve.png"
@@ -102,7 +103,7 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
         library_name="transformers" if merged else "peft",
         license=licences[0] if licences else None,  # the base's own licence id, as its card gives it
         datasets=hub_datasets or None,
-        tags=["hubtune", method, *(["lora"] if method != "lora" else []), "trl", "sft",
+        tags=["hubtune", method, *(["lora"] if method != "lora" else []), "trl", summary.training_method,
               *(["unsloth"] if (summary.backend or {}).get("name") == "unsloth" else [])],
         pipeline_tag=TASK,
         model_name=repo_id.split("/")[-1] if results else None,
@@ -123,13 +124,14 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
     findings = verdict.findings
     base_finding = findings[0]
     hub = constants.ENDPOINT.rstrip("/")
-    dataset_findings = {f.repo.ref: f for f in findings[1:]}
     datasets = []
-    for d in s.datasets:
-        f = dataset_findings.get(d.path)
-        datasets.append({"ref": d.path, "url": f"{hub}/datasets/{d.path}" if is_hub_id(d.path) else None,
+    for d, f in zip(s.datasets, findings[1:] + [None] * len(s.datasets)):  # repo_licences' order: the summary's
+        declared = f.repo.declared if f else None
+        datasets.append({"ref": d.label, "url": f"{hub}/datasets/{d.path}" if is_hub_id(d.path) else None,
                          "revision": d.revision_sha or d.revision,  # the commit the rows were read at
-                         "split": d.split, "licence": f.repo.licence if f else "unknown"})
+                         "sha256": d.sha256, "role": {"task": "task data", "mix": "general data mixed in"}[d.role],
+                         "rows": d.train_rows, "split": d.split, "licence": f.repo.licence if f else "unknown",
+                         "declared": declared})
     hw = s.hardware
     details = f" ({hw['compute_dtype']})" if hw.get("compute_dtype") else ""
     return ModelCard.from_template(
@@ -147,15 +149,53 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         verdict=verdict.verdict, use=verdict.use,
         lora=config.lora, training=config.training, model_section=config.model,
         trainable=s.trainable_parameters, total=s.total_parameters,
-        steps=s.global_steps, epochs=s.epochs, train_examples=s.train_examples,
+        steps=s.global_steps, epochs=s.epochs, train_examples=s.train_examples, eval_examples=s.eval_examples,
         duration=s.duration_seconds, final_eval_loss=s.final_eval_loss,
         initial_eval_loss=s.initial_eval_loss, hardware=f"{hw.get('device_name') or hw.get('device', '?')}{details}",
         optimizer=hw.get("optimizer") or config.training.optimizer,  # `auto` as the hardware resolved it
-        peak_memory=s.peak_memory_mb, versions=s.versions,
+        peak_memory=peak_memory_text(s.peak_memory_mb).removeprefix("peak memory "), versions=s.versions,
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
+        training_method=s.training_method, method_settings=s.method_settings or {},
+        held_out=held_out_rows(s.held_out), method_names=METHOD_NAMES,
+        usage=usage(run),
         selection=s.selection,
     )
+
+
+METHOD_NAMES = {"sft": "supervised fine-tuning (SFT)", "dpo": "Direct Preference Optimization (DPO)",
+                "orpo": "Odds Ratio Preference Optimization (ORPO)", "kto": "Kahneman-Tversky Optimization (KTO)",
+                "grpo": "Group Relative Policy Optimization (GRPO)"}
+MEASURE_NAMES = {"accuracy": "preference accuracy (implicit reward favours chosen)", "margin": "reward margin",
+                 "likelihood_accuracy": "likelihood preference (higher log-prob per token for chosen)"}
+
+
+def held_out_rows(held_out: dict | None) -> list[dict]:
+    """The method's own measure before and after training, one row per measure, for the card's table."""
+    if not held_out:
+        return []
+    before, after = held_out.get("before") or {}, held_out["after"]
+    rows = []
+    if "preference" in after:
+        b, a = before.get("preference") or {}, after["preference"]
+        rows += [{"name": MEASURE_NAMES[k], "before": b.get(k), "after": a[k], "count": f"{a['pairs']} pairs"}
+                 for k in MEASURE_NAMES if k in a]
+    for name, value in (after.get("rewards") or {}).items():
+        rows.append({"name": f"reward {name} (greedy answers)", "before": (before.get("rewards") or {}).get(name),
+                     "after": value, "count": f"{after.get('prompts')} prompts"})
+    return rows
+
+
+def usage(run: RunFolder) -> dict:
+    """What the card's "How to use" needs to render a prompt the way training did and stop where the model
+    learned to: the family, the ids generation stops on, where a system prompt goes, the thinking switch."""
+    chat = (run.read_json(RunFolder.DATA_REPORT) or {}).get("chat_template") or {}
+    system = chat.get("system_prompt", "")
+    return {"family": chat.get("family"), "stop_ids": chat.get("stop_token_ids") or [],
+            "end_of_turn": chat.get("end_of_turn"),
+            "fold": "first" if system.startswith("folded into the first") else
+                    "last" if system.startswith("folded into the last") else None,
+            "thinking": chat.get("thinking") is not None and chat.get("family") == "Qwen3"}
 
 
 def _named_copies(repo) -> list[dict]:
@@ -209,5 +249,5 @@ def repo_licences(run: RunFolder):
     recorded = (s.licence or {}).get("repos") or [{}]
     pins = {a["repo"]: a["revision"] for a in recorded[0].get("ancestors", []) if a.get("revision")}
     model = licence.read_licence(s.base_model, "model", s.base_revision, pins=pins)
-    datasets = [licence.read_licence(d.path, "dataset", d.revision_sha or d.revision) for d in s.datasets]
+    datasets = licence.dataset_licences([(d, d.role) for d in s.datasets], run.config.licence.declared)
     return model, datasets

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hubtune.errors import ConfigError
 from hubtune.refs import ASSETS, RepoRef, resolve_builtin  # noqa: F401  (ASSETS, resolve_builtin: re-exported)
@@ -40,6 +40,11 @@ def _at_most(value, ceiling: tuple[int, str]):
     if value is not None and value > limit:
         raise ValueError(f"at most {limit:,}: {why}")
     return value
+
+
+def _on_off(value):
+    """YAML reads a bare on / off as true / false."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 def _revision(value: str | None) -> str | None:
@@ -92,6 +97,8 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: Literal["qv", "attention", "all-linear"] | list[str] = Field(
         "all-linear", description="A preset (qv | attention | all-linear) or explicit module names.")
+    init_from: str | None = Field(None, description="Continue training this adapter (a run folder or adapter folder), "
+                                  "e.g. an SFT run before DPO or GRPO; None: a fresh adapter.")
     target_regex: str | None = Field(None, description="A regular expression matched against full module names "
         "(PEFT's full match), used instead of target_modules, e.g. model.layers.\\d+.(self_attn|mlp).\\w+_proj.")
     target_parameters: list[str] = Field(default_factory=list, description="Parameters (not modules) to adapt too, "
@@ -117,11 +124,19 @@ class LoraSection(Section):
             raise ValueError("give a preset (qv, attention, all-linear) or at least one module name")
         return v
 
-    def peft_target_modules(self) -> str | list[str]:
-        """What PEFT's target_modules takes: a preset's names, the listed names, or the regular expression."""
+    def peft_target_modules(self, model_config=None) -> str | list[str]:
+        """What PEFT's target_modules takes: the regular expression, the listed names, or a preset's names, which
+        resolve to the architecture's own modules when the model's config is given (Phi-3's fused qkv_proj for
+        qv / attention; see hubtune.families)."""
         if self.target_regex is not None:
             return self.target_regex
-        return TARGET_PRESETS[self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if not isinstance(self.target_modules, str):
+            return self.target_modules
+        if model_config is None:
+            return TARGET_PRESETS[self.target_modules]
+        from hubtune.families import target_modules
+
+        return target_modules(self.target_modules, model_config)
 
 
 SPLIT_SLICE = re.compile(r"(?P<name>[\w.-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
@@ -176,7 +191,8 @@ def chat_template_names() -> list[str]:
     return sorted(p.stem for p in CHAT_TEMPLATES.glob("*.jinja"))
 
 
-FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text")
+FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text",
+               "chosen", "rejected", "label")
 
 
 class ScorerSection(Section):
@@ -207,14 +223,20 @@ class DataSection(Section):
     sources: list[DataSource] = Field(
         default_factory=lambda: [DataSource(path="hubtune:data/invoices/train.jsonl")],
         description="Training data; plain strings are read as paths.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = Field(
-        "auto", description="Row format; auto detects it from the columns.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference", "kto"] = Field(
+        "auto", description="Row format; auto detects it from the columns (preference: prompt/chosen/rejected "
+                            "pairs; kto: prompt/completion/label).")
     columns: dict[str, str] = Field(default_factory=dict,
         description="Map hubtune's field names to your columns, e.g. {output: answer, instruction: question}.")
     skip_bad_rows: bool = Field(False, description="Skip and count malformed rows instead of stopping at the first one.")
     chat_template: str = Field(
         "auto", description="auto: the base model's own template (hubtune's default when it has none); default: hubtune's; "
         "or a named template (chatml, llama3, qwen_25, gemma3, ...: hubtune/assets/chat_templates).")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models (Qwen3, DeepSeek-R1): auto trains rows with reasoning in thinking mode and "
+                            "the rest with thinking off; on / off: every row.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
@@ -228,13 +250,21 @@ class DataSection(Section):
     near_dup_threshold: float | None = Field(0.8, gt=0.0, le=1.0,
         description="Drop near duplicates at this Jaccard similarity of word shingles (MinHash LSH); null: off.")
     shingle_words: int = Field(3, ge=1, le=10, description="Words per shingle for near-duplicate detection.")
-    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (one-token answers, empty ones).")
+    min_response_tokens: int = Field(2, ge=0, description="Drop responses with fewer tokens (empty ones, one-token ones).")
+    short_relative: bool = Field(True,
+        description="Short answers are dropped only as outliers: the bar falls to the answers' own 10th percentile, so labels, names and numbers that are the bulk stay; false: min_response_tokens as an absolute bar.")
     max_length_percentile: float | None = Field(None, gt=0.0, lt=100.0,
         description="Drop examples longer than this percentile of token lengths (e.g. 99); null: off.")
     scorer: ScorerSection | None = Field(None, description="Score rows (a reward model, an LLM judge) and drop low scorers.")
     task_column: str = Field("task", description="Column naming each row's task type, for the balance report and cap.")
     max_task_share: float = Field(1.0, gt=0.0, le=1.0, description="Downsample any task above this share of the data (1: no cap).")
     mix: MixSection = Field(default_factory=MixSection, description="Mix in general instruction data at a ratio.")
+
+    def trained_sources(self) -> list[tuple[DataSource, str]]:
+        """(source, role) for every dataset that reaches training: the task data, then the general data
+        mixed in when mixing is on. The licence gate, the summary and the card all read this list."""
+        mixing = self.mix.source is not None and self.mix.ratio > 0
+        return [(s, "task") for s in self.sources] + ([(self.mix.source, "mix")] if mixing else [])
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -268,7 +298,75 @@ class DataSection(Section):
         return v
 
 
+METHODS = ("sft", "dpo", "orpo", "kto", "grpo")
+REWARDS = ("exact_match", "f1", "regex", "json", "length", "judge", "callable")
+
+
+class RewardSpec(Section):
+    name: Literal["exact_match", "f1", "regex", "json", "length", "judge", "callable"] = Field(
+        description="exact_match | f1 (against the row's reference), regex | json (format), length, judge, callable.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO optimises.")
+    pattern: str | None = Field(None, description="regex: the pattern a completion must match (re.search).")
+    target_chars: int | None = Field(None, ge=1, description="length: completions longer than this lose reward in proportion.")
+    callable: str | None = Field(None, description="callable: module:function(prompts, completions, references) -> floats. "
+                                 "Command line and local page only: never on a shared Space.")
+
+    @field_validator("callable")
+    @classmethod
+    def _module_function(cls, v):
+        if v is not None and not re.fullmatch(r"[\w.]+:[\w]+", v):
+            raise ValueError(f"{v!r} is not module:function, e.g. my_rewards:short_answers")
+        return v
+
+    @model_validator(mode="after")
+    def _settings_for_name(self):
+        needs = {"regex": "pattern", "length": "target_chars", "callable": "callable"}
+        if self.name in needs and getattr(self, needs[self.name]) is None:
+            raise ValueError(f"the {self.name} reward needs {needs[self.name]}")
+        if self.name == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression ({err})") from None
+        return self
+
+    @property
+    def label(self) -> str:
+        """The reward's name in metrics and the card: exact_match, regex, my_rewards:short_answers."""
+        return self.callable if self.name == "callable" else self.name
+
+
+class GRPOSection(Section):
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")],
+        description="Reward functions and their weights; GRPO maximises the weighted sum.")
+    num_generations: int = Field(4, ge=2, le=256, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(128, ge=1, le=131072, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of the generations.")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _names_as_specs(cls, v):
+        return [{"name": r} if isinstance(r, str) else r for r in v] if isinstance(v, list) else v
+
+    @field_validator("rewards")
+    @classmethod
+    def _at_least_one(cls, v):
+        if not v:
+            raise ValueError("list at least one reward, e.g. [exact_match]")
+        return v
+
+
 class TrainingSection(Section):
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = Field(
+        "sft", description="sft: supervised; dpo, orpo, kto: preference data; grpo: sampled answers scored by rewards.")
+    beta: float | None = Field(None, ge=0.0, le=100.0, description="dpo/kto: strength of the pull to the reference "
+                               "(0.1); orpo: weight of the odds-ratio term (0.1); grpo: KL weight (0: no reference). "
+                               "None: the method's default.")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO: rewards, group size, sampling.")
+
+    def method_beta(self) -> float:
+        """beta as set, or the method's default (TRL's: 0.1 for the preference methods, 0 for GRPO)."""
+        return self.beta if self.beta is not None else (0.0 if self.method == "grpo" else 0.1)
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate of the adapter.",
                                  json_schema_extra={"typical": [1e-4, 3e-4]})
     epochs: float = Field(3.0, gt=0.0, le=100.0, description="Passes over the training data (ignored when max_steps is set).",
@@ -368,10 +466,19 @@ class TrainingSection(Section):
         return v
 
 
+class RightsDeclaration(Section):
+    file: str = Field(description="The data file's name, as the card shows it.")
+    sha256: str = Field(description="Its content hash: the declaration covers these bytes only.")
+    by: str | None = Field(None, description="Who declared it (the signed-in account; None when not signed in).")
+    at: str = Field(description="When, as an ISO 8601 UTC time.")
+
+
 class LicenceSection(Section):
     use: Literal["personal", "research", "commercial"] = Field("personal", description="What the tuned adapter is for.")
     acknowledge: list[str] = Field(default_factory=list,
-        description="Repo ids whose warn/block licence verdict you accept explicitly.")
+        description="Repo ids or data file names whose warn/block licence verdict you accept explicitly.")
+    declared: list[RightsDeclaration] = Field(default_factory=list,
+        description="Your own files: the uploader's declaration that they hold the rights to use and publish them.")
 
 
 class OutputSection(Section):
@@ -389,6 +496,10 @@ class EvalSection(Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generation or scoring batch.")
     tasks: list[str] = Field(default_factory=lambda: ["hubtune_general_mc"],
         description="lm-eval harness tasks: harness names (hellaswag, ...) or names in evals/tasks/; [] skips the harness.")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="Reasoning models: generate with thinking on or off; auto: on when training rows carried reasoning.")
+
+    _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
     harness_chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: chat template for generation tasks, raw text for multiple choice.")
     regression_set: str | None = Field("evals:regression/general_mc.jsonl",

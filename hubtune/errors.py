@@ -14,9 +14,22 @@ from collections.abc import Callable
 
 
 class HubtuneError(Exception):
-    """Base of every error hubtune raises on purpose."""
+    """Base of every error hubtune raises on purpose. One error, two renderings: str(err) speaks the
+    command line (flags, config keys, shell commands); `on_page`, when set, says the same in the page's
+    words (the control to change). `page_text(err)` picks the page's."""
 
     exit_code = 2
+    on_page: str | None = None
+
+    def for_page(self, text: str) -> HubtuneError:
+        """This error with its page rendering; returns itself, so `raise Err(cli).for_page(page)` reads."""
+        self.on_page = text
+        return self
+
+
+def page_text(err: BaseException) -> str:
+    """An error as the page shows it: its page rendering when it has one, else its message."""
+    return getattr(err, "on_page", None) or str(err)
 
 
 class ConfigError(HubtuneError):
@@ -37,6 +50,14 @@ class ConfigError(HubtuneError):
 
 class DataError(HubtuneError):
     """A dataset that cannot be read or used as configured (file, line, column, step)."""
+
+
+class RewardError(HubtuneError):
+    """A GRPO reward function that raised, or returned NaN, a non-number or the wrong count of scores."""
+
+    def __init__(self, message: str, reward: str):
+        self.reward = reward
+        super().__init__(message)
 
 
 class TrainingInterrupted(HubtuneError):

@@ -44,6 +44,7 @@ class Family:
     thinking: str | None = None  # None | "switch" (enable_thinking on/off) | "forced" (the generation prompt opens <think>)
     template_marker: str = ""  # a piece of the chat template that tells this family from others of its model_type
     modules: dict = field(default_factory=lambda: SEPARATE_QKV)
+    tool_arguments: str = "object"  # how its template takes tool call arguments: object (a dict) or text (JSON)
     answer_marker: str | None = None  # where the answer starts in generated text (gpt-oss: after the last <|message|>)
     attention: str | None = None  # the attention implementation training must use (None: hubtune's choice)
     quirks: str = ""  # what its template does that trips fine-tuning
@@ -58,6 +59,7 @@ FAMILIES: tuple[Family, ...] = (
     # Template markers first: families that share a model_type with another are told apart by their template.
     Family("deepseek-r1-distill", "DeepSeek-R1 distill (Qwen / Llama)", ("qwen2", "llama"),
            end_of_turn="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>", thinking="forced", template_marker="<｜Assistant｜>",
+           tool_arguments="text",
            quirks="The generation prompt ends `<｜Assistant｜><think>\\n`, but a rendered training conversation drops "
                   "everything up to `</think>` and never writes `<think>\\n`: the prompt is not a prefix of prompt + "
                   "answer. The system prompt is written bare before the first user turn.",
@@ -120,10 +122,11 @@ FAMILIES: tuple[Family, ...] = (
            handling="Folds the system prompt into the last user turn of the prompt itself, as the template does at "
                     "inference, so training and inference see the same text."),
     Family("gpt-oss", "gpt-oss", ("gpt_oss",), end_of_turn="<|return|>", pad="<|endoftext|>",
-           template_marker="<|channel|>", answer_marker="<|message|>",
+           template_marker="<|channel|>", answer_marker="<|message|>", attention="eager",
            quirks="Harmony format: the final answer goes to the `final` channel and ends with `<|return|>` when "
                   "rendered last (`<|end|>` inside a history); reasoning goes to the `analysis` channel.",
-           handling="Stops generation on `<|return|>`, `<|end|>` and `<|call|>`."),
+           handling="Stops generation on `<|return|>`, `<|endoftext|>` and `<|call|>`; scores the text after the "
+                    "last `<|message|>`; trains with eager attention (its attention sinks have no SDPA kernel)."),
 )
 BY_KEY = {f.key: f for f in FAMILIES}
 
@@ -145,7 +148,8 @@ def family_of(model_config=None, chat_template: str | None = None) -> Family | N
 def target_modules(preset: str, model_config=None) -> str | list[str]:
     """The module names behind a LoRA preset for this model: the family's own names where the family is
     known, else the model's (Phi-3's fused qkv_proj where it has one), else PEFT's all-linear."""
-    model_type = model_config.get("model_type") if isinstance(model_config, dict) else getattr(model_config, "model_type", None)
+    model_type = (model_config.get("model_type") if isinstance(model_config, dict)
+                  else getattr(model_config, "model_type", None))
     known = [f for f in FAMILIES if model_type in f.model_types]
     if known:
         return known[0].modules[preset] if preset != "all-linear" else "all-linear"
@@ -180,3 +184,25 @@ def stop_token_ids(tokenizer, generation_config=None, family: Family | None = No
         if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot not in ids:
             ids.append(eot)
     return ids
+
+
+def markdown_table() -> str:
+    """The family table as the docs show it (docs/families.md holds this text; a test keeps them equal)."""
+    rows = ["| Family | model_type | End of turn | System prompt | Template quirks | What hubtune does |",
+            "|---|---|---|---|---|---|"]
+    system = {"native": "its own turn", "first_user": "folded into the first user turn",
+              "last_user": "folded into the last user turn"}
+    for f in FAMILIES:
+        cells = [f.name, ", ".join(f.model_types), f"`{f.end_of_turn}`", system[f.system], f.quirks, f.handling]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a pipe in a token splits a cell
+    return "\n".join(rows) + "\n"
+
+
+def suggestion(name: str | None) -> str:
+    """A line for the app's model box: the family found, the modules behind each LoRA preset, what hubtune does
+    about its template. Empty for a model of no known family."""
+    family = next((f for f in FAMILIES if f.name == name), None)
+    if family is None:
+        return ""
+    presets = "; ".join(f"`{preset}` adapts {', '.join(names)}" for preset, names in family.modules.items())
+    return f"**Model family: {family.name}.** LoRA presets on it: {presets}. Its template: {family.handling}"

@@ -129,25 +129,17 @@ def require_access(repo_id: str, repo_type: str = "model", revision: str | None 
 # connection and never answers hangs them for ever (file downloads alone are bounded). A request hook on the
 # client fills in the timeout each request lacks, from the library's own settings, read at request time.
 _last = threading.local()  # the request this thread sent last, to name the endpoint of a garbled answer
-_installed = False
 
 
 def use_timeouts() -> None:
-    """Give every request of huggingface_hub's shared client a timeout (once per process)."""
-    global _installed
-    if _installed:
-        return
-    from huggingface_hub import set_client_factory
-    from huggingface_hub.utils._http import default_client_factory  # the library's own client, kept as it is
+    """Give every request of huggingface_hub's shared client a timeout: the hook goes on the client the
+    library hands out (its own, or one from a factory the user set), again whenever it has made a new one."""
+    from huggingface_hub import get_session
 
-    def client():
-        made = default_client_factory()
-        hooks = made.event_hooks
-        made.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_request]}
-        return made
-
-    set_client_factory(client)
-    _installed = True
+    session = get_session()
+    hooks = session.event_hooks
+    if _bound_request not in hooks.get("request", []):
+        session.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_request]}
 
 
 def _bound_request(request) -> None:

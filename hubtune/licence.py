@@ -50,7 +50,7 @@ HUBTUNE_LICENCE = "apache-2.0"  # the package's own licence covers its embedded 
 class RepoLicence:
     """What the gate read about one repo (a base model or a dataset)."""
 
-    ref: str  # repo id or path, as configured
+    ref: str  # repo id as configured; a local data file by its name (refs.data_label), never its path
     repo_type: str  # "model" or "dataset"
     source: str  # "hub", "local" or "builtin"
     licences: list[str]  # the card's `license` (a dataset card may list several)
@@ -61,6 +61,9 @@ class RepoLicence:
     pipeline_tag: str | None = None  # the card's task; tells a multimodal model from a text one
     eu_disallowed: bool = False  # the card's `extra_gated_eu_disallowed`: the gate refuses EU users
     access: str | None = None  # gated Hub repo: "granted", "denied" or "no token"; None when not checked
+    path: str | None = None  # where local data was read (a path on this machine): for matching, never shown
+    sha256: str | None = None  # a local data file's content hash
+    declared: dict | None = None  # the uploader's rights declaration {file, sha256, by, at} covering these bytes
     text_licences: list[tuple[str, str]] = field(default_factory=list)  # (licence id, file) known by its text
     clauses: list[Clause] = field(default_factory=list)  # decisive clauses of texts hubtune does not know
     card: CardReading | None = None  # what the card's prose says about licences
@@ -111,6 +114,8 @@ class RepoLicence:
 
     @property
     def licence(self) -> str:
+        if self.declared and not self.licences:
+            return "declared by the uploader"
         shown = ", ".join(self.licences) or "missing"
         return f"{shown} ({self.license_name})" if self.license_name and "other" in self.licences else shown
 
@@ -216,7 +221,7 @@ class Verdict:
         or not."""
         return [f for f in self.findings if f.hard_block
                 or ((f.verdict == "block" or f.needs_acknowledgement or f.conditions)
-                    and f.repo.ref not in acknowledge)]
+                    and not acknowledged(f.repo, acknowledge))]
 
     def to_dict(self) -> dict:
         return {
@@ -225,7 +230,8 @@ class Verdict:
             "repos": [{"repo": f.repo.ref, "type": f.repo.repo_type, "source": f.repo.source,
                        "licence": f.repo.licence, "license_name": f.repo.license_name,
                        "license_link": f.repo.license_link, "gated": f.repo.gated, "access": f.repo.access,
-                       "revision": f.repo.revision_sha, "verdict": f.verdict, "reasons": f.reasons,
+                       "revision": f.repo.revision_sha, "sha256": f.repo.sha256, "declared": f.repo.declared,
+                       "verdict": f.verdict, "reasons": f.reasons,
                        "rules": [{"rule": h.rule, "verdict": h.verdict, "clause": h.clause, "reason": h.reason}
                                  for h in f.hits],
                        "read_as": [t.reading or t.id for t in f.terms],
@@ -243,7 +249,27 @@ class Verdict:
         }
 
 
+def acknowledged(repo: RepoLicence, acknowledge: list[str] | tuple[str, ...]) -> bool:
+    """Whether `acknowledge` names this repo: by its id, or a local file by the name shown for it (or the
+    path it was read from, as older configs wrote it)."""
+    return repo.ref in acknowledge or (repo.path is not None and repo.path in acknowledge)
+
+
 # ---- reading the licences --------------------------------------------------------------------
+def dataset_licences(sources, declared=()) -> list[RepoLicence]:
+    """The licences of every dataset that reaches training: `sources` are (DataSource or DatasetRecord,
+    role) pairs, as `DataSection.trained_sources()` gives them; each local file carries the uploader's
+    declaration (config.RightsDeclaration) that covers its bytes, if any."""
+    out = []
+    for s, _role in sources:
+        found = read_licence(s.path, "dataset", getattr(s, "revision_sha", None) or s.revision)
+        found.sha256 = getattr(s, "sha256", None) or found.sha256  # a run's record: the bytes it trained on
+        match = [d for d in declared if found.sha256 and d.sha256 == found.sha256]
+        found.declared = match[0].model_dump() if match else None
+        out.append(found)
+    return out
+
+
 def read_licence(ref: str, repo_type: str = "model", revision: str | None = None,
                  _chain: tuple[str, ...] = (), pins: dict[str, str] | None = None) -> RepoLicence:
     """Licence metadata of a Hub repo (card, gated flag, the token's access to a gated repo), a local
@@ -270,6 +296,10 @@ def read_licence(ref: str, repo_type: str = "model", revision: str | None = None
             _read_texts(found, hub.folder_texts(folder, found.license_link) if parsed.path.is_dir()
                         else hub.RepoTexts((folder / "README.md").read_text(errors="replace"), {}, []))
         found.parents = _parents(meta or {}, found, _chain, "quantized" if quantized else None, pins)
+        if repo_type == "dataset" and parsed.kind == "local":
+            from hubtune.refs import data_label, file_sha256
+
+            found.ref, found.path, found.sha256 = data_label(ref), ref, file_sha256(parsed.path)
         return found
     card = hub.repo_card(ref, repo_type, revision)
     # The base itself pre-quantized: judged as the original (its card, its files, its name rule). As an
@@ -421,6 +451,11 @@ def _judge(f: Finding, r: RepoLicence, use: str, publish: bool, role: str, label
                                f"{', '.join(dict.fromkeys(c.source for c in r.clauses))}; its decisive clauses are "
                                f"applied below; read the rest yourself, then add {f.repo.ref!r} to "
                                f"licence.acknowledge", "unknown-licence")
+        elif r.declared:
+            d = r.declared
+            f.raise_to("allow", f"{r.ref} ({role}): {d.get('by') or 'its uploader'} declared at {d['at']} holding "
+                                f"the rights to use and publish this file (sha256 {d['sha256'][:12]})",
+                       "declared-by-uploader")
         else:
             _unknown(f, r, "ancestor" if ancestor else role, publish)
     tag_ids = {t.id for t in tagged}
@@ -668,7 +703,7 @@ def gate_for_training(config) -> Verdict:
     """Run before weights are loaded: raise LicenceBlocked on a block or an unknown licence that
     the config does not acknowledge; otherwise return the verdict for the summary and the card."""
     verdict = licence_verdict(read_licence(config.model.id, "model", config.model.revision),
-                              [read_licence(s.path, "dataset", s.revision) for s in config.data.sources],
+                              dataset_licences(config.data.trained_sources(), config.licence.declared),
                               config.licence.use)
     stopping = verdict.unacknowledged(config.licence.acknowledge)
     if stopping:

@@ -1,6 +1,7 @@
 """What a run shows while it works: the phase it is in, then one live line for training (step / total,
 loss, held-out loss, tokens/s, elapsed, time left). The figures come from the rows written to
-metrics.jsonl, so the terminal and the UI (which reads that file) always show the same thing.
+metrics.jsonl, which the UI reads too: step, losses and tokens/s are the same in both; the page times
+what is left from the steps it watches pass, and writes durations with `clock`, as here.
 
 Third-party output (progress bars of every datasets map, deprecation warnings, notices) is hidden
 unless `--verbose` or HUBTUNE_DEBUG=1.
@@ -107,6 +108,8 @@ class Display:
         else:
             self.phase("data", f"kept {report['kept']} of {report['total']} rows: {report['train']} for training, "
                                f"{report['eval']} held out")
+            for warning in report.get("warnings") or []:
+                self.note(f"warning: {warning}", style="bold yellow")
 
     def row(self, rows: list[dict]) -> None:
         """Show the figures after a new metrics row (called by the metrics file's writer)."""

@@ -114,12 +114,11 @@ def stage(run: RunFolder, out: Path, repo: str, verdict, merged: bool = False,
             if f.is_file() and f.name not in SKIP_FROM_ADAPTER and not f.name.endswith(PICKLES):
                 shutil.copy2(f, out / f.name)
     curve = cards.loss_curve(run.metrics(), out / cards.LOSS_CURVE)
-    shutil.copy2(run.path / RunFolder.CONFIG, out / "training_config.yaml")
-    shutil.copy2(run.path / RunFolder.SUMMARY, out / "training_summary.json")
-    if (run.path / RunFolder.METRICS).is_file():
-        shutil.copy2(run.path / RunFolder.METRICS, out / "training_metrics.jsonl")
-    if (run.path / RunFolder.EVAL).is_file():
-        shutil.copy2(run.path / RunFolder.EVAL, out / "eval.json")
+    for name, published in ((RunFolder.CONFIG, "training_config.yaml"), (RunFolder.SUMMARY, "training_summary.json"),
+                            (RunFolder.METRICS, "training_metrics.jsonl"), (RunFolder.EVAL, "eval.json")):
+        if (run.path / name).is_file():
+            (out / published).write_text(without_local_paths(run, (run.path / name).read_text(encoding="utf-8")),
+                                         encoding="utf-8")
     licence_files = copy_licence_files(run, out, token)
     ancestor_files = copy_ancestor_licence_files(verdict, out, token)
     cards.build_card(run, repo, verdict, merged, cards.LOSS_CURVE if curve else None,
@@ -151,11 +150,27 @@ def stage_gguf(run: RunFolder, out: Path, repo: str, verdict, token: str | None 
             raise PushError(f"{folder / name} is missing: export the run again")
         if name:
             shutil.copy2(folder / name, out / name)
-    shutil.copy2(folder / RESULT, out / "gguf_parity.json")
-    shutil.copy2(run.path / RunFolder.SUMMARY, out / "training_summary.json")
+    (out / "gguf_parity.json").write_text(without_local_paths(run, (folder / RESULT).read_text(encoding="utf-8")),
+                                          encoding="utf-8")
+    (out / "training_summary.json").write_text(
+        without_local_paths(run, (run.path / RunFolder.SUMMARY).read_text(encoding="utf-8")), encoding="utf-8")
     licence_files = copy_licence_files(run, out, token)
     gguf_card(run, repo, verdict, record, licence_files).save(out / "README.md")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def without_local_paths(run: RunFolder, text: str) -> str:
+    """A run record as published: local data files by their names (the card's), the run folder by its
+    name; the folders of the machine that trained it stay on that machine."""
+    from hubtune.refs import RepoRef
+
+    names = {d.path: d.label for d in run.summary.datasets if RepoRef.parse(d.path).kind == "local"}
+    names.update({s.path: RepoRef.parse(s.path).path.name for s in run.config.data.sources
+                  if RepoRef.parse(s.path).kind == "local"})
+    names[str(run.path.resolve())] = names[str(run.path)] = run.path.name
+    for path in sorted(names, key=len, reverse=True):  # a folder after the files inside it
+        text = text.replace(path, names[path])
+    return text
 
 
 def copy_licence_files(run: RunFolder, out: Path, token: str | None = None) -> list[str]:
@@ -231,10 +246,11 @@ def _check_repo_id(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as err:
-        raise PushError(f"--repo {repo!r} is not a valid repo id: {err}. Use OWNER/NAME, "
-                        f"e.g. alice/Llama-3.1-8B-invoices") from None
+        why = f"is not a valid repo id: {err}. Use OWNER/NAME, e.g. alice/Llama-3.1-8B-invoices"
+        raise PushError(f"--repo {repo!r} {why}").for_page(f"The Repo box's {repo!r} {why}") from None
     if repo.count("/") != 1:
-        raise PushError(f"--repo {repo!r} needs an owner: use OWNER/NAME (your user name or an organisation)")
+        why = "needs an owner: use OWNER/NAME (your user name or an organisation)"
+        raise PushError(f"--repo {repo!r} {why}").for_page(f"The Repo box's {repo!r} {why}")
 
 
 def _refuse_secrets(folder: Path, token: str) -> None:
@@ -247,7 +263,7 @@ def _refuse_secrets(folder: Path, token: str) -> None:
 def _description(run: RunFolder, verdict) -> str:
     s = run.summary
     parts = [f"base: {s.base_model}" + (f"@{s.base_revision}" if s.base_revision else ""),
-             f"data: {', '.join(d.path for d in s.datasets)}",
+             f"data: {', '.join(d.label for d in s.datasets)}",
              f"steps: {s.global_steps}",
              f"licence verdict for {verdict.use} use: {verdict.verdict}"]
     return "\n".join(parts)

@@ -75,3 +75,24 @@ class RepoRef:
 
 def is_hub_id(ref: str) -> bool:
     return RepoRef.parse(ref).is_hub
+
+
+def data_label(ref: str) -> str:
+    """How a dataset is named to people (cards, summaries, messages, `licence.acknowledge`): a Hub id or
+    a built-in asset as written, a local file or folder by its name alone, never the path on a machine."""
+    parsed = RepoRef.parse(ref)
+    return parsed.path.name if parsed.kind == "local" else ref
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The content hash of a local data file (None for a folder, a Hub id or a missing file)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

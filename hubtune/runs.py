@@ -60,7 +60,17 @@ class DatasetRecord(BaseModel):
     name: str | None = None
     revision: str | None = None  # as configured (a branch, tag, or None for main)
     revision_sha: str | None = None  # the commit the rows were read at; None for local data
+    role: Literal["task", "mix"] = "task"  # the task data, or general data mixed in against forgetting
+    train_rows: int | None = None  # rows it gave to training (after every data step)
+    eval_rows: int | None = None  # rows it gave to the held-out split
     sha256: str | None = None  # a local file's content when it was read, to recognise it wherever it moves
+
+    @property
+    def label(self) -> str:
+        """Its name as shown to people: a Hub id or built-in asset as written, a local file by its name."""
+        from hubtune.refs import data_label
+
+        return data_label(self.path)
 
 
 class RunSummary(BaseModel):
@@ -89,6 +99,9 @@ class RunSummary(BaseModel):
     base_quantization: str | None = None  # how a pre-quantized base was saved; None when hubtune quantized it
     processes: int = 1  # training processes (GPUs) the data was sharded over
     effective_batch_size: int | None = None  # micro batch x gradient accumulation x processes
+    training_method: str = "sft"  # sft | dpo | orpo | kto | grpo
+    method_settings: dict | None = None  # beta, reference policy, rewards and weights (methods.settings_record)
+    held_out: dict | None = None  # the method's own measure on held-out rows: {before: {...}, after: {...}}
     selection: dict | None = None  # training.select other than last: the chosen step and every checkpoint's scores
 
 

@@ -31,3 +31,15 @@ def render_text(renderable) -> str:
     console = Console(file=io.StringIO(), width=10_000, color_system=None, highlight=False)
     console.print(renderable)
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
+
+
+# One name for one figure: "peak memory", in parts named the same by the run record (summary.json's
+# keys), the live view of a running job and the card.
+MEMORY_PARTS = {"process_rss": "process RAM", "process RAM": "process RAM", "gpu_allocated": "GPU", "GPU": "GPU"}
+
+
+def peak_memory_text(mem: dict[str, float] | None) -> str:
+    """ "peak memory process RAM 812 MB, GPU 3,120 MB" (empty when nothing was measured)."""
+    if not mem:
+        return ""
+    return "peak memory " + ", ".join(f"{MEMORY_PARTS.get(k, k)} {v:,.0f} MB" for k, v in mem.items())

@@ -147,6 +147,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     started = time.time()
     path = run.path
+    method = config.training.method
     hw = hardware.detect(config.model, config.training)
     cpu = hw.device == "cpu"
     mode = config.training.distributed
@@ -161,10 +162,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     trackers = tracker_callbacks(config, path)
 
     from transformers import AutoConfig, AutoTokenizer
-    from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, hub, licence, memory
+    from hubtune import advice, compat, data, families, hub, licence, memory, methods
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
     if cpu:
@@ -173,7 +174,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 1. Licence gate and revision pin, before a single weight is downloaded; the checkpoint mirror's
     #    repo too, so a token that cannot write there stops the run now rather than at the first save.
-    display.phase("licence", f"checking {config.model.id} and {len(config.data.sources)} dataset(s) "
+    datasets = config.data.trained_sources()
+    mixed = " (general data mixed in included)" if len(datasets) > len(config.data.sources) else ""
+    display.phase("licence", f"checking {config.model.id} and {len(datasets)} dataset(s){mixed} "
                              f"for {config.licence.use} use")
     verdict = licence.gate_for_training(config)
     display.licence(verdict)
@@ -189,16 +192,23 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
                          f"{', '.join(new_tokens)}")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        set_pad_token(tokenizer, families.family_of(model_config, tokenizer.chat_template))
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
         if warning := memory.device_warning(config, base.path):
             display.note(warning, style="bold red")
-        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed)
+        prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
+                                generation_config=generation_config(base.path))
+        methods.check_data(method, prepared.report["kind"], prepared.report["format"])
+    rewards = None
+    if method == "grpo":  # built now: a missing judge or a reward that cannot import stops the run here
+        from hubtune.evaluation.rewards import build_rewards
+
+        rewards, _ = build_rewards(config.training.grpo.rewards, config.eval)
     display.data_report(prepared.report)
+    require_held_out(prepared.report, config.data)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
     run.write_rows("train", prepared.train)
     run.write_rows("validation", prepared.eval)
@@ -206,7 +216,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
-    levers = recipe_levers(config, hw, base.path)
+    levers = recipe_levers(config, hw, base.path, families.family_of(model_config, tokenizer.chat_template))
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
@@ -216,22 +226,25 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
-                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens))
+                        new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
 
-    # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
+    # 4. The method's trainer: SFT on completions only, DPO / ORPO / KTO on preference pairs, GRPO on
+    #    answers it samples and scores (methods.py), with checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
     last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
     selection = checkpoint_selection(run, config, prepared.eval, tokenizer, _step(last))
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
-                     levers=levers),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
-        processing_class=tokenizer,
+    args = methods.method_args(config, trainer_args(config, hw, path, prepared.eval is not None, backend.name, levers),
+                               lambda: sft_args(config, hw, path, has_eval=prepared.eval is not None,
+                                                backend=backend.name, levers=levers))
+    # SFT trains on rows tokenized as the model family renders them; the other trainers read the rows and
+    # apply the chat template themselves.
+    rows = (lambda split: tokenized(split, prepared.chat)) if method == "sft" else (lambda split: split)
+    trainer = methods.build_trainer(
+        config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *([selection] if selection else []), *trackers, *callbacks],
+        rewards=rewards,
     )
     _quiet_trainer(trainer)
     if _quantized(model) and not sharded:
@@ -239,8 +252,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     display.phase("training", f"resuming from {last.name}" if last else batches.describe())
     if prepared.eval is not None and not last:
-        # Held-out loss before any update: the baseline the final eval loss is compared with.
-        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
+        # Held-out loss (SFT) or the method's own measure before any update: the baseline the end is compared with.
+        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate() if method == "sft" else
+                       methods.held_out_measures(config, trainer.model, tokenizer, prepared.eval, rewards))
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     display.close()
@@ -259,14 +273,22 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         keep_selected(run, selection, trainer.state.global_step, display)
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
+    after = methods.held_out_measures(config, trainer.model, tokenizer, prepared.eval, rewards)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                       initial["eval_loss"] if initial else None, backend.to_dict(), batches)
+                       (initial or {}).get("eval_loss"), backend.to_dict(), batches)
+    summary.training_method = method
+    summary.method_settings = methods.settings_record(config)
+    if after:
+        summary.held_out = {"before": {k: v for k, v in (initial or {}).items() if k in after}, "after": after}
     if selection:
         summary.selection = {**selection.summary(), "last_step": trainer.state.global_step}
     run.write_summary(summary)
     if mirror:
         mirror.finish()
-    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+    if summary.held_out:
+        display.phase("done", f"{methods.describe_measures(summary.held_out)} in {summary.global_steps} steps, "
+                              f"{summary.duration_seconds:.0f} s")
+    elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
 
@@ -282,7 +304,10 @@ def checkpoint_selection(run: RunFolder, config: cfg.RunConfig, held_out, tokeni
     if held_out is None or len(held_out) == 0:
         raise ConfigError([("training.select", f"{t.select} scores each checkpoint on the held-out split, and this "
                                                f"run has none: set data.val_set_size above 0, or select: last")])
-    rows = [r for r in held_out if r.get("prompt")][:t.select_examples]
+    rows = [r for r in held_out if r.get("prompt") and r.get("completion")][:t.select_examples]
+    if t.select == "task" and not rows:
+        raise ConfigError([("training.select", "task scores answers against held-out completions, and this run's "
+                                               "held-out rows have none (a preference method's): use eval_loss or last")])
     return CheckpointSelection(run.path, t.select, rows, config.eval, tokenizer, resume_step)
 
 
@@ -322,7 +347,8 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
         problems.append(("lora.target_modules", problem))
     if problems:
-        raise ConfigError(problems, config.model.id)
+        # The settings are the config's; the model they were judged against is named in each problem.
+        raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
@@ -334,7 +360,7 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import AutoModelForCausalLM, pytorch_utils
 
-    targets = lora.peft_target_modules()
+    targets = lora.peft_target_modules(model_config)
     if isinstance(targets, str) and lora.target_regex is None:  # all-linear: whatever linear layers there are
         return None
     try:
@@ -366,8 +392,8 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         what.append(f"{', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of this model")
     if unadaptable:
         what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
-    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset: "
-            f"all-linear, attention, qv")
+    return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset "
+            f"(all-linear, attention, qv), which names this architecture's own modules")
 
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
@@ -455,7 +481,7 @@ def _quantized(model) -> bool:
 
 
 def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointing: bool,
-                new_token_ids: list[int] | None = None):
+                new_token_ids: list[int] | None = None, model_config=None):
     """LoRA adapters on the frozen base, through PEFT or Unsloth's FastLanguageModel (which checkpoints
     gradients itself when asked: `gradient_checkpointing` as the run's levers resolved it). With tokens
     new to the vocabulary the embedding and output head are trained in full and saved with the adapter
@@ -467,9 +493,22 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
             raise ConfigError([("model.added_tokens", "the Unsloth backend does not train new token rows; "
                                                       "set training.backend: hf")])
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
 
-    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None))
+    if config.lora.init_from:
+        return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
+    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
+                                             model_config))
+
+
+def adapter_folder(where: str) -> Path:
+    """The adapter of a run folder (RUN/adapter) or an adapter folder itself; a ConfigError when neither."""
+    path = Path(where)
+    for candidate in (RunFolder(path).adapter, path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise ConfigError([("lora.init_from", f"{where} holds no adapter (no adapter_config.json there or in "
+                                          f"{RunFolder(path).adapter}); give a finished run folder or an adapter folder")])
 
 
 def add_tokens(tokenizer, model: cfg.ModelSection) -> list[str]:
@@ -530,16 +569,51 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
 
 
-def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None) -> LoraConfig:
-    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save."""
+def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
+                model_config=None) -> LoraConfig:
+    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
+    `model_config` resolves a preset to the architecture's own module names (hubtune.families)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
     save = list(dict.fromkeys([*lora.modules_to_save, *names]))
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.peft_target_modules(), target_parameters=lora.target_parameters or None,
+                      target_modules=lora.peft_target_modules(model_config),
+                      target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
                       bias="none", task_type="CAUSAL_LM")
+
+
+def set_pad_token(tokenizer, family) -> None:
+    """A pad token where the tokenizer has none: the family's (Llama 3's <|finetune_right_pad_id|>), else its
+    unknown token, else EOS. Padding is masked out of the loss by position, so EOS is safe, but a distinct
+    token keeps padded batches readable."""
+    if tokenizer.pad_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in (family.pad if family else None, tokenizer.unk_token, tokenizer.eos_token):
+        if candidate and candidate in vocab:
+            tokenizer.pad_token = candidate
+            return
+
+
+def generation_config(path: str):
+    """The base's generation_config.json (what it stops on), or None when it ships none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def tokenized(rows, chat):
+    """Chat rows as input_ids with the completion mask hubtune checked (hubtune.data.chat); plain text and
+    an absent split pass through for TRL to tokenize."""
+    if rows is None or chat is None or "prompt" not in rows.column_names:
+        return rows
+    return rows.map(lambda row: chat.tokenize(row["prompt"], row["completion"], row.get("tools")),
+                    remove_columns=rows.column_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,7 +631,7 @@ class Levers:
                 f"{'on' if self.gradient_checkpointing else 'off'}")
 
 
-def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Levers:
+def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=None) -> Levers:
     """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
     variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
     checkpointing only when the memory estimate needs it (hubtune.memory)."""
@@ -569,6 +643,8 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Lever
     cuda = hw.device == "cuda"
     if t.kernels == "auto":
         attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
+        if family is not None and family.attention:  # Gemma 2's soft-capped attention has no SDPA kernel
+            attention = family.attention
         liger = cuda and find_spec("liger_kernel") is not None
     else:
         attention, liger = t.kernel_choice()
@@ -585,10 +661,9 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str) -> Lever
     return Levers(attention, liger, padding_free, checkpointing)
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
-             levers: Levers | None = None) -> SFTConfig:
-    from trl import SFTConfig
-
+def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+                 levers: Levers | None = None) -> dict:
+    """The TrainingArguments every method shares: schedule, batch, precision, logging, checkpoints."""
     t = config.training
     levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
     # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
@@ -598,9 +673,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
     save_strategy, save_steps = _cadence(t.saves_per_epoch, t.save_steps, t.epochs)
     if has_eval and t.select != "last":
         eval_strategy, eval_steps = save_strategy, save_steps  # every checkpoint chosen among needs its held-out loss
-    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
-    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
-    return SFTConfig(
+    return dict(
         output_dir=str(path / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -630,6 +703,24 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=t.save_total_limit,
+        use_liger_kernel=levers.liger,
+        include_num_input_tokens_seen="non_padding",
+        report_to=trackers or "none",
+        dataloader_pin_memory=hw.device == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
+    )
+
+
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+             levers: Levers | None = None) -> SFTConfig:
+    from trl import SFTConfig
+
+    t = config.training
+    levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
+    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
+    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
+    return SFTConfig(
+        **trainer_args(config, hw, path, has_eval, backend, levers),
         max_length=max_length,
         packing=config.data.packing,
         packing_strategy=config.data.packing_strategy,
@@ -639,12 +730,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # would instead make whole steps of short or long examples, which reweights them).
         train_sampling_strategy=("batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
                                  and not config.data.packing else "random"),
-        use_liger_kernel=levers.liger,
         completion_only_loss=True,  # the prompt is context, not something to learn
-        include_num_input_tokens_seen="non_padding",
-        report_to=trackers or "none",
-        dataloader_pin_memory=hw.device == "cuda",
-        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 
@@ -676,12 +762,16 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
     total = sum(p.numel() * (2 if getattr(p, "quant_type", None) else 1) for p in model.parameters())
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] > 0]
     read = {s["path"]: s for s in prepared.report["sources"]}
+    if prepared.report.get("mix_source"):
+        read[config.data.mix.source.path] = prepared.report["mix_source"]
     return RunSummary(
         base_model=base.repo_id or config.model.id,
         base_revision=base.revision_sha,
         datasets=[DatasetRecord(path=s.path, split=s.split, name=s.name, revision=s.revision,
-                                revision_sha=read.get(s.path, {}).get("revision_sha"), sha256=_file_sha256(s.path))
-                  for s in config.data.sources],
+                                revision_sha=read.get(s.path, {}).get("revision_sha"), role=role,
+                                train_rows=read.get(s.path, {}).get("train"), eval_rows=read.get(s.path, {}).get("eval"),
+                                sha256=_file_sha256(s.path))
+                  for s, role in config.data.trained_sources()],
         method="qlora" if _quantized(model) else "lora",
         trainable_parameters=trainable,
         total_parameters=total,
@@ -750,7 +840,7 @@ def _mb(n: int) -> str:
 
 def _file_sha256(path: str) -> str | None:
     """The content hash of a local data file (None for a Hub dataset, a built-in asset or a folder)."""
-    from hubtune.data.output import file_sha256
+    from hubtune.refs import file_sha256
     from hubtune.refs import RepoRef
 
     ref = RepoRef.parse(path)

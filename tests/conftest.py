@@ -186,6 +186,22 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def family_model(bpe_tokenizer_dir, tmp_path_factory):
+    """family key -> a folder holding a tiny random model of that family with its real chat template and special
+    tokens (tests/family_models.py), built once per session."""
+    from family_models import build_family_model
+
+    built: dict[str, Path] = {}
+
+    def get(key: str) -> Path:
+        if key not in built:
+            built[key] = build_family_model(key, bpe_tokenizer_dir, tmp_path_factory.mktemp("family") / key)
+        return built[key]
+
+    return get
+
+
 @pytest.fixture
 def make_tokenizer(bpe_tokenizer_dir):
     """A fresh tokenizer each call (preparing data may set its chat template); template=None: none."""

@@ -78,3 +78,12 @@ def section(path, **settings) -> DataSection:
     """A data section on one source with the held-out split off unless asked for."""
     settings.setdefault("val_set_size", 0)
     return DataSection(sources=[str(path)], **settings)
+
+
+LABELS = ("positive", "negative", "neutral")
+
+
+def label_rows(n: int = 60) -> list[dict]:
+    """n chat-format rows whose answers are one-word labels (a classification task, as users bring one)."""
+    return [{"messages": [{"role": "user", "content": f"Label the sentiment of this review: {sentence(i, 10)}"},
+                          {"role": "assistant", "content": LABELS[i % len(LABELS)]}]} for i in range(n)]

@@ -99,7 +99,7 @@ def test_too_short_counts_response_tokens_of_the_base_tokenizer(tmp_path, chat_t
     path = write_jsonl(tmp_path / "s.jsonl", rows)
     n_tokens = [len(chat_tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs]
     for minimum in (1, 2, 4):
-        prepared = prepare(section(path, min_response_tokens=minimum), chat_tokenizer)
+        prepared = prepare(section(path, min_response_tokens=minimum, short_relative=False), chat_tokenizer)
         expected = [o for o, n in zip(outputs, n_tokens) if n >= minimum]
         assert answers(prepared) == expected
         assert prepared.report["too_short"] == len(outputs) - len(expected)
@@ -211,7 +211,7 @@ def test_diversity_is_lower_for_repetitive_data(tmp_path, chat_tokenizer):
 
 
 @pytest.mark.parametrize("settings, step", [
-    ({"min_response_tokens": 1000}, "too_short"),
+    ({"min_response_tokens": 1000, "short_relative": False}, "too_short"),
     ({"max_seq_len": 16}, "too_long"),
     ({"val_set_size": 0.999999}, "split"),
 ])
@@ -238,3 +238,21 @@ def test_a_held_out_count_holds_out_exactly_that_many(tmp_path, chat_tokenizer):
     assert sorted(map(str, shuffled.eval.to_list())) == sorted(map(str, first.eval.to_list()))
     with pytest.raises(DataError, match="no examples left after the split step"):
         prepare(section(path, val_set_size=96), chat_tokenizer)
+
+
+def test_short_answers_that_are_the_bulk_are_the_task(tmp_path, chat_tokenizer):
+    """Labels, names and numbers: one-token answers that most rows have stay; the empty answer and a
+    rare short one among long answers go, and the report shows the first removed of each rule."""
+    labels = [{"instruction": f"Capital of country number {i} in the atlas?", "input": "", "output": c}
+              for i, c in enumerate(["Paris", "Rome", "Oslo", "Bern", "Lima"] * 4)]
+    labels.append({"instruction": "An empty one?", "input": "", "output": ""})
+    prepared = prepare(section(write_jsonl(tmp_path / "l.jsonl", labels)), chat_tokenizer)
+    assert prepared.report["too_short"] == 1 and prepared.report["kept"] == 20
+    assert prepared.report["removed_examples"]["too_short"][0]["text"].endswith("An empty one?")
+    assert "l.jsonl, line 21" in prepared.report["removed_examples"]["too_short"][0]["origin"]
+
+    long = [{"instruction": f"Describe item {i}.", "input": "", "output": f"Item {i} is a steel lamp with a "
+             f"brass switch and a cloth shade, number {i} of the catalogue."} for i in range(20)]
+    long.append({"instruction": "And this?", "input": "", "output": "7"})
+    outlier = prepare(section(write_jsonl(tmp_path / "o.jsonl", long), near_dup_threshold=None), chat_tokenizer)
+    assert outlier.report["too_short"] == 1 and outlier.report["lengths"]["short_below"] == 2

@@ -167,7 +167,10 @@ def test_local_data_without_metadata_warns_and_needs_acknowledgement_only_to_pub
     train = licence.check("hubtune:tiny-llama", [str(data)], use="commercial")
     assert train.verdict == "warn" and not train.unacknowledged()
     publish = licence.check("hubtune:tiny-llama", [str(data)], use="commercial", publish=True)
-    assert [f.repo.ref for f in publish.unacknowledged()] == [str(data)]
+    # Named by its file name, never the folder it sits in; acknowledged by that name (or the old path).
+    assert [f.repo.ref for f in publish.unacknowledged()] == ["mine.jsonl"]
+    assert str(tmp_path) not in "\n".join(publish.reasons)
+    assert not publish.unacknowledged(["mine.jsonl"]) and not publish.unacknowledged([str(data)])
 
 
 def test_local_folder_reads_its_readme(tmp_path):

@@ -49,8 +49,10 @@ def test_push_then_download_gives_identical_files(hub, hub_token, llama_run):
     assert set(result.files) == set(got) - {".gitattributes"}
     for name in ADAPTER_FILES:
         assert got[name] == (llama_run / "adapter" / name).read_bytes()
-    assert got["training_config.yaml"] == (llama_run / "config.yaml").read_bytes()
-    assert got["training_summary.json"] == (llama_run / "summary.json").read_bytes()
+    # The run's record, with this machine's folders replaced by names (the run's, the data files').
+    for published, kept in (("training_config.yaml", "config.yaml"), ("training_summary.json", "summary.json")):
+        assert got[published] == (llama_run / kept).read_text().replace(str(llama_run), llama_run.name).encode()
+        assert str(llama_run.parent).encode() not in got[published]
     assert "training_args.bin" not in got and got["loss_curve.png"][:4] == b"\x89PNG"
 
     card = ModelCard.load(repo)  # through the Hub, as a visitor would read it
@@ -167,7 +169,11 @@ def test_local_data_without_a_licence_needs_an_explicit_acknowledgement_to_publi
     data = tmp_path / "mine.jsonl"
     data.write_text('{"instruction": "a", "output": "b"}\n')
     run = make_run(datasets=(str(data),))
-    with pytest.raises(LicenceBlocked, match=f"--acknowledge {data}"):
+    with pytest.raises(LicenceBlocked, match="--acknowledge mine.jsonl on") as refused:
         hubtune.push(run, "alice/tiny-own-data")
-    assert main(["push", str(run), "--repo", "alice/tiny-own-data", "--acknowledge", str(data)]) == 0
+    assert str(tmp_path) not in str(refused.value)  # the file by its name, never this machine's folders
+    # The name the message shows is the name the flag takes.
+    assert main(["push", str(run), "--repo", "alice/tiny-own-data", "--acknowledge", "mine.jsonl"]) == 0
     assert "alice/tiny-own-data" in capsys.readouterr().out
+    published = b"".join(hub.files("alice/tiny-own-data").values())
+    assert str(tmp_path).encode() not in published and b"mine.jsonl" in published

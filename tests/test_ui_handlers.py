@@ -36,13 +36,17 @@ def check(client, dataset="hubtune:data/invoices/train.jsonl", model="hubtune:ti
 
 
 def test_check_data_shows_rows_format_licence_and_report(client):
-    fmt, rows, licence, access, report, histogram, pairs = check(client)
+    fmt, rows, licence, access, report, histogram, pairs, training_on, *_ = check(client)
+    assert training_on.startswith("Training on: **hubtune:data/invoices/train.jsonl**, 1200 rows, built in")
+    assert "10% general data mixed in: hubtune:data/general/train.jsonl (apache-2.0)" in training_on
+    bins = [b for b, _ in histogram["value"]["data"]]  # drawn in numeric order, not as text sorts them
+    assert histogram["sort"] == bins == sorted(bins, key=lambda b: int(b.split("-")[0])) != sorted(bins)
     assert "1200 rows" in fmt and "format **alpaca**" in fmt
     assert rows["headers"] == ["instruction", "input", "output"] and len(rows["data"]) == 5
     assert "Licence verdict: allow" in licence
     assert "nothing to request" in access
     assert "for training" in report and "near-duplicate" in report
-    assert sum(count for _, count in histogram["data"]) > 1000
+    assert sum(count for _, count in histogram["value"]["data"]) > 1000
 
 
 def test_try_prompting_first_scores_the_base(client, one_torch_thread):
@@ -80,16 +84,22 @@ def test_finished_run_history_chat_card_and_publish(client, ui_app, hub, eval_ru
     line, config, chart, eval_text, samples, log = client.predict(run, api_name="/run")
     assert "finished" in line and "step 12/12" in line
     assert len(chart["data"]) >= 3
-    base, tuned = client.predict(run, "Extract all product names and prices from this invoice text.\n\n"
-                                      "Product: Oak Chair\nPrice: $12.00", api_name="/chat")
-    assert base and tuned and "Problem" not in base + tuned
+    question = "Extract all product names and prices from this invoice text.\n\nProduct: Oak Chair\nPrice: $12.00"
+    base, tuned, prompt = client.predict(run, question, [], [], "", 0, 1, 32, api_name="/chat")
+    assert [m["role"] for m in base] == [m["role"] for m in tuned] == ["user", "assistant"] and prompt == ""
+    assert base[1]["content"] and tuned[1]["content"] and "Problem" not in base[1]["content"] + tuned[1]["content"]
+    # A second turn goes on from each model's own answers, after a system prompt, sampled.
+    base, tuned, _ = client.predict(run, "And the total?", base, tuned, "Answer in JSON.", 0.7, 0.9, 16,
+                                    api_name="/chat")
+    assert [m["role"] for m in tuned] == ["user", "assistant", "user", "assistant"]
+    assert "And the total?" in str(tuned[2]["content"]) and "Problem" not in str(tuned[3]["content"])
     repo, card = client.predict(run, api_name="/publish_defaults")
     assert repo == f"{HUB_USER}/tiny-llama-done"
     assert "base_model_relation: adapter" in card and "QLoRA" in card
     refused = client.predict(run, repo, True, "", api_name="/publish")
     assert refused.startswith("**Refused:**") and "acknowledge" in refused  # local data, no licence metadata
     data = RunFolder(run).config.data.sources[0].path
-    result = client.predict(run, repo, True, data, api_name="/publish")
+    result = client.predict(run, repo, True, Path(data).name, api_name="/publish")  # the file as the page names it
     assert "Published" in result and repo in result
     assert "adapter_model.safetensors" in hub.files(repo)
     assert RunFolder(run).status == Status.PUSHED
@@ -102,7 +112,7 @@ def test_outside_paths_are_refused(client, tmp_path):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="is not a run under"):
-        client.predict(str(tmp_path), "hello", api_name="/chat")
+        client.predict(str(tmp_path), "hello", [], [], "", 0, 1, 16, api_name="/chat")
 
 
 # ---- the job runner -----------------------------------------------------------------------------------
@@ -149,6 +159,29 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
     assert folder.status == Status.FAILED, (folder.state(), (run / LOG).read_text()[-2000:])
     assert "learning_rate" in folder.error, (folder.error, (run / LOG).read_text()[-2000:])
     assert secret not in (run / LOG).read_text() and secret not in (run / RunFolder.STATE).read_text()
+
+
+def test_resume_pressed_twice_starts_one_job(tmp_path):
+    """Between its launch and its first write a resumed run still reads "interrupted": a second Resume then
+    must not start a second process on it. A stopped job, only exiting, does not hold a resume back."""
+    run = queued_run(tmp_path, "twice")
+    RunFolder(run).mark(Status.INTERRUPTED)
+    runner = JobRunner(tmp_path, slots=[None])
+    session = h.Session(user="alice")
+    try:
+        assert "Resuming" in h.resume_run(str(run), session, runner)  # launched at once: the slot is free
+        assert run in runner.running and RunFolder(run).status == Status.INTERRUPTED
+        assert "already has a job" in h.resume_run(str(run), session, runner)
+        assert not runner.queue
+        runner.stop(run)
+        RunFolder(run).mark(Status.INTERRUPTED)  # as the stopped process leaves it
+        assert "Resuming" in h.resume_run(str(run), session, runner)  # queued behind the exiting process
+        assert runner.place(run) == 1
+    finally:
+        runner.queue.clear()
+        for r in runner.running.values():
+            r.process.kill()
+            r.process.wait(timeout=60)
 
 
 def test_hubtune_ui_serves_on_the_gradio_address(tmp_path):
@@ -226,4 +259,27 @@ def test_two_runs_compared_config_diff_and_curves_overlaid(client, ui_app, eval_
     diff, overlay = client.predict(str(ui_app.root / "first"), str(ui_app.root / "second"), api_name="/compare")
     assert "+  learning_rate: 0.0005" in diff
     series = {row[2] for row in overlay["data"]}
-    assert series == {"first: training", "first: held-out", "second: training", "second: held-out"}
+    assert series == {"first: training loss", "first: held-out loss", "second: training loss", "second: held-out loss"}
+
+
+def test_own_upload_is_named_mixed_only_when_asked_and_a_rejected_one_clears(client, ui_app, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
+    from data_rows import label_rows, write_jsonl
+
+    mine = write_jsonl(tmp_path / "my_labels.jsonl", label_rows(60))
+    out = client.predict("hubtune:tiny-llama", "hubtune:data/invoices/train.jsonl", handle_file(str(mine)), "auto",
+                         "", "personal", False, True, api_name="/check_data")
+    fmt, _, licence, _, report, _, _, training_on, *_ = out
+    assert "60 rows" in fmt
+    assert training_on.startswith("Training on: **my_labels.jsonl**, 60 rows, uploaded (sha256 ")
+    assert "rights declared by you (not signed in)" in training_on and "no general data mixed in" in training_on
+    assert "Kept **60 of 60**" in report and "mixed in" not in report.split("\n")[0]
+    assert "declared by the uploader" in licence and str(ui_app.root) not in licence + report + training_on
+
+    monkeypatch.setattr(h.hosting, "UPLOAD_LIMIT_MB", 0)  # too large: refused, and nothing stands in for it
+    fmt, *_, training_on, upload, dataset = client.predict(
+        "hubtune:tiny-llama", "hubtune:data/invoices/train.jsonl", handle_file(str(mine)), "auto", "", "personal",
+        False, False, api_name="/check_data")
+    assert upload is None and dataset == ""
+    assert training_on.startswith("**Nothing to train on:** my_labels.jsonl was rejected. my_labels.jsonl is 0 MB")

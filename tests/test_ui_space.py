@@ -53,4 +53,4 @@ def test_space_page_logs_in_with_hugging_face_and_keeps_runs_private(space_app):
     message = client.predict("model:\n  id: hubtune:tiny-llama\n", "", api_name="/start")
     assert "Sign in with Hugging Face to start a run" in message
     with pytest.raises(AppError, match="Sign in with Hugging Face"):
-        client.predict(str(space_app.root / "bobs-run"), "hello", api_name="/chat")
+        client.predict(str(space_app.root / "bobs-run"), "hello", [], [], "", 0, 1, 16, api_name="/chat")

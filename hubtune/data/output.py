@@ -6,7 +6,6 @@ being read, is only overwritten when asked."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from hubtune.config import DataSection
 from hubtune.errors import OutputPathError
-from hubtune.refs import RepoRef
+from hubtune.refs import RepoRef, file_sha256
 
 
 @dataclass(frozen=True)
@@ -96,11 +95,3 @@ def _writable(folder: Path) -> None:
                               f"can write to") from None
 
 
-def file_sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -24,17 +24,19 @@ from datasets import Dataset
 from hubtune.config import DataSection, DataSource, TrainingSection
 from hubtune.data import dedup, quality
 from hubtune.data.formats import BadRow, Example, map_columns, resolve_format, to_example
+from hubtune.data.chat import reasoning_of
 from hubtune.data.sources import iter_source_rows, locate
-from hubtune.data.template import ensure_chat_template
+from hubtune.data.template import chat_format
 from hubtune.errors import DataError
 
 EXAMPLES_SHOWN = 5
+KIND_NAMES = {"text": "plain text", "chat": "chat", "preference": "preference pair", "kto": "labelled (KTO)"}
 IN_MEMORY_ROWS = 100_000  # larger prepared splits go to a memory-mapped Arrow file
 FIX_WHEN_EMPTY = {
     "read": "the sources hold no usable rows; check the path and the format",
     "exact_duplicates": "every row repeats an earlier one; check the source",
     "near_duplicates": "raise data.near_dup_threshold, or set it to null to skip this step",
-    "too_short": "lower data.min_response_tokens",
+    "too_short": "lower data.min_response_tokens, or set data.short_relative: true",
     "too_long": "raise data.max_seq_len, set data.truncate: true, or raise data.max_length_percentile",
     "scorer": "lower data.scorer.threshold",
     "task_balance": "raise data.max_task_share",
@@ -62,7 +64,8 @@ class ExampleStore(Sequence):
         code = self._codes.setdefault(ex.task, len(self._task_names))
         if code == len(self._task_names):
             self._task_names.append(ex.task)
-        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text], ensure_ascii=False).encode())
+        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text, ex.tools, ex.rejected, ex.label],
+                                     ensure_ascii=False).encode())
         self._pending.append((len(self._where) - 1, number, code))
         if len(self._pending) >= 65536:
             self._flush()
@@ -82,8 +85,8 @@ class ExampleStore(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         self._flush()
-        prompt, completion, text = json.loads(self._rows[i])
-        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i))
+        prompt, completion, text, tools, rejected, label = json.loads(self._rows[i])
+        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i), tools, rejected, label)
 
     def origin(self, i: int) -> str:
         self._flush()
@@ -131,6 +134,7 @@ class PreparedData:
         self._store, self._train_idx, self._eval_idx, self._mixed = store, train_idx, eval_idx, mixed or []
         self._train: Dataset | None = None
         self._eval: Dataset | None | bool = False
+        self.chat = None  # the ChatFormat the rows are rendered with (None for plain text)
 
     @property
     def train(self) -> Dataset:
@@ -216,7 +220,7 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                 bad.append(f"{where} {number}: {err}")
                 unusable += 1
                 continue
-            kinds.add(ex.text is None)
+            kinds.add(ex.kind)
             examples += 1
             sink(ex, where, number)
         # rows: what the source holds, malformed ones included; examples: what became an example
@@ -224,7 +228,8 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                         "revision": source.revision, "revision_sha": revision_sha, "format": fmt,
                         "rows": rows + len(bad) - bad_before - unusable, "examples": examples})
     if len(kinds) > 1:
-        raise DataError("the sources mix plain text with chat data; train on one kind at a time "
+        names = [KIND_NAMES[k] for k in KIND_NAMES if k in kinds]
+        raise DataError(f"the sources mix {' with '.join(names)} data; train on one kind at a time "
                         f"(formats: {', '.join(str(s['format']) for s in summary)})")
 
 
@@ -237,9 +242,11 @@ def read_examples(sources: list[DataSource], data: DataSection) -> tuple[list[Ex
     return examples, summary, bad
 
 
-def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedData:
+def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=None,
+            generation_config=None) -> PreparedData:
     """Read, check, filter and split the training data of a run; the report says what happened.
     `seed` (task balancing, mixing) is the run's training.seed; None takes that field's default.
+    `model_config` and `generation_config` tell the model's family (hubtune.families) and what it stops on.
 
     Gives `tokenizer` hubtune's default chat template when it has none (the report says so)."""
     seed = TrainingSection.model_fields["seed"].default if seed is None else seed
@@ -257,14 +264,19 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     total = len(store) + len(bad)
     steps.record("read", total, len(store))
     tasks_read = Counter(t if t is not None else "(none)" for t in store.tasks(np.arange(len(store))))
-    plain_text = store[0].text is not None
-    template = None if plain_text else ensure_chat_template(tokenizer, data.chat_template)
+    kind = store[0].kind
+    plain_text = kind == "text"
+    chat, template = (None, None) if plain_text else chat_format(tokenizer, data.chat_template, model_config,
+                                                                  generation_config, data.thinking)
     pool = np.arange(len(store))
+    removed_shown: dict[str, list[dict]] = {}
 
     def drop(gone, step: str) -> np.ndarray:
         nonlocal pool
         mask = np.ones(len(pool), dtype=bool)
         mask[np.asarray(list(gone), dtype=np.int64)] = False
+        if step not in ("exact_duplicates", "near_duplicates"):  # those show pairs of their own
+            removed_shown[step] = [_shown(store, int(i)) for i in pool[~mask][:EXAMPLES_SHOWN]]
         store.release(pool[~mask])
         before, pool = len(pool), pool[mask]
         steps.record(step, before, len(pool))
@@ -281,9 +293,14 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
         near_shown = [_pair(store, pool, d) for d in sorted(near, key=lambda d: d.similarity)[:EXAMPLES_SHOWN]]
     drop([d.index for d in near], "near_duplicates")
 
-    # Lengths in the base model's tokens: answers too short, examples too long (or truncated).
-    total_len, response_len = quality.token_lengths(Subset(store, pool), tokenizer)
-    short = np.flatnonzero(response_len < data.min_response_tokens)
+    # Lengths in the base model's tokens: answers too short, examples too long (or truncated). "Too
+    # short" is relative to the data: when short answers are the bulk (labels, names, numbers) they are
+    # the task, so the bar drops to the 10th percentile of the answers' own lengths: only outliers go.
+    total_len, response_len = quality.token_lengths(Subset(store, pool), tokenizer, chat)
+    short_below = data.min_response_tokens
+    if data.short_relative:
+        short_below = min(short_below, max(int(np.percentile(response_len, 10)), 1))
+    short = np.flatnonzero(response_len < short_below)
     mask = drop(short, "too_short")
     total_len, response_len = total_len[mask], response_len[mask]
     limit = float(np.percentile(total_len, data.max_length_percentile)) if data.max_length_percentile else None
@@ -313,11 +330,24 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
     is_eval = np.asarray(quality.held_out(pool_keys, data.val_set_size), dtype=bool)
     train_idx, eval_idx = pool[~is_eval], pool[is_eval]
     steps.record("split", len(pool), len(train_idx))
-    mixed = _mix(data, len(train_idx), set(pool_keys), seed, plain_text)
+
+    mixed, mix_source = _mix(data, len(train_idx), set(pool_keys), seed, plain_text)
+    # Rows each source gives to training and to the held-out split (a store holds the sources in order).
+    ends = np.cumsum([s["examples"] for s in summary])
+    for i, s in enumerate(summary):
+        s["train"] = int(np.count_nonzero(np.searchsorted(ends, train_idx, side="right") == i))
+        s["eval"] = int(np.count_nonzero(np.searchsorted(ends, eval_idx, side="right") == i))
+    if mixed and kind in ("preference", "kto"):
+        raise DataError("data.mix mixes instruction rows into preference data, which a preference method cannot "
+                        "train on; set data.mix.ratio: 0")
+    if mix_source is not None:
+        mix_source.update(train=len(mixed), eval=0, role="mix")
 
     report = {
-        "sources": summary, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
+        "sources": summary, "mix_source": mix_source, "format": ", ".join(sorted({str(s["format"]) for s in summary})), "kind": kind,
         "chat_template": template,
+        "reasoning_rows": 0 if plain_text else sum(reasoning_of(ex.completion[-1])[0] is not None
+                                                   for ex in Subset(store, pool)),
         "total": total, "kept": len(pool), "train": len(train_idx) + len(mixed), "eval": len(eval_idx),
         "mixed": len(mixed), "bad_rows": len(bad), "exact_duplicates": len(exact), "near_duplicates": len(near),
         "too_short": len(short), "too_long": int(too_long.sum()), "truncated": truncated,
@@ -326,7 +356,9 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
         "bad_row_examples": bad[:EXAMPLES_SHOWN],
         "exact_duplicate_examples": exact_shown,
         "near_duplicate_examples": near_shown,
-        "lengths": {"max_seq_len": data.max_seq_len, "percentile_limit": limit,
+        "removed_examples": removed_shown,  # per step, its first removed examples
+        "warnings": guardrails(len(train_idx) + len(mixed), len(eval_idx), len(pool), data.val_set_size),
+        "lengths": {"max_seq_len": data.max_seq_len, "percentile_limit": limit, "short_below": short_below,
                     "example_tokens": quality.stats(total_len),
                     "response_tokens": quality.stats(response_len),
                     "histogram": quality.histogram(total_len, data.max_seq_len)},
@@ -334,8 +366,11 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None) -> PreparedDa
         "tasks": _task_table(tasks_read, tasks),
         "diversity": quality.diversity(Subset(store, pool, comparison_text), seed),
         "settings": data.model_dump(mode="json"),
+        "preference": quality.preference_stats(Subset(store, pool), tokenizer) if kind in ("preference", "kto") else None,
     }
-    return PreparedData(report, store, train_idx, eval_idx, mixed)
+    prepared = PreparedData(report, store, train_idx, eval_idx, mixed)
+    prepared.chat = chat
+    return prepared
 
 
 def _task_table(read: Counter, balanced: dict | None) -> dict | None:
@@ -346,19 +381,56 @@ def _task_table(read: Counter, balanced: dict | None) -> dict | None:
     return {name: {"read": count} | (balanced or {}).get(name, empty) for name, count in read.most_common()}
 
 
+FEW_TRAINING_ROWS = 50
+FEW_HELD_OUT = 10
+
+
+def guardrails(train: int, held_out: int, kept: int, val_set_size: float) -> list[str]:
+    """Warnings, in words with the fix, for data too small to trust what training will show. The first
+    (nothing held out although held-out loss was asked for) is an error for training: see require_held_out."""
+    out = []
+    if val_set_size > 0 and not held_out:
+        out.append(no_held_out(val_set_size, kept))
+    if train < FEW_TRAINING_ROWS:
+        out.append(f"only {train} training rows: an adapter learns little from fewer than {FEW_TRAINING_ROWS} and may "
+                   f"learn them by heart; add rows (a few hundred is a sound start), and judge the run by the "
+                   f"held-out loss, not the training loss")
+    if 0 < held_out < FEW_HELD_OUT:
+        out.append(f"only {held_out} row{'s' if held_out > 1 else ''} held out: the held-out loss will move with single rows; hold out at "
+                   f"least {FEW_HELD_OUT} (data.val_set_size: {FEW_HELD_OUT})")
+    return out
+
+
+def no_held_out(val_set_size: float, kept: int) -> str:
+    return (f"data.val_set_size is {val_set_size:g}, but of {kept} examples none fell in the held-out split, so "
+            f"there would be no held-out loss: hold out a number of rows instead (data.val_set_size: "
+            f"{min(FEW_HELD_OUT, max(kept // 5, 1))}), or set data.val_set_size: 0 to train without held-out loss")
+
+
+def require_held_out(report: dict, data: DataSection) -> None:
+    """Before training: held-out loss was asked for (val_set_size > 0) and nothing was held out."""
+    if data.val_set_size > 0 and not report["eval"]:
+        raise DataError(no_held_out(data.val_set_size, report["kept"]))
+
+
+def _shown(store: ExampleStore, i: int) -> dict:
+    """One example as a report shows it: where it came from and its text, cut at 300 characters."""
+    text = "\n".join(store[i].comparison_parts()).strip()
+    return {"origin": store.origin(i), "text": text if len(text) <= 300 else text[:297] + "..."}
+
+
 def _pair(store: ExampleStore, pool: np.ndarray, d: dedup.NearDuplicate) -> dict:
-    def show(k: int) -> dict:
-        i = int(pool[k])
-        text = "\n".join(store[i].comparison_parts()).strip()
-        return {"origin": store.origin(i), "text": text if len(text) <= 300 else text[:297] + "..."}
-    return {"similarity": d.similarity, "kept": show(d.kept), "removed": show(d.index)}
+    return {"similarity": d.similarity, "kept": _shown(store, int(pool[d.kept])),
+            "removed": _shown(store, int(pool[d.index]))}
 
 
-def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int, plain_text: bool) -> list[Example]:
+def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int,
+         plain_text: bool) -> tuple[list[Example], dict | None]:
+    """The general rows mixed into training, and the summary of the source they came from."""
     if data.mix.ratio <= 0 or data.mix.source is None:
-        return []
+        return [], None
     general = DataSection(sources=[data.mix.source], skip_bad_rows=data.skip_bad_rows, task_column=data.task_column)
-    pool, _, _ = read_examples(general.sources, general)
+    pool, read, _ = read_examples(general.sources, general)
     if pool and (pool[0].text is not None) != plain_text:
         raise DataError(f"data.mix.source {data.mix.source.path}: its format does not match the training data "
                         f"(one is plain text, the other chat); mix in data of the same kind")
@@ -366,4 +438,4 @@ def _mix(data: DataSection, train_size: int, train_keys: set[bytes], seed: int, 
     if not pool:
         raise DataError(f"data.mix.source {data.mix.source.path}: no rows to mix in (empty, or all already in the "
                         f"training data); give a general instruction dataset")
-    return quality.mix_rows(pool, train_size, data.mix.ratio, seed)
+    return quality.mix_rows(pool, train_size, data.mix.ratio, seed), read[0]

@@ -22,8 +22,15 @@ def render(report: dict, console: Console | None = None) -> None:
     sources = ", ".join(f"{s['path']} ({s['format']}, {s['rows']} rows)" for s in report["sources"])
     console.print(f"[bold]Data report[/bold]: {sources}")
     template = report.get("chat_template")
-    console.print(f"chat template: {template['template'] if template else 'none (plain text)'}"
-                  + (f", assistant turns end with {template['eos_token']!r}" if template else ""))
+    end = template and (template.get("end_of_turn") or template["eos_token"])
+    family = f" ({template['family']} family)" if template and template.get("family") else ""
+    console.print(f"chat template: {template['template'] if template else 'none (plain text)'}{family}"
+                  + (f", assistant turns end with {end!r}" if template else ""))
+    if template and template.get("system_prompt"):
+        console.print(f"system prompt: {template['system_prompt']}")  # said once, for the whole dataset
+    if report.get("reasoning_rows"):
+        console.print(f"rows with reasoning: {report['reasoning_rows']}"
+                      + (f" (thinking: {template['thinking']})" if template and template.get("thinking") else ""))
 
     steps = Table(title="What each step removed", title_justify="left")
     steps.add_column("step")
@@ -40,6 +47,8 @@ def render(report: dict, console: Console | None = None) -> None:
     if report["truncated"]:
         line += f"; {report['truncated']} over max_seq_len kept and truncated"
     console.print(line)
+    for warning in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}")
 
     lengths = report["lengths"]
     hist = Table(title=f"Example length in tokens (max_seq_len {lengths['max_seq_len']})", title_justify="left")
@@ -76,6 +85,11 @@ def render(report: dict, console: Console | None = None) -> None:
             pairs.add_row(f"{p['similarity']:.2f}", f"{p['kept']['origin']}\n{p['kept']['text']}",
                           f"{p['removed']['origin']}\n{p['removed']['text']}")
         console.print(pairs)
+    for step, shown in (report.get("removed_examples") or {}).items():
+        if shown:
+            console.print(f"first removed as {STEP_LABELS.get(step, step)}:")
+            for ex in shown:
+                console.print(f"  {ex['origin']}: {ex['text'][:120]!r}", markup=False, highlight=False)
     for pair in report["exact_duplicate_examples"]:
         console.print(f"exact duplicate: {pair['removed']} repeats {pair['kept']}")
     for bad in report["bad_row_examples"]:

@@ -199,9 +199,11 @@ def not_utf8(path: Path) -> DataError:
             encoding = "ITS-ENCODING"
     line = raw.count(b"\n", 0, offset) + 1
     target = path.with_name(path.name.replace(".", ".utf8.", 1))
-    return DataError(f"{path}: not UTF-8 text: byte 0x{raw[offset]:02x} at byte offset {offset} (line {line}) is not "
-                     f"valid UTF-8. hubtune reads data as UTF-8; re-encode the file, e.g. "
-                     f"`iconv -f {encoding} -t UTF-8 {path} > {target}` (in Excel: Save As \"CSV UTF-8\")")
+    what = (f"{path}: not UTF-8 text: byte 0x{raw[offset]:02x} at byte offset {offset} (line {line}) is not "
+            f"valid UTF-8. hubtune reads data as UTF-8; re-encode the file")
+    return DataError(f"{what}, e.g. `iconv -f {encoding} -t UTF-8 {path} > {target}` (in Excel: Save As "
+                     f"\"CSV UTF-8\")").for_page(f"{what} and upload it again: in Excel, Save As \"CSV UTF-8\"; in a "
+                                                f"text editor, save with the UTF-8 encoding")
 
 
 def _iter_file(path: Path, skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:

@@ -1,11 +1,14 @@
-"""The chat template: the base model's own, or hubtune's default when it has none, and the
-check that the rendered assistant turn ends with the EOS token the model stops on. A model
-tuned on turns without it never learns to stop."""
+"""The chat template: the base model's own, or hubtune's default when it has none, the model's family
+(hubtune.families), and the check that the rendered assistant turn ends with a token the model stops on
+(its EOS, or an end-of-turn token generation_config lists). A model tuned on turns without one never
+learns to stop."""
 
 from __future__ import annotations
 
 from hubtune.data.budget import check_renders
+from hubtune.data.chat import ChatFormat
 from hubtune.errors import DataError
+from hubtune.families import family_of
 
 # hubtune's default chat template, used when the base model ships none (or data.chat_template is
 # "default"). Plain role markers, one line each; the assistant turn ends with the EOS token and
@@ -25,9 +28,16 @@ PROBE = [{"role": "system", "content": "You are helpful."}, {"role": "user", "co
          {"role": "assistant", "content": PROBE_ANSWER}]
 
 
-def ensure_chat_template(tokenizer, choice: str = "auto") -> dict:
-    """Give the tokenizer a chat template if it has none (or `choice` is "default"), check that
-    the assistant turn ends with EOS, and say which template is used (for the report)."""
+def ensure_chat_template(tokenizer, choice: str = "auto", model_config=None, generation_config=None,
+                         thinking: str = "auto") -> dict:
+    """Give the tokenizer a chat template if it has none (or `choice` is "default"), find the model's family,
+    check that an assistant turn ends with a token generation stops on, and say what is used (for the report)."""
+    return chat_format(tokenizer, choice, model_config, generation_config, thinking)[1]
+
+
+def chat_format(tokenizer, choice: str = "auto", model_config=None, generation_config=None,
+                thinking: str = "auto") -> tuple[ChatFormat, dict]:
+    """(ChatFormat, report): the family's rendering of the tokenizer's template, checked on a probe conversation."""
     name = getattr(tokenizer, "name_or_path", "") or "the base model"
     own = getattr(tokenizer, "chat_template", None)
     if choice not in ("auto", "default"):
@@ -35,39 +45,46 @@ def ensure_chat_template(tokenizer, choice: str = "auto") -> dict:
 
         tokenizer.chat_template = (CHAT_TEMPLATES / f"{choice}.jinja").read_text()
         source = f"{choice} (data.chat_template)"
+        family = family_of(model_config, tokenizer.chat_template)
     elif choice == "default" or not own:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         source = "hubtune default" + (" (the base model has none)" if not own else " (data.chat_template: default)")
+        family = None
     else:
         source = f"the base model's own ({name})"
-    check_renders(tokenizer, [PROBE], name)
-    check_renders(tokenizer, [PROBE[:2]], name, add_generation_prompt=True)
-    check_eos(tokenizer, name)
-    return {"template": source, "eos_token": tokenizer.eos_token,
-            "rendered_example": tokenizer.apply_chat_template(PROBE, tokenize=False)}
-
-
-def check_eos(tokenizer, name: str) -> None:
-    """The rendered assistant turn must be followed, whitespace aside, by the EOS token, and that
-    text must encode to the EOS id (not to pieces of it)."""
-    eos = tokenizer.eos_token
-    if not eos or tokenizer.eos_token_id is None:
+        family = family_of(model_config, own)
+    if not tokenizer.eos_token or tokenizer.eos_token_id is None:
         raise DataError(f"the tokenizer of {name} has no EOS token, so a tuned model could not learn to stop; "
                         f"set eos_token in its tokenizer_config.json")
+    chat = ChatFormat(tokenizer, family, generation_config, thinking, name)
+    if family is None and not _takes_system(tokenizer, name):
+        # A template that refuses a system message (as Gemma's do) gets it in the first user turn.
+        chat.fold_system = "first_user"
+    # In the budgeted sandbox first: a template that hangs or floods stops here, with its fix.
+    check_renders(tokenizer, [chat.messages(PROBE)], name)
+    check_renders(tokenizer, [chat.messages(PROBE[:2])], name, add_generation_prompt=True)
+    chat.tokenize(PROBE[:2], PROBE[2:], origin="a probe conversation")
+    report = {"template": source, "eos_token": tokenizer.eos_token,
+              "family": family.name if family else None,
+              "end_of_turn": family.end_of_turn if family else tokenizer.eos_token,
+              "stop_token_ids": chat.stop_ids,
+              "rendered_example": "".join(chat.render(PROBE[:2], PROBE[2:]))}
+    if chat.fold_system:
+        where = "first" if chat.fold_system == "first_user" else "last"
+        report["system_prompt"] = (f"folded into the {where} user turn: "
+                                   + (family.quirks.split(":")[0] if family else "the template takes no system message"))
+    if family is not None and family.thinking:
+        report["thinking"] = thinking
+    return chat, report
+
+
+def _takes_system(tokenizer, name: str) -> bool:
+    """Whether the template renders a system turn (in the budgeted sandbox); a refusal that names the
+    system role (Gemma's "System role not supported") means no, any other failure is the template's."""
     try:
-        rendered = tokenizer.apply_chat_template(PROBE, tokenize=False)
-    except Exception as err:  # a broken Jinja template raises its own errors
-        raise DataError(f"the chat template of {name} does not render a system/user/assistant conversation "
-                        f"({type(err).__name__}: {err}); use hubtune's with data.chat_template: default") from None
-    at = rendered.rfind(PROBE_ANSWER)
-    tail = rendered[at + len(PROBE_ANSWER):] if at >= 0 else rendered
-    ok = at >= 0 and tail.lstrip().startswith(eos)
-    if ok:
-        ids = tokenizer(tail.lstrip(), add_special_tokens=False)["input_ids"]
-        ok = bool(ids) and ids[0] == tokenizer.eos_token_id
-    if not ok:
-        raise DataError(
-            f"the chat template of {name} ends the assistant turn with {tail[:40]!r}, not the EOS token {eos!r} "
-            f"(id {tokenizer.eos_token_id}): a model tuned on it would never learn to stop. Fix: use a template "
-            f"whose assistant turn ends with {{{{ eos_token }}}}, or hubtune's with data.chat_template: default. "
-            f"Rendered: {rendered!r}")
+        check_renders(tokenizer, [PROBE], name)
+        return True
+    except DataError as err:
+        if "system" in str(err).lower():
+            return False
+        raise

@@ -39,7 +39,7 @@ def _batched(items: list, size: int):
 
 
 @torch.inference_mode()
-def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int, batch_size: int) -> dict:
+def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int, batch_size: int, chat=None) -> dict:
     """Mean cross-entropy per completion token over prompt/completion chat rows, and its perplexity.
 
     Each row holds "prompt" and "completion" message lists; the prompt is rendered with the
@@ -47,9 +47,12 @@ def heldout_loss(model, tokenizer, rows: list[dict], max_seq_len: int, batch_siz
     """
     pairs = []
     for row in rows:
-        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        completion = full[len(prompt):] if full.startswith(prompt) else row["completion"][-1]["content"]
+        if chat is not None:  # rendered as training rendered it (hubtune.data.chat)
+            prompt, completion = chat.render(row["prompt"], row["completion"])
+        else:
+            prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+            completion = full[len(prompt):] if full.startswith(prompt) else row["completion"][-1]["content"]
         ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         cont = tokenizer(completion, add_special_tokens=False)["input_ids"]
         # Like training: the sequence is cut at max_seq_len, so a long prompt leaves fewer scored tokens.

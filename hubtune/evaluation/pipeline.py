@@ -27,11 +27,12 @@ from pathlib import Path
 
 
 from hubtune import config as cfg
+from hubtune.data.chat import call_matches
 from hubtune.errors import EvalError
 from hubtune.runs import RunFolder
 from hubtune.evaluation import report
 from hubtune.evaluation.cache import AnswerCache, cached_answers, file_fingerprint
-from hubtune.evaluation.generate import generate_answers, load_tuned
+from hubtune.evaluation.generate import chat_for, generate_answers, load_tuned
 from hubtune.evaluation.judge import Judge, judge_answers
 from hubtune.evaluation.likelihood import heldout_loss
 from hubtune.evaluation.scoring import evals_dir, exact_match_scores, token_f1_scores
@@ -68,6 +69,9 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
 
     log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
     model, tokenizer = load_tuned(run, quantization=config.model.quantization)
+    chat = chat_for(model, tokenizer, config.data.thinking)
+    reasoning_rows = (folder.read_json(RunFolder.DATA_REPORT) or {}).get("reasoning_rows", 0)
+    thinking = {"on": True, "off": False}.get(ev.thinking, reasoning_rows > 0)
     data = EvalData.load(folder, config, ev)
     cache = AnswerCache(run / "eval_cache" / "generations.jsonl")
     keys = {"tuned": f"tuned|{file_fingerprint(_adapter_weights(run))}|{config.model.quantization}",
@@ -82,16 +86,21 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
         result["loss"] = {"dataset": data.loss_dataset, "split": data.loss_split}
         for name in ("base", "tuned"):
             with _as(model, name):
-                result["loss"][name] = heldout_loss(model, tokenizer, loss_rows, config.data.max_seq_len, ev.batch_size)
+                result["loss"][name] = heldout_loss(model, tokenizer, loss_rows, config.data.max_seq_len, ev.batch_size,
+                                                         chat)
 
     # 2. Task metrics: base zero-shot, base few-shot, tuned.
     answers: dict[str, list[str]] = {}
+    stopped: dict[str, float] = {}
+    generated: dict[str, list[str]] = {}
     if data.test:
         rows = data.test[:ev.limit] if ev.limit else data.test
         refs = [r["completion"][-1]["content"] for r in rows]
-        few_shot = [data.few_shot_prompt(r["prompt"], tokenizer, _context_length(model, tokenizer) - ev.max_new_tokens)
+        few_shot = [data.few_shot_prompt(r["prompt"], tokenizer, _context_length(model, tokenizer) - ev.max_new_tokens, chat)
                     for r in rows] if data.shots else None
-        prompts = {"base": [r["prompt"] for r in rows], "tuned": [r["prompt"] for r in rows],
+        asked = [{"messages": r["prompt"], "tools": r["tools"]} if r.get("tools") else r["prompt"] for r in rows]
+        calls = [_reference_call(r) for r in rows]
+        prompts = {"base": asked, "tuned": asked,
                    "base_few_shot": [p for p, _ in few_shot] if few_shot else None}
         task = {"dataset": data.test_dataset, "split": data.test_split, "n": len(rows), "few_shot_k": len(data.shots)}
         if few_shot:
@@ -101,12 +110,22 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
             if prompts[name] is None:
                 continue
             log(f"generating {len(rows)} answers: {name}")
-            answers[name] = _answers(model, tokenizer, cache, keys, name, prompts[name], ev)
+            generated[name] = _answers(model, tokenizer, cache, keys, name, prompts[name], ev, chat, thinking)
+            answers[name] = [chat.answer(t) for t in generated[name]]
+            stopped[name] = sum(chat.stopped(t) for t in generated[name]) / len(generated[name])
             task[name] = {"exact_match": exact_match_scores(answers[name], refs),
                           "exact_match_normalized": exact_match_scores(answers[name], refs, normalize=True),
                           "token_f1": token_f1_scores(answers[name], refs)}
         result["task"] = report.summarize_task(task)
-        _write_answers(run / "eval_answers.jsonl", rows, refs, answers, task)
+        if any(calls):
+            # The call metric on the rows whose answer is a tool call: the function named and the JSON arguments equal.
+            result["task"]["tool_calls"] = {m: sum(call_matches(a, c) for a, c in zip(answers[m], calls) if c) /
+                                            sum(1 for c in calls if c) for m in answers}
+        # The share of answers that ended on a stop token rather than at max_new_tokens.
+        result["task"]["stopped"] = stopped
+        if chat.family is not None and chat.family.thinking:
+            result["task"]["thinking"] = thinking
+        _write_answers(run / "eval_answers.jsonl", rows, refs, answers, task, generated)
 
     # 3. Harness tasks (per-document scores stay in memory: the regression set may reuse them).
     harness_runs: dict = {}
@@ -136,7 +155,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
 
     # 6. Blinded answers for human raters.
     if export_human:
-        path = _export_human(run, model, tokenizer, cache, keys, data, ev, export_human)
+        path = _export_human(run, model, tokenizer, cache, keys, data, ev, export_human, chat, thinking)
         result["human_export"] = {"csv": str(path), "key": str(path.with_name("human_eval_key.json")),
                                   "n": min(export_human, len(data.test))}
 
@@ -164,10 +183,10 @@ class EvalData:
         from hubtune.data import dedup, pipeline
 
         out = cls()
-        train_rows = run.rows("train")
+        train_rows = _scored_rows(run.rows("train"))
         mixed = (run.read_json(RunFolder.DATA_REPORT) or {}).get("mixed", 0)
         task_rows = train_rows[:len(train_rows) - mixed]  # general data is mixed in last
-        out.validation = [r for r in run.rows("validation") if "prompt" in r]
+        out.validation = [r for r in _scored_rows(run.rows("validation")) if "prompt" in r]
         summary = run.summary
         recorded = {d.path: d for d in (summary.datasets if summary else [])}  # with the commit each was read at
         single = recorded.get(config.data.sources[0].path) if len(config.data.sources) == 1 else None
@@ -175,7 +194,7 @@ class EvalData:
                                        revision=single and single.revision_sha)
         if ev.test is not None:
             examples, read, _ = pipeline.read_examples([ev.test], config.data)
-            out.test = [ex.row() for ex in examples if ex.text is None]
+            out.test = _scored_rows([ex.row() for ex in examples if ex.text is None])
             out.test_dataset = report.dataset_entry(ev.test.path, config=ev.test.name,
                                                     revision=read[0]["revision_sha"] if read else None)
             # A Hub dataset's split is the one read; a local file is the test set whatever split `datasets` gave it.
@@ -193,7 +212,7 @@ class EvalData:
         out.shots = random.Random(config.training.seed).sample(candidates, min(ev.few_shot_k, len(candidates)))
         return out
 
-    def few_shot_prompt(self, prompt: list[dict], tokenizer, max_tokens: int) -> tuple[list[dict], int]:
+    def few_shot_prompt(self, prompt: list[dict], tokenizer, max_tokens: int, chat=None) -> tuple[list[dict], int]:
         """(messages, k): up to k solved training examples as earlier chat turns, then the question,
         with as many shots as fit in max_tokens."""
         system = [m for m in prompt if m["role"] == "system"]
@@ -201,7 +220,8 @@ class EvalData:
         for k in range(len(self.shots), -1, -1):
             turns = [m for s in self.shots[:k] for m in s["prompt"] + s["completion"] if m["role"] != "system"]
             messages = system + turns + question
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = chat.generation_prompt(messages) if chat is not None else \
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             if k == 0 or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
                 return messages, k
         return prompt, 0
@@ -215,6 +235,21 @@ class EvalData:
 def _context_length(model, tokenizer) -> int:
     limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     return min((n for n in limits if isinstance(n, int) and 0 < n < 10**7), default=10**6)
+
+
+def _scored_rows(rows: list[dict]) -> list[dict]:
+    """Rows as prompt and reference answer: a preference pair's reference is its chosen answer, a KTO row
+    counts only when its answer is the desirable one."""
+    out = []
+    for r in rows:
+        if "chosen" in r:
+            out.append({"prompt": r["prompt"], "completion": r["chosen"]})
+        elif "label" in r:
+            if r["label"]:
+                out.append({"prompt": r["prompt"], "completion": r["completion"]})
+        else:
+            out.append(r)
+    return out
 
 
 def _parts(row: dict) -> tuple[str, str]:
@@ -234,23 +269,35 @@ def _as(model, name: str):
     return model.disable_adapter() if name.startswith("base") else nullcontext()
 
 
-def _answers(model, tokenizer, cache, keys, name, prompts, ev) -> list[str]:
-    settings = {"max_new_tokens": ev.max_new_tokens}
+def _answers(model, tokenizer, cache, keys, name, prompts, ev, chat, thinking) -> list[str]:
+    """Generated texts as the model wrote them (special tokens kept, up to its stop token), cached."""
+    settings = {"max_new_tokens": ev.max_new_tokens, "thinking": thinking, "stop": chat.stop_ids, "raw": True}
 
     def generate(batch):
         with _as(model, name):
-            return generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+            return generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                    chat=chat, thinking=thinking)
 
     model_key = keys["base" if name.startswith("base") else "tuned"]
     answers, _ = cached_answers(cache, model_key, generate, prompts, settings, chunk=ev.batch_size * 4)
     return answers
 
 
-def _write_answers(path: Path, rows, refs, answers, task) -> None:
-    """Every test prompt with its reference, each model's answer and scores, to read the failures."""
+def _reference_call(row: dict) -> dict | None:
+    """The first tool call of a row's answer, with its arguments as an object; None when it calls none."""
+    found = (row["completion"][-1].get("tool_calls") or [None])[0]
+    if found is None:
+        return None
+    return {"name": found["function"]["name"], "arguments": json.loads(found["function"]["arguments"])}
+
+
+def _write_answers(path: Path, rows, refs, answers, task, generated) -> None:
+    """Every test prompt with its reference, each model's answer and scores, to read the failures; `generated`
+    is the text as written (thinking and the stop token included)."""
     with path.open("w", encoding="utf-8") as f:
         for i, (row, ref) in enumerate(zip(rows, refs)):
             line = {"prompt": row["prompt"], "reference": ref, "answers": {m: answers[m][i] for m in answers},
+                    "generated": {m: generated[m][i] for m in generated},
                     "exact_match": {m: task[m]["exact_match"][i] for m in answers},
                     "token_f1": {m: round(task[m]["token_f1"][i], 4) for m in answers}}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -373,15 +420,15 @@ def _regression(model, tokenizer, ev, harness_runs: dict) -> dict:
             "learned": sum(t and not b for b, t in pairs), "harness_task": reused or spec["task"]}
 
 
-def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int) -> Path:
+def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int, chat, thinking) -> Path:
     """N test prompts with base and tuned answers in random columns, rows shuffled, rating columns empty."""
     import csv
 
     rng = random.Random(f"human-eval|{run.name}")
     rows = rng.sample(data.test, min(n, len(data.test)))
     prompts = [r["prompt"] for r in rows]
-    tuned = _answers(model, tokenizer, cache, keys, "tuned", prompts, ev)
-    base = _answers(model, tokenizer, cache, keys, "base", prompts, ev)
+    tuned = [chat.answer(t) for t in _answers(model, tokenizer, cache, keys, "tuned", prompts, ev, chat, thinking)]
+    base = [chat.answer(t) for t in _answers(model, tokenizer, cache, keys, "base", prompts, ev, chat, thinking)]
     path = run / "human_eval.csv"
     answer_key = {}
     with path.open("w", newline="", encoding="utf-8") as f:

@@ -13,14 +13,16 @@ from typing import get_args
 import gradio as gr
 import pandas as pd
 
+from hubtune import config as cfg
 from hubtune.config import field_at
 from hubtune.errors import HubtuneError
-from hubtune.runs import RunFolder, list_runs
+from hubtune.runs import RunFolder, Status, list_runs
 from hubtune.ui import access, hosting, views
 from hubtune.ui import handlers as h
 from hubtune.ui.jobs import JobRunner
 
 POLL_SECONDS = 2.0
+LOG_LINES, RUN_LOG_LINES = 8, 6  # the log boxes' heights: the newest line is always in view
 FORMATS = list(get_args(field_at("data.format").annotation))  # the run config's own choices
 NO_RUNS = "No runs yet under {root}: start one on the Train tab."
 NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
@@ -31,16 +33,23 @@ def _frame(points: list[dict], columns: list[str]) -> pd.DataFrame:
 
 
 def _loss_frame(points: list[dict]) -> pd.DataFrame | None:
-    """The loss chart's value. Gradio's plot fixes its axis types and its colour domain (the series) when
+    """The loss chart's value. Gradio's plot fixes its axis types and its colour domain (the curves) when
     it first draws; None clears it, so the next frame is drawn afresh. Never an empty frame."""
     if not points:
         return None
-    return pd.DataFrame(points, columns=["step", "loss", "series"]).astype(
-        {"step": "int64", "loss": "float64", "series": "str"})
+    return pd.DataFrame(points, columns=["step", "loss", "curve"]).astype(
+        {"step": "int64", "loss": "float64", "curve": "str"})
 
 
 def _series(points: list[dict]) -> tuple[str, ...]:
-    return tuple(sorted({p["series"] for p in points}))
+    return tuple(sorted({p["curve"] for p in points}))
+
+
+def _histogram(bins: list[dict]):
+    """The length histogram with its bins in numeric order (they are labels like "17-32", which a plot
+    would otherwise sort as text)."""
+    frame = _frame(bins, ["tokens", "examples"])
+    return gr.BarPlot(frame, sort=[b["tokens"] for b in bins] or None)
 
 
 def _progress_bar(fraction: float | None) -> str:
@@ -50,6 +59,11 @@ def _progress_bar(fraction: float | None) -> str:
 
 
 def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -> gr.Blocks:
+    # transformers' lazy module is not safe to import from several event threads at once (one of them can
+    # see a half-initialised module: "cannot import name 'AutoTokenizer'"): import it once, here.
+    import transformers  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     root = Path(root or hosting.runs_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     space = hosting.on_space()
@@ -84,22 +98,34 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             message += f" {released} of your queued runs, held since the Space restarted, take their turn again."
         return session, message
 
-    def check_data(model, dataset, upload, fmt, columns, use, session):
+    def check_data(model, dataset, upload, fmt, columns, use, mix, rights, session):
         with session.hub():
-            out = h.inspect_data(model, dataset, upload, fmt, columns, use, session, root, gate)
+            out = h.inspect_data(model, dataset, upload, fmt, columns, use, session, root, gate, mix=mix,
+                                 rights=rights)
+        rejected = upload and not out["source"]
         return (out["format"], _frame(out["rows"], list(out["rows"][0]) if out["rows"] else ["(no rows)"]),
-                out["licence"], out["access"], out["report"],
-                _frame(out["histogram"], ["tokens", "examples"]),
-                _frame(out["pairs"], ["similarity", "kept", "removed"]), out["source"] or dataset)
+                out["licence"], out["access"], out["report"], _histogram(out["histogram"]),
+                _frame(out["pairs"], ["similarity", "kept", "removed"]), out["source"], out["training_on"],
+                None if rejected else gr.skip(),  # a rejected upload is cleared, and no other data stands in
+                "" if rejected else (f"{Path(upload).name} (uploaded)" if upload else gr.skip()))
 
-    def compose(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns, session):
+    def compose(model, source, preset, epochs, max_steps, lr, use, fmt, columns, mix, rights, method, session):
         try:
             gate.check_model(model)
-            gate.check_source(dataset, session)
+            if source:
+                gate.check_source(source, session)
         except HubtuneError as err:
-            return "", h.problem(err)
+            return "", h.problem(err), ""
+        declared = h.declarations(source, rights, session, root)
         with session.hub():
-            return h.compose_config(model, dataset, preset, epochs, max_steps, lr, use, fmt, columns)
+            config_text, note = h.compose_config(model, source, preset, epochs, max_steps, lr, use, fmt, columns,
+                                                 mix=mix, declared=declared, method=method)
+            try:
+                line = h.training_on(h.data_config(model, source, fmt, columns, use, mix=mix, declared=declared),
+                                     root)
+            except (HubtuneError, ValueError) as err:
+                line = f"**Nothing to train on yet:** {h.problem(err).removeprefix('**Problem:** ')}"
+        return config_text, note, line
 
     def try_prompting(model, source, fmt, columns, use, limit, session):
         try:
@@ -111,13 +137,16 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         with session.hub():
             return h.try_prompting(model, source, fmt, columns, use, limit)
 
-    def start(config_text, push_to, session):
+    def start(config_text, push_to, current, session):
         try:
             gate.require_user(session, "start a run")
         except HubtuneError as err:
-            return None, h.problem(err)
+            return current, h.problem(err)
         with session.hub():
-            return h.start_training(config_text, push_to, session, runner, root, gate)
+            path, message = h.start_training(config_text, push_to, session, runner, root, gate)
+        # The progress line keeps following a live run; the queued one takes over when that one ends.
+        live = current and Path(current).is_dir() and RunFolder(current).status in views.LIVE
+        return (current if live or not path else path), message
 
     def pick_current(current, session):
         """The run the Train tab follows: the one this page started, else the user's newest live one (a
@@ -134,7 +163,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         this page last drew), so it never redraws, or flickers, for nothing."""
         current = pick_current(current, session)
         if not current:
-            return None, "No run yet: start one above.", _progress_bar(None), None, "no points yet", "", None
+            return (None, "No run yet: start one above.", _progress_bar(None), None, "no points yet", "", None,
+                    gr.update(interactive=True), gr.update(interactive=False))
         run = RunFolder(current)
         p = views.progress(run, observer, place=runner.place(run.path),
                            memory=views.process_memory_mb(runner.pid(run.path)))
@@ -146,8 +176,12 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             chart_value, drawn = None, (None, 0, ())  # new series: clear now, draw afresh next poll
         else:
             chart_value = _loss_frame(points)
+        # No duplicate jobs: Resume waits until the run's job is over; Start waits while the run it just
+        # queued has not started (a second press would queue the same run twice), then queues behind it.
+        busy = runner.is_active(run.path) or run.status in views.LIVE
         return (current, p["line"], _progress_bar(p["fraction"]), chart_value, views.chart_caption(points),
-                views.log_tail(run), drawn)
+                views.log_tail(run, LOG_LINES), drawn, gr.update(interactive=run.status != Status.QUEUED),
+                gr.update(interactive=not busy and run.status in (Status.INTERRUPTED, Status.FAILED)))
 
     def stop(current, session):
         return runner.stop(mine(current, session)) if current else "No run to stop."
@@ -175,10 +209,31 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
         table = pd.DataFrame(samples) if samples else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
-        shown = [p["line"], run.config.to_yaml(), None, eval_text, table, views.log_tail(run)]
+        shown = [p["line"], run.config.to_yaml(), None, eval_text, table, views.log_tail(run, RUN_LOG_LINES)]
         yield tuple(shown)
         shown[2] = _loss_frame(points)
         yield tuple(shown)
+
+    def follow_run(path, session, seen):
+        """The Runs tab keeps itself current: when the picked run's status, metrics, log or evaluation
+        changed since the last poll, its views are sent again (nothing is sent otherwise)."""
+        unchanged = (gr.skip(),) * 7 + (seen,)
+        if not path or not Path(path).is_dir():
+            return unchanged
+        run = RunFolder(mine(path, session))
+        stamp = lambda f: (f.stat().st_mtime, f.stat().st_size) if f.is_file() else None  # noqa: E731
+        key = (path, run.status.value, stamp(run.path / RunFolder.EVAL), stamp(run.path / RunFolder.METRICS),
+               stamp(run.path / views.LOG))
+        if key == seen:
+            return unchanged
+        p = views.progress(run, observer, place=runner.place(run.path))
+        eval_text, rows = h.eval_view(path)
+        table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
+        runs = runs_for(session)
+        history = pd.DataFrame(views.runs_table(runs), columns=["run", "status", "owner", "base", "steps",
+                                                                "held-out loss", "error"])
+        chart_value = _loss_frame(views.loss_points([run])) if seen and seen[0] == path else gr.skip()
+        return p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key
 
     def compare(a, b, session):
         if not a or not b:
@@ -189,11 +244,13 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         yield diff, None  # cleared first: another pair of runs is another set of series
         yield diff, _loss_frame(views.loss_points(runs, label_runs=True))
 
-    def ask(run, prompt, session):
+    def ask(run, prompt, base_turns, tuned_turns, system, temperature, top_p, max_tokens, session):
         if not run:
-            yield NO_FINISHED, ""
+            yield base_turns, (tuned_turns or []) + [{"role": "assistant", "content": NO_FINISHED}], prompt
             return
-        yield from session.iterate(h.chat(mine(run, session), prompt, models))
+        for base, tuned in session.iterate(h.chat(mine(run, session), prompt, models, max_tokens, base_turns,
+                                                  tuned_turns, system, temperature, top_p)):
+            yield base, tuned, ""
 
     def refresh_finished(session, selected):
         choices = finished_choices(session)
@@ -231,12 +288,20 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     model = gr.Textbox(h.DEMO_MODEL,
                                        label="Base model (Hub id, local folder, or the embedded hubtune:tiny-llama)")
                     dataset = gr.Textbox(h.DEMO_DATA, label="Dataset (Hub dataset id or local file)")
-                    upload = gr.File(label=f"…or upload JSONL / CSV / Parquet (up to {hosting.UPLOAD_LIMIT_MB} MB)",
-                                     file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath")
+                    with gr.Column():
+                        upload = gr.File(label=f"…or upload JSONL / CSV / Parquet (up to {hosting.UPLOAD_LIMIT_MB} MB)",
+                                         file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath",
+                                         elem_id="upload")
+                        rights = gr.Checkbox(False, label="I hold the rights to use and publish this file",
+                                             elem_id="rights")
                 with gr.Row():
                     fmt = gr.Dropdown(FORMATS, value="auto", label="Format")
                     columns = gr.Textbox(label="Column mapping (FIELD=COLUMN, ...)", placeholder="output=answer")
                     use = gr.Radio(["personal", "research", "commercial"], value="personal", label="Intended use")
+                mix_on = gr.Checkbox(True, label=f"Mix in {h.MIX_RATIO:.0%} general instructions against forgetting: "
+                                                 f"{h.GENERAL_DATA} (apache-2.0, built in). Off for your own data "
+                                                 f"unless you turn it on", elem_id="mix")
+                data_on = gr.Markdown(elem_id="data-training-on")
                 check_btn = gr.Button("Check model and data", variant="secondary")
                 data_format = gr.Markdown(elem_id="data-format")
                 rows = gr.Dataframe(label="First rows", wrap=True, max_height=260)
@@ -249,17 +314,23 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     prompt_btn = gr.Button("Try prompting first: score the base zero-shot and few-shot", scale=3)
                 prompting_md = gr.Markdown(elem_id="prompting")
                 with gr.Row():
-                    histogram = gr.BarPlot(x="tokens", y="examples", label="Example length (tokens)", sort=None)
+                    # y from 0: a plot scaled to its data alone draws one bin as a bar of no height
+                    histogram = gr.BarPlot(x="tokens", y="examples", label="Example length (tokens)", sort=None,
+                                           y_lim=[0, None], elem_id="histogram")
                     pairs = gr.Dataframe(label="Closest near-duplicate pairs", wrap=True, max_height=260)
                 source_used = gr.State(h.DEMO_DATA)
 
             with gr.Tab("2. Train", id="train"):
                 with gr.Row():
                     preset = gr.Radio(list(h.PRESETS), value="quick", label="Preset")
+                    method = gr.Radio(list(cfg.METHODS), value="sft", label="Method (dpo, orpo, kto: preference data; "
+                                      "grpo: prompts with answers, rewards in the advanced settings)",
+                                      elem_id="method")
                     epochs = gr.Number(0, label="Epochs (0: the preset's)", minimum=0)
                     max_steps = gr.Number(0, label="Max steps (0: the preset's)", minimum=0, precision=0,
                                           elem_id="max-steps")
                     lr = gr.Number(0, label="Learning rate (0: the config's)", minimum=0)
+                train_on = gr.Markdown(elem_id="training-on")
                 push_to = gr.Textbox(label="Push target, checked before training (optional, OWNER/NAME)")
                 estimate = gr.Markdown(hosting.memory_estimate_line(None))
                 with gr.Accordion("Advanced: every setting (generated from the run config, editable)", open=False):
@@ -271,7 +342,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 message = gr.Markdown(elem_id="train-message")
                 progress_md = gr.Markdown(elem_id="progress")
                 bar = gr.HTML(_progress_bar(None))
-                chart = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss", height=300,
+                chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss and rewards", height=300,
                                     elem_id="loss-chart")
                 chart_note = gr.Markdown(elem_id="chart-caption")
                 log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
@@ -284,32 +355,42 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 run_line = gr.Markdown(elem_id="run-line")
                 with gr.Row():
                     run_resume = gr.Button("Resume")
-                    eval_limit = gr.Number(20, label="Evaluate on at most N test examples", precision=0, minimum=1)
+                    eval_limit = gr.Number(20, label="Evaluate on at most N test examples", precision=0, minimum=1,
+                                           elem_id="eval-limit")
                     run_eval = gr.Button("Evaluate")
                     confirm = gr.Checkbox(label="Confirm delete")
                     run_delete = gr.Button("Delete", variant="stop")
                 run_message = gr.Markdown()
-                run_chart = gr.LinePlot(None, x="step", y="loss", color="series", label="Loss", height=260)
+                run_chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss", height=260)
                 with gr.Accordion("Config", open=False):
                     run_config = gr.Code(language="yaml", interactive=False)
-                run_log = gr.Textbox(label="Log of its last job (train or eval; Refresh to update)", lines=6,
+                run_log = gr.Textbox(label="Log of its last job (train or eval; updates while it runs)", lines=6,
                                      max_lines=6, interactive=False)
                 eval_md = gr.Markdown(elem_id="eval-report")
                 samples = gr.Dataframe(label="Sample answers, side by side", wrap=True, max_height=300)
                 with gr.Accordion("Compare two runs", open=False):
                     run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
                     diff = gr.Code(language=None, label="Config diff")
-                    overlay = gr.LinePlot(None, x="step", y="loss", color="series", label="Curves overlaid",
+                    overlay = gr.LinePlot(None, x="step", y="loss", color="curve", label="Curves overlaid",
                                           height=260)
 
             with gr.Tab("4. Chat", id="chat") as chat_tab:
                 chat_note = gr.Markdown()
                 chat_run = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True, elem_id="chat-run")
-                prompt = gr.Textbox(label="Prompt", lines=4, elem_id="chat-prompt")
-                send = gr.Button("Ask both", variant="primary", elem_id="chat-send")
+                with gr.Accordion("System prompt and sampling", open=False):
+                    system = gr.Textbox(label="System prompt (both models get it)", lines=2, elem_id="chat-system")
+                    with gr.Row():
+                        temperature = gr.Slider(0.0, 1.5, 0.0, step=0.05, label="Temperature (0: greedy)")
+                        top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
+                        max_tokens = gr.Slider(16, 512, 128, step=16, label="Max new tokens")
                 with gr.Row():
-                    base_answer = gr.Textbox(label="Base model", lines=6, elem_id="base-answer")
-                    tuned_answer = gr.Textbox(label="Tuned adapter", lines=6, elem_id="tuned-answer")
+                    base_answer = gr.Chatbot(label="Base model", height=320, elem_id="base-answer")
+                    tuned_answer = gr.Chatbot(label="Tuned adapter", height=320, elem_id="tuned-answer")
+                prompt = gr.Textbox(label="Message (each model goes on from its own answers)", lines=3,
+                                    elem_id="chat-prompt")
+                with gr.Row():
+                    send = gr.Button("Ask both", variant="primary", elem_id="chat-send")
+                    new_chat = gr.Button("New conversation", elem_id="chat-clear")
 
             with gr.Tab("5. Publish", id="publish") as publish_tab:
                 publish_note = gr.Markdown()
@@ -326,29 +407,35 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 card = gr.Markdown(elem_id="card-preview")
 
         timer = gr.Timer(POLL_SECONDS)
+        followed = gr.State(None)  # what the Runs tab last showed of its picked run
 
         # ---- wiring ---------------------------------------------------------------------------------------------
-        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, session]
+        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, method, session]
+        compose_outputs = [config_code, estimate, train_on]
         if space:
             app.load(space_sign_in, None, [session, whoami], api_name="sign_in")
         else:
             app.load(sign_in, [token_box], [session, whoami], api_name=False)
             token_box.change(sign_in, [token_box], [session, whoami], api_name="sign_in")
-        app.load(compose, compose_inputs, [config_code, estimate], api_name=False)
-        follow = ([current, session, shown], [current, progress_md, bar, chart, chart_note, log, shown])
+        app.load(compose, compose_inputs, compose_outputs, api_name=False)
+        follow = ([current, session, shown], [current, progress_md, bar, chart, chart_note, log, shown, start_btn,
+                                              resume_btn])
         app.load(watch, *follow, api_name=False)
 
-        check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, session],
-                        [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used],
-                        api_name="check_data").then(compose, compose_inputs, [config_code, estimate], api_name=False)
+        check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, mix_on, rights, session],
+                        [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used, data_on,
+                         upload, dataset],
+                        api_name="check_data").then(compose, compose_inputs, compose_outputs, api_name=False)
         prompt_btn.click(try_prompting, [model, source_used, fmt, columns, use, prompt_limit, session], [prompting_md],
                          api_name="try_prompting")
-        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns):  # dataset: below
-            field.change(compose, compose_inputs, [config_code, estimate], api_name=False)
-        dataset.change(lambda d: d, dataset, source_used, api_name=False).then(
-            compose, compose_inputs, [config_code, estimate], api_name=False)
+        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, method):  # dataset: below
+            field.change(compose, compose_inputs, compose_outputs, api_name=False)
+        # Typed by the user (not the "NAME (uploaded)" the page writes there): that dataset, mixed as it says.
+        dataset.input(lambda d: (d, d.strip() == h.DEMO_DATA), dataset, [source_used, mix_on], api_name=False).then(
+            compose, compose_inputs, compose_outputs, api_name=False)
+        upload.upload(lambda: False, None, mix_on, api_name=False)  # the user's own file: nothing mixed in unasked
 
-        start_btn.click(start, [config_code, push_to, session], [current, message], api_name="start").then(
+        start_btn.click(start, [config_code, push_to, current, session], [current, message], api_name="start").then(
             watch, *follow, api_name=False)
         stop_btn.click(stop, [current, session], [message], api_name="stop")
         resume_btn.click(resume, [current, session], [message], api_name="resume")
@@ -368,9 +455,15 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                          [run_pick, confirm, session], [run_message], api_name="delete").then(
             refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
         run_b.change(compare, [run_pick, run_b, session], [diff, overlay], api_name="compare")
+        timer.tick(follow_run, [run_pick, session, followed],
+                   [run_line, eval_md, samples, run_log, runs_table, run_chart, run_message, followed],
+                   api_name=False, show_progress="hidden")
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
-        send.click(ask, [chat_run, prompt, session], [base_answer, tuned_answer], api_name="chat")
+        send.click(ask, [chat_run, prompt, base_answer, tuned_answer, system, temperature, top_p, max_tokens, session],
+                   [base_answer, tuned_answer, prompt], api_name="chat")
+        new_chat.click(lambda: ([], []), None, [base_answer, tuned_answer], api_name=False)
+        chat_run.change(lambda: ([], []), None, [base_answer, tuned_answer], api_name=False)
 
         publish_tab.select(refresh_finished, [session, pub_run], [pub_run, publish_note], api_name=False)
         pub_run.change(publish_defaults, [pub_run, session], [repo, card], api_name="publish_defaults")

@@ -4,6 +4,7 @@ logic lives here."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -13,7 +14,7 @@ import yaml
 
 from hubtune import config as cfg
 from hubtune.data.limits import check_upload
-from hubtune.errors import ConfigError, HubtuneError
+from hubtune.errors import ConfigError, HubtuneError, page_text
 from hubtune.runs import RunFolder, Status
 from hubtune.ui import hosting, views
 from hubtune.ui.access import Gate, Session, safe_name
@@ -21,6 +22,8 @@ from hubtune.ui.jobs import Job, JobRunner
 
 DEMO_MODEL = "hubtune:tiny-llama"
 DEMO_DATA = "hubtune:data/invoices/train.jsonl"
+GENERAL_DATA = "hubtune:data/general/train.jsonl"  # mixed in against forgetting, when the user turns it on
+MIX_RATIO = 0.1
 
 # Presets over the same run config the CLI uses: overrides on top of the chosen base config.
 PRESETS = {
@@ -31,10 +34,19 @@ PRESETS = {
 }
 
 
+# An uploaded file's copy on the server (runs/.uploads/USER/NAME, runs/RUN/uploads/NAME): the page names it
+# by NAME, as the card does; the server's folders are not the user's business.
+_UPLOAD_PATH = re.compile(r"(?:/[^\s'\"`/|]+)*/\.?uploads/(?:[^\s'\"`/|]+/)?([^\s'\"`/|]+)")
+
+
+def without_server_paths(text: str) -> str:
+    return _UPLOAD_PATH.sub(r"\1", text)
+
+
 def problem(err: BaseException) -> str:
     """A known error as a message; anything else with its type, so nothing reads as success."""
-    text = str(err) if isinstance(err, HubtuneError) else f"{type(err).__name__}: {err}"
-    return f"**Problem:** {text}".replace("\n", "  \n")
+    text = page_text(err) if isinstance(err, HubtuneError) else f"{type(err).__name__}: {err}"
+    return without_server_paths(f"**Problem:** {text}".replace("\n", "  \n"))
 
 
 # ---- signing in ------------------------------------------------------------------------------------------
@@ -82,11 +94,16 @@ def source_of(dataset: str, upload: str | None, session: Session, root: Path) ->
     return dataset
 
 
-def data_config(model: str, source: str, fmt: str = "auto", columns: str = "", use: str = "personal",
-                base: cfg.RunConfig | None = None) -> cfg.RunConfig:
-    """The run config with this model and data on top of `base` (the demo config for the embedded model)."""
+def data_config(model: str, source: str | None, fmt: str = "auto", columns: str = "", use: str = "personal",
+                base: cfg.RunConfig | None = None, mix: bool | None = None,
+                declared: list[cfg.RightsDeclaration] | None = None) -> cfg.RunConfig:
+    """The run config with this model and data on top of `base` (the demo config for the embedded model).
+    `mix`: general data mixed in (None: as the base config has it for its own data, off for other data);
+    `declared`: the uploader's rights declarations for their files."""
     from hubtune.demo import DEMO_CONFIG
 
+    if not source:
+        raise HubtuneError("no dataset to train on: type a Hub dataset id or a file path, or upload a file")
     if base is None:
         base = cfg.load(DEMO_CONFIG) if model.strip() == DEMO_MODEL else cfg.RunConfig()
     tree = base.model_dump(mode="json")
@@ -95,6 +112,11 @@ def data_config(model: str, source: str, fmt: str = "auto", columns: str = "", u
     tree["data"]["sources"] = tree["data"]["sources"] if same_data else [{"path": source}]
     if not same_data:
         tree["eval"]["test"] = None  # the demo's test set belongs to the demo data
+    if mix is None:
+        mix = same_data and tree["data"]["mix"]["ratio"] > 0  # never silently on for the user's own data
+    tree["data"]["mix"] = ({"source": tree["data"]["mix"]["source"] or {"path": GENERAL_DATA}, "ratio": MIX_RATIO}
+                           if mix else {"source": None, "ratio": 0.0})
+    tree["licence"]["declared"] = [d.model_dump() for d in declared or []]
     tree["data"]["format"] = fmt or "auto"
     mapping = parse_columns(columns)
     if mapping:
@@ -115,12 +137,14 @@ def parse_columns(text: str) -> dict[str, str]:
 
 
 def inspect_data(model: str, dataset: str, upload: str | None, fmt: str, columns: str, use: str,
-                 session: Session, root: Path, gate: Gate | None = None) -> dict:
+                 session: Session, root: Path, gate: Gate | None = None, mix: bool | None = None,
+                 rights: bool = False) -> dict:
     """First rows, detected format, licence verdict, access to gated repos and the data report. Each part
     that fails says why in its own place; the others still show. With a gate (the app), only what this
-    session may read."""
+    session may read. A rejected upload leaves no data chosen (source None): nothing falls back to another
+    dataset behind the user's back."""
     out = {"rows": [], "format": "", "licence": "", "access": "", "report": "", "histogram": [], "pairs": [],
-           "source": ""}
+           "source": None, "training_on": "", "warnings": []}
     try:
         if gate is not None:
             gate.require_user(session, "check data")
@@ -128,16 +152,85 @@ def inspect_data(model: str, dataset: str, upload: str | None, fmt: str, columns
         source = source_of(dataset, upload, session, root)
         if gate is not None:
             gate.check_source(source, session)
-        config = data_config(model, source, fmt, columns, use)
+        config = data_config(model, source, fmt, columns, use, mix=mix,
+                             declared=declarations(source, rights, session, root))
     except (HubtuneError, OSError) as err:
         out["format"] = problem(err)
+        rejected = f"{Path(upload).name} was rejected" if upload else "no dataset"
+        out["training_on"] = f"**Nothing to train on:** {rejected}. {problem(err).removeprefix('**Problem:** ')}"
         return out
     out["source"] = source
     out["rows"], out["format"] = _preview(config)
-    out["licence"] = _licence(config)
-    out["access"] = _access(config, session)
-    out["report"], out["histogram"], out["pairs"] = _report(config)
+    out["licence"] = without_server_paths(_licence(config))
+    out["access"] = without_server_paths(_access(config, session))
+    report, out["report"], out["histogram"], out["pairs"] = _report(config)
+    out["training_on"] = training_on(config, root, report)
     return out
+
+
+def declarations(source: str | None, rights: bool, session: Session, root: Path) -> list[cfg.RightsDeclaration]:
+    """The page's "I hold the rights to use and publish this file" tick, for an uploaded file: who, when,
+    and the hash of the bytes it covers."""
+    from datetime import datetime, timezone
+
+    from hubtune.refs import file_sha256
+
+    if not (rights and source and is_upload(source, root)):
+        return []
+    return [cfg.RightsDeclaration(file=Path(source).name, sha256=file_sha256(source), by=session.user,
+                                  at=datetime.now(timezone.utc).isoformat(timespec="seconds"))]
+
+
+def is_upload(path: str, root: Path) -> bool:
+    p = Path(path)
+    return p.is_file() and (root / ".uploads").resolve() in p.resolve().parents
+
+
+def _local_rows(source: cfg.DataSource, limit_mb: float = 50) -> int | None:
+    """How many rows a local file or built-in asset holds (None when unreadable, or too large to count here)."""
+    from hubtune.data.sources import iter_source_rows, locate
+
+    try:
+        files, _ = locate(source)
+        if sum(f.stat().st_size for f in files) > limit_mb * 2**20:
+            return None
+        return sum(1 for _ in iter_source_rows(source, files, True, []))
+    except (HubtuneError, OSError, ValueError):
+        return None
+
+
+def training_on(config: cfg.RunConfig, root: Path, report: dict | None = None) -> str:
+    """What will train, in one line: "Training on: my_labels.jsonl, 60 rows, uploaded ..."."""
+    from hubtune.refs import RepoRef, data_label, file_sha256
+
+    parts = []
+    for s in config.data.sources:
+        ref = RepoRef.parse(s.path)
+        how = ("uploaded" if is_upload(s.path, root) else {"builtin": "built in", "local": "a local file",
+                                                          "hub": f"Hub dataset, split {s.split}"}[ref.kind])
+        read = next((r for r in (report or {}).get("sources", []) if r["path"] == s.path), None)
+        count = read["rows"] if read else _local_rows(s) if ref.kind != "hub" else None
+        rows = f", {count} rows" if count is not None else ""
+        sha = file_sha256(ref.path) if ref.kind == "local" else None
+        parts.append(f"**{data_label(s.path)}**{rows}, {how}" + (f" (sha256 {sha[:12]})" if sha else ""))
+    line = "Training on: " + "; ".join(parts)
+    for d in config.licence.declared:
+        line += f" · rights declared by {d.by or 'you (not signed in)'} at {d.at}"
+    mix = config.data.mix
+    if mix.source is not None and mix.ratio > 0:
+        from hubtune.licence import read_licence
+
+        line += (f" · {mix.ratio:.0%} general data mixed in: {data_label(mix.source.path)} "
+                 f"({read_licence(mix.source.path, 'dataset').licence})")
+    else:
+        line += " · no general data mixed in"
+    if report:
+        test = ("the held-out rows are the test set" if config.eval.test is None
+                else f"test set: {data_label(config.eval.test.path)}")
+        line += (f"  \n{report['train']} rows for training ({report.get('mixed', 0)} of them general), "
+                 f"{report['eval']} held out; {test}")
+        line += "".join(f"  \n**Warning:** {w}" for w in report.get("warnings") or [])
+    return line
 
 
 def _preview(config: cfg.RunConfig) -> tuple[list[dict], str]:
@@ -155,7 +248,9 @@ def _preview(config: cfg.RunConfig) -> tuple[list[dict], str]:
     shown = [{k: _short(v) for k, v in r.items()} for r in rows[:5]]
     mapping = ", ".join(f"{k} <- {v}" for k, v in config.data.columns.items()) or "columns used as named"
     how = "detected" if config.data.format == "auto" else "as set"
-    return shown, f"**{len(rows)} rows**, format **{fmt}** ({how}); {mapping}"
+    hint = {"preference": "; preference pairs: choose the method dpo, orpo or kto on the Train tab",
+            "kto": "; labelled answers: choose the method kto on the Train tab"}.get(fmt, "")
+    return shown, f"**{len(rows)} rows**, format **{fmt}** ({how}); {mapping}{hint}"
 
 
 def _short(value, n: int = 160) -> str:
@@ -167,8 +262,7 @@ def _licence(config: cfg.RunConfig) -> str:
     from hubtune import licence
 
     try:
-        verdict = licence.check(config.model.id, [s.path for s in config.data.sources], use=config.licence.use,
-                                revision=config.model.revision, publish=True)
+        verdict = publish_verdict(config)
     except Exception as err:
         return problem(err)
     lines = [f"**Licence verdict: {verdict.verdict}** for {verdict.use} use, publishing included", ""]
@@ -185,6 +279,17 @@ def _licence(config: cfg.RunConfig) -> str:
     if verdict.obligations:
         lines += ["", "Obligations the card will carry:"] + [f"- {o}" for o in verdict.obligations]
     return "\n".join(lines)
+
+
+def publish_verdict(config: cfg.RunConfig):
+    """The licence verdict for training on this config's data and publishing the result: every dataset that
+    reaches training (the general data mixed in too), uploads with the uploader's declaration."""
+    from hubtune import licence
+
+    return licence.licence_verdict(
+        licence.read_licence(config.model.id, "model", config.model.revision),
+        licence.dataset_licences(config.data.trained_sources(), config.licence.declared), config.licence.use,
+        publish=True)
 
 
 def _access(config: cfg.RunConfig, session: Session) -> str:
@@ -219,7 +324,7 @@ def _access(config: cfg.RunConfig, session: Session) -> str:
     return "**Access**\n\n" + "\n".join(lines)
 
 
-def _report(config: cfg.RunConfig) -> tuple[str, list[dict], list[dict]]:
+def _report(config: cfg.RunConfig) -> tuple[dict | None, str, list[dict], list[dict]]:
     from hubtune import data
     from hubtune.data.report import STEP_LABELS
 
@@ -227,7 +332,7 @@ def _report(config: cfg.RunConfig) -> tuple[str, list[dict], list[dict]]:
         tokenizer = data.load_tokenizer(config.model.id, config.model.revision, config.model.trust_remote_code)
         report = data.prepare(config.data, tokenizer, seed=config.training.seed).report
     except Exception as err:
-        return problem(err), [], []
+        return None, problem(err), [], []
     lines = ["| step | removed | left |", "|---|---:|---:|", f"| rows read | | {report['total']} |"]
     lines += [f"| {STEP_LABELS.get(s['step'], s['step'])} | {s['removed']} | {s['left']} |" for s in report["steps"]]
     summary = (f"Kept **{report['kept']} of {report['total']}**: {report['train']} for training, {report['eval']} "
@@ -238,7 +343,16 @@ def _report(config: cfg.RunConfig) -> tuple[str, list[dict], list[dict]]:
     threshold = report["settings"].get("near_dup_threshold")
     pairs_note = (f"{len(pairs)} closest near-duplicate pairs below" if pairs else
                   f"No near-duplicate pairs at similarity {threshold}" if threshold else "Near-duplicate check is off")
-    return summary + f". {pairs_note}.\n\n" + "\n".join(lines), histogram, pairs
+    from hubtune.families import suggestion
+
+    family = suggestion((report.get("chat_template") or {}).get("family"))
+    removed = [f"- {STEP_LABELS.get(step, step)}, first removed: " + "; ".join(
+                   f"`{without_server_paths(ex['origin'])}`: {ex['text'][:80]!r}" for ex in shown)
+               for step, shown in (report.get("removed_examples") or {}).items() if shown]
+    warnings = [f"**Warning:** {w}" for w in report.get("warnings") or []]
+    text = "\n\n".join([summary + f". {pairs_note}.", *([family] if family else []), "\n".join(lines),
+                         "\n".join(removed), "  \n".join(warnings)])
+    return report, without_server_paths(text), histogram, pairs
 
 
 def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, limit: int | None = 20) -> str:
@@ -260,11 +374,13 @@ def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, lim
 
 
 # ---- the run config -----------------------------------------------------------------------------------------
-def compose_config(model: str, source: str, preset: str, epochs: float | None, max_steps: int | None,
-                   learning_rate: float | None, use: str, fmt: str = "auto", columns: str = "") -> tuple[str, str]:
+def compose_config(model: str, source: str | None, preset: str, epochs: float | None, max_steps: int | None,
+                   learning_rate: float | None, use: str, fmt: str = "auto", columns: str = "",
+                   mix: bool | None = None, declared: list[cfg.RightsDeclaration] | None = None,
+                   method: str = "sft") -> tuple[str, str]:
     """(annotated YAML for the advanced editor, message): model and data, the preset, then the fields set here."""
     try:
-        config = data_config(model, source, fmt, columns, use)
+        config = data_config(model, source, fmt, columns, use, mix=mix, declared=declared)
         overrides = list(PRESETS.get(preset, []))
         if epochs:
             overrides.append(f"training.epochs={epochs}")
@@ -274,10 +390,16 @@ def compose_config(model: str, source: str, preset: str, epochs: float | None, m
             overrides.append("training.max_steps=null")
         if learning_rate:
             overrides.append(f"training.learning_rate={learning_rate}")
+        if method and method != "sft":
+            overrides.append(f"training.method={method}")
         config = cfg.build(config.model_dump(mode="json"), overrides)
     except (HubtuneError, ValueError) as err:
         return "", problem(err)
-    return views.annotated_yaml(config), hosting.memory_estimate_line(config)
+    steps = (f"{config.training.max_steps} steps" if config.training.max_steps else
+             f"{config.training.epochs:g} epochs (the step count follows from the rows kept)")
+    return views.annotated_yaml(config), (
+        f"{hosting.memory_estimate_line(config)}  \nThis run: {steps}. The same run on the command line: save the "
+        f"settings under Advanced as `run.yaml` (its copy button), then `hubtune train run.yaml`")
 
 
 def parse_config(text: str) -> cfg.RunConfig:
@@ -308,9 +430,7 @@ def start_training(config_text: str, push_to: str, session: Session, runner: Job
             gate.check_config(config, session)
         verdict = licence.gate_for_training(config)
         if push_to and push_to.strip():
-            publish_verdict = licence.check(config.model.id, [s.path for s in config.data.sources],
-                                            use=config.licence.use, revision=config.model.revision, publish=True)
-            check_target(push_to.strip(), session.token, publish_verdict)
+            check_target(push_to.strip(), session.token, publish_verdict(config))
         runner.check_room(session.user)
         path = root / run_name(config)
         while path.exists():
@@ -344,6 +464,8 @@ def _with_uploads(config: cfg.RunConfig, run: Path, root: Path) -> cfg.RunConfig
 def resume_run(run: str, session: Session, runner: JobRunner) -> str:
     folder = RunFolder(run)
     status = folder.status
+    if runner.is_active(folder.path):  # queued, or launched and not yet marked running: no second job
+        return f"**{folder.path.name}** already has a job queued or starting: wait for it"
     if status not in (Status.INTERRUPTED, Status.FAILED):
         return f"**{folder.path.name}** is {status.value}: only an interrupted or failed run can be resumed"
     try:
@@ -352,7 +474,7 @@ def resume_run(run: str, session: Session, runner: JobRunner) -> str:
         return problem(err)
     place = runner.place(folder.path)
     waiting = f"number {place} in the queue" if place else "starting now"
-    return f"Resuming **{folder.path.name}** from its last checkpoint (`hubtune train --resume`), {waiting}"
+    return f"Resuming **{folder.path.name}** from its last checkpoint, {waiting}"
 
 
 def evaluate_run(run: str, limit: int | None, session: Session, runner: JobRunner) -> str:
@@ -456,30 +578,53 @@ class ModelCache:
             return self.value
 
 
-def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128):
-    """The same prompt to the base (adapter off), then to the tuned adapter, each answer streamed as it is
-    generated: yields (base answer so far, tuned answer so far)."""
+def chat(run: str, prompt: str, cache: ModelCache, max_new_tokens: int = 128, base_turns: list | None = None,
+         tuned_turns: list | None = None, system: str = "", temperature: float = 0.0, top_p: float = 1.0):
+    """The next turn of two conversations, one with the base (adapter off), one with the tuned adapter: each
+    goes on from its own earlier answers, after the same system prompt. Streams as it generates: yields
+    (base conversation, tuned conversation), lists of {"role", "content"} messages."""
     from hubtune.evaluation.generate import stream_answer
 
+    base_turns, tuned_turns = list(base_turns or []), list(tuned_turns or [])
     if not (prompt or "").strip():
-        yield "Type a prompt first.", ""
+        yield base_turns, tuned_turns + [{"role": "assistant", "content": "Type a prompt first."}]
         return
     folder = RunFolder(run)
     if folder.summary is None:
-        yield f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run", ""
+        note = f"**{folder.path.name}** is {folder.status.value}: chat needs a finished run"
+        yield base_turns, tuned_turns + [{"role": "assistant", "content": note}]
         return
-    base = ""
+    head = [{"role": "system", "content": system.strip()}] if (system or "").strip() else []
+    asked = {"role": "user", "content": prompt}
+    base_turns.append(asked)
+    tuned_turns.append(asked)
+    settings = dict(max_new_tokens=int(max_new_tokens or 128), temperature=float(temperature or 0),
+                    top_p=float(top_p or 1.0))
     try:
         model, tokenizer = cache.get(folder)
-        messages = [{"role": "user", "content": prompt}]
+        answer = ""
         with cache.lock, model.disable_adapter():  # one generation at a time: the adapter switch is shared
-            for base in stream_answer(model, tokenizer, messages, max_new_tokens):
-                yield base, ""
+            for answer in stream_answer(model, tokenizer, head + _plain(base_turns), **settings):
+                yield base_turns + [{"role": "assistant", "content": answer}], tuned_turns
+        base_turns.append({"role": "assistant", "content": answer})
+        answer = ""
         with cache.lock:
-            for tuned in stream_answer(model, tokenizer, messages, max_new_tokens):
-                yield base, tuned
+            for answer in stream_answer(model, tokenizer, head + _plain(tuned_turns), **settings):
+                yield base_turns, tuned_turns + [{"role": "assistant", "content": answer}]
     except Exception as err:
-        yield base, problem(err)
+        yield base_turns, tuned_turns + [{"role": "assistant", "content": problem(err)}]
+
+
+def _plain(turns: list) -> list[dict]:
+    """A chat box's messages as the chat template takes them: role and text (the box hands its messages back
+    with the content as a list of typed parts)."""
+    def text(content) -> str:
+        if isinstance(content, str):
+            return content
+        parts = content if isinstance(content, list) else [content]
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts)
+    return [{"role": t["role"], "content": text(t["content"])}
+            for t in (t if isinstance(t, dict) else {"role": t.role, "content": t.content} for t in turns)]
 
 
 # ---- publishing ----------------------------------------------------------------------------------------------

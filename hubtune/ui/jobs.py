@@ -90,6 +90,7 @@ class Running:
     process: subprocess.Popen
     slot: str | None  # CUDA device index, or None on CPU
     started: float = field(default_factory=time.time)
+    status_at_launch: Status | None = None  # the run's status before its process took it over
 
 
 def device_slots() -> list[str | None]:
@@ -227,7 +228,13 @@ class JobRunner:
         if self.place(run) is not None:
             return True
         status = RunFolder(run).status
-        return status in (Status.RUNNING, Status.EVALUATING) or (status == Status.QUEUED and run in self.running)
+        if status in (Status.RUNNING, Status.EVALUATING) or (status == Status.QUEUED and run in self.running):
+            return True
+        # Launched but not yet marked running (a resumed run still reads "interrupted"): a second job now
+        # would duplicate it. A process told to stop, or one whose run has moved on, is only exiting.
+        r = self.running.get(run)
+        return (r is not None and run not in self.stopping and r.process.poll() is None
+                and status == r.status_at_launch)
 
     def stop(self, run: str | Path) -> str:
         """SIGTERM to the run's process (ours, or the live holder of its lock on this machine and boot, the
@@ -242,13 +249,16 @@ class JobRunner:
                     if folder.status == Status.QUEUED:
                         folder.mark(Status.INTERRUPTED, error=None)
                     return f"{run.name} left the queue before it started"
-            pid = self.running[run].process.pid if run in self.running else None
+            ours = run in self.running and self.running[run].process.poll() is None
+            pid = self.running[run].process.pid if ours else None
         holder = RunFolder(run).lock_holder() or {}
         pid = pid or local_holder_pid(holder)
         if not pid and holder.get("host") not in (None, socket.gethostname()) and RunFolder(run).status in (
                 Status.RUNNING, Status.EVALUATING):
             return f"{run.name} is worked on by a process on {holder['host']} (pid {holder.get('pid')}); stop it there"
-        if not pid or RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED):
+        # Our own live process is stopped whatever the run reads (a resumed one reads "interrupted" until
+        # it starts); another's only while the run says it works on it.
+        if not pid or (not ours and RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED)):
             return f"{run.name} is not running ({RunFolder(run).status.value})"
         try:
             os.kill(pid, signal.SIGTERM)
@@ -278,7 +288,7 @@ class JobRunner:
                                        env=env, start_new_session=True)
         finally:
             log.close()
-        self.running[job.run] = Running(job, process, slot)
+        self.running[job.run] = Running(job, process, slot, status_at_launch=RunFolder(job.run).status)
 
     def _after_exit(self, r: Running) -> None:
         """A process that died before its run could record why (an import error, a kill) leaves the

@@ -12,7 +12,9 @@ import yaml
 from pydantic import BaseModel
 
 from hubtune import config as cfg
+from hubtune.progress import clock
 from hubtune.runs import RunFolder, Status
+from hubtune.tables import peak_memory_text
 from hubtune.ui.jobs import LOG, tail
 
 LIVE = (Status.QUEUED, Status.RUNNING, Status.EVALUATING)
@@ -118,22 +120,12 @@ def progress_line(p: dict) -> str:
     if p["tokens_per_second"]:
         parts.append(f"{p['tokens_per_second']:,.0f} tokens/s")
     if status == "running":
-        parts.append(f"ETA {_duration(p['eta_seconds'])}" if p["eta_seconds"] is not None else "ETA: measuring")
-    mem = p.get("peak_memory_mb") or {}
-    if mem:
-        parts.append("peak memory " + ", ".join(f"{k} {v:,.0f} MB" for k, v in mem.items()))
+        parts.append(f"ETA {clock(p['eta_seconds'])}" if p["eta_seconds"] is not None else "ETA: measuring")
+    if memory := peak_memory_text(p.get("peak_memory_mb")):
+        parts.append(memory)
     if status == "interrupted":
         parts.append("stopped with a checkpoint: Resume continues it")
     return " · ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def process_memory_mb(pid: int | None) -> dict:
@@ -162,22 +154,32 @@ def process_memory_mb(pid: int | None) -> dict:
 
 # ---- the loss chart ---------------------------------------------------------------------------------
 def loss_points(runs: list[RunFolder], label_runs: bool = False) -> list[dict]:
-    """Rows of {step, loss, series}: training and held-out loss, one series per run when overlaid."""
+    """Rows of {step, loss, curve}: "training loss" and "held-out loss", named by run when overlaid."""
     points = []
     for r in runs:
         prefix = f"{r.path.name}: " if label_runs else ""
         for m in r.metrics():
             if m.get("loss") is not None:
-                points.append({"step": m["step"], "loss": m["loss"], "series": f"{prefix}training"})
+                points.append({"step": m["step"], "loss": m["loss"], "curve": f"{prefix}{TRAINING_LOSS}"})
             if m.get("eval_loss") is not None:
-                points.append({"step": m["step"], "loss": m["eval_loss"], "series": f"{prefix}held-out"})
+                points.append({"step": m["step"], "loss": m["eval_loss"], "curve": f"{prefix}{HELD_OUT_LOSS}"})
+            # Preference methods: the share of pairs won; GRPO: each reward's mean (hubtune.callbacks.MetricsFile).
+            for key, value in m.items():
+                if key == "rewards/accuracies" or (key.startswith("rewards/") and key.endswith("/mean")):
+                    name = "preference accuracy" if key == "rewards/accuracies" else f"reward {key.split('/')[1]}"
+                    points.append({"step": m["step"], "loss": value, "curve": f"{prefix}{name}"})
     return points
 
 
+TRAINING_LOSS, HELD_OUT_LOSS = "training loss", "held-out loss"
+
+
 def chart_caption(points: list[dict]) -> str:
-    train = sum(1 for p in points if p["series"].endswith("training"))
-    held = len(points) - train
-    return f"{train} training-loss points, {held} held-out-loss points"
+    train = sum(1 for p in points if p["curve"].endswith(TRAINING_LOSS))
+    held = sum(1 for p in points if p["curve"].endswith(HELD_OUT_LOSS))
+    caption = f"{train} training-loss points, {held} held-out-loss points"
+    rewards = len(points) - train - held
+    return caption + (f", {rewards} reward points" if rewards else "")
 
 
 def log_tail(run: RunFolder, n: int = 15) -> str:
