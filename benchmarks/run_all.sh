@@ -15,3 +15,5 @@ run benchmarks/results/train_throughput.txt benchmarks/train_throughput.py --rou
 run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000
 run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --templated
 run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --pipeline
+: > benchmarks/results/methods.txt
+run benchmarks/results/methods.txt benchmarks/methods.py

@@ -22,8 +22,8 @@ log = logging.getLogger("hubtune")
 
 
 class MetricsFile(TrainerCallback):
-    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate, tokens/s
-    and elapsed seconds. `on_row` (the console display) sees every row as written.
+    """One JSON line per logging step: step, total_steps, epoch, loss, eval_loss, learning_rate, tokens/s,
+    elapsed seconds, and the rewards the method logs. `on_row` (the console display) sees every row as written.
 
     `resume_step` is the step of the checkpoint training continues from: lines up to it are kept, later
     ones (logged before a crash but not covered by a checkpoint) are dropped, so the file never holds a
@@ -54,6 +54,11 @@ class MetricsFile(TrainerCallback):
         for key in ("loss", "eval_loss", "learning_rate"):
             if key in logs:
                 row[key] = logs[key]
+        # Preference methods log rewards/{chosen,rejected,accuracies,margins}; GRPO rewards/<name>/mean
+        # for each reward function and their weighted sum as `reward`.
+        for key, value in logs.items():
+            if key == "reward" or (key.startswith("rewards/") and not key.endswith("/std")):
+                row[key] = value
         if "loss" in logs and self.last:
             now, seen = time.time(), state.num_input_tokens_seen
             row["tokens_per_second"] = round((seen - self.last[1]) / max(now - self.last[0], 1e-9), 1)

@@ -103,7 +103,7 @@ def card_data(run: RunFolder, repo_id: str, verdict, merged: bool = False):
         library_name="transformers" if merged else "peft",
         license=licences[0] if licences else None,  # the base's own licence id, as its card gives it
         datasets=hub_datasets or None,
-        tags=["hubtune", method, *(["lora"] if method != "lora" else []), "trl", "sft",
+        tags=["hubtune", method, *(["lora"] if method != "lora" else []), "trl", summary.training_method,
               *(["unsloth"] if (summary.backend or {}).get("name") == "unsloth" else [])],
         pipeline_tag=TASK,
         model_name=repo_id.split("/")[-1] if results else None,
@@ -156,8 +156,33 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         peak_memory=peak_memory_text(s.peak_memory_mb).removeprefix("peak memory "), versions=s.versions,
         loss_curve=loss_curve_file,
         eval_rows=eval_entries(run.eval, (data.datasets or [None])[0]),
+        training_method=s.training_method, method_settings=s.method_settings or {},
+        held_out=held_out_rows(s.held_out), method_names=METHOD_NAMES,
         usage=usage(run),
     )
+
+
+METHOD_NAMES = {"sft": "supervised fine-tuning (SFT)", "dpo": "Direct Preference Optimization (DPO)",
+                "orpo": "Odds Ratio Preference Optimization (ORPO)", "kto": "Kahneman-Tversky Optimization (KTO)",
+                "grpo": "Group Relative Policy Optimization (GRPO)"}
+MEASURE_NAMES = {"accuracy": "preference accuracy (implicit reward favours chosen)", "margin": "reward margin",
+                 "likelihood_accuracy": "likelihood preference (higher log-prob per token for chosen)"}
+
+
+def held_out_rows(held_out: dict | None) -> list[dict]:
+    """The method's own measure before and after training, one row per measure, for the card's table."""
+    if not held_out:
+        return []
+    before, after = held_out.get("before") or {}, held_out["after"]
+    rows = []
+    if "preference" in after:
+        b, a = before.get("preference") or {}, after["preference"]
+        rows += [{"name": MEASURE_NAMES[k], "before": b.get(k), "after": a[k], "count": f"{a['pairs']} pairs"}
+                 for k in MEASURE_NAMES if k in a]
+    for name, value in (after.get("rewards") or {}).items():
+        rows.append({"name": f"reward {name} (greedy answers)", "before": (before.get("rewards") or {}).get(name),
+                     "after": value, "count": f"{after.get('prompts')} prompts"})
+    return rows
 
 
 def usage(run: RunFolder) -> dict:

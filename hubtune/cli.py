@@ -283,6 +283,16 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_pairs(args: argparse.Namespace) -> int:
+    from hubtune.data.pairs import pairs_from_eval, write_pairs
+
+    rows, report = pairs_from_eval(args.run, args.metric, args.reference_chosen)
+    out = write_pairs(rows, args.out)
+    print(f"{report['pairs']} pairs from {report['prompts']} prompts ({report['reference_chosen']} with the reference "
+          f"chosen, {report['tied']} left out: their answers scored alike) ranked by {report['metric']}: {out}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -334,8 +344,10 @@ def _estimate(args: argparse.Namespace) -> int:
     config = cfg.load(args.model if is_run_config else None)
     model, revision = (config.model.id, args.revision or config.model.revision) if is_run_config else (args.model, args.revision)
     arch = memory.read_architecture(model, revision)
+    adapter, training_method = (None, args.method) if args.method in cfg.METHODS else (args.method, None)
     settings = memory.Settings.from_run_config(
-        config, method=args.method, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
+        config, method=adapter, training_method=training_method, num_generations=args.generations,
+        max_completion_length=args.completion_len, seq_len=args.seq_len, micro_batch=args.batch, lora_r=args.lora_r,
         target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
         optimizer=args.optimizer, compute_dtype=args.compute_dtype, loss=args.loss)
     gpus = [args.gpu] if args.gpu else list(memory.GPUS)
@@ -471,8 +483,11 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
                    help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
     config_option(p, "--revision", "model.revision", dest="revision")
-    p.add_argument("--method", choices=get_args(fields["method"]),
-                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained")
+    p.add_argument("--method", choices=[*get_args(fields["method"]), *get_args(fields["training_method"])],
+                   help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained; "
+                        "or the training method (sft, dpo, orpo, kto, grpo), default the run config's")
+    config_option(p, "--generations", "training.grpo.num_generations", dest="generations", metavar="N")
+    config_option(p, "--completion-len", "training.grpo.max_completion_length", dest="completion_len", metavar="N")
     config_option(p, "--seq-len", "data.max_seq_len", dest="seq_len", metavar="N")
     config_option(p, "--batch", "training.micro_batch_size", dest="batch", metavar="N")
     config_option(p, "--lora-r", "lora.r", dest="lora_r", metavar="N")
@@ -515,6 +530,17 @@ def build_parser(prog: str = "hubtune") -> argparse.ArgumentParser:
             d.add_argument("--force", action="store_true",
                            help="overwrite --out even when it is a source or a file hubtune did not write")
         d.set_defaults(func=_data)
+    d = data_sub.add_parser("pairs", parents=[common], help="preference pairs from an evaluated run's answers",
+                            description="Each test prompt of `hubtune eval RUN` whose answers (tuned, base, few-shot "
+                                        "base) score differently becomes a pair: the best answer chosen, the worst "
+                                        "rejected. Train on them with training.method: dpo (or orpo, kto).")
+    d.add_argument("run", help="an evaluated run folder (it holds eval_answers.jsonl)")
+    d.add_argument("--out", required=True, metavar="FILE.jsonl", help="where the pairs go")
+    d.add_argument("--metric", choices=["exact_match", "token_f1"], default="token_f1",
+                   help="the score that ranks the answers (default token_f1)")
+    d.add_argument("--reference-chosen", action="store_true",
+                   help="where no answer is fully right, prefer the reference answer over the tuned model's")
+    d.set_defaults(func=_data_pairs)
 
     p = command("ui", help="the web app: run, watch, evaluate, chat and publish from a browser",
                        description="Serves the app on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hubtune.errors import ConfigError
 from hubtune.refs import ASSETS, RepoRef, resolve_builtin  # noqa: F401  (ASSETS, resolve_builtin: re-exported)
@@ -97,6 +97,8 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: Literal["qv", "attention", "all-linear"] | list[str] = Field(
         "all-linear", description="A preset (qv | attention | all-linear) or explicit module names.")
+    init_from: str | None = Field(None, description="Continue training this adapter (a run folder or adapter folder), "
+                                  "e.g. an SFT run before DPO or GRPO; None: a fresh adapter.")
     target_regex: str | None = Field(None, description="A regular expression matched against full module names "
         "(PEFT's full match), used instead of target_modules, e.g. model.layers.\\d+.(self_attn|mlp).\\w+_proj.")
     target_parameters: list[str] = Field(default_factory=list, description="Parameters (not modules) to adapt too, "
@@ -189,7 +191,8 @@ def chat_template_names() -> list[str]:
     return sorted(p.stem for p in CHAT_TEMPLATES.glob("*.jinja"))
 
 
-FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text")
+FIELD_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "text",
+               "chosen", "rejected", "label")
 
 
 class ScorerSection(Section):
@@ -220,8 +223,9 @@ class DataSection(Section):
     sources: list[DataSource] = Field(
         default_factory=lambda: [DataSource(path="hubtune:data/invoices/train.jsonl")],
         description="Training data; plain strings are read as paths.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = Field(
-        "auto", description="Row format; auto detects it from the columns.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference", "kto"] = Field(
+        "auto", description="Row format; auto detects it from the columns (preference: prompt/chosen/rejected "
+                            "pairs; kto: prompt/completion/label).")
     columns: dict[str, str] = Field(default_factory=dict,
         description="Map hubtune's field names to your columns, e.g. {output: answer, instruction: question}.")
     skip_bad_rows: bool = Field(False, description="Skip and count malformed rows instead of stopping at the first one.")
@@ -294,7 +298,75 @@ class DataSection(Section):
         return v
 
 
+METHODS = ("sft", "dpo", "orpo", "kto", "grpo")
+REWARDS = ("exact_match", "f1", "regex", "json", "length", "judge", "callable")
+
+
+class RewardSpec(Section):
+    name: Literal["exact_match", "f1", "regex", "json", "length", "judge", "callable"] = Field(
+        description="exact_match | f1 (against the row's reference), regex | json (format), length, judge, callable.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO optimises.")
+    pattern: str | None = Field(None, description="regex: the pattern a completion must match (re.search).")
+    target_chars: int | None = Field(None, ge=1, description="length: completions longer than this lose reward in proportion.")
+    callable: str | None = Field(None, description="callable: module:function(prompts, completions, references) -> floats. "
+                                 "Command line and local page only: never on a shared Space.")
+
+    @field_validator("callable")
+    @classmethod
+    def _module_function(cls, v):
+        if v is not None and not re.fullmatch(r"[\w.]+:[\w]+", v):
+            raise ValueError(f"{v!r} is not module:function, e.g. my_rewards:short_answers")
+        return v
+
+    @model_validator(mode="after")
+    def _settings_for_name(self):
+        needs = {"regex": "pattern", "length": "target_chars", "callable": "callable"}
+        if self.name in needs and getattr(self, needs[self.name]) is None:
+            raise ValueError(f"the {self.name} reward needs {needs[self.name]}")
+        if self.name == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression ({err})") from None
+        return self
+
+    @property
+    def label(self) -> str:
+        """The reward's name in metrics and the card: exact_match, regex, my_rewards:short_answers."""
+        return self.callable if self.name == "callable" else self.name
+
+
+class GRPOSection(Section):
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")],
+        description="Reward functions and their weights; GRPO maximises the weighted sum.")
+    num_generations: int = Field(4, ge=2, le=256, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(128, ge=1, le=131072, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of the generations.")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _names_as_specs(cls, v):
+        return [{"name": r} if isinstance(r, str) else r for r in v] if isinstance(v, list) else v
+
+    @field_validator("rewards")
+    @classmethod
+    def _at_least_one(cls, v):
+        if not v:
+            raise ValueError("list at least one reward, e.g. [exact_match]")
+        return v
+
+
 class TrainingSection(Section):
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = Field(
+        "sft", description="sft: supervised; dpo, orpo, kto: preference data; grpo: sampled answers scored by rewards.")
+    beta: float | None = Field(None, ge=0.0, le=100.0, description="dpo/kto: strength of the pull to the reference "
+                               "(0.1); orpo: weight of the odds-ratio term (0.1); grpo: KL weight (0: no reference). "
+                               "None: the method's default.")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO: rewards, group size, sampling.")
+
+    def method_beta(self) -> float:
+        """beta as set, or the method's default (TRL's: 0.1 for the preference methods, 0 for GRPO)."""
+        return self.beta if self.beta is not None else (0.0 if self.method == "grpo" else 0.1)
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate of the adapter.",
                                  json_schema_extra={"typical": [1e-4, 3e-4]})
     epochs: float = Field(3.0, gt=0.0, le=100.0, description="Passes over the training data (ignored when max_steps is set).",

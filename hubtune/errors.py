@@ -52,6 +52,14 @@ class DataError(HubtuneError):
     """A dataset that cannot be read or used as configured (file, line, column, step)."""
 
 
+class RewardError(HubtuneError):
+    """A GRPO reward function that raised, or returned NaN, a non-number or the wrong count of scores."""
+
+    def __init__(self, message: str, reward: str):
+        self.reward = reward
+        super().__init__(message)
+
+
 class TrainingInterrupted(HubtuneError):
     """Training stopped by Ctrl-C or SIGTERM after saving a checkpoint it can resume from."""
 

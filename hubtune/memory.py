@@ -301,6 +301,9 @@ class Settings:
     gradient_checkpointing: bool = True
     optimizer: str = "paged_adamw_8bit"
     gpus: int = 1
+    training_method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = "sft"
+    num_generations: int = 4  # grpo: completions per prompt
+    max_completion_length: int = 128  # grpo: tokens sampled after the prompt (seq_len)
     # How the loss is computed: TRL's fused LM head, in tiles (hubtune's recipe), or the whole
     # (tokens x vocabulary) logits upcast to float32, as plain transformers does (most peers' baselines).
     loss: Literal["fused", "float32"] = "fused"
@@ -319,7 +322,9 @@ class Settings:
                        gradient_accumulation=t.gradient_accumulation_steps, lora_r=config.lora.r,
                        lora_dropout=config.lora.dropout, target_modules=config.lora.target_modules,
                        gradient_checkpointing=t.gradient_checkpointing is not False,  # auto: on, to be safe
-                       optimizer=CUDA_OPTIMIZER if t.optimizer == "auto" else t.optimizer)
+                       optimizer=CUDA_OPTIMIZER if t.optimizer == "auto" else t.optimizer,
+                       training_method=t.method, num_generations=t.grpo.num_generations,
+                       max_completion_length=t.grpo.max_completion_length)
         changes = {k: v for k, v in changes.items() if v is not None}
         targets = changes.get("target_modules")
         if isinstance(targets, list) and len(targets) == 1 and targets[0] in ("qv", "attention", "all-linear"):
@@ -348,9 +353,30 @@ class Settings:
                 "lora": "16-bit LoRA", "full": "full fine-tuning"}[self.method]
         lora = (f", r {self.lora_r} on {_targets(self.target_modules)}, dropout {self.lora_dropout:g}"
                 if self.method != "full" else "")
-        return (f"{what}{lora}, {self.compute_dtype} compute, micro-batch {self.micro_batch} x {self.seq_len} "
-                f"tokens, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
+        method = "" if self.training_method == "sft" else f"{self.training_method.upper()}, "
+        return (f"{method}{what}{lora}, {self.compute_dtype} compute, "
+                f"{self.sequences_described()}, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
                 + (f", {self.gpus} GPUs" if self.gpus > 1 else ""))
+
+
+    @property
+    def sequences(self) -> int:
+        """Sequences in one forward pass: DPO and ORPO put chosen and rejected in one batch; GRPO trains on
+        each prompt's group of num_generations completions."""
+        per_example = {"dpo": 2, "orpo": 2, "grpo": self.num_generations}.get(self.training_method, 1)
+        return self.micro_batch * per_example
+
+    @property
+    def sequence_length(self) -> int:
+        return self.seq_len + (self.max_completion_length if self.training_method == "grpo" else 0)
+
+    def sequences_described(self) -> str:
+        if self.training_method in ("dpo", "orpo"):
+            return f"micro-batch {self.micro_batch} pairs (chosen + rejected: {self.sequences} sequences) x {self.seq_len} tokens"
+        if self.training_method == "grpo":
+            return (f"micro-batch {self.micro_batch} prompts x {self.num_generations} generations ({self.sequences} "
+                    f"sequences) x {self.seq_len} + {self.max_completion_length} tokens")
+        return f"micro-batch {self.micro_batch} x {self.seq_len} tokens"
 
 
 CUDA_OPTIMIZER = "paged_adamw_8bit"  # what training.optimizer: auto picks on CUDA (hubtune.hardware)
@@ -394,7 +420,7 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     """Peak GPU memory of one training step, part by part (bytes)."""
     s = settings or Settings()
     p = arch.parameters()
-    tokens = s.micro_batch * s.seq_len
+    tokens = s.sequences * s.sequence_length
     # Frozen embeddings, head, norms (and a vision tower) stay 16-bit, except that in float16 PEFT
     # upcasts them to float32 (hubtune.train.load_base).
     unquantized = p["embeddings"] + p["lm_head"] + p["vision"] + p["norms"]
@@ -441,10 +467,19 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown[optimizer[0]] = optimizer[1]
     else:
         breakdown.update(activations)
+    if s.training_method == "grpo":
+        # Sampling keeps a key/value cache for every sequence of the group; it is freed before the training
+        # forward, so only what it needs beyond the training activations raises the peak.
+        cache = 2 * arch.layers * arch.kv_dim * (4 if s.compute_dtype == "float32" else 2) * tokens
+        breakdown[f"generation: key/value cache of {s.sequences} sequences x {s.sequence_length} tokens, beyond the "
+                  f"activations"] = max(0, cache - sum(activations.values()))
     tensors = sum(breakdown.values())
     breakdown["framework: CUDA context, allocator slack"] = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors)
     notes = [f"the logits are computed in {HEAD_TOKEN_TILE:,} x {HEAD_VOCAB_TILE:,} tiles (TRL's fused LM head); "
              f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"] if s.loss == "fused" else []
+    if s.training_method in ("dpo", "kto"):
+        notes.append("the reference is the base with the adapter disabled: no second copy of the weights; its "
+                     "forward runs without gradients and saves no activations")
     if arch.max_positions and s.seq_len > arch.max_positions:
         notes.append(f"seq_len {s.seq_len} exceeds the model's context of {arch.max_positions} tokens")
     return Estimate(arch, s, p, trainable, breakdown, notes)

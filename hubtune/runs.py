@@ -99,6 +99,9 @@ class RunSummary(BaseModel):
     base_quantization: str | None = None  # how a pre-quantized base was saved; None when hubtune quantized it
     processes: int = 1  # training processes (GPUs) the data was sharded over
     effective_batch_size: int | None = None  # micro batch x gradient accumulation x processes
+    training_method: str = "sft"  # sft | dpo | orpo | kto | grpo
+    method_settings: dict | None = None  # beta, reference policy, rewards and weights (methods.settings_record)
+    held_out: dict | None = None  # the method's own measure on held-out rows: {before: {...}, after: {...}}
 
 
 class RunFolder:

@@ -147,6 +147,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     started = time.time()
     path = run.path
+    method = config.training.method
     hw = hardware.detect(config.model, config.training)
     cpu = hw.device == "cpu"
     mode = config.training.distributed
@@ -161,9 +162,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     trackers = tracker_callbacks(config, path)
 
     from transformers import AutoConfig, AutoTokenizer
-    from trl import SFTTrainer
 
-    from hubtune import advice, compat, data, families, hub, licence, memory
+    from hubtune import advice, compat, data, families, hub, licence, memory, methods
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
     from hubtune.data.pipeline import require_held_out
 
@@ -201,6 +201,12 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
             display.note(warning, style="bold red")
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
                                 generation_config=generation_config(base.path))
+        methods.check_data(method, prepared.report["kind"], prepared.report["format"])
+    rewards = None
+    if method == "grpo":  # built now: a missing judge or a reward that cannot import stops the run here
+        from hubtune.evaluation.rewards import build_rewards
+
+        rewards, _ = build_rewards(config.training.grpo.rewards, config.eval)
     display.data_report(prepared.report)
     require_held_out(prepared.report, config.data)
     run.write_json(RunFolder.DATA_REPORT, prepared.report)
@@ -222,19 +228,22 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
 
-    # 4. SFT on completions only, with held-out loss and checkpoints. Resuming, the newest complete
+    # 4. The method's trainer: SFT on completions only, DPO / ORPO / KTO on preference pairs, GRPO on
+    #    answers it samples and scores (methods.py), with checkpoints. Resuming, the newest complete
     #    checkpoint is chosen (by the main process, which moves incomplete ones aside).
     last = distributed.share(run.last_checkpoint, cpu=cpu) if resume else None
     stop = StopOnSignal()
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_args(config, hw, path, has_eval=prepared.eval is not None, backend=backend.name,
-                     levers=levers),
-        train_dataset=tokenized(prepared.train, prepared.chat),
-        eval_dataset=tokenized(prepared.eval, prepared.chat),
-        processing_class=tokenizer,
+    args = methods.method_args(config, trainer_args(config, hw, path, prepared.eval is not None, backend.name, levers),
+                               lambda: sft_args(config, hw, path, has_eval=prepared.eval is not None,
+                                                backend=backend.name, levers=levers))
+    # SFT trains on rows tokenized as the model family renders them; the other trainers read the rows and
+    # apply the chat template themselves.
+    rows = (lambda split: tokenized(split, prepared.chat)) if method == "sft" else (lambda split: split)
+    trainer = methods.build_trainer(
+        config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *trackers, *callbacks],
+        rewards=rewards,
     )
     _quiet_trainer(trainer)
     if _quantized(model) and not sharded:
@@ -242,8 +251,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     display.phase("training", f"resuming from {last.name}" if last else batches.describe())
     if prepared.eval is not None and not last:
-        # Held-out loss before any update: the baseline the final eval loss is compared with.
-        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate())
+        # Held-out loss (SFT) or the method's own measure before any update: the baseline the end is compared with.
+        run.write_json(RunFolder.INITIAL_EVAL, trainer.evaluate() if method == "sft" else
+                       methods.held_out_measures(config, trainer.model, tokenizer, prepared.eval, rewards))
     with stop.installed():
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     display.close()
@@ -260,12 +270,20 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         return
     tokenizer.save_pretrained(str(run.adapter))
     initial = run.read_json(RunFolder.INITIAL_EVAL)
+    after = methods.held_out_measures(config, trainer.model, tokenizer, prepared.eval, rewards)
     summary = _summary(config, base, hw, trainer, verdict, prepared, time.time() - started,
-                       initial["eval_loss"] if initial else None, backend.to_dict(), batches)
+                       (initial or {}).get("eval_loss"), backend.to_dict(), batches)
+    summary.training_method = method
+    summary.method_settings = methods.settings_record(config)
+    if after:
+        summary.held_out = {"before": {k: v for k, v in (initial or {}).items() if k in after}, "after": after}
     run.write_summary(summary)
     if mirror:
         mirror.finish()
-    if summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
+    if summary.held_out:
+        display.phase("done", f"{methods.describe_measures(summary.held_out)} in {summary.global_steps} steps, "
+                              f"{summary.duration_seconds:.0f} s")
+    elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
 
@@ -437,10 +455,22 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
             raise ConfigError([("model.added_tokens", "the Unsloth backend does not train new token rows; "
                                                       "set training.backend: hf")])
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
 
+    if config.lora.init_from:
+        return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
     return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
                                              model_config))
+
+
+def adapter_folder(where: str) -> Path:
+    """The adapter of a run folder (RUN/adapter) or an adapter folder itself; a ConfigError when neither."""
+    path = Path(where)
+    for candidate in (RunFolder(path).adapter, path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise ConfigError([("lora.init_from", f"{where} holds no adapter (no adapter_config.json there or in "
+                                          f"{RunFolder(path).adapter}); give a finished run folder or an adapter folder")])
 
 
 def add_tokens(tokenizer, model: cfg.ModelSection) -> list[str]:
@@ -593,10 +623,9 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=N
     return Levers(attention, liger, padding_free, checkpointing)
 
 
-def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
-             levers: Levers | None = None) -> SFTConfig:
-    from trl import SFTConfig
-
+def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+                 levers: Levers | None = None) -> dict:
+    """The TrainingArguments every method shares: schedule, batch, precision, logging, checkpoints."""
     t = config.training
     levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
     # Unsloth checkpoints gradients itself (get_peft_model); the trainer must not wrap it again.
@@ -604,9 +633,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
     trackers = [r for r in t.report_to if r != "tensorboard"]  # TensorBoard: tracker_callbacks
     eval_strategy, eval_steps = ("no", None) if not has_eval else _cadence(t.evals_per_epoch, t.eval_steps, t.epochs)
     save_strategy, save_steps = _cadence(t.saves_per_epoch, t.save_steps, t.epochs)
-    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
-    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
-    return SFTConfig(
+    return dict(
         output_dir=str(path / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -636,6 +663,24 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=t.save_total_limit,
+        use_liger_kernel=levers.liger,
+        include_num_input_tokens_seen="non_padding",
+        report_to=trackers or "none",
+        dataloader_pin_memory=hw.device == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
+    )
+
+
+def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
+             levers: Levers | None = None) -> SFTConfig:
+    from trl import SFTConfig
+
+    t = config.training
+    levers = levers or Levers("sdpa", False, False, t.gradient_checkpointing is True)
+    # Padding-free rows are not truncated by TRL; the data pipeline already dropped over-long examples.
+    max_length = None if levers.padding_free and not config.data.packing else config.data.max_seq_len
+    return SFTConfig(
+        **trainer_args(config, hw, path, has_eval, backend, levers),
         max_length=max_length,
         packing=config.data.packing,
         packing_strategy=config.data.packing_strategy,
@@ -645,12 +690,7 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # would instead make whole steps of short or long examples, which reweights them).
         train_sampling_strategy=("batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
                                  and not config.data.packing else "random"),
-        use_liger_kernel=levers.liger,
         completion_only_loss=True,  # the prompt is context, not something to learn
-        include_num_input_tokens_seen="non_padding",
-        report_to=trackers or "none",
-        dataloader_pin_memory=hw.device == "cuda",
-        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
 
 

@@ -149,7 +149,7 @@ def test_preference_and_reward_configs_are_refused_by_name(results):
             continue
         keys = dict(refused)
         if data.get("rl"):
-            assert str(data["rl"]) in keys["rl"] and "supervised fine-tuning (SFT) only" in keys["rl"], name
+            assert str(data["rl"]) in keys["rl"] and "not converted from Axolotl configs" in keys["rl"], name
         if data.get("datasets"):
             assert "datasets" in keys and "none of them is data hubtune can read" in keys["datasets"], name
 

@@ -73,3 +73,9 @@ def test_gpu_check_measures_a_peak_near_the_estimate():
 def test_busy_cpu_prints_its_line():
     lines = run("busy_cpu.py", "--steps", "10", "--competitors", "1", "--rounds", "1")
     assert re.fullmatch(rf"busy_cpu: idle_tok_s={NUMBER} busy_tok_s={NUMBER} busy_over_idle={NUMBER}", lines[-1]), lines[-1]
+
+
+def test_methods_benchmark_prints_its_line():
+    lines = run("methods.py", "--methods", "dpo", "--dpo-steps", "1", "--test-rows", "4", "--threads", "1")
+    assert re.fullmatch(rf"methods: dpo_accuracy=0\.50->{NUMBER} dpo_margin=0\.00->-?{NUMBER} not measured "
+                        rf"minutes={NUMBER}", lines[-1]), lines[-1]

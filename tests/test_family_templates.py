@@ -172,9 +172,18 @@ def test_the_data_report_counts_rows_with_reasoning(tmp_path, family_model):
 def test_a_system_prompt_the_template_refuses_is_folded_and_the_report_says_so(tmp_path, family_model):
     tokenizer, config, generation = load(family_model("gemma2"))
     path = write_jsonl(tmp_path / "g.jsonl", label_rows(4, 1))
-    report = prepare(section(path, near_dup_threshold=None), tokenizer, model_config=config,
-                     generation_config=generation).report["chat_template"]
+    full = prepare(section(path, near_dup_threshold=None), tokenizer, model_config=config,
+                   generation_config=generation).report
+    report = full["chat_template"]
     assert report["system_prompt"].startswith("folded into the first user turn")
+    from rich.console import Console
+
+    from hubtune.data.report import render
+
+    console = Console(record=True, width=200)
+    render(full, console)
+    shown = console.export_text()
+    assert shown.count("system prompt: folded into the first user turn") == 1 and "(Gemma 2 family)" in shown
     assert report["end_of_turn"] == "<end_of_turn>" and tokenizer.convert_tokens_to_ids("<end_of_turn>") in \
         report["stop_token_ids"]
 
@@ -262,3 +271,20 @@ def test_the_docs_show_the_family_table_as_it_is():
 
     page = (Path(__file__).parents[1] / "docs" / "families.md").read_text(encoding="utf-8")
     assert markdown_table() in page, "regenerate the table in docs/families.md from hubtune.families.markdown_table()"
+
+
+def test_generation_renders_a_system_prompt_the_way_the_family_takes_it(family_model):
+    """Generation (evaluation, the base's prompting score, the app's chat) renders through the family: Gemma 2's
+    template alone refuses the system prompt; through hubtune it is folded, and every stop id is passed."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtune.evaluation.generate import chat_for, generate_answers, stream_answer
+
+    folder = family_model("gemma2")
+    tokenizer, _, _ = load(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    chat = chat_for(model, tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in chat.stop_ids
+    generated = generate_answers(model, tokenizer, [PROMPT], max_new_tokens=3, chat=chat)
+    assert len(generated) == 1 and isinstance(chat.answer(generated[0]), str)
+    assert isinstance(list(stream_answer(model, tokenizer, PROMPT, max_new_tokens=3))[-1], str)

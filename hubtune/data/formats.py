@@ -9,6 +9,11 @@ turn), or plain text for the text format.
 | messages          | messages: [{role, content}, ...]            |
 | prompt_completion | prompt, completion (strings or messages)    |
 | text              | text                                        |
+| preference        | chosen, rejected, optional prompt (pairs for DPO / ORPO / KTO) |
+| kto               | prompt, completion, label (unpaired, for KTO) |
+
+Preference rows without a prompt column hold whole conversations in chosen and rejected: the turns
+they share are the prompt (an implicit prompt, as in Anthropic's HH data).
 """
 
 from __future__ import annotations
@@ -26,8 +31,14 @@ REQUIRED = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
+    "preference": ("chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
 }
-OPTIONAL = {"alpaca": ("input", "system"), "prompt_completion": ("system",)}
+OPTIONAL = {"alpaca": ("input", "system"), "prompt_completion": ("system",), "preference": ("prompt", "system"),
+            "kto": ("system",)}
+PREFERENCE_FORMATS = ("preference", "kto")
+LABELS = {"true": True, "false": False, "1": True, "0": False, "desirable": True, "undesirable": False,
+          "good": True, "bad": False}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                   "system": "system"}
@@ -48,11 +59,25 @@ class Example:
     task: str | None
     origin: str  # "file, line N"
     tools: str | None = None  # the tools the conversation may call, as JSON text (a list of function schemas)
+    rejected: list[dict] | None = None  # preference pairs: the answer not to give (completion is the chosen one)
+    label: bool | None = None  # unpaired KTO rows: whether the completion is desirable
+
+    @property
+    def kind(self) -> str:
+        """text | chat | preference | kto: what a method can train on."""
+        if self.text is not None:
+            return "text"
+        return "preference" if self.rejected is not None else "kto" if self.label is not None else "chat"
 
     def row(self) -> dict:
-        """The training row: TRL conversational prompt-completion (with "tools" when it has some), or {"text": ...}."""
+        """The training row: TRL conversational prompt-completion (with "tools" when it has some), preference
+        (prompt/chosen/rejected), unpaired preference (prompt/completion/label), or {"text": ...}."""
         if self.text is not None:
             return {"text": self.text}
+        if self.rejected is not None:
+            return {"prompt": self.prompt, "chosen": self.completion, "rejected": self.rejected}
+        if self.label is not None:
+            return {"prompt": self.prompt, "completion": self.completion, "label": self.label}
         return {"prompt": self.prompt, "completion": self.completion, **({"tools": self.tools} if self.tools else {})}
 
     def comparison_parts(self) -> tuple[str, str]:
@@ -60,7 +85,12 @@ class Example:
         if self.text is not None:
             return "", self.text
         prompt = "\n".join(f"{m['role']}: {m['content']}" for m in self.prompt)
-        return prompt, "\n".join(_said(m) for m in self.completion)
+        response = "\n".join(_said(m) for m in self.completion)
+        if self.rejected is not None:  # a pair repeats another only when both answers do
+            response += "\n\x00 rejected: " + "\n".join(_said(m) for m in self.rejected)
+        if self.label is not None:
+            response += f"\n\x00 label: {self.label}"
+        return prompt, response
 
     @property
     def response(self) -> str:
@@ -90,6 +120,10 @@ def map_columns(row: dict, columns: dict[str, str]) -> dict:
 
 def detect_format(row: dict) -> str | None:
     keys = set(row)
+    if "chosen" in keys or "rejected" in keys:
+        return "preference"
+    if {"prompt", "completion", "label"} <= keys:
+        return "kto"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -145,6 +179,14 @@ def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
     task = _optional_text(row.get(task_column), task_column) or None
     if fmt == "text":
         return Example(None, None, _text(row["text"], "text"), task, origin)
+    if fmt == "preference":
+        return _preference(row, task, origin)
+    if fmt == "kto":
+        prompt = _turns(row["prompt"], "user", "prompt")
+        if all(m["role"] != "system" for m in prompt):
+            prompt = _with_system(row, prompt)
+        return Example(prompt, _turns(row["completion"], "assistant", "completion"), None, task, origin,
+                       label=_label(row["label"]))
     if fmt == "alpaca":
         user = _text(row["instruction"], "instruction")
         extra = _optional_text(row.get("input"), "input")
@@ -163,6 +205,48 @@ def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
         turns = _messages(conv, *keys, SHAREGPT_ROLES)
     prompt, completion = split_turns(turns)
     return Example(prompt, completion, None, task, origin, _tools(row.get("tools")))
+
+
+def _preference(row: dict, task: str | None, origin: str) -> Example:
+    """prompt / chosen / rejected as text or turns; without a prompt, chosen and rejected are whole
+    conversations and the turns they share are the prompt."""
+    if row.get("prompt") is not None:
+        prompt = _turns(row["prompt"], "user", "prompt")
+        if all(m["role"] != "system" for m in prompt):
+            prompt = _with_system(row, prompt)
+        chosen = _turns(row["chosen"], "assistant", "chosen")
+        rejected = _turns(row["rejected"], "assistant", "rejected")
+    else:
+        if isinstance(row["chosen"], str) and not JSON_TURNS.match(row["chosen"]):
+            raise BadRow("no prompt: add a prompt column, or give chosen and rejected as conversations "
+                         "(lists of {role, content}) that share their prompt turns")
+        whole_chosen = _messages(_list(row["chosen"], "chosen"), "role", "content", dict(zip(ROLES, ROLES)))
+        whole_rejected = _messages(_list(row["rejected"], "rejected"), "role", "content", dict(zip(ROLES, ROLES)))
+        shared = 0
+        while (shared < min(len(whole_chosen), len(whole_rejected)) - 1
+               and whole_chosen[shared] == whole_rejected[shared]):
+            shared += 1
+        prompt, chosen, rejected = whole_chosen[:shared], whole_chosen[shared:], whole_rejected[shared:]
+        if not prompt:
+            raise BadRow("chosen and rejected share no prompt turns: add a prompt column")
+        for name, turns in (("chosen", chosen), ("rejected", rejected)):
+            if any(m["role"] != "assistant" for m in turns):
+                raise BadRow(f"{name} goes on with a turn that is not the assistant's after the shared prompt")
+    if not any(m["content"].strip() for m in chosen) or not any(m["content"].strip() for m in rejected):
+        raise BadRow("chosen or rejected is empty")
+    if [m["content"].strip() for m in chosen] == [m["content"].strip() for m in rejected]:
+        raise BadRow("chosen and rejected are the same answer: a pair must prefer one answer over another")
+    return Example(prompt, chosen, None, task, origin, rejected=rejected)
+
+
+def _label(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in LABELS:
+        return LABELS[value.strip().lower()]
+    raise BadRow(f"label is {value!r}; expected true (a desirable completion) or false")
 
 
 def split_turns(turns: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -215,8 +299,8 @@ def _turns(value, role: str, name: str) -> list[dict]:
     if isinstance(value, str) and not JSON_TURNS.match(value):
         return [{"role": role, "content": value}]
     turns = _messages(_list(value, name), "role", "content", dict(zip(ROLES, ROLES)))
-    if name == "completion" and any(m["role"] != "assistant" for m in turns):
-        raise BadRow("completion holds a turn that is not the assistant's")
+    if name in ("completion", "chosen", "rejected") and any(m["role"] != "assistant" for m in turns):
+        raise BadRow(f"{name} holds a turn that is not the assistant's")
     return turns
 
 

@@ -30,6 +30,7 @@ from hubtune.data.template import chat_format
 from hubtune.errors import DataError
 
 EXAMPLES_SHOWN = 5
+KIND_NAMES = {"text": "plain text", "chat": "chat", "preference": "preference pair", "kto": "labelled (KTO)"}
 IN_MEMORY_ROWS = 100_000  # larger prepared splits go to a memory-mapped Arrow file
 FIX_WHEN_EMPTY = {
     "read": "the sources hold no usable rows; check the path and the format",
@@ -63,7 +64,8 @@ class ExampleStore(Sequence):
         code = self._codes.setdefault(ex.task, len(self._task_names))
         if code == len(self._task_names):
             self._task_names.append(ex.task)
-        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text, ex.tools], ensure_ascii=False).encode())
+        self._rows.append(json.dumps([ex.prompt, ex.completion, ex.text, ex.tools, ex.rejected, ex.label],
+                                     ensure_ascii=False).encode())
         self._pending.append((len(self._where) - 1, number, code))
         if len(self._pending) >= 65536:
             self._flush()
@@ -83,8 +85,8 @@ class ExampleStore(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         self._flush()
-        prompt, completion, text, tools = json.loads(self._rows[i])
-        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i), tools)
+        prompt, completion, text, tools, rejected, label = json.loads(self._rows[i])
+        return Example(prompt, completion, text, self._task_names[self._task[i]], self.origin(i), tools, rejected, label)
 
     def origin(self, i: int) -> str:
         self._flush()
@@ -218,7 +220,7 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                 bad.append(f"{where} {number}: {err}")
                 unusable += 1
                 continue
-            kinds.add(ex.text is None)
+            kinds.add(ex.kind)
             examples += 1
             sink(ex, where, number)
         # rows: what the source holds, malformed ones included; examples: what became an example
@@ -226,7 +228,8 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
                         "revision": source.revision, "revision_sha": revision_sha, "format": fmt,
                         "rows": rows + len(bad) - bad_before - unusable, "examples": examples})
     if len(kinds) > 1:
-        raise DataError("the sources mix plain text with chat data; train on one kind at a time "
+        names = [KIND_NAMES[k] for k in KIND_NAMES if k in kinds]
+        raise DataError(f"the sources mix {' with '.join(names)} data; train on one kind at a time "
                         f"(formats: {', '.join(str(s['format']) for s in summary)})")
 
 
@@ -261,7 +264,8 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
     total = len(store) + len(bad)
     steps.record("read", total, len(store))
     tasks_read = Counter(t if t is not None else "(none)" for t in store.tasks(np.arange(len(store))))
-    plain_text = store[0].text is not None
+    kind = store[0].kind
+    plain_text = kind == "text"
     chat, template = (None, None) if plain_text else chat_format(tokenizer, data.chat_template, model_config,
                                                                   generation_config, data.thinking)
     pool = np.arange(len(store))
@@ -333,11 +337,14 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
     for i, s in enumerate(summary):
         s["train"] = int(np.count_nonzero(np.searchsorted(ends, train_idx, side="right") == i))
         s["eval"] = int(np.count_nonzero(np.searchsorted(ends, eval_idx, side="right") == i))
+    if mixed and kind in ("preference", "kto"):
+        raise DataError("data.mix mixes instruction rows into preference data, which a preference method cannot "
+                        "train on; set data.mix.ratio: 0")
     if mix_source is not None:
         mix_source.update(train=len(mixed), eval=0, role="mix")
 
     report = {
-        "sources": summary, "mix_source": mix_source, "format": ", ".join(sorted({str(s["format"]) for s in summary})),
+        "sources": summary, "mix_source": mix_source, "format": ", ".join(sorted({str(s["format"]) for s in summary})), "kind": kind,
         "chat_template": template,
         "reasoning_rows": 0 if plain_text else sum(reasoning_of(ex.completion[-1])[0] is not None
                                                    for ex in Subset(store, pool)),
@@ -359,6 +366,7 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
         "tasks": _task_table(tasks_read, tasks),
         "diversity": quality.diversity(Subset(store, pool, comparison_text), seed),
         "settings": data.model_dump(mode="json"),
+        "preference": quality.preference_stats(Subset(store, pool), tokenizer) if kind in ("preference", "kto") else None,
     }
     prepared = PreparedData(report, store, train_idx, eval_idx, mixed)
     prepared.chat = chat

@@ -39,11 +39,31 @@ def token_lengths(examples: Sequence[Example], tokenizer, chat=None) -> tuple[np
             else:
                 check_renders(tokenizer, conversations, name)
                 rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
-            total += count(rendered, False)
+            lengths = count(rendered, False)
+            if chunk[0].rejected is not None:  # a pair is as long as its longer answer
+                pairs = [ex.prompt + ex.rejected for ex in chunk]
+                rejected = (["".join(chat.render(ex.prompt, ex.rejected, ex.tools)) for ex in chunk] if chat is not None
+                            else tokenizer.apply_chat_template(pairs, tokenize=False))
+                lengths = [max(x, y) for x, y in zip(lengths, count(rejected, False))]
+            total += lengths
         else:
             total += [n + 1 for n in count([ex.response for ex in chunk], True)]
         response += answers
     return np.asarray(total, dtype=np.int64), np.asarray(response, dtype=np.int64)
+
+
+def preference_stats(examples: Sequence[Example], tokenizer) -> dict:
+    """What a preference set holds: pairs (or labelled rows), answer lengths on each side, and how often
+    the chosen answer is the longer one: near 1.0 a method can learn "longer is better" instead of the
+    preference (and near 0.0 the opposite)."""
+    count = _token_counter(tokenizer)
+    if examples and examples[0].rejected is None:  # unpaired rows
+        labels = [ex.label for ex in examples]
+        return {"rows": len(labels), "desirable": int(sum(labels)), "undesirable": len(labels) - int(sum(labels))}
+    chosen = np.asarray(count(["".join(m["content"] for m in ex.completion) for ex in examples], False))
+    rejected = np.asarray(count(["".join(m["content"] for m in ex.rejected) for ex in examples], False))
+    return {"pairs": len(examples), "chosen_tokens": stats(chosen), "rejected_tokens": stats(rejected),
+            "chosen_longer_share": round(float((chosen > rejected).mean()), 4) if len(chosen) else None}
 
 
 def _token_counter(tokenizer):
@@ -54,21 +74,21 @@ def _token_counter(tokenizer):
     return lambda texts, special: [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
-def load_scorer(spec: str) -> Scorer:
+def load_scorer(spec: str, field: str = "data.scorer.callable", error: type[Exception] = DataError) -> Scorer:
     """`package.module:function` -> the function. Modules in the current folder are found too, as
     `python -m` finds them (`my_scores:reward` next to the run config)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise DataError(f"data.scorer.callable: {spec!r} should look like package.module:function")
+        raise error(f"{field}: {spec!r} should look like package.module:function")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # last: a module of the same name that is installed still wins
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise DataError(f"data.scorer.callable: cannot import {spec!r} ({err}); "
-                        f"check the module is importable and defines {attr}") from None
+        raise error(f"{field}: cannot import {spec!r} ({err}); "
+                    f"check the module is importable and defines {attr}") from None
     if not callable(fn):
-        raise DataError(f"data.scorer.callable: {spec!r} is not a function")
+        raise error(f"{field}: {spec!r} is not a function")
     return fn
 
 

@@ -22,8 +22,15 @@ def render(report: dict, console: Console | None = None) -> None:
     sources = ", ".join(f"{s['path']} ({s['format']}, {s['rows']} rows)" for s in report["sources"])
     console.print(f"[bold]Data report[/bold]: {sources}")
     template = report.get("chat_template")
-    console.print(f"chat template: {template['template'] if template else 'none (plain text)'}"
-                  + (f", assistant turns end with {template['eos_token']!r}" if template else ""))
+    end = template and (template.get("end_of_turn") or template["eos_token"])
+    family = f" ({template['family']} family)" if template and template.get("family") else ""
+    console.print(f"chat template: {template['template'] if template else 'none (plain text)'}{family}"
+                  + (f", assistant turns end with {end!r}" if template else ""))
+    if template and template.get("system_prompt"):
+        console.print(f"system prompt: {template['system_prompt']}")  # said once, for the whole dataset
+    if report.get("reasoning_rows"):
+        console.print(f"rows with reasoning: {report['reasoning_rows']}"
+                      + (f" (thinking: {template['thinking']})" if template and template.get("thinking") else ""))
 
     steps = Table(title="What each step removed", title_justify="left")
     steps.add_column("step")

@@ -18,7 +18,7 @@ def score_prompting(config: cfg.RunConfig, limit: int | None = 20) -> dict:
     or on the held-out split of the prepared data when eval.test is unset; at most `limit` examples."""
     from hubtune import data
     from hubtune.data import pipeline
-    from hubtune.evaluation.generate import generate_answers, load_base
+    from hubtune.evaluation.generate import chat_for, generate_answers, load_base
     from hubtune.evaluation.intervals import bootstrap_mean, proportion
     from hubtune.evaluation.pipeline import EvalData, _context_length
     from hubtune.evaluation.scoring import exact_match_scores, token_f1_scores
@@ -40,14 +40,17 @@ def score_prompting(config: cfg.RunConfig, limit: int | None = 20) -> dict:
     shots = EvalData()
     shots.shots = random.Random(config.training.seed).sample(train, min(ev.few_shot_k, len(train)))
     model = load_base(config.model)
+    chat = chat_for(model, tokenizer, config.data.thinking)  # the family's rendering and stop tokens
     room = _context_length(model, tokenizer) - ev.max_new_tokens
     refs = [r["completion"][-1]["content"] for r in test]
     prompts = {"base": [r["prompt"] for r in test]}
     if shots.shots:
-        prompts["base_few_shot"] = [shots.few_shot_prompt(r["prompt"], tokenizer, room)[0] for r in test]
+        prompts["base_few_shot"] = [shots.few_shot_prompt(r["prompt"], tokenizer, room, chat)[0] for r in test]
     result = {"test": where, "n": len(test), "few_shot_k": len(shots.shots)}
     for name, batch in prompts.items():
-        answers = generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+        generated = generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens,
+                                     batch_size=ev.batch_size, chat=chat)
+        answers = [chat.answer(t) for t in generated]
         result[name] = {"exact_match": proportion(exact_match_scores(answers, refs)),
                         "token_f1": bootstrap_mean(token_f1_scores(answers, refs)),
                         "prompt_turns": sum(len(p) for p in batch) / len(batch),

@@ -138,13 +138,14 @@ def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 
 
     from transformers import TextIteratorStreamer
 
-    check_renders(tokenizer, [messages], _name(tokenizer), add_generation_prompt=True)
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    chat = chat_for(model, tokenizer)  # the family's rendering (a system prompt folded) and every stop token
+    check_renders(tokenizer, [chat.messages(messages)], _name(tokenizer), add_generation_prompt=True)
+    text = chat.generation_prompt(messages)
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, eos_token_id=tokenizer.eos_token_id,
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, eos_token_id=chat.stop_ids,
                   pad_token_id=pad, **sampling)
     worker = Thread(target=torch.inference_mode()(model.generate), kwargs=kwargs, daemon=True)
     worker.start()

@@ -183,10 +183,10 @@ class EvalData:
         from hubtune.data import dedup, pipeline
 
         out = cls()
-        train_rows = run.rows("train")
+        train_rows = _scored_rows(run.rows("train"))
         mixed = (run.read_json(RunFolder.DATA_REPORT) or {}).get("mixed", 0)
         task_rows = train_rows[:len(train_rows) - mixed]  # general data is mixed in last
-        out.validation = [r for r in run.rows("validation") if "prompt" in r]
+        out.validation = [r for r in _scored_rows(run.rows("validation")) if "prompt" in r]
         summary = run.summary
         recorded = {d.path: d for d in (summary.datasets if summary else [])}  # with the commit each was read at
         single = recorded.get(config.data.sources[0].path) if len(config.data.sources) == 1 else None
@@ -194,7 +194,7 @@ class EvalData:
                                        revision=single and single.revision_sha)
         if ev.test is not None:
             examples, read, _ = pipeline.read_examples([ev.test], config.data)
-            out.test = [ex.row() for ex in examples if ex.text is None]
+            out.test = _scored_rows([ex.row() for ex in examples if ex.text is None])
             out.test_dataset = report.dataset_entry(ev.test.path, config=ev.test.name,
                                                     revision=read[0]["revision_sha"] if read else None)
             # A Hub dataset's split is the one read; a local file is the test set whatever split `datasets` gave it.
@@ -235,6 +235,21 @@ class EvalData:
 def _context_length(model, tokenizer) -> int:
     limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     return min((n for n in limits if isinstance(n, int) and 0 < n < 10**7), default=10**6)
+
+
+def _scored_rows(rows: list[dict]) -> list[dict]:
+    """Rows as prompt and reference answer: a preference pair's reference is its chosen answer, a KTO row
+    counts only when its answer is the desirable one."""
+    out = []
+    for r in rows:
+        if "chosen" in r:
+            out.append({"prompt": r["prompt"], "completion": r["chosen"]})
+        elif "label" in r:
+            if r["label"]:
+                out.append({"prompt": r["prompt"], "completion": r["completion"]})
+        else:
+            out.append(r)
+    return out
 
 
 def _parts(row: dict) -> tuple[str, str]:

@@ -118,12 +118,14 @@ NOTED = {
     "auto_resume_from_checkpoints": "continue a run with `hubtune train --resume RUN`",
     "save_safetensors": "hubtune saves safetensors",
 }
+NOT_CONVERTED = ("not converted from Axolotl configs: hubtune trains DPO, ORPO, KTO and GRPO from its own run "
+                 "config (training.method, docs/methods.md)")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
-    "rl": "preference / reinforcement training: hubtune trains supervised fine-tuning (SFT) only so far",
+    "rl": f"preference / reinforcement training is {NOT_CONVERTED}",
     "reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
     "process_reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
     "train_on_inputs": "hubtune learns the completions only (the prompt is context)",
-    "lora_model_dir": "hubtune starts new adapters; it does not continue a saved one",
+    "lora_model_dir": "not converted: continue a saved adapter with lora.init_from in a hubtune run config",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
@@ -145,7 +147,7 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
     "gptq_disable_exllama": "hubtune does not load GPTQ bases for training",
     "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
-    "trl": "TRL trainer settings for preference / reinforcement training: hubtune trains SFT only so far",
+    "trl": f"TRL trainer settings for preference / reinforcement training, {NOT_CONVERTED}",
     "use_scattermoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "use_sonicmoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
     "experts_implementation": "hubtune runs transformers' default experts implementation",
@@ -566,9 +568,9 @@ class _Reader:
         if not kind:
             return f"missing: one of {readable}"
         if self.preference:
-            return f"{kind!r}: a {self.preference} dataset; hubtune trains supervised fine-tuning (SFT) only so far"
+            return f"{kind!r}: a {self.preference} dataset, {NOT_CONVERTED}"
         if PREFERENCE_TYPES.fullmatch(kind):
-            return f"{kind!r}: a preference / reward dataset type; hubtune trains supervised fine-tuning (SFT) only so far"
+            return f"{kind!r}: a preference / reward dataset type, {NOT_CONVERTED}"
         return f"{kind!r}: hubtune reads the types {readable}"
 
     def chat_dataset(self, where: str, entry: dict, kind: str) -> tuple[str, dict]:

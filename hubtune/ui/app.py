@@ -13,6 +13,7 @@ from typing import get_args
 import gradio as gr
 import pandas as pd
 
+from hubtune import config as cfg
 from hubtune.config import field_at
 from hubtune.errors import HubtuneError
 from hubtune.runs import RunFolder, Status, list_runs
@@ -108,7 +109,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 None if rejected else gr.skip(),  # a rejected upload is cleared, and no other data stands in
                 "" if rejected else (f"{Path(upload).name} (uploaded)" if upload else gr.skip()))
 
-    def compose(model, source, preset, epochs, max_steps, lr, use, fmt, columns, mix, rights, session):
+    def compose(model, source, preset, epochs, max_steps, lr, use, fmt, columns, mix, rights, method, session):
         try:
             gate.check_model(model)
             if source:
@@ -118,7 +119,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         declared = h.declarations(source, rights, session, root)
         with session.hub():
             config_text, note = h.compose_config(model, source, preset, epochs, max_steps, lr, use, fmt, columns,
-                                                 mix=mix, declared=declared)
+                                                 mix=mix, declared=declared, method=method)
             try:
                 line = h.training_on(h.data_config(model, source, fmt, columns, use, mix=mix, declared=declared),
                                      root)
@@ -322,6 +323,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             with gr.Tab("2. Train", id="train"):
                 with gr.Row():
                     preset = gr.Radio(list(h.PRESETS), value="quick", label="Preset")
+                    method = gr.Radio(list(cfg.METHODS), value="sft", label="Method (dpo, orpo, kto: preference data; "
+                                      "grpo: prompts with answers, rewards in the advanced settings)",
+                                      elem_id="method")
                     epochs = gr.Number(0, label="Epochs (0: the preset's)", minimum=0)
                     max_steps = gr.Number(0, label="Max steps (0: the preset's)", minimum=0, precision=0,
                                           elem_id="max-steps")
@@ -339,7 +343,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 progress_md = gr.Markdown(elem_id="progress")
                 bar = gr.HTML(_progress_bar(None))
                 # No fixed height: the chart grows to hold its legend (a fixed one cut the curve names off)
-                chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss",
+                chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss and rewards",
                                     elem_id="loss-chart")
                 chart_note = gr.Markdown(elem_id="chart-caption")
                 log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
@@ -406,7 +410,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         followed = gr.State(None)  # what the Runs tab last showed of its picked run
 
         # ---- wiring ---------------------------------------------------------------------------------------------
-        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, session]
+        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, method, session]
         compose_outputs = [config_code, estimate, train_on]
         if space:
             app.load(space_sign_in, None, [session, whoami], api_name="sign_in")
@@ -424,7 +428,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                         api_name="check_data").then(compose, compose_inputs, compose_outputs, api_name=False)
         prompt_btn.click(try_prompting, [model, source_used, fmt, columns, use, prompt_limit, session], [prompting_md],
                          api_name="try_prompting")
-        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights):  # dataset: below
+        for field in (model, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, method):  # dataset: below
             field.change(compose, compose_inputs, compose_outputs, api_name=False)
         # Typed by the user (not the "NAME (uploaded)" the page writes there): that dataset, mixed as it says.
         dataset.input(lambda d: (d, d.strip() == h.DEMO_DATA), dataset, [source_used, mix_on], api_name=False).then(

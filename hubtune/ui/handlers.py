@@ -248,7 +248,9 @@ def _preview(config: cfg.RunConfig) -> tuple[list[dict], str]:
     shown = [{k: _short(v) for k, v in r.items()} for r in rows[:5]]
     mapping = ", ".join(f"{k} <- {v}" for k, v in config.data.columns.items()) or "columns used as named"
     how = "detected" if config.data.format == "auto" else "as set"
-    return shown, f"**{len(rows)} rows**, format **{fmt}** ({how}); {mapping}"
+    hint = {"preference": "; preference pairs: choose the method dpo, orpo or kto on the Train tab",
+            "kto": "; labelled answers: choose the method kto on the Train tab"}.get(fmt, "")
+    return shown, f"**{len(rows)} rows**, format **{fmt}** ({how}); {mapping}{hint}"
 
 
 def _short(value, n: int = 160) -> str:
@@ -374,7 +376,8 @@ def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, lim
 # ---- the run config -----------------------------------------------------------------------------------------
 def compose_config(model: str, source: str | None, preset: str, epochs: float | None, max_steps: int | None,
                    learning_rate: float | None, use: str, fmt: str = "auto", columns: str = "",
-                   mix: bool | None = None, declared: list[cfg.RightsDeclaration] | None = None) -> tuple[str, str]:
+                   mix: bool | None = None, declared: list[cfg.RightsDeclaration] | None = None,
+                   method: str = "sft") -> tuple[str, str]:
     """(annotated YAML for the advanced editor, message): model and data, the preset, then the fields set here."""
     try:
         config = data_config(model, source, fmt, columns, use, mix=mix, declared=declared)
@@ -387,6 +390,8 @@ def compose_config(model: str, source: str | None, preset: str, epochs: float | 
             overrides.append("training.max_steps=null")
         if learning_rate:
             overrides.append(f"training.learning_rate={learning_rate}")
+        if method and method != "sft":
+            overrides.append(f"training.method={method}")
         config = cfg.build(config.model_dump(mode="json"), overrides)
     except (HubtuneError, ValueError) as err:
         return "", problem(err)

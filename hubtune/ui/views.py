@@ -163,6 +163,11 @@ def loss_points(runs: list[RunFolder], label_runs: bool = False) -> list[dict]:
                 points.append({"step": m["step"], "loss": m["loss"], "curve": f"{prefix}{TRAINING_LOSS}"})
             if m.get("eval_loss") is not None:
                 points.append({"step": m["step"], "loss": m["eval_loss"], "curve": f"{prefix}{HELD_OUT_LOSS}"})
+            # Preference methods: the share of pairs won; GRPO: each reward's mean (hubtune.callbacks.MetricsFile).
+            for key, value in m.items():
+                if key == "rewards/accuracies" or (key.startswith("rewards/") and key.endswith("/mean")):
+                    name = "preference accuracy" if key == "rewards/accuracies" else f"reward {key.split('/')[1]}"
+                    points.append({"step": m["step"], "loss": value, "curve": f"{prefix}{name}"})
     return points
 
 
@@ -171,8 +176,10 @@ TRAINING_LOSS, HELD_OUT_LOSS = "training loss", "held-out loss"
 
 def chart_caption(points: list[dict]) -> str:
     train = sum(1 for p in points if p["curve"].endswith(TRAINING_LOSS))
-    held = len(points) - train
-    return f"{train} training-loss points, {held} held-out-loss points"
+    held = sum(1 for p in points if p["curve"].endswith(HELD_OUT_LOSS))
+    caption = f"{train} training-loss points, {held} held-out-loss points"
+    rewards = len(points) - train - held
+    return caption + (f", {rewards} reward points" if rewards else "")
 
 
 def log_tail(run: RunFolder, n: int = 15) -> str:
