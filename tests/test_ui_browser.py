@@ -208,7 +208,7 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
 
     # Upload, declare the rights, check: every row kept, nothing general mixed in, the file by its name.
     page.locator("#upload input[type=file]").set_input_files(str(mine))
-    expect(page.locator("#upload")).to_contain_text("my_labels.jsonl")
+    expect(page.locator("#upload").get_by_role("cell", name="my_labels.jsonl")).to_be_visible()  # name, extension
     expect(page.locator("#mix input")).not_to_be_checked()
     page.locator("#rights input").check()
     page.get_by_role("button", name="Check model and data").click()
@@ -236,6 +236,10 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     page.wait_for_timeout(3000)
     words = legend(page, "loss-chart")
     assert "training loss" in words and "held-out loss" in words, words
+    # ...and in view: drawn inside the chart's box, not cut off below it.
+    box = page.locator("#loss-chart").bounding_box()
+    entry = page.locator("#loss-chart svg text", has_text="held-out loss").first.bounding_box()
+    assert entry["y"] + entry["height"] <= box["y"] + box["height"], (entry, box)
     shot(page, "own-train")
     log(started, "own data trained")
 

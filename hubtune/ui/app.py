@@ -342,7 +342,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 message = gr.Markdown(elem_id="train-message")
                 progress_md = gr.Markdown(elem_id="progress")
                 bar = gr.HTML(_progress_bar(None))
-                chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss and rewards", height=300,
+                # No fixed height: the chart grows to hold its legend (a fixed one cut the curve names off)
+                chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss and rewards",
                                     elem_id="loss-chart")
                 chart_note = gr.Markdown(elem_id="chart-caption")
                 log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
@@ -361,7 +362,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     confirm = gr.Checkbox(label="Confirm delete")
                     run_delete = gr.Button("Delete", variant="stop")
                 run_message = gr.Markdown()
-                run_chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss", height=260)
+                run_chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss")
                 with gr.Accordion("Config", open=False):
                     run_config = gr.Code(language="yaml", interactive=False)
                 run_log = gr.Textbox(label="Log of its last job (train or eval; updates while it runs)", lines=6,
@@ -371,8 +372,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 with gr.Accordion("Compare two runs", open=False):
                     run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
                     diff = gr.Code(language=None, label="Config diff")
-                    overlay = gr.LinePlot(None, x="step", y="loss", color="curve", label="Curves overlaid",
-                                          height=260)
+                    overlay = gr.LinePlot(None, x="step", y="loss", color="curve", label="Curves overlaid")
 
             with gr.Tab("4. Chat", id="chat") as chat_tab:
                 chat_note = gr.Markdown()
