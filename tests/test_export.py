@@ -154,10 +154,13 @@ def llama_cpp():
     return llama_cpp
 
 
-def test_export_runs_in_llama_cpp_like_the_adapter(trained_run, llama_cpp, tmp_path):
+def test_export_runs_in_llama_cpp_like_the_adapter_and_pushes_with_its_table(trained_run, llama_cpp, tmp_path,
+                                                                             hub, hub_token):
     """f16, q8_0 and q4_k_m files of a real trained run: llama.cpp loads them, tokenizes every prompt as
-    transformers does, and f16 / q8_0 score within the adapter's interval and stop as it does."""
+    transformers does, and f16 / q8_0 score within the adapter's interval and stop as it does; then
+    `push --gguf` publishes them as a quantization of the pushed adapter, with the parity table."""
     import gguf
+    from huggingface_hub import ModelCard, snapshot_download
 
     import hubtune
     from hubtune.export import export
@@ -190,3 +193,14 @@ def test_export_runs_in_llama_cpp_like_the_adapter(trained_run, llama_cpp, tmp_p
 
     assert parity_markdown(result) in export_view(run)  # the Runs tab of the web app shows the same table
 
+    # Published: the adapter first, then its GGUF files, whose card names the adapter as what they quantize.
+    data = [s.path for s in run.config.data.sources]  # a local file with no licence: acknowledged, as a user would
+    hubtune.push(run.path, "alice/tiny-invoices", acknowledge=data)
+    pushed = hubtune.push(run.path, "alice/tiny-invoices-GGUF", gguf=True, acknowledge=data)
+    files = set(Path(snapshot_download("alice/tiny-invoices-GGUF", token=False)).rglob("*.gguf"))
+    assert {f.name for f in files} == {f["file"] for f in result["files"].values()}
+    assert {"Modelfile", "gguf_parity.json", "README.md"} <= set(pushed.files)
+    card = ModelCard.load("alice/tiny-invoices-GGUF")
+    assert (card.data.base_model, card.data.base_model_relation) == ("alice/tiny-invoices", "quantized")
+    assert "gguf" in card.data.tags and parity_markdown(result).splitlines()[2] in card.text
+    assert "vllm serve" in card.text
