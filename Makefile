@@ -5,6 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LLAMA := $(VENV)/.llama-cpp
 
 .PHONY: install demo test test-fast ui docs
 
@@ -15,19 +16,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	# llama.cpp's Python binding (GGUF export and its parity tests): compiled once per machine into
-	# ~/.cache/hubtune/wheels, installed from there into every later venv in seconds.
-	$(PY) -m hubtune.export.toolchain install
 	touch $(STAMP)
+
+# llama.cpp's Python binding (GGUF export and its parity tests), for the tests only: compiled once per
+# machine into ~/.cache/hubtune/wheels, installed from there into every later venv in seconds.
+$(LLAMA): $(STAMP)
+	$(PY) -m hubtune.export.toolchain install
+	touch $(LLAMA)
 
 demo: $(STAMP)
 	$(VENV)/bin/hubtune demo
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMA)
 	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
 # The inner loop: everything but the tests marked slow, browser or gpu (under a minute on 2 cores).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(LLAMA)
 	$(VENV)/bin/pytest -q -n auto -m "not slow and not browser and not gpu"
 
 ui: $(STAMP)

@@ -46,7 +46,7 @@ def test_quickstart_notebook_runs_and_publishes(hub_token, tmp_path, monkeypatch
 
     shown = [outputs(c) for c in nb.cells if c.cell_type == "code"]
     licences, memory, trained, evaluated, pushed = shown[3:8]
-    assert "verdict: allow (use: personal)" in licences and "data/invoices.jsonl" in licences
+    assert "verdict: allow (use: personal)" in licences and "invoices.jsonl" in licences
     assert re.search(r"\d\.\dM parameters; QLoRA peak about [\d.]+ GB on a T4 \([\d.]+ GiB\): fits", memory)
     assert re.search(r"held-out loss \d+\.\d\d -> \d+\.\d\d; run folder runs/", trained)
     assert "prompt" in evaluated and "regression" in evaluated

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
-from data_rows import invoice_file, tiny_tree
+from data_rows import invoice_file, invoice_lines, tiny_tree
 
 import hubtune
 from hubtune import config as cfg
@@ -182,7 +182,7 @@ def test_checkpoints_mirrored_on_the_hub_resume_on_another_machine(hub, hub_toke
     repo = "alice/mirrored-run"
     seen = len(hub.uploaded_bodies)  # the session's Hub also received other tests' requests (a job's secrets)
     # The data is on the Hub too: the second machine has nothing of the first.
-    hub.seed("alice/mirrored-rows", {"train.jsonl": "\n".join(ROWS) + "\n", "README.md": readme(license="mit")},
+    hub.seed("alice/mirrored-rows", {"train.jsonl": "\n".join(invoice_lines(40)) + "\n", "README.md": readme(license="mit")},
              repo_type="dataset")
     config = resume_config(tmp_path / "first-machine", "run", data="alice/mirrored-rows", push_checkpoints=repo,
                            save_steps=2)
