@@ -75,6 +75,7 @@ def test_busy_cpu_prints_its_line():
     assert re.fullmatch(rf"busy_cpu: idle_tok_s={NUMBER} busy_tok_s={NUMBER} busy_over_idle={NUMBER}", lines[-1]), lines[-1]
 
 
+@pytest.mark.slow
 def test_methods_benchmark_prints_its_line():
     lines = run("methods.py", "--methods", "dpo", "--dpo-steps", "1", "--test-rows", "4", "--threads", "1")
     assert re.fullmatch(rf"methods: dpo_accuracy=0\.50->{NUMBER} dpo_margin=0\.00->-?{NUMBER} not measured "

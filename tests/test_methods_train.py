@@ -13,7 +13,7 @@ from hubtune.card import write_card
 from hubtune.errors import DataError, RewardError
 from hubtune.runs import RunFolder, Status
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _config(tmp_path, method: str, source: str, steps: int, **training) -> cfg.RunConfig:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from huggingface_hub import ModelCard
 
 from data_rows import alpaca_rows, label_rows, write_jsonl
 from hubtune.runs import RunFolder
+
+pytestmark = pytest.mark.slow  # trains the tiny base
 
 
 def own_config(tmp_path, source, **extra) -> str:
