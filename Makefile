@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP) $(LLAMA)
 	$(VENV)/bin/pytest -q -n auto --dist loadfile
 
-# The inner loop: everything but the tests marked slow, browser or gpu (under a minute on 2 cores).
+# The inner loop: everything but the tests marked slow, browser or gpu (about a minute on 2 cores).
 test-fast: $(STAMP) $(LLAMA)
 	$(VENV)/bin/pytest -q -n auto -m "not slow and not browser and not gpu"
 
