@@ -332,7 +332,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     lr = gr.Number(0, label="Learning rate (0: the config's)", minimum=0)
                 train_on = gr.Markdown(elem_id="training-on")
                 push_to = gr.Textbox(label="Push target, checked before training (optional, OWNER/NAME)")
-                estimate = gr.Markdown(hosting.memory_estimate_line(None))
+                estimate = gr.Markdown(hosting.memory_estimate_line(None), elem_id="estimate")
                 with gr.Accordion("Advanced: every setting (generated from the run config, editable)", open=False):
                     config_code = gr.Code(language="yaml", label="Run config", interactive=True, elem_id="config")
                 with gr.Row():
