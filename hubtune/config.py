@@ -407,8 +407,6 @@ class TrainingSection(Section):
                                "(0.1); orpo: weight of the odds-ratio term (0.1); grpo: KL weight (0: no reference). "
                                "None: the method's default.")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO: rewards, group size, sampling.")
-    desirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the desirable completions' loss.")
-    undesirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the undesirable completions' loss.")
 
     def method_beta(self) -> float:
         """beta as set, or the method's default (TRL's: 0.1 for the preference methods, 0 for GRPO)."""
@@ -471,6 +469,8 @@ class TrainingSection(Section):
                             "match on a held-out slice whose regression-set verdict passes (each save is scored).")
     select_examples: int = Field(32, ge=1, le=10_000,
                                  description="With select: task, held-out examples each checkpoint is scored on.")
+    desirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the desirable completions' loss.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the undesirable completions' loss.")
 
     @field_validator("kernels")
     @classmethod
