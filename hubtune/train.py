@@ -449,6 +449,25 @@ def loftq_device(lora: cfg.LoraSection, device: str) -> None:
                                                  f"this run is on {device}; use default here")])
 
 
+def dequantized(path: str):
+    """The saved quantization config of a base (MXFP4, FP8, ...) set to dequantize on load, as transformers
+    takes it; a ConfigError when the base is not saved quantized or its format cannot be dequantized."""
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    from hubtune.interop import prequantized
+
+    saved = prequantized.quantization_config(path)
+    if saved is None:
+        raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
+                                                f"quantization_config); leave dequantize out")])
+    config = AutoQuantizationConfig.from_dict(saved)
+    if not hasattr(config, "dequantize"):
+        raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
+                                                f"by transformers; leave dequantize out (they load as saved)")])
+    config.dequantize = True
+    return config
+
+
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
               for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False,
               attention: str | None = None):
@@ -477,17 +496,7 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if model.use_kernels:
         kwargs["use_kernels"] = True  # transformers swaps the layers it maps to Hub kernels (the kernels package)
     if model.dequantize:
-        if not saved_quantized:
-            raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
-                                                    f"quantization_config); leave dequantize out")])
-        from transformers import AutoQuantizationConfig
-
-        saved = AutoQuantizationConfig.from_dict(prequantized.quantization_config(path))
-        if not hasattr(saved, "dequantize"):
-            raise ConfigError([("model.dequantize", f"{prequantized.describe(prequantized.quantization_config(path))} "
-                                                    f"weights cannot be dequantized on load by transformers")])
-        saved.dequantize = True
-        kwargs["quantization_config"] = saved
+        kwargs["quantization_config"] = dequantized(path)
         saved_quantized = False  # it loads as a 16-bit base
     if model.quantization == "int8" and sharded:
         raise ConfigError([("model.quantization", "int8 bases cannot be sharded by FSDP or ZeRO-3; use nf4 (4 bits) "

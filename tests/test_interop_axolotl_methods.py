@@ -272,6 +272,19 @@ def test_hub_code_and_optional_tokenizers_say_what_to_install(tmp_path):
         cfg.build({"model": {"dequantize": True}})
 
 
+def test_a_saved_mxfp4_base_is_dequantized_on_load(tmp_path):
+    from hubtune.train import dequantized
+
+    for name, saved in (("mxfp4", {"quant_method": "mxfp4"}),
+                        ("bnb", {"quant_method": "bitsandbytes", "load_in_4bit": True})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": "gpt_oss", "quantization_config": saved}))
+    config = dequantized(str(tmp_path / "mxfp4"))
+    assert (type(config).__name__, config.dequantize) == ("Mxfp4Config", True)
+    with pytest.raises(ConfigError, match="are not dequantized on load by transformers"):
+        dequantized(str(tmp_path / "bnb"))
+
+
 def test_a_16_bit_base_is_not_dequantized_and_experts_implementation_reaches_transformers(tmp_path):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
@@ -312,3 +325,24 @@ def test_an_axolotl_dpo_config_trains_as_converted(tmp_path, one_torch_thread):
     s = run.summary
     assert (s.training_method, s.method_settings["beta"], s.global_steps) == ("dpo", 0.2, 3)
     assert s.held_out["before"]["preference"]["pairs"] == 8  # 20% of the 40 pairs held out
+
+
+def test_hubtunes_own_preference_runs_export_as_axolotl_types():
+    pairs = "hubtune:data/invoices/preferences_train.jsonl"
+    dpo = cfg.build({"data": {"sources": [pairs]}, "training": {"method": "dpo", "beta": 0.2}})
+    written = axolotl.to_axolotl(dpo, ["preference"])
+    # Axolotl's chat_template.default takes a prompt given as text as the user's turn, and answers as text.
+    assert (written["rl"], written["rl_beta"]) == ("dpo", 0.2)
+    assert written["datasets"][0]["type"] == "chat_template.default"
+    assert written["datasets"][0]["field_messages"] == "prompt"
+    assert round_trip(dpo, ["preference"]) == dpo
+    chatml = cfg.build({"data": {"sources": [pairs], "chat_template": "chatml"}, "training": {"method": "orpo"}})
+    assert axolotl.to_axolotl(chatml, ["preference"])["datasets"][0]["type"] == "chatml.prompt_pairs"
+    assert round_trip(chatml, ["preference"]) == chatml
+    kto = cfg.build({"data": {"sources": [pairs]}, "training": {"method": "kto"}})
+    with pytest.raises(Exception, match="Axolotl's KTO reads unpaired rows"):
+        axolotl.to_axolotl(kto, ["preference"])
+    grpo = cfg.build({"training": {"method": "grpo", "grpo": {"rewards": ["exact_match", {"name": "regex",
+                                                                                            "pattern": "^P"}]}}})
+    with pytest.raises(Exception, match=r"rewards\[1\]: regex: Axolotl calls reward functions as TRL does"):
+        axolotl.to_axolotl(grpo, ["alpaca"])
