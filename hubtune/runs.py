@@ -115,6 +115,7 @@ class RunFolder:
     EVAL = "eval.json"
     DATA_REPORT = "data_report.json"
     INITIAL_EVAL = "initial_eval.json"
+    JUDGE_CACHE = "eval_cache/judge.jsonl"  # the judge's replies, by judge and prompt (eval, data pairs)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
