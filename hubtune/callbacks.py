@@ -136,6 +136,21 @@ class CheckpointSelection(TrainerCallback):
                 "base_regression": self.base_regression, "checkpoints": self.history}
 
 
+class QuadraticWarmup(TrainerCallback):
+    """training.warmup_shape: quadratic. transformers' schedules rise linearly over the warm-up (factor
+    step / warmup); this squares that rise, (step / warmup) ** 2, and leaves the rest of the schedule as it is.
+    The scheduler exists by on_train_begin (restored from a checkpoint when resuming)."""
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        warmup = args.get_warmup_steps(state.max_steps)
+        if lr_scheduler is None or not warmup or not hasattr(lr_scheduler, "lr_lambdas"):
+            return
+
+        def squared(factor):
+            return lambda step: factor(step) * step / warmup if step < warmup else factor(step)
+        lr_scheduler.lr_lambdas = [squared(f) for f in lr_scheduler.lr_lambdas]
+
+
 class StopOnSignal(TrainerCallback):
     """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop. Under several processes they
     agree on it at each step end, so all of them stop at the same step."""
