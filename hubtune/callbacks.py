@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from hubtune.distributed import is_main_process
+from hubtune.errors import HubtuneError
 
 log = logging.getLogger("hubtune")
 
@@ -143,12 +144,16 @@ class QuadraticWarmup(TrainerCallback):
 
     def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         warmup = args.get_warmup_steps(state.max_steps)
-        if lr_scheduler is None or not warmup or not hasattr(lr_scheduler, "lr_lambdas"):
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        if not warmup:
             return
+        if not hasattr(scheduler, "lr_lambdas"):
+            raise HubtuneError(f"training.warmup_shape: quadratic reshapes a LambdaLR schedule, and this run's is "
+                               f"{type(scheduler).__name__}; use warmup_shape: linear")
 
         def squared(factor):
             return lambda step: factor(step) * step / warmup if step < warmup else factor(step)
-        lr_scheduler.lr_lambdas = [squared(f) for f in lr_scheduler.lr_lambdas]
+        scheduler.lr_lambdas = [squared(f) for f in scheduler.lr_lambdas]
 
 
 class StopOnSignal(TrainerCallback):
