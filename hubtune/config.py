@@ -77,6 +77,9 @@ class ModelSection(Section):
         "off unless you trust kernels-community.")
     dequantize: bool = Field(False, description="A base saved quantized in a format LoRA cannot train on (MXFP4, "
         "FP8) loads dequantized to the compute dtype (transformers' dequantize=True).")
+    tokenizer_legacy: bool | None = Field(None, description="transformers' `legacy` flag of SentencePiece-based "
+        "tokenizers (Llama, T5): how text after special tokens is split when the tokenizer is built from a "
+        "SentencePiece model; None: the tokenizer's own setting.")
     tokenizer_backend: Literal["auto", "mistral-common"] = Field("auto", description="auto: AutoTokenizer as the base "
         "saved it; mistral-common: Mistral's own tokenizer (tekken.json) through transformers' MistralCommonBackend "
         "(pip install mistral-common).")
@@ -420,6 +423,8 @@ class TrainingSection(Section):
     gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step (effective batch = product).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule.")
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.", json_schema_extra={"typical": [50, 100]})
+    warmup_shape: Literal["linear", "quadratic"] = Field("linear", description="How the learning rate rises over "
+        "the warm-up: linear, or quadratic (the square of the linear rise: slower at first).")
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0,
         description="Warm-up as a share of all optimizer steps (rounded up), instead of warmup_steps; null: warmup_steps.")
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",

@@ -166,7 +166,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from transformers import AutoConfig, AutoTokenizer
 
     from hubtune import advice, compat, data, families, hub, licence, memory, methods
-    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune.callbacks import HubCheckpoints, MetricsFile, QuadraticWarmup, StopOnSignal
     from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
@@ -246,7 +246,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *([selection] if selection else []), *trackers,
-                   *early_stopping(config, prepared.eval is not None), *callbacks],
+                   *early_stopping(config, prepared.eval is not None),
+                   *([QuadraticWarmup()] if config.training.warmup_shape == "quadratic" else []), *callbacks],
         rewards=rewards,
     )
     _quiet_trainer(trainer)
@@ -428,7 +429,8 @@ def load_tokenizer(path: str, model: cfg.ModelSection):
         except OSError as err:
             raise ConfigError([("model.tokenizer_backend", f"mistral-common reads tekken.json, and {path} has none "
                                                            f"({err}); use auto")]) from None
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
+    legacy = {} if model.tokenizer_legacy is None else {"legacy": model.tokenizer_legacy}
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code, **legacy)
 
 
 def hub_kernels_needed(model: cfg.ModelSection, training: cfg.TrainingSection) -> None:

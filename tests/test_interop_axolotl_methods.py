@@ -346,3 +346,32 @@ def test_hubtunes_own_preference_runs_export_as_axolotl_types():
                                                                                             "pattern": "^P"}]}}})
     with pytest.raises(Exception, match=r"rewards\[1\]: regex: Axolotl calls reward functions as TRL does"):
         axolotl.to_axolotl(grpo, ["alpaca"])
+
+
+def test_a_quadratic_warm_up_squares_the_linear_rise_and_leaves_the_rest(tmp_path):
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
+
+    from hubtune.callbacks import QuadraticWarmup
+
+    gptq = convert(yaml.safe_load((Path(__file__).parent / "data/axolotl_examples/llama-2/gptq-lora.yml").read_text()))
+    assert (gptq.training.warmup_shape, gptq.training.lr_scheduler, gptq.model.tokenizer_legacy) == (
+        "quadratic", "cosine", True)
+    assert round_trip(gptq, ["alpaca"]) == gptq
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=10, num_training_steps=100)
+    linear = [scheduler.lr_lambdas[0](step) for step in range(100)]
+    state = TrainerState()
+    state.max_steps = 100
+    QuadraticWarmup().on_train_begin(TrainingArguments(str(tmp_path), warmup_steps=10, report_to="none"), state,
+                                     TrainerControl(), lr_scheduler=scheduler)
+    squared = [scheduler.lr_lambdas[0](step) for step in range(100)]
+    assert squared[5] == pytest.approx(0.25) and linear[5] == pytest.approx(0.5)
+    assert squared[10:] == linear[10:]
+
+
+def test_the_tokenizers_legacy_flag_reaches_autotokenizer():
+    from hubtune.train import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.resolve_builtin("hubtune:tiny-llama"), cfg.ModelSection(tokenizer_legacy=True))
+    assert tokenizer.init_kwargs.get("legacy") is True

@@ -159,8 +159,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
                            "list whole modules under lora_modules_to_save to train and save them with the adapter",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "tokenizer_legacy": "hubtune loads the tokenizer as the base saved it (its tokenizer.json); legacy only changes "
-                        "how transformers builds a tokenizer from a SentencePiece model",
     "quantize_moe_experts": "bitsandbytes quantizes the stacked expert weights through a torch parametrization, and "
                             "PEFT's LoRA on those weights (lora_target_parameters) cannot stack on it: PEFT 0.21 leaves "
                             "a parametrization behind at every step (Axolotl patches PEFT's internals). Leave it out: "
@@ -196,8 +194,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "cosine_min_lr_ratio": "hubtune's cosine schedule decays to zero",
     "cosine_constant_lr_ratio": "hubtune's cosine schedule decays to zero",
     "lr_scheduler_kwargs": "hubtune runs transformers' schedules with their default arguments",
-    "lr_quadratic_warmup": "transformers' schedules warm up linearly, and hubtune runs them; leave it out for a "
-                           "linear warm-up",
     "optim_args": "hubtune runs the optimizer with its default arguments",
     "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
     "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
@@ -458,6 +454,8 @@ class _Reader:
             self.take("gptq")
             self.note("gptq: the base is saved GPTQ-quantized and loads as saved (transformers needs optimum and "
                       "gptqmodel installed); PEFT trains LoRA on its GPTQ layers")
+        if self.data.get("tokenizer_legacy") is not None:
+            out["tokenizer_legacy"] = bool(self.take("tokenizer_legacy"))
         if self.data.get("tokenizer_use_mistral_common") is True:
             self.take("tokenizer_use_mistral_common")
             out["tokenizer_backend"] = "mistral-common"
@@ -777,6 +775,13 @@ class _Reader:
             t["adam_epsilon"] = self.take("adam_eps")
         self.cadence(t)
         scheduler = self.take("lr_scheduler", AXOLOTL_DEFAULTS["lr_scheduler"])
+        if self.data.get("lr_quadratic_warmup") is not None:
+            if self.take("lr_quadratic_warmup") is True:
+                if scheduler == "cosine":  # Axolotl squares the warm-up of its cosine schedule only
+                    t["warmup_shape"] = "quadratic"
+                else:
+                    self.note(f"lr_quadratic_warmup: Axolotl applies it to the cosine schedule only; with "
+                              f"{scheduler} it warms up linearly, and so does hubtune")
         if scheduler in SCHEDULERS:
             t["lr_scheduler"] = scheduler
         else:
@@ -1171,6 +1176,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["experts_implementation"] = m.experts_implementation
     if m.dequantize:  # the quantized format Axolotl's examples dequantize on load
         out.update(model_quantization_config="Mxfp4Config", model_quantization_config_kwargs={"dequantize": True})
+    if m.tokenizer_legacy is not None:
+        out["tokenizer_legacy"] = m.tokenizer_legacy
     if m.tokenizer_backend == "mistral-common":
         out["tokenizer_use_mistral_common"] = True
     out.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout)
@@ -1233,6 +1240,11 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["attn_implementation"] = t.attention_kernel
     if t.early_stopping_patience:
         out["early_stopping_patience"] = t.early_stopping_patience
+    if t.warmup_shape == "quadratic":
+        if t.lr_scheduler != "cosine":
+            problems.append(("training.warmup_shape", f"quadratic with {t.lr_scheduler}: Axolotl squares the warm-up "
+                                                      f"of the cosine schedule only"))
+        out["lr_quadratic_warmup"] = True
     if not t.shuffle:
         out["curriculum_sampling"] = True
     if "swanlab" in t.report_to:
