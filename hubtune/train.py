@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from hubtune import config as cfg
 from hubtune import distributed
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, translate
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
+from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
 
 log = logging.getLogger("hubtune")
 
@@ -70,9 +70,7 @@ def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     in config.yaml since is a ConfigError naming both values, before any weight is loaded."""
     import json
 
-    saved = sorted(run.checkpoints.glob("checkpoint-*/adapter_config.json"),
-                   key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit()
-                   else -1)
+    saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
     try:
@@ -316,7 +314,7 @@ def keep_selected(run: RunFolder, selection, last_step: int, display: Display) -
     import shutil
 
     chosen = selection.chosen
-    best = run.path / selection.BEST
+    best = run.path / RunFolder.SELECTED_ADAPTER
     if chosen is None or chosen["step"] == last_step or not best.is_dir():
         display.phase("select", f"kept the last checkpoint (step {last_step}) by {selection.select}")
         return
@@ -566,7 +564,7 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / RunFolder.TENSORBOARD)))]
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
@@ -674,7 +672,7 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
     if has_eval and t.select != "last":
         eval_strategy, eval_steps = save_strategy, save_steps  # every checkpoint chosen among needs its held-out loss
     return dict(
-        output_dir=str(path / "checkpoints"),
+        output_dir=str(path / RunFolder.CHECKPOINTS),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -794,7 +792,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
 
 
 def _step(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+    return step_of(checkpoint) if checkpoint else 0
 
 
 def _mark(run: RunFolder, status: Status, error: str) -> None:
@@ -822,7 +820,7 @@ def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
                for e in causes):
         return None
     removed = remove_incomplete(run.checkpoints) if run.writer else []
-    complete = sorted(run.checkpoints.glob("checkpoint-*"), key=_step)
+    complete = run.checkpoint_folders()
     needed = folder_size(complete[-1]) if complete else folder_size(run.adapter)
     free = shutil.disk_usage(run.path).free
     resume_from = f"it continues from {complete[-1].name}" if complete else "it starts over (no checkpoint was complete)"

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from hubtune.errors import DataError
+from hubtune.runs import RunFolder
 
 METRICS = ("exact_match", "token_f1")
-ANSWERS_FILE = "eval_answers.jsonl"  # written by hubtune.evaluation.pipeline
 
 
 def pairs_from_eval(run_dir: str | Path, metric: str = "token_f1", reference_chosen: bool = False,
@@ -23,7 +23,7 @@ def pairs_from_eval(run_dir: str | Path, metric: str = "token_f1", reference_cho
     """(prompt/chosen/rejected rows, a report of what was kept and why the rest was not)."""
     if metric not in METRICS:
         raise DataError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
-    path = Path(run_dir) / ANSWERS_FILE
+    path = RunFolder(run_dir).answers  # written by `hubtune eval`
     if not path.is_file():
         raise DataError(f"{path} does not exist: evaluate the run first (`hubtune eval {run_dir}`), which writes "
                         f"every test prompt's answers there")

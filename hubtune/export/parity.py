@@ -52,8 +52,8 @@ def adapter_generations(run, prompts: list[list[dict]]) -> Generations:
 
     ev, quant = run.config.eval, run.config.model.quantization
     model, tokenizer = load_tuned(run.path, quantization=quant)
-    cache = AnswerCache(run.path / "eval_cache" / "generations.jsonl")
-    key = f"tuned|{file_fingerprint(_adapter_weights(run.path))}|{quant}"  # the key `hubtune eval` uses
+    cache = AnswerCache(run.eval_cache("generations"))
+    key = f"tuned|{file_fingerprint(_adapter_weights(run))}|{quant}"  # the key `hubtune eval` uses
 
     def generate(batch):
         return generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)

@@ -50,8 +50,8 @@ def total_steps(run: RunFolder) -> tuple[int | None, bool]:
     t = run.config.training
     if t.max_steps:
         return t.max_steps, True
-    report = run.read_json(RunFolder.DATA_REPORT)
-    if not report or not report.get("train"):
+    report = run.data_report
+    if not report.get("train"):
         return None, False
     per_epoch = math.ceil(math.ceil(report["train"] / t.micro_batch_size) / t.gradient_accumulation_steps)
     return math.ceil(per_epoch * t.epochs), not run.config.data.packing
