@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from hubtune import config as cfg
 from hubtune import distributed
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, translate
+from hubtune.levers import Levers, recipe_levers
 from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
 
 log = logging.getLogger("hubtune")
@@ -161,7 +162,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from hubtune import advice, compat, data, families, hub, licence, memory, methods
+    from hubtune import advice, compat, data, families, fit, hub, licence, methods
     from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
     from hubtune.data.pipeline import require_held_out
 
@@ -195,7 +196,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
-        if warning := memory.device_warning(config, base.path):
+        if warning := fit.device_warning(config, base.path):
             display.note(warning, style="bold red")
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
                                 generation_config=generation_config(base.path))
@@ -612,51 +613,6 @@ def tokenized(rows, chat):
         return rows
     return rows.map(lambda row: chat.tokenize(row["prompt"], row["completion"], row.get("tools")),
                     remove_columns=rows.column_names)
-
-
-@dataclasses.dataclass(frozen=True)
-class Levers:
-    """How a run uses the machine: the config's auto settings resolved for this device and base."""
-
-    attention: str  # sdpa | flash_attention_2 | eager
-    liger: bool  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU) through TRL
-    padding_free: bool  # each batch one row with position ids
-    gradient_checkpointing: bool
-
-    def describe(self) -> str:
-        return (f"{self.attention} attention{', Liger kernels' if self.liger else ''}"
-                f"{', padding-free rows' if self.padding_free else ''}, gradient checkpointing "
-                f"{'on' if self.gradient_checkpointing else 'off'}")
-
-
-def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=None) -> Levers:
-    """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
-    variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
-    checkpointing only when the memory estimate needs it (hubtune.memory)."""
-    from importlib.util import find_spec
-
-    from hubtune import memory
-
-    t, d = config.training, config.data
-    cuda = hw.device == "cuda"
-    if t.kernels == "auto":
-        attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
-        if family is not None and family.attention:  # Gemma 2's soft-capped attention has no SDPA kernel
-            attention = family.attention
-        liger = cuda and find_spec("liger_kernel") is not None
-    else:
-        attention, liger = t.kernel_choice()
-    if d.padding_free == "auto":
-        padding_free = attention == "flash_attention_2" and not d.truncate
-    elif d.padding_free and d.truncate and not d.packing:
-        raise ConfigError([("data.padding_free", "padding-free rows are not cut to data.max_seq_len; set data.truncate: "
-                                                 "false (over-long examples are dropped) or data.padding_free: auto")])
-    else:
-        padding_free = d.padding_free
-    checkpointing = t.gradient_checkpointing
-    if checkpointing == "auto":
-        checkpointing = memory.checkpointing_needed(config, model_path, hw.device)
-    return Levers(attention, liger, padding_free, checkpointing)
 
 
 def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",

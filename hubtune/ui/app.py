@@ -68,7 +68,6 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     space = hosting.on_space()
     runner = runner or JobRunner(root, shared=space).start()
-    observer = views.Observer()
     models = h.ModelCache()
     gate = access.Gate(root, shared=space)
 
@@ -166,7 +165,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             return (None, "No run yet: start one above.", _progress_bar(None), None, "no points yet", "", None,
                     gr.update(interactive=True), gr.update(interactive=False))
         run = RunFolder(current)
-        p = views.progress(run, observer, place=runner.place(run.path),
+        p = views.progress(run, place=runner.place(run.path),
                            memory=views.process_memory_mb(runner.pid(run.path)))
         points = views.loss_points([run])
         drawn = (current, len(points), _series(points))
@@ -205,7 +204,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             yield "", "", None, "", [], ""
             return
         run = RunFolder(mine(path, session))
-        p = views.progress(run, observer, place=runner.place(run.path))
+        p = views.progress(run, place=runner.place(run.path))
         points = views.loss_points([run])
         eval_text, samples = h.eval_view(path)
         table = pd.DataFrame(samples) if samples else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
@@ -226,7 +225,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                stamp(run.path / views.LOG))
         if key == seen:
             return unchanged
-        p = views.progress(run, observer, place=runner.place(run.path))
+        p = views.progress(run, place=runner.place(run.path))
         eval_text, rows = h.eval_view(path)
         table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
         runs = runs_for(session)
