@@ -184,11 +184,20 @@ STAGING = RunFolder.MIRROR_STAGING
 
 class HubCheckpoints(TrainerCallback):
     """`training.push_checkpoints: OWNER/REPO`: after each checkpoint, its folder and the run's config and
-    metrics go to a private Hub repo in one commit that also deletes the older checkpoints there (the idea
-    of transformers' hub_strategy="checkpoint"). Uploads run in a background thread from hard-linked
-    copies, so training does not wait and the Trainer may rotate checkpoints meanwhile; when uploads fall
-    behind, only the newest checkpoint is sent. A failed upload is retried with the next checkpoint;
-    `finish` waits for the last one and uploads the finished run, and raises if that fails."""
+    metrics go to a private Hub repo in one commit that also deletes the older checkpoints there. Uploads
+    run in a background thread from hard-linked copies, so training does not wait and the Trainer may rotate
+    checkpoints meanwhile; when uploads fall behind, only the newest checkpoint is sent. A failed upload is
+    retried with the next checkpoint; `finish` waits for the last one and uploads the finished run, and
+    raises if that fails.
+
+    Not the Trainer's own push (push_to_hub with hub_strategy="checkpoint"), which cannot keep these
+    promises: it uploads the checkpoint and the output folder in separate commits without the run files
+    a resume needs (config.yaml, metrics.jsonl, data_report.json), so a repo can hold a checkpoint whose
+    config is not there; it waits on its upload futures without reading their results (transformers'
+    PushInProgress.wait_until_done), so a refused or failed upload passes silently; it skips a save
+    while an upload is under way rather than sending the newest one later; and a token other than the
+    ambient login goes in as TrainingArguments.hub_token, which training_args.bin (the pickled arguments
+    the Trainer saves in every checkpoint, and uploads with it) then carries to disk and the repo."""
 
     def __init__(self, run_path: Path, repo_id: str, token: str | None = None):
         self.run_path = Path(run_path)
