@@ -9,6 +9,7 @@ from hub_server import readme
 from huggingface_hub import ModelCard, metadata_load
 
 from hubtune import card as cards
+from hubtune.errors import HubtuneError
 from hubtune.runs import EvalResult, RunFolder
 
 pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
