@@ -161,6 +161,7 @@ class RunFolder:
     METRICS = "metrics.jsonl"
     EVAL = "eval.json"
     ANSWERS = "eval_answers.jsonl"
+    ANSWER_SCORES = ("exact_match", "token_f1")  # what each answer in ANSWERS is scored by
     EVAL_CACHE = "eval_cache"
     HUMAN_EVAL = "human_eval.csv"
     HUMAN_EVAL_KEY = "human_eval_key.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 from hubtune.errors import DataError
 from hubtune.runs import RunFolder
 
-METRICS = ("exact_match", "token_f1")
+METRICS = RunFolder.ANSWER_SCORES
 
 
 def pairs_from_eval(run_dir: str | Path, metric: str = "token_f1", reference_chosen: bool = False,

@@ -299,8 +299,7 @@ def _write_answers(path: Path, rows, refs, answers, task, generated) -> None:
         for i, (row, ref) in enumerate(zip(rows, refs)):
             line = {"prompt": row["prompt"], "reference": ref, "answers": {m: answers[m][i] for m in answers},
                     "generated": {m: generated[m][i] for m in generated},
-                    "exact_match": {m: task[m]["exact_match"][i] for m in answers},
-                    "token_f1": {m: round(task[m]["token_f1"][i], 4) for m in answers}}
+                    **{score: {m: round(task[m][score][i], 4) for m in answers} for score in RunFolder.ANSWER_SCORES}}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
