@@ -45,6 +45,8 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=N
         liger = cuda and find_spec("liger_kernel") is not None
     else:
         attention, liger = t.kernel_choice()
+    if t.attention_kernel:
+        attention = t.attention_kernel  # a Hub kernel repo, which transformers loads through the kernels package
     if d.padding_free == "auto":
         padding_free = attention == "flash_attention_2" and not d.truncate
     elif d.padding_free and d.truncate and not d.packing:

@@ -162,7 +162,9 @@ class RunFolder:
     EVAL = "eval.json"
     ANSWERS = "eval_answers.jsonl"
     ANSWER_SCORES = ("exact_match", "token_f1")  # what each answer in ANSWERS is scored by
-    EVAL_CACHE = "eval_cache"
+    EVAL_CACHE = "eval_cache"  # kept so a rerun of `hubtune eval` resumes:
+    GENERATIONS_CACHE = f"{EVAL_CACHE}/generations.jsonl"  # every greedy answer, by model and prompt
+    JUDGE_CACHE = f"{EVAL_CACHE}/judge.jsonl"  # the judge's replies, by judge and prompt (eval, data pairs)
     HUMAN_EVAL = "human_eval.csv"
     HUMAN_EVAL_KEY = "human_eval_key.json"
     DATA_REPORT = "data_report.json"
@@ -280,10 +282,6 @@ class RunFolder:
     @property
     def answers(self) -> Path:
         return self.path / self.ANSWERS
-
-    def eval_cache(self, name: str) -> Path:
-        """A cache of `hubtune eval` (generations, judge replies), kept so a rerun resumes."""
-        return self.path / self.EVAL_CACHE / f"{name}.jsonl"
 
     @property
     def export_dir(self) -> Path:

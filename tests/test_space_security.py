@@ -135,6 +135,10 @@ def test_remote_code_is_refused_on_a_space(space):
         "tiny-llama\n", "tiny-llama\n  trust_remote_code: true\n")
     message = alice.predict(config, "", api_name="/start")
     assert "trust_remote_code is refused on a shared Space" in message
+    kernels = DEMO_CONFIG.format(source="hubtune:data/invoices/train.jsonl").replace(
+        "tiny-llama\n", "tiny-llama\n  use_kernels: true\n")
+    message = alice.predict(kernels, "", api_name="/start")
+    assert "model.use_kernels: kernels fetched from the Hub are code" in message
     assert not list(app.root.glob("*/config.yaml"))
 
 

@@ -73,7 +73,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
     reasoning_rows = folder.data_report.get("reasoning_rows", 0)
     thinking = {"on": True, "off": False}.get(ev.thinking, reasoning_rows > 0)
     data = EvalData.load(folder, config, ev)
-    cache = AnswerCache(folder.eval_cache("generations"))
+    cache = AnswerCache(run / RunFolder.GENERATIONS_CACHE)
     keys = {"tuned": f"tuned|{file_fingerprint(_adapter_weights(folder))}|{config.model.quantization}",
             "base": f"base|{config.model.id}|{config.model.revision}|{config.model.quantization}"}
     result: dict = {"run": str(run), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -151,7 +151,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
         items = [{"question": _question(r["prompt"]), "reference": r["completion"][-1]["content"],
                   "tuned": t, "base": b} for r, t, b in zip(rows, answers["tuned"], answers["base"])][:ev.judge_max_items]
         log(f"judging {len(items)} answers with {ev.judge}")
-        result["judge"] = judge_answers(judge_client, items, AnswerCache(folder.eval_cache("judge")))
+        result["judge"] = judge_answers(judge_client, items, AnswerCache(run / RunFolder.JUDGE_CACHE))
 
     # 6. Blinded answers for human raters.
     if export_human:

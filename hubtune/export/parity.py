@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hubtune.evaluation.intervals import bootstrap_mean, proportion
 from hubtune.export import toolchain
+from hubtune.runs import RunFolder
 
 log = logging.getLogger("hubtune")
 STRICT = ("f16", "q8_0", "f32", "bf16")
@@ -52,7 +53,7 @@ def adapter_generations(run, prompts: list[list[dict]]) -> Generations:
 
     ev, quant = run.config.eval, run.config.model.quantization
     model, tokenizer = load_tuned(run.path, quantization=quant)
-    cache = AnswerCache(run.eval_cache("generations"))
+    cache = AnswerCache(run.path / RunFolder.GENERATIONS_CACHE)
     key = f"tuned|{file_fingerprint(_adapter_weights(run))}|{quant}"  # the key `hubtune eval` uses
 
     def generate(batch):
