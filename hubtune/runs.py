@@ -19,6 +19,8 @@ Hub mirror, the CLI and the UI all read a run the same way. No other module spel
       eval_answers.jsonl   every test prompt's answers and their scores; eval_cache/ its generations
       human_eval.csv       blinded answer pairs for raters (+ human_eval_key.json)
       export.json          the last GGUF export (its files in export/ or where --out said)
+      merge.json           the last merge into the base (the model where --out said)
+      job.log, job.json    the page's jobs on this run: their output, the last one's command and exit
       README.md            the card a push would publish (+ loss_curve.png)
       tensorboard/         training.report_to: [tensorboard]
       uploads/             files uploaded on the page as the run's data
@@ -177,6 +179,9 @@ class RunFolder:
     MIRROR_STAGING = ".hub-mirror"
     EXPORT = "export.json"
     EXPORT_DIR = "export"
+    MERGE = "merge.json"  # the last `hubtune merge`: where it went and how far it moved the logits
+    JOB_LOG = "job.log"  # the page's jobs: the subprocess's stdout and stderr, appended run after run
+    JOB_RECORD = "job.json"  # the page's last job: its kind and command, when it started and ended, its exit
     CARD = "README.md"
     LOSS_CURVE = "loss_curve.png"
     TENSORBOARD = "tensorboard"

@@ -291,8 +291,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         run = RunFolder(path)
         job = runner.job(run.path)
         stamp = lambda f: (f.stat().st_mtime, f.stat().st_size) if f.is_file() else None  # noqa: E731
-        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / "job.json"),
-                stamp(run.path / views.LOG), stamp(run.path / "merge.json"), stamp(run.path / "export.json"))
+        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / RunFolder.JOB_RECORD),
+                stamp(run.path / RunFolder.JOB_LOG), stamp(run.path / RunFolder.MERGE),
+                stamp(run.path / RunFolder.EXPORT))
 
     def follow_export(path, session, seen):
         """While the Export tab is open: its views are sent again when the run's job, log or results changed.

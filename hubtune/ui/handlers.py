@@ -597,7 +597,7 @@ def export_run(run: str, quant: str, limit: int | None, session: Session, runner
         return problem(err)
     if runner.is_active(folder.path):
         return f"**{folder.path.name}** already has a job queued or running: wait for it to end"
-    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.path / "export")]
+    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.export_dir)]
     options += ["--limit", str(int(limit))] if limit else []
     prompts = f"the first {int(limit)}" if limit else "all its"
     return _queue(folder, "export", options, session, runner,
