@@ -195,6 +195,7 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     page.locator("#merge").click()
     expect(page.locator("#export-status")).to_contain_text("hubtune merge")
     expect(page.locator("#merge-result")).to_contain_text("Largest logit difference", timeout=LONG)
+    expect(page.locator("#export-status")).to_contain_text("finished")
     weights = page.locator("#merge-files tr", has_text=re.compile(r"model\s*\.safetensors"))
     with page.expect_download() as download:
         weights.locator("td.download a").click()
