@@ -1,7 +1,8 @@
 """What a run shows while it works: the phase it is in, then one live line for training (step / total,
 loss, held-out loss, tokens/s, elapsed, time left). The figures come from the rows written to
 metrics.jsonl, which the UI reads too: step, losses and tokens/s are the same in both; the page times
-what is left from the steps it watches pass, and writes durations with `clock`, as here.
+what is left from the steps it watches pass, and writes durations with `clock`, as here. Before a run,
+`Throughput` turns a measured (or nominal) tokens/s into the duration the page shows beside the step count.
 
 Third-party output (progress bars of every datasets map, deprecation warnings, notices) is hidden
 unless `--verbose` or HUBTUNE_DEBUG=1.
@@ -67,6 +68,25 @@ class Figures:
         if self.eta is not None:
             parts.append(f"{clock(self.eta)} left")
         return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training tokens per second on one device, and where the figure comes from, in words."""
+
+    tokens_per_second: float
+    source: str
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], source: str) -> Throughput | None:
+        """The median tokens/s of a run's training rows (a row logged across an evaluation reads slow; the
+        median leaves it out)."""
+        speeds = sorted(r["tokens_per_second"] for r in rows if r.get("loss") is not None and r.get("tokens_per_second"))
+        return cls(speeds[len(speeds) // 2], source) if speeds else None
+
+    def seconds(self, steps: int, tokens_per_step: float) -> float:
+        """How long `steps` optimizer steps of `tokens_per_step` tokens take at this pace."""
+        return steps * tokens_per_step / self.tokens_per_second
 
 
 def clock(seconds: float) -> str:

@@ -83,7 +83,8 @@ def test_finished_run_history_chat_card_and_publish(client, ui_app, hub, eval_ru
     run = str(ui_app.root / "done")
     line, config, chart, eval_text, samples, log = client.predict(run, api_name="/run")
     assert "finished" in line and "step 12/12" in line
-    assert len(chart["data"]) >= 3
+    (points,) = json.loads(chart["plot"])["datasets"].values()  # the chart's Vega-Lite spec, its rows inline
+    assert len(points) >= 3 and {p["curve"] for p in points} == {"training loss", "held-out loss"}
     question = "Extract all product names and prices from this invoice text.\n\nProduct: Oak Chair\nPrice: $12.00"
     base, tuned, prompt = client.predict(run, question, [], [], "", 0, 1, 32, api_name="/chat")
     assert [m["role"] for m in base] == [m["role"] for m in tuned] == ["user", "assistant"] and prompt == ""
@@ -158,6 +159,7 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
     folder = RunFolder(run)
     assert folder.status == Status.FAILED, (folder.state(), (run / LOG).read_text()[-2000:])
     assert "learning_rate" in folder.error, (folder.error, (run / LOG).read_text()[-2000:])
+    assert folder.page_error.startswith("Training ended before it started (exit code 2): ") and "learning_rate" in folder.page_error
     assert secret not in (run / LOG).read_text() and secret not in (run / RunFolder.STATE).read_text()
 
 
@@ -259,7 +261,9 @@ def test_two_runs_compared_config_diff_and_curves_overlaid(client, ui_app, eval_
             (ui_app.root / name / RunFolder.CONFIG).write_text(cfg.build(tree).to_yaml())
     diff, overlay = client.predict(str(ui_app.root / "first"), str(ui_app.root / "second"), api_name="/compare")
     assert "+  learning_rate: 0.0005" in diff
-    series = {row[2] for row in overlay["data"]}
+    spec = json.loads(overlay["plot"])  # the chart's Vega-Lite spec (hubtune.ui.charts), its rows inline
+    series = {row["curve"] for rows in spec["datasets"].values() for row in rows}
+    assert spec["encoding"]["color"]["scale"]["domain"] == sorted(series, key=lambda c: (c.split(":")[0], "held" in c))
     assert series == {"first: training loss", "first: held-out loss", "second: training loss", "second: held-out loss"}
 
 

@@ -260,6 +260,7 @@ class JobRunner:
         # it starts); another's only while the run says it works on it.
         if not pid or (not ours and RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED)):
             return f"{run.name} is not running ({RunFolder(run).status.value})"
+        RunFolder(run).request_stop()  # the process that stops says it was the Stop button
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -281,7 +282,7 @@ class JobRunner:
     def _launch(self, job: Job, slot: str | None) -> None:
         env = job_environment(job.token, slot, self.shared)
         log = open(job.run / LOG, "ab")
-        log.write(f"\n$ hubtune {' '.join(job.command()[3:])}\n".encode())
+        log.write(f"\n{header(job)}\n".encode())
         log.flush()
         try:
             process = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -300,8 +301,22 @@ class JobRunner:
         if stopped and run.status == Status.QUEUED:  # stopped before it could take the run: not a failure
             run.mark(Status.INTERRUPTED)
         elif code != 0 and r.job.kind == "train" and run.status == Status.QUEUED:
-            run.mark(Status.FAILED, error=f"`hubtune train` exited with code {code} before training started: "
-                                          f"{last_line(run.path / LOG)}")
+            last = last_line(run.path / LOG)
+            run.mark(Status.FAILED, error=f"`hubtune train` exited with code {code} before training started: {last}",
+                     on_page=f"Training ended before it started (exit code {code}): {last.removeprefix('error: ')}")
+
+
+# The line the runner writes into a run's log before each job: the command it runs (a shell could run it
+# as it stands), and after `#` what that job is, which the page shows in words (hubtune.ui.views.page_log).
+STARTS, CONTINUES = "starts the run", "continues from"
+
+
+def header(job: Job) -> str:
+    command = f"$ hubtune {' '.join(job.command()[3:])}"
+    if job.kind != "train":
+        return command
+    steps = [int(n) for c in (job.run / "checkpoints").glob("checkpoint-*") if (n := c.name.rsplit("-", 1)[1]).isdigit()]
+    return f"{command}  # {f'{CONTINUES} step {max(steps)}' if steps else STARTS}"
 
 
 def last_line(path: Path) -> str:
