@@ -3,15 +3,18 @@ the config's own fields."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import warnings
 
+import pytest
 from rich.console import Console
 
 from hubtune import advice
 from hubtune import config as cfg
-from hubtune.cli import _data_config, build_parser
+from hubtune.cli import build_parser
+from hubtune.cli.data import data_config
 from hubtune.progress import Display, Figures, quiet_libraries
 
 ROWS = [{"step": 0, "total_steps": 0, "eval_loss": 3.2, "elapsed_seconds": 0.0},
@@ -94,13 +97,31 @@ def test_cli_options_take_choices_defaults_and_help_from_the_config():
     assert getattr(args, "licence.use") == "research"
 
 
+def test_every_command_prints_its_help(capsys):
+    """`--help` formats every option's help text: a config field whose description holds `%` once broke it."""
+    def walk(parser, path):
+        yield path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, [*path, name])
+
+    commands = list(walk(build_parser(), []))
+    assert ["data", "check"] in commands and ["space", "deploy"] in commands and len(commands) > 20
+    for path in commands:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*path, "--help"])
+        assert exit_.value.code == 0, path
+        assert "usage: hubtune" in capsys.readouterr().out
+
+
 def test_data_commands_use_the_run_configs_seed(tmp_path):
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text("training:\n  seed: 7\ndata:\n  max_task_share: 0.5\n")
     args = build_parser().parse_args(["data", "check", "hubtune:data/general/train.jsonl", "--config", str(run_yaml)])
-    config = _data_config(args)
+    config = data_config(args)
     assert config.training.seed == 7 and config.data.max_task_share == 0.5
     args = build_parser().parse_args(["data", "check", "hubtune:data/general/train.jsonl", "--config", str(run_yaml),
                                       "--seed", "3", "--skip-bad-rows", "--split", "train"])
-    config = _data_config(args)
+    config = data_config(args)
     assert config.training.seed == 3 and config.data.skip_bad_rows and config.data.sources[0].split == "train"

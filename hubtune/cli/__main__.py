@@ -1,0 +1,7 @@
+"""`python -m hubtune.cli ...`: the same as `hubtune ...`."""
+
+import sys
+
+from hubtune.cli import main
+
+sys.exit(main())
