@@ -138,6 +138,23 @@ def test_queue_is_first_come_first_served_and_survives_a_restart(tmp_path):
     assert [j.run for j in restarted.queue] == [second]
 
 
+def test_on_the_cpu_an_evaluation_runs_beside_a_training_and_a_second_training_waits(tmp_path, eval_run):
+    training, waiting = queued_run(tmp_path, "training"), queued_run(tmp_path, "waiting")
+    shutil.copytree(eval_run, tmp_path / "done", ignore=shutil.ignore_patterns(".lock", "eval*"))
+    runner = JobRunner(tmp_path, slots=[None])
+    runner.queue.clear()
+    with RunFolder(training).lock("train"):  # a live training holds the CPU
+        RunFolder(training).mark(Status.RUNNING)
+        try:
+            runner.submit(Job(waiting, "train"))
+            runner.submit(Job(tmp_path / "done", "eval", options=["--limit", "1"]))
+            assert runner.place(waiting) == 1 and tmp_path / "done" in runner.running  # not behind the training
+        finally:
+            for r in runner.running.values():
+                r.process.kill()
+                r.process.wait(timeout=60)
+
+
 def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(tmp_path):
     run = queued_run(tmp_path, "broken", config_text="training:\n  learning_rate: lots\n")
     runner = JobRunner(tmp_path, slots=[None])

@@ -1,5 +1,5 @@
 """The UI's job runner: `hubtune train` and `hubtune eval` as subprocesses, first come first served,
-one job per device at a time.
+one job per device at a time (on a CPU-only machine an evaluation may run beside a training).
 
 A job's state lives in its run folder (status, lock, metrics, log), not in this process: a reloaded tab,
 a second browser or a restarted app reads the same folder and reattaches. Each subprocess runs in its
@@ -153,6 +153,18 @@ class JobRunner:
             while (job := self._next()) and (slot := self._free_slot()) is not False:
                 self.queue.remove(job)
                 self._launch(job, slot)
+            if job := self._evaluation_beside():
+                self.queue.remove(job)
+                self._launch(job, None)
+
+    def _evaluation_beside(self) -> Job | None:
+        """On the CPU, a queued evaluation does not wait for a training to end: it shares the cores beside it
+        (as `hubtune eval` in a terminal beside `hubtune train` does), one evaluation at a time. A GPU's
+        memory is not shared so lightly: there, jobs take their turn."""
+        if self.slots != [None] or any(r.job.kind == "eval" for r in self.running.values()) or any(
+                run.status == Status.EVALUATING for run in list_runs(self.root) if run.path not in self.running):
+            return None
+        return next((j for j in self.queue if j.kind == "eval" and j.run not in self.running and not j.held), None)
 
     def _next(self) -> Job | None:
         """The first queued job, not held for its owner, whose run has no process of ours still exiting."""
