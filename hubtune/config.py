@@ -237,7 +237,7 @@ class DataSection(Section):
                             "the rest with thinking off; on / off: every row.")
 
     _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
-    val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
+    val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for the held-out loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
     truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")

@@ -60,7 +60,7 @@ class Figures:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.eval_loss is not None:
-            parts.append(f"eval loss {self.eval_loss:.4f}")
+            parts.append(f"held-out loss {self.eval_loss:.4f}")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
         if self.elapsed is not None:

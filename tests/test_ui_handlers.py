@@ -280,7 +280,8 @@ def test_two_runs_compared_config_diff_and_curves_overlaid(client, ui_app, eval_
     assert "+  learning_rate: 0.0005" in diff
     spec = json.loads(overlay["plot"])  # the chart's Vega-Lite spec (hubtune.ui.charts), its rows inline
     series = {row["curve"] for rows in spec["datasets"].values() for row in rows}
-    assert spec["encoding"]["color"]["scale"]["domain"] == sorted(series, key=lambda c: (c.split(":")[0], "held" in c))
+    domain = spec["layer"][0]["encoding"]["color"]["scale"]["domain"]
+    assert domain == sorted(series, key=lambda c: (c.split(":")[0], "held" in c))
     assert series == {"first: training loss", "first: held-out loss", "second: training loss", "second: held-out loss"}
 
 

@@ -101,20 +101,26 @@ def test_loss_chart_draws_a_point_per_value_on_whole_steps_with_named_curves(eva
 
     from hubtune.ui import charts
 
+    def spec(points):
+        plot = charts.loss_chart(points)
+        assert plot.chart == "line"  # gradio sizes it to its box and themes it as its own line charts
+        top = json.loads(plot.plot)
+        return top, top["layer"][0]
+
     run = RunFolder(eval_run)
     assert charts.loss_chart([]) is None
-    one = json.loads(charts.loss_chart([{"step": 1, "loss": 2.5, "curve": views.TRAINING_LOSS}]).to_json())
+    top, one = spec([{"step": 1, "loss": 2.5, "curve": views.TRAINING_LOSS}])
     assert one["mark"]["type"] == "line" and one["mark"]["point"]  # a single logged value still shows
     assert one["encoding"]["x"]["axis"] == {"format": "d", "tickMinStep": 1}  # never a 0.5 step
     assert one["encoding"]["x"]["scale"]["domain"] == [0, 1]
-    both = json.loads(charts.loss_chart(views.loss_points([run, run], label_runs=True)).to_json())
+    assert top["usermeta"]["embedOptions"]["renderer"] == "svg"  # the legend is text in the page
+    _, both = spec(views.loss_points([run, run], label_runs=True))
     name = run.path.name
     assert both["encoding"]["color"]["scale"]["domain"] == [f"{name}: training loss", f"{name}: held-out loss"]
-    assert both["usermeta"]["embedOptions"]["renderer"] == "svg"  # the legend is text in the page
-    rewards = [{"step": 1, "loss": 0.5, "curve": "preference accuracy"}, {"step": 1, "loss": 0.7, "curve": "training loss"}]
-    spec = json.loads(charts.loss_chart(rewards).to_json())
-    assert spec["encoding"]["color"]["scale"]["domain"] == ["training loss", "preference accuracy"]
-    assert spec["encoding"]["y"]["title"] == "loss, reward, accuracy"
+    _, rewards = spec([{"step": 1, "loss": 0.5, "curve": "preference accuracy"},
+                       {"step": 1, "loss": 0.7, "curve": "training loss"}])
+    assert rewards["encoding"]["color"]["scale"]["domain"] == ["training loss", "preference accuracy"]
+    assert rewards["encoding"]["y"]["title"] == "loss, reward, accuracy"
 
 
 def test_the_log_and_the_status_speak_the_page(eval_run, tmp_path):
@@ -150,8 +156,9 @@ def test_before_start_the_steps_and_the_duration_on_this_device_from_a_measured_
     root = tmp_path / "runs"
     root.mkdir()
     config = RunFolder(eval_run).config
-    nominal = views.duration_estimate(config, root)  # nothing measured here yet
-    assert nominal.startswith(f"{config.training.max_steps} steps, about ") and "rough: a CPU's nominal figure" in nominal
+    first = views.duration_estimate(config, root)  # nothing measured here yet, and a CPU has no data-sheet pace
+    assert first == (f"{config.training.max_steps} steps; no duration estimate yet: nothing measured for "
+                     f"hubtune:tiny-llama on the CPU; the first run here measures its pace, and later ones get an estimate")
     shutil.copytree(eval_run, root / "earlier", ignore=shutil.ignore_patterns(".lock"))
     earlier = RunFolder(root / "earlier")
     pace = Throughput.from_rows(earlier.metrics(), "")
@@ -186,7 +193,7 @@ def test_small_files_hold_out_ten_rows_shown_before_training_and_uploads_go_by_t
     assert "10 rows held out (Advanced settings: data → val_set_size)" in h.training_on(config, root)
     text, note = h.compose_config(h.DEMO_MODEL, str(upload), "quick", 0, 12, 0, "personal", root=root)
     shown = h.named_uploads(text, session, root)
-    assert str(root) not in shown and "path: my_labels.jsonl" in shown and "This run:** 12 steps, about" in note
+    assert str(root) not in shown and "path: my_labels.jsonl" in shown and "This run:** 12 steps; no duration estimate yet" in note
     assert h.parse_config(shown, session, root).data.sources[0].path == str(upload.resolve())
     assert views.page_keys("hold out at least 10 (data.val_set_size: 10); data.jsonl") == (
         "hold out at least 10 (Advanced settings: data → val_set_size: 10); data.jsonl")

@@ -26,7 +26,6 @@ LOG_LINES, RUN_LOG_LINES = 8, 6  # the log boxes' heights: the newest line is al
 FORMATS = list(get_args(field_at("data.format").annotation))  # the run config's own choices
 NO_RUNS = "No runs yet under {root}: start one on the Train tab."
 NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
-RESIZE = "() => { setTimeout(() => window.dispatchEvent(new Event('resize')), 100); }"
 
 
 def _frame(points: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -297,7 +296,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 source_used = gr.State(h.DEMO_DATA)
                 checked = gr.State(None)  # the checked data's shape (views.data_shape), for the duration estimate
 
-            with gr.Tab("2. Train", id="train") as train_tab:
+            with gr.Tab("2. Train", id="train"):
                 with gr.Row():
                     preset = gr.Radio(list(h.PRESETS), value="quick", label="Preset")
                     method = gr.Radio(list(cfg.METHODS), value="sft", label="Method (dpo, orpo, kto: preference data; "
@@ -435,11 +434,6 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         timer.tick(follow_run, [run_pick, session, followed],
                    [run_line, eval_md, samples, run_log, runs_table, run_chart, run_message, followed],
                    api_name=False, show_progress="hidden")
-
-        # A chart drawn while its tab was hidden took the width of nothing; a resize event redraws it at its
-        # container's width (the charts' Vega-Lite specs follow the container on window resize).
-        for shown_tab in (train_tab, runs_tab):
-            shown_tab.select(None, None, None, js=RESIZE, api_name=False)
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
         send.click(ask, [chat_run, prompt, base_answer, tuned_answer, system, temperature, top_p, max_tokens, session],

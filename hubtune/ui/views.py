@@ -140,8 +140,8 @@ def data_shape(report: dict) -> dict:
 
 def duration_estimate(config: cfg.RunConfig, root: Path, shape: dict | None = None) -> str:
     """The run's steps and its duration on this device: steps x tokens per step / tokens per second, the
-    pace measured by this machine's latest run of the same base, else the device's nominal figure (said
-    which). `shape`: data_shape of the checked data, when it is this config's."""
+    pace measured by this machine's latest run of the same base, else the GPU's nominal figure (said so),
+    else none yet. `shape`: data_shape of the checked data, when it is this config's."""
     from hubtune.distributed import BatchPlan
     from hubtune.progress import clock
 
@@ -163,7 +163,9 @@ def duration_estimate(config: cfg.RunConfig, root: Path, shape: dict | None = No
     except Exception as err:  # an unreadable base config: the steps alone
         return f"{steps}; no duration estimate ({type(err).__name__}: {str(err).splitlines()[0]})"
     if pace is None:
-        return f"{steps}; no duration estimate for {device_name()} yet: the first run here measures its pace"
+        where = "the CPU" if device_name() == "cpu" else device_name()
+        return (f"{steps}; no duration estimate yet: nothing measured for {config.model.id} on {where}; the "
+                f"first run here measures its pace, and later ones get an estimate")
     return (f"{steps}, about {clock(pace.seconds(plan.total_steps, per_step))} of training on this device "
             f"({per_step:,.0f} tokens per step: {plan.effective_batch_size} rows x {tokens:,.0f} tokens, {per}; "
             f"at {pace.tokens_per_second:,.0f} tokens/s, {pace.source})")
@@ -208,7 +210,8 @@ def measured_pace(config: cfg.RunConfig, root: Path):
 
 
 def nominal_pace(config: cfg.RunConfig):
-    """The device's data-sheet figure (hubtune.gpus), for a base this machine has not trained yet."""
+    """The GPU's data-sheet figure (hubtune.gpus), for a base this machine has not trained yet; None on a
+    CPU or a GPU hubtune has no figure for."""
     import torch
 
     from hubtune.gpus import by_device_name
@@ -216,13 +219,13 @@ def nominal_pace(config: cfg.RunConfig):
     from hubtune.progress import Throughput
 
     name = device_name()
+    # A CPU has no data-sheet figure worth the name (small models there are bound by overheads, not FLOPs).
     gpu = None if name == "cpu" else by_device_name(name, torch.cuda.get_device_properties(0).total_memory / 2**20)
-    if name != "cpu" and gpu is None:
+    if gpu is None:
         return None
-    what = f"the {gpu.name}'s nominal {gpu.tflops:g} TFLOP/s" if gpu else "a CPU's nominal figure"
     return Throughput(nominal_tokens_per_second(config, gpu),
-                      f"rough: {what} at the usual share fine-tuning reaches, not measured here; a first run "
-                      f"measures it")
+                      f"rough: the {gpu.name}'s nominal {gpu.tflops:g} TFLOP/s at the usual share fine-tuning "
+                      f"reaches, not measured here; a first run measures it")
 
 
 def process_memory_mb(pid: int | None) -> dict:
