@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from hubtune.distributed import is_main_process
+from hubtune.errors import HubtuneError
 
 log = logging.getLogger("hubtune")
 
@@ -134,6 +135,25 @@ class CheckpointSelection(TrainerCallback):
                 # False: no checkpoint passed the regression set, so the best task score was kept regardless
                 "regression_passed": any(verdicts) if verdicts else None,
                 "base_regression": self.base_regression, "checkpoints": self.history}
+
+
+class QuadraticWarmup(TrainerCallback):
+    """training.warmup_shape: quadratic. transformers' schedules rise linearly over the warm-up (factor
+    step / warmup); this squares that rise, (step / warmup) ** 2, and leaves the rest of the schedule as it is.
+    The scheduler exists by on_train_begin (restored from a checkpoint when resuming)."""
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        warmup = args.get_warmup_steps(state.max_steps)
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        if not warmup:
+            return
+        if not hasattr(scheduler, "lr_lambdas"):
+            raise HubtuneError(f"training.warmup_shape: quadratic reshapes a LambdaLR schedule, and this run's is "
+                               f"{type(scheduler).__name__}; use warmup_shape: linear")
+
+        def squared(factor):
+            return lambda step: factor(step) * step / warmup if step < warmup else factor(step)
+        scheduler.lr_lambdas = [squared(f) for f in scheduler.lr_lambdas]
 
 
 class StopOnSignal(TrainerCallback):

@@ -69,6 +69,20 @@ class ModelSection(Section):
         "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
     router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
         "loss to the training loss (transformers' output_router_logits).")
+    experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm"] | None = Field(
+        None, description="Mixture-of-experts bases: how transformers computes the experts (the same result); "
+        "None: transformers' default (grouped_mm where it can run).")
+    use_kernels: bool = Field(False, description="Swap layers for the kernels transformers maps them to on the "
+        "Hub (transformers' use_kernels, the `kernels` package): the same computation, faster. Hub code: "
+        "off unless you trust kernels-community.")
+    dequantize: bool = Field(False, description="A base saved quantized in a format LoRA cannot train on (MXFP4, "
+        "FP8) loads dequantized to the compute dtype (transformers' dequantize=True).")
+    tokenizer_legacy: bool | None = Field(None, description="transformers' `legacy` flag of SentencePiece-based "
+        "tokenizers (Llama, T5): how text after special tokens is split when the tokenizer is built from a "
+        "SentencePiece model; None: the tokenizer's own setting.")
+    tokenizer_backend: Literal["auto", "mistral-common"] = Field("auto", description="auto: AutoTokenizer as the base "
+        "saved it; mistral-common: Mistral's own tokenizer (tekken.json) through transformers' MistralCommonBackend "
+        "(pip install mistral-common).")
 
     @field_validator("special_tokens", "added_tokens")
     @classmethod
@@ -106,6 +120,10 @@ class LoraSection(Section):
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with "
         "the adapter, e.g. [embed_tokens, lm_head].")
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+    init_weights: Literal["default", "loftq"] = Field("default", description="default: PEFT's (B = 0, the adapter "
+        "starts as a no-op); loftq: LoftQ, an adapter that starts by cancelling the error of quantizing the base to "
+        "loftq_bits (the base then loads unquantized: model.quantization none).")
+    loftq_bits: int = Field(4, ge=2, le=8, description="With init_weights: loftq, the bits LoftQ quantizes to.")
 
     @field_validator("target_regex")
     @classmethod
@@ -117,12 +135,12 @@ class LoraSection(Section):
                 raise ValueError(f"{v!r} is not a regular expression ({err})") from None
         return v
 
-    @field_validator("target_modules")
-    @classmethod
-    def _non_empty(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("give a preset (qv, attention, all-linear) or at least one module name")
-        return v
+    @model_validator(mode="after")
+    def _something_to_adapt(self):
+        if isinstance(self.target_modules, list) and not self.target_modules and not self.target_parameters:
+            raise ValueError("target_modules: give a preset (qv, attention, all-linear) or at least one module name "
+                             "(an empty list only with target_parameters)")
+        return self
 
     def peft_target_modules(self, model_config=None) -> str | list[str]:
         """What PEFT's target_modules takes: the regular expression, the listed names, or a preset's names, which
@@ -148,6 +166,23 @@ class DataSource(Section):
                        "`datasets`: train[:20%], train[100:500], train[-10%:].")
     name: str | None = Field(None, description="Dataset config name on the Hub.")
     revision: str | None = Field(None, description="Dataset revision to pin.")
+    data_files: list[str] = Field(default_factory=list, description="Read only these files of the dataset or folder "
+        "(paths or glob patterns inside it, as load_dataset's data_files), instead of the split's files.")
+    drop_system_message: bool = Field(False, description="Drop the rows' system messages (the model learns without them).")
+
+    @field_validator("data_files", mode="before")
+    @classmethod
+    def _file_list(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("data_files")
+    @classmethod
+    def _inside_the_dataset(cls, v):
+        for pattern in v:
+            if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+                raise ValueError(f"{pattern!r}: a data file is a path inside the dataset (relative, without ..), "
+                                 f"such as data/train.jsonl or data/*.parquet")
+        return v
 
     @field_validator("path")
     @classmethod
@@ -237,6 +272,10 @@ class DataSection(Section):
                             "the rest with thinking off; on / off: every row.")
 
     _thinking = field_validator("thinking", mode="before")(lambda v: _on_off(v))
+    reasoning_field: str = Field("reasoning_content", min_length=1, description="The key of an assistant turn that "
+        "holds its reasoning in the data (e.g. thinking).")
+    template_reasoning_key: str = Field("reasoning_content", min_length=1, description="The key the chat template "
+        "reads an assistant turn's reasoning from (gpt-oss's template: thinking).")
     val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for the held-out loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
@@ -310,6 +349,9 @@ class RewardSpec(Section):
     target_chars: int | None = Field(None, ge=1, description="length: completions longer than this lose reward in proportion.")
     callable: str | None = Field(None, description="callable: module:function(prompts, completions, references) -> floats. "
                                  "Command line and local page only: never on a shared Space.")
+    signature: Literal["hubtune", "trl"] = Field("hubtune", description="callable: hubtune: called as "
+        "f(prompts, completions, references) with texts; trl: TRL's (and Axolotl's) convention, "
+        "f(prompts=..., completions=..., reference=..., **row columns), completions as TRL gives them.")
 
     @field_validator("callable")
     @classmethod
@@ -342,6 +384,11 @@ class GRPOSection(Section):
     num_generations: int = Field(4, ge=2, le=256, description="Completions sampled per prompt (the group).")
     max_completion_length: int = Field(128, ge=1, le=131072, description="Longest sampled completion, in tokens.")
     temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of the generations.")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field("dapo", description="How token losses are averaged "
+        "(TRL's loss_type): dapo over the batch's tokens, grpo per sequence, dr_grpo by a constant, bnpo per local batch.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide the advantages by the "
+        "rewards' standard deviation in each group, over the batch, or not at all.")
+    epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="Clipping range of the policy ratio.")
 
     @field_validator("rewards", mode="before")
     @classmethod
@@ -376,6 +423,8 @@ class TrainingSection(Section):
     gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step (effective batch = product).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule.")
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.", json_schema_extra={"typical": [50, 100]})
+    warmup_shape: Literal["linear", "quadratic"] = Field("linear", description="How the learning rate rises over "
+        "the warm-up: linear, or quadratic (the square of the linear rise: slower at first).")
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0,
         description="Warm-up as a share of all optimizer steps (rounded up), instead of warmup_steps; null: warmup_steps.")
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
@@ -390,10 +439,17 @@ class TrainingSection(Section):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="Recompute activations to save memory (slower); auto: only when the memory estimate needs it.")
     group_by_length: bool = Field(True, description="Sort each step's examples by length into its micro-batches: same loss, little padding.")
+    shuffle: bool = Field(True, description="Draw the examples in random order; false: in the order of the data "
+        "(a curriculum).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop when the held-out loss has not improved "
+        "for this many evaluations (needs eval_steps or evals_per_epoch); None: train the steps or epochs given.")
     kernels: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "liger", "eager"] | list[
         Literal["sdpa", "flash_attention_2", "flex_attention", "eager", "liger"]] = Field(
         "auto", description="auto: FlashAttention 2 and Liger kernels on CUDA when installed, else SDPA; liger: SDPA + "
         "Liger; a list names one attention and optionally liger, e.g. [flash_attention_2, liger].")
+    attention_kernel: str | None = Field(None, description="An attention kernel from the Hub, used instead of the "
+        "attention in kernels, e.g. kernels-community/vllm-flash-attn3 (FlashAttention 3; the `kernels` package "
+        "fetches it). Hub code: only from a repo you trust.")
     tf32: bool | Literal["auto"] = Field(False, description="TensorFloat-32 float32 matrix products (10-bit mantissa, "
         "faster); true or auto: on Ampere and newer GPUs, off elsewhere.")
     logging_steps: int = Field(10, ge=1, description="Write a metrics.jsonl line every N steps.")
@@ -407,7 +463,7 @@ class TrainingSection(Section):
     seed: int = Field(42, description="Seed for data order, adapter init and dropout (0 to 2**32 - 1).")
     backend: Literal["auto", "hf", "unsloth"] = Field(
         "auto", description="auto: Unsloth where it can run (CUDA GPU, unsloth installed), else hf (transformers + PEFT).")
-    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(default_factory=list,
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio", "swanlab"]] = Field(default_factory=list,
         description="Experiment trackers to log to, through transformers' integrations; [] or none: no tracker.")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
         "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
@@ -418,6 +474,8 @@ class TrainingSection(Section):
                             "match on a held-out slice whose regression-set verdict passes (each save is scored).")
     select_examples: int = Field(32, ge=1, le=10_000,
                                  description="With select: task, held-out examples each checkpoint is scored on.")
+    desirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the desirable completions' loss.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="kto: weight of the undesirable completions' loss.")
 
     @field_validator("kernels")
     @classmethod
@@ -433,6 +491,13 @@ class TrainingSection(Section):
             return None
         chosen = self.kernels if isinstance(self.kernels, list) else [self.kernels]
         return next((k for k in chosen if k != "liger"), "sdpa"), "liger" in chosen
+
+    @field_validator("attention_kernel")
+    @classmethod
+    def _kernel_repo(cls, v):
+        if v is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?(:[\w.-]+)?", v):
+            raise ValueError(f"{v!r} is not a Hub kernel repo: give OWNER/NAME, e.g. kernels-community/vllm-flash-attn3")
+        return v
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -539,6 +604,16 @@ class RunConfig(Section):
     licence: LicenceSection = Field(default_factory=LicenceSection)
     output: OutputSection = Field(default_factory=OutputSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _sixteen_bit_base(self):
+        """LoftQ and a dequantized base both start from a 16-bit base."""
+        if self.model.quantization != "none":
+            for wanted, on in (("lora.init_weights: loftq (LoftQ quantizes the base itself)", self.lora.init_weights == "loftq"),
+                               ("model.dequantize (the base loads dequantized to 16 bits)", self.model.dequantize)):
+                if on:
+                    raise ValueError(f"{wanted} needs model.quantization: none, not {self.model.quantization}")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

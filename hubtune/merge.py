@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from hubtune.errors import HubtuneError
@@ -20,6 +21,7 @@ from hubtune.runs import RunFolder
 
 log = logging.getLogger("hubtune")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+RESULT = "merge.json"  # in the run folder: the last merge, where it went and how far it moved the logits
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ def merge(run_dir: str | Path, out: str | Path, dtype: str = "auto") -> MergeRes
                      if difference["max"] is not None else "") + "\n"
                   + "".join(f"\n> **Warning:** {w}\n" for w in warnings))
     card.save(out / "README.md")
+    run.write_json(RESULT, {"folder": str(out.resolve()), "dtype": saved_dtype, "base": f"{s.base_model}{at}",
+                            "max_logit_difference": difference["max"], "logit_prompts": difference["prompts"],
+                            "warnings": warnings, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return MergeResult(out, saved_dtype, f"{s.base_model}{at}", warnings, difference["max"])
 
 

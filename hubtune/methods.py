@@ -83,7 +83,8 @@ def method_args(config: cfg.RunConfig, common: dict, sft_args):
     if method == "kto":
         from trl import KTOConfig
 
-        return KTOConfig(**common, beta=t.method_beta(), max_length=config.data.max_seq_len)
+        return KTOConfig(**common, beta=t.method_beta(), max_length=config.data.max_seq_len,
+                         desirable_weight=t.desirable_weight, undesirable_weight=t.undesirable_weight)
     from trl import GRPOConfig
 
     g = t.grpo
@@ -93,6 +94,7 @@ def method_args(config: cfg.RunConfig, common: dict, sft_args):
     common["include_num_input_tokens_seen"] = "no"  # GRPO's batches are sampled, not read: nothing to count
     return GRPOConfig(**common, beta=t.method_beta(), num_generations=g.num_generations,
                       max_completion_length=g.max_completion_length, temperature=g.temperature,
+                      loss_type=g.loss_type, scale_rewards=g.scale_rewards, epsilon=g.epsilon,
                       reward_weights=[r.weight for r in g.rewards])
 
 
@@ -155,7 +157,9 @@ def settings_record(config: cfg.RunConfig) -> dict:
     if t.method == "grpo":
         record |= {"rewards": [{"name": r.label, "weight": r.weight} for r in t.grpo.rewards],
                    "num_generations": t.grpo.num_generations, "max_completion_length": t.grpo.max_completion_length,
-                   "temperature": t.grpo.temperature}
+                   "temperature": t.grpo.temperature, "loss_type": t.grpo.loss_type}
+    if t.method == "kto" and (t.desirable_weight, t.undesirable_weight) != (1.0, 1.0):
+        record |= {"desirable_weight": t.desirable_weight, "undesirable_weight": t.undesirable_weight}
     if config.lora.init_from:
         record["init_from"] = config.lora.init_from
     return record

@@ -116,6 +116,7 @@ class RunFolder:
     DATA_REPORT = "data_report.json"
     INITIAL_EVAL = "initial_eval.json"
     STOP_REQUEST = "stop_requested"  # written by the page's Stop just before its signal
+    JUDGE_CACHE = "eval_cache/judge.jsonl"  # the judge's replies, by judge and prompt (eval, data pairs)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

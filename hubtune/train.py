@@ -157,6 +157,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
                                                   f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
+    hub_kernels_needed(config.model, config.training)
+    loftq_device(config.lora, hw.device)
     backend = backends.select(config.training.backend, hw, config.model)
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
@@ -165,7 +167,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     from transformers import AutoConfig, AutoTokenizer
 
     from hubtune import advice, compat, data, families, hub, licence, memory, methods
-    from hubtune.callbacks import HubCheckpoints, MetricsFile, StopOnSignal
+    from hubtune.callbacks import HubCheckpoints, MetricsFile, QuadraticWarmup, StopOnSignal
     from hubtune.data.pipeline import require_held_out
 
     distributed.start(cpu)
@@ -188,7 +190,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         base = hub.resolve_model(config.model)
 
         # 2. Tokenizer and data: fail on bad data before paying for the model.
-        tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=config.model.trust_remote_code)
+        tokenizer = load_tokenizer(base.path, config.model)
         new_tokens = add_tokens(tokenizer, config.model)
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
@@ -244,7 +246,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     trainer = methods.build_trainer(
         config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
         callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
-                   *([mirror] if mirror else []), *([selection] if selection else []), *trackers, *callbacks],
+                   *([mirror] if mirror else []), *([selection] if selection else []), *trackers,
+                   *early_stopping(config, prepared.eval is not None),
+                   *([QuadraticWarmup()] if config.training.warmup_shape == "quadratic" else []), *callbacks],
         rewards=rewards,
     )
     _quiet_trainer(trainer)
@@ -294,6 +298,21 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def early_stopping(config: cfg.RunConfig, has_eval: bool) -> list[TrainerCallback]:
+    """transformers' EarlyStoppingCallback for training.early_stopping_patience (the held-out loss must improve
+    within that many evaluations); a ConfigError when the run evaluates nothing during training."""
+    t = config.training
+    if not t.early_stopping_patience:
+        return []
+    if not has_eval or t.evals_per_epoch == 0:
+        raise ConfigError([("training.early_stopping_patience", "stops on the held-out loss, and this run evaluates "
+                                                                "none during training: set data.val_set_size above 0 "
+                                                                "and eval_steps or evals_per_epoch")])
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)]
 
 
 def checkpoint_selection(run: RunFolder, config: cfg.RunConfig, held_out, tokenizer, resume_step: int):
@@ -399,6 +418,61 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
             f"(all-linear, attention, qv), which names this architecture's own modules")
 
 
+def load_tokenizer(path: str, model: cfg.ModelSection):
+    """The base's tokenizer through AutoTokenizer; tokenizer_backend mistral-common: Mistral's own (tekken.json)
+    through transformers' MistralCommonBackend, which needs the mistral-common package."""
+    from transformers import AutoTokenizer
+
+    if model.tokenizer_backend == "mistral-common":
+        if importlib.util.find_spec("mistral_common") is None:
+            raise ConfigError([("model.tokenizer_backend", "mistral-common is not installed: pip install mistral-common "
+                                                           "(it needs numpy < 2.4 on Python 3.12 and older), or use auto")])
+        try:
+            return AutoTokenizer.from_pretrained(path, mistral_format=True)
+        except OSError as err:
+            raise ConfigError([("model.tokenizer_backend", f"mistral-common reads tekken.json, and {path} has none "
+                                                           f"({err}); use auto")]) from None
+    legacy = {} if model.tokenizer_legacy is None else {"legacy": model.tokenizer_legacy}
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code, **legacy)
+
+
+def hub_kernels_needed(model: cfg.ModelSection, training: cfg.TrainingSection) -> None:
+    """use_kernels and a Hub attention kernel run code from the Hub through the `kernels` package: a
+    ConfigError when it is missing."""
+    wanted = [name for name, on in (("model.use_kernels", model.use_kernels),
+                                    ("training.attention_kernel", training.attention_kernel)) if on]
+    if wanted and importlib.util.find_spec("kernels") is None:
+        raise ConfigError([(name, "fetches kernels from the Hub through the kernels package: pip install kernels")
+                           for name in wanted])
+
+
+def loftq_device(lora: cfg.LoraSection, device: str) -> None:
+    """PEFT computes LoftQ's starting adapter on a CUDA (or XPU) device: a ConfigError elsewhere, before any
+    download."""
+    if lora.init_weights == "loftq" and device != "cuda":
+        raise ConfigError([("lora.init_weights", f"loftq: PEFT computes LoftQ's starting adapter on a CUDA GPU, and "
+                                                 f"this run is on {device}; use default here")])
+
+
+def dequantized(path: str):
+    """The saved quantization config of a base (MXFP4, FP8, ...) set to dequantize on load, as transformers
+    takes it; a ConfigError when the base is not saved quantized or its format cannot be dequantized."""
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    from hubtune.interop import prequantized
+
+    saved = prequantized.quantization_config(path)
+    if saved is None:
+        raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
+                                                f"quantization_config); leave dequantize out")])
+    config = AutoQuantizationConfig.from_dict(saved)
+    if not hasattr(config, "dequantize"):
+        raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
+                                                f"by transformers; leave dequantize out (they load as saved)")])
+    config.dequantize = True
+    return config
+
+
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
               for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False,
               attention: str | None = None):
@@ -422,12 +496,19 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         kwargs["output_router_logits"] = True  # the model's forward then adds the load-balancing loss
     if attention:
         kwargs["attn_implementation"] = attention
+    if model.experts_implementation:
+        kwargs["experts_implementation"] = model.experts_implementation
+    if model.use_kernels:
+        kwargs["use_kernels"] = True  # transformers swaps the layers it maps to Hub kernels (the kernels package)
+    if model.dequantize:
+        kwargs["quantization_config"] = dequantized(path)
+        saved_quantized = False  # it loads as a 16-bit base
     if model.quantization == "int8" and sharded:
         raise ConfigError([("model.quantization", "int8 bases cannot be sharded by FSDP or ZeRO-3; use nf4 (4 bits) "
                                                   "or training.distributed: ddp")])
-    if model.quantization == "int8" and not saved_quantized:
+    if model.quantization == "int8" and not saved_quantized and not model.dequantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    elif model.quantization != "none" and not saved_quantized:
+    elif model.quantization != "none" and not saved_quantized and not model.dequantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=model.quantization,
@@ -552,7 +633,8 @@ def fit_vocabulary(base, adapter: Path) -> None:
 
 
 TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
+                    "swanlab": "swanlab"}
 
 
 def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback]:
@@ -580,7 +662,12 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
 
     names, tied = vocabulary or ([], False)
     save = list(dict.fromkeys([*lora.modules_to_save, *names]))
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    init = {}
+    if lora.init_weights == "loftq":
+        from peft import LoftQConfig
+
+        init = dict(init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=lora.loftq_bits))
+    return LoraConfig(**init, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
@@ -651,6 +738,8 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=N
         liger = cuda and find_spec("liger_kernel") is not None
     else:
         attention, liger = t.kernel_choice()
+    if t.attention_kernel:
+        attention = t.attention_kernel  # a Hub kernel repo, which transformers loads through the kernels package
     if d.padding_free == "auto":
         padding_free = attention == "flash_attention_2" and not d.truncate
     elif d.padding_free and d.truncate and not d.packing:
@@ -676,7 +765,13 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
     save_strategy, save_steps = _cadence(t.saves_per_epoch, t.save_steps, t.epochs)
     if has_eval and t.select != "last":
         eval_strategy, eval_steps = save_strategy, save_steps  # every checkpoint chosen among needs its held-out loss
-    return dict(
+    stopping = {}
+    if t.early_stopping_patience and has_eval:
+        # transformers' EarlyStoppingCallback watches the held-out loss; the best checkpoint is loaded at the end
+        # where every evaluation has a checkpoint to go back to (save cadence a multiple of the eval cadence).
+        aligned = _saves_at_evals(eval_strategy, eval_steps, save_strategy, save_steps)
+        stopping = dict(metric_for_best_model="eval_loss", greater_is_better=False, load_best_model_at_end=aligned)
+    return dict(**stopping,
         output_dir=str(path / "checkpoints"),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -731,7 +826,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
         # would instead make whole steps of short or long examples, which reweights them).
-        train_sampling_strategy=("batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
+        train_sampling_strategy=("sequential" if not t.shuffle else
+                                 "batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
                                  and not config.data.packing else "random"),
         completion_only_loss=True,  # the prompt is context, not something to learn
     )
@@ -742,6 +838,18 @@ def _tf32_capable(hw: Hardware) -> bool:
     import torch
 
     return hw.device == "cuda" and torch.cuda.get_device_capability()[0] >= 8
+
+
+def _saves_at_evals(eval_strategy: str, eval_steps, save_strategy: str, save_steps) -> bool:
+    """Whether every checkpoint falls on an evaluation (what load_best_model_at_end needs, checked as
+    transformers checks it: whole steps or shares of all steps, not a mix)."""
+    if eval_strategy != save_strategy or eval_strategy == "no":
+        return False
+    if eval_strategy == "epoch":
+        return True
+    if (eval_steps < 1) != (save_steps < 1):
+        return False
+    return round(save_steps * 1_000_000) % round(eval_steps * 1_000_000) == 0
 
 
 def _cadence(per_epoch: int | None, steps: int | None, epochs: float) -> tuple[str, float | int | None]:

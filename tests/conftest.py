@@ -37,6 +37,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # ---- the loopback Hub -------------------------------------------------------------------------
 HUB_USER, HUB_TOKEN = "alice", "hf_alice_loopback_token_0123456789"
 HUB_OTHER_USER, HUB_OTHER_TOKEN = "bob", "hf_bob_loopback_token_9876543210"
@@ -58,7 +67,7 @@ def hub_server():
 def hub(hub_server, tmp_path_factory, monkeypatch):
     """The loopback Hub, with the real huggingface_hub client pointed at it for one test:
     HF_ENDPOINT, a fresh cache, no token (use `hub_token` for one), Xet off, online."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, hf_api
 
     cache = tmp_path_factory.mktemp("hf-home")
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
@@ -75,6 +84,9 @@ def hub(hub_server, tmp_path_factory, monkeypatch):
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(cache / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # The module's functions (huggingface_hub.file_exists, which peft calls, ...) are methods of one HfApi made
+    # at import, which read the endpoint then.
+    monkeypatch.setattr(hf_api.api, "endpoint", hub_server.url)
     return hub_server
 
 
@@ -92,12 +104,13 @@ def fault_proxy(hub_server):
 def faulty_hub(hub, fault_proxy, monkeypatch):
     """The loopback Hub reached through the fault proxy, with no faults yet (add them with
     `fault_proxy.fault(...)`), one-second timeouts and two quick retries."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, hf_api
 
     fault_proxy.clear()
     fault_proxy.seen.clear()
     monkeypatch.setenv("HF_ENDPOINT", fault_proxy.url)
     monkeypatch.setattr(constants, "ENDPOINT", fault_proxy.url)
+    monkeypatch.setattr(hf_api.api, "endpoint", fault_proxy.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         fault_proxy.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)

@@ -1,8 +1,9 @@
 """Axolotl's own example configs (tests/data/axolotl_examples, copied with their licence and source
-commit), converted as written: every supervised LoRA / QLoRA example converts unless it asks for
-something hubtune cannot honour (each listed in CANNOT_HONOUR with why), and what decides the training
-matches what Axolotl would train, its schema's defaults filled in. Pure parsing: nothing is downloaded
-or trained. The counts by family are printed (pytest -s) and are the ones docs/interop.md gives."""
+commit), converted as written: every supervised LoRA / QLoRA example and every DPO / ORPO / KTO / GRPO
+one on an adapter converts unless it asks for something hubtune cannot honour (each listed in
+CANNOT_HONOUR with why), and what decides the training matches what Axolotl would train, its schema's
+defaults filled in. Pure parsing: nothing is downloaded or trained. The counts by family are printed
+(pytest -s) and are the ones docs/interop.md gives."""
 
 from __future__ import annotations
 
@@ -35,42 +36,45 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # Keys that stop a supervised LoRA / QLoRA example from converting, by what hubtune lacks. A key
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
-    "mixture-of-experts kernels, quantized experts and expert parallelism": {
-        "quantize_moe_experts", "use_scattermoe", "use_sonicmoe", "experts_implementation", "use_kernels",
-        "plugins", "expert_parallel_size", "expert_parallel_num_nvl_bytes", "expert_parallel_token_capacity",
-        "lora_target_parameters", "llama4_linearized_experts", "use_dsv4_kernels",
-        "use_glm_dsa_kernels"},
-    "FP4 (NVFP4 / MXFP4), GPTQ and quantization-aware bases": {
-        "dsv4_fp4_grouped_mode", "nvfp4_merge_aware", "model_quantization_config",
-        "model_quantization_config_kwargs", "gptq", "gptq_disable_exllama"},
-    "attention and kernels transformers does not offer": {
-        "attn_implementation", "flex_attn_compile_kwargs"},
-    "vision-language model classes": {"model_type"},
-    "the mistral-common tokenizer": {"tokenizer_use_mistral_common", "tokenizer_legacy"},
-    "context parallelism": {"context_parallel_size", "context_parapllel_size"},
-    "other trainers and schedules (ReLoRA, LoftQ, Ray, early stopping, curricula, quadratic warm-up)": {
-        "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps", "jagged_restart_warmup_steps",
-        "jagged_restart_anneal_steps", "peft", "use_ray", "ray_num_workers", "early_stopping_patience",
-        "sample_packing_sequentially", "curriculum_sampling", "test_value", "lr_quadratic_warmup",
-        "eval_causal_lm_metrics", "do_causal_lm_eval", "use_swanlab"},
-    "training chosen base weights in full": {"unfrozen_parameters"},
-    "dataset settings (data_files, dropped system messages, reasoning fields)": {
-        "datasets[0].data_files", "datasets[0].drop_system_message", "datasets[0].field_thinking",
-        "datasets[0].template_thinking_key"},
+    # bitsandbytes quantizes stacked expert weights through a torch parametrization, and PEFT 0.21's LoRA on
+    # those weights (target_parameters) does not stack on it: it leaves a parametrization behind every step.
+    "quantized mixture-of-experts weights under LoRA (quantize_moe_experts)": {"quantize_moe_experts"},
+    # Experts placed on different GPUs with tokens sent to them: not a DDP / FSDP / ZeRO launch.
+    "expert parallelism": {"expert_parallel_size", "expert_parallel_num_nvl_bytes",
+                           "expert_parallel_token_capacity", "plugins"},
+    # PEFT has no LoRA layer for NVFP4 weights; Axolotl trains them with kernels of its own.
+    "NVFP4 bases": {"dsv4_fp4_grouped_mode", "nvfp4_merge_aware"},
+    # Llama 4 through its vision-language class, as a base re-saved with one linear layer per expert.
+    "Axolotl's re-saved Llama 4 (vision-language class, linearised experts)": {"model_type",
+                                                                             "llama4_linearized_experts"},
+    # The product would be base weights trained in full (unfrozen_parameters) or a merged model (ReLoRA).
+    "base weights trained in full or merged (unfrozen_parameters, ReLoRA)": {
+        "unfrozen_parameters", "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
+        "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
+    # One sequence split over several GPUs: not a DDP / FSDP / ZeRO launch.
+    "context parallelism": {"context_parallel_size"},
+    # TRL packs best-fit (bfd) or cuts at the sequence length (wrapped), not in the data's order.
+    "packing in the data's order": {"sample_packing_sequentially"},
 }
 LIMITS = {key: why for why, keys in CANNOT_HONOUR.items() for key in keys}
+
+
+SUPERVISED, PREFERENCE = "supervised LoRA / QLoRA", "DPO / ORPO / KTO / GRPO on LoRA / QLoRA"
+OTHER_RL = "reward models and other RL methods (EBFT, GDPO)"
+CONVERTING = (SUPERVISED, PREFERENCE)  # the families whose every example converts but for CANNOT_HONOUR
 
 
 def family(data) -> str:
     if not isinstance(data, dict) or "base_model" not in data:
         return "not a training config"
-    if data.get("rl") or data.get("reward_model") or data.get("process_reward_model"):
-        return "preference / reward training"
+    rl = str(data.get("rl") or "").lower()
+    if rl and rl not in axolotl.RL_METHODS or data.get("reward_model") or data.get("process_reward_model"):
+        return OTHER_RL
     if data.get("processor_type"):
         return "vision / audio models"
     if data.get("adapter") not in ("lora", "qlora"):
         return "full fine-tuning"
-    return "supervised LoRA / QLoRA"
+    return PREFERENCE if rl else SUPERVISED
 
 
 def load_all() -> list[tuple[str, object]]:
@@ -110,23 +114,24 @@ def test_counts_by_family(results):
     reasons = collections.Counter()
     for name, kind, _, config, refused in results:
         counts[kind]["converted" if config else "refused"] += 1
-        if kind == "supervised LoRA / QLoRA" and refused:
+        if kind in CONVERTING and refused:
             reasons.update({LIMITS.get(key, key) for key, _ in refused})
     print("\nAxolotl's example configs, converted / refused, by family:")
     for kind, c in sorted(counts.items()):
         print(f"  {kind}: {c['converted']} converted, {c['refused']} refused")
-    print("supervised LoRA / QLoRA examples refused, by what they ask for (one example can ask for several):")
+    print("LoRA / QLoRA examples refused, by what they ask for (one example can ask for several):")
     for why, n in reasons.most_common():
         print(f"  {n:3d}  {why}")
-    sft = counts["supervised LoRA / QLoRA"]
-    assert sft["converted"] + sft["refused"] == 137 and sft["converted"] >= 84
-    for kind in ("preference / reward training", "vision / audio models", "full fine-tuning", "not a training config"):
+    sft, rl = counts[SUPERVISED], counts[PREFERENCE]
+    assert sft["converted"] + sft["refused"] == 137 and sft["converted"] >= 105
+    assert (rl["converted"], rl["refused"]) == (7, 0)
+    for kind in (OTHER_RL, "vision / audio models", "full fine-tuning", "not a training config"):
         assert counts[kind]["converted"] == 0, kind
 
 
 def test_supervised_examples_are_refused_only_for_what_hubtune_cannot_honour(results):
     wrong = {name: [k for k, _ in refused if k not in LIMITS]
-             for name, kind, _, _, refused in results if kind == "supervised LoRA / QLoRA" and refused}
+             for name, kind, _, _, refused in results if kind in CONVERTING and refused}
     assert not {name: keys for name, keys in wrong.items() if keys}
 
 
@@ -143,15 +148,21 @@ def test_every_refusal_names_the_value_and_the_reason_in_full(results):
                 assert repr(value) in why or str(value) in why, (name, key, why)
 
 
-def test_preference_and_reward_configs_are_refused_by_name(results):
+def test_reward_models_and_other_rl_methods_are_refused_by_name(results):
+    seen = 0
     for name, kind, data, _, refused in results:
-        if kind != "preference / reward training":
+        if kind != OTHER_RL:
             continue
+        seen += 1
         keys = dict(refused)
         if data.get("rl"):
-            assert str(data["rl"]) in keys["rl"] and "not converted from Axolotl configs" in keys["rl"], name
+            assert str(data["rl"]) in keys["rl"] and "not trained by hubtune" in keys["rl"], name
+        for flag in ("reward_model", "process_reward_model"):
+            if data.get(flag):
+                assert "reward-model training" in keys[flag], name
         if data.get("datasets"):
             assert "datasets" in keys and "none of them is data hubtune can read" in keys["datasets"], name
+    assert seen == 14
 
 
 def expected(data: dict) -> dict:
@@ -161,9 +172,12 @@ def expected(data: dict) -> dict:
     modules = data.get("lora_target_modules")
     targets = ("all-linear" if data.get("lora_target_linear") else
                [modules] if isinstance(modules, str) and modules.isidentifier() else
-               modules if isinstance(modules, list) else "all-linear")
+               modules if isinstance(modules, list) else
+               [] if data.get("lora_target_parameters") and not modules else "all-linear")  # the parameters only
     regex = modules if isinstance(modules, str) and not modules.isidentifier() and not data.get("lora_target_linear") else None
-    sources = [(d["path"], d.get("split", "train"), TYPE_FORMAT.get(d["type"], "chat")) for d in data["datasets"]]
+    rl = str(data.get("rl") or "").lower()
+    pairs = {"dpo": "preference", "orpo": "preference", "kto": "kto"}.get(rl)
+    sources = [(d["path"], d.get("split", "train"), pairs or TYPE_FORMAT.get(d["type"], "chat")) for d in data["datasets"]]
     steps, ratio = data.get("warmup_steps"), data.get("warmup_ratio")
     warmup = (("ratio", steps) if isinstance(steps, float) and steps < 1 else ("steps", steps) if steps is not None
               else ("ratio", ratio) if ratio is not None else ("ratio", SCHEMA["warmup_ratio"]))
@@ -185,6 +199,8 @@ def expected(data: dict) -> dict:
         "accumulation": data.get("gradient_accumulation_steps") or (data["batch_size"] // get("micro_batch_size")
                                                                    if data.get("batch_size") else 1),
         "learning_rate": float(data["learning_rate"]), "schedule": get("lr_scheduler"), "warmup": warmup,
+        # Axolotl squares the warm-up of its cosine schedule when lr_quadratic_warmup is set (its scheduler mixin).
+        "warmup_shape": "quadratic" if data.get("lr_quadratic_warmup") and get("lr_scheduler") == "cosine" else "linear",
         "optimizer": SAME_OPTIMIZER[get("optimizer")], "weight_decay": get("weight_decay"),
         "max_grad_norm": get("max_grad_norm"), "checkpointing": checkpointing, "saves": saves,
         "save_total_limit": get("save_total_limit"), "precision": precision, "tf32": get("tf32"), "seed": get("seed"),
@@ -203,6 +219,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "batch": t.micro_batch_size, "accumulation": t.gradient_accumulation_steps,
         "learning_rate": t.learning_rate, "schedule": t.lr_scheduler,
         "warmup": ("ratio", t.warmup_ratio) if t.warmup_ratio is not None else ("steps", t.warmup_steps),
+        "warmup_shape": t.warmup_shape,
         "optimizer": t.optimizer, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
         "checkpointing": t.gradient_checkpointing,
         "saves": ("per epoch", t.saves_per_epoch) if t.saves_per_epoch else ("steps", t.save_steps),
@@ -210,8 +227,54 @@ def trained(c: cfg.RunConfig) -> dict:
     }
 
 
+# What Axolotl's preference types read (src/axolotl/prompt_strategies/{dpo,kto,orpo}/): the prompt column, or
+# None where chosen and rejected hold whole conversations whose shared turns are the prompt.
+PROMPT_COLUMN = {"intel": "question", "icr": "input", "prompt_pairs": "prompt", "argilla": "instruction",
+                 "ultra": "prompt", "argilla_chat": None}
+
+
+def expected_method(data: dict) -> dict:
+    """The method settings Axolotl trains with: rl, beta (trl.beta, else rl_beta, else orpo_alpha), KTO's
+    weights (1.0 unset), GRPO's trl block, and per dataset the columns and the template it renders with."""
+    rl = str(data.get("rl") or "sft").lower()
+    trl = data.get("trl") or {}
+    beta = next((b for b in (trl.get("beta"), data.get("rl_beta"), data.get("orpo_alpha")) if b is not None), None)
+    out = {"method": rl, "beta": beta}
+    if rl == "kto":
+        out["weights"] = (data.get("kto_desirable_weight") or 1.0, data.get("kto_undesirable_weight") or 1.0)
+    if rl not in ("dpo", "orpo", "kto"):
+        return out
+    out["template"] = data.get("chat_template") or "tokenizer_default"
+    columns = []
+    for d in data["datasets"]:
+        prefix, _, suffix = d["type"].partition(".")
+        if prefix in ("chatml", "llama3"):
+            out["template"] = prefix  # these types write the template's markers themselves
+            prompt = PROMPT_COLUMN[suffix]
+            columns.append({"prompt": prompt} if prompt not in (None, "prompt") else {})
+        elif d["type"] == "chat_template.default":
+            named = {"prompt": d.get("field_messages", "messages"), "chosen": d.get("field_chosen", "chosen"),
+                     "rejected": d.get("field_rejected", "rejected")}
+            columns.append({k: v for k, v in named.items() if k != v})
+        else:
+            columns.append({})
+    out["columns"] = columns[0] if columns and all(c == columns[0] for c in columns) else columns
+    return out
+
+
+def trained_method(c: cfg.RunConfig) -> dict:
+    t = c.training
+    out = {"method": t.method, "beta": t.beta}
+    if t.method == "kto":
+        out["weights"] = (t.desirable_weight, t.undesirable_weight)
+    if t.method in ("dpo", "orpo", "kto"):
+        out |= {"template": "tokenizer_default" if c.data.chat_template == "auto" else c.data.chat_template,
+                "columns": c.data.columns}
+    return out
+
+
 def converted_examples():
-    return [(name, data) for name, data in load_all() if family(data) == "supervised LoRA / QLoRA"
+    return [(name, data) for name, data in load_all() if family(data) in CONVERTING
             and convert(data)[0] is not None]
 
 
@@ -219,10 +282,11 @@ def converted_examples():
 def test_a_converted_example_trains_what_axolotl_would(name, data):
     config, _ = convert(data)
     assert trained(config) == expected(data)
+    assert trained_method(config) == expected_method(data)
     # Axolotl runs none of hubtune's own data filters, so neither does the converted run.
     assert (config.data.near_dup_threshold, config.data.min_response_tokens) == (None, 0)
     assert config.data.dedup_exact == bool(data.get("dataset_exact_deduplication"))
     # And the round trip is exact: hubtune -> Axolotl -> hubtune.
     formats = [{"chat": config.data.format}.get(TYPE_FORMAT.get(d["type"], "chat"), TYPE_FORMAT.get(d["type"]))
-               for d in data["datasets"]]
+               for d in data["datasets"]] if config.training.method == "sft" else [config.data.format] * len(data["datasets"])
     assert axolotl.from_axolotl(axolotl.to_axolotl(config, formats)).run_config() == config

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from hubtune.config import resolve_builtin
 from hubtune.evaluation.cache import AnswerCache
 from hubtune.evaluation.intervals import bootstrap_mean, wilson
@@ -201,12 +202,6 @@ def test_local_transformers_model_as_judge(tmp_path):
     assert result["pairwise"]["unparsable"] == 2 and len(AnswerCache(tmp_path / "j.jsonl").entries) == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("transformers", path=str(Path(sys.executable).parent)) is None
                     and shutil.which("transformers") is None,
                     reason="`transformers serve` needs the transformers[serving] extra (pip install 'hubtune[dev]')")
@@ -214,7 +209,7 @@ def _free_port() -> int:
 def test_transformers_serve_as_an_openai_compatible_judge(tmp_path):
     model = resolve_builtin("hubtune:tiny-llama")
     exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

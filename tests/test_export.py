@@ -204,3 +204,37 @@ def test_export_runs_in_llama_cpp_like_the_adapter_and_pushes_with_its_table(tra
     assert (card.data.base_model, card.data.base_model_relation) == ("alice/tiny-invoices", "quantized")
     assert "gguf" in card.data.tags and parity_markdown(result).splitlines()[2] in card.text
     assert "vllm serve" in card.text
+
+
+def test_adapter_only_export_applies_the_lora_gguf_over_the_base_in_llama_cpp(trained_run, llama_cpp, tmp_path):
+    """`--adapter-only`: convert_lora_to_gguf writes the adapter alone, the base goes to f16 unmerged, and
+    llama.cpp (lora_path) answers like the adapter, where the base alone does not."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    import hubtune
+    from hubtune.export import export
+    from hubtune.export import parity as checks
+
+    shutil.copytree(trained_run[0].path, tmp_path / "run", ignore=shutil.ignore_patterns(".lock", "export*"))
+    run = hubtune.RunFolder(tmp_path / "run")
+    out = tmp_path / "export"
+    result = export(run.path, out=out, quants=["f16"], adapter_only=True, limit=8)
+    assert "merge" not in result and result["adapter_only"]
+    lora, base = out / result["lora"]["file"], out / result["files"]["f16"]["file"]
+    assert lora.name == "run-lora-f16.gguf"
+    reader = gguf.GGUFReader(str(lora))
+    assert reader.get_field("general.type").contents() == "adapter"
+    assert reader.get_field("adapter.type").contents() == "lora"
+    assert gguf.GGUFReader(str(base)).get_field("general.type").contents() != "adapter"
+    modelfile = (out / "Modelfile").read_text()
+    assert f"FROM ./{base.name}" in modelfile and f"ADAPTER ./{lora.name}" in modelfile
+
+    row = result["parity"]["files"]["f16"]
+    assert row["tokens_identical"] == 8 and row["verdict"] == "pass", row
+    # The adapter is what makes llama.cpp answer like the run: the base GGUF alone agrees with it less.
+    prompts, _, _ = checks.test_prompts(run, 8)
+    adapter = checks.adapter_generations(run, prompts)
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter)
+    alone = checks.gguf_generations(base, tokenizer, prompts, run.config.eval.max_new_tokens)
+    assert checks.agreement(alone.answers, adapter.answers) < row["agreement"]

@@ -222,9 +222,9 @@ def test_the_readmes_convert_and_export_commands(workdir, capsys):
 
 
 def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full(tmp_path, capsys):
-    path = write_guide(tmp_path, unfrozen_parameters=["^lm_head.*"], s2_attention=True, early_stopping_patience=3,
+    path = write_guide(tmp_path, unfrozen_parameters=["^lm_head.*"], s2_attention=True, relora=True,
                        special_tokens={"pad_token": "<|end_of_text|>", "sep_token": "<sep>"}, lora_model_dir=None,
-                       plugins=["axolotl.integrations.kernels.KernelsPlugin"])
+                       plugins=["axolotl.integrations.expert_parallel.ExpertParallelPlugin"])
     data = yaml.safe_load(path.read_text())
     data["datasets"].append({"path": "org/oasst", "type": "oasst"})
     path.write_text(yaml.safe_dump(data))
@@ -232,11 +232,12 @@ def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full
     assert main(["train", str(path), "training.max_steps=1"]) == 2
     err = capsys.readouterr().err
     assert "6 Axolotl keys hubtune cannot honour" in err
-    for key in ("unfrozen_parameters", "s2_attention", "early_stopping_patience", "special_tokens.sep_token",
+    for key in ("unfrozen_parameters", "s2_attention", "relora", "special_tokens.sep_token",
                 "plugins", "datasets[1].type"):
         assert f"  {key}: " in err, (key, err)
-    assert "unfrozen_parameters: [^lm_head.*]: training chosen base weights" in err
-    assert "special_tokens.sep_token: '<sep>'" in err and "axolotl.integrations.kernels.KernelsPlugin: kernels" in err
+    assert "unfrozen_parameters: [^lm_head.*]: trains these base weights in full" in err
+    assert "special_tokens.sep_token: '<sep>'" in err
+    assert "axolotl.integrations.expert_parallel.ExpertParallelPlugin: an Axolotl plugin" in err
     assert "'oasst': hubtune reads the types alpaca" in err and "..." not in err
     assert "--ignore-unsupported" in err
     assert not (tmp_path / "run").exists()  # nothing started
@@ -333,7 +334,7 @@ def test_what_axolotl_cannot_express_is_an_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("datasets,extra,named", [
-    ([{"path": "org/prefs", "type": "chatml.intel"}, {"path": "org/kto", "type": "llama3.argilla"}], {"rl": "dpo"},
+    ([{"path": "org/prefs", "type": "chatml.intel"}, {"path": "org/kto", "type": "llama3.argilla"}], {"rl": "simpo"},
      ["org/prefs (type chatml.intel)", "org/kto (type llama3.argilla)"]),
     (None, {"pretraining_dataset": [{"path": "org/web", "type": "pretrain"}]}, ["pretraining_dataset"]),
 ])

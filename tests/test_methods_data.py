@@ -263,6 +263,57 @@ def test_an_evaluated_runs_answers_become_a_preference_set(tmp_path, tokenizer, 
     assert "evaluate the run first (`hubtune eval" in capsys.readouterr().err
 
 
+def test_judge_scored_pairs_go_through_the_judge_client_with_its_own_key(tmp_path, monkeypatch, capsys):
+    """`data pairs RUN --judge URL`: each answer graded on the rubric by a (loopback) judge; the best and the
+    worst graded answers of a prompt make the pair; the judge gets its own key, never the Hub token."""
+    from hubtune.cli import main
+    from hubtune.runs import RunFolder
+
+    def grades(messages):
+        answer = messages[-1]["content"].split("[Answer to grade]")[1]
+        if "unreadable" in answer:
+            return "I cannot decide."
+        return "Fine.\nHelpfulness: 5, Accuracy: 5, Format: 4" if "$" in answer else "Helpfulness: 2, Accuracy: 1, Format: 3"
+
+    run = RunFolder.create(tmp_path / "run", cfg.build({"eval": {"judge_retries": 0}})).path  # as trained
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "List the products."}]
+    write_jsonl(run / "eval_answers.jsonl", [  # token F1 ties both prompts; the judge does not
+        {"prompt": prompt, "reference": "Lamp: $2", "answers": {"tuned": "Lamp: $2", "base": "Lamp: 2"},
+         "exact_match": {"tuned": 1.0, "base": 0.0}, "token_f1": {"tuned": 1.0, "base": 1.0}},
+        {"prompt": prompt, "reference": "Desk: $9", "answers": {"tuned": "Desk $9", "base": "unreadable Desk"},
+         "exact_match": {"tuned": 0.0, "base": 0.0}, "token_f1": {"tuned": 0.5, "base": 0.5}}])
+    monkeypatch.setenv("HF_TOKEN", "hf_never_sent_to_the_judge")
+    monkeypatch.setenv("HUBTUNE_JUDGE_API_KEY", "judge-key")
+    server = ScriptedJudge(grades).start()
+    out = tmp_path / "pairs.jsonl"
+    try:
+        assert main(["data", "pairs", str(run), "--out", str(out), "--metric", "token_f1"]) == 0
+        assert "0 pairs from 2 prompts" in capsys.readouterr().out
+        assert main(["data", "pairs", str(run), "--out", str(out), "--judge", server.url]) == 0
+        said = capsys.readouterr().out
+        assert "1 pairs from 2 prompts" in said and "ranked by the judge" in said and "1 answer the judge left unscored" in said
+        asked = len(server.requests)
+        assert asked == 4 and set(server.authorizations) == {"Bearer judge-key"}
+        assert all("Be brief." not in m[-1]["content"] for m in server.requests)  # the request, not the system prompt
+        written = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [(r["chosen"], r["rejected"]) for r in written] == [("Lamp: $2", "Lamp: 2")]
+        assert "tuned (4.67) over base (2.00) by judge" in written[0]["origin"]
+        # The replies are cached in the run folder (as `hubtune eval` caches them): a rerun asks nothing new.
+        assert (run / RunFolder.JUDGE_CACHE).is_file()
+        assert main(["data", "pairs", str(run), "--out", str(out), "--judge", server.url]) == 0
+        assert len(server.requests) == asked
+        # A judge that keeps failing: a typed error naming it, nothing written.
+        server.fail_next(100)
+        out.unlink()
+        assert main(["data", "pairs", str(run), "--out", str(out), "--judge", server.url + "/",
+                     "--metric", "judge"]) != 0
+        assert f"judge {server.url}/ failed" in capsys.readouterr().err and not out.exists()
+    finally:
+        server.stop()
+    assert main(["data", "pairs", str(run), "--out", str(out), "--metric", "judge"]) == 2
+    assert "metric judge needs a judge: give one with --judge" in capsys.readouterr().err
+
+
 # ---- the page ---------------------------------------------------------------------------------------
 def test_the_page_previews_pairs_sets_the_method_and_charts_rewards(tmp_path):
     from hubtune.runs import RunFolder
@@ -273,8 +324,10 @@ def test_the_page_previews_pairs_sets_the_method_and_charts_rewards(tmp_path):
     shown, line = h._preview(cfg.build({"data": {"sources": [str(pairs)]}}))
     assert set(shown[0]) == {"prompt", "chosen", "rejected"}
     assert "format **preference** (detected)" in line and "choose the method dpo, orpo or kto" in line
-    text, _ = h.compose_config(h.DEMO_MODEL, str(pairs), "quick", 0, 2, 0, "personal", method="dpo")
+    text, note = h.compose_config(h.DEMO_MODEL, str(pairs), "quick", 0, 2, 0, "personal", method="dpo")
     assert h.parse_config(text).training.method == "dpo"
+    _, sft_note = h.compose_config(h.DEMO_MODEL, str(pairs), "quick", 0, 2, 0, "personal", method="sft")
+    assert "(DPO, QLoRA" in note and "DPO" not in sft_note  # the memory line follows the method
     run = tmp_path / "run"
     run.mkdir()
     write_jsonl(run / RunFolder.METRICS, [{"step": 1, "loss": 0.5, "rewards/exact_match/mean": 0.25,

@@ -91,14 +91,18 @@ def test_select_task_keeps_the_best_checkpoint_not_the_last(tmp_path):
 
 
 def test_choose_rules():
-    def h(step, em, passed=True, loss=None):
-        return {"step": step, "exact_match": {"mean": em}, "regression": {"passed": passed}, "eval_loss": loss}
+    def h(step, em, passed=True, loss=None, accuracy=None):
+        return {"step": step, "exact_match": {"mean": em}, "regression": {"passed": passed, "accuracy": accuracy},
+                "eval_loss": loss}
 
     history = [h(4, 0.5, loss=2.0), h(8, 0.9, passed=False, loss=1.0), h(12, 0.7, loss=1.5)]
     assert choose(history, "task")["step"] == 12  # step 8 scores higher but forgot the regression set
     assert choose(history, "eval_loss")["step"] == 8
     assert choose(history, "last")["step"] == 12
     assert choose([h(4, 0.5), h(8, 0.5)], "task")["step"] == 4  # a tie keeps the earlier step
+    # ... unless a later one kept more of the regression set (the demo: 1.0 everywhere on 32 held-out examples)
+    tied = [h(100, 1.0, accuracy=0.95), h(200, 1.0, accuracy=0.975), h(300, 1.0, accuracy=0.975)]
+    assert choose(tied, "task")["step"] == 200
     assert choose([], "task") is None
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -135,6 +136,10 @@ def test_remote_code_is_refused_on_a_space(space):
         "tiny-llama\n", "tiny-llama\n  trust_remote_code: true\n")
     message = alice.predict(config, "", api_name="/start")
     assert "trust_remote_code is refused on a shared Space" in message
+    kernels = DEMO_CONFIG.format(source="hubtune:data/invoices/train.jsonl").replace(
+        "tiny-llama\n", "tiny-llama\n  use_kernels: true\n")
+    message = alice.predict(kernels, "", api_name="/start")
+    assert "model.use_kernels: kernels fetched from the Hub are code" in message
     assert not list(app.root.glob("*/config.yaml"))
 
 
@@ -216,6 +221,39 @@ def test_a_run_without_an_owner_is_the_operators_never_a_visitors(space):
     owner = person(app, OWNER_TOKEN)
     table, *_ = owner.predict(None, api_name="/runs")
     assert [row[0] for row in table["data"]] == ["cli-run"]
+
+
+def test_nobody_but_its_owner_merges_exports_or_downloads_a_run(space, eval_run):
+    """Bob, signed in, and a visitor play against alice's finished run from the Export tab's endpoints and
+    from Gradio's file route: no merge, export, view or file of hers reaches them; alice gets her own."""
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    from gradio_client.exceptions import AppError
+
+    app = space(start_jobs=False)
+    run = app.root / "alices-run"
+    shutil.copytree(eval_run, run, ignore=shutil.ignore_patterns(".lock", "export*", "merge*", "job.*"))
+    state = json.loads((run / "state.json").read_text()) if (run / "state.json").is_file() else {}
+    (run / "state.json").write_text(json.dumps({**state, "owner": "alice"}))
+    (run / "merge.json").write_text(json.dumps({  # as if merged: the files the tab would offer its owner
+        "folder": str(run / "adapter"), "dtype": "float32", "base": "hubtune:tiny-llama",
+        "max_logit_difference": 1e-6, "logit_prompts": 8, "warnings": []}))
+    bob, visitor = person(app, HUB_OTHER_TOKEN), person(app)
+    for who, says in ((bob, "belongs to another user"), (visitor, "Sign in")):
+        for args, endpoint in (((str(run),), "/export_view"), ((str(run), "float32"), "/merge"),
+                               ((str(run), "q8_0", 4), "/export")):
+            with pytest.raises(AppError, match=says):
+                who.predict(*args, api_name=endpoint)
+    assert app.runner.job(run) is None and not (run / "job.json").exists()
+    for target in (run / "adapter" / "adapter_model.safetensors", run / "merge.json"):  # the route refuses them
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{app.local_url}gradio_api/file={target}")
+        assert refused.value.code in (403, 404)
+    status, merge_text, merged, *_ = person(app, HUB_TOKEN).predict(str(run), api_name="/export_view")
+    assert "1.00e-06" in merge_text
+    assert {Path(f).name for f in merged} >= {"adapter_model.safetensors", "adapter_config.json"}
 
 
 def test_a_stale_lock_from_another_host_frees_the_run_and_stop_signals_no_stranger(space, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+import json
 import os
 import re
 import shutil
@@ -208,6 +209,22 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     assert "adapter_model.safetensors" in files and "README.md" in files
     assert HUB_TOKEN.encode() not in b"".join(files.values())
     shot(page, "publish")
+
+    # Export: merge into the base from the page (a `hubtune merge` job), then download the merged weights.
+    tab(page, "6. Export")
+    pick(page, "export-run", run_name)
+    expect(page.locator("#merge-result")).to_contain_text("Not merged yet")
+    page.locator("#merge").click()
+    expect(page.locator("#export-status")).to_contain_text("hubtune merge")
+    expect(page.locator("#merge-result")).to_contain_text("Largest logit difference", timeout=LONG)
+    expect(page.locator("#export-status")).to_contain_text("finished")
+    weights = page.locator("#merge-files tr", has_text=re.compile(r"model\s*\.safetensors"))
+    with page.expect_download() as download:
+        weights.locator("td.download a").click()
+    merged = json.loads((run / "merge.json").read_text())["folder"]
+    assert Path(download.value.path()).read_bytes() == (Path(merged) / "model.safetensors").read_bytes()
+    shot(page, "export")
+    log(started, "merged and downloaded")
     print(f"browser test wall time: {time.time() - started:.0f} s")
 
 

@@ -42,8 +42,12 @@ def add(command, common) -> None:
                                         "rejected. Train on them with training.method: dpo (or orpo, kto).")
     d.add_argument("run", help="an evaluated run folder (it holds eval_answers.jsonl)")
     d.add_argument("--out", required=True, metavar="FILE.jsonl", help="where the pairs go")
-    d.add_argument("--metric", choices=["exact_match", "token_f1"], default="token_f1",
-                   help="the score that ranks the answers (default token_f1)")
+    d.add_argument("--metric", choices=["exact_match", "token_f1", "judge"],
+                   help="the score that ranks the answers (default token_f1; judge with --judge or eval.judge)")
+    config_option(d, "--judge", "eval.judge", dest="judge",
+                  help="rank by this judge's 1-5 rubric grades: an OpenAI-compatible base URL (its key in "
+                       "HUBTUNE_JUDGE_API_KEY), a Hub model id or a model folder; the run's eval.judge otherwise")
+    config_option(d, "--judge-model", "eval.judge_model", dest="judge_model")
     d.add_argument("--reference-chosen", action="store_true",
                    help="where no answer is fully right, prefer the reference answer over the tuned model's")
     d.set_defaults(func=pairs)
@@ -98,8 +102,21 @@ def run(args: argparse.Namespace) -> int:
 def pairs(args: argparse.Namespace) -> int:
     from hubtune.data.pairs import pairs_from_eval, write_pairs
 
-    rows, report = pairs_from_eval(args.run, args.metric, args.reference_chosen)
+    from hubtune.errors import DataError
+
+    metric = args.metric or ("judge" if args.judge else "token_f1")
+    if args.judge and metric != "judge":
+        raise DataError(f"--judge ranks the answers by the judge's grades, --metric {metric} by {metric}: give one")
+    grade, ranked_by = None, metric
+    if metric == "judge":
+        from hubtune.evaluation.judge import run_grader
+
+        grade, spec = run_grader(args.run, args.judge, args.judge_model)
+        ranked_by = f"the judge {spec}"
+    rows, report = pairs_from_eval(args.run, metric, args.reference_chosen, grade=grade)
     out = write_pairs(rows, args.out)
+    n = report["unscored"]
+    unscored = f"; {n} answer{'s' if n > 1 else ''} the judge left unscored (no grades in its reply)" if n else ""
     print(f"{report['pairs']} pairs from {report['prompts']} prompts ({report['reference_chosen']} with the reference "
-          f"chosen, {report['tied']} left out: their answers scored alike) ranked by {report['metric']}: {out}")
+          f"chosen, {report['tied']} left out: their answers scored alike{unscored}) ranked by {ranked_by}: {out}")
     return 0

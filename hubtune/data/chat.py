@@ -42,8 +42,9 @@ class ChatFormat:
     "on" or "off" (every row; off drops the reasoning). Only families that think read it."""
 
     def __init__(self, tokenizer, family: Family | None = None, generation_config=None, thinking: str = "auto",
-                 name: str | None = None):
+                 name: str | None = None, reasoning_key: str = "reasoning_content"):
         self.tokenizer, self.family, self.thinking = tokenizer, family, thinking
+        self.reasoning_key = reasoning_key
         self.name = name or getattr(tokenizer, "name_or_path", "") or "the base model"
         self.stop_ids = stop_token_ids(tokenizer, generation_config, family)
         self.fold_system = family.system if family is not None and not family.takes_system else None
@@ -72,6 +73,8 @@ class ChatFormat:
         """A message as templates expect it: no keys set to None (a dataset column gives every message every
         key), tool call arguments as a JSON object (as JSON text for templates that concatenate them)."""
         out = {k: v for k, v in m.items() if v is not None}
+        if self.reasoning_key != "reasoning_content" and "reasoning_content" in out:
+            out[self.reasoning_key] = out.pop("reasoning_content")  # the key this template reads (gpt-oss: thinking)
         if out.get("tool_calls"):
             as_text = self.family is not None and self.family.tool_arguments == "text"
             out["tool_calls"] = [{**c, "function": {**c["function"], "arguments": (

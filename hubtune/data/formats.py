@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hubtune.errors import DataError
 
@@ -146,6 +146,24 @@ def column_list(names, shown: int = 20, width: int = 40) -> str:
     return ", ".join(cut) + more
 
 
+def rename_turn_key(row: dict, old: str, new: str) -> dict:
+    """The row with each turn's `old` key (a reasoning field named `thinking`, say) under `new`, in every
+    list of turns it holds."""
+    def turn(m):
+        return {(new if k == old else k): v for k, v in m.items()} if isinstance(m, dict) and old in m else m
+    return {k: [turn(m) for m in v] if isinstance(v, list) else v for k, v in row.items()}
+
+
+def without_system(ex: Example) -> Example:
+    """The example with its system turns dropped (a source's drop_system_message)."""
+    if ex.prompt is None or all(m["role"] != "system" for m in ex.prompt):
+        return ex
+    prompt = [m for m in ex.prompt if m["role"] != "system"]
+    if not prompt:
+        raise BadRow("the prompt holds only a system message, which drop_system_message drops")
+    return replace(ex, prompt=prompt)
+
+
 def resolve_format(first_row: dict, wanted: str, columns: dict[str, str], source: str) -> str:
     """The format of a source from its first row; a DataError lists what was found and expected."""
     found = column_list(first_row) or "(none)"
@@ -210,7 +228,7 @@ def to_example(row: dict, fmt: str, task_column: str, origin: str) -> Example:
 def _preference(row: dict, task: str | None, origin: str) -> Example:
     """prompt / chosen / rejected as text or turns; without a prompt, chosen and rejected are whole
     conversations and the turns they share are the prompt."""
-    if row.get("prompt") is not None:
+    if row.get("prompt") is not None and not _whole_conversations(row):
         prompt = _turns(row["prompt"], "user", "prompt")
         if all(m["role"] != "system" for m in prompt):
             prompt = _with_system(row, prompt)
@@ -237,6 +255,19 @@ def _preference(row: dict, task: str | None, origin: str) -> Example:
     if [m["content"].strip() for m in chosen] == [m["content"].strip() for m in rejected]:
         raise BadRow("chosen and rejected are the same answer: a pair must prefer one answer over another")
     return Example(prompt, chosen, None, task, origin, rejected=rejected)
+
+
+def _whole_conversations(row: dict) -> bool:
+    """chosen and rejected hold the user's turns too (UltraFeedback's layout, beside a prompt column): the turns
+    they share are then the prompt, as without a prompt column."""
+    chosen = row.get("chosen")
+    if isinstance(chosen, str) and JSON_TURNS.match(chosen):
+        try:
+            chosen = json.loads(chosen)
+        except json.JSONDecodeError:
+            return False
+    return (isinstance(chosen, list) and bool(chosen) and isinstance(chosen[0], dict)
+            and str(chosen[0].get("role", "")).lower() in ("user", "system"))
 
 
 def _label(value) -> bool:
@@ -298,6 +329,8 @@ def _turns(value, role: str, name: str) -> list[dict]:
     """A prompt or completion given as a string (one turn of `role`) or as a list of messages."""
     if isinstance(value, str) and not JSON_TURNS.match(value):
         return [{"role": role, "content": value}]
+    if isinstance(value, dict):  # one message: {role, content}
+        value = [value]
     turns = _messages(_list(value, name), "role", "content", dict(zip(ROLES, ROLES)))
     if name in ("completion", "chosen", "rejected") and any(m["role"] != "assistant" for m in turns):
         raise BadRow(f"{name} holds a turn that is not the assistant's")

@@ -23,7 +23,8 @@ from datasets import Dataset
 
 from hubtune.config import DataSection, DataSource, TrainingSection
 from hubtune.data import dedup, quality
-from hubtune.data.formats import BadRow, Example, map_columns, resolve_format, to_example
+from hubtune.data.formats import (BadRow, Example, map_columns, rename_turn_key, resolve_format, to_example,
+                                  without_system)
 from hubtune.data.chat import reasoning_of
 from hubtune.data.sources import iter_source_rows, locate
 from hubtune.data.template import chat_format
@@ -212,7 +213,12 @@ def stream_examples(sources: list[DataSource], data: DataSection, sink, summary:
             if fmt is None:
                 fmt = resolve_format(row, data.format, data.columns, source.path)
             try:
-                ex = to_example(map_columns(row, data.columns), fmt, data.task_column, f"{where} {number}")
+                mapped = map_columns(row, data.columns)
+                if data.reasoning_field != "reasoning_content":
+                    mapped = rename_turn_key(mapped, data.reasoning_field, "reasoning_content")
+                ex = to_example(mapped, fmt, data.task_column, f"{where} {number}")
+                if source.drop_system_message:
+                    ex = without_system(ex)
             except BadRow as err:
                 if not data.skip_bad_rows:
                     raise DataError(f"{where} {number}: {err}; fix the row or remove it, or skip bad rows with "
@@ -267,7 +273,8 @@ def prepare(data: DataSection, tokenizer, seed: int | None = None, model_config=
     kind = store[0].kind
     plain_text = kind == "text"
     chat, template = (None, None) if plain_text else chat_format(tokenizer, data.chat_template, model_config,
-                                                                  generation_config, data.thinking)
+                                                                  generation_config, data.thinking,
+                                                                  data.template_reasoning_key)
     pool = np.arange(len(store))
     removed_shown: dict[str, list[dict]] = {}
 

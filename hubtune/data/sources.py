@@ -84,9 +84,27 @@ def locate(source: DataSource) -> tuple[list[Path], str | None]:
         folder = ref.path
     else:
         raise DataError(f"{source.path}: no such file or folder; check the path")
+    if source.data_files:
+        return named_files(folder, source), revision_sha
     if folder.is_file():
         return [folder], revision_sha
     return split_files(folder, source, read_card_metadata(folder / "README.md")), revision_sha
+
+
+def named_files(root: Path, source: DataSource) -> list[Path]:
+    """The files a source's data_files names inside its folder or Hub dataset (paths or glob patterns, as
+    load_dataset reads them), in the order given."""
+    if root.is_file():
+        raise DataError(f"{source.path} is a file; data_files picks files inside a dataset or folder: point path "
+                        f"at the folder, or leave data_files out")
+    files: list[Path] = []
+    for pattern in source.data_files:
+        found = sorted(p for p in root.glob(_inside(pattern, root, source)) if p.is_file())
+        if not found:
+            raise DataError(f"{source.path}: no file matches data_files {pattern!r}; check the name against the "
+                            f"dataset's files")
+        files += [p for p in found if p not in files]
+    return files
 
 
 def iter_rows(files: list[Path], skip_bad_rows: bool, bad_rows: list[str]) -> Iterator[Row]:

@@ -36,7 +36,7 @@ def ensure_chat_template(tokenizer, choice: str = "auto", model_config=None, gen
 
 
 def chat_format(tokenizer, choice: str = "auto", model_config=None, generation_config=None,
-                thinking: str = "auto") -> tuple[ChatFormat, dict]:
+                thinking: str = "auto", reasoning_key: str = "reasoning_content") -> tuple[ChatFormat, dict]:
     """(ChatFormat, report): the family's rendering of the tokenizer's template, checked on a probe conversation."""
     name = getattr(tokenizer, "name_or_path", "") or "the base model"
     own = getattr(tokenizer, "chat_template", None)
@@ -56,7 +56,7 @@ def chat_format(tokenizer, choice: str = "auto", model_config=None, generation_c
     if not tokenizer.eos_token or tokenizer.eos_token_id is None:
         raise DataError(f"the tokenizer of {name} has no EOS token, so a tuned model could not learn to stop; "
                         f"set eos_token in its tokenizer_config.json")
-    chat = ChatFormat(tokenizer, family, generation_config, thinking, name)
+    chat = ChatFormat(tokenizer, family, generation_config, thinking, name, reasoning_key)
     if family is None and not _takes_system(tokenizer, name):
         # A template that refuses a system message (as Gemma's do) gets it in the first user turn.
         chat.fold_system = "first_user"

@@ -59,13 +59,16 @@ def _accuracy(results: dict, spec: dict) -> dict:
 
 def choose(history: list[dict], select: str) -> dict | None:
     """The checkpoint to keep: select=task, the best exact match among those whose regression verdict passes
-    (the earliest on a tie); eval_loss, the lowest held-out loss; last (or nothing scored), the last one."""
+    (on a tie, the one that kept more of the regression set, then the earliest: a small held-out slice often
+    scores every late checkpoint alike); eval_loss, the lowest held-out loss; last (or nothing scored), the
+    last one."""
     if not history:
         return None
     if select == "task":
         passing = [h for h in history if (h.get("regression") or {}).get("passed", True)]
         pool = passing or history
-        return max(pool, key=lambda h: (h["exact_match"]["mean"], -h["step"]))
+        return max(pool, key=lambda h: (h["exact_match"]["mean"], (h.get("regression") or {}).get("accuracy") or 0.0,
+                                        -h["step"]))
     if select == "eval_loss":
         scored = [h for h in history if h.get("eval_loss") is not None]
         if scored:

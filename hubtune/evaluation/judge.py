@@ -144,6 +144,49 @@ class Judge:
                          endpoint=self.spec)
 
 
+def cached_asker(judge: Judge, cache: AnswerCache):
+    """ask(messages) -> the judge's reply, from the cache when this judge was asked the same before."""
+    def ask(messages: list[dict]) -> str:
+        key = key_of(judge.identity, messages)
+        if key not in cache:
+            cache.put_many({key: judge.complete(messages)})
+        return cache.get(key)
+    return ask
+
+
+def answer_grader(judge: Judge, cache: AnswerCache):
+    """grade(question, reference, {name: answer}) -> {name: the mean 1-5 rubric score, or None when the
+    judge's reply holds no readable scores}. Replies are cached: an answer graded once (by `hubtune eval`
+    with the same judge, or an earlier call) is not sent again."""
+    single = JudgePrompt.load("single_answer")
+    ask = cached_asker(judge, cache)
+
+    def grade(question: str, reference: str | None, answers: dict[str, str]) -> dict[str, float | None]:
+        out = {}
+        for name, answer in answers.items():
+            scores = parse_scores(ask(single.messages(question=question, reference=reference or "", answer=answer)))
+            out[name] = None if scores is None else sum(scores.values()) / len(scores)
+        return out
+    return grade
+
+
+def run_grader(run_dir: str | Path, judge: str | None = None, judge_model: str | None = None):
+    """(answer_grader, the judge) for an evaluated run: this judge or the run's eval.judge, with the run's
+    judge settings (timeout, retries); replies cached where `hubtune eval` caches them. (None, None) when
+    neither names a judge."""
+    from hubtune.config import EvalSection
+    from hubtune.runs import RunFolder
+
+    folder = RunFolder(run_dir)
+    ev = folder.config.eval if (folder.path / RunFolder.CONFIG).is_file() else EvalSection()
+    spec = judge or ev.judge
+    if not spec:
+        return None, None
+    client = Judge(spec, model=judge_model or ev.judge_model, timeout=ev.judge_timeout, retries=ev.judge_retries,
+                   backoff=ev.judge_backoff)
+    return answer_grader(client, AnswerCache(folder.path / RunFolder.JUDGE_CACHE)), spec
+
+
 def judge_answers(judge: Judge, items: list[dict], cache: AnswerCache) -> dict:
     """Grade tuned and base answers and compare them pairwise, item by item.
 
@@ -152,13 +195,7 @@ def judge_answers(judge: Judge, items: list[dict], cache: AnswerCache) -> dict:
     """
     single = JudgePrompt.load("single_answer")
     pair = JudgePrompt.load("pairwise")
-
-    def ask(messages: list[dict]) -> str:
-        key = key_of(judge.identity, messages)
-        if key not in cache:
-            cache.put_many({key: judge.complete(messages)})
-        return cache.get(key)
-
+    ask = cached_asker(judge, cache)
     records, error = [], None
     for item in items:
         q, ref = item["question"], item.get("reference") or ""

@@ -151,7 +151,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
         items = [{"question": _question(r["prompt"]), "reference": r["completion"][-1]["content"],
                   "tuned": t, "base": b} for r, t, b in zip(rows, answers["tuned"], answers["base"])][:ev.judge_max_items]
         log(f"judging {len(items)} answers with {ev.judge}")
-        result["judge"] = judge_answers(judge_client, items, AnswerCache(run / "eval_cache" / "judge.jsonl"))
+        result["judge"] = judge_answers(judge_client, items, AnswerCache(run / RunFolder.JUDGE_CACHE))
 
     # 6. Blinded answers for human raters.
     if export_human:

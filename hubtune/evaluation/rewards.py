@@ -108,7 +108,7 @@ def judge(settings: EvalSection) -> Reward:
     return reward
 
 
-def user_function(spec: str) -> Reward:
+def user_function(spec: str, signature: str = "hubtune") -> Reward:
     """A user's module:function(prompts, completions, references) -> numbers, with prompts and completions
     as text. Refused on a shared Space (SPACE_ID set): a visitor's code never runs on the owner's machine."""
     from hubtune.data.quality import load_scorer
@@ -117,6 +117,12 @@ def user_function(spec: str) -> Reward:
         raise ConfigError([("training.grpo.rewards", f"{spec}: a reward function of your own runs on the command line "
                                                      f"or a local page, not on a shared Space; use the built-in rewards")])
     fn = load_scorer(spec, "training.grpo.rewards.callable", lambda message: RewardError(message, spec))
+
+    if signature == "trl":
+        def trl_reward(prompts, completions, **kwargs) -> list[float]:
+            # TRL's (and Axolotl's) convention: keywords, the row's columns among them (the answer as `reference`)
+            return list(fn(prompts=prompts, completions=completions, **kwargs))
+        return trl_reward
 
     def reward(prompts, completions, reference=None, **_) -> list[float]:
         refs = [str(r) for r in reference] if reference is not None else [None] * len(completions)
@@ -159,7 +165,7 @@ def build_rewards(specs: list[RewardSpec], judge_settings: EvalSection) -> tuple
                                                          "OpenAI-compatible base URL, a Hub model id or a model folder")])
         fn = {"exact_match": lambda: exact_match, "f1": lambda: f1, "json": lambda: valid_json,
               "regex": lambda: regex(spec.pattern), "length": lambda: length(spec.target_chars),
-              "judge": lambda: judge(judge_settings), "callable": lambda: user_function(spec.callable)}[spec.name]()
+              "judge": lambda: judge(judge_settings), "callable": lambda: user_function(spec.callable, spec.signature)}[spec.name]()
         funcs.append(checked(spec.label, fn))
     return funcs, [spec.weight for spec in specs]
 

@@ -16,6 +16,7 @@ features. Settings Axolotl has no key for go under a `hubtune:` block, which Axo
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from hubtune import config as cfg
 from hubtune.errors import ConfigError, HubtuneError
 
 HUBTUNE_BLOCK = "hubtune"  # settings Axolotl has no key for; Axolotl ignores unknown keys
+AXOLOTL_KEYS = frozenset(line for line in (Path(__file__).parent / "axolotl_keys.txt").read_text().splitlines()
+                         if line and not line.startswith("#"))  # its schema's keys; it ignores the rest
 RUN_SECTIONS = set(cfg.RunConfig.model_fields)
 
 # Where an Axolotl config leaves a key out, Axolotl's default applies (its pydantic schema in
@@ -55,6 +58,20 @@ DATASET_TYPES = {
     "alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpaca", "alpaca_chat": "alpaca",
     "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat", "completion": "text",
 }
+EXPERTS = ("eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm")  # transformers' experts implementations
+RL_METHODS = ("dpo", "orpo", "kto", "grpo")  # Axolotl's `rl:` values hubtune trains (training.method)
+# Axolotl's preference dataset types that render with a fixed template (the prefix: chatml, llama3) and
+# the columns each reads, as hubtune's data.columns: pairs for DPO / ORPO, unpaired rows for KTO. Rows
+# that hold whole conversations in chosen and rejected (ultra, argilla_chat) read as hubtune's pairs
+# without a prompt: the turns they share are the prompt. In the order export picks them.
+TEMPLATED = ("chatml", "llama3")
+PAIR_TYPES = {"prompt_pairs": {}, "intel": {"prompt": "question"}, "icr": {"prompt": "input"}, "ultra": {},
+              "argilla_chat": {}}
+KTO_TYPES = {"prompt_pairs": {}, "intel": {"prompt": "question"}, "argilla": {"prompt": "instruction"}, "ultra": {}}
+CHAT_PAIR_TYPES = ("chat_template.default", "chat_template.argilla", "chat_template.argilla_chat", "passthrough")
+REWARDS_MODULE = "hubtune.evaluation.rewards"  # hubtune's own rewards, as Axolotl names them (module.function)
+BUILTIN_REWARDS = {"exact_match": "exact_match", "f1": "f1", "valid_json": "json"}
+GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo")
 PREFERENCE_METHODS = {  # Axolotl's `rl:` values and reward-model flags, as the refusal names them
     "dpo": "DPO", "ipo": "IPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO", "grpo": "GRPO", "gdpo": "GDPO",
     "ebft": "EBFT", "reward_model": "reward-model", "process_reward_model": "process reward-model",
@@ -108,6 +125,11 @@ NOTED = {
     "fused_attn_kernel": "Axolotl's fused RMSNorm + RoPE kernel only speeds up the same computation; hubtune runs "
                          "transformers' own",
     "torch_compile_mode": "hubtune does not compile the model with torch.compile (speed only)",
+    "flex_attn_compile_kwargs": "transformers compiles flex attention with its own arguments (speed only)",
+    "use_dsv4_kernels": "Axolotl's DeepSeek V4 kernels only speed up the same computation; hubtune runs transformers' own",
+    "use_glm_dsa_kernels": "Axolotl's GLM sparse-attention kernels only speed up the same computation; hubtune runs "
+                           "transformers' own",
+    "gptq_disable_exllama": "GPTQModel picks the kernel GPTQ weights train with (ExLlama's serve inference only)",
     "ddp_find_unused_parameters": "hubtune lets DDP expect a gradient for every LoRA weight (each gets one every step)",
     "loss_watchdog_threshold": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
     "loss_watchdog_patience": "hubtune does not stop a run whose loss passes a threshold; watch metrics.jsonl",
@@ -117,46 +139,54 @@ NOTED = {
     "save_only_model": "hubtune also saves the optimizer state, so `hubtune train --resume` can continue",
     "auto_resume_from_checkpoints": "continue a run with `hubtune train --resume RUN`",
     "save_safetensors": "hubtune saves safetensors",
+    "vllm": "hubtune samples GRPO's completions with transformers' generate (the same sampling, slower); "
+            "no vLLM server is used",
 }
-NOT_CONVERTED = ("not converted from Axolotl configs: hubtune trains DPO, ORPO, KTO and GRPO from its own run "
-                 "config (training.method, docs/methods.md)")
+NOT_CONVERTED = "not trained by hubtune, which trains DPO, ORPO, KTO and GRPO (rl: dpo | orpo | kto | grpo)"
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
-    "rl": f"preference / reinforcement training is {NOT_CONVERTED}",
-    "reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
-    "process_reward_model": "reward-model training: hubtune trains supervised fine-tuning (SFT) only so far",
+    "rl": f"is {NOT_CONVERTED}",
+    "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
+                    "sft, dpo, orpo, kto or grpo",
+    "process_reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language "
+                            "models with sft, dpo, orpo, kto or grpo",
     "train_on_inputs": "hubtune learns the completions only (the prompt is context)",
     "lora_model_dir": "not converted: continue a saved adapter with lora.init_from in a hubtune run config",
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
-    "gptq": "hubtune quantizes bases with bitsandbytes (NF4/FP4); a GPTQ base is not loaded for training",
-    "unfrozen_parameters": "training chosen base weights in full: hubtune trains LoRA adapters (and lora_modules_to_save)",
+    "unfrozen_parameters": "trains these base weights in full beside the adapter: what comes out is no longer an "
+                           "adapter of the base, and hubtune's product is one (quantized weights cannot train at all); "
+                           "list whole modules under lora_modules_to_save to train and save them with the adapter",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "tokenizer_use_mistral_common": "hubtune loads the tokenizer through transformers (AutoTokenizer), not mistral-common",
-    "tokenizer_legacy": "hubtune loads the tokenizer as the base saved it",
-    "quantize_moe_experts": "hubtune quantizes linear layers; stacked mixture-of-experts weights stay as the base saved them",
-    "use_kernels": "kernels downloaded from the Hub (the kernels package) are code hubtune does not run",
-    "llama4_linearized_experts": "Axolotl's linearised Llama 4 experts (a re-saved base): hubtune loads transformers' own",
-    "flex_attn_compile_kwargs": "hubtune does not compile flex attention with custom arguments",
-    "dsv4_fp4_grouped_mode": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
-    "nvfp4_merge_aware": "FP4 (NVFP4) weights: hubtune quantizes with bitsandbytes NF4/FP4",
-    "use_dsv4_kernels": "Axolotl's DeepSeek V4 kernels: hubtune runs transformers' own layers",
-    "use_glm_dsa_kernels": "Axolotl's GLM sparse-attention kernels: hubtune runs transformers' own layers",
+    "quantize_moe_experts": "bitsandbytes quantizes the stacked expert weights through a torch parametrization, and "
+                            "PEFT's LoRA on those weights (lora_target_parameters) cannot stack on it: PEFT 0.21 leaves "
+                            "a parametrization behind at every step (Axolotl patches PEFT's internals). Leave it out: "
+                            "the experts then load in 16 bits (more memory), everything else as written",
+    "llama4_linearized_experts": "the base is Axolotl's re-saved Llama 4 with one linear layer per expert, which only "
+                                 "Axolotl's patched model class loads; transformers loads Llama 4's fused experts",
+    "dsv4_fp4_grouped_mode": "an NVFP4 base: PEFT has no LoRA layer for NVFP4 weights (Axolotl trains them with "
+                             "kernels of its own); use the 16-bit or a bitsandbytes 4-bit base",
+    "nvfp4_merge_aware": "an NVFP4 base: PEFT has no LoRA layer for NVFP4 weights (Axolotl trains them with kernels "
+                         "of its own); use the 16-bit or a bitsandbytes 4-bit base",
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
     "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
-    "gptq_disable_exllama": "hubtune does not load GPTQ bases for training",
     "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
-    "trl": f"TRL trainer settings for preference / reinforcement training, {NOT_CONVERTED}",
-    "use_scattermoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
-    "use_sonicmoe": "mixture-of-experts kernels from the Hub: hubtune runs transformers' own experts layers",
-    "experts_implementation": "hubtune runs transformers' default experts implementation",
+    "trl": "TRL trainer settings: hubtune reads them with rl: dpo, orpo, kto or grpo",
+
+    "experts_implementation": f"transformers computes experts as {', '.join(EXPERTS)} (Axolotl's scattermoe: the "
+                              f"same computation)",
     "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
-    "context_parallel_size": "context parallelism (one sequence split over GPUs): hubtune runs DDP, FSDP or DeepSpeed",
-    "tensor_parallel_size": "tensor parallelism: hubtune runs DDP, FSDP or DeepSpeed",
-    "expert_parallel_size": "expert parallelism: hubtune runs DDP, FSDP or DeepSpeed",
+    "context_parallel_size": "context parallelism (one sequence split over several GPUs): hubtune's launches (DDP, "
+                             "FSDP, DeepSpeed ZeRO) keep each sequence on one GPU; shorten sequence_len or use more "
+                             "memory per GPU",
+    "tensor_parallel_size": "tensor parallelism: hubtune's launches are DDP, FSDP and DeepSpeed ZeRO",
+    "expert_parallel_size": "expert parallelism (experts spread over GPUs, tokens sent to them): hubtune's launches "
+                            "(DDP, FSDP, DeepSpeed ZeRO) do not place experts; use fsdp to shard the model instead",
+    "expert_parallel_num_nvl_bytes": "a setting of expert parallelism, which hubtune's launches do not run",
+    "expert_parallel_token_capacity": "a setting of expert parallelism, which hubtune's launches do not run",
     "dp_shard_size": "hubtune's FSDP shards over every GPU of the launch (dp_shard_size: 1 or the GPU count)",
     "dp_replicate_size": "hubtune's FSDP shards over every GPU of the launch (hybrid sharding is not offered)",
     "use_ray": "hubtune launches its processes with accelerate, not Ray",
@@ -164,21 +194,26 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "cosine_min_lr_ratio": "hubtune's cosine schedule decays to zero",
     "cosine_constant_lr_ratio": "hubtune's cosine schedule decays to zero",
     "lr_scheduler_kwargs": "hubtune runs transformers' schedules with their default arguments",
-    "lr_quadratic_warmup": "hubtune warms up linearly",
     "optim_args": "hubtune runs the optimizer with its default arguments",
     "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
     "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
     "min_sample_len": "hubtune keeps every example up to sequence_len, however short",
-    "sample_packing_sequentially": "hubtune packs examples best-fit first",
-    "curriculum_sampling": "hubtune shuffles the examples (no curriculum order)",
-    "relora": "ReLoRA (merging and restarting the adapter) is not in hubtune",
-    "use_swanlab": "SwanLab is not among hubtune's trackers (tensorboard, wandb, mlflow, trackio)",
+    "sample_packing_sequentially": "TRL packs examples best-fit first (bfd) or cuts them at sequence_len (wrapped); "
+                                   "packing in the data's order is neither, and it decides which examples share a row",
+    "relora": "ReLoRA merges the adapter into the base and starts a new one every relora_steps: what comes out is "
+              "a merged model, not an adapter of the base, and hubtune's product is one",
+    "relora_prune_ratio": "a setting of ReLoRA, which hubtune does not run",
+    "relora_cpu_offload": "a setting of ReLoRA, which hubtune does not run",
+    "jagged_restart_steps": "ReLoRA's restarting schedule, which hubtune does not run",
+    "jagged_restart_warmup_steps": "ReLoRA's restarting schedule, which hubtune does not run",
+    "jagged_restart_anneal_steps": "ReLoRA's restarting schedule, which hubtune does not run",
     "chat_template_jinja": "hubtune renders with a named template or the base's own (chat_template)",
     "device_map": "hubtune places the base itself (one GPU per process)",
     "max_memory": "hubtune places the base itself (one GPU per process)",
     "remove_unused_columns": "keeping extra columns is for vision / audio collators: hubtune trains on text",
     "skip_prepare_dataset": "datasets prepared by the collator (vision / audio): hubtune prepares the text itself",
-    "eval_causal_lm_metrics": "generation metrics during training: run `hubtune eval RUN` after training",
+    "eval_causal_lm_metrics": "generation metrics during training (sacrebleu, comet, ter, chrf): run `hubtune eval "
+                              "RUN` after training; perplexity alone is exp(eval_loss), which hubtune logs",
     "do_causal_lm_eval": "generation metrics during training: run `hubtune eval RUN` after training",
     "embedding_lr": "hubtune trains everything at one learning rate",
     "embedding_lr_scale": "hubtune trains everything at one learning rate",
@@ -193,10 +228,16 @@ PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (
         "same", "Cut Cross Entropy: TRL's trainer already computes the loss through a fused, chunked LM head "
                 "without materialising all logits (the same loss)"),
     "axolotl.integrations.kernels.KernelsPlugin": (
-        None, "kernels downloaded from the Hub (the kernels package) are code hubtune does not run"),
+        "same", "KernelsPlugin: what it switches on is read from use_kernels, use_scattermoe and use_sonicmoe"),
+    "axolotl.integrations.swanlab.SwanLabPlugin": (
+        "same", "SwanLabPlugin: hubtune logs to SwanLab through transformers' integration when use_swanlab is true"),
 }
 LIGER_FLAGS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_rms_norm_gated",
                "liger_fused_linear_cross_entropy", "liger_cross_entropy", "liger_swiglu")
+AXOLOTL_EXPERTS = {  # Axolotl's own experts kernels: the same experts computation as transformers' default
+    "scattermoe": "Axolotl's ScatterMoE kernels compute the same experts (and their LoRA) faster; hubtune runs "
+                  "transformers' default experts implementation (grouped_mm where it can run)",
+}
 ATTENTION = {"flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "eager": "eager",
              "flex_attention": "flex_attention", "xformers": "sdpa"}
 XFORMERS_NOTE = ("xformers: transformers has no xformers attention; hubtune runs PyTorch's SDPA, which computes "
@@ -317,11 +358,18 @@ class _Reader:
     # ---- sections -------------------------------------------------------------------------------
     def method(self) -> None:
         """Preference and reward training, by name (their datasets are refused with them)."""
-        self.preference = None
+        self.preference = None  # a method hubtune does not train, by name
+        self.rl = None  # dpo, orpo, kto or grpo: training.method
+        self.type_templates: set[str] = set()  # the templates preference types render with (chatml, llama3)
+        self.reasoning: dict[str, set[str]] = {}  # field_thinking / template_thinking_key of the datasets
         if self.has("rl"):
             rl = str(self.data["rl"])
-            self.preference = PREFERENCE_METHODS.get(rl.lower(), rl)
-            self.refuse("rl", f"{self.take('rl')!r}: {self.preference} {WHY['rl']}")
+            if rl.lower() in RL_METHODS:
+                self.rl = rl.lower()
+                self.take("rl")
+            else:
+                self.preference = PREFERENCE_METHODS.get(rl.lower(), rl)
+                self.refuse("rl", f"{self.take('rl')!r}: {self.preference} {WHY['rl']}")
         for key in ("reward_model", "process_reward_model"):
             if self.data.get(key):
                 self.preference = PREFERENCE_METHODS[key]
@@ -364,6 +412,7 @@ class _Reader:
             self.refuse(f"bnb_config_kwargs.{key}", f"{shown(value)}: hubtune sets the rest of the 4-bit config itself")
         model["compute_dtype"] = self.precision()
         model.update(self.tokens())
+        model.update(self.model_extras(model))
         overrides = self.take("model_config")
         if overrides is not None:
             overrides = dict(overrides) if isinstance(overrides, dict) else {"(value)": overrides}
@@ -372,6 +421,45 @@ class _Reader:
             for key, value in overrides.items():
                 self.refuse(f"model_config.{key}", f"{shown(value)}: {WHY['model_config']}")
         return model
+
+    def model_extras(self, model: dict) -> dict:
+        """Hub kernels, the experts' implementation, a dequantized MXFP4 base and Mistral's own tokenizer."""
+        out: dict = {}
+        if self.data.get("use_kernels") is True:
+            out["use_kernels"] = bool(self.take("use_kernels"))
+        experts = self.data.get("experts_implementation")
+        if experts is not None:
+            if experts in EXPERTS:
+                out["experts_implementation"] = self.take("experts_implementation")
+            elif experts in AXOLOTL_EXPERTS:
+                self.take("experts_implementation")
+                self.note(f"experts_implementation: {experts}: {AXOLOTL_EXPERTS[experts]}")
+        if self.data.get("use_sonicmoe") is True:
+            self.take("use_sonicmoe")
+            if out.get("experts_implementation", "sonicmoe") != "sonicmoe":
+                self.refuse("use_sonicmoe", f"True: contradicts experts_implementation {out['experts_implementation']}")
+            out["experts_implementation"] = "sonicmoe"  # transformers' own SonicMoE experts forward
+        if self.data.get("use_scattermoe") is True:
+            self.take("use_scattermoe")
+            self.note(f"use_scattermoe: {AXOLOTL_EXPERTS['scattermoe']}")
+        quantization = self.data.get("model_quantization_config")
+        kwargs = self.data.get("model_quantization_config_kwargs") or {}
+        if quantization == "Mxfp4Config" and kwargs == {"dequantize": True}:
+            self.take("model_quantization_config"), self.take("model_quantization_config_kwargs")
+            out["dequantize"] = True
+            if model.get("quantization") != "none":
+                self.refuse("model_quantization_config", "'Mxfp4Config' with dequantize: the base loads dequantized "
+                                                         "to 16 bits; leave load_in_4bit / load_in_8bit out")
+        if self.data.get("gptq") is True:
+            self.take("gptq")
+            self.note("gptq: the base is saved GPTQ-quantized and loads as saved (transformers needs optimum and "
+                      "gptqmodel installed); PEFT trains LoRA on its GPTQ layers")
+        if self.data.get("tokenizer_legacy") is not None:
+            out["tokenizer_legacy"] = bool(self.take("tokenizer_legacy"))
+        if self.data.get("tokenizer_use_mistral_common") is True:
+            self.take("tokenizer_use_mistral_common")
+            out["tokenizer_backend"] = "mistral-common"
+        return out
 
     def precision(self) -> str:
         bf16, fp16 = self.take("bf16", "auto"), self.take("fp16")
@@ -445,12 +533,16 @@ class _Reader:
         if parameters:
             lora["target_parameters"] = [parameters] if isinstance(parameters, str) else [str(p) for p in parameters]
             if not modules and "target_modules" not in lora:
-                self.refuse("lora_target_parameters", f"{shown(parameters)} without lora_target_modules: hubtune "
-                                                      f"adapts modules too; list them in lora_target_modules")
+                lora["target_modules"] = []  # the parameters only, as PEFT takes them
         if self.has("lora_modules_to_save"):
             lora["modules_to_save"] = [str(m) for m in self.take("lora_modules_to_save")]
         if self.data.get("peft_use_rslora") is True:
             lora["use_rslora"] = bool(self.take("peft_use_rslora"))
+        peft = self.data.get("peft")
+        if isinstance(peft, dict) and set(peft) == {"loftq_config"} and isinstance(peft["loftq_config"], dict) \
+                and set(peft["loftq_config"]) <= {"loftq_bits"}:
+            self.take("peft")
+            lora.update(init_weights="loftq", loftq_bits=int(peft["loftq_config"].get("loftq_bits", 4)))
         return lora
 
     def datasets(self) -> dict:
@@ -501,6 +593,21 @@ class _Reader:
                 sources.append(got[0])
                 formats.append(got[1])
                 columns.append(got[2])
+        for name, values in self.reasoning.items():
+            if len(values) > 1:
+                self.refuse("datasets", f"the datasets name the reasoning key differently ({', '.join(sorted(values))}); "
+                                        f"hubtune reads one key for every source")
+            else:
+                data[name] = next(iter(values))
+        if len(self.type_templates) > 1:
+            self.refuse("datasets", f"the dataset types render with different templates ({', '.join(sorted(self.type_templates))}); "
+                                    f"hubtune renders every source with one")
+        elif self.type_templates:
+            (template,) = self.type_templates
+            if data.get("chat_template", "auto") not in ("auto", template):
+                self.note(f"the {template}.* dataset types render with {template} whatever chat_template says; "
+                          f"hubtune renders with {template}")
+            data["chat_template"] = template
         if sources:
             data["sources"] = sources
         else:
@@ -528,7 +635,8 @@ class _Reader:
             self.refuse(f"{where}.path", "missing: a Hub dataset id or a local file")
             return None
         kind = kind if isinstance(kind, str) or kind is None else shown(kind)
-        fmt = DATASET_TYPES.get(kind) if kind and not self.preference else None
+        pairs = self.rl in ("dpo", "orpo", "kto")
+        fmt = ("pairs" if kind else None) if pairs else DATASET_TYPES.get(kind) if kind and not self.preference else None
         if fmt is None:
             self.refuse(f"{where}.type", self.type_refusal(kind))
             return None
@@ -542,6 +650,14 @@ class _Reader:
         for key in ("name", "revision"):
             if key in entry:
                 source[key] = str(entry.pop(key))
+        if "data_files" in entry:
+            files = entry.pop("data_files")
+            source["data_files"] = [str(f) for f in (files if isinstance(files, list) else [files])]
+        if entry.pop("drop_system_message", False) is True:
+            source["drop_system_message"] = True
+        for key, name in (("field_thinking", "reasoning_field"), ("template_thinking_key", "template_reasoning_key")):
+            if key in entry:
+                self.reasoning.setdefault(name, set()).add(str(entry.pop(key)))
         entry.pop("ds_type", None)  # hubtune reads the file type from the extension
         entry.pop("trust_remote_code", None)  # datasets are read as data files, never as scripts
         template = entry.pop("chat_template", "tokenizer_default")
@@ -549,7 +665,12 @@ class _Reader:
             self.refuse(f"{where}.chat_template", f"{shown(template)}: set chat_template once for all datasets "
                                                   f"(hubtune renders every source with one template)")
         columns: dict = {}
-        if fmt == "alpaca":
+        if fmt == "pairs":
+            found = self.preference_dataset(where, entry, kind)
+            if found is None:
+                return None
+            fmt, columns = found
+        elif fmt == "alpaca":
             self.note(f"{where} ({kind}): {ALPACA_NOTE}")
         elif fmt in ("chat", "sharegpt"):
             fmt, columns = self.chat_dataset(where, entry, kind)
@@ -563,10 +684,42 @@ class _Reader:
             self.refuse(f"{where}.{key}", f"{shown(value)}: {DATASET_KEYS.get(key, 'hubtune has no such dataset setting')}")
         return source, fmt, columns
 
+    def preference_dataset(self, where: str, entry: dict, kind: str) -> tuple[str, dict] | None:
+        """(format, columns) of a DPO / ORPO / KTO dataset type, or None (refused)."""
+        kto = self.rl == "kto"
+        prefix, _, suffix = kind.partition(".")
+        table = KTO_TYPES if kto else PAIR_TYPES
+        if prefix in TEMPLATED and suffix in table:
+            self.type_templates.add(prefix)
+            return ("kto" if kto else "preference"), dict(table[suffix])
+        if not kto and kind in CHAT_PAIR_TYPES:
+            named = {"prompt": entry.pop("field_messages", "messages" if kind == "chat_template.default" else "prompt"),
+                     "chosen": entry.pop("field_chosen", "chosen"), "rejected": entry.pop("field_rejected", "rejected")}
+            mappings = dict(entry.pop("message_property_mappings", None) or {})
+            if {**MESSAGE_FIELDS, **mappings} != MESSAGE_FIELDS:
+                self.refuse(f"{where}.message_property_mappings", f"{shown(mappings)}: hubtune reads preference "
+                                                                  f"turns as {{role, content}}")
+            roles = entry.pop("roles", None)
+            if roles is not None and not _standard_roles(roles):
+                self.refuse(f"{where}.roles", f"{shown(roles)}: hubtune maps roles itself (user, assistant, system)")
+            if kind != "chat_template.default":
+                self.note(f"{where} ({kind}): rows whose chosen and rejected hold whole conversations take the turns "
+                          f"they share as the prompt")
+            return "preference", {k: str(v) for k, v in named.items() if str(v) != k}
+        types = [f"{p}.{s}" for p in TEMPLATED for s in table] + ([] if kto else list(CHAT_PAIR_TYPES))
+        self.refuse(f"{where}.type", f"{kind!r}: hubtune reads the {self.rl.upper()} dataset types {', '.join(types)}"
+                    + ("" if kind.split(".")[-1] not in ("default", "user_defined") and prefix != "user_defined" else
+                       "; this type picks or formats its columns by rules of its own: give one that names them"))
+        return None
+
     def type_refusal(self, kind: str | None) -> str:
         readable = ", ".join(sorted(DATASET_TYPES))
         if not kind:
             return f"missing: one of {readable}"
+        if self.rl == "grpo" and "." in kind and not PREFERENCE_TYPES.fullmatch(kind):
+            return (f"{kind!r}: a Python transform ({{file}}.{{function}}) that rewrites each row; hubtune reads the "
+                    f"rows as they are (types {readable}): write the rows it returns to a JSONL file, e.g. prompt "
+                    f"and answer, and train it with data.columns {{completion: answer}}")
         if self.preference:
             return f"{kind!r}: a {self.preference} dataset, {NOT_CONVERTED}"
         if PREFERENCE_TYPES.fullmatch(kind):
@@ -593,8 +746,6 @@ class _Reader:
         if roles is not None and not _standard_roles(roles):
             self.refuse(f"{where}.roles", f"{shown(roles)}: hubtune maps roles itself (human/user, gpt/assistant, "
                                           f"system)")
-        if entry.get("drop_system_message") is False:
-            entry.pop("drop_system_message")
         self.note(f"{where} ({kind}): hubtune learns the last assistant turn of each conversation; "
                   f"earlier turns are context (Axolotl trains on every assistant turn)")
         fmt = "sharegpt" if sharegpt else "messages"
@@ -624,6 +775,13 @@ class _Reader:
             t["adam_epsilon"] = self.take("adam_eps")
         self.cadence(t)
         scheduler = self.take("lr_scheduler", AXOLOTL_DEFAULTS["lr_scheduler"])
+        if self.data.get("lr_quadratic_warmup") is not None:
+            if self.take("lr_quadratic_warmup") is True:
+                if scheduler == "cosine":  # Axolotl squares the warm-up of its cosine schedule only
+                    t["warmup_shape"] = "quadratic"
+                else:
+                    self.note(f"lr_quadratic_warmup: Axolotl applies it to the cosine schedule only; with "
+                              f"{scheduler} it warms up linearly, and so does hubtune")
         if scheduler in SCHEDULERS:
             t["lr_scheduler"] = scheduler
         else:
@@ -640,11 +798,105 @@ class _Reader:
         kernels = self.kernels()
         if kernels:
             t["kernels"] = kernels
+        if self.hub_attention:
+            t["attention_kernel"] = self.hub_attention
+        self.stopping(t)
         distributed = self.distributed(t)
         if distributed:
             t["distributed"] = distributed
         t["report_to"] = self.trackers()
+        if self.rl:
+            t["method"] = self.rl
+            self.rl_settings(t)
         return t
+
+    def rl_settings(self, t: dict) -> None:
+        """beta (trl.beta, else rl_beta, else orpo_alpha: Axolotl's order), KTO's weights, GRPO's trl block."""
+        trl = self.take("trl", {})
+        trl = dict(trl) if isinstance(trl, dict) else {}
+        betas = [trl.pop("beta", None), self.take("rl_beta"), self.take("orpo_alpha")]
+        beta = next((b for b in betas if b is not None), None)
+        if beta is not None:
+            t["beta"] = float(beta)
+        if self.rl == "kto":
+            for key, name in (("kto_desirable_weight", "desirable_weight"),
+                              ("kto_undesirable_weight", "undesirable_weight")):
+                if self.has(key):
+                    t[name] = float(self.take(key))
+        if self.rl == "grpo":
+            t["grpo"] = self.grpo(trl)
+        for key in ("log_completions", "num_completions_to_print"):  # what is printed, not what is trained
+            trl.pop(key, None)
+        for key, value in trl.items():
+            if value is not None and not (key == "use_vllm" and value is False):
+                self.refuse(f"trl.{key}", f"{shown(value)}: hubtune runs {self.rl.upper()} with TRL's default for it")
+
+    def grpo(self, trl: dict) -> dict:
+        # Axolotl leaves what trl does not set to TRL's GRPOConfig: 8 generations, temperature 1.0.
+        g: dict = {"num_generations": int(trl.pop("num_generations", None) or 8)}
+        length = trl.pop("max_completion_length", None)
+        if length is None:
+            self.refuse("trl.max_completion_length", "missing: Axolotl then samples completions without a cap; "
+                                                     "hubtune needs one (e.g. 256)")
+        else:
+            g["max_completion_length"] = int(length)
+        if trl.get("temperature") is not None:
+            g["temperature"] = float(trl.pop("temperature"))
+        if trl.get("top_p") in (1, 1.0):
+            trl.pop("top_p")
+        funcs, weights = trl.pop("reward_funcs", None) or [], trl.pop("reward_weights", None)
+        if not isinstance(funcs, list) or not funcs:
+            self.refuse("trl.reward_funcs", f"{shown(funcs) if funcs else 'missing'}: GRPO needs a list of reward "
+                                            f"functions, each {{file}}.{{function}}")
+        elif weights is not None and (not isinstance(weights, list) or len(weights) != len(funcs)):
+            self.refuse("trl.reward_weights", f"{shown(weights)}: one weight per reward function ({len(funcs)})")
+        else:
+            rewards = [self.reward(str(f), float(w)) for f, w in zip(funcs, weights or [1.0] * len(funcs))]
+            if all(rewards):
+                g["rewards"] = rewards
+        loss = trl.pop("loss_type", None)
+        if loss is not None:
+            if loss in GRPO_LOSSES:
+                g["loss_type"] = loss
+            else:
+                self.refuse("trl.loss_type", f"{loss!r}: hubtune runs GRPO's losses {', '.join(GRPO_LOSSES)}")
+        scale = trl.pop("scale_rewards", None)
+        if scale is not None:
+            g["scale_rewards"] = {True: "group", False: "none"}.get(scale, scale)
+        if trl.get("epsilon") is not None:
+            g["epsilon"] = float(trl.pop("epsilon"))
+        if trl.pop("use_vllm", False):
+            self.note(f"trl.use_vllm: {NOTED['vllm']}")
+        for key in [k for k in trl if k.startswith("vllm_")]:  # where a vLLM server runs: see use_vllm
+            trl.pop(key)
+        return g
+
+    def reward(self, fqn: str, weight: float) -> dict | None:
+        """An Axolotl reward function ({file}.{function}, TRL's calling convention) as hubtune's reward."""
+        module, _, function = fqn.rpartition(".")
+        if not module or not re.fullmatch(r"[\w.]+", module) or not function.isidentifier():
+            self.refuse("trl.reward_funcs", f"{fqn!r}: a reward function is {{file}}.{{function}}, e.g. rewards.correct")
+            return None
+        if module == REWARDS_MODULE and function in BUILTIN_REWARDS:
+            return {"name": BUILTIN_REWARDS[function], "weight": weight}
+        return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
+
+    def stopping(self, t: dict) -> None:
+        """early_stopping_patience (Axolotl then also keeps the best checkpoint), in-order sampling, and the
+        held-out metrics Axolotl computes during training."""
+        patience = self.take("early_stopping_patience")
+        if patience:
+            t["early_stopping_patience"] = int(patience)
+        if self.data.get("curriculum_sampling") is True:
+            self.take("curriculum_sampling")
+            t["shuffle"] = False
+        metrics = self.data.get("eval_causal_lm_metrics")
+        if self.data.get("do_causal_lm_eval") is True and metrics is not None:
+            metrics = metrics if isinstance(metrics, list) else [metrics]
+            if all(m == "perplexity" for m in metrics):
+                self.take("do_causal_lm_eval"), self.take("eval_causal_lm_metrics")
+                self.note("eval_causal_lm_metrics [perplexity]: the held-out perplexity is exp(eval_loss), which "
+                          "hubtune logs at every evaluation")
 
     def accumulation(self, micro: int) -> int:
         """gradient_accumulation_steps, or Axolotl's batch_size (micro_batch_size x accumulation)."""
@@ -727,6 +979,7 @@ class _Reader:
     def kernels(self) -> list[str] | None:
         """Attention and Liger from attn_implementation, the *_attention flags and the plugins."""
         attention = None
+        self.hub_attention = None
         if self.has("attn_implementation"):
             value = str(self.data["attn_implementation"])
             if value in ATTENTION:
@@ -734,6 +987,8 @@ class _Reader:
                 self.take("attn_implementation")
                 if value == "xformers":
                     self.note(XFORMERS_NOTE)
+            elif re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?(:[\w.-]+)?", value):
+                self.hub_attention = str(self.take("attn_implementation"))  # a kernel repo on the Hub
             else:
                 self.refuse("attn_implementation", f"{self.take('attn_implementation')!r}: transformers' attention "
                                                    f"hubtune loads: {', '.join(ATTENTION)}")
@@ -811,6 +1066,12 @@ class _Reader:
             else:
                 self.refuse("deepspeed", f"{name!r}: hubtune's DeepSpeed presets are ZeRO 2 and 3 without offload "
                                          f"(deepspeed_configs/zero2.json, zero3.json)")
+        if self.data.get("use_ray") is True:
+            self.take("use_ray")
+            workers = self.take("ray_num_workers", 1)
+            mode = mode or "ddp"
+            self.note(f"use_ray: hubtune launches the same {mode} processes with accelerate instead of Ray: "
+                      f"`hubtune train CONFIG --num-processes {workers}`")
         if self.data.get("ddp") is True and mode is None:
             self.take("ddp")
             mode = "ddp"
@@ -823,6 +1084,18 @@ class _Reader:
         if self.data.get("use_tensorboard") is True:
             self.take("use_tensorboard")
             found.append("tensorboard")
+        if self.data.get("use_swanlab") is True:
+            self.take("use_swanlab")
+            found.append("swanlab")
+            for key, env in (("swanlab_project", "SWANLAB_PROJECT"), ("swanlab_mode", "SWANLAB_MODE"),
+                             ("swanlab_api_host", "SWANLAB_API_HOST"), ("swanlab_web_host", "SWANLAB_WEB_HOST")):
+                if self.has(key):
+                    self.note(f"{key}: {self.data[key]}: transformers' SwanLab integration reads it from the "
+                              f"environment; export {env}={self.take(key)} before training")
+            if self.has("swanlab_api_key"):
+                self.take("swanlab_api_key")  # a secret: never repeated in a note or a converted config
+                self.note("swanlab_api_key: export SWANLAB_API_KEY before training; hubtune does not write keys "
+                          "into run configs")
         for key, tracker, env in (("wandb_project", "wandb", "WANDB_PROJECT"), ("wandb_entity", "wandb", "WANDB_ENTITY"),
                                   ("mlflow_tracking_uri", "mlflow", "MLFLOW_TRACKING_URI"),
                                   ("mlflow_experiment_name", "mlflow", "MLFLOW_EXPERIMENT_NAME")):
@@ -841,16 +1114,18 @@ class _Reader:
             if key in NOTED:
                 self.note(f"{key}: {shown(value)}: {NOTED[key]}")
             elif key.startswith("swanlab_"):
-                continue  # SwanLab's own settings: use_swanlab says whether it runs
+                continue  # SwanLab's own settings (run names, notifications): use_swanlab says whether it runs
+            elif key == "remove_unused_columns" and value is False and self.rl:
+                continue  # Axolotl's default for rl: the rows hubtune prepares hold only what the trainer reads
+            elif key not in AXOLOTL_KEYS and key not in WHY:
+                close = difflib.get_close_matches(key, AXOLOTL_KEYS, n=1)
+                self.note(f"{key}: {shown(value)}: not an Axolotl setting, which Axolotl ignores; so does hubtune"
+                          + (f" (did you mean {close[0]}?)" if close else ""))
             else:
                 self.refuse(key, f"{shown(value)}: {WHY.get(key, 'hubtune has no such setting')}")
 
 
 DATASET_KEYS = {  # why a dataset entry's key is not honoured
-    "data_files": "hubtune reads a dataset's splits by its card or file names; point path at the file instead",
-    "drop_system_message": "hubtune keeps the system message as context",
-    "field_thinking": "hubtune renders the turns' content only (no separate reasoning field)",
-    "template_thinking_key": "hubtune renders the turns' content only (no separate reasoning field)",
     "shards": "hubtune reads the whole split (slice it with split: train[:10%])",
     "preprocess_shards": "hubtune reads the whole split (slice it with split: train[:10%])",
 }
@@ -895,6 +1170,16 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["special_tokens"] = dict(m.special_tokens)
     if m.added_tokens:
         out["tokens"] = list(m.added_tokens)
+    if m.use_kernels:
+        out["use_kernels"] = True
+    if m.experts_implementation:
+        out["experts_implementation"] = m.experts_implementation
+    if m.dequantize:  # the quantized format Axolotl's examples dequantize on load
+        out.update(model_quantization_config="Mxfp4Config", model_quantization_config_kwargs={"dequantize": True})
+    if m.tokenizer_legacy is not None:
+        out["tokenizer_legacy"] = m.tokenizer_legacy
+    if m.tokenizer_backend == "mistral-common":
+        out["tokenizer_use_mistral_common"] = True
     out.update(lora_r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout)
     if lo.target_regex is None and lo.target_modules == "all-linear":
         out["lora_target_linear"] = True
@@ -906,13 +1191,23 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["lora_modules_to_save"] = list(lo.modules_to_save)
     if lo.use_rslora:
         out["peft_use_rslora"] = True
+    if lo.init_weights == "loftq":
+        out["peft"] = {"loftq_config": {"loftq_bits": lo.loftq_bits}}
 
     found = formats or [None] * len(d.sources)
     out["datasets"] = []
     for i, source in enumerate(d.sources):
         fmt = d.format if d.format != "auto" else (found[i] if i < len(found) and found[i] else _detect(source, d))
-        entry = _axolotl_dataset(source, fmt, d.columns, f"data.sources[{i}]", problems)
+        entry = _axolotl_dataset(source, fmt, d.columns, f"data.sources[{i}]", problems, config)
         if entry:
+            if source.data_files:
+                entry["data_files"] = list(source.data_files)
+            if source.drop_system_message:
+                entry["drop_system_message"] = True
+            if d.reasoning_field != "reasoning_content":
+                entry["field_thinking"] = d.reasoning_field
+            if d.template_reasoning_key != "reasoning_content":
+                entry["template_thinking_key"] = d.template_reasoning_key
             out["datasets"].append(entry)
     if d.val_set_size >= 1:
         problems.append(("data.val_set_size", f"{d.val_set_size:g} rows: Axolotl takes a share (0-1) of the data"))
@@ -941,9 +1236,24 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     else:
         out["evals_per_epoch"] = 1 if t.evals_per_epoch is None else t.evals_per_epoch
     out.update(_axolotl_kernels(t))
+    if t.attention_kernel:
+        out["attn_implementation"] = t.attention_kernel
+    if t.early_stopping_patience:
+        out["early_stopping_patience"] = t.early_stopping_patience
+    if t.warmup_shape == "quadratic":
+        if t.lr_scheduler != "cosine":
+            problems.append(("training.warmup_shape", f"quadratic with {t.lr_scheduler}: Axolotl squares the warm-up "
+                                                      f"of the cosine schedule only"))
+        out["lr_quadratic_warmup"] = True
+    if not t.shuffle:
+        out["curriculum_sampling"] = True
+    if "swanlab" in t.report_to:
+        out["use_swanlab"] = True
+        out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
+    out.update(_axolotl_method(t, problems))
     if config.output.dir:
         out["output_dir"] = config.output.dir
     if problems:
@@ -1006,8 +1316,41 @@ def hubtune_assets(axolotl: dict) -> list[str]:
     return found
 
 
+def _axolotl_method(t: cfg.TrainingSection, problems: list[tuple[str, str]]) -> dict:
+    """rl, its beta, KTO's weights and GRPO's trl block (sft: nothing)."""
+    if t.method == "sft":
+        return {}
+    out: dict[str, Any] = {"rl": t.method}
+    if t.beta is not None and t.method != "grpo":
+        out["rl_beta"] = t.beta
+    if t.method == "kto":
+        out.update(kto_desirable_weight=t.desirable_weight, kto_undesirable_weight=t.undesirable_weight)
+    if t.method == "grpo":
+        g = t.grpo
+        trl: dict[str, Any] = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
+                               "temperature": g.temperature, "loss_type": g.loss_type, "epsilon": g.epsilon,
+                               "scale_rewards": {"group": True, "none": False}.get(g.scale_rewards, g.scale_rewards)}
+        if t.beta is not None:
+            trl["beta"] = t.beta
+        funcs = []
+        for i, r in enumerate(g.rewards):
+            builtin = {v: k for k, v in BUILTIN_REWARDS.items()}.get(r.name)
+            if builtin:
+                funcs.append(f"{REWARDS_MODULE}.{builtin}")
+            elif r.name == "callable" and r.signature == "trl":
+                funcs.append(r.callable.replace(":", "."))
+            else:
+                problems.append((f"training.grpo.rewards[{i}]", f"{r.label}: Axolotl calls reward functions as TRL "
+                                 f"does (a callable with signature: trl, or exact_match, f1, json from {REWARDS_MODULE})"))
+        trl.update(reward_funcs=funcs, reward_weights=[r.weight for r in g.rewards])
+        out["trl"] = trl
+    return out
+
+
 def _axolotl_dataset(source: cfg.DataSource, fmt: str, columns: dict, where: str,
-                     problems: list[tuple[str, str]]) -> dict | None:
+                     problems: list[tuple[str, str]], config: cfg.RunConfig | None = None) -> dict | None:
+    if fmt in ("preference", "kto") and config is not None:
+        return _axolotl_preference(source, fmt, columns, where, problems, config)
     kind = FORMAT_TO_TYPE.get(fmt)
     if kind is None:
         problems.append((where, f"format {fmt} has no Axolotl dataset type; convert the rows to messages"))
@@ -1032,6 +1375,47 @@ def _axolotl_dataset(source: cfg.DataSource, fmt: str, columns: dict, where: str
     if unused:
         problems.append(("data.columns", f"{unused}: Axolotl's {kind} type cannot rename these columns; "
                                          f"rename them in the data"))
+    return entry
+
+
+def _source_entry(source: cfg.DataSource, kind: str) -> dict:
+    entry: dict[str, Any] = {"path": _axolotl_path(source.path), "type": kind}
+    path = Path(entry["path"])
+    if path.suffix in (".json", ".jsonl", ".csv", ".parquet"):
+        entry["ds_type"] = "json" if path.suffix == ".jsonl" else path.suffix[1:]
+    if source.split != "train":
+        entry["split"] = source.split
+    for key in ("name", "revision"):
+        if getattr(source, key):
+            entry[key] = getattr(source, key)
+    return entry
+
+
+def _axolotl_preference(source: cfg.DataSource, fmt: str, columns: dict, where: str,
+                        problems: list[tuple[str, str]], config: cfg.RunConfig) -> dict | None:
+    """The Axolotl type that reads these pairs or unpaired rows back as they are: a chatml / llama3 type
+    naming the columns, else (pairs) chat_template.default with its field_* keys."""
+    method, template = config.training.method, config.data.chat_template
+    if fmt == "kto" and method != "kto" or fmt == "preference" and method == "kto":
+        problems.append((where, f"format {fmt}: Axolotl's {method.upper()} reads "
+                                + ("unpaired rows (prompt, completion, label)" if method == "kto" else "pairs")))
+        return None
+    table = KTO_TYPES if method == "kto" else PAIR_TYPES
+    if template in TEMPLATED:
+        suffix = next((name for name, named in table.items() if named == columns), None)
+        if suffix:
+            return _source_entry(source, f"{template}.{suffix}")
+    if method == "kto":
+        problems.append((where, f"Axolotl's KTO types render with chatml or llama3 and read the columns prompt, "
+                                f"question or instruction; set data.chat_template to chatml or llama3 (columns: "
+                                f"{columns or 'as named'})"))
+        return None
+    entry = _source_entry(source, "chat_template.default")
+    entry.update(field_messages=columns.get("prompt", "prompt"), field_chosen=columns.get("chosen", "chosen"),
+                 field_rejected=columns.get("rejected", "rejected"))
+    unused = {k: v for k, v in columns.items() if k not in ("prompt", "chosen", "rejected")}
+    if unused:
+        problems.append(("data.columns", f"{unused}: Axolotl's preference types cannot rename these columns"))
     return entry
 
 

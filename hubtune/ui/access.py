@@ -8,7 +8,7 @@ visitors are not trusted:
 - data comes from Hub ids, the built-in assets, or the user's own uploads, never from a path on the server;
 - a run is its owner's alone; a run without an owner (made with the CLI) is the operator's, never a visitor's;
 - Hub calls act with the user's own token (hubtune.hub.acting_as), never the Space's;
-- no code from a user's repo or config runs (model.trust_remote_code, data.scorer).
+- no code from a user's repo or config runs (model.trust_remote_code, data.scorer, Hub kernels).
 """
 
 from __future__ import annotations
@@ -144,6 +144,11 @@ class Gate:
         if config.data.scorer is not None:
             raise NotYoursError("data.scorer runs a Python function named in the config; a shared Space runs no "
                                 "code of its users: remove data.scorer, or score the data before uploading it")
+        hub_code = [name for name, on in (("model.use_kernels", config.model.use_kernels),
+                                          ("training.attention_kernel", config.training.attention_kernel)) if on]
+        if hub_code:
+            raise NotYoursError(f"{' and '.join(hub_code)}: kernels fetched from the Hub are code, and a shared Space "
+                                f"runs no code its users choose; leave them out (transformers' own layers compute the same)")
         judge = config.eval.judge
         if judge and not judge.startswith(("http://", "https://")) and not RepoRef.parse(judge).is_hub:
             raise NotYoursError(f"eval.judge {judge!r}: on a shared Space, a judge is a base URL or a Hub model id, "

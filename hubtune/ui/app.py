@@ -1,5 +1,5 @@
 """The Gradio app: one function builds the page, thin over handlers.py (which call the library) and the
-job runner. Tabs follow what a user does: model and data, train, runs, chat, publish.
+job runner. Tabs follow what a user does: model and data, train, runs, chat, publish, export.
 
     from hubtune.ui import build_app
     build_app().launch()          # or: hubtune ui
@@ -16,6 +16,8 @@ import pandas as pd
 from hubtune import config as cfg
 from hubtune.config import field_at
 from hubtune.errors import HubtuneError
+from hubtune.export.convert import QUANTS
+from hubtune.merge import DTYPES as MERGE_DTYPES
 from hubtune.runs import RunFolder, Status, list_runs
 from hubtune.ui import access, charts, hosting, views
 from hubtune.ui import handlers as h
@@ -25,7 +27,7 @@ POLL_SECONDS = 2.0
 LOG_LINES, RUN_LOG_LINES = 8, 6  # the log boxes' heights: the newest line is always in view
 FORMATS = list(get_args(field_at("data.format").annotation))  # the run config's own choices
 NO_RUNS = "No runs yet under {root}: start one on the Train tab."
-NO_FINISHED = "No finished runs yet: train one first (chat and publishing need a finished run)."
+NO_FINISHED = "No finished runs yet: train one first (chat, publishing and export need a finished run)."
 
 
 def _frame(points: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -43,6 +45,17 @@ def _progress_bar(fraction: float | None) -> str:
     pct = 0 if fraction is None else round(fraction * 100)
     return (f'<div id="progress-bar" data-percent="{pct}" style="background:#e5e7eb;border-radius:6px;height:14px">'
             f'<div style="width:{pct}%;background:#f59e0b;height:14px;border-radius:6px"></div></div>')
+
+
+def _downloadable(files: list[str]) -> list[str] | None:
+    """Files for a download box, copied into Gradio's cache here (under a name derived from its per-server
+    secret and their bytes). Gradio by itself hands out only files under the working directory or the temp
+    folder, and a runs root elsewhere (a Space's mounted volume) must not be opened to its file route: that
+    would serve every user's runs to anyone who guesses a path."""
+    from gradio.processing_utils import save_file_to_cache
+    from gradio.utils import get_upload_folder
+
+    return [save_file_to_cache(f, get_upload_folder()) for f in files] or None
 
 
 def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -> gr.Blocks:
@@ -240,6 +253,38 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         with session.hub():
             return h.publish_defaults(path, session)
 
+    def show_export(path, session):
+        """The Export tab for one run: its merge or export job, the last merge and GGUF export, their files."""
+        if not path:
+            return "", "", None, "", None, "", None
+        path = mine(path, session)
+        merge_text, merged = h.merge_view(path)
+        gguf_text, exported = h.gguf_view(path)
+        return (h.export_status(path, runner), merge_text, _downloadable(merged), gguf_text, _downloadable(exported),
+                views.log_tail(RunFolder(path), RUN_LOG_LINES), _export_key(path))
+
+    def _export_key(path):
+        run = RunFolder(path)
+        job = runner.job(run.path)
+        stamp = lambda f: (f.stat().st_mtime, f.stat().st_size) if f.is_file() else None  # noqa: E731
+        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / "job.json"),
+                stamp(run.path / views.LOG), stamp(run.path / "merge.json"), stamp(run.path / "export.json"))
+
+    def follow_export(path, session, seen):
+        """While the Export tab is open: its views are sent again when the run's job, log or results changed.
+        The files only when their record did (each send hashes and copies them for download)."""
+        if not path or not Path(path).is_dir():
+            return (gr.skip(),) * 6 + (seen,)
+        path = mine(path, session)
+        key = _export_key(path)
+        if key == seen:
+            return (gr.skip(),) * 6 + (seen,)
+        same = lambda i: seen is not None and seen[0] == path and seen[i] == key[i]  # noqa: E731
+        merge_text, merged = (gr.skip(), gr.skip()) if same(5) else h.merge_view(path)
+        gguf_text, exported = (gr.skip(), gr.skip()) if same(6) else h.gguf_view(path)
+        return (h.export_status(path, runner), merge_text, merged if same(5) else _downloadable(merged), gguf_text,
+                exported if same(6) else _downloadable(exported), views.log_tail(RunFolder(path), RUN_LOG_LINES), key)
+
     # ---- the page ---------------------------------------------------------------------------------------------
     with gr.Blocks(title="hubtune") as app:
         session = gr.State(h.Session())
@@ -381,7 +426,39 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 gr.Markdown("### Model card preview")
                 card = gr.Markdown(elem_id="card-preview")
 
+            with gr.Tab("6. Export", id="export") as export_tab:
+                export_note = gr.Markdown()
+                export_pick = gr.Dropdown(label="Finished run", choices=[], allow_custom_value=True,
+                                          elem_id="export-run")
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("### Merge into the base\nThe adapter folded into the base's original weights "
+                                    "(also for a QLoRA run: never into a de-quantized 4-bit copy), one standalone "
+                                    "model for any tool that loads transformers models.")
+                        merge_dtype = gr.Radio(list(MERGE_DTYPES), value="auto",
+                                               label="Saved weights (auto: the base's own dtype)")
+                        merge_btn = gr.Button("Merge into the base", elem_id="merge")
+                        merge_md = gr.Markdown(elem_id="merge-result")
+                        merge_files = gr.File(label="Merged model: download", file_count="multiple",
+                                              interactive=False, elem_id="merge-files")
+                    with gr.Column():
+                        gr.Markdown("### GGUF for llama.cpp, Ollama and LM Studio\nMerged, converted by llama.cpp's "
+                                    "own tools, then checked: the run's test prompts through the file in llama.cpp "
+                                    "and through the adapter, scored alike. f16 and q8_0 must match the adapter "
+                                    "within its interval.")
+                        quant = gr.Radio(list(QUANTS), value="q8_0", label="Precision")
+                        parity_limit = gr.Number(50, label="Check on at most N test prompts (0: all)", precision=0,
+                                                 minimum=0, elem_id="parity-limit")
+                        export_btn = gr.Button("Export GGUF", elem_id="export")
+                        gguf_md = gr.Markdown(elem_id="gguf-result")
+                        gguf_files = gr.File(label="GGUF file, Ollama Modelfile and parity record: download",
+                                             file_count="multiple", interactive=False, elem_id="gguf-files")
+                export_status = gr.Markdown(elem_id="export-status")
+                export_log = gr.Textbox(label="Log of its last job (updates while it runs)", lines=6, max_lines=6,
+                                        interactive=False)
+
         timer = gr.Timer(POLL_SECONDS)
+        export_seen = gr.State(None)  # what the Export tab last showed of its picked run
         followed = gr.State(None)  # what the Runs tab last showed of its picked run
 
         # ---- wiring ---------------------------------------------------------------------------------------------
@@ -447,6 +524,16 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                   [card], api_name=False)
         push_btn.click(lambda r, name, p, a, s: h.publish(mine(r, s), name, p, s, a) if r else NO_FINISHED,
                        [pub_run, repo, private, acknowledge, session], [push_result], api_name="publish")
+
+        export_tab.select(refresh_finished, [session, export_pick], [export_pick, export_note], api_name=False)
+        export_outputs = [export_status, merge_md, merge_files, gguf_md, gguf_files, export_log, export_seen]
+        export_pick.change(show_export, [export_pick, session], export_outputs, api_name="export_view")
+        merge_btn.click(lambda r, d, s: h.merge_run(mine(r, s), d, s, runner) if r else NO_FINISHED,
+                        [export_pick, merge_dtype, session], [export_status], api_name="merge")
+        export_btn.click(lambda r, q, n, s: h.export_run(mine(r, s), q, n, s, runner) if r else NO_FINISHED,
+                         [export_pick, quant, parity_limit, session], [export_status], api_name="export")
+        timer.tick(follow_export, [export_pick, session, export_seen], export_outputs, api_name=False,
+                   show_progress="hidden")
 
     app.runner = runner  # for `hubtune ui` and the tests: the runner this app schedules on
     return app

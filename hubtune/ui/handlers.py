@@ -594,6 +594,133 @@ def export_view(folder: RunFolder) -> str:
             + parity_markdown(record))
 
 
+# ---- merging and exporting -----------------------------------------------------------------------------------
+# Both run as jobs (`hubtune merge`, `hubtune export`) through the runner, never in the app's process: they load
+# the base in full precision and, for GGUF, run every test prompt through llama.cpp and PyTorch.
+EXPORT_JOBS = ("merge", "export")
+
+
+def merge_run(run: str, dtype: str, session: Session, runner: JobRunner) -> str:
+    """Queue `hubtune merge RUN --out RUN/merged-DTYPE`: the adapter folded into the base's original weights."""
+    from hubtune.merge import DTYPES
+    from hubtune.merge import RESULT as MERGED
+
+    folder = RunFolder(run)
+    if folder.summary is None:
+        return f"**{folder.path.name}** is {folder.status.value}: finish training before merging"
+    if runner.is_active(folder.path):
+        return f"**{folder.path.name}** already has a job queued or running: wait for it to end"
+    dtype = dtype if dtype in DTYPES else "auto"
+    out = folder.path / f"merged-{dtype}"
+    record = folder.read_json(MERGED) or {}
+    if record.get("folder") and Path(record["folder"]) == out.resolve() and out.is_dir():
+        return f"**{folder.path.name}** is already merged ({dtype}): its files are below, ready to download"
+    shutil.rmtree(out, ignore_errors=True)  # what a merge that did not finish left
+    return _queue(folder, "merge", ["--out", str(out), "--dtype", dtype], session, runner,
+                  f"merging its adapter in float32 into the base's original weights (saved as {dtype})")
+
+
+def export_run(run: str, quant: str, limit: int | None, session: Session, runner: JobRunner) -> str:
+    """Queue `hubtune export RUN --format gguf --quant Q`: merge, convert, then the parity check in llama.cpp."""
+    from hubtune.export import convert, toolchain
+
+    folder = RunFolder(run)
+    if folder.summary is None:
+        return f"**{folder.path.name}** is {folder.status.value}: finish training before exporting"
+    if quant not in convert.QUANTS:
+        return f"**Problem:** precision {quant!r}: choose one of {', '.join(convert.QUANTS)}"
+    try:
+        toolchain.llama_cpp()  # the job would fail on it after minutes of merging: say so now
+    except HubtuneError as err:
+        return problem(err)
+    if runner.is_active(folder.path):
+        return f"**{folder.path.name}** already has a job queued or running: wait for it to end"
+    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.path / "export")]
+    options += ["--limit", str(int(limit))] if limit else []
+    prompts = f"the first {int(limit)}" if limit else "all its"
+    return _queue(folder, "export", options, session, runner,
+                  f"merging, converting to {quant}, then {prompts} test prompts through llama.cpp and the adapter")
+
+
+def _queue(folder: RunFolder, kind: str, options: list[str], session: Session, runner: JobRunner, what: str) -> str:
+    try:
+        runner.submit(Job(folder.path, kind, owner=folder.owner, token=session.token, options=options))
+    except HubtuneError as err:
+        return problem(err)
+    place = runner.place(folder.path)
+    return f"**{folder.path.name}**: {what}; {f'number {place} in the queue' if place else 'started'}"
+
+
+def export_status(run: str, runner: JobRunner) -> str:
+    """What the run's merge or export job is doing, or how the last one ended."""
+    from hubtune.ui.jobs import RECORD
+
+    folder = RunFolder(run)
+    job = runner.job(folder.path)
+    if job is not None:
+        place = runner.place(folder.path)
+        doing = f"number {place} in the queue" if place else "running"
+        return f"`hubtune {job.kind}` on **{folder.path.name}**: {doing} (its log below)"
+    record = folder.read_json(RECORD) or {}
+    if record.get("kind") not in EXPORT_JOBS or record.get("exit_code") is None:
+        return ""
+    if record["exit_code"] == 0:
+        return f"`hubtune {record['kind']}` on **{folder.path.name}** finished at {record['ended']}"
+    error = (record.get("error") or "no message").replace(str(folder.path), folder.path.name)  # no server paths
+    return problem(HubtuneError(f"`hubtune {record['kind']}` on {folder.path.name} failed at {record['ended']}: "
+                                f"{error}"))
+
+
+def merge_view(run: str) -> tuple[str, list[str]]:
+    """The run's last merge, in words (the largest logit difference first), and its files to download."""
+    from hubtune.merge import RESULT as MERGED
+
+    folder = RunFolder(run)
+    record = folder.read_json(MERGED)
+    if not record:
+        return "Not merged yet.", []
+    difference = record.get("max_logit_difference")
+    text = (f"Merged into **{record['base']}** in float32, saved in {record['dtype']}. Largest logit difference "
+            f"between the merged model and the adapter over the same base, on {record.get('logit_prompts', 0)} "
+            f"held-out prompts: **{difference:.2e}**" if difference is not None else
+            f"Merged into **{record['base']}** in float32, saved in {record['dtype']} (no held-out prompts to "
+            f"compare the logits on)")
+    text += "".join(f"  \n**Warning:** {w}" for w in record.get("warnings") or [])
+    return text, _downloads(folder, Path(record["folder"]).glob("*"))
+
+
+def gguf_view(run: str) -> tuple[str, list[str]]:
+    """The run's last GGUF export: the parity table, and its files (GGUF, Modelfile, record) to download."""
+    from hubtune.export import RESULT as EXPORTED
+    from hubtune.export.report import parity_markdown
+
+    folder = RunFolder(run)
+    record = folder.read_json(EXPORTED)
+    if not record:
+        return "Not exported yet.", []
+    out = Path(record["folder"])
+    names = [f["file"] for f in record["files"].values()]
+    names += [record["lora"]["file"]] if record.get("lora") else []
+    names += [n for n in (record.get("modelfile"), EXPORTED) if n]
+    text = f"GGUF ({', '.join(record['files'])}) by llama.cpp `{record['llama_cpp']['commit'][:9]}`"
+    if "parity" not in record:
+        return text + ": exported **without** the parity check", _downloads(folder, (out / n for n in names))
+    parity = record["parity"]
+    text += (f". Parity on {parity['n']} prompts of {parity['dataset']['name']} ({parity['split']}), greedy, up to "
+             f"{parity['max_new_tokens']} new tokens:\n\n{parity_markdown(record)}")
+    if "merge" in record:
+        text += (f"\n\nLargest logit difference, merged (float32) vs adapter over the same base: "
+                 f"{record['merge']['max_logit_difference']:.2e}")
+    text += f"\n\nTolerance: {parity['tolerance']}"
+    return text, _downloads(folder, (out / n for n in names))
+
+
+def _downloads(folder: RunFolder, files) -> list[str]:
+    """Files to download: only the run's own, inside its folder (a record naming a path elsewhere gives none)."""
+    inside = folder.path.resolve()
+    return sorted(str(f) for f in files if f.is_file() and inside in f.resolve().parents)
+
+
 # ---- chat ----------------------------------------------------------------------------------------------------
 class ModelCache:
     """The last run's tuned model, kept loaded between chat turns (one at a time: memory is finite)."""

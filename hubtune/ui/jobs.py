@@ -1,5 +1,5 @@
-"""The UI's job runner: `hubtune train` and `hubtune eval` as subprocesses, first come first served,
-one job per device at a time (on a CPU-only machine an evaluation may run beside a training).
+"""The UI's job runner: `hubtune train`, `eval`, `merge` and `export` as subprocesses, first come first
+served, one job per device at a time (on a CPU-only machine an evaluation may run beside a training).
 
 A job's state lives in its run folder (status, lock, metrics, log), not in this process: a reloaded tab,
 a second browser or a restarted app reads the same folder and reattaches. Each subprocess runs in its
@@ -31,6 +31,7 @@ from hubtune.errors import BudgetError, HubtuneError
 from hubtune.runs import RunFolder, Status, list_runs, local_holder_pid
 
 LOG = "job.log"  # the subprocess's stdout and stderr, appended run after run
+RECORD = "job.json"  # the run's last job: its kind and command, when it started and ended, how it exited
 WAITING_FOR_OWNER = ("waiting for its owner to sign in: the Space restarted while it was queued, and its owner's "
                      "token lives only in their session")
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -70,10 +71,10 @@ def job_environment(token: str | None, slot: str | None, shared: bool, base: dic
 @dataclass
 class Job:
     run: Path
-    kind: Literal["train", "eval"]
+    kind: Literal["train", "eval", "merge", "export"]
     owner: str | None = None
     token: str | None = field(default=None, repr=False)
-    options: list[str] = field(default_factory=list)  # extra CLI arguments (eval: --limit N)
+    options: list[str] = field(default_factory=list)  # extra CLI arguments (eval: --limit N; merge: --out DIR)
     queued_at: float = field(default_factory=time.time)
     held: bool = False  # waits for its owner to sign in and give it their token (see JobRunner.release)
 
@@ -81,7 +82,7 @@ class Job:
         cli = [sys.executable, "-m", "hubtune.cli"]
         if self.kind == "train":
             return [*cli, "train", "--resume", str(self.run), *self.options]
-        return [*cli, "eval", str(self.run), *self.options]
+        return [*cli, self.kind, str(self.run), *self.options]
 
 
 @dataclass
@@ -190,6 +191,15 @@ class JobRunner:
                     RunFolder(job.run).mark(Status.QUEUED, error=None)
                     released += 1
         return released
+
+    def job(self, run: str | Path) -> Job | None:
+        """The run's job waiting in line or running now (ours), if any."""
+        run = Path(run)
+        with self._lock:
+            r = self.running.get(run)
+            if r is not None and r.process.poll() is None:
+                return r.job
+            return next((j for j in self.queue if j.run == run), None)
 
     def held(self, run: str | Path) -> bool:
         with self._lock:
@@ -301,6 +311,8 @@ class JobRunner:
                                        env=env, start_new_session=True)
         finally:
             log.close()
+        RunFolder(job.run).write_json(RECORD, {"kind": job.kind, "command": f"hubtune {' '.join(job.command()[3:])}",
+                                               "started": _now(), "ended": None, "exit_code": None, "error": None})
         self.running[job.run] = Running(job, process, slot, status_at_launch=RunFolder(job.run).status)
 
     def _after_exit(self, r: Running) -> None:
@@ -310,6 +322,9 @@ class JobRunner:
         code = r.process.returncode
         stopped = r.job.run in self.stopping
         self.stopping.discard(r.job.run)
+        record = run.read_json(RECORD) or {}
+        run.write_json(RECORD, {**record, "ended": _now(), "exit_code": code,
+                                "error": None if code == 0 else failure(run.path / LOG)})
         if stopped and run.status == Status.QUEUED:  # stopped before it could take the run: not a failure
             run.mark(Status.INTERRUPTED)
         elif code != 0 and r.job.kind == "train" and run.status == Status.QUEUED:
@@ -329,6 +344,21 @@ def header(job: Job) -> str:
         return command
     steps = [int(n) for c in (job.run / "checkpoints").glob("checkpoint-*") if (n := c.name.rsplit("-", 1)[1]).isdigit()]
     return f"{command}  # {f'{CONTINUES} step {max(steps)}' if steps else STARTS}"
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def failure(path: Path) -> str:
+    """Why a job failed, from its log: its `error: ...` message (all its lines), else its last line."""
+    lines = tail(path, 30)
+    heads = [i for i, line in enumerate(lines) if line.startswith("$ hubtune ")]  # where this job's output began
+    lines = lines[heads[-1] + 1:] if heads else lines
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    return "\n".join(lines[starts[-1]:]).removeprefix("error: ") if starts else (lines[-1] if lines else "(no output)")
 
 
 def last_line(path: Path) -> str:

@@ -286,7 +286,7 @@ def chart_caption(points: list[dict]) -> str:
 # An uploaded file's copy on the server (runs/.uploads/USER/NAME, runs/RUN/uploads/NAME): the page names it
 # by NAME, as the card does; the server's folders are not the user's business.
 _UPLOAD_PATH = re.compile(r"(?:/[^\s'\"`/|]+)*/\.?uploads/(?:[^\s'\"`/|]+/)?([^\s'\"`/|]+)")
-_HEADER = re.compile(r"^\$ hubtune (train|eval) (?:--resume )?\S+(.*?)(?:  # (.*))?$")
+_HEADER = re.compile(r"^\$ hubtune (train|eval|merge|export) (?:--resume )?\S+(.*?)(?:  # (.*))?$")
 
 
 def without_server_paths(text: str) -> str:
@@ -329,6 +329,8 @@ def _job_line(line: str) -> str:
     if not found:
         return line
     kind, options, what = found.groups()
+    if kind in ("merge", "export"):
+        return {"merge": "▶ Merging the adapter into the base", "export": "▶ Exporting to GGUF"}[kind]
     if kind == "eval":
         limit = re.search(r"--limit (\d+)", options)
         return f"▶ Evaluating{f' on at most {limit.group(1)} test examples' if limit else ''}"
