@@ -180,6 +180,7 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     expect(page.locator("#runs-note")).not_to_contain_text("No runs")
     pick(page, "run-pick", run_name)
     expect(page.locator("#run-line")).to_contain_text("finished")
+    expect(page.locator("#run-chart g.mark-line path").first).to_be_visible()  # its curves, drawn in its box
     shot(page, "runs")
 
     # Chat: the tuned adapter answers.
