@@ -2,7 +2,8 @@
 
 The embedded demo, a short run: check the data, start training, reload while it runs and see the page
 reattach, stop (checkpoint) and resume to the end with the loss chart gaining points, open the run in
-the history, ask the tuned adapter in chat, see the card preview and publish to the loopback Hub.
+the history, ask the tuned adapter in chat, see the card preview and publish to the loopback Hub, then
+merge it into its base on the Export tab and download the merged weights.
 Screenshots land in test-artifacts/ui/ (artifacts); HUBTUNE_UPDATE_SCREENSHOTS=1 also refreshes the
 README's copies in docs/screenshots/.
 """

@@ -590,7 +590,10 @@ def export_view(folder: RunFolder) -> str:
     record = folder.read_json("export.json")
     if not record or "parity" not in record:
         return ""
-    return (f"\n\n**GGUF export** in `{record['folder']}` (llama.cpp `{record['llama_cpp']['commit'][:9]}`)\n\n"
+    out = Path(record["folder"])  # named from the run, never by its path on the server
+    where = out.name if out.parent.resolve() == folder.path.resolve() else f"{out.name} (outside the run)"
+    return (f"\n\n**GGUF export** in `{where}` (llama.cpp `{record['llama_cpp']['commit'][:9]}`; files on the "
+            f"Export tab)\n\n"
             + parity_markdown(record))
 
 
