@@ -208,7 +208,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     def follow_run(path, session, seen):
         """The Runs tab keeps itself current: when the picked run's status, metrics, log or evaluation
         changed since the last poll, its views are sent again (nothing is sent otherwise)."""
-        unchanged = (gr.skip(),) * 7 + (seen,)
+        unchanged = (gr.skip(),) * 7 + (seen, gr.skip())
         if not path or not Path(path).is_dir():
             return unchanged
         run = RunFolder(mine(path, session))
@@ -224,7 +224,11 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         history = pd.DataFrame(views.runs_table(runs), columns=["run", "status", "owner", "base", "steps",
                                                                 "held-out loss", "error"])
         chart_value = charts.loss_chart(views.loss_points([run])) if seen and seen[0] == path else gr.skip()
-        return p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key
+        # The Run list's labels carry each run's status: relabelled when this one's changed (same value picked).
+        relabel = (gr.update(choices=views.run_choices(runs)) if seen and seen[0] == path and seen[1] != key[1]
+                   else gr.skip())
+        return (p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key,
+                relabel)
 
     def compare(a, b, session):
         if not a or not b:
@@ -509,7 +513,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
         run_b.change(compare, [run_pick, run_b, session], [diff, overlay], api_name="compare")
         timer.tick(follow_run, [run_pick, session, followed],
-                   [run_line, eval_md, samples, run_log, runs_table, run_chart, run_message, followed],
+                   [run_line, eval_md, samples, run_log, runs_table, run_chart, run_message, followed, run_pick],
                    api_name=False, show_progress="hidden")
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)
