@@ -237,12 +237,19 @@ def estimate_run(config: cfg.RunConfig, flavor: str) -> RunEstimate:
     plan = BatchPlan(t.micro_batch_size, t.gradient_accumulation_steps, processes, rows or 0, t.epochs, t.max_steps)
     params = _parameters(config.model)
     tokens = plan.effective_batch_size * config.data.max_seq_len
-    flops = (8 if t.gradient_checkpointing is True else 6) * params * tokens  # auto: off when memory allows
-    method = "lora" if config.model.quantization == "none" else "qlora"
-    gpu = by_flavor(flavor)  # the nominal throughput of the flavor's GPU (hubtune.gpus)
-    per_second = (gpu.tflops if gpu else CPU_TFLOPS) * 1e12 * max(gpus, 1) * MFU[method]
+    per_second = nominal_tokens_per_second(config, by_flavor(flavor), max(gpus, 1), params)
     setup = SETUP_SECONDS + params * 2 / 100e6  # 16-bit weights at ~100 MB/s
-    return RunEstimate(plan.total_steps, flops / per_second, setup, params, flavor)
+    return RunEstimate(plan.total_steps, tokens / per_second, setup, params, flavor)
+
+
+def nominal_tokens_per_second(config: cfg.RunConfig, gpu, gpus: int = 1, params: int | None = None) -> float:
+    """Training tokens per second from a GPU's nominal throughput (hubtune.gpus; None: a CPU): 6 (8 with
+    gradient checkpointing) x parameters FLOPs per token, at the share of the nominal figure fine-tuning
+    reaches (MFU). A figure from the data sheet, not a measurement."""
+    params = params or _parameters(config.model)
+    flops_per_token = (8 if config.training.gradient_checkpointing is True else 6) * params  # auto: off when it fits
+    method = "lora" if config.model.quantization == "none" else "qlora"
+    return (gpu.tflops if gpu else CPU_TFLOPS) * 1e12 * gpus * MFU[method] / flops_per_token
 
 
 def _timeout_for(estimate: RunEstimate, timeout: str | int | None) -> int:

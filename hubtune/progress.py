@@ -2,7 +2,8 @@
 loss, held-out loss, tokens/s, elapsed, time left). `Figures` is the one progress model: computed from
 the rows written to metrics.jsonl, it feeds the console here and the page (hubtune.ui.views), so both
 show the same step total and the same time left (the pace so far, over training time that carries across
-a resume), written with `clock`.
+a resume), written with `clock`. Before a run, `Throughput` turns a measured (or nominal) tokens/s into
+the duration the page shows beside the step count.
 
 Third-party output (progress bars of every datasets map, deprecation warnings, notices) is hidden
 unless `--verbose` or HUBTUNE_DEBUG=1.
@@ -63,7 +64,7 @@ class Figures:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.eval_loss is not None:
-            parts.append(f"eval loss {self.eval_loss:.4f}")
+            parts.append(f"held-out loss {self.eval_loss:.4f}")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
         if self.elapsed is not None:
@@ -71,6 +72,25 @@ class Figures:
         if self.eta is not None:
             parts.append(f"{clock(self.eta)} left")
         return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training tokens per second on one device, and where the figure comes from, in words."""
+
+    tokens_per_second: float
+    source: str
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], source: str) -> Throughput | None:
+        """The median tokens/s of a run's training rows (a row logged across an evaluation reads slow; the
+        median leaves it out)."""
+        speeds = sorted(r["tokens_per_second"] for r in rows if r.get("loss") is not None and r.get("tokens_per_second"))
+        return cls(speeds[len(speeds) // 2], source) if speeds else None
+
+    def seconds(self, steps: int, tokens_per_step: float) -> float:
+        """How long `steps` optimizer steps of `tokens_per_step` tokens take at this pace."""
+        return steps * tokens_per_step / self.tokens_per_second
 
 
 def clock(seconds: float) -> str:

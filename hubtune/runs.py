@@ -190,6 +190,7 @@ class RunFolder:
     # anywhere (with its latest checkpoint), and once it has finished, the adapter and what the run was.
     RESUME_FILES = (CONFIG, METRICS, INITIAL_EVAL, DATA_REPORT)
     FINAL_FILES = (SUMMARY, f"{ADAPTER}/*", "data/*")
+    STOP_REQUEST = "stop_requested"  # written by the page's Stop just before its signal
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -405,8 +406,14 @@ class RunFolder:
 
     @property
     def error(self) -> str | None:
-        """The error that stopped the run, when it failed."""
+        """The error that stopped the run, when it failed, as the command line says it."""
         return self.state().get("error")
+
+    @property
+    def page_error(self) -> str | None:
+        """The same error as the page says it (hubtune.errors.page_text), where it was recorded."""
+        state = self.state()
+        return state.get("error_on_page") or state.get("error")
 
     @property
     def status(self) -> Status:
@@ -427,8 +434,30 @@ class RunFolder:
             return Status.QUEUED
         return Status.INTERRUPTED  # started, not finished, and no live process: stopped or killed
 
-    def mark(self, status: Status, error: str | None = None) -> None:
-        self._write_state(status=status.value, error=error, updated=_now())
+    def mark(self, status: Status, error: str | None = None, on_page: str | None = None) -> None:
+        """Record the status, and the error that ended the run in its two renderings (command line, page).
+        Earlier errors keep their renderings (`page_renderings`): the log still holds their lines."""
+        updates = dict(status=status.value, error=error, error_on_page=on_page, updated=_now())
+        if error and on_page and on_page != error:
+            updates["page_renderings"] = [*self.state().get("page_renderings", [])[-9:], [error, on_page]]
+        self._write_state(**updates)
+
+    @property
+    def page_renderings(self) -> list[tuple[str, str]]:
+        """(command line, page) renderings of the errors that ended this run's jobs, oldest first."""
+        return [tuple(pair) for pair in self.state().get("page_renderings", [])]
+
+    def request_stop(self) -> None:
+        """Note that the page's Stop asked this run to stop (before the signal is sent): the process that stops
+        then says so, not only which signal it received."""
+        if self.writer:
+            (self.path / self.STOP_REQUEST).write_text(_now())
+
+    def stop_requested(self) -> bool:
+        return (self.path / self.STOP_REQUEST).is_file()
+
+    def clear_stop_request(self) -> None:
+        (self.path / self.STOP_REQUEST).unlink(missing_ok=True)
 
     def record_push(self, repo_id: str, url: str, commit: str) -> None:
         pushes = [*self.state().get("pushes", []), {"repo": repo_id, "url": url, "commit": commit, "at": _now()}]

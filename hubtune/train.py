@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
 from hubtune import distributed
-from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, translate
+from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
 from hubtune.levers import Levers, recipe_levers
 from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
 
@@ -112,23 +112,24 @@ def _run(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks, display
     # Only the process that writes the run shows the console; the others of a launch stay quiet.
     display = display or Display(quiet=not distributed.is_main_process())
     with run.lock("train"), quiet_libraries(show=verbose()):
+        run.clear_stop_request()  # a Stop pressed for an earlier job of this run is not one for this job
         run.mark(Status.RUNNING)
         try:
             _train(run, config, resume, callbacks or [], display)
-        except TrainingInterrupted:
-            run.mark(Status.INTERRUPTED)
+        except TrainingInterrupted as err:
+            run.mark(Status.INTERRUPTED, str(err), page_text(err))
             raise
         except BaseException as err:
             # A full disk first: safetensors and torch.save report it in words the table below would
             # read as damaged weights.
             full = disk_full(run, err)
             if full is not None:
-                _mark(run, Status.INTERRUPTED, str(full))  # resumable once space is freed
+                _mark(run, Status.INTERRUPTED, full)  # resumable once space is freed
                 raise full from None
             # A foreign error the table in hubtune.errors explains (out of memory, a Hub failure, damaged
             # weights) is recorded and raised with its fix, in this run's own settings.
             typed = translate(err, config=config) if isinstance(err, Exception) else None
-            _mark(run, Status.FAILED, str(typed or err) or type(err).__name__)
+            _mark(run, Status.FAILED, typed or err)
             if typed is None or typed is err:
                 raise
             raise typed from err
@@ -262,9 +263,11 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         trainer.train(resume_from_checkpoint=str(last) if last else None)
     display.close()
     if stop.received:
-        raise TrainingInterrupted(f"training stopped at step {trainer.state.global_step} by {stop.received}; "
-                                  f"a checkpoint is in {run.checkpoints}. Continue with "
-                                  f"`hubtune train --resume {path}`")
+        step = trainer.state.global_step
+        why = "you pressed Stop" if run.stop_requested() else f"{stop.received} received"
+        raise TrainingInterrupted(f"training stopped at step {step} by {stop.received}; a checkpoint is in "
+                                  f"{run.checkpoints}. Continue with `hubtune train --resume {path}`").for_page(
+            f"Stopped at step {step} ({why}). Resume continues from the last checkpoint.")
 
     # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
     #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
@@ -857,9 +860,11 @@ def _step(checkpoint: Path | None) -> int:
     return step_of(checkpoint) if checkpoint else 0
 
 
-def _mark(run: RunFolder, status: Status, error: str) -> None:
+def _mark(run: RunFolder, status: Status, error: BaseException) -> None:
+    """Record how the run ended, in the command line's words and the page's."""
+    text = str(error) or type(error).__name__
     try:
-        run.mark(status, error=error)
+        run.mark(status, error=text, on_page=page_text(error) if isinstance(error, HubtuneError) else None)
     except OSError:  # a full disk may refuse even state.json; the status reads as interrupted then
         pass
 
