@@ -276,7 +276,7 @@ class DataSection(Section):
         "holds its reasoning in the data (e.g. thinking).")
     template_reasoning_key: str = Field("reasoning_content", min_length=1, description="The key the chat template "
         "reads an assistant turn's reasoning from (gpt-oss's template: thinking).")
-    val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for eval loss.")
+    val_set_size: float = Field(0.05, ge=0.0, description="Held-out share (< 1) or row count (>= 1) for the held-out loss.")
     max_seq_len: int = Field(2048, ge=16, le=131072, json_schema_extra={"typical": [2048, 8192]},
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
     truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")

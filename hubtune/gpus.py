@@ -36,3 +36,15 @@ def by_flavor(flavor: str) -> GPU | None:
     """The GPU of a Jobs / Spaces flavor (`a10g-small`, `l40sx4`, `cpu-basic`: None)."""
     return next((g for g in sorted((g for g in GPUS if g.flavor), key=lambda g: len(g.flavor), reverse=True)
                  if flavor.startswith(g.flavor)), None)
+
+
+def by_device_name(name: str, memory_mib: float | None = None) -> GPU | None:
+    """The GPU torch names (`NVIDIA H100 80GB HBM3`, `NVIDIA L4`), the nearest in memory where several match."""
+    import re
+
+    def model(gpu: GPU) -> str:  # "A100 40GB" -> "A100"
+        return re.escape(re.sub(r" \d+GB$", "", gpu.name))
+
+    found = [g for g in GPUS if re.search(rf"\b{model(g)}\b", name)]
+    return min(found, key=lambda g: abs(g.memory_mib - (memory_mib or g.memory_mib)), default=None)
+

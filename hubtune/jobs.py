@@ -27,6 +27,7 @@ from pathlib import Path
 from hubtune import __version__
 from hubtune import config as cfg
 from hubtune.errors import ConfigError, JobError
+from hubtune.runs import RunFolder
 from hubtune.gpus import CPU_TFLOPS, by_flavor
 from hubtune.refs import RepoRef
 
@@ -90,12 +91,12 @@ def submit(config: cfg.RunConfig, *, flavor: str, timeout: str | int | None = No
     with push_errors(repo):
         url = str(api.create_repo(repo, private=True, exist_ok=True))
         files = api.list_repo_files(repo)
-        if any(f.startswith("checkpoints/") or f == "summary.json" for f in files):
+        if any(f.startswith(f"{RunFolder.CHECKPOINTS}/") or f == RunFolder.SUMMARY for f in files):
             raise JobError(f"{repo} already holds a run: continue it with `hubtune train --resume {repo} --on hf-jobs "
                            f"--flavor {flavor}`, or choose another training.push_checkpoints")
         job_config = config.model_copy(deep=True)
         job_config.output.dir = None  # the job's own folder, runs/<repo name>
-        api.upload_file(path_or_fileobj=job_config.to_yaml().encode(), path_in_repo="config.yaml", repo_id=repo,
+        api.upload_file(path_or_fileobj=job_config.to_yaml().encode(), path_in_repo=RunFolder.CONFIG, repo_id=repo,
                         commit_message="hubtune: run config for a Hugging Face Job")
     return _run_job(api, token, me, repo, url, flavor, seconds, estimate, install, image, num_processes)
 
@@ -111,7 +112,7 @@ def submit_resume(repo: str, *, flavor: str, timeout: str | int | None = None, i
     token, api, me = _account(token)
     _check_flavor(flavor)
     with hub_errors(repo, "model"):
-        config = cfg.load(hf_hub_download(repo, "config.yaml", token=token))
+        config = cfg.load(hf_hub_download(repo, RunFolder.CONFIG, token=token))
     _reachable_from_a_job(config)
     _can_write(me, repo)
     licence.gate_for_training(config)
@@ -236,12 +237,19 @@ def estimate_run(config: cfg.RunConfig, flavor: str) -> RunEstimate:
     plan = BatchPlan(t.micro_batch_size, t.gradient_accumulation_steps, processes, rows or 0, t.epochs, t.max_steps)
     params = _parameters(config.model)
     tokens = plan.effective_batch_size * config.data.max_seq_len
-    flops = (8 if t.gradient_checkpointing is True else 6) * params * tokens  # auto: off when memory allows
-    method = "lora" if config.model.quantization == "none" else "qlora"
-    gpu = by_flavor(flavor)  # the nominal throughput of the flavor's GPU (hubtune.gpus)
-    per_second = (gpu.tflops if gpu else CPU_TFLOPS) * 1e12 * max(gpus, 1) * MFU[method]
+    per_second = nominal_tokens_per_second(config, by_flavor(flavor), max(gpus, 1), params)
     setup = SETUP_SECONDS + params * 2 / 100e6  # 16-bit weights at ~100 MB/s
-    return RunEstimate(plan.total_steps, flops / per_second, setup, params, flavor)
+    return RunEstimate(plan.total_steps, tokens / per_second, setup, params, flavor)
+
+
+def nominal_tokens_per_second(config: cfg.RunConfig, gpu, gpus: int = 1, params: int | None = None) -> float:
+    """Training tokens per second from a GPU's nominal throughput (hubtune.gpus; None: a CPU): 6 (8 with
+    gradient checkpointing) x parameters FLOPs per token, at the share of the nominal figure fine-tuning
+    reaches (MFU). A figure from the data sheet, not a measurement."""
+    params = params or _parameters(config.model)
+    flops_per_token = (8 if config.training.gradient_checkpointing is True else 6) * params  # auto: off when it fits
+    method = "lora" if config.model.quantization == "none" else "qlora"
+    return (gpu.tflops if gpu else CPU_TFLOPS) * 1e12 * gpus * MFU[method] / flops_per_token
 
 
 def _timeout_for(estimate: RunEstimate, timeout: str | int | None) -> int:

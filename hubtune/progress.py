@@ -1,7 +1,9 @@
 """What a run shows while it works: the phase it is in, then one live line for training (step / total,
-loss, held-out loss, tokens/s, elapsed, time left). The figures come from the rows written to
-metrics.jsonl, which the UI reads too: step, losses and tokens/s are the same in both; the page times
-what is left from the steps it watches pass, and writes durations with `clock`, as here.
+loss, held-out loss, tokens/s, elapsed, time left). `Figures` is the one progress model: computed from
+the rows written to metrics.jsonl, it feeds the console here and the page (hubtune.ui.views), so both
+show the same step total and the same time left (the pace so far, over training time that carries across
+a resume), written with `clock`. Before a run, `Throughput` turns a measured (or nominal) tokens/s into
+the duration the page shows beside the step count.
 
 Third-party output (progress bars of every datasets map, deprecation warnings, notices) is hidden
 unless `--verbose` or HUBTUNE_DEBUG=1.
@@ -31,6 +33,8 @@ class Figures:
     eval_loss: float | None
     tokens_per_second: float | None
     elapsed: float | None  # seconds of training so far
+    learning_rate: float | None = None
+    epoch: float | None = None
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Figures | None:
@@ -38,8 +42,9 @@ class Figures:
             return None
         last = rows[-1]
         latest = lambda key: next((r[key] for r in reversed(rows) if r.get(key) is not None), None)  # noqa: E731
-        return cls(step=last["step"], total=latest("total_steps"), loss=latest("loss"), eval_loss=latest("eval_loss"),
-                   tokens_per_second=latest("tokens_per_second"), elapsed=latest("elapsed_seconds"))
+        return cls(step=last["step"], total=latest("total_steps") or None, loss=latest("loss"),
+                   eval_loss=latest("eval_loss"), tokens_per_second=latest("tokens_per_second"),
+                   elapsed=latest("elapsed_seconds"), learning_rate=latest("learning_rate"), epoch=last.get("epoch"))
 
     @property
     def eta(self) -> float | None:
@@ -59,7 +64,7 @@ class Figures:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.eval_loss is not None:
-            parts.append(f"eval loss {self.eval_loss:.4f}")
+            parts.append(f"held-out loss {self.eval_loss:.4f}")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
         if self.elapsed is not None:
@@ -67,6 +72,25 @@ class Figures:
         if self.eta is not None:
             parts.append(f"{clock(self.eta)} left")
         return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training tokens per second on one device, and where the figure comes from, in words."""
+
+    tokens_per_second: float
+    source: str
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], source: str) -> Throughput | None:
+        """The median tokens/s of a run's training rows (a row logged across an evaluation reads slow; the
+        median leaves it out)."""
+        speeds = sorted(r["tokens_per_second"] for r in rows if r.get("loss") is not None and r.get("tokens_per_second"))
+        return cls(speeds[len(speeds) // 2], source) if speeds else None
+
+    def seconds(self, steps: int, tokens_per_step: float) -> float:
+        """How long `steps` optimizer steps of `tokens_per_step` tokens take at this pace."""
+        return steps * tokens_per_step / self.tokens_per_second
 
 
 def clock(seconds: float) -> str:

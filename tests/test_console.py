@@ -27,7 +27,7 @@ def test_figures_come_from_the_metrics_rows():
     f = Figures.from_rows(ROWS)
     assert (f.step, f.total, f.loss, f.eval_loss, f.tokens_per_second) == (20, 40, 2.0, 2.1, 1100.0)
     assert f.eta == 60.0 and f.fraction == 0.5
-    assert f.line() == "step 20/40 · loss 2.0000 · eval loss 2.1000 · 1,100 tok/s · 1:00 elapsed · 1:00 left"
+    assert f.line() == "step 20/40 · loss 2.0000 · held-out loss 2.1000 · 1,100 tok/s · 1:00 elapsed · 1:00 left"
     assert Figures.from_rows(ROWS[:1]).line() == "held-out loss before training 3.2000"
     assert Figures.from_rows([]) is None
 

@@ -29,8 +29,48 @@ def code_block(text: str, after: str, language: str) -> str:
     return re.search(rf"```{language}\n(.*?)```", rest, re.S).group(1)
 
 
-def test_the_cards_transformers_serve_recipe_serves_the_adapter_merged(trained_run, hub, hub_token, tmp_path,
-                                                                       monkeypatch):
+def serve_as_the_card_says(card: str, cwd: Path, question: str) -> tuple[list[str], dict, str]:
+    """Start the card's `transformers serve` command on a free loopback port, send the card's request with
+    `question` in it (greedy, 48 tokens); returns (the card's command, the request body, the answer)."""
+    commands = code_block(card, "### Serving with `transformers serve`", "bash")
+    command = shlex.split(commands.splitlines()[0])
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+    if exe is None:
+        pytest.skip("`transformers serve` needs the transformers[serving] extra (pip install 'hubtune[dev]')")
+    port = free_port()
+    serve = [exe, *command[1:], "--host", "127.0.0.1", "--device", "cpu"]
+    serve[serve.index("--port") + 1] = str(port)
+    body = json.loads(re.search(r"-d '(.*)'", commands).group(1))
+    body["messages"] = [{"role": "user", "content": question}]
+    body.update(temperature=0, max_tokens=48)
+    log_file = cwd / "serve.log"
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(serve, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})  # the loopback Hub's HF_ENDPOINT too
+        try:
+            deadline = time.time() + 240
+            while True:
+                assert server.poll() is None, log_file.read_text()[-3000:]
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                    break
+                except OSError:
+                    assert time.time() < deadline, "transformers serve did not come up in 240 s"
+                    time.sleep(1)
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                             json.dumps(body).encode(), {"Content-Type": "application/json"})
+            try:
+                reply = json.loads(urllib.request.urlopen(request, timeout=240).read())
+            except urllib.error.HTTPError as err:
+                raise AssertionError(f"HTTP {err.code}: {log_file.read_text()[-3000:]}") from None
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    return command, body, reply["choices"][0]["message"]["content"]
+
+
+def test_the_cards_transformers_serve_recipes_serve_the_adapter_merged(trained_run, hub, hub_token, tmp_path,
+                                                                        monkeypatch):
     import torch
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,57 +79,22 @@ def test_the_cards_transformers_serve_recipe_serves_the_adapter_merged(trained_r
 
     shutil.copytree(trained_run[0].path, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
     run = hubtune.RunFolder(tmp_path / "run")
-    hubtune.push(run.path, "alice/tiny-served", acknowledge=[s.path for s in run.config.data.sources])
+    data = [s.path for s in run.config.data.sources]
+    hubtune.push(run.path, "alice/tiny-served", acknowledge=data)
     card = ModelCard.load("alice/tiny-served").text
+    row = json.loads(Path(hubtune.config.resolve_builtin("hubtune:data/invoices/test.jsonl")).read_text()
+                     .splitlines()[0])
+    question = f"{row['instruction']}\n\n{row['input']}"
 
-    # The card's code, as a reader runs it: load the adapter from the Hub over its base, merge, save.
+    # The adapter's card, as a reader runs it: its code loads the adapter from the Hub over its base and
+    # merges it into a folder, which its command serves.
     usage = code_block(card, "## How to use", "python")
     merge = code_block(card, "### Serving with `transformers serve`", "python")
     monkeypatch.chdir(tmp_path)
     exec(compile(usage + "\n" + merge, "card", "exec"), {})
     assert (tmp_path / "merged" / "config.json").is_file() and not (tmp_path / "merged" / "adapter_config.json").exists()
-
-    # The card's command, on a free loopback port; the request body is the card's, with a test invoice in it.
-    commands = code_block(card, "### Serving with `transformers serve`", "bash")
-    serve = shlex.split(commands.splitlines()[0])
-    assert serve[:3] == ["transformers", "serve", "merged"], serve
-    port = free_port()
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    if exe is None:
-        pytest.skip("`transformers serve` needs the transformers[serving] extra (pip install 'hubtune[dev]')")
-    serve = [exe, *serve[1:]]
-    serve[serve.index("--port") + 1] = str(port)
-    body = json.loads(re.search(r"-d '(.*)'", commands).group(1))
-    assert body["model"] == "merged"
-    question = json.loads(Path(hubtune.config.resolve_builtin("hubtune:data/invoices/test.jsonl")).read_text()
-                          .splitlines()[0])
-    prompt = f"{question['instruction']}\n\n{question['input']}"
-    body["messages"] = [{"role": "user", "content": prompt}]
-    body.update(temperature=0, max_tokens=48)
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([*serve, "--host", "127.0.0.1", "--device", "cpu"], cwd=tmp_path, stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                assert time.time() < deadline, "transformers serve did not come up in 240 s"
-                time.sleep(1)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-        try:
-            reply = json.loads(urllib.request.urlopen(request, timeout=240).read())
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"HTTP {err.code}: {(tmp_path / 'serve.log').read_text()[-3000:]}") from None
-        answer = reply["choices"][0]["message"]["content"]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+    command, body, answer = serve_as_the_card_says(card, tmp_path, question)
+    assert command[:3] == ["transformers", "serve", "merged"] and body["model"] == "merged"
 
     # The same prompt through the merged folder in transformers, greedily.
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
@@ -99,3 +104,11 @@ def test_the_cards_transformers_serve_recipe_serves_the_adapter_merged(trained_r
     output = model.generate(**inputs, max_new_tokens=48, do_sample=False)
     expected = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert expected.strip() and answer == expected
+
+    # The merged model's card (`push --merged`): its command serves the repo from the (loopback) Hub.
+    hubtune.push(run.path, "alice/tiny-served-merged", merged=True, acknowledge=data)
+    merged_card = ModelCard.load("alice/tiny-served-merged").text
+    (tmp_path / "elsewhere").mkdir()
+    command, body, answer = serve_as_the_card_says(merged_card, tmp_path / "elsewhere", question)
+    assert command[:3] == ["transformers", "serve", "alice/tiny-served-merged"]
+    assert body["model"] == "alice/tiny-served-merged" and answer == expected

@@ -17,6 +17,7 @@ import hubtune
 from hubtune import config as cfg
 from hubtune.config import resolve_builtin
 from hubtune.errors import ConfigError
+from hubtune.runs import RunFolder
 
 pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
@@ -140,6 +141,9 @@ def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     stopped_at = int(checkpoints[0].name.split("-")[1])
     assert 3 <= stopped_at < 40
     assert not (tmp_path / "run" / "summary.json").exists()
+    cli_words, page_words = RunFolder(tmp_path / "run").page_renderings[-1]  # one error, two renderings
+    assert f"error: {cli_words}" in out
+    assert page_words == f"Stopped at step {stopped_at} (SIGTERM received). Resume continues from the last checkpoint."
 
     proc = _hubtune("train", "--resume", str(tmp_path / "run"))
     out, _ = proc.communicate(timeout=300)

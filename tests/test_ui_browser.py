@@ -2,7 +2,8 @@
 
 The embedded demo, a short run: check the data, start training, reload while it runs and see the page
 reattach, stop (checkpoint) and resume to the end with the loss chart gaining points, open the run in
-the history, ask the tuned adapter in chat, see the card preview and publish to the loopback Hub.
+the history, ask the tuned adapter in chat, see the card preview and publish to the loopback Hub, then
+merge it into its base on the Export tab and download the merged weights.
 Screenshots land in test-artifacts/ui/ (artifacts); HUBTUNE_UPDATE_SCREENSHOTS=1 also refreshes the
 README's copies in docs/screenshots/.
 """
@@ -22,6 +23,7 @@ from playwright.sync_api import Page, expect
 
 from conftest import HUB_TOKEN, HUB_USER
 from hubtune.runs import RunFolder
+from hubtune.ui import views
 
 pytestmark = pytest.mark.browser  # Chromium through the whole app: make test-fast leaves it out
 
@@ -73,13 +75,21 @@ def gigabytes(estimate: str) -> float:
 
 
 def line_colours(page: Page, chart: str) -> set[str]:
-    """The stroke colours of the lines the chart has drawn (grid and hit areas left out)."""
-    strokes = page.eval_on_selector_all(f"#{chart} path", "els => els.map(e => e.getAttribute('stroke'))")
-    return {s for s in strokes if s and s not in ("transparent", "#e4e4e7")}
+    """The stroke colours of the curves the chart has drawn (its line marks: not the grid, axes or points)."""
+    strokes = page.eval_on_selector_all(f"#{chart} g.mark-line path", "els => els.map(e => e.getAttribute('stroke'))")
+    return {s for s in strokes if s and s != "transparent"}
 
 
-def edit_config(page: Page, replacements: dict[str, str], steps: int = MAX_STEPS) -> None:
-    """Change settings in the advanced editor (the generated YAML), as a user would."""
+def step_ticks(page: Page, chart: str) -> list[str]:
+    """The labels the chart writes under its step (x) axis."""
+    return page.eval_on_selector_all(
+        f"#{chart} g.role-axis", "gs => gs.filter(g => (g.getAttribute('aria-label') || '').startsWith('X-axis'))"
+        ".flatMap(g => [...g.querySelectorAll('.role-axis-label text')].map(t => t.textContent))")
+
+
+def edit_config(page: Page, replacements: dict[str, str], steps: int = MAX_STEPS) -> str:
+    """Change settings in the advanced editor (the generated YAML), as a user would; the fold is closed
+    again after. Returns the text the editor showed."""
     page.get_by_text("Advanced: every setting").click()
     editor = page.locator("#config .cm-content")
     expect(editor).to_be_visible()
@@ -97,6 +107,8 @@ def edit_config(page: Page, replacements: dict[str, str], steps: int = MAX_STEPS
     for new in replacements.values():
         expect(editor).to_contain_text(new)
     page.set_viewport_size({"width": 1280, "height": 900})
+    page.get_by_text("Advanced: every setting").click()
+    return text
 
 
 def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
@@ -135,9 +147,12 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     assert points(page) >= 1
     log(started, "reattached, training")
 
-    # Stop: the step finishes, a checkpoint is saved, the process exits.
+    # Stop: the step finishes, a checkpoint is saved, the process exits; the page says so in its words.
     page.locator("#stop").click()
     expect(page.locator("#progress")).to_contain_text("interrupted", timeout=LONG)
+    expect(page.locator("#progress")).to_contain_text("(you pressed Stop). Resume continues from the last checkpoint.")
+    expect(page.locator("#log textarea")).to_have_value(re.compile(r"Stopped at step \d+ \(you pressed Stop\)"))
+    assert "SIGTERM" not in page.locator("#log textarea").input_value()
     stopped_at = points(page)
     log(started, f"stopped after {stopped_at} points")
     run = ui_app.root / run_name
@@ -155,6 +170,14 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     page.locator("#loss-chart").scroll_into_view_if_needed()
     page.wait_for_timeout(3000)  # the chart's last draw (it is sent only when it has new points)
     assert len(line_colours(page, "loss-chart")) == 2, "the chart drew no training and held-out lines"
+    ticks = step_ticks(page, "loss-chart")
+    assert ticks and all(t.isdigit() for t in ticks), ticks  # whole steps: never 0.5
+    # The log in the page's words: each job as what it did, no command lines, no server folders.
+    shown = page.locator("#log textarea").input_value()
+    assert str(ui_app.root) not in shown and "$ hubtune" not in shown, shown
+    whole = views.page_log(RunFolder(run), 500)
+    assert "▶ Training starts (a new run)" in whole and re.search(r"▶ Resuming from the checkpoint at step \d+", whole)
+    assert "--resume" not in whole and "SIGTERM" not in whole, whole
     shot(page, "train")
 
     # The run in the history.
@@ -162,6 +185,7 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     expect(page.locator("#runs-note")).not_to_contain_text("No runs")
     pick(page, "run-pick", run_name)
     expect(page.locator("#run-line")).to_contain_text("finished")
+    expect(page.locator("#run-chart g.mark-line path").first).to_be_visible()  # its curves, drawn in its box
     shot(page, "runs")
 
     # Chat: the tuned adapter answers.
@@ -199,6 +223,7 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     page.locator("#merge").click()
     expect(page.locator("#export-status")).to_contain_text("hubtune merge")
     expect(page.locator("#merge-result")).to_contain_text("Largest logit difference", timeout=LONG)
+    expect(page.locator("#export-status")).to_contain_text("finished")
     weights = page.locator("#merge-files tr", has_text=re.compile(r"model\s*\.safetensors"))
     with page.expect_download() as download:
         weights.locator("td.download a").click()
@@ -253,19 +278,24 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     expect(page.locator("#data-format")).to_contain_text("60 rows", timeout=120_000)
     expect(page.locator("#data-training-on")).to_contain_text("Training on: my_labels.jsonl, 60 rows, uploaded")
     expect(page.locator("#data-training-on")).to_contain_text("no general data mixed in")
+    expect(page.locator("#data-training-on")).to_contain_text("50 rows for training (0 of them general), 10 held out")
     expect(page.locator("#data-report")).to_contain_text("Kept 60 of 60")
     expect(page.locator("#licence")).to_contain_text("declared by the uploader")
     assert "uploads/" not in page.locator("body").inner_text()  # the file by its name, not the server's copy
     shot(page, "own-data")
     log(started, "own data checked")
 
-    # Train: a short run holding out 10 rows, the held-out loss every 5 steps.
+    # Train: a short run; a 60-row file holds out 10 rows by default, said before training, with the steps and
+    # the duration on this device. The held-out loss every 6 steps.
     tab(page, "2. Train")
     expect(page.locator("#training-on")).to_contain_text("Training on: my_labels.jsonl, 60 rows, uploaded")
+    expect(page.locator("#training-on")).to_contain_text("10 rows held out")
     page.locator("#max-steps input").fill("12")
     page.locator("#max-steps input").press("Tab")
-    edit_config(page, {"logging_steps: 5": "logging_steps: 1", "eval_steps: 20": "eval_steps: 6",
-                       "val_set_size: 0.05": "val_set_size: 10"}, steps=12)
+    expect(page.locator("#estimate")).to_contain_text("This run: 12 steps; no duration estimate yet")  # a fresh machine
+    shown = edit_config(page, {"logging_steps: 5": "logging_steps: 1", "eval_steps: 20": "eval_steps: 6",
+                               "path: my_labels.jsonl": "path: my_labels.jsonl"}, steps=12)  # the upload by its name
+    assert str(ui_app.root) not in shown
     page.locator("#start").click()
     expect(page.locator("#train-message")).to_contain_text("Queued")
     run_name = re.search(r"tiny-llama-[\d-]+", page.locator("#train-message").inner_text()).group(0)
@@ -278,6 +308,7 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     box = page.locator("#loss-chart").bounding_box()
     entry = page.locator("#loss-chart svg text", has_text="held-out loss").first.bounding_box()
     assert entry["y"] + entry["height"] <= box["y"] + box["height"], (entry, box)
+    assert str(ui_app.root) not in page.locator("#log textarea").input_value()
     shot(page, "own-train")
     log(started, "own data trained")
 
@@ -288,6 +319,7 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     page.locator("#eval-limit input").fill("5")
     page.get_by_role("button", name="Evaluate").click()
     expect(page.locator("#eval-report")).to_contain_text("held-out loss", timeout=LONG)
+    expect(page.locator("#run-pick input")).to_have_value(f"{run_name} (evaluated)")  # its label follows too
     shot(page, "own-runs")
     log(started, "own data evaluated")
 

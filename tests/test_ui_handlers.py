@@ -83,7 +83,8 @@ def test_finished_run_history_chat_card_and_publish(client, ui_app, hub, eval_ru
     run = str(ui_app.root / "done")
     line, config, chart, eval_text, samples, log = client.predict(run, api_name="/run")
     assert "finished" in line and "step 12/12" in line
-    assert len(chart["data"]) >= 3
+    (points,) = json.loads(chart["plot"])["datasets"].values()  # the chart's Vega-Lite spec, its rows inline
+    assert len(points) >= 3 and {p["curve"] for p in points} == {"training loss", "held-out loss"}
     question = "Extract all product names and prices from this invoice text.\n\nProduct: Oak Chair\nPrice: $12.00"
     base, tuned, prompt = client.predict(run, question, [], [], "", 0, 1, 32, api_name="/chat")
     assert [m["role"] for m in base] == [m["role"] for m in tuned] == ["user", "assistant"] and prompt == ""
@@ -137,6 +138,23 @@ def test_queue_is_first_come_first_served_and_survives_a_restart(tmp_path):
     assert [j.run for j in restarted.queue] == [second]
 
 
+def test_on_the_cpu_an_evaluation_runs_beside_a_training_and_a_second_training_waits(tmp_path, eval_run):
+    training, waiting = queued_run(tmp_path, "training"), queued_run(tmp_path, "waiting")
+    shutil.copytree(eval_run, tmp_path / "done", ignore=shutil.ignore_patterns(".lock", "eval*"))
+    runner = JobRunner(tmp_path, slots=[None])
+    runner.queue.clear()
+    with RunFolder(training).lock("train"):  # a live training holds the CPU
+        RunFolder(training).mark(Status.RUNNING)
+        try:
+            runner.submit(Job(waiting, "train"))
+            runner.submit(Job(tmp_path / "done", "eval", options=["--limit", "1"]))
+            assert runner.place(waiting) == 1 and tmp_path / "done" in runner.running  # not behind the training
+        finally:
+            for r in runner.running.values():
+                r.process.kill()
+                r.process.wait(timeout=60)
+
+
 def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(tmp_path):
     run = queued_run(tmp_path, "broken", config_text="training:\n  learning_rate: lots\n")
     runner = JobRunner(tmp_path, slots=[None])
@@ -158,6 +176,7 @@ def test_a_job_that_dies_early_is_failed_and_its_token_stays_in_its_environment(
     folder = RunFolder(run)
     assert folder.status == Status.FAILED, (folder.state(), (run / LOG).read_text()[-2000:])
     assert "learning_rate" in folder.error, (folder.error, (run / LOG).read_text()[-2000:])
+    assert folder.page_error.startswith("Training ended before it started (exit code 2): ") and "learning_rate" in folder.page_error
     assert secret not in (run / LOG).read_text() and secret not in (run / RunFolder.STATE).read_text()
 
 
@@ -259,7 +278,10 @@ def test_two_runs_compared_config_diff_and_curves_overlaid(client, ui_app, eval_
             (ui_app.root / name / RunFolder.CONFIG).write_text(cfg.build(tree).to_yaml())
     diff, overlay = client.predict(str(ui_app.root / "first"), str(ui_app.root / "second"), api_name="/compare")
     assert "+  learning_rate: 0.0005" in diff
-    series = {row[2] for row in overlay["data"]}
+    spec = json.loads(overlay["plot"])  # the chart's Vega-Lite spec (hubtune.ui.charts), its rows inline
+    series = {row["curve"] for rows in spec["datasets"].values() for row in rows}
+    domain = spec["layer"][0]["encoding"]["color"]["scale"]["domain"]
+    assert domain == sorted(series, key=lambda c: (c.split(":")[0], "held" in c))
     assert series == {"first: training loss", "first: held-out loss", "second: training loss", "second: held-out loss"}
 
 

@@ -408,6 +408,15 @@ def guardrails(train: int, held_out: int, kept: int, val_set_size: float) -> lis
     return out
 
 
+def held_out_size(rows: int, share: float) -> float:
+    """data.val_set_size for a file of `rows` rows. A share of a small file holds out a handful of rows, and
+    how many varies with the rows' hashes; there, a count: the share's, at least FEW_HELD_OUT, at most a fifth
+    of the file."""
+    if not 0 < share < 1 or rows < 5 or rows * share >= FEW_HELD_OUT * 2:
+        return share
+    return float(min(max(FEW_HELD_OUT, round(rows * share)), max(rows // 5, 1)))
+
+
 def no_held_out(val_set_size: float, kept: int) -> str:
     return (f"data.val_set_size is {val_set_size:g}, but of {kept} examples none fell in the held-out split, so "
             f"there would be no held-out loss: hold out a number of rows instead (data.val_set_size: "

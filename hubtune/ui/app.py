@@ -19,7 +19,7 @@ from hubtune.errors import HubtuneError
 from hubtune.export.convert import QUANTS
 from hubtune.merge import DTYPES as MERGE_DTYPES
 from hubtune.runs import RunFolder, Status, list_runs
-from hubtune.ui import access, hosting, views
+from hubtune.ui import access, charts, hosting, views
 from hubtune.ui import handlers as h
 from hubtune.ui.jobs import JobRunner
 
@@ -32,19 +32,6 @@ NO_FINISHED = "No finished runs yet: train one first (chat, publishing and expor
 
 def _frame(points: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(points, columns=columns)
-
-
-def _loss_frame(points: list[dict]) -> pd.DataFrame | None:
-    """The loss chart's value. Gradio's plot fixes its axis types and its colour domain (the curves) when
-    it first draws; None clears it, so the next frame is drawn afresh. Never an empty frame."""
-    if not points:
-        return None
-    return pd.DataFrame(points, columns=["step", "loss", "curve"]).astype(
-        {"step": "int64", "loss": "float64", "curve": "str"})
-
-
-def _series(points: list[dict]) -> tuple[str, ...]:
-    return tuple(sorted({p["curve"] for p in points}))
 
 
 def _histogram(bins: list[dict]):
@@ -81,7 +68,6 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     space = hosting.on_space()
     runner = runner or JobRunner(root, shared=space).start()
-    observer = views.Observer()
     models = h.ModelCache()
     gate = access.Gate(root, shared=space)
 
@@ -116,13 +102,13 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             out = h.inspect_data(model, dataset, upload, fmt, columns, use, session, root, gate, mix=mix,
                                  rights=rights)
         rejected = upload and not out["source"]
-        return (out["format"], _frame(out["rows"], list(out["rows"][0]) if out["rows"] else ["(no rows)"]),
+        return (out["shape"], out["format"], _frame(out["rows"], list(out["rows"][0]) if out["rows"] else ["(no rows)"]),
                 out["licence"], out["access"], out["report"], _histogram(out["histogram"]),
                 _frame(out["pairs"], ["similarity", "kept", "removed"]), out["source"], out["training_on"],
                 None if rejected else gr.skip(),  # a rejected upload is cleared, and no other data stands in
                 "" if rejected else (f"{Path(upload).name} (uploaded)" if upload else gr.skip()))
 
-    def compose(model, source, preset, epochs, max_steps, lr, use, fmt, columns, mix, rights, method, session):
+    def compose(model, source, preset, epochs, max_steps, lr, use, fmt, columns, mix, rights, method, shape, session):
         try:
             gate.check_model(model)
             if source:
@@ -132,7 +118,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         declared = h.declarations(source, rights, session, root)
         with session.hub():
             config_text, note = h.compose_config(model, source, preset, epochs, max_steps, lr, use, fmt, columns,
-                                                 mix=mix, declared=declared, method=method)
+                                                 mix=mix, declared=declared, method=method, root=root, shape=shape)
+            config_text = h.named_uploads(config_text, session, root)  # Start turns the name back (with_upload_paths)
             try:
                 line = h.training_on(h.data_config(model, source, fmt, columns, use, mix=mix, declared=declared),
                                      root)
@@ -179,16 +166,11 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             return (None, "No run yet: start one above.", _progress_bar(None), None, "no points yet", "", None,
                     gr.update(interactive=True), gr.update(interactive=False))
         run = RunFolder(current)
-        p = views.progress(run, observer, place=runner.place(run.path),
+        p = views.progress(run, place=runner.place(run.path),
                            memory=views.process_memory_mb(runner.pid(run.path)))
         points = views.loss_points([run])
-        drawn = (current, len(points), _series(points))
-        if drawn == shown:
-            chart_value = gr.skip()
-        elif shown and shown[2] and shown[2] != drawn[2]:
-            chart_value, drawn = None, (None, 0, ())  # new series: clear now, draw afresh next poll
-        else:
-            chart_value = _loss_frame(points)
+        drawn = (current, len(points))
+        chart_value = gr.skip() if drawn == shown else charts.loss_chart(points)
         # No duplicate jobs: Resume waits until the run's job is over; Start waits while the run it just
         # queued has not started (a second press would queue the same run twice), then queues behind it.
         busy = runner.is_active(run.path) or run.status in views.LIVE
@@ -213,24 +195,19 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         return (table, gr.update(choices=choices, value=value), gr.update(choices=choices, value=None), note)
 
     def show_run(path, session):
-        """Generator: the chart is cleared first, so it draws this run's series afresh (see _loss_frame)."""
         if not path:
-            yield "", "", None, "", [], ""
-            return
+            return "", "", None, "", [], ""
         run = RunFolder(mine(path, session))
-        p = views.progress(run, observer, place=runner.place(run.path))
-        points = views.loss_points([run])
+        p = views.progress(run, place=runner.place(run.path))
         eval_text, samples = h.eval_view(path)
         table = pd.DataFrame(samples) if samples else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
-        shown = [p["line"], run.config.to_yaml(), None, eval_text, table, views.log_tail(run, RUN_LOG_LINES)]
-        yield tuple(shown)
-        shown[2] = _loss_frame(points)
-        yield tuple(shown)
+        return (p["line"], views.page_words(run.config.to_yaml(), run), charts.loss_chart(views.loss_points([run])),
+                eval_text, table, views.log_tail(run, RUN_LOG_LINES))
 
     def follow_run(path, session, seen):
         """The Runs tab keeps itself current: when the picked run's status, metrics, log or evaluation
         changed since the last poll, its views are sent again (nothing is sent otherwise)."""
-        unchanged = (gr.skip(),) * 7 + (seen,)
+        unchanged = (gr.skip(),) * 7 + (seen, gr.skip())
         if not path or not Path(path).is_dir():
             return unchanged
         run = RunFolder(mine(path, session))
@@ -239,23 +216,24 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                stamp(run.path / views.LOG))
         if key == seen:
             return unchanged
-        p = views.progress(run, observer, place=runner.place(run.path))
+        p = views.progress(run, place=runner.place(run.path))
         eval_text, rows = h.eval_view(path)
         table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
         runs = runs_for(session)
         history = pd.DataFrame(views.runs_table(runs), columns=["run", "status", "owner", "base", "steps",
                                                                 "held-out loss", "error"])
-        chart_value = _loss_frame(views.loss_points([run])) if seen and seen[0] == path else gr.skip()
-        return p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key
+        chart_value = charts.loss_chart(views.loss_points([run])) if seen and seen[0] == path else gr.skip()
+        # The Run list's labels carry each run's status: relabelled when this one's changed (same value picked).
+        relabel = (gr.update(choices=views.run_choices(runs)) if seen and seen[0] == path and seen[1] != key[1]
+                   else gr.skip())
+        return (p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key,
+                relabel)
 
     def compare(a, b, session):
         if not a or not b:
-            yield "Pick two runs to compare.", None
-            return
+            return "Pick two runs to compare.", None
         runs = [RunFolder(mine(a, session)), RunFolder(mine(b, session))]
-        diff = views.config_diff(*runs)
-        yield diff, None  # cleared first: another pair of runs is another set of series
-        yield diff, _loss_frame(views.loss_points(runs, label_runs=True))
+        return views.config_diff(*runs), charts.loss_chart(views.loss_points(runs, label_runs=True))
 
     def ask(run, prompt, base_turns, tuned_turns, system, temperature, top_p, max_tokens, session):
         if not run:
@@ -292,8 +270,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         run = RunFolder(path)
         job = runner.job(run.path)
         stamp = lambda f: (f.stat().st_mtime, f.stat().st_size) if f.is_file() else None  # noqa: E731
-        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / "job.json"),
-                stamp(run.path / views.LOG), stamp(run.path / "merge.json"), stamp(run.path / "export.json"))
+        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / RunFolder.JOB_RECORD),
+                stamp(run.path / RunFolder.JOB_LOG), stamp(run.path / RunFolder.MERGE),
+                stamp(run.path / RunFolder.EXPORT))
 
     def follow_export(path, session, seen):
         """While the Export tab is open: its views are sent again when the run's job, log or results changed.
@@ -364,6 +343,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                                            y_lim=[0, None], elem_id="histogram")
                     pairs = gr.Dataframe(label="Closest near-duplicate pairs", wrap=True, max_height=260)
                 source_used = gr.State(h.DEMO_DATA)
+                checked = gr.State(None)  # the checked data's shape (views.data_shape), for the duration estimate
 
             with gr.Tab("2. Train", id="train"):
                 with gr.Row():
@@ -388,8 +368,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 progress_md = gr.Markdown(elem_id="progress")
                 bar = gr.HTML(_progress_bar(None))
                 # No fixed height: the chart grows to hold its legend (a fixed one cut the curve names off)
-                chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss and rewards",
-                                    elem_id="loss-chart")
+                chart = gr.Plot(None, label="Loss and rewards", elem_id="loss-chart")
                 chart_note = gr.Markdown(elem_id="chart-caption")
                 log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="log")
 
@@ -407,7 +386,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     confirm = gr.Checkbox(label="Confirm delete")
                     run_delete = gr.Button("Delete", variant="stop")
                 run_message = gr.Markdown()
-                run_chart = gr.LinePlot(None, x="step", y="loss", color="curve", label="Loss")
+                run_chart = gr.Plot(None, label="Loss", elem_id="run-chart")
                 with gr.Accordion("Config", open=False):
                     run_config = gr.Code(language="yaml", interactive=False)
                 run_log = gr.Textbox(label="Log of its last job (train or eval; updates while it runs)", lines=6,
@@ -417,7 +396,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                 with gr.Accordion("Compare two runs", open=False):
                     run_b = gr.Dropdown(label="Compare with", choices=[], allow_custom_value=True)
                     diff = gr.Code(language=None, label="Config diff")
-                    overlay = gr.LinePlot(None, x="step", y="loss", color="curve", label="Curves overlaid")
+                    overlay = gr.Plot(None, label="Curves overlaid", elem_id="overlay-chart")
 
             with gr.Tab("4. Chat", id="chat") as chat_tab:
                 chat_note = gr.Markdown()
@@ -487,7 +466,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         followed = gr.State(None)  # what the Runs tab last showed of its picked run
 
         # ---- wiring ---------------------------------------------------------------------------------------------
-        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, method, session]
+        compose_inputs = [model, source_used, preset, epochs, max_steps, lr, use, fmt, columns, mix_on, rights, method,
+                          checked, session]
         compose_outputs = [config_code, estimate, train_on]
         if space:
             app.load(space_sign_in, None, [session, whoami], api_name="sign_in")
@@ -500,8 +480,8 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         app.load(watch, *follow, api_name=False)
 
         check_btn.click(check_data, [model, dataset, upload, fmt, columns, use, mix_on, rights, session],
-                        [data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used, data_on,
-                         upload, dataset],
+                        [checked, data_format, rows, licence_md, access_md, report_md, histogram, pairs, source_used,
+                         data_on, upload, dataset],
                         api_name="check_data").then(compose, compose_inputs, compose_outputs, api_name=False)
         prompt_btn.click(try_prompting, [model, source_used, fmt, columns, use, prompt_limit, session], [prompting_md],
                          api_name="try_prompting")
@@ -533,7 +513,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             refresh_runs, [session, run_pick], refresh_outputs, api_name=False)
         run_b.change(compare, [run_pick, run_b, session], [diff, overlay], api_name="compare")
         timer.tick(follow_run, [run_pick, session, followed],
-                   [run_line, eval_md, samples, run_log, runs_table, run_chart, run_message, followed],
+                   [run_line, eval_md, samples, run_log, runs_table, run_chart, run_message, followed, run_pick],
                    api_name=False, show_progress="hidden")
 
         chat_tab.select(refresh_finished, [session, chat_run], [chat_run, chat_note], api_name=False)

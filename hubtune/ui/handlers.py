@@ -14,11 +14,13 @@ import yaml
 
 from hubtune import config as cfg
 from hubtune.data.limits import check_upload
+from hubtune.data.pipeline import held_out_size
 from hubtune.errors import ConfigError, HubtuneError, page_text
 from hubtune.runs import RunFolder, Status
 from hubtune.ui import hosting, views
 from hubtune.ui.access import Gate, Session, safe_name
 from hubtune.ui.jobs import Job, JobRunner
+from hubtune.ui.views import without_server_paths
 
 DEMO_MODEL = "hubtune:tiny-llama"
 DEMO_DATA = "hubtune:data/invoices/train.jsonl"
@@ -32,15 +34,6 @@ PRESETS = {
     "thorough": ["training.epochs=3", "training.logging_steps=10", "training.eval_steps=100",
                  "training.save_steps=100"],
 }
-
-
-# An uploaded file's copy on the server (runs/.uploads/USER/NAME, runs/RUN/uploads/NAME): the page names it
-# by NAME, as the card does; the server's folders are not the user's business.
-_UPLOAD_PATH = re.compile(r"(?:/[^\s'\"`/|]+)*/\.?uploads/(?:[^\s'\"`/|]+/)?([^\s'\"`/|]+)")
-
-
-def without_server_paths(text: str) -> str:
-    return _UPLOAD_PATH.sub(r"\1", text)
 
 
 def problem(err: BaseException) -> str:
@@ -84,7 +77,7 @@ def source_of(dataset: str, upload: str | None, session: Session, root: Path) ->
         if not src.name.lower().endswith((".jsonl", ".json", ".csv", ".parquet")):
             raise HubtuneError(f"{src.name}: upload a .jsonl, .json, .csv or .parquet file")
         check_upload(src)
-        dest = root / ".uploads" / safe_name(session.user or "local") / safe_name(src.name)
+        dest = upload_folder(session, root) / safe_name(src.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
         return str(dest)
@@ -92,6 +85,31 @@ def source_of(dataset: str, upload: str | None, session: Session, root: Path) ->
     if not dataset:
         raise HubtuneError("give a dataset: a Hub dataset id (owner/name), a local file, or upload a file")
     return dataset
+
+
+def upload_folder(session: Session, root: Path) -> Path:
+    """Where this session's uploads wait until a run takes them (runs/.uploads/USER)."""
+    return root / ".uploads" / safe_name(session.user or "local")
+
+
+def named_uploads(text: str, session: Session, root: Path) -> str:
+    """The run config as the page shows it: this session's uploads by their file names, not the server's
+    folders (`with_upload_paths` turns the names back when the run starts)."""
+    folder = str(upload_folder(session, root).resolve())
+    return re.sub(re.escape(folder) + r"/([^\s/'\"]+)", r"\1", text)
+
+
+def with_upload_paths(tree: dict, session: Session, root: Path) -> dict:
+    """A run config's tree (as typed in the page) with each source named by a bare file name that this
+    session uploaded pointing at that upload (see `named_uploads`)."""
+    folder = upload_folder(session, root).resolve()
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    mix = data.get("mix") if isinstance(data.get("mix"), dict) else {}
+    for s in [*(data.get("sources") or []), *([mix["source"]] if isinstance(mix.get("source"), dict) else [])]:
+        path = s.get("path") if isinstance(s, dict) else None
+        if isinstance(path, str) and "/" not in path and (folder / path).is_file():
+            s["path"] = str(folder / path)
+    return tree
 
 
 def data_config(model: str, source: str | None, fmt: str = "auto", columns: str = "", use: str = "personal",
@@ -112,6 +130,13 @@ def data_config(model: str, source: str | None, fmt: str = "auto", columns: str 
     tree["data"]["sources"] = tree["data"]["sources"] if same_data else [{"path": source}]
     if not same_data:
         tree["eval"]["test"] = None  # the demo's test set belongs to the demo data
+        # A share of a small file holds out a handful of rows: at least FEW_HELD_OUT where the file allows.
+        try:
+            rows = _local_rows(cfg.DataSource(path=source))
+        except ValueError:  # no such file: data_config's own validation below says so
+            rows = None
+        if rows is not None:
+            tree["data"]["val_set_size"] = held_out_size(rows, tree["data"]["val_set_size"])
     if mix is None:
         mix = same_data and tree["data"]["mix"]["ratio"] > 0  # never silently on for the user's own data
     tree["data"]["mix"] = ({"source": tree["data"]["mix"]["source"] or {"path": GENERAL_DATA}, "ratio": MIX_RATIO}
@@ -144,7 +169,7 @@ def inspect_data(model: str, dataset: str, upload: str | None, fmt: str, columns
     session may read. A rejected upload leaves no data chosen (source None): nothing falls back to another
     dataset behind the user's back."""
     out = {"rows": [], "format": "", "licence": "", "access": "", "report": "", "histogram": [], "pairs": [],
-           "source": None, "training_on": "", "warnings": []}
+           "source": None, "training_on": "", "warnings": [], "shape": None}
     try:
         if gate is not None:
             gate.require_user(session, "check data")
@@ -165,6 +190,7 @@ def inspect_data(model: str, dataset: str, upload: str | None, fmt: str, columns
     out["access"] = without_server_paths(_access(config, session))
     report, out["report"], out["histogram"], out["pairs"] = _report(config)
     out["training_on"] = training_on(config, root, report)
+    out["shape"] = views.data_shape(report) if report else None
     return out
 
 
@@ -224,12 +250,16 @@ def training_on(config: cfg.RunConfig, root: Path, report: dict | None = None) -
                  f"({read_licence(mix.source.path, 'dataset').licence})")
     else:
         line += " · no general data mixed in"
+    test = ("the held-out rows are the test set" if config.eval.test is None
+            else f"test set: {data_label(config.eval.test.path)}")
     if report:
-        test = ("the held-out rows are the test set" if config.eval.test is None
-                else f"test set: {data_label(config.eval.test.path)}")
         line += (f"  \n{report['train']} rows for training ({report.get('mixed', 0)} of them general), "
                  f"{report['eval']} held out; {test}")
-        line += "".join(f"  \n**Warning:** {w}" for w in report.get("warnings") or [])
+        line += "".join(f"  \n**Warning:** {views.page_keys(w)}" for w in report.get("warnings") or [])
+    else:
+        v = config.data.val_set_size
+        held = "nothing held out" if not v else f"{v:.0%} of the rows held out" if v < 1 else f"{v:g} rows held out"
+        line += f"  \n{held} (Advanced settings: data → val_set_size); {test}"
     return line
 
 
@@ -349,7 +379,7 @@ def _report(config: cfg.RunConfig) -> tuple[dict | None, str, list[dict], list[d
     removed = [f"- {STEP_LABELS.get(step, step)}, first removed: " + "; ".join(
                    f"`{without_server_paths(ex['origin'])}`: {ex['text'][:80]!r}" for ex in shown)
                for step, shown in (report.get("removed_examples") or {}).items() if shown]
-    warnings = [f"**Warning:** {w}" for w in report.get("warnings") or []]
+    warnings = [f"**Warning:** {views.page_keys(w)}" for w in report.get("warnings") or []]
     text = "\n\n".join([summary + f". {pairs_note}.", *([family] if family else []), "\n".join(lines),
                          "\n".join(removed), "  \n".join(warnings)])
     return report, without_server_paths(text), histogram, pairs
@@ -377,8 +407,10 @@ def try_prompting(model: str, source: str, fmt: str, columns: str, use: str, lim
 def compose_config(model: str, source: str | None, preset: str, epochs: float | None, max_steps: int | None,
                    learning_rate: float | None, use: str, fmt: str = "auto", columns: str = "",
                    mix: bool | None = None, declared: list[cfg.RightsDeclaration] | None = None,
-                   method: str = "sft") -> tuple[str, str]:
-    """(annotated YAML for the advanced editor, message): model and data, the preset, then the fields set here."""
+                   method: str = "sft", root: Path | None = None, shape: dict | None = None) -> tuple[str, str]:
+    """(annotated YAML for the advanced editor, message): model and data, the preset, then the fields set here.
+    The message holds the memory estimate, the steps and, with the runs `root`, the duration on this device
+    (views.duration_estimate; `shape`: the checked data's)."""
     try:
         config = data_config(model, source, fmt, columns, use, mix=mix, declared=declared)
         overrides = list(PRESETS.get(preset, []))
@@ -395,20 +427,26 @@ def compose_config(model: str, source: str | None, preset: str, epochs: float | 
         config = cfg.build(config.model_dump(mode="json"), overrides)
     except (HubtuneError, ValueError) as err:
         return "", problem(err)
-    steps = (f"{config.training.max_steps} steps" if config.training.max_steps else
-             f"{config.training.epochs:g} epochs (the step count follows from the rows kept)")
+    if root is not None:
+        steps = views.duration_estimate(config, root, shape)
+    else:
+        steps = (f"{config.training.max_steps} steps" if config.training.max_steps else
+                 f"{config.training.epochs:g} epochs (the step count follows from the rows kept)")
     return views.annotated_yaml(config), (
-        f"{hosting.memory_estimate_line(config)}  \nThis run: {steps}. The same run on the command line: save the "
-        f"settings under Advanced as `run.yaml` (its copy button), then `hubtune train run.yaml`")
+        f"{hosting.memory_estimate_line(config)}  \n**This run:** {steps}.  \nThe same run on the command line: "
+        f"save the settings under Advanced as `run.yaml` (its copy button), then `hubtune train run.yaml`")
 
 
-def parse_config(text: str) -> cfg.RunConfig:
+def parse_config(text: str, session: Session | None = None, root: Path | None = None) -> cfg.RunConfig:
+    """The advanced settings as a run config; with a session, its uploads named by their file names."""
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise HubtuneError(f"the advanced settings are not valid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise HubtuneError("the advanced settings must be a YAML mapping (model:, data:, training:, ...)")
+    if session is not None and root is not None:
+        tree = with_upload_paths(tree, session, root)
     return cfg.build(tree, source="the advanced settings")
 
 
@@ -425,7 +463,7 @@ def start_training(config_text: str, push_to: str, session: Session, runner: Job
     from hubtune.publish import check_target
 
     try:
-        config = parse_config(config_text)
+        config = parse_config(config_text, session, root)
         if gate is not None:
             gate.check_config(config, session)
         verdict = licence.gate_for_training(config)
@@ -454,7 +492,7 @@ def _with_uploads(config: cfg.RunConfig, run: Path, root: Path) -> cfg.RunConfig
     for s in tree["data"]["sources"]:
         p = Path(s["path"])
         if p.is_file() and uploads in p.resolve().parents:
-            dest = run / "uploads" / safe_name(p.name)
+            dest = run / RunFolder.UPLOADS / safe_name(p.name)
             dest.parent.mkdir(exist_ok=True)
             shutil.copyfile(p, dest)
             s["path"] = str(dest)
@@ -513,12 +551,12 @@ def eval_view(run: str) -> tuple[str, list[dict]]:
     extra = checkpoint_view(folder) + export_view(folder)
     if result is None:
         return f"{folder.path.name} has not been evaluated yet ({folder.status.value}){extra}", []
-    verdict = ("**REGRESSED** on the regression set" if result.get("regressed") else
+    verdict = ("**REGRESSED** on the regression set" if result.regressed else
                "no regression on the regression set")
-    versus = ((result.get("task") or {}).get("versus_best_prompt") or {}).get("line", "")
+    versus = ((result.task or {}).get("versus_best_prompt") or {}).get("line", "")
     text = f"{verdict}. {versus}\n\n```text\n{format_report(result)}\n```{extra}"
     samples = []
-    answers = folder.path / "eval_answers.jsonl"
+    answers = folder.answers
     if answers.is_file():
         for line in answers.read_text(encoding="utf-8").splitlines()[:10]:
             row = json.loads(line)
@@ -549,10 +587,13 @@ def export_view(folder: RunFolder) -> str:
     """The run's last GGUF export: its files and the parity table."""
     from hubtune.export.report import parity_markdown
 
-    record = folder.read_json("export.json")
+    record = folder.export_record
     if not record or "parity" not in record:
         return ""
-    return (f"\n\n**GGUF export** in `{record['folder']}` (llama.cpp `{record['llama_cpp']['commit'][:9]}`)\n\n"
+    out = Path(record["folder"])  # named from the run, never by its path on the server
+    where = out.name if out.parent.resolve() == folder.path.resolve() else f"{out.name} (outside the run)"
+    return (f"\n\n**GGUF export** in `{where}` (llama.cpp `{record['llama_cpp']['commit'][:9]}`; files on the "
+            f"Export tab)\n\n"
             + parity_markdown(record))
 
 
@@ -597,7 +638,7 @@ def export_run(run: str, quant: str, limit: int | None, session: Session, runner
         return problem(err)
     if runner.is_active(folder.path):
         return f"**{folder.path.name}** already has a job queued or running: wait for it to end"
-    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.path / "export")]
+    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.export_dir)]
     options += ["--limit", str(int(limit))] if limit else []
     prompts = f"the first {int(limit)}" if limit else "all its"
     return _queue(folder, "export", options, session, runner,

@@ -1,5 +1,5 @@
 """The UI's job runner: `hubtune train`, `eval`, `merge` and `export` as subprocesses, first come first
-served, one job per device at a time.
+served, one job per device at a time (on a CPU-only machine an evaluation may run beside a training).
 
 A job's state lives in its run folder (status, lock, metrics, log), not in this process: a reloaded tab,
 a second browser or a restarted app reads the same folder and reattaches. Each subprocess runs in its
@@ -30,8 +30,8 @@ from typing import Literal
 from hubtune.errors import BudgetError, HubtuneError
 from hubtune.runs import RunFolder, Status, list_runs, local_holder_pid
 
-LOG = "job.log"  # the subprocess's stdout and stderr, appended run after run
-RECORD = "job.json"  # the run's last job: its kind and command, when it started and ended, how it exited
+LOG = RunFolder.JOB_LOG
+RECORD = RunFolder.JOB_RECORD
 WAITING_FOR_OWNER = ("waiting for its owner to sign in: the Space restarted while it was queued, and its owner's "
                      "token lives only in their session")
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -154,6 +154,18 @@ class JobRunner:
             while (job := self._next()) and (slot := self._free_slot()) is not False:
                 self.queue.remove(job)
                 self._launch(job, slot)
+            if job := self._evaluation_beside():
+                self.queue.remove(job)
+                self._launch(job, None)
+
+    def _evaluation_beside(self) -> Job | None:
+        """On the CPU, a queued evaluation does not wait for a training to end: it shares the cores beside it
+        (as `hubtune eval` in a terminal beside `hubtune train` does), one evaluation at a time. A GPU's
+        memory is not shared so lightly: there, jobs take their turn."""
+        if self.slots != [None] or any(r.job.kind == "eval" for r in self.running.values()) or any(
+                run.status == Status.EVALUATING for run in list_runs(self.root) if run.path not in self.running):
+            return None
+        return next((j for j in self.queue if j.kind == "eval" and j.run not in self.running and not j.held), None)
 
     def _next(self) -> Job | None:
         """The first queued job, not held for its owner, whose run has no process of ours still exiting."""
@@ -270,6 +282,7 @@ class JobRunner:
         # it starts); another's only while the run says it works on it.
         if not pid or (not ours and RunFolder(run).status not in (Status.RUNNING, Status.EVALUATING, Status.QUEUED)):
             return f"{run.name} is not running ({RunFolder(run).status.value})"
+        RunFolder(run).request_stop()  # the process that stops says it was the Stop button
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -291,7 +304,7 @@ class JobRunner:
     def _launch(self, job: Job, slot: str | None) -> None:
         env = job_environment(job.token, slot, self.shared)
         log = open(job.run / LOG, "ab")
-        log.write(f"\n$ hubtune {' '.join(job.command()[3:])}\n".encode())
+        log.write(f"\n{header(job)}\n".encode())
         log.flush()
         try:
             process = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -315,8 +328,22 @@ class JobRunner:
         if stopped and run.status == Status.QUEUED:  # stopped before it could take the run: not a failure
             run.mark(Status.INTERRUPTED)
         elif code != 0 and r.job.kind == "train" and run.status == Status.QUEUED:
-            run.mark(Status.FAILED, error=f"`hubtune train` exited with code {code} before training started: "
-                                          f"{last_line(run.path / LOG)}")
+            last = last_line(run.path / LOG)
+            run.mark(Status.FAILED, error=f"`hubtune train` exited with code {code} before training started: {last}",
+                     on_page=f"Training ended before it started (exit code {code}): {last.removeprefix('error: ')}")
+
+
+# The line the runner writes into a run's log before each job: the command it runs (a shell could run it
+# as it stands), and after `#` what that job is, which the page shows in words (hubtune.ui.views.page_log).
+STARTS, CONTINUES = "starts the run", "continues from"
+
+
+def header(job: Job) -> str:
+    command = f"$ hubtune {' '.join(job.command()[3:])}"
+    if job.kind != "train":
+        return command
+    steps = [int(n) for c in (job.run / "checkpoints").glob("checkpoint-*") if (n := c.name.rsplit("-", 1)[1]).isdigit()]
+    return f"{command}  # {f'{CONTINUES} step {max(steps)}' if steps else STARTS}"
 
 
 def _now() -> str:
