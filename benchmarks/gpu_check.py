@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows generated (default: enough for the steps)")
     args = parser.parse_args()
 
-    from hubtune import memory
+    from hubtune import levers, memory
     from hubtune.data import load_tokenizer, prepare
 
     started = time.time()
@@ -109,7 +109,7 @@ def main() -> None:
         config = tp.hubtune_config(data_file, work / "unused", run_args)
         arch = memory.read_architecture(str(folder))
         settings = memory.Settings.from_run_config(config)
-        settings = replace(settings, gradient_checkpointing=memory.checkpointing_needed(config, str(folder), device))
+        settings = replace(settings, gradient_checkpointing=levers.checkpointing_needed(config, str(folder), device))
         estimate = memory.estimate(arch, settings)
         measured = None if hub_peak is None else (hub_peak + memory.CUDA_CONTEXT_BYTES) / memory.GB
         print(f"gpu_check: size={size} params_b={arch.parameters()['total'] / 1e9:.2f} "

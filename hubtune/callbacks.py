@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from hubtune.distributed import is_main_process
 from hubtune.errors import HubtuneError
+from hubtune.runs import RunFolder, step_of
 
 log = logging.getLogger("hubtune")
 
@@ -92,8 +93,8 @@ class CheckpointSelection(TrainerCallback):
     kept in RUN/selected-adapter, so the Trainer may rotate checkpoints away meanwhile. `chosen` is the
     checkpoint the run keeps (the training recipe copies its adapter over the last one)."""
 
-    FILE = "checkpoint_scores.json"
-    BEST = "selected-adapter"
+    FILE = RunFolder.CHECKPOINT_SCORES
+    BEST = RunFolder.SELECTED_ADAPTER
 
     def __init__(self, run_path: Path, select: str, rows: list[dict], ev, tokenizer, resume_step: int = 0):
         self.run_path = Path(run_path)
@@ -197,20 +198,26 @@ def _any_process(flag: bool, args) -> bool:
 
 
 # ---- the run on the Hub -----------------------------------------------------------------------------------
-# What a mirror holds, under the same names as in the run folder: enough to resume it anywhere
-# (config, metrics, the latest checkpoint), and once finished, the adapter and what the run was.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "initial_eval.json", "data_report.json")
-FINAL_FILES = ("summary.json", "adapter/*", "data/*")
-STAGING = ".hub-mirror"
+# What a mirror holds, under the same names as in the run folder (RunFolder.RESUME_FILES, FINAL_FILES).
+STAGING = RunFolder.MIRROR_STAGING
 
 
 class HubCheckpoints(TrainerCallback):
     """`training.push_checkpoints: OWNER/REPO`: after each checkpoint, its folder and the run's config and
-    metrics go to a private Hub repo in one commit that also deletes the older checkpoints there (the idea
-    of transformers' hub_strategy="checkpoint"). Uploads run in a background thread from hard-linked
-    copies, so training does not wait and the Trainer may rotate checkpoints meanwhile; when uploads fall
-    behind, only the newest checkpoint is sent. A failed upload is retried with the next checkpoint;
-    `finish` waits for the last one and uploads the finished run, and raises if that fails."""
+    metrics go to a private Hub repo in one commit that also deletes the older checkpoints there. Uploads
+    run in a background thread from hard-linked copies, so training does not wait and the Trainer may rotate
+    checkpoints meanwhile; when uploads fall behind, only the newest checkpoint is sent. A failed upload is
+    retried with the next checkpoint; `finish` waits for the last one and uploads the finished run, and
+    raises if that fails.
+
+    Not the Trainer's own push (push_to_hub with hub_strategy="checkpoint"), which cannot keep these
+    promises: it uploads the checkpoint and the output folder in separate commits without the run files
+    a resume needs (config.yaml, metrics.jsonl, data_report.json), so a repo can hold a checkpoint whose
+    config is not there; it waits on its upload futures without reading their results (transformers'
+    PushInProgress.wait_until_done), so a refused or failed upload passes silently; it skips a save
+    while an upload is under way rather than sending the newest one later; and a token other than the
+    ambient login goes in as TrainingArguments.hub_token, which training_args.bin (the pickled arguments
+    the Trainer saves in every checkpoint, and uploads with it) then carries to disk and the repo."""
 
     def __init__(self, run_path: Path, repo_id: str, token: str | None = None):
         self.run_path = Path(run_path)
@@ -236,7 +243,7 @@ class HubCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = RunFolder(self.run_path).checkpoint(state.global_step)
         staged = self._stage(checkpoint)
         with self._cv:
             if self._pending is not None:
@@ -250,10 +257,10 @@ class HubCheckpoints(TrainerCallback):
     def _stage(self, checkpoint: Path) -> Path:
         staged = self.run_path / STAGING / checkpoint.name
         shutil.rmtree(staged, ignore_errors=True)
-        (staged / "checkpoints").mkdir(parents=True)
-        shutil.copytree(checkpoint, staged / "checkpoints" / checkpoint.name, copy_function=_link_or_copy,
+        (staged / RunFolder.CHECKPOINTS).mkdir(parents=True)
+        shutil.copytree(checkpoint, staged / RunFolder.CHECKPOINTS / checkpoint.name, copy_function=_link_or_copy,
                         ignore=shutil.ignore_patterns("README.md"))
-        for name in RUN_FILES:
+        for name in RunFolder.RESUME_FILES:
             if (self.run_path / name).is_file():
                 shutil.copy2(self.run_path / name, staged / name)
         return staged
@@ -266,9 +273,9 @@ class HubCheckpoints(TrainerCallback):
                 if self._pending is None:
                     return
                 staged, self._pending = self._pending, None
-            name = next((staged / "checkpoints").iterdir()).name
+            name = next((staged / RunFolder.CHECKPOINTS).iterdir()).name
             try:
-                self._upload(staged, f"hubtune: {name}", delete=["checkpoints/**"])
+                self._upload(staged, f"hubtune: {name}", delete=[f"{RunFolder.CHECKPOINTS}/**"])
                 self.uploaded.append(name)
             except Exception as err:  # the next checkpoint tries again; finish() reports it
                 self.errors.append(f"{name}: {err}")
@@ -307,9 +314,9 @@ class HubCheckpoints(TrainerCallback):
         staged = self.run_path / STAGING / "final"
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir(parents=True)
-        for pattern in (*RUN_FILES, *FINAL_FILES):
+        for pattern in (*RunFolder.RESUME_FILES, *RunFolder.FINAL_FILES):
             for f in self.run_path.glob(pattern):
-                if f.is_file() and f.name != "README.md":
+                if f.is_file() and f.name != RunFolder.CARD:
                     (staged / f.relative_to(self.run_path)).parent.mkdir(parents=True, exist_ok=True)
                     _link_or_copy(f, staged / f.relative_to(self.run_path))
         try:
@@ -342,14 +349,13 @@ def download_run(repo_id: str, dest: Path, token: str | None = None) -> Path:
 
     with hub_errors(repo_id, "model"):
         files = HfApi(token=token).list_repo_files(repo_id)
-        if "config.yaml" not in files:
-            raise HubtuneError(f"{repo_id} holds no hubtune run (no config.yaml): give the repo named in "
+        if RunFolder.CONFIG not in files:
+            raise HubtuneError(f"{repo_id} holds no hubtune run (no {RunFolder.CONFIG}): give the repo named in "
                                f"training.push_checkpoints of the run to resume")
-        steps = {int(p.split("/")[1].split("-")[1]) for p in files
-                 if p.startswith("checkpoints/checkpoint-") and p.split("/")[1].split("-")[1].isdigit()}
-        allow = [*RUN_FILES, *FINAL_FILES]
-        if steps:
-            allow.append(f"checkpoints/checkpoint-{max(steps)}/*")
+        steps = {step_of(p.split("/")[1]) for p in files if p.startswith(f"{RunFolder.CHECKPOINTS}/")}
+        allow = [*RunFolder.RESUME_FILES, *RunFolder.FINAL_FILES]
+        if max(steps, default=-1) >= 0:
+            allow.append(f"{RunFolder.CHECKPOINTS}/{RunFolder.CHECKPOINT_PREFIX}{max(steps)}/*")
         snapshot_download(repo_id, local_dir=dest, allow_patterns=allow, token=token)
     shutil.rmtree(dest / ".cache", ignore_errors=True)  # the download's own bookkeeping, not part of the run
     return dest

@@ -10,42 +10,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from hubtune.refs import is_hub_id
-from hubtune.runs import RunFolder
+from hubtune.runs import EvalResult, RunFolder
 from hubtune.tables import peak_memory_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "adapter_card.md"
-LOSS_CURVE = "loss_curve.png"
+LOSS_CURVE = RunFolder.LOSS_CURVE  # the same name in the run and in the pushed repo
 LICENCE_FILE_PREFIXES = ("LICENSE", "USE_POLICY", "NOTICE")  # the base's files a push copies (any case)
 TASK = "text-generation"
 
 
-def eval_entries(eval_json: dict | None, default_dataset: str | None = None) -> list[dict]:
-    """The numeric metric entries of the eval.json `hubtune eval` writes ({"metrics": [{name, type, value,
-    ci95, dataset, split, model}]}, dataset as a Hub id or {name, type, config, revision}, where only a
-    Hub dataset has a type; model: tuned, base or base_few_shot), normalised for the card."""
-    entries = (eval_json or {}).get("metrics") or []
+def eval_entries(result: EvalResult | None, default_dataset: str | None = None) -> list[dict]:
+    """The metric entries of a run's eval.json (dataset as a Hub id or {name, type, config, revision}, where
+    only a Hub dataset has a type; model: tuned, base or base_few_shot), normalised for the card."""
     out = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        value = e.get("value")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        dataset = e.get("dataset") or default_dataset
+    for e in result.metrics if result else []:
+        dataset = e.dataset or default_dataset
         ds = dataset if isinstance(dataset, dict) else \
             {"type": dataset if dataset and is_hub_id(dataset) else None, "name": dataset or "unknown"}
         ds_type = ds.get("type") or ds.get("id")
-        ci = e.get("ci95")
-        out.append({"name": e.get("name"), "type": str(e.get("type") or e.get("name")), "value": value,
-                    "ci95": ci if isinstance(ci, list) and len(ci) == 2 else None,
+        out.append({"name": e.name, "type": e.type, "value": e.value,
+                    "ci95": e.ci95 if e.ci95 and len(e.ci95) == 2 else None,
                     "dataset_type": str(ds_type) if ds_type else None, "dataset_name": str(ds.get("name") or ds_type),
                     "dataset_config": ds.get("config"), "dataset_revision": ds.get("revision"),
-                    "split": e.get("split") or ds.get("split"), "model": e.get("model") or "tuned",
-                    "task_type": e.get("task_type", TASK)})
+                    "split": e.split or ds.get("split"), "model": e.model, "task_type": TASK})
     return out
 
 
-def eval_results_from(eval_json: dict | None, default_dataset: str | None = None) -> list:
+def eval_results_from(result: EvalResult | None, default_dataset: str | None = None) -> list:
     """EvalResults for the card's model-index: the tuned model's metrics on Hub datasets from an eval.json.
     The model-index requires a Hub dataset id as the dataset type, so measures on local files, like those
     scored on the base model, are left for the body's table."""
@@ -55,7 +46,7 @@ def eval_results_from(eval_json: dict | None, default_dataset: str | None = None
                        dataset_config=e["dataset_config"], dataset_split=e["split"],
                        dataset_revision=e["dataset_revision"], metric_type=e["type"], metric_name=e["name"],
                        metric_value=e["value"])
-            for e in eval_entries(eval_json, default_dataset) if e["model"] == "tuned" and e["dataset_type"]]
+            for e in eval_entries(result, default_dataset) if e["model"] == "tuned" and e["dataset_type"]]
 
 
 def loss_curve(metrics: list[dict], out: Path) -> Path | None:
@@ -189,7 +180,7 @@ def held_out_rows(held_out: dict | None) -> list[dict]:
 def usage(run: RunFolder) -> dict:
     """What the card's "How to use" needs to render a prompt the way training did and stop where the model
     learned to: the family, the ids generation stops on, where a system prompt goes, the thinking switch."""
-    chat = (run.read_json(RunFolder.DATA_REPORT) or {}).get("chat_template") or {}
+    chat = run.data_report.get("chat_template") or {}
     system = chat.get("system_prompt", "")
     return {"family": chat.get("family"), "stop_ids": chat.get("stop_token_ids") or [],
             "end_of_turn": chat.get("end_of_turn"),
@@ -228,9 +219,8 @@ def write_card(run_dir: str | Path, repo_id: str, verdict=None, merged: bool = F
         verdict = publishing_verdict(run)
     curve = loss_curve(run.metrics(), run.path / LOSS_CURVE)
     card = build_card(run, repo_id, verdict, merged, LOSS_CURVE if curve else None)
-    out = run.path / "README.md"
-    card.save(out)
-    return out
+    card.save(run.card)
+    return run.card
 
 
 def publishing_verdict(run: RunFolder):

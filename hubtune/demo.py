@@ -42,11 +42,11 @@ def run_demo(overrides: list[str] | None = None, settings: dict | None = None, d
     card = write_card(run.path, f"your-name/{run.path.name}")
     display.phase("card", f"{card} (what `hubtune push {run.path} --repo OWNER/NAME` would publish)")
 
-    task = result["task"]
+    task = result.task
     figures = {"base_exact_match": task["base"]["exact_match"]["mean"],
                "tuned_exact_match": task["tuned"]["exact_match"]["mean"],
                "minutes": round((time.time() - started) / 60, 2), "run": str(run.path), "test_examples": task["n"],
-               "regressed": result["regressed"]}
+               "regressed": result.regressed}
     display.console.print(f"demo: base_exact_match={figures['base_exact_match']:.2f} "
                           f"tuned_exact_match={figures['tuned_exact_match']:.2f} minutes={figures['minutes']:.1f} "
                           f"run={run.path}", markup=False, highlight=False, soft_wrap=True)

@@ -361,7 +361,7 @@ def _oom(err: BaseException, context: dict) -> HubtuneError:
 
 
 def _fit_search(config) -> str | None:
-    """The memory estimate's fit search for this run on this CUDA device (hubtune.memory.oom_advice); None
+    """The memory estimate's fit search for this run on this CUDA device (hubtune.fit.oom_advice); None
     where it cannot say (no CUDA device, an architecture it does not know), and the settings to lower
     are listed instead."""
     try:
@@ -369,9 +369,9 @@ def _fit_search(config) -> str | None:
 
         if not torch.cuda.is_available():
             return None
-        from hubtune import memory
+        from hubtune import fit
 
-        return memory.oom_advice(config, torch.cuda.get_device_properties(0).total_memory)
+        return fit.oom_advice(config, torch.cuda.get_device_properties(0).total_memory)
     except Exception:  # advice never hides the error it explains
         return None
 

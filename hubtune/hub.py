@@ -11,6 +11,13 @@ Every Hub call has a timeout (HF_HUB_ETAG_TIMEOUT for metadata, HF_HUB_DOWNLOAD_
 seconds), and hubtune's own calls go through `call`, which retries what is safe to retry with exponential
 backoff (HUBTUNE_HUB_RETRIES tries more, HUBTUNE_HUB_BACKOFF seconds before the first) and then raises a
 typed error that names the endpoint and the setting.
+
+huggingface_hub 2.x retries file transfers itself (`http_backoff` / `http_stream_backoff`: downloads, LFS
+and Xet uploads), but not the API calls around them: repo_info, auth_check, list_repo_tree, create_repo and
+create_commit send one request through the shared client and raise on a 5xx or 429 (its commit retry,
+`retry_on_error`, is a parameter of a private function that HfApi.create_commit does not expose). `call`
+covers those with the library's own policy: the statuses and the longest wait of `http_backoff`'s
+defaults, and a 429's rate-limit reset read with `parse_ratelimit_headers`.
 """
 
 from __future__ import annotations
@@ -152,7 +159,31 @@ def _bound_request(request) -> None:
     _last.endpoint = f"{request.method} {request.url}"
 
 
-RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+def _backoff_defaults() -> tuple[tuple[int, ...], float]:
+    """(statuses, longest wait in seconds) of huggingface_hub's own backoff, from its public signature."""
+    import inspect
+
+    from huggingface_hub.utils import http_backoff
+
+    params = inspect.signature(http_backoff).parameters
+    statuses = params["retry_on_status_codes"].default
+    return ((statuses,) if isinstance(statuses, int) else tuple(statuses)), float(params["max_wait_time"].default)
+
+
+RETRY_STATUSES, MAX_WAIT = _backoff_defaults()
+
+
+def retry_wait(err: BaseException, attempt: int, base: float) -> float:
+    """Seconds before try `attempt + 1`: a 429 that says when its rate limit resets waits that long, as
+    huggingface_hub's backoff does; otherwise `base` doubling, at most the library's longest wait."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    response = getattr(err, "response", None)
+    if response is not None and response.status_code == 429:
+        limit = parse_ratelimit_headers(response.headers)
+        if limit is not None and limit.remaining == 0:
+            return float(limit.reset_in_seconds) + 1  # + 1 s against rounding, as the library does
+    return min(base * 2 ** (attempt - 1), MAX_WAIT)
 
 
 def _transient(err: BaseException) -> BaseException | None:
@@ -188,10 +219,11 @@ def _setting(name: str, default: float) -> float:
 
 
 def call(fn, *args, idempotent: bool = True, retries: int | None = None, **kwargs):
-    """`fn(*args, **kwargs)`, a call to the Hub through huggingface_hub. A server error (5xx, 408, 429) is tried
-    again; so are a timeout, a dropped connection and a garbled body when the call is idempotent (a commit is
-    not: it may have landed). Waits HUBTUNE_HUB_BACKOFF seconds (default 1), doubling up to 8, between tries,
-    at most HUBTUNE_HUB_RETRIES times (default 3); then raises the typed error of hubtune.errors."""
+    """`fn(*args, **kwargs)`, a call to the Hub through huggingface_hub. A status huggingface_hub's backoff
+    retries (5xx, 408, 429) is tried again; so are a timeout, a dropped connection and a garbled body when the
+    call is idempotent (a commit is not: it may have landed). Waits HUBTUNE_HUB_BACKOFF seconds (default 1),
+    doubling up to the library's longest wait (8), or a 429's rate-limit reset, between tries, at most
+    HUBTUNE_HUB_RETRIES times (default 3); then raises the typed error of hubtune.errors."""
     use_timeouts()
     retries = int(_setting("HUBTUNE_HUB_RETRIES", 3)) if retries is None else retries
     wait = _setting("HUBTUNE_HUB_BACKOFF", 1.0)
@@ -205,7 +237,7 @@ def call(fn, *args, idempotent: bool = True, retries: int | None = None, **kwarg
                 raise
             status = getattr(getattr(cause, "response", None), "status_code", None)
             if attempt <= retries and (idempotent or status is not None):
-                time.sleep(min(wait * 2 ** (attempt - 1), 8.0))
+                time.sleep(retry_wait(cause, attempt, wait))
                 continue
             typed = translate(cause, endpoint=getattr(_last, "endpoint", None) or "a Hub call", attempts=attempt)
             if typed is None:

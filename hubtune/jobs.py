@@ -27,6 +27,7 @@ from pathlib import Path
 from hubtune import __version__
 from hubtune import config as cfg
 from hubtune.errors import ConfigError, JobError
+from hubtune.runs import RunFolder
 from hubtune.gpus import CPU_TFLOPS, by_flavor
 from hubtune.refs import RepoRef
 
@@ -90,12 +91,12 @@ def submit(config: cfg.RunConfig, *, flavor: str, timeout: str | int | None = No
     with push_errors(repo):
         url = str(api.create_repo(repo, private=True, exist_ok=True))
         files = api.list_repo_files(repo)
-        if any(f.startswith("checkpoints/") or f == "summary.json" for f in files):
+        if any(f.startswith(f"{RunFolder.CHECKPOINTS}/") or f == RunFolder.SUMMARY for f in files):
             raise JobError(f"{repo} already holds a run: continue it with `hubtune train --resume {repo} --on hf-jobs "
                            f"--flavor {flavor}`, or choose another training.push_checkpoints")
         job_config = config.model_copy(deep=True)
         job_config.output.dir = None  # the job's own folder, runs/<repo name>
-        api.upload_file(path_or_fileobj=job_config.to_yaml().encode(), path_in_repo="config.yaml", repo_id=repo,
+        api.upload_file(path_or_fileobj=job_config.to_yaml().encode(), path_in_repo=RunFolder.CONFIG, repo_id=repo,
                         commit_message="hubtune: run config for a Hugging Face Job")
     return _run_job(api, token, me, repo, url, flavor, seconds, estimate, install, image, num_processes)
 
@@ -111,7 +112,7 @@ def submit_resume(repo: str, *, flavor: str, timeout: str | int | None = None, i
     token, api, me = _account(token)
     _check_flavor(flavor)
     with hub_errors(repo, "model"):
-        config = cfg.load(hf_hub_download(repo, "config.yaml", token=token))
+        config = cfg.load(hf_hub_download(repo, RunFolder.CONFIG, token=token))
     _reachable_from_a_job(config)
     _can_write(me, repo)
     licence.gate_for_training(config)

@@ -21,7 +21,7 @@ from hubtune.runs import RunFolder
 
 log = logging.getLogger("hubtune")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-RESULT = "merge.json"  # in the run folder: the last merge, where it went and how far it moved the logits
+RESULT = RunFolder.MERGE
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """What a run shows while it works: the phase it is in, then one live line for training (step / total,
-loss, held-out loss, tokens/s, elapsed, time left). The figures come from the rows written to
-metrics.jsonl, which the UI reads too: step, losses and tokens/s are the same in both; the page times
-what is left from the steps it watches pass, and writes durations with `clock`, as here. Before a run,
-`Throughput` turns a measured (or nominal) tokens/s into the duration the page shows beside the step count.
+loss, held-out loss, tokens/s, elapsed, time left). `Figures` is the one progress model: computed from
+the rows written to metrics.jsonl, it feeds the console here and the page (hubtune.ui.views), so both
+show the same step total and the same time left (the pace so far, over training time that carries across
+a resume), written with `clock`. Before a run, `Throughput` turns a measured (or nominal) tokens/s into
+the duration the page shows beside the step count.
 
 Third-party output (progress bars of every datasets map, deprecation warnings, notices) is hidden
 unless `--verbose` or HUBTUNE_DEBUG=1.
@@ -32,6 +33,8 @@ class Figures:
     eval_loss: float | None
     tokens_per_second: float | None
     elapsed: float | None  # seconds of training so far
+    learning_rate: float | None = None
+    epoch: float | None = None
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Figures | None:
@@ -39,8 +42,9 @@ class Figures:
             return None
         last = rows[-1]
         latest = lambda key: next((r[key] for r in reversed(rows) if r.get(key) is not None), None)  # noqa: E731
-        return cls(step=last["step"], total=latest("total_steps"), loss=latest("loss"), eval_loss=latest("eval_loss"),
-                   tokens_per_second=latest("tokens_per_second"), elapsed=latest("elapsed_seconds"))
+        return cls(step=last["step"], total=latest("total_steps") or None, loss=latest("loss"),
+                   eval_loss=latest("eval_loss"), tokens_per_second=latest("tokens_per_second"),
+                   elapsed=latest("elapsed_seconds"), learning_rate=latest("learning_rate"), epoch=last.get("epoch"))
 
     @property
     def eta(self) -> float | None:

@@ -132,7 +132,7 @@ def stage_gguf(run: RunFolder, out: Path, repo: str, verdict, token: str | None 
     from hubtune.export import RESULT
     from hubtune.export.card import gguf_card
 
-    record = run.read_json(RESULT)
+    record = run.export_record
     if not record:
         raise PushError(f"{run.path} has no GGUF export to push: run `hubtune export {run.path} --format gguf` first")
     folder = Path(record["folder"])

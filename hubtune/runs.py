@@ -1,5 +1,5 @@
-"""The run folder: one type that owns its layout, so training, evaluation, the card, push, the CLI
-and the UI all read a run the same way.
+"""The run folder: one type that owns its layout, so training, evaluation, the card, push, export, the
+Hub mirror, the CLI and the UI all read a run the same way. No other module spells these names.
 
     runs/20260101-120000/
       config.yaml          the resolved run config (typed: RunFolder.config)
@@ -11,10 +11,19 @@ and the UI all read a run the same way.
       initial_eval.json    held-out loss before any update
       metrics.jsonl        one line per logging step (what the console and the UI show)
       checkpoints/         checkpoint-N folders, for resume
+      checkpoint_scores.json, selected-adapter/   training.select: each checkpoint's scores, the best adapter
+      .hub-mirror/         training.push_checkpoints: what the next upload sends, staged
       adapter/             the trained adapter and tokenizer
       summary.json         what the finished run was (typed: RunSummary)
-      eval.json            `hubtune eval` results (+ eval_answers.jsonl, eval_cache/)
+      eval.json            `hubtune eval` results (typed: EvalResult)
+      eval_answers.jsonl   every test prompt's answers and their scores; eval_cache/ its generations
+      human_eval.csv       blinded answer pairs for raters (+ human_eval_key.json)
+      export.json          the last GGUF export (its files in export/ or where --out said)
+      merge.json           the last merge into the base (the model where --out said)
+      job.log, job.json    the page's jobs on this run: their output, the last one's command and exit
       README.md            the card a push would publish (+ loss_curve.png)
+      tensorboard/         training.report_to: [tensorboard]
+      uploads/             files uploaded on the page as the run's data
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hubtune import config as cfg
 from hubtune.distributed import is_main_process
@@ -105,6 +114,46 @@ class RunSummary(BaseModel):
     selection: dict | None = None  # training.select other than last: the chosen step and every checkpoint's scores
 
 
+class MetricEntry(BaseModel):
+    """One measure in eval.json's flat list: the tuned model's on Hub datasets become the card's model-index,
+    the rest its table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: str
+    value: float
+    ci95: list[float] | None = None  # [lower, upper]
+    dataset: dict | str | None = None  # {name, type (a Hub dataset's id), config, revision}, or a Hub id
+    split: str | None = None
+    model: Literal["tuned", "base", "base_few_shot"] = "tuned"
+
+
+class EvalResult(BaseModel):
+    """What `hubtune eval` found (eval.json): written by the evaluation, read by the card, push, the CLI and
+    the UI. The sections hold what each step measured; a step that did not run leaves its section out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str
+    created: str
+    settings: dict  # the eval section it ran with
+    data: dict  # the rows it read: counts, test dataset and split, few-shot k
+    loss: dict | None = None  # held-out loss and perplexity, base and tuned
+    task: dict | None = None  # exact match and token F1: base, base few-shot, tuned; versus the best prompt
+    harness: dict | None = None  # lm-evaluation-harness tasks, base and tuned (or why they were skipped)
+    regression: dict | None = None  # the regression set: accuracies, drop, threshold, verdict
+    judge: dict | None = None  # the LLM judge's rubric scores and pairwise wins
+    human_export: dict | None = None  # the blinded CSV for raters and its key
+    answers_file: str | None = None  # every test prompt's answers (RunFolder.ANSWERS)
+    regressed: bool = False
+    metrics: list[MetricEntry] = []
+
+    def to_json(self) -> str:
+        """eval.json's text: sections that were not measured stay out."""
+        return self.model_dump_json(indent=2, exclude={name for name, value in self if value is None})
+
+
 class RunFolder:
     CONFIG = "config.yaml"
     STATE = "state.json"
@@ -113,10 +162,35 @@ class RunFolder:
     SUMMARY = "summary.json"
     METRICS = "metrics.jsonl"
     EVAL = "eval.json"
+    ANSWERS = "eval_answers.jsonl"
+    ANSWER_SCORES = ("exact_match", "token_f1")  # what each answer in ANSWERS is scored by
+    EVAL_CACHE = "eval_cache"  # kept so a rerun of `hubtune eval` resumes:
+    GENERATIONS_CACHE = f"{EVAL_CACHE}/generations.jsonl"  # every greedy answer, by model and prompt
+    JUDGE_CACHE = f"{EVAL_CACHE}/judge.jsonl"  # the judge's replies, by judge and prompt (eval, data pairs)
+    HUMAN_EVAL = "human_eval.csv"
+    HUMAN_EVAL_KEY = "human_eval_key.json"
     DATA_REPORT = "data_report.json"
     INITIAL_EVAL = "initial_eval.json"
+    ADAPTER = "adapter"
+    CHECKPOINTS = "checkpoints"
+    CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's own naming (transformers' PREFIX_CHECKPOINT_DIR)
+    CHECKPOINT_SCORES = "checkpoint_scores.json"
+    SELECTED_ADAPTER = "selected-adapter"
+    MIRROR_STAGING = ".hub-mirror"
+    EXPORT = "export.json"
+    EXPORT_DIR = "export"
+    MERGE = "merge.json"  # the last `hubtune merge`: where it went and how far it moved the logits
+    JOB_LOG = "job.log"  # the page's jobs: the subprocess's stdout and stderr, appended run after run
+    JOB_RECORD = "job.json"  # the page's last job: its kind and command, when it started and ended, its exit
+    CARD = "README.md"
+    LOSS_CURVE = "loss_curve.png"
+    TENSORBOARD = "tensorboard"
+    UPLOADS = "uploads"
+    # What a Hub mirror (training.push_checkpoints) holds, under the same names: enough to resume the run
+    # anywhere (with its latest checkpoint), and once it has finished, the adapter and what the run was.
+    RESUME_FILES = (CONFIG, METRICS, INITIAL_EVAL, DATA_REPORT)
+    FINAL_FILES = (SUMMARY, f"{ADAPTER}/*", "data/*")
     STOP_REQUEST = "stop_requested"  # written by the page's Stop just before its signal
-    JUDGE_CACHE = "eval_cache/judge.jsonl"  # the judge's replies, by judge and prompt (eval, data pairs)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -135,7 +209,7 @@ class RunFolder:
         holder = run.lock_holder()
         if holder is not None:  # before writing anything: the live run's config stays its own
             raise run._locked_by(holder)
-        if (run.path / "checkpoints").exists() or (run.path / cls.SUMMARY).exists():
+        if (run.path / cls.CHECKPOINTS).exists() or (run.path / cls.SUMMARY).exists():
             raise HubtuneError(f"{run.path} already holds a run; continue it with `hubtune train --resume {run.path}` "
                                f"or choose another output.dir")
         run.path.mkdir(parents=True, exist_ok=True)
@@ -153,7 +227,8 @@ class RunFolder:
 
     def require_finished(self) -> RunFolder:
         """This run, or an error naming what is missing and how to produce it."""
-        needed = {self.SUMMARY: "written when training finishes", "adapter/adapter_config.json": "the saved adapter"}
+        needed = {self.SUMMARY: "written when training finishes",
+                  f"{self.ADAPTER}/adapter_config.json": "the saved adapter"}
         missing = [f"{name} ({why})" for name, why in needed.items() if not (self.path / name).is_file()]
         if missing:
             raise HubtuneError(f"{self.path} is not a finished run ({self.status.value}): missing {', '.join(missing)}. "
@@ -196,11 +271,31 @@ class RunFolder:
 
     @property
     def adapter(self) -> Path:
-        return self.path / "adapter"
+        return self.path / self.ADAPTER
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / self.CHECKPOINTS
+
+    def checkpoint(self, step: int) -> Path:
+        """The folder the Trainer saves step `step` in."""
+        return self.checkpoints / f"{self.CHECKPOINT_PREFIX}{step}"
+
+    def checkpoint_folders(self) -> list[Path]:
+        """The checkpoint-N folders, oldest step first (complete or not: see last_checkpoint)."""
+        return sorted(self.checkpoints.glob(f"{self.CHECKPOINT_PREFIX}*"), key=step_of)
+
+    @property
+    def answers(self) -> Path:
+        return self.path / self.ANSWERS
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / self.EXPORT_DIR
+
+    @property
+    def card(self) -> Path:
+        return self.path / self.CARD
 
     @property
     def summary(self) -> RunSummary | None:
@@ -224,14 +319,30 @@ class RunFolder:
         return rows
 
     @property
-    def eval(self) -> dict | None:
+    def eval(self) -> EvalResult | None:
         f = self.path / self.EVAL
-        return json.loads(f.read_text()) if f.is_file() else None
+        if not f.is_file():
+            return None
+        try:
+            return EvalResult.model_validate_json(f.read_text())
+        except ValidationError as err:
+            raise HubtuneError(f"{f} is not what `hubtune eval` writes ({_first_problem(err)}); evaluate the run "
+                               f"again with `hubtune eval {self.path}`") from None
 
-    def write_eval(self, result: dict) -> None:
+    def write_eval(self, result: EvalResult) -> None:
         if not self.writer:
             return
-        _write_atomic(self.path / self.EVAL, json.dumps(result, indent=2))
+        _write_atomic(self.path / self.EVAL, result.to_json())
+
+    @property
+    def export_record(self) -> dict | None:
+        """The last `hubtune export` (export.json, with the folder its files are in)."""
+        return self.read_json(self.EXPORT)
+
+    @property
+    def data_report(self) -> dict:
+        """What each data step did (data_report.json); empty for a run that has not prepared its data."""
+        return self.read_json(self.DATA_REPORT) or {}
 
     def read_json(self, name: str) -> dict | None:
         f = self.path / name
@@ -246,7 +357,7 @@ class RunFolder:
         """The prepared rows training used, so evaluation reads them instead of re-running the data steps."""
         if not self.writer:
             return len(rows or [])
-        f = self.path / "data" / f"{split}.jsonl"
+        f = self._rows_file(split)
         f.parent.mkdir(exist_ok=True)
         n = 0
         with f.open("w", encoding="utf-8") as out:
@@ -255,8 +366,11 @@ class RunFolder:
                 n += 1
         return n
 
+    def _rows_file(self, split: Literal["train", "validation"]) -> Path:
+        return self.path / "data" / f"{split}.jsonl"
+
     def rows(self, split: Literal["train", "validation"]) -> list[dict]:
-        f = self.path / "data" / f"{split}.jsonl"
+        f = self._rows_file(split)
         if not f.is_file():
             raise HubtuneError(f"{self.path} holds no prepared {split} rows ({f}); train it again with this "
                                f"version of hubtune")
@@ -266,14 +380,14 @@ class RunFolder:
         """The newest complete checkpoint, to resume from. One cut short (killed while it was written, a
         full disk) is moved out of the way to checkpoints/incomplete-N, with a warning naming it."""
         complete = None
-        for checkpoint in sorted(self.checkpoints.glob("checkpoint-*"), key=_step_of, reverse=True):
+        for checkpoint in reversed(self.checkpoint_folders()):
             problem = checkpoint_problem(checkpoint)
             if problem is None:
                 complete = complete or checkpoint
                 continue
             if not self.writer:
                 continue
-            aside = _free_name(self.checkpoints / f"incomplete-{_step_of(checkpoint)}")
+            aside = _free_name(self.checkpoints / f"incomplete-{step_of(checkpoint)}")
             checkpoint.rename(aside)
             log.warning("%s is incomplete (%s): moved to %s", checkpoint.name, problem, aside)
         return complete
@@ -439,7 +553,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         step = json.loads(state.read_text()).get("global_step")
     except (json.JSONDecodeError, UnicodeDecodeError):
         return "trainer_state.json is cut short"
-    if step != _step_of(checkpoint):
+    if step != step_of(checkpoint):
         return f"trainer_state.json is for step {step}"
     for kind, names in (("weights", CHECKPOINT_WEIGHTS), ("optimizer state", CHECKPOINT_OPTIMIZER)):
         if not any(any(checkpoint.glob(n)) for n in names):
@@ -450,10 +564,14 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
-def _step_of(checkpoint: Path) -> int:
+def step_of(checkpoint: Path | str) -> int:
+    """N of a checkpoint-N folder (a path or a name); -1 for any other name."""
+    name = Path(checkpoint).name
+    if not name.startswith(RunFolder.CHECKPOINT_PREFIX):
+        return -1
     try:
-        return int(checkpoint.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
+        return int(name.removeprefix(RunFolder.CHECKPOINT_PREFIX))
+    except ValueError:
         return -1
 
 
@@ -485,11 +603,16 @@ def folder_size(path: Path) -> int:
 def remove_incomplete(checkpoints: Path) -> list[str]:
     """Delete the checkpoints a full disk cut short, to give their space back; returns their names."""
     removed = []
-    for checkpoint in checkpoints.glob("checkpoint-*"):
+    for checkpoint in checkpoints.glob(f"{RunFolder.CHECKPOINT_PREFIX}*"):
         if checkpoint_problem(checkpoint) is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)
             removed.append(checkpoint.name)
     return removed
+
+
+def _first_problem(err: ValidationError) -> str:
+    e = err.errors()[0]
+    return f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}"
 
 
 def _now() -> str:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from hubtune import config as cfg
 from hubtune import distributed
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete
+from hubtune.levers import Levers, recipe_levers
+from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
 
 log = logging.getLogger("hubtune")
 
@@ -70,9 +71,7 @@ def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     in config.yaml since is a ConfigError naming both values, before any weight is loaded."""
     import json
 
-    saved = sorted(run.checkpoints.glob("checkpoint-*/adapter_config.json"),
-                   key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit()
-                   else -1)
+    saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
     try:
@@ -166,7 +165,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from hubtune import advice, compat, data, families, hub, licence, memory, methods
+    from hubtune import advice, compat, data, families, fit, hub, licence, methods
     from hubtune.callbacks import HubCheckpoints, MetricsFile, QuadraticWarmup, StopOnSignal
     from hubtune.data.pipeline import require_held_out
 
@@ -200,7 +199,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         check_against_model(config, model_config)
         if line := advice.advice_line(config, advice.parameter_count(model_config)):
             display.note(line)
-        if warning := memory.device_warning(config, base.path):
+        if warning := fit.device_warning(config, base.path):
             display.note(warning, style="bold red")
         prepared = data.prepare(config.data, tokenizer, seed=config.training.seed, model_config=model_config,
                                 generation_config=generation_config(base.path))
@@ -338,7 +337,7 @@ def keep_selected(run: RunFolder, selection, last_step: int, display: Display) -
     import shutil
 
     chosen = selection.chosen
-    best = run.path / selection.BEST
+    best = run.path / RunFolder.SELECTED_ADAPTER
     if chosen is None or chosen["step"] == last_step or not best.is_dir():
         display.phase("select", f"kept the last checkpoint (step {last_step}) by {selection.select}")
         return
@@ -651,7 +650,7 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / "tensorboard")))]
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(path / RunFolder.TENSORBOARD)))]
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
@@ -706,53 +705,6 @@ def tokenized(rows, chat):
                     remove_columns=rows.column_names)
 
 
-@dataclasses.dataclass(frozen=True)
-class Levers:
-    """How a run uses the machine: the config's auto settings resolved for this device and base."""
-
-    attention: str  # sdpa | flash_attention_2 | eager
-    liger: bool  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU) through TRL
-    padding_free: bool  # each batch one row with position ids
-    gradient_checkpointing: bool
-
-    def describe(self) -> str:
-        return (f"{self.attention} attention{', Liger kernels' if self.liger else ''}"
-                f"{', padding-free rows' if self.padding_free else ''}, gradient checkpointing "
-                f"{'on' if self.gradient_checkpointing else 'off'}")
-
-
-def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=None) -> Levers:
-    """FlashAttention and Liger on CUDA when installed; padding-free batches where attention has a
-    variable-length kernel (FlashAttention: with SDPA a flat row would attend over the whole batch);
-    checkpointing only when the memory estimate needs it (hubtune.memory)."""
-    from importlib.util import find_spec
-
-    from hubtune import memory
-
-    t, d = config.training, config.data
-    cuda = hw.device == "cuda"
-    if t.kernels == "auto":
-        attention = "flash_attention_2" if cuda and find_spec("flash_attn") else "sdpa"
-        if family is not None and family.attention:  # Gemma 2's soft-capped attention has no SDPA kernel
-            attention = family.attention
-        liger = cuda and find_spec("liger_kernel") is not None
-    else:
-        attention, liger = t.kernel_choice()
-    if t.attention_kernel:
-        attention = t.attention_kernel  # a Hub kernel repo, which transformers loads through the kernels package
-    if d.padding_free == "auto":
-        padding_free = attention == "flash_attention_2" and not d.truncate
-    elif d.padding_free and d.truncate and not d.packing:
-        raise ConfigError([("data.padding_free", "padding-free rows are not cut to data.max_seq_len; set data.truncate: "
-                                                 "false (over-long examples are dropped) or data.padding_free: auto")])
-    else:
-        padding_free = d.padding_free
-    checkpointing = t.gradient_checkpointing
-    if checkpointing == "auto":
-        checkpointing = memory.checkpointing_needed(config, model_path, hw.device)
-    return Levers(attention, liger, padding_free, checkpointing)
-
-
 def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, backend: str = "hf",
                  levers: Levers | None = None) -> dict:
     """The TrainingArguments every method shares: schedule, batch, precision, logging, checkpoints."""
@@ -772,7 +724,7 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         aligned = _saves_at_evals(eval_strategy, eval_steps, save_strategy, save_steps)
         stopping = dict(metric_for_best_model="eval_loss", greater_is_better=False, load_best_model_at_end=aligned)
     return dict(**stopping,
-        output_dir=str(path / "checkpoints"),
+        output_dir=str(path / RunFolder.CHECKPOINTS),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -905,7 +857,7 @@ def _summary(config, base, hw, trainer, verdict, prepared, seconds: float, initi
 
 
 def _step(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+    return step_of(checkpoint) if checkpoint else 0
 
 
 def _mark(run: RunFolder, status: Status, error: BaseException) -> None:
@@ -935,7 +887,7 @@ def disk_full(run: RunFolder, err: BaseException) -> DiskFullError | None:
                for e in causes):
         return None
     removed = remove_incomplete(run.checkpoints) if run.writer else []
-    complete = sorted(run.checkpoints.glob("checkpoint-*"), key=_step)
+    complete = run.checkpoint_folders()
     needed = folder_size(complete[-1]) if complete else folder_size(run.adapter)
     free = shutil.disk_usage(run.path).free
     resume_from = f"it continues from {complete[-1].name}" if complete else "it starts over (no checkpoint was complete)"

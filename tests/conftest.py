@@ -142,11 +142,10 @@ def tiny_base_files() -> dict[str, bytes]:
 def make_run(eval_run, tmp_path):
     """A finished run folder: a copy of the real session run (`eval_run`), re-pointed at another base,
     datasets and licence settings through the run folder's own types, for card, push and licence tests."""
-    import json
     import shutil
 
     from hubtune import config as cfg
-    from hubtune.runs import DatasetRecord, RunFolder
+    from hubtune.runs import DatasetRecord, EvalResult, RunFolder
 
     def build(base_model: str = "hubtune:tiny-llama", base_revision: str | None = None,
               datasets: tuple[str, ...] = ("hubtune:data/invoices/train.jsonl",), use: str = "personal",
@@ -164,8 +163,9 @@ def make_run(eval_run, tmp_path):
         run.write_summary(run.summary.model_copy(update={
             "base_model": base_model, "base_revision": base_revision,
             "datasets": [DatasetRecord(path=d) for d in datasets]}))
-        if eval_json is not None:
-            (dest / RunFolder.EVAL).write_text(json.dumps(eval_json))
+        if eval_json is not None:  # the sections given, on top of what every eval.json holds
+            run.write_eval(EvalResult.model_validate({"run": str(dest), "created": "2026-01-01T00:00:00+00:00",
+                                                      "settings": {}, "data": {}, **eval_json}))
         return dest
 
     return build

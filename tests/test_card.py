@@ -9,7 +9,8 @@ from hub_server import readme
 from huggingface_hub import ModelCard, metadata_load
 
 from hubtune import card as cards
-from hubtune.runs import RunFolder
+from hubtune.errors import HubtuneError
+from hubtune.runs import EvalResult, RunFolder
 
 pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
 
@@ -26,6 +27,10 @@ EVAL = {"metrics": [
 ]}
 
 
+def evaluated(sections: dict) -> EvalResult:
+    return EvalResult(run="runs/x", created="2026-01-01T00:00:00+00:00", settings={}, data={}, **sections)
+
+
 def png_size(path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -33,12 +38,11 @@ def png_size(path):
 
 
 def test_eval_results_from_the_shapes_an_eval_writes():
-    results = cards.eval_results_from(EVAL)
+    results = cards.eval_results_from(evaluated(EVAL))
     assert [(r.dataset_type, r.dataset_name, r.dataset_split, r.metric_type, r.metric_value) for r in results] == [
         ("acme/invoices", "acme/invoices", "test", "exact_match", 0.72),
         ("acme/invoices", "Invoices", "test", "f1", 0.9)]
-    assert cards.eval_results_from(None) == [] and cards.eval_results_from({"metrics": []}) == []
-    assert cards.eval_results_from({"metrics": [{"name": "bad", "value": "high"}, {"name": "flag", "value": True}]}) == []
+    assert cards.eval_results_from(None) == [] and cards.eval_results_from(evaluated({"metrics": []})) == []
 
 
 def test_loss_curve_png(tmp_path):
@@ -113,8 +117,7 @@ def test_card_for_a_local_base_and_write_card(make_run):
 
 
 def test_an_unfinished_run_names_what_is_missing(tmp_path):
-    from hubtune.errors import HubtuneError
-
+    
     with pytest.raises(HubtuneError, match="not a run folder"):
         RunFolder.open(tmp_path)
     (tmp_path / "config.yaml").write_text("{}")

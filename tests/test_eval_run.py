@@ -21,6 +21,7 @@ from hubtune import config as cfg
 from hubtune.evaluation import evaluate, generate_answers, load_tuned, token_f1
 from hubtune.evaluation.harness import run_harness
 from hubtune.evaluation.pipeline import regression_rows
+from hubtune.runs import RunFolder
 from judge_server import ScriptedJudge
 from readme_blocks import section_blocks
 
@@ -93,7 +94,7 @@ def test_the_regression_set_reuses_a_harness_run_of_the_same_questions(eval_run,
     logged = []
     result = evaluate(run, tasks=["hubtune_general_mc"], overrides=["eval.test=null", "eval.few_shot_k=0",
                                                                      "eval.max_new_tokens=8"], log=logged.append)
-    reg, harness = result["regression"], result["harness"]
+    reg, harness = result.regression, result.harness
     assert reg["harness_task"] == "hubtune_general_mc" and reg["n"] == 40  # the 40 questions were scored once
     assert not any("hubtune_regression" in m for m in logged)
     for model in ("base", "tuned"):
@@ -102,10 +103,10 @@ def test_the_regression_set_reuses_a_harness_run_of_the_same_questions(eval_run,
         assert "per_doc" not in harness[model]["hubtune_general_mc"]  # per-document scores stay out of eval.json
 
     # The held-out rows are the validation split of a local file: named, split "validation", no Hub type.
-    task = result["task"]
+    task = result.task
     assert (task["dataset"], task["split"]) == ({"name": "invoices.jsonl"}, "validation")
-    assert {e["split"] for e in result["metrics"] if e["name"] in ("held-out loss", "exact match")} == {"validation"}
-    assert not any("type" in e["dataset"] for e in result["metrics"])
+    assert {e.split for e in result.metrics if e.name in ("held-out loss", "exact match")} == {"validation"}
+    assert not any("type" in e.dataset for e in result.metrics)
 
 
 def test_validation_split_by_default_and_loss_matches_training(eval_run, tmp_path):
@@ -113,13 +114,14 @@ def test_validation_split_by_default_and_loss_matches_training(eval_run, tmp_pat
     result = evaluate(run, tasks=[], limit=3, overrides=["eval.test=null", "eval.regression_set=null",
                                                           "eval.few_shot_k=1"], log=lambda m: None)
     summary = json.loads((run / "summary.json").read_text())
-    assert result["data"]["test_split"] == "validation" and result["task"]["n"] == 3
+    assert result.data["test_split"] == "validation" and result.task["n"] == 3
     # The same held-out rows and completion-only loss TRL reported while training.
-    assert result["loss"]["split"] == "validation" and result["data"]["validation_examples"] == summary["eval_examples"]
-    assert result["loss"]["tuned"]["loss"] == pytest.approx(summary["final_eval_loss"], abs=0.02)
-    assert result["loss"]["base"]["loss"] == pytest.approx(summary["initial_eval_loss"], abs=0.02)
-    assert result["loss"]["tuned"]["loss"] < result["loss"]["base"]["loss"]
-    assert "harness" not in result and "regression" not in result and not result["regressed"]
+    assert result.loss["split"] == "validation" and result.data["validation_examples"] == summary["eval_examples"]
+    assert result.loss["tuned"]["loss"] == pytest.approx(summary["final_eval_loss"], abs=0.02)
+    assert result.loss["base"]["loss"] == pytest.approx(summary["initial_eval_loss"], abs=0.02)
+    assert result.loss["tuned"]["loss"] < result.loss["base"]["loss"]
+    assert result.harness is None and result.regression is None and not result.regressed
+    assert result == RunFolder(run).eval  # what it returns is what eval.json holds
 
 
 def judge_by_reference(messages: list[dict]) -> str:
@@ -232,7 +234,7 @@ def test_a_crash_keeps_the_generations_made_and_a_rerun_resumes(eval_run, tmp_pa
 
     result = evaluate(run, log=lambda m: None, **settings)
     assert lines(cache) == 12  # only the four tuned answers were generated
-    assert result["task"]["tuned"]["exact_match"]["n"] == 4 and (run / "eval.json").exists()
+    assert result.task["tuned"]["exact_match"]["n"] == 4 and (run / "eval.json").exists()
 
 
 def test_a_run_that_forgot_is_marked_regressed_loudly(eval_run, loaded, tmp_path, capsys):

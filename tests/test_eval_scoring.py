@@ -12,6 +12,11 @@ from hubtune.evaluation import exact_match, token_f1
 from hubtune.evaluation.intervals import bootstrap_mean, proportion, summarize, wilson
 from hubtune.evaluation.report import dataset_entry, format_report, metric_entries, summarize_task, versus_best_prompt
 from hubtune.evaluation.scoring import evals_dir, exact_match_scores, token_f1_scores
+from hubtune.runs import EvalResult
+
+
+def evaluated(**sections) -> EvalResult:
+    return EvalResult(run="runs/x", created="2026-01-01T00:00:00+00:00", settings={}, data={}, **sections)
 
 INVOICE = "Products:\n- Steel Bolt: $4.25\n- Oak Shelf: $19.99"
 
@@ -118,7 +123,7 @@ def test_printed_table_shows_asymmetric_intervals_at_small_n():
                                      "token_f1": [1.0, 0.9, 1.0, 0.8, 1.0]}})
     assert task["tuned"]["exact_match"]["ci95"] == [pytest.approx(0.565518, abs=1e-6), 1.0]
     assert task["tuned"]["token_f1"]["interval"] == "bootstrap"
-    lines = format_report({"task": task}).splitlines()
+    lines = format_report(evaluated(task=task)).splitlines()
     assert set(lines[1]) == {"-", " "}  # the rule under the header
     assert lines[2].split() == ["exact", "match", "(n=5)", "0.00", "[0.00,", "0.43]", "-", "1.00", "[0.57,", "1.00]"]
     assert lines[4].startswith("token F1 (n=5)") and "[" in lines[4]
@@ -139,14 +144,15 @@ def test_model_index_datasets_name_local_files_and_type_only_hub_datasets(tmp_pa
 
 
 def test_metric_entries_carry_model_dataset_split_and_interval():
-    result = {"loss": {"dataset": {"name": "acme/inv", "type": "acme/inv"}, "split": "validation",
-                       "tuned": {"loss": 0.5, "perplexity": 1.65}, "base": {"loss": 2.0, "perplexity": 7.39}},
-              "regression": {"dataset": "evals:regression/general_mc.jsonl", "base": 0.9, "tuned": 0.8,
-                             "ci95": {"base": [0.77, 0.96], "tuned": [0.65, 0.9]}},
-              "harness": {"tuned": {"hellaswag": {"metrics": {"acc": 0.3}, "ci95": {"acc": [0.2, 0.4]}, "n": 50,
-                                                  "dataset": {"path": "Rowan/hellaswag", "split": "validation"}}},
-                          "base": {}}}
-    entries = metric_entries(result)
+    result = evaluated(
+        loss={"dataset": {"name": "acme/inv", "type": "acme/inv"}, "split": "validation",
+              "tuned": {"loss": 0.5, "perplexity": 1.65}, "base": {"loss": 2.0, "perplexity": 7.39}},
+        regression={"dataset": "evals:regression/general_mc.jsonl", "base": 0.9, "tuned": 0.8,
+                    "ci95": {"base": [0.77, 0.96], "tuned": [0.65, 0.9]}},
+        harness={"tuned": {"hellaswag": {"metrics": {"acc": 0.3}, "ci95": {"acc": [0.2, 0.4]}, "n": 50,
+                                         "dataset": {"path": "Rowan/hellaswag", "split": "validation"}}},
+                 "base": {}})
+    entries = [e.model_dump() for e in metric_entries(result)]
     assert {(e["name"], e["model"], e["value"]) for e in entries} == {
         ("held-out loss", "tuned", 0.5), ("perplexity", "tuned", 1.65), ("held-out loss", "base", 2.0),
         ("perplexity", "base", 7.39), ("regression set accuracy", "tuned", 0.8),
@@ -162,11 +168,11 @@ def test_metric_entries_carry_model_dataset_split_and_interval():
     # On the card: only the tuned model's measures on Hub datasets enter the model-index.
     from hubtune.card import eval_entries, eval_results_from
 
-    index = eval_results_from({"metrics": entries})
+    index = eval_results_from(evaluated(metrics=entries))
     assert {(r.dataset_type, r.dataset_split, r.metric_name) for r in index} == {
         ("acme/inv", "validation", "held-out loss"), ("acme/inv", "validation", "perplexity"),
         ("Rowan/hellaswag", "validation", "hellaswag acc")}
-    rows = {(r["name"], r["model"]): r for r in eval_entries({"metrics": entries})}
+    rows = {(r["name"], r["model"]): r for r in eval_entries(evaluated(metrics=entries))}
     assert rows["regression set accuracy", "base"]["dataset_type"] is None
     assert rows["regression set accuracy", "base"]["ci95"] == [0.77, 0.96]
 

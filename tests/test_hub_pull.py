@@ -194,3 +194,27 @@ def test_local_dataset_file_and_folder(tmp_path):
     assert [r["instruction"] for r in folder.rows] == ["x 0", "x 1", "x 2"]  # the train split only
     builtin = read_source(DataSource(path="hubtune:data/invoices/train.jsonl"))
     assert len(builtin.rows) > 100
+
+
+def test_retries_follow_huggingface_hubs_own_backoff():
+    """The statuses, the longest wait and a 429's rate-limit reset are huggingface_hub's (http_backoff's
+    defaults, parse_ratelimit_headers), applied to the API calls the library sends only once."""
+    import inspect
+
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import http_backoff
+
+    from hubtune import hub
+
+    defaults = inspect.signature(http_backoff).parameters
+    assert set(hub.RETRY_STATUSES) == set(defaults["retry_on_status_codes"].default) >= {429, 500, 503}
+    request = httpx2.Request("GET", "https://huggingface.co/api/models/acme/x")
+
+    def failure(status: int, headers: dict | None = None) -> HfHubHTTPError:
+        return HfHubHTTPError(f"{status}", response=httpx2.Response(status, headers=headers, request=request))
+
+    limited = failure(429, {"RateLimit": '"api";r=0;t=55', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'})
+    assert hub.retry_wait(limited, 1, 1.0) == 56.0  # the reset, + 1 s as the library waits
+    assert hub.retry_wait(failure(429), 1, 1.0) == 1.0  # no reset given: the backoff
+    assert [hub.retry_wait(failure(503), n, 1.0) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 8.0]

@@ -13,7 +13,8 @@ from hubtune.config import resolve_builtin
 from hubtune.errors import ConfigError
 from hubtune.hardware import Hardware
 from hubtune.memory import reference_config
-from hubtune.train import Levers, recipe_levers, sft_args
+from hubtune.levers import Levers, checkpointing_needed, recipe_levers
+from hubtune.train import sft_args
 
 TINY = resolve_builtin("hubtune:tiny-llama")
 CPU = Hardware("cpu", torch.float32, "adamw_torch")
@@ -56,8 +57,8 @@ def test_checkpointing_auto_follows_the_memory_estimate(tmp_path):
     settings = replace(memory.Settings.from_run_config(config), gradient_checkpointing=False)
     without = memory.estimate(memory.read_architecture(str(folder)), settings).total
     # Off when the run without it takes at most 80% of the device, on otherwise.
-    assert not memory.checkpointing_needed(config, str(folder), "cuda", device_bytes=int(without / 0.79))
-    assert memory.checkpointing_needed(config, str(folder), "cuda", device_bytes=int(without / 0.81))
+    assert not checkpointing_needed(config, str(folder), "cuda", device_bytes=int(without / 0.79))
+    assert checkpointing_needed(config, str(folder), "cuda", device_bytes=int(without / 0.81))
     assert recipe_levers(cfg.build({"model": {"id": str(folder)}, "training": {"gradient_checkpointing": True}}),
                          CPU, str(folder)).gradient_checkpointing
 

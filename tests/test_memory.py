@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubtune import config as cfg
-from hubtune import memory
+from hubtune import fit, memory
 from hubtune.memory import GIB, Settings, architecture, estimate, reference_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,17 +117,17 @@ def test_the_activation_coefficients_match_a_measurement():
 def test_a_run_that_does_not_fit_gets_the_nearest_settings_that_do():
     a = arch("Llama-3.1-8B")
     big = Settings(seq_len=4096, micro_batch=8, gradient_checkpointing=False, optimizer="adamw_torch")
-    report = memory.fit_report(a, big, "T4")
+    report = fit.fit_report(a, big, "T4")
     assert not report["fits"] and report["compute_dtype"] == "float16"
     tip = report["suggestion"]
     assert tip["total_gb"] * 1e9 <= 15_360 * 2**20
     assert "gradient checkpointing" in tip["change"] and tip["settings"]["micro_batch"] < 8
     # the effective batch stays the same
     assert tip["settings"]["micro_batch"] * tip["settings"]["gradient_accumulation"] == 8 * 4
-    assert memory.fit_report(a, Settings(), "H100 80GB") == {
+    assert fit.fit_report(a, Settings(), "H100 80GB") == {
         "gpu": "H100 80GB", "gpu_gib": 79.6, "compute_dtype": "bfloat16", "fits": True, "suggestion": None,
         "total_gb": round(estimate(a, Settings()).total_gb, 2)}
-    seventy = memory.fit_report(arch("Llama-3.1-70B"), Settings(method="lora"), "A100 80GB")["suggestion"]
+    seventy = fit.fit_report(arch("Llama-3.1-70B"), Settings(method="lora"), "A100 80GB")["suggestion"]
     assert "4 bits" in seventy["change"] and seventy["settings"]["method"] == "qlora"
 
 
@@ -215,10 +215,10 @@ def test_training_warns_before_loading_when_the_estimate_exceeds_the_gpu(tmp_pat
     (folder / "config.json").write_bytes(reference_config("Llama-3.1-8B").read_bytes())
     config = cfg.build({"model": {"id": str(folder)}, "data": {"max_seq_len": 2048},
                         "training": {"micro_batch_size": 4}})
-    warning = memory.device_warning(config, str(folder), device_bytes=9 * 10**9)
+    warning = fit.device_warning(config, str(folder), device_bytes=9 * 10**9)
     assert "exceeds this GPU's 9.0 GB" in warning and "try micro-batch" in warning
-    assert memory.device_warning(config, str(folder), device_bytes=80 * 10**9) is None
-    assert memory.device_warning(config, str(folder)) is None  # no GPU here: nothing to compare with
+    assert fit.device_warning(config, str(folder), device_bytes=80 * 10**9) is None
+    assert fit.device_warning(config, str(folder)) is None  # no GPU here: nothing to compare with
 
 
 # ---- the README section -------------------------------------------------------------------------
@@ -252,9 +252,9 @@ def test_out_of_memory_advice_comes_from_the_fit_search(tmp_path):
     (folder / "config.json").write_text(reference_config("Llama-3.1-8B").read_text())
     config = cfg.build({"model": {"id": str(folder), "quantization": "none"}, "data": {"max_seq_len": 4096},
                         "training": {"micro_batch_size": 8, "gradient_checkpointing": False}})
-    advice = memory.oom_advice(config, 24 * GIB)
+    advice = fit.oom_advice(config, 24 * GIB)
     assert advice and ("gradient checkpointing" in advice or "micro-batch" in advice), advice
     before = estimate(arch("Llama-3.1-8B"), Settings.from_run_config(config)).total
     after = float(advice.rsplit("estimated ", 1)[1].split(" GB")[0]) * 1e9
     assert after <= min(24 * GIB, 0.8 * before)
-    assert memory.oom_advice(cfg.build({"model": {"id": str(tmp_path)}}), 24 * GIB) is None  # no config.json
+    assert fit.oom_advice(cfg.build({"model": {"id": str(tmp_path)}}), 24 * GIB) is None  # no config.json

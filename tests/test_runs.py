@@ -13,7 +13,7 @@ import pytest
 from hubtune import config as cfg
 from hubtune.cli import main
 from hubtune.errors import HubtuneError, RunLockedError
-from hubtune.runs import RunFolder, Status, list_runs
+from hubtune.runs import EvalResult, RunFolder, Status, list_runs
 
 
 def new_run(tmp_path, name="run") -> RunFolder:
@@ -37,7 +37,7 @@ def test_status_follows_the_life_of_a_run(tmp_path):
     assert run.status == Status.FAILED and run.error == "CUDA out of memory"
     (run.path / RunFolder.SUMMARY).write_text("{}")
     assert run.status == Status.FINISHED
-    run.write_eval({"metrics": []})
+    run.write_eval(EvalResult(run=str(run.path), created="2026-01-01T00:00:00+00:00", settings={}, data={}))
     assert run.status == Status.EVALUATED
     run.record_push("alice/x", "https://hub/alice/x", "abc123")
     assert run.status == Status.PUSHED and run.state()["pushes"][0]["commit"] == "abc123"
@@ -127,6 +127,21 @@ def test_create_refuses_a_folder_that_holds_a_run_and_open_needs_a_config(tmp_pa
         new_run(tmp_path)
     with pytest.raises(HubtuneError, match="not a run folder"):
         RunFolder.open(tmp_path / "nothing")
+
+
+def test_eval_json_round_trips_typed_and_one_hubtune_did_not_write_is_refused(tmp_path):
+    run = RunFolder(tmp_path)
+    result = EvalResult(run=str(tmp_path), created="2026-01-01T00:00:00+00:00", settings={"limit": 3}, data={},
+                        task={"n": 3}, metrics=[{"name": "exact match", "type": "exact_match", "value": 0.5,
+                                                 "dataset": {"name": "t.jsonl"}, "split": "test", "model": "base"}])
+    run.write_eval(result)
+    written = json.loads((tmp_path / RunFolder.EVAL).read_text())
+    assert "loss" not in written and "judge" not in written  # steps that did not run leave their section out
+    assert written["metrics"][0]["ci95"] is None and run.eval == result
+    (tmp_path / RunFolder.EVAL).write_text('{"metrics": [{"name": "bad", "value": "high"}]}')
+    with pytest.raises(HubtuneError, match=r"eval.json is not what `hubtune eval` writes \(run: Field required\); "
+                                           r"evaluate the run again with `hubtune eval"):
+        run.eval
 
 
 def test_list_runs_newest_first(tmp_path):

@@ -63,7 +63,8 @@ def test_deploy_creates_the_space_uploads_this_hubtune_and_requests_hardware(hub
     wheel = [name for name in files if re.fullmatch(r"wheels/hubtune-[\d.]+-py3-none-any\.whl", name)]
     assert len(wheel) == 1
     names = zipfile.ZipFile(io.BytesIO(files[wheel[0]])).namelist()
-    assert {"hubtune/ui/app.py", "hubtune/space/app.py", "hubtune/assets/tiny-llama/model.safetensors"} <= set(names)
+    assert {"hubtune/ui/app.py", "hubtune/space/app.py", "hubtune/assets/tiny-llama/model.safetensors",
+            "hubtune/cli/__init__.py", "hubtune/cli/train.py"} <= set(names)  # the page trains through the CLI
     assert not any(HUB_TOKEN.encode() in content for content in files.values())
     # A second deploy updates the same Space in a new commit.
     before = hub.commit_count("alice/hubtune-demo", "space")

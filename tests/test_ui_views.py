@@ -13,6 +13,7 @@ from hubtune import config as cfg
 from hubtune.demo import DEMO_CONFIG
 from hubtune.errors import NamingRuleError, PushError
 from hubtune.licence import RepoLicence, licence_verdict
+from hubtune.progress import Figures
 from hubtune.publish import check_target
 from hubtune.runs import RunFolder
 from hubtune.ui import hosting, views
@@ -46,9 +47,33 @@ def test_total_steps_from_epochs_once_the_data_is_prepared(eval_run, tmp_path):
     tree = RunFolder(copy).config.model_dump(mode="json")
     tree["training"].update(max_steps=None, epochs=2, micro_batch_size=4, gradient_accumulation_steps=2)
     (copy / RunFolder.CONFIG).write_text(cfg.build(tree).to_yaml())
-    train_rows = RunFolder(copy).read_json(RunFolder.DATA_REPORT)["train"]
+    logged = (copy / RunFolder.METRICS).read_text()
+    (copy / RunFolder.METRICS).unlink()  # data prepared, no step logged yet
+    train_rows = RunFolder(copy).data_report["train"]
     per_epoch = math.ceil(math.ceil(train_rows / 4) / 2)
     assert views.total_steps(RunFolder(copy)) == (2 * per_epoch, True)
+    # Once training logs, the Trainer's own total is the one the console and the page show.
+    (copy / RunFolder.METRICS).write_text(logged)
+    figures = Figures.from_rows(RunFolder(copy).metrics())
+    assert views.total_steps(RunFolder(copy), figures) == (figures.total, True) and figures.total != 2 * per_epoch
+
+
+def test_the_page_shows_the_consoles_step_total_and_time_left(tmp_path):
+    import json
+
+    path = tmp_path / "run"
+    run = RunFolder.create(path, cfg.build({"output": {"dir": str(path)}, "training": {"max_steps": 99}}))
+    rows = [{"step": 0, "total_steps": 0, "eval_loss": 3.2, "elapsed_seconds": 0.0},
+            {"step": 10, "total_steps": 40, "loss": 2.5, "tokens_per_second": 1234.5, "elapsed_seconds": 30.0,
+             "learning_rate": 0.001, "epoch": 0.5}]
+    (path / RunFolder.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = Figures.from_rows(rows)
+    with run.lock("train"):
+        p = views.progress(run)
+    assert (p["total"], p["exact_total"], p["eta_seconds"]) == (40, True, figures.eta) and figures.eta == 90.0
+    assert "step 10/40 (25%)" in p["line"] and "ETA 1:30" in p["line"] and "1:30 left" in figures.line()
+    assert (p["learning_rate"], p["epoch"]) == (0.001, 0.5)
+    assert views.progress(run)["eta_seconds"] is None  # not running: no time left to show
 
 
 def test_config_diff_names_what_changed(eval_run, tmp_path):

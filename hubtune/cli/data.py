@@ -10,6 +10,8 @@ from hubtune.errors import HubtuneError
 
 
 def add(command, common) -> None:
+    from hubtune.runs import RunFolder
+
     p = command("data", help="check and prepare training data: formats, duplicates, lengths, balance")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     for name, help_text in (("check", "print the quality report of a dataset"),
@@ -42,7 +44,7 @@ def add(command, common) -> None:
                                         "rejected. Train on them with training.method: dpo (or orpo, kto).")
     d.add_argument("run", help="an evaluated run folder (it holds eval_answers.jsonl)")
     d.add_argument("--out", required=True, metavar="FILE.jsonl", help="where the pairs go")
-    d.add_argument("--metric", choices=["exact_match", "token_f1", "judge"],
+    d.add_argument("--metric", choices=[*RunFolder.ANSWER_SCORES, "judge"],
                    help="the score that ranks the answers (default token_f1; judge with --judge or eval.judge)")
     config_option(d, "--judge", "eval.judge", dest="judge",
                   help="rank by this judge's 1-5 rubric grades: an OpenAI-compatible base URL (its key in "

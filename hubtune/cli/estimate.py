@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from hubtune import config as cfg
-    from hubtune import memory
+    from hubtune import fit, memory
 
     if args.table:
         rows = memory.guide_table()
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         target_modules=args.target_modules, gradient_checkpointing=args.gradient_checkpointing,
         optimizer=args.optimizer, compute_dtype=args.compute_dtype, loss=args.loss)
     gpus = [args.gpu] if args.gpu else list(memory.GPUS)
-    fits = {g: memory.fit_report(arch, settings, g) for g in gpus}
+    fits = {g: fit.fit_report(arch, settings, g) for g in gpus}
     est = memory.estimate(arch, memory.on_gpu(settings, args.gpu) if args.gpu else settings)
     if args.json:
         out = est.to_dict()

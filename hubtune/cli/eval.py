@@ -24,8 +24,6 @@ def add(command, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from hubtune.evaluation import evaluate
     from hubtune.evaluation.report import format_report
 
@@ -35,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *(t for t in given or [] if "=" in t)]
     result = evaluate(args.run, **{**config_settings(args).get("eval", {}), "tasks": tasks},
                       export_human=args.export_human, overrides=overrides)
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
-    if result["regressed"]:
+    print(result.to_json() if args.json else format_report(result))
+    if result.regressed:
         print(f"error: {args.run} REGRESSED on the regression set (see eval.json)", file=sys.stderr)
         return 3
     return 0

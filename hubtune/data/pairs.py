@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hubtune.errors import DataError
+from hubtune.runs import RunFolder
 
-METRICS = ("exact_match", "token_f1", "judge")
+METRICS = (*RunFolder.ANSWER_SCORES, "judge")
 FULL_MARKS = {"exact_match": 1.0, "token_f1": 1.0, "judge": 5.0}
-ANSWERS_FILE = "eval_answers.jsonl"  # written by hubtune.evaluation.pipeline
 
 # grade(question, reference, {name: answer}) -> {name: score, or None when it could not be scored}
 Grader = Callable[[str, str, dict[str, str]], dict[str, float | None]]
@@ -34,7 +34,7 @@ def pairs_from_eval(run_dir: str | Path, metric: str = "token_f1", reference_cho
     if metric == "judge" and grade is None:
         raise DataError("metric judge needs a judge: give one with --judge (an OpenAI-compatible base URL, a Hub "
                         "model id or a model folder), or set eval.judge in the run's config")
-    path = Path(run_dir) / ANSWERS_FILE
+    path = RunFolder(run_dir).answers  # written by `hubtune eval`
     if not path.is_file():
         raise DataError(f"{path} does not exist: evaluate the run first (`hubtune eval {run_dir}`), which writes "
                         f"every test prompt's answers there")

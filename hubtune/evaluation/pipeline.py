@@ -29,7 +29,7 @@ from pathlib import Path
 from hubtune import config as cfg
 from hubtune.data.chat import call_matches
 from hubtune.errors import EvalError
-from hubtune.runs import RunFolder
+from hubtune.runs import EvalResult, RunFolder
 from hubtune.evaluation import report
 from hubtune.evaluation.cache import AnswerCache, cached_answers, file_fingerprint
 from hubtune.evaluation.generate import chat_for, generate_answers, load_tuned
@@ -42,7 +42,7 @@ MODELS = ("base", "base_few_shot", "tuned")
 
 def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str | None = None,
              judge_model: str | None = None, limit: int | None = None, export_human: int | None = None,
-             overrides: list[str] | None = None, log=None) -> dict:
+             overrides: list[str] | None = None, log=None) -> EvalResult:
     """Evaluate a finished run folder; writes RUN/eval.json and returns what it holds.
 
     tasks, judge, judge_model and limit override the run's `eval` config section; `overrides` are
@@ -55,7 +55,7 @@ def evaluate(run_path: str | Path, *, tasks: list[str] | None = None, judge: str
         return _evaluate(folder, tasks, judge, judge_model, limit, export_human, overrides, log)
 
 
-def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human, overrides, log) -> dict:
+def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human, overrides, log) -> EvalResult:
     run = folder.path
     tree = folder.config.model_dump(mode="json")
     updates = {"tasks": tasks, "judge": judge, "judge_model": judge_model, "limit": limit}
@@ -67,14 +67,14 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
                          backoff=ev.judge_backoff) if ev.judge else None
     harness_note = _check_harness(ev.tasks, needed=bool(ev.tasks or ev.regression_set))
 
-    log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {run / 'adapter'}")
+    log(f"loading {config.model.id} ({config.model.quantization}) with the adapter in {folder.adapter}")
     model, tokenizer = load_tuned(run, quantization=config.model.quantization)
     chat = chat_for(model, tokenizer, config.data.thinking)
-    reasoning_rows = (folder.read_json(RunFolder.DATA_REPORT) or {}).get("reasoning_rows", 0)
+    reasoning_rows = folder.data_report.get("reasoning_rows", 0)
     thinking = {"on": True, "off": False}.get(ev.thinking, reasoning_rows > 0)
     data = EvalData.load(folder, config, ev)
-    cache = AnswerCache(run / "eval_cache" / "generations.jsonl")
-    keys = {"tuned": f"tuned|{file_fingerprint(_adapter_weights(run))}|{config.model.quantization}",
+    cache = AnswerCache(run / RunFolder.GENERATIONS_CACHE)
+    keys = {"tuned": f"tuned|{file_fingerprint(_adapter_weights(folder))}|{config.model.quantization}",
             "base": f"base|{config.model.id}|{config.model.revision}|{config.model.quantization}"}
     result: dict = {"run": str(run), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "settings": ev.model_dump(mode="json"), "data": data.describe()}
@@ -125,7 +125,7 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
         result["task"]["stopped"] = stopped
         if chat.family is not None and chat.family.thinking:
             result["task"]["thinking"] = thinking
-        _write_answers(run / "eval_answers.jsonl", rows, refs, answers, task, generated)
+        _write_answers(folder.answers, rows, refs, answers, task, generated)
 
     # 3. Harness tasks (per-document scores stay in memory: the regression set may reuse them).
     harness_runs: dict = {}
@@ -155,16 +155,17 @@ def _evaluate(folder: RunFolder, tasks, judge, judge_model, limit, export_human,
 
     # 6. Blinded answers for human raters.
     if export_human:
-        path = _export_human(run, model, tokenizer, cache, keys, data, ev, export_human, chat, thinking)
-        result["human_export"] = {"csv": str(path), "key": str(path.with_name("human_eval_key.json")),
+        path, key = _export_human(folder, model, tokenizer, cache, keys, data, ev, export_human, chat, thinking)
+        result["human_export"] = {"csv": str(path), "key": str(key),
                                   "n": min(export_human, len(data.test))}
 
     if "task" in result:
-        result["answers_file"] = str(run / "eval_answers.jsonl")
+        result["answers_file"] = str(folder.answers)
     result["regressed"] = bool(result.get("regression", {}).get("regressed"))
-    result["metrics"] = report.metric_entries(result)
-    folder.write_eval(result)
-    return result
+    measured = EvalResult.model_validate(result)
+    measured.metrics = report.metric_entries(measured)
+    folder.write_eval(measured)
+    return measured
 
 
 class EvalData:
@@ -184,7 +185,7 @@ class EvalData:
 
         out = cls()
         train_rows = _scored_rows(run.rows("train"))
-        mixed = (run.read_json(RunFolder.DATA_REPORT) or {}).get("mixed", 0)
+        mixed = run.data_report.get("mixed", 0)
         task_rows = train_rows[:len(train_rows) - mixed]  # general data is mixed in last
         out.validation = [r for r in _scored_rows(run.rows("validation")) if "prompt" in r]
         summary = run.summary
@@ -257,10 +258,10 @@ def _parts(row: dict) -> tuple[str, str]:
     return prompt, "\n".join(m["content"] for m in row["completion"])
 
 
-def _adapter_weights(run: Path) -> Path:
-    found = sorted((run / "adapter").glob("adapter_model.*"))
+def _adapter_weights(run: RunFolder) -> Path:
+    found = sorted(run.adapter.glob("adapter_model.*"))
     if not found:
-        raise EvalError(f"{run / 'adapter'} holds no adapter weights (adapter_model.safetensors)")
+        raise EvalError(f"{run.adapter} holds no adapter weights (adapter_model.safetensors)")
     return found[0]
 
 
@@ -298,8 +299,7 @@ def _write_answers(path: Path, rows, refs, answers, task, generated) -> None:
         for i, (row, ref) in enumerate(zip(rows, refs)):
             line = {"prompt": row["prompt"], "reference": ref, "answers": {m: answers[m][i] for m in answers},
                     "generated": {m: generated[m][i] for m in generated},
-                    "exact_match": {m: task[m]["exact_match"][i] for m in answers},
-                    "token_f1": {m: round(task[m]["token_f1"][i], 4) for m in answers}}
+                    **{score: {m: round(task[m][score][i], 4) for m in answers} for score in RunFolder.ANSWER_SCORES}}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
@@ -420,16 +420,18 @@ def _regression(model, tokenizer, ev, harness_runs: dict) -> dict:
             "learned": sum(t and not b for b, t in pairs), "harness_task": reused or spec["task"]}
 
 
-def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int, chat, thinking) -> Path:
-    """N test prompts with base and tuned answers in random columns, rows shuffled, rating columns empty."""
+def _export_human(run: RunFolder, model, tokenizer, cache, keys, data, ev, n: int, chat,
+                  thinking) -> tuple[Path, Path]:
+    """N test prompts with base and tuned answers in random columns, rows shuffled, rating columns empty;
+    (the sheet, its answer key)."""
     import csv
 
-    rng = random.Random(f"human-eval|{run.name}")
+    rng = random.Random(f"human-eval|{run.path.name}")
     rows = rng.sample(data.test, min(n, len(data.test)))
     prompts = [r["prompt"] for r in rows]
     tuned = [chat.answer(t) for t in _answers(model, tokenizer, cache, keys, "tuned", prompts, ev, chat, thinking)]
     base = [chat.answer(t) for t in _answers(model, tokenizer, cache, keys, "base", prompts, ev, chat, thinking)]
-    path = run / "human_eval.csv"
+    path, key = run.path / RunFolder.HUMAN_EVAL, run.path / RunFolder.HUMAN_EVAL_KEY
     answer_key = {}
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -439,6 +441,6 @@ def _export_human(run, model, tokenizer, cache, keys, data, ev, n: int, chat, th
             first, second = (("base", b), ("tuned", t)) if swap else (("tuned", t), ("base", b))
             answer_key[i] = {"answer_1": first[0], "answer_2": second[0]}
             w.writerow([i, _question(row["prompt"]), row["completion"][-1]["content"], first[1], second[1], "", "", "", ""])
-    path.with_name("human_eval_key.json").write_text(json.dumps(answer_key, indent=2))
-    return path
+    key.write_text(json.dumps(answer_key, indent=2))
+    return path, key
 

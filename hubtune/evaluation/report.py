@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hubtune.evaluation.intervals import RESAMPLES, bootstrap_mean, proportion
+from hubtune.runs import EvalResult, MetricEntry
 from hubtune.tables import text_table
 
 LABELS = {"base": "base", "base_few_shot": "base few-shot", "tuned": "tuned"}
@@ -74,32 +75,31 @@ def versus_best_prompt(task: dict) -> dict:
     return {"best_prompt": best, "beat": beat, "difference": diffs, "line": line}
 
 
-def metric_entries(result: dict) -> list[dict]:
-    """Flat {name, type, value, ci95, dataset, split, model} entries; tuned ones become the card's
-    model-index. dataset is {"name"} plus "type" for a Hub dataset (see dataset_entry); ci95 is
-    [lower, upper] or None."""
+def metric_entries(result: EvalResult) -> list[MetricEntry]:
+    """The flat list of measures; tuned ones become the card's model-index. dataset is {"name"} plus "type"
+    for a Hub dataset (see dataset_entry); ci95 is [lower, upper] or None."""
     out = []
 
     def add(name, type_, value, dataset, split, model, ci95=None):
         if value is not None:
-            out.append({"name": name, "type": type_, "value": round(float(value), 6),
-                        "ci95": [round(x, 6) for x in ci95] if ci95 else None, "dataset": dataset,
-                        "split": split, "model": model})
+            out.append(MetricEntry(name=name, type=type_, value=round(float(value), 6),
+                                   ci95=[round(x, 6) for x in ci95] if ci95 else None, dataset=dataset,
+                                   split=split, model=model))
 
-    if "loss" in result:
-        loss = result["loss"]
+    if result.loss:
+        loss = result.loss
         for model in ("tuned", "base"):
             add("held-out loss", "loss", loss[model]["loss"], loss["dataset"], loss["split"], model)
             add("perplexity", "perplexity", loss[model]["perplexity"], loss["dataset"], loss["split"], model)
-    if "task" in result:
-        task = result["task"]
+    if result.task:
+        task = result.task
         for model in ("tuned", "base", "base_few_shot"):
             for metric, label in TASK_METRICS.items():
                 if model in task:
                     type_ = "f1" if metric == "token_f1" else "exact_match"
                     stat = task[model][metric]
                     add(label, type_, stat["mean"], task["dataset"], task["split"], model, stat["ci95"])
-    for model, tasks in (result.get("harness") or {}).items():
+    for model, tasks in (result.harness or {}).items():
         if model == "skipped":
             continue
         for name, values in tasks.items():
@@ -109,14 +109,14 @@ def metric_entries(result: dict) -> list[dict]:
             for metric, value in values["metrics"].items():
                 add(f"{name} {metric}", metric, value, dataset, ds.get("split") or "test", model,
                     (values.get("ci95") or {}).get(metric))
-    if "regression" in result and "skipped" not in result["regression"]:
-        reg = result["regression"]
+    if result.regression and "skipped" not in result.regression:
+        reg = result.regression
         for model in ("tuned", "base"):
             add("regression set accuracy", "accuracy", reg[model], dataset_entry(reg["dataset"]), "test", model,
                 (reg.get("ci95") or {}).get(model))
-    judge = result.get("judge") or {}
+    judge = result.judge or {}
     if judge.get("single"):
-        task = result["task"]
+        task = result.task
         for model in ("tuned", "base"):
             overall = judge["single"][model]["overall"]
             add("judge score (1-5)", "llm_judge_score", overall["mean"], task["dataset"], task["split"], model,
@@ -144,18 +144,18 @@ def _with_interval(value: float | None, ci: list[float] | None) -> str:
     return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def format_report(result: dict) -> str:
+def format_report(result: EvalResult) -> str:
     """Base (zero- and few-shot) and tuned side by side, one measure per line."""
     rows: list[tuple[str, str, str, str]] = []
-    if "loss" in result:
-        loss = result["loss"]
+    if result.loss:
+        loss = result.loss
         rows.append((f"held-out loss ({loss['split']})", _num(loss["base"]["loss"]), "", _num(loss["tuned"]["loss"])))
         rows.append(("perplexity", _num(loss["base"]["perplexity"], 2), "", _num(loss["tuned"]["perplexity"], 2)))
-    task = result.get("task")
+    task = result.task
     if task:
         for metric, label in TASK_METRICS.items():
             rows.append((f"{label} (n={task['n']})", *(_ci(task.get(m, {}).get(metric)) for m in LABELS)))
-    harness = result.get("harness") or {}
+    harness = result.harness or {}
     if "skipped" not in harness:
         for name, values in harness.get("tuned", {}).items():
             base = harness["base"][name]
@@ -163,14 +163,14 @@ def format_report(result: dict) -> str:
                 rows.append((f"{name} {metric} (n={values['n']})",
                              _with_interval(base["metrics"].get(metric), (base.get("ci95") or {}).get(metric)),
                              "", _with_interval(value, (values.get("ci95") or {}).get(metric))))
-    reg = result.get("regression")
+    reg = result.regression
     skipped_reg = (reg or {}).get("skipped")
     reg = None if skipped_reg else reg
     if reg:
         ci = reg.get("ci95") or {}
         rows.append((f"regression set accuracy (n={reg['n']})", _with_interval(reg["base"], ci.get("base")), "",
                      _with_interval(reg["tuned"], ci.get("tuned"))))
-    judge = result.get("judge") or {}
+    judge = result.judge or {}
     if judge.get("single"):
         rows.append((f"judge score 1-5 (n={judge['judged']})", _ci(judge["single"]["base"]["overall"]), "",
                      _ci(judge["single"]["tuned"]["overall"])))
@@ -202,8 +202,8 @@ def format_report(result: dict) -> str:
         else:
             lines.append(f"no regression: accuracy change {-reg['drop']:+.3f} on {reg['n']} items "
                          f"(allowed drop {reg['threshold']:.3f})")
-    if result.get("human_export"):
-        lines.append(f"human eval sheet: {result['human_export']['csv']} (answer key: {result['human_export']['key']})")
+    if result.human_export:
+        lines.append(f"human eval sheet: {result.human_export['csv']} (answer key: {result.human_export['key']})")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from hubtune.errors import ExportError, ParityError
 from hubtune.runs import RunFolder
 
 FORMATS = ("gguf",)
-RESULT = "export.json"
+RESULT = RunFolder.EXPORT  # in OUT, and in the run with the folder it names
 
 
 def export(run_dir: str | Path, *, out: str | Path | None = None, fmt: str = "gguf", quants: list[str] | None = None,
@@ -42,7 +42,7 @@ def export(run_dir: str | Path, *, out: str | Path | None = None, fmt: str = "gg
     if unknown:
         raise ExportError(f"--quant {', '.join(unknown)}: choose from {', '.join(convert.QUANTS)}")
     run = RunFolder.open(run_dir).require_finished()
-    out = Path(out) if out else run.path / "export"
+    out = Path(out) if out else run.export_dir
     if out.exists() and any(out.iterdir()) and not (out / RESULT).is_file():
         raise ExportError(f"{out} holds other files; give a new or empty folder to --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hubtune.evaluation.intervals import bootstrap_mean, proportion
 from hubtune.export import toolchain
+from hubtune.runs import RunFolder
 
 log = logging.getLogger("hubtune")
 STRICT = ("f16", "q8_0", "f32", "bf16")
@@ -52,8 +53,8 @@ def adapter_generations(run, prompts: list[list[dict]]) -> Generations:
 
     ev, quant = run.config.eval, run.config.model.quantization
     model, tokenizer = load_tuned(run.path, quantization=quant)
-    cache = AnswerCache(run.path / "eval_cache" / "generations.jsonl")
-    key = f"tuned|{file_fingerprint(_adapter_weights(run.path))}|{quant}"  # the key `hubtune eval` uses
+    cache = AnswerCache(run.path / RunFolder.GENERATIONS_CACHE)
+    key = f"tuned|{file_fingerprint(_adapter_weights(run))}|{quant}"  # the key `hubtune eval` uses
 
     def generate(batch):
         return generate_answers(model, tokenizer, batch, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)

@@ -1444,17 +1444,15 @@ def _difference(wanted: dict, got: dict) -> dict:
 
 
 def export(run_or_config: str | Path) -> dict:
-    """The Axolotl config of a run folder (its config.yaml; row formats from its data_report.json)
-    or of a run config YAML file."""
-    import json
+    """The Axolotl config of a run folder (its config; row formats from its data report) or of a run config
+    YAML file."""
+    from hubtune.runs import RunFolder
 
     path = Path(run_or_config)
-    config_file = path / "config.yaml" if path.is_dir() else path
-    if not config_file.is_file():
-        raise HubtuneError(f"{path} is neither a run folder (with config.yaml) nor a run config file")
-    config = cfg.load(config_file, check_paths=not path.is_dir())  # a run's record: its data may have moved
-    report = path / "data_report.json" if path.is_dir() else None
-    formats = None
-    if report is not None and report.is_file():
-        formats = [s.get("format") for s in json.loads(report.read_text()).get("sources", [])]
-    return to_axolotl(config, formats)
+    if path.is_dir():
+        run = RunFolder.open(path)
+        formats = [s.get("format") for s in run.data_report.get("sources", [])] or None
+        return to_axolotl(run.config, formats)  # a run's record: its data may have moved
+    if not path.is_file():
+        raise HubtuneError(f"{path} is neither a run folder nor a run config file")
+    return to_axolotl(cfg.load(path), None)

@@ -68,7 +68,6 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     space = hosting.on_space()
     runner = runner or JobRunner(root, shared=space).start()
-    observer = views.Observer()
     models = h.ModelCache()
     gate = access.Gate(root, shared=space)
 
@@ -167,7 +166,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
             return (None, "No run yet: start one above.", _progress_bar(None), None, "no points yet", "", None,
                     gr.update(interactive=True), gr.update(interactive=False))
         run = RunFolder(current)
-        p = views.progress(run, observer, place=runner.place(run.path),
+        p = views.progress(run, place=runner.place(run.path),
                            memory=views.process_memory_mb(runner.pid(run.path)))
         points = views.loss_points([run])
         drawn = (current, len(points))
@@ -199,7 +198,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         if not path:
             return "", "", None, "", [], ""
         run = RunFolder(mine(path, session))
-        p = views.progress(run, observer, place=runner.place(run.path))
+        p = views.progress(run, place=runner.place(run.path))
         eval_text, samples = h.eval_view(path)
         table = pd.DataFrame(samples) if samples else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
         return (p["line"], views.page_words(run.config.to_yaml(), run), charts.loss_chart(views.loss_points([run])),
@@ -217,7 +216,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                stamp(run.path / views.LOG))
         if key == seen:
             return unchanged
-        p = views.progress(run, observer, place=runner.place(run.path))
+        p = views.progress(run, place=runner.place(run.path))
         eval_text, rows = h.eval_view(path)
         table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["prompt", "reference", "base", "tuned"])
         runs = runs_for(session)
@@ -273,8 +272,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         run = RunFolder(path)
         job = runner.job(run.path)
         stamp = lambda f: (f.stat().st_mtime, f.stat().st_size) if f.is_file() else None  # noqa: E731
-        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / "job.json"),
-                stamp(run.path / views.LOG), stamp(run.path / "merge.json"), stamp(run.path / "export.json"))
+        return (path, job.kind if job else None, runner.place(run.path), stamp(run.path / RunFolder.JOB_RECORD),
+                stamp(run.path / RunFolder.JOB_LOG), stamp(run.path / RunFolder.MERGE),
+                stamp(run.path / RunFolder.EXPORT))
 
     def follow_export(path, session, seen):
         """While the Export tab is open: its views are sent again when the run's job, log or results changed.

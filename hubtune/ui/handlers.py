@@ -492,7 +492,7 @@ def _with_uploads(config: cfg.RunConfig, run: Path, root: Path) -> cfg.RunConfig
     for s in tree["data"]["sources"]:
         p = Path(s["path"])
         if p.is_file() and uploads in p.resolve().parents:
-            dest = run / "uploads" / safe_name(p.name)
+            dest = run / RunFolder.UPLOADS / safe_name(p.name)
             dest.parent.mkdir(exist_ok=True)
             shutil.copyfile(p, dest)
             s["path"] = str(dest)
@@ -551,12 +551,12 @@ def eval_view(run: str) -> tuple[str, list[dict]]:
     extra = checkpoint_view(folder) + export_view(folder)
     if result is None:
         return f"{folder.path.name} has not been evaluated yet ({folder.status.value}){extra}", []
-    verdict = ("**REGRESSED** on the regression set" if result.get("regressed") else
+    verdict = ("**REGRESSED** on the regression set" if result.regressed else
                "no regression on the regression set")
-    versus = ((result.get("task") or {}).get("versus_best_prompt") or {}).get("line", "")
+    versus = ((result.task or {}).get("versus_best_prompt") or {}).get("line", "")
     text = f"{verdict}. {versus}\n\n```text\n{format_report(result)}\n```{extra}"
     samples = []
-    answers = folder.path / "eval_answers.jsonl"
+    answers = folder.answers
     if answers.is_file():
         for line in answers.read_text(encoding="utf-8").splitlines()[:10]:
             row = json.loads(line)
@@ -587,7 +587,7 @@ def export_view(folder: RunFolder) -> str:
     """The run's last GGUF export: its files and the parity table."""
     from hubtune.export.report import parity_markdown
 
-    record = folder.read_json("export.json")
+    record = folder.export_record
     if not record or "parity" not in record:
         return ""
     out = Path(record["folder"])  # named from the run, never by its path on the server
@@ -638,7 +638,7 @@ def export_run(run: str, quant: str, limit: int | None, session: Session, runner
         return problem(err)
     if runner.is_active(folder.path):
         return f"**{folder.path.name}** already has a job queued or running: wait for it to end"
-    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.path / "export")]
+    options = ["--format", "gguf", "--quant", quant, "--out", str(folder.export_dir)]
     options += ["--limit", str(int(limit))] if limit else []
     prompts = f"the first {int(limit)}" if limit else "all its"
     return _queue(folder, "export", options, session, runner,

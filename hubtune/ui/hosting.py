@@ -85,7 +85,7 @@ SPACE_GPU = "L4"  # the GPU of the Space's suggested hardware (l4x1), for the es
 def memory_estimate_line(config) -> str:
     """Will it fit: the estimated peak GPU memory of these settings (hubtune.memory, from config.json alone)
     against this machine's GPU, or, without one, against an L4; with the nearest settings that fit."""
-    from hubtune import memory
+    from hubtune import fit, memory
     from hubtune.errors import HubtuneError
 
     if config is None:
@@ -94,7 +94,7 @@ def memory_estimate_line(config) -> str:
         arch = memory.read_architecture(config.model.id, config.model.revision)
         settings = memory.Settings.from_run_config(config)
         gpu, where, note = _gpu()
-        report = memory.fit_report(arch, settings, gpu)
+        report = fit.fit_report(arch, settings, gpu)
     except HubtuneError as err:
         return f"**Will it fit:** no estimate: {err}"
     verdict = "fits" if report["fits"] else "does **not** fit"

@@ -30,8 +30,8 @@ from typing import Literal
 from hubtune.errors import BudgetError, HubtuneError
 from hubtune.runs import RunFolder, Status, list_runs, local_holder_pid
 
-LOG = "job.log"  # the subprocess's stdout and stderr, appended run after run
-RECORD = "job.json"  # the run's last job: its kind and command, when it started and ended, how it exited
+LOG = RunFolder.JOB_LOG
+RECORD = RunFolder.JOB_RECORD
 WAITING_FOR_OWNER = ("waiting for its owner to sign in: the Space restarted while it was queued, and its owner's "
                      "token lives only in their session")
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

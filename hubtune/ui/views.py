@@ -4,16 +4,15 @@ rows, the runs table, config diffs, the annotated config. Plain data in, plain d
 from __future__ import annotations
 
 import difflib
-import math
 import re
-import time
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
 
 from hubtune import config as cfg
-from hubtune.progress import clock
+from hubtune.distributed import BatchPlan
+from hubtune.progress import Figures, clock
 from hubtune.runs import RunFolder, Status, list_runs
 from hubtune.tables import peak_memory_text
 from hubtune.ui.jobs import CONTINUES, LOG, STARTS, tail
@@ -44,59 +43,36 @@ def runs_table(runs: list[RunFolder]) -> list[list]:
     return rows
 
 
-# ---- progress -----------------------------------------------------------------------------------------
-def total_steps(run: RunFolder) -> tuple[int | None, bool]:
-    """(optimizer steps the run will take, whether that is exact). From max_steps, or from the epochs
-    and the prepared training rows once data preparation has written them."""
+# ---- progress: the console's model (hubtune.progress.Figures), read from the run's metrics rows ----------
+def total_steps(run: RunFolder, figures: Figures | None = None) -> tuple[int | None, bool]:
+    """(optimizer steps the run will take, whether that is exact). The Trainer's own total once training
+    has logged a row; before that max_steps, or the epochs over the prepared training rows (the batch
+    plan training uses, on one process) once data preparation has written them."""
+    if figures is not None and figures.total:
+        return figures.total, True
     t = run.config.training
     if t.max_steps:
         return t.max_steps, True
-    report = run.read_json(RunFolder.DATA_REPORT)
-    if not report or not report.get("train"):
+    rows = run.data_report.get("train")
+    if not rows:
         return None, False
-    per_epoch = math.ceil(math.ceil(report["train"] / t.micro_batch_size) / t.gradient_accumulation_steps)
-    return math.ceil(per_epoch * t.epochs), not run.config.data.packing
+    plan = BatchPlan(t.micro_batch_size, t.gradient_accumulation_steps, 1, rows, t.epochs, None)
+    return plan.total_steps, not run.config.data.packing and t.distributed == "none"
 
 
-class Observer:
-    """Steps seen over time per run, for a rate and an ETA that survive page reloads (they live in the
-    app process, not the page)."""
-
-    def __init__(self):
-        self.first: dict[Path, tuple[float, int]] = {}
-
-    def rate(self, run: RunFolder, step: int, live: bool) -> float | None:
-        """Optimizer steps per second since this process first saw the run moving."""
-        now = time.time()
-        if not live:
-            self.first.pop(run.path, None)
-            return None
-        t0, s0 = self.first.setdefault(run.path, (now, step))
-        if step < s0:  # a resume restarted from an earlier checkpoint
-            self.first[run.path] = (now, step)
-            return None
-        return (step - s0) / (now - t0) if step > s0 and now > t0 else None
-
-
-def progress(run: RunFolder, observer: Observer | None = None, place: int | None = None,
-             memory: dict | None = None) -> dict:
+def progress(run: RunFolder, place: int | None = None, memory: dict | None = None) -> dict:
     """Everything the progress line shows, as numbers and one sentence."""
     status = run.status
-    metrics = run.metrics()
-    total, exact = total_steps(run)
+    figures = Figures.from_rows(run.metrics())
+    total, exact = total_steps(run, figures)
     summary = run.summary
-    step = summary.global_steps if summary else (metrics[-1]["step"] if metrics else 0)
-    train = [m for m in metrics if m.get("loss") is not None]
-    held = [m for m in metrics if m.get("eval_loss") is not None]
-    speeds = [m["tokens_per_second"] for m in train if m.get("tokens_per_second")]
-    rate = observer.rate(run, step, status == Status.RUNNING) if observer else None
-    eta = (total - step) / rate if rate and total and total > step else None
+    step = summary.global_steps if summary else (figures.step if figures else 0)
+    f = figures or Figures(step, total, None, None, None, None)
     out = {"run": run.path.name, "status": status.value, "step": step, "total": total, "exact_total": exact,
            "fraction": min(step / total, 1.0) if total else None,
-           "loss": train[-1]["loss"] if train else None, "eval_loss": held[-1]["eval_loss"] if held else None,
-           "tokens_per_second": speeds[-1] if speeds else None, "eta_seconds": eta,
-           "learning_rate": train[-1].get("learning_rate") if train else None,
-           "epoch": metrics[-1].get("epoch") if metrics else None,
+           "loss": f.loss, "eval_loss": f.eval_loss, "tokens_per_second": f.tokens_per_second,
+           "eta_seconds": f.eta if status == Status.RUNNING else None,
+           "learning_rate": f.learning_rate, "epoch": f.epoch,
            "peak_memory_mb": summary.peak_memory_mb if summary else (memory or {}),
            "place": place,
            "error": (page_words(run.page_error or "", run) or None) if status in (Status.FAILED, Status.INTERRUPTED)
@@ -175,7 +151,7 @@ def _earlier_shape(config: cfg.RunConfig, root: Path) -> dict | None:
     """The data shape of this machine's latest run on the same data."""
     paths = [s.path for s in config.data.sources]
     for run in list_runs(root):
-        report = run.read_json(RunFolder.DATA_REPORT)
+        report = run.data_report
         if report and [s["path"] for s in report.get("sources", [])] == paths:
             return data_shape(report)
     return None
