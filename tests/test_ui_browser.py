@@ -320,6 +320,7 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     page.get_by_role("button", name="Evaluate").click()
     expect(page.locator("#eval-report")).to_contain_text("held-out loss", timeout=LONG)
     expect(page.locator("#run-pick input")).to_have_value(f"{run_name} (evaluated)")  # its label follows too
+    expect(page.locator("#run-message")).not_to_contain_text("Evaluating")  # and the job's message is done
     shot(page, "own-runs")
     log(started, "own data evaluated")
 
