@@ -38,7 +38,7 @@ from hubtune.runs import RunFolder
 INVOICES = Path(cfg.resolve_builtin("hubtune:data/invoices"))
 SHORT = "hubtune:data/invoices/short_train.jsonl"
 # The GRPO settings of the committed figure (benchmarks/results/methods.txt).
-SFT_STEPS, GRPO_STEPS, GRPO_LR, GRPO_TEMPERATURE = 55, 20, 1e-3, 0.8
+SFT_STEPS, GRPO_STEPS, GRPO_LR, GRPO_TEMPERATURE, GRPO_TOP_K = 55, 16, 1e-3, 1.0, 2
 
 
 def run_config(out: Path, method: str, source: str, steps: int, lr: float, batch: int, **training) -> cfg.RunConfig:
@@ -119,14 +119,15 @@ def measure_grpo(out: Path, prompts: list[dict], args: argparse.Namespace) -> st
     rewards = [{"name": name} for name in args.rewards.split(",")]
     config = run_config(out, "grpo", SHORT, args.grpo_steps, args.grpo_lr, args.prompts_per_step, beta=0.0,
                         grpo={"rewards": rewards, "num_generations": args.generations,
-                              "max_completion_length": args.completion_len, "temperature": args.temperature})
+                              "max_completion_length": args.completion_len, "temperature": args.temperature,
+                              "top_k": args.top_k})
     config.lora.init_from = str(sft_path)
     grpo = hubtune.train(config)
     em_grpo, f1_grpo = scored(grpo.path, prompts, args.completion_len)
     gained = sum(1 for b, a in zip(em_sft, em_grpo) if a > b)
     lost = sum(1 for b, a in zip(em_sft, em_grpo) if a < b)
     print(f"grpo: {args.grpo_steps} steps x {args.prompts_per_step} prompts x {args.generations} generations "
-          f"(lr {args.grpo_lr:g}, temperature {args.temperature:g}, rewards {args.rewards}); "
+          f"(lr {args.grpo_lr:g}, temperature {args.temperature:g}, top_k {args.top_k}, rewards {args.rewards}); "
           f"training rewards: {reward_trace(grpo.path)}", flush=True)
     print(f"grpo: held-out exact match {share(em_sft)} -> {share(em_grpo)} (Wilson 95%); prompts right only "
           f"after GRPO {gained}, only before {lost} (sign test p={sign_test(gained, lost):.3f}); "
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=4, help="prompts per GRPO step, each with its group")
     parser.add_argument("--generations", type=int, default=8, help="completions sampled per prompt")
     parser.add_argument("--temperature", type=float, default=GRPO_TEMPERATURE)
+    parser.add_argument("--top-k", type=int, default=GRPO_TOP_K, help="sample among the k likeliest tokens (0: all)")
     parser.add_argument("--completion-len", type=int, default=48, help="max new tokens, sampled and greedy")
     parser.add_argument("--rewards", default="exact_match,f1", help="comma-separated built-in rewards")
     parser.add_argument("--test-rows", type=int, default=58, help="held-out pairs and prompts (58: all)")

@@ -384,6 +384,8 @@ class GRPOSection(Section):
     num_generations: int = Field(4, ge=2, le=256, description="Completions sampled per prompt (the group).")
     max_completion_length: int = Field(128, ge=1, le=131072, description="Longest sampled completion, in tokens.")
     temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of the generations.")
+    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens only; 0: all of them. Keeps "
+                       "near-tied junk tokens out of the samples of a model whose right token wins by a hair.")
     loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field("dapo", description="How token losses are averaged "
         "(TRL's loss_type): dapo over the batch's tokens, grpo per sequence, dr_grpo by a constant, bnpo per local batch.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide the advantages by the "

@@ -93,7 +93,7 @@ def method_args(config: cfg.RunConfig, common: dict, sft_args):
     common["per_device_eval_batch_size"] = t.micro_batch_size * g.num_generations
     common["include_num_input_tokens_seen"] = "no"  # GRPO's batches are sampled, not read: nothing to count
     return GRPOConfig(**common, beta=t.method_beta(), num_generations=g.num_generations,
-                      max_completion_length=g.max_completion_length, temperature=g.temperature,
+                      max_completion_length=g.max_completion_length, temperature=g.temperature, top_k=g.top_k,
                       loss_type=g.loss_type, scale_rewards=g.scale_rewards, epsilon=g.epsilon,
                       reward_weights=[r.weight for r in g.rewards])
 

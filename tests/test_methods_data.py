@@ -349,3 +349,11 @@ def test_evaluation_scores_a_preference_run_against_the_chosen_answers():
     rows = [{"prompt": prompt, "chosen": good, "rejected": bad},
             {"prompt": prompt, "completion": bad, "label": False}, {"prompt": prompt, "completion": good, "label": True}]
     assert _scored_rows(rows) == [{"prompt": prompt, "completion": good}] * 2
+
+
+def test_grpo_sampling_settings_reach_trl(tmp_path):
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    grpo = cfg.build({"training": {"method": "grpo", "grpo": {"temperature": 0.7, "top_k": 2, "num_generations": 2}}})
+    args = methods.method_args(grpo, common, None)
+    assert (args.temperature, args.top_k, args.num_generations) == (0.7, 2, 2)
+    assert cfg.build({"training": {"method": "grpo"}}).training.grpo.top_k == 0  # TRL's default: every token
