@@ -335,6 +335,11 @@ def test_the_page_previews_pairs_sets_the_method_and_charts_rewards(tmp_path):
     points = views.loss_points([RunFolder(run)])
     assert {p["curve"]: p["loss"] for p in points} == {"training loss": 0.5, "reward exact_match": 0.25}
     assert views.chart_caption(points) == "1 training-loss points, 0 held-out-loss points, 1 reward points"
+    from hubtune.ui import charts
+
+    spec = json.loads(charts.loss_chart(points).plot)  # the reward is a curve of its own in the page's chart
+    domain = next(layer["encoding"]["color"]["scale"]["domain"] for layer in spec["layer"])
+    assert domain == ["training loss", "reward exact_match"]
 
 
 def test_evaluation_scores_a_preference_run_against_the_chosen_answers():

@@ -70,6 +70,10 @@ def points(page: Page) -> int:
     return int(found.group(1)) if found else 0
 
 
+def gigabytes(estimate: str) -> float:
+    return float(re.search(r"about ([\d.]+) GB peak", estimate).group(1))
+
+
 def line_colours(page: Page, chart: str) -> set[str]:
     """The stroke colours of the curves the chart has drawn (its line marks: not the grid, axes or points)."""
     strokes = page.eval_on_selector_all(f"#{chart} g.mark-line path", "els => els.map(e => e.getAttribute('stroke'))")
@@ -230,6 +234,24 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     print(f"browser test wall time: {time.time() - started:.0f} s")
 
 
+def test_the_method_choice_moves_the_memory_line(ui_app, hub, page: Page):
+    """The method is a choice on the Train tab; the memory estimate under it follows each change."""
+    page.set_default_timeout(60_000)
+    page.goto(ui_app.local_url)
+    sign_in(page)
+    tab(page, "2. Train")
+    estimate = page.locator("#estimate")
+    expect(estimate).to_contain_text("Will it fit: about", timeout=120_000)  # the first compose: slow when busy
+    sft_line = estimate.inner_text()
+    for method, shown in (("dpo", "DPO, QLoRA"), ("grpo", "GRPO, QLoRA")):
+        page.locator("#method").get_by_label(method, exact=True).check()
+        expect(estimate).to_contain_text(shown, timeout=60_000)
+        assert gigabytes(estimate.inner_text()) > gigabytes(sft_line), (sft_line, estimate.inner_text())
+    page.locator("#method").get_by_label("sft", exact=True).check()
+    expect(estimate).not_to_contain_text("GRPO", timeout=60_000)
+    expect(estimate).to_contain_text(f"about {gigabytes(sft_line):.1f} GB peak on the GPU (QLoRA")
+
+
 def legend(page: Page, chart: str) -> list[str]:
     """The words the chart draws (its legend and axis titles): what a reader sees, not the data behind it."""
     return page.eval_on_selector_all(f"#{chart} svg text", "els => els.map(e => e.textContent)")
@@ -298,6 +320,7 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     page.get_by_role("button", name="Evaluate").click()
     expect(page.locator("#eval-report")).to_contain_text("held-out loss", timeout=LONG)
     expect(page.locator("#run-pick input")).to_have_value(f"{run_name} (evaluated)")  # its label follows too
+    expect(page.locator("#run-message")).not_to_contain_text("Evaluating")  # and the job's message is done
     shot(page, "own-runs")
     log(started, "own data evaluated")
 

@@ -226,7 +226,9 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
         # The Run list's labels carry each run's status: relabelled when this one's changed (same value picked).
         relabel = (gr.update(choices=views.run_choices(runs)) if seen and seen[0] == path and seen[1] != key[1]
                    else gr.skip())
-        return (p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, gr.skip(), key,
+        # A job's "Evaluating … in the background" is done once the run is no longer live.
+        done = "" if seen and seen[0] == path and seen[1] != key[1] and run.status not in views.LIVE else gr.skip()
+        return (p["line"], eval_text, table, views.log_tail(run, RUN_LOG_LINES), history, chart_value, done, key,
                 relabel)
 
     def compare(a, b, session):
@@ -385,7 +387,7 @@ def build_app(root: str | Path | None = None, runner: JobRunner | None = None) -
                     run_eval = gr.Button("Evaluate")
                     confirm = gr.Checkbox(label="Confirm delete")
                     run_delete = gr.Button("Delete", variant="stop")
-                run_message = gr.Markdown()
+                run_message = gr.Markdown(elem_id="run-message")
                 run_chart = gr.Plot(None, label="Loss", elem_id="run-chart")
                 with gr.Accordion("Config", open=False):
                     run_config = gr.Code(language="yaml", interactive=False)
