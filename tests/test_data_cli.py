@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from data_rows import alpaca_rows, section, sentence, write_jsonl
 
 from hubtune.config import DataSection
@@ -107,6 +108,7 @@ def test_errors_print_the_fix_without_a_traceback(tmp_path, chat_model_dir, cli)
     assert typo.returncode == 2 and "data.near_dup_treshold: unknown key" in typo.stderr
 
 
+@pytest.mark.slow  # a new interpreter runs the whole command
 def test_a_hub_dataset_that_cannot_be_loaded(chat_model_dir):
     result = installed("data", "check", "nobody-here/no-such-dataset", "--model", chat_model_dir,
                      env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})

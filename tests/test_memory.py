@@ -222,6 +222,7 @@ def test_training_warns_before_loading_when_the_estimate_exceeds_the_gpu(tmp_pat
 
 
 # ---- the README section -------------------------------------------------------------------------
+@pytest.mark.slow  # a new interpreter runs the whole command
 def test_the_readme_section_runs_and_shows_the_real_output(hubtune):
     import shlex
 

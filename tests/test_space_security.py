@@ -308,6 +308,7 @@ def test_one_user_cannot_fill_the_queue(space):
     assert "Queued" in person(app, HUB_OTHER_TOKEN).predict(config, "", api_name="/start")
 
 
+@pytest.mark.slow  # a new interpreter runs the whole command
 def test_hubtune_ui_on_a_network_address_needs_consent(tmp_path):
     import subprocess
 
@@ -339,6 +340,7 @@ HANGING_TEMPLATE = ("{% for i in range(100000) %}{% for j in range(100000) %}{% 
                     "{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}")
 
 
+@pytest.mark.slow  # a new interpreter runs the whole command
 def test_a_hanging_chat_template_is_stopped_by_its_budget(bpe_tokenizer_dir, tmp_path):
     import subprocess
 

@@ -51,6 +51,7 @@ def test_requirements_pin_what_the_project_is_tested_with():
     assert needed <= listed, needed - listed
 
 
+@pytest.mark.slow  # builds this hubtune's wheel
 def test_deploy_creates_the_space_uploads_this_hubtune_and_requests_hardware(hub_token, hub, capsys):
     assert main(["space", "deploy", "alice/hubtune-demo", "--private"]) == 0
     out = capsys.readouterr().out

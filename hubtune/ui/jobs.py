@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from hubtune.errors import BudgetError, HubtuneError
-from hubtune.runs import RunFolder, Status, list_runs, local_holder_pid
+from hubtune.runs import RunFolder, Status, list_runs, local_holder_pid, step_of
 
 LOG = RunFolder.JOB_LOG
 RECORD = RunFolder.JOB_RECORD
@@ -342,7 +342,7 @@ def header(job: Job) -> str:
     command = f"$ hubtune {' '.join(job.command()[3:])}"
     if job.kind != "train":
         return command
-    steps = [int(n) for c in (job.run / "checkpoints").glob("checkpoint-*") if (n := c.name.rsplit("-", 1)[1]).isdigit()]
+    steps = [step_of(c) for c in RunFolder(job.run).checkpoint_folders() if step_of(c) >= 0]
     return f"{command}  # {f'{CONTINUES} step {max(steps)}' if steps else STARTS}"
 
 
