@@ -157,7 +157,7 @@ def settings_record(config: cfg.RunConfig) -> dict:
     if t.method == "grpo":
         record |= {"rewards": [{"name": r.label, "weight": r.weight} for r in t.grpo.rewards],
                    "num_generations": t.grpo.num_generations, "max_completion_length": t.grpo.max_completion_length,
-                   "temperature": t.grpo.temperature, "loss_type": t.grpo.loss_type}
+                   "temperature": t.grpo.temperature, "top_k": t.grpo.top_k, "loss_type": t.grpo.loss_type}
     if t.method == "kto" and (t.desirable_weight, t.undesirable_weight) != (1.0, 1.0):
         record |= {"desirable_weight": t.desirable_weight, "undesirable_weight": t.undesirable_weight}
     if config.lora.init_from:

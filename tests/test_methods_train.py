@@ -66,7 +66,7 @@ def test_sft_rows_are_refused_by_a_preference_method_before_the_model_loads(tmp_
 
 
 SHORT = "hubtune:data/invoices/short_train.jsonl"
-GRPO = {"num_generations": 2, "max_completion_length": 16}
+GRPO = {"num_generations": 2, "max_completion_length": 16, "top_k": 2}
 
 
 def test_grpo_logs_each_reward_per_step_and_scores_held_out_prompts_before_and_after(tmp_path):
@@ -87,6 +87,7 @@ def test_grpo_logs_each_reward_per_step_and_scores_held_out_prompts_before_and_a
     card = write_card(run.path, "alice/tiny-grpo").read_text()
     assert "| Reward functions (weight) | `exact_match` (1.0), `f1` (0.5), `regex` (0.25) |" in card
     assert "| reward f1 (greedy answers) |" in card
+    assert "| Sampling | temperature 1.0, the 2 likeliest tokens |" in card
 
 
 def test_a_reward_returning_nan_stops_grpo_with_an_error_naming_it(tmp_path, monkeypatch):
