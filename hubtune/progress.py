@@ -35,6 +35,7 @@ class Figures:
     elapsed: float | None  # seconds of training so far
     learning_rate: float | None = None
     epoch: float | None = None
+    eval_step: int | None = None  # the step eval_loss was measured at: it lags the training step between evaluations
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> Figures | None:
@@ -44,7 +45,8 @@ class Figures:
         latest = lambda key: next((r[key] for r in reversed(rows) if r.get(key) is not None), None)  # noqa: E731
         return cls(step=last["step"], total=latest("total_steps") or None, loss=latest("loss"),
                    eval_loss=latest("eval_loss"), tokens_per_second=latest("tokens_per_second"),
-                   elapsed=latest("elapsed_seconds"), learning_rate=latest("learning_rate"), epoch=last.get("epoch"))
+                   elapsed=latest("elapsed_seconds"), learning_rate=latest("learning_rate"), epoch=last.get("epoch"),
+                   eval_step=next((r["step"] for r in reversed(rows) if r.get("eval_loss") is not None), None))
 
     @property
     def eta(self) -> float | None:
@@ -64,7 +66,8 @@ class Figures:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.eval_loss is not None:
-            parts.append(f"held-out loss {self.eval_loss:.4f}")
+            lag = self.eval_step is not None and self.eval_step != self.step
+            parts.append(f"held-out loss {self.eval_loss:.4f}" + (f" (step {self.eval_step})" if lag else ""))
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
         if self.elapsed is not None:

@@ -28,6 +28,9 @@ def test_figures_come_from_the_metrics_rows():
     assert (f.step, f.total, f.loss, f.eval_loss, f.tokens_per_second) == (20, 40, 2.0, 2.1, 1100.0)
     assert f.eta == 60.0 and f.fraction == 0.5
     assert f.line() == "step 20/40 · loss 2.0000 · held-out loss 2.1000 · 1,100 tok/s · 1:00 elapsed · 1:00 left"
+    # between evaluations the held-out loss says which step it was measured at
+    assert Figures.from_rows(ROWS[:2]).line() == ("step 10/40 · loss 2.5000 · held-out loss 3.2000 (step 0) · "
+                                                  "1,234 tok/s · 0:30 elapsed · 1:30 left")
     assert Figures.from_rows(ROWS[:1]).line() == "held-out loss before training 3.2000"
     assert Figures.from_rows([]) is None
 

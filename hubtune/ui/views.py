@@ -70,7 +70,7 @@ def progress(run: RunFolder, place: int | None = None, memory: dict | None = Non
     f = figures or Figures(step, total, None, None, None, None)
     out = {"run": run.path.name, "status": status.value, "step": step, "total": total, "exact_total": exact,
            "fraction": min(step / total, 1.0) if total else None,
-           "loss": f.loss, "eval_loss": f.eval_loss, "tokens_per_second": f.tokens_per_second,
+           "loss": f.loss, "eval_loss": f.eval_loss, "eval_step": f.eval_step, "tokens_per_second": f.tokens_per_second,
            "eta_seconds": f.eta if status == Status.RUNNING else None,
            "learning_rate": f.learning_rate, "epoch": f.epoch,
            "peak_memory_mb": summary.peak_memory_mb if summary else (memory or {}),
@@ -95,7 +95,8 @@ def progress_line(p: dict) -> str:
     if p["loss"] is not None:
         parts.append(f"loss {p['loss']:.4f}")
     if p["eval_loss"] is not None:
-        parts.append(f"held-out loss {p['eval_loss']:.4f}")
+        lag = p.get("eval_step") is not None and p["eval_step"] != p["step"]
+        parts.append(f"held-out loss {p['eval_loss']:.4f}" + (f" (step {p['eval_step']})" if lag else ""))
     if p["tokens_per_second"]:
         parts.append(f"{p['tokens_per_second']:,.0f} tokens/s")
     if status == "running":
