@@ -23,6 +23,12 @@ NOISY_LOGGERS = ("transformers", "datasets", "bitsandbytes", "peft", "trl", "acc
                  "torch", "lm_eval", "lm-eval", "evaluate", "httpx")
 
 
+def held_out_text(eval_loss: float, eval_step: int | None, step: int) -> str:
+    """The held-out loss for a live line, naming its step when it lags the training step (between evaluations)."""
+    lag = eval_step is not None and eval_step != step
+    return f"held-out loss {eval_loss:.4f}" + (f" (step {eval_step})" if lag else "")
+
+
 @dataclass(frozen=True)
 class Figures:
     """The live figures of a run, from its metrics rows."""
@@ -66,8 +72,7 @@ class Figures:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.eval_loss is not None:
-            lag = self.eval_step is not None and self.eval_step != self.step
-            parts.append(f"held-out loss {self.eval_loss:.4f}" + (f" (step {self.eval_step})" if lag else ""))
+            parts.append(held_out_text(self.eval_loss, self.eval_step, self.step))
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
         if self.elapsed is not None:

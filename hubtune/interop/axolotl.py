@@ -1355,15 +1355,7 @@ def _axolotl_dataset(source: cfg.DataSource, fmt: str, columns: dict, where: str
     if kind is None:
         problems.append((where, f"format {fmt} has no Axolotl dataset type; convert the rows to messages"))
         return None
-    entry: dict[str, Any] = {"path": _axolotl_path(source.path), "type": kind}
-    path = Path(entry["path"])
-    if path.suffix in (".json", ".jsonl", ".csv", ".parquet"):
-        entry["ds_type"] = "json" if path.suffix == ".jsonl" else path.suffix[1:]
-    if source.split != "train":
-        entry["split"] = source.split
-    for key in ("name", "revision"):
-        if getattr(source, key):
-            entry[key] = getattr(source, key)
+    entry = _source_entry(source, kind)
     unused = dict(columns)
     if fmt == "sharegpt":
         entry["field_messages"] = unused.pop("conversations", "conversations")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from hubtune import config as cfg
 from hubtune.distributed import BatchPlan
-from hubtune.progress import Figures, clock
+from hubtune.progress import Figures, clock, held_out_text
 from hubtune.runs import RunFolder, Status, list_runs
 from hubtune.tables import peak_memory_text
 from hubtune.ui.jobs import CONTINUES, LOG, STARTS, tail
@@ -95,8 +95,7 @@ def progress_line(p: dict) -> str:
     if p["loss"] is not None:
         parts.append(f"loss {p['loss']:.4f}")
     if p["eval_loss"] is not None:
-        lag = p.get("eval_step") is not None and p["eval_step"] != p["step"]
-        parts.append(f"held-out loss {p['eval_loss']:.4f}" + (f" (step {p['eval_step']})" if lag else ""))
+        parts.append(held_out_text(p["eval_loss"], p.get("eval_step"), p["step"]))
     if p["tokens_per_second"]:
         parts.append(f"{p['tokens_per_second']:,.0f} tokens/s")
     if status == "running":
