@@ -28,9 +28,11 @@ def add(command, common) -> None:
 def run(args: argparse.Namespace) -> int:
     from hubtune.export import export
     from hubtune.export.report import format_parity
+    from hubtune.progress import quiet_libraries, verbose
 
-    result = export(args.run, out=args.out, fmt=args.format, quants=args.quant, adapter_only=args.adapter_only,
-                    limit=args.limit, parity=not args.no_parity, pre_tokenizer=args.pre_tokenizer)
+    with quiet_libraries(show=verbose()):
+        result = export(args.run, out=args.out, fmt=args.format, quants=args.quant, adapter_only=args.adapter_only,
+                        limit=args.limit, parity=not args.no_parity, pre_tokenizer=args.pre_tokenizer)
     if "parity" in result:
         print(format_parity(result))
     for quant, f in result["files"].items():

@@ -18,8 +18,10 @@ def add(command, common) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hubtune.merge import merge
+    from hubtune.progress import quiet_libraries, verbose
 
-    result = merge(args.run, args.out, dtype=args.dtype)
+    with quiet_libraries(show=verbose()):
+        result = merge(args.run, args.out, dtype=args.dtype)
     difference = result.max_logit_difference
     print(f"merged {result.base} + {args.run} into {result.path} ({result.dtype})"
           + (f"; largest logit difference from the adapter on held-out prompts: {difference:.2e}"
