@@ -295,8 +295,9 @@ class DataSection(Section):
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
     truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")
     packing: bool = Field(False, description="Pack several examples into each sequence (faster, same loss).")
-    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = Field(
-        "bfd", description="With packing: bfd fits whole examples best-first, bfd_split splits the overflow, wrapped cuts anywhere.")
+    packing_strategy: Literal["bfd", "bfd_split", "wrapped", "sequential"] = Field(
+        "bfd", description="With packing: bfd fits whole examples best-first, bfd_split splits the overflow, wrapped cuts "
+                           "anywhere, sequential fills each row with whole examples in the data's order.")
     padding_free: bool | Literal["auto"] = Field(
         "auto", description="Batches as one row of examples with position ids, no padding; auto: with FlashAttention on CUDA.")
     dedup_exact: bool = Field(True, description="Drop exact duplicates of normalised prompt + response.")

@@ -784,7 +784,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         **trainer_args(config, hw, path, has_eval, backend, levers),
         max_length=max_length,
         packing=config.data.packing,
-        packing_strategy=config.data.packing_strategy,
+        # sequential: TRL's bfd sets up the padding-free collator; hubtune's trainer packs the rows in order.
+        packing_strategy="bfd" if config.data.packing_strategy == "sequential" else config.data.packing_strategy,
         padding_free=levers.padding_free,
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler

@@ -53,8 +53,6 @@ CANNOT_HONOUR = {
         "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
     # One sequence split over several GPUs: not a DDP / FSDP / ZeRO launch.
     "context parallelism": {"context_parallel_size"},
-    # TRL packs best-fit (bfd) or cuts at the sequence length (wrapped), not in the data's order.
-    "packing in the data's order": {"sample_packing_sequentially"},
 }
 # Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
 # that trains something else.
@@ -215,6 +213,9 @@ def expected(data: dict) -> dict:
         "base": data["base_model"], "bits": bits, "r": data["lora_r"], "alpha": data["lora_alpha"],
         "dropout": float(get("lora_dropout")), "targets": targets, "regex": regex,
         "sequence_len": get("sequence_len"), "packing": bool(get("sample_packing")), "sources": sources,
+        # Axolotl's multipack sampler fills rows in the order it draws (curriculum_sampling: the data's order).
+        "packing_order": "sequential" if get("sample_packing") and data.get("sample_packing_sequentially") else "bfd",
+        "shuffle": not data.get("curriculum_sampling"),
         "validation": get("val_set_size"), "epochs": get("num_epochs"), "max_steps": data.get("max_steps"),
         "batch": get("micro_batch_size"),
         "accumulation": data.get("gradient_accumulation_steps") or (data["batch_size"] // get("micro_batch_size")
@@ -237,7 +238,8 @@ def trained(c: cfg.RunConfig) -> dict:
     return {
         "base": c.model.id, "bits": c.model.quantization, "r": c.lora.r, "alpha": c.lora.alpha,
         "dropout": c.lora.dropout, "targets": c.lora.target_modules, "regex": c.lora.target_regex,
-        "sequence_len": c.data.max_seq_len, "packing": c.data.packing,
+        "sequence_len": c.data.max_seq_len, "packing": c.data.packing, "packing_order": c.data.packing_strategy,
+        "shuffle": t.shuffle,
         "sources": [(s.path, s.split, {"sharegpt": "chat", "messages": "chat"}.get(f, f))
                     for s, f in zip(c.data.sources, [c.data.format] * len(c.data.sources))],
         "validation": c.data.val_set_size, "epochs": t.epochs, "max_steps": t.max_steps,

@@ -195,8 +195,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
     "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
     "min_sample_len": "hubtune keeps every example up to sequence_len, however short",
-    "sample_packing_sequentially": "TRL packs examples best-fit first (bfd) or cuts them at sequence_len (wrapped); "
-                                   "packing in the data's order is neither, and it decides which examples share a row",
     "relora": "ReLoRA merges the adapter into the base and starts a new one every relora_steps: what comes out is "
               "a merged model, not an adapter of the base, and hubtune's product is one",
     "relora_prune_ratio": "a setting of ReLoRA, which hubtune does not run",
@@ -594,6 +592,8 @@ class _Reader:
             "near_dup_threshold": None,
             "min_response_tokens": 0,
         }
+        if self.data.get("sample_packing_sequentially") is True:
+            self.packed_in_order(data)
         val = self.take("val_set_size", AXOLOTL_DEFAULTS["val_set_size"])
         if isinstance(val, (int, float)) and 0 <= val < 1:
             data["val_set_size"] = val
@@ -920,6 +920,22 @@ class _Reader:
         if module == REWARDS_MODULE and function in BUILTIN_REWARDS:
             return {"name": BUILTIN_REWARDS[function], "weight": weight}
         return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
+
+    def packed_in_order(self, data: dict) -> None:
+        """sample_packing_sequentially: Axolotl's sampler fills each packed row with examples in the order it
+        draws them. With curriculum_sampling that is the data's order, which data.packing_strategy: sequential
+        packs once; with random sampling Axolotl packs a new shuffled order every epoch, which hubtune does not."""
+        if not data["packing"]:
+            self.take("sample_packing_sequentially")
+            self.note("sample_packing_sequentially without sample_packing: Axolotl packs nothing, nor does hubtune")
+        elif self.data.get("curriculum_sampling") is not True:
+            self.refuse("sample_packing_sequentially", "True without curriculum_sampling: Axolotl packs a new random "
+                        "order of the examples every epoch, hubtune packs once before training; set "
+                        "curriculum_sampling: true to pack and train in the data's order")
+            self.take("sample_packing_sequentially")
+        else:
+            self.take("sample_packing_sequentially")
+            data["packing_strategy"] = "sequential"
 
     def stopping(self, t: dict) -> None:
         """early_stopping_patience (Axolotl then also keeps the best checkpoint), in-order sampling, and the
@@ -1338,6 +1354,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["lr_quadratic_warmup"] = True
     if not t.shuffle:
         out["curriculum_sampling"] = True
+        if d.packing and d.packing_strategy == "sequential":
+            out["sample_packing_sequentially"] = True  # with random draws Axolotl would repack every epoch
     if "swanlab" in t.report_to:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
