@@ -582,6 +582,10 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
     from peft import PeftModel, get_peft_model
 
     if config.lora.init_from:
+        if config.lora.unfrozen_parameters:
+            raise ConfigError([("lora.unfrozen_parameters", "a continued adapter (lora.init_from) trains what it "
+                                                            "was saved with; leave unfrozen_parameters out, or "
+                                                            "start a fresh adapter")])
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,

@@ -177,3 +177,12 @@ def test_axolotl_patterns_that_would_train_nothing_or_only_the_base_are_refused(
     unclear = dict(axolotl.from_axolotl({**ALPACA, "unfrozen_parameters": [".+norm", "^base_model.model.+lora_"]})
                    .unsupported)["unfrozen_parameters"]
     assert ".+norm does not start with base_model.model.<base name>" in unclear
+
+
+def test_a_continued_adapter_does_not_take_new_unfrozen_parameters(tmp_path, base):
+    from hubtune.train import attach_lora
+
+    config = cfg.build(tiny_tree(invoice_file(tmp_path / "rows.jsonl", 4),
+                                 lora={"init_from": str(tmp_path), "unfrozen_parameters": ["model.norm.weight"]}))
+    with pytest.raises(ConfigError, match="a continued adapter .lora.init_from. trains what it was saved with"):
+        attach_lora(base, config, "hf", False)

@@ -104,7 +104,7 @@ MATCHING = {
     "cut_cross_entropy": (False,), "flash_attn_cross_entropy": (False,), "flash_attn_rms_norm": (False,),
     "flash_attn_fuse_mlp": (False,), "flash_attn_fuse_qkv": (False,), "use_kernels": (False,), "ddp": (False,),
     "quantize_moe_experts": (False,), "sample_packing_sequentially": (False,), "curriculum_sampling": (False,),
-    "tokenizer_use_mistral_common": (False,), "lora_fan_in_fan_out": (False, True),
+    "tokenizer_use_mistral_common": (False,), "lora_fan_in_fan_out": (False, True), "relora": (False,), "relora_cpu_offload": (False,),
     "save_only_model": (False,), "resize_token_embeddings_to_32x": (False,), "use_ray": (False,),
     "use_swanlab": (False,), "remove_unused_columns": (True,), "eval_causal_lm_metrics": ([],),
     "do_causal_lm_eval": (False,), "gradient_checkpointing_kwargs": ({"use_reentrant": False},),
@@ -195,13 +195,21 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
     "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
     "min_sample_len": "hubtune keeps every example up to sequence_len, however short",
-    "relora": "ReLoRA merges the adapter into the base and starts a new one every relora_steps: what comes out is "
-              "a merged model, not an adapter of the base, and hubtune's product is one",
-    "relora_prune_ratio": "a setting of ReLoRA, which hubtune does not run",
-    "relora_cpu_offload": "a setting of ReLoRA, which hubtune does not run",
-    "jagged_restart_steps": "ReLoRA's restarting schedule, which hubtune does not run",
-    "jagged_restart_warmup_steps": "ReLoRA's restarting schedule, which hubtune does not run",
-    "jagged_restart_anneal_steps": "ReLoRA's restarting schedule, which hubtune does not run",
+    "relora": "every jagged_restart_steps steps ReLoRA merges the adapter into the base (for a 4-bit base: the "
+              "16-bit weights read again from the base's files plus the adapter, quantized anew), starts a fresh "
+              "adapter and prunes the optimizer's state; what Axolotl saves is the whole merged model (float16 "
+              "shards for a 4-bit base; monkeypatch/relora.py, train.py), and after the first restart no adapter of the base exists. A "
+              "hubtune run's product is an adapter of the pinned base (its evaluation, card and push rely on "
+              "that); train ReLoRA with Axolotl, or leave relora out to train one adapter",
+    "relora_prune_ratio": "a setting of ReLoRA (the share of the optimizer's state zeroed at each restart), which "
+                          "hubtune does not run",
+    "relora_prune_method": "a setting of ReLoRA (how the optimizer's state is pruned at each restart), which "
+                           "hubtune does not run",
+    "relora_cpu_offload": "a setting of ReLoRA (where its merges compute), which hubtune does not run",
+    "jagged_restart_steps": "ReLoRA's restart period, which also restarts the learning rate (Axolotl's "
+                            "JaggedLRRestartScheduler); hubtune runs neither",
+    "jagged_restart_warmup_steps": "the learning-rate warm-up after each ReLoRA restart, which hubtune does not run",
+    "jagged_restart_anneal_steps": "the learning-rate anneal before each ReLoRA restart, which hubtune does not run",
     "chat_template_jinja": "hubtune renders with a named template or the base's own (chat_template)",
     "device_map": "hubtune places the base itself (one GPU per process)",
     "max_memory": "hubtune places the base itself (one GPU per process)",
