@@ -42,11 +42,9 @@ CANNOT_HONOUR = {
     # Experts placed on different GPUs with tokens sent to them: not a DDP / FSDP / ZeRO launch.
     "expert parallelism": {"expert_parallel_size", "expert_parallel_num_nvl_bytes",
                            "expert_parallel_token_capacity", "plugins"},
-    # PEFT has no LoRA layer for NVFP4 weights; Axolotl trains them with kernels of its own.
+    # NVIDIA ModelOpt checkpoints: transformers 5.24 reads none (no modelopt quantizer; its nvfp4 one refuses
+    # pre-quantized checkpoints and is not trainable), and PEFT 0.21 has no LoRA layer for NVFP4 weights.
     "NVFP4 bases": {"dsv4_fp4_grouped_mode", "nvfp4_merge_aware"},
-    # Llama 4 through its vision-language class, as a base re-saved with one linear layer per expert.
-    "Axolotl's re-saved Llama 4 (vision-language class, linearised experts)": {"model_type",
-                                                                             "llama4_linearized_experts"},
     # The product would be base weights trained in full (unfrozen_parameters) or a merged model (ReLoRA).
     "base weights trained in full or merged (unfrozen_parameters, ReLoRA)": {
         "unfrozen_parameters", "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
@@ -204,6 +202,9 @@ def expected(data: dict) -> dict:
         "optimizer": SAME_OPTIMIZER[get("optimizer")], "weight_decay": get("weight_decay"),
         "max_grad_norm": get("max_grad_norm"), "checkpointing": checkpointing, "saves": saves,
         "save_total_limit": get("save_total_limit"), "precision": precision, "tf32": get("tf32"), "seed": get("seed"),
+        "modules_to_save": data.get("lora_modules_to_save") or [],
+        # Axolotl builds Llama 4's experts one linear layer each (its patched Llama4TextExperts) when this is set.
+        "linearized_experts": bool(data.get("llama4_linearized_experts")),
     }
 
 
@@ -224,6 +225,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "checkpointing": t.gradient_checkpointing,
         "saves": ("per epoch", t.saves_per_epoch) if t.saves_per_epoch else ("steps", t.save_steps),
         "save_total_limit": t.save_total_limit, "precision": c.model.compute_dtype, "tf32": t.tf32, "seed": t.seed,
+        "modules_to_save": c.lora.modules_to_save, "linearized_experts": c.model.linearized_experts,
     }
 
 
