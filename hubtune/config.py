@@ -68,7 +68,8 @@ class ModelSection(Section):
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
         "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
     router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
-        "loss to the training loss (transformers' output_router_logits).")
+        "loss to the training loss (transformers' output_router_logits); off, the loss is the language-model loss "
+        "alone.")
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm"] | None = Field(
         None, description="Mixture-of-experts bases: how transformers computes the experts (the same result); "
         "None: transformers' default (grouped_mm where it can run).")

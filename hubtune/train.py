@@ -473,6 +473,8 @@ def dequantized(path: str):
     if saved is None:
         raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
                                                 f"quantization_config); leave dequantize out")])
+    if why := prequantized.unreadable(saved):
+        raise ConfigError([("model.dequantize", f"{path} is {why}")])
     config = AutoQuantizationConfig.from_dict(saved)
     if not hasattr(config, "dequantize"):
         raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
@@ -496,7 +498,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from hubtune import compat
     from hubtune.interop import backends, prequantized
 
-    saved_quantized = prequantized.quantization_config(path) is not None
+    saved = prequantized.quantization_config(path)
+    if saved is not None and (why := prequantized.unreadable(saved)):
+        raise ConfigError([("model.id", f"{path} is {why}")])
+    saved_quantized = saved is not None
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
