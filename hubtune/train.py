@@ -517,7 +517,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         )
     if hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if model.quantize_experts:
+        base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized or sharded)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if saved_quantized:
         # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the
         # repo's: compute as a base quantized here would (float32 on a CPU without bf16 units).
@@ -537,6 +540,27 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.compute_dtype == torch.bfloat16:
         return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, refused: bool):
+    """from_pretrained with the stacked expert weights quantized as they load (hubtune.experts)."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtune import experts
+
+    if refused:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved quantized or the run shards the base "
+                                                      f"(FSDP, ZeRO-3): its experts load as they are; leave "
+                                                      f"quantize_experts out")])
+    settings = (model.quantization, model.double_quant, hw.compute_dtype)
+    with experts.quantizing_on_load(*settings):
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    experts.quantize_experts(base, *settings)  # any the loader did not set through its hook
+    if not experts.quantized_experts(base):
+        raise ConfigError([("model.quantize_experts", f"{path} ({type(base).__name__}) has no stacked expert "
+                                                      f"weights to quantize (3D parameters under an experts "
+                                                      f"module); leave quantize_experts out")])
+    return base
 
 
 def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
@@ -580,8 +604,27 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
 
     if config.lora.init_from:
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
-    return get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                             model_config))
+    peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
+                                                   model_config, quantized_experts=config.model.quantize_experts))
+    if config.model.quantize_experts:
+        experts_under_lora(peft_model)
+    return peft_model
+
+
+def experts_under_lora(peft_model) -> None:
+    """LoRA on quantized experts is refused: PEFT adds it to a parameter as a torch parametrization for each
+    forward, and on a parameter already parametrized (hubtune.experts) PEFT 0.21 leaves it there (the chain
+    grows every step), two such wrappers on one layer read a stale cached weight, and they nest in another
+    order than on a 16-bit base, so the adapter would not load onto it for merging. PEFT moves some target
+    names (gate_proj, up_proj, down_proj of several MoE families) onto the stacked experts itself: both are
+    caught here, after PEFT resolved its targets."""
+    targets = peft_model.peft_config["default"].target_parameters
+    if targets:
+        raise ConfigError([("model.quantize_experts", f"LoRA would reach the quantized experts (PEFT's target_parameters: "
+                                                      f"{', '.join(sorted(targets))}), which PEFT cannot yet train on "
+                                                      f"quantized weights; leave quantize_experts out (16-bit experts), "
+                                                      f"or keep LoRA off the experts (lora.target_parameters empty, no "
+                                                      f"gate_proj / up_proj / down_proj in lora.target_modules)")])
 
 
 def adapter_folder(where: str) -> Path:
@@ -654,9 +697,13 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None) -> LoraConfig:
+                model_config=None, quantized_experts: bool = False) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
-    `model_config` resolves a preset to the architecture's own module names (hubtune.families)."""
+    `model_config` resolves a preset to the architecture's own module names (hubtune.families).
+
+    quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
+    (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
+    name such as down_proj reaches only Linear layers (the experts take LoRA through target_parameters)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
@@ -670,6 +717,7 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
+                      exclude_modules=r".*\.parametrizations\..*" if quantized_experts else None,
                       bias="none", task_type="CAUSAL_LM")
 
 
