@@ -123,6 +123,11 @@ class LoraSection(Section):
         "such as a mixture-of-experts layer's stacked experts.gate_up_proj (PEFT's target_parameters).")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with "
         "the adapter, e.g. [embed_tokens, lm_head].")
+    unfrozen_parameters: list[str] = Field(default_factory=list, description="Base parameters trained in full beside "
+        "the adapter and saved with it, by name as the base names them (not base_model.model.): regular expressions "
+        "matched from the start, dots literal unless followed by + (as Axolotl's unfrozen_parameters), e.g. "
+        "[model.norm.weight, lm_head]; a row range of the input embedding trains those token rows only "
+        "(model.embed_tokens.weight[:32000]). Quantized weights cannot train in full.")
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r.")
     init_weights: Literal["default", "loftq"] = Field("default", description="default: PEFT's (B = 0, the adapter "
         "starts as a no-op); loftq: LoftQ, an adapter that starts by cancelling the error of quantizing the base to "
@@ -138,6 +143,15 @@ class LoraSection(Section):
             except re.error as err:
                 raise ValueError(f"{v!r} is not a regular expression ({err})") from None
         return v
+
+    @field_validator("unfrozen_parameters")
+    @classmethod
+    def _patterns(cls, v):
+        from hubtune.unfreeze import parse
+
+        for pattern in v:
+            parse(pattern)  # a ValueError names what is wrong with it
+        return [p.removeprefix("^") for p in v]  # matched from the start either way
 
     @model_validator(mode="after")
     def _something_to_adapt(self):
@@ -285,8 +299,9 @@ class DataSection(Section):
         description="Longest tokenized example; longer ones are dropped, or kept and truncated with truncate: true.")
     truncate: bool = Field(False, description="Keep examples over max_seq_len (cut in training) instead of dropping them.")
     packing: bool = Field(False, description="Pack several examples into each sequence (faster, same loss).")
-    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = Field(
-        "bfd", description="With packing: bfd fits whole examples best-first, bfd_split splits the overflow, wrapped cuts anywhere.")
+    packing_strategy: Literal["bfd", "bfd_split", "wrapped", "sequential"] = Field(
+        "bfd", description="With packing: bfd fits whole examples best-first, bfd_split splits the overflow, wrapped cuts "
+                           "anywhere, sequential fills each row with whole examples in the data's order.")
     padding_free: bool | Literal["auto"] = Field(
         "auto", description="Batches as one row of examples with position ids, no padding; auto: with FlashAttention on CUDA.")
     dedup_exact: bool = Field(True, description="Drop exact duplicates of normalised prompt + response.")

@@ -107,6 +107,8 @@ def build_trainer(config: cfg.RunConfig, model, tokenizer, args, train: Dataset,
     if method == "sft":
         from trl import SFTTrainer
 
+        if config.data.packing and config.data.packing_strategy == "sequential":
+            from hubtune.packing import SequentialPackingSFTTrainer as SFTTrainer
         return SFTTrainer(**shared, eval_dataset=eval_)
     if method == "dpo":
         from trl import DPOTrainer

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune import distributed
+from hubtune import distributed, unfreeze
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
 from hubtune.levers import Levers, recipe_levers
 from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
@@ -599,13 +599,22 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         if new_token_ids:
             raise ConfigError([("model.added_tokens", "the Unsloth backend does not train new token rows; "
                                                       "set training.backend: hf")])
+        if config.lora.unfrozen_parameters:
+            raise ConfigError([("lora.unfrozen_parameters", "the Unsloth backend trains the adapter only; "
+                                                            "set training.backend: hf")])
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import PeftModel, get_peft_model
 
     if config.lora.init_from:
+        if config.lora.unfrozen_parameters:
+            raise ConfigError([("lora.unfrozen_parameters", "a continued adapter (lora.init_from) trains what it "
+                                                            "was saved with; leave unfrozen_parameters out, or "
+                                                            "start a fresh adapter")])
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
+    unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                                   model_config, quantized_experts=config.model.quantize_experts))
+                                                   model_config, unfrozen, quantized_experts=config.model.quantize_experts))
+    unfreeze.freeze_unnamed(peft_model, unfrozen)
     if config.model.quantize_experts:
         experts_under_lora(peft_model)
     return peft_model
@@ -697,9 +706,11 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, quantized_experts: bool = False) -> LoraConfig:
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None,
+                quantized_experts: bool = False) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
-    `model_config` resolves a preset to the architecture's own module names (hubtune.families).
+    `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
+    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows.
 
     quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
     (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
@@ -707,12 +718,16 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
-    save = list(dict.fromkeys([*lora.modules_to_save, *names]))
-    init = {}
+    unfrozen = unfrozen or unfreeze.Unfrozen()
+    init: dict = {}
+    tied = tied or unfrozen.tied
+    save = list(dict.fromkeys([*lora.modules_to_save, *names, *unfrozen.modules]))
+    if unfrozen.token_rows:
+        init["trainable_token_indices"] = unfrozen.token_rows
     if lora.init_weights == "loftq":
         from peft import LoftQConfig
 
-        init = dict(init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=lora.loftq_bits))
+        init.update(init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=lora.loftq_bits))
     return LoraConfig(**init, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
@@ -821,7 +836,8 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         **trainer_args(config, hw, path, has_eval, backend, levers),
         max_length=max_length,
         packing=config.data.packing,
-        packing_strategy=config.data.packing_strategy,
+        # sequential: TRL's bfd sets up the padding-free collator; hubtune's trainer packs the rows in order.
+        packing_strategy="bfd" if config.data.packing_strategy == "sequential" else config.data.packing_strategy,
         padding_free=levers.padding_free,
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler

@@ -48,16 +48,22 @@ CANNOT_HONOUR = {
     # Llama 4 through its vision-language class, as a base re-saved with one linear layer per expert.
     "Axolotl's re-saved Llama 4 (vision-language class, linearised experts)": {"model_type",
                                                                              "llama4_linearized_experts"},
-    # The product would be base weights trained in full (unfrozen_parameters) or a merged model (ReLoRA).
-    "base weights trained in full or merged (unfrozen_parameters, ReLoRA)": {
-        "unfrozen_parameters", "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
+    # The product would be a merged model (ReLoRA).
+    "a merged model (ReLoRA)": {
+        "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
         "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
     # One sequence split over several GPUs: not a DDP / FSDP / ZeRO launch.
     "context parallelism": {"context_parallel_size"},
-    # TRL packs best-fit (bfd) or cuts at the sequence length (wrapped), not in the data's order.
-    "packing in the data's order": {"sample_packing_sequentially"},
 }
-LIMITS = {key: why for why, keys in CANNOT_HONOUR.items() for key in keys}
+# Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
+# that trains something else.
+AXOLOTL_TRAINS_NOTHING = {
+    # Axolotl matches unfrozen_parameters against the PEFT-wrapped model's names (base_model.model....) and
+    # freezes the rest, the adapter included: ^model.language_model.* and ^lm_head.* match nothing there.
+    "unfrozen_parameters that match no parameter of the adapter-wrapped model (Axolotl trains nothing)": {
+        "unfrozen_parameters"},
+}
+LIMITS = {key: why for group in (CANNOT_HONOUR, AXOLOTL_TRAINS_NOTHING) for why, keys in group.items() for key in keys}
 
 
 SUPERVISED, PREFERENCE = "supervised LoRA / QLoRA", "DPO / ORPO / KTO / GRPO on LoRA / QLoRA"
@@ -149,6 +155,19 @@ def test_every_refusal_names_the_value_and_the_reason_in_full(results):
                 assert repr(value) in why or str(value) in why, (name, key, why)
 
 
+def test_unfrozen_parameters_axolotl_would_train_nothing_with_are_refused_saying_so(results):
+    """gemma3's three QLoRA examples name ^model.language_model.* and ^lm_head.* ("Freeze vision tower"): under
+    the adapter those match no parameter, so Axolotl freezes everything, the adapter included."""
+    seen = []
+    for name, kind, data, config, refused in results:
+        if kind in CONVERTING and data.get("unfrozen_parameters"):
+            why = dict(refused)["unfrozen_parameters"]
+            assert config is None and "trains nothing" in why and "[^model.language_model.*, ^lm_head.*]" in why
+            seen.append(name)
+    assert sorted(seen) == ["gemma3/gemma-3-1b-qlora.yml", "gemma3/gemma-3-270m-qlora.yml",
+                            "gemma3/gemma-3-4b-qlora.yml"]
+
+
 def test_reward_models_and_other_rl_methods_are_refused_by_name(results):
     seen = 0
     for name, kind, data, _, refused in results:
@@ -195,6 +214,9 @@ def expected(data: dict) -> dict:
         "base": data["base_model"], "bits": bits, "r": data["lora_r"], "alpha": data["lora_alpha"],
         "dropout": float(get("lora_dropout")), "targets": targets, "regex": regex,
         "sequence_len": get("sequence_len"), "packing": bool(get("sample_packing")), "sources": sources,
+        # Axolotl's multipack sampler fills rows in the order it draws (curriculum_sampling: the data's order).
+        "packing_order": "sequential" if get("sample_packing") and data.get("sample_packing_sequentially") else "bfd",
+        "shuffle": not data.get("curriculum_sampling"),
         "validation": get("val_set_size"), "epochs": get("num_epochs"), "max_steps": data.get("max_steps"),
         "batch": get("micro_batch_size"),
         "accumulation": data.get("gradient_accumulation_steps") or (data["batch_size"] // get("micro_batch_size")
@@ -206,6 +228,10 @@ def expected(data: dict) -> dict:
         "max_grad_norm": get("max_grad_norm"), "checkpointing": checkpointing, "saves": saves,
         "save_total_limit": get("save_total_limit"), "precision": precision, "tf32": get("tf32"), "seed": get("seed"),
         "quantize_experts": bool(data.get("quantize_moe_experts")),
+        # Under an adapter Axolotl matches these against PEFT's names: the base weights are those named after
+        # base_model.model. (the adapter's own weights train in hubtune anyway).
+        "unfrozen": [p.removeprefix("^").removeprefix("base_model.model.") for p in data.get("unfrozen_parameters") or []
+                     if p.removeprefix("^").startswith("base_model.model.") and "lora_" not in p],
     }
 
 
@@ -214,7 +240,8 @@ def trained(c: cfg.RunConfig) -> dict:
     return {
         "base": c.model.id, "bits": c.model.quantization, "r": c.lora.r, "alpha": c.lora.alpha,
         "dropout": c.lora.dropout, "targets": c.lora.target_modules, "regex": c.lora.target_regex,
-        "sequence_len": c.data.max_seq_len, "packing": c.data.packing,
+        "sequence_len": c.data.max_seq_len, "packing": c.data.packing, "packing_order": c.data.packing_strategy,
+        "shuffle": t.shuffle,
         "sources": [(s.path, s.split, {"sharegpt": "chat", "messages": "chat"}.get(f, f))
                     for s, f in zip(c.data.sources, [c.data.format] * len(c.data.sources))],
         "validation": c.data.val_set_size, "epochs": t.epochs, "max_steps": t.max_steps,
@@ -227,6 +254,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "saves": ("per epoch", t.saves_per_epoch) if t.saves_per_epoch else ("steps", t.save_steps),
         "save_total_limit": t.save_total_limit, "precision": c.model.compute_dtype, "tf32": t.tf32, "seed": t.seed,
         "quantize_experts": c.model.quantize_experts,
+        "unfrozen": c.lora.unfrozen_parameters,
     }
 
 

@@ -123,3 +123,32 @@ def test_an_unfinished_run_names_what_is_missing(tmp_path):
     (tmp_path / "config.yaml").write_text("{}")
     with pytest.raises(HubtuneError, match="summary.json .*hubtune train --resume"):
         RunFolder.open(tmp_path).require_finished()
+
+
+@pytest.mark.parametrize("training, quantization, rows", [
+    ({"method": "kto", "desirable_weight": 1.5, "undesirable_weight": 0.5}, "nf4",
+     ["Kahneman-Tversky Optimization (KTO)", "| Desirable / undesirable weight | 1.5 / 0.5 |",
+      "| Method | QLoRA (NF4 4-bit base, double quantization) |"]),
+    ({"method": "grpo", "grpo": {"loss_type": "dr_grpo", "top_k": 2}}, "int8",
+     ["| Loss (TRL's loss_type) | dr_grpo |", "the 2 likeliest tokens", "`exact_match` (1.0)",
+      "| Method | LoRA (8-bit base, bitsandbytes LLM.int8()) |"]),
+])
+def test_card_names_the_methods_own_settings(make_run, training, quantization, rows):
+    """The card's training table carries what the method record holds (methods.settings_record of the
+    run's own config), and an 8-bit base is not called a 4-bit one."""
+    from hubtune import config as cfg
+    from hubtune import methods
+
+    run_dir = make_run()
+    run = RunFolder(run_dir)
+    tree = run.config.model_dump(mode="json")
+    tree["training"].update(training)
+    tree["model"]["quantization"] = quantization
+    config = cfg.build(tree)
+    (run_dir / RunFolder.CONFIG).write_text(config.to_yaml())
+    run.write_summary(run.summary.model_copy(update={
+        "training_method": training["method"], "method_settings": methods.settings_record(config)}))
+    text = cards.write_card(run_dir, "alice/tiny-invoices").read_text()
+    for row in rows:
+        assert row in text
+    assert "INT8 4-bit" not in text

@@ -235,7 +235,7 @@ def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full
     for key in ("unfrozen_parameters", "s2_attention", "relora", "special_tokens.sep_token",
                 "plugins", "datasets[1].type"):
         assert f"  {key}: " in err, (key, err)
-    assert "unfrozen_parameters: [^lm_head.*]: trains these base weights in full" in err
+    assert "unfrozen_parameters: [^lm_head.*]: Axolotl matches these against the names of the PEFT-wrapped" in err
     assert "special_tokens.sep_token: '<sep>'" in err
     assert "axolotl.integrations.expert_parallel.ExpertParallelPlugin: an Axolotl plugin" in err
     assert "'oasst': hubtune reads the types alpaca" in err and "..." not in err

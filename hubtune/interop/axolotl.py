@@ -107,7 +107,7 @@ MATCHING = {
     "cut_cross_entropy": (False,), "flash_attn_cross_entropy": (False,), "flash_attn_rms_norm": (False,),
     "flash_attn_fuse_mlp": (False,), "flash_attn_fuse_qkv": (False,), "use_kernels": (False,), "ddp": (False,),
     "quantize_moe_experts": (False,), "sample_packing_sequentially": (False,), "curriculum_sampling": (False,),
-    "tokenizer_use_mistral_common": (False,), "lora_fan_in_fan_out": (False, True), "unfrozen_parameters": ([],),
+    "tokenizer_use_mistral_common": (False,), "lora_fan_in_fan_out": (False, True), "relora": (False,), "relora_cpu_offload": (False,),
     "save_only_model": (False,), "resize_token_embeddings_to_32x": (False,), "use_ray": (False,),
     "use_swanlab": (False,), "remove_unused_columns": (True,), "eval_causal_lm_metrics": ([],),
     "do_causal_lm_eval": (False,), "gradient_checkpointing_kwargs": ({"use_reentrant": False},),
@@ -157,9 +157,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "hub_model_id": "publish with `hubtune push RUN --repo OWNER/NAME` after training",
     "resume_from_checkpoint": "continue a hubtune run with `hubtune train --resume RUN`",
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
-    "unfrozen_parameters": "trains these base weights in full beside the adapter: what comes out is no longer an "
-                           "adapter of the base, and hubtune's product is one (quantized weights cannot train at all); "
-                           "list whole modules under lora_modules_to_save to train and save them with the adapter",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
     "llama4_linearized_experts": "the base is Axolotl's re-saved Llama 4 with one linear layer per expert, which only "
@@ -197,15 +194,21 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
     "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
     "min_sample_len": "hubtune keeps every example up to sequence_len, however short",
-    "sample_packing_sequentially": "TRL packs examples best-fit first (bfd) or cuts them at sequence_len (wrapped); "
-                                   "packing in the data's order is neither, and it decides which examples share a row",
-    "relora": "ReLoRA merges the adapter into the base and starts a new one every relora_steps: what comes out is "
-              "a merged model, not an adapter of the base, and hubtune's product is one",
-    "relora_prune_ratio": "a setting of ReLoRA, which hubtune does not run",
-    "relora_cpu_offload": "a setting of ReLoRA, which hubtune does not run",
-    "jagged_restart_steps": "ReLoRA's restarting schedule, which hubtune does not run",
-    "jagged_restart_warmup_steps": "ReLoRA's restarting schedule, which hubtune does not run",
-    "jagged_restart_anneal_steps": "ReLoRA's restarting schedule, which hubtune does not run",
+    "relora": "every jagged_restart_steps steps ReLoRA merges the adapter into the base (for a 4-bit base: the "
+              "16-bit weights read again from the base's files plus the adapter, quantized anew), starts a fresh "
+              "adapter and prunes the optimizer's state; what Axolotl saves is the whole merged model (float16 "
+              "shards for a 4-bit base; monkeypatch/relora.py, train.py), and after the first restart no adapter of the base exists. A "
+              "hubtune run's product is an adapter of the pinned base (its evaluation, card and push rely on "
+              "that); train ReLoRA with Axolotl, or leave relora out to train one adapter",
+    "relora_prune_ratio": "a setting of ReLoRA (the share of the optimizer's state zeroed at each restart), which "
+                          "hubtune does not run",
+    "relora_prune_method": "a setting of ReLoRA (how the optimizer's state is pruned at each restart), which "
+                           "hubtune does not run",
+    "relora_cpu_offload": "a setting of ReLoRA (where its merges compute), which hubtune does not run",
+    "jagged_restart_steps": "ReLoRA's restart period, which also restarts the learning rate (Axolotl's "
+                            "JaggedLRRestartScheduler); hubtune runs neither",
+    "jagged_restart_warmup_steps": "the learning-rate warm-up after each ReLoRA restart, which hubtune does not run",
+    "jagged_restart_anneal_steps": "the learning-rate anneal before each ReLoRA restart, which hubtune does not run",
     "chat_template_jinja": "hubtune renders with a named template or the base's own (chat_template)",
     "device_map": "hubtune places the base itself (one GPU per process)",
     "max_memory": "hubtune places the base itself (one GPU per process)",
@@ -561,6 +564,8 @@ class _Reader:
                 lora["target_modules"] = []  # the parameters only, as PEFT takes them
         if self.has("lora_modules_to_save"):
             lora["modules_to_save"] = [str(m) for m in self.take("lora_modules_to_save")]
+        if self.has("unfrozen_parameters"):
+            self.unfrozen(lora)
         if self.data.get("peft_use_rslora") is True:
             lora["use_rslora"] = bool(self.take("peft_use_rslora"))
         peft = self.data.get("peft")
@@ -569,6 +574,47 @@ class _Reader:
             self.take("peft")
             lora.update(init_weights="loftq", loftq_bits=int(peft["loftq_config"].get("loftq_bits", 4)))
         return lora
+
+    def unfrozen(self, lora: dict) -> None:
+        """Axolotl matches unfrozen_parameters against the names of the model it trains, which under an
+        adapter is PEFT's wrapper (base_model.model.<base name>, the adapter's lora_A / lora_B among them),
+        and freezes every parameter no pattern matches, the adapter's included (utils/freeze.py, called on
+        ModelLoader.load()'s PeftModel in train.py). Converted to what that trains."""
+        raw = self.take("unfrozen_parameters")
+        patterns = [raw] if isinstance(raw, str) else [str(p) for p in raw]
+        try:
+            kinds = {p: _peft_pattern_kind(p) for p in patterns}
+        except ValueError as err:
+            self.refuse("unfrozen_parameters", f"{shown(raw)}: {err}")
+            return
+        base = [p for p, kind in kinds.items() if kind == "base"]
+        unclear = [p for p, kind in kinds.items() if kind == "unclear"]
+        if unclear:
+            self.refuse("unfrozen_parameters", f"{shown(raw)}: {', '.join(unclear)} does not start with "
+                        f"base_model.model.<base name>, so which parameters of the PEFT-wrapped model it matches (the "
+                        f"adapter's lora_A / lora_B, base weights) depends on names hubtune does not load to convert; write each pattern as ^base_model.model.<base name> and keep the adapter "
+                        f"training with ^base_model.model.+lora_, or set lora.unfrozen_parameters (base names)")
+            return
+        if not _keeps_adapter(patterns):
+            what = (f"{', '.join(base)} train{'s' if len(base) == 1 else ''} in full while the adapter stays frozen "
+                    f"at its start (a no-op)" if base else
+                    "none of them matches a parameter of the adapter-wrapped model, whose names start with "
+                    "base_model.model., so Axolotl freezes every parameter, the adapter's included, and trains "
+                    "nothing (it logs \"All parameters are frozen. Model will not be trained.\")")
+            self.refuse("unfrozen_parameters", f"{shown(raw)}: Axolotl matches these against the names of the "
+                        f"PEFT-wrapped model and freezes what they do not match: {what}. hubtune always trains "
+                        f"the adapter; leave the key out to train it alone, or name base weights to train beside it "
+                        f"as ^base_model.model.<base name> with ^base_model.model.+lora_ (or lora.unfrozen_parameters)")
+            return
+        for p in patterns:
+            if kinds[p] == "none":
+                self.note(f"unfrozen_parameters: {p} matches no parameter of the adapter-wrapped model (its names "
+                          f"start with base_model.model.): Axolotl unfreezes nothing by it, nor does hubtune")
+        if base:
+            lora["unfrozen_parameters"] = [_base_relative(p) for p in base]
+        else:
+            self.note(f"unfrozen_parameters: {shown(raw)}: keeps the adapter training and no base weight, "
+                      f"which is what hubtune trains anyway")
 
     def datasets(self) -> dict:
         data: dict = {
@@ -579,6 +625,8 @@ class _Reader:
             "near_dup_threshold": None,
             "min_response_tokens": 0,
         }
+        if self.data.get("sample_packing_sequentially") is True:
+            self.packed_in_order(data)
         val = self.take("val_set_size", AXOLOTL_DEFAULTS["val_set_size"])
         if isinstance(val, (int, float)) and 0 <= val < 1:
             data["val_set_size"] = val
@@ -906,6 +954,22 @@ class _Reader:
             return {"name": BUILTIN_REWARDS[function], "weight": weight}
         return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
 
+    def packed_in_order(self, data: dict) -> None:
+        """sample_packing_sequentially: Axolotl's sampler fills each packed row with examples in the order it
+        draws them. With curriculum_sampling that is the data's order, which data.packing_strategy: sequential
+        packs once; with random sampling Axolotl packs a new shuffled order every epoch, which hubtune does not."""
+        if not data["packing"]:
+            self.take("sample_packing_sequentially")
+            self.note("sample_packing_sequentially without sample_packing: Axolotl packs nothing, nor does hubtune")
+        elif self.data.get("curriculum_sampling") is not True:
+            self.refuse("sample_packing_sequentially", "True without curriculum_sampling: Axolotl packs a new random "
+                        "order of the examples every epoch, hubtune packs once before training; set "
+                        "curriculum_sampling: true to pack and train in the data's order")
+            self.take("sample_packing_sequentially")
+        else:
+            self.take("sample_packing_sequentially")
+            data["packing_strategy"] = "sequential"
+
     def stopping(self, t: dict) -> None:
         """early_stopping_patience (Axolotl then also keeps the best checkpoint), in-order sampling, and the
         held-out metrics Axolotl computes during training."""
@@ -1150,6 +1214,55 @@ class _Reader:
                 self.refuse(key, f"{shown(value)}: {WHY.get(key, 'hubtune has no such setting')}")
 
 
+PEFT_PREFIX = "base_model.model."  # what PEFT's wrapper puts before a base parameter's name
+ADAPTER_PATTERN = "^base_model.model.+lora_"  # in Axolotl's syntax: every LoRA weight of the wrapped model
+# Names of a LoRA-wrapped model, to tell the adapter's weights from base weights by what a pattern matches.
+LORA_NAMES = tuple(f"{PEFT_PREFIX}model.layers.{i}.{m}.lora_{ab}.default.weight" for i in (0, 7)
+                   for m in ("self_attn.q_proj", "mlp.down_proj") for ab in "AB")
+BASE_NAMES = (f"{PEFT_PREFIX}model.embed_tokens.weight", f"{PEFT_PREFIX}model.norm.weight",
+              f"{PEFT_PREFIX}lm_head.weight", f"{PEFT_PREFIX}model.layers.0.self_attn.q_proj.base_layer.weight",
+              f"{PEFT_PREFIX}model.layers.0.input_layernorm.weight")
+
+
+def _literal_start(pattern: str) -> str:
+    """The text every name a pattern matches starts with, read as Axolotl reads patterns (dots literal
+    unless followed by +): up to the first character that is special or quantified."""
+    text, i = pattern.removeprefix("^"), 0
+    out = []
+    while i < len(text):
+        c, nxt = text[i], text[i + 1:i + 2]
+        if c in "\\[](){}|^$+*?" or nxt in ("*", "?", "{") or (c == "." and nxt == "+"):
+            break
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _peft_pattern_kind(pattern: str) -> str:
+    """adapter: it matches LoRA weights and no base weight; base: it names base weights by their wrapped name;
+    none: it cannot match any name of a PEFT-wrapped model; unclear: anything else."""
+    from hubtune.unfreeze import parse
+
+    parsed = parse(pattern)
+    if any(parsed.match(n) for n in LORA_NAMES) and not any(parsed.match(n) for n in BASE_NAMES):
+        return "adapter"
+    start = _literal_start(pattern)
+    if start.startswith(PEFT_PREFIX):
+        return "base"
+    return "unclear" if PEFT_PREFIX.startswith(start) else "none"
+
+
+def _keeps_adapter(patterns: list[str]) -> bool:
+    from hubtune.unfreeze import parse
+
+    parsed = [parse(p) for p in patterns]
+    return all(any(p.match(name) for p in parsed) for name in LORA_NAMES)
+
+
+def _base_relative(pattern: str) -> str:
+    return pattern.removeprefix("^").removeprefix(PEFT_PREFIX)
+
+
 DATASET_KEYS = {  # why a dataset entry's key is not honoured
     "shards": "hubtune reads the whole split (slice it with split: train[:10%])",
     "preprocess_shards": "hubtune reads the whole split (slice it with split: train[:10%])",
@@ -1216,6 +1329,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["lora_target_parameters"] = list(lo.target_parameters)
     if lo.modules_to_save:
         out["lora_modules_to_save"] = list(lo.modules_to_save)
+    if lo.unfrozen_parameters:  # matched, as Axolotl matches them, against the PEFT-wrapped model's names
+        out["unfrozen_parameters"] = [ADAPTER_PATTERN, *(f"^{PEFT_PREFIX}{p}" for p in lo.unfrozen_parameters)]
     if lo.use_rslora:
         out["peft_use_rslora"] = True
     if lo.init_weights == "loftq":
@@ -1274,6 +1389,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["lr_quadratic_warmup"] = True
     if not t.shuffle:
         out["curriculum_sampling"] = True
+        if d.packing and d.packing_strategy == "sequential":
+            out["sample_packing_sequentially"] = True  # with random draws Axolotl would repack every epoch
     if "swanlab" in t.report_to:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
