@@ -81,6 +81,9 @@ class ModelSection(Section):
         "off unless you trust kernels-community.")
     dequantize: bool = Field(False, description="A base saved quantized in a format LoRA cannot train on (MXFP4, "
         "FP8) loads dequantized to the compute dtype (transformers' dequantize=True).")
+    linearized_experts: bool = Field(False, description="A Llama 4 base re-saved with one linear layer per "
+        "expert (Axolotl's linearized Llama 4, e.g. axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16): "
+        "its experts load as one nn.Linear each (4-bit when saved so) instead of transformers' stacked experts.")
     tokenizer_legacy: bool | None = Field(None, description="transformers' `legacy` flag of SentencePiece-based "
         "tokenizers (Llama, T5): how text after special tokens is split when the tokenizer is built from a "
         "SentencePiece model; None: the tokenizer's own setting.")
@@ -643,6 +646,9 @@ class RunConfig(Section):
                 raise ValueError(f"model.quantize_experts: quantized experts keep their quantization constants "
                                  f"beside the weights, which {self.training.distributed} neither shards nor "
                                  f"places; use training.distributed: ddp (each GPU holds the quantized base)")
+            if self.model.linearized_experts:
+                raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
+                                 "layers, which model.quantization already quantizes; leave quantize_experts out")
             if self.lora.target_parameters:
                 raise ValueError("model.quantize_experts with lora.target_parameters: PEFT cannot yet train LoRA on "
                                  "quantized expert weights; leave one of them out")

@@ -12,6 +12,7 @@ the data; the main process alone writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import importlib.util
@@ -365,14 +366,20 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit and config.data.max_seq_len > limit:
         problems.append(("data.max_seq_len", f"{config.data.max_seq_len} exceeds the model's context of {limit} tokens"))
-    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
+    if config.model.linearized_experts:
+        from hubtune import linearized
+
+        linearized.check_model_type(model_config)
+    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code,
+                                         config.model.linearized_experts):
         problems.append(("lora.target_modules", problem))
     if problems:
         # The settings are the config's; the model they were judged against is named in each problem.
         raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
 
 
-def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
+def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False,
+                           linearized_experts: bool = False) -> str | None:
     """Why the LoRA target names do not fit the model, or None. PEFT adapts the names it finds and keeps
     quiet about the others, so a typo would train less than asked. The model is built from its config on
     the meta device (no weights, no memory) and each name is matched as PEFT matches it."""
@@ -384,8 +391,10 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     targets = lora.peft_target_modules(model_config)
     if isinstance(targets, str) and lora.target_regex is None:  # all-linear: whatever linear layers there are
         return None
+    from hubtune.linearized import linearized_llama4
+
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), linearized_llama4() if linearized_experts else contextlib.nullcontext():
             skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
     except Exception:  # an architecture that cannot be built empty: PEFT still checks when it attaches LoRA
         return None
@@ -517,10 +526,15 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         )
     if hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    if model.quantize_experts:
+    if model.linearized_experts:
+        from hubtune import linearized
+
+        base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
+    elif model.quantize_experts:
         base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized or sharded)
     else:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    compat.reachable_backbone(base)
     if saved_quantized:
         # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the
         # repo's: compute as a base quantized here would (float32 on a CPU without bf16 units).
@@ -846,6 +860,9 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
                                  "batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
                                  and not config.data.packing else "random"),
         completion_only_loss=True,  # the prompt is context, not something to learn
+        # TRL adds a mixture-of-experts router's load-balancing loss unless its coefficient is 0.0; it belongs
+        # to the loss only when model.router_aux_loss asks (as in Axolotl, with output_router_logits).
+        router_aux_loss_coef=None if config.model.router_aux_loss else 0.0,
     )
 
 

@@ -98,6 +98,8 @@ def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
         cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
     with pytest.raises(ConfigError, match="PEFT cannot yet train LoRA on quantized expert weights"):
         cfg.build({"model": {"quantize_experts": True}, "lora": {"target_parameters": ["experts.down_proj"]}})
+    with pytest.raises(ConfigError, match="already quantizes; leave quantize_experts out"):
+        cfg.build({"model": {"quantize_experts": True, "linearized_experts": True}})
     with pytest.raises(ConfigError, match="has no stacked expert weights"):
         load(cfg.resolve_builtin("hubtune:tiny-llama"), quantize_experts=True)
 

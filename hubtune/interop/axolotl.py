@@ -146,6 +146,13 @@ NOTED = {
             "no vLLM server is used",
 }
 NOT_CONVERTED = "not trained by hubtune, which trains DPO, ORPO, KTO and GRPO (rl: dpo | orpo | kto | grpo)"
+# NVIDIA's NVFP4 checkpoints (nvidia/*-NVFP4) are saved by ModelOpt (quantization_config quant_method: modelopt).
+NVFP4 = ("an NVFP4 base saved by NVIDIA ModelOpt (quant_method modelopt): transformers 5.24 reads no ModelOpt "
+         "checkpoint (AutoQuantizationConfig: unknown quantization type modelopt), so it cannot even load dequantized; "
+         "its own nvfp4 quantizer only quantizes a 16-bit checkpoint on load, on Blackwell (sm100+) GPUs, refuses "
+         "pre-quantized NVFP4 checkpoints and is not trainable; and PEFT 0.21 has no LoRA layer for NVFP4 weights. "
+         "Axolotl loads these checkpoints and trains LoRA on them with kernels of its own (SonicMoE / ScatterMoE). "
+         "Use the 16-bit base the NVFP4 one was made from, with load_in_4bit for 4-bit memory")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
     "rl": f"is {NOT_CONVERTED}",
     "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
@@ -159,12 +166,8 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "llama4_linearized_experts": "the base is Axolotl's re-saved Llama 4 with one linear layer per expert, which only "
-                                 "Axolotl's patched model class loads; transformers loads Llama 4's fused experts",
-    "dsv4_fp4_grouped_mode": "an NVFP4 base: PEFT has no LoRA layer for NVFP4 weights (Axolotl trains them with "
-                             "kernels of its own); use the 16-bit or a bitsandbytes 4-bit base",
-    "nvfp4_merge_aware": "an NVFP4 base: PEFT has no LoRA layer for NVFP4 weights (Axolotl trains them with kernels "
-                         "of its own); use the 16-bit or a bitsandbytes 4-bit base",
+    "dsv4_fp4_grouped_mode": NVFP4,
+    "nvfp4_merge_aware": NVFP4,
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
     "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
     "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
@@ -391,6 +394,13 @@ class _Reader:
             value = self.data.get(key)
             if value is None or str(value).endswith(suffix):
                 self.take(key)  # the Auto* classes hubtune loads with resolve to these anyway
+            elif key == "model_type" and value == "Llama4ForConditionalGeneration":
+                self.take(key)
+                self.note("model_type: Llama4ForConditionalGeneration: Axolotl loads Llama 4's vision-language class, "
+                          "and on text-only rows it runs its language model alone; hubtune loads that language model "
+                          "(AutoModelForCausalLM: Llama4ForCausalLM, without the unused vision tower): the same "
+                          "computation and LoRA layers, the adapter's names relative to the text model "
+                          "(model.layers.N..., not language_model.model.layers.N...)")
             elif key == "model_type":
                 self.refuse(key, f"{self.take(key)!r}: hubtune trains causal language models (AutoModelForCausalLM); "
                                  f"a vision / audio model class is not loaded")
@@ -462,6 +472,8 @@ class _Reader:
             self.take("gptq")
             self.note("gptq: the base is saved GPTQ-quantized and loads as saved (transformers needs optimum and "
                       "gptqmodel installed); PEFT trains LoRA on its GPTQ layers")
+        if self.has("llama4_linearized_experts") and self.take("llama4_linearized_experts"):
+            out["linearized_experts"] = True  # Axolotl's re-saved Llama 4, one linear layer per expert
         if self.data.get("tokenizer_legacy") is not None:
             out["tokenizer_legacy"] = bool(self.take("tokenizer_legacy"))
         if self.data.get("tokenizer_use_mistral_common") is True:
@@ -1310,6 +1322,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["tokens"] = list(m.added_tokens)
     if m.use_kernels:
         out["use_kernels"] = True
+    if m.linearized_experts:
+        out["llama4_linearized_experts"] = True
     if m.experts_implementation:
         out["experts_implementation"] = m.experts_implementation
     if m.quantize_experts:
