@@ -491,6 +491,9 @@ class TrainingSection(Section):
         description="Experiment trackers to log to, through transformers' integrations; [] or none: no tracker.")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
         "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
+    context_parallel_size: int = Field(1, ge=1, description="Split each sequence over this many GPUs (accelerate's "
+        "context parallelism on FSDP2), for sequences one GPU cannot hold: needs distributed: fsdp, a 16-bit base, "
+        "SDPA attention and no packing; the GPUs of a launch must be a multiple of it.")
     push_checkpoints: str | None = Field(
         None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
     select: Literal["last", "eval_loss", "task"] = Field(
@@ -655,6 +658,39 @@ class RunConfig(Section):
             if self.training.backend == "unsloth":
                 raise ValueError("model.quantize_experts: the Unsloth backend loads the base its own way; "
                                  "use training.backend: hf")
+        return self
+
+    @model_validator(mode="after")
+    def _context_parallel(self):
+        """What accelerate's context parallelism (torch's, on FSDP2) can run, checked before any launch: it
+        shards the model over the GPUs that share a sequence, computes attention with SDPA under a plain causal
+        mask (the per-example mask is dropped), and TRL refuses packing with it."""
+        t, d = self.training, self.data
+        if t.context_parallel_size == 1:
+            return self
+        wrong = []
+        if t.distributed != "fsdp":
+            wrong.append(f"training.distributed: fsdp (not {t.distributed}): the GPUs that share a sequence hold "
+                         f"the model sharded by FSDP2")
+        if t.method != "sft":
+            wrong.append(f"training.method: sft (not {t.method}): the Trainer splits input_ids and labels along the "
+                         f"sequence, not the {t.method} trainer's own batch columns")
+        attention = (t.kernel_choice() or ("sdpa", False))[0]
+        if attention != "sdpa" or t.attention_kernel:
+            wrong.append(f"training.kernels: auto, sdpa or liger (not {t.attention_kernel or attention}): torch's "
+                         f"context parallelism computes attention with SDPA only")
+        if d.packing:
+            wrong.append("data.packing: false: the attention mask that keeps packed examples apart is replaced by "
+                         "a plain causal one, so packed examples would attend to each other")
+        elif d.padding_free is True:
+            wrong.append("data.padding_free: auto or false: a padding-free row is packed examples, whose mask "
+                         "context parallelism drops")
+        if self.model.quantization != "none":
+            wrong.append(f"model.quantization: none (not {self.model.quantization}): FSDP2 cannot shard 4- or 8-bit "
+                         f"weights with their quantization state")
+        if wrong:
+            raise ValueError(f"training.context_parallel_size {t.context_parallel_size} needs "
+                             + "; ".join(wrong))
         return self
 
     def to_yaml(self) -> str:

@@ -153,6 +153,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     cpu = hw.device == "cpu"
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
+    distributed.check_context_parallel(config.training, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
@@ -373,9 +374,31 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code,
                                          config.model.linearized_experts):
         problems.append(("lora.target_modules", problem))
+    if config.training.context_parallel_size > 1 and (layers := context_parallel_layers_problem(model_config)):
+        problems.append(("training.context_parallel_size", f"{config.training.context_parallel_size}: {layers}"))
     if problems:
         # The settings are the config's; the model they were judged against is named in each problem.
         raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
+
+
+def context_parallel_layers_problem(model_config) -> str | None:
+    """accelerate's context parallelism replaces every attention layer's mask by a plain causal one, so it
+    refuses (at prepare time, after the weights load) models with sliding-window or chunked layers, and
+    anything that is not attention (Mamba mixers) would see only its own slice of the sequence. The same
+    reading of the config, before anything loads."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        other = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
+    else:
+        other = ["sliding_attention"] if getattr(text, "sliding_window", None) else []
+    if any(key.startswith(("mamba", "ssm")) for key in text.to_dict()) and "mamba" not in other:
+        other.append("mamba")  # state-space mixers (Jamba, Bamba, Zamba) whose configs list no layer types
+    if not other:
+        return None
+    return (f"the model has {', '.join(other)} layers; accelerate's context parallelism takes only models whose "
+            f"every layer is full causal attention (it replaces each layer's own mask, and each GPU holds a slice "
+            f"of the sequence); set it to 1")
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False,
@@ -832,6 +855,7 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         save_total_limit=t.save_total_limit,
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
+        parallelism_config=distributed.parallelism_config(t),
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
@@ -853,6 +877,9 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # sequential: TRL's bfd sets up the padding-free collator; hubtune's trainer packs the rows in order.
         packing_strategy="bfd" if config.data.packing_strategy == "sequential" else config.data.packing_strategy,
         padding_free=levers.padding_free,
+        # Context parallelism cuts each row into 2 x context_parallel_size chunks (torch's load balancing):
+        # right padding (label -100, after every real token under the causal mask) makes them whole.
+        pad_to_multiple_of=2 * t.context_parallel_size if t.context_parallel_size > 1 else "auto",
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
         # would instead make whole steps of short or long examples, which reweights them).

@@ -50,8 +50,9 @@ CANNOT_HONOUR = {
     "a merged model (ReLoRA)": {
         "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
         "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
-    # One sequence split over several GPUs: not a DDP / FSDP / ZeRO launch.
-    "context parallelism": {"context_parallel_size"},
+    # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
+    # parallelism (accelerate, TRL) drops their mask, and TRL refuses packing with it.
+    "context parallelism with packed examples": {"context_parallel_size"},
 }
 # Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
 # that trains something else.
@@ -215,6 +216,7 @@ def expected(data: dict) -> dict:
         # Axolotl's multipack sampler fills rows in the order it draws (curriculum_sampling: the data's order).
         "packing_order": "sequential" if get("sample_packing") and data.get("sample_packing_sequentially") else "bfd",
         "shuffle": not data.get("curriculum_sampling"),
+        "context_parallel": data.get("context_parallel_size") or 1,
         "validation": get("val_set_size"), "epochs": get("num_epochs"), "max_steps": data.get("max_steps"),
         "batch": get("micro_batch_size"),
         "accumulation": data.get("gradient_accumulation_steps") or (data["batch_size"] // get("micro_batch_size")
@@ -242,7 +244,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "base": c.model.id, "bits": c.model.quantization, "r": c.lora.r, "alpha": c.lora.alpha,
         "dropout": c.lora.dropout, "targets": c.lora.target_modules, "regex": c.lora.target_regex,
         "sequence_len": c.data.max_seq_len, "packing": c.data.packing, "packing_order": c.data.packing_strategy,
-        "shuffle": t.shuffle,
+        "shuffle": t.shuffle, "context_parallel": t.context_parallel_size,
         "sources": [(s.path, s.split, {"sharegpt": "chat", "messages": "chat"}.get(f, f))
                     for s, f in zip(c.data.sources, [c.data.format] * len(c.data.sources))],
         "validation": c.data.val_set_size, "epochs": t.epochs, "max_steps": t.max_steps,

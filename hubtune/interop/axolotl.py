@@ -178,9 +178,7 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
-    "context_parallel_size": "context parallelism (one sequence split over several GPUs): hubtune's launches (DDP, "
-                             "FSDP, DeepSpeed ZeRO) keep each sequence on one GPU; shorten sequence_len or use more "
-                             "memory per GPU",
+    "context_parallel_size": "give the number of GPUs that share each sequence, a whole number (1: none)",
     "tensor_parallel_size": "tensor parallelism: hubtune's launches are DDP, FSDP and DeepSpeed ZeRO",
     "expert_parallel_size": "expert parallelism (experts spread over GPUs, tokens sent to them): hubtune's launches "
                             "(DDP, FSDP, DeepSpeed ZeRO) do not place experts; use fsdp to shard the model instead",
@@ -351,6 +349,7 @@ class _Reader:
     def translate(self) -> Translation:
         self.method()
         tree = {"model": self.model(), "lora": self.lora(), "data": self.datasets(), "training": self.training()}
+        self.context_parallel(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -966,6 +965,41 @@ class _Reader:
             return {"name": BUILTIN_REWARDS[function], "weight": weight}
         return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
 
+    def context_parallel(self, tree: dict) -> None:
+        """context_parallel_size: Axolotl splits each sequence over that many GPUs with ring-flash-attention
+        (its own patch). hubtune runs accelerate's context parallelism (torch's, on FSDP2, over SDPA): the
+        same exact attention over the same split sequences, where it can express the run."""
+        cp = self.data.get("context_parallel_size")
+        if not isinstance(cp, int) or isinstance(cp, bool) or cp <= 1:
+            return  # 1 matches hubtune; anything else is refused with the reason in WHY
+        self.take("context_parallel_size")
+        t, why = tree["training"], None
+        if tree["data"].get("packing"):
+            why = ("with sample_packing: true Axolotl's ring-flash-attention keeps the packed examples apart; torch's "
+                   "context parallelism, which hubtune runs, replaces their attention mask by a plain causal one "
+                   "(TRL refuses packing with it); set sample_packing: false")
+        elif tree["model"].get("quantization", "none") != "none":
+            why = ("with a 4- or 8-bit base: hubtune's context parallelism runs on FSDP2, which cannot shard "
+                   "quantized weights with their quantization state; load the base in 16 bits (load_in_4bit: false)")
+        elif t.get("distributed") not in (None, "ddp", "fsdp"):
+            why = f"with {t['distributed']}: hubtune's context parallelism runs on FSDP2; use fsdp"
+        elif self.rl:
+            why = f"with rl: {self.rl}: hubtune splits sequences for supervised fine-tuning only"
+        elif t.get("attention_kernel"):
+            why = f"with the Hub attention kernel {t['attention_kernel']}: torch's context parallelism runs SDPA only"
+        if why:
+            self.refuse("context_parallel_size", f"{cp} {why}")
+            return
+        t.update(context_parallel_size=cp, distributed="fsdp")
+        kernels = t.get("kernels")
+        if kernels and kernels[0] != "sdpa":
+            t["kernels"] = ["sdpa", *kernels[1:]]
+            self.note(f"context_parallel_size {cp}: attention {kernels[0]} runs as SDPA, the one kernel torch's "
+                      f"context parallelism splits sequences for (the same exact attention)")
+        self.note(f"context_parallel_size {cp}: each sequence is split over {cp} GPUs by accelerate's context "
+                  f"parallelism on FSDP2 (the model sharded over the GPUs rather than copied on each: the same "
+                  f"updates); launch a multiple of {cp} GPUs")
+
     def packed_in_order(self, data: dict) -> None:
         """sample_packing_sequentially: Axolotl's sampler fills each packed row with examples in the order it
         draws them. With curriculum_sampling that is the data's order, which data.packing_strategy: sequential
@@ -1409,6 +1443,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
+    if t.context_parallel_size > 1:
+        out["context_parallel_size"] = t.context_parallel_size
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     out.update(_axolotl_method(t, problems))
