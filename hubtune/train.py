@@ -153,6 +153,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     cpu = hw.device == "cpu"
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
+    distributed.check_context_parallel(config.training, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
@@ -373,9 +374,31 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code,
                                          config.model.linearized_experts):
         problems.append(("lora.target_modules", problem))
+    if config.training.context_parallel_size > 1 and (layers := context_parallel_layers_problem(model_config)):
+        problems.append(("training.context_parallel_size", f"{config.training.context_parallel_size}: {layers}"))
     if problems:
         # The settings are the config's; the model they were judged against is named in each problem.
         raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
+
+
+def context_parallel_layers_problem(model_config) -> str | None:
+    """accelerate's context parallelism replaces every attention layer's mask by a plain causal one, so it
+    refuses (at prepare time, after the weights load) models with sliding-window or chunked layers, and
+    anything that is not attention (Mamba mixers) would see only its own slice of the sequence. The same
+    reading of the config, before anything loads."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        other = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
+    else:
+        other = ["sliding_attention"] if getattr(text, "sliding_window", None) else []
+    if any(key.startswith(("mamba", "ssm")) for key in text.to_dict()) and "mamba" not in other:
+        other.append("mamba")  # state-space mixers (Jamba, Bamba, Zamba) whose configs list no layer types
+    if not other:
+        return None
+    return (f"the model has {', '.join(other)} layers; accelerate's context parallelism takes only models whose "
+            f"every layer is full causal attention (it replaces each layer's own mask, and each GPU holds a slice "
+            f"of the sequence); set it to 1")
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False,
@@ -535,6 +558,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         from hubtune import linearized
 
         base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
+    elif model.quantize_experts:
+        base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized or sharded)
     else:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     compat.reachable_backbone(base)
@@ -557,6 +582,27 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.compute_dtype == torch.bfloat16:
         return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, refused: bool):
+    """from_pretrained with the stacked expert weights quantized as they load (hubtune.experts)."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtune import experts
+
+    if refused:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved quantized or the run shards the base "
+                                                      f"(FSDP, ZeRO-3): its experts load as they are; leave "
+                                                      f"quantize_experts out")])
+    settings = (model.quantization, model.double_quant, hw.compute_dtype)
+    with experts.quantizing_on_load(*settings):
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    experts.quantize_experts(base, *settings)  # any the loader did not set through its hook
+    if not experts.quantized_experts(base):
+        raise ConfigError([("model.quantize_experts", f"{path} ({type(base).__name__}) has no stacked expert "
+                                                      f"weights to quantize (3D parameters under an experts "
+                                                      f"module); leave quantize_experts out")])
+    return base
 
 
 def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
@@ -609,9 +655,27 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                                   model_config, unfrozen))
+                                                   model_config, unfrozen, quantized_experts=config.model.quantize_experts))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
+    if config.model.quantize_experts:
+        experts_under_lora(peft_model)
     return peft_model
+
+
+def experts_under_lora(peft_model) -> None:
+    """LoRA on quantized experts is refused: PEFT adds it to a parameter as a torch parametrization for each
+    forward, and on a parameter already parametrized (hubtune.experts) PEFT 0.21 leaves it there (the chain
+    grows every step), two such wrappers on one layer read a stale cached weight, and they nest in another
+    order than on a 16-bit base, so the adapter would not load onto it for merging. PEFT moves some target
+    names (gate_proj, up_proj, down_proj of several MoE families) onto the stacked experts itself: both are
+    caught here, after PEFT resolved its targets."""
+    targets = peft_model.peft_config["default"].target_parameters
+    if targets:
+        raise ConfigError([("model.quantize_experts", f"LoRA would reach the quantized experts (PEFT's target_parameters: "
+                                                      f"{', '.join(sorted(targets))}), which PEFT cannot yet train on "
+                                                      f"quantized weights; leave quantize_experts out (16-bit experts), "
+                                                      f"or keep LoRA off the experts (lora.target_parameters empty, no "
+                                                      f"gate_proj / up_proj / down_proj in lora.target_modules)")])
 
 
 def adapter_folder(where: str) -> Path:
@@ -684,10 +748,15 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, unfrozen: unfreeze.Unfrozen | None = None) -> LoraConfig:
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None,
+                quantized_experts: bool = False) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
     `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
-    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows."""
+    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows.
+
+    quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
+    (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
+    name such as down_proj reaches only Linear layers (the experts take LoRA through target_parameters)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
@@ -705,6 +774,7 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
+                      exclude_modules=r".*\.parametrizations\..*" if quantized_experts else None,
                       bias="none", task_type="CAUSAL_LM")
 
 
@@ -790,6 +860,7 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         save_total_limit=t.save_total_limit,
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
+        parallelism_config=distributed.parallelism_config(t),
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
@@ -811,6 +882,9 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # sequential: TRL's bfd sets up the padding-free collator; hubtune's trainer packs the rows in order.
         packing_strategy="bfd" if config.data.packing_strategy == "sequential" else config.data.packing_strategy,
         padding_free=levers.padding_free,
+        # Context parallelism cuts each row into 2 x context_parallel_size chunks (torch's load balancing):
+        # right padding (label -100, after every real token under the causal mask) makes them whole.
+        pad_to_multiple_of=2 * t.context_parallel_size if t.context_parallel_size > 1 else "auto",
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
         # would instead make whole steps of short or long examples, which reweights them).

@@ -59,6 +59,9 @@ DATASET_TYPES = {
     "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat", "completion": "text",
 }
 EXPERTS = ("eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm")  # transformers' experts implementations
+# Linear-layer names PEFT 0.21 retargets onto the stacked expert weights of Mixtral- and Qwen2-MoE-like families
+# (peft.utils.transformers_weight_conversion), so LoRA on them reaches the experts.
+MOVED_ONTO_EXPERTS = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"}
 RL_METHODS = ("dpo", "orpo", "kto", "grpo")  # Axolotl's `rl:` values hubtune trains (training.method)
 # Axolotl's preference dataset types that render with a fixed template (the prefix: chatml, llama3) and
 # the columns each reads, as hubtune's data.columns: pairs for DPO / ORPO, unpaired rows for KTO. Rows
@@ -163,10 +166,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "quantize_moe_experts": "bitsandbytes quantizes the stacked expert weights through a torch parametrization, and "
-                            "PEFT's LoRA on those weights (lora_target_parameters) cannot stack on it: PEFT 0.21 leaves "
-                            "a parametrization behind at every step (Axolotl patches PEFT's internals). Leave it out: "
-                            "the experts then load in 16 bits (more memory), everything else as written",
     "dsv4_fp4_grouped_mode": NVFP4,
     "nvfp4_merge_aware": NVFP4,
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
@@ -179,9 +178,7 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
-    "context_parallel_size": "context parallelism (one sequence split over several GPUs): hubtune's launches (DDP, "
-                             "FSDP, DeepSpeed ZeRO) keep each sequence on one GPU; shorten sequence_len or use more "
-                             "memory per GPU",
+    "context_parallel_size": "give the number of GPUs that share each sequence, a whole number (1: none)",
     "tensor_parallel_size": "tensor parallelism: hubtune's launches are DDP, FSDP and DeepSpeed ZeRO",
     "expert_parallel_size": "expert parallelism (experts spread over GPUs, tokens sent to them): hubtune's launches "
                             "(DDP, FSDP, DeepSpeed ZeRO) do not place experts; use fsdp to shard the model instead",
@@ -352,6 +349,7 @@ class _Reader:
     def translate(self) -> Translation:
         self.method()
         tree = {"model": self.model(), "lora": self.lora(), "data": self.datasets(), "training": self.training()}
+        self.context_parallel(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -452,6 +450,12 @@ class _Reader:
             if out.get("experts_implementation", "sonicmoe") != "sonicmoe":
                 self.refuse("use_sonicmoe", f"True: contradicts experts_implementation {out['experts_implementation']}")
             out["experts_implementation"] = "sonicmoe"  # transformers' own SonicMoE experts forward
+        if self.data.get("quantize_moe_experts") is True:
+            self.take("quantize_moe_experts")
+            if why := self.experts_stay_16_bit(model):
+                self.refuse("quantize_moe_experts", f"True: {why}")
+            else:
+                out["quantize_experts"] = True
         if self.data.get("use_scattermoe") is True:
             self.take("use_scattermoe")
             self.note(f"use_scattermoe: {AXOLOTL_EXPERTS['scattermoe']}")
@@ -475,6 +479,26 @@ class _Reader:
             self.take("tokenizer_use_mistral_common")
             out["tokenizer_backend"] = "mistral-common"
         return out
+
+    def experts_stay_16_bit(self, model: dict) -> str | None:
+        """Why quantize_moe_experts cannot be honoured with the rest of the config; None when it can."""
+        if model.get("quantization") == "none":
+            return "needs load_in_4bit or load_in_8bit (as in Axolotl)"
+        targets = self.data.get("lora_target_modules")
+        onto_experts = [t for t in (targets if isinstance(targets, list) else [])
+                        if str(t).rsplit(".", 1)[-1] in MOVED_ONTO_EXPERTS]
+        if self.data.get("lora_target_parameters") or onto_experts:
+            what = (f"lora_target_parameters {shown(self.data.get('lora_target_parameters'))}"
+                    if self.data.get("lora_target_parameters") else
+                    f"lora_target_modules {', '.join(map(str, onto_experts))} (PEFT moves these names onto the "
+                    f"stacked experts of several MoE families)")
+            return (f"{what} put LoRA on the quantized expert weights, which PEFT cannot yet train (its LoRA "
+                    f"parametrization stays on a quantized weight at every step; Axolotl patches PEFT's internals). "
+                    f"Leave quantize_moe_experts out (16-bit experts) or keep LoRA off the experts")
+        if self.data.get("fsdp") or self.data.get("fsdp_config") or "zero3" in str(self.data.get("deepspeed") or ""):
+            return ("with FSDP / ZeRO-3: the quantized experts keep their quantization constants beside the weights, "
+                    "which FSDP neither shards nor places; leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
+        return None
 
     def precision(self) -> str:
         bf16, fp16 = self.take("bf16", "auto"), self.take("fp16")
@@ -941,6 +965,41 @@ class _Reader:
             return {"name": BUILTIN_REWARDS[function], "weight": weight}
         return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
 
+    def context_parallel(self, tree: dict) -> None:
+        """context_parallel_size: Axolotl splits each sequence over that many GPUs with ring-flash-attention
+        (its own patch). hubtune runs accelerate's context parallelism (torch's, on FSDP2, over SDPA): the
+        same exact attention over the same split sequences, where it can express the run."""
+        cp = self.data.get("context_parallel_size")
+        if not isinstance(cp, int) or isinstance(cp, bool) or cp <= 1:
+            return  # 1 matches hubtune; anything else is refused with the reason in WHY
+        self.take("context_parallel_size")
+        t, why = tree["training"], None
+        if tree["data"].get("packing"):
+            why = ("with sample_packing: true Axolotl's ring-flash-attention keeps the packed examples apart; torch's "
+                   "context parallelism, which hubtune runs, replaces their attention mask by a plain causal one "
+                   "(TRL refuses packing with it); set sample_packing: false")
+        elif tree["model"].get("quantization", "none") != "none":
+            why = ("with a 4- or 8-bit base: hubtune's context parallelism runs on FSDP2, which cannot shard "
+                   "quantized weights with their quantization state; load the base in 16 bits (load_in_4bit: false)")
+        elif t.get("distributed") not in (None, "ddp", "fsdp"):
+            why = f"with {t['distributed']}: hubtune's context parallelism runs on FSDP2; use fsdp"
+        elif self.rl:
+            why = f"with rl: {self.rl}: hubtune splits sequences for supervised fine-tuning only"
+        elif t.get("attention_kernel"):
+            why = f"with the Hub attention kernel {t['attention_kernel']}: torch's context parallelism runs SDPA only"
+        if why:
+            self.refuse("context_parallel_size", f"{cp} {why}")
+            return
+        t.update(context_parallel_size=cp, distributed="fsdp")
+        kernels = t.get("kernels")
+        if kernels and kernels[0] != "sdpa":
+            t["kernels"] = ["sdpa", *kernels[1:]]
+            self.note(f"context_parallel_size {cp}: attention {kernels[0]} runs as SDPA, the one kernel torch's "
+                      f"context parallelism splits sequences for (the same exact attention)")
+        self.note(f"context_parallel_size {cp}: each sequence is split over {cp} GPUs by accelerate's context "
+                  f"parallelism on FSDP2 (the model sharded over the GPUs rather than copied on each: the same "
+                  f"updates); launch a multiple of {cp} GPUs")
+
     def packed_in_order(self, data: dict) -> None:
         """sample_packing_sequentially: Axolotl's sampler fills each packed row with examples in the order it
         draws them. With curriculum_sampling that is the data's order, which data.packing_strategy: sequential
@@ -1301,6 +1360,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["llama4_linearized_experts"] = True
     if m.experts_implementation:
         out["experts_implementation"] = m.experts_implementation
+    if m.quantize_experts:
+        out["quantize_moe_experts"] = True
     if m.dequantize:  # the quantized format Axolotl's examples dequantize on load
         out.update(model_quantization_config="Mxfp4Config", model_quantization_config_kwargs={"dequantize": True})
     if m.tokenizer_legacy is not None:
@@ -1382,6 +1443,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
+    if t.context_parallel_size > 1:
+        out["context_parallel_size"] = t.context_parallel_size
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     out.update(_axolotl_method(t, problems))
