@@ -68,10 +68,15 @@ class ModelSection(Section):
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
         "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
     router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
-        "loss to the training loss (transformers' output_router_logits).")
+        "loss to the training loss (transformers' output_router_logits); off, the loss is the language-model loss "
+        "alone.")
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm"] | None = Field(
         None, description="Mixture-of-experts bases: how transformers computes the experts (the same result); "
         "None: transformers' default (grouped_mm where it can run).")
+    quantize_experts: bool = Field(False, description="Mixture-of-experts bases: quantize the stacked expert "
+        "weights (3D parameters such as mlp.experts.gate_up_proj, which BitsAndBytesConfig leaves in 16 bits) as they "
+        "load, at the base's quantization (nf4 / fp4 with double_quant, or int8); they stay frozen, and LoRA reaches "
+        "them through lora.target_parameters. Single-GPU and DDP runs (not FSDP or ZeRO-3).")
     use_kernels: bool = Field(False, description="Swap layers for the kernels transformers maps them to on the "
         "Hub (transformers' use_kernels, the `kernels` package): the same computation, faster. Hub code: "
         "off unless you trust kernels-community.")
@@ -634,12 +639,30 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _sixteen_bit_base(self):
-        """LoftQ and a dequantized base both start from a 16-bit base."""
+        """LoftQ and a dequantized base both start from a 16-bit base; quantized experts from a quantized one,
+        loaded whole on each GPU."""
         if self.model.quantization != "none":
             for wanted, on in (("lora.init_weights: loftq (LoftQ quantizes the base itself)", self.lora.init_weights == "loftq"),
                                ("model.dequantize (the base loads dequantized to 16 bits)", self.model.dequantize)):
                 if on:
                     raise ValueError(f"{wanted} needs model.quantization: none, not {self.model.quantization}")
+        if self.model.quantize_experts:
+            if self.model.quantization == "none" or self.model.dequantize:
+                raise ValueError("model.quantize_experts quantizes the experts at the base's quantization: set "
+                                 "model.quantization to nf4, fp4 or int8")
+            if self.training.distributed in ("fsdp", "deepspeed-zero3"):
+                raise ValueError(f"model.quantize_experts: quantized experts keep their quantization constants "
+                                 f"beside the weights, which {self.training.distributed} neither shards nor "
+                                 f"places; use training.distributed: ddp (each GPU holds the quantized base)")
+            if self.model.linearized_experts:
+                raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
+                                 "layers, which model.quantization already quantizes; leave quantize_experts out")
+            if self.lora.target_parameters:
+                raise ValueError("model.quantize_experts with lora.target_parameters: PEFT cannot yet train LoRA on "
+                                 "quantized expert weights; leave one of them out")
+            if self.training.backend == "unsloth":
+                raise ValueError("model.quantize_experts: the Unsloth backend loads the base its own way; "
+                                 "use training.backend: hf")
         return self
 
     @model_validator(mode="after")

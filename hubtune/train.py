@@ -519,6 +519,8 @@ def dequantized(path: str):
     if saved is None:
         raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
                                                 f"quantization_config); leave dequantize out")])
+    if why := prequantized.unreadable(saved):
+        raise ConfigError([("model.dequantize", f"{path} is {why}")])
     config = AutoQuantizationConfig.from_dict(saved)
     if not hasattr(config, "dequantize"):
         raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
@@ -545,7 +547,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from hubtune import compat
     from hubtune.interop import backends, prequantized
 
-    saved_quantized = prequantized.quantization_config(path) is not None
+    saved = prequantized.quantization_config(path)
+    if saved is not None and (why := prequantized.unreadable(saved)):
+        raise ConfigError([("model.id", f"{path} is {why}")])
+    saved_quantized = saved is not None
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
@@ -581,6 +586,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         from hubtune import linearized
 
         base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
+    elif model.quantize_experts:
+        base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized or sharded)
     else:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     compat.reachable_backbone(base)
@@ -603,6 +610,27 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.compute_dtype == torch.bfloat16:
         return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, refused: bool):
+    """from_pretrained with the stacked expert weights quantized as they load (hubtune.experts)."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtune import experts
+
+    if refused:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved quantized or the run shards the base "
+                                                      f"(FSDP, ZeRO-3): its experts load as they are; leave "
+                                                      f"quantize_experts out")])
+    settings = (model.quantization, model.double_quant, hw.compute_dtype)
+    with experts.quantizing_on_load(*settings):
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    experts.quantize_experts(base, *settings)  # any the loader did not set through its hook
+    if not experts.quantized_experts(base):
+        raise ConfigError([("model.quantize_experts", f"{path} ({type(base).__name__}) has no stacked expert "
+                                                      f"weights to quantize (3D parameters under an experts "
+                                                      f"module); leave quantize_experts out")])
+    return base
 
 
 def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
@@ -655,9 +683,27 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                                   model_config, unfrozen))
+                                                   model_config, unfrozen, quantized_experts=config.model.quantize_experts))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
+    if config.model.quantize_experts:
+        experts_under_lora(peft_model)
     return peft_model
+
+
+def experts_under_lora(peft_model) -> None:
+    """LoRA on quantized experts is refused: PEFT adds it to a parameter as a torch parametrization for each
+    forward, and on a parameter already parametrized (hubtune.experts) PEFT 0.21 leaves it there (the chain
+    grows every step), two such wrappers on one layer read a stale cached weight, and they nest in another
+    order than on a 16-bit base, so the adapter would not load onto it for merging. PEFT moves some target
+    names (gate_proj, up_proj, down_proj of several MoE families) onto the stacked experts itself: both are
+    caught here, after PEFT resolved its targets."""
+    targets = peft_model.peft_config["default"].target_parameters
+    if targets:
+        raise ConfigError([("model.quantize_experts", f"LoRA would reach the quantized experts (PEFT's target_parameters: "
+                                                      f"{', '.join(sorted(targets))}), which PEFT cannot yet train on "
+                                                      f"quantized weights; leave quantize_experts out (16-bit experts), "
+                                                      f"or keep LoRA off the experts (lora.target_parameters empty, no "
+                                                      f"gate_proj / up_proj / down_proj in lora.target_modules)")])
 
 
 def adapter_folder(where: str) -> Path:
@@ -730,10 +776,15 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, unfrozen: unfreeze.Unfrozen | None = None) -> LoraConfig:
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None,
+                quantized_experts: bool = False) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
     `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
-    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows."""
+    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows.
+
+    quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
+    (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
+    name such as down_proj reaches only Linear layers (the experts take LoRA through target_parameters)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
@@ -751,6 +802,7 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
+                      exclude_modules=r".*\.parametrizations\..*" if quantized_experts else None,
                       bias="none", task_type="CAUSAL_LM")
 
 

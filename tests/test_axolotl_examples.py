@@ -36,9 +36,10 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # Keys that stop a supervised LoRA / QLoRA example from converting, by what hubtune lacks. A key
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
-    # bitsandbytes quantizes stacked expert weights through a torch parametrization, and PEFT 0.21's LoRA on
-    # those weights (target_parameters) does not stack on it: it leaves a parametrization behind every step.
-    "quantized mixture-of-experts weights under LoRA (quantize_moe_experts)": {"quantize_moe_experts"},
+    # quantize_moe_experts is honoured (model.quantize_experts) unless LoRA reaches the quantized experts, which
+    # PEFT 0.21 cannot train (its LoRA parametrization stays on a quantized weight every step), or the run is
+    # sharded by FSDP, which neither shards nor places the experts' quantization constants.
+    "LoRA on quantized experts, or quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
@@ -228,6 +229,7 @@ def expected(data: dict) -> dict:
         "optimizer": SAME_OPTIMIZER[get("optimizer")], "weight_decay": get("weight_decay"),
         "max_grad_norm": get("max_grad_norm"), "checkpointing": checkpointing, "saves": saves,
         "save_total_limit": get("save_total_limit"), "precision": precision, "tf32": get("tf32"), "seed": get("seed"),
+        "quantize_experts": bool(data.get("quantize_moe_experts")),
         "modules_to_save": data.get("lora_modules_to_save") or [],
         # Axolotl builds Llama 4's experts one linear layer each (its patched Llama4TextExperts) when this is set.
         "linearized_experts": bool(data.get("llama4_linearized_experts")),
@@ -257,6 +259,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "checkpointing": t.gradient_checkpointing,
         "saves": ("per epoch", t.saves_per_epoch) if t.saves_per_epoch else ("steps", t.save_steps),
         "save_total_limit": t.save_total_limit, "precision": c.model.compute_dtype, "tf32": t.tf32, "seed": t.seed,
+        "quantize_experts": c.model.quantize_experts,
         "modules_to_save": c.lora.modules_to_save, "linearized_experts": c.model.linearized_experts,
         "unfrozen": c.lora.unfrozen_parameters,
     }
@@ -325,3 +328,27 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
     formats = [{"chat": config.data.format}.get(TYPE_FORMAT.get(d["type"], "chat"), TYPE_FORMAT.get(d["type"]))
                for d in data["datasets"]] if config.training.method == "sft" else [config.data.format] * len(data["datasets"])
     assert axolotl.from_axolotl(axolotl.to_axolotl(config, formats)).run_config() == config
+
+
+# The examples asking for quantize_moe_experts that stay refused, and the setting each one combines it with.
+EXPERTS_REFUSED = {"gemma4/26b-a4b-moe-bnb-lora.yaml": "lora_target_parameters",
+                   "gemma4/26b-a4b-moe-qlora.yaml": "lora_target_parameters",
+                   "qwen3-next/qwen3-next-80b-a3b-qlora.yaml": "lora_target_modules shared_expert.up_proj",
+                   "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "FSDP", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "FSDP",
+                   "glm47-flash/qlora_fsdp.yaml": "FSDP", "glm47-flash/lora_fsdp.yaml": "FSDP"}
+
+
+def test_quantized_experts_convert_unless_lora_reaches_them_or_fsdp_shards_them(results):
+    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
+             if kind == SUPERVISED and data.get("quantize_moe_experts")}
+    assert len(asked) == 16
+    refused = {name for name, (config, _) in asked.items() if config is None}
+    by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
+    assert by_experts == set(EXPERTS_REFUSED)
+    for name, setting in EXPERTS_REFUSED.items():
+        assert setting in asked[name][1]["quantize_moe_experts"], name
+    # The other refusals are for something else: context parallelism.
+    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
+    converted = {name: config for name, (config, _) in asked.items() if config is not None}
+    assert len(converted) == 8 and all(c.model.quantize_experts for c in converted.values())
+    assert converted["glm47-flash/lora.yaml"].model.quantization == "int8"

@@ -59,6 +59,9 @@ DATASET_TYPES = {
     "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat", "completion": "text",
 }
 EXPERTS = ("eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm")  # transformers' experts implementations
+# Linear-layer names PEFT 0.21 retargets onto the stacked expert weights of Mixtral- and Qwen2-MoE-like families
+# (peft.utils.transformers_weight_conversion), so LoRA on them reaches the experts.
+MOVED_ONTO_EXPERTS = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"}
 RL_METHODS = ("dpo", "orpo", "kto", "grpo")  # Axolotl's `rl:` values hubtune trains (training.method)
 # Axolotl's preference dataset types that render with a fixed template (the prefix: chatml, llama3) and
 # the columns each reads, as hubtune's data.columns: pairs for DPO / ORPO, unpaired rows for KTO. Rows
@@ -163,10 +166,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "quantize_moe_experts": "bitsandbytes quantizes the stacked expert weights through a torch parametrization, and "
-                            "PEFT's LoRA on those weights (lora_target_parameters) cannot stack on it: PEFT 0.21 leaves "
-                            "a parametrization behind at every step (Axolotl patches PEFT's internals). Leave it out: "
-                            "the experts then load in 16 bits (more memory), everything else as written",
     "dsv4_fp4_grouped_mode": NVFP4,
     "nvfp4_merge_aware": NVFP4,
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
@@ -453,6 +452,12 @@ class _Reader:
             if out.get("experts_implementation", "sonicmoe") != "sonicmoe":
                 self.refuse("use_sonicmoe", f"True: contradicts experts_implementation {out['experts_implementation']}")
             out["experts_implementation"] = "sonicmoe"  # transformers' own SonicMoE experts forward
+        if self.data.get("quantize_moe_experts") is True:
+            self.take("quantize_moe_experts")
+            if why := self.experts_stay_16_bit(model):
+                self.refuse("quantize_moe_experts", f"True: {why}")
+            else:
+                out["quantize_experts"] = True
         if self.data.get("use_scattermoe") is True:
             self.take("use_scattermoe")
             self.note(f"use_scattermoe: {AXOLOTL_EXPERTS['scattermoe']}")
@@ -476,6 +481,26 @@ class _Reader:
             self.take("tokenizer_use_mistral_common")
             out["tokenizer_backend"] = "mistral-common"
         return out
+
+    def experts_stay_16_bit(self, model: dict) -> str | None:
+        """Why quantize_moe_experts cannot be honoured with the rest of the config; None when it can."""
+        if model.get("quantization") == "none":
+            return "needs load_in_4bit or load_in_8bit (as in Axolotl)"
+        targets = self.data.get("lora_target_modules")
+        onto_experts = [t for t in (targets if isinstance(targets, list) else [])
+                        if str(t).rsplit(".", 1)[-1] in MOVED_ONTO_EXPERTS]
+        if self.data.get("lora_target_parameters") or onto_experts:
+            what = (f"lora_target_parameters {shown(self.data.get('lora_target_parameters'))}"
+                    if self.data.get("lora_target_parameters") else
+                    f"lora_target_modules {', '.join(map(str, onto_experts))} (PEFT moves these names onto the "
+                    f"stacked experts of several MoE families)")
+            return (f"{what} put LoRA on the quantized expert weights, which PEFT cannot yet train (its LoRA "
+                    f"parametrization stays on a quantized weight at every step; Axolotl patches PEFT's internals). "
+                    f"Leave quantize_moe_experts out (16-bit experts) or keep LoRA off the experts")
+        if self.data.get("fsdp") or self.data.get("fsdp_config") or "zero3" in str(self.data.get("deepspeed") or ""):
+            return ("with FSDP / ZeRO-3: the quantized experts keep their quantization constants beside the weights, "
+                    "which FSDP neither shards nor places; leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
+        return None
 
     def precision(self) -> str:
         bf16, fp16 = self.take("bf16", "auto"), self.take("fp16")
@@ -1400,6 +1425,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["llama4_linearized_experts"] = True
     if m.experts_implementation:
         out["experts_implementation"] = m.experts_implementation
+    if m.quantize_experts:
+        out["quantize_moe_experts"] = True
     if m.dequantize:  # the quantized format Axolotl's examples dequantize on load
         out.update(model_quantization_config="Mxfp4Config", model_quantization_config_kwargs={"dequantize": True})
     if m.tokenizer_legacy is not None:
