@@ -191,6 +191,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         # 2. Tokenizer and data: fail on bad data before paying for the model.
         tokenizer = load_tokenizer(base.path, config.model)
         new_tokens = add_tokens(tokenizer, config.model)
+        if config.training.relora is not None:
+            from hubtune import relora
+
+            relora.check(config, hw.optimizer, backend.name, new_tokens)
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
                          f"{', '.join(new_tokens)}")
@@ -244,7 +248,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     rows = (lambda split: tokenized(split, prepared.chat)) if method == "sft" else (lambda split: split)
     trainer = methods.build_trainer(
         config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
-        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
+        # ReLoRA first: the metrics line carries its restart count
+        callbacks=[*relora_callback(config, base.path, args, last),
+                   MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *([selection] if selection else []), *trackers,
                    *early_stopping(config, prepared.eval is not None),
                    *([QuadraticWarmup()] if config.training.warmup_shape == "quadratic" else []), *callbacks],
@@ -284,6 +290,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                        (initial or {}).get("eval_loss"), backend.to_dict(), batches)
     summary.training_method = method
     summary.method_settings = methods.settings_record(config)
+    if config.training.relora is not None:
+        r = config.training.relora
+        cycles = max(trainer.state.global_step - 1, 0) // r.restart_steps + 1  # restarts begin steps R+1, 2R+1, ...
+        summary.method_settings["relora"] = {**r.model_dump(), "cycles": cycles, "rank": config.lora.r * cycles}
     if after:
         summary.held_out = {"before": {k: v for k, v in (initial or {}).items() if k in after}, "after": after}
     if selection:
@@ -297,6 +307,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def relora_callback(config: cfg.RunConfig, base_path: str, args, resume_from: Path | None) -> list[TrainerCallback]:
+    """training.relora's restarts (hubtune.relora), resuming from a checkpoint's merged cycles."""
+    if config.training.relora is None:
+        return []
+    from hubtune.relora import ReLoRA
+
+    return [ReLoRA(config.training.relora, base_path, str(getattr(args.optim, "value", args.optim)), resume_from)]
 
 
 def early_stopping(config: cfg.RunConfig, has_eval: bool) -> list[TrainerCallback]:

@@ -47,10 +47,6 @@ CANNOT_HONOUR = {
     # Llama 4 through its vision-language class, as a base re-saved with one linear layer per expert.
     "Axolotl's re-saved Llama 4 (vision-language class, linearised experts)": {"model_type",
                                                                              "llama4_linearized_experts"},
-    # The product would be a merged model (ReLoRA).
-    "a merged model (ReLoRA)": {
-        "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
-        "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
     # One sequence split over several GPUs: not a DDP / FSDP / ZeRO launch.
     "context parallelism": {"context_parallel_size"},
 }
@@ -230,6 +226,11 @@ def expected(data: dict) -> dict:
         # base_model.model. (the adapter's own weights train in hubtune anyway).
         "unfrozen": [p.removeprefix("^").removeprefix("base_model.model.") for p in data.get("unfrozen_parameters") or []
                      if p.removeprefix("^").startswith("base_model.model.") and "lora_" not in p],
+        # ReLoRA's cycle and its learning-rate restarts, with Axolotl's `or 10` / `or 1` (its scheduler mixin), and
+        # the optimizer pruning of its callback (ratio None: 0.9, or 0.999 for reset).
+        "relora": (data["jagged_restart_steps"], data.get("jagged_restart_warmup_steps") or 10,
+                   data.get("jagged_restart_anneal_steps") or 1, data.get("relora_prune_ratio"),
+                   data.get("relora_prune_method") or "magnitude") if data.get("relora") else None,
     }
 
 
@@ -252,6 +253,8 @@ def trained(c: cfg.RunConfig) -> dict:
         "saves": ("per epoch", t.saves_per_epoch) if t.saves_per_epoch else ("steps", t.save_steps),
         "save_total_limit": t.save_total_limit, "precision": c.model.compute_dtype, "tf32": t.tf32, "seed": t.seed,
         "unfrozen": c.lora.unfrozen_parameters,
+        "relora": (t.relora.restart_steps, t.relora.warmup_steps, t.relora.anneal_steps, t.relora.prune_ratio,
+                   t.relora.prune_method) if t.relora else None,
     }
 
 
