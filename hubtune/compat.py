@@ -10,6 +10,7 @@ from __future__ import annotations
 MEASURED = {
     "trl_adapter_cast": {"trl": "1.16.0", "peft": "0.21.2"},
     "bnb_cpu_bf16_repack": {"bitsandbytes": "0.50.2"},
+    "llama4_backbone": {"transformers": "5.24.0", "trl": "1.16.0"},
 }
 
 
@@ -39,3 +40,17 @@ def keep_4bit_weights_exact(model) -> int:
             module.support_avx512bf16_for_cpu = False
             turned_off += 1
     return turned_off
+
+
+def reachable_backbone(model) -> bool:
+    """transformers 5.24's Llama4ForCausalLM names its backbone `model` but sets base_model_prefix to
+    "language_model", so `model.base_model` is the whole causal LM; TRL's fused LM head (SFTTrainer) runs
+    `base_model` as the backbone and fails ('MoeCausalLMOutputWithPast' has no last_hidden_state). Point this
+    instance's prefix at its backbone; returns whether it did (False once transformers names it right)."""
+    from transformers import PreTrainedModel
+
+    body = getattr(model, "model", None)
+    if model.base_model is model and isinstance(body, PreTrainedModel):
+        model.base_model_prefix = "model"
+        return True
+    return False

@@ -68,15 +68,23 @@ class ModelSection(Section):
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
         "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
     router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
-        "loss to the training loss (transformers' output_router_logits).")
+        "loss to the training loss (transformers' output_router_logits); off, the loss is the language-model loss "
+        "alone.")
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm"] | None = Field(
         None, description="Mixture-of-experts bases: how transformers computes the experts (the same result); "
         "None: transformers' default (grouped_mm where it can run).")
+    quantize_experts: bool = Field(False, description="Mixture-of-experts bases: quantize the stacked expert "
+        "weights (3D parameters such as mlp.experts.gate_up_proj, which BitsAndBytesConfig leaves in 16 bits) as they "
+        "load, at the base's quantization (nf4 / fp4 with double_quant, or int8); they stay frozen, and LoRA reaches "
+        "them through lora.target_parameters. Single-GPU and DDP runs (not FSDP or ZeRO-3).")
     use_kernels: bool = Field(False, description="Swap layers for the kernels transformers maps them to on the "
         "Hub (transformers' use_kernels, the `kernels` package): the same computation, faster. Hub code: "
         "off unless you trust kernels-community.")
     dequantize: bool = Field(False, description="A base saved quantized in a format LoRA cannot train on (MXFP4, "
         "FP8) loads dequantized to the compute dtype (transformers' dequantize=True).")
+    linearized_experts: bool = Field(False, description="A Llama 4 base re-saved with one linear layer per "
+        "expert (Axolotl's linearized Llama 4, e.g. axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16): "
+        "its experts load as one nn.Linear each (4-bit when saved so) instead of transformers' stacked experts.")
     tokenizer_legacy: bool | None = Field(None, description="transformers' `legacy` flag of SentencePiece-based "
         "tokenizers (Llama, T5): how text after special tokens is split when the tokenizer is built from a "
         "SentencePiece model; None: the tokenizer's own setting.")
@@ -498,6 +506,13 @@ class TrainingSection(Section):
         description="Experiment trackers to log to, through transformers' integrations; [] or none: no tracker.")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
         "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
+    context_parallel_size: int = Field(1, ge=1, description="Split each sequence over this many GPUs (accelerate's "
+        "context parallelism on FSDP2), for sequences one GPU cannot hold: needs distributed: fsdp, a 16-bit base, "
+        "SDPA attention and no packing; the GPUs of a launch must be a multiple of it.")
+    expert_parallel_size: int = Field(1, ge=1, description="Spread each mixture-of-experts layer's experts over this "
+        "many GPUs, tokens sent to them all-to-all (transformers' expert parallelism, applied as the base loads, "
+        "with FSDP2 on the other weights): needs distributed: ddp, a 16-bit base, LoRA off the expert weights; the "
+        "GPUs of a launch and the experts must be multiples of it.")
     push_checkpoints: str | None = Field(
         None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
     select: Literal["last", "eval_loss", "task"] = Field(
@@ -638,12 +653,92 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _sixteen_bit_base(self):
-        """LoftQ and a dequantized base both start from a 16-bit base."""
+        """LoftQ and a dequantized base both start from a 16-bit base; quantized experts from a quantized one,
+        loaded whole on each GPU."""
         if self.model.quantization != "none":
             for wanted, on in (("lora.init_weights: loftq (LoftQ quantizes the base itself)", self.lora.init_weights == "loftq"),
                                ("model.dequantize (the base loads dequantized to 16 bits)", self.model.dequantize)):
                 if on:
                     raise ValueError(f"{wanted} needs model.quantization: none, not {self.model.quantization}")
+        if self.model.quantize_experts:
+            if self.model.quantization == "none" or self.model.dequantize:
+                raise ValueError("model.quantize_experts quantizes the experts at the base's quantization: set "
+                                 "model.quantization to nf4, fp4 or int8")
+            if self.training.distributed in ("fsdp", "deepspeed-zero3"):
+                raise ValueError(f"model.quantize_experts: quantized experts keep their quantization constants "
+                                 f"beside the weights, which {self.training.distributed} neither shards nor "
+                                 f"places; use training.distributed: ddp (each GPU holds the quantized base)")
+            if self.model.linearized_experts:
+                raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
+                                 "layers, which model.quantization already quantizes; leave quantize_experts out")
+            if self.lora.target_parameters:
+                raise ValueError("model.quantize_experts with lora.target_parameters: PEFT cannot yet train LoRA on "
+                                 "quantized expert weights; leave one of them out")
+            if self.training.backend == "unsloth":
+                raise ValueError("model.quantize_experts: the Unsloth backend loads the base its own way; "
+                                 "use training.backend: hf")
+        return self
+
+    @model_validator(mode="after")
+    def _context_parallel(self):
+        """What accelerate's context parallelism (torch's, on FSDP2) can run, checked before any launch: it
+        shards the model over the GPUs that share a sequence, computes attention with SDPA under a plain causal
+        mask (the per-example mask is dropped), and TRL refuses packing with it."""
+        t, d = self.training, self.data
+        if t.context_parallel_size == 1:
+            return self
+        wrong = []
+        if t.distributed != "fsdp":
+            wrong.append(f"training.distributed: fsdp (not {t.distributed}): the GPUs that share a sequence hold "
+                         f"the model sharded by FSDP2")
+        if t.method != "sft":
+            wrong.append(f"training.method: sft (not {t.method}): the Trainer splits input_ids and labels along the "
+                         f"sequence, not the {t.method} trainer's own batch columns")
+        attention = (t.kernel_choice() or ("sdpa", False))[0]
+        if attention != "sdpa" or t.attention_kernel:
+            wrong.append(f"training.kernels: auto, sdpa or liger (not {t.attention_kernel or attention}): torch's "
+                         f"context parallelism computes attention with SDPA only")
+        if d.packing:
+            wrong.append("data.packing: false: the attention mask that keeps packed examples apart is replaced by "
+                         "a plain causal one, so packed examples would attend to each other")
+        elif d.padding_free is True:
+            wrong.append("data.padding_free: auto or false: a padding-free row is packed examples, whose mask "
+                         "context parallelism drops")
+        if self.model.quantization != "none":
+            wrong.append(f"model.quantization: none (not {self.model.quantization}): FSDP2 cannot shard 4- or 8-bit "
+                         f"weights with their quantization state")
+        if wrong:
+            raise ValueError(f"training.context_parallel_size {t.context_parallel_size} needs "
+                             + "; ".join(wrong))
+        return self
+
+    @model_validator(mode="after")
+    def _expert_parallel(self):
+        """What transformers' expert parallelism (from_pretrained(distributed_config=...)) can run, checked
+        before any launch: it shards the model itself as it loads, so accelerate launches plain processes."""
+        t = self.training
+        if t.expert_parallel_size == 1:
+            return self
+        wrong = []
+        if t.distributed != "ddp":
+            wrong.append(f"training.distributed: ddp (not {t.distributed}): transformers shards the model as it "
+                         f"loads (experts over the expert-parallel GPUs, the other weights FSDP2 over all), so the "
+                         f"launch must not shard or wrap it again")
+        if t.method != "sft":
+            wrong.append(f"training.method: sft (not {t.method})")
+        if self.model.quantization != "none":
+            wrong.append(f"model.quantization: none (not {self.model.quantization}): the experts are sharded as "
+                         f"16-bit tensors")
+        if self.lora.target_parameters:
+            wrong.append("no lora.target_parameters: transformers' Trainer keeps an adapter added after sharding as "
+                         "one copy per GPU, averaged, while each GPU holds other experts; target the attention and "
+                         "dense layers")
+        if t.context_parallel_size > 1:
+            wrong.append("training.context_parallel_size: 1: expert and context parallelism are not combined")
+        if t.backend == "unsloth":
+            wrong.append("training.backend: hf or auto (not unsloth)")
+        if wrong:
+            raise ValueError(f"training.expert_parallel_size {t.expert_parallel_size} needs " + "; ".join(wrong))
         return self
 
     def to_yaml(self) -> str:

@@ -60,7 +60,10 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def preset_path(mode: str) -> Path:
+def preset_path(mode: str, context_parallel_size: int = 1) -> Path:
+    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml)."""
+    if mode == "fsdp" and context_parallel_size > 1:
+        return PRESETS / "fsdp2.yaml"
     if mode not in MODES or mode == "none":
         raise ConfigError([("training.distributed", f"no accelerate preset for {mode!r}; use one of "
                                                     f"{', '.join(MODES[1:])}")])
@@ -76,15 +79,21 @@ class BatchPlan:
     rows: int  # training rows, before sharding
     epochs: float
     max_steps: int | None
+    context_parallel: int = 1  # GPUs that share each sequence: they read the same batches
+
+    @property
+    def data_parallel(self) -> int:
+        """The processes that read different batches."""
+        return max(self.processes // self.context_parallel, 1)
 
     @property
     def effective_batch_size(self) -> int:
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.processes
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.data_parallel
 
     @property
     def steps_per_epoch(self) -> int:
-        # As the Trainer counts them: each process gets ceil(batches / processes) micro-batches.
-        batches = math.ceil(math.ceil(self.rows / self.micro_batch_size) / self.processes)
+        # As the Trainer counts them: each data-parallel process gets ceil(batches / processes) micro-batches.
+        batches = math.ceil(math.ceil(self.rows / self.micro_batch_size) / self.data_parallel)
         return max(math.ceil(batches / self.gradient_accumulation_steps), 1)
 
     @property
@@ -93,14 +102,16 @@ class BatchPlan:
 
     def describe(self) -> str:
         per = "process" if self.processes == 1 else "processes"
+        shared = (f" / {self.context_parallel} per sequence (context parallelism)" if self.context_parallel > 1
+                  else "")
         return (f"{self.rows} training rows, effective batch {self.effective_batch_size} ({self.micro_batch_size} "
-                f"per device x {self.gradient_accumulation_steps} accumulation x {self.processes} {per}): "
+                f"per device x {self.gradient_accumulation_steps} accumulation x {self.processes} {per}{shared}): "
                 f"{self.steps_per_epoch} steps per epoch, {self.total_steps} steps")
 
 
 def batch_plan(training, rows: int) -> BatchPlan:
     return BatchPlan(training.micro_batch_size, training.gradient_accumulation_steps, world_size(), rows,
-                     training.epochs, training.max_steps)
+                     training.epochs, training.max_steps, training.context_parallel_size)
 
 
 # ---- inside a launched process ------------------------------------------------------------------------
@@ -129,6 +140,65 @@ def check_launch(mode: str, device: str) -> None:
             import deepspeed  # noqa: F401
         except ImportError:
             raise ConfigError([("training.distributed", f"{mode} needs DeepSpeed: `pip install deepspeed`")]) from None
+
+
+def check_context_parallel(training, device: str) -> None:
+    """In a launched process: the GPUs of the launch split into groups of context_parallel_size that share
+    each sequence, under the FSDP2 launch that accelerate's context parallelism runs on."""
+    cp = training.context_parallel_size
+    if cp == 1:
+        return
+    size = world_size()
+    where = "training.context_parallel_size"
+    if device != "cuda":
+        raise ConfigError([(where, f"{cp}: context parallelism splits sequences over GPUs and needs CUDA; this "
+                                   f"machine has none")])
+    if size < cp or size % cp:
+        raise ConfigError([(where, f"{cp} does not divide the {size} process(es) of this launch; launch a multiple "
+                                   f"of {cp} GPUs (hubtune train CONFIG --num-processes {max(cp, size - size % cp) or cp})")])
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError([(where, f"{cp} runs on FSDP2, but this process was launched with FSDP "
+                                   f"{os.environ.get('FSDP_VERSION', '1')}; start it with `hubtune train CONFIG "
+                                   f"--num-processes N`, or pass `--config_file {preset_path('fsdp', cp)}` to "
+                                   f"accelerate launch")])
+
+
+def check_expert_parallel(training, device: str) -> None:
+    """In a launched process: expert_parallel_size divides the GPUs of the launch, on CUDA."""
+    ep = training.expert_parallel_size
+    if ep == 1:
+        return
+    size = world_size()
+    where = "training.expert_parallel_size"
+    if device != "cuda":
+        raise ConfigError([(where, f"{ep}: expert parallelism spreads experts over GPUs and needs CUDA; this "
+                                   f"machine has none")])
+    if size < ep or size % ep:
+        raise ConfigError([(where, f"{ep} does not divide the {size} process(es) of this launch; launch a multiple "
+                                   f"of {ep} GPUs (hubtune train CONFIG --num-processes {ep})")])
+
+
+def expert_parallel_config(training):
+    """transformers' DistributedConfig for from_pretrained: the experts of each layer split over
+    expert_parallel_size GPUs with tokens exchanged all-to-all, every other weight sharded by FSDP2 over all
+    the GPUs, each of which reads its own batches; None without expert parallelism."""
+    ep = training.expert_parallel_size
+    if ep == 1:
+        return None
+    from transformers.distributed import DistributedConfig
+
+    return DistributedConfig(ep_size=ep, fsdp_size=world_size(), ep_implementation="all_to_all")
+
+
+def parallelism_config(training):
+    """accelerate's ParallelismConfig for the Trainer: each sequence over context_parallel_size GPUs, the
+    model sharded by FSDP2 over the rest (dp_shard); None without context parallelism."""
+    cp = training.context_parallel_size
+    if cp == 1:
+        return None
+    from accelerate import ParallelismConfig
+
+    return ParallelismConfig(cp_size=cp, dp_shard_size=max(world_size() // cp, 1))
 
 
 def start(cpu: bool) -> None:
@@ -193,14 +263,16 @@ class LaunchPlan:
     machine_rank: int = 0
     main_process_ip: str | None = None
     main_process_port: int | None = None  # None: a free port on one machine, 29500 over several
+    context_parallel_size: int = 1
 
     @property
     def preset(self) -> Path:
-        return preset_path(self.mode)
+        return preset_path(self.mode, self.context_parallel_size)
 
 
 def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
-                main_process_ip: str | None = None, main_process_port: int | None = None) -> LaunchPlan | None:
+                main_process_ip: str | None = None, main_process_port: int | None = None,
+                context_parallel_size: int = 1, expert_parallel_size: int = 1) -> LaunchPlan | None:
     """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
     every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
     training.distributed: none uses DDP."""
@@ -220,8 +292,14 @@ def plan_launch(config_mode: str, num_processes: int | None, num_machines: int =
     if num_processes % num_machines:
         raise HubtuneError(f"--num-processes {num_processes} is the total over all machines; it must be a multiple "
                            f"of --num-machines {num_machines}")
+    for name, size, what in (("context_parallel_size", context_parallel_size, "splits each sequence"),
+                             ("expert_parallel_size", expert_parallel_size, "spreads the experts")):
+        if size > 1 and (num_processes < size or num_processes % size):
+            raise HubtuneError(f"training.{name} {size} {what} over that many GPUs: --num-processes must be a "
+                               f"multiple of it, got {num_processes}")
     mode = "ddp" if config_mode == "none" else config_mode
-    return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
+                      context_parallel_size)
 
 
 def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:

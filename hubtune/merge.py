@@ -69,7 +69,7 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     """Write the merged model's weights, config and tokenizer into `out`; returns (saved dtype, warnings)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from hubtune.train import fit_vocabulary
 
@@ -85,12 +85,18 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
                         f"before merging, so the merged weights carry its 4-bit rounding and differ from a merge "
                         f"into the original 16-bit base. Merge into the unquantized base for full precision.")
         log.warning(warnings[-1])
-        base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust).dequantize()
+        base = _base(run, path, trust_remote_code=trust).dequantize()
         base = base.to(torch.float32)
     else:
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+        base = _base(run, path, dtype=torch.float32, trust_remote_code=trust)
     fit_vocabulary(base, run.adapter)
     model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    if run.config.model.linearized_experts:
+        from hubtune.linearized import fuse_experts
+
+        fuse_experts(model)  # saved in transformers' own Llama 4 layout, as Axolotl's delinearize_llama4 writes it
+        warnings.append("the base's linearized experts (one linear layer per expert) were written back stacked, in "
+                        "transformers' own Llama 4 layout: the merged model loads with AutoModelForCausalLM")
     if dtype == "auto":
         dtype = _dtype_name(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or "float32"
     model = model.to(getattr(torch, dtype))
@@ -100,6 +106,18 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
     return dtype, warnings
+
+
+def _base(run: RunFolder, path: str, **kwargs):
+    """The base as the run loaded it: AutoModelForCausalLM, with one linear layer per expert when the run's base
+    was saved so (model.linearized_experts)."""
+    from transformers import AutoModelForCausalLM
+
+    if run.config.model.linearized_experts:
+        from hubtune import linearized
+
+        return linearized.load(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def base_path(run: RunFolder) -> str:
@@ -135,9 +153,9 @@ def logit_difference(run: RunFolder, merged: Path, limit: int = 8) -> dict:
     texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
     path = base_path(run)
     if _is_4bit(AutoConfig.from_pretrained(path, trust_remote_code=trust)):
-        base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust).dequantize().to(torch.float32)
+        base = _base(run, path, trust_remote_code=trust).dequantize().to(torch.float32)
     else:
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+        base = _base(run, path, dtype=torch.float32, trust_remote_code=trust)
     adapter = PeftModel.from_pretrained(base, str(run.adapter)).eval()
     merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, trust_remote_code=trust).eval()
     largest = 0.0

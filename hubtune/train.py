@@ -12,6 +12,7 @@ the data; the main process alone writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import importlib.util
@@ -152,13 +153,17 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     cpu = hw.device == "cpu"
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
+    distributed.check_context_parallel(config.training, hw.device)
+    distributed.check_expert_parallel(config.training, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
                                                   f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
     hub_kernels_needed(config.model, config.training)
     loftq_device(config.lora, hw.device)
-    backend = backends.select(config.training.backend, hw, config.model)
+    # Unsloth loads the base its own way, without transformers' expert-parallel sharding.
+    backend = backends.select("hf" if config.training.expert_parallel_size > 1 else config.training.backend, hw,
+                              config.model)
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
     trackers = tracker_callbacks(config, path)
@@ -228,7 +233,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
     model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
-                      attention=levers.attention)
+                      attention=levers.attention, distributed_config=distributed.expert_parallel_config(config.training))
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
@@ -384,14 +389,62 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit and config.data.max_seq_len > limit:
         problems.append(("data.max_seq_len", f"{config.data.max_seq_len} exceeds the model's context of {limit} tokens"))
-    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code):
+    if config.model.linearized_experts:
+        from hubtune import linearized
+
+        linearized.check_model_type(model_config)
+    if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code,
+                                         config.model.linearized_experts):
         problems.append(("lora.target_modules", problem))
+    if config.training.expert_parallel_size > 1 and (experts := expert_parallel_problem(
+            config.training.expert_parallel_size, model_config)):
+        problems.append(("training.expert_parallel_size", f"{config.training.expert_parallel_size}: {experts}"))
+    if config.training.context_parallel_size > 1 and (layers := context_parallel_layers_problem(model_config)):
+        problems.append(("training.context_parallel_size", f"{config.training.context_parallel_size}: {layers}"))
     if problems:
         # The settings are the config's; the model they were judged against is named in each problem.
         raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
 
 
-def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False) -> str | None:
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def expert_parallel_problem(ep: int, model_config) -> str | None:
+    """Why transformers cannot spread this model's experts over ep GPUs, or None: it needs the model's
+    expert-parallel plan (base_model_ep_plan, with token dispatch) and a whole number of experts per GPU."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    plan = getattr(text, "base_model_ep_plan", None) or getattr(model_config, "base_model_ep_plan", None)
+    if not plan or "ep_dispatch_experts" not in plan.values():
+        return (f"transformers has no expert-parallel plan for {type(model_config).__name__} (base_model_ep_plan "
+                f"with ep_dispatch_experts); set it to 1")
+    experts = next((getattr(text, name) for name in EXPERT_COUNTS if getattr(text, name, None)), None)
+    if experts and experts % ep:
+        return f"the model's {experts} experts per layer do not split evenly over {ep} GPUs; use a divisor of {experts}"
+    return None
+
+
+def context_parallel_layers_problem(model_config) -> str | None:
+    """accelerate's context parallelism replaces every attention layer's mask by a plain causal one, so it
+    refuses (at prepare time, after the weights load) models with sliding-window or chunked layers, and
+    anything that is not attention (Mamba mixers) would see only its own slice of the sequence. The same
+    reading of the config, before anything loads."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        other = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
+    else:
+        other = ["sliding_attention"] if getattr(text, "sliding_window", None) else []
+    if any(key.startswith(("mamba", "ssm")) for key in text.to_dict()) and "mamba" not in other:
+        other.append("mamba")  # state-space mixers (Jamba, Bamba, Zamba) whose configs list no layer types
+    if not other:
+        return None
+    return (f"the model has {', '.join(other)} layers; accelerate's context parallelism takes only models whose "
+            f"every layer is full causal attention (it replaces each layer's own mask, and each GPU holds a slice "
+            f"of the sequence); set it to 1")
+
+
+def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False,
+                           linearized_experts: bool = False) -> str | None:
     """Why the LoRA target names do not fit the model, or None. PEFT adapts the names it finds and keeps
     quiet about the others, so a typo would train less than asked. The model is built from its config on
     the meta device (no weights, no memory) and each name is matched as PEFT matches it."""
@@ -403,8 +456,10 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     targets = lora.peft_target_modules(model_config)
     if isinstance(targets, str) and lora.target_regex is None:  # all-linear: whatever linear layers there are
         return None
+    from hubtune.linearized import linearized_llama4
+
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), linearized_llama4() if linearized_experts else contextlib.nullcontext():
             skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
     except Exception:  # an architecture that cannot be built empty: PEFT still checks when it attaches LoRA
         return None
@@ -483,6 +538,8 @@ def dequantized(path: str):
     if saved is None:
         raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
                                                 f"quantization_config); leave dequantize out")])
+    if why := prequantized.unreadable(saved):
+        raise ConfigError([("model.dequantize", f"{path} is {why}")])
     config = AutoQuantizationConfig.from_dict(saved)
     if not hasattr(config, "dequantize"):
         raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
@@ -493,9 +550,12 @@ def dequantized(path: str):
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
               for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False,
-              attention: str | None = None):
+              attention: str | None = None, distributed_config=None):
     """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
     saved already quantized (its config.json holds a quantization_config) loads as saved.
+
+    distributed_config (expert parallelism): transformers shards the model as it loads and places it on
+    this process's GPU itself (no device_map).
 
     sharded (FSDP, DeepSpeed ZeRO-3): the 4-bit weights are stored in the compute dtype so they can be
     flattened and sharded with the rest, and placement is left to accelerate (no device_map)."""
@@ -506,7 +566,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from hubtune import compat
     from hubtune.interop import backends, prequantized
 
-    saved_quantized = prequantized.quantization_config(path) is not None
+    saved = prequantized.quantization_config(path)
+    if saved is not None and (why := prequantized.unreadable(saved)):
+        raise ConfigError([("model.id", f"{path} is {why}")])
+    saved_quantized = saved is not None
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
@@ -534,9 +597,19 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
             bnb_4bit_compute_dtype=hw.compute_dtype,
             bnb_4bit_quant_storage=hw.compute_dtype if sharded else torch.uint8,
         )
-    if hw.device == "cuda" and not sharded:
+    if distributed_config is not None:
+        kwargs["distributed_config"] = distributed_config
+    elif hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if model.linearized_experts:
+        from hubtune import linearized
+
+        base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
+    elif model.quantize_experts:
+        base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized or sharded)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    compat.reachable_backbone(base)
     if saved_quantized:
         # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the
         # repo's: compute as a base quantized here would (float32 on a CPU without bf16 units).
@@ -556,6 +629,27 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.compute_dtype == torch.bfloat16:
         return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, refused: bool):
+    """from_pretrained with the stacked expert weights quantized as they load (hubtune.experts)."""
+    from transformers import AutoModelForCausalLM
+
+    from hubtune import experts
+
+    if refused:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved quantized or the run shards the base "
+                                                      f"(FSDP, ZeRO-3): its experts load as they are; leave "
+                                                      f"quantize_experts out")])
+    settings = (model.quantization, model.double_quant, hw.compute_dtype)
+    with experts.quantizing_on_load(*settings):
+        base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    experts.quantize_experts(base, *settings)  # any the loader did not set through its hook
+    if not experts.quantized_experts(base):
+        raise ConfigError([("model.quantize_experts", f"{path} ({type(base).__name__}) has no stacked expert "
+                                                      f"weights to quantize (3D parameters under an experts "
+                                                      f"module); leave quantize_experts out")])
+    return base
 
 
 def _freeze_in_bfloat16(base, gradient_checkpointing: bool):
@@ -608,9 +702,27 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                                   model_config, unfrozen))
+                                                   model_config, unfrozen, quantized_experts=config.model.quantize_experts))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
+    if config.model.quantize_experts:
+        experts_under_lora(peft_model)
     return peft_model
+
+
+def experts_under_lora(peft_model) -> None:
+    """LoRA on quantized experts is refused: PEFT adds it to a parameter as a torch parametrization for each
+    forward, and on a parameter already parametrized (hubtune.experts) PEFT 0.21 leaves it there (the chain
+    grows every step), two such wrappers on one layer read a stale cached weight, and they nest in another
+    order than on a 16-bit base, so the adapter would not load onto it for merging. PEFT moves some target
+    names (gate_proj, up_proj, down_proj of several MoE families) onto the stacked experts itself: both are
+    caught here, after PEFT resolved its targets."""
+    targets = peft_model.peft_config["default"].target_parameters
+    if targets:
+        raise ConfigError([("model.quantize_experts", f"LoRA would reach the quantized experts (PEFT's target_parameters: "
+                                                      f"{', '.join(sorted(targets))}), which PEFT cannot yet train on "
+                                                      f"quantized weights; leave quantize_experts out (16-bit experts), "
+                                                      f"or keep LoRA off the experts (lora.target_parameters empty, no "
+                                                      f"gate_proj / up_proj / down_proj in lora.target_modules)")])
 
 
 def adapter_folder(where: str) -> Path:
@@ -683,10 +795,15 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, unfrozen: unfreeze.Unfrozen | None = None) -> LoraConfig:
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None,
+                quantized_experts: bool = False) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
     `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
-    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows."""
+    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows.
+
+    quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
+    (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
+    name such as down_proj reaches only Linear layers (the experts take LoRA through target_parameters)."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
@@ -704,6 +821,7 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
+                      exclude_modules=r".*\.parametrizations\..*" if quantized_experts else None,
                       bias="none", task_type="CAUSAL_LM")
 
 
@@ -789,6 +907,7 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         save_total_limit=t.save_total_limit,
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
+        parallelism_config=distributed.parallelism_config(t),
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
@@ -810,6 +929,9 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # sequential: TRL's bfd sets up the padding-free collator; hubtune's trainer packs the rows in order.
         packing_strategy="bfd" if config.data.packing_strategy == "sequential" else config.data.packing_strategy,
         padding_free=levers.padding_free,
+        # Context parallelism cuts each row into 2 x context_parallel_size chunks (torch's load balancing):
+        # right padding (label -100, after every real token under the causal mask) makes them whole.
+        pad_to_multiple_of=2 * t.context_parallel_size if t.context_parallel_size > 1 else "auto",
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
         # would instead make whole steps of short or long examples, which reweights them).
@@ -817,6 +939,9 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
                                  "batch_rebalance" if t.group_by_length and t.gradient_accumulation_steps > 1
                                  and not config.data.packing else "random"),
         completion_only_loss=True,  # the prompt is context, not something to learn
+        # TRL adds a mixture-of-experts router's load-balancing loss unless its coefficient is 0.0; it belongs
+        # to the loss only when model.router_aux_loss asks (as in Axolotl, with output_router_logits).
+        router_aux_loss_coef=None if config.model.router_aux_loss else 0.0,
     )
 
 

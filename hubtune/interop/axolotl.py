@@ -59,6 +59,9 @@ DATASET_TYPES = {
     "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat", "completion": "text",
 }
 EXPERTS = ("eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm")  # transformers' experts implementations
+# Linear-layer names PEFT 0.21 retargets onto the stacked expert weights of Mixtral- and Qwen2-MoE-like families
+# (peft.utils.transformers_weight_conversion), so LoRA on them reaches the experts.
+MOVED_ONTO_EXPERTS = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"}
 RL_METHODS = ("dpo", "orpo", "kto", "grpo")  # Axolotl's `rl:` values hubtune trains (training.method)
 # Axolotl's preference dataset types that render with a fixed template (the prefix: chatml, llama3) and
 # the columns each reads, as hubtune's data.columns: pairs for DPO / ORPO, unpaired rows for KTO. Rows
@@ -145,6 +148,13 @@ NOTED = {
             "no vLLM server is used",
 }
 NOT_CONVERTED = "not trained by hubtune, which trains DPO, ORPO, KTO and GRPO (rl: dpo | orpo | kto | grpo)"
+# NVIDIA's NVFP4 checkpoints (nvidia/*-NVFP4) are saved by ModelOpt (quantization_config quant_method: modelopt).
+NVFP4 = ("an NVFP4 base saved by NVIDIA ModelOpt (quant_method modelopt): transformers 5.24 reads no ModelOpt "
+         "checkpoint (AutoQuantizationConfig: unknown quantization type modelopt), so it cannot even load dequantized; "
+         "its own nvfp4 quantizer only quantizes a 16-bit checkpoint on load, on Blackwell (sm100+) GPUs, refuses "
+         "pre-quantized NVFP4 checkpoints and is not trainable; and PEFT 0.21 has no LoRA layer for NVFP4 weights. "
+         "Axolotl loads these checkpoints and trains LoRA on them with kernels of its own (SonicMoE / ScatterMoE). "
+         "Use the 16-bit base the NVFP4 one was made from, with load_in_4bit for 4-bit memory")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
     "rl": f"is {NOT_CONVERTED}",
     "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
@@ -158,16 +168,8 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "quantize_moe_experts": "bitsandbytes quantizes the stacked expert weights through a torch parametrization, and "
-                            "PEFT's LoRA on those weights (lora_target_parameters) cannot stack on it: PEFT 0.21 leaves "
-                            "a parametrization behind at every step (Axolotl patches PEFT's internals). Leave it out: "
-                            "the experts then load in 16 bits (more memory), everything else as written",
-    "llama4_linearized_experts": "the base is Axolotl's re-saved Llama 4 with one linear layer per expert, which only "
-                                 "Axolotl's patched model class loads; transformers loads Llama 4's fused experts",
-    "dsv4_fp4_grouped_mode": "an NVFP4 base: PEFT has no LoRA layer for NVFP4 weights (Axolotl trains them with "
-                             "kernels of its own); use the 16-bit or a bitsandbytes 4-bit base",
-    "nvfp4_merge_aware": "an NVFP4 base: PEFT has no LoRA layer for NVFP4 weights (Axolotl trains them with kernels "
-                         "of its own); use the 16-bit or a bitsandbytes 4-bit base",
+    "dsv4_fp4_grouped_mode": NVFP4,
+    "nvfp4_merge_aware": NVFP4,
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
     "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
     "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
@@ -178,14 +180,12 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "model_config": "hubtune loads the model's config.json as saved (output_router_logits aside)",
     "model_quantization_config": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
-    "context_parallel_size": "context parallelism (one sequence split over several GPUs): hubtune's launches (DDP, "
-                             "FSDP, DeepSpeed ZeRO) keep each sequence on one GPU; shorten sequence_len or use more "
-                             "memory per GPU",
+    "context_parallel_size": "give the number of GPUs that share each sequence, a whole number (1: none)",
     "tensor_parallel_size": "tensor parallelism: hubtune's launches are DDP, FSDP and DeepSpeed ZeRO",
-    "expert_parallel_size": "expert parallelism (experts spread over GPUs, tokens sent to them): hubtune's launches "
-                            "(DDP, FSDP, DeepSpeed ZeRO) do not place experts; use fsdp to shard the model instead",
-    "expert_parallel_num_nvl_bytes": "a setting of expert parallelism, which hubtune's launches do not run",
-    "expert_parallel_token_capacity": "a setting of expert parallelism, which hubtune's launches do not run",
+    "expert_parallel_size": "give the number of GPUs the experts are spread over, a whole number (1: none)",
+    "expert_parallel_num_nvl_bytes": "a setting of Axolotl's expert parallelism, read only with expert_parallel_size > 1",
+    "expert_parallel_num_rdma_bytes": "a setting of Axolotl's expert parallelism, read only with expert_parallel_size > 1",
+    "expert_parallel_token_capacity": "a setting of Axolotl's expert parallelism, read only with expert_parallel_size > 1",
     "dp_shard_size": "hubtune's FSDP shards over every GPU of the launch (dp_shard_size: 1 or the GPU count)",
     "dp_replicate_size": "hubtune's FSDP shards over every GPU of the launch (hybrid sharding is not offered)",
     "use_ray": "hubtune launches its processes with accelerate, not Ray",
@@ -228,6 +228,7 @@ PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (
                 "without materialising all logits (the same loss)"),
     "axolotl.integrations.kernels.KernelsPlugin": (
         "same", "KernelsPlugin: what it switches on is read from use_kernels, use_scattermoe and use_sonicmoe"),
+    "axolotl.integrations.expert_parallel.ExpertParallelPlugin": ("expert_parallel", None),
     "axolotl.integrations.swanlab.SwanLabPlugin": (
         "same", "SwanLabPlugin: hubtune logs to SwanLab through transformers' integration when use_swanlab is true"),
 }
@@ -345,6 +346,8 @@ class _Reader:
     def translate(self) -> Translation:
         self.method()
         tree = {"model": self.model(), "lora": self.lora(), "data": self.datasets(), "training": self.training()}
+        self.context_parallel(tree)
+        self.expert_parallel(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -388,6 +391,13 @@ class _Reader:
             value = self.data.get(key)
             if value is None or str(value).endswith(suffix):
                 self.take(key)  # the Auto* classes hubtune loads with resolve to these anyway
+            elif key == "model_type" and value == "Llama4ForConditionalGeneration":
+                self.take(key)
+                self.note("model_type: Llama4ForConditionalGeneration: Axolotl loads Llama 4's vision-language class, "
+                          "and on text-only rows it runs its language model alone; hubtune loads that language model "
+                          "(AutoModelForCausalLM: Llama4ForCausalLM, without the unused vision tower): the same "
+                          "computation and LoRA layers, the adapter's names relative to the text model "
+                          "(model.layers.N..., not language_model.model.layers.N...)")
             elif key == "model_type":
                 self.refuse(key, f"{self.take(key)!r}: hubtune trains causal language models (AutoModelForCausalLM); "
                                  f"a vision / audio model class is not loaded")
@@ -438,6 +448,12 @@ class _Reader:
             if out.get("experts_implementation", "sonicmoe") != "sonicmoe":
                 self.refuse("use_sonicmoe", f"True: contradicts experts_implementation {out['experts_implementation']}")
             out["experts_implementation"] = "sonicmoe"  # transformers' own SonicMoE experts forward
+        if self.data.get("quantize_moe_experts") is True:
+            self.take("quantize_moe_experts")
+            if why := self.experts_stay_16_bit(model):
+                self.refuse("quantize_moe_experts", f"True: {why}")
+            else:
+                out["quantize_experts"] = True
         if self.data.get("use_scattermoe") is True:
             self.take("use_scattermoe")
             self.note(f"use_scattermoe: {AXOLOTL_EXPERTS['scattermoe']}")
@@ -453,12 +469,34 @@ class _Reader:
             self.take("gptq")
             self.note("gptq: the base is saved GPTQ-quantized and loads as saved (transformers needs optimum and "
                       "gptqmodel installed); PEFT trains LoRA on its GPTQ layers")
+        if self.has("llama4_linearized_experts") and self.take("llama4_linearized_experts"):
+            out["linearized_experts"] = True  # Axolotl's re-saved Llama 4, one linear layer per expert
         if self.data.get("tokenizer_legacy") is not None:
             out["tokenizer_legacy"] = bool(self.take("tokenizer_legacy"))
         if self.data.get("tokenizer_use_mistral_common") is True:
             self.take("tokenizer_use_mistral_common")
             out["tokenizer_backend"] = "mistral-common"
         return out
+
+    def experts_stay_16_bit(self, model: dict) -> str | None:
+        """Why quantize_moe_experts cannot be honoured with the rest of the config; None when it can."""
+        if model.get("quantization") == "none":
+            return "needs load_in_4bit or load_in_8bit (as in Axolotl)"
+        targets = self.data.get("lora_target_modules")
+        onto_experts = [t for t in (targets if isinstance(targets, list) else [])
+                        if str(t).rsplit(".", 1)[-1] in MOVED_ONTO_EXPERTS]
+        if self.data.get("lora_target_parameters") or onto_experts:
+            what = (f"lora_target_parameters {shown(self.data.get('lora_target_parameters'))}"
+                    if self.data.get("lora_target_parameters") else
+                    f"lora_target_modules {', '.join(map(str, onto_experts))} (PEFT moves these names onto the "
+                    f"stacked experts of several MoE families)")
+            return (f"{what} put LoRA on the quantized expert weights, which PEFT cannot yet train (its LoRA "
+                    f"parametrization stays on a quantized weight at every step; Axolotl patches PEFT's internals). "
+                    f"Leave quantize_moe_experts out (16-bit experts) or keep LoRA off the experts")
+        if self.data.get("fsdp") or self.data.get("fsdp_config") or "zero3" in str(self.data.get("deepspeed") or ""):
+            return ("with FSDP / ZeRO-3: the quantized experts keep their quantization constants beside the weights, "
+                    "which FSDP neither shards nor places; leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
+        return None
 
     def precision(self) -> str:
         bf16, fp16 = self.take("bf16", "auto"), self.take("fp16")
@@ -947,6 +985,102 @@ class _Reader:
             return {"name": BUILTIN_REWARDS[function], "weight": weight}
         return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
 
+    def expert_parallel(self, tree: dict) -> None:
+        """expert_parallel_size with Axolotl's ExpertParallelPlugin: each MoE layer's experts spread over that
+        many GPUs, tokens exchanged all-to-all (DeepEP's kernels), the other weights sharded over the rest.
+        hubtune loads the base with transformers' own expert parallelism (DistributedConfig(ep_size=...),
+        all-to-all dispatch, FSDP2 on the dense weights): the same experts on the same GPUs, the same tokens."""
+        ep = self.data.get("expert_parallel_size")
+        ep = 1 if ep is None else ep
+        plugin = getattr(self, "ep_plugin", False)
+        if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
+            return  # refused with the reason in WHY
+        settings = ("expert_parallel_token_capacity", "expert_parallel_num_nvl_bytes", "expert_parallel_num_rdma_bytes",
+                    "expert_parallel_backend", "expert_parallel_fallback_on_unsupported")
+        if ep == 1:
+            unread = [key for key in settings if self.take(key) is not None]
+            if plugin or unread:
+                self.note(f"{', '.join((['ExpertParallelPlugin'] if plugin else []) + unread)} with "
+                          f"expert_parallel_size 1: Axolotl runs no expert parallelism, nor does hubtune")
+            return
+        self.take("expert_parallel_size")
+        t, m = tree["training"], tree["model"]
+        micro, length = t.get("micro_batch_size", 1), tree["data"].get("max_seq_len", 2048)
+        capacity = self.take("expert_parallel_token_capacity")
+        buffers = [key for key in settings[1:] if self.take(key) is not None]
+        why = None
+        if not plugin:
+            why = ("without axolotl.integrations.expert_parallel.ExpertParallelPlugin in plugins: Axolotl sets the "
+                   "ranks aside but dispatches no tokens to experts on other GPUs; add the plugin, or set it to 1")
+        elif m.get("quantization", "none") != "none":
+            why = "with a 4- or 8-bit base: the experts are spread over GPUs as 16-bit tensors (load_in_4bit: false)"
+        elif tree["lora"].get("target_parameters"):
+            why = ("with lora_target_parameters: LoRA on experts spread over GPUs (Axolotl shards and saves it with "
+                   "code of its own); transformers' Trainer keeps an adapter added after sharding as one copy per GPU, "
+                   "averaged, while each GPU holds other experts; target attention and dense layers")
+        elif t.get("distributed") not in (None, "ddp", "fsdp"):
+            why = f"with {t['distributed']}: transformers shards the model itself as it loads; leave deepspeed out"
+        elif self.rl:
+            why = f"with rl: {self.rl}: hubtune spreads experts for supervised fine-tuning only"
+        elif t.get("context_parallel_size", 1) > 1:
+            why = "with context_parallel_size: hubtune does not combine expert and context parallelism"
+        elif capacity is not None and (not isinstance(capacity, int) or capacity < micro * length * ep):
+            why = (f"with expert_parallel_token_capacity {capacity!r}: below micro_batch_size x sequence_len x "
+                   f"expert_parallel_size ({micro * length * ep}) Axolotl drops the lowest-weight tokens of an "
+                   f"overloaded expert, which transformers' dispatch never does; leave it out")
+        if why:
+            self.refuse("expert_parallel_size", f"{ep} {why}")
+            return
+        if t.get("distributed") == "fsdp":
+            self.note("fsdp with expert_parallel_size: transformers shards the non-expert weights with FSDP2 itself "
+                      "as the base loads; hubtune launches the processes plain (training.distributed: ddp)")
+        t.update(expert_parallel_size=ep, distributed="ddp")
+        if capacity is not None:
+            self.note(f"expert_parallel_token_capacity {capacity}: no expert can receive that many tokens in a step "
+                      f"(at most micro_batch_size x sequence_len x expert_parallel_size = {micro * length * ep}), so "
+                      f"Axolotl drops none, nor does transformers")
+        if buffers:
+            self.note(f"{', '.join(buffers)}: settings of DeepEP's kernels; transformers exchanges the tokens with "
+                      f"torch's all-to-all (the same tokens to the same experts)")
+        self.note(f"expert_parallel_size {ep}: transformers spreads each MoE layer's experts over {ep} GPUs as the "
+                  f"base loads (tokens exchanged all-to-all, DeepEP's kernels in Axolotl) and shards the other weights "
+                  f"with FSDP2; launch a multiple of {ep} GPUs")
+
+    def context_parallel(self, tree: dict) -> None:
+        """context_parallel_size: Axolotl splits each sequence over that many GPUs with ring-flash-attention
+        (its own patch). hubtune runs accelerate's context parallelism (torch's, on FSDP2, over SDPA): the
+        same exact attention over the same split sequences, where it can express the run."""
+        cp = self.data.get("context_parallel_size")
+        if not isinstance(cp, int) or isinstance(cp, bool) or cp <= 1:
+            return  # 1 matches hubtune; anything else is refused with the reason in WHY
+        self.take("context_parallel_size")
+        t, why = tree["training"], None
+        if tree["data"].get("packing"):
+            why = ("with sample_packing: true Axolotl's ring-flash-attention keeps the packed examples apart; torch's "
+                   "context parallelism, which hubtune runs, replaces their attention mask by a plain causal one "
+                   "(TRL refuses packing with it); set sample_packing: false")
+        elif tree["model"].get("quantization", "none") != "none":
+            why = ("with a 4- or 8-bit base: hubtune's context parallelism runs on FSDP2, which cannot shard "
+                   "quantized weights with their quantization state; load the base in 16 bits (load_in_4bit: false)")
+        elif t.get("distributed") not in (None, "ddp", "fsdp"):
+            why = f"with {t['distributed']}: hubtune's context parallelism runs on FSDP2; use fsdp"
+        elif self.rl:
+            why = f"with rl: {self.rl}: hubtune splits sequences for supervised fine-tuning only"
+        elif t.get("attention_kernel"):
+            why = f"with the Hub attention kernel {t['attention_kernel']}: torch's context parallelism runs SDPA only"
+        if why:
+            self.refuse("context_parallel_size", f"{cp} {why}")
+            return
+        t.update(context_parallel_size=cp, distributed="fsdp")
+        kernels = t.get("kernels")
+        if kernels and kernels[0] != "sdpa":
+            t["kernels"] = ["sdpa", *kernels[1:]]
+            self.note(f"context_parallel_size {cp}: attention {kernels[0]} runs as SDPA, the one kernel torch's "
+                      f"context parallelism splits sequences for (the same exact attention)")
+        self.note(f"context_parallel_size {cp}: each sequence is split over {cp} GPUs by accelerate's context "
+                  f"parallelism on FSDP2 (the model sharded over the GPUs rather than copied on each: the same "
+                  f"updates); launch a multiple of {cp} GPUs")
+
     def packed_in_order(self, data: dict) -> None:
         """sample_packing_sequentially: Axolotl's sampler fills each packed row with examples in the order it
         draws them. With curriculum_sampling that is the data's order, which data.packing_strategy: sequential
@@ -1096,6 +1230,8 @@ class _Reader:
             kernel, why = PLUGINS.get(str(plugin), (None, "an Axolotl plugin hubtune has no counterpart for"))
             if kernel == "liger":
                 liger = True
+            elif kernel == "expert_parallel":
+                self.ep_plugin = True  # read with expert_parallel_size (expert_parallel())
             elif kernel == "same":
                 self.note(why)
             else:
@@ -1303,8 +1439,12 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["tokens"] = list(m.added_tokens)
     if m.use_kernels:
         out["use_kernels"] = True
+    if m.linearized_experts:
+        out["llama4_linearized_experts"] = True
     if m.experts_implementation:
         out["experts_implementation"] = m.experts_implementation
+    if m.quantize_experts:
+        out["quantize_moe_experts"] = True
     if m.dequantize:  # the quantized format Axolotl's examples dequantize on load
         out.update(model_quantization_config="Mxfp4Config", model_quantization_config_kwargs={"dequantize": True})
     if m.tokenizer_legacy is not None:
@@ -1394,6 +1534,11 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
+    if t.context_parallel_size > 1:
+        out["context_parallel_size"] = t.context_parallel_size
+    if t.expert_parallel_size > 1:
+        out["expert_parallel_size"] = t.expert_parallel_size
+        out.setdefault("plugins", []).append("axolotl.integrations.expert_parallel.ExpertParallelPlugin")
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     out.update(_axolotl_method(t, problems))

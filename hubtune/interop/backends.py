@@ -36,6 +36,8 @@ def unsloth_missing(hw: Hardware, model: ModelSection) -> list[str]:
         missing.append("the unsloth package (pip install unsloth)")
     if model.quantization in ("fp4", "int8") or (model.quantization == "nf4" and not model.double_quant):
         missing.append("model.quantization: nf4 with model.double_quant: true (Unsloth's 4-bit format)")
+    if model.linearized_experts:
+        missing.append("transformers' own Llama 4 layout (Unsloth loads no linearized experts)")
     return missing
 
 
