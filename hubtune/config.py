@@ -68,7 +68,8 @@ class ModelSection(Section):
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the vocabulary where the "
         "tokenizer lacks them (end-of-turn markers, tags); the embedding and output head then train with the adapter.")
     router_aux_loss: bool = Field(False, description="Mixture-of-experts bases: add the router's load-balancing "
-        "loss to the training loss (transformers' output_router_logits).")
+        "loss to the training loss (transformers' output_router_logits); off, the loss is the language-model loss "
+        "alone.")
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm"] | None = Field(
         None, description="Mixture-of-experts bases: how transformers computes the experts (the same result); "
         "None: transformers' default (grouped_mm where it can run).")
@@ -494,6 +495,10 @@ class TrainingSection(Section):
     context_parallel_size: int = Field(1, ge=1, description="Split each sequence over this many GPUs (accelerate's "
         "context parallelism on FSDP2), for sequences one GPU cannot hold: needs distributed: fsdp, a 16-bit base, "
         "SDPA attention and no packing; the GPUs of a launch must be a multiple of it.")
+    expert_parallel_size: int = Field(1, ge=1, description="Spread each mixture-of-experts layer's experts over this "
+        "many GPUs, tokens sent to them all-to-all (transformers' expert parallelism, applied as the base loads, "
+        "with FSDP2 on the other weights): needs distributed: ddp, a 16-bit base, LoRA off the expert weights; the "
+        "GPUs of a launch and the experts must be multiples of it.")
     push_checkpoints: str | None = Field(
         None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
     select: Literal["last", "eval_loss", "task"] = Field(
@@ -688,6 +693,35 @@ class RunConfig(Section):
         if wrong:
             raise ValueError(f"training.context_parallel_size {t.context_parallel_size} needs "
                              + "; ".join(wrong))
+        return self
+
+    @model_validator(mode="after")
+    def _expert_parallel(self):
+        """What transformers' expert parallelism (from_pretrained(distributed_config=...)) can run, checked
+        before any launch: it shards the model itself as it loads, so accelerate launches plain processes."""
+        t = self.training
+        if t.expert_parallel_size == 1:
+            return self
+        wrong = []
+        if t.distributed != "ddp":
+            wrong.append(f"training.distributed: ddp (not {t.distributed}): transformers shards the model as it "
+                         f"loads (experts over the expert-parallel GPUs, the other weights FSDP2 over all), so the "
+                         f"launch must not shard or wrap it again")
+        if t.method != "sft":
+            wrong.append(f"training.method: sft (not {t.method})")
+        if self.model.quantization != "none":
+            wrong.append(f"model.quantization: none (not {self.model.quantization}): the experts are sharded as "
+                         f"16-bit tensors")
+        if self.lora.target_parameters:
+            wrong.append("no lora.target_parameters: transformers' Trainer keeps an adapter added after sharding as "
+                         "one copy per GPU, averaged, while each GPU holds other experts; target the attention and "
+                         "dense layers")
+        if t.context_parallel_size > 1:
+            wrong.append("training.context_parallel_size: 1: expert and context parallelism are not combined")
+        if t.backend == "unsloth":
+            wrong.append("training.backend: hf or auto (not unsloth)")
+        if wrong:
+            raise ValueError(f"training.expert_parallel_size {t.expert_parallel_size} needs " + "; ".join(wrong))
         return self
 
     def to_yaml(self) -> str:

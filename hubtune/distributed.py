@@ -163,6 +163,33 @@ def check_context_parallel(training, device: str) -> None:
                                    f"accelerate launch")])
 
 
+def check_expert_parallel(training, device: str) -> None:
+    """In a launched process: expert_parallel_size divides the GPUs of the launch, on CUDA."""
+    ep = training.expert_parallel_size
+    if ep == 1:
+        return
+    size = world_size()
+    where = "training.expert_parallel_size"
+    if device != "cuda":
+        raise ConfigError([(where, f"{ep}: expert parallelism spreads experts over GPUs and needs CUDA; this "
+                                   f"machine has none")])
+    if size < ep or size % ep:
+        raise ConfigError([(where, f"{ep} does not divide the {size} process(es) of this launch; launch a multiple "
+                                   f"of {ep} GPUs (hubtune train CONFIG --num-processes {ep})")])
+
+
+def expert_parallel_config(training):
+    """transformers' DistributedConfig for from_pretrained: the experts of each layer split over
+    expert_parallel_size GPUs with tokens exchanged all-to-all, every other weight sharded by FSDP2 over all
+    the GPUs, each of which reads its own batches; None without expert parallelism."""
+    ep = training.expert_parallel_size
+    if ep == 1:
+        return None
+    from transformers.distributed import DistributedConfig
+
+    return DistributedConfig(ep_size=ep, fsdp_size=world_size(), ep_implementation="all_to_all")
+
+
 def parallelism_config(training):
     """accelerate's ParallelismConfig for the Trainer: each sequence over context_parallel_size GPUs, the
     model sharded by FSDP2 over the rest (dp_shard); None without context parallelism."""
@@ -245,7 +272,7 @@ class LaunchPlan:
 
 def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
                 main_process_ip: str | None = None, main_process_port: int | None = None,
-                context_parallel_size: int = 1) -> LaunchPlan | None:
+                context_parallel_size: int = 1, expert_parallel_size: int = 1) -> LaunchPlan | None:
     """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
     every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
     training.distributed: none uses DDP."""
@@ -265,9 +292,11 @@ def plan_launch(config_mode: str, num_processes: int | None, num_machines: int =
     if num_processes % num_machines:
         raise HubtuneError(f"--num-processes {num_processes} is the total over all machines; it must be a multiple "
                            f"of --num-machines {num_machines}")
-    if context_parallel_size > 1 and (num_processes < context_parallel_size or num_processes % context_parallel_size):
-        raise HubtuneError(f"training.context_parallel_size {context_parallel_size} splits each sequence over that "
-                           f"many GPUs: --num-processes must be a multiple of it, got {num_processes}")
+    for name, size, what in (("context_parallel_size", context_parallel_size, "splits each sequence"),
+                             ("expert_parallel_size", expert_parallel_size, "spreads the experts")):
+        if size > 1 and (num_processes < size or num_processes % size):
+            raise HubtuneError(f"training.{name} {size} {what} over that many GPUs: --num-processes must be a "
+                               f"multiple of it, got {num_processes}")
     mode = "ddp" if config_mode == "none" else config_mode
     return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
                       context_parallel_size)

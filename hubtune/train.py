@@ -154,13 +154,16 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
     distributed.check_context_parallel(config.training, hw.device)
+    distributed.check_expert_parallel(config.training, hw.device)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
                                                   f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
     hub_kernels_needed(config.model, config.training)
     loftq_device(config.lora, hw.device)
-    backend = backends.select(config.training.backend, hw, config.model)
+    # Unsloth loads the base its own way, without transformers' expert-parallel sharding.
+    backend = backends.select("hf" if config.training.expert_parallel_size > 1 else config.training.backend, hw,
+                              config.model)
     if backend.name == "unsloth":
         backends.import_unsloth()  # before transformers, PEFT and TRL, which it patches
     trackers = tracker_callbacks(config, path)
@@ -226,7 +229,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
     model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
-                      attention=levers.attention)
+                      attention=levers.attention, distributed_config=distributed.expert_parallel_config(config.training))
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
@@ -374,11 +377,31 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code,
                                          config.model.linearized_experts):
         problems.append(("lora.target_modules", problem))
+    if config.training.expert_parallel_size > 1 and (experts := expert_parallel_problem(
+            config.training.expert_parallel_size, model_config)):
+        problems.append(("training.expert_parallel_size", f"{config.training.expert_parallel_size}: {experts}"))
     if config.training.context_parallel_size > 1 and (layers := context_parallel_layers_problem(model_config)):
         problems.append(("training.context_parallel_size", f"{config.training.context_parallel_size}: {layers}"))
     if problems:
         # The settings are the config's; the model they were judged against is named in each problem.
         raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])
+
+
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def expert_parallel_problem(ep: int, model_config) -> str | None:
+    """Why transformers cannot spread this model's experts over ep GPUs, or None: it needs the model's
+    expert-parallel plan (base_model_ep_plan, with token dispatch) and a whole number of experts per GPU."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    plan = getattr(text, "base_model_ep_plan", None) or getattr(model_config, "base_model_ep_plan", None)
+    if not plan or "ep_dispatch_experts" not in plan.values():
+        return (f"transformers has no expert-parallel plan for {type(model_config).__name__} (base_model_ep_plan "
+                f"with ep_dispatch_experts); set it to 1")
+    experts = next((getattr(text, name) for name in EXPERT_COUNTS if getattr(text, name, None)), None)
+    if experts and experts % ep:
+        return f"the model's {experts} experts per layer do not split evenly over {ep} GPUs; use a divisor of {experts}"
+    return None
 
 
 def context_parallel_layers_problem(model_config) -> str | None:
@@ -496,6 +519,8 @@ def dequantized(path: str):
     if saved is None:
         raise ConfigError([("model.dequantize", f"{path} is not saved quantized (its config.json has no "
                                                 f"quantization_config); leave dequantize out")])
+    if why := prequantized.unreadable(saved):
+        raise ConfigError([("model.dequantize", f"{path} is {why}")])
     config = AutoQuantizationConfig.from_dict(saved)
     if not hasattr(config, "dequantize"):
         raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
@@ -506,9 +531,12 @@ def dequantized(path: str):
 
 def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpointing: bool = False,
               for_training: bool = True, backend: str = "hf", max_seq_len: int = 2048, sharded: bool = False,
-              attention: str | None = None):
+              attention: str | None = None, distributed_config=None):
     """The frozen base: quantized to 4 bits through bitsandbytes unless quantization is none. A base
     saved already quantized (its config.json holds a quantization_config) loads as saved.
+
+    distributed_config (expert parallelism): transformers shards the model as it loads and places it on
+    this process's GPU itself (no device_map).
 
     sharded (FSDP, DeepSpeed ZeRO-3): the 4-bit weights are stored in the compute dtype so they can be
     flattened and sharded with the rest, and placement is left to accelerate (no device_map)."""
@@ -519,7 +547,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from hubtune import compat
     from hubtune.interop import backends, prequantized
 
-    saved_quantized = prequantized.quantization_config(path) is not None
+    saved = prequantized.quantization_config(path)
+    if saved is not None and (why := prequantized.unreadable(saved)):
+        raise ConfigError([("model.id", f"{path} is {why}")])
+    saved_quantized = saved is not None
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
@@ -547,7 +578,9 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
             bnb_4bit_compute_dtype=hw.compute_dtype,
             bnb_4bit_quant_storage=hw.compute_dtype if sharded else torch.uint8,
         )
-    if hw.device == "cuda" and not sharded:
+    if distributed_config is not None:
+        kwargs["distributed_config"] = distributed_config
+    elif hw.device == "cuda" and not sharded:
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     if model.linearized_experts:
         from hubtune import linearized

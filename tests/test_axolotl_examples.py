@@ -39,9 +39,9 @@ CANNOT_HONOUR = {
     # quantize_moe_experts is honoured (model.quantize_experts) unless the run is sharded by FSDP, which neither
     # shards nor places the experts' quantization constants.
     "quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
-    # Experts placed on different GPUs with tokens sent to them: not a DDP / FSDP / ZeRO launch.
-    "expert parallelism": {"expert_parallel_size", "expert_parallel_num_nvl_bytes",
-                           "expert_parallel_token_capacity", "plugins"},
+    # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
+    # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
+    "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
     # NVIDIA ModelOpt checkpoints: transformers 5.24 reads none (no modelopt quantizer; its nvfp4 one refuses
     # pre-quantized checkpoints and is not trainable), and PEFT 0.21 has no LoRA layer for NVFP4 weights.
     "NVFP4 bases": {"dsv4_fp4_grouped_mode", "nvfp4_merge_aware"},
@@ -216,6 +216,8 @@ def expected(data: dict) -> dict:
         "packing_order": "sequential" if get("sample_packing") and data.get("sample_packing_sequentially") else "bfd",
         "shuffle": not data.get("curriculum_sampling"),
         "context_parallel": data.get("context_parallel_size") or 1,
+        "expert_parallel": data.get("expert_parallel_size") or 1,
+        "launch": "ddp" if (data.get("expert_parallel_size") or 1) > 1 else None,
         "validation": get("val_set_size"), "epochs": get("num_epochs"), "max_steps": data.get("max_steps"),
         "batch": get("micro_batch_size"),
         "accumulation": data.get("gradient_accumulation_steps") or (data["batch_size"] // get("micro_batch_size")
@@ -243,7 +245,8 @@ def trained(c: cfg.RunConfig) -> dict:
         "base": c.model.id, "bits": c.model.quantization, "r": c.lora.r, "alpha": c.lora.alpha,
         "dropout": c.lora.dropout, "targets": c.lora.target_modules, "regex": c.lora.target_regex,
         "sequence_len": c.data.max_seq_len, "packing": c.data.packing, "packing_order": c.data.packing_strategy,
-        "shuffle": t.shuffle, "context_parallel": t.context_parallel_size,
+        "shuffle": t.shuffle, "context_parallel": t.context_parallel_size, "expert_parallel": t.expert_parallel_size,
+        "launch": t.distributed if t.expert_parallel_size > 1 else None,
         "sources": [(s.path, s.split, {"sharegpt": "chat", "messages": "chat"}.get(f, f))
                     for s, f in zip(c.data.sources, [c.data.format] * len(c.data.sources))],
         "validation": c.data.val_set_size, "epochs": t.epochs, "max_steps": t.max_steps,

@@ -224,7 +224,7 @@ def test_the_readmes_convert_and_export_commands(workdir, capsys):
 def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full(tmp_path, capsys):
     path = write_guide(tmp_path, unfrozen_parameters=["^lm_head.*"], s2_attention=True, relora=True,
                        special_tokens={"pad_token": "<|end_of_text|>", "sep_token": "<sep>"}, lora_model_dir=None,
-                       plugins=["axolotl.integrations.expert_parallel.ExpertParallelPlugin"])
+                       plugins=["axolotl.integrations.grokfast.GrokfastPlugin"])
     data = yaml.safe_load(path.read_text())
     data["datasets"].append({"path": "org/oasst", "type": "oasst"})
     path.write_text(yaml.safe_dump(data))
@@ -237,7 +237,7 @@ def test_keys_hubtune_cannot_honour_are_listed_at_once_with_their_values_in_full
         assert f"  {key}: " in err, (key, err)
     assert "unfrozen_parameters: [^lm_head.*]: Axolotl matches these against the names of the PEFT-wrapped" in err
     assert "special_tokens.sep_token: '<sep>'" in err
-    assert "axolotl.integrations.expert_parallel.ExpertParallelPlugin: an Axolotl plugin" in err
+    assert "axolotl.integrations.grokfast.GrokfastPlugin: an Axolotl plugin" in err
     assert "'oasst': hubtune reads the types alpaca" in err and "..." not in err
     assert "--ignore-unsupported" in err
     assert not (tmp_path / "run").exists()  # nothing started

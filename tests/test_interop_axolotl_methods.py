@@ -375,3 +375,20 @@ def test_the_tokenizers_legacy_flag_reaches_autotokenizer():
 
     tokenizer = load_tokenizer(cfg.resolve_builtin("hubtune:tiny-llama"), cfg.ModelSection(tokenizer_legacy=True))
     assert tokenizer.init_kwargs.get("legacy") is True
+
+
+def test_a_modelopt_nvfp4_base_is_refused_before_loading_with_what_transformers_lacks(tmp_path):
+    """NVIDIA's NVFP4 checkpoints (the bases of Axolotl's nvfp4 examples) are saved by ModelOpt, which
+    transformers has no quantizer for: a ConfigError, not its ValueError, and never a silent dequantize."""
+    import torch
+
+    from hubtune.hardware import Hardware
+    from hubtune.train import load_base
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "quantization_config": {
+        "quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}}))
+    hw = Hardware("cpu", torch.float32, "adamw_torch")
+    for model in (cfg.ModelSection(), cfg.ModelSection(quantization="none", dequantize=True)):
+        with pytest.raises(ConfigError, match=r"NVIDIA ModelOpt's NVFP4 format \(quant_method modelopt\), which "
+                                              r"transformers 5\.\d+\.\d+ has no quantizer for"):
+            load_base(str(tmp_path), model, hw)

@@ -193,3 +193,4 @@ def test_the_documented_setting_is_a_valid_run_config():
     config = cfg.build(yaml.safe_load(block))
     assert (config.model.id, config.model.linearized_experts) == (
         "axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16", True)
+

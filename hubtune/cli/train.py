@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         distributed.check_hardware(config.training.distributed, detect(config.model).device)
     plan = distributed.plan_launch(config.training.distributed if config else "none", args.num_processes,
                                    args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port,
-                                   config.training.context_parallel_size if config else 1)
+                                   config.training.context_parallel_size if config else 1,
+                                   config.training.expert_parallel_size if config else 1)
     if plan is None:
         if from_hub:
             done = resume_from_hub(args.resume, args.out, display=display())

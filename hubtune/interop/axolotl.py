@@ -177,10 +177,10 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "model_quantization_config_kwargs": "hubtune quantizes with bitsandbytes (load_in_4bit) or not at all",
     "context_parallel_size": "give the number of GPUs that share each sequence, a whole number (1: none)",
     "tensor_parallel_size": "tensor parallelism: hubtune's launches are DDP, FSDP and DeepSpeed ZeRO",
-    "expert_parallel_size": "expert parallelism (experts spread over GPUs, tokens sent to them): hubtune's launches "
-                            "(DDP, FSDP, DeepSpeed ZeRO) do not place experts; use fsdp to shard the model instead",
-    "expert_parallel_num_nvl_bytes": "a setting of expert parallelism, which hubtune's launches do not run",
-    "expert_parallel_token_capacity": "a setting of expert parallelism, which hubtune's launches do not run",
+    "expert_parallel_size": "give the number of GPUs the experts are spread over, a whole number (1: none)",
+    "expert_parallel_num_nvl_bytes": "a setting of Axolotl's expert parallelism, read only with expert_parallel_size > 1",
+    "expert_parallel_num_rdma_bytes": "a setting of Axolotl's expert parallelism, read only with expert_parallel_size > 1",
+    "expert_parallel_token_capacity": "a setting of Axolotl's expert parallelism, read only with expert_parallel_size > 1",
     "dp_shard_size": "hubtune's FSDP shards over every GPU of the launch (dp_shard_size: 1 or the GPU count)",
     "dp_replicate_size": "hubtune's FSDP shards over every GPU of the launch (hybrid sharding is not offered)",
     "use_ray": "hubtune launches its processes with accelerate, not Ray",
@@ -229,6 +229,7 @@ PLUGINS = {  # Axolotl plugins: the kernel hubtune runs in their place, "same" (
                 "without materialising all logits (the same loss)"),
     "axolotl.integrations.kernels.KernelsPlugin": (
         "same", "KernelsPlugin: what it switches on is read from use_kernels, use_scattermoe and use_sonicmoe"),
+    "axolotl.integrations.expert_parallel.ExpertParallelPlugin": ("expert_parallel", None),
     "axolotl.integrations.swanlab.SwanLabPlugin": (
         "same", "SwanLabPlugin: hubtune logs to SwanLab through transformers' integration when use_swanlab is true"),
 }
@@ -347,6 +348,7 @@ class _Reader:
         self.method()
         tree = {"model": self.model(), "lora": self.lora(), "data": self.datasets(), "training": self.training()}
         self.context_parallel(tree)
+        self.expert_parallel(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -951,6 +953,67 @@ class _Reader:
             return {"name": BUILTIN_REWARDS[function], "weight": weight}
         return {"name": "callable", "callable": f"{module}:{function}", "signature": "trl", "weight": weight}
 
+    def expert_parallel(self, tree: dict) -> None:
+        """expert_parallel_size with Axolotl's ExpertParallelPlugin: each MoE layer's experts spread over that
+        many GPUs, tokens exchanged all-to-all (DeepEP's kernels), the other weights sharded over the rest.
+        hubtune loads the base with transformers' own expert parallelism (DistributedConfig(ep_size=...),
+        all-to-all dispatch, FSDP2 on the dense weights): the same experts on the same GPUs, the same tokens."""
+        ep = self.data.get("expert_parallel_size")
+        ep = 1 if ep is None else ep
+        plugin = getattr(self, "ep_plugin", False)
+        if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
+            return  # refused with the reason in WHY
+        settings = ("expert_parallel_token_capacity", "expert_parallel_num_nvl_bytes", "expert_parallel_num_rdma_bytes",
+                    "expert_parallel_backend", "expert_parallel_fallback_on_unsupported")
+        if ep == 1:
+            unread = [key for key in settings if self.take(key) is not None]
+            if plugin or unread:
+                self.note(f"{', '.join((['ExpertParallelPlugin'] if plugin else []) + unread)} with "
+                          f"expert_parallel_size 1: Axolotl runs no expert parallelism, nor does hubtune")
+            return
+        self.take("expert_parallel_size")
+        t, m = tree["training"], tree["model"]
+        micro, length = t.get("micro_batch_size", 1), tree["data"].get("max_seq_len", 2048)
+        capacity = self.take("expert_parallel_token_capacity")
+        buffers = [key for key in settings[1:] if self.take(key) is not None]
+        why = None
+        if not plugin:
+            why = ("without axolotl.integrations.expert_parallel.ExpertParallelPlugin in plugins: Axolotl sets the "
+                   "ranks aside but dispatches no tokens to experts on other GPUs; add the plugin, or set it to 1")
+        elif m.get("quantization", "none") != "none":
+            why = "with a 4- or 8-bit base: the experts are spread over GPUs as 16-bit tensors (load_in_4bit: false)"
+        elif tree["lora"].get("target_parameters"):
+            why = ("with lora_target_parameters: LoRA on experts spread over GPUs (Axolotl shards and saves it with "
+                   "code of its own); transformers' Trainer keeps an adapter added after sharding as one copy per GPU, "
+                   "averaged, while each GPU holds other experts; target attention and dense layers")
+        elif t.get("distributed") not in (None, "ddp", "fsdp"):
+            why = f"with {t['distributed']}: transformers shards the model itself as it loads; leave deepspeed out"
+        elif self.rl:
+            why = f"with rl: {self.rl}: hubtune spreads experts for supervised fine-tuning only"
+        elif t.get("context_parallel_size", 1) > 1:
+            why = "with context_parallel_size: hubtune does not combine expert and context parallelism"
+        elif capacity is not None and (not isinstance(capacity, int) or capacity < micro * length * ep):
+            why = (f"with expert_parallel_token_capacity {capacity!r}: below micro_batch_size x sequence_len x "
+                   f"expert_parallel_size ({micro * length * ep}) Axolotl drops the lowest-weight tokens of an "
+                   f"overloaded expert, which transformers' dispatch never does; leave it out")
+        if why:
+            self.refuse("expert_parallel_size", f"{ep} {why}")
+            return
+        if t.get("distributed") == "fsdp":
+            self.note("fsdp with expert_parallel_size: transformers shards the non-expert weights with FSDP2 itself "
+                      "as the base loads; hubtune launches the processes plain (training.distributed: ddp)")
+        t.update(expert_parallel_size=ep, distributed="ddp")
+        if capacity is not None:
+            self.note(f"expert_parallel_token_capacity {capacity}: no expert can receive that many tokens in a step "
+                      f"(at most micro_batch_size x sequence_len x expert_parallel_size = {micro * length * ep}), so "
+                      f"Axolotl drops none, nor does transformers")
+        if buffers:
+            self.note(f"{', '.join(buffers)}: settings of DeepEP's kernels; transformers exchanges the tokens with "
+                      f"torch's all-to-all (the same tokens to the same experts)")
+        self.note(f"expert_parallel_size {ep}: transformers spreads each MoE layer's experts over {ep} GPUs as the "
+                  f"base loads (tokens exchanged all-to-all, DeepEP's kernels in Axolotl) and shards the other weights "
+                  f"with FSDP2; launch a multiple of {ep} GPUs")
+
     def context_parallel(self, tree: dict) -> None:
         """context_parallel_size: Axolotl splits each sequence over that many GPUs with ring-flash-attention
         (its own patch). hubtune runs accelerate's context parallelism (torch's, on FSDP2, over SDPA): the
@@ -1135,6 +1198,8 @@ class _Reader:
             kernel, why = PLUGINS.get(str(plugin), (None, "an Axolotl plugin hubtune has no counterpart for"))
             if kernel == "liger":
                 liger = True
+            elif kernel == "expert_parallel":
+                self.ep_plugin = True  # read with expert_parallel_size (expert_parallel())
             elif kernel == "same":
                 self.note(why)
             else:
@@ -1431,6 +1496,9 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
     if t.context_parallel_size > 1:
         out["context_parallel_size"] = t.context_parallel_size
+    if t.expert_parallel_size > 1:
+        out["expert_parallel_size"] = t.expert_parallel_size
+        out.setdefault("plugins", []).append("axolotl.integrations.expert_parallel.ExpertParallelPlugin")
     if "tensorboard" in t.report_to:
         out["use_tensorboard"] = True
     out.update(_axolotl_method(t, problems))

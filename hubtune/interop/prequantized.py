@@ -72,3 +72,20 @@ def describe(quantization: dict) -> str:
     if quantization.get("load_in_8bit") or quantization.get("_load_in_8bit"):
         return f"{method} 8-bit"
     return str(method)
+
+
+def unreadable(quantization: dict) -> str | None:
+    """Why transformers cannot load a base saved with this quantization_config (a method it has no quantizer
+    for, such as NVIDIA ModelOpt's NVFP4 checkpoints), or None when it has one."""
+    import transformers
+    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
+
+    method = quantization.get("quant_method")
+    if method in AUTO_QUANTIZATION_CONFIG_MAPPING or str(method).startswith("bitsandbytes") or any(
+            quantization.get(flag) for flag in ("load_in_4bit", "load_in_8bit", "_load_in_4bit", "_load_in_8bit")):
+        return None
+    what = (f"NVIDIA ModelOpt's {quantization.get('quant_algo') or 'quantized'} format (quant_method modelopt)"
+            if method == "modelopt" else f"quant_method {method!r}")
+    return (f"saved in {what}, which transformers {transformers.__version__} has no quantizer for, so it cannot load "
+            f"it (not even dequantized); use the 16-bit model it was made from (its card's base_model), with "
+            f"model.quantization nf4 for 4-bit memory")

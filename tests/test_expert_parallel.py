@@ -1,0 +1,127 @@
+"""Expert parallelism (training.expert_parallel_size): transformers' own (DistributedConfig with ep_size, tokens
+exchanged all-to-all, FSDP2 on the other weights), checked before launch, and Axolotl's ExpertParallelPlugin
+converted to it. Spreading experts over GPUs needs several CUDA GPUs: these tests stop at the launch boundary."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from transformers import LlamaConfig, Qwen3MoeConfig
+
+from hubtune import config as cfg
+from hubtune import distributed
+from hubtune.errors import ConfigError, HubtuneError
+from hubtune.interop import axolotl
+from hubtune.train import check_against_model
+from readme_blocks import section_blocks
+
+EP = {"model": {"quantization": "none"}, "training": {"distributed": "ddp", "expert_parallel_size": 4}}
+QWEN_MOE = Qwen3MoeConfig(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2)
+
+
+def test_what_expert_parallelism_cannot_run_is_named_before_launch():
+    with pytest.raises(ConfigError) as info:
+        cfg.build({"training": {"expert_parallel_size": 2, "distributed": "fsdp", "method": "kto"},
+                   "lora": {"target_parameters": ["mlp.experts.gate_up_proj"], "target_modules": []}})
+    text = str(info.value)
+    for wanted in ("training.distributed: ddp (not fsdp)", "training.method: sft (not kto)",
+                   "model.quantization: none (not nf4)", "no lora.target_parameters"):
+        assert wanted in text
+    with pytest.raises(ConfigError, match="expert and context parallelism are not combined"):
+        cfg.build(cfg.merge(EP, {"training": {"context_parallel_size": 2, "distributed": "fsdp"}}))
+    assert cfg.build(EP).training.expert_parallel_size == 4
+
+
+def test_the_base_loads_with_transformers_expert_parallel_plan(monkeypatch):
+    assert distributed.expert_parallel_config(cfg.build({}).training) is None
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    dc = distributed.expert_parallel_config(cfg.build(EP).training)
+    # Experts over 4 GPUs, each pair of groups holding the same experts; every GPU reads its own batches.
+    assert (dc.ep_size, dc.fsdp_size, dc.tp_size, dc.efsdp_size, dc.dp_size) == (4, 8, 1, 2, 8)
+    assert dc.ep_implementation == "all_to_all" and dc.enable_expert_parallel
+
+
+def test_the_model_needs_an_expert_plan_and_experts_that_split_evenly():
+    config = cfg.build(EP)
+    check_against_model(config, QWEN_MOE)  # 8 experts over 4 GPUs
+    with pytest.raises(ConfigError, match="8 experts per layer do not split evenly over 3 GPUs"):
+        check_against_model(cfg.build(cfg.merge(EP, {"training": {"expert_parallel_size": 3}})), QWEN_MOE)
+    with pytest.raises(ConfigError, match="no expert-parallel plan for LlamaConfig"):
+        check_against_model(config, LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                                intermediate_size=128, num_hidden_layers=2))
+
+
+def test_the_launch_is_plain_processes_on_a_multiple_of_the_group(monkeypatch):
+    plan = distributed.plan_launch("ddp", 8, expert_parallel_size=4)
+    assert plan.preset == distributed.PRESETS / "ddp.yaml" and plan.num_processes == 8
+    with pytest.raises(HubtuneError, match="expert_parallel_size 4 spreads the experts over that many GPUs"):
+        distributed.plan_launch("ddp", 6, expert_parallel_size=4)
+    training = cfg.build(EP).training
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        distributed.check_expert_parallel(training, "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="does not divide the 2 process"):
+        distributed.check_expert_parallel(training, "cuda")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    distributed.check_expert_parallel(training, "cuda")
+
+
+AXOLOTL = """\
+base_model: Qwen/Qwen3-30B-A3B-Instruct-2507
+plugins:
+  - axolotl.integrations.expert_parallel.ExpertParallelPlugin
+experts_implementation: grouped_mm
+expert_parallel_size: 4
+datasets:
+  - path: mhenrichsen/alpaca_2k_test
+    type: alpaca
+sequence_len: 2048
+adapter: lora
+lora_r: 32
+lora_alpha: 16
+lora_target_modules: [q_proj, k_proj, v_proj, o_proj]
+micro_batch_size: 1
+learning_rate: 0.0003
+"""
+
+
+def test_axolotls_expert_parallel_plugin_converts_and_exports_back():
+    translation = axolotl.from_axolotl(yaml.safe_load(AXOLOTL))
+    config = translation.run_config()
+    assert (config.training.expert_parallel_size, config.training.distributed) == (4, "ddp")
+    assert any("spreads each MoE layer's experts over 4 GPUs" in note for note in translation.notes)
+    exported = axolotl.to_axolotl(config)
+    assert exported["expert_parallel_size"] == 4
+    assert exported["plugins"] == ["axolotl.integrations.expert_parallel.ExpertParallelPlugin"]
+    assert axolotl.from_axolotl(exported).run_config() == config
+
+
+def test_deepep_buffers_and_a_capacity_that_cannot_bind_are_noted():
+    data = dict(yaml.safe_load(AXOLOTL), expert_parallel_num_nvl_bytes=4 << 30, expert_parallel_token_capacity=8192)
+    translation = axolotl.from_axolotl(data)
+    assert not translation.unsupported
+    assert any("expert_parallel_num_nvl_bytes: settings of DeepEP's kernels" in n for n in translation.notes)
+    assert any("expert_parallel_token_capacity 8192: no expert can receive" in n for n in translation.notes)
+    off = axolotl.from_axolotl(dict(yaml.safe_load(AXOLOTL), expert_parallel_size=1, expert_parallel_num_nvl_bytes=1))
+    assert not off.unsupported and off.run_config().training.expert_parallel_size == 1
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"expert_parallel_token_capacity": 1024}, "4 with expert_parallel_token_capacity 1024: below micro_batch_size"),
+    ({"plugins": []}, "4 without axolotl.integrations.expert_parallel.ExpertParallelPlugin"),
+    ({"adapter": "qlora", "load_in_4bit": True}, "4 with a 4- or 8-bit base"),
+    ({"lora_target_parameters": ["mlp.experts.gate_up_proj"]}, "4 with lora_target_parameters"),
+    ({"deepspeed": "deepspeed_configs/zero3.json"}, "4 with deepspeed-zero3"),
+])
+def test_what_hubtunes_expert_parallelism_cannot_express_is_refused(change, why):
+    refused = dict(axolotl.from_axolotl(dict(yaml.safe_load(AXOLOTL), **change)).unsupported)
+    assert why in refused["expert_parallel_size"]
+
+
+def test_the_docs_config_is_a_valid_expert_parallel_run():
+    (body,) = [body for lang, body in section_blocks("Experts over several GPUs") if lang == "yaml"]
+    config = cfg.build(yaml.safe_load(body))
+    assert (config.training.expert_parallel_size, config.training.distributed) == (4, "ddp")
+    assert config.model.experts_implementation == "grouped_mm" and not config.lora.target_parameters
+    check_against_model(config, QWEN_MOE)
