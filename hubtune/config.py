@@ -76,7 +76,7 @@ class ModelSection(Section):
     quantize_experts: bool = Field(False, description="Mixture-of-experts bases: quantize the stacked expert "
         "weights (3D parameters such as mlp.experts.gate_up_proj, which BitsAndBytesConfig leaves in 16 bits) as they "
         "load, at the base's quantization (nf4 / fp4 with double_quant, or int8); they stay frozen, and LoRA reaches "
-        "them through lora.target_parameters. Single-GPU and DDP runs (not FSDP or ZeRO-3).")
+        "them through lora.target_parameters as on a 16-bit base. Single-GPU and DDP runs (not FSDP or ZeRO-3).")
     use_kernels: bool = Field(False, description="Swap layers for the kernels transformers maps them to on the "
         "Hub (transformers' use_kernels, the `kernels` package): the same computation, faster. Hub code: "
         "off unless you trust kernels-community.")
@@ -671,9 +671,6 @@ class RunConfig(Section):
             if self.model.linearized_experts:
                 raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
                                  "layers, which model.quantization already quantizes; leave quantize_experts out")
-            if self.lora.target_parameters:
-                raise ValueError("model.quantize_experts with lora.target_parameters: PEFT cannot yet train LoRA on "
-                                 "quantized expert weights; leave one of them out")
             if self.training.backend == "unsloth":
                 raise ValueError("model.quantize_experts: the Unsloth backend loads the base its own way; "
                                  "use training.backend: hf")

@@ -694,35 +694,20 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import PeftModel, get_peft_model
 
+    from hubtune import experts
+
     if config.lora.init_from:
         if config.lora.unfrozen_parameters:
             raise ConfigError([("lora.unfrozen_parameters", "a continued adapter (lora.init_from) trains what it "
                                                             "was saved with; leave unfrozen_parameters out, or "
                                                             "start a fresh adapter")])
-        return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
+        return experts.under_lora(model, lambda: PeftModel.from_pretrained(
+            model, str(adapter_folder(config.lora.init_from)), is_trainable=True))
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
-    peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                                   model_config, unfrozen, quantized_experts=config.model.quantize_experts))
+    peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen)
+    peft_model = experts.under_lora(model, lambda: get_peft_model(model, peft_config))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
-    if config.model.quantize_experts:
-        experts_under_lora(peft_model)
     return peft_model
-
-
-def experts_under_lora(peft_model) -> None:
-    """LoRA on quantized experts is refused: PEFT adds it to a parameter as a torch parametrization for each
-    forward, and on a parameter already parametrized (hubtune.experts) PEFT 0.21 leaves it there (the chain
-    grows every step), two such wrappers on one layer read a stale cached weight, and they nest in another
-    order than on a 16-bit base, so the adapter would not load onto it for merging. PEFT moves some target
-    names (gate_proj, up_proj, down_proj of several MoE families) onto the stacked experts itself: both are
-    caught here, after PEFT resolved its targets."""
-    targets = peft_model.peft_config["default"].target_parameters
-    if targets:
-        raise ConfigError([("model.quantize_experts", f"LoRA would reach the quantized experts (PEFT's target_parameters: "
-                                                      f"{', '.join(sorted(targets))}), which PEFT cannot yet train on "
-                                                      f"quantized weights; leave quantize_experts out (16-bit experts), "
-                                                      f"or keep LoRA off the experts (lora.target_parameters empty, no "
-                                                      f"gate_proj / up_proj / down_proj in lora.target_modules)")])
 
 
 def adapter_folder(where: str) -> Path:
@@ -795,15 +780,10 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, unfrozen: unfreeze.Unfrozen | None = None,
-                quantized_experts: bool = False) -> LoraConfig:
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
     `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
-    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows.
-
-    quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
-    (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
-    name such as down_proj reaches only Linear layers (the experts take LoRA through target_parameters)."""
+    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
@@ -821,7 +801,6 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
-                      exclude_modules=r".*\.parametrizations\..*" if quantized_experts else None,
                       bias="none", task_type="CAUSAL_LM")
 
 

@@ -36,10 +36,9 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # Keys that stop a supervised LoRA / QLoRA example from converting, by what hubtune lacks. A key
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
-    # quantize_moe_experts is honoured (model.quantize_experts) unless LoRA reaches the quantized experts, which
-    # PEFT 0.21 cannot train (its LoRA parametrization stays on a quantized weight every step), or the run is
-    # sharded by FSDP, which neither shards nor places the experts' quantization constants.
-    "LoRA on quantized experts, or quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
+    # quantize_moe_experts is honoured (model.quantize_experts) unless the run is sharded by FSDP, which neither
+    # shards nor places the experts' quantization constants.
+    "quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
@@ -333,25 +332,26 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
     assert axolotl.from_axolotl(axolotl.to_axolotl(config, formats)).run_config() == config
 
 
-# The examples asking for quantize_moe_experts that stay refused, and the setting each one combines it with.
-EXPERTS_REFUSED = {"gemma4/26b-a4b-moe-bnb-lora.yaml": "lora_target_parameters",
-                   "gemma4/26b-a4b-moe-qlora.yaml": "lora_target_parameters",
-                   "qwen3-next/qwen3-next-80b-a3b-qlora.yaml": "lora_target_modules shared_expert.up_proj",
-                   "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "FSDP", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "FSDP",
-                   "glm47-flash/qlora_fsdp.yaml": "FSDP", "glm47-flash/lora_fsdp.yaml": "FSDP"}
+# The examples asking for quantize_moe_experts that stay refused: sharded by FSDP.
+EXPERTS_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml",
+                   "glm47-flash/qlora_fsdp.yaml", "glm47-flash/lora_fsdp.yaml")
 
 
-def test_quantized_experts_convert_unless_lora_reaches_them_or_fsdp_shards_them(results):
+def test_quantized_experts_convert_unless_fsdp_shards_them(results):
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("quantize_moe_experts")}
     assert len(asked) == 16
     refused = {name for name, (config, _) in asked.items() if config is None}
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
-    for name, setting in EXPERTS_REFUSED.items():
-        assert setting in asked[name][1]["quantize_moe_experts"], name
-    # The other refusals are for something else: context parallelism.
+    assert all("FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
+    # The other refusal is for something else: context parallelism over packed examples.
     assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 8 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 11 and all(c.model.quantize_experts for c in converted.values())
     assert converted["glm47-flash/lora.yaml"].model.quantization == "int8"
+    # LoRA on the quantized experts, as Axolotl trains them: named, or moved there by PEFT from the shared
+    # expert's names on Qwen3-Next.
+    assert converted["gemma4/26b-a4b-moe-qlora.yaml"].lora.target_parameters == ["experts.gate_up_proj",
+                                                                                 "experts.down_proj"]
+    assert "shared_expert.down_proj" in converted["qwen3-next/qwen3-next-80b-a3b-qlora.yaml"].lora.target_modules

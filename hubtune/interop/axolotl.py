@@ -59,9 +59,6 @@ DATASET_TYPES = {
     "sharegpt": "sharegpt", "chat_template": "chat", "chat_template.default": "chat", "completion": "text",
 }
 EXPERTS = ("eager", "grouped_mm", "batched_mm", "sonicmoe", "deepgemm")  # transformers' experts implementations
-# Linear-layer names PEFT 0.21 retargets onto the stacked expert weights of Mixtral- and Qwen2-MoE-like families
-# (peft.utils.transformers_weight_conversion), so LoRA on them reaches the experts.
-MOVED_ONTO_EXPERTS = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"}
 RL_METHODS = ("dpo", "orpo", "kto", "grpo")  # Axolotl's `rl:` values hubtune trains (training.method)
 # Axolotl's preference dataset types that render with a fixed template (the prefix: chatml, llama3) and
 # the columns each reads, as hubtune's data.columns: pairs for DPO / ORPO, unpaired rows for KTO. Rows
@@ -482,17 +479,6 @@ class _Reader:
         """Why quantize_moe_experts cannot be honoured with the rest of the config; None when it can."""
         if model.get("quantization") == "none":
             return "needs load_in_4bit or load_in_8bit (as in Axolotl)"
-        targets = self.data.get("lora_target_modules")
-        onto_experts = [t for t in (targets if isinstance(targets, list) else [])
-                        if str(t).rsplit(".", 1)[-1] in MOVED_ONTO_EXPERTS]
-        if self.data.get("lora_target_parameters") or onto_experts:
-            what = (f"lora_target_parameters {shown(self.data.get('lora_target_parameters'))}"
-                    if self.data.get("lora_target_parameters") else
-                    f"lora_target_modules {', '.join(map(str, onto_experts))} (PEFT moves these names onto the "
-                    f"stacked experts of several MoE families)")
-            return (f"{what} put LoRA on the quantized expert weights, which PEFT cannot yet train (its LoRA "
-                    f"parametrization stays on a quantized weight at every step; Axolotl patches PEFT's internals). "
-                    f"Leave quantize_moe_experts out (16-bit experts) or keep LoRA off the experts")
         if self.data.get("fsdp") or self.data.get("fsdp_config") or "zero3" in str(self.data.get("deepspeed") or ""):
             return ("with FSDP / ZeRO-3: the quantized experts keep their quantization constants beside the weights, "
                     "which FSDP neither shards nor places; leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
