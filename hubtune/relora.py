@@ -44,8 +44,9 @@ def jagged_scale(step: int, restart: int, warmup: int, anneal: int, floor: float
 
 def check(config: cfg.RunConfig, optimizer: str | None = None, backend: str | None = None,
           new_tokens: list[str] | None = None) -> None:
-    """What ReLoRA cannot run with, before the base loads (Axolotl refuses the same or fails on it);
-    `optimizer` and `backend` as the run resolved them, `new_tokens` those new to the vocabulary."""
+    """What hubtune's ReLoRA does not run with, before the base loads (Axolotl too refuses FSDP and DeepSpeed,
+    and stops at the first restart on an optimizer other than Adam); `optimizer` and `backend` as the run
+    resolved them, `new_tokens` those new to the vocabulary."""
     r, t, lo = config.training.relora, config.training, config.lora
     if r is None:
         return
@@ -240,10 +241,11 @@ def lora_layers(model) -> dict[str, object]:
 
 
 def cycle_factors(layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """This cycle's update as (s B, A): s B A is what PEFT's get_delta_weight computes."""
+    """This cycle's update as (s B, A), kept in float32 on the CPU (r x (in + out) numbers a layer and cycle,
+    off the GPU): s B A is what PEFT's get_delta_weight computes."""
     (adapter,) = layer.active_adapters
     b = layer.lora_B[adapter].weight.detach().float() * layer.scaling[adapter]
-    return b.clone(), layer.lora_A[adapter].weight.detach().float().clone()
+    return b.to("cpu", copy=True), layer.lora_A[adapter].weight.detach().to("cpu", torch.float32, copy=True)
 
 
 def _fan(update: torch.Tensor, layer) -> torch.Tensor:
