@@ -10,6 +10,7 @@ from __future__ import annotations
 MEASURED = {
     "trl_adapter_cast": {"trl": "1.16.0", "peft": "0.21.2"},
     "bnb_cpu_bf16_repack": {"bitsandbytes": "0.50.2"},
+    "peft_param_wrapper_over_parametrization": {"peft": "0.21.2", "torch": "2.13.0"},
     "llama4_backbone": {"transformers": "5.24.0", "trl": "1.16.0"},
 }
 
@@ -54,3 +55,105 @@ def reachable_backbone(model) -> bool:
         model.base_model_prefix = "model"
         return True
     return False
+
+
+def _param_wrapper_faults() -> set[str]:
+    """What PEFT's ParamWrapper (LoRA on a parameter) gets wrong over a parameter that is itself parametrized,
+    as quantized experts are (hubtune.experts): one forward and backward of two nested wrappers on a tiny
+    stacked-experts layer whose weights carry an identity parametrization.
+    proxy_left: the LoRA proxy stays on the parameter after the forward (PEFT looks for _LoraParameterProxy
+    only, a single adapter on stacked experts registers _LoraFactorsProxy); stale_inner: the inner wrapper's
+    LoRA is not applied (it reads the weight inside the outer wrapper's parametrization cache before adding
+    its proxy, and the layer then reads that cached weight)."""
+    import warnings
+
+    import torch
+    import torch.nn.utils.parametrize as P
+    from peft import LoraConfig, get_peft_model
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = torch.nn.Parameter(torch.ones(2, 4, 3), requires_grad=False)
+            self.down = torch.nn.Parameter(torch.ones(2, 3, 4), requires_grad=False)
+
+        def forward(self, x):
+            return torch.einsum("beo,eoi->bei", torch.einsum("bi,eio->beo", x, self.up), self.down)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = Experts()
+
+        def forward(self, x):
+            return self.experts(x)
+
+    model = Model()
+    experts = model.experts
+    peft_model = get_peft_model(model, LoraConfig(r=1, target_modules=[], target_parameters=["experts.up",
+                                                                                             "experts.down"]))
+    for name in ("up", "down"):
+        P.register_parametrization(experts, name, Identity(), unsafe=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's own "could not find any LoRA parametrization", detected here
+        peft_model.base_model.model(torch.ones(1, 4)).sum().backward()
+    inner = peft_model.base_model.model.experts.base_layer
+    faults = set()
+    if any(len(experts.parametrizations[name]) > 1 for name in ("up", "down")):
+        faults.add("proxy_left")
+    if inner.lora_B["default"].weight.grad is None:
+        faults.add("stale_inner")
+    return faults
+
+
+def _remove_lora_proxy(wrapper) -> None:
+    """ParamWrapper._remove_parametrizations taking either of PEFT's LoRA proxies: the last one registered on
+    the parameter goes, the quantization's parametrization stays."""
+    from peft.tuners.lora.layer import _LoraFactorsProxy, _LoraParameterProxy
+
+    chain = wrapper.get_base_layer().parametrizations[wrapper.parameter_name]
+    for i in reversed(range(len(chain))):
+        if isinstance(chain[i], (_LoraParameterProxy, _LoraFactorsProxy)):
+            del chain[i]
+            return
+
+
+def _activate_lora_fresh(wrapper, active_adapters):
+    """ParamWrapper._activate_lora, then the weight it read before adding its proxy dropped from the
+    parametrization cache, so the layer reads it with the LoRA."""
+    import contextlib
+
+    import torch.nn.utils.parametrize as P
+
+    @contextlib.contextmanager
+    def activated():
+        with type(wrapper)._activate_lora(wrapper, active_adapters):
+            P._cache.pop((id(wrapper.get_base_layer()), wrapper.parameter_name), None)
+            yield
+
+    return activated()
+
+
+def lora_on_parametrized_experts(model) -> list[str]:
+    """LoRA on quantized experts (lora.target_parameters, or names PEFT moves onto the experts, with
+    model.quantize_experts): PEFT's ParamWrapper adds its LoRA to the weight as a torch parametrization at each
+    forward and removes it after, and over a weight that is itself parametrized (the quantized experts) PEFT
+    0.21 leaves the proxy behind (the chain grows every step, then fails on the integer storage) and nested
+    wrappers read a stale cached weight (`_param_wrapper_faults`). Each wrapper of `model` over a parametrized
+    weight gets, on the instance (PEFT's classes stay as they are), what corrects the faults PEFT still has;
+    returns the faults corrected (none once PEFT is fixed)."""
+    import types
+
+    wrappers = [m for m in model.modules() if type(m).__name__ == "ParamWrapper"
+                and hasattr(m.get_base_layer(), "parametrizations")]
+    faults = _param_wrapper_faults() if wrappers else set()
+    for wrapper in wrappers:
+        if "proxy_left" in faults:
+            wrapper._remove_parametrizations = types.MethodType(_remove_lora_proxy, wrapper)
+        if "stale_inner" in faults:
+            wrapper._activate_lora = types.MethodType(_activate_lora_fresh, wrapper)
+    return sorted(faults)

@@ -71,6 +71,8 @@ def quantize_parameter(module: torch.nn.Module, name: str, quantization: str, do
 
     if P.is_parametrized(module, name):
         return
+    if not hasattr(module, "_hubtune_parameter_order"):  # the order PEFT wraps them in on a 16-bit base
+        module._hubtune_parameter_order = list(module._parameters)
     if quantization == "int8":
         weight = getattr(module, name).data
         int8, row_stats, _ = bnb.functional.int8_vectorwise_quant(
@@ -143,3 +145,63 @@ def quantizing_on_load(quantization: str, double_quant: bool, compute_dtype: tor
         loading.set_param_for_module = original
         if warmup is not None:
             modeling.caching_allocator_warmup = warmup
+
+
+def _dequantized_like(parametrization, original: torch.Tensor) -> tuple[torch.Size, torch.dtype] | None:
+    """The shape and dtype a quantized expert weight reads as, without dequantizing it; None when the
+    parametrization is not one of this module's quantizations."""
+    from bitsandbytes.nn.parametrize import Bnb4bitParametrization
+
+    if isinstance(parametrization, Bnb4bitParametrization):
+        return parametrization.quant_state.shape, parametrization.quant_state.dtype
+    if isinstance(parametrization, Int8Rows):
+        return original.shape, parametrization.dtype
+    return None
+
+
+@contextmanager
+def shaped_as_sixteen_bit(model):
+    """Within: each quantized expert weight is a plain parameter of its 16-bit shape and dtype again (a zero
+    broadcast to that shape: no memory), so PEFT matches and wraps the experts exactly as on a 16-bit base
+    (the same names, the same nesting of wrappers, the same saved adapter, which then loads onto either
+    base). PEFT cannot match a parametrized weight by suffix, and nests wrappers over one in another order.
+    After: the quantized weights and their parametrizations are back under PEFT's wrappers."""
+    held = []
+    for module in list(model.modules()):
+        if not P.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations):
+            chain = module.parametrizations[name]
+            original = chain.original
+            like = _dequantized_like(chain[0], original) if len(chain) == 1 else None
+            if like is None:
+                continue
+            parametrization = chain[0]
+            P.remove_parametrizations(module, name, leave_parametrized=False)
+            shape, dtype = like
+            placeholder = torch.zeros((), dtype=dtype, device=original.device).expand(shape)
+            setattr(module, name, torch.nn.Parameter(placeholder, requires_grad=False))
+            held.append((module, name, original, parametrization))
+    for module in {id(m): m for m, *_ in held}.values():
+        order = getattr(module, "_hubtune_parameter_order", [])
+        for name in sorted(module._parameters, key=lambda n: order.index(n) if n in order else len(order)):
+            module._parameters[name] = module._parameters.pop(name)  # the definition order again
+    try:
+        yield len(held)
+    finally:
+        for module, name, original, parametrization in held:
+            del module._parameters[name]
+            setattr(module, name, original)
+            P.register_parametrization(module, name, parametrization, unsafe=True)
+
+
+def under_lora(model, attach):
+    """attach(): PEFT's adapter put on `model` (get_peft_model, PeftModel.from_pretrained) as on a 16-bit base,
+    its wrappers over quantized experts then corrected for what PEFT gets wrong over parametrized weights
+    (hubtune.compat)."""
+    from hubtune import compat
+
+    with shaped_as_sixteen_bit(model):
+        peft_model = attach()
+    compat.lora_on_parametrized_experts(peft_model)
+    return peft_model

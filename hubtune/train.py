@@ -201,6 +201,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         # 2. Tokenizer and data: fail on bad data before paying for the model.
         tokenizer = load_tokenizer(base.path, config.model)
         new_tokens = add_tokens(tokenizer, config.model)
+        if config.training.relora is not None:
+            from hubtune import relora
+
+            relora.check(config, hw.optimizer, backend.name, new_tokens)
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
                          f"{', '.join(new_tokens)}")
@@ -256,7 +260,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     rows = (lambda split: tokenized(split, prepared.chat)) if method == "sft" else (lambda split: split)
     trainer = methods.build_trainer(
         config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
-        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
+        # ReLoRA first: the metrics line carries its restart count
+        callbacks=[*relora_callback(config, base.path, args, last),
+                   MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *([selection] if selection else []), *trackers,
                    *early_stopping(config, prepared.eval is not None),
                    *([QuadraticWarmup()] if config.training.warmup_shape == "quadratic" else []), *callbacks],
@@ -296,6 +302,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                        (initial or {}).get("eval_loss"), backend.to_dict(), batches)
     summary.training_method = method
     summary.method_settings = methods.settings_record(config)
+    if config.training.relora is not None:
+        r = config.training.relora
+        cycles = max(trainer.state.global_step - 1, 0) // r.restart_steps + 1  # restarts begin steps R+1, 2R+1, ...
+        summary.method_settings["relora"] = {**r.model_dump(), "cycles": cycles, "rank": config.lora.r * cycles}
     if after:
         summary.held_out = {"before": {k: v for k, v in (initial or {}).items() if k in after}, "after": after}
     if selection:
@@ -309,6 +319,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def relora_callback(config: cfg.RunConfig, base_path: str, args, resume_from: Path | None) -> list[TrainerCallback]:
+    """training.relora's restarts (hubtune.relora), resuming from a checkpoint's merged cycles."""
+    if config.training.relora is None:
+        return []
+    from hubtune.relora import ReLoRA
+
+    return [ReLoRA(config.training.relora, base_path, str(getattr(args.optim, "value", args.optim)), resume_from)]
 
 
 def early_stopping(config: cfg.RunConfig, has_eval: bool) -> list[TrainerCallback]:
@@ -682,35 +701,20 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return backends.unsloth_lora(model, config.lora, gradient_checkpointing, config.training.seed)
     from peft import PeftModel, get_peft_model
 
+    from hubtune import experts
+
     if config.lora.init_from:
         if config.lora.unfrozen_parameters:
             raise ConfigError([("lora.unfrozen_parameters", "a continued adapter (lora.init_from) trains what it "
                                                             "was saved with; leave unfrozen_parameters out, or "
                                                             "start a fresh adapter")])
-        return PeftModel.from_pretrained(model, str(adapter_folder(config.lora.init_from)), is_trainable=True)
+        return experts.under_lora(model, lambda: PeftModel.from_pretrained(
+            model, str(adapter_folder(config.lora.init_from)), is_trainable=True))
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
-    peft_model = get_peft_model(model, lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None,
-                                                   model_config, unfrozen, quantized_experts=config.model.quantize_experts))
+    peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen)
+    peft_model = experts.under_lora(model, lambda: get_peft_model(model, peft_config))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
-    if config.model.quantize_experts:
-        experts_under_lora(peft_model)
     return peft_model
-
-
-def experts_under_lora(peft_model) -> None:
-    """LoRA on quantized experts is refused: PEFT adds it to a parameter as a torch parametrization for each
-    forward, and on a parameter already parametrized (hubtune.experts) PEFT 0.21 leaves it there (the chain
-    grows every step), two such wrappers on one layer read a stale cached weight, and they nest in another
-    order than on a 16-bit base, so the adapter would not load onto it for merging. PEFT moves some target
-    names (gate_proj, up_proj, down_proj of several MoE families) onto the stacked experts itself: both are
-    caught here, after PEFT resolved its targets."""
-    targets = peft_model.peft_config["default"].target_parameters
-    if targets:
-        raise ConfigError([("model.quantize_experts", f"LoRA would reach the quantized experts (PEFT's target_parameters: "
-                                                      f"{', '.join(sorted(targets))}), which PEFT cannot yet train on "
-                                                      f"quantized weights; leave quantize_experts out (16-bit experts), "
-                                                      f"or keep LoRA off the experts (lora.target_parameters empty, no "
-                                                      f"gate_proj / up_proj / down_proj in lora.target_modules)")])
 
 
 def adapter_folder(where: str) -> Path:
@@ -783,15 +787,10 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, unfrozen: unfreeze.Unfrozen | None = None,
-                quantized_experts: bool = False) -> LoraConfig:
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None) -> LoraConfig:
     """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
     `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
-    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows.
-
-    quantized_experts: a quantized expert weight sits behind a torch parametrization, whose holder
-    (`mlp.experts.parametrizations.down_proj`) ends like a linear layer's name; it is excluded, so that a
-    name such as down_proj reaches only Linear layers (the experts take LoRA through target_parameters)."""
+    (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows."""
     from peft import LoraConfig
 
     names, tied = vocabulary or ([], False)
@@ -809,7 +808,6 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
                       target_modules=lora.peft_target_modules(model_config),
                       target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
-                      exclude_modules=r".*\.parametrizations\..*" if quantized_experts else None,
                       bias="none", task_type="CAUSAL_LM")
 
 

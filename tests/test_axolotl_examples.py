@@ -36,20 +36,15 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # Keys that stop a supervised LoRA / QLoRA example from converting, by what hubtune lacks. A key
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
-    # quantize_moe_experts is honoured (model.quantize_experts) unless LoRA reaches the quantized experts, which
-    # PEFT 0.21 cannot train (its LoRA parametrization stays on a quantized weight every step), or the run is
-    # sharded by FSDP, which neither shards nor places the experts' quantization constants.
-    "LoRA on quantized experts, or quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
+    # quantize_moe_experts is honoured (model.quantize_experts) unless the run is sharded by FSDP, which neither
+    # shards nor places the experts' quantization constants.
+    "quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
     # NVIDIA ModelOpt checkpoints: transformers 5.24 reads none (no modelopt quantizer; its nvfp4 one refuses
     # pre-quantized checkpoints and is not trainable), and PEFT 0.21 has no LoRA layer for NVFP4 weights.
     "NVFP4 bases": {"dsv4_fp4_grouped_mode", "nvfp4_merge_aware"},
-    # The product would be a merged model (ReLoRA).
-    "a merged model (ReLoRA)": {
-        "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
-        "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
     # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
     # parallelism (accelerate, TRL) drops their mask, and TRL refuses packing with it.
     "context parallelism with packed examples": {"context_parallel_size"},
@@ -237,6 +232,11 @@ def expected(data: dict) -> dict:
         # base_model.model. (the adapter's own weights train in hubtune anyway).
         "unfrozen": [p.removeprefix("^").removeprefix("base_model.model.") for p in data.get("unfrozen_parameters") or []
                      if p.removeprefix("^").startswith("base_model.model.") and "lora_" not in p],
+        # ReLoRA's cycle and its learning-rate restarts, with Axolotl's `or 10` / `or 1` (its scheduler mixin), and
+        # the optimizer pruning of its callback (ratio None: 0.9, or 0.999 for reset).
+        "relora": (data["jagged_restart_steps"], data.get("jagged_restart_warmup_steps") or 10,
+                   data.get("jagged_restart_anneal_steps") or 1, data.get("relora_prune_ratio"),
+                   data.get("relora_prune_method") or "magnitude") if data.get("relora") else None,
     }
 
 
@@ -262,6 +262,8 @@ def trained(c: cfg.RunConfig) -> dict:
         "quantize_experts": c.model.quantize_experts,
         "modules_to_save": c.lora.modules_to_save, "linearized_experts": c.model.linearized_experts,
         "unfrozen": c.lora.unfrozen_parameters,
+        "relora": (t.relora.restart_steps, t.relora.warmup_steps, t.relora.anneal_steps, t.relora.prune_ratio,
+                   t.relora.prune_method) if t.relora else None,
     }
 
 
@@ -330,25 +332,26 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
     assert axolotl.from_axolotl(axolotl.to_axolotl(config, formats)).run_config() == config
 
 
-# The examples asking for quantize_moe_experts that stay refused, and the setting each one combines it with.
-EXPERTS_REFUSED = {"gemma4/26b-a4b-moe-bnb-lora.yaml": "lora_target_parameters",
-                   "gemma4/26b-a4b-moe-qlora.yaml": "lora_target_parameters",
-                   "qwen3-next/qwen3-next-80b-a3b-qlora.yaml": "lora_target_modules shared_expert.up_proj",
-                   "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "FSDP", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "FSDP",
-                   "glm47-flash/qlora_fsdp.yaml": "FSDP", "glm47-flash/lora_fsdp.yaml": "FSDP"}
+# The examples asking for quantize_moe_experts that stay refused: sharded by FSDP.
+EXPERTS_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml",
+                   "glm47-flash/qlora_fsdp.yaml", "glm47-flash/lora_fsdp.yaml")
 
 
-def test_quantized_experts_convert_unless_lora_reaches_them_or_fsdp_shards_them(results):
+def test_quantized_experts_convert_unless_fsdp_shards_them(results):
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("quantize_moe_experts")}
     assert len(asked) == 16
     refused = {name for name, (config, _) in asked.items() if config is None}
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
-    for name, setting in EXPERTS_REFUSED.items():
-        assert setting in asked[name][1]["quantize_moe_experts"], name
-    # The other refusals are for something else: context parallelism.
+    assert all("FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
+    # The other refusal is for something else: context parallelism over packed examples.
     assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 8 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 11 and all(c.model.quantize_experts for c in converted.values())
     assert converted["glm47-flash/lora.yaml"].model.quantization == "int8"
+    # LoRA on the quantized experts, as Axolotl trains them: named, or moved there by PEFT from the shared
+    # expert's names on Qwen3-Next.
+    assert converted["gemma4/26b-a4b-moe-qlora.yaml"].lora.target_parameters == ["experts.gate_up_proj",
+                                                                                 "experts.down_proj"]
+    assert "shared_expert.down_proj" in converted["qwen3-next/qwen3-next-80b-a3b-qlora.yaml"].lora.target_modules

@@ -92,3 +92,9 @@ def test_llama4s_causal_lm_still_hides_its_backbone_from_base_model():
     assert model.base_model is model  # fails once transformers fixes base_model_prefix: remove the workaround
     assert reachable_backbone(model) and model.base_model is model.model
     assert not reachable_backbone(model)
+
+
+def test_peft_param_wrappers_over_a_parametrized_weight_still_leave_their_proxy_and_read_a_stale_weight():
+    # Both faults lora_on_parametrized_experts corrects per wrapper; tests/test_experts.py trains through the
+    # corrected wrappers (the chain stays one long, every LoRA factor gets a gradient).
+    assert compat._param_wrapper_faults() == {"proxy_left", "stale_inner"}

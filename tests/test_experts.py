@@ -96,27 +96,88 @@ def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
         cfg.build({"model": {"quantization": "none", "quantize_experts": True}})
     with pytest.raises(ConfigError, match="fsdp neither shards nor places"):
         cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
-    with pytest.raises(ConfigError, match="PEFT cannot yet train LoRA on quantized expert weights"):
-        cfg.build({"model": {"quantize_experts": True}, "lora": {"target_parameters": ["experts.down_proj"]}})
     with pytest.raises(ConfigError, match="already quantizes; leave quantize_experts out"):
         cfg.build({"model": {"quantize_experts": True, "linearized_experts": True}})
     with pytest.raises(ConfigError, match="has no stacked expert weights"):
         load(cfg.resolve_builtin("hubtune:tiny-llama"), quantize_experts=True)
 
 
-def test_lora_names_that_end_like_a_quantized_expert_reach_linear_layers_only(tiny_moe):
+def lora_layout(model) -> list[tuple[str, tuple]]:
+    return sorted((k, tuple(v.shape)) for k, v in model.state_dict().items() if "lora_" in k)
+
+
+def lora_pair(tiny_moe, lora: dict, quantization: str = "nf4"):
+    """The same LoRA settings on the base with quantized experts and on the base with 16-bit ones."""
     from hubtune.train import attach_lora
 
-    base = load(tiny_moe, quantize_experts=True)
-    run = cfg.build({"model": {"quantize_experts": True}, "lora": {"target_modules": ["q_proj", "o_proj"]}})
-    model = attach_lora(base, run, "hf", gradient_checkpointing=False)
-    adapted = {n.split(".")[-1] for n, m in model.named_modules() if hasattr(m, "lora_A") and "parametrizations" not in n}
-    assert adapted == {"q_proj", "o_proj"}
-    assert not any(".parametrizations." in n for n, p in model.named_parameters() if p.requires_grad)
-    # PEFT moves down_proj onto the stacked experts of Qwen-MoE-like bases: refused, not dropped.
-    onto_experts = cfg.build({"model": {"quantize_experts": True}, "lora": {"target_modules": ["q_proj", "down_proj"]}})
-    with pytest.raises(ConfigError, match="LoRA would reach the quantized experts"):
-        attach_lora(load(tiny_moe, quantize_experts=True), onto_experts, "hf", gradient_checkpointing=False)
+    quantized = cfg.build({"model": {"id": str(tiny_moe), "quantization": quantization, "quantize_experts": True},
+                           "lora": lora})
+    sixteen = cfg.build({"model": {"id": str(tiny_moe), "quantization": quantization}, "lora": lora})
+    return (attach_lora(load(tiny_moe, quantization=quantization, quantize_experts=True), quantized, "hf", False),
+            attach_lora(load(tiny_moe, quantization=quantization), sixteen, "hf", False))
+
+
+@pytest.mark.parametrize("lora", [{"target_modules": ["q_proj", "o_proj"]},
+                                  {"target_modules": [], "target_parameters": ["experts.gate_up_proj",
+                                                                               "experts.down_proj"], "dropout": 0.0},
+                                  {"target_modules": ["q_proj", "down_proj"], "dropout": 0.0}],
+                         ids=["attention", "expert-parameters", "names-peft-moves-onto-experts"])
+def test_lora_lands_on_quantized_experts_as_on_16_bit_ones(tiny_moe, lora):
+    """PEFT matches, nests and names the adapter exactly as on the 16-bit base (down_proj included: PEFT
+    moves it onto Qwen-MoE experts), so the adapter loads onto either base; the experts stay quantized."""
+    quantized, sixteen = lora_pair(tiny_moe, lora)
+    assert lora_layout(quantized) == lora_layout(sixteen) and lora_layout(quantized)
+    base = quantized.base_model.model
+    assert len(experts.quantized_experts(base)) == 4
+    assert not any(".parametrizations." in n for n, p in quantized.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_lora_on_quantized_experts_trains_computes_as_dequantized_and_reloads(tiny_moe, tmp_path, quantization):
+    """A few steps of LoRA on the quantized experts themselves: every LoRA factor gets a gradient, the loss
+    falls, the parametrization chain stays one long (PEFT's proxy is removed after each forward), the
+    forward equals the 16-bit base's with the experts set to their dequantized values and the same adapter,
+    and the saved adapter loads back onto a base loaded the same way."""
+    from peft import PeftModel
+
+    from hubtune.train import attach_lora
+
+    lora = {"target_modules": ["q_proj"], "target_parameters": ["experts.gate_up_proj", "experts.down_proj"],
+            "dropout": 0.0, "r": 4}
+    config = cfg.build({"model": {"id": str(tiny_moe), "quantization": quantization, "quantize_experts": True},
+                        "lora": lora})
+    model = attach_lora(load(tiny_moe, quantization=quantization, quantize_experts=True), config, "hf", True)
+    model.train()
+    ids = torch.randint(3, 902, (4, 16), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for step in range(4):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        if step:  # B starts at zero, so A's first gradient is zero
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        layer = model.base_model.model.model.layers[0].mlp.experts.get_base_layer()
+        assert {name: len(chain) for name, chain in layer.parametrizations.items()} == {"gate_up_proj": 1,
+                                                                                      "down_proj": 1}
+    assert losses[-1] < losses[0]
+    model.eval()
+    model.save_pretrained(tmp_path / "adapter")
+    reference = load(tiny_moe, quantization=quantization)
+    with torch.no_grad():
+        for mine, theirs in zip(model.base_model.model.model.layers, reference.model.layers):
+            for name in ("gate_up_proj", "down_proj"):
+                getattr(theirs.mlp.experts, name).copy_(getattr(mine.mlp.experts.get_base_layer(), name))
+    sixteen = PeftModel.from_pretrained(reference, tmp_path / "adapter").eval()
+    again = load(tiny_moe, quantization=quantization, quantize_experts=True)
+    reloaded = experts.under_lora(again, lambda: PeftModel.from_pretrained(again, tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        logits = model(ids).logits
+        torch.testing.assert_close(sixteen(ids).logits, logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(reloaded(ids).logits, logits, rtol=0, atol=0)
 
 
 @pytest.mark.slow
@@ -127,9 +188,11 @@ def test_a_run_on_quantized_experts_trains_and_its_adapter_loads_back(tiny_moe, 
     from hubtune.evaluation import load_tuned
 
     config = tiny_config(tmp_path, rows=48, model={"id": str(tiny_moe), "quantize_experts": True},
-                         lora={"target_modules": "attention"}, data={"val_set_size": 8},
+                         lora={"target_modules": "attention", "dropout": 0.0,
+                               "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]},
+                         data={"val_set_size": 8},
                          training={"max_steps": 6, "micro_batch_size": 8, "learning_rate": 5e-3,
-                                   "eval_steps": 6, "logging_steps": 2},
+                                   "eval_steps": 6, "logging_steps": 2, "gradient_checkpointing": True},
                          eval={"tasks": [], "regression_set": None})
     run = hubtune.train(config)
     assert run.summary.global_steps == 6
@@ -139,7 +202,7 @@ def test_a_run_on_quantized_experts_trains_and_its_adapter_loads_back(tiny_moe, 
     from safetensors.torch import load_file
 
     saved = load_file(run.adapter / "adapter_model.safetensors")
-    assert saved and not any("experts" in k for k in saved)
+    assert any("experts" in k for k in saved) and any("q_proj" in k for k in saved)
     loaded = dict(model.named_parameters())
     for key, value in saved.items():
         name = key.replace(".weight", ".default.weight")
@@ -155,3 +218,4 @@ def test_the_documented_moe_config_builds():
     assert (config.model.quantization, config.model.quantize_experts, config.model.experts_implementation) == (
         "nf4", True, "grouped_mm")
     assert config.lora.target_modules == "attention"
+    assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"]

@@ -40,6 +40,7 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from hubtune import experts
     from hubtune.runs import RunFolder
     from hubtune.train import fit_vocabulary
 
@@ -50,7 +51,7 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     run.check_adapter_weights()
     base = load_base(run.config.model, quantization)
     fit_vocabulary(base, run.adapter)
-    model = PeftModel.from_pretrained(base, str(run.adapter))
+    model = experts.under_lora(base, lambda: PeftModel.from_pretrained(base, str(run.adapter)))
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))
     return model, tokenizer
