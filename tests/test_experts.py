@@ -207,6 +207,11 @@ def test_a_run_on_quantized_experts_trains_and_its_adapter_loads_back(tiny_moe, 
     for key, value in saved.items():
         name = key.replace(".weight", ".default.weight")
         assert torch.equal(loaded[name].detach().to(value.dtype), value), key
+    # The adapter merges into the 16-bit base, experts included, as an adapter trained on 16-bit experts would.
+    from hubtune.merge import merge
+
+    merged = merge(run.path, tmp_path / "merged")
+    assert merged.max_logit_difference is not None and merged.max_logit_difference < 1e-3
 
 
 def test_the_documented_moe_config_builds():
