@@ -53,7 +53,7 @@ class MetricsFile(TrainerCallback):
         if not state.is_world_process_zero or not any(k in logs for k in ("loss", "eval_loss")):
             return
         row = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4)}
-        for key in ("loss", "eval_loss", "learning_rate"):
+        for key in ("loss", "eval_loss", "learning_rate", "relora_restarts"):
             if key in logs:
                 row[key] = logs[key]
         # Preference methods log rewards/{chosen,rejected,accuracies,margins}; GRPO rewards/<name>/mean

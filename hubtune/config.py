@@ -401,6 +401,18 @@ class RewardSpec(Section):
         return self.callable if self.name == "callable" else self.name
 
 
+class ReLoRASection(Section):
+    restart_steps: int = Field(ge=1, description="Every this many steps the adapter is merged into the base, starts "
+                               "afresh, and the optimizer's state of it is pruned (Axolotl's jagged_restart_steps).")
+    warmup_steps: int = Field(10, ge=1, description="The learning rate rises again over this many steps after each "
+                              "restart (from 0.001 of the schedule's).")
+    anneal_steps: int = Field(1, ge=1, description="The learning rate falls over this many steps before each restart.")
+    prune_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="Share of Adam's moments of the adapter "
+                                      "zeroed at each restart; None: 0.9 (0.999 with prune_method: reset).")
+    prune_method: Literal["magnitude", "random", "reset"] = Field("magnitude", description="magnitude: the smallest "
+                                                                  "are zeroed; random, reset: a random share.")
+
+
 class GRPOSection(Section):
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")],
         description="Reward functions and their weights; GRPO maximises the weighted sum.")
@@ -435,6 +447,8 @@ class TrainingSection(Section):
                                "(0.1); orpo: weight of the odds-ratio term (0.1); grpo: KL weight (0: no reference). "
                                "None: the method's default.")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO: rewards, group size, sampling.")
+    relora: ReLoRASection | None = Field(None, description="ReLoRA: restarts of the adapter, merged into the base "
+                                         "each time; the run's adapter holds every cycle (rank r x cycles).")
 
     def method_beta(self) -> float:
         """beta as set, or the method's default (TRL's: 0.1 for the preference methods, 0 for GRPO)."""

@@ -75,6 +75,11 @@ def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
+    if config.training.expert_parallel_size > 1:
+        raise ConfigError([("training.expert_parallel_size", f"{config.training.expert_parallel_size}: the checkpoints "
+                            f"of an expert-parallel run hold the adapter only (transformers cannot checkpoint the "
+                            f"optimizer of a model it sharded as it loaded), so the run cannot continue where it "
+                            f"stopped; start a new run")], str(run.path / RunFolder.CONFIG))
     try:
         adapter = json.loads(saved[-1].read_text())
     except (OSError, json.JSONDecodeError):
@@ -196,6 +201,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         # 2. Tokenizer and data: fail on bad data before paying for the model.
         tokenizer = load_tokenizer(base.path, config.model)
         new_tokens = add_tokens(tokenizer, config.model)
+        if config.training.relora is not None:
+            from hubtune import relora
+
+            relora.check(config, hw.optimizer, backend.name, new_tokens)
         if new_tokens:
             display.note(f"added to the vocabulary (the embedding and output head train with the adapter): "
                          f"{', '.join(new_tokens)}")
@@ -230,6 +239,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
                       attention=levers.attention, distributed_config=distributed.expert_parallel_config(config.training))
+    if config.training.expert_parallel_size > 1:
+        display.phase("experts", distributed.experts_held(model, config.training.expert_parallel_size))
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
@@ -249,7 +260,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     rows = (lambda split: tokenized(split, prepared.chat)) if method == "sft" else (lambda split: split)
     trainer = methods.build_trainer(
         config, model, tokenizer, args, rows(prepared.train), rows(prepared.eval),
-        callbacks=[MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
+        # ReLoRA first: the metrics line carries its restart count
+        callbacks=[*relora_callback(config, base.path, args, last),
+                   MetricsFile(path / RunFolder.METRICS, _step(last), on_row=display.row), stop,
                    *([mirror] if mirror else []), *([selection] if selection else []), *trackers,
                    *early_stopping(config, prepared.eval is not None),
                    *([QuadraticWarmup()] if config.training.warmup_shape == "quadratic" else []), *callbacks],
@@ -289,6 +302,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                        (initial or {}).get("eval_loss"), backend.to_dict(), batches)
     summary.training_method = method
     summary.method_settings = methods.settings_record(config)
+    if config.training.relora is not None:
+        r = config.training.relora
+        cycles = max(trainer.state.global_step - 1, 0) // r.restart_steps + 1  # restarts begin steps R+1, 2R+1, ...
+        summary.method_settings["relora"] = {**r.model_dump(), "cycles": cycles, "rank": config.lora.r * cycles}
     if after:
         summary.held_out = {"before": {k: v for k, v in (initial or {}).items() if k in after}, "after": after}
     if selection:
@@ -302,6 +319,15 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     elif summary.initial_eval_loss is not None and summary.final_eval_loss is not None:
         display.phase("done", f"held-out loss {summary.initial_eval_loss:.4f} -> {summary.final_eval_loss:.4f} "
                               f"in {summary.global_steps} steps, {summary.duration_seconds:.0f} s")
+
+
+def relora_callback(config: cfg.RunConfig, base_path: str, args, resume_from: Path | None) -> list[TrainerCallback]:
+    """training.relora's restarts (hubtune.relora), resuming from a checkpoint's merged cycles."""
+    if config.training.relora is None:
+        return []
+    from hubtune.relora import ReLoRA
+
+    return [ReLoRA(config.training.relora, base_path, str(getattr(args.optim, "value", args.optim)), resume_from)]
 
 
 def early_stopping(config: cfg.RunConfig, has_eval: bool) -> list[TrainerCallback]:
@@ -868,6 +894,8 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
         parallelism_config=distributed.parallelism_config(t),
+        # transformers cannot checkpoint the optimizer of a model it sharded as it loaded (expert parallelism).
+        save_only_model=t.expert_parallel_size > 1,
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step

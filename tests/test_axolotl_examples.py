@@ -45,10 +45,6 @@ CANNOT_HONOUR = {
     # NVIDIA ModelOpt checkpoints: transformers 5.24 reads none (no modelopt quantizer; its nvfp4 one refuses
     # pre-quantized checkpoints and is not trainable), and PEFT 0.21 has no LoRA layer for NVFP4 weights.
     "NVFP4 bases": {"dsv4_fp4_grouped_mode", "nvfp4_merge_aware"},
-    # The product would be a merged model (ReLoRA).
-    "a merged model (ReLoRA)": {
-        "relora", "relora_prune_ratio", "relora_cpu_offload", "jagged_restart_steps",
-        "jagged_restart_warmup_steps", "jagged_restart_anneal_steps"},
     # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
     # parallelism (accelerate, TRL) drops their mask, and TRL refuses packing with it.
     "context parallelism with packed examples": {"context_parallel_size"},
@@ -236,6 +232,11 @@ def expected(data: dict) -> dict:
         # base_model.model. (the adapter's own weights train in hubtune anyway).
         "unfrozen": [p.removeprefix("^").removeprefix("base_model.model.") for p in data.get("unfrozen_parameters") or []
                      if p.removeprefix("^").startswith("base_model.model.") and "lora_" not in p],
+        # ReLoRA's cycle and its learning-rate restarts, with Axolotl's `or 10` / `or 1` (its scheduler mixin), and
+        # the optimizer pruning of its callback (ratio None: 0.9, or 0.999 for reset).
+        "relora": (data["jagged_restart_steps"], data.get("jagged_restart_warmup_steps") or 10,
+                   data.get("jagged_restart_anneal_steps") or 1, data.get("relora_prune_ratio"),
+                   data.get("relora_prune_method") or "magnitude") if data.get("relora") else None,
     }
 
 
@@ -261,6 +262,8 @@ def trained(c: cfg.RunConfig) -> dict:
         "quantize_experts": c.model.quantize_experts,
         "modules_to_save": c.lora.modules_to_save, "linearized_experts": c.model.linearized_experts,
         "unfrozen": c.lora.unfrozen_parameters,
+        "relora": (t.relora.restart_steps, t.relora.warmup_steps, t.relora.anneal_steps, t.relora.prune_ratio,
+                   t.relora.prune_method) if t.relora else None,
     }
 
 

@@ -139,6 +139,8 @@ NOTED = {
     "save_only_model": "hubtune also saves the optimizer state, so `hubtune train --resume` can continue",
     "auto_resume_from_checkpoints": "continue a run with `hubtune train --resume RUN`",
     "save_safetensors": "hubtune saves safetensors",
+    "relora_cpu_offload": "where ReLoRA's merges compute (the same merged weights); hubtune merges where the "
+                          "weight lives",
     "vllm": "hubtune samples GRPO's completions with transformers' generate (the same sampling, slower); "
             "no vLLM server is used",
 }
@@ -192,21 +194,15 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "test_datasets": "a separate held-out set for the loss: hubtune holds out val_set_size of the training data",
     "pretraining_dataset": "a streamed pre-training corpus: list it under datasets with type: completion instead",
     "min_sample_len": "hubtune keeps every example up to sequence_len, however short",
-    "relora": "every jagged_restart_steps steps ReLoRA merges the adapter into the base (for a 4-bit base: the "
-              "16-bit weights read again from the base's files plus the adapter, quantized anew), starts a fresh "
-              "adapter and prunes the optimizer's state; what Axolotl saves is the whole merged model (float16 "
-              "shards for a 4-bit base; monkeypatch/relora.py, train.py), and after the first restart no adapter of the base exists. A "
-              "hubtune run's product is an adapter of the pinned base (its evaluation, card and push rely on "
-              "that); train ReLoRA with Axolotl, or leave relora out to train one adapter",
-    "relora_prune_ratio": "a setting of ReLoRA (the share of the optimizer's state zeroed at each restart), which "
-                          "hubtune does not run",
-    "relora_prune_method": "a setting of ReLoRA (how the optimizer's state is pruned at each restart), which "
-                           "hubtune does not run",
-    "relora_cpu_offload": "a setting of ReLoRA (where its merges compute), which hubtune does not run",
-    "jagged_restart_steps": "ReLoRA's restart period, which also restarts the learning rate (Axolotl's "
-                            "JaggedLRRestartScheduler); hubtune runs neither",
-    "jagged_restart_warmup_steps": "the learning-rate warm-up after each ReLoRA restart, which hubtune does not run",
-    "jagged_restart_anneal_steps": "the learning-rate anneal before each ReLoRA restart, which hubtune does not run",
+    "relora_prune_ratio": "a setting of ReLoRA, which runs with relora: true",
+    "relora_prune_method": "a setting of ReLoRA, which runs with relora: true",
+    "jagged_restart_steps": "without relora: true, Axolotl restarts the learning rate alone at these steps "
+                            "(JaggedLRRestartScheduler), which hubtune does not run; with relora: true it is "
+                            "ReLoRA's cycle (training.relora)",
+    "jagged_restart_warmup_steps": "without relora: true, Axolotl's learning-rate restarts alone, which hubtune "
+                                   "does not run",
+    "jagged_restart_anneal_steps": "without relora: true, Axolotl's learning-rate restarts alone, which hubtune "
+                                   "does not run",
     "chat_template_jinja": "hubtune renders with a named template or the base's own (chat_template)",
     "device_map": "hubtune places the base itself (one GPU per process)",
     "max_memory": "hubtune places the base itself (one GPU per process)",
@@ -880,7 +876,29 @@ class _Reader:
         if self.rl:
             t["method"] = self.rl
             self.rl_settings(t)
+        self.relora(t)
         return t
+
+    def relora(self, t: dict) -> None:
+        """relora with its jagged_restart_* schedule (Axolotl's ReLoRACallback and JaggedLRRestartScheduler,
+        with its defaults: warm-up `or 10`, anneal `or 1`). Without relora the jagged_restart_* keys restart the
+        learning rate alone in Axolotl, which hubtune does not run (they are left to be refused)."""
+        if self.data.get("relora") is not True:
+            return
+        if not self.has("jagged_restart_steps"):
+            self.refuse("relora", "True without jagged_restart_steps, which Axolotl requires too: set how many steps "
+                                  "each cycle runs")
+            self.take("relora")
+            return
+        self.take("relora")
+        r = {"restart_steps": int(self.take("jagged_restart_steps")),
+             "warmup_steps": int(self.data.pop("jagged_restart_warmup_steps", None) or 10),
+             "anneal_steps": int(self.data.pop("jagged_restart_anneal_steps", None) or 1)}
+        if self.has("relora_prune_ratio"):
+            r["prune_ratio"] = float(self.take("relora_prune_ratio"))
+        if self.has("relora_prune_method"):
+            r["prune_method"] = self.take("relora_prune_method")
+        t["relora"] = r
 
     def rl_settings(self, t: dict) -> None:
         """beta (trl.beta, else rl_beta, else orpo_alpha: Axolotl's order), KTO's weights, GRPO's trl block."""
@@ -1486,6 +1504,14 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
             problems.append(("training.warmup_shape", f"quadratic with {t.lr_scheduler}: Axolotl squares the warm-up "
                                                       f"of the cosine schedule only"))
         out["lr_quadratic_warmup"] = True
+    if t.relora is not None:
+        r = t.relora
+        out.update(relora=True, jagged_restart_steps=r.restart_steps, jagged_restart_warmup_steps=r.warmup_steps,
+                   jagged_restart_anneal_steps=r.anneal_steps)
+        if r.prune_ratio is not None:
+            out["relora_prune_ratio"] = r.prune_ratio
+        if r.prune_method != "magnitude":
+            out["relora_prune_method"] = r.prune_method
     if not t.shuffle:
         out["curriculum_sampling"] = True
         if d.packing and d.packing_strategy == "sequential":
