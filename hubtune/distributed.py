@@ -164,15 +164,13 @@ def check_context_parallel(training, device: str) -> None:
 
 
 def check_expert_parallel(training, device: str) -> None:
-    """In a launched process: expert_parallel_size divides the GPUs of the launch, on CUDA."""
+    """In a launched process: expert_parallel_size divides the processes of the launch (GPUs; on CPUs,
+    processes over gloo, which transformers' expert parallelism runs too)."""
     ep = training.expert_parallel_size
     if ep == 1:
         return
     size = world_size()
     where = "training.expert_parallel_size"
-    if device != "cuda":
-        raise ConfigError([(where, f"{ep}: expert parallelism spreads experts over GPUs and needs CUDA; this "
-                                   f"machine has none")])
     if size < ep or size % ep:
         raise ConfigError([(where, f"{ep} does not divide the {size} process(es) of this launch; launch a multiple "
                                    f"of {ep} GPUs (hubtune train CONFIG --num-processes {ep})")])
@@ -188,6 +186,16 @@ def expert_parallel_config(training):
     from transformers.distributed import DistributedConfig
 
     return DistributedConfig(ep_size=ep, fsdp_size=world_size(), ep_implementation="all_to_all")
+
+
+def experts_held(model, ep: int) -> str:
+    """What this process holds of each MoE layer's experts, read off the loaded model's sharded weights."""
+    for name, param in model.named_parameters():
+        if ".experts." in name and hasattr(param, "to_local"):
+            return (f"{param.to_local().shape[0]} of {param.shape[0]} per layer in each process (expert parallelism "
+                    f"over {ep}, tokens exchanged all-to-all)")
+    raise HubtuneError(f"training.expert_parallel_size {ep}: the base loaded with no sharded expert weights; "
+                       f"transformers' expert-parallel plan did not apply to it")
 
 
 def parallelism_config(training):

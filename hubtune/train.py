@@ -75,6 +75,11 @@ def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
+    if config.training.expert_parallel_size > 1:
+        raise ConfigError([("training.expert_parallel_size", f"{config.training.expert_parallel_size}: the checkpoints "
+                            f"of an expert-parallel run hold the adapter only (transformers cannot checkpoint the "
+                            f"optimizer of a model it sharded as it loaded), so the run cannot continue where it "
+                            f"stopped; start a new run")], str(run.path / RunFolder.CONFIG))
     try:
         adapter = json.loads(saved[-1].read_text())
     except (OSError, json.JSONDecodeError):
@@ -234,6 +239,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     model = load_base(base.path, config.model, hw, gradient_checkpointing=levers.gradient_checkpointing,
                       backend=backend.name, max_seq_len=config.data.max_seq_len, sharded=sharded,
                       attention=levers.attention, distributed_config=distributed.expert_parallel_config(config.training))
+    if config.training.expert_parallel_size > 1:
+        display.phase("experts", distributed.experts_held(model, config.training.expert_parallel_size))
     if new_tokens:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
@@ -887,6 +894,8 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
         parallelism_config=distributed.parallelism_config(t),
+        # transformers cannot checkpoint the optimizer of a model it sharded as it loaded (expert parallelism).
+        save_only_model=t.expert_parallel_size > 1,
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step

@@ -4,6 +4,11 @@ converted to it. Spreading experts over GPUs needs several CUDA GPUs: these test
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 from transformers import LlamaConfig, Qwen3MoeConfig
@@ -16,6 +21,7 @@ from hubtune.train import check_against_model
 from readme_blocks import section_blocks
 
 EP = {"model": {"quantization": "none"}, "training": {"distributed": "ddp", "expert_parallel_size": 4}}
+ROOT = Path(__file__).resolve().parent.parent
 QWEN_MOE = Qwen3MoeConfig(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2)
 
@@ -58,8 +64,6 @@ def test_the_launch_is_plain_processes_on_a_multiple_of_the_group(monkeypatch):
     with pytest.raises(HubtuneError, match="expert_parallel_size 4 spreads the experts over that many GPUs"):
         distributed.plan_launch("ddp", 6, expert_parallel_size=4)
     training = cfg.build(EP).training
-    with pytest.raises(ConfigError, match="needs CUDA"):
-        distributed.check_expert_parallel(training, "cpu")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="does not divide the 2 process"):
         distributed.check_expert_parallel(training, "cuda")
@@ -125,3 +129,87 @@ def test_the_docs_config_is_a_valid_expert_parallel_run():
     assert (config.training.expert_parallel_size, config.training.distributed) == (4, "ddp")
     assert config.model.experts_implementation == "grouped_mm" and not config.lora.target_parameters
     check_against_model(config, QWEN_MOE)
+
+
+# ---- two processes on this machine's CPUs (gloo), a tiny Qwen3-MoE base ---------------------------------------
+@pytest.fixture(scope="module")
+def moe_base(tmp_path_factory):
+    """A tiny Qwen3-MoE (8 experts per layer) with tiny-llama's tokenizer and card."""
+    import shutil
+
+    import torch
+    from transformers import Qwen3MoeForCausalLM
+
+    folder = tmp_path_factory.mktemp("moe") / "base"
+    torch.manual_seed(0)
+    config = Qwen3MoeConfig(**{**QWEN_MOE.to_dict(), "vocab_size": 902, "max_position_embeddings": 1024})
+    Qwen3MoeForCausalLM(config).save_pretrained(folder)
+    tiny = cfg.resolve_builtin("hubtune:tiny-llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md"):
+        shutil.copy(f"{tiny}/{name}", folder / name)
+    return folder
+
+
+def _two_processes_env() -> dict:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_experts_split_over_two_processes_compute_what_the_whole_model_computes(moe_base):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(ROOT / "tests" / "ep_same_logits.py"),
+                           str(moe_base)], env=_two_processes_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = re.findall(r"rank (\d): experts held here (\d+) of 8, max logit difference (\S+)", proc.stdout)
+    assert sorted(rank for rank, _, _ in lines) == ["0", "1"]
+    for _, held, difference in lines:
+        assert held == "4" and float(difference) < 1e-5
+
+
+@pytest.mark.slow
+def test_an_expert_parallel_run_trains_through_hubtune_train(moe_base, tmp_path):
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from data_rows import invoice_file
+    from hubtune.runs import RunFolder
+    from hubtune.train import check_resumable
+
+    run_dir = tmp_path / "run"
+    config = {"model": {"id": str(moe_base), "quantization": "none"},
+              "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+              "data": {"sources": [str(invoice_file(tmp_path / "invoices.jsonl", 24))], "val_set_size": 4,
+                       "max_seq_len": 384},
+              "training": {"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "warmup_steps": 0, "logging_steps": 1,
+                           "gradient_checkpointing": False, "learning_rate": 1e-3, "distributed": "ddp",
+                           "expert_parallel_size": 2},
+              "eval": {"tasks": [], "regression_set": None}, "output": {"dir": str(run_dir)}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    hubtune = str(Path(sys.executable).parent / "hubtune")
+    proc = subprocess.run([hubtune, "train", str(path), "--num-processes", "2"], cwd=tmp_path,
+                          env=_two_processes_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = " ".join(proc.stdout.split())
+    assert "effective batch 4 (2 per device x 1 accumulation x 2 processes)" in out
+    assert "experts 4 of 8 per layer in each process (expert parallelism over 2" in out  # read off the weights
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_steps"] == 2 and summary["final_eval_loss"] < summary["initial_eval_loss"]
+    # transformers cannot checkpoint the optimizer of a model it sharded: checkpoints hold the adapter only,
+    # and the run says so rather than continue from one.
+    checkpoint = run_dir / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()
+    with pytest.raises(ConfigError, match="hold the adapter only"):
+        check_resumable(RunFolder.open(run_dir), cfg.load(path))
+    # The adapter is whole (not one process's share) and loads on the base loaded whole.
+    base = AutoModelForCausalLM.from_pretrained(moe_base, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 200, 300, 17]])
+    with torch.no_grad():
+        before = base(ids).logits
+        after = PeftModel.from_pretrained(base, str(run_dir / "adapter"))(ids).logits
+    assert (after - before).abs().max() > 1e-4
