@@ -17,3 +17,5 @@ run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --templated
 run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --pipeline
 : > benchmarks/results/methods.txt
 run benchmarks/results/methods.txt benchmarks/methods.py
+: > benchmarks/results/expert_quantization.txt
+run benchmarks/results/expert_quantization.txt benchmarks/expert_quantization.py

@@ -665,9 +665,10 @@ class RunConfig(Section):
                 raise ValueError("model.quantize_experts quantizes the experts at the base's quantization: set "
                                  "model.quantization to nf4, fp4 or int8")
             if self.training.distributed in ("fsdp", "deepspeed-zero3"):
-                raise ValueError(f"model.quantize_experts: quantized experts keep their quantization constants "
-                                 f"beside the weights, which {self.training.distributed} neither shards nor "
-                                 f"places; use training.distributed: ddp (each GPU holds the quantized base)")
+                raise ValueError(f"model.quantize_experts with {self.training.distributed}: the base loads on the "
+                                 f"first process only and reaches the others as its parameters and buffers, while a "
+                                 f"quantized expert's constants are neither (the others would build 16-bit experts); "
+                                 f"use training.distributed: ddp (each GPU holds the quantized base)")
             if self.model.linearized_experts:
                 raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
                                  "layers, which model.quantization already quantizes; leave quantize_experts out")

@@ -80,3 +80,11 @@ def test_methods_benchmark_prints_its_line():
     lines = run("methods.py", "--methods", "dpo", "--dpo-steps", "1", "--test-rows", "4", "--threads", "1")
     assert re.fullmatch(rf"methods: dpo_accuracy=0\.50->{NUMBER} dpo_margin=0\.00->-?{NUMBER} not measured "
                         rf"minutes={NUMBER}", lines[-1]), lines[-1]
+
+
+@pytest.mark.slow
+def test_expert_quantization_prints_its_line():
+    lines = run("expert_quantization.py", "--hidden", "128", "--layers", "1", "--experts", "4")
+    match = re.fullmatch(rf"experts: weights_mb=({NUMBER}),({NUMBER}),({NUMBER}) peak_mb={NUMBER},{NUMBER},{NUMBER} "
+                         rf"device=(cpu|cuda)", lines[-1])
+    assert match, lines[-1]

@@ -200,3 +200,17 @@ def test_a_relora_run_resumes_with_its_merged_cycles(tmp_path, one_torch_thread)
         a = load_tuned(reference.path)[0](input_ids=ids).logits
         b = load_tuned(resumed.path)[0](input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-4) and torch.allclose(b, watch.logits, atol=1e-4)
+
+
+def test_axolotls_relora_example_converts_to_a_run_relora_can_start():
+    import yaml
+    from pathlib import Path
+
+    from hubtune.interop import axolotl
+
+    data = yaml.safe_load((Path(__file__).parent / "data/axolotl_examples/llama-2/relora.yml").read_text())
+    config = axolotl.from_axolotl(data).run_config()
+    assert config.training.relora == cfg.ReLoRASection(restart_steps=150, warmup_steps=10, anneal_steps=1,
+                                                       prune_ratio=0.9)
+    assert (config.model.quantization, config.training.optimizer) == ("nf4", "adamw_8bit")
+    relora.check(config, "adamw_8bit", "hf", [])  # nothing in it that hubtune's ReLoRA does not run with
