@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
             done = resume_from_hub(args.resume, args.out, display=display())
         else:
             done = resume(args.resume, display=display()) if args.resume else train(config, display=display())
-        if distributed.is_main_process():
-            print(f"run: {done.path}")
+        print(f"run: {done.path}")  # by the main process: the others' stdout goes nowhere (distributed.console)
         return 0
     # Several processes: this one starts `accelerate launch` and waits; they train.
     if from_hub:
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         path = RunFolder.open(args.resume).path if args.resume else config.output.run_dir()
     worker = (["train", "--resume", str(path)] if args.resume or from_hub else
               ["train", args.config, *args.overrides, f"output.dir={path}"])
-    return distributed.launch(plan, worker)  # rank 0 prints the run's folder, or its error
+    return distributed.launch(plan, worker)  # rank 0 prints the run's folder; a failure names each process's rank
 
 
 def on_jobs(args: argparse.Namespace) -> int:
