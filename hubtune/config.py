@@ -7,6 +7,7 @@ on all linear layers, lr 2e-4 with cosine decay and warm-up, effective batch 8, 
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime
 from pathlib import Path
@@ -665,9 +666,10 @@ class RunConfig(Section):
                 raise ValueError("model.quantize_experts quantizes the experts at the base's quantization: set "
                                  "model.quantization to nf4, fp4 or int8")
             if self.training.distributed in ("fsdp", "deepspeed-zero3"):
-                raise ValueError(f"model.quantize_experts: quantized experts keep their quantization constants "
-                                 f"beside the weights, which {self.training.distributed} neither shards nor "
-                                 f"places; use training.distributed: ddp (each GPU holds the quantized base)")
+                raise ValueError(f"model.quantize_experts with {self.training.distributed}: the base loads on the "
+                                 f"first process only and reaches the others as its parameters and buffers, while a "
+                                 f"quantized expert's constants are neither (the others would build 16-bit experts); "
+                                 f"use training.distributed: ddp (each GPU holds the quantized base)")
             if self.model.linearized_experts:
                 raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
                                  "layers, which model.quantization already quantizes; leave quantize_experts out")
@@ -752,8 +754,10 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
         path = _loc(e["loc"])
         if e["type"] == "extra_forbidden":
             section = _section_for(e["loc"][:-1])
-            allowed = ", ".join(section.model_fields) if section else ""
-            out.append((path, f"unknown key; allowed here: {allowed}"))
+            fields = list(section.model_fields) if section else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
+            guess = f"did you mean {close[0]}? " if close else ""
+            out.append((path, f"unknown key; {guess}allowed here: {', '.join(fields)}"))
         else:
             got = e.get("input")
             shown = "" if isinstance(got, (dict, list)) or repr(got) in e["msg"] else f" (got {got!r})"

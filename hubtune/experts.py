@@ -2,14 +2,15 @@
 
 transformers 5 stores a MoE layer's experts as 3D parameters (`mlp.experts.gate_up_proj`, experts x out x in),
 not as Linear layers, so bitsandbytes' BitsAndBytesConfig leaves them in 16 bits: on a 30B-A3B base the
-experts are ~90% of the weights. Here each one is quantized at the base's own setting (NF4 / FP4 with
+experts are most of the weights. Here each one is quantized at the base's own setting (NF4 / FP4 with
 double quantization through bitsandbytes' public parametrization, or LLM.int8()'s row-wise int8) and
 dequantized to the compute dtype whenever the layer reads it: the same weights Axolotl's
 `quantize_moe_experts` trains on.
 
-    with quantizing_on_load(model_section, compute_dtype) as done:
+    with quantizing_on_load("nf4", True, torch.bfloat16) as done:
         base = AutoModelForCausalLM.from_pretrained(path, quantization_config=...)
-    quantize_experts(base, model_section, compute_dtype)   # whatever the loader did not reach
+    quantize_experts(base, "nf4", True, torch.bfloat16)   # whatever the loader did not reach
+    peft_model = under_lora(base, lambda: get_peft_model(base, lora_config))
 """
 
 from __future__ import annotations

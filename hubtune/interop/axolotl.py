@@ -480,8 +480,9 @@ class _Reader:
         if model.get("quantization") == "none":
             return "needs load_in_4bit or load_in_8bit (as in Axolotl)"
         if self.data.get("fsdp") or self.data.get("fsdp_config") or "zero3" in str(self.data.get("deepspeed") or ""):
-            return ("with FSDP / ZeRO-3: the quantized experts keep their quantization constants beside the weights, "
-                    "which FSDP neither shards nor places; leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
+            return ("with FSDP / ZeRO-3: the base loads on the first process only and reaches the others as its "
+                    "parameters and buffers, while a quantized expert's constants are neither (the others would build "
+                    "16-bit experts); leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
         return None
 
     def precision(self) -> str:
