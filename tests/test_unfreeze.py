@@ -3,8 +3,6 @@ adapter (PEFT's modules_to_save, or trainable_token_indices for embedding rows) 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
@@ -22,21 +20,8 @@ def base():
 
 
 @pytest.fixture(scope="module")
-def untied(tmp_path_factory):
-    """The tiny base saved with an output head of its own (not tied to the embedding), tokenizer included."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    source = Path(cfg.resolve_builtin("hubtune:tiny-llama"))
-    model = AutoModelForCausalLM.from_pretrained(source, tie_word_embeddings=False)
-    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
-    folder = tmp_path_factory.mktemp("untied")
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        shutil.copy(source / name, folder / name)
-    return folder
+def untied(untied_tiny_base):
+    return untied_tiny_base
 
 
 def test_patterns_read_as_axolotl_reads_them():
@@ -186,3 +171,18 @@ def test_a_continued_adapter_does_not_take_new_unfrozen_parameters(tmp_path, bas
                                  lora={"init_from": str(tmp_path), "unfrozen_parameters": ["model.norm.weight"]}))
     with pytest.raises(ConfigError, match="a continued adapter .lora.init_from. trains what it was saved with"):
         attach_lora(base, config, "hf", False)
+
+
+def test_the_training_page_example_is_a_run_config_that_resolves_on_an_untied_base(untied):
+    """docs/training.md, "Base weights trained beside the adapter": a valid config whose patterns name the
+    final norm, every input norm and 32 embedding rows of a base with its own head."""
+    import yaml
+    from readme_blocks import section_blocks
+    from transformers import AutoModelForCausalLM
+
+    (text,) = [body for lang, body in section_blocks("Base weights trained beside the adapter") if lang == "yaml"]
+    config = cfg.build(yaml.safe_load(text))
+    assert config.model.quantization == "none"
+    found = unfreeze.resolve(AutoModelForCausalLM.from_pretrained(untied), config.lora.unfrozen_parameters)
+    assert found.modules[0] == "model.norm" and len(found.modules) == 5
+    assert found.token_rows == {"embed_tokens": list(range(32))}
