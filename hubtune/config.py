@@ -7,6 +7,7 @@ on all linear layers, lr 2e-4 with cosine decay and warm-up, effective batch 8, 
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime
 from pathlib import Path
@@ -759,8 +760,10 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
         path = _loc(e["loc"])
         if e["type"] == "extra_forbidden":
             section = _section_for(e["loc"][:-1])
-            allowed = ", ".join(section.model_fields) if section else ""
-            out.append((path, f"unknown key; allowed here: {allowed}"))
+            fields = list(section.model_fields) if section else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
+            guess = f"did you mean {close[0]}? " if close else ""
+            out.append((path, f"unknown key; {guess}allowed here: {', '.join(fields)}"))
         else:
             got = e.get("input")
             shown = "" if isinstance(got, (dict, list)) or repr(got) in e["msg"] else f" (got {got!r})"

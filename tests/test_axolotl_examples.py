@@ -132,6 +132,24 @@ def test_counts_by_family(results):
         assert counts[kind]["converted"] == 0, kind
 
 
+
+def test_the_docs_and_the_readme_give_these_counts(results):
+    """docs/interop.md's family table and the README's line are the counts this file computes."""
+    root = EXAMPLES.parents[2]
+    counts = collections.defaultdict(collections.Counter)
+    for _, kind, _, config, _ in results:
+        counts[kind]["converted" if config else "refused"] += 1
+    table = {}
+    for line in (root / "docs" / "interop.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        kind = next((k for k in counts if cells[0].startswith(k)), None)
+        if kind and len(cells) == 3 and cells[1].isdigit():
+            table[kind] = (int(cells[1]), int(cells[2].split()[0]))
+    assert table == {k: (c["converted"], c["refused"]) for k, c in counts.items()}
+    sft = counts[SUPERVISED]
+    assert (f"{sft['converted']} of Axolotl's {sft['converted'] + sft['refused']} supervised LoRA / QLoRA example "
+            f"configs") in " ".join((root / "README.md").read_text().split())
+
 def test_supervised_examples_are_refused_only_for_what_hubtune_cannot_honour(results):
     wrong = {name: [k for k, _ in refused if k not in LIMITS]
              for name, kind, _, _, refused in results if kind in CONVERTING and refused}

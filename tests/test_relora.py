@@ -214,3 +214,19 @@ def test_axolotls_relora_example_converts_to_a_run_relora_can_start():
                                                        prune_ratio=0.9)
     assert (config.model.quantization, config.training.optimizer) == ("nf4", "adamw_8bit")
     relora.check(config, "adamw_8bit", "hf", [])  # nothing in it that hubtune's ReLoRA does not run with
+
+
+def test_the_training_page_example_is_axolotls_relora_example():
+    """docs/training.md, "ReLoRA: restarting the adapter": a valid section, the settings Axolotl's
+    llama-2/relora.yml converts to (restart 150, warm-up 10, anneal 1, prune 0.9 by magnitude)."""
+    from pathlib import Path
+
+    import yaml
+    from readme_blocks import section_blocks
+
+    from hubtune.interop import axolotl
+
+    (text,) = [body for lang, body in section_blocks("ReLoRA: restarting the adapter") if lang == "yaml"]
+    shown = cfg.build(yaml.safe_load(text)).training.relora
+    example = yaml.safe_load((Path(__file__).parent / "data" / "axolotl_examples" / "llama-2" / "relora.yml").read_text())
+    assert shown == axolotl.from_axolotl(example).run_config().training.relora

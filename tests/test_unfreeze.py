@@ -186,3 +186,18 @@ def test_a_continued_adapter_does_not_take_new_unfrozen_parameters(tmp_path, bas
                                  lora={"init_from": str(tmp_path), "unfrozen_parameters": ["model.norm.weight"]}))
     with pytest.raises(ConfigError, match="a continued adapter .lora.init_from. trains what it was saved with"):
         attach_lora(base, config, "hf", False)
+
+
+def test_the_training_page_example_is_a_run_config_that_resolves_on_an_untied_base(untied):
+    """docs/training.md, "Base weights trained beside the adapter": a valid config whose patterns name the
+    final norm, every input norm and 32 embedding rows of a base with its own head."""
+    import yaml
+    from readme_blocks import section_blocks
+    from transformers import AutoModelForCausalLM
+
+    (text,) = [body for lang, body in section_blocks("Base weights trained beside the adapter") if lang == "yaml"]
+    config = cfg.build(yaml.safe_load(text))
+    assert config.model.quantization == "none"
+    found = unfreeze.resolve(AutoModelForCausalLM.from_pretrained(untied), config.lora.unfrozen_parameters)
+    assert found.modules[0] == "model.norm" and len(found.modules) == 5
+    assert found.token_rows == {"embed_tokens": list(range(32))}
