@@ -100,7 +100,7 @@ def device_warning(config, model_path: str, device_bytes: int | None = None) -> 
         arch = read_architecture(model_path)
     except HubtuneError:
         return None
-    settings = Settings.from_run_config(config)
+    settings = Settings.from_run_config(config, model_path)
     if config.training.gradient_checkpointing == "auto":
         settings = replace(settings, gradient_checkpointing=checkpointing_needed(config, model_path, "cuda", device_bytes))
     total = estimate(arch, settings).total

@@ -84,6 +84,6 @@ def checkpointing_needed(config, model_path: str, device: str, device_bytes: int
         arch = read_architecture(model_path)
     except HubtuneError:
         return True
-    settings = replace(Settings.from_run_config(config), gradient_checkpointing=False)
+    settings = replace(Settings.from_run_config(config, model_path), gradient_checkpointing=False)
     limit = device_memory(device) if device_bytes is None else device_bytes
     return estimate(arch, settings).total > 0.8 * limit

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -310,12 +311,23 @@ class Settings:
     # How the loss is computed: TRL's fused LM head, in tiles (hubtune's recipe), or the whole
     # (tokens x vocabulary) logits upcast to float32, as plain transformers does (most peers' baselines).
     loss: Literal["fused", "float32"] = "fused"
+    # Base weights trained in full beside the adapter (hubtune.trained): PEFT's modules_to_save, the base
+    # parameters of lora.unfrozen_parameters, and, with tokens new to the vocabulary, the embedding and
+    # output head, resized to `vocab` rows (the tokenizer's length; None: the config's vocabulary + new_tokens).
+    modules_to_save: tuple[str, ...] = ()
+    unfrozen_parameters: tuple[str, ...] = ()
+    new_tokens: int = 0
+    vocab: int | None = None
+    relora: bool = False  # training.relora: restarts that merge into the base between steps
 
     @classmethod
-    def from_run_config(cls, config, **changes) -> Settings:
+    def from_run_config(cls, config, model_path: str | None = None, **changes) -> Settings:
         """The settings of a RunConfig (hubtune.config) as the recipe runs them on a GPU, with `changes`
-        (Settings fields; None leaves the config's value)."""
+        (Settings fields; None leaves the config's value). Tokens the config adds are counted against the
+        base's tokenizer (at `model_path`, else the config's model) unless `changes` gives new_tokens."""
         t, m = config.training, config.model
+        if m.new_token_texts() and changes.get("new_tokens") is None:
+            changes["new_tokens"], changes["vocab"] = vocabulary_growth(model_path or m.id, m)
         # An 8-bit base is estimated as a 16-bit one (LoRA): an upper bound on its weights.
         settings = cls(method="lora" if m.quantization in ("none", "int8") else "qlora",
                        quantization="nf4" if m.quantization in ("none", "int8") else m.quantization,
@@ -327,7 +339,9 @@ class Settings:
                        gradient_checkpointing=t.gradient_checkpointing is not False,  # auto: on, to be safe
                        optimizer=CUDA_OPTIMIZER if t.optimizer == "auto" else t.optimizer,
                        training_method=t.method, num_generations=t.grpo.num_generations,
-                       max_completion_length=t.grpo.max_completion_length)
+                       max_completion_length=t.grpo.max_completion_length,
+                       modules_to_save=tuple(config.lora.modules_to_save),
+                       unfrozen_parameters=tuple(config.lora.unfrozen_parameters), relora=t.relora is not None)
         changes = {k: v for k, v in changes.items() if v is not None}
         targets = changes.get("target_modules")
         if isinstance(targets, list) and len(targets) == 1 and targets[0] in ("qv", "attention", "all-linear"):
@@ -385,6 +399,47 @@ class Settings:
 CUDA_OPTIMIZER = "paged_adamw_8bit"  # what training.optimizer: auto picks on CUDA (hubtune.hardware)
 
 
+_GROWTH: dict[tuple, tuple[int, int]] = {}  # the tokenizer is read once per process and model
+
+
+def _growth(where: str, revision: str | None, model) -> tuple[int, int]:
+    key = (where, revision, model.model_dump_json())
+    if key not in _GROWTH:
+        _GROWTH[key] = _read_growth(where, revision, model)
+    return _GROWTH[key]
+
+
+def _read_growth(where: str, revision: str | None, model) -> tuple[int, int]:
+    from hubtune.train import add_tokens, load_tokenizer
+
+    if revision is not None:  # a Hub repo: its tokenizer files alone, at the pinned revision
+        from hubtune.hub import hub_errors, require_access, token
+        from transformers import AutoTokenizer
+
+        with hub_errors(where, "model", revision):
+            require_access(where, "model", revision)
+            tokenizer = AutoTokenizer.from_pretrained(where, revision=revision, token=token(),
+                                                      trust_remote_code=model.trust_remote_code)
+    else:
+        tokenizer = load_tokenizer(where, model)
+    return len(add_tokens(tokenizer, model)), len(tokenizer)
+
+
+def vocabulary_growth(where: str, model) -> tuple[int, int]:
+    """(tokens new to the vocabulary, the tokenizer's length after adding them) for the run config's model
+    section `model`, as hubtune.train adds them, read from the tokenizer at `where` (a Hub repo at the
+    config's revision, a local folder or a hubtune: asset)."""
+    from hubtune.refs import RepoRef
+
+    ref = RepoRef.parse(where)
+    hub = ref.is_hub
+    try:
+        return _growth(where if hub else str(ref.path), (model.revision or "main") if hub else None, model)
+    except OSError as err:
+        raise HubtuneError(f"model.special_tokens / model.added_tokens: cannot read the tokenizer of {where} to "
+                           f"tell which tokens are new to its vocabulary ({err})") from None
+
+
 def _targets(t: str | list[str]) -> str:
     return t if isinstance(t, str) else ", ".join(t)
 
@@ -397,6 +452,8 @@ class Estimate:
     trainable: int
     breakdown: dict[str, int]  # bytes per part, in the order they are printed; they sum to the total
     notes: list[str] = field(default_factory=list)
+    # base weights trained in full beside the adapter: PEFT's copied modules, embedding rows, parameters
+    trained_in_full: dict = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -414,6 +471,7 @@ class Estimate:
         return {
             "model": self.architecture.name, "model_type": self.architecture.model_type,
             "settings": asdict(self.settings), "parameters": self.parameters, "trainable_parameters": self.trainable,
+            "trained_in_full": self.trained_in_full,
             "breakdown_gb": {k: round(v / GB, 3) for k, v in self.breakdown.items()},
             "total_gb": round(self.total_gb, 2), "total_gib": round(self.total_gib, 2), "notes": self.notes,
         }
@@ -422,6 +480,8 @@ class Estimate:
 def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     """Peak GPU memory of one training step, part by part (bytes)."""
     s = settings or Settings()
+    if s.new_tokens or s.vocab:  # the embedding and head resized to the tokenizer
+        arch = replace(arch, vocab=s.vocab or arch.vocab + s.new_tokens)
     p = arch.parameters()
     tokens = s.sequences * s.sequence_length
     # Frozen embeddings, head, norms (and a vision tower) stay 16-bit, except that in float16 PEFT
@@ -436,21 +496,42 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
                  f"{'float32' if wide == 4 else '16-bit'} embeddings, head and norms")
     else:
         weights, label = wide * p["total"], f"weights: {'32' if wide == 4 else '16'}-bit"
-    if s.method == "full":
-        trainable, trainable_bytes = p["total"], wide
-    else:
-        trainable = arch.lora_parameters(s.lora_r, s.target_modules)
-        # TRL keeps a 4-bit base's adapters in bfloat16; PEFT keeps a 16-bit base's in float32.
-        trainable_bytes = 2 if s.method == "qlora" else 4
     breakdown = {label: int(weights)}
-    if s.method != "full":
-        breakdown[f"LoRA adapters (r {s.lora_r}, {trainable / 1e6:.1f}M parameters)"] = trainable * trainable_bytes
-    breakdown["gradients"] = trainable * trainable_bytes
-    breakdown[f"optimizer states ({s.optimizer})"] = _optimizer_bytes(arch, s, trainable, trainable_bytes)
+    if s.method == "full":
+        from hubtune.trained import Beside
+
+        trainable, full = p["total"], Beside()
+        breakdown["gradients"] = trainable * wide
+        breakdown[f"optimizer states ({s.optimizer})"] = _optimizer_bytes(arch, s, trainable, wide)
+    else:
+        from hubtune.trained import beside
+
+        full = beside(arch, s)
+        # TRL keeps a 4-bit base's trainable parameters in bfloat16; PEFT keeps a 16-bit base's adapters (and
+        # token rows) in float32 and its copies of whole modules in the base's dtype.
+        adapter_bytes = 2 if s.method == "qlora" else 4
+        copy_bytes = 2 if s.method == "qlora" else wide
+        unadapted = Counter(name.rsplit(".", 1)[-1] for name in full.unadapted)  # per linear: layers without LoRA
+        tensors = [(shape, adapter_bytes, False, arch.layers - unadapted[m.name])  # (shape, bytes, embedding, count)
+                   for m in arch.target_linears(s.target_modules) for shape in ((s.lora_r, m.fan_in), (m.fan_out, s.lora_r))]
+        adapter = sum(math.prod(shape) * n for shape, _, _, n in tensors)
+        tensors += [(shape, copy_bytes, c.embedding, 1) for c in full.copies for shape in c.trained]
+        if full.rows:
+            tensors.append(((full.rows, arch.hidden), adapter_bytes, False, 1))
+        trainable = adapter + full.parameters
+        breakdown[f"LoRA adapters (r {s.lora_r}, {adapter / 1e6:.1f}M parameters)"] = adapter * adapter_bytes
+        if full:
+            # the copies (a frozen bias beside a named weight included) and the token rows' delta and originals
+            held = sum(c.numbers for c in full.copies) * copy_bytes + full.rows * arch.hidden * (adapter_bytes + wide)
+            breakdown[f"trained in full beside the adapter: {full.described(arch)} "
+                      f"({_count(full.parameters)} parameters)"] = held
+        breakdown["gradients"] = sum(math.prod(shape) * size * n for shape, size, _, n in tensors)
+        breakdown[f"optimizer states ({s.optimizer})"] = sum(
+            n * _tensor_optimizer_bytes(s.optimizer, shape, size, embedding) for shape, size, embedding, n in tensors)
     if s.gpus > 1:  # FSDP shards weights, gradients and optimizer states; activations stay per GPU
         breakdown = {k: math.ceil(v / s.gpus) for k, v in breakdown.items()}
     layer = layer_activation_bytes(arch, s, tokens)
-    head = _head_bytes(arch, s, tokens)
+    head = _head_bytes(arch, s, tokens, head_trained=s.method == "full" or full.head_trained)
     activations = {}
     if s.gradient_checkpointing:
         # The LM head's backward runs before any layer is recomputed: the two are never alive together.
@@ -470,6 +551,22 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown[optimizer[0]] = optimizer[1]
     else:
         breakdown.update(activations)
+    alive = sum(activations.values())
+    if full.rows and arch.vocab * arch.hidden * wide > alive:
+        # PEFT's trainable token rows: the embedding's weight with the rows written in, before the first layer,
+        # and the embedding's dense gradient, after the last; no activations are alive at either moment.
+        breakdown["trainable token rows: the embedding's merged weight or its dense gradient, beyond the "
+                  "activations"] = arch.vocab * arch.hidden * wide - alive
+    if s.relora and s.method != "full":
+        # A restart, between steps (no activations, no gradients): one adapted layer at a time, its base weight
+        # read again in float32, the merged update B A in float32, and the result in the weight's dtype (a 4-bit
+        # base's quantized from a float32 copy on the GPU). The merged cycles' factors stay in CPU memory.
+        largest = max(m.fan_in * m.fan_out for m in arch.target_linears(s.target_modules))
+        restart = largest * (4 + 4 + (4 if s.method == "qlora" else wide))
+        gradients = breakdown["gradients"]
+        if restart > alive + gradients:
+            breakdown["ReLoRA restart: a layer's base weight and update in float32, beyond the activations"] = \
+                restart - alive - gradients
     if s.training_method == "grpo":
         # Sampling keeps a key/value cache for every sequence of the group; it is freed before the training
         # forward, so only what it needs beyond the training activations raises the peak.
@@ -480,12 +577,16 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     breakdown["framework: CUDA context, allocator slack"] = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * tensors)
     notes = [f"the logits are computed in {HEAD_TOKEN_TILE:,} x {HEAD_VOCAB_TILE:,} tiles (TRL's fused LM head); "
              f"whole, in float32, they would take {tokens * arch.vocab * 4 / GB:.2f} GB"] if s.loss == "fused" else []
+    if s.relora and s.method != "full":
+        notes.append("ReLoRA: the adapter stays rank r during training; each cycle's factors are kept in CPU memory "
+                     "and join the adapter (rank r x cycles) once training ends")
     if s.training_method in ("dpo", "kto"):
         notes.append("the reference is the base with the adapter disabled: no second copy of the weights; its "
                      "forward runs without gradients and saves no activations")
     if arch.max_positions and s.seq_len > arch.max_positions:
         notes.append(f"seq_len {s.seq_len} exceeds the model's context of {arch.max_positions} tokens")
-    return Estimate(arch, s, p, trainable, breakdown, notes)
+    beside = {"modules": [c.module for c in full.copies], "embedding_rows": full.rows, "parameters": full.parameters}
+    return Estimate(arch, s, p, trainable, breakdown, notes, beside if full else {})
 
 
 def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
@@ -504,13 +605,13 @@ def _head_name(s: Settings) -> str:
             else "logits: the whole vocabulary, upcast to float32 for the loss")
 
 
-def _head_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
+def _head_bytes(arch: Architecture, s: Settings, tokens: int, head_trained: bool = False) -> int:
     """TRL's fused head: one 16-bit tile of logits (plus the head's rows cast to the compute dtype when
     it is float32), float32 per-token statistics and, in the backward, the float32 gradient of the
     hidden states (and of the head itself when it is trained). The unfused float32 loss: the logits in
     the compute dtype (the model's output keeps them), the float32 log-probabilities cross-entropy saves,
     and their float32 gradient."""
-    grad_head = arch.vocab * arch.hidden * 4 if s.method == "full" else 0
+    grad_head = arch.vocab * arch.hidden * 4 if head_trained else 0
     if s.loss == "float32":
         wide = 4 if s.compute_dtype == "float32" else 2
         return int(tokens * arch.vocab * (wide + 4 + 4) + grad_head)
@@ -522,7 +623,34 @@ def _head_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
     return int(tile + cast + grad_hidden + stats + grad_head)
 
 
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps a smaller tensor's states in float32
+
+
+def _tensor_optimizer_bytes(opt: str, shape: tuple[int, ...], param_bytes: int, embedding: bool) -> int:
+    """The optimizer's states of one trainable tensor."""
+    n = math.prod(shape)
+    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+        # transformers' Trainer keeps an nn.Embedding's states in 32 bits (register_module_override)
+        if embedding or n < BNB_MIN_8BIT_SIZE:
+            return n * 8
+        return n * 2 + 2 * 4 * math.ceil(n / 256)  # two 8-bit moments, a float32 scale per 256
+    if opt == "paged_adamw_32bit":
+        return n * 8
+    if opt in ("adamw_torch", "adamw_torch_fused"):
+        return n * 2 * param_bytes  # torch keeps both moments in the parameter's dtype
+    if opt == "adafactor":  # factored second moment: a row and a column vector per matrix
+        return (sum(shape) if len(shape) >= 2 else n) * 4
+    if opt == "sgd":
+        return 0
+    raise HubtuneError(f"unknown optimizer {opt!r}; the estimate knows {', '.join(OPTIMIZERS)}")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
 def _optimizer_bytes(arch: Architecture, s: Settings, trainable: int, param_bytes: int) -> int:
+    """Full fine-tuning's optimizer states."""
     opt = s.optimizer
     if opt in ("adamw_8bit", "paged_adamw_8bit"):
         return int(trainable * (2 + 2 * 4 / 256))  # two 8-bit moments, a float32 scale per 256
@@ -531,12 +659,7 @@ def _optimizer_bytes(arch: Architecture, s: Settings, trainable: int, param_byte
     if opt in ("adamw_torch", "adamw_torch_fused"):
         return trainable * 2 * param_bytes  # torch keeps both moments in the parameter's dtype
     if opt == "adafactor":  # factored second moment: a row and a column vector per matrix
-        targets = arch.linears if s.method == "full" else arch.target_linears(s.target_modules)
-        if s.method == "full":
-            sides = [m.fan_in + m.fan_out for m in targets]
-        else:
-            sides = [m.fan_in + 2 * s.lora_r + m.fan_out for m in targets]
-        return arch.layers * sum(sides) * 4
+        return arch.layers * sum(m.fan_in + m.fan_out for m in arch.linears) * 4
     if opt == "sgd":
         return 0
     raise HubtuneError(f"unknown optimizer {opt!r}; the estimate knows {', '.join(OPTIMIZERS)}")

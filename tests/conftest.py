@@ -138,6 +138,26 @@ def tiny_base_files() -> dict[str, bytes]:
 
 
 
+@pytest.fixture(scope="session")
+def untied_tiny_base(tmp_path_factory) -> Path:
+    """The tiny base saved with an output head of its own (not tied to the embedding), tokenizer included."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hubtune.config import resolve_builtin
+
+    source = Path(resolve_builtin("hubtune:tiny-llama"))
+    model = AutoModelForCausalLM.from_pretrained(source, tie_word_embeddings=False)
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    folder = tmp_path_factory.mktemp("untied")
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
 @pytest.fixture
 def make_run(eval_run, tmp_path):
     """A finished run folder: a copy of the real session run (`eval_run`), re-pointed at another base,

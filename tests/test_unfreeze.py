@@ -3,8 +3,6 @@ adapter (PEFT's modules_to_save, or trainable_token_indices for embedding rows) 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
@@ -22,21 +20,8 @@ def base():
 
 
 @pytest.fixture(scope="module")
-def untied(tmp_path_factory):
-    """The tiny base saved with an output head of its own (not tied to the embedding), tokenizer included."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    source = Path(cfg.resolve_builtin("hubtune:tiny-llama"))
-    model = AutoModelForCausalLM.from_pretrained(source, tie_word_embeddings=False)
-    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
-    folder = tmp_path_factory.mktemp("untied")
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        shutil.copy(source / name, folder / name)
-    return folder
+def untied(untied_tiny_base):
+    return untied_tiny_base
 
 
 def test_patterns_read_as_axolotl_reads_them():
