@@ -83,10 +83,13 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def preset_path(mode: str, context_parallel_size: int = 1) -> Path:
-    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml)."""
+def preset_path(mode: str, context_parallel_size: int = 1, quantized_experts: bool = False) -> Path:
+    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so do
+    quantized experts, loaded whole by every process (fsdp2-quantized-experts.yaml)."""
     if mode == "fsdp" and context_parallel_size > 1:
         return PRESETS / "fsdp2.yaml"
+    if mode == "fsdp" and quantized_experts:
+        return PRESETS / "fsdp2-quantized-experts.yaml"
     if mode not in MODES or mode == "none":
         raise ConfigError([("training.distributed", f"no accelerate preset for {mode!r}; use one of "
                                                     f"{', '.join(MODES[1:])}")])
@@ -184,6 +187,24 @@ def check_context_parallel(training, device: str) -> None:
                                    f"{os.environ.get('FSDP_VERSION', '1')}; start it with `hubtune train CONFIG "
                                    f"--num-processes N`, or pass `--config_file {preset_path('fsdp', cp)}` to "
                                    f"accelerate launch")])
+
+
+def check_quantized_experts(config) -> None:
+    """In a launched process: quantized experts under FSDP need every process to load the quantized base
+    (no rank-0-only loading, whose broadcast carries parameters and buffers but not the experts' quantization
+    constants) and FSDP2, which shards their quantized storage as it is (FSDP1 would flatten it with the
+    compute-dtype weights)."""
+    if not config.model.quantize_experts or config.training.distributed != "fsdp" or world_size() == 1:
+        return
+    version = os.environ.get("FSDP_VERSION", "1")
+    ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("true", "1")
+    if version != "2" or ram_efficient:
+        raise ConfigError([("model.quantize_experts", f"under fsdp needs FSDP2 with every process loading the base, "
+                                                      f"but this launch has FSDP {version}"
+                                                      f"{' with cpu_ram_efficient_loading' if ram_efficient else ''}; "
+                                                      f"start it with `hubtune train CONFIG --num-processes N`, or "
+                                                      f"pass `--config_file {preset_path('fsdp', 1, True)}` to "
+                                                      f"accelerate launch")])
 
 
 def check_expert_parallel(training, device: str) -> None:
@@ -399,15 +420,17 @@ class LaunchPlan:
     main_process_ip: str | None = None
     main_process_port: int | None = None  # None: a free port on one machine, 29500 over several
     context_parallel_size: int = 1
+    quantized_experts: bool = False
 
     @property
     def preset(self) -> Path:
-        return preset_path(self.mode, self.context_parallel_size)
+        return preset_path(self.mode, self.context_parallel_size, self.quantized_experts)
 
 
 def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
                 main_process_ip: str | None = None, main_process_port: int | None = None,
-                context_parallel_size: int = 1, expert_parallel_size: int = 1) -> LaunchPlan | None:
+                context_parallel_size: int = 1, expert_parallel_size: int = 1,
+                quantized_experts: bool = False) -> LaunchPlan | None:
     """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
     every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
     training.distributed: none uses DDP."""
@@ -434,7 +457,7 @@ def plan_launch(config_mode: str, num_processes: int | None, num_machines: int =
                                f"multiple of it, got {num_processes}")
     mode = "ddp" if config_mode == "none" else config_mode
     return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
-                      context_parallel_size)
+                      context_parallel_size, quantized_experts)
 
 
 def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     plan = distributed.plan_launch(config.training.distributed if config else "none", args.num_processes,
                                    args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port,
                                    config.training.context_parallel_size if config else 1,
-                                   config.training.expert_parallel_size if config else 1)
+                                   config.training.expert_parallel_size if config else 1,
+                                   bool(config and config.model.quantize_experts))
     if plan is None:
         if from_hub:
             done = resume_from_hub(args.resume, args.out, display=display())
