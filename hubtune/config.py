@@ -77,7 +77,8 @@ class ModelSection(Section):
     quantize_experts: bool = Field(False, description="Mixture-of-experts bases: quantize the stacked expert "
         "weights (3D parameters such as mlp.experts.gate_up_proj, which BitsAndBytesConfig leaves in 16 bits) as they "
         "load, at the base's quantization (nf4 / fp4 with double_quant, or int8); they stay frozen, and LoRA reaches "
-        "them through lora.target_parameters as on a 16-bit base. Single-GPU and DDP runs (not FSDP or ZeRO-3).")
+        "them through lora.target_parameters as on a 16-bit base. One GPU, DDP or FSDP (launched on FSDP2: every GPU "
+        "loads the quantized base, then it is sharded; nf4 / fp4 only), not ZeRO-3.")
     use_kernels: bool = Field(False, description="Swap layers for the kernels transformers maps them to on the "
         "Hub (transformers' use_kernels, the `kernels` package): the same computation, faster. Hub code: "
         "off unless you trust kernels-community.")
@@ -665,11 +666,16 @@ class RunConfig(Section):
             if self.model.quantization == "none" or self.model.dequantize:
                 raise ValueError("model.quantize_experts quantizes the experts at the base's quantization: set "
                                  "model.quantization to nf4, fp4 or int8")
-            if self.training.distributed in ("fsdp", "deepspeed-zero3"):
-                raise ValueError(f"model.quantize_experts with {self.training.distributed}: the base loads on the "
-                                 f"first process only and reaches the others as its parameters and buffers, while a "
-                                 f"quantized expert's constants are neither (the others would build 16-bit experts); "
-                                 f"use training.distributed: ddp (each GPU holds the quantized base)")
+            if self.training.distributed == "deepspeed-zero3":
+                raise ValueError("model.quantize_experts with deepspeed-zero3: ZeRO-3 partitions the base as it is "
+                                 "built (deepspeed.zero.Init), before any expert is quantized, and moves parameters "
+                                 "only, not a quantized expert's constants; use training.distributed: fsdp (FSDP2: "
+                                 "every GPU loads the quantized base, then it is sharded) or ddp")
+            if self.training.distributed == "fsdp" and self.model.quantization == "int8":
+                raise ValueError("model.quantize_experts with an int8 base under fsdp: FSDP replaces each weight by "
+                                 "its shard, and bitsandbytes' 8-bit linear layers keep their row constants (CB, SCB) "
+                                 "on the weight object itself, so the layers break after sharding; use nf4 or fp4, "
+                                 "or training.distributed: ddp")
             if self.model.linearized_experts:
                 raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
                                  "layers, which model.quantization already quantizes; leave quantize_experts out")

@@ -5,7 +5,9 @@ hubtune does not bring a distributed runtime: `hubtune train CONFIG --num-proces
 `accelerate launch --config_file <preset> -m hubtune train CONFIG`, and `accelerate launch -m hubtune
 train CONFIG` with any accelerate config works the same. Every process trains on its shard of the
 data; only the main process (global rank 0) writes the run folder, the metrics, the adapter and the
-checkpoints' trainer state.
+checkpoints' trainer state, and only it shows the run's progress (`console`). An error in any process
+reaches the user with its rank: `hubtune train --num-processes N` gathers how each of its processes
+ended and prints one report (`launch`); under a launcher of the user's own, each process prints its own.
 
     preset_path("fsdp")               -> .../assets/accelerate/fsdp.yaml
     launch_command(plan, ["train", "run.yaml"])  -> [python, -m, accelerate.commands.launch, ...]
@@ -14,17 +16,23 @@ checkpoints' trainer state.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from hubtune.errors import ConfigError, HubtuneError
+from hubtune.errors import ConfigError, HubtuneError, LaunchError
 from hubtune.refs import ASSETS
 
 PRESETS = ASSETS / "accelerate"
@@ -51,8 +59,23 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def machine_rank() -> int:
+    """This machine among the launch's (torchrun's GROUP_RANK, which accelerate launch sets too)."""
+    return int(os.environ.get("GROUP_RANK", "0"))
+
+
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def who() -> str:
+    """This process as messages name it: "rank 1 of 2", with its machine when the launch spans several."""
+    machine = f" on machine {machine_rank()}" if world_size() > local_world_size() else ""
+    return f"rank {rank()} of {world_size()}{machine}"
 
 
 def under_launcher() -> bool:
@@ -60,10 +83,13 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def preset_path(mode: str, context_parallel_size: int = 1) -> Path:
-    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml)."""
+def preset_path(mode: str, context_parallel_size: int = 1, quantized_experts: bool = False) -> Path:
+    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so do
+    quantized experts, loaded whole by every process (fsdp2-quantized-experts.yaml)."""
     if mode == "fsdp" and context_parallel_size > 1:
         return PRESETS / "fsdp2.yaml"
+    if mode == "fsdp" and quantized_experts:
+        return PRESETS / "fsdp2-quantized-experts.yaml"
     if mode not in MODES or mode == "none":
         raise ConfigError([("training.distributed", f"no accelerate preset for {mode!r}; use one of "
                                                     f"{', '.join(MODES[1:])}")])
@@ -161,6 +187,24 @@ def check_context_parallel(training, device: str) -> None:
                                    f"{os.environ.get('FSDP_VERSION', '1')}; start it with `hubtune train CONFIG "
                                    f"--num-processes N`, or pass `--config_file {preset_path('fsdp', cp)}` to "
                                    f"accelerate launch")])
+
+
+def check_quantized_experts(config) -> None:
+    """In a launched process: quantized experts under FSDP need every process to load the quantized base
+    (no rank-0-only loading, whose broadcast carries parameters and buffers but not the experts' quantization
+    constants) and FSDP2, which shards their quantized storage as it is (FSDP1 would flatten it with the
+    compute-dtype weights)."""
+    if not config.model.quantize_experts or config.training.distributed != "fsdp" or world_size() == 1:
+        return
+    version = os.environ.get("FSDP_VERSION", "1")
+    ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("true", "1")
+    if version != "2" or ram_efficient:
+        raise ConfigError([("model.quantize_experts", f"under fsdp needs FSDP2 with every process loading the base, "
+                                                      f"but this launch has FSDP {version}"
+                                                      f"{' with cpu_ram_efficient_loading' if ram_efficient else ''}; "
+                                                      f"start it with `hubtune train CONFIG --num-processes N`, or "
+                                                      f"pass `--config_file {preset_path('fsdp', 1, True)}` to "
+                                                      f"accelerate launch")])
 
 
 def check_expert_parallel(training, device: str) -> None:
@@ -262,6 +306,110 @@ def main_process_first(cpu: bool = True):
     return PartialState(cpu=cpu).main_process_first()
 
 
+# ---- what each process shows ----------------------------------------------------------------------------
+def console_role() -> str:
+    """What this process shows on its console. "all": the main process (global rank 0, as accelerate's
+    `PartialState().is_main_process` decides; or a process of its own): the run's progress, once for the
+    whole launch, as the Trainer's progress bar and accelerate's main-process logging show it. "warnings":
+    the first process of each other machine (`is_local_main_process`): that machine's warnings (on
+    stderr), so a problem of machine 1 shows on machine 1's console, as the Trainer logs on each node.
+    "errors": every other process: its errors alone."""
+    if is_main_process():
+        return "all"
+    return "warnings" if local_rank() == 0 else "errors"
+
+
+@contextlib.contextmanager
+def console() -> Iterator[None]:
+    """This process's console for the duration of a command. Progress (phases, the live training line,
+    advice, notes, the run's folder) goes to stdout, which only the main process keeps; hubtune's
+    warnings go to stderr from the first process of each machine; errors are the caller's to report
+    (`ended`), from every process."""
+    role = console_role()
+    if role == "all":
+        yield
+        return
+    logger = logging.getLogger("hubtune")
+    level, show = logger.level, warnings.showwarning
+    logger.setLevel(logging.WARNING if role == "warnings" else logging.ERROR)
+    if role == "errors":
+        warnings.showwarning = lambda *args, **kwargs: None
+    else:
+        first, last = machine_rank() * local_world_size(), (machine_rank() + 1) * local_world_size() - 1
+        ranks = f"ranks {first}-{last}" if last > first else f"rank {first}"
+        print(f"machine {machine_rank()}: {ranks} of {world_size()} train here; the run's progress shows on "
+              f"machine 0", file=sys.stderr)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+    finally:
+        logger.setLevel(level)
+        warnings.showwarning = show
+
+
+# Set by `launch` for the processes it starts: a folder where each records how it ended, so the launching
+# command reports every failure once, with its rank, after the launcher returns.
+ENDINGS = "HUBTUNE_LAUNCH_ENDINGS"
+
+
+def started() -> None:
+    """Record that this launched process started (one that never records its end was killed)."""
+    _record({"status": "started"})
+
+
+def ended(message: str | None, code: int = 0) -> bool:
+    """Record how this launched process ended (`message`: its error, None when it finished). True when the
+    launching `hubtune train` reports it; False when the caller must print it (no such command, or a
+    single process)."""
+    return _record({"status": "error" if message else "finished", "error": message, "code": code})
+
+
+def _record(entry: dict) -> bool:
+    folder = os.environ.get(ENDINGS)
+    if not folder or not under_launcher() or world_size() == 1:
+        return False
+    entry = {**entry, "rank": rank(), "world_size": world_size(), "who": who(), "time": time.time()}
+    path = Path(folder) / f"rank-{rank()}.json"
+    try:
+        path.write_text(json.dumps(entry))
+    except OSError:
+        return False  # the folder is gone (the launching command was stopped): say it here instead
+    return True
+
+
+def launch_report(folder: Path, returncode: int) -> LaunchError | None:
+    """The processes of a failed launch on this machine, each with its rank and how it ended: those killed
+    without a word first (a signal: the cause, most often), then the errors in the order they came."""
+    entries = []
+    for path in folder.glob("rank-*.json"):
+        try:
+            entries.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    if returncode == 0 or not entries:
+        return None  # it worked, or the launcher failed before any process started (it said why)
+    size = entries[0]["world_size"]
+    killed = sorted(e["rank"] for e in entries if e["status"] == "started")
+    lines = []
+    if killed:
+        ranks = ", ".join(map(str, killed))
+        lines.append(f"rank{'s' if len(killed) > 1 else ''} {ranks} of {size}: stopped without an error of its own, "
+                     f"killed by a signal (the out-of-memory killer, most often; the launcher's report above names "
+                     f"the signal and the first process to fail)")
+    failed = sorted((e for e in entries if e["status"] == "error"), key=lambda e: e["time"])
+    groups: dict[str, list[dict]] = {}
+    for entry in failed:  # the same error in several processes is said once, with all their ranks
+        groups.setdefault(entry["error"], []).append(entry)
+    for message, same in groups.items():
+        ranks = ", ".join(str(e["rank"]) for e in same)
+        lines.append(f"rank{'s' if len(same) > 1 else ''} {ranks} of {size}: {message}")
+    if not lines:
+        return None  # each process finished: the launcher itself failed, and said why
+    code = next((e["code"] for e in failed), 0) if not killed else 1
+    return LaunchError(f"the {size}-process run stopped:\n" + "\n".join(f"  {line}" for line in lines),
+                        code or returncode)
+
+
 # ---- the launcher ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -272,15 +420,17 @@ class LaunchPlan:
     main_process_ip: str | None = None
     main_process_port: int | None = None  # None: a free port on one machine, 29500 over several
     context_parallel_size: int = 1
+    quantized_experts: bool = False
 
     @property
     def preset(self) -> Path:
-        return preset_path(self.mode, self.context_parallel_size)
+        return preset_path(self.mode, self.context_parallel_size, self.quantized_experts)
 
 
 def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
                 main_process_ip: str | None = None, main_process_port: int | None = None,
-                context_parallel_size: int = 1, expert_parallel_size: int = 1) -> LaunchPlan | None:
+                context_parallel_size: int = 1, expert_parallel_size: int = 1,
+                quantized_experts: bool = False) -> LaunchPlan | None:
     """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
     every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
     training.distributed: none uses DDP."""
@@ -307,7 +457,7 @@ def plan_launch(config_mode: str, num_processes: int | None, num_machines: int =
                                f"multiple of it, got {num_processes}")
     mode = "ddp" if config_mode == "none" else config_mode
     return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
-                      context_parallel_size)
+                      context_parallel_size, quantized_experts)
 
 
 def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:
@@ -323,18 +473,23 @@ def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:
 
 def launch(plan: LaunchPlan, hubtune_args: list[str]) -> int:
     """Run the launcher and wait; Ctrl-C / SIGTERM go to it (and on to every process, which finish their
-    step and save). Returns its exit code."""
-    proc = subprocess.Popen(launch_command(plan, hubtune_args))
+    step and save). Returns its exit code, or raises LaunchError naming each failed process by rank."""
+    with tempfile.TemporaryDirectory(prefix="hubtune-launch-") as folder:
+        proc = subprocess.Popen(launch_command(plan, hubtune_args), env={**os.environ, ENDINGS: folder})
 
-    def forward(signum, frame):
-        proc.send_signal(signum)
+        def forward(signum, frame):
+            proc.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            returncode = proc.wait()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        failure = launch_report(Path(folder), returncode)
+    if failure is not None:
+        raise failure
+    return returncode
 
 
 def _gpu_count() -> int:

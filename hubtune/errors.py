@@ -137,6 +137,15 @@ class RunLockedError(HubtuneError):
         super().__init__(message)
 
 
+class LaunchError(HubtuneError):
+    """Processes of a multi-process run failed; the message names each by its rank, with its error. The
+    exit code is that of the first error (1 when a process was killed)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class DiskFullError(HubtuneError):
     """The disk holding the run folder filled up while training wrote to it. The run stays resumable from
     its last complete checkpoint once space is freed."""

@@ -160,6 +160,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     distributed.check_launch(mode, hw.device)
     distributed.check_context_parallel(config.training, hw.device)
     distributed.check_expert_parallel(config.training, hw.device)
+    distributed.check_quantized_experts(config)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
@@ -606,14 +607,16 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         )
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
-    elif hw.device == "cuda" and not sharded:
+    elif hw.device == "cuda" and (not sharded or model.quantize_experts):
+        # Quantized experts under FSDP2: every process loads the whole base onto its own GPU, quantizing the
+        # experts as they load, and fully_shard then shards it (their constants stay whole in every process).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     if model.linearized_experts:
         from hubtune import linearized
 
         base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
     elif model.quantize_experts:
-        base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized or sharded)
+        base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized)
     else:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     compat.reachable_backbone(base)
@@ -638,16 +641,15 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
 
 
-def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, refused: bool):
+def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, saved_quantized: bool):
     """from_pretrained with the stacked expert weights quantized as they load (hubtune.experts)."""
     from transformers import AutoModelForCausalLM
 
     from hubtune import experts
 
-    if refused:
-        raise ConfigError([("model.quantize_experts", f"{path} is saved quantized or the run shards the base "
-                                                      f"(FSDP, ZeRO-3): its experts load as they are; leave "
-                                                      f"quantize_experts out")])
+    if saved_quantized:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved quantized: its experts load as they are; "
+                                                      f"leave quantize_experts out")])
     settings = (model.quantization, model.double_quant, hw.compute_dtype)
     with experts.quantizing_on_load(*settings):
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)

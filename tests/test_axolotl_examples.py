@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from hubtune import config as cfg
+from hubtune import distributed
 from hubtune.errors import ConfigError
 from hubtune.interop import axolotl
 
@@ -36,9 +37,10 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # Keys that stop a supervised LoRA / QLoRA example from converting, by what hubtune lacks. A key
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
-    # quantize_moe_experts is honoured (model.quantize_experts) unless the run is sharded by FSDP, which neither
-    # shards nor places the experts' quantization constants.
-    "quantized experts under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
+    # quantize_moe_experts is honoured (model.quantize_experts, under FSDP on FSDP2 with every GPU loading the
+    # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
+    # (CB, SCB) on the weight object, which FSDP replaces by its shard.
+    "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
@@ -350,23 +352,33 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
     assert axolotl.from_axolotl(axolotl.to_axolotl(config, formats)).run_config() == config
 
 
-# The examples asking for quantize_moe_experts that stay refused: sharded by FSDP.
-EXPERTS_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml",
-                   "glm47-flash/qlora_fsdp.yaml", "glm47-flash/lora_fsdp.yaml")
+# The examples asking for quantize_moe_experts that stay refused: an 8-bit base sharded by FSDP.
+EXPERTS_REFUSED = ("glm47-flash/lora_fsdp.yaml",)
+EXPERTS_UNDER_FSDP = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml",
+                      "glm47-flash/qlora_fsdp.yaml")
 
 
-def test_quantized_experts_convert_unless_fsdp_shards_them(results):
+def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("quantize_moe_experts")}
     assert len(asked) == 16
     refused = {name for name, (config, _) in asked.items() if config is None}
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
-    assert all("FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
+    assert all("load_in_8bit under FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
     # The other refusal is for something else: context parallelism over packed examples.
     assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 11 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 14 and all(c.model.quantize_experts for c in converted.values())
+    # Axolotl's QLoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2 launch in
+    # which every GPU loads the quantized base, and its export says so back.
+    for name in EXPERTS_UNDER_FSDP:
+        config = converted[name]
+        assert config.training.distributed == "fsdp" and config.model.quantization == "nf4", name
+        plan = distributed.plan_launch(config.training.distributed, 2, quantized_experts=config.model.quantize_experts)
+        assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
+        fsdp = axolotl.to_axolotl(config)["fsdp_config"]
+        assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
     assert converted["glm47-flash/lora.yaml"].model.quantization == "int8"
     # LoRA on the quantized experts, as Axolotl trains them: named, or moved there by PEFT from the shared
     # expert's names on Qwen3-Next.

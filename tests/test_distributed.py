@@ -205,6 +205,12 @@ def test_two_processes_train_one_run(ddp_run):
     assert steps == [1, 2, 3]  # one line per step: written once, not once per process
     assert rows[0]["step"] == 0 and "eval_loss" in rows[0]
     assert out.count(f"run: {Path('runs') / 'ddp'}") == 1
+    # The console is the main process's alone: each progress line once, not once per process.
+    lines = out.splitlines()
+    for shown in ("licence   allow: ", "advice: ", "data      kept ", "loading   ", "training  1189 training rows",
+                  "training  held-out loss before training", "training  step 1/3 ", "saving    adapter", "done      "):
+        assert sum(line.startswith(shown) for line in lines) == 1, (shown, out[-3000:])
+    assert "error" not in proc.stderr
     assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
     assert not (run_dir / ".lock").exists()
 
@@ -238,6 +244,9 @@ def test_accelerate_launch_runs_hubtune_directly(workdir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((workdir / "runs" / "accelerate" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_steps"] == 3
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert sum(line.startswith("training  step 3/3 ") for line in lines) == 2  # the step's line, then its evaluation
+    assert sum(line.startswith("training  held-out loss before training") for line in lines) == 1
 
 
 def test_two_machines_train_one_run(workdir):
@@ -250,6 +259,56 @@ def test_two_machines_train_one_run(workdir):
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     summary = json.loads((workdir / "runs" / "nodes" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_steps"] == 3
+    # Progress shows once, on machine 0; machine 1's console says where.
+    assert sum(line.startswith("training  step 1/3 ") for line in outs[0].splitlines()) == 1
+    assert "training  " not in outs[1] and "run: " not in outs[1]
+    assert "machine 1: rank 1 of 2 train here; the run's progress shows on machine 0" in outs[1]
+
+
+def test_a_process_killed_in_training_is_reported_with_its_rank(workdir):
+    """Rank 1 killed mid-run (as the out-of-memory killer does): the command says which process stopped and
+    how, once, as its last words, and the page's runner reads the same from the job's log."""
+    import signal
+
+    from hubtune.ui.jobs import failure
+
+    line = next(c for c in _commands() if c.startswith("hubtune train") and "--num-processes 8" in c)
+    args = [a.replace("runs/ddp", "runs/killed") for a in _on_this_machine(line, _free_port())]
+    mark = f"{os.getpid()}-{_free_port()}"  # finds this run's rank 1 among the machine's processes
+    env = {**_env(), "PYTHONUNBUFFERED": "1", "HUBTUNE_TEST_RUN": mark}
+    proc = subprocess.Popen([*args, "training.max_steps=200"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen, killed = [], None
+    for text in proc.stdout:
+        seen.append(text)
+        if killed is None and text.startswith("training  step 1/"):
+            killed = _process_with({"RANK": "1", "HUBTUNE_TEST_RUN": mark})
+            os.kill(killed, signal.SIGKILL)
+    assert proc.wait(timeout=300) == 1 and killed, "".join(seen)[-3000:]
+    out = "".join(seen)
+    assert out.count("error: ") == 1, out[-3000:]
+    report = out[out.index("error: "):].splitlines()
+    assert report[0] == "error: the 2-process run stopped:"
+    assert report[1].startswith("  rank 1 of 2: stopped without an error of its own, killed by a signal")
+    assert any(r.startswith("  rank 0 of 2: ") for r in report[2:])  # what the other one met, with its rank
+    assert sum(t.startswith("training  step 1/") for t in seen) == 1
+    (documented,) = [body.splitlines() for lang, body in readme_blocks.section_blocks("Several GPUs and machines")
+                     if lang == "text" and body.startswith("error:")]
+    assert documented[:2] == report[:2]  # the docs show this report as it is
+    log = workdir / "killed.log"
+    log.write_text(f"$ hubtune train --resume runs/killed\n{out}")
+    assert failure(log).startswith("the 2-process run stopped:\n  rank 1 of 2: stopped without an error")
+
+
+def _process_with(variables: dict) -> int:
+    for entry in Path("/proc").iterdir():
+        try:
+            env = dict(v.split("=", 1) for v in (entry / "environ").read_text().split("\0") if "=" in v)
+        except (OSError, ValueError):
+            continue
+        if all(env.get(k) == v for k, v in variables.items()):
+            return int(entry.name)
+    raise AssertionError(f"no process with {variables}")
 
 
 def test_fsdp_on_a_machine_without_gpus_is_a_clear_error(workdir, capsys, monkeypatch):
@@ -267,7 +326,7 @@ def test_the_readme_shows_the_step_count_of_its_first_command_on_8_gpus():
     from hubtune.config import load
 
     (shown,) = [body.strip() for lang, body in readme_blocks.section_blocks("Several GPUs and machines")
-                if lang == "text"]
+                if lang == "text" and body.startswith("training")]
     config = load(ROOT / "examples" / "invoices.yaml")
     rows = int(shown.split()[1])  # as the data steps keep them (the console README shows the same count)
     plan = distributed.BatchPlan(config.training.micro_batch_size, config.training.gradient_accumulation_steps, 8,

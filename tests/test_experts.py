@@ -95,12 +95,46 @@ def test_the_loader_quantizes_each_expert_as_it_is_set(tiny_moe):
 def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
     with pytest.raises(ConfigError, match="set model.quantization to nf4, fp4 or int8"):
         cfg.build({"model": {"quantization": "none", "quantize_experts": True}})
-    with pytest.raises(ConfigError, match="quantize_experts with fsdp: the base loads on the first process only"):
-        cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
+    with pytest.raises(ConfigError, match="quantize_experts with deepspeed-zero3: ZeRO-3 partitions the base"):
+        cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "deepspeed-zero3"}})
+    with pytest.raises(ConfigError, match="int8 base under fsdp: .* row constants \\(CB, SCB\\)"):
+        cfg.build({"model": {"quantization": "int8", "quantize_experts": True}, "training": {"distributed": "fsdp"}})
     with pytest.raises(ConfigError, match="already quantizes; leave quantize_experts out"):
         cfg.build({"model": {"quantize_experts": True, "linearized_experts": True}})
     with pytest.raises(ConfigError, match="has no stacked expert weights"):
         load(cfg.resolve_builtin("hubtune:tiny-llama"), quantize_experts=True)
+
+
+def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(monkeypatch):
+    """The launch accelerate makes of the plan: FSDP2 without rank-0-only loading (whose broadcast would not
+    carry the experts' quantization constants); a process launched otherwise says how to launch it."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from hubtune import distributed
+
+    config = cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
+    plan = distributed.plan_launch("fsdp", 4, quantized_experts=config.model.quantize_experts)
+    cmd = distributed.launch_command(plan, ["train", "run.yaml"])
+    preset = cmd[cmd.index("--config_file") + 1]
+    assert preset == str(distributed.PRESETS / "fsdp2-quantized-experts.yaml")
+    assert distributed.plan_launch("fsdp", 4).preset.name == "fsdp.yaml"  # the others keep FSDP1's preset
+    args = launch_command_parser().parse_args(["--config_file", preset, "--num_processes", "2", "-m", "hubtune",
+                                               "train", "run.yaml"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    distributed.check_quantized_experts(config)
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    with pytest.raises(ConfigError, match="FSDP 2 with cpu_ram_efficient_loading; .*fsdp2-quantized-experts.yaml"):
+        distributed.check_quantized_experts(config)
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
+    with pytest.raises(ConfigError, match="needs FSDP2 with every process loading the base, but this launch has FSDP 1"):
+        distributed.check_quantized_experts(config)
 
 
 def lora_layout(model) -> list[tuple[str, tuple]]:
@@ -225,3 +259,54 @@ def test_the_documented_moe_config_builds():
         "nf4", True, "grouped_mm")
     assert config.lora.target_modules == "attention"
     assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization,lora", [
+    ("nf4", {"target_modules": ["q_proj", "v_proj"], "target_parameters": ["experts.gate_up_proj",
+                                                                           "experts.down_proj"], "dropout": 0.0, "r": 4}),
+    ("nf4", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0, "r": 4})],
+    ids=["lora-on-experts", "lora-on-attention"])
+def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora):
+    """Two processes (gloo, CPU) under FSDP2: each loads the base with its experts quantized, fully_shard
+    splits the quantized storage between them (each keeps the whole constants), and after its all-gather
+    the experts dequantize to the same weights: the loss, every LoRA gradient and the loss after an AdamW
+    step equal one process's over the same two batches (gradient checkpointing on, as in Axolotl's examples)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from fsdp2_experts import batches, prepared
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "fsdp2.pt"
+    worker = Path(__file__).parent / "fsdp2_experts.py"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(port), str(worker), str(tiny_moe), quantization,
+                    json.dumps(lora), str(out)], check=True, timeout=300)
+    sharded = torch.load(out)
+    # Each process held half of every quantized expert's storage, in its quantized dtype.
+    assert len(sharded["held"]) == 4
+    for name, (full, local, dtype) in sharded["held"].items():
+        assert "experts" in name and dtype == str(STORAGE[quantization]) and local[0] * 2 == full[0]
+
+    model = prepared(str(tiny_moe), quantization, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = batches()
+    halves = [ids[rank::2] for rank in range(2)]
+    first = sum(model(half, labels=half).loss.item() / 2 for half in halves)
+    for half in halves:
+        (model(half, labels=half).loss / 2).backward()
+    grads = {name: param.grad for name, param in model.named_parameters() if param.requires_grad}
+    optimizer.step()
+    with torch.no_grad():
+        second = sum(model(half, labels=half).loss.item() / 2 for half in halves)
+    assert sorted(grads) == sorted(sharded["grads"]) and any("experts" in n for n in grads) == ("target_parameters" in lora)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(sharded["grads"][name], grad, rtol=1e-4, atol=1e-6)
+    assert sharded["losses"] == pytest.approx([first, second], abs=1e-5)
+    assert second < first

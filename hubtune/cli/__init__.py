@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from hubtune import distributed
 from hubtune.cli.options import config_option, config_settings
 from hubtune.errors import translate
 
@@ -86,24 +87,40 @@ def main(argv: list[str] | None = None, prog: str = "hubtune") -> int:
         os.environ[VERBOSE_ENV] = "1"  # a subprocess (the UI's training job) inherits it
     _console_logging()
     debug = os.environ.get("HUBTUNE_DEBUG") == "1"
+    # One of several launched processes: only the main one shows progress; each one's error is reported
+    # with its rank (by the launching `hubtune train`, or here under a launcher of the user's own).
+    distributed.started()
     try:
         use_timeouts()  # every Hub request this command makes, hubtune's or a library's, gets a timeout
-        return args.func(args) or 0
+        with distributed.console():
+            code = args.func(args) or 0
+        distributed.ended(None)
+        return code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _report("interrupted", 130, "")
     except Exception as err:
         # Known errors, and foreign ones the table in hubtune.errors can explain, print their fix;
         # anything else is a bug or a case not handled yet: one line, the traceback on request.
         typed = translate(err)
-        if debug:
-            raise
         if typed is None:
-            print(f"error: unexpected {type(err).__name__}: {err}\n(a case hubtune does not handle yet; "
-                  f"HUBTUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
-            return 1
-        print(f"error: {typed}", file=sys.stderr)
-        return typed.exit_code
+            message = (f"unexpected {type(err).__name__}: {err}\n(a case hubtune does not handle yet; "
+                       f"HUBTUNE_DEBUG=1 shows the traceback)")
+            code = 1
+        else:
+            message, code = str(typed), typed.exit_code
+        if debug:
+            distributed.ended(message, code)
+            raise
+        return _report(message, code)
+
+
+def _report(message: str, code: int, prefix: str = "error: ") -> int:
+    """An error of this command on stderr; one process of several names its rank, and leaves the
+    message to the `hubtune train` that launched it, which reports all of them once."""
+    if not distributed.ended(message, code):
+        rank = f"{distributed.who()}: " if distributed.world_size() > 1 else ""
+        print(f"{prefix}{rank}{message}", file=sys.stderr)
+    return code
 
 
 def hf_tune() -> int:

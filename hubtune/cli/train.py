@@ -60,14 +60,14 @@ def run(args: argparse.Namespace) -> int:
     plan = distributed.plan_launch(config.training.distributed if config else "none", args.num_processes,
                                    args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port,
                                    config.training.context_parallel_size if config else 1,
-                                   config.training.expert_parallel_size if config else 1)
+                                   config.training.expert_parallel_size if config else 1,
+                                   bool(config and config.model.quantize_experts))
     if plan is None:
         if from_hub:
             done = resume_from_hub(args.resume, args.out, display=display())
         else:
             done = resume(args.resume, display=display()) if args.resume else train(config, display=display())
-        if distributed.is_main_process():
-            print(f"run: {done.path}")
+        print(f"run: {done.path}")  # by the main process: the others' stdout goes nowhere (distributed.console)
         return 0
     # Several processes: this one starts `accelerate launch` and waits; they train.
     if from_hub:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         path = RunFolder.open(args.resume).path if args.resume else config.output.run_dir()
     worker = (["train", "--resume", str(path)] if args.resume or from_hub else
               ["train", args.config, *args.overrides, f"output.dir={path}"])
-    return distributed.launch(plan, worker)  # rank 0 prints the run's folder, or its error
+    return distributed.launch(plan, worker)  # rank 0 prints the run's folder; a failure names each process's rank
 
 
 def on_jobs(args: argparse.Namespace) -> int:

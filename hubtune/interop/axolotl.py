@@ -479,10 +479,18 @@ class _Reader:
         """Why quantize_moe_experts cannot be honoured with the rest of the config; None when it can."""
         if model.get("quantization") == "none":
             return "needs load_in_4bit or load_in_8bit (as in Axolotl)"
-        if self.data.get("fsdp") or self.data.get("fsdp_config") or "zero3" in str(self.data.get("deepspeed") or ""):
-            return ("with FSDP / ZeRO-3: the base loads on the first process only and reaches the others as its "
-                    "parameters and buffers, while a quantized expert's constants are neither (the others would build "
-                    "16-bit experts); leave fsdp out (one GPU or DDP) or quantize_moe_experts out")
+        if "zero3" in str(self.data.get("deepspeed") or ""):
+            return ("with ZeRO-3: DeepSpeed partitions the base as it is built (deepspeed.zero.Init), before any "
+                    "expert is quantized, and moves parameters only, not a quantized expert's constants; use fsdp "
+                    "(FSDP2) or DDP, or leave quantize_moe_experts out")
+        if self.data.get("fsdp") or self.data.get("fsdp_config"):
+            if model.get("quantization") == "int8":
+                return ("with load_in_8bit under FSDP: FSDP replaces each weight by its shard, and bitsandbytes' "
+                        "8-bit linear layers keep their row constants (CB, SCB) on the weight object itself, so they "
+                        "break once sharded; use load_in_4bit, or DDP")
+            self.note("quantize_moe_experts with fsdp: hubtune launches FSDP2 with every process loading the quantized "
+                      "base whole, then sharding it (fsdp2-quantized-experts.yaml: fsdp_version 2, "
+                      "cpu_ram_efficient_loading false), as Axolotl runs QLoRA on FSDP2")
         return None
 
     def precision(self) -> str:
@@ -1521,6 +1529,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
+    if t.distributed == "fsdp" and config.model.quantize_experts:  # what hubtune launches: FSDP2, every GPU loads
+        out["fsdp_config"] = {**out["fsdp_config"], "fsdp_version": 2, "fsdp_cpu_ram_efficient_loading": False}
     if t.context_parallel_size > 1:
         out["context_parallel_size"] = t.context_parallel_size
     if t.expert_parallel_size > 1:

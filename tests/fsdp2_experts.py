@@ -1,0 +1,76 @@
+"""One process of a 2-process FSDP2 run over a base with quantized experts, started by torchrun from
+tests/test_experts.py: the base loads whole in every process with its experts quantized (as hubtune loads
+it under FSDP), LoRA goes on, fully_shard wraps each decoder layer and the whole model (as accelerate's
+FSDP2 preparation does), then one batch per process: forward, backward, an AdamW step, a second forward.
+Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
+
+    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OUT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def prepared(model_path: str, quantization: str, lora: dict):
+    """The base and adapter exactly as the single-process reference builds them (same seed, same factors)."""
+    from hubtune import config as cfg
+    from hubtune.hardware import Hardware
+    from hubtune.train import attach_lora, load_base
+
+    model = {"id": model_path, "quantization": quantization, "quantize_experts": True}
+    config = cfg.build({"model": model, "lora": lora})
+    base = load_base(model_path, config.model, Hardware("cpu", torch.float32, "adamw_torch"), sharded=True)
+    torch.manual_seed(0)
+    peft_model = attach_lora(base, config, "hf", False)
+    with torch.no_grad():  # B starts at zero: give it values so every factor gets a gradient at once
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model.train()
+    return peft_model
+
+
+def batches() -> torch.Tensor:
+    return torch.randint(3, 902, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def main(model_path: str, quantization: str, lora_json: str, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = prepared(model_path, quantization, json.loads(lora_json))
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
+            for name, param in model.named_parameters() if "parametrizations" in name}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = batches()[rank::world]
+    losses = []
+    for step in range(2):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        if step == 0:
+            grads = {name: param.grad.full_tensor() for name, param in model.named_parameters() if param.requires_grad}
+            optimizer.step()
+            optimizer.zero_grad()
+        mean = torch.tensor([loss.item()])
+        dist.all_reduce(mean)
+        losses.append(mean.item() / world)
+    if rank == 0:
+        torch.save({"losses": losses, "grads": grads, "held": held}, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
