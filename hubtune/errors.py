@@ -146,6 +146,12 @@ class LaunchError(HubtuneError):
         self.exit_code = exit_code
 
 
+class PeerStoppedError(HubtuneError):
+    """Another process of a multi-process run stopped, and this one lost its connection to it."""
+
+    exit_code = 1
+
+
 class DiskFullError(HubtuneError):
     """The disk holding the run folder filled up while training wrote to it. The run stays resumable from
     its last complete checkpoint once space is freed."""
@@ -459,6 +465,26 @@ def _path_error(err: BaseException, context: dict) -> HubtuneError:
                            f"(a file, not a folder, under a folder that exists).")
 
 
+# What gloo and NCCL say in the surviving processes when another process of the group is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer",
+              "remote process exited or there was a network error")
+
+
+def _is_peer_gone(err: BaseException, context: dict) -> bool:
+    text = str(err)
+    return (isinstance(err, RuntimeError) and any(phrase in text for phrase in _PEER_GONE)
+            and any(backend in text.lower() for backend in ("gloo", "nccl")))
+
+
+def _peer_gone(err: BaseException, context: dict) -> HubtuneError:
+    phrase = next(phrase for phrase in _PEER_GONE if phrase in str(err))
+    backend = "NCCL" if "nccl" in str(err).lower() else "gloo"
+    return PeerStoppedError(f"another process of this run stopped first, so this one could not go on ({backend}: "
+                            f"{phrase}). The launch's report names that process by rank and why it stopped; once "
+                            f"that is fixed, continue from the last checkpoint with `hubtune train --resume "
+                            f"RUN_FOLDER --num-processes N`.")
+
+
 def _is_recursion(err: BaseException, context: dict) -> bool:
     return isinstance(err, RecursionError)
 
@@ -484,6 +510,7 @@ FOREIGN_ERRORS: tuple[Row, ...] = (
      _missing_model_file),
     ("OSError on a path: permission, a folder for a file, read-only", _is_path_error, _path_error),
     ("RecursionError (deeply nested data)", _is_recursion, _recursion),
+    ("RuntimeError of gloo / NCCL: another process of the run is gone", _is_peer_gone, _peer_gone),
 )
 
 

@@ -290,11 +290,13 @@ def test_a_process_killed_in_training_is_reported_with_its_rank(workdir):
     report = out[out.index("error: "):].splitlines()
     assert report[0] == "error: the 2-process run stopped:"
     assert report[1].startswith("  rank 1 of 2: stopped without an error of its own, killed by a signal")
-    assert any(r.startswith("  rank 0 of 2: ") for r in report[2:])  # what the other one met, with its rank
+    # What the other one met, with its rank: its connection to rank 1 closed.
+    assert report[2].startswith("  rank 0 of 2: another process of this run stopped first, so this one could not "
+                                "go on (gloo: Connection"), out[-3000:]
     assert sum(t.startswith("training  step 1/") for t in seen) == 1
     (documented,) = [body.splitlines() for lang, body in readme_blocks.section_blocks("Several GPUs and machines")
                      if lang == "text" and body.startswith("error:")]
-    assert documented[:2] == report[:2]  # the docs show this report as it is
+    assert documented[:2] == report[:2] and documented[2].split(" (gloo")[0] == report[2].split(" (gloo")[0]
     log = workdir / "killed.log"
     log.write_text(f"$ hubtune train --resume runs/killed\n{out}")
     assert failure(log).startswith("the 2-process run stopped:\n  rank 1 of 2: stopped without an error")

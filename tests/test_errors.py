@@ -24,6 +24,7 @@ from hubtune.errors import (
     ModelFolderError,
     OutOfMemoryError,
     OutputPathError,
+    PeerStoppedError,
     RunLockedError,
     translate,
 )
@@ -117,6 +118,15 @@ def cases(tmp_path: Path) -> list[tuple[str, BaseException, dict, type, list[str
         ("RecursionError", raised(json.loads, "[" * 100_000), {}, DataError, ["nested too deeply"]),
         ("weights_only refusal", pickled_refusal(tmp_path), {}, ModelFolderError,
          ["a pickled weights file was refused", "hubtune does not load such a file"]),
+        # As gloo words it in rank 0 when rank 1 is killed (tests/test_distributed.py kills one for real).
+        ("gloo / NCCL", RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read "
+                                     "error [127.0.0.1]:6564: Connection reset by peer. This is typically caused by "
+                                     "a remote worker hanging or bugs in the application."), {}, PeerStoppedError,
+         ["another process of this run stopped first", "(gloo: Connection reset by peer)", "by rank",
+          "hubtune train --resume RUN_FOLDER --num-processes N"]),
+        ("gloo / NCCL", RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a "
+                                     "network error, NCCL version 2.21.5"), {}, PeerStoppedError,
+         ["(NCCL: remote process exited or there was a network error)"]),
     ]
 
 
