@@ -371,6 +371,12 @@ class Settings:
         lora = (f", r {self.lora_r} on {_targets(self.target_modules)}, dropout {self.lora_dropout:g}"
                 if self.method != "full" else "")
         method = "" if self.training_method == "sft" else f"{self.training_method.upper()}, "
+        if self.method != "full":
+            lora += "".join([f", {self.new_tokens} new token{'s' if self.new_tokens > 1 else ''} (embedding and head "
+                             f"trained in full)" if self.new_tokens else "",
+                             f", modules_to_save {', '.join(self.modules_to_save)}" if self.modules_to_save else "",
+                             f", unfrozen {', '.join(self.unfrozen_parameters)}" if self.unfrozen_parameters else "",
+                             ", ReLoRA" if self.relora else ""])
         return (f"{method}{what}{lora}, {self.compute_dtype} compute, "
                 f"{self.sequences_described()}, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
                 + (f", {self.gpus} GPUs" if self.gpus > 1 else ""))

@@ -713,6 +713,7 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
         return experts.under_lora(model, lambda: PeftModel.from_pretrained(
             model, str(adapter_folder(config.lora.init_from)), is_trainable=True))
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
+    unfreeze.refuse_quantized_saves(model, config.lora.modules_to_save)
     peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen)
     peft_model = experts.under_lora(model, lambda: get_peft_model(model, peft_config))
     unfreeze.freeze_unnamed(peft_model, unfrozen)

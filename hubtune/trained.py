@@ -15,13 +15,14 @@ and the counts against PEFT's on the tiny base."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hubtune.errors import HubtuneError
+from hubtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from hubtune.memory import Architecture, Settings
@@ -106,8 +107,8 @@ def beside(arch: Architecture, s: Settings) -> Beside:
 
     shapes = parameter_shapes(arch)
     embedding = f"{prefix(arch)}embed_tokens"
-    unfrozen = unfreeze.resolve(_standin(shapes, arch, s.method == "qlora"), list(s.unfrozen_parameters)) \
-        if s.unfrozen_parameters else unfreeze.Unfrozen()
+    unfrozen = _unfrozen(arch, s.unfrozen_parameters, s.method == "qlora") if s.unfrozen_parameters \
+        else unfreeze.Unfrozen()
     save = list(dict.fromkeys([*s.modules_to_save, *((EMBEDDING, HEAD) if s.new_tokens else ()), *unfrozen.modules]))
     tying = (bool(s.new_tokens) and arch.tied_embeddings) or unfrozen.tied
     if tying and any(m.split(".")[-1] in (EMBEDDING, HEAD) for m in save):
@@ -128,9 +129,12 @@ def beside(arch: Architecture, s: Settings) -> Beside:
         quantized = [c.module for c in copies
                      if any(_is_linear_weight(n, arch) for n in shapes if n.startswith(f"{c.module}."))]
         if quantized:
-            raise HubtuneError(f"lora.modules_to_save: {', '.join(quantized)} holds 4-bit weights of the quantized base, "
-                               f"which cannot train in full; load the base with model.quantization: none, or save "
-                               f"only unquantized modules (embeddings, norms, the head)")
+            shown = ", ".join(quantized[:3]) + (f" and {len(quantized) - 3} more" if len(quantized) > 3 else "")
+            verb = "hold" if len(quantized) > 1 else "holds"
+            raise ConfigError([("lora.modules_to_save", f"{shown} {verb} weights of the quantized base, which "
+                                                        f"cannot train in full; load the base with model.quantization: "
+                                                        f"none, or save only unquantized modules (embeddings, norms, "
+                                                        f"the head)")])
     targets = {m.name for m in arch.target_linears(s.target_modules)}
     unadapted = tuple(n.removesuffix(".weight") for n in shapes if _is_linear_weight(n, arch)
                       and n.rsplit(".", 2)[-2] in targets
@@ -138,6 +142,13 @@ def beside(arch: Architecture, s: Settings) -> Beside:
     rows = sum(len(r) for r in unfrozen.token_rows.values())
     head = any(c.module == "lm_head" or c.tied for c in copies)
     return Beside(tuple(copies), rows, arch.hidden, unadapted, head)
+
+
+@functools.lru_cache(maxsize=32)  # the fit search estimates the same run many times
+def _unfrozen(arch: Architecture, patterns: tuple[str, ...], quantized: bool):
+    from hubtune import unfreeze
+
+    return unfreeze.resolve(_standin(parameter_shapes(arch), arch, quantized), list(patterns))
 
 
 def _modules(shapes: dict[str, tuple[int, ...]]) -> list[str]:

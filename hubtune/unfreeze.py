@@ -122,6 +122,20 @@ def resolve(model, patterns: list[str]) -> Unfrozen:
     return out
 
 
+def refuse_quantized_saves(model, names: list[str]) -> None:
+    """lora.modules_to_save: PEFT copies and trains in full every module whose name ends with one of `names`;
+    a ConfigError naming those that hold quantized weights, which cannot be made trainable."""
+    held = [key for key, module in model.named_modules() if key and any(key.endswith(n) for n in names)
+            and any(_quantized(p) for p in module.parameters())]
+    held = [key for key in held if not any(key.startswith(f"{outer}.") for outer in held)]
+    if held:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        verb = "hold" if len(held) > 1 else "holds"
+        raise ConfigError([("lora.modules_to_save", f"{shown} {verb} weights of the quantized base, which cannot "
+                                                    f"train in full; load the base with model.quantization: none, or "
+                                                    f"save only unquantized modules (embeddings, norms, the head)")])
+
+
 def freeze_unnamed(peft_model, unfrozen: Unfrozen) -> None:
     """PEFT trains every parameter of a module it saves whole; keep the ones no pattern named (a bias
     beside a named weight) as they are."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubtune import config as cfg
-from hubtune import fit, memory
+from hubtune import fit, memory, trained
 from hubtune.memory import GIB, Settings, architecture, estimate, reference_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,9 @@ def test_every_reference_config_is_counted_exactly_as_transformers_builds_it():
         built = sum(p.numel() for p in model.parameters())
         counted = arch(name).parameters()["total"]
         assert counted == built, name
+        names = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)
+                 if not n.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+        assert trained.parameter_shapes(arch(name)) == names, name  # as unfrozen_parameters' patterns name them
         assert round(counted / 1e9, 2) == PUBLISHED[name], name
 
 

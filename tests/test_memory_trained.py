@@ -29,8 +29,8 @@ CASES = {  # name: (untied base, the run config's model and lora sections)
                                                           "model.embed_tokens.weight[6:10]"]}),
     "unfrozen head beside a saved embedding": (True, {}, {"unfrozen_parameters": ["lm_head.weight"],
                                                           "modules_to_save": ["embed_tokens"]}),
-    "one decoder weight of a 16-bit base": (True, {}, {"unfrozen_parameters": ["model.layers.0.self_attn.q_proj.weight"],
-                                                   "target_modules": ["v_proj"]}),
+    "one decoder weight of a 16-bit base": (True, {}, {"target_modules": ["v_proj"], "unfrozen_parameters":
+                                                       ["model.layers.0.self_attn.q_proj.weight"]}),
 }
 
 
@@ -95,7 +95,8 @@ def test_new_tokens_on_llama_31_8b_train_a_billion_parameters_beside_the_adapter
     assert line == "trained in full beside the adapter: embed_tokens, lm_head (1.05B parameters)"
     assert tokens.breakdown[line] == 2 * rows * 2  # bfloat16 copies
     # 8-bit AdamW keeps the embedding's moments in 32 bits (transformers' Trainer), the head's in 8 bits
-    optimizer = tokens.breakdown["optimizer states (paged_adamw_8bit)"] - plain.breakdown["optimizer states (paged_adamw_8bit)"]
+    states = "optimizer states (paged_adamw_8bit)"
+    optimizer = tokens.breakdown[states] - plain.breakdown[states]
     assert optimizer == pytest.approx(rows * 8 + rows * (2 + 8 / 256), rel=1e-6)
     assert tokens.total - plain.total > 10 * GB
     assert tokens.to_dict()["trained_in_full"] == {"modules": ["model.embed_tokens", "lm_head"], "embedding_rows": 0,
@@ -109,26 +110,39 @@ def test_a_tied_base_trains_one_copy_for_its_embedding_and_head():
     assert "embed_tokens, lm_head (one copy, tied)" in next(k for k in got.breakdown if k.startswith("trained in full"))
 
 
-def test_a_module_with_4bit_weights_cannot_be_saved_in_full():
-    with pytest.raises(memory.HubtuneError, match="holds 4-bit weights"):
+def test_a_module_with_4bit_weights_cannot_be_saved_in_full(tmp_path):
+    """PEFT cannot make a 4-bit weight trainable: the estimate and training both say so, naming the modules."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from hubtune.errors import ConfigError
+    from hubtune.train import attach_lora
+
+    quantized = AutoModelForCausalLM.from_pretrained(
+        TINY, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
+    config = tiny_config(tmp_path, 4, lora={"modules_to_save": ["q_proj"]})
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.self_attn\.q_proj, model\.layers\.1\.self_attn\.q_proj, "
+                                          r"model\.layers\.2\.self_attn\.q_proj and 1 more hold weights of the "
+                                          r"quantized base"):
+        attach_lora(quantized, config, "hf", False)
+    with pytest.raises(ConfigError, match="q_proj and 29 more hold weights of the quantized base"):
         estimate(shipped("Llama-3.1-8B"), Settings(modules_to_save=("q_proj",)))
     with pytest.raises(memory.HubtuneError, match="cannot train in full"):
         estimate(shipped("Llama-3.1-8B"), Settings(unfrozen_parameters=("model.layers.0.mlp.down_proj.weight",)))
 
 
 def test_parameter_names_are_those_transformers_builds():
+    """On the tiny base (tests/test_memory.py checks every shipped config the same way)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from hubtune import trained
 
-    for path in (TINY, memory.reference_config("Qwen3-8B"), memory.reference_config("gemma-2-9b")):
-        arch = memory.read_architecture(str(path))
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-        built = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
-        assert trained.parameter_shapes(arch) == built, path
-        assert math.prod(built["lm_head.weight"]) == arch.vocab * arch.hidden
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY))
+    built = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    assert trained.parameter_shapes(memory.read_architecture(TINY)) == built
+    assert math.prod(built["lm_head.weight"]) == 902 * 192
 
 
 def test_the_docs_table_is_what_the_estimate_says():
