@@ -406,7 +406,8 @@ def launch_report(folder: Path, returncode: int) -> LaunchError | None:
     if not lines:
         return None  # each process finished: the launcher itself failed, and said why
     code = next((e["code"] for e in failed), 0) if not killed else 1
-    return LaunchError(f"the {size}-process run stopped:\n" + "\n".join(f"  {line}" for line in lines),
+    indented = ("  " + line.replace("\n", "\n    ") for line in lines)  # a message of several lines stays together
+    return LaunchError(f"the {size}-process run stopped:\n" + "\n".join(indented),
                         code or returncode)
 
 

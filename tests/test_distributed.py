@@ -267,17 +267,24 @@ def test_two_machines_train_one_run(workdir):
 
 def test_a_process_killed_in_training_is_reported_with_its_rank(workdir):
     """Rank 1 killed mid-run (as the out-of-memory killer does): the command says which process stopped and
-    how, once, as its last words, and the page's runner reads the same from the job's log."""
+    how, once, as its last words, and the page's runner reads the same from the job's log. The run is an
+    Axolotl config with a key left out by --ignore-unsupported: the processes train the translation the
+    command showed (once), not the Axolotl file again."""
     import signal
 
     from hubtune.ui.jobs import failure
 
-    line = next(c for c in _commands() if c.startswith("hubtune train") and "--num-processes 8" in c)
-    args = [a.replace("runs/ddp", "runs/killed") for a in _on_this_machine(line, _free_port())]
+    axolotl = workdir / "axolotl-invoices.yaml"
+    axolotl.write_text(yaml.safe_dump({
+        "base_model": "hubtune:tiny-llama", "adapter": "lora", "sequence_len": 256, "micro_batch_size": 4,
+        "datasets": [{"path": "hubtune:data/invoices/train.jsonl", "type": "alpaca", "ds_type": "json"}],
+        "val_set_size": 8,  # a count: Axolotl takes a share here, so hubtune cannot honour it
+        "max_steps": 200, "logging_steps": 1, "warmup_steps": 0, "learning_rate": 0.002}))
     mark = f"{os.getpid()}-{_free_port()}"  # finds this run's rank 1 among the machine's processes
     env = {**_env(), "PYTHONUNBUFFERED": "1", "HUBTUNE_TEST_RUN": mark}
-    proc = subprocess.Popen([*args, "training.max_steps=200"], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([HUBTUNE, "train", axolotl.name, "--ignore-unsupported", "--num-processes", "2",
+                             "--main-process-port", str(_free_port()), "output.dir=runs/killed"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen, killed = [], None
     for text in proc.stdout:
         seen.append(text)
@@ -294,6 +301,8 @@ def test_a_process_killed_in_training_is_reported_with_its_rank(workdir):
     assert report[2].startswith("  rank 0 of 2: another process of this run stopped first, so this one could not "
                                 "go on (gloo: Connection"), out[-3000:]
     assert sum(t.startswith("training  step 1/") for t in seen) == 1
+    assert sum(t.startswith(f"Axolotl config {axolotl.name}, translated") for t in seen) == 1
+    assert sum(t.startswith("ignored (--ignore-unsupported): val_set_size: 8") for t in seen) == 1
     (documented,) = [body.splitlines() for lang, body in readme_blocks.section_blocks("Several GPUs and machines")
                      if lang == "text" and body.startswith("error:")]
     assert documented[:2] == report[:2] and documented[2].split(" (gloo")[0] == report[2].split(" (gloo")[0]

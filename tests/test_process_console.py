@@ -73,6 +73,7 @@ def test_under_hubtunes_launcher_each_process_records_its_end_and_the_launcher_r
     assert lines[0] == "the 3-process run stopped:"
     assert lines[1].startswith("  rank 2 of 3: stopped without an error of its own, killed by a signal")
     assert lines[2].startswith("  ranks 0, 1 of 3: invalid run config")
+    assert lines[3].startswith("      training.learning_rate: ")  # the rest of that message, indented under it
     assert distributed.launch_report(folder, returncode=0) is None
 
 

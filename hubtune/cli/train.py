@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 from hubtune.cli.options import display
 from hubtune.errors import HubtuneError
@@ -76,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
         path = RunFolder.open(args.resume).path if args.resume else config.output.run_dir()
     worker = (["train", "--resume", str(path)] if args.resume or from_hub else
               ["train", args.config, *args.overrides, f"output.dir={path}"])
-    return distributed.launch(plan, worker)  # rank 0 prints the run's folder; a failure names each process's rank
+    with tempfile.TemporaryDirectory(prefix="hubtune-") as folder:
+        if config is not None and not args.resume and is_axolotl(args.config):
+            # The processes train the translation shown above (its overrides and --ignore-unsupported
+            # applied), rather than translate the Axolotl file again, each.
+            translated = Path(folder) / "run.yaml"
+            translated.write_text(config.to_yaml())
+            worker = ["train", str(translated), f"output.dir={path}"]
+        return distributed.launch(plan, worker)  # rank 0 prints the run's folder; a failure names each rank
 
 
 def on_jobs(args: argparse.Namespace) -> int:
@@ -101,14 +110,18 @@ def on_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_axolotl(path: str) -> bool:
+    from hubtune.interop import axolotl
+
+    return axolotl.is_axolotl(axolotl.read_yaml(Path(path)))
+
+
 def run_config(path: str, overrides: list[str], ignore_unsupported: bool):
     """A hubtune run config, or an Axolotl config translated, shown with what it could not honour."""
-    from pathlib import Path
-
     from hubtune import config as cfg
     from hubtune.interop import axolotl
 
-    if not axolotl.is_axolotl(axolotl.read_yaml(Path(path))):
+    if not is_axolotl(path):
         return cfg.load(path, overrides)
     translation = axolotl.read(path)
     config = translation.run_config(overrides, ignore_unsupported)
