@@ -55,7 +55,7 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
         options.append(("batch", f"micro-batch {micro} with {accum} accumulation steps (training.micro_batch_size: "
                                  f"{micro}, training.gradient_accumulation_steps: {accum})",
                         {"micro_batch": micro, "gradient_accumulation": accum}))
-    if s.method != "qlora":
+    if s.method != "qlora" and _quantizable(arch, s):
         options.append(("method", "LoRA on the base loaded in 4 bits (model.quantization: nf4)",
                         {"method": "qlora", "quantization": "nf4", "double_quant": True}))
     seq = s.seq_len
@@ -84,6 +84,15 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
             settings = build(chosen)
             return Suggestion("; ".join(p for p, _ in chosen.values()), settings, estimate(arch, settings).total)
     return None
+
+
+def _quantizable(arch: Architecture, s: Settings) -> bool:
+    """Whether the run can load its base in 4 bits: not when it trains a quantized module in full."""
+    try:
+        estimate(arch, replace(s, method="qlora", quantization="nf4"))
+    except HubtuneError:
+        return False
+    return True
 
 
 def device_warning(config, model_path: str, device_bytes: int | None = None) -> str | None:

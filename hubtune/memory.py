@@ -1,13 +1,15 @@
 """Will it fit? The peak GPU memory of a fine-tune, from the base model's config.json alone.
 
-Nothing but `config.json` is read (from the Hub at a revision, a local folder, or a built-in asset):
-the parameters are counted from the architecture, and the peak is the sum of what hubtune's recipe
-holds on the GPU at once:
+Nothing but `config.json` is read (from the Hub at a revision, a local folder, or a built-in asset; and
+the tokenizer when a run config adds tokens): the parameters are counted from the architecture, and the
+peak is the sum of what hubtune's recipe holds on the GPU at once:
 
 - weights: linear layers in NF4/FP4 with their quantization constants (QLoRA), or 16-bit; the
   embeddings, output head and norms stay in bfloat16 (hubtune.train.load_base), or float32 when
   the GPU computes in float16;
-- LoRA adapters, their gradients and the optimizer's states;
+- LoRA adapters, their gradients and the optimizer's states, and the same for base weights trained in
+  full beside the adapter (modules_to_save, new tokens' embedding and head, lora.unfrozen_parameters:
+  hubtune.trained), with PEFT's copy of each such module;
 - activations saved for the backward pass, per layer and token, with or without gradient
   checkpointing (coefficients measured with autograd's saved-tensor hooks on this recipe by
   benchmarks/activation_memory.py, checked by tests/test_memory.py), and the logits, which TRL's

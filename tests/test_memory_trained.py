@@ -162,3 +162,12 @@ def test_the_docs_table_is_what_the_estimate_says():
         got = estimate(a, settings)
         row = f"| {case} | {got.trainable / 1e6:,.1f}M | {got.total_gb:.2f} GB ({got.total_gib:.2f} GiB) |"
         assert row in docs, row
+
+
+def test_the_fit_search_does_not_offer_4_bits_to_a_run_that_trains_a_linear_layer_in_full():
+    from hubtune import fit
+
+    a = shipped("Llama-3.1-8B")
+    saved = fit.suggest(a, Settings(method="lora", modules_to_save=("q_proj",)), 15 * GB)
+    assert "4 bits" not in saved.change and saved.settings.method == "lora", saved.change
+    assert "4 bits" in fit.suggest(a, Settings(method="lora"), 15 * GB).change
