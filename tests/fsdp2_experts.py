@@ -4,7 +4,7 @@ it under FSDP), LoRA goes on, fully_shard wraps each decoder layer and the whole
 FSDP2 preparation does), then one batch per process: forward, backward, an AdamW step, a second forward.
 Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
 
-    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OUT
+    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT
 """
 
 from __future__ import annotations
@@ -36,11 +36,21 @@ def prepared(model_path: str, quantization: str, lora: dict):
     return peft_model
 
 
+def optimizer(model, name: str):
+    """AdamW over the adapter: torch's, or torchao's 8-bit one (adamw_torch_8bit), as the Trainer builds them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw_torch_8bit":
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit(params, lr=1e-2)
+    return torch.optim.AdamW(params, lr=1e-2)
+
+
 def batches() -> torch.Tensor:
     return torch.randint(3, 902, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-def main(model_path: str, quantization: str, lora_json: str, out: str) -> None:
+def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -54,7 +64,7 @@ def main(model_path: str, quantization: str, lora_json: str, out: str) -> None:
     fully_shard(model, mesh=mesh)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
             for name, param in model.named_parameters() if "parametrizations" in name}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    adam = optimizer(model, optimizer_name)
     ids = batches()[rank::world]
     losses = []
     for step in range(2):
@@ -62,13 +72,15 @@ def main(model_path: str, quantization: str, lora_json: str, out: str) -> None:
         loss.backward()
         if step == 0:
             grads = {name: param.grad.full_tensor() for name, param in model.named_parameters() if param.requires_grad}
-            optimizer.step()
-            optimizer.zero_grad()
+            adam.step()
+            adam.zero_grad()
         mean = torch.tensor([loss.item()])
         dist.all_reduce(mean)
         losses.append(mean.item() / world)
+    states = sorted({type(v.to_local() if hasattr(v, "to_local") else v).__name__
+                     for state in adam.state.values() for v in state.values()})
     if rank == 0:
-        torch.save({"losses": losses, "grads": grads, "held": held}, out)
+        torch.save({"losses": losses, "grads": grads, "held": held, "states": states}, out)
     dist.destroy_process_group()
 
 
