@@ -1,7 +1,9 @@
 """One process of a 2-process FSDP2 run over a base with quantized experts, started by torchrun from
-tests/test_experts.py: the base loads whole in every process with its experts quantized (as hubtune loads
-it under FSDP), LoRA goes on, fully_shard wraps each decoder layer and the whole model (as accelerate's
-FSDP2 preparation does), then one batch per process: forward, backward, an AdamW step, a second forward.
+tests/test_experts.py with the environment `accelerate launch` makes of hubtune's preset: the base loads
+whole in every process with its experts quantized (as hubtune loads it under FSDP), LoRA goes on, and
+accelerate's own FSDP2 preparation (fsdp2_prepare_model, with the plugin the preset's environment gives)
+shards it. accelerate selects FSDP on GPUs only, so the Accelerator is stood in for by the five attributes
+that function reads. Then one batch per process: forward, backward, an AdamW step, a second forward.
 Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
 
     torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT
@@ -51,17 +53,22 @@ def batches() -> torch.Tensor:
 
 
 def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.distributed.fsdp import FSDPModule
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     model = prepared(model_path, quantization, json.loads(lora_json))
-    mesh = init_device_mesh("cpu", (world,))
-    for layer in model.base_model.model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of the preset's launch
+    assert plugin.fsdp_version == 2 and not plugin.cpu_ram_efficient_loading
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
+                                  parallelism_config=None, mixed_precision="no", is_main_process=rank == 0)
+    model = fsdp2_prepare_model(accelerator, model)
+    assert all(isinstance(layer, FSDPModule) for layer in model.base_model.model.model.layers)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
             for name, param in model.named_parameters() if "parametrizations" in name}
     adam = optimizer(model, optimizer_name)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hubtune import config as cfg
-from hubtune import experts
+from hubtune import distributed, experts
 from hubtune.errors import ConfigError
 from hubtune.hardware import Hardware
 
@@ -105,23 +105,25 @@ def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
         load(cfg.resolve_builtin("hubtune:tiny-llama"), quantize_experts=True)
 
 
-def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(monkeypatch):
-    """The launch accelerate makes of the plan: FSDP2 without rank-0-only loading (whose broadcast would not
-    carry the experts' quantization constants); a process launched otherwise says how to launch it."""
+def launch_env(plan) -> dict[str, str]:
+    """The environment `accelerate launch` gives each process of hubtune's launch command (its own parser)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from hubtune import distributed
+    cmd = distributed.launch_command(plan, ["train", "run.yaml"])
+    args = launch_command_parser().parse_args(cmd[cmd.index("--config_file"):])
+    return prepare_multi_gpu_env(_validate_launch_command(args)[0])
 
+
+def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(monkeypatch):
+    """The launch accelerate makes of the plan: FSDP2 without rank-0-only loading (whose broadcast would not
+    carry the experts' quantization constants); a process launched otherwise says how to launch it."""
     config = cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
     plan = distributed.plan_launch("fsdp", 4, quantized_experts=config.model.quantize_experts)
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
-    preset = cmd[cmd.index("--config_file") + 1]
-    assert preset == str(distributed.PRESETS / "fsdp2-quantized-experts.yaml")
+    assert cmd[cmd.index("--config_file") + 1] == str(distributed.PRESETS / "fsdp2-quantized-experts.yaml")
     assert distributed.plan_launch("fsdp", 4).preset.name == "fsdp.yaml"  # the others keep FSDP1's preset
-    args = launch_command_parser().parse_args(["--config_file", preset, "--num_processes", "2", "-m", "hubtune",
-                                               "train", "run.yaml"])
-    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    env = launch_env(plan)
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -279,6 +281,7 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
     if optimizer == "adamw_torch_8bit":
         pytest.importorskip("torchao")
     import json
+    import os
     import socket
     import subprocess
     import sys
@@ -293,7 +296,8 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
     worker = Path(__file__).parent / "fsdp2_experts.py"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                     "127.0.0.1", "--master_port", str(port), str(worker), str(tiny_moe), quantization,
-                    json.dumps(lora), optimizer, str(out)], check=True, timeout=300)
+                    json.dumps(lora), optimizer, str(out)], check=True, timeout=300,
+                   env={**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, quantized_experts=True))})
     sharded = torch.load(out)
     # Each process held half of every quantized expert's storage, in its quantized dtype.
     assert len(sharded["held"]) == 4
