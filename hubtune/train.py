@@ -581,8 +581,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
-    if model.router_aux_loss:
-        kwargs["output_router_logits"] = True  # the model's forward then adds the load-balancing loss
+    if model.router_aux_loss and for_training:
+        # The model's forward then adds the load-balancing loss; generation must not ask for router logits
+        # (gpt-oss's aux loss fails on a cached step's shapes), so evaluation loads without them.
+        kwargs["output_router_logits"] = True
     if attention:
         kwargs["attn_implementation"] = attention
     if model.experts_implementation:
