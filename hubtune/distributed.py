@@ -261,15 +261,31 @@ def start(cpu: bool) -> None:
         PartialState(cpu=cpu)
 
 
+def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
+    """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8-bit AdamW quantizes each
+    process's shard of an FSDP2 (DTensor) parameter and saves through torch's distributed checkpoint."""
+    if not ("bit" in optimizer or optimizer.startswith("paged")):
+        return None
+    if optimizer == "adamw_torch_8bit":
+        return None if fsdp2 else "torchao's 8-bit states shard with FSDP2's parameters only, and this launch is FSDP1"
+    if optimizer == "adamw_torch_4bit":
+        return ("torchao's 4-bit AdamW fails in its compiled update over FSDP2's sharded parameters (torch 2.13, "
+                "torchao 0.18: 'wrong number of dimensions1 for op: input')")
+    return "bitsandbytes' 8-bit and paged optimizer states do not go into FSDP checkpoints"
+
+
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
-    """FSDP shards optimizer states with the flattened parameters and gathers them into its checkpoints;
-    bitsandbytes' 8-bit and paged states do not survive that, so FSDP trains with AdamW."""
-    if mode != "fsdp" or world_size() == 1 or not ("bit" in resolved or resolved.startswith("paged")):
+    """FSDP shards optimizer states with the parameters and gathers them into its checkpoints; bitsandbytes'
+    8-bit and paged states do not survive that, so FSDP trains with AdamW (or torchao's 8-bit one on FSDP2)."""
+    if mode != "fsdp" or world_size() == 1:
+        return resolved
+    why = fsdp_optimizer_problem(resolved, os.environ.get("FSDP_VERSION", "1") == "2")
+    if why is None:
         return resolved
     if configured == "auto":
         return "adamw_torch"
-    raise ConfigError([("training.optimizer", f"{configured} cannot be sharded by FSDP (8-bit and paged optimizer "
-                                              f"states do not go into FSDP checkpoints); use adamw_torch or auto")])
+    raise ConfigError([("training.optimizer", f"{configured} cannot be sharded by FSDP ({why}); use adamw_torch "
+                                              f"or auto")])
 
 
 def share(compute: Callable[[], T], cpu: bool = True) -> T:

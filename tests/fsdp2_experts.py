@@ -1,10 +1,12 @@
 """One process of a 2-process FSDP2 run over a base with quantized experts, started by torchrun from
-tests/test_experts.py: the base loads whole in every process with its experts quantized (as hubtune loads
-it under FSDP), LoRA goes on, fully_shard wraps each decoder layer and the whole model (as accelerate's
-FSDP2 preparation does), then one batch per process: forward, backward, an AdamW step, a second forward.
+tests/test_experts.py with the environment `accelerate launch` makes of hubtune's preset: the base loads
+whole in every process with its experts quantized (as hubtune loads it under FSDP), LoRA goes on, and
+accelerate's own FSDP2 preparation (fsdp2_prepare_model, with the plugin the preset's environment gives)
+shards it. accelerate selects FSDP on GPUs only, so the Accelerator is stood in for by the five attributes
+that function reads. Then one batch per process: forward, backward, an AdamW step, a second forward.
 Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
 
-    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OUT
+    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT
 """
 
 from __future__ import annotations
@@ -36,25 +38,40 @@ def prepared(model_path: str, quantization: str, lora: dict):
     return peft_model
 
 
+def optimizer(model, name: str):
+    """AdamW over the adapter: torch's, or torchao's 8-bit one (adamw_torch_8bit), as the Trainer builds them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw_torch_8bit":
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit(params, lr=1e-2)
+    return torch.optim.AdamW(params, lr=1e-2)
+
+
 def batches() -> torch.Tensor:
     return torch.randint(3, 902, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-def main(model_path: str, quantization: str, lora_json: str, out: str) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str) -> None:
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.distributed.fsdp import FSDPModule
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     model = prepared(model_path, quantization, json.loads(lora_json))
-    mesh = init_device_mesh("cpu", (world,))
-    for layer in model.base_model.model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of the preset's launch
+    assert plugin.fsdp_version == 2 and not plugin.cpu_ram_efficient_loading
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
+                                  parallelism_config=None, mixed_precision="no", is_main_process=rank == 0)
+    model = fsdp2_prepare_model(accelerator, model)
+    assert all(isinstance(layer, FSDPModule) for layer in model.base_model.model.model.layers)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
             for name, param in model.named_parameters() if "parametrizations" in name}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    adam = optimizer(model, optimizer_name)
     ids = batches()[rank::world]
     losses = []
     for step in range(2):
@@ -62,13 +79,15 @@ def main(model_path: str, quantization: str, lora_json: str, out: str) -> None:
         loss.backward()
         if step == 0:
             grads = {name: param.grad.full_tensor() for name, param in model.named_parameters() if param.requires_grad}
-            optimizer.step()
-            optimizer.zero_grad()
+            adam.step()
+            adam.zero_grad()
         mean = torch.tensor([loss.item()])
         dist.all_reduce(mean)
         losses.append(mean.item() / world)
+    states = sorted({type(v.to_local() if hasattr(v, "to_local") else v).__name__
+                     for state in adam.state.values() for v in state.values()})
     if rank == 0:
-        torch.save({"losses": losses, "grads": grads, "held": held}, out)
+        torch.save({"losses": losses, "grads": grads, "held": held, "states": states}, out)
     dist.destroy_process_group()
 
 

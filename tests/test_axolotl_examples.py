@@ -41,6 +41,10 @@ CANNOT_HONOUR = {
     # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
+    # Optimizer states FSDP cannot shard here: bitsandbytes' 8-bit and paged ones (not in FSDP checkpoints),
+    # torchao's 4-bit AdamW (its compiled update fails over FSDP2's sharded parameters) and torchao's 8-bit one
+    # outside FSDP2 (hubtune's FSDP1 preset); hubtune refuses them at launch, so the converter does too.
+    "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
@@ -354,8 +358,9 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
 
 # The examples asking for quantize_moe_experts that stay refused: an 8-bit base sharded by FSDP.
 EXPERTS_REFUSED = ("glm47-flash/lora_fsdp.yaml",)
-EXPERTS_UNDER_FSDP = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml",
-                      "glm47-flash/qlora_fsdp.yaml")
+EXPERTS_UNDER_FSDP = ("glm47-flash/qlora_fsdp.yaml",)  # with torchao's 8-bit AdamW, which FSDP2 shards
+# Their quantized experts would run on FSDP2; their optimizer, torchao's 4-bit AdamW, does not.
+OPTIMIZER_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml")
 
 
 def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
@@ -366,10 +371,12 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
     assert all("load_in_8bit under FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
-    # The other refusal is for something else: context parallelism over packed examples.
-    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
+    # The other refusals are for something else: context parallelism over packed examples, and torchao's
+    # 4-bit AdamW under FSDP.
+    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml", *OPTIMIZER_REFUSED}
+    assert all("torchao's 4-bit AdamW fails" in asked[name][1]["optimizer"] for name in OPTIMIZER_REFUSED)
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 14 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 12 and all(c.model.quantize_experts for c in converted.values())
     # Axolotl's QLoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2 launch in
     # which every GPU loads the quantized base, and its export says so back.
     for name in EXPERTS_UNDER_FSDP:
@@ -379,6 +386,7 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
         assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
         fsdp = axolotl.to_axolotl(config)["fsdp_config"]
         assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
+        assert distributed.fsdp_optimizer_problem(config.training.optimizer, fsdp2=True) is None, name
     assert converted["glm47-flash/lora.yaml"].model.quantization == "int8"
     # LoRA on the quantized experts, as Axolotl trains them: named, or moved there by PEFT from the shared
     # expert's names on Qwen3-Next.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hubtune import config as cfg
-from hubtune import experts
+from hubtune import distributed, experts
 from hubtune.errors import ConfigError
 from hubtune.hardware import Hardware
 
@@ -105,23 +105,25 @@ def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
         load(cfg.resolve_builtin("hubtune:tiny-llama"), quantize_experts=True)
 
 
-def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(monkeypatch):
-    """The launch accelerate makes of the plan: FSDP2 without rank-0-only loading (whose broadcast would not
-    carry the experts' quantization constants); a process launched otherwise says how to launch it."""
+def launch_env(plan) -> dict[str, str]:
+    """The environment `accelerate launch` gives each process of hubtune's launch command (its own parser)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from hubtune import distributed
+    cmd = distributed.launch_command(plan, ["train", "run.yaml"])
+    args = launch_command_parser().parse_args(cmd[cmd.index("--config_file"):])
+    return prepare_multi_gpu_env(_validate_launch_command(args)[0])
 
+
+def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(monkeypatch):
+    """The launch accelerate makes of the plan: FSDP2 without rank-0-only loading (whose broadcast would not
+    carry the experts' quantization constants); a process launched otherwise says how to launch it."""
     config = cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
     plan = distributed.plan_launch("fsdp", 4, quantized_experts=config.model.quantize_experts)
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
-    preset = cmd[cmd.index("--config_file") + 1]
-    assert preset == str(distributed.PRESETS / "fsdp2-quantized-experts.yaml")
+    assert cmd[cmd.index("--config_file") + 1] == str(distributed.PRESETS / "fsdp2-quantized-experts.yaml")
     assert distributed.plan_launch("fsdp", 4).preset.name == "fsdp.yaml"  # the others keep FSDP1's preset
-    args = launch_command_parser().parse_args(["--config_file", preset, "--num_processes", "2", "-m", "hubtune",
-                                               "train", "run.yaml"])
-    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    env = launch_env(plan)
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -262,22 +264,30 @@ def test_the_documented_moe_config_builds():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantization,lora", [
+@pytest.mark.parametrize("quantization,lora,optimizer", [
     ("nf4", {"target_modules": ["q_proj", "v_proj"], "target_parameters": ["experts.gate_up_proj",
-                                                                           "experts.down_proj"], "dropout": 0.0, "r": 4}),
-    ("nf4", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0, "r": 4})],
-    ids=["lora-on-experts", "lora-on-attention"])
-def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora):
+                                                                           "experts.down_proj"], "dropout": 0.0, "r": 4},
+     "adamw_torch"),
+    ("nf4", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0, "r": 4}, "adamw_torch"),
+    # r 128: A and B of q_proj hold 8192 values, 4096 per process, the least torchao quantizes.
+    ("nf4", {"target_modules": ["q_proj", "v_proj"], "dropout": 0.0, "r": 128}, "adamw_torch_8bit")],
+    ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw"])
+def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora, optimizer):
     """Two processes (gloo, CPU) under FSDP2: each loads the base with its experts quantized, fully_shard
     splits the quantized storage between them (each keeps the whole constants), and after its all-gather
     the experts dequantize to the same weights: the loss, every LoRA gradient and the loss after an AdamW
-    step equal one process's over the same two batches (gradient checkpointing on, as in Axolotl's examples)."""
+    step equal one process's over the same two batches (gradient checkpointing on, as in Axolotl's examples).
+    torchao's 8-bit AdamW quantizes each process's shard of the adapter's states and takes the same step."""
+    if optimizer == "adamw_torch_8bit":
+        pytest.importorskip("torchao")
     import json
+    import os
     import socket
     import subprocess
     import sys
 
     from fsdp2_experts import batches, prepared
+    from fsdp2_experts import optimizer as adam_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -286,7 +296,8 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
     worker = Path(__file__).parent / "fsdp2_experts.py"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                     "127.0.0.1", "--master_port", str(port), str(worker), str(tiny_moe), quantization,
-                    json.dumps(lora), str(out)], check=True, timeout=300)
+                    json.dumps(lora), optimizer, str(out)], check=True, timeout=300,
+                   env={**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, quantized_experts=True))})
     sharded = torch.load(out)
     # Each process held half of every quantized expert's storage, in its quantized dtype.
     assert len(sharded["held"]) == 4
@@ -294,14 +305,14 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
         assert "experts" in name and dtype == str(STORAGE[quantization]) and local[0] * 2 == full[0]
 
     model = prepared(str(tiny_moe), quantization, lora)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    adam = adam_for(model, optimizer)
     ids = batches()
     halves = [ids[rank::2] for rank in range(2)]
     first = sum(model(half, labels=half).loss.item() / 2 for half in halves)
     for half in halves:
         (model(half, labels=half).loss / 2).backward()
     grads = {name: param.grad for name, param in model.named_parameters() if param.requires_grad}
-    optimizer.step()
+    adam.step()
     with torch.no_grad():
         second = sum(model(half, labels=half).loss.item() / 2 for half in halves)
     assert sorted(grads) == sorted(sharded["grads"]) and any("experts" in n for n in grads) == ("target_parameters" in lora)
@@ -310,3 +321,5 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
         torch.testing.assert_close(sharded["grads"][name], grad, rtol=1e-4, atol=1e-6)
     assert sharded["losses"] == pytest.approx([first, second], abs=1e-5)
     assert second < first
+    if optimizer == "adamw_torch_8bit":
+        assert "OptimState8bit" in sharded["states"]

@@ -418,7 +418,7 @@ NEW_KEYS = {
              "chat_template": "chatml"},
     "training": {"warmup_ratio": 0.1, "saves_per_epoch": 4, "evals_per_epoch": 2, "tf32": "auto",
                  "kernels": ["flash_attention_2", "liger"], "distributed": "fsdp", "adam_beta2": 0.95,
-                 "optimizer": "adamw_torch_4bit"},
+                 "optimizer": "adafactor"},
 }
 
 
@@ -436,4 +436,7 @@ def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
     assert (exported["warmup_ratio"], exported["saves_per_epoch"], exported["evals_per_epoch"]) == (0.1, 4, 2)
     assert exported["attn_implementation"] == "flash_attention_2"
     assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"] and exported["fsdp"]
+    # Under FSDP an optimizer whose states hubtune's launch cannot shard is refused, not converted.
+    refused = dict(axolotl.from_axolotl({**exported, "optimizer": "adamw_torch_4bit"}).unsupported)
+    assert "'adamw_torch_4bit' under fsdp: torchao's 4-bit AdamW fails" in refused["optimizer"]
     assert exported["datasets"][0]["split"] == "train[10%:60%]" and exported["chat_template"] == "chatml"

@@ -345,6 +345,7 @@ class _Reader:
         tree = {"model": self.model(), "lora": self.lora(), "data": self.datasets(), "training": self.training()}
         self.context_parallel(tree)
         self.expert_parallel(tree)
+        self.fsdp_optimizer(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -863,7 +864,7 @@ class _Reader:
             t["lr_scheduler"] = scheduler
         else:
             self.refuse("lr_scheduler", f"{scheduler!r}: hubtune schedules {', '.join(SCHEDULERS)}")
-        optimizer = self.take("optimizer", AXOLOTL_DEFAULTS["optimizer"])
+        optimizer = self.axolotl_optimizer = self.take("optimizer", AXOLOTL_DEFAULTS["optimizer"])
         if optimizer in OPTIMIZERS:
             t["optimizer"] = OPTIMIZERS[optimizer]
             if OPTIMIZERS[optimizer] != optimizer:
@@ -887,6 +888,20 @@ class _Reader:
             self.rl_settings(t)
         self.relora(t)
         return t
+
+    def fsdp_optimizer(self, tree: dict) -> None:
+        """An optimizer whose states hubtune's FSDP launch cannot shard is refused here rather than converted into
+        a run that stops at launch; hubtune launches FSDP2 for context parallelism and quantized experts."""
+        from hubtune import distributed
+
+        t = tree["training"]
+        if t.get("distributed") != "fsdp" or "optimizer" not in t:
+            return
+        fsdp2 = t.get("context_parallel_size", 1) > 1 or bool(tree["model"].get("quantize_experts"))
+        if why := distributed.fsdp_optimizer_problem(t["optimizer"], fsdp2):
+            named = "" if t["optimizer"] == self.axolotl_optimizer else f" (hubtune's {t['optimizer']})"
+            self.refuse("optimizer", f"{self.axolotl_optimizer!r}{named} under fsdp: {why}; use adamw_torch (fused "
+                                     f"or not), or leave fsdp out")
 
     def relora(self, t: dict) -> None:
         """relora with its jagged_restart_* schedule (Axolotl's ReLoRACallback and JaggedLRRestartScheduler,
