@@ -636,6 +636,11 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     else:
         weights = wide * (p["total"] - p["experts"])
         label = f"weights: {'32' if wide == 4 else '16'}-bit" + (" (all but the routed experts)" if arch.moe else "")
+    if s.expert_parallel > 1:
+        # transformers' expert parallelism shards every other weight with FSDP2 over all the processes, at least
+        # expert_parallel_size of them (hubtune.distributed.expert_parallel_config): 1/N is an upper bound
+        weights /= s.expert_parallel
+        label += f", sharded over {s.expert_parallel} processes"
     breakdown = {label: int(weights)}
     if arch.moe:
         breakdown[_experts_label(arch, s, wide)] = _expert_weight_bytes(arch, s, wide, per_block)
@@ -676,8 +681,11 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown["gradients"] = sum(math.prod(shape) * size * n for shape, size, _, n in tensors)
         breakdown[f"optimizer states ({s.optimizer})"] = sum(
             n * _tensor_optimizer_bytes(s.optimizer, shape, size, embedding) for shape, size, embedding, n in tensors)
-    if s.gpus > 1:  # FSDP shards weights, gradients and optimizer states; activations stay per GPU
-        breakdown = {k: math.ceil(v / s.gpus) for k, v in breakdown.items()}
+    # FSDP shards weights, gradients and optimizer states; activations stay per GPU. Context parallelism runs
+    # on FSDP2 over at least its N GPUs (hubtune.distributed): 1/N of each is an upper bound.
+    shards = max(s.gpus, s.context_parallel)
+    if shards > 1:
+        breakdown = {k: math.ceil(v / shards) for k, v in breakdown.items()}
     layer = layer_activation_bytes(arch, s, tokens)
     head = _head_bytes(arch, s, tokens, head_trained=s.method == "full" or full.head_trained)
     activations = {}
@@ -836,8 +844,11 @@ def _moe_notes(arch: Architecture, s: Settings) -> list[str]:
                      "or merged with its LoRA delta) and saved for its backward")
     if s.expert_parallel > 1 or s.context_parallel > 1:
         notes.append("figures are per process: " + ", ".join(
-            ([f"each holds 1/{s.expert_parallel} of the experts"] if s.expert_parallel > 1 else [])
-            + ([f"each computes 1/{s.context_parallel} of every sequence"] if s.context_parallel > 1 else [])))
+            ([f"each holds 1/{s.expert_parallel} of the experts and, sharded by FSDP2, at most 1/{s.expert_parallel} "
+              f"of the other weights"] if s.expert_parallel > 1 else [])
+            + ([f"each computes 1/{s.context_parallel} of every sequence and, sharded by FSDP2, holds at most "
+                f"1/{s.context_parallel} of the weights, gradients and optimizer states"]
+               if s.context_parallel > 1 else [])))
     return notes
 
 

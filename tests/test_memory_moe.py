@@ -141,11 +141,14 @@ def test_expert_and_context_parallelism_divide_what_each_process_holds():
     four = estimate(arch, Settings(method="lora", target_modules="attention", lora_dropout=0.0, expert_parallel=4))
     assert experts_line(one) == arch.parameters()["experts"] * 2 and experts_line(four) == experts_line(one) // 4
     assert "32 of 128 per layer in each of 4 processes" in "".join(four.breakdown)
+    rest = [v for k, v in four.breakdown.items() if k.startswith("weights: 16-bit (all but the routed experts), sharded")]
+    assert rest == [(arch.parameters()["total"] - arch.parameters()["experts"]) * 2 // 4]
     long = Settings(method="lora", target_modules="attention", lora_dropout=0.0, seq_len=32768, micro_batch=1)
     split = estimate(arch, Settings(**{**long.__dict__, "context_parallel": 4}))
     acts = {k: v for k, v in estimate(arch, long).breakdown.items() if k.startswith("activations: 48")}
     (key, whole), = acts.items()
-    assert split.breakdown[key] == whole // 4
+    assert split.breakdown[key] == math.ceil(whole / 4)
+    assert experts_line(split) == math.ceil(experts_line(one) / 4)  # FSDP2 shards the weights over those GPUs
     assert any("per process" in n for n in split.notes)
 
 
