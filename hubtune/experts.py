@@ -148,6 +148,25 @@ def quantizing_on_load(quantization: str, double_quant: bool, compute_dtype: tor
             modeling.caching_allocator_warmup = warmup
 
 
+def keep_state_dict_keys(model) -> int:
+    """For torch's distributed state dict, which accelerate saves FSDP2 checkpoints and the adapter through:
+    bitsandbytes' 4-bit parametrization renames `parametrizations.<name>.original` to `<name>` in state_dict
+    and adds its constants as `<name>.absmax` and so on, and torch.distributed.checkpoint resolves each key
+    by attribute, which dequantizes the weight (on a shard under FSDP2) and then fails ('Tensor' object has
+    no attribute 'absmax'). Its state-dict hook is removed so the keys are the modules' own: every process
+    quantizes the experts as it loads, so a checkpoint needs their quantized storage only. bitsandbytes keeps
+    no handle to the hook, hence the lookup in the module's hook table. Returns how many were removed."""
+    from bitsandbytes.nn.parametrize import _parametrized_state_dict_post_hook
+
+    removed = 0
+    for module in model.modules():
+        for key, hook in list(module._state_dict_hooks.items()):
+            if getattr(hook, "func", None) is _parametrized_state_dict_post_hook:
+                del module._state_dict_hooks[key]
+                removed += 1
+    return removed
+
+
 def _dequantized_like(parametrization, original: torch.Tensor) -> tuple[torch.Size, torch.dtype] | None:
     """The shape and dtype a quantized expert weight reads as, without dequantizing it; None when the
     parametrization is not one of this module's quantizations."""

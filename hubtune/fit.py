@@ -58,6 +58,9 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
     if s.method != "qlora" and _quantizable(arch, s):
         options.append(("method", "LoRA on the base loaded in 4 bits (model.quantization: nf4)",
                         {"method": "qlora", "quantization": "nf4", "double_quant": True}))
+    if arch.moe and s.method == "qlora" and s.expert_quantization == "none":
+        options.append(("experts", "the stacked experts stored in 4 bits too (model.quantize_experts: true)",
+                        {"expert_quantization": s.quantization}))
     seq = s.seq_len
     while seq > 256:
         seq //= 2

@@ -26,6 +26,7 @@ What fits a GPU, and what to change when it does not, is the fit search over thi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -73,7 +74,8 @@ NF4_BLOCK = 64
 DQ_BLOCK = 256
 
 Method = Literal["qlora", "lora", "full"]
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit", "adafactor",
+              "sgd")
 
 
 class UnknownArchitecture(HubtuneError):
@@ -86,6 +88,33 @@ class Linear:
     fan_in: int
     fan_out: int
     bias: bool = False
+    # On a mixture-of-experts base: in which decoder layers it sits ("dense": the layers with a plain MLP,
+    # "sparse": those with experts, e.g. a shared expert) and its module path in the layer (mlp.shared_expert).
+    where: Literal["all", "dense", "sparse"] = "all"
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A mixture-of-experts layer as transformers 5 stores it: the routed experts stacked in two 3D parameters
+    (mlp.experts.gate_up_proj, experts x 2*intermediate x hidden, and mlp.experts.down_proj, experts x hidden x
+    intermediate), a router (mlp.gate.weight, experts x hidden: not an nn.Linear, so bitsandbytes leaves it in
+    16 bits), and, in some families, shared experts that are plain Linear layers (in Architecture.linears)."""
+
+    count: int  # routed experts per MoE layer
+    active: int  # experts each token is routed to (top-k)
+    intermediate: int  # per expert
+    sparse_layers: tuple[int, ...]  # indices of the decoder layers with experts; the others have a plain MLP
+    shared_intermediate: int = 0  # shared experts' intermediate (they run on every token)
+    router_bias: bool = False  # a float32 score-correction buffer per expert (GLM-4.5)
+
+    def stack_shapes(self, hidden: int) -> dict[str, tuple[int, int, int]]:
+        return {"gate_up_proj": (self.count, 2 * self.intermediate, hidden),
+                "down_proj": (self.count, hidden, self.intermediate)}
+
+    def per_layer(self, hidden: int) -> int:
+        """Stacked expert parameters of one MoE layer."""
+        return self.count * 3 * self.intermediate * hidden
 
 
 @dataclass(frozen=True)
@@ -106,17 +135,35 @@ class Architecture:
     norm_params: int  # per decoder layer (RMSNorm weights, QK-norms)
     vision_params: int = 0  # a vision tower and its projector, counted whole
     max_positions: int | None = None
+    moe: Experts | None = None
+    config_json: str = ""  # the completed config of a MoE base, for PEFT's own count of its adapter
 
     @property
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
+    def holding(self, m: Linear) -> int:
+        """How many decoder layers hold this linear layer."""
+        if m.where == "all" or self.moe is None:
+            return self.layers
+        sparse = len(self.moe.sparse_layers)
+        return sparse if m.where == "sparse" else self.layers - sparse
+
+    def layer_holds(self, m: Linear, i: int) -> bool:
+        if m.where == "all" or self.moe is None:
+            return True
+        return (i in self.moe.sparse_layers) == (m.where == "sparse")
+
     def parameters(self) -> dict[str, int]:
-        """Parameter counts by part; `total` is what the checkpoint holds."""
-        linear = self.layers * sum(m.fan_in * m.fan_out + (m.fan_out if m.bias else 0) for m in self.linears)
+        """Parameter counts by part; `total` is what the checkpoint holds (without a multi-token-prediction
+        layer, which transformers does not build)."""
+        linear = sum(self.holding(m) * (m.fan_in * m.fan_out + (m.fan_out if m.bias else 0)) for m in self.linears)
+        sparse = len(self.moe.sparse_layers) if self.moe else 0
         parts = {
             "embeddings": self.vocab * self.hidden,
             "decoder_linear": linear,
+            "experts": sparse * self.moe.per_layer(self.hidden) if self.moe else 0,
+            "routers": sparse * self.moe.count * self.hidden if self.moe else 0,
             "norms": self.layers * self.norm_params + self.hidden,
             "lm_head": 0 if self.tied_embeddings else self.vocab * self.hidden,
             "vision": self.vision_params,
@@ -127,7 +174,7 @@ class Architecture:
     def lora_parameters(self, r: int, targets: str | list[str]) -> int:
         """Adapter parameters for rank r on the given modules (PEFT's all-linear: every decoder linear)."""
         chosen = self.target_linears(targets)
-        return self.layers * sum(r * (m.fan_in + m.fan_out) for m in chosen)
+        return sum(self.holding(m) * r * (m.fan_in + m.fan_out) for m in chosen)
 
     def target_linears(self, targets: str | list[str]) -> list[Linear]:
         from hubtune.config import TARGET_PRESETS
@@ -136,7 +183,7 @@ class Architecture:
         if names == "all-linear":
             return list(self.linears)
         chosen = [m for m in self.linears if m.name in names]
-        if not chosen:
+        if not chosen and names:  # an empty list: adapters on target_parameters alone
             raise HubtuneError(f"none of the target modules {', '.join(names)} exists in {self.name}; "
                                f"its linear layers are {', '.join(m.name for m in self.linears)}")
         return chosen
@@ -144,7 +191,23 @@ class Architecture:
 
 # ---- reading config.json -------------------------------------------------------------------------
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}
-KNOWN = "Llama, Mistral, Qwen2/2.5, Qwen3, Gemma, Gemma 2, Gemma 3 and Phi-3/Phi-4"
+MOE = {"qwen3_moe", "qwen2_moe", "mixtral", "glm4_moe"}
+KNOWN = ("Llama, Mistral, Qwen2/2.5, Qwen3, Gemma, Gemma 2, Gemma 3 and Phi-3/Phi-4 models, and the mixture-of-experts "
+         "Qwen3-MoE, Qwen2-MoE, Mixtral and GLM-4.5")
+# Mixture-of-experts families the estimate does not count yet, and what it would need to.
+MOE_NOT_COUNTED = {
+    "qwen3_5_moe": "Qwen3.5-MoE mixes Gated DeltaNet (linear attention) layers with full attention, and ships a vision "
+                   "tower: their parameters and activations are not modelled",
+    "qwen3_next": "Qwen3-Next mixes Gated DeltaNet (linear attention) layers with full attention: their parameters and "
+                  "activations are not modelled",
+    "glm4_moe_lite": "GLM-4.7-Flash uses multi-head latent attention (compressed q/kv projections): not modelled",
+    "deepseek_v3": "DeepSeek-V3 uses multi-head latent attention (compressed q/kv projections): not modelled",
+    "nemotron_h": "Nemotron-H mixes Mamba-2 layers, attention and experts: the Mamba layers are not modelled",
+    "gpt_oss": "gpt-oss stores its experts in MXFP4 with biases, and alternates sliding-window attention: not modelled",
+    "llama4": "Llama 4 interleaves MoE and dense layers with a vision tower, and its linearized re-saves are Axolotl's "
+              "own class: not modelled",
+    "gemma4": "Gemma 4's MoE layers run a dense MLP beside the experts, with per-layer embeddings: not modelled",
+}
 
 
 def read_config(model: str, revision: str | None = None) -> tuple[dict, str]:
@@ -222,13 +285,21 @@ def architecture(config: dict, name: str = "config.json") -> Architecture:
     full = _with_defaults(config)
     text = full.get("text_config") or full
     model_type = text.get("model_type") or full.get("model_type")
-    if model_type not in LLAMA_LIKE:
+    refused = next((t for t in (full.get("model_type"), model_type) if t in MOE_NOT_COUNTED), None)
+    if refused:
+        raise UnknownArchitecture(
+            f"{name}: the memory estimate does not count {refused} yet: {MOE_NOT_COUNTED[refused]}. It counts "
+            f"{KNOWN}. Measure instead: train a few steps with a small micro-batch and read peak_memory_mb in the "
+            f"run's summary.json")
+    if model_type not in LLAMA_LIKE | MOE:
         arch = ", ".join(full.get("architectures") or []) or str(full.get("model_type"))
         raise UnknownArchitecture(
             f"{name}: the memory estimate does not know the architecture {arch} (model_type {model_type!r}); "
             f"it counts {KNOWN} models. Measure instead: train a few steps with a small micro-batch and read "
             f"peak_memory_mb in the run's summary.json")
     try:
+        if model_type in MOE:
+            return _mixture(text, model_type, name)
         return _decoder(text, model_type, name, _vision_params(full))
     except (KeyError, TypeError) as err:
         raise HubtuneError(f"{name}: config.json lacks {err} for a {model_type} model") from None
@@ -270,6 +341,51 @@ def _decoder(c: dict, model_type: str, name: str, vision: int) -> Architecture:
                         head_dim=head_dim, intermediate=inter, vocab=vocab, tied_embeddings=bool(tied),
                         linears=linears, norm_params=norms, vision_params=vision,
                         max_positions=c.get("max_position_embeddings"))
+
+
+def _mixture(c: dict, model_type: str, name: str) -> Architecture:
+    """A mixture-of-experts decoder, its fields as transformers names them: the routed experts (num_experts,
+    num_local_experts or n_routed_experts), top-k (num_experts_per_tok), each expert's intermediate
+    (moe_intermediate_size; Mixtral's intermediate_size), shared experts (shared_expert_intermediate_size,
+    n_shared_experts), and which layers keep a plain MLP (mlp_only_layers and decoder_sparse_step for Qwen,
+    first_k_dense_replace for GLM)."""
+    h, layers = c["hidden_size"], c["num_hidden_layers"]
+    # transformers 5 writes Qwen3-MoE's num_experts as num_local_experts
+    count = next((c[k] for k in ("num_experts", "num_local_experts", "n_routed_experts") if c.get(k) is not None), None)
+    if count is None:
+        raise KeyError("num_experts")
+    if model_type == "mixtral":
+        inter, dense_inter = c["intermediate_size"], 0
+        sparse = tuple(range(layers))
+    elif model_type == "glm4_moe":
+        inter, dense_inter = c["moe_intermediate_size"], c["intermediate_size"]
+        sparse = tuple(range(c.get("first_k_dense_replace") or 0, layers))
+    else:  # Qwen2-MoE, Qwen3-MoE
+        inter, dense_inter = c["moe_intermediate_size"], c["intermediate_size"]
+        step, dense = c.get("decoder_sparse_step") or 1, set(c.get("mlp_only_layers") or [])
+        sparse = tuple(i for i in range(layers) if i not in dense and count > 0 and (i + 1) % step == 0)
+    shared = {"qwen2_moe": c.get("shared_expert_intermediate_size") or 0,
+              "glm4_moe": (c.get("n_shared_experts") or 0) * inter}.get(model_type, 0)
+    base = _decoder({**c, "intermediate_size": dense_inter or inter},
+                    {"qwen2_moe": "qwen2", "qwen3_moe": "qwen3", "glm4_moe": "glm4_moe"}.get(model_type, model_type),
+                    name, 0)
+    attention = [m for m in base.linears if m.name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if model_type == "glm4_moe":  # q/k/v biases with attention_bias, none on o_proj
+        attention = [replace(m, bias=bool(c.get("attention_bias")) and m.name != "o_proj") for m in attention]
+    mlp = [replace(m, where="dense") for m in base.linears if m.name not in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears = attention + (mlp if len(sparse) < layers else [])
+    if shared:
+        path = "mlp.shared_expert" if model_type == "qwen2_moe" else "mlp.shared_experts"
+        linears += [Linear("gate_proj", h, shared, where="sparse", path=path),
+                    Linear("up_proj", h, shared, where="sparse", path=path),
+                    Linear("down_proj", shared, h, where="sparse", path=path)]
+    if model_type == "qwen2_moe":  # the shared expert's gate is an nn.Linear to one output
+        linears.append(Linear("shared_expert_gate", h, 1, where="sparse", path="mlp"))
+    norms = 2 * h + (2 * base.head_dim if model_type == "qwen3_moe" or (model_type == "glm4_moe" and c.get("use_qk_norm"))
+                     else 0)
+    experts = Experts(count, c["num_experts_per_tok"], inter, sparse, shared, router_bias=model_type == "glm4_moe")
+    return replace(base, model_type=model_type, intermediate=dense_inter or inter, linears=tuple(linears),
+                   norm_params=norms, moe=experts, config_json=json.dumps(c, sort_keys=True, default=str))
 
 
 def _vision_params(full: dict) -> int:
@@ -321,6 +437,13 @@ class Settings:
     new_tokens: int = 0
     vocab: int | None = None
     relora: bool = False  # training.relora: restarts that merge into the base between steps
+    # Mixture-of-experts bases: the stacked experts stay 16-bit unless model.quantize_experts stores them at the
+    # base's quantization; lora.target_parameters adapts them; expert parallelism spreads each layer's experts
+    # over that many processes, context parallelism each sequence (the figures are then per process).
+    expert_quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
+    target_parameters: tuple[str, ...] = ()
+    expert_parallel: int = 1
+    context_parallel: int = 1
 
     @classmethod
     def from_run_config(cls, config, model_path: str | None = None, **changes) -> Settings:
@@ -343,7 +466,10 @@ class Settings:
                        training_method=t.method, num_generations=t.grpo.num_generations,
                        max_completion_length=t.grpo.max_completion_length,
                        modules_to_save=tuple(config.lora.modules_to_save),
-                       unfrozen_parameters=tuple(config.lora.unfrozen_parameters), relora=t.relora is not None)
+                       unfrozen_parameters=tuple(config.lora.unfrozen_parameters), relora=t.relora is not None,
+                       expert_quantization=m.quantization if m.quantize_experts else "none",
+                       target_parameters=tuple(config.lora.target_parameters),
+                       expert_parallel=t.expert_parallel_size, context_parallel=t.context_parallel_size)
         changes = {k: v for k, v in changes.items() if v is not None}
         targets = changes.get("target_modules")
         if isinstance(targets, list) and len(targets) == 1 and targets[0] in ("qv", "attention", "all-linear"):
@@ -378,10 +504,14 @@ class Settings:
                              f"trained in full)" if self.new_tokens else "",
                              f", modules_to_save {', '.join(self.modules_to_save)}" if self.modules_to_save else "",
                              f", unfrozen {', '.join(self.unfrozen_parameters)}" if self.unfrozen_parameters else "",
-                             ", ReLoRA" if self.relora else ""])
-        return (f"{method}{what}{lora}, {self.compute_dtype} compute, "
+                             ", ReLoRA" if self.relora else "",
+                             f", experts' {', '.join(self.target_parameters)}" if self.target_parameters else ""])
+        experts = f", experts quantized {self.expert_quantization.upper()}" if self.expert_quantization != "none" else ""
+        return (f"{method}{what}{experts}{lora}, {self.compute_dtype} compute, "
                 f"{self.sequences_described()}, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
-                + (f", {self.gpus} GPUs" if self.gpus > 1 else ""))
+                + (f", {self.gpus} GPUs" if self.gpus > 1 else "")
+                + (f", experts over {self.expert_parallel} processes" if self.expert_parallel > 1 else "")
+                + (f", each sequence over {self.context_parallel} GPUs" if self.context_parallel > 1 else ""))
 
 
     @property
@@ -491,20 +621,29 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     if s.new_tokens or s.vocab:  # the embedding and head resized to the tokenizer
         arch = replace(arch, vocab=s.vocab or arch.vocab + s.new_tokens)
     p = arch.parameters()
-    tokens = s.sequences * s.sequence_length
-    # Frozen embeddings, head, norms (and a vision tower) stay 16-bit, except that in float16 PEFT
+    # Context parallelism gives each GPU a 1/N slice of every sequence (hubtune pads rows to a multiple of 2N).
+    tokens = math.ceil(s.sequences * s.sequence_length / s.context_parallel)
+    # Frozen embeddings, head, norms, routers (and a vision tower) stay 16-bit, except that in float16 PEFT
     # upcasts them to float32 (hubtune.train.load_base).
-    unquantized = p["embeddings"] + p["lm_head"] + p["vision"] + p["norms"]
+    unquantized = p["embeddings"] + p["lm_head"] + p["vision"] + p["norms"] + p["routers"]
     wide = 4 if s.recipe == "qlora-fp16" or s.compute_dtype == "float32" else 2
+    per_block = 1 + 4 / DQ_BLOCK if s.double_quant else 4
     if s.method == "qlora":
         quantized = p["decoder_linear"]
-        per_block = 1 + 4 / DQ_BLOCK if s.double_quant else 4
         weights = quantized / 2 + quantized / NF4_BLOCK * per_block + wide * unquantized
         label = (f"weights: {s.quantization.upper()} decoder layers, "
                  f"{'float32' if wide == 4 else '16-bit'} embeddings, head and norms")
     else:
-        weights, label = wide * p["total"], f"weights: {'32' if wide == 4 else '16'}-bit"
+        weights = wide * (p["total"] - p["experts"])
+        label = f"weights: {'32' if wide == 4 else '16'}-bit" + (" (all but the routed experts)" if arch.moe else "")
+    if s.expert_parallel > 1:
+        # transformers' expert parallelism shards every other weight with FSDP2 over all the processes, at least
+        # expert_parallel_size of them (hubtune.distributed.expert_parallel_config): 1/N is an upper bound
+        weights /= s.expert_parallel
+        label += f", sharded over {s.expert_parallel} processes"
     breakdown = {label: int(weights)}
+    if arch.moe:
+        breakdown[_experts_label(arch, s, wide)] = _expert_weight_bytes(arch, s, wide, per_block)
     if s.method == "full":
         from hubtune.trained import Beside
 
@@ -520,8 +659,14 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         adapter_bytes = 2 if s.method == "qlora" else 4
         copy_bytes = 2 if s.method == "qlora" else wide
         unadapted = Counter(name.rsplit(".", 1)[-1] for name in full.unadapted)  # per linear: layers without LoRA
-        tensors = [(shape, adapter_bytes, False, arch.layers - unadapted[m.name])  # (shape, bytes, embedding, count)
-                   for m in arch.target_linears(s.target_modules) for shape in ((s.lora_r, m.fan_in), (m.fan_out, s.lora_r))]
+        if arch.moe:  # PEFT's own placement: it moves MLP names onto the stacked experts, with ranks of its own
+            tensors = [(shape, adapter_bytes, False, n) for shape, n in
+                       moe_adapter_shapes(arch, s.lora_r, _names(s.target_modules), s.target_parameters,
+                                          s.modules_to_save)]
+        else:
+            tensors = [(shape, adapter_bytes, False, arch.layers - unadapted[m.name])  # (shape, bytes, embedding, count)
+                       for m in arch.target_linears(s.target_modules)
+                       for shape in ((s.lora_r, m.fan_in), (m.fan_out, s.lora_r))]
         adapter = sum(math.prod(shape) * n for shape, _, _, n in tensors)
         tensors += [(shape, copy_bytes, c.embedding, 1) for c in full.copies for shape in c.trained]
         if full.rows:
@@ -536,18 +681,28 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown["gradients"] = sum(math.prod(shape) * size * n for shape, size, _, n in tensors)
         breakdown[f"optimizer states ({s.optimizer})"] = sum(
             n * _tensor_optimizer_bytes(s.optimizer, shape, size, embedding) for shape, size, embedding, n in tensors)
-    if s.gpus > 1:  # FSDP shards weights, gradients and optimizer states; activations stay per GPU
-        breakdown = {k: math.ceil(v / s.gpus) for k, v in breakdown.items()}
+    # FSDP shards weights, gradients and optimizer states; activations stay per GPU. Context parallelism runs
+    # on FSDP2 over at least its N GPUs (hubtune.distributed): 1/N of each is an upper bound.
+    shards = max(s.gpus, s.context_parallel)
+    if shards > 1:
+        breakdown = {k: math.ceil(v / shards) for k, v in breakdown.items()}
     layer = layer_activation_bytes(arch, s, tokens)
     head = _head_bytes(arch, s, tokens, head_trained=s.method == "full" or full.head_trained)
     activations = {}
+    stack = _expert_stack_transient(arch, s)
     if s.gradient_checkpointing:
         # The LM head's backward runs before any layer is recomputed: the two are never alive together.
         activations[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
         shown = "LM head's logit tiles" if s.loss == "fused" else "float32 logits of the whole vocabulary"
-        activations[f"activations: the layer being recomputed, or the {shown}"] = max(layer, head)
+        recomputed = max(layer, layer_activation_bytes(arch, s, tokens, sparse=True) + stack[0]) if arch.moe else layer
+        activations[f"activations: the layer being recomputed, or the {shown}"] = max(recomputed, head)
     else:
-        activations[f"activations: all {arch.layers} layers"] = arch.layers * layer
+        if arch.moe:
+            sparse = len(arch.moe.sparse_layers)
+            layers = (arch.layers - sparse) * layer + sparse * layer_activation_bytes(arch, s, tokens, sparse=True)
+            activations[f"activations: all {arch.layers} layers"] = layers + sparse * stack[1] + stack[0] - stack[1]
+        else:
+            activations[f"activations: all {arch.layers} layers"] = arch.layers * layer
         activations[_head_name(s)] = head
     if s.method == "full":
         # Every weight's gradient is written as the backward frees the activations that made it: the peak
@@ -593,19 +748,146 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
                      "forward runs without gradients and saves no activations")
     if arch.max_positions and s.seq_len > arch.max_positions:
         notes.append(f"seq_len {s.seq_len} exceeds the model's context of {arch.max_positions} tokens")
+    if arch.moe:
+        notes += _moe_notes(arch, s)
     beside = {"modules": [c.module for c in full.copies], "embedding_rows": full.rows, "parameters": full.parameters}
     return Estimate(arch, s, p, trainable, breakdown, notes, beside if full else {})
 
 
-def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int) -> int:
-    """Bytes one decoder layer saves for the backward pass."""
+def layer_activation_bytes(arch: Architecture, s: Settings, tokens: int, sparse: bool = False) -> int:
+    """Bytes one decoder layer saves for the backward pass (`sparse`: a mixture-of-experts layer)."""
     a, b, c = s.activation_coefficients
     per_token = a * arch.hidden + b * arch.intermediate + c * arch.kv_dim
+    if sparse:
+        # Each token runs through its top-k experts (and any shared expert): the MLP's intermediates are those
+        # of k experts. Routing adds, per token and routed expert, its copy of the input and its output before
+        # the routing weight scales it (16-bit), and per expert the router's 16-bit logits and float32
+        # probabilities (transformers' eager and grouped experts save these). Derived from the code, not measured.
+        moe = arch.moe
+        per_token = (a * arch.hidden + b * (moe.active * moe.intermediate + moe.shared_intermediate)
+                     + c * arch.kv_dim + 2 * moe.active * arch.hidden * 2 + moe.count * (2 + 4))
     if s.method != "full" and s.lora_dropout > 0:
         per_token += DROPOUT_BYTES[s.recipe] * sum(m.fan_in for m in arch.target_linears(s.target_modules))
     if s.compute_dtype == "float32":  # measured in 16-bit autocast; float32 tensors are twice the size
         per_token *= 2
     return int(tokens * per_token)
+
+
+def _names(targets: str | list[str]) -> tuple[str, ...] | str:
+    return targets if isinstance(targets, str) else tuple(targets)
+
+
+def _experts_label(arch: Architecture, s: Settings, wide: int) -> str:
+    moe = arch.moe
+    local = moe.count // s.expert_parallel
+    where = (f"{local} of {moe.count} per layer in each of {s.expert_parallel} processes" if s.expert_parallel > 1
+             else f"{moe.count} per layer")
+    if s.method == "full" or s.expert_quantization == "none":
+        how = f"{'32' if wide == 4 else '16'}-bit" + (", not quantized without model.quantize_experts"
+                                                       if s.method == "qlora" else "")
+    else:
+        how = s.expert_quantization.upper() if s.expert_quantization != "int8" else "int8 with a float32 scale per row"
+    return f"weights: routed experts ({where}), {how}"
+
+
+def _expert_weight_bytes(arch: Architecture, s: Settings, wide: int, per_block: float) -> int:
+    """The stacked experts one process holds: 16-bit; NF4/FP4 with bitsandbytes' constants (the base's
+    double quantization); or int8 rows with a float32 absmax each (hubtune.experts.Int8Rows)."""
+    moe = arch.moe
+    n = len(moe.sparse_layers) * moe.per_layer(arch.hidden) // s.expert_parallel
+    if s.method == "full" or s.expert_quantization == "none":
+        return n * wide
+    if s.expert_quantization == "int8":
+        rows = len(moe.sparse_layers) * moe.count * (2 * moe.intermediate + arch.hidden) // s.expert_parallel
+        return n + rows * 4
+    return int(n / 2 + n / NF4_BLOCK * per_block)
+
+
+def _expert_stack_transient(arch: Architecture, s: Settings) -> tuple[int, int]:
+    """(alive while one MoE layer computes, saved per MoE layer for the backward) by the expert stacks. A
+    quantized stack is dequantized whole to the compute dtype for the layer's forward (bitsandbytes'
+    parametrization, hubtune.experts.Int8Rows) and that copy is what the matmuls save; an adapted stack is
+    merged with its LoRA delta (PEFT's ParamWrapper: W + B A, one tensor the size of the stack) and saved the
+    same way, and the backward adds that merged weight's gradient before it reaches the factors."""
+    moe = arch.moe
+    if moe is None or s.method == "full":
+        return 0, 0
+    stack = moe.per_layer(arch.hidden) // s.expert_parallel * 2  # 16-bit compute dtype
+    adapted = _adapts_experts(arch, s)
+    if s.expert_quantization == "none" and not adapted:
+        return 0, 0
+    return stack * (2 if adapted else 1), stack
+
+
+def _adapts_experts(arch: Architecture, s: Settings) -> bool:
+    """Whether PEFT puts LoRA on the stacked experts (lora.target_parameters, or MLP names it moves onto them)."""
+    return bool(s.target_parameters) or any(
+        ".experts." in name for name in moe_adapter_names(arch, s.lora_r, _names(s.target_modules), (),
+                                                          s.modules_to_save))
+
+
+def _moe_notes(arch: Architecture, s: Settings) -> list[str]:
+    moe = arch.moe
+    notes = [f"mixture of experts: {moe.count} experts per MoE layer ({len(moe.sparse_layers)} of {arch.layers} "
+             f"layers), {moe.active} active per token; the activations count the active experts' intermediates, "
+             f"the routed copies of each token and the router's logits (derived from transformers' code, not "
+             f"measured)"]
+    if s.method == "qlora" and s.expert_quantization == "none":
+        notes.append("model.quantization quantizes Linear layers only: transformers stores the experts as stacked 3D "
+                     "parameters, which stay 16-bit; model.quantize_experts: true stores them at the base's "
+                     "quantization")
+    if s.method != "full" and s.lora_dropout > 0 and _adapts_experts(arch, s):
+        notes.append(f"PEFT puts this adapter on the stacked experts, where it refuses LoRA dropout (ParamWrapper): "
+                     f"set lora.dropout: 0 (this run has {s.lora_dropout:g})")
+    if s.method != "full" and (s.expert_quantization != "none" or _adapts_experts(arch, s)):
+        notes.append("each MoE layer's expert stack is read whole in 16 bits while the layer computes (dequantized, "
+                     "or merged with its LoRA delta) and saved for its backward")
+    if s.expert_parallel > 1 or s.context_parallel > 1:
+        notes.append("figures are per process: " + ", ".join(
+            ([f"each holds 1/{s.expert_parallel} of the experts and, sharded by FSDP2, at most 1/{s.expert_parallel} "
+              f"of the other weights"] if s.expert_parallel > 1 else [])
+            + ([f"each computes 1/{s.context_parallel} of every sequence and, sharded by FSDP2, holds at most "
+                f"1/{s.context_parallel} of the weights, gradients and optimizer states"]
+               if s.context_parallel > 1 else [])))
+    return notes
+
+
+@functools.lru_cache(maxsize=64)  # the fit search estimates the same run many times
+def _peft_on_meta(config_json: str, r: int, targets: tuple[str, ...] | str, target_parameters: tuple[str, ...],
+                  modules_to_save: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The LoRA parameters PEFT adds to the base built from its config on the meta device (shapes only, no
+    memory), with hubtune's own LoraConfig (hubtune.train.lora_config): PEFT moves MLP names onto a MoE's
+    stacked experts and gives them ranks of its own, which only PEFT itself knows."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hubtune import config as cfg
+    from hubtune.train import lora_config
+
+    config = AutoConfig.for_model(**json.loads(config_json))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    lora = cfg.LoraSection(r=r, dropout=0.0, target_modules=list(targets) if isinstance(targets, tuple) else targets,
+                           target_parameters=list(target_parameters), modules_to_save=list(modules_to_save))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, lora_config(lora, model_config=config), low_cpu_mem_usage=True)
+    return tuple((n, tuple(p.shape)) for n, p in peft_model.named_parameters() if "lora_" in n)
+
+
+def moe_adapter_names(arch: Architecture, r: int, targets, target_parameters=(), modules_to_save=()) -> list[str]:
+    return [n for n, _ in _peft_on_meta(arch.config_json, r, targets, tuple(target_parameters), tuple(modules_to_save))]
+
+
+def moe_adapter_shapes(arch: Architecture, r: int, targets, target_parameters=(), modules_to_save=()
+                       ) -> list[tuple[tuple[int, ...], int]]:
+    """(shape, how many) of the LoRA parameters PEFT adds to a MoE base."""
+    shapes = Counter(shape for _, shape in _peft_on_meta(arch.config_json, r, targets, tuple(target_parameters),
+                                                         tuple(modules_to_save)))
+    return list(shapes.items())
 
 
 def _head_name(s: Settings) -> str:
@@ -642,6 +924,8 @@ def _tensor_optimizer_bytes(opt: str, shape: tuple[int, ...], param_bytes: int, 
         if embedding or n < BNB_MIN_8BIT_SIZE:
             return n * 8
         return n * 2 + 2 * 4 * math.ceil(n / 256)  # two 8-bit moments, a float32 scale per 256
+    if opt == "adamw_torch_8bit":  # torchao's AdamW8bit: two 8-bit moments, a float32 scale per block of 256
+        return n * 2 + 2 * 4 * math.ceil(n / 256)
     if opt == "paged_adamw_32bit":
         return n * 8
     if opt in ("adamw_torch", "adamw_torch_fused"):
@@ -660,7 +944,7 @@ def _count(n: int) -> str:
 def _optimizer_bytes(arch: Architecture, s: Settings, trainable: int, param_bytes: int) -> int:
     """Full fine-tuning's optimizer states."""
     opt = s.optimizer
-    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+    if opt in ("adamw_8bit", "paged_adamw_8bit", "adamw_torch_8bit"):
         return int(trainable * (2 + 2 * 4 / 256))  # two 8-bit moments, a float32 scale per 256
     if opt == "paged_adamw_32bit":
         return trainable * 8
@@ -739,6 +1023,7 @@ def format_estimate(est: Estimate, fits: list[dict]) -> str:
     a, p = est.architecture, est.parameters
     lines = [f"{a.name} ({a.model_type}): {p['total'] / 1e9:.2f}B parameters "
              f"(embeddings {p['embeddings'] / 1e9:.2f}B, decoder layers {p['decoder_linear'] / 1e9:.2f}B"
+             + (f", routed experts {p['experts'] / 1e9:.2f}B" if p["experts"] else "")
              + (f", output head {p['lm_head'] / 1e9:.2f}B" if p["lm_head"] else ", tied output head")
              + (f", vision {p['vision'] / 1e9:.2f}B" if p["vision"] else "") + ")",
              est.settings.describe(), ""]

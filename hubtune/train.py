@@ -619,6 +619,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
     elif model.quantize_experts:
         base = _load_quantizing_experts(path, model, hw, kwargs, saved_quantized)
+        if sharded:
+            from hubtune import experts
+
+            experts.keep_state_dict_keys(base)  # FSDP2 saves through torch's distributed state dict
     else:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     compat.reachable_backbone(base)

@@ -44,14 +44,21 @@ def parameter_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
     norms = ["input_layernorm", "post_attention_layernorm"]
     if arch.model_type in {"gemma2", "gemma3_text"}:
         norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
+    moe = arch.moe
     for i in range(arch.layers):
         layer = f"{p}layers.{i}."
+        if moe and i in moe.sparse_layers:  # the router and the stacked experts
+            shapes[f"{layer}mlp.gate.weight"] = (moe.count, h)
+            for stack, shape in moe.stack_shapes(h).items():
+                shapes[f"{layer}mlp.experts.{stack}"] = shape
         for m in arch.linears:
-            name = f"{layer}{'self_attn' if m.name in ATTENTION else 'mlp'}.{m.name}"
+            if not arch.layer_holds(m, i):
+                continue
+            name = f"{layer}{m.path or ('self_attn' if m.name in ATTENTION else 'mlp')}.{m.name}"
             shapes[f"{name}.weight"] = (m.fan_out, m.fan_in)
             if m.bias:
                 shapes[f"{name}.bias"] = (m.fan_out,)
-        if arch.model_type in {"qwen3", "gemma3_text"}:
+        if arch.model_type in {"qwen3", "gemma3_text", "qwen3_moe"} or (moe and arch.norm_params > 2 * h):
             shapes[f"{layer}self_attn.q_norm.weight"] = shapes[f"{layer}self_attn.k_norm.weight"] = (arch.head_dim,)
         for norm in norms:
             shapes[f"{layer}{norm}.weight"] = (h,)
@@ -162,7 +169,8 @@ def _modules(shapes: dict[str, tuple[int, ...]]) -> list[str]:
 
 
 def _is_linear_weight(name: str, arch: Architecture) -> bool:
-    return name.endswith(".weight") and name.rsplit(".", 2)[-2] in {m.name for m in arch.linears}
+    return (name.endswith(".weight") and name.rsplit(".", 2)[-2] in {m.name for m in arch.linears}
+            or bool(arch.moe) and ".experts." in name)  # stacked experts: quantized with model.quantize_experts
 
 
 def _standin(shapes: dict[str, tuple[int, ...]], arch: Architecture, quantized: bool):

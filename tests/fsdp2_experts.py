@@ -86,8 +86,16 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
         losses.append(mean.item() / world)
     states = sorted({type(v.to_local() if hasattr(v, "to_local") else v).__name__
                      for state in adam.state.values() for v in state.values()})
+    # What a checkpoint and the saved adapter take from it (accelerate's FSDP2 saving): the sharded state
+    # through torch's distributed checkpoint, and the full state gathered onto the CPU.
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=f"{out}.checkpoint")
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    adapter = {name: value for name, value in full.items() if "lora_" in name}
     if rank == 0:
-        torch.save({"losses": losses, "grads": grads, "held": held, "states": states}, out)
+        torch.save({"losses": losses, "grads": grads, "held": held, "states": states, "adapter": adapter}, out)
     dist.destroy_process_group()
 
 

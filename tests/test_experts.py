@@ -105,6 +105,21 @@ def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
         load(cfg.resolve_builtin("hubtune:tiny-llama"), quantize_experts=True)
 
 
+def test_torchs_distributed_state_dict_reads_the_experts_once_bitsandbytes_hook_is_gone(tiny_moe):
+    """accelerate saves FSDP2 checkpoints and the adapter through torch's get_model_state_dict, which resolves
+    bitsandbytes' renamed keys (gate_up_proj.absmax, ...) by attribute and fails; without that hook (as
+    hubtune loads the base under FSDP) the keys are the modules' own and the state dict is read."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    base = load(tiny_moe, quantization="nf4", quantize_experts=True)
+    with pytest.raises(AttributeError, match="no attribute 'absmax'"):  # bitsandbytes 0.50 with torch 2.13
+        get_model_state_dict(base)
+    assert experts.keep_state_dict_keys(base) == 4
+    state = get_model_state_dict(base)
+    stored = state["model.layers.0.mlp.experts.parametrizations.gate_up_proj.original"]
+    assert stored.dtype == torch.uint8 and not any("experts" in k and k.endswith(".absmax") for k in state)
+
+
 def launch_env(plan) -> dict[str, str]:
     """The environment `accelerate launch` gives each process of hubtune's launch command (its own parser)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -323,3 +338,10 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
     assert second < first
     if optimizer == "adamw_torch_8bit":
         assert "OptimState8bit" in sharded["states"]
+    # The adapter gathered from the shards after the step is the one process's adapter.
+    mine = {name: value for name, value in model.state_dict().items() if "lora_" in name}
+    assert sorted(sharded["adapter"]) == sorted(mine) and mine
+    for name, value in mine.items():
+        # After an Adam step (lr 1e-2); torchao's 8-bit states can round a value into the next bucket.
+        torch.testing.assert_close(sharded["adapter"][name], value, rtol=1e-3,
+                                   atol=1e-3 if optimizer == "adamw_torch_8bit" else 1e-5)

@@ -22,7 +22,8 @@ CONFIGS = sorted(p.stem for p in (ROOT / "hubtune" / "assets" / "model_configs")
 PUBLISHED = {"Llama-3.2-1B": 1.24, "Llama-3.2-3B": 3.21, "Llama-3.1-8B": 8.03, "Llama-2-13b-hf": 13.02,
              "Llama-3.1-70B": 70.55, "Mistral-7B-v0.3": 7.25, "Qwen2.5-7B-Instruct": 7.62, "Qwen3-8B": 8.19,
              "gemma-2-9b": 9.24, "gemma-3-1b-it": 1.00, "gemma-3-4b-it": 4.30, "Phi-3-mini-4k-instruct": 3.82,
-             "phi-4": 14.66}
+             "phi-4": 14.66, "Qwen3-30B-A3B": 30.53, "Mixtral-8x7B-v0.1": 46.70,
+             "GLM-4.5-Air": 106.85}  # GLM-4.5-Air's card: 106B, and a multi-token-prediction layer transformers does not build
 
 
 def arch(name: str) -> memory.Architecture:

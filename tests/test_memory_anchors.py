@@ -79,6 +79,15 @@ ANCHORS = {
     # checkpointing, batch 2 of packed 2,048-token rows, fused chunked loss.
     "torchtune 8B qlora": Anchor("pytorch/torchtune README.md (Llama 3.1 8B QLoRA, 1 x RTX 4090)", "Llama-3.1-8B",
                                  Settings(seq_len=2048, micro_batch=2, lora_r=8, lora_dropout=0.0), 7.4, GIB),
+    # Axolotl's GLM-4.5-Air QLoRA example on one 80 GB GPU: NF4 base with its stacked experts quantized too
+    # (quantize_moe_experts), r 16 on q/k/v/o, dropout 0, checkpointing, packed rows of 2,048 tokens, micro-batch
+    # 2, bitsandbytes' 8-bit AdamW, Cut Cross Entropy's chunked loss.
+    "axolotl glm-4.5-air qlora": Anchor(
+        "axolotl-ai-cloud/axolotl examples/glm45/README.md @067b021c8b87a9e5e380b9173c704cf7340e30f5 "
+        "(QLoRA, 1x80GB @ ~63.4GiB/GPU; examples/glm45/glm-45-air-qlora.yaml)", "GLM-4.5-Air",
+        Settings(seq_len=2048, micro_batch=2, lora_r=16, lora_dropout=0.0,
+                 target_modules=["q_proj", "v_proj", "k_proj", "o_proj"], optimizer="adamw_8bit",
+                 expert_quantization="nf4"), 63.4, GIB),
 }
 
 

@@ -22,7 +22,11 @@ def add(command, common) -> None:
     fields = get_type_hints(Settings)  # the estimate's own choices for the flags that are not run-config fields
 
     p.add_argument("model", nargs="?", metavar="MODEL_OR_RUN_CONFIG",
-                   help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings)")
+                   help="Hub repo id, model folder, hubtune:<asset>, or a run config YAML (its model and settings), "
+                        "hubtune's or Axolotl's")
+    p.add_argument("--base-config", metavar="CONFIG_JSON",
+                   help="read the base's config.json from this file (a path or hubtune:model_configs/NAME.json) "
+                        "instead of the Hub or the model folder, e.g. offline")
     config_option(p, "--revision", "model.revision", dest="revision")
     p.add_argument("--method", choices=[*get_args(fields["method"]), *get_args(fields["training_method"])],
                    help="qlora: LoRA on a 4-bit base; lora: LoRA on a 16-bit base; full: every weight trained; "
@@ -59,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         raise HubtuneError("give a model (Hub repo id, folder, hubtune:<asset>) or a run config YAML, or --table")
     is_run_config = args.model.endswith((".yaml", ".yml"))
-    config = cfg.load(args.model if is_run_config else None)
+    config = _run_config(args.model) if is_run_config else cfg.load(None)
     model, revision = (config.model.id, args.revision or config.model.revision) if is_run_config else (args.model, args.revision)
-    arch = memory.read_architecture(model, revision)
+    arch = memory.read_architecture(args.base_config or model, None if args.base_config else revision)
     adapter, training_method = (None, args.method) if args.method in cfg.METHODS else (args.method, None)
     settings = memory.Settings.from_run_config(
         config, method=adapter, training_method=training_method, num_generations=args.generations,
@@ -79,3 +83,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(memory.format_estimate(est, list(fits.values())))
     return 0 if not args.gpu or fits[args.gpu]["fits"] else 3
+
+
+def _run_config(path: str):
+    """A hubtune run config, or an Axolotl config translated as `hubtune train` translates it (what it
+    cannot honour named in a note: the estimate still reads its model and sizes)."""
+    from hubtune import config as cfg
+    from hubtune.interop import axolotl
+
+    if not axolotl.is_axolotl(axolotl.read_yaml(__import__("pathlib").Path(path))):
+        return cfg.load(path)
+    translation = axolotl.read(path)
+    for key, why in translation.unsupported:
+        print(f"note: {path}: {key} is not honoured by hubtune ({why}); estimated without it")
+    return translation.run_config(ignore_unsupported=True)
