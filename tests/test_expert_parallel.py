@@ -20,7 +20,8 @@ from hubtune.interop import axolotl
 from hubtune.train import check_against_model
 from readme_blocks import section_blocks
 
-EP = {"model": {"quantization": "none"}, "training": {"distributed": "ddp", "expert_parallel_size": 4}}
+EP = {"model": {"quantization": "none"}, "training": {"distributed": "ddp", "expert_parallel_size": 4},
+      "lora": {"target_modules": "attention"}}
 ROOT = Path(__file__).resolve().parent.parent
 QWEN_MOE = Qwen3MoeConfig(hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2)
