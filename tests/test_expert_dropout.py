@@ -125,8 +125,9 @@ def test_a_dense_base_with_dropout_and_all_linear_passes():
     from transformers import AutoConfig
 
     dense = AutoConfig.from_pretrained(cfg.resolve_builtin("hubtune:tiny-llama"))
-    check_against_model(cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": [INVOICES], "max_seq_len": 256},
-                                   "lora": {"dropout": 0.05}}), dense)
+    check_against_model(cfg.build({"model": {"id": "hubtune:tiny-llama"},
+                                   "data": {"sources": [INVOICES], "max_seq_len": 256}, "lora": {"dropout": 0.05}}),
+                        dense)
 
 
 def test_axolotls_mixtral_example_is_refused_naming_the_layers_axolotl_trains():

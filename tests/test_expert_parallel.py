@@ -163,7 +163,9 @@ def test_experts_split_over_two_processes_compute_what_the_whole_model_computes(
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(ROOT / "tests" / "ep_same_logits.py"),
                            str(moe_base)], env=_two_processes_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = re.findall(r"rank (\d): experts held here (\d+) of 8, max logit difference (\S+)", proc.stdout)
+    # The two processes write at once: one's line can run into the other's, so the figure is read as a number.
+    lines = re.findall(r"rank (\d): experts held here (\d+) of 8, max logit difference (\d\.\d+e[-+]\d+)",
+                       proc.stdout)
     assert sorted(rank for rank, _, _ in lines) == ["0", "1"]
     for _, held, difference in lines:
         assert held == "4" and float(difference) < 1e-5
