@@ -50,7 +50,8 @@ def build(method: str, hidden: int, layers: int, dropout: float = 0.05, targets:
     dtype = torch.float16 if method == "qlora-fp16" else torch.bfloat16
     hw = Hardware("cpu", dtype, "adamw_torch")
     section = ModelSection(id=folder, quantization="none" if method == "lora" else "nf4")
-    model = get_peft_model(load_base(folder, section, hw), lora_config(LoraSection(r=16, dropout=dropout, target_modules=targets)))
+    base = load_base(folder, section, hw)
+    model = get_peft_model(base, lora_config(LoraSection(r=16, dropout=dropout, target_modules=targets), model=base))
     if method.startswith("qlora"):  # as TRL does for a quantized base
         for p in model.parameters():
             if p.requires_grad:

@@ -22,7 +22,7 @@ from hubtune.refs import ASSETS, RepoRef, resolve_builtin  # noqa: F401  (ASSETS
 TARGET_PRESETS = {
     "qv": ["q_proj", "v_proj"],
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "all-linear": "all-linear",  # PEFT's own preset: every linear layer but the output head
+    "all-linear": "all-linear",  # every linear layer but the output head, resolved on the base by name
 }
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# LoRA presets by module naming scheme. PEFT's "all-linear" finds every linear layer but the head itself;
-# the explicit lists say what it will find, for the card and the memory estimate.
+# LoRA presets by module naming scheme. "all-linear" is every linear layer but the output head, resolved on
+# the loaded base (linear_module_names); the explicit lists say what it finds on these families.
 SEPARATE_QKV = {
     "qv": ["q_proj", "v_proj"],
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -156,6 +156,21 @@ def target_modules(preset: str, model_config=None) -> str | list[str]:
     names = module_names(model_config) if model_config is not None else set()
     scheme = FUSED_QKV if "qkv_proj" in names and "q_proj" not in names else SEPARATE_QKV
     return scheme[preset] if preset != "all-linear" else "all-linear"
+
+
+def linear_module_names(model) -> list[str]:
+    """What the all-linear preset adapts: the last names of the model's linear layers but the output head.
+    On a dense model PEFT's own all-linear finds the same layers (nn.Linear and GPT-2's Conv1D, bitsandbytes'
+    Linear4bit / Linear8bitLt being nn.Linear subclasses), as does Axolotl's lora_target_linear
+    (find_all_linear_names). Passed to PEFT by name because on a transformers 5 mixture-of-experts model PEFT's
+    all-linear also puts LoRA on the stacked expert parameters and the router's weight (ParamWrapper, no
+    dropout there), which are no linear layers: those are asked for with lora.target_parameters."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head and name})
 
 
 def module_names(model_config) -> set[str]:

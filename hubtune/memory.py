@@ -874,7 +874,7 @@ def _peft_on_meta(config_json: str, r: int, targets: tuple[str, ...] | str, targ
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(model, lora_config(lora, model_config=config), low_cpu_mem_usage=True)
+        peft_model = get_peft_model(model, lora_config(lora, model_config=config, model=model), low_cpu_mem_usage=True)
     return tuple((n, tuple(p.shape)) for n, p in peft_model.named_parameters() if "lora_" in n)
 
 

@@ -528,8 +528,9 @@ def expert_dropout_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
     mixture-of-experts layer's stacked experts) through its ParamWrapper, which refuses any dropout, and
     get_peft_model would only say so after the base has loaded. Besides lora.target_parameters, PEFT 0.21
     moves the names a transformers 5 MoE fused into stacked experts (Mixtral's w1/w2/w3, Qwen-MoE's
-    gate_proj/up_proj/down_proj, all-linear's experts and router) onto those parameters. So the adapter is
-    built on the base's skeleton on the meta device (no weights, no memory), dropout 0, and its wrappers read."""
+    gate_proj/up_proj/down_proj, also where all-linear finds them on dense layers or a linear router, as on
+    DeepSeek-V2 and Trinity) onto those parameters. So the adapter is built on the base's skeleton on the
+    meta device (no weights, no memory), dropout 0, and its wrappers read."""
     if lora.dropout == 0:
         return None
     fix = "set lora.dropout: 0 (no dropout on any adapter layer)"
@@ -555,7 +556,8 @@ def expert_dropout_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
                                 if targets is not None else {"dropout": 0.0})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            adapted = get_peft_model(skeleton, lora_config(probe, model_config=model_config), low_cpu_mem_usage=True)
+            adapted = get_peft_model(skeleton, lora_config(probe, model_config=model_config, model=skeleton),
+                                     low_cpu_mem_usage=True)
         params, layers = set(), set()
         for key, module in adapted.named_modules():
             if isinstance(module, ParamWrapper):
@@ -814,7 +816,8 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
             model, str(adapter_folder(config.lora.init_from)), is_trainable=True))
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     unfreeze.refuse_quantized_saves(model, config.lora.modules_to_save)
-    peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen)
+    peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen,
+                              model)
     peft_model = experts.under_lora(model, lambda: get_peft_model(model, peft_config))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
     return peft_model
@@ -890,11 +893,22 @@ def tracker_callbacks(config: cfg.RunConfig, path: Path) -> list[TrainerCallback
 
 
 def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None = None,
-                model_config=None, unfrozen: unfreeze.Unfrozen | None = None) -> LoraConfig:
-    """PEFT's LoraConfig; `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save;
-    `model_config` resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
+                model_config=None, unfrozen: unfreeze.Unfrozen | None = None, model=None) -> LoraConfig:
+    """PEFT's LoraConfig for `model` (the base it goes on, whose linear layers all-linear names);
+    `vocabulary` (embedding and head names, tied or not) adds them to modules_to_save; `model_config`
+    resolves a preset to the architecture's own module names (hubtune.families); `unfrozen`
     (lora.unfrozen_parameters resolved on the base) adds whole modules and embedding rows."""
     from peft import LoraConfig
+
+    from hubtune.families import linear_module_names
+
+    targets = lora.peft_target_modules(model_config)
+    if targets == "all-linear" and lora.target_regex is None:
+        # Not PEFT's preset, which on a transformers 5 mixture-of-experts model also adapts the stacked experts
+        # and the router: the base's linear layers by name, as Axolotl's lora_target_linear.
+        if model is None:
+            raise TypeError("lora_config needs the model to resolve all-linear on")
+        targets = linear_module_names(model)
 
     names, tied = vocabulary or ([], False)
     unfrozen = unfrozen or unfreeze.Unfrozen()
@@ -908,8 +922,7 @@ def lora_config(lora: cfg.LoraSection, vocabulary: tuple[list[str], bool] | None
 
         init.update(init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=lora.loftq_bits))
     return LoraConfig(**init, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.peft_target_modules(model_config),
-                      target_parameters=lora.target_parameters or None,
+                      target_modules=targets, target_parameters=lora.target_parameters or None,
                       modules_to_save=save or None, ensure_weight_tying=tied, use_rslora=lora.use_rslora,
                       bias="none", task_type="CAUSAL_LM")
 

@@ -26,14 +26,31 @@ DROPPED = ("auto_map", "_name_or_path", "quantization_config", "transformers_ver
            "max_window_layers", "rope_scaling", "original_max_position_embeddings")
 
 
+def family_config(key: str, **tokens):
+    """Family `key`'s real config scaled down (SCALED); `tokens`: vocab_size and the special token ids."""
+    from transformers import AutoConfig
+
+    from hubtune.config import resolve_builtin
+
+    spec = SPECS[key]
+    if spec["config"]:
+        real = json.loads(Path(resolve_builtin(f"hubtune:model_configs/{spec['config']}")).read_text())
+    else:
+        real = {"model_type": spec["model_type"], "num_local_experts": 4, "num_experts_per_tok": 2}
+    settings = {k: v for k, v in real.items() if k not in DROPPED}
+    settings.update(SCALED, **tokens)
+    if key == "smollm2":
+        settings["tie_word_embeddings"] = True  # SmolLM2 ties its embeddings; Llama 3.2's config does too
+    model_type = settings.pop("model_type")
+    return AutoConfig.for_model(model_type, **settings)
+
+
 def build_family_model(key: str, bpe_dir: Path, out: Path) -> Path:
     """Write a loadable model folder for family `key` into `out`: config, random weights, tokenizer with the
     real template and special tokens, generation_config with the real eos ids, a README with a licence."""
     import torch
     from tokenizers import AddedToken
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from hubtune.config import resolve_builtin
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     spec = SPECS[key]
     tok = AutoTokenizer.from_pretrained(bpe_dir)
@@ -46,17 +63,8 @@ def build_family_model(key: str, bpe_dir: Path, out: Path) -> Path:
     tok.chat_template = (FAMILY_DIR / spec["template"]).read_text(encoding="utf-8")
     ids = lambda t: tok.convert_tokens_to_ids(t) if t else None  # noqa: E731
 
-    if spec["config"]:
-        real = json.loads(Path(resolve_builtin(f"hubtune:model_configs/{spec['config']}")).read_text())
-    else:
-        real = {"model_type": spec["model_type"], "num_local_experts": 4, "num_experts_per_tok": 2}
-    settings = {k: v for k, v in real.items() if k not in DROPPED}
-    settings.update(SCALED, vocab_size=len(tok), bos_token_id=ids(spec["bos"]), eos_token_id=ids(spec["eos"]),
-                    pad_token_id=ids(spec["pad"]))
-    if key == "smollm2":
-        settings["tie_word_embeddings"] = True  # SmolLM2 ties its embeddings; Llama 3.2's config does too
-    model_type = settings.pop("model_type")
-    config = AutoConfig.for_model(model_type, **settings)
+    config = family_config(key, vocab_size=len(tok), bos_token_id=ids(spec["bos"]), eos_token_id=ids(spec["eos"]),
+                           pad_token_id=ids(spec["pad"]))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     if config.pad_token_id is not None:
@@ -69,7 +77,7 @@ def build_family_model(key: str, bpe_dir: Path, out: Path) -> Path:
     tok.save_pretrained(out)
     GenerationConfig(bos_token_id=ids(spec["bos"]), eos_token_id=[ids(t) for t in spec["generation_eos"]],
                      pad_token_id=ids(spec["pad"])).save_pretrained(out)
-    (out / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n\nA tiny random {model_type} for tests.\n")
+    (out / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n\nA tiny random {config.model_type} for tests.\n")
     return out
 
 

@@ -1,8 +1,10 @@
 """LoRA dropout where PEFT puts the adapter on a mixture-of-experts model's stacked parameters, on a tiny
 Mixtral and a tiny Qwen3-MoE (random weights, the embedded tiny base's tokenizer and licence): PEFT 0.21
-moves all-linear and the names transformers 5 fused into the experts onto those parameters (ParamWrapper)
-and refuses any dropout there once the base has loaded; hubtune refuses the same settings before loading,
-naming the fixes, and Axolotl's mixtral.yml trains as Axolotl trains it once its targets are written out."""
+moves its own all-linear and the names transformers 5 fused into the experts onto those parameters
+(ParamWrapper) and refuses any dropout there once the base has loaded. hubtune's all-linear is the base's
+linear layers by name, as Axolotl's lora_target_linear, which keeps the experts and the router out: its
+defaults and Axolotl's mixtral.yml train attention with dropout, as Axolotl does. Names PEFT moves onto the
+experts and lora.target_parameters with dropout are refused before loading, naming the fixes."""
 
 from __future__ import annotations
 
@@ -60,27 +62,53 @@ def converted_mixtral() -> cfg.RunConfig:
     return axolotl.from_axolotl(yaml.safe_load(MIXTRAL_YML.read_text())).run_config()
 
 
-CASES = [(mixtral_config, "all-linear", ["mlp.experts.down_proj", "mlp.experts.gate_up_proj", "mlp.gate.weight"]),
-         (mixtral_config, ["w1", "w2", "w3", "q_proj"], ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]),
-         (qwen3_moe_config, "all-linear", ["mlp.experts.down_proj", "mlp.experts.gate_up_proj", "mlp.gate.weight"]),
+CASES = [(mixtral_config, ["w1", "w2", "w3", "q_proj"], ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]),
          (qwen3_moe_config, ["down_proj", "q_proj"], ["mlp.experts.down_proj"])]
+
+
+def wrapped_parameters(adapted) -> list[str]:
+    from peft.tuners.lora.layer import ParamWrapper
+
+    return sorted(f"{k.split('.layers.0.')[1].removesuffix('.base_layer')}.{m.parameter_name}"
+                  for k, m in adapted.named_modules() if isinstance(m, ParamWrapper) and ".layers.0." in k)
 
 
 @pytest.mark.parametrize("make,targets,wrapped", CASES, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_peft_puts_these_targets_on_the_experts_and_refuses_dropout_there(make, targets, wrapped):
     from peft import get_peft_model
-    from peft.tuners.lora.layer import ParamWrapper
 
     model_config = make()
     lora = cfg.LoraSection(r=4, target_modules=targets, dropout=0.0)
-    adapted = get_peft_model(build(model_config), lora_config(lora, model_config=model_config))
-    params = {f"{k.split('.layers.0.')[1].removesuffix('.base_layer')}.{m.parameter_name}"
-              for k, m in adapted.named_modules() if isinstance(m, ParamWrapper) and ".layers.0." in k}
-    assert sorted(params) == wrapped
+    model = build(model_config)
+    assert wrapped_parameters(get_peft_model(model, lora_config(lora, model_config=model_config, model=model))) == wrapped
     # What the pre-load check guards against: the same adapter with dropout fails only as it is attached.
     with pytest.raises(ValueError, match="ParamWrapper does not work with lora_dropout != 0"):
-        get_peft_model(build(model_config), lora_config(lora.model_copy(update={"dropout": 0.05}),
-                                                        model_config=model_config))
+        model = build(model_config)
+        get_peft_model(model, lora_config(lora.model_copy(update={"dropout": 0.05}), model_config=model_config,
+                                          model=model))
+
+
+@pytest.mark.parametrize("make", [mixtral_config, qwen3_moe_config], ids=lambda v: v.__name__)
+def test_all_linear_is_the_linear_layers_as_axolotl_lists_them_not_peft_preset(make):
+    """PEFT's own all-linear string puts LoRA on the experts and the router's weight, where dropout cannot
+    run; hubtune's all-linear names the base's linear layers (Axolotl's find_all_linear_names): attention,
+    with dropout, and nothing on the experts or the router."""
+    from peft import LoraConfig, get_peft_model
+
+    model_config = make()
+    peft_own = get_peft_model(build(model_config), LoraConfig(r=4, target_modules="all-linear"))
+    assert wrapped_parameters(peft_own) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj", "mlp.gate.weight"]
+    model = build(model_config)
+    peft_config = lora_config(cfg.LoraSection(r=4, dropout=0.05), model_config=model_config, model=model)
+    assert sorted(peft_config.target_modules) == axolotl_linear_names(model) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    adapted = get_peft_model(model, peft_config)
+    assert wrapped_parameters(adapted) == [] and not adapted.peft_config["default"].target_parameters
+    layers = {k.split(".layers.0.")[1] for k, m in adapted.named_modules() if ".layers.0." in k and hasattr(m, "lora_A")}
+    assert layers == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
+    assert adapted.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"].p == 0.05
+    config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": [INVOICES], "max_seq_len": 256}})
+    assert (config.lora.target_modules, config.lora.dropout) == ("all-linear", 0.05)  # hubtune's defaults
+    check_against_model(config, model_config)
 
 
 @pytest.mark.parametrize("make,targets,wrapped", CASES, ids=lambda v: getattr(v, "__name__", str(v)))
@@ -94,7 +122,7 @@ def test_dropout_on_the_experts_is_refused_before_loading_with_both_fixes(make, 
     assert path == "lora.dropout"
     assert f"stacked parameters ({', '.join(wrapped)}) through its ParamWrapper" in message
     assert "set lora.dropout: 0" in message
-    assert "keep the experts out with lora.target_modules: [q_proj]" in message or targets == "all-linear"
+    assert "keep the experts out with lora.target_modules: [q_proj]" in message
     # Either fix passes the check.
     check_against_model(config.model_copy(update={"lora": config.lora.model_copy(update={"dropout": 0.0})}),
                         model_config)
@@ -130,20 +158,17 @@ def test_a_dense_base_with_dropout_and_all_linear_passes():
                         dense)
 
 
-def test_axolotls_mixtral_example_is_refused_naming_the_layers_axolotl_trains():
+def test_axolotls_mixtral_example_passes_and_adapts_the_layers_axolotl_trains():
     """Axolotl's lora_target_linear lists the Linear layers itself: on transformers 5's Mixtral the attention
     projections only (the experts are 3D parameters, the router a module of its own), which PEFT adapts with
-    dropout. hubtune's all-linear is PEFT's, which also puts LoRA on the experts and the router, where dropout
-    cannot run: the converted config is refused before loading, its second fix being Axolotl's own layers."""
+    dropout. It converts to hubtune's all-linear, which resolves to the same names on the base."""
     config = converted_mixtral()
     assert (config.lora.target_modules, config.lora.dropout) == ("all-linear", 0.05)
     model_config = mixtral_config()
-    axolotls = axolotl_linear_names(build(model_config))
-    assert axolotls == ["k_proj", "o_proj", "q_proj", "v_proj"]
-    with pytest.raises(ConfigError) as err:
-        check_against_model(config, model_config)
-    ((path, message),) = err.value.problems
-    assert path == "lora.dropout" and f"lora.target_modules: [{', '.join(axolotls)}]" in message
+    check_against_model(config, model_config)
+    model = build(model_config)
+    assert sorted(lora_config(config.lora, model_config=model_config, model=model).target_modules) == \
+        axolotl_linear_names(model) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
 @pytest.fixture(scope="module")
@@ -157,36 +182,26 @@ def tiny_mixtral(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_mixtral_example_trains_as_axolotl_does_with_its_layers_written_out(tiny_mixtral, tmp_path,
-                                                                                 one_torch_thread, monkeypatch):
-    from data_rows import tiny_config
+def test_the_mixtral_example_trains_as_axolotl_does(tiny_mixtral, tmp_path, one_torch_thread):
+    import json
 
-    import importlib
+    from data_rows import tiny_config
+    from safetensors.torch import load_file
 
     import hubtune
-
-    train_module = importlib.import_module("hubtune.train")  # the module: hubtune.train is also the function
 
     lora = converted_mixtral().lora.model_dump(exclude_defaults=True)
     settings = dict(model={"id": str(tiny_mixtral)}, data={"val_set_size": 8},
                     training={"max_steps": 3, "micro_batch_size": 4, "eval_steps": 3, "logging_steps": 1},
                     eval={"tasks": [], "regression_set": None})
-    # As converted: refused before the base loads.
-    loads = []
-    original = train_module.load_base
-    monkeypatch.setattr(train_module, "load_base", lambda *a, **k: loads.append(a) or original(*a, **k))
-    with pytest.raises(ConfigError, match="lora.dropout"):
-        hubtune.train(tiny_config(tmp_path, rows=24, run="refused", lora=lora, **settings))
-    assert loads == []
-    # With the layers Axolotl's lora_target_linear adapts here, its r, alpha and dropout: LoRA on those alone.
-    fixed = {**lora, "target_modules": axolotl_linear_names(build(mixtral_config()))}
-    run = hubtune.train(tiny_config(tmp_path, rows=24, lora=fixed, **settings))
-    assert run.summary.global_steps == 3 and loads
-    from safetensors.torch import load_file
-
+    # As converted: LoRA on the layers Axolotl's lora_target_linear adapts here, its r, alpha and dropout.
+    run = hubtune.train(tiny_config(tmp_path, rows=24, lora=lora, **settings))
+    assert run.summary.global_steps == 3
     saved = load_file(run.adapter / "adapter_model.safetensors")
     assert {k.split(".")[-3] for k in saved} == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert all(v.shape[0] == 32 or v.shape[1] == 32 for v in saved.values())  # Axolotl's lora_r
-    import json
-
-    assert json.loads((run.adapter / "adapter_config.json").read_text())["lora_dropout"] == 0.05
+    saved_config = json.loads((run.adapter / "adapter_config.json").read_text())
+    # The names it resolved to are what an evaluation or a continued run (lora.init_from) reloads.
+    assert (saved_config["lora_dropout"], sorted(saved_config["target_modules"])) == (
+        0.05, ["k_proj", "o_proj", "q_proj", "v_proj"])
+    assert not saved_config.get("target_parameters")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import TEST_CHAT_TEMPLATE
 from data_rows import section, write_jsonl
-from family_models import KEYS, SPECS, label_rows
+from family_models import KEYS, SPECS, family_config, label_rows
 
 from hubtune.data import prepare
 from hubtune.data.chat import ChatFormat, strip_thinking
@@ -210,6 +210,44 @@ def test_fused_modules_stand_behind_the_presets_on_phi3(family_model):
     assert "q_proj" in target_modules_problem(cfg.LoraSection(target_modules=["q_proj", "v_proj"]), phi)
     llama = AutoConfig.from_pretrained(family_model("llama3.1"))
     assert target_modules("attention", llama) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def adapted_layers(model, targets) -> set[str]:
+    """The modules PEFT puts LoRA on for these targets, and no parameter (built on the meta device)."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapted = get_peft_model(model, LoraConfig(r=2, target_modules=targets), low_cpu_mem_usage=True)
+    assert not adapted.peft_config["default"].target_parameters
+    return {key for key, m in adapted.named_modules() if hasattr(m, "lora_A")}
+
+
+@pytest.mark.parametrize("key", ["tiny-llama", "gpt2", *KEYS])
+def test_all_linear_resolves_to_the_layers_peft_all_linear_adapts(key):
+    """all-linear goes to PEFT as the base's linear layer names (linear_module_names, resolved on the loaded
+    base): on these bases exactly the layers PEFT's own all-linear adapts (nn.Linear, GPT-2's Conv1D)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
+
+    from hubtune import config as cfg
+    from hubtune.families import linear_module_names
+    from hubtune.train import lora_config
+
+    model_config = (AutoConfig.from_pretrained(cfg.resolve_builtin("hubtune:tiny-llama")) if key == "tiny-llama"
+                    else GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64) if key == "gpt2"
+                    else family_config(key, vocab_size=128, pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+    def build():
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(model_config)
+
+    model = build()
+    names = lora_config(cfg.LoraSection(), model_config=model_config, model=model).target_modules
+    assert sorted(names) == linear_module_names(model) and "lm_head" not in names
+    assert adapted_layers(model, sorted(names)) == adapted_layers(build(), "all-linear")
 
 
 def test_an_unknown_architecture_keeps_its_own_module_names():

@@ -16,6 +16,7 @@ from data_rows import tiny_config
 
 import hubtune
 from hubtune import config as cfg
+from hubtune import families
 from hubtune.card import card_data, publishing_verdict
 from hubtune.cli import main
 from hubtune.config import resolve_builtin
@@ -63,7 +64,7 @@ def test_all_linear_for_unsloth_is_the_seven_llama_projections():
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(resolve_builtin("hubtune:tiny-llama"))
-    assert backends.linear_module_names(model) == sorted(
+    assert families.linear_module_names(model) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 

@@ -108,7 +108,7 @@ def test_the_weights_are_what_the_loaded_tiny_moe_holds(tiny_moe, quantization, 
 
 LORA_CASES = {  # name: (lora section, quantized experts)
     "attention": ({"target_modules": "attention"}, False),
-    "all-linear: PEFT moves the MLP names onto the experts": ({"target_modules": "all-linear"}, False),
+    "all-linear: the linear layers, the experts left out": ({"target_modules": "all-linear"}, False),
     "q_proj and down_proj": ({"target_modules": ["q_proj", "down_proj"]}, False),
     "target_parameters": ({"target_modules": ["q_proj"], "target_parameters": ["mlp.experts.gate_up_proj",
                                                                                "mlp.experts.down_proj"]}, False),
@@ -132,6 +132,7 @@ def test_the_trainable_count_is_peft_s(tiny_moe, case):
     est = estimate(memory.read_architecture(str(tiny_moe)), Settings.from_run_config(run))
     assert est.trainable == trainable, case
     on_experts = any("experts" in n and p.requires_grad for n, p in peft_model.named_parameters())
+    assert not (on_experts and case.startswith("all-linear")), case
     assert any("saved for its backward" in n for n in est.notes) == (on_experts or quantized), case
 
 

@@ -143,7 +143,7 @@ def test_axolotl_patterns_on_peft_names_convert_to_base_names_and_export_back():
     assert out["unfrozen_parameters"] == ["^base_model.model.+lora_", "^base_model.model.model.norm.weight$"]
     assert axolotl.from_axolotl(yaml.safe_load(yaml.safe_dump(out))).run_config() == config
     base = AutoModelForCausalLM.from_pretrained(cfg.resolve_builtin("hubtune:tiny-llama"))
-    wrapped = get_peft_model(base, lora_config(config.lora))
+    wrapped = get_peft_model(base, lora_config(config.lora, model=base))
     patterns = [unfreeze.parse(p) for p in out["unfrozen_parameters"]]
     names = [n for n, _ in wrapped.named_parameters()]
     kept = {n for n in names if any(p.match(n) for p in patterns)}

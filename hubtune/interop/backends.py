@@ -11,6 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hubtune import families
 from hubtune.config import LoraSection, ModelSection
 from hubtune.errors import ConfigError
 
@@ -89,21 +90,8 @@ def unsloth_lora(base, lora: LoraSection, gradient_checkpointing: bool, seed: in
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=linear_module_names(base) if targets == "all-linear" else targets,
+        target_modules=families.linear_module_names(base) if targets == "all-linear" else targets,
         bias="none",
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
         random_state=seed,
     )
-
-
-def linear_module_names(model) -> list[str]:
-    """Names of the linear layers LoRA can wrap (PEFT's all-linear: every one but the output head)."""
-    import torch
-
-    head = model.get_output_embeddings()
-    names = set()
-    for name, module in model.named_modules():
-        # bitsandbytes' Linear4bit / Linear8bitLt subclass torch.nn.Linear.
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
