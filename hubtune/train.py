@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -404,6 +405,10 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
     if problem := target_modules_problem(config.lora, model_config, config.model.trust_remote_code,
                                          config.model.linearized_experts):
         problems.append(("lora.target_modules", problem))
+    elif config.training.method != "full" and (
+            dropout := expert_dropout_problem(config.lora, model_config, config.model.trust_remote_code,
+                                              config.model.linearized_experts)):
+        problems.append(("lora.dropout", dropout))
     if config.training.expert_parallel_size > 1 and (experts := expert_parallel_problem(
             config.training.expert_parallel_size, model_config)):
         problems.append(("training.expert_parallel_size", f"{config.training.expert_parallel_size}: {experts}"))
@@ -481,9 +486,15 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         example = next(key for key, m in modules if isinstance(m, adaptable))
         return (f"lora.target_regex {lora.target_regex!r} matches no adaptable layer of this model (it must match "
                 f"the whole name, e.g. {example})")
+    try:
+        moved = moved_onto_experts(targets, skeleton)
+    except ValueError as err:  # half of a pair transformers 5 fused into one stacked parameter
+        return f"{err} Name both, or neither"
     missing, unadaptable = [], []
     for name in targets:
         found = [m for key, m in modules if check_target_module_exists(LoraConfig(target_modules=[name]), key)]
+        if not found and name in moved:
+            continue
         if not found:
             missing.append(name)
         elif not any(isinstance(m, adaptable) for m in found):
@@ -497,6 +508,89 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
     return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset "
             f"(all-linear, attention, qv), which names this architecture's own modules")
+
+
+def moved_onto_experts(targets: list[str], model) -> set[str]:
+    """The names PEFT adapts as the stacked parameters transformers 5 fused them into (a transformers 4
+    mixture-of-experts model's Mixtral w1, w2, w3; Qwen-MoE's gate_proj, up_proj, down_proj): no module bears
+    them any more. PEFT's ValueError where only part of a fused pair is named (w1 without w3)."""
+    from peft import LoraConfig
+    from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+
+    probe = LoraConfig(target_modules=list(targets))
+    convert_peft_config_for_transformers(probe, model=model, conversions=None)
+    return set(targets) - set(probe.target_modules or ()) if probe.target_parameters else set()
+
+
+def expert_dropout_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False,
+                           linearized_experts: bool = False) -> str | None:
+    """Why this dropout cannot run with these targets, or None. PEFT puts LoRA on a parameter (a
+    mixture-of-experts layer's stacked experts) through its ParamWrapper, which refuses any dropout, and
+    get_peft_model would only say so after the base has loaded. Besides lora.target_parameters, PEFT 0.21
+    moves the names a transformers 5 MoE fused into stacked experts (Mixtral's w1/w2/w3, Qwen-MoE's
+    gate_proj/up_proj/down_proj, all-linear's experts and router) onto those parameters. So the adapter is
+    built on the base's skeleton on the meta device (no weights, no memory), dropout 0, and its wrappers read."""
+    if lora.dropout == 0:
+        return None
+    fix = "set lora.dropout: 0 (no dropout on any adapter layer)"
+    if lora.target_parameters:
+        return (f"{lora.dropout:g} cannot apply to LoRA on parameters (lora.target_parameters: "
+                f"{', '.join(lora.target_parameters)}): PEFT's ParamWrapper refuses any dropout; {fix}, or leave "
+                f"target_parameters out")
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    if not any(getattr(text, name, None) for name in EXPERT_COUNTS):
+        return None  # no experts to move names onto: PEFT adapts layers only
+    import torch
+    from peft import get_peft_model
+    from peft.tuners.lora.layer import ParamWrapper
+    from transformers import AutoModelForCausalLM
+
+    from hubtune.linearized import linearized_llama4
+
+    def wrapped(targets) -> tuple[list[str], list[str]]:
+        """The parameters PEFT adapts through ParamWrapper, and the last names of the layers it adapts otherwise."""
+        with torch.device("meta"), linearized_llama4() if linearized_experts else contextlib.nullcontext():
+            skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+        probe = lora.model_copy(update={"dropout": 0.0, "target_modules": targets, "target_regex": None}
+                                if targets is not None else {"dropout": 0.0})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adapted = get_peft_model(skeleton, lora_config(probe, model_config=model_config), low_cpu_mem_usage=True)
+        params, layers = set(), set()
+        for key, module in adapted.named_modules():
+            if isinstance(module, ParamWrapper):
+                # the parameter's place in a layer: base_model.model.model.layers.0.mlp.experts -> mlp.experts
+                parts = [p for p in key.removeprefix("base_model.model.").split(".") if p != "base_layer"]
+                parts = parts[parts.index("layers") + 2:] if "layers" in parts[:-2] else parts
+                params.add(".".join([*parts, module.parameter_name]))
+            elif hasattr(module, "lora_A") and not isinstance(module.get_base_layer(), ParamWrapper):
+                layers.add(key.rsplit(".", 1)[-1])
+        return sorted(params), sorted(layers)
+
+    try:
+        params, layers = wrapped(None)
+        if not params:
+            return None
+    except Exception:  # an architecture that cannot be built empty, or targets PEFT refuses: it says so when attaching
+        return None
+    # The other adapted layers alone, less any name PEFT would move onto the experts again (a dense layer's
+    # gate_proj where the routed experts were fused from gate_proj).
+    keep = [name for name in layers if not _wraps_alone(wrapped, name)]
+    what = (f"lora.target_modules {lora.target_modules!r}" if lora.target_regex is None
+            else f"lora.target_regex {lora.target_regex!r}")
+    others = (f", or keep the experts out with lora.target_modules: [{', '.join(keep)}] (the other layers it "
+              f"adapts, which take dropout)" if keep else "")
+    return (f"{lora.dropout:g} cannot apply to this adapter: with {what}, PEFT puts LoRA on this mixture-of-experts "
+            f"model's stacked parameters ({', '.join(params)}) through its ParamWrapper, which refuses any dropout, and "
+            f"the run would fail once the base had loaded; {fix}{others}")
+
+
+def _wraps_alone(wrapped, name: str) -> bool:
+    """Whether PEFT moves this one name onto stacked parameters (or refuses it alone, as half of a fused pair)."""
+    try:
+        return bool(wrapped([name])[0])
+    except Exception:
+        return True
 
 
 def load_tokenizer(path: str, model: cfg.ModelSection):
