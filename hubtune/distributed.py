@@ -271,12 +271,19 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
     if optimizer == "adamw_torch_4bit":
         return ("torchao's 4-bit AdamW fails in its compiled update over FSDP2's sharded parameters (torch 2.13, "
                 "torchao 0.18: 'wrong number of dimensions1 for op: input')")
-    return "bitsandbytes' 8-bit and paged optimizer states do not go into FSDP checkpoints"
+    if fsdp2:  # measured on a 2-process CPU mesh, bitsandbytes 0.50.2, torch 2.13
+        return ("bitsandbytes' optimizer kernels do not take FSDP2's sharded (DTensor) parameters: the first step "
+                "fails ('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'; 32-bit: "
+                "'optimizer_update_32bit does not have a sharding strategy registered')")
+    return ("FSDP1 trains with it, but bitsandbytes hands its states to FSDP as one nested dict per parameter "
+            "('__bnb_optimizer_quant_state__'), which FSDP1's checkpoint keeps as a value shared by all processes "
+            "and cannot load back to resume (FSDP.optim_state_dict_to_load: 'unhashable type: dict')")
 
 
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
     """FSDP shards optimizer states with the parameters and gathers them into its checkpoints; bitsandbytes'
-    8-bit and paged states do not survive that, so FSDP trains with AdamW (or torchao's 8-bit one on FSDP2)."""
+    optimizers do not survive that (fsdp_optimizer_problem), so FSDP trains with AdamW (or torchao's 8-bit one
+    on FSDP2)."""
     if mode != "fsdp" or world_size() == 1:
         return resolved
     why = fsdp_optimizer_problem(resolved, os.environ.get("FSDP_VERSION", "1") == "2")

@@ -41,7 +41,8 @@ CANNOT_HONOUR = {
     # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
-    # Optimizer states FSDP cannot shard here: bitsandbytes' 8-bit and paged ones (not in FSDP checkpoints),
+    # Optimizer states FSDP cannot shard here: bitsandbytes' (FSDP1 cannot load its checkpoint back, FSDP2 fails
+    # at the first step; tests/test_distributed.py measures both),
     # torchao's 4-bit AdamW (its compiled update fails over FSDP2's sharded parameters) and torchao's 8-bit one
     # outside FSDP2 (hubtune's FSDP1 preset); hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},

@@ -131,7 +131,8 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
         distributed.check_launch("ddp", "cuda")
     distributed.check_launch("fsdp", "cuda")
     assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
-    with pytest.raises(ConfigError, match="training.optimizer"):
+    # bitsandbytes' optimizers: FSDP1 cannot resume them, FSDP2 cannot step them (test_bitsandbytes_optimizer_...).
+    with pytest.raises(ConfigError, match="training.optimizer.*cannot load back to resume"):
         distributed.optimizer_for("fsdp", "paged_adamw_8bit", "paged_adamw_8bit")
     assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
     # torchao's 8-bit AdamW shards with FSDP2's parameters (tests/test_experts.py runs it), not on FSDP1.
@@ -141,6 +142,8 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     assert distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit") == "adamw_torch_8bit"
     with pytest.raises(ConfigError, match="4-bit AdamW fails in its compiled update"):
         distributed.optimizer_for("fsdp", "adamw_torch_4bit", "adamw_torch_4bit")
+    with pytest.raises(ConfigError, match="do not take FSDP2's sharded"):
+        distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit")
 
 
 def test_effective_batch_sets_the_step_count():
@@ -360,3 +363,53 @@ def test_every_preset_is_documented():
     assert "--main-process-ip" in section and "--machine-rank 1" in section
     for preset in distributed.PRESETS.glob("*.yaml"):
         assert yaml.safe_load(preset.read_text())["mixed_precision"] == "no"
+
+
+@pytest.mark.parametrize("fsdp2", [False, True], ids=["fsdp1", "fsdp2"])
+def test_bitsandbytes_optimizer_under_fsdp_fails_where_hubtune_says(tmp_path, fsdp2):
+    """Why hubtune refuses bitsandbytes' optimizers under FSDP (distributed.fsdp_optimizer_problem), measured
+    on a 2-process CPU mesh with the Trainer's save and resume functions (tests/fsdp_bnb_optimizer.py). FSDP1
+    (hubtune's fsdp.yaml) steps as one process does and saves, but cannot load the checkpoint back; FSDP2
+    fails at the first step. When this test fails, bitsandbytes or torch may have lifted the limit."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from fsdp_bnb_optimizer import batches, optimizer, prepared
+
+    plan = distributed.plan_launch("fsdp", 2, quantized_experts=fsdp2)  # the FSDP2 preset that loads everywhere
+    cmd = distributed.launch_command(plan, ["train", "run.yaml"])
+    env = prepare_multi_gpu_env(_validate_launch_command(launch_command_parser().parse_args(
+        cmd[cmd.index("--config_file"):]))[0])
+    # Every process loads the same base here: rank-0 loading with a broadcast needs a GPU in accelerate.
+    env.update(FSDP_SYNC_MODULE_STATES="false", FSDP_CPU_RAM_EFFICIENT_LOADING="false")
+    out = tmp_path / "result.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(port), str(Path(__file__).parent / "fsdp_bnb_optimizer.py"),
+                    "adamw_8bit", str(out)], check=True, timeout=300, env={**os.environ, **env})
+    result = json.loads(out.read_text())
+    assert result["fsdp_version"] == (2 if fsdp2 else 1)
+    why = distributed.fsdp_optimizer_problem("adamw_8bit", fsdp2)
+    if fsdp2:
+        assert "mixed torch.Tensor and DTensor" in result["step_error"] and "optimizer_update_8bit_blockwise" in result["step_error"]
+        assert "mixed torch.Tensor and DTensor" in why
+        return
+    assert result["use_orig_params"] is False and "state1:torch.uint8" in result["states"]
+    # The steps match one process over both half-batches.
+    model = prepared()
+    adam = optimizer(model, "adamw_8bit")
+    halves = [batches()[rank::2] for rank in range(2)]
+    losses = []
+    for _ in range(2):
+        total = 0.0
+        for h in halves:
+            loss = model(input_ids=h, labels=h).loss / 2
+            loss.backward()
+            total += loss.item()
+        losses.append(total)
+        adam.step()
+        adam.zero_grad()
+    assert result["losses"] == pytest.approx(losses, abs=1e-5)
+    assert "save_error" not in result
+    assert result["load_error"] == "TypeError: unhashable type: 'dict'" and "unhashable type: dict" in why

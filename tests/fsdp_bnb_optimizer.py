@@ -1,0 +1,119 @@
+"""One process of a 2-process FSDP run with a bitsandbytes optimizer, started by torchrun from
+tests/test_distributed.py with the environment `accelerate launch` makes of hubtune's FSDP1 preset (fsdp.yaml)
+or an FSDP2 one: the tiny base with LoRA, wrapped as accelerate and the Trainer wrap it (FSDP1: PEFT's wrap
+policy, as transformers' update_fsdp_plugin_peft sets it, and the plugin's arguments; FSDP2: accelerate's
+fsdp2_prepare_model), two optimizer steps, then the checkpoint through accelerate's save_fsdp_optimizer and
+load_fsdp_optimizer, the functions the Trainer saves and resumes with. Rank 0 writes what happened to OUT.
+
+    torchrun --nproc_per_node 2 tests/fsdp_bnb_optimizer.py OPTIMIZER OUT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+
+def prepared():
+    """The tiny base with LoRA, without dropout (each process would draw its own), B given values."""
+    from hubtune import config as cfg
+    from hubtune.hardware import Hardware
+    from hubtune.refs import resolve_builtin
+    from hubtune.train import attach_lora, load_base
+
+    config = cfg.build({"model": {"quantization": "none"}, "lora": {"dropout": 0.0}})
+    base = load_base(resolve_builtin(config.model.id), config.model, Hardware("cpu", torch.float32, "adamw_torch"),
+                     sharded=True)
+    torch.manual_seed(0)
+    model = attach_lora(base, config, "hf", False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.train()
+    return model
+
+
+def optimizer(model, name: str):
+    """bitsandbytes' AdamW as the Trainer builds it for adamw_8bit / paged_adamw_32bit; 8-bit states from 128
+    values on (the default, 4096, is above every tiny LoRA factor, which would keep 32-bit states)."""
+    import bitsandbytes as bnb
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    bits = 32 if name.endswith("32bit") else 8
+    return bnb.optim.AdamW(params, lr=1e-2, optim_bits=bits, is_paged=name.startswith("paged"), min_8bit_size=128)
+
+
+def batches() -> torch.Tensor:
+    return torch.randint(3, 400, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def wrapped(model, plugin, accelerator):
+    if plugin.fsdp_version == 2:
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        return fsdp2_prepare_model(accelerator, model)
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
+    return FSDP(model, sharding_strategy=plugin.sharding_strategy, cpu_offload=plugin.cpu_offload,
+                auto_wrap_policy=plugin.auto_wrap_policy, mixed_precision=plugin.mixed_precision_policy,
+                sync_module_states=plugin.sync_module_states, backward_prefetch=plugin.backward_prefetch,
+                forward_prefetch=plugin.forward_prefetch, use_orig_params=plugin.use_orig_params,
+                param_init_fn=plugin.param_init_fn, ignored_modules=plugin.ignored_modules,
+                limit_all_gathers=plugin.limit_all_gathers, device_id=torch.device("cpu"))
+
+
+def main(optimizer_name: str, out: str) -> None:
+    from accelerate import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import load_fsdp_optimizer, save_fsdp_optimizer
+
+    PartialState(cpu=True)  # the gloo group, and the state accelerate's logging needs
+    torch.set_num_threads(1)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of the launch
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
+                                  parallelism_config=None, mixed_precision="no", is_main_process=rank == 0,
+                                  process_index=rank, wait_for_everyone=dist.barrier)
+    model = wrapped(prepared(), plugin, accelerator)
+    adam = optimizer(model, optimizer_name)
+    ids = batches()[rank::world]
+    result: dict = {"fsdp_version": plugin.fsdp_version, "use_orig_params": plugin.use_orig_params, "losses": []}
+
+    def step() -> float:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        adam.step()
+        adam.zero_grad()
+        mean = torch.tensor([loss.item()])
+        dist.all_reduce(mean)
+        return mean.item() / world
+
+    def attempt(what: str, call) -> bool:
+        try:
+            call()
+            return True
+        except Exception as err:  # what fails, and how, is the result
+            result[what] = f"{type(err).__name__}: {err}"
+            return False
+
+    if attempt("step_error", lambda: result["losses"].extend([step(), step()])):
+        result["states"] = sorted({f"{k}:{v.dtype}" for s in adam.state.values() for k, v in s.items()
+                                   if torch.is_tensor(v)})
+        checkpoint = f"{out}.checkpoint"
+        if attempt("save_error", lambda: save_fsdp_optimizer(plugin, accelerator, adam, model, checkpoint)):
+            attempt("load_error", lambda: load_fsdp_optimizer(plugin, accelerator, adam, model, checkpoint))
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
