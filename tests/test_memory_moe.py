@@ -14,7 +14,7 @@ import torch
 from hubtune import config as cfg
 from hubtune import fit, memory, trained
 from hubtune.memory import Settings, estimate
-from tests.test_experts import load, tiny_moe  # noqa: F401  (the tiny Qwen3-MoE fixture)
+from test_experts import load, tiny_moe  # noqa: F401  (the tiny Qwen3-MoE fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "tests" / "data" / "axolotl_examples"

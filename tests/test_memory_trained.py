@@ -10,7 +10,7 @@ import pytest
 from hubtune import memory
 from hubtune.config import resolve_builtin
 from hubtune.memory import GB, Settings, estimate
-from tests.data_rows import tiny_config
+from data_rows import tiny_config
 
 TINY = resolve_builtin("hubtune:tiny-llama")  # ties its output head to the embedding
 

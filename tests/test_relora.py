@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from hubtune import config as cfg
 from hubtune import relora
 from hubtune.errors import ConfigError
-from tests.data_rows import invoice_file, tiny_tree
+from data_rows import invoice_file, tiny_tree
 
 
 def axolotl_jagged(step, restarts, warmup, anneal, floor=0.001):

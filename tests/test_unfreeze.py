@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from hubtune import config as cfg
 from hubtune import unfreeze
 from hubtune.errors import ConfigError
-from tests.data_rows import invoice_file, tiny_tree
+from data_rows import invoice_file, tiny_tree
 
 
 @pytest.fixture(scope="module")
