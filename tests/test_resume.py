@@ -67,8 +67,9 @@ def killed(tmp_path_factory, one_torch_thread):
     never stopped, for its losses."""
     tmp = tmp_path_factory.mktemp("killed")
     procs = {}
+    rows = str(invoice_file(tmp / "rows.jsonl", 40))  # written once: the children read it while others start
     for moment in MOMENTS:
-        config = resume_config(tmp, moment)
+        config = resume_config(tmp, moment, data=rows)
         (tmp / f"{moment}.yaml").write_text(config.to_yaml())
         procs[moment] = child(tmp / f"{moment}.yaml", "slow" if moment == "from-outside" else moment)
     outside = tmp / "from-outside" / "metrics.jsonl"
@@ -80,7 +81,7 @@ def killed(tmp_path_factory, one_torch_thread):
     os.kill(procs["from-outside"].pid, signal.SIGKILL)
     for p in procs.values():
         p.join(timeout=300)
-    reference = hubtune.train(resume_config(tmp, "reference"))
+    reference = hubtune.train(resume_config(tmp, "reference", data=rows))
     return tmp, {m: p.exitcode for m, p in procs.items()}, metrics(reference.path)[2]
 
 
