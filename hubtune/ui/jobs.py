@@ -342,7 +342,7 @@ def header(job: Job) -> str:
     command = f"$ hubtune {' '.join(job.command()[3:])}"
     if job.kind != "train":
         return command
-    steps = [step_of(c) for c in RunFolder(job.run).checkpoint_folders() if step_of(c) >= 0]
+    steps = [n for c in RunFolder(job.run).checkpoint_folders() if (n := step_of(c)) >= 0]
     return f"{command}  # {f'{CONTINUES} step {max(steps)}' if steps else STARTS}"
 
 
