@@ -124,6 +124,29 @@ def test_a_checkpoint_the_model_does_not_hold_is_refused_with_what_is_wrong(nvfp
         load(broken)
 
 
+def test_tensors_the_models_class_leaves_out_are_left_out_as_transformers_does(nvfp4_moe, tmp_path, monkeypatch):
+    """Qwen3-Next's NVFP4 checkpoints hold multi-token prediction layers its transformers class ignores
+    (`_keys_to_ignore_on_load_unexpected`, as Gemma 4's shared key/value projections): hubtune skips them too,
+    quantized or not, and refuses any other tensor the model lacks."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3MoeForCausalLM
+
+    folder, _ = nvfp4_moe
+    extra = tmp_path / "extra"
+    shutil.copytree(folder, extra)
+    tensors = load_file(extra / "model.safetensors")
+    for leaf in ("weight", "weight_scale", "weight_scale_2", "input_scale"):
+        tensors[f"mtp.layers.0.mlp.experts.0.gate_proj.{leaf}"] = tensors[
+            f"model.layers.0.mlp.experts.0.gate_proj.{leaf}"].clone()
+    tensors["mtp.norm.weight"] = torch.ones(64)
+    save_file(tensors, extra / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"mtp.layers.0.mlp.experts.0.gate_proj is quantized but "
+                                          r"Qwen3MoeForCausalLM has no such layer"):
+        load(extra)
+    monkeypatch.setattr(Qwen3MoeForCausalLM, "_keys_to_ignore_on_load_unexpected", [r"^mtp.*"])
+    assert len(nvfp4.nvfp4_weights(load(extra))) == 12
+
+
 def test_lora_trains_on_the_packed_base_and_its_adapter_loads_on_the_16_bit_one(nvfp4_moe, tmp_path):
     """LoRA on the quantized attention layers (target_modules) and stacked experts (target_parameters): the
     loss falls, the base stays packed and frozen, the adapter's names are those PEFT gives on the 16-bit base,
