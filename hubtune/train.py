@@ -650,6 +650,10 @@ def dequantized(path: str):
                                                 f"quantization_config); leave dequantize out")])
     if why := prequantized.unreadable(saved):
         raise ConfigError([("model.dequantize", f"{path} is {why}")])
+    if saved.get("quant_method") == "modelopt":
+        raise ConfigError([("model.dequantize", f"{path} is saved in NVFP4 by ModelOpt: hubtune keeps its weights "
+                                                f"packed and dequantizes each as its layer reads it; leave dequantize "
+                                                f"out")])
     config = AutoQuantizationConfig.from_dict(saved)
     if not hasattr(config, "dequantize"):
         raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
@@ -673,11 +677,11 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from hubtune import compat
+    from hubtune import compat, nvfp4
     from hubtune.interop import backends, prequantized
 
     saved = prequantized.quantization_config(path)
-    if saved is not None and (why := prequantized.unreadable(saved)):
+    if saved is not None and (why := prequantized.unreadable(saved) or nvfp4.inside_other_format(path, saved)):
         raise ConfigError([("model.id", f"{path} is {why}")])
     saved_quantized = saved is not None
     if backend == "unsloth":
@@ -715,7 +719,20 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         # Quantized experts under FSDP2: every process loads the whole base onto its own GPU, quantizing the
         # experts as they load, and fully_shard then shards it (their constants stay whole in every process).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    if model.linearized_experts:
+    modelopt = nvfp4.is_nvfp4(saved)
+    if modelopt and model.quantize_experts:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved in NVFP4: its experts load as saved; leave "
+                                                      f"quantize_experts out")])
+    if modelopt and model.linearized_experts:
+        raise ConfigError([("model.linearized_experts", f"{path} is saved in NVFP4 by ModelOpt, not in Axolotl's "
+                                                        f"linearized Llama 4 layout; leave linearized_experts out")])
+    if modelopt and sharded:
+        from hubtune.interop.axolotl import NVFP4_SHARDED
+
+        raise ConfigError([("training.distributed", f"{path} is saved in NVFP4 by ModelOpt: {NVFP4_SHARDED}")])
+    if modelopt:
+        base = nvfp4.load(path, **_nvfp4_kwargs(kwargs))  # packed weights, dequantized when read
+    elif model.linearized_experts:
         from hubtune import linearized
 
         base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
@@ -736,6 +753,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         for module in base.modules():
             if isinstance(module, Linear4bit):
                 module.compute_dtype = hw.compute_dtype
+    if modelopt and for_training:
+        return _freeze_in_bfloat16(base, gradient_checkpointing)  # nothing to prepare: no bitsandbytes layer
     if not _quantized(base) or not for_training:
         return base
     if sharded:
@@ -747,6 +766,26 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.compute_dtype == torch.bfloat16:
         return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _nvfp4_kwargs(kwargs: dict) -> dict:
+    """from_pretrained's arguments as hubtune.nvfp4.load takes them."""
+    import torch
+
+    if kwargs.get("use_kernels"):
+        raise ConfigError([("model.use_kernels", "an NVFP4 base's layers read their weights through a "
+                                                 "dequantizing parametrization, which Hub kernels do not; leave "
+                                                 "use_kernels out")])
+    if "distributed_config" in kwargs:
+        raise ConfigError([("training.expert_parallel_size", "an NVFP4 base is loaded by hubtune, not by "
+                                                             "transformers' sharding loader; leave expert "
+                                                             "parallelism out")])
+    out = {key: kwargs[key] for key in ("trust_remote_code", "attn_implementation", "experts_implementation",
+                                        "output_router_logits") if key in kwargs}
+    out["dtype"] = kwargs["dtype"]
+    device = kwargs.get("device_map", {}).get("")
+    out["device"] = torch.device("cuda", device) if isinstance(device, int) else (device or "cpu")
+    return out
 
 
 def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, saved_quantized: bool):
