@@ -316,3 +316,16 @@ def nvfp4_weights(model) -> list[str]:
     return [f"{name}.{param}" if name else param for name, module in model.named_modules()
             if P.is_parametrized(module) for param in module.parametrizations
             if isinstance(module.parametrizations[param][0], Nvfp4Blocks)]
+
+
+def dequantized(model):
+    """`model` with every NVFP4 weight replaced by its dequantized value, a plain parameter (for merging an adapter
+    into it, and saving it as a 16-bit model)."""
+    for module in list(model.modules()):
+        if P.is_parametrized(module):
+            for name in [n for n in module.parametrizations if isinstance(module.parametrizations[n][0], Nvfp4Blocks)]:
+                value = getattr(module, name).detach()
+                P.remove_parametrizations(module, name, leave_parametrized=False)  # the packed bytes back
+                module._parameters[name] = torch.nn.Parameter(value)  # a float tensor cannot be set into them
+    model.hubtune_nvfp4 = False
+    return model

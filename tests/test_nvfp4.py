@@ -173,18 +173,29 @@ def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp
     from hubtune.evaluation import load_tuned
 
     folder, _ = nvfp4_moe
-    config = tiny_config(tmp_path, rows=48, model={"id": str(folder)},
+    config = tiny_config(tmp_path, rows=32, model={"id": str(folder)},
                          lora={"target_modules": "attention", "dropout": 0.0,
                                "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]},
                          data={"val_set_size": 8},
-                         training={"max_steps": 6, "micro_batch_size": 8, "learning_rate": 5e-3,
-                                   "eval_steps": 6, "logging_steps": 2, "gradient_checkpointing": True},
+                         training={"max_steps": 4, "micro_batch_size": 8, "learning_rate": 5e-3,
+                                   "eval_steps": 4, "logging_steps": 2, "gradient_checkpointing": True},
                          eval={"tasks": [], "regression_set": None})
     run = hubtune.train(config)
-    assert run.summary.global_steps == 6
+    assert run.summary.global_steps == 4
     assert run.summary.final_eval_loss < run.summary.initial_eval_loss
     model, _ = load_tuned(run.path)
     assert len(nvfp4.nvfp4_weights(model.base_model.model)) == 12
+    # The merge writes the dequantized base plus the adapter in 16 bits, a model stock transformers loads.
+    from transformers import AutoModelForCausalLM
+
+    from hubtune.merge import merge
+
+    merged = merge(run.path, tmp_path / "merged")
+    assert merged.max_logit_difference is not None and merged.max_logit_difference < 1e-4
+    assert any("stored in NVFP4" in w for w in merged.warnings)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert getattr(stock.config, "quantization_config", None) is None
+    assert stock.model.layers[0].mlp.experts.gate_up_proj.dtype != torch.uint8
 
 
 def test_the_memory_estimate_counts_the_packed_weights(nvfp4_moe):
