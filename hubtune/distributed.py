@@ -263,7 +263,9 @@ def start(cpu: bool) -> None:
 
 def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
     """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8-bit AdamW quantizes each
-    process's shard of an FSDP2 (DTensor) parameter and saves through torch's distributed checkpoint."""
+    process's shard of an FSDP2 (DTensor) parameter and saves through torch's distributed checkpoint;
+    bitsandbytes' optimizers keep their states for each process's shard of FSDP1's flattened parameters, and
+    their checkpoints keep each process's state in a file of its own (optimizer_shards)."""
     if not ("bit" in optimizer or optimizer.startswith("paged")):
         return None
     if optimizer == "adamw_torch_8bit":
@@ -275,15 +277,13 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
         return ("bitsandbytes' optimizer kernels do not take FSDP2's sharded (DTensor) parameters: the first step "
                 "fails ('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'; 32-bit: "
                 "'optimizer_update_32bit does not have a sharding strategy registered')")
-    return ("FSDP1 trains with it, but bitsandbytes hands its states to FSDP as one nested dict per parameter "
-            "('__bnb_optimizer_quant_state__'), which FSDP1's checkpoint keeps as a value shared by all processes "
-            "and cannot load back to resume (FSDP.optim_state_dict_to_load: 'unhashable type: dict')")
+    return None
 
 
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
-    """FSDP shards optimizer states with the parameters and gathers them into its checkpoints; bitsandbytes'
-    optimizers do not survive that (fsdp_optimizer_problem), so FSDP trains with AdamW (or torchao's 8-bit one
-    on FSDP2)."""
+    """FSDP shards optimizer states with the parameters; an optimizer whose states it cannot shard
+    (fsdp_optimizer_problem: bitsandbytes' on FSDP2, torchao's 4-bit AdamW) is a ConfigError, and `auto`
+    trains with AdamW."""
     if mode != "fsdp" or world_size() == 1:
         return resolved
     why = fsdp_optimizer_problem(resolved, os.environ.get("FSDP_VERSION", "1") == "2")

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune import distributed, unfreeze
+from hubtune import distributed, optimizer_shards, unfreeze
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
 from hubtune.levers import Levers, recipe_levers
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
+from hubtune.runs import (DatasetRecord, RunFolder, RunSummary, Status, checkpoint_problem, folder_size,
+                          remove_incomplete, step_of)
 
 log = logging.getLogger("hubtune")
 
@@ -70,9 +71,13 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
 
 def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     """A checkpoint continues only with the adapter shape it was saved with: a lora.r or lora.alpha edited
-    in config.yaml since is a ConfigError naming both values, before any weight is loaded."""
+    in config.yaml since is a ConfigError naming both values, before any weight is loaded; and one whose
+    optimizer state is kept per process (optimizer_shards) only with as many processes."""
     import json
 
+    last = next((c for c in reversed(run.checkpoint_folders()) if checkpoint_problem(c) is None), None)
+    if last is not None and (why := optimizer_shards.problem(last, distributed.world_size())):
+        raise ConfigError([("training.distributed", why)], str(run.path / RunFolder.CONFIG))
     saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
@@ -271,6 +276,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         rewards=rewards,
     )
     _quiet_trainer(trainer)
+    optimizer_shards.keep_per_process(trainer)  # bitsandbytes' optimizer states under FSDP1: one file per process
     if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 

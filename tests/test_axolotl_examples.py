@@ -41,11 +41,14 @@ CANNOT_HONOUR = {
     # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
-    # Optimizer states FSDP cannot shard here: bitsandbytes' (FSDP1 cannot load its checkpoint back, FSDP2 fails
-    # at the first step; tests/test_distributed.py measures both),
-    # torchao's 4-bit AdamW (its compiled update fails over FSDP2's sharded parameters) and torchao's 8-bit one
-    # outside FSDP2 (hubtune's FSDP1 preset); hubtune refuses them at launch, so the converter does too.
+    # Optimizer states FSDP cannot shard here: torchao's 4-bit AdamW (its compiled update fails over FSDP2's
+    # sharded parameters), torchao's 8-bit one outside FSDP2 (hubtune's FSDP1 preset), and bitsandbytes' on FSDP2
+    # (its first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
+    # hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
+    # An 8-bit base sharded by FSDP (FSDP1 cannot flatten int8 weights, FSDP2 loses bitsandbytes' row constants)
+    # or ZeRO-3: hubtune refuses it at launch, so the converter does too.
+    "8-bit bases under FSDP (load_in_8bit)": {"load_in_8bit"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
@@ -428,3 +431,25 @@ def test_nvfp4_examples_convert_unless_they_ask_for_merge_aware_training(results
     assert config is None and set(refused) == {"expert_parallel_size", "optimizer", "dsv4_fp4_grouped_mode"}
     assert axolotl.from_axolotl({**yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text()),
                                  "dsv4_fp4_grouped_mode": "fp8"}).unsupported[0][0] == "dsv4_fp4_grouped_mode"
+
+
+# bitsandbytes' optimizers under FSDP1 (hubtune's fsdp.yaml): each process checkpoints its own states.
+BNB_UNDER_FSDP1 = {"archived/dbrx/16bit-lora.yaml": "none", "mistral/mistral-qlora-fsdp.yml": "nf4"}
+
+
+def test_bitsandbytes_optimizers_convert_under_fsdp1_unless_the_base_is_8_bit(results):
+    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
+    for name, bits in BNB_UNDER_FSDP1.items():
+        config, refused = by_name[name]
+        assert config is not None, (name, refused)
+        t = config.training
+        assert (config.model.quantization, t.distributed, t.optimizer) == (bits, "fsdp", "paged_adamw_8bit"), name
+        plan = distributed.plan_launch(t.distributed, 2, quantized_experts=config.model.quantize_experts)
+        assert yaml.safe_load(plan.preset.read_text())["fsdp_config"]["fsdp_version"] == 1, name
+        assert distributed.fsdp_optimizer_problem(t.optimizer, fsdp2=False) is None, name
+        exported = axolotl.to_axolotl(config)
+        assert exported["optimizer"] == "paged_adamw_8bit" and exported["fsdp"], name
+    # The same run on an 8-bit base stops where FSDP1 wraps it, so the converter refuses that, and only that.
+    config, refused = by_name["archived/dbrx/8bit-lora.yaml"]
+    assert config is None and set(refused) == {"load_in_8bit"}
+    assert "'Cannot flatten integer dtype tensors'" in refused["load_in_8bit"]

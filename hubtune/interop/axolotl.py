@@ -357,6 +357,7 @@ class _Reader:
         self.context_parallel(tree)
         self.expert_parallel(tree)
         self.fsdp_optimizer(tree)
+        self.sharded_int8(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -922,6 +923,21 @@ class _Reader:
             named = "" if t["optimizer"] == self.axolotl_optimizer else f" (hubtune's {t['optimizer']})"
             self.refuse("optimizer", f"{self.axolotl_optimizer!r}{named} under fsdp: {why}; use adamw_torch (fused "
                                      f"or not), or leave fsdp out")
+
+    def sharded_int8(self, tree: dict) -> None:
+        """An 8-bit base under FSDP or ZeRO-3, which hubtune refuses at launch (train.load_base), is refused here
+        rather than converted into a run that stops there; quantize_moe_experts says so itself."""
+        mode = tree["training"].get("distributed")
+        if (tree["model"].get("quantization") != "int8" or mode not in ("fsdp", "deepspeed-zero3")
+                or any(key == "quantize_moe_experts" for key, _ in self.unsupported)):
+            return
+        why = ("FSDP1 cannot flatten bitsandbytes' int8 weights with the rest ('Cannot flatten integer dtype "
+               "tensors', torch 2.13), and on FSDP2 its 8-bit linear layers lose their row constants (CB, SCB), kept "
+               "on the weight object that FSDP replaces by its shard" if mode == "fsdp" else
+               "ZeRO-3 partitions the base's weights across processes, and bitsandbytes' 8-bit linear layers keep "
+               "their row constants (CB, SCB) on the weight object itself")
+        self.refuse("load_in_8bit", f"True under {mode}: {why}; use load_in_4bit (QLoRA shards under {mode}), or "
+                                    f"DDP")
 
     def relora(self, t: dict) -> None:
         """relora with its jagged_restart_* schedule (Axolotl's ReLoRACallback and JaggedLRRestartScheduler,
