@@ -180,10 +180,10 @@ def _quantized_parameter(module: torch.nn.Module, name: str, packed, block_scale
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         trust_remote_code: bool = False, **config_kwargs):
-    """The causal LM in a ModelOpt NVFP4 folder: built without weights, its quantized weights then set packed
-    (dequantized when read), the others in `dtype`. config_kwargs go to the model's construction
-    (attn_implementation, experts_implementation, output_router_logits)."""
+         trust_remote_code: bool = False, revision: str | None = None, **config_kwargs):
+    """The causal LM in a ModelOpt NVFP4 folder (or Hub repo, downloaded at `revision`): built without weights,
+    its quantized weights then set packed (dequantized when read), the others in `dtype`. config_kwargs go to
+    the model's construction (attn_implementation, experts_implementation, output_router_logits)."""
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
@@ -191,6 +191,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
     from hubtune import experts
 
     folder = Path(path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(path), revision=revision))
     quantization = saved_format(folder)
     if quantization is None or (why := unreadable(quantization)):
         raise ConfigError([("model.id", f"{folder} is " + (why if quantization else "not a ModelOpt checkpoint"))])

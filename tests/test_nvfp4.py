@@ -208,6 +208,11 @@ def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp
     assert run.summary.final_eval_loss < run.summary.initial_eval_loss
     model, _ = load_tuned(run.path)
     assert len(nvfp4.nvfp4_weights(model.base_model.model)) == 12
+    from hubtune import card as cards
+
+    assert run.summary.base_quantization == "modelopt NVFP4"
+    text = str(cards.build_card(run, "alice/nvfp4-invoices", cards.publishing_verdict(run)))
+    assert "from hubtune.nvfp4 import load" in text and "vllm serve" not in text
     # The merge writes the dequantized base plus the adapter in 16 bits, a model stock transformers loads.
     from transformers import AutoModelForCausalLM
 
