@@ -244,6 +244,10 @@ def test_the_memory_estimate_counts_the_packed_weights(nvfp4_moe):
     experts = next(v for k, v in parts.items() if k.startswith("weights: routed experts") and "NVFP4" in k)
     assert experts == int(p["experts"] * (0.5 + 1 / 16)) + 2 * 4 * (2 * 32 + 64) * 4
     assert not memory.Settings.from_run_config(cfg.build({"model": {"id": str(sixteen)}})).base_nvfp4
+    # A Hub base is known by its config.json alone (all the estimate downloads): the default settings
+    # (nf4 QLoRA) are estimated as what loads, the NVFP4 base.
+    assert arch.saved_nvfp4 and memory.estimate(arch).settings.base_nvfp4
+    assert not memory.read_architecture(str(sixteen)).saved_nvfp4
 
 
 def test_the_documented_config_trains_lora_on_attention_and_experts_of_an_nvfp4_base(nvfp4_moe):
