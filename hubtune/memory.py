@@ -139,6 +139,7 @@ class Architecture:
     max_positions: int | None = None
     moe: Experts | None = None
     config_json: str = ""  # the completed config of a MoE base, for PEFT's own count of its adapter
+    saved_nvfp4: bool = False  # saved by NVIDIA ModelOpt in NVFP4 (hubtune.nvfp4 loads it packed)
 
     @property
     def kv_dim(self) -> int:
@@ -299,10 +300,13 @@ def architecture(config: dict, name: str = "config.json") -> Architecture:
             f"{name}: the memory estimate does not know the architecture {arch} (model_type {model_type!r}); "
             f"it counts {KNOWN} models. Measure instead: train a few steps with a small micro-batch and read "
             f"peak_memory_mb in the run's summary.json")
+    from hubtune import nvfp4
+
+    nv = nvfp4.is_nvfp4(config.get("quantization_config"))
     try:
         if model_type in MOE:
-            return _mixture(text, model_type, name)
-        return _decoder(text, model_type, name, _vision_params(full))
+            return replace(_mixture(text, model_type, name), saved_nvfp4=nv)
+        return replace(_decoder(text, model_type, name, _vision_params(full)), saved_nvfp4=nv)
     except (KeyError, TypeError) as err:
         raise HubtuneError(f"{name}: config.json lacks {err} for a {model_type} model") from None
 
@@ -627,6 +631,8 @@ class Estimate:
 def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     """Peak GPU memory of one training step, part by part (bytes)."""
     s = settings or Settings()
+    if arch.saved_nvfp4 and s.method != "full" and not s.base_nvfp4:  # it loads as saved, whatever quantization says
+        s = replace(s, method="lora", base_nvfp4=True, expert_quantization="none")
     if s.new_tokens or s.vocab:  # the embedding and head resized to the tokenizer
         arch = replace(arch, vocab=s.vocab or arch.vocab + s.new_tokens)
     p = arch.parameters()

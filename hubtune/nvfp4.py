@@ -47,12 +47,23 @@ def dequantize(packed: torch.Tensor, block_scale: torch.Tensor, global_scale: to
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight [..., K] that packed [..., K/2] (uint8), block_scale [..., K/16] (E4M3) and global_scale
     (float32, broadcastable to [..., 1]) hold, in `dtype` (computed in float32: block scale times global scale,
-    then times the E2M1 value, as torchao's NVFP4Tensor.dequantize)."""
-    table = torch.tensor(E2M1, dtype=torch.float32, device=packed.device)
-    codes = torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(*packed.shape[:-1], -1)
-    values = table[codes.long()].unflatten(-1, (-1, BLOCK))
-    scale = block_scale.to(torch.float32) * global_scale.to(torch.float32)  # torchao's order: the same rounding
-    return (values * scale.unsqueeze(-1)).flatten(-2).to(dtype)
+    then times the E2M1 value, as torchao's NVFP4Tensor.dequantize). A stack of experts is dequantized one
+    expert at a time into the result, so the float32 transient is one expert's."""
+    if packed.ndim <= 2:
+        return _dequantize_matrix(packed, block_scale, global_scale, dtype)
+    out = torch.empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=dtype, device=packed.device)
+    per_row = global_scale.ndim == packed.ndim
+    for e in range(packed.shape[0]):
+        out[e] = dequantize(packed[e], block_scale[e], global_scale[e] if per_row else global_scale, dtype)
+    return out
+
+
+def _dequantize_matrix(packed, block_scale, global_scale, dtype):
+    pairs = torch.tensor([(E2M1[b & 0x0F], E2M1[b >> 4]) for b in range(256)], dtype=torch.float32,
+                         device=packed.device)  # a byte's two values, the low nibble first
+    values = torch.nn.functional.embedding(packed.int(), pairs).view(*packed.shape[:-1], -1, BLOCK)
+    scale = block_scale.to(torch.float32) * global_scale.to(torch.float32)
+    return values.mul_(scale.unsqueeze(-1)).flatten(-2).to(dtype)
 
 
 class Nvfp4Blocks(torch.nn.Module):
@@ -169,10 +180,10 @@ def _quantized_parameter(module: torch.nn.Module, name: str, packed, block_scale
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         trust_remote_code: bool = False, **config_kwargs):
-    """The causal LM in a ModelOpt NVFP4 folder: built without weights, its quantized weights then set packed
-    (dequantized when read), the others in `dtype`. config_kwargs go to the model's construction
-    (attn_implementation, experts_implementation, output_router_logits)."""
+         trust_remote_code: bool = False, revision: str | None = None, **config_kwargs):
+    """The causal LM in a ModelOpt NVFP4 folder (or Hub repo, downloaded at `revision`): built without weights,
+    its quantized weights then set packed (dequantized when read), the others in `dtype`. config_kwargs go to
+    the model's construction (attn_implementation, experts_implementation, output_router_logits)."""
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
@@ -180,6 +191,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
     from hubtune import experts
 
     folder = Path(path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(path), revision=revision))
     quantization = saved_format(folder)
     if quantization is None or (why := unreadable(quantization)):
         raise ConfigError([("model.id", f"{folder} is " + (why if quantization else "not a ModelOpt checkpoint"))])
@@ -193,16 +208,26 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  **({"attn_implementation": attention} if attention else {}))
 
+    # Tensors the model's class leaves out as transformers' loader does (Qwen3-Next's multi-token prediction
+    # layers, Gemma 4's key/value projections of the layers that share another's cache).
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
     tensors: dict[str, tuple[Path, str]] = {}
     for file in _tensor_files(folder):
         with safe_open(file, framework="pt") as f:
             for key in f.keys():
-                tensors[key] = (file, key)
+                if not any(p.search(key) for p in ignored):
+                    tensors[key] = (file, key)
+    strict = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
+    loose = (getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else ()
+    fp32 = re.compile("|".join(rf"((^|\.){re.escape(m)}($|\.))" for m in (*strict, *loose))) if (*strict, *loose) else None
+
+    handles: dict[Path, object] = {}  # one open handle per file: a shard's header is parsed once
 
     def read(key: str) -> torch.Tensor:
         file, name = tensors[key]
-        with safe_open(file, framework="pt", device=str(device)) as f:
-            return f.get_tensor(name)
+        if file not in handles:
+            handles[file] = safe_open(file, framework="pt", device=str(device))
+        return handles[file].get_tensor(name)
 
     quantized = {key[: -len(".weight_scale")] for key in tensors if key.endswith(".weight_scale")}
     used: set[str] = set()
@@ -240,7 +265,7 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
                                             f"transformers' names")])
         value = read(key)
         if value.is_floating_point():
-            value = value.to(dtype)
+            value = value.to(torch.float32 if fp32 is not None and fp32.search(key) else dtype)
         expected = (module._parameters.get(leaf) if leaf in module._parameters else module._buffers[leaf])
         if expected is not None and expected.shape != value.shape:
             raise ConfigError([("model.id", f"{folder}: the checkpoint's {key} is {tuple(value.shape)}, the "
@@ -249,6 +274,7 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
             _set_parameter(module, leaf, value)
         else:
             module._buffers[leaf] = value
+    handles.clear()
     model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.is_meta]
     if missing:

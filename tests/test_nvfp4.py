@@ -124,6 +124,29 @@ def test_a_checkpoint_the_model_does_not_hold_is_refused_with_what_is_wrong(nvfp
         load(broken)
 
 
+def test_tensors_the_models_class_leaves_out_are_left_out_as_transformers_does(nvfp4_moe, tmp_path, monkeypatch):
+    """Qwen3-Next's NVFP4 checkpoints hold multi-token prediction layers its transformers class ignores
+    (`_keys_to_ignore_on_load_unexpected`, as Gemma 4's shared key/value projections): hubtune skips them too,
+    quantized or not, and refuses any other tensor the model lacks."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3MoeForCausalLM
+
+    folder, _ = nvfp4_moe
+    extra = tmp_path / "extra"
+    shutil.copytree(folder, extra)
+    tensors = load_file(extra / "model.safetensors")
+    for leaf in ("weight", "weight_scale", "weight_scale_2", "input_scale"):
+        tensors[f"mtp.layers.0.mlp.experts.0.gate_proj.{leaf}"] = tensors[
+            f"model.layers.0.mlp.experts.0.gate_proj.{leaf}"].clone()
+    tensors["mtp.norm.weight"] = torch.ones(64)
+    save_file(tensors, extra / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"mtp.layers.0.mlp.experts.0.gate_proj is quantized but "
+                                          r"Qwen3MoeForCausalLM has no such layer"):
+        load(extra)
+    monkeypatch.setattr(Qwen3MoeForCausalLM, "_keys_to_ignore_on_load_unexpected", [r"^mtp.*"])
+    assert len(nvfp4.nvfp4_weights(load(extra))) == 12
+
+
 def test_lora_trains_on_the_packed_base_and_its_adapter_loads_on_the_16_bit_one(nvfp4_moe, tmp_path):
     """LoRA on the quantized attention layers (target_modules) and stacked experts (target_parameters): the
     loss falls, the base stays packed and frozen, the adapter's names are those PEFT gives on the 16-bit base,
@@ -185,6 +208,11 @@ def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp
     assert run.summary.final_eval_loss < run.summary.initial_eval_loss
     model, _ = load_tuned(run.path)
     assert len(nvfp4.nvfp4_weights(model.base_model.model)) == 12
+    from hubtune import card as cards
+
+    assert run.summary.base_quantization == "modelopt NVFP4"
+    text = str(cards.build_card(run, "alice/nvfp4-invoices", cards.publishing_verdict(run)))
+    assert "from hubtune.nvfp4 import load" in text and "vllm serve" not in text
     # The merge writes the dequantized base plus the adapter in 16 bits, a model stock transformers loads.
     from transformers import AutoModelForCausalLM
 
@@ -216,6 +244,10 @@ def test_the_memory_estimate_counts_the_packed_weights(nvfp4_moe):
     experts = next(v for k, v in parts.items() if k.startswith("weights: routed experts") and "NVFP4" in k)
     assert experts == int(p["experts"] * (0.5 + 1 / 16)) + 2 * 4 * (2 * 32 + 64) * 4
     assert not memory.Settings.from_run_config(cfg.build({"model": {"id": str(sixteen)}})).base_nvfp4
+    # A Hub base is known by its config.json alone (all the estimate downloads): the default settings
+    # (nf4 QLoRA) are estimated as what loads, the NVFP4 base.
+    assert arch.saved_nvfp4 and memory.estimate(arch).settings.base_nvfp4
+    assert not memory.read_architecture(str(sixteen)).saved_nvfp4
 
 
 def test_the_documented_config_trains_lora_on_attention_and_experts_of_an_nvfp4_base(nvfp4_moe):

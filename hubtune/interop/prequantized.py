@@ -70,6 +70,8 @@ def original_base(metadata: dict, ref: str, revision: str | None = None) -> str 
 def describe(quantization: dict) -> str:
     """`bitsandbytes nf4 (double quantization)` and the like, for messages and the run summary."""
     method = quantization.get("quant_method", "unknown method")
+    if method == "modelopt":
+        return f"modelopt {quantization.get('quant_algo', '')}".strip()  # `modelopt NVFP4`
     if quantization.get("load_in_4bit") or quantization.get("_load_in_4bit"):
         kind = quantization.get("bnb_4bit_quant_type", "4-bit")
         double = " (double quantization)" if quantization.get("bnb_4bit_use_double_quant") else ""
