@@ -295,6 +295,15 @@ def optimizer_for(mode: str, resolved: str, configured: str) -> str:
                                               f"or auto")])
 
 
+def adapter_saved_whole(trainer) -> None:
+    """Under FSDP with SHARDED_STATE_DICT (hubtune's presets: checkpoints written by each process) the Trainer's
+    save_model writes no weights at all; for the adapter at the end of training it gathers the model whole onto
+    the main process instead (accelerate's get_state_dict), which writes the adapter, as PEFT's FSDP QLoRA guide
+    saves it."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+
+
 def share(compute: Callable[[], T], cpu: bool = True) -> T:
     """Run `compute` on the main process only and hand its result to every process (the run folder it
     created, the checkpoint it chose). An error on the main process stops the others too."""

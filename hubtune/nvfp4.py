@@ -194,7 +194,9 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
     if not folder.is_dir():
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(str(path), revision=revision))
+        from hubtune import hub
+
+        folder = Path(snapshot_download(str(path), revision=revision, token=hub.token()))
     quantization = saved_format(folder)
     if quantization is None or (why := unreadable(quantization)):
         raise ConfigError([("model.id", f"{folder} is " + (why if quantization else "not a ModelOpt checkpoint"))])

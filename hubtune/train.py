@@ -252,6 +252,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
+    if sharded and mode == "fsdp":
+        compat.peft_keys_under_nested_fsdp()  # else FSDP1's checkpoints and the adapter saved at the end are empty
 
     # 4. The method's trainer: SFT on completions only, DPO / ORPO / KTO on preference pairs, GRPO on
     #    answers it samples and scores (methods.py), with checkpoints. Resuming, the newest complete
@@ -298,6 +300,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
     #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
     display.phase("saving", f"adapter to {run.adapter}")
+    distributed.adapter_saved_whole(trainer)
     trainer.save_model(str(run.adapter))
     if not run.writer:
         return

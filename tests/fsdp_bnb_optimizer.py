@@ -4,11 +4,16 @@ or an FSDP2 one: the tiny base with LoRA, wrapped as accelerate and the Trainer 
 policy, as transformers' update_fsdp_plugin_peft sets it, and the plugin's arguments; FSDP2: accelerate's
 fsdp2_prepare_model), with bitsandbytes' AdamW and the Trainer's cosine schedule.
 
-FSDP1: two steps, a checkpoint as hubtune's Trainer writes it (the model through accelerate's save_fsdp_model,
-each process's optimizer state through hubtune.optimizer_shards, the scheduler), two more steps; then a fresh
-model and optimizer resume from the checkpoint and take the same two steps. Also what accelerate's own
-save_fsdp_optimizer / load_fsdp_optimizer (the Trainer's FSDP path) make of the optimizer, and a resume under
-another FSDP layout (use_orig_params flipped). FSDP2: the first step. Rank 0 writes what happened to OUT.
+FSDP1: two steps, a checkpoint, two more steps; then a fresh model and optimizer resume from the checkpoint
+and take the same two steps. The checkpoint is written and read by a Trainer's own methods
+(_save_optimizer_and_scheduler, _save_rng_state, _load_from_checkpoint, _load_optimizer_and_scheduler,
+_load_rng_state) with hubtune's per-process optimizer state (optimizer_shards.keep_per_process). accelerate
+runs FSDP on GPUs only, so the Trainer is told of the plugin the way its FSDP launch would (is_fsdp_enabled,
+the accelerator state's distributed type and fsdp_plugin) and handed the wrapped model, optimizer and schedule.
+Then the adapter at the end, gathered whole and written by the main process. Also what
+accelerate's own save_fsdp_optimizer / load_fsdp_optimizer (the Trainer's FSDP path) make of the optimizer,
+and a resume under another FSDP layout (use_orig_params flipped). FSDP2: the first step. Rank 0 writes what
+happened to OUT.
 
     torchrun --nproc_per_node 2 tests/fsdp_bnb_optimizer.py OPTIMIZER OUT
 """
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from types import SimpleNamespace
 
@@ -88,9 +92,9 @@ def wrapped(model, plugin, accelerator):
 def main(optimizer_name: str, out: str) -> None:
     from accelerate import PartialState
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.fsdp_utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
+    from accelerate.utils.fsdp_utils import load_fsdp_optimizer, save_fsdp_optimizer
 
-    from hubtune import optimizer_shards
+    from hubtune import compat, optimizer_shards
     from hubtune.errors import ConfigError
 
     PartialState(cpu=True)  # the gloo group, and the state accelerate's logging needs
@@ -122,6 +126,7 @@ def main(optimizer_name: str, out: str) -> None:
             result[what] = f"{type(err).__name__}: {err}"
             return False
 
+    compat.peft_keys_under_nested_fsdp()  # as hubtune's FSDP runs do
     model = wrapped(prepared(), plugin, accelerator)
     adam, losses = optimizer(model, optimizer_name), []
     sched = schedule(adam)
@@ -130,11 +135,10 @@ def main(optimizer_name: str, out: str) -> None:
     result["states"] = sorted({f"{k}:{v.dtype}" for s in adam.state.values() for k, v in s.items() if torch.is_tensor(v)})
     result["shard_sizes"] = optimizer_shards.layout(adam, plugin)["shard_sizes"]
     checkpoint = f"{out}.checkpoint"
-    # hubtune's checkpoint: the model as the Trainer saves it under FSDP, the optimizer per process, the schedule.
-    save_fsdp_model(plugin, accelerator, model, checkpoint)
-    optimizer_shards.save(adam, plugin, checkpoint)
-    if rank == 0:
-        torch.save(sched.state_dict(), os.path.join(checkpoint, "scheduler.pt"))
+    trainer = fsdp_trainer(model, adam, sched, plugin, out)
+    trainer._save_optimizer_and_scheduler(checkpoint)  # the model (save_fsdp_model), the optimizer, the schedule
+    trainer._save_rng_state(checkpoint)
+    drawn = torch.rand(3).tolist()  # what the random state saved draws next
     losses += [step(model, adam, sched) for _ in range(STEPS - SAVED)]
     result["losses"] = losses
     uninterrupted = [p.detach().clone() for p in model.parameters() if p.requires_grad]
@@ -142,18 +146,32 @@ def main(optimizer_name: str, out: str) -> None:
 
     # Resumed: another adapter initialisation, a fresh optimizer and schedule, then the checkpoint.
     dist.barrier()
+    torch.manual_seed(1)
     model = wrapped(prepared(seed=1), plugin, accelerator)
     adam = optimizer(model, optimizer_name)
     sched = schedule(adam)
-    load_fsdp_model(plugin, accelerator, model, checkpoint)
-    optimizer_shards.load(adam, plugin, checkpoint)
-    sched.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
+    trainer.model = trainer.model_wrapped = model
+    trainer.optimizer, trainer.lr_scheduler = adam, sched
+    trainer._load_from_checkpoint(checkpoint, model)
+    trainer._load_optimizer_and_scheduler(checkpoint)
+    trainer._load_rng_state(checkpoint)
+    result["rng_restored"] = torch.rand(3).tolist() == drawn
     result["resumed_lr"] = sched.get_last_lr()
     result["resumed_losses"] = [step(model, adam, sched) for _ in range(STEPS - SAVED)]
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     gap = torch.tensor([max((a - b).abs().max().item() for a, b in zip(after, uninterrupted, strict=True))])
     dist.all_reduce(gap, op=dist.ReduceOp.MAX)
     result["adapter_gap"] = gap.item()
+    # The adapter at the end, as the Trainer's save_model writes it once hubtune asks for the whole state dict
+    # (distributed.adapter_saved_whole): gathered onto the main process as accelerate's get_state_dict gathers it,
+    # but for its offload to CPU (which, on a model already on CPU, frees what it gathered: torch 2.13), and
+    # written by the Trainer's _save.
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    whole = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, whole):
+        trainer._save(f"{out}.adapter", state_dict=model.state_dict())
     # What the Trainer's own FSDP path makes of this optimizer: it saves, but cannot load back.
     accelerate_path = f"{out}.accelerate"
     if attempt("save_error", lambda: save_fsdp_optimizer(plugin, accelerator, adam, model, accelerate_path)):
@@ -172,6 +190,25 @@ def main(optimizer_name: str, out: str) -> None:
     except ConfigError as err:
         result["other_layout_error"] = str(err)
     finish(rank, out, result)
+
+
+def fsdp_trainer(model, adam, sched, plugin, out: str):
+    """A Trainer holding the FSDP-wrapped model, optimizer and schedule, told of the FSDP plugin as accelerate
+    tells it on GPUs, saving and resuming the optimizer as hubtune's Trainer does."""
+    from transformers import Trainer, TrainingArguments
+
+    from hubtune import optimizer_shards
+
+    from accelerate.utils import DistributedType
+
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=f"{out}.trainer", use_cpu=True, report_to=[]))
+    trainer.accelerator.state.distributed_type = DistributedType.FSDP
+    trainer.accelerator.state.fsdp_plugin = plugin
+    trainer.is_fsdp_enabled = True
+    trainer.model = trainer.model_wrapped = model
+    trainer.optimizer, trainer.lr_scheduler = adam, sched
+    optimizer_shards.keep_per_process(trainer)
+    return trainer
 
 
 def finish(rank: int, out: str, result: dict) -> None:

@@ -371,9 +371,11 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     """bitsandbytes' optimizers under FSDP, measured on a 2-process CPU mesh (tests/fsdp_bnb_optimizer.py).
     FSDP1 (hubtune's fsdp.yaml) steps as one process does; accelerate's save_fsdp_optimizer /
     load_fsdp_optimizer (the Trainer's FSDP path) cannot load its checkpoint back, so hubtune keeps each
-    process's state in a file of its own (hubtune.optimizer_shards), and a resume from it takes the same steps
-    as the uninterrupted run. FSDP2 fails at the first step (distributed.fsdp_optimizer_problem). When the
-    upstream failures stop, bitsandbytes or torch may have lifted the limits."""
+    process's state in a file of its own (hubtune.optimizer_shards). A checkpoint written and read by the
+    Trainer's own methods (the adapter through accelerate's save_fsdp_model / load_fsdp_model, with
+    compat.peft_keys_under_nested_fsdp) resumes to the same steps and adapter as the uninterrupted run. FSDP2
+    fails at the first step (distributed.fsdp_optimizer_problem). When the upstream failures stop, bitsandbytes
+    or torch may have lifted the limits."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
     from fsdp_bnb_optimizer import SAVED, STEPS, batches, optimizer, prepared, schedule
@@ -426,7 +428,17 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     # Resumed from hubtune's checkpoint (another adapter initialisation, a fresh optimizer): the same steps,
     # the same adapter, as the run that went on.
     assert result["resumed_losses"] == pytest.approx(result["losses"][SAVED:], abs=1e-6)
-    assert result["adapter_gap"] <= 1e-6
+    assert result["adapter_gap"] <= 1e-6 and result["rng_restored"]
+    assert result["resumed_lr"] == [pytest.approx(1e-2 * 0.75)]  # cosine after 1 warm-up step: 1 of 3 steps in
+    # The adapter written at the end (gathered whole, as the Trainer's save_model does under FSDP) is the one one
+    # process trains.
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(Path(f"{out}.adapter") / "adapter_model.safetensors")
+    expected = get_peft_model_state_dict(model)
+    assert set(saved) == set(expected) and len(saved) == 56
+    assert max((saved[k] - expected[k].detach()).abs().max().item() for k in saved) <= 1e-5
     checkpoint = Path(f"{out}.checkpoint")
     assert sorted(p.name for p in checkpoint.glob("optimizer-*")) == ["optimizer-rank0-of-2.pt",
                                                                      "optimizer-rank1-of-2.pt"]
