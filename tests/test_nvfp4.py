@@ -343,3 +343,26 @@ def test_merge_aware_lora_computes_with_the_snapped_weight_and_trains_through_it
     with pytest.raises(ConfigError, match=r"merge-aware training needs an NVFP4 base"):
         attach_lora(load(sixteen, quantization="none"),
                     cfg.build({"model": {"id": str(sixteen), "quantization": "none"}, "lora": lora}), "hf", False)
+
+
+@pytest.mark.slow  # PEFT counts the adapter on the meta-device model: 48 layers of 128 experts
+def test_the_documented_estimate_of_axolotls_qwen3_nvfp4_example():
+    """docs/memory.md's figures: the qwen3 NVFP4 example on Qwen3-30B-A3B's config, as NVFP4 and as 16 bits."""
+    import json
+
+    import yaml
+
+    from hubtune import memory
+    from hubtune.interop import axolotl
+
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "tests/data/axolotl_examples/qwen3/30b-a3b-nvfp4-lora.yaml").read_text())
+    settings = memory.Settings.from_run_config(axolotl.from_axolotl(data).run_config())
+    config = json.loads((root / "hubtune/assets/model_configs/Qwen3-30B-A3B.json").read_text())
+    sixteen = memory.estimate(memory.architecture(config), settings)
+    packed = memory.estimate(memory.architecture({**config, "quantization_config": {
+        "quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}}), settings)
+    assert (round(packed.total_gb, 2), round(sixteen.total_gb, 2)) == (33.77, 78.77)
+    experts = next(v for k, v in packed.breakdown.items() if k.startswith("weights: routed experts"))
+    assert round(experts / 1e9, 2) == 16.40
+    assert "33.77 GB" in (root / "docs/memory.md").read_text()
