@@ -6,6 +6,7 @@ Linear layers and stacked experts training, saving in the 16-bit base's names an
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,14 @@ def test_the_memory_estimate_counts_the_packed_weights(nvfp4_moe):
     experts = next(v for k, v in parts.items() if k.startswith("weights: routed experts") and "NVFP4" in k)
     assert experts == int(p["experts"] * (0.5 + 1 / 16)) + 2 * 4 * (2 * 32 + 64) * 4
     assert not memory.Settings.from_run_config(cfg.build({"model": {"id": str(sixteen)}})).base_nvfp4
+    # Short of memory, the fit search offers what applies to a base that loads as saved: no 4-bit reload of
+    # it, no quantize_experts, no FSDP (hubtune has none for NVFP4 bases).
+    from hubtune import fit
+
+    tight = memory.estimate(arch, settings).total - 1
+    suggestion = fit.suggest(arch, replace(settings, seq_len=4096, micro_batch=8), tight)
+    assert suggestion is not None and not suggestion.settings.method == "qlora"
+    assert "quantize_experts" not in suggestion.change and "FSDP" not in suggestion.change
     # A Hub base is known by its config.json alone (all the estimate downloads): the default settings
     # (nf4 QLoRA) are estimated as what loads, the NVFP4 base.
     assert arch.saved_nvfp4 and memory.estimate(arch).settings.base_nvfp4
