@@ -290,8 +290,8 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.hubtune_nvfp4 = True
     model.eval()
-    for module in model.modules():
-        if P.is_parametrized(module) and any(p.ndim >= 3 for p in module.parameters(recurse=False)):
+    for module in model.modules():  # an experts loop reads its stack once per expert: dequantize it once
+        if P.is_parametrized(module) and any(chain.original.ndim >= 3 for chain in module.parametrizations.values()):
             experts._cache_per_forward(module)
     return model
 

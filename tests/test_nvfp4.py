@@ -91,6 +91,7 @@ def test_the_base_loads_packed_and_computes_as_its_dequantized_16_bit_model(nvfp
     packed = layer.mlp.experts.parametrizations.gate_up_proj.original
     assert packed.dtype == torch.uint8 and tuple(packed.shape) == (4, 64, 32)
     assert layer.self_attn.q_proj.parametrizations.weight.original.dtype == torch.uint8
+    assert getattr(layer.mlp.experts, "_hubtune_dequantize_cache", False)  # once per forward, not per expert
     assert layer.mlp.gate.weight.dtype == torch.float32  # the router, left out as ModelOpt leaves it
     reference = AutoModelForCausalLM.from_pretrained(sixteen, dtype=torch.float32).eval()
     torch.testing.assert_close(layer.mlp.experts.gate_up_proj, reference.model.layers[0].mlp.experts.gate_up_proj,
