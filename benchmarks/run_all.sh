@@ -19,3 +19,5 @@ run benchmarks/results/dedup.txt benchmarks/dedup.py --rows 1000000 --pipeline
 run benchmarks/results/methods.txt benchmarks/methods.py
 : > benchmarks/results/expert_quantization.txt
 run benchmarks/results/expert_quantization.txt benchmarks/expert_quantization.py
+: > benchmarks/results/nvfp4_base.txt
+run benchmarks/results/nvfp4_base.txt benchmarks/nvfp4_base.py

@@ -58,12 +58,40 @@ def dequantize(packed: torch.Tensor, block_scale: torch.Tensor, global_scale: to
     return out
 
 
+_PAIRS: dict[torch.device, torch.Tensor] = {}  # by device: a byte's two values, the low nibble first
+
+
 def _dequantize_matrix(packed, block_scale, global_scale, dtype):
-    pairs = torch.tensor([(E2M1[b & 0x0F], E2M1[b >> 4]) for b in range(256)], dtype=torch.float32,
-                         device=packed.device)  # a byte's two values, the low nibble first
+    pairs = _PAIRS.get(packed.device)
+    if pairs is None:
+        pairs = _PAIRS[packed.device] = torch.tensor([(E2M1[b & 0x0F], E2M1[b >> 4]) for b in range(256)],
+                                                     dtype=torch.float32, device=packed.device)
     values = torch.nn.functional.embedding(packed.int(), pairs).view(*packed.shape[:-1], -1, BLOCK)
     scale = block_scale.to(torch.float32) * global_scale.to(torch.float32)
     return values.mul_(scale.unsqueeze(-1)).flatten(-2).to(dtype)
+
+
+# While a mixture-of-experts block computes, each of its NVFP4 stacks is dequantized once, however often it is read
+# (PEFT's ParamWrapper reads the weight to check its dtype, then again with its LoRA added; the experts loop reads it
+# per expert); the copies go when the block's forward ends.
+_MEMO: dict = {"depth": 0, "values": {}}
+
+
+def _memoize_within(module: torch.nn.Module) -> None:
+    if getattr(module, "_hubtune_nvfp4_memo", False):
+        return
+
+    def enter(mod, args):
+        _MEMO["depth"] += 1
+
+    def leave(mod, args, output):
+        _MEMO["depth"] = max(0, _MEMO["depth"] - 1)
+        if not _MEMO["depth"]:
+            _MEMO["values"].clear()
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)
+    module._hubtune_nvfp4_memo = True
 
 
 class Nvfp4Blocks(torch.nn.Module):
@@ -78,7 +106,11 @@ class Nvfp4Blocks(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        return dequantize(packed, self.block_scale, self.global_scale, self.dtype)
+        if not _MEMO["depth"]:
+            return dequantize(packed, self.block_scale, self.global_scale, self.dtype)
+        if id(self) not in _MEMO["values"]:
+            _MEMO["values"][id(self)] = dequantize(packed, self.block_scale, self.global_scale, self.dtype)
+        return _MEMO["values"][id(self)]
 
     def shape_of(self, packed: torch.Tensor) -> torch.Size:
         return torch.Size((*packed.shape[:-1], packed.shape[-1] * 2))
@@ -290,9 +322,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.hubtune_nvfp4 = True
     model.eval()
-    for module in model.modules():  # an experts loop reads its stack once per expert: dequantize it once
+    for name, module in list(model.named_modules()):  # an experts loop reads its stack once per expert
         if P.is_parametrized(module) and any(chain.original.ndim >= 3 for chain in module.parametrizations.values()):
             experts._cache_per_forward(module)
+            _memoize_within(model.get_submodule(name.rpartition(".")[0]) if "." in name else module)
     return model
 
 

@@ -88,3 +88,11 @@ def test_expert_quantization_prints_its_line():
     match = re.fullmatch(rf"experts: weights_mb=({NUMBER}),({NUMBER}),({NUMBER}) peak_mb={NUMBER},{NUMBER},{NUMBER} "
                          rf"device=(cpu|cuda)", lines[-1])
     assert match, lines[-1]
+
+
+@pytest.mark.slow
+def test_nvfp4_base_prints_its_line():
+    lines = run("nvfp4_base.py", "--hidden", "128", "--layers", "1", "--experts", "4", "--steps", "1")
+    match = re.fullmatch(rf"nvfp4: weights_mb=({NUMBER}),({NUMBER}) peak_mb={NUMBER},{NUMBER} "
+                         rf"step_s={NUMBER},{NUMBER} device=(cpu|cuda)", lines[-1])
+    assert match, lines[-1]
