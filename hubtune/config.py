@@ -685,6 +685,29 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _under_fsdp(self):
+        """What the fsdp presets cannot run, checked before any download or launch (docs/scaling.md)."""
+        t = self.training
+        if t.distributed != "fsdp":
+            return self
+        from hubtune.unfreeze import parse
+
+        fsdp1 = t.context_parallel_size == 1 and not self.model.quantize_experts  # else an FSDP2 preset
+        rows = [p for p in self.lora.unfrozen_parameters if parse(p).rows is not None]
+        if fsdp1 and rows:
+            raise ValueError(f"lora.unfrozen_parameters {rows[0]} trains embedding rows as a delta beside the frozen "
+                             f"embedding (PEFT's trainable_token_indices), and under fsdp (FSDP1, use_orig_params: "
+                             f"false) a unit's parameters must all train or all be frozen: wrapping fails with `Must "
+                             f"flatten tensors with uniform requires_grad`; name the whole embedding "
+                             f"(model.embed_tokens.weight), or use training.distributed: ddp or deepspeed-zero2")
+        if t.select == "task":
+            raise ValueError("training.select: task scores each checkpoint by generating answers on the main "
+                             "process, and under fsdp every forward pass gathers weights from all processes, so the "
+                             "others would wait forever; use select: eval_loss (the held-out loss every process "
+                             "computes), or training.distributed: ddp")
+        return self
+
+    @model_validator(mode="after")
     def _context_parallel(self):
         """What accelerate's context parallelism (torch's, on FSDP2) can run, checked before any launch: it
         shards the model over the GPUs that share a sequence, computes attention with SDPA under a plain causal

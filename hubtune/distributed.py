@@ -304,6 +304,55 @@ def adapter_saved_whole(trainer) -> None:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
 
 
+# accelerate's save_fsdp_model names: the folder each process writes its shard to (SHARDED_STATE_DICT, hubtune's
+# presets), and the file the main process writes a gathered state dict to (FULL_STATE_DICT).
+FSDP_SHARDED_WEIGHTS = "pytorch_model_fsdp_0"
+FSDP_FULL_WEIGHTS = "pytorch_model_fsdp.bin"
+
+
+def under_fsdp(model) -> bool:
+    """The model holds FSDP (1 or 2) units: a Trainer's callbacks get the PeftModel, whose layers FSDP wrapped in
+    place, and its state_dict() or forward pass are collectives."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
+
+
+def adapter_from_fsdp_checkpoint(checkpoint: Path, target: Path, peft_model) -> None:
+    """The adapter of an FSDP checkpoint written as PEFT writes one (adapter_model.safetensors and
+    adapter_config.json in `target`), on one process, without a process group. Under FSDP the Trainer's checkpoints
+    hold accelerate's save_fsdp_model output instead: with adapter_only (as the Trainer saves), PEFT's adapter state
+    dict (get_peft_model_state_dict: the same keys and tensors save_pretrained writes), sharded over the processes
+    by torch.distributed.checkpoint, or gathered into one file; the main process alone cannot gather it from the
+    model (a collective)."""
+    import copy
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    sharded, full = Path(checkpoint) / FSDP_SHARDED_WEIGHTS, Path(checkpoint) / FSDP_FULL_WEIGHTS
+    if (sharded / ".metadata").is_file():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            dcp_to_torch_save(sharded, Path(tmp) / "adapter.pt")
+            state = torch.load(Path(tmp) / "adapter.pt", weights_only=True)["model"]  # as save_fsdp_model keys it
+    elif full.is_file():
+        state = torch.load(full, weights_only=True)
+    else:
+        raise HubtuneError(f"{checkpoint} holds no FSDP weights that hubtune can read ({FSDP_SHARDED_WEIGHTS}/ with "
+                           f"its .metadata, or {FSDP_FULL_WEIGHTS}): a checkpoint written with LOCAL_STATE_DICT keeps "
+                           f"each process's flat shard; use hubtune's fsdp preset (SHARDED_STATE_DICT)")
+    target.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    adapter = peft_model.active_adapter
+    config = copy.deepcopy(peft_model.peft_config[adapter])
+    config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    config.save_pretrained(str(target))
+
+
 def share(compute: Callable[[], T], cpu: bool = True) -> T:
     """Run `compute` on the main process only and hand its result to every process (the run folder it
     created, the checkpoint it chose). An error on the main process stops the others too."""
