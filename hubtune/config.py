@@ -471,7 +471,7 @@ class TrainingSection(Section):
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
                        "adamw_torch_4bit", "adafactor", "sgd"] = Field(
         "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU. adamw_8bit: bitsandbytes' 8-bit states; "
-        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install torchao).")
+        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install 'hubtune[lowbit]').")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam's first-moment decay.")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam's second-moment decay (0.95 for less memory of old gradients).")

@@ -262,15 +262,14 @@ def start(cpu: bool) -> None:
 
 
 def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
-    """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8-bit AdamW quantizes each
-    process's shard of an FSDP2 (DTensor) parameter and saves through torch's distributed checkpoint."""
+    """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8- and 4-bit AdamW quantize
+    each process's shard of an FSDP2 (DTensor) parameter and save through torch's distributed checkpoint
+    (their compiled update needs separate_optimizer_compiles)."""
     if not ("bit" in optimizer or optimizer.startswith("paged")):
         return None
-    if optimizer == "adamw_torch_8bit":
-        return None if fsdp2 else "torchao's 8-bit states shard with FSDP2's parameters only, and this launch is FSDP1"
-    if optimizer == "adamw_torch_4bit":
-        return ("torchao's 4-bit AdamW fails in its compiled update over FSDP2's sharded parameters (torch 2.13, "
-                "torchao 0.18: 'wrong number of dimensions1 for op: input')")
+    if optimizer in TORCHAO_OPTIMIZERS:
+        return None if fsdp2 else (f"torchao's {optimizer[-4]}-bit states shard with FSDP2's parameters only, "
+                                   f"and this launch is FSDP1")
     if fsdp2:  # measured on a 2-process CPU mesh, bitsandbytes 0.50.2, torch 2.13
         return ("bitsandbytes' optimizer kernels do not take FSDP2's sharded (DTensor) parameters: the first step "
                 "fails ('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'; 32-bit: "
@@ -280,10 +279,35 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
             "and cannot load back to resume (FSDP.optim_state_dict_to_load: 'unhashable type: dict')")
 
 
+TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
+
+
+def separate_optimizer_compiles(mode: str, optimizer: str) -> bool:
+    """Turn torch's AOTAutograd cache off in this process when torchao's low-bit AdamW steps FSDP2's parameters;
+    True when it did.
+
+    torchao compiles its update once per parameter shape, and under FSDP2 the parameter, its gradient and both
+    quantized states are DTensors. torch 2.13 keys a DTensor in that cache by its spec alone (mesh, placements,
+    global shape: DTensor._stable_hash_for_caching), never by the tensor it holds, so an update compiled for
+    8-bit states (one code per value, in the shard's shape) and one for 4-bit states (two codes per byte, flat)
+    or for another block size share a key. A process then loads another's compiled update from the on-disk
+    cache and fails on its inputs ('wrong number of dimensions1 for op: input'); on GPUs the ranks' keys are
+    equal too, though each compiles for its own device. Each process traces its own update instead (seconds per
+    shape); inductor's cache, keyed on the tensors inside, still serves the compiled code."""
+    if mode != "fsdp" or optimizer not in TORCHAO_OPTIMIZERS or world_size() == 1:
+        return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        return False
+    import torch._functorch.config
+
+    torch._functorch.config.enable_autograd_cache = False
+    return True
+
+
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
     """FSDP shards optimizer states with the parameters and gathers them into its checkpoints; bitsandbytes'
-    optimizers do not survive that (fsdp_optimizer_problem), so FSDP trains with AdamW (or torchao's 8-bit one
-    on FSDP2)."""
+    optimizers do not survive that (fsdp_optimizer_problem), so FSDP trains with AdamW (or torchao's 8- or
+    4-bit one on FSDP2)."""
     if mode != "fsdp" or world_size() == 1:
         return resolved
     why = fsdp_optimizer_problem(resolved, os.environ.get("FSDP_VERSION", "1") == "2")

@@ -165,7 +165,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
-                                                  f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
+                                                  f"pip install 'hubtune[lowbit]' (torchao), or use adamw_8bit "
+                                                  f"(bitsandbytes)")])
+    distributed.separate_optimizer_compiles(mode, hw.optimizer)
     hub_kernels_needed(config.model, config.training)
     loftq_device(config.lora, hw.device)
     # Unsloth loads the base its own way, without transformers' expert-parallel sharding.
@@ -870,7 +872,7 @@ def fit_vocabulary(base, adapter: Path) -> None:
             base.resize_token_embeddings(size, mean_resizing=False)  # the trained rows come from the adapter
 
 
-TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
+TORCHAO_OPTIMIZERS = distributed.TORCHAO_OPTIMIZERS
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
                     "swanlab": "swanlab"}
 

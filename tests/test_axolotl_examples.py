@@ -42,9 +42,9 @@ CANNOT_HONOUR = {
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
     # Optimizer states FSDP cannot shard here: bitsandbytes' (FSDP1 cannot load its checkpoint back, FSDP2 fails
-    # at the first step; tests/test_distributed.py measures both),
-    # torchao's 4-bit AdamW (its compiled update fails over FSDP2's sharded parameters) and torchao's 8-bit one
-    # outside FSDP2 (hubtune's FSDP1 preset); hubtune refuses them at launch, so the converter does too.
+    # at the first step; tests/test_distributed.py measures both), and torchao's 8- and 4-bit AdamW outside
+    # FSDP2 (hubtune launches FSDP2 for quantized experts and context parallelism, its FSDP1 preset otherwise);
+    # hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
@@ -359,9 +359,10 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
 
 # The examples asking for quantize_moe_experts that stay refused: an 8-bit base sharded by FSDP.
 EXPERTS_REFUSED = ("glm47-flash/lora_fsdp.yaml",)
-EXPERTS_UNDER_FSDP = ("glm47-flash/qlora_fsdp.yaml",)  # with torchao's 8-bit AdamW, which FSDP2 shards
-# Their quantized experts would run on FSDP2; their optimizer, torchao's 4-bit AdamW, does not.
-OPTIMIZER_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml")
+# On FSDP2 with torchao's 8-bit AdamW (glm47-flash) or 4-bit AdamW (qwen3.5), whose states FSDP2 shards.
+EXPERTS_UNDER_FSDP = {"glm47-flash/qlora_fsdp.yaml": "adamw_torch_8bit",
+                      "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "adamw_torch_4bit",
+                      "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "adamw_torch_4bit"}
 
 
 def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
@@ -372,17 +373,16 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
     assert all("load_in_8bit under FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
-    # The other refusals are for something else: context parallelism over packed examples, and torchao's
-    # 4-bit AdamW under FSDP.
-    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml", *OPTIMIZER_REFUSED}
-    assert all("torchao's 4-bit AdamW fails" in asked[name][1]["optimizer"] for name in OPTIMIZER_REFUSED)
+    # The other refusal is for something else: context parallelism over packed examples.
+    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 12 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 14 and all(c.model.quantize_experts for c in converted.values())
     # Axolotl's QLoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2 launch in
     # which every GPU loads the quantized base, and its export says so back.
-    for name in EXPERTS_UNDER_FSDP:
+    for name, optimizer in EXPERTS_UNDER_FSDP.items():
         config = converted[name]
         assert config.training.distributed == "fsdp" and config.model.quantization == "nf4", name
+        assert config.training.optimizer == optimizer, name
         plan = distributed.plan_launch(config.training.distributed, 2, quantized_experts=config.model.quantize_experts)
         assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
         fsdp = axolotl.to_axolotl(config)["fsdp_config"]
@@ -394,3 +394,19 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     assert converted["gemma4/26b-a4b-moe-qlora.yaml"].lora.target_parameters == ["experts.gate_up_proj",
                                                                                  "experts.down_proj"]
     assert "shared_expert.down_proj" in converted["qwen3-next/qwen3-next-80b-a3b-qlora.yaml"].lora.target_modules
+
+
+# torchao's 4-bit AdamW on a QLoRA base without quantized experts: hubtune launches its FSDP1 preset for it.
+TORCHAO_ON_FSDP1 = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/27b-qlora-fsdp.yaml")
+
+
+def test_torchaos_low_bit_adamw_under_fsdp_is_refused_only_where_hubtune_launches_fsdp1(results):
+    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
+             if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
+             and (data.get("fsdp") or data.get("fsdp_config"))}
+    refused = {name: why for name, (config, why) in asked.items() if config is None}
+    assert set(EXPERTS_UNDER_FSDP) <= set(asked) and set(TORCHAO_ON_FSDP1) <= set(refused)
+    for name, why in refused.items():
+        assert "shard with FSDP2's parameters only, and this launch is FSDP1" in why["optimizer"], name
+        # The others are refused for their base too: an 8-bit one with quantized experts, an NVFP4 one.
+        assert (set(why) == {"optimizer"}) == (name in TORCHAO_ON_FSDP1), (name, sorted(why))

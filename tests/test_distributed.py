@@ -135,13 +135,13 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     with pytest.raises(ConfigError, match="training.optimizer.*cannot load back to resume"):
         distributed.optimizer_for("fsdp", "paged_adamw_8bit", "paged_adamw_8bit")
     assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
-    # torchao's 8-bit AdamW shards with FSDP2's parameters (tests/test_experts.py runs it), not on FSDP1.
-    with pytest.raises(ConfigError, match="this launch is FSDP1"):
-        distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit")
+    # torchao's 8- and 4-bit AdamW shard with FSDP2's parameters (tests/test_experts.py runs both), not on FSDP1.
+    for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        with pytest.raises(ConfigError, match=f"torchao's {torchao[-4]}-bit states .* this launch is FSDP1"):
+            distributed.optimizer_for("fsdp", torchao, torchao)
     monkeypatch.setenv("FSDP_VERSION", "2")
-    assert distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit") == "adamw_torch_8bit"
-    with pytest.raises(ConfigError, match="4-bit AdamW fails in its compiled update"):
-        distributed.optimizer_for("fsdp", "adamw_torch_4bit", "adamw_torch_4bit")
+    for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        assert distributed.optimizer_for("fsdp", torchao, torchao) == torchao
     with pytest.raises(ConfigError, match="do not take FSDP2's sharded"):
         distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit")
 
