@@ -12,6 +12,7 @@ MEASURED = {
     "bnb_cpu_bf16_repack": {"bitsandbytes": "0.50.2"},
     "peft_param_wrapper_over_parametrization": {"peft": "0.21.2", "torch": "2.13.0"},
     "llama4_backbone": {"transformers": "5.24.0", "trl": "1.16.0"},
+    "peft_keys_under_nested_fsdp": {"peft": "0.21.2", "torch": "2.13.0"},
 }
 
 
@@ -156,4 +157,106 @@ def lora_on_parametrized_experts(model) -> list[str]:
             wrapper._remove_parametrizations = types.MethodType(_remove_lora_proxy, wrapper)
         if "stale_inner" in faults:
             wrapper._activate_lora = types.MethodType(_activate_lora_fresh, wrapper)
+    return sorted(faults)
+
+
+FSDP_PREFIX = "_fsdp_wrapped_module."
+
+
+class _AsFSDP1:
+    """A module wrapped the way FSDP1 names it (`_fsdp_wrapped_module`), whose state dict keys drop that name and
+    take it back on loading, as FSDP1's state dict hooks do, and which hands on what it lacks to the module."""
+
+    @staticmethod
+    def wrap(module):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __getattr__(self, name):
+                try:
+                    return super().__getattr__(name)
+                except AttributeError:
+                    inner = self._modules.get(FSDP_PREFIX[:-1])
+                    if inner is None:
+                        raise
+                    return getattr(inner, name)
+
+        outer = Wrapper()
+        outer.add_module(FSDP_PREFIX[:-1], module)
+
+        def strip(mod, state_dict, prefix, local_metadata):
+            for key in [k for k in state_dict if FSDP_PREFIX in k]:
+                state_dict[key.replace(FSDP_PREFIX, "")] = state_dict.pop(key)
+
+        def restore(state_dict, prefix, *args):
+            for key in [k for k in state_dict if not k.startswith(prefix + FSDP_PREFIX)]:
+                state_dict[prefix + FSDP_PREFIX + key.removeprefix(prefix)] = state_dict.pop(key)
+
+        outer._register_state_dict_hook(strip)
+        outer._register_load_state_dict_pre_hook(restore)
+        return outer
+
+
+def _peft_under_fsdp1_faults() -> set[str]:
+    """What PEFT gets wrong about a LoRA model under FSDP1, on a tiny one wrapped as FSDP1 names and keys it
+    (_AsFSDP1). inner_names: the prefixes PEFT selects the adapter's keys by keep FSDP1's module names past the
+    first, which the state dict's keys do not have (so no key is the adapter's); prefix_dropped:
+    set_peft_model_state_dict, reading the model's parameter names (FSDP1's, which do not start with the
+    PeftModel's "base_model.model."), drops that prefix from keys that need it (so nothing loads)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.tuners import tuners_utils
+
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2))),
+                           LoraConfig(r=1, target_modules=["0.0"], init_lora_weights=False))
+    model.base_model.model[0] = _AsFSDP1.wrap(model.base_model.model[0])
+    wrapped = _AsFSDP1.wrap(model)
+    upstream = tuners_utils._get_tuner_state_dict_key_prefixes
+    upstream = getattr(upstream, "upstream", upstream)
+    faults = set()
+    if any(FSDP_PREFIX in p for p in upstream(wrapped)):
+        faults.add("inner_names")
+    saved = {k: torch.zeros_like(v) for k, v in get_peft_model_state_dict(model).items()}
+    setter = getattr(set_peft_model_state_dict, "upstream", set_peft_model_state_dict)
+    setter(wrapped, saved)
+    if any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n):
+        faults.add("prefix_dropped")
+    return faults
+
+
+def peft_keys_under_nested_fsdp() -> list[str]:
+    """PEFT 0.21 under FSDP1 (_peft_under_fsdp1_faults), where accelerate's save_fsdp_model / load_fsdp_model
+    checkpoint the adapter through get_peft_model_state_dict / set_peft_model_state_dict (adapter_only, as the
+    Trainer asks): with PEFT's wrap policy (each decoder layer and each LoRA weight a unit of its own) the
+    checkpoint holds no weights, a resume loads none (silently: the adapter starts over), and the adapter saved at
+    the end is empty. PEFT's prefixes are given without FSDP1's inner module names too, and
+    set_peft_model_state_dict on an FSDP1 model is given the PeftModel it wraps (whose parameter names start as
+    PEFT expects; FSDP1's state dict hooks on the units inside still apply). Returns the faults corrected (none
+    once PEFT handles FSDP1)."""
+    import peft
+    from peft.tuners import tuners_utils
+
+    if hasattr(peft.set_peft_model_state_dict, "upstream"):
+        return peft.set_peft_model_state_dict.faults  # corrected already in this process
+    faults = _peft_under_fsdp1_faults()
+    if "inner_names" in faults:
+        upstream_prefixes = tuners_utils._get_tuner_state_dict_key_prefixes
+
+        def prefixes(model, adapter_name=None):
+            found = upstream_prefixes(model, adapter_name)
+            return found | {p.replace(FSDP_PREFIX, "") for p in found}
+
+        prefixes.upstream = upstream_prefixes
+        tuners_utils._get_tuner_state_dict_key_prefixes = prefixes
+    upstream_set = peft.set_peft_model_state_dict
+
+    def set_state(model, *args, **kwargs):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if "prefix_dropped" in faults and isinstance(model, FullyShardedDataParallel):
+            model = model.module
+        return upstream_set(model, *args, **kwargs)
+
+    set_state.upstream, set_state.faults = upstream_set, sorted(faults)
+    peft.set_peft_model_state_dict = set_state
     return sorted(faults)

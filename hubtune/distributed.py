@@ -264,7 +264,9 @@ def start(cpu: bool) -> None:
 def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
     """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8- and 4-bit AdamW quantize
     each process's shard of an FSDP2 (DTensor) parameter and save through torch's distributed checkpoint
-    (their compiled update needs separate_optimizer_compiles)."""
+    (their compiled update needs separate_optimizer_compiles); bitsandbytes' optimizers keep their states for
+    each process's shard of FSDP1's flattened parameters, and their checkpoints keep each process's state in a
+    file of its own (optimizer_shards)."""
     if not ("bit" in optimizer or optimizer.startswith("paged")):
         return None
     if optimizer in TORCHAO_OPTIMIZERS:
@@ -274,9 +276,7 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
         return ("bitsandbytes' optimizer kernels do not take FSDP2's sharded (DTensor) parameters: the first step "
                 "fails ('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'; 32-bit: "
                 "'optimizer_update_32bit does not have a sharding strategy registered')")
-    return ("FSDP1 trains with it, but bitsandbytes hands its states to FSDP as one nested dict per parameter "
-            "('__bnb_optimizer_quant_state__'), which FSDP1's checkpoint keeps as a value shared by all processes "
-            "and cannot load back to resume (FSDP.optim_state_dict_to_load: 'unhashable type: dict')")
+    return None
 
 
 TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
@@ -305,9 +305,9 @@ def separate_optimizer_compiles(mode: str, optimizer: str) -> bool:
 
 
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
-    """FSDP shards optimizer states with the parameters and gathers them into its checkpoints; bitsandbytes'
-    optimizers do not survive that (fsdp_optimizer_problem), so FSDP trains with AdamW (or torchao's 8- or
-    4-bit one on FSDP2)."""
+    """FSDP shards optimizer states with the parameters; an optimizer whose states it cannot shard
+    (fsdp_optimizer_problem: bitsandbytes' on FSDP2, torchao's on FSDP1) is a ConfigError, and `auto` trains
+    with AdamW."""
     if mode != "fsdp" or world_size() == 1:
         return resolved
     why = fsdp_optimizer_problem(resolved, os.environ.get("FSDP_VERSION", "1") == "2")
@@ -317,6 +317,15 @@ def optimizer_for(mode: str, resolved: str, configured: str) -> str:
         return "adamw_torch"
     raise ConfigError([("training.optimizer", f"{configured} cannot be sharded by FSDP ({why}); use adamw_torch "
                                               f"or auto")])
+
+
+def adapter_saved_whole(trainer) -> None:
+    """Under FSDP with SHARDED_STATE_DICT (hubtune's presets: checkpoints written by each process) the Trainer's
+    save_model writes no weights at all; for the adapter at the end of training it gathers the model whole onto
+    the main process instead (accelerate's get_state_dict), which writes the adapter, as PEFT's FSDP QLoRA guide
+    saves it."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
 
 
 def share(compute: Callable[[], T], cpu: bool = True) -> T:

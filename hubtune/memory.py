@@ -68,6 +68,8 @@ HEAD_TOKEN_TILE, HEAD_VOCAB_TILE = 4096, 32768
 CUDA_CONTEXT_BYTES = 500 * 2**20  # the CUDA context and cuBLAS workspaces, outside PyTorch's own count
 ALLOCATOR_SLACK = 0.05  # the caching allocator rounds and fragments: a few percent over the tensors
 
+# NVFP4 (hubtune.nvfp4): half a byte a weight and one E4M3 byte per 16 weights.
+NVFP4_BYTES = 0.5 + 1 / 16
 # bitsandbytes 4-bit: one absmax per 64 weights, float32, or with double quantization an 8-bit
 # absmax plus one float32 constant per 256 blocks (QLoRA paper, section 3).
 NF4_BLOCK = 64
@@ -137,6 +139,7 @@ class Architecture:
     max_positions: int | None = None
     moe: Experts | None = None
     config_json: str = ""  # the completed config of a MoE base, for PEFT's own count of its adapter
+    saved_nvfp4: bool = False  # saved by NVIDIA ModelOpt in NVFP4 (hubtune.nvfp4 loads it packed)
 
     @property
     def kv_dim(self) -> int:
@@ -297,10 +300,13 @@ def architecture(config: dict, name: str = "config.json") -> Architecture:
             f"{name}: the memory estimate does not know the architecture {arch} (model_type {model_type!r}); "
             f"it counts {KNOWN} models. Measure instead: train a few steps with a small micro-batch and read "
             f"peak_memory_mb in the run's summary.json")
+    from hubtune import nvfp4
+
+    nv = nvfp4.is_nvfp4(config.get("quantization_config"))
     try:
         if model_type in MOE:
-            return _mixture(text, model_type, name)
-        return _decoder(text, model_type, name, _vision_params(full))
+            return replace(_mixture(text, model_type, name), saved_nvfp4=nv)
+        return replace(_decoder(text, model_type, name, _vision_params(full)), saved_nvfp4=nv)
     except (KeyError, TypeError) as err:
         raise HubtuneError(f"{name}: config.json lacks {err} for a {model_type} model") from None
 
@@ -441,6 +447,9 @@ class Settings:
     # base's quantization; lora.target_parameters adapts them; expert parallelism spreads each layer's experts
     # over that many processes, context parallelism each sequence (the figures are then per process).
     expert_quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
+    # A base saved by NVIDIA ModelOpt in NVFP4 (hubtune.nvfp4): its decoder Linear weights and experts stay packed,
+    # 4 bits and an E4M3 scale per 16 weights, and the adapters train as on a 16-bit base (method lora).
+    base_nvfp4: bool = False
     target_parameters: tuple[str, ...] = ()
     expert_parallel: int = 1
     context_parallel: int = 1
@@ -470,6 +479,8 @@ class Settings:
                        expert_quantization=m.quantization if m.quantize_experts else "none",
                        target_parameters=tuple(config.lora.target_parameters),
                        expert_parallel=t.expert_parallel_size, context_parallel=t.context_parallel_size)
+        if _saved_nvfp4(model_path or m.id):
+            settings = replace(settings, method="lora", base_nvfp4=True, expert_quantization="none")
         changes = {k: v for k, v in changes.items() if v is not None}
         targets = changes.get("target_modules")
         if isinstance(targets, list) and len(targets) == 1 and targets[0] in ("qv", "attention", "all-linear"):
@@ -507,6 +518,8 @@ class Settings:
                              ", ReLoRA" if self.relora else "",
                              f", experts' {', '.join(self.target_parameters)}" if self.target_parameters else ""])
         experts = f", experts quantized {self.expert_quantization.upper()}" if self.expert_quantization != "none" else ""
+        if self.base_nvfp4:
+            what, experts = "LoRA on an NVFP4 base", ""
         return (f"{method}{what}{experts}{lora}, {self.compute_dtype} compute, "
                 f"{self.sequences_described()}, checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.optimizer}"
                 + (f", {self.gpus} GPUs" if self.gpus > 1 else "")
@@ -618,6 +631,8 @@ class Estimate:
 def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     """Peak GPU memory of one training step, part by part (bytes)."""
     s = settings or Settings()
+    if arch.saved_nvfp4 and s.method != "full" and not s.base_nvfp4:  # it loads as saved, whatever quantization says
+        s = replace(s, method="lora", base_nvfp4=True, expert_quantization="none")
     if s.new_tokens or s.vocab:  # the embedding and head resized to the tokenizer
         arch = replace(arch, vocab=s.vocab or arch.vocab + s.new_tokens)
     p = arch.parameters()
@@ -628,7 +643,11 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     unquantized = p["embeddings"] + p["lm_head"] + p["vision"] + p["norms"] + p["routers"]
     wide = 4 if s.recipe == "qlora-fp16" or s.compute_dtype == "float32" else 2
     per_block = 1 + 4 / DQ_BLOCK if s.double_quant else 4
-    if s.method == "qlora":
+    if s.base_nvfp4 and s.method != "full":
+        weights = p["decoder_linear"] * NVFP4_BYTES + wide * unquantized
+        label = (f"weights: NVFP4 decoder layers (packed, with their E4M3 block scales), "
+                 f"{'float32' if wide == 4 else '16-bit'} embeddings, head, norms and routers")
+    elif s.method == "qlora":
         quantized = p["decoder_linear"]
         weights = quantized / 2 + quantized / NF4_BLOCK * per_block + wide * unquantized
         label = (f"weights: {s.quantization.upper()} decoder layers, "
@@ -690,6 +709,11 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
     head = _head_bytes(arch, s, tokens, head_trained=s.method == "full" or full.head_trained)
     activations = {}
     stack = _expert_stack_transient(arch, s)
+    if s.base_nvfp4 and s.method != "full":
+        # Each NVFP4 Linear weight is dequantized when its layer reads it, and autograd keeps that 16-bit copy
+        # for the backward (the input's gradient needs it): one layer's worth with checkpointing, all without.
+        held = p["decoder_linear"] * wide // arch.layers * (1 if s.gradient_checkpointing else arch.layers)
+        activations[f"dequantized NVFP4 weights kept for the backward ({'one layer' if s.gradient_checkpointing else 'every layer'})"] = held
     if s.gradient_checkpointing:
         # The LM head's backward runs before any layer is recomputed: the two are never alive together.
         activations[f"activations: {arch.layers} checkpointed layer inputs"] = arch.layers * tokens * arch.hidden * wide
@@ -782,7 +806,9 @@ def _experts_label(arch: Architecture, s: Settings, wide: int) -> str:
     local = moe.count // s.expert_parallel
     where = (f"{local} of {moe.count} per layer in each of {s.expert_parallel} processes" if s.expert_parallel > 1
              else f"{moe.count} per layer")
-    if s.method == "full" or s.expert_quantization == "none":
+    if s.base_nvfp4 and s.method != "full":
+        how = "NVFP4, with a float32 global scale per row"
+    elif s.method == "full" or s.expert_quantization == "none":
         how = f"{'32' if wide == 4 else '16'}-bit" + (", not quantized without model.quantize_experts"
                                                        if s.method == "qlora" else "")
     else:
@@ -795,12 +821,24 @@ def _expert_weight_bytes(arch: Architecture, s: Settings, wide: int, per_block: 
     double quantization); or int8 rows with a float32 absmax each (hubtune.experts.Int8Rows)."""
     moe = arch.moe
     n = len(moe.sparse_layers) * moe.per_layer(arch.hidden) // s.expert_parallel
+    if s.base_nvfp4 and s.method != "full":
+        rows = len(moe.sparse_layers) * moe.count * (2 * moe.intermediate + arch.hidden) // s.expert_parallel
+        return int(n * NVFP4_BYTES) + rows * 4
     if s.method == "full" or s.expert_quantization == "none":
         return n * wide
     if s.expert_quantization == "int8":
         rows = len(moe.sparse_layers) * moe.count * (2 * moe.intermediate + arch.hidden) // s.expert_parallel
         return n + rows * 4
     return int(n / 2 + n / NF4_BLOCK * per_block)
+
+
+def _saved_nvfp4(model: str | None) -> bool:
+    """Whether a local base folder is saved by NVIDIA ModelOpt in NVFP4 (a Hub id is not read here)."""
+    from pathlib import Path
+
+    from hubtune import nvfp4
+
+    return bool(model) and Path(model).is_dir() and nvfp4.is_nvfp4(nvfp4.saved_format(model))
 
 
 def _expert_stack_transient(arch: Architecture, s: Settings) -> tuple[int, int]:
@@ -814,7 +852,7 @@ def _expert_stack_transient(arch: Architecture, s: Settings) -> tuple[int, int]:
         return 0, 0
     stack = moe.per_layer(arch.hidden) // s.expert_parallel * 2  # 16-bit compute dtype
     adapted = _adapts_experts(arch, s)
-    if s.expert_quantization == "none" and not adapted:
+    if s.expert_quantization == "none" and not s.base_nvfp4 and not adapted:
         return 0, 0
     return stack * (2 if adapted else 1), stack
 

@@ -80,7 +80,11 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     path = base_path(run)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     warnings = []
-    if _is_4bit(config):
+    if _is_nvfp4(path):
+        warnings.append(f"{s.base_model} is stored in NVFP4: the merged model holds its dequantized weights plus the "
+                        f"adapter's delta (what the run trained on), in 16 bits; it is not quantized back to NVFP4")
+        base = _base(run, path, dtype=torch.float32, trust_remote_code=trust)
+    elif _is_4bit(config):
         warnings.append(f"only a 4-bit base is available ({s.base_model} is stored quantized): it was dequantized "
                         f"before merging, so the merged weights carry its 4-bit rounding and differ from a merge "
                         f"into the original 16-bit base. Merge into the unquantized base for full precision.")
@@ -113,6 +117,11 @@ def _base(run: RunFolder, path: str, **kwargs):
     was saved so (model.linearized_experts)."""
     from transformers import AutoModelForCausalLM
 
+    if _is_nvfp4(path):
+        from hubtune import nvfp4
+
+        return nvfp4.dequantized(nvfp4.load(path, **{k: v for k, v in kwargs.items()
+                                                    if k in ("dtype", "trust_remote_code")}))
     if run.config.model.linearized_experts:
         from hubtune import linearized
 
@@ -165,6 +174,14 @@ def logit_difference(run: RunFolder, merged: Path, limit: int = 8) -> dict:
             diff = (adapter(input_ids=ids).logits - merged_model(input_ids=ids).logits).abs().max().item()
             largest = max(largest, diff)
     return {"max": largest, "prompts": len(texts)}
+
+
+def _is_nvfp4(path: str) -> bool:
+    """A base saved by NVIDIA ModelOpt in NVFP4 (hubtune.nvfp4), which transformers cannot load."""
+    from hubtune import nvfp4
+    from hubtune.interop import prequantized
+
+    return nvfp4.is_nvfp4(prequantized.quantization_config(path))
 
 
 def _is_4bit(config) -> bool:

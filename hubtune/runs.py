@@ -44,6 +44,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hubtune import config as cfg
+from hubtune import optimizer_shards
 from hubtune.distributed import is_main_process
 from hubtune.errors import HubtuneError, RunLockedError
 
@@ -541,7 +542,8 @@ def list_runs(root: str | Path) -> list[RunFolder]:
 # folder), the optimizer (a file, FSDP's folder, or DeepSpeed's global_step folder), and trainer_state.json,
 # which the Trainer writes last.
 CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model_fsdp_0")
-CHECKPOINT_OPTIMIZER = ("optimizer.pt", "optimizer.bin", "optimizer_0", "global_step*")
+CHECKPOINT_OPTIMIZER = ("optimizer.pt", "optimizer.bin", "optimizer_0", "global_step*",
+                        "optimizer-rank*-of-*.pt")  # one per process: bitsandbytes under FSDP1 (optimizer_shards)
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
@@ -558,6 +560,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     for kind, names in (("weights", CHECKPOINT_WEIGHTS), ("optimizer state", CHECKPOINT_OPTIMIZER)):
         if not any(any(checkpoint.glob(n)) for n in names):
             return f"no {kind} ({' or '.join(names)})"
+    if why := optimizer_shards.incomplete(checkpoint):
+        return why
     adapter = checkpoint / "adapter_model.safetensors"
     if adapter.is_file() and not _safetensors_whole(adapter):
         return "adapter_model.safetensors is cut short"

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune import distributed, unfreeze
+from hubtune import distributed, optimizer_shards, unfreeze
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
 from hubtune.levers import Levers, recipe_levers
-from hubtune.runs import DatasetRecord, RunFolder, RunSummary, Status, folder_size, remove_incomplete, step_of
+from hubtune.runs import (DatasetRecord, RunFolder, RunSummary, Status, checkpoint_problem, folder_size,
+                          remove_incomplete, step_of)
 
 log = logging.getLogger("hubtune")
 
@@ -70,9 +71,13 @@ def resume(run_dir: str | Path, callbacks: list[TrainerCallback] | None = None,
 
 def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     """A checkpoint continues only with the adapter shape it was saved with: a lora.r or lora.alpha edited
-    in config.yaml since is a ConfigError naming both values, before any weight is loaded."""
+    in config.yaml since is a ConfigError naming both values, before any weight is loaded; and one whose
+    optimizer state is kept per process (optimizer_shards) only with as many processes."""
     import json
 
+    last = next((c for c in reversed(run.checkpoint_folders()) if checkpoint_problem(c) is None), None)
+    if last is not None and (why := optimizer_shards.problem(last, distributed.world_size())):
+        raise ConfigError([("training.distributed", why)], str(run.path / RunFolder.CONFIG))
     saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
@@ -249,6 +254,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
+    if sharded and mode == "fsdp":
+        compat.peft_keys_under_nested_fsdp()  # else FSDP1's checkpoints and the adapter saved at the end are empty
 
     # 4. The method's trainer: SFT on completions only, DPO / ORPO / KTO on preference pairs, GRPO on
     #    answers it samples and scores (methods.py), with checkpoints. Resuming, the newest complete
@@ -273,6 +280,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         rewards=rewards,
     )
     _quiet_trainer(trainer)
+    optimizer_shards.keep_per_process(trainer)  # bitsandbytes' optimizer states under FSDP1: one file per process
     if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 
@@ -294,6 +302,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     # 5. Save the adapter with its tokenizer, and what the run was (save_model gathers the adapter
     #    from every process under FSDP / ZeRO-3, so all of them call it; it writes on the main one).
     display.phase("saving", f"adapter to {run.adapter}")
+    distributed.adapter_saved_whole(trainer)
     trainer.save_model(str(run.adapter))
     if not run.writer:
         return
@@ -646,6 +655,10 @@ def dequantized(path: str):
                                                 f"quantization_config); leave dequantize out")])
     if why := prequantized.unreadable(saved):
         raise ConfigError([("model.dequantize", f"{path} is {why}")])
+    if saved.get("quant_method") == "modelopt":
+        raise ConfigError([("model.dequantize", f"{path} is saved in NVFP4 by ModelOpt: hubtune keeps its weights "
+                                                f"packed and dequantizes each as its layer reads it; leave dequantize "
+                                                f"out")])
     config = AutoQuantizationConfig.from_dict(saved)
     if not hasattr(config, "dequantize"):
         raise ConfigError([("model.dequantize", f"{prequantized.describe(saved)} weights are not dequantized on load "
@@ -669,11 +682,11 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from hubtune import compat
+    from hubtune import compat, nvfp4
     from hubtune.interop import backends, prequantized
 
     saved = prequantized.quantization_config(path)
-    if saved is not None and (why := prequantized.unreadable(saved)):
+    if saved is not None and (why := prequantized.unreadable(saved) or nvfp4.inside_other_format(path, saved)):
         raise ConfigError([("model.id", f"{path} is {why}")])
     saved_quantized = saved is not None
     if backend == "unsloth":
@@ -711,7 +724,20 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         # Quantized experts under FSDP2: every process loads the whole base onto its own GPU, quantizing the
         # experts as they load, and fully_shard then shards it (their constants stay whole in every process).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    if model.linearized_experts:
+    modelopt = nvfp4.is_nvfp4(saved)
+    if modelopt and model.quantize_experts:
+        raise ConfigError([("model.quantize_experts", f"{path} is saved in NVFP4: its experts load as saved; leave "
+                                                      f"quantize_experts out")])
+    if modelopt and model.linearized_experts:
+        raise ConfigError([("model.linearized_experts", f"{path} is saved in NVFP4 by ModelOpt, not in Axolotl's "
+                                                        f"linearized Llama 4 layout; leave linearized_experts out")])
+    if modelopt and sharded:
+        from hubtune.interop.axolotl import NVFP4_SHARDED
+
+        raise ConfigError([("training.distributed", f"{path} is saved in NVFP4 by ModelOpt: {NVFP4_SHARDED}")])
+    if modelopt:
+        base = nvfp4.load(path, **_nvfp4_kwargs(kwargs))  # packed weights, dequantized when read
+    elif model.linearized_experts:
         from hubtune import linearized
 
         base = linearized.load(path, **kwargs)  # the experts placed as one linear layer each, before weights load
@@ -732,6 +758,8 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         for module in base.modules():
             if isinstance(module, Linear4bit):
                 module.compute_dtype = hw.compute_dtype
+    if modelopt and for_training:
+        return _freeze_in_bfloat16(base, gradient_checkpointing)  # nothing to prepare: no bitsandbytes layer
     if not _quantized(base) or not for_training:
         return base
     if sharded:
@@ -743,6 +771,26 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if hw.compute_dtype == torch.bfloat16:
         return _freeze_in_bfloat16(base, gradient_checkpointing)
     return prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _nvfp4_kwargs(kwargs: dict) -> dict:
+    """from_pretrained's arguments as hubtune.nvfp4.load takes them."""
+    import torch
+
+    if kwargs.get("use_kernels"):
+        raise ConfigError([("model.use_kernels", "an NVFP4 base's layers read their weights through a "
+                                                 "dequantizing parametrization, which Hub kernels do not; leave "
+                                                 "use_kernels out")])
+    if "distributed_config" in kwargs:
+        raise ConfigError([("training.expert_parallel_size", "an NVFP4 base is loaded by hubtune, not by "
+                                                             "transformers' sharding loader; leave expert "
+                                                             "parallelism out")])
+    out = {key: kwargs[key] for key in ("trust_remote_code", "attn_implementation", "experts_implementation",
+                                        "output_router_logits") if key in kwargs}
+    out["dtype"] = kwargs["dtype"]
+    device = kwargs.get("device_map", {}).get("")
+    out["device"] = torch.device("cuda", device) if isinstance(device, int) else (device or "cpu")
+    return out
 
 
 def _load_quantizing_experts(path: str, model: cfg.ModelSection, hw: Hardware, kwargs: dict, saved_quantized: bool):

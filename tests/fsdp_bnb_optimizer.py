@@ -2,14 +2,25 @@
 tests/test_distributed.py with the environment `accelerate launch` makes of hubtune's FSDP1 preset (fsdp.yaml)
 or an FSDP2 one: the tiny base with LoRA, wrapped as accelerate and the Trainer wrap it (FSDP1: PEFT's wrap
 policy, as transformers' update_fsdp_plugin_peft sets it, and the plugin's arguments; FSDP2: accelerate's
-fsdp2_prepare_model), two optimizer steps, then the checkpoint through accelerate's save_fsdp_optimizer and
-load_fsdp_optimizer, the functions the Trainer saves and resumes with. Rank 0 writes what happened to OUT.
+fsdp2_prepare_model), with bitsandbytes' AdamW and the Trainer's cosine schedule.
+
+FSDP1: two steps, a checkpoint, two more steps; then a fresh model and optimizer resume from the checkpoint
+and take the same two steps. The checkpoint is written and read by a Trainer's own methods
+(_save_optimizer_and_scheduler, _save_rng_state, _load_from_checkpoint, _load_optimizer_and_scheduler,
+_load_rng_state) with hubtune's per-process optimizer state (optimizer_shards.keep_per_process). accelerate
+runs FSDP on GPUs only, so the Trainer is told of the plugin the way its FSDP launch would (is_fsdp_enabled,
+the accelerator state's distributed type and fsdp_plugin) and handed the wrapped model, optimizer and schedule.
+Then the adapter at the end, gathered whole and written by the main process. Also what
+accelerate's own save_fsdp_optimizer / load_fsdp_optimizer (the Trainer's FSDP path) make of the optimizer,
+and a resume under another FSDP layout (use_orig_params flipped). FSDP2: the first step. Rank 0 writes what
+happened to OUT.
 
     torchrun --nproc_per_node 2 tests/fsdp_bnb_optimizer.py OPTIMIZER OUT
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from types import SimpleNamespace
@@ -17,8 +28,11 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
+STEPS = 4  # the uninterrupted run; the checkpoint after SAVED of them
+SAVED = 2
 
-def prepared():
+
+def prepared(seed: int = 0):
     """The tiny base with LoRA, without dropout (each process would draw its own), B given values."""
     from hubtune import config as cfg
     from hubtune.hardware import Hardware
@@ -28,7 +42,7 @@ def prepared():
     config = cfg.build({"model": {"quantization": "none"}, "lora": {"dropout": 0.0}})
     base = load_base(resolve_builtin(config.model.id), config.model, Hardware("cpu", torch.float32, "adamw_torch"),
                      sharded=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = attach_lora(base, config, "hf", False)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -46,6 +60,12 @@ def optimizer(model, name: str):
     params = [p for p in model.parameters() if p.requires_grad]
     bits = 32 if name.endswith("32bit") else 8
     return bnb.optim.AdamW(params, lr=1e-2, optim_bits=bits, is_paged=name.startswith("paged"), min_8bit_size=128)
+
+
+def schedule(adam):
+    from transformers import get_scheduler
+
+    return get_scheduler("cosine", adam, num_warmup_steps=1, num_training_steps=STEPS)
 
 
 def batches() -> torch.Tensor:
@@ -74,22 +94,25 @@ def main(optimizer_name: str, out: str) -> None:
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.fsdp_utils import load_fsdp_optimizer, save_fsdp_optimizer
 
+    from hubtune import compat, optimizer_shards
+    from hubtune.errors import ConfigError
+
     PartialState(cpu=True)  # the gloo group, and the state accelerate's logging needs
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of the launch
     accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
                                   parallelism_config=None, mixed_precision="no", is_main_process=rank == 0,
-                                  process_index=rank, wait_for_everyone=dist.barrier)
-    model = wrapped(prepared(), plugin, accelerator)
-    adam = optimizer(model, optimizer_name)
+                                  process_index=rank, num_processes=world, is_fsdp2=plugin.fsdp_version == 2,
+                                  wait_for_everyone=dist.barrier)
     ids = batches()[rank::world]
-    result: dict = {"fsdp_version": plugin.fsdp_version, "use_orig_params": plugin.use_orig_params, "losses": []}
+    result: dict = {"fsdp_version": plugin.fsdp_version, "use_orig_params": plugin.use_orig_params}
 
-    def step() -> float:
+    def step(model, adam, sched) -> float:
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         adam.step()
+        sched.step()
         adam.zero_grad()
         mean = torch.tensor([loss.item()])
         dist.all_reduce(mean)
@@ -103,12 +126,92 @@ def main(optimizer_name: str, out: str) -> None:
             result[what] = f"{type(err).__name__}: {err}"
             return False
 
-    if attempt("step_error", lambda: result["losses"].extend([step(), step()])):
-        result["states"] = sorted({f"{k}:{v.dtype}" for s in adam.state.values() for k, v in s.items()
-                                   if torch.is_tensor(v)})
-        checkpoint = f"{out}.checkpoint"
-        if attempt("save_error", lambda: save_fsdp_optimizer(plugin, accelerator, adam, model, checkpoint)):
-            attempt("load_error", lambda: load_fsdp_optimizer(plugin, accelerator, adam, model, checkpoint))
+    compat.peft_keys_under_nested_fsdp()  # as hubtune's FSDP runs do
+    model = wrapped(prepared(), plugin, accelerator)
+    adam, losses = optimizer(model, optimizer_name), []
+    sched = schedule(adam)
+    if not attempt("step_error", lambda: losses.extend(step(model, adam, sched) for _ in range(SAVED))):
+        return finish(rank, out, result)
+    result["states"] = sorted({f"{k}:{v.dtype}" for s in adam.state.values() for k, v in s.items() if torch.is_tensor(v)})
+    result["shard_sizes"] = optimizer_shards.layout(adam, plugin)["shard_sizes"]
+    checkpoint = f"{out}.checkpoint"
+    trainer = fsdp_trainer(model, adam, sched, plugin, out)
+    trainer._save_optimizer_and_scheduler(checkpoint)  # the model (save_fsdp_model), the optimizer, the schedule
+    trainer._save_rng_state(checkpoint)
+    drawn = torch.rand(3).tolist()  # what the random state saved draws next
+    losses += [step(model, adam, sched) for _ in range(STEPS - SAVED)]
+    result["losses"] = losses
+    uninterrupted = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    del model, adam
+
+    # Resumed: another adapter initialisation, a fresh optimizer and schedule, then the checkpoint.
+    dist.barrier()
+    torch.manual_seed(1)
+    model = wrapped(prepared(seed=1), plugin, accelerator)
+    adam = optimizer(model, optimizer_name)
+    sched = schedule(adam)
+    trainer.model = trainer.model_wrapped = model
+    trainer.optimizer, trainer.lr_scheduler = adam, sched
+    trainer._load_from_checkpoint(checkpoint, model)
+    trainer._load_optimizer_and_scheduler(checkpoint)
+    trainer._load_rng_state(checkpoint)
+    result["rng_restored"] = torch.rand(3).tolist() == drawn
+    result["resumed_lr"] = sched.get_last_lr()
+    result["resumed_losses"] = [step(model, adam, sched) for _ in range(STEPS - SAVED)]
+    after = [p.detach() for p in model.parameters() if p.requires_grad]
+    gap = torch.tensor([max((a - b).abs().max().item() for a, b in zip(after, uninterrupted, strict=True))])
+    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
+    result["adapter_gap"] = gap.item()
+    # The adapter at the end, as the Trainer's save_model writes it once hubtune asks for the whole state dict
+    # (distributed.adapter_saved_whole): gathered onto the main process as accelerate's get_state_dict gathers it,
+    # but for its offload to CPU (which, on a model already on CPU, frees what it gathered: torch 2.13), and
+    # written by the Trainer's _save.
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    whole = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, whole):
+        trainer._save(f"{out}.adapter", state_dict=model.state_dict())
+    # What the Trainer's own FSDP path makes of this optimizer: it saves, but cannot load back.
+    accelerate_path = f"{out}.accelerate"
+    if attempt("save_error", lambda: save_fsdp_optimizer(plugin, accelerator, adam, model, accelerate_path)):
+        attempt("load_error", lambda: load_fsdp_optimizer(plugin, accelerator, adam, model, accelerate_path))
+    del model, adam
+
+    # The same checkpoint under another FSDP layout: the optimizer sees the original parameters.
+    other = copy.copy(plugin)
+    other.use_orig_params = not plugin.use_orig_params
+    model = wrapped(prepared(), other, accelerator)
+    adam = optimizer(model, optimizer_name)
+    step(model, adam, schedule(adam))  # the states exist on this layout too
+    result["other_layout_shard_sizes"] = optimizer_shards.layout(adam, other)["shard_sizes"]
+    try:
+        optimizer_shards.load(adam, other, checkpoint)
+    except ConfigError as err:
+        result["other_layout_error"] = str(err)
+    finish(rank, out, result)
+
+
+def fsdp_trainer(model, adam, sched, plugin, out: str):
+    """A Trainer holding the FSDP-wrapped model, optimizer and schedule, told of the FSDP plugin as accelerate
+    tells it on GPUs, saving and resuming the optimizer as hubtune's Trainer does."""
+    from transformers import Trainer, TrainingArguments
+
+    from hubtune import optimizer_shards
+
+    from accelerate.utils import DistributedType
+
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=f"{out}.trainer", use_cpu=True, report_to=[]))
+    trainer.accelerator.state.distributed_type = DistributedType.FSDP
+    trainer.accelerator.state.fsdp_plugin = plugin
+    trainer.is_fsdp_enabled = True
+    trainer.model = trainer.model_wrapped = model
+    trainer.optimizer, trainer.lr_scheduler = adam, sched
+    optimizer_shards.keep_per_process(trainer)
+    return trainer
+
+
+def finish(rank: int, out: str, result: dict) -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)

@@ -94,11 +94,15 @@ def run(config_path: str, moment: str) -> None:
     hubtune.train(cfg.load(config_path), callbacks=[KillAt(moment)])
 
 
-def start(config_path, moment: str):
-    """A forked process training `config_path` until MOMENT; returns the multiprocessing.Process."""
+def start(config_path, moment: str, fork: bool = True):
+    """A process training `config_path` until MOMENT; returns the multiprocessing.Process. Forked (no second
+    import of torch) only while this process has not run torch's thread pool: a fork after training in-process
+    can hang in the child's first parallel op (OpenMP's pool is not fork-safe), so later starts take a fresh
+    interpreter (fork=False), which inherits the environment (the Hub endpoint and token)."""
     import multiprocessing
 
-    process = multiprocessing.get_context("fork").Process(target=_forked, args=(str(config_path), moment))
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    process = context.Process(target=_forked, args=(str(config_path), moment))
     process.start()
     return process
 

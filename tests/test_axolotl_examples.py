@@ -41,17 +41,22 @@ CANNOT_HONOUR = {
     # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
-    # Optimizer states FSDP cannot shard here: bitsandbytes' (FSDP1 cannot load its checkpoint back, FSDP2 fails
-    # at the first step; tests/test_distributed.py measures both), and torchao's 8- and 4-bit AdamW outside
-    # FSDP2 (hubtune launches FSDP2 for quantized experts and context parallelism, its FSDP1 preset otherwise);
+    # Optimizer states FSDP cannot shard here: torchao's 8- and 4-bit AdamW outside FSDP2 (hubtune launches FSDP2
+    # for quantized experts and context parallelism, its FSDP1 preset otherwise), and bitsandbytes' on FSDP2 (its
+    # first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
     # hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
+    # An 8-bit base sharded by FSDP (FSDP1 cannot flatten int8 weights, FSDP2 loses bitsandbytes' row constants)
+    # or ZeRO-3: hubtune refuses it at launch, so the converter does too.
+    "8-bit bases under FSDP (load_in_8bit)": {"load_in_8bit"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
-    # NVIDIA ModelOpt checkpoints: transformers 5.24 reads none (no modelopt quantizer; its nvfp4 one refuses
-    # pre-quantized checkpoints and is not trainable), and PEFT 0.21 has no LoRA layer for NVFP4 weights.
-    "NVFP4 bases": {"dsv4_fp4_grouped_mode", "nvfp4_merge_aware"},
+    # NVFP4 bases load (hubtune.nvfp4), but merge-aware LoRA trains another function: the effective weight
+    # fake-quantized to NVFP4 with a straight-through gradient, for Axolotl's NVFP4-preserving merge.
+    "merge-aware NVFP4 LoRA (a fake-quantized forward)": {"nvfp4_merge_aware"},
+    # hubtune loads NVFP4 bases itself (hubtune.nvfp4) and has no FSDP path for their packed weights.
+    "an NVFP4 base under FSDP (dsv4_fp4_grouped_mode)": {"dsv4_fp4_grouped_mode"},
     # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
     # parallelism (accelerate, TRL) drops their mask, and TRL refuses packing with it.
     "context parallelism with packed examples": {"context_parallel_size"},
@@ -410,3 +415,57 @@ def test_torchaos_low_bit_adamw_under_fsdp_is_refused_only_where_hubtune_launche
         assert "shard with FSDP2's parameters only, and this launch is FSDP1" in why["optimizer"], name
         # The others are refused for their base too: an 8-bit one with quantized experts, an NVFP4 one.
         assert (set(why) == {"optimizer"}) == (name in TORCHAO_ON_FSDP1), (name, sorted(why))
+
+
+NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nvfp4-lora.yaml",
+                  "qwen3/30b-a3b-nvfp4-lora.yaml", "qwen3-next/qwen3-next-80b-a3b-nvfp4-lora.yaml",
+                  "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml")
+
+
+def test_nvfp4_examples_convert_unless_they_ask_for_merge_aware_training(results):
+    """The NVFP4 bases load through hubtune.nvfp4: the grouped NVFP4 experts kernel is noted (Axolotl computes
+    the same on all but sm100 GPUs, which the note says), except under FSDP, which hubtune has no path for with
+    these bases; merge-aware training, another function, is refused; GLM-5.2's example is refused for expert
+    parallelism and its optimizer under FSDP and for its NVFP4 base under FSDP."""
+    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
+    config, refused = by_name[NVFP4_EXAMPLES[1]]
+    assert config is None and set(refused) == {"dsv4_fp4_grouped_mode"}
+    assert "'nvfp4' (an NVFP4 base) under fsdp: hubtune loads an NVFP4 base itself" in refused["dsv4_fp4_grouped_mode"]
+    for name in NVFP4_EXAMPLES[:1]:
+        config, _ = by_name[name]
+        assert config is not None, name
+        notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / name).read_text())).notes
+        assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4: Axolotl's grouped NVFP4 experts kernel") and
+                   "fp8 activations against the experts re-quantized to MXFP4" in n for n in notes), name
+        assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"] or \
+            config.lora.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    for name in NVFP4_EXAMPLES[2:4]:
+        config, refused = by_name[name]
+        assert config is None and set(refused) == {"nvfp4_merge_aware"}, name
+        assert "trains a different function" in refused["nvfp4_merge_aware"]
+    config, refused = by_name[NVFP4_EXAMPLES[4]]
+    assert config is None and set(refused) == {"expert_parallel_size", "optimizer", "dsv4_fp4_grouped_mode"}
+    assert axolotl.from_axolotl({**yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text()),
+                                 "dsv4_fp4_grouped_mode": "fp8"}).unsupported[0][0] == "dsv4_fp4_grouped_mode"
+
+
+# bitsandbytes' optimizers under FSDP1 (hubtune's fsdp.yaml): each process checkpoints its own states.
+BNB_UNDER_FSDP1 = {"archived/dbrx/16bit-lora.yaml": "none", "mistral/mistral-qlora-fsdp.yml": "nf4"}
+
+
+def test_bitsandbytes_optimizers_convert_under_fsdp1_unless_the_base_is_8_bit(results):
+    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
+    for name, bits in BNB_UNDER_FSDP1.items():
+        config, refused = by_name[name]
+        assert config is not None, (name, refused)
+        t = config.training
+        assert (config.model.quantization, t.distributed, t.optimizer) == (bits, "fsdp", "paged_adamw_8bit"), name
+        plan = distributed.plan_launch(t.distributed, 2, quantized_experts=config.model.quantize_experts)
+        assert yaml.safe_load(plan.preset.read_text())["fsdp_config"]["fsdp_version"] == 1, name
+        assert distributed.fsdp_optimizer_problem(t.optimizer, fsdp2=False) is None, name
+        exported = axolotl.to_axolotl(config)
+        assert exported["optimizer"] == "paged_adamw_8bit" and exported["fsdp"], name
+    # The same run on an 8-bit base stops where FSDP1 wraps it, so the converter refuses that, and only that.
+    config, refused = by_name["archived/dbrx/8bit-lora.yaml"]
+    assert config is None and set(refused) == {"load_in_8bit"}
+    assert "'Cannot flatten integer dtype tensors'" in refused["load_in_8bit"]

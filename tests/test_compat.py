@@ -98,3 +98,20 @@ def test_peft_param_wrappers_over_a_parametrized_weight_still_leave_their_proxy_
     # Both faults lora_on_parametrized_experts corrects per wrapper; tests/test_experts.py trains through the
     # corrected wrappers (the chain stays one long, every LoRA factor gets a gradient).
     assert compat._param_wrapper_faults() == {"proxy_left", "stale_inner"}
+
+
+def test_peft_still_misses_the_adapters_keys_under_fsdp1():
+    """Under FSDP1 PEFT 0.21 finds no adapter key and loads none (compat.peft_keys_under_nested_fsdp): the 2-process
+    FSDP1 run in tests/test_distributed.py checkpoints and resumes the adapter through the Trainer with the
+    corrections."""
+    import peft
+    from peft.tuners import tuners_utils
+
+    assert compat._peft_under_fsdp1_faults() == {"inner_names", "prefix_dropped"}
+    try:
+        assert compat.peft_keys_under_nested_fsdp() == ["inner_names", "prefix_dropped"]
+        assert compat.peft_keys_under_nested_fsdp() == ["inner_names", "prefix_dropped"]  # once
+        assert compat._peft_under_fsdp1_faults() == {"inner_names", "prefix_dropped"}  # upstream, as it was
+    finally:
+        tuners_utils._get_tuner_state_dict_key_prefixes = tuners_utils._get_tuner_state_dict_key_prefixes.upstream
+        peft.set_peft_model_state_dict = peft.set_peft_model_state_dict.upstream

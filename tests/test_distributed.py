@@ -130,10 +130,10 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     with pytest.raises(ConfigError, match="launched with fsdp"):
         distributed.check_launch("ddp", "cuda")
     distributed.check_launch("fsdp", "cuda")
-    assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
-    # bitsandbytes' optimizers: FSDP1 cannot resume them, FSDP2 cannot step them (test_bitsandbytes_optimizer_...).
-    with pytest.raises(ConfigError, match="training.optimizer.*cannot load back to resume"):
-        distributed.optimizer_for("fsdp", "paged_adamw_8bit", "paged_adamw_8bit")
+    # bitsandbytes' optimizers: FSDP1 trains and resumes them, each process checkpointing its own states; FSDP2
+    # cannot step them (test_bitsandbytes_optimizer_under_fsdp1_...).
+    assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
+    assert distributed.optimizer_for("fsdp", "paged_adamw_32bit", "paged_adamw_32bit") == "paged_adamw_32bit"
     assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
     # torchao's 8- and 4-bit AdamW shard with FSDP2's parameters (tests/test_experts.py runs both), not on FSDP1.
     for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
@@ -144,6 +144,7 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
         assert distributed.optimizer_for("fsdp", torchao, torchao) == torchao
     with pytest.raises(ConfigError, match="do not take FSDP2's sharded"):
         distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit")
+    assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
 
 
 def test_effective_batch_sets_the_step_count():
@@ -366,14 +367,22 @@ def test_every_preset_is_documented():
 
 
 @pytest.mark.parametrize("fsdp2", [False, True], ids=["fsdp1", "fsdp2"])
-def test_bitsandbytes_optimizer_under_fsdp_fails_where_hubtune_says(tmp_path, fsdp2):
-    """Why hubtune refuses bitsandbytes' optimizers under FSDP (distributed.fsdp_optimizer_problem), measured
-    on a 2-process CPU mesh with the Trainer's save and resume functions (tests/fsdp_bnb_optimizer.py). FSDP1
-    (hubtune's fsdp.yaml) steps as one process does and saves, but cannot load the checkpoint back; FSDP2
-    fails at the first step. When this test fails, bitsandbytes or torch may have lifted the limit."""
+def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsdp2(tmp_path, fsdp2):
+    """bitsandbytes' optimizers under FSDP, measured on a 2-process CPU mesh (tests/fsdp_bnb_optimizer.py).
+    FSDP1 (hubtune's fsdp.yaml) steps as one process does; accelerate's save_fsdp_optimizer /
+    load_fsdp_optimizer (the Trainer's FSDP path) cannot load its checkpoint back, so hubtune keeps each
+    process's state in a file of its own (hubtune.optimizer_shards). A checkpoint written and read by the
+    Trainer's own methods (the adapter through accelerate's save_fsdp_model / load_fsdp_model, with
+    compat.peft_keys_under_nested_fsdp) resumes to the same steps and adapter as the uninterrupted run. FSDP2
+    fails at the first step (distributed.fsdp_optimizer_problem). When the upstream failures stop, bitsandbytes
+    or torch may have lifted the limits."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from fsdp_bnb_optimizer import batches, optimizer, prepared
+    from fsdp_bnb_optimizer import SAVED, STEPS, batches, optimizer, prepared, schedule
+
+    from hubtune import optimizer_shards
+    from hubtune.runs import RunFolder, checkpoint_problem
+    from hubtune.train import check_resumable
 
     plan = distributed.plan_launch("fsdp", 2, quantized_experts=fsdp2)  # the FSDP2 preset that loads everywhere
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
@@ -395,13 +404,15 @@ def test_bitsandbytes_optimizer_under_fsdp_fails_where_hubtune_says(tmp_path, fs
         assert "mixed torch.Tensor and DTensor" in result["step_error"] and "optimizer_update_8bit_blockwise" in result["step_error"]
         assert "mixed torch.Tensor and DTensor" in why
         return
+    assert why is None
     assert result["use_orig_params"] is False and "state1:torch.uint8" in result["states"]
-    # The steps match one process over both half-batches.
+    # The steps match one process over both half-batches, on the same schedule.
     model = prepared()
     adam = optimizer(model, "adamw_8bit")
+    sched = schedule(adam)
     halves = [batches()[rank::2] for rank in range(2)]
     losses = []
-    for _ in range(2):
+    for _ in range(STEPS):
         total = 0.0
         for h in halves:
             loss = model(input_ids=h, labels=h).loss / 2
@@ -409,7 +420,56 @@ def test_bitsandbytes_optimizer_under_fsdp_fails_where_hubtune_says(tmp_path, fs
             total += loss.item()
         losses.append(total)
         adam.step()
+        sched.step()
         adam.zero_grad()
     assert result["losses"] == pytest.approx(losses, abs=1e-5)
-    assert "save_error" not in result
-    assert result["load_error"] == "TypeError: unhashable type: 'dict'" and "unhashable type: dict" in why
+    # accelerate's FSDP checkpoint of the optimizer saves, and cannot be loaded back.
+    assert "save_error" not in result and result["load_error"] == "TypeError: unhashable type: 'dict'"
+    # Resumed from hubtune's checkpoint (another adapter initialisation, a fresh optimizer): the same steps,
+    # the same adapter, as the run that went on.
+    assert result["resumed_losses"] == pytest.approx(result["losses"][SAVED:], abs=1e-6)
+    assert result["adapter_gap"] <= 1e-6 and result["rng_restored"]
+    assert result["resumed_lr"] == [pytest.approx(1e-2 * 0.75)]  # cosine after 1 warm-up step: 1 of 3 steps in
+    # The adapter written at the end (gathered whole, as the Trainer's save_model does under FSDP) is the one one
+    # process trains.
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(Path(f"{out}.adapter") / "adapter_model.safetensors")
+    expected = get_peft_model_state_dict(model)
+    assert set(saved) == set(expected) and len(saved) == 56
+    assert max((saved[k] - expected[k].detach()).abs().max().item() for k in saved) <= 1e-5
+    checkpoint = Path(f"{out}.checkpoint")
+    assert sorted(p.name for p in checkpoint.glob("optimizer-*")) == ["optimizer-rank0-of-2.pt",
+                                                                     "optimizer-rank1-of-2.pt"]
+    # Each process's shards are FSDP1's flattened parameters (use_orig_params false, the preset's value). PEFT's
+    # wrap policy gives every LoRA weight a unit of its own, so with the original parameters each process holds
+    # shards of the same sizes; the checkpoint still records the layout it was saved under and refuses another.
+    assert len(result["shard_sizes"][0]) == 56 and result["shard_sizes"] == result["other_layout_shard_sizes"]
+    assert "use_orig_params False then, True now" in result["other_layout_error"]
+    assert str(checkpoint / "optimizer-rank0-of-2.pt") in result["other_layout_error"]
+    # Another count of processes is refused before any weight loads, naming the checkpoint and its count.
+    run = RunFolder.create(tmp_path / "run", cfg.build({}))
+    shutil.copytree(checkpoint, run.checkpoint(SAVED))
+    (run.checkpoint(SAVED) / "trainer_state.json").write_text(json.dumps({"global_step": SAVED}))
+    assert checkpoint_problem(run.checkpoint(SAVED)) is None
+    # A checkpoint missing one process's file is incomplete (a process killed while saving): set aside.
+    shutil.copytree(run.checkpoint(SAVED), run.checkpoint(SAVED + 1))
+    (run.checkpoint(SAVED + 1) / "trainer_state.json").write_text(json.dumps({"global_step": SAVED + 1}))
+    (run.checkpoint(SAVED + 1) / "optimizer-rank1-of-2.pt").unlink()
+    assert checkpoint_problem(run.checkpoint(SAVED + 1)) == "it holds the optimizer states of 1 of its 2 processes"
+    with pytest.raises(ConfigError) as err:
+        check_resumable(run, run.config)
+    assert f"{run.checkpoint(SAVED)} was saved by 2 processes" in str(err.value)
+    assert "this launch has 1" in str(err.value) and "--num-processes 2" in str(err.value)
+    assert optimizer_shards.problem(run.checkpoint(SAVED), 2) is None
+    # A Trainer that does not keep its optimizer per process (one process here) refuses that checkpoint too,
+    # rather than go on with a fresh optimizer (the Trainer's own check finds no optimizer.pt and loads nothing).
+    from transformers import Trainer, TrainingArguments
+
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True,
+                                                          optim="adamw_8bit", report_to=[]))
+    trainer.create_optimizer_and_scheduler(num_training_steps=STEPS)
+    optimizer_shards.keep_per_process(trainer)
+    with pytest.raises(ConfigError, match="keeps its optimizer state per process"):
+        trainer._load_optimizer_and_scheduler(str(run.checkpoint(SAVED)))

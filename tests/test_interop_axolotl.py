@@ -417,7 +417,7 @@ NEW_KEYS = {
     "data": {"sources": [{"path": "acme/chats", "split": "train[10%:60%]"}], "format": "messages",
              "chat_template": "chatml"},
     "training": {"warmup_ratio": 0.1, "saves_per_epoch": 4, "evals_per_epoch": 2, "tf32": "auto",
-                 "kernels": ["flash_attention_2", "liger"], "distributed": "fsdp", "adam_beta2": 0.95,
+                 "kernels": ["flash_attention_2", "liger"], "distributed": "deepspeed-zero2", "adam_beta2": 0.95,
                  "optimizer": "adafactor"},
 }
 
@@ -435,8 +435,12 @@ def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
     assert exported["model_config"] == {"output_router_logits": True}
     assert (exported["warmup_ratio"], exported["saves_per_epoch"], exported["evals_per_epoch"]) == (0.1, 4, 2)
     assert exported["attn_implementation"] == "flash_attention_2"
-    assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"] and exported["fsdp"]
-    # Under FSDP an optimizer whose states hubtune's launch cannot shard is refused, not converted.
-    refused = dict(axolotl.from_axolotl({**exported, "optimizer": "adamw_torch_4bit"}).unsupported)
+    assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"]
+    assert exported["deepspeed"] == "deepspeed_configs/zero2.json"
+    # Under FSDP an 8-bit base, and an optimizer whose states hubtune's launch cannot shard, are refused, not
+    # converted (hubtune refuses both at launch).
+    fsdp = axolotl.to_axolotl(cfg.build({**NEW_KEYS, "training": {**NEW_KEYS["training"], "distributed": "fsdp"}}))
+    refused = dict(axolotl.from_axolotl({**fsdp, "optimizer": "adamw_torch_4bit"}).unsupported)
     assert "'adamw_torch_4bit' under fsdp: torchao's 4-bit states shard with FSDP2's" in refused["optimizer"]
+    assert "True under fsdp: FSDP1 cannot flatten bitsandbytes' int8 weights" in refused["load_in_8bit"]
     assert exported["datasets"][0]["split"] == "train[10%:60%]" and exported["chat_template"] == "chatml"

@@ -377,18 +377,25 @@ def test_the_tokenizers_legacy_flag_reaches_autotokenizer():
     assert tokenizer.init_kwargs.get("legacy") is True
 
 
-def test_a_modelopt_nvfp4_base_is_refused_before_loading_with_what_transformers_lacks(tmp_path):
-    """NVIDIA's NVFP4 checkpoints (the bases of Axolotl's nvfp4 examples) are saved by ModelOpt, which
-    transformers has no quantizer for: a ConfigError, not its ValueError, and never a silent dequantize."""
+def test_a_modelopt_base_hubtune_cannot_read_is_refused_before_loading(tmp_path):
+    """ModelOpt checkpoints other than NVFP4 (FP8, mixed precision): transformers has no ModelOpt quantizer and
+    hubtune.nvfp4 reads NVFP4 only, so a ConfigError, not transformers' ValueError, and never a silent
+    16-bit load; an NVFP4 one is never dequantized on load (it is read packed)."""
     import torch
 
     from hubtune.hardware import Hardware
     from hubtune.train import load_base
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "quantization_config": {
-        "quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}}))
     hw = Hardware("cpu", torch.float32, "adamw_torch")
-    for model in (cfg.ModelSection(), cfg.ModelSection(quantization="none", dequantize=True)):
-        with pytest.raises(ConfigError, match=r"NVIDIA ModelOpt's NVFP4 format \(quant_method modelopt\), which "
-                                              r"transformers 5\.\d+\.\d+ has no quantizer for"):
-            load_base(str(tmp_path), model, hw)
+    for algo in ("FP8", "MIXED_PRECISION"):
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "quantization_config": {
+            "quant_method": "modelopt", "quant_algo": algo}}))
+        for model in (cfg.ModelSection(), cfg.ModelSection(quantization="none", dequantize=True)):
+            with pytest.raises(ConfigError, match=rf"saved by NVIDIA ModelOpt as {algo} \(quant_method modelopt\): "
+                                                  r"hubtune reads ModelOpt's NVFP4 checkpoints only"):
+                load_base(str(tmp_path), model, hw)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": {
+        "quant_algo": "NVFP4", "group_size": 16}}))
+    with pytest.raises(ConfigError, match=r"saved in NVFP4 by ModelOpt: hubtune keeps its weights packed"):
+        load_base(str(tmp_path), cfg.ModelSection(quantization="none", dequantize=True), hw)

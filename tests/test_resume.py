@@ -45,11 +45,11 @@ def metrics(run: Path) -> tuple[list[int], list[int], dict[int, float]]:
     return train, evals, {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def child(config_path: Path, moment: str):
+def child(config_path: Path, moment: str, fork: bool = True):
     """A process (forked from this one: torch is already imported) that trains and dies at `moment`."""
     import killed_training
 
-    return killed_training.start(config_path, moment)
+    return killed_training.start(config_path, moment, fork)
 
 
 # moment -> the checkpoint the resume must start from, and the incomplete one it must move aside
@@ -189,7 +189,9 @@ def test_checkpoints_mirrored_on_the_hub_resume_on_another_machine(hub, hub_toke
     config = resume_config(tmp_path / "first-machine", "run", data="alice/mirrored-rows", push_checkpoints=repo,
                            save_steps=2)
     (tmp_path / "run.yaml").write_text(config.to_yaml())
-    first = child(tmp_path / "run.yaml", "slow")  # the Hub client is already pointed at the loopback Hub
+    # A fresh interpreter: the tests before this one trained in this process (see killed_training.start). It
+    # finds the loopback Hub and the token in the environment, as a second process on a user's machine would.
+    first = child(tmp_path / "run.yaml", "slow", fork=False)
     deadline = time.time() + 300
     mirrored = []
     while time.time() < deadline and first.is_alive() and not mirrored:

@@ -108,6 +108,7 @@ MATCHING = {
     "save_only_model": (False,), "resize_token_embeddings_to_32x": (False,), "use_ray": (False,),
     "use_swanlab": (False,), "remove_unused_columns": (True,), "eval_causal_lm_metrics": ([],),
     "do_causal_lm_eval": (False,), "gradient_checkpointing_kwargs": ({"use_reentrant": False},),
+    "nvfp4_merge_aware": (False,),
 }
 # Keys accepted at any value, with a note on what hubtune does instead: speed or memory settings that
 # leave the computed updates as they are, and checks that only stop a run.
@@ -145,13 +146,23 @@ NOTED = {
             "no vLLM server is used",
 }
 NOT_CONVERTED = "not trained by hubtune, which trains DPO, ORPO, KTO and GRPO (rl: dpo | orpo | kto | grpo)"
-# NVIDIA's NVFP4 checkpoints (nvidia/*-NVFP4) are saved by ModelOpt (quantization_config quant_method: modelopt).
-NVFP4 = ("an NVFP4 base saved by NVIDIA ModelOpt (quant_method modelopt): transformers 5.24 reads no ModelOpt "
-         "checkpoint (AutoQuantizationConfig: unknown quantization type modelopt), so it cannot even load dequantized; "
-         "its own nvfp4 quantizer only quantizes a 16-bit checkpoint on load, on Blackwell (sm100+) GPUs, refuses "
-         "pre-quantized NVFP4 checkpoints and is not trainable; and PEFT 0.21 has no LoRA layer for NVFP4 weights. "
-         "Axolotl loads these checkpoints and trains LoRA on them with kernels of its own (SonicMoE / ScatterMoE). "
-         "Use the 16-bit base the NVFP4 one was made from, with load_in_4bit for 4-bit memory")
+# NVIDIA's NVFP4 checkpoints (nvidia/*-NVFP4), saved by ModelOpt, load through hubtune.nvfp4: the weights stay
+# packed and are dequantized when read, and LoRA trains on that 16-bit weight. Axolotl's keys for them:
+# dsv4_fp4_grouped_mode picks the expert GEMM kernel; nvfp4_merge_aware trains a different function.
+FP4_GROUPED = ("Axolotl's grouped NVFP4 experts kernel: on Ampere, Ada, Hopper and RTX Blackwell GPUs its forward "
+               "multiplies 16-bit activations by the dequantized NVFP4 experts (Marlin W4A16) and every backward "
+               "dequantizes them to bf16, the computation hubtune runs (PEFT's LoRA over the dequantized weight); "
+               "on B200-class GPUs (sm100) Axolotl's forward uses DeepGEMM, fp8 activations against the experts "
+               "re-quantized to MXFP4, which hubtune does not reproduce")
+NVFP4_SHARDED = ("hubtune loads an NVFP4 base itself, its packed weights under a dequantizing parametrization, and "
+                 "has not built FSDP's sharding of them (every GPU would need its own load path, as FSDP2 with "
+                 "quantized experts has); train it on one GPU or with training.distributed: ddp")
+MERGE_AWARE = ("trains a different function: Axolotl's forward uses Q(W + s·B·A), the effective weight fake-quantized "
+               "to NVFP4 (fresh E4M3 block scales over the base's global scale, torchao's nvfp4_quantize) with a "
+               "straight-through gradient, on the experts and on every NVFP4 Linear (a callback can start it at "
+               "nvfp4_merge_aware_start_step), so that its NVFP4-preserving merge writes what was trained; hubtune "
+               "trains W + s·B·A on the dequantized base and merges into a 16-bit model. Leave it out to train "
+               "the plain LoRA")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
     "rl": f"is {NOT_CONVERTED}",
     "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
@@ -165,8 +176,8 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "dsv4_fp4_grouped_mode": NVFP4,
-    "nvfp4_merge_aware": NVFP4,
+    "nvfp4_merge_aware": MERGE_AWARE,
+    "nvfp4_merge_aware_start_step": MERGE_AWARE,
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
     "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
     "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
@@ -346,6 +357,7 @@ class _Reader:
         self.context_parallel(tree)
         self.expert_parallel(tree)
         self.fsdp_optimizer(tree)
+        self.sharded_int8(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -455,6 +467,15 @@ class _Reader:
         if self.data.get("use_scattermoe") is True:
             self.take("use_scattermoe")
             self.note(f"use_scattermoe: {AXOLOTL_EXPERTS['scattermoe']}")
+        if self.has("dsv4_fp4_grouped_mode"):
+            mode = self.take("dsv4_fp4_grouped_mode")
+            if str(mode).lower() != "nvfp4":
+                self.refuse("dsv4_fp4_grouped_mode", f"{mode!r}: Axolotl trains with nvfp4 only (it rejects fp8 and "
+                                                     f"any other value)")
+            elif self.data.get("fsdp") or self.data.get("fsdp_config"):
+                self.refuse("dsv4_fp4_grouped_mode", f"{mode!r} (an NVFP4 base) under fsdp: {NVFP4_SHARDED}")
+            else:
+                self.note(f"dsv4_fp4_grouped_mode: nvfp4: {FP4_GROUPED}")
         quantization = self.data.get("model_quantization_config")
         kwargs = self.data.get("model_quantization_config_kwargs") or {}
         if quantization == "Mxfp4Config" and kwargs == {"dequantize": True}:
@@ -902,6 +923,21 @@ class _Reader:
             named = "" if t["optimizer"] == self.axolotl_optimizer else f" (hubtune's {t['optimizer']})"
             self.refuse("optimizer", f"{self.axolotl_optimizer!r}{named} under fsdp: {why}; use adamw_torch (fused "
                                      f"or not), or leave fsdp out")
+
+    def sharded_int8(self, tree: dict) -> None:
+        """An 8-bit base under FSDP or ZeRO-3, which hubtune refuses at launch (train.load_base), is refused here
+        rather than converted into a run that stops there; quantize_moe_experts says so itself."""
+        mode = tree["training"].get("distributed")
+        if (tree["model"].get("quantization") != "int8" or mode not in ("fsdp", "deepspeed-zero3")
+                or any(key == "quantize_moe_experts" for key, _ in self.unsupported)):
+            return
+        why = ("FSDP1 cannot flatten bitsandbytes' int8 weights with the rest ('Cannot flatten integer dtype "
+               "tensors', torch 2.13), and on FSDP2 its 8-bit linear layers lose their row constants (CB, SCB), kept "
+               "on the weight object that FSDP replaces by its shard" if mode == "fsdp" else
+               "ZeRO-3 partitions the base's weights across processes, and bitsandbytes' 8-bit linear layers keep "
+               "their row constants (CB, SCB) on the weight object itself")
+        self.refuse("load_in_8bit", f"True under {mode}: {why}; use load_in_4bit (QLoRA shards under {mode}), or "
+                                    f"DDP")
 
     def relora(self, t: dict) -> None:
         """relora with its jagged_restart_* schedule (Axolotl's ReLoRACallback and JaggedLRRestartScheduler,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 
 def quantization_config(folder: str | Path) -> dict | None:
-    """The `quantization_config` of the config.json in a local model folder, or None."""
+    """The `quantization_config` of the config.json in a local model folder (or of the hf_quant_config.json
+    NVIDIA ModelOpt writes beside it), or None."""
     config = Path(folder) / "config.json"
     if not config.is_file():
         return None
@@ -21,7 +22,11 @@ def quantization_config(folder: str | Path) -> dict | None:
         found = json.loads(config.read_text()).get("quantization_config")
     except (json.JSONDecodeError, AttributeError):
         return None
-    return found if isinstance(found, dict) and found else None
+    if isinstance(found, dict) and found:
+        return found
+    from hubtune import nvfp4
+
+    return nvfp4.saved_format(folder)  # ModelOpt may name its format in hf_quant_config.json alone
 
 
 def repo_quantization_config(ref: str, revision: str | None = None) -> dict | None:
@@ -65,6 +70,8 @@ def original_base(metadata: dict, ref: str, revision: str | None = None) -> str 
 def describe(quantization: dict) -> str:
     """`bitsandbytes nf4 (double quantization)` and the like, for messages and the run summary."""
     method = quantization.get("quant_method", "unknown method")
+    if method == "modelopt":
+        return f"modelopt {quantization.get('quant_algo', '')}".strip()  # `modelopt NVFP4`
     if quantization.get("load_in_4bit") or quantization.get("_load_in_4bit"):
         kind = quantization.get("bnb_4bit_quant_type", "4-bit")
         double = " (double quantization)" if quantization.get("bnb_4bit_use_double_quant") else ""
@@ -75,17 +82,19 @@ def describe(quantization: dict) -> str:
 
 
 def unreadable(quantization: dict) -> str | None:
-    """Why transformers cannot load a base saved with this quantization_config (a method it has no quantizer
-    for, such as NVIDIA ModelOpt's NVFP4 checkpoints), or None when it has one."""
+    """Why a base saved with this quantization_config cannot be loaded (a method transformers has no quantizer
+    for, and not NVIDIA ModelOpt's NVFP4, which hubtune.nvfp4 reads), or None when it can."""
     import transformers
     from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
 
+    from hubtune import nvfp4
+
     method = quantization.get("quant_method")
+    if method == "modelopt":
+        return nvfp4.unreadable(quantization)  # hubtune reads ModelOpt's NVFP4 checkpoints itself
     if method in AUTO_QUANTIZATION_CONFIG_MAPPING or str(method).startswith("bitsandbytes") or any(
             quantization.get(flag) for flag in ("load_in_4bit", "load_in_8bit", "_load_in_4bit", "_load_in_8bit")):
         return None
-    what = (f"NVIDIA ModelOpt's {quantization.get('quant_algo') or 'quantized'} format (quant_method modelopt)"
-            if method == "modelopt" else f"quant_method {method!r}")
-    return (f"saved in {what}, which transformers {transformers.__version__} has no quantizer for, so it cannot load "
+    return (f"saved in quant_method {method!r}, which transformers {transformers.__version__} has no quantizer for, so it cannot load "
             f"it (not even dequantized); use the 16-bit model it was made from (its card's base_model), with "
             f"model.quantization nf4 for 4-bit memory")

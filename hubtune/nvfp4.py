@@ -1,0 +1,359 @@
+"""Bases saved by NVIDIA ModelOpt in NVFP4 (`nvidia/*-NVFP4`), loaded without a 16-bit copy of their weights.
+
+transformers 5.24 has no ModelOpt quantizer (its own `nvfp4` one refuses pre-quantized checkpoints) and PEFT 0.21
+no NVFP4 layer, so hubtune reads these checkpoints itself: every quantized weight stays packed in memory and is
+dequantized to the compute dtype when its layer reads it, through a torch parametrization (as hubtune.experts does
+for int8 experts), so PEFT's LoRA (target_modules on Linear layers, target_parameters on stacked experts) wraps
+them as it wraps a 16-bit base, and the adapter keeps the 16-bit base's names.
+
+The format (ModelOpt's NVFP4QTensor, `modelopt/torch/quantization/qtensor/nvfp4_tensor.py`, Apache-2.0; the
+same layout torchao's NVFP4Tensor and Axolotl's `cli/utils/lora_merge.py::_dequant_nvfp4` read), per quantized
+weight `<prefix>` of out x in = N x K:
+- `<prefix>.weight`: uint8 [N, K/2], two E2M1 codes a byte, the lower nibble the even column. A code is
+  sign (bit 3), exponent (bits 2-1), mantissa (bit 0): magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+- `<prefix>.weight_scale`: float8 E4M3 [N, K/16], one scale per 16 consecutive columns.
+- `<prefix>.weight_scale_2`: float32 scalar, the tensor's global scale.
+  weight[n, k] = e2m1(code[n, k]) * float(weight_scale[n, k // 16]) * weight_scale_2
+- `<prefix>.input_scale` (and `k_scale`, `v_scale` with an FP8 KV cache): activation scales for 4-bit inference
+  kernels. LoRA training computes with 16-bit activations (as Axolotl's W4A16 path does), so they are not read.
+Mixture-of-experts layers are saved one Linear per expert (`mlp.experts.<e>.gate_proj.weight`, ...), each with its
+own global scale; they are stacked into transformers' `experts.gate_up_proj` (gate rows, then up rows) and
+`experts.down_proj` as its loader does for 16-bit checkpoints, the global scale kept per expert and row, so
+the stack dequantizes to exactly what each expert's tensors hold (Axolotl instead folds the ratio to the larger
+of gate's and up's scales into the E4M3 block scales, exact up to that rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.utils.parametrize as P
+
+from hubtune.errors import ConfigError
+
+BLOCK = 16
+# E2M1 values by 4-bit code (bit 3 is the sign).
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+# Per-tensor constants the format carries for inference kernels only (activation and KV-cache scales).
+INFERENCE_ONLY = ("input_scale", "k_scale", "v_scale", "output_scale")
+_EXPERT = re.compile(r"^(?P<experts>.+\.experts)\.(?P<index>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.(?P<leaf>\w+)$")
+
+
+def dequantize(packed: torch.Tensor, block_scale: torch.Tensor, global_scale: torch.Tensor,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight [..., K] that packed [..., K/2] (uint8), block_scale [..., K/16] (E4M3) and global_scale
+    (float32, broadcastable to [..., 1]) hold, in `dtype` (computed in float32: block scale times global scale,
+    then times the E2M1 value, as torchao's NVFP4Tensor.dequantize). A stack of experts is dequantized one
+    expert at a time into the result, so the float32 transient is one expert's."""
+    if packed.ndim <= 2:
+        return _dequantize_matrix(packed, block_scale, global_scale, dtype)
+    out = torch.empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=dtype, device=packed.device)
+    per_row = global_scale.ndim == packed.ndim
+    for e in range(packed.shape[0]):
+        out[e] = dequantize(packed[e], block_scale[e], global_scale[e] if per_row else global_scale, dtype)
+    return out
+
+
+def _dequantize_matrix(packed, block_scale, global_scale, dtype):
+    pairs = torch.tensor([(E2M1[b & 0x0F], E2M1[b >> 4]) for b in range(256)], dtype=torch.float32,
+                         device=packed.device)  # a byte's two values, the low nibble first
+    values = torch.nn.functional.embedding(packed.int(), pairs).view(*packed.shape[:-1], -1, BLOCK)
+    scale = block_scale.to(torch.float32) * global_scale.to(torch.float32)
+    return values.mul_(scale.unsqueeze(-1)).flatten(-2).to(dtype)
+
+
+class Nvfp4Blocks(torch.nn.Module):
+    """The parametrization of a weight stored as NVFP4: the packed codes are the parameter, the block scales and
+    global scale(s) buffers; reading the weight dequantizes it to `dtype`."""
+
+    def __init__(self, block_scale: torch.Tensor, global_scale: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("block_scale", block_scale)
+        self.register_buffer("global_scale", global_scale)
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return dequantize(packed, self.block_scale, self.global_scale, self.dtype)
+
+    def shape_of(self, packed: torch.Tensor) -> torch.Size:
+        return torch.Size((*packed.shape[:-1], packed.shape[-1] * 2))
+
+
+def saved_format(folder: str | Path) -> dict | None:
+    """ModelOpt's quantization settings of a local model folder (config.json's quantization_config with
+    quant_method modelopt, or the hf_quant_config.json ModelOpt writes beside it), or None when it has neither."""
+    folder = Path(folder)
+    found = None
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            found = json.loads(config.read_text()).get("quantization_config")
+        except (json.JSONDecodeError, AttributeError):
+            found = None
+    if isinstance(found, dict) and found.get("quant_method") == "modelopt":
+        return found
+    side = folder / "hf_quant_config.json"
+    if side.is_file():
+        try:
+            data = json.loads(side.read_text())
+        except json.JSONDecodeError:
+            return None
+        if isinstance(data, dict) and isinstance(data.get("quantization"), dict):
+            return {"quant_method": "modelopt", **data["quantization"]}
+    return None
+
+
+def is_nvfp4(quantization: dict | None) -> bool:
+    return bool(quantization) and quantization.get("quant_method") == "modelopt" and \
+        str(quantization.get("quant_algo", "")).upper() == "NVFP4"
+
+
+def unreadable(quantization: dict) -> str | None:
+    """Why hubtune cannot load a ModelOpt checkpoint with these settings, or None when it can."""
+    algo = str(quantization.get("quant_algo", ""))
+    if algo.upper() != "NVFP4":
+        return (f"saved by NVIDIA ModelOpt as {algo or 'an unnamed algorithm'} (quant_method modelopt): hubtune reads "
+                f"ModelOpt's NVFP4 checkpoints only, and transformers has no ModelOpt quantizer; use the 16-bit "
+                f"model it was made from (its card's base_model), with model.quantization nf4 for 4-bit memory")
+    group = quantization.get("group_size", BLOCK)
+    if group != BLOCK:
+        return f"saved in NVFP4 with group_size {group}; the format's block is {BLOCK} weights"
+    return None
+
+
+def inside_other_format(folder: str | Path, quantization: dict) -> str | None:
+    """Why a checkpoint whose quantization_config names another method (DeepSeek V4's NVFP4 releases declare
+    transformers' fp8) but which holds NVFP4 weights (`weight_scale_2` beside them) cannot load: transformers'
+    quantizer for that method would drop their scales and leave those weights random. None when it holds none."""
+    folder = Path(folder)
+    if quantization.get("quant_method") == "modelopt" or not folder.is_dir():
+        return None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = json.loads(index.read_text()).get("weight_map", {})
+    else:
+        from safetensors import safe_open
+
+        names = []
+        for file in folder.glob("*.safetensors"):
+            with safe_open(file, framework="pt") as f:
+                names += list(f.keys())
+    found = next((name for name in names if name.endswith(".weight_scale_2")), None)
+    if found is None:
+        return None
+    return (f"declared {quantization.get('quant_method')!r} but holding NVFP4 weights ({found} and others): "
+            f"transformers' {quantization.get('quant_method')} quantizer drops their scales, which would leave them "
+            f"random, and hubtune reads NVFP4 only from checkpoints ModelOpt declares NVFP4 (quant_method modelopt, "
+            f"quant_algo NVFP4); use the 16-bit model it was made from")
+
+
+def _tensor_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ConfigError([("model.id", f"{folder} holds no .safetensors weights (ModelOpt saves its checkpoints "
+                                        f"in safetensors)")])
+    return files
+
+
+def _set_parameter(module: torch.nn.Module, name: str, value: torch.Tensor, frozen: bool = False) -> None:
+    module._parameters[name] = torch.nn.Parameter(value, requires_grad=not frozen and value.is_floating_point())
+
+
+def _quantized_parameter(module: torch.nn.Module, name: str, packed, block_scale, global_scale, dtype, where: str):
+    expected = getattr(module, name).shape
+    shape = torch.Size((*packed.shape[:-1], packed.shape[-1] * 2))
+    if shape != expected or block_scale.shape != torch.Size((*shape[:-1], shape[-1] // BLOCK)):
+        raise ConfigError([("model.id", f"{where}: the NVFP4 weight is {tuple(packed.shape)} bytes with block scales "
+                                        f"{tuple(block_scale.shape)}, which do not hold the model's "
+                                        f"{tuple(expected)} weight (packed {expected[-1] // 2} bytes and "
+                                        f"{expected[-1] // BLOCK} scales a row)")])
+    _set_parameter(module, name, packed, frozen=True)
+    P.register_parametrization(module, name, Nvfp4Blocks(block_scale, global_scale, dtype), unsafe=True)
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+         trust_remote_code: bool = False, revision: str | None = None, **config_kwargs):
+    """The causal LM in a ModelOpt NVFP4 folder (or Hub repo, downloaded at `revision`): built without weights,
+    its quantized weights then set packed (dequantized when read), the others in `dtype`. config_kwargs go to
+    the model's construction (attn_implementation, experts_implementation, output_router_logits)."""
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from hubtune import experts
+
+    folder = Path(path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        from hubtune import hub
+
+        folder = Path(snapshot_download(str(path), revision=revision, token=hub.token()))
+    quantization = saved_format(folder)
+    if quantization is None or (why := unreadable(quantization)):
+        raise ConfigError([("model.id", f"{folder} is " + (why if quantization else "not a ModelOpt checkpoint"))])
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # built as a 16-bit model; the weights below say what is quantized
+    attention = config_kwargs.pop("attn_implementation", None)
+    for key, value in config_kwargs.items():
+        setattr(config, key, value)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, rotary tables and the like computed
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **({"attn_implementation": attention} if attention else {}))
+
+    # Tensors the model's class leaves out as transformers' loader does (Qwen3-Next's multi-token prediction
+    # layers, Gemma 4's key/value projections of the layers that share another's cache).
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    tensors: dict[str, tuple[Path, str]] = {}
+    for file in _tensor_files(folder):
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                if not any(p.search(key) for p in ignored):
+                    tensors[key] = (file, key)
+    strict = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
+    loose = (getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else ()
+    fp32 = re.compile("|".join(rf"((^|\.){re.escape(m)}($|\.))" for m in (*strict, *loose))) if (*strict, *loose) else None
+
+    handles: dict[Path, object] = {}  # one open handle per file: a shard's header is parsed once
+
+    def read(key: str) -> torch.Tensor:
+        file, name = tensors[key]
+        if file not in handles:
+            handles[file] = safe_open(file, framework="pt", device=str(device))
+        return handles[file].get_tensor(name)
+
+    quantized = {key[: -len(".weight_scale")] for key in tensors if key.endswith(".weight_scale")}
+    used: set[str] = set()
+    stacks: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    for key in tensors:
+        if key.rsplit(".", 1)[-1] in INFERENCE_ONLY:
+            used.add(key)
+        elif (m := _EXPERT.match(key)) and m["leaf"] == "weight" and _stacked(model, m["experts"]):
+            stacks[m["experts"]][int(m["index"])][m["proj"]] = key[: -len(".weight")]
+    for prefix in sorted(quantized):
+        if _EXPERT.match(prefix + ".weight") and _stacked(model, _EXPERT.match(prefix + ".weight")["experts"]):
+            continue
+        module_name, _, leaf = (prefix + ".weight").rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise ConfigError([("model.id", f"{folder}: {prefix} is quantized but {type(model).__name__} has no such "
+                                            f"layer (its config.json model_type is {config.model_type!r})")]) from None
+        _quantized_parameter(module, leaf, read(prefix + ".weight"), read(prefix + ".weight_scale"),
+                             read(prefix + ".weight_scale_2").to(torch.float32).reshape(()), dtype, prefix)
+        used.update(prefix + suffix for suffix in (".weight", ".weight_scale", ".weight_scale_2"))
+    for experts_name, by_index in stacks.items():
+        used.update(_stack_experts(model, experts_name, by_index, quantized, read, dtype, folder))
+    for key in tensors:
+        if key in used:
+            continue
+        module_name, _, leaf = key.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            module = None
+        if module is None or (leaf not in module._parameters and leaf not in module._buffers):
+            raise ConfigError([("model.id", f"{folder}: the checkpoint's {key} is no parameter of "
+                                            f"{type(model).__name__}; hubtune reads ModelOpt checkpoints saved with "
+                                            f"transformers' names")])
+        value = read(key)
+        if value.is_floating_point():
+            value = value.to(torch.float32 if fp32 is not None and fp32.search(key) else dtype)
+        expected = (module._parameters.get(leaf) if leaf in module._parameters else module._buffers[leaf])
+        if expected is not None and expected.shape != value.shape:
+            raise ConfigError([("model.id", f"{folder}: the checkpoint's {key} is {tuple(value.shape)}, the "
+                                            f"model's (from config.json) {tuple(expected.shape)}")])
+        if leaf in module._parameters:
+            _set_parameter(module, leaf, value)
+        else:
+            module._buffers[leaf] = value
+    handles.clear()
+    model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise ConfigError([("model.id", f"{folder}: the checkpoint has no {', '.join(missing[:5])}"
+                                        f"{' and more' if len(missing) > 5 else ''}")])
+    for name, buffer in model.named_buffers():
+        if buffer.device != torch.device(device) and not buffer.is_meta:
+            module_name, _, leaf = name.rpartition(".")
+            model.get_submodule(module_name)._buffers[leaf] = buffer.to(device)
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    model.hubtune_nvfp4 = True
+    model.eval()
+    for module in model.modules():
+        if P.is_parametrized(module) and any(p.ndim >= 3 for p in module.parameters(recurse=False)):
+            experts._cache_per_forward(module)
+    return model
+
+
+def _stacked(model, experts_name: str) -> bool:
+    try:
+        module = model.get_submodule(experts_name)
+    except AttributeError:
+        return False
+    return "gate_up_proj" in module._parameters and "down_proj" in module._parameters
+
+
+def _stack_experts(model, experts_name, by_index, quantized, read, dtype, folder) -> set[str]:
+    """Per-expert gate/up/down Linear weights into the experts module's stacked gate_up_proj and down_proj."""
+    module = model.get_submodule(experts_name)
+    count = module.gate_up_proj.shape[0]
+    if sorted(by_index) != list(range(count)) or any(set(p) != {"gate_proj", "up_proj", "down_proj"}
+                                                      for p in by_index.values()):
+        raise ConfigError([("model.id", f"{folder}: {experts_name} holds {count} experts in {type(model).__name__}, "
+                                        f"and the checkpoint does not have gate_proj, up_proj and down_proj for each "
+                                        f"of experts 0 to {count - 1}")])
+    used = set()
+    for name, projs in (("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",))):
+        prefixes = [[by_index[e][proj] for proj in projs] for e in range(count)]
+        kinds = {prefix in quantized for row in prefixes for prefix in row}
+        if len(kinds) > 1:
+            raise ConfigError([("model.id", f"{folder}: {experts_name}.{name} mixes NVFP4 and 16-bit experts")])
+        if kinds == {True}:
+            packed, scales, globals_ = [], [], []
+            for row in prefixes:
+                packed.append(torch.cat([read(p + ".weight") for p in row]))
+                scales.append(torch.cat([read(p + ".weight_scale") for p in row]))
+                globals_.append(torch.cat([read(p + ".weight_scale_2").to(torch.float32).reshape(1).expand(
+                    read(p + ".weight").shape[0]) for p in row]))
+                used.update(p + s for p in row for s in (".weight", ".weight_scale", ".weight_scale_2"))
+            _quantized_parameter(module, name, torch.stack(packed), torch.stack(scales),
+                                 torch.stack(globals_).unsqueeze(-1), dtype, f"{experts_name}.{name}")
+        else:
+            value = torch.stack([torch.cat([read(p + ".weight") for p in row]) for row in prefixes]).to(dtype)
+            if value.shape != module._parameters[name].shape:
+                raise ConfigError([("model.id", f"{folder}: {experts_name}.{name} stacks to {tuple(value.shape)}, "
+                                                f"the model's is {tuple(module._parameters[name].shape)}")])
+            _set_parameter(module, name, value)
+            used.update(p + ".weight" for row in prefixes for p in row)
+    return used
+
+
+def nvfp4_weights(model) -> list[str]:
+    """The names of the weights stored NVFP4 (parametrized), as the 16-bit base names them."""
+    return [f"{name}.{param}" if name else param for name, module in model.named_modules()
+            if P.is_parametrized(module) for param in module.parametrizations
+            if isinstance(module.parametrizations[param][0], Nvfp4Blocks)]
+
+
+def dequantized(model):
+    """`model` with every NVFP4 weight replaced by its dequantized value, a plain parameter (for merging an adapter
+    into it, and saving it as a 16-bit model)."""
+    for module in list(model.modules()):
+        if P.is_parametrized(module):
+            for name in [n for n in module.parametrizations if isinstance(module.parametrizations[n][0], Nvfp4Blocks)]:
+                value = getattr(module, name).detach()
+                P.remove_parametrizations(module, name, leave_parametrized=False)  # the packed bytes back
+                module._parameters[name] = torch.nn.Parameter(value)  # a float tensor cannot be set into them
+    model.hubtune_nvfp4 = False
+    return model

@@ -1,0 +1,99 @@
+"""A tiny checkpoint in NVIDIA ModelOpt's NVFP4 layout, written by a quantizer of the tests' own (round to the
+nearest E2M1 value, block scales to E4M3, one global scale per tensor as ModelOpt sets it: amax / (6 * 448)),
+beside the 16-bit checkpoint holding the weights it dequantizes to."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+MAGNITUDES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+BOUNDS = (MAGNITUDES[1:] + MAGNITUDES[:-1]) / 2
+
+
+def quantize(weight: torch.Tensor, global_scale: float | None = None):
+    """(packed uint8 [N, K/2], E4M3 [N, K/16], float32 scalar) for a weight [N, K]."""
+    w = weight.detach().float()
+    scale2 = torch.tensor(global_scale if global_scale is not None else w.abs().max().item() / (6 * 448),
+                          dtype=torch.float32)
+    blocks = w.unflatten(-1, (-1, 16))
+    block_scale = (blocks.abs().amax(-1) / (6 * scale2)).clamp(max=448).to(torch.float8_e4m3fn)
+    divisor = (block_scale.float() * scale2).unsqueeze(-1)
+    scaled = blocks / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    codes = torch.bucketize(scaled.abs(), BOUNDS).to(torch.uint8) | ((scaled < 0).to(torch.uint8) << 3)
+    codes = codes.flatten(-2)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4), block_scale, scale2
+
+
+def dequantize(packed, block_scale, scale2) -> torch.Tensor:
+    """The tests' own reading of the layout (element by element, independent of hubtune.nvfp4's)."""
+    values = torch.cat([MAGNITUDES, -MAGNITUDES])
+    lo, hi = (packed & 0x0F).long(), (packed >> 4).long()
+    codes = torch.stack((lo, hi), dim=-1).flatten(-2)
+    scales = (block_scale.float() * scale2).repeat_interleave(16, dim=-1)
+    return values[codes] * scales
+
+
+def quantized_name(name: str) -> bool:
+    """The layers ModelOpt quantizes in these tests: attention projections and experts (not the embeddings,
+    head, norms or router)."""
+    return name.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+
+
+def write(model_dir: Path, out: Path, sixteen_out: Path) -> None:
+    """model_dir (a 16-bit transformers MoE checkpoint with stacked experts) saved to `out` in ModelOpt's NVFP4
+    layout (experts one Linear each, gate and up with different global scales), and to `sixteen_out` as a 16-bit
+    checkpoint of the weights `out` dequantizes to."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tensors, dequantized = {}, {}
+
+    def put(prefix: str, weight: torch.Tensor, global_scale: float | None = None):
+        packed, block_scale, scale2 = quantize(weight, global_scale)
+        tensors.update({f"{prefix}.weight": packed, f"{prefix}.weight_scale": block_scale,
+                        f"{prefix}.weight_scale_2": scale2, f"{prefix}.input_scale": torch.tensor(1.0)})
+        return dequantize(packed, block_scale, scale2)
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and quantized_name(name):
+            dequantized[f"{name}.weight"] = put(name, module.weight)
+        elif hasattr(module, "gate_up_proj") and module.gate_up_proj.ndim == 3:
+            half = module.gate_up_proj.shape[1] // 2
+            gate_up, down = [], []
+            for e in range(module.gate_up_proj.shape[0]):
+                gate = module.gate_up_proj[e, :half]
+                gate_up.append(torch.cat([put(f"{name}.{e}.gate_proj", gate),
+                                          put(f"{name}.{e}.up_proj", module.gate_up_proj[e, half:],
+                                              gate.abs().max().item() / (6 * 448) * 1.5)]))
+                down.append(put(f"{name}.{e}.down_proj", module.down_proj[e]))
+            dequantized[f"{name}.gate_up_proj"] = torch.stack(gate_up)
+            dequantized[f"{name}.down_proj"] = torch.stack(down)
+    state = model.state_dict()
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    for key, value in state.items():
+        if key not in dequantized and not (tied and key == "lm_head.weight"):
+            tensors[key] = value.contiguous()
+    out.mkdir(parents=True)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((model_dir / "config.json").read_text())
+    settings = {"quant_algo": "NVFP4", "kv_cache_quant_algo": None, "group_size": 16,
+                "exclude_modules": ["lm_head", "*.mlp.gate"]}
+    config["quantization_config"] = {"quant_method": "modelopt", **settings}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt", "version": "0.37.0"},
+                                                           "quantization": settings}, indent=2))
+    for extra in model_dir.iterdir():
+        if extra.name not in ("config.json", "model.safetensors") and extra.is_file():
+            shutil.copy(extra, out / extra.name)
+    with torch.no_grad():
+        for key, value in dequantized.items():
+            model.get_parameter(key).copy_(value)
+    model.save_pretrained(sixteen_out)
+    for extra in model_dir.iterdir():
+        if not (sixteen_out / extra.name).exists() and extra.is_file():
+            shutil.copy(extra, sixteen_out / extra.name)
