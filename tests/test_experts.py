@@ -278,13 +278,6 @@ def test_the_documented_moe_config_builds():
     assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"]
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory) -> Path:
-    """One inductor cache for the torchao cases, as on a machine that has run both optimizers: the 4-bit run
-    finds the 8-bit run's compiled updates for the same parameter shapes."""
-    return tmp_path_factory.mktemp("inductor")
-
-
 # r 128: A and B of q_proj hold 8192 values, 4096 per process, the least torchao quantizes (so one process
 # quantizes the same tensors in the same blocks of 256; v_proj's B, 2048 per process, would stay float32 there).
 TORCHAO_LORA = {"target_modules": ["q_proj"], "dropout": 0.0, "r": 128}
@@ -299,15 +292,16 @@ TORCHAO_LORA = {"target_modules": ["q_proj"], "dropout": 0.0, "r": 128}
     ("nf4", TORCHAO_LORA, "adamw_torch_8bit"),
     ("nf4", TORCHAO_LORA, "adamw_torch_4bit")],
     ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw", "torchao-4-bit-adamw"])
-def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, compile_cache, quantization,
-                                                                  lora, optimizer):
+def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora, optimizer):
     """Two processes (gloo, CPU) under FSDP2: each loads the base with its experts quantized, fully_shard
     splits the quantized storage between them (each keeps the whole constants), and after its all-gather
     the experts dequantize to the same weights: the loss, every LoRA gradient, the loss after an AdamW step,
     after a second step taken by an optimizer resumed from accelerate's sharded checkpoint, and the adapter
     gathered at the end equal one process's over the same two batches (gradient checkpointing on, as in
     Axolotl's examples). torchao's 8- and 4-bit AdamW quantize each process's shard of the adapter's states,
-    save and load them quantized, and take the same steps."""
+    save and load them quantized, and take the same steps; the 4-bit case runs after the 8-bit one over the
+    same parameter shapes with the machine's compile cache, which then holds the 8-bit updates under the keys
+    the 4-bit ones look up (distributed.separate_optimizer_compiles)."""
     if optimizer.startswith("adamw_torch_"):
         pytest.importorskip("torchao")
     import json
@@ -324,11 +318,10 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
         port = s.getsockname()[1]
     out = tmp_path / "fsdp2.pt"
     worker = Path(__file__).parent / "fsdp2_experts.py"
-    env = {**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, quantized_experts=True)),
-           "TORCHINDUCTOR_CACHE_DIR": str(compile_cache)}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                     "127.0.0.1", "--master_port", str(port), str(worker), str(tiny_moe), quantization,
-                    json.dumps(lora), optimizer, str(out)], check=True, timeout=300, env=env)
+                    json.dumps(lora), optimizer, str(out)], check=True, timeout=300,
+                   env={**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, quantized_experts=True))})
     sharded = torch.load(out)
     # Each process held half of every quantized expert's storage, in its quantized dtype.
     assert len(sharded["held"]) == 4
