@@ -129,6 +129,9 @@ class LoraSection(Section):
         "such as a mixture-of-experts layer's stacked experts.gate_up_proj (PEFT's target_parameters).")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with "
         "the adapter, e.g. [embed_tokens, lm_head].")
+    nvfp4_merge_aware: bool = Field(False, description="On an NVFP4 base (saved by NVIDIA ModelOpt): train "
+        "with the effective weight quantized to NVFP4 again, Q(W + s·B·A), the gradient passing straight through Q "
+        "(Axolotl's nvfp4_merge_aware), so a merge quantized back to NVFP4 holds what was trained.")
     unfrozen_parameters: list[str] = Field(default_factory=list, description="Base parameters trained in full beside "
         "the adapter and saved with it, by name as the base names them (not base_model.model.): regular expressions "
         "matched from the start, dots literal unless followed by + (as Axolotl's unfrozen_parameters), e.g. "

@@ -689,6 +689,9 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if saved is not None and (why := prequantized.unreadable(saved) or nvfp4.inside_other_format(path, saved)):
         raise ConfigError([("model.id", f"{path} is {why}")])
     saved_quantized = saved is not None
+    if backend == "unsloth" and nvfp4.is_nvfp4(saved):
+        raise ConfigError([("training.backend", f"{path} is saved in NVFP4 by ModelOpt, which hubtune loads itself "
+                                                f"(Unsloth does not read it); set training.backend: hf")])
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
@@ -862,14 +865,23 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
             raise ConfigError([("lora.unfrozen_parameters", "a continued adapter (lora.init_from) trains what it "
                                                             "was saved with; leave unfrozen_parameters out, or "
                                                             "start a fresh adapter")])
-        return experts.under_lora(model, lambda: PeftModel.from_pretrained(
-            model, str(adapter_folder(config.lora.init_from)), is_trainable=True))
+        return _merge_aware(config, experts.under_lora(model, lambda: PeftModel.from_pretrained(
+            model, str(adapter_folder(config.lora.init_from)), is_trainable=True)))
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     unfreeze.refuse_quantized_saves(model, config.lora.modules_to_save)
     peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen,
                               model)
-    peft_model = experts.under_lora(model, lambda: get_peft_model(model, peft_config))
+    peft_model = _merge_aware(config, experts.under_lora(model, lambda: get_peft_model(model, peft_config)))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
+    return peft_model
+
+
+def _merge_aware(config: cfg.RunConfig, peft_model):
+    """lora.nvfp4_merge_aware: the adapter's layers over NVFP4 weights compute with Q(W + s·B·A) (hubtune.nvfp4)."""
+    if config.lora.nvfp4_merge_aware:
+        from hubtune import nvfp4
+
+        nvfp4.merge_aware(peft_model)
     return peft_model
 
 
