@@ -83,12 +83,27 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def preset_path(mode: str, context_parallel_size: int = 1, quantized_experts: bool = False) -> Path:
-    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so do
-    quantized experts, loaded whole by every process (fsdp2-quantized-experts.yaml)."""
+def loads_whole_base(model, training) -> bool:
+    """Whether FSDP launches FSDP2 with every process loading the whole quantized base (the
+    fsdp2-quantized-experts.yaml preset): quantized experts, and a 4-bit base stepped by torchao's 8- or 4-bit
+    AdamW, whose states shard with FSDP2's parameters only (a 4-bit base's quantization constants are not
+    parameters or buffers, so rank-0 loading with a broadcast would not carry them)."""
+    return training.distributed == "fsdp" and (model.quantize_experts or (
+        training.optimizer in TORCHAO_OPTIMIZERS and model.quantization in ("nf4", "fp4")))
+
+
+def every_process_loads_the_base() -> bool:
+    """In a launched process: this launch is FSDP2 without rank-0 loading (loads_whole_base's preset)."""
+    return (world_size() > 1 and os.environ.get("FSDP_VERSION", "1") == "2"
+            and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() not in ("true", "1"))
+
+
+def preset_path(mode: str, context_parallel_size: int = 1, whole_base: bool = False) -> Path:
+    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so does
+    a base every process loads whole (loads_whole_base: fsdp2-quantized-experts.yaml)."""
     if mode == "fsdp" and context_parallel_size > 1:
         return PRESETS / "fsdp2.yaml"
-    if mode == "fsdp" and quantized_experts:
+    if mode == "fsdp" and whole_base:
         return PRESETS / "fsdp2-quantized-experts.yaml"
     if mode not in MODES or mode == "none":
         raise ConfigError([("training.distributed", f"no accelerate preset for {mode!r}; use one of "
@@ -193,13 +208,14 @@ def check_quantized_experts(config) -> None:
     """In a launched process: quantized experts under FSDP need every process to load the quantized base
     (no rank-0-only loading, whose broadcast carries parameters and buffers but not the experts' quantization
     constants) and FSDP2, which shards their quantized storage as it is (FSDP1 would flatten it with the
-    compute-dtype weights)."""
-    if not config.model.quantize_experts or config.training.distributed != "fsdp" or world_size() == 1:
+    compute-dtype weights); so does a 4-bit base with torchao's low-bit AdamW (loads_whole_base)."""
+    if not loads_whole_base(config.model, config.training) or world_size() == 1:
         return
     version = os.environ.get("FSDP_VERSION", "1")
     ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("true", "1")
+    field = "model.quantize_experts" if config.model.quantize_experts else "training.optimizer"
     if version != "2" or ram_efficient:
-        raise ConfigError([("model.quantize_experts", f"under fsdp needs FSDP2 with every process loading the base, "
+        raise ConfigError([(field, f"under fsdp needs FSDP2 with every process loading the base, "
                                                       f"but this launch has FSDP {version}"
                                                       f"{' with cpu_ram_efficient_loading' if ram_efficient else ''}; "
                                                       f"start it with `hubtune train CONFIG --num-processes N`, or "
@@ -477,17 +493,17 @@ class LaunchPlan:
     main_process_ip: str | None = None
     main_process_port: int | None = None  # None: a free port on one machine, 29500 over several
     context_parallel_size: int = 1
-    quantized_experts: bool = False
+    whole_base: bool = False  # loads_whole_base
 
     @property
     def preset(self) -> Path:
-        return preset_path(self.mode, self.context_parallel_size, self.quantized_experts)
+        return preset_path(self.mode, self.context_parallel_size, self.whole_base)
 
 
 def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
                 main_process_ip: str | None = None, main_process_port: int | None = None,
                 context_parallel_size: int = 1, expert_parallel_size: int = 1,
-                quantized_experts: bool = False) -> LaunchPlan | None:
+                whole_base: bool = False) -> LaunchPlan | None:
     """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
     every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
     training.distributed: none uses DDP."""
@@ -514,7 +530,7 @@ def plan_launch(config_mode: str, num_processes: int | None, num_machines: int =
                                f"multiple of it, got {num_processes}")
     mode = "ddp" if config_mode == "none" else config_mode
     return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
-                      context_parallel_size, quantized_experts)
+                      context_parallel_size, whole_base)
 
 
 def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:

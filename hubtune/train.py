@@ -723,9 +723,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         )
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
-    elif hw.device == "cuda" and (not sharded or model.quantize_experts):
-        # Quantized experts under FSDP2: every process loads the whole base onto its own GPU, quantizing the
-        # experts as they load, and fully_shard then shards it (their constants stay whole in every process).
+    elif hw.device == "cuda" and (not sharded or model.quantize_experts or distributed.every_process_loads_the_base()):
+        # Quantized experts (or a 4-bit base for torchao's low-bit AdamW) under FSDP2: every process loads the
+        # whole base onto its own GPU, quantizing as it loads, and fully_shard then shards it (the quantization
+        # constants stay whole in every process).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     modelopt = nvfp4.is_nvfp4(saved)
     if modelopt and model.quantize_experts:

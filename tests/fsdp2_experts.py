@@ -8,7 +8,10 @@ accelerate's save_fsdp_optimizer (torch's distributed checkpoint) and loaded bac
 new optimizer, as a resumed run does; a second step with it, a last forward.
 Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
 
-    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT
+    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT [EXPERTS]
+
+EXPERTS "quantized" (the default) or "16-bit": a QLoRA base whose experts stay in 16 bits, launched the same
+way for torchao's low-bit AdamW (distributed.loads_whole_base).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import torch
 import torch.distributed as dist
 
 
-def prepared(model_path: str, quantization: str, lora: dict):
+def prepared(model_path: str, quantization: str, lora: dict, quantize_experts: bool = True):
     """The base and adapter exactly as the single-process reference builds them (same seed, same factors)."""
     from hubtune import config as cfg
     from hubtune.hardware import Hardware
     from hubtune.train import attach_lora, load_base
 
-    model = {"id": model_path, "quantization": quantization, "quantize_experts": True}
+    model = {"id": model_path, "quantization": quantization, "quantize_experts": quantize_experts}
     config = cfg.build({"model": model, "lora": lora})
     base = load_base(model_path, config.model, Hardware("cpu", torch.float32, "adamw_torch"), sharded=True)
     torch.manual_seed(0)
@@ -60,7 +63,8 @@ def batches() -> torch.Tensor:
     return torch.randint(3, 902, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str) -> None:
+def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str,
+         experts: str = "quantized") -> None:
     from types import SimpleNamespace
 
     from accelerate.utils import FullyShardedDataParallelPlugin
@@ -78,7 +82,7 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
 
     # What hubtune's training does before the Trainer builds a torchao optimizer under FSDP2.
     separate = distributed.separate_optimizer_compiles("fsdp", optimizer_name)
-    model = prepared(model_path, quantization, json.loads(lora_json))
+    model = prepared(model_path, quantization, json.loads(lora_json), experts == "quantized")
     plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of the preset's launch
     assert plugin.fsdp_version == 2 and not plugin.cpu_ram_efficient_loading
     accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,

@@ -387,7 +387,7 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
         config = converted[name]
         assert config.training.distributed == "fsdp" and config.model.quantization == "nf4", name
         assert config.training.optimizer == optimizer, name
-        plan = distributed.plan_launch(config.training.distributed, 2, quantized_experts=config.model.quantize_experts)
+        plan = distributed.plan_launch(config.training.distributed, 2, whole_base=distributed.loads_whole_base(config.model, config.training))
         assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
         fsdp = axolotl.to_axolotl(config)["fsdp_config"]
         assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
@@ -400,20 +400,35 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     assert "shared_expert.down_proj" in converted["qwen3-next/qwen3-next-80b-a3b-qlora.yaml"].lora.target_modules
 
 
-# torchao's 4-bit AdamW on a QLoRA base without quantized experts: hubtune launches its FSDP1 preset for it.
-TORCHAO_ON_FSDP1 = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/27b-qlora-fsdp.yaml")
+# torchao's 4-bit AdamW on a QLoRA base without quantized experts: FSDP2 with every process loading the base.
+TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/27b-qlora-fsdp.yaml")
 
 
-def test_torchaos_low_bit_adamw_under_fsdp_is_refused_only_where_hubtune_launches_fsdp1(results):
+def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
+    """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
+    hubtune's FSDP2 launch in which every GPU loads the 4-bit base; the two still refused are refused for
+    their base (an 8-bit one with quantized experts, an NVFP4 one), and for the optimizer on FSDP1 as well."""
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
              and (data.get("fsdp") or data.get("fsdp_config"))}
     refused = {name: why for name, (config, why) in asked.items() if config is None}
-    assert set(EXPERTS_UNDER_FSDP) <= set(asked) and set(TORCHAO_ON_FSDP1) <= set(refused)
+    assert set(asked) - set(refused) == {*EXPERTS_UNDER_FSDP, *TORCHAO_QLORA_UNDER_FSDP}
     for name, why in refused.items():
         assert "shard with FSDP2's parameters only, and this launch is FSDP1" in why["optimizer"], name
-        # The others are refused for their base too: an 8-bit one with quantized experts, an NVFP4 one.
-        assert (set(why) == {"optimizer"}) == (name in TORCHAO_ON_FSDP1), (name, sorted(why))
+        assert set(why) - {"optimizer"}, (name, sorted(why))
+    for name in TORCHAO_QLORA_UNDER_FSDP:
+        config = asked[name][0]
+        m, t = config.model, config.training
+        assert (m.quantization, m.quantize_experts, t.distributed, t.optimizer) == (
+            "nf4", False, "fsdp", "adamw_torch_4bit"), name
+        assert distributed.loads_whole_base(m, t), name
+        plan = distributed.plan_launch(t.distributed, 2, whole_base=distributed.loads_whole_base(m, t))
+        assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
+        fsdp = axolotl.to_axolotl(config)["fsdp_config"]
+        assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
+    # Without torchao's optimizer the same base keeps hubtune's FSDP1 preset (rank-0 loading).
+    config = asked[TORCHAO_QLORA_UNDER_FSDP[0]][0]
+    assert not distributed.loads_whole_base(config.model, config.training.model_copy(update={"optimizer": "adamw_torch"}))
 
 
 NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nvfp4-lora.yaml",

@@ -384,7 +384,7 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     from hubtune.runs import RunFolder, checkpoint_problem
     from hubtune.train import check_resumable
 
-    plan = distributed.plan_launch("fsdp", 2, quantized_experts=fsdp2)  # the FSDP2 preset that loads everywhere
+    plan = distributed.plan_launch("fsdp", 2, whole_base=fsdp2)  # the FSDP2 preset that loads everywhere
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
     env = prepare_multi_gpu_env(_validate_launch_command(launch_command_parser().parse_args(
         cmd[cmd.index("--config_file"):]))[0])
