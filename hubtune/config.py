@@ -129,6 +129,9 @@ class LoraSection(Section):
         "such as a mixture-of-experts layer's stacked experts.gate_up_proj (PEFT's target_parameters).")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with "
         "the adapter, e.g. [embed_tokens, lm_head].")
+    nvfp4_merge_aware: bool = Field(False, description="On an NVFP4 base (saved by NVIDIA ModelOpt): train "
+        "with the effective weight quantized to NVFP4 again, Q(W + s·B·A), the gradient passing straight through Q "
+        "(Axolotl's nvfp4_merge_aware), so a merge quantized back to NVFP4 holds what was trained.")
     unfrozen_parameters: list[str] = Field(default_factory=list, description="Base parameters trained in full beside "
         "the adapter and saved with it, by name as the base names them (not base_model.model.): regular expressions "
         "matched from the start, dots literal unless followed by + (as Axolotl's unfrozen_parameters), e.g. "
@@ -471,7 +474,7 @@ class TrainingSection(Section):
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
                        "adamw_torch_4bit", "adafactor", "sgd"] = Field(
         "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU. adamw_8bit: bitsandbytes' 8-bit states; "
-        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install torchao).")
+        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install 'hubtune[lowbit]').")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam's first-moment decay.")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam's second-moment decay (0.95 for less memory of old gradients).")

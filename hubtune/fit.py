@@ -55,17 +55,20 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
         options.append(("batch", f"micro-batch {micro} with {accum} accumulation steps (training.micro_batch_size: "
                                  f"{micro}, training.gradient_accumulation_steps: {accum})",
                         {"micro_batch": micro, "gradient_accumulation": accum}))
-    if s.method != "qlora" and _quantizable(arch, s):
+    nvfp4 = s.base_nvfp4 or arch.saved_nvfp4  # loads as saved: no other quantization, and no FSDP for it
+    if s.method != "qlora" and not nvfp4 and _quantizable(arch, s):
         options.append(("method", "LoRA on the base loaded in 4 bits (model.quantization: nf4)",
                         {"method": "qlora", "quantization": "nf4", "double_quant": True}))
-    if arch.moe and s.method == "qlora" and s.expert_quantization == "none":
+    if arch.moe and s.method == "qlora" and s.expert_quantization == "none" and not nvfp4:
         options.append(("experts", "the stacked experts stored in 4 bits too (model.quantize_experts: true)",
                         {"expert_quantization": s.quantization}))
     seq = s.seq_len
     while seq > 256:
         seq //= 2
         options.append(("seq", f"sequences of at most {seq} tokens (data.max_seq_len: {seq})", {"seq_len": seq}))
-    options += [("gpus", f"{n} GPUs with FSDP sharding weights and optimizer states", {"gpus": n}) for n in (2, 4, 8)]
+    if not nvfp4:
+        options += [("gpus", f"{n} GPUs with FSDP sharding weights and optimizer states", {"gpus": n})
+                    for n in (2, 4, 8)]
 
     def build(chosen: dict[str, tuple[str, dict]]) -> Settings:
         return replace(s, **{k: v for _, fields in chosen.values() for k, v in fields.items()})

@@ -94,7 +94,13 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     else:
         base = _base(run, path, dtype=torch.float32, trust_remote_code=trust)
     fit_vocabulary(base, run.adapter)
-    model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    if run.config.lora.nvfp4_merge_aware:
+        model = _merge_aware_merge(run, path, trust)
+        warnings.append("the adapter was trained merge-aware: each of its layers over an NVFP4 weight is merged as "
+                        "Q(W + s·B·A), the weight quantized to NVFP4 again that the run trained with, written "
+                        "dequantized")
+    else:
+        model = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
     if run.config.model.linearized_experts:
         from hubtune.linearized import fuse_experts
 
@@ -110,6 +116,38 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(run.adapter)).save_pretrained(out)
     return dtype, warnings
+
+
+def _merge_aware_adapter(run: RunFolder, path: str, trust: bool):
+    """The run's merge-aware adapter on its NVFP4 base, loaded packed, as the run computed (hubtune.nvfp4)."""
+    import torch
+    from peft import PeftModel
+
+    from hubtune import experts, nvfp4
+    from hubtune.train import fit_vocabulary
+
+    base = nvfp4.load(path, dtype=torch.float32, trust_remote_code=trust)
+    fit_vocabulary(base, run.adapter)
+    adapter = experts.under_lora(base, lambda: PeftModel.from_pretrained(base, str(run.adapter)))
+    nvfp4.merge_aware(adapter)
+    return adapter.eval()
+
+
+def _merge_aware_merge(run: RunFolder, path: str, trust: bool):
+    """The base with every merge-aware layer's weight set to Q(W + delta) and the rest of the adapter merged as
+    PEFT merges it (modules_to_save, layers over 16-bit weights)."""
+    import torch
+
+    from hubtune import nvfp4
+
+    adapter = _merge_aware_adapter(run, path, trust)
+    snapped = nvfp4.merge_aware_weights(adapter)
+    nvfp4.dequantized(adapter.base_model.model)  # plain weights, which PEFT merges into
+    model = adapter.merge_and_unload()
+    with torch.no_grad():
+        for name, value in snapped.items():
+            model.get_parameter(name).copy_(value)
+    return model
 
 
 def _base(run: RunFolder, path: str, **kwargs):
@@ -165,7 +203,10 @@ def logit_difference(run: RunFolder, merged: Path, limit: int = 8) -> dict:
         base = _base(run, path, trust_remote_code=trust).dequantize().to(torch.float32)
     else:
         base = _base(run, path, dtype=torch.float32, trust_remote_code=trust)
-    adapter = PeftModel.from_pretrained(base, str(run.adapter)).eval()
+    if run.config.lora.nvfp4_merge_aware:
+        adapter = _merge_aware_adapter(run, path, trust)
+    else:
+        adapter = PeftModel.from_pretrained(base, str(run.adapter)).eval()
     merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, trust_remote_code=trust).eval()
     largest = 0.0
     with torch.inference_mode():

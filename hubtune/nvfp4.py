@@ -290,8 +290,8 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.hubtune_nvfp4 = True
     model.eval()
-    for module in model.modules():
-        if P.is_parametrized(module) and any(p.ndim >= 3 for p in module.parameters(recurse=False)):
+    for module in model.modules():  # an experts loop reads its stack once per expert: dequantize it once
+        if P.is_parametrized(module) and any(chain.original.ndim >= 3 for chain in module.parametrizations.values()):
             experts._cache_per_forward(module)
     return model
 
@@ -357,3 +357,168 @@ def dequantized(model):
                 module._parameters[name] = torch.nn.Parameter(value)  # a float tensor cannot be set into them
     model.hubtune_nvfp4 = False
     return model
+
+
+# ---- merge-aware LoRA (Axolotl's nvfp4_merge_aware) -------------------------------------------------------------
+# The forward computes with Q(W + s·B·A): the effective weight quantized to NVFP4 again (fresh E4M3 block scales
+# over the base's global scale) and dequantized, the gradient passing straight through Q to the adapter, so that
+# an NVFP4-preserving merge writes what was trained. Q is torchao's, called as Axolotl's merge-identity quantizer
+# calls it (src/axolotl/integrations/kernels/libs/sonicmoe/nvfp4_quant.py, fake_quant_nvfp4, Apache-2.0).
+
+
+def fake_quantize(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """x [N, K] or [E, N, K] rounded onto the NVFP4 grid with fresh block scales over `global_scale` (a scalar,
+    or one per expert), returned dequantized in x's dtype: torchao's nvfp4_quantize, then NVFP4Tensor.dequantize
+    with a bfloat16 original dtype, as Axolotl does."""
+    try:
+        from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, nvfp4_quantize
+    except ImportError:
+        raise ConfigError([("lora.nvfp4_merge_aware", "needs torchao's NVFP4 quantizer, the one Axolotl's merge-aware "
+                                                      "training uses: pip install torchao")]) from None
+    xc = x.contiguous() if x.dtype in (torch.bfloat16, torch.float32) else x.float().contiguous()
+    pts = global_scale.to(device=x.device, dtype=torch.float32)
+    pts = pts.reshape(()) if pts.numel() == 1 else pts.reshape(-1, 1)
+    scale, packed = nvfp4_quantize(xc, BLOCK, pts)
+    scale = scale.view(*x.shape[:-1], x.shape[-1] // BLOCK)
+    # torchao 0.18 takes a scalar or one scale per expert as (E, 1, 1); the product with the block scales is
+    # float32 either way (Axolotl passes a (1, 1) scalar, which newer torchao accepts, for that promotion)
+    pts = pts.reshape(-1, 1, 1) if pts.dim() else pts
+    return NVFP4Tensor(packed, scale, BLOCK, torch.bfloat16, per_tensor_scale=pts).dequantize(x.dtype)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Q in the forward, the identity in the backward (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, weight, global_scale):
+        return fake_quantize(weight.detach(), global_scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def snap(weight: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    return _StraightThrough.apply(weight, global_scale)
+
+
+class Nvfp4Snap(torch.nn.Module):
+    """The parametrization put after PEFT's LoRA on a stacked NVFP4 weight: W + delta read as Q(W + delta)."""
+
+    def __init__(self, global_scale: torch.Tensor):
+        super().__init__()
+        self.global_scale = global_scale
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return snap(weight, self.global_scale)
+
+
+def merge_scale(blocks: Nvfp4Blocks, stacked: bool) -> torch.Tensor:
+    """The global scale Q quantizes over: the tensor's own, or per expert the larger of its gate and up scales (the
+    one scale per expert Axolotl's loader keeps for the stacked gate_up_proj)."""
+    scale = blocks.global_scale
+    return scale.flatten(1).amax(1) if stacked and scale.ndim >= 2 else scale.reshape(())
+
+
+def _lora_linear_forward(self, x, *args, **kwargs):
+    """PEFT's lora.Linear forward with out = x @ Q(W + s·B·A)^T + bias (Axolotl's merge_aware_linear.py)."""
+    adapters = [a for a in self.active_adapters if a in self.lora_A]
+    if self.disable_adapters or self.merged or len(adapters) != 1:
+        return self._hubtune_forward(x, *args, **kwargs)
+    adapter = adapters[0]
+    base = self.get_base_layer()
+    weight = base.weight
+    delta = (self.lora_B[adapter].weight @ self.lora_A[adapter].weight).to(weight.dtype) * self.scaling[adapter]
+    snapped = snap(weight + delta, self._hubtune_global_scale)
+    bias = None if base.bias is None else base.bias.to(x.dtype)
+    result = torch.nn.functional.linear(x, snapped.to(x.dtype), bias)
+    dropout = self.lora_dropout[adapter]
+    if self.training and isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+        # Only the low-rank branch sees dropout: its zero-mean residual vanishes at evaluation.
+        residual = (dropout(x) - x).to(self.lora_A[adapter].weight.dtype)
+        result = result + self.scaling[adapter] * self.lora_B[adapter](self.lora_A[adapter](residual)).to(result.dtype)
+    return result
+
+
+def _snapping_activation(wrapper, activate):
+    """A ParamWrapper's _activate_lora followed by Q on its parameter, removed again with PEFT's LoRA."""
+    import contextlib
+
+    base = wrapper.get_base_layer()
+    name = wrapper.parameter_name
+
+    @contextlib.contextmanager
+    def activated(active_adapters):
+        with activate(active_adapters):
+            chain = base.parametrizations[name]
+            if not any(type(p).__name__ in ("_LoraFactorsProxy", "_LoraParameterProxy") for p in chain):
+                yield
+                return
+            P.register_parametrization(base, name, Nvfp4Snap(wrapper._hubtune_global_scale), unsafe=True)
+            P._cache.pop((id(base), name), None)
+            try:
+                yield
+            finally:
+                chain = base.parametrizations[name]
+                for i in reversed(range(len(chain))):
+                    if isinstance(chain[i], Nvfp4Snap):
+                        del chain[i]
+                        break
+                P._cache.pop((id(base), name), None)
+
+    return activated
+
+
+def merge_aware(peft_model) -> int:
+    """Axolotl's merge-aware forward on every LoRA layer of `peft_model` over an NVFP4 weight (lora.Linear and
+    PEFT's ParamWrapper on stacked experts); returns how many. A ConfigError when there is none."""
+    import types
+
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    count = 0
+    for module in peft_model.modules():
+        wrapper = type(module).__name__ == "ParamWrapper"
+        if not (wrapper or isinstance(module, LoraLinear)) or hasattr(module, "_hubtune_global_scale"):
+            continue
+        base = module.get_base_layer()
+        name = module.parameter_name if wrapper else "weight"
+        if not P.is_parametrized(base, name) or not isinstance(base.parametrizations[name][0], Nvfp4Blocks):
+            continue
+        module._hubtune_global_scale = merge_scale(base.parametrizations[name][0], stacked=wrapper)
+        if wrapper:
+            module._activate_lora = _snapping_activation(module, module._activate_lora)
+        else:
+            module._hubtune_forward = module.forward
+            module.forward = types.MethodType(_lora_linear_forward, module)
+        count += 1
+    if not count:
+        raise ConfigError([("lora.nvfp4_merge_aware", "no LoRA layer of this run lies on an NVFP4 weight: merge-aware "
+                                                      "training needs an NVFP4 base (saved by NVIDIA ModelOpt) and "
+                                                      "LoRA on its quantized layers")])
+    return count
+
+
+@torch.no_grad()
+def merge_aware_weights(peft_model) -> dict[str, torch.Tensor]:
+    """What each merge-aware LoRA layer computes with, Q(W + delta), by the base model's parameter name."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    out = {}
+    root = peft_model.base_model.model
+    names = {id(m): n for n, m in root.named_modules()}
+    for module in root.modules():
+        if not hasattr(module, "_hubtune_global_scale"):
+            continue
+        base = module.get_base_layer()
+        where = names[id(base)].replace(".base_layer", "")  # the name the base model gives it
+        if isinstance(module, LoraLinear):
+            adapter = module.active_adapters[0]
+            weight = base.weight
+            delta = (module.lora_B[adapter].weight @ module.lora_A[adapter].weight).to(weight.dtype)
+            out[f"{where}.weight"] = fake_quantize(weight + delta * module.scaling[adapter],
+                                                   module._hubtune_global_scale)
+        else:
+            with module._activate_lora(module.active_adapters):
+                out[f"{where}.{module.parameter_name}"] = getattr(base, module.parameter_name).detach().clone()
+    return out

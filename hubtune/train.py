@@ -170,7 +170,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
-                                                  f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
+                                                  f"pip install 'hubtune[lowbit]' (torchao), or use adamw_8bit "
+                                                  f"(bitsandbytes)")])
+    distributed.separate_optimizer_compiles(mode, hw.optimizer)
     hub_kernels_needed(config.model, config.training)
     loftq_device(config.lora, hw.device)
     # Unsloth loads the base its own way, without transformers' expert-parallel sharding.
@@ -687,6 +689,9 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if saved is not None and (why := prequantized.unreadable(saved) or nvfp4.inside_other_format(path, saved)):
         raise ConfigError([("model.id", f"{path} is {why}")])
     saved_quantized = saved is not None
+    if backend == "unsloth" and nvfp4.is_nvfp4(saved):
+        raise ConfigError([("training.backend", f"{path} is saved in NVFP4 by ModelOpt, which hubtune loads itself "
+                                                f"(Unsloth does not read it); set training.backend: hf")])
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
     kwargs = {"dtype": hw.compute_dtype, "trust_remote_code": model.trust_remote_code}
@@ -718,9 +723,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         )
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
-    elif hw.device == "cuda" and (not sharded or model.quantize_experts):
-        # Quantized experts under FSDP2: every process loads the whole base onto its own GPU, quantizing the
-        # experts as they load, and fully_shard then shards it (their constants stay whole in every process).
+    elif hw.device == "cuda" and (not sharded or model.quantize_experts or distributed.every_process_loads_the_base()):
+        # Quantized experts (or a 4-bit base for torchao's low-bit AdamW) under FSDP2: every process loads the
+        # whole base onto its own GPU, quantizing as it loads, and fully_shard then shards it (the quantization
+        # constants stay whole in every process).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     modelopt = nvfp4.is_nvfp4(saved)
     if modelopt and model.quantize_experts:
@@ -860,14 +866,23 @@ def attach_lora(model, config: cfg.RunConfig, backend: str, gradient_checkpointi
             raise ConfigError([("lora.unfrozen_parameters", "a continued adapter (lora.init_from) trains what it "
                                                             "was saved with; leave unfrozen_parameters out, or "
                                                             "start a fresh adapter")])
-        return experts.under_lora(model, lambda: PeftModel.from_pretrained(
-            model, str(adapter_folder(config.lora.init_from)), is_trainable=True))
+        return _merge_aware(config, experts.under_lora(model, lambda: PeftModel.from_pretrained(
+            model, str(adapter_folder(config.lora.init_from)), is_trainable=True)))
     unfrozen = unfreeze.resolve(model, config.lora.unfrozen_parameters)
     unfreeze.refuse_quantized_saves(model, config.lora.modules_to_save)
     peft_config = lora_config(config.lora, vocabulary_modules(model) if new_token_ids else None, model_config, unfrozen,
                               model)
-    peft_model = experts.under_lora(model, lambda: get_peft_model(model, peft_config))
+    peft_model = _merge_aware(config, experts.under_lora(model, lambda: get_peft_model(model, peft_config)))
     unfreeze.freeze_unnamed(peft_model, unfrozen)
+    return peft_model
+
+
+def _merge_aware(config: cfg.RunConfig, peft_model):
+    """lora.nvfp4_merge_aware: the adapter's layers over NVFP4 weights compute with Q(W + s·B·A) (hubtune.nvfp4)."""
+    if config.lora.nvfp4_merge_aware:
+        from hubtune import nvfp4
+
+        nvfp4.merge_aware(peft_model)
     return peft_model
 
 
@@ -918,7 +933,7 @@ def fit_vocabulary(base, adapter: Path) -> None:
             base.resize_token_embeddings(size, mean_resizing=False)  # the trained rows come from the adapter
 
 
-TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
+TORCHAO_OPTIMIZERS = distributed.TORCHAO_OPTIMIZERS
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
                     "swanlab": "swanlab"}
 

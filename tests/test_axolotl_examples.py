@@ -41,9 +41,9 @@ CANNOT_HONOUR = {
     # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
-    # Optimizer states FSDP cannot shard here: torchao's 4-bit AdamW (its compiled update fails over FSDP2's
-    # sharded parameters), torchao's 8-bit one outside FSDP2 (hubtune's FSDP1 preset), and bitsandbytes' on FSDP2
-    # (its first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
+    # Optimizer states FSDP cannot shard here: torchao's 8- and 4-bit AdamW outside FSDP2 (hubtune launches FSDP2
+    # for quantized experts and context parallelism, its FSDP1 preset otherwise), and bitsandbytes' on FSDP2 (its
+    # first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
     # hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
     # An 8-bit base sharded by FSDP (FSDP1 cannot flatten int8 weights, FSDP2 loses bitsandbytes' row constants)
@@ -52,9 +52,6 @@ CANNOT_HONOUR = {
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
-    # NVFP4 bases load (hubtune.nvfp4), but merge-aware LoRA trains another function: the effective weight
-    # fake-quantized to NVFP4 with a straight-through gradient, for Axolotl's NVFP4-preserving merge.
-    "merge-aware NVFP4 LoRA (a fake-quantized forward)": {"nvfp4_merge_aware"},
     # hubtune loads NVFP4 bases itself (hubtune.nvfp4) and has no FSDP path for their packed weights.
     "an NVFP4 base under FSDP (dsv4_fp4_grouped_mode)": {"dsv4_fp4_grouped_mode"},
     # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
@@ -258,6 +255,8 @@ def expected(data: dict) -> dict:
         "modules_to_save": data.get("lora_modules_to_save") or [],
         # Axolotl builds Llama 4's experts one linear layer each (its patched Llama4TextExperts) when this is set.
         "linearized_experts": bool(data.get("llama4_linearized_experts")),
+        # The NVFP4 base's effective weight fake-quantized in the forward (Axolotl's merge-aware LoRA).
+        "merge_aware": bool(data.get("nvfp4_merge_aware")),
         # Under an adapter Axolotl matches these against PEFT's names: the base weights are those named after
         # base_model.model. (the adapter's own weights train in hubtune anyway).
         "unfrozen": [p.removeprefix("^").removeprefix("base_model.model.") for p in data.get("unfrozen_parameters") or []
@@ -291,7 +290,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "save_total_limit": t.save_total_limit, "precision": c.model.compute_dtype, "tf32": t.tf32, "seed": t.seed,
         "quantize_experts": c.model.quantize_experts,
         "modules_to_save": c.lora.modules_to_save, "linearized_experts": c.model.linearized_experts,
-        "unfrozen": c.lora.unfrozen_parameters,
+        "merge_aware": c.lora.nvfp4_merge_aware, "unfrozen": c.lora.unfrozen_parameters,
         "relora": (t.relora.restart_steps, t.relora.warmup_steps, t.relora.anneal_steps, t.relora.prune_ratio,
                    t.relora.prune_method) if t.relora else None,
     }
@@ -364,9 +363,10 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
 
 # The examples asking for quantize_moe_experts that stay refused: an 8-bit base sharded by FSDP.
 EXPERTS_REFUSED = ("glm47-flash/lora_fsdp.yaml",)
-EXPERTS_UNDER_FSDP = ("glm47-flash/qlora_fsdp.yaml",)  # with torchao's 8-bit AdamW, which FSDP2 shards
-# Their quantized experts would run on FSDP2; their optimizer, torchao's 4-bit AdamW, does not.
-OPTIMIZER_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml")
+# On FSDP2 with torchao's 8-bit AdamW (glm47-flash) or 4-bit AdamW (qwen3.5), whose states FSDP2 shards.
+EXPERTS_UNDER_FSDP = {"glm47-flash/qlora_fsdp.yaml": "adamw_torch_8bit",
+                      "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "adamw_torch_4bit",
+                      "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "adamw_torch_4bit"}
 
 
 def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
@@ -377,18 +377,17 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
     assert all("load_in_8bit under FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
-    # The other refusals are for something else: context parallelism over packed examples, and torchao's
-    # 4-bit AdamW under FSDP.
-    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml", *OPTIMIZER_REFUSED}
-    assert all("torchao's 4-bit AdamW fails" in asked[name][1]["optimizer"] for name in OPTIMIZER_REFUSED)
+    # The other refusal is for something else: context parallelism over packed examples.
+    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 12 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 14 and all(c.model.quantize_experts for c in converted.values())
     # Axolotl's QLoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2 launch in
     # which every GPU loads the quantized base, and its export says so back.
-    for name in EXPERTS_UNDER_FSDP:
+    for name, optimizer in EXPERTS_UNDER_FSDP.items():
         config = converted[name]
         assert config.training.distributed == "fsdp" and config.model.quantization == "nf4", name
-        plan = distributed.plan_launch(config.training.distributed, 2, quantized_experts=config.model.quantize_experts)
+        assert config.training.optimizer == optimizer, name
+        plan = distributed.plan_launch(config.training.distributed, 2, whole_base=distributed.loads_whole_base(config.model, config.training))
         assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
         fsdp = axolotl.to_axolotl(config)["fsdp_config"]
         assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
@@ -401,55 +400,72 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     assert "shared_expert.down_proj" in converted["qwen3-next/qwen3-next-80b-a3b-qlora.yaml"].lora.target_modules
 
 
+# torchao's 4-bit AdamW on a QLoRA base without quantized experts: FSDP2 with every process loading the base.
+TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/27b-qlora-fsdp.yaml")
+
+
+def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
+    """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
+    hubtune's FSDP2 launch in which every GPU loads the 4-bit base; the two still refused are refused for
+    their base (an 8-bit one with quantized experts, an NVFP4 one), and for the optimizer on FSDP1 as well."""
+    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
+             if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
+             and (data.get("fsdp") or data.get("fsdp_config"))}
+    refused = {name: why for name, (config, why) in asked.items() if config is None}
+    assert set(asked) - set(refused) == {*EXPERTS_UNDER_FSDP, *TORCHAO_QLORA_UNDER_FSDP}
+    for name, why in refused.items():
+        assert "shard with FSDP2's parameters only, and this launch is FSDP1" in why["optimizer"], name
+        assert set(why) - {"optimizer"}, (name, sorted(why))
+    for name in TORCHAO_QLORA_UNDER_FSDP:
+        config = asked[name][0]
+        m, t = config.model, config.training
+        assert (m.quantization, m.quantize_experts, t.distributed, t.optimizer) == (
+            "nf4", False, "fsdp", "adamw_torch_4bit"), name
+        assert distributed.loads_whole_base(m, t), name
+        plan = distributed.plan_launch(t.distributed, 2, whole_base=distributed.loads_whole_base(m, t))
+        assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
+        fsdp = axolotl.to_axolotl(config)["fsdp_config"]
+        assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
+    # Without torchao's optimizer the same base keeps hubtune's FSDP1 preset (rank-0 loading).
+    config = asked[TORCHAO_QLORA_UNDER_FSDP[0]][0]
+    assert not distributed.loads_whole_base(config.model, config.training.model_copy(update={"optimizer": "adamw_torch"}))
+
+
 NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nvfp4-lora.yaml",
                   "qwen3/30b-a3b-nvfp4-lora.yaml", "qwen3-next/qwen3-next-80b-a3b-nvfp4-lora.yaml",
                   "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml")
 
 
-def test_nvfp4_examples_convert_unless_they_ask_for_merge_aware_training(results):
+def test_nvfp4_examples_convert_unless_under_fsdp(results):
     """The NVFP4 bases load through hubtune.nvfp4: the grouped NVFP4 experts kernel is noted (Axolotl computes
-    the same on all but sm100 GPUs, which the note says), except under FSDP, which hubtune has no path for with
-    these bases; merge-aware training, another function, is refused; GLM-5.2's example is refused for expert
-    parallelism and its optimizer under FSDP and for its NVFP4 base under FSDP."""
+    the same on all but sm100 GPUs, which the note says) and merge-aware LoRA is lora.nvfp4_merge_aware, except
+    under FSDP, which hubtune has no path for with these bases; GLM-5.2's example is also refused for expert
+    parallelism and its optimizer under FSDP."""
     by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
     config, refused = by_name[NVFP4_EXAMPLES[1]]
     assert config is None and set(refused) == {"dsv4_fp4_grouped_mode"}
     assert "'nvfp4' (an NVFP4 base) under fsdp: hubtune loads an NVFP4 base itself" in refused["dsv4_fp4_grouped_mode"]
-    for name in NVFP4_EXAMPLES[:1]:
-        config, _ = by_name[name]
-        assert config is not None, name
-        notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / name).read_text())).notes
-        assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4: Axolotl's grouped NVFP4 experts kernel") and
-                   "fp8 activations against the experts re-quantized to MXFP4" in n for n in notes), name
-        assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"] or \
-            config.lora.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    config, _ = by_name[NVFP4_EXAMPLES[0]]
+    notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text())).notes
+    assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4: Axolotl's grouped NVFP4 experts kernel") and
+               "fp8 activations against the experts re-quantized to MXFP4" in n for n in notes)
+    assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"]
+    assert not config.lora.nvfp4_merge_aware
     for name in NVFP4_EXAMPLES[2:4]:
-        config, refused = by_name[name]
-        assert config is None and set(refused) == {"nvfp4_merge_aware"}, name
-        assert "trains a different function" in refused["nvfp4_merge_aware"]
+        config, _ = by_name[name]
+        assert config.lora.nvfp4_merge_aware and config.model.experts_implementation == "sonicmoe", name
+        assert config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+        assert axolotl.to_axolotl(config)["nvfp4_merge_aware"] is True
     config, refused = by_name[NVFP4_EXAMPLES[4]]
     assert config is None and set(refused) == {"expert_parallel_size", "optimizer", "dsv4_fp4_grouped_mode"}
-    assert axolotl.from_axolotl({**yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text()),
-                                 "dsv4_fp4_grouped_mode": "fp8"}).unsupported[0][0] == "dsv4_fp4_grouped_mode"
-
-
-# bitsandbytes' optimizers under FSDP1 (hubtune's fsdp.yaml): each process checkpoints its own states.
-BNB_UNDER_FSDP1 = {"archived/dbrx/16bit-lora.yaml": "none", "mistral/mistral-qlora-fsdp.yml": "nf4"}
-
-
-def test_bitsandbytes_optimizers_convert_under_fsdp1_unless_the_base_is_8_bit(results):
-    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
-    for name, bits in BNB_UNDER_FSDP1.items():
-        config, refused = by_name[name]
-        assert config is not None, (name, refused)
-        t = config.training
-        assert (config.model.quantization, t.distributed, t.optimizer) == (bits, "fsdp", "paged_adamw_8bit"), name
-        plan = distributed.plan_launch(t.distributed, 2, quantized_experts=config.model.quantize_experts)
-        assert yaml.safe_load(plan.preset.read_text())["fsdp_config"]["fsdp_version"] == 1, name
-        assert distributed.fsdp_optimizer_problem(t.optimizer, fsdp2=False) is None, name
-        exported = axolotl.to_axolotl(config)
-        assert exported["optimizer"] == "paged_adamw_8bit" and exported["fsdp"], name
-    # The same run on an 8-bit base stops where FSDP1 wraps it, so the converter refuses that, and only that.
-    config, refused = by_name["archived/dbrx/8bit-lora.yaml"]
-    assert config is None and set(refused) == {"load_in_8bit"}
-    assert "'Cannot flatten integer dtype tensors'" in refused["load_in_8bit"]
+    gemma = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text())
+    assert axolotl.from_axolotl({**gemma, "dsv4_fp4_grouped_mode": "fp8"}).unsupported[0][0] == "dsv4_fp4_grouped_mode"
+    # What Axolotl itself refuses beside nvfp4_merge_aware: its fused LoRA kernels (gemma4's example sets them),
+    # another experts backend, and a delayed start, which hubtune does not run.
+    qwen = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[2]).read_text())
+    for change, key, why in (({"lora_qkv_kernel": True}, "nvfp4_merge_aware", "True with lora_qkv_kernel"),
+                             ({"use_sonicmoe": None}, "nvfp4_merge_aware", "True without use_sonicmoe"),
+                             ({"nvfp4_merge_aware_start_step": 0.1}, "nvfp4_merge_aware_start_step", "0.1: hubtune")):
+        refused = dict(axolotl.from_axolotl({**qwen, **change}).unsupported)
+        assert why in refused.get(key, ""), (change, refused)
+    assert not axolotl.from_axolotl({**qwen, "nvfp4_merge_aware_start_step": 0}).unsupported

@@ -136,13 +136,13 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
     assert distributed.optimizer_for("fsdp", "paged_adamw_32bit", "paged_adamw_32bit") == "paged_adamw_32bit"
     assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
-    # torchao's 8-bit AdamW shards with FSDP2's parameters (tests/test_experts.py runs it), not on FSDP1.
-    with pytest.raises(ConfigError, match="this launch is FSDP1"):
-        distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit")
+    # torchao's 8- and 4-bit AdamW shard with FSDP2's parameters (tests/test_experts.py runs both), not on FSDP1.
+    for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        with pytest.raises(ConfigError, match=f"torchao's {torchao[-4]}-bit states .* this launch is FSDP1"):
+            distributed.optimizer_for("fsdp", torchao, torchao)
     monkeypatch.setenv("FSDP_VERSION", "2")
-    assert distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit") == "adamw_torch_8bit"
-    with pytest.raises(ConfigError, match="4-bit AdamW fails in its compiled update"):
-        distributed.optimizer_for("fsdp", "adamw_torch_4bit", "adamw_torch_4bit")
+    for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        assert distributed.optimizer_for("fsdp", torchao, torchao) == torchao
     with pytest.raises(ConfigError, match="do not take FSDP2's sharded"):
         distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit")
     assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
@@ -385,7 +385,7 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     from hubtune.runs import RunFolder, checkpoint_problem
     from hubtune.train import check_resumable
 
-    plan = distributed.plan_launch("fsdp", 2, quantized_experts=fsdp2)  # the FSDP2 preset that loads everywhere
+    plan = distributed.plan_launch("fsdp", 2, whole_base=fsdp2)  # the FSDP2 preset that loads everywhere
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
     env = prepare_multi_gpu_env(_validate_launch_command(launch_command_parser().parse_args(
         cmd[cmd.index("--config_file"):]))[0])

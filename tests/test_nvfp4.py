@@ -6,6 +6,7 @@ Linear layers and stacked experts training, saving in the 16-bit base's names an
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,7 @@ def test_the_base_loads_packed_and_computes_as_its_dequantized_16_bit_model(nvfp
     packed = layer.mlp.experts.parametrizations.gate_up_proj.original
     assert packed.dtype == torch.uint8 and tuple(packed.shape) == (4, 64, 32)
     assert layer.self_attn.q_proj.parametrizations.weight.original.dtype == torch.uint8
+    assert getattr(layer.mlp.experts, "_hubtune_dequantize_cache", False)  # once per forward, not per expert
     assert layer.mlp.gate.weight.dtype == torch.float32  # the router, left out as ModelOpt leaves it
     reference = AutoModelForCausalLM.from_pretrained(sixteen, dtype=torch.float32).eval()
     torch.testing.assert_close(layer.mlp.experts.gate_up_proj, reference.model.layers[0].mlp.experts.gate_up_proj,
@@ -189,7 +191,13 @@ def test_lora_trains_on_the_packed_base_and_its_adapter_loads_on_the_16_bit_one(
 
 
 @pytest.mark.slow
-def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp_path, one_torch_thread):
+@pytest.mark.parametrize("merge_aware", [False, True], ids=["lora", "merge-aware"])
+def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp_path, one_torch_thread, merge_aware):
+    """A run trains, its adapter loads back for evaluation (merge-aware: computing with Q(W + s·B·A) again), the
+    card loads the base with hubtune, and the merge writes a 16-bit model that computes what base and adapter
+    computed (merge-aware: with the snapped weights)."""
+    if merge_aware:
+        pytest.importorskip("torchao")
     from data_rows import tiny_config
 
     import hubtune
@@ -197,7 +205,7 @@ def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp
 
     folder, _ = nvfp4_moe
     config = tiny_config(tmp_path, rows=32, model={"id": str(folder)},
-                         lora={"target_modules": "attention", "dropout": 0.0,
+                         lora={"target_modules": "attention", "dropout": 0.0, "nvfp4_merge_aware": merge_aware,
                                "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]},
                          data={"val_set_size": 8},
                          training={"max_steps": 4, "micro_batch_size": 8, "learning_rate": 5e-3,
@@ -208,11 +216,13 @@ def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp
     assert run.summary.final_eval_loss < run.summary.initial_eval_loss
     model, _ = load_tuned(run.path)
     assert len(nvfp4.nvfp4_weights(model.base_model.model)) == 12
+    assert any(hasattr(m, "_hubtune_global_scale") for m in model.modules()) == merge_aware
     from hubtune import card as cards
 
     assert run.summary.base_quantization == "modelopt NVFP4"
     text = str(cards.build_card(run, "alice/nvfp4-invoices", cards.publishing_verdict(run)))
     assert "from hubtune.nvfp4 import load" in text and "vllm serve" not in text
+    assert ("merge_aware(model)" in text) == merge_aware
     # The merge writes the dequantized base plus the adapter in 16 bits, a model stock transformers loads.
     from transformers import AutoModelForCausalLM
 
@@ -221,6 +231,7 @@ def test_a_run_on_an_nvfp4_base_trains_and_its_adapter_loads_back(nvfp4_moe, tmp
     merged = merge(run.path, tmp_path / "merged")
     assert merged.max_logit_difference is not None and merged.max_logit_difference < 1e-4
     assert any("stored in NVFP4" in w for w in merged.warnings)
+    assert any("trained merge-aware" in w for w in merged.warnings) == merge_aware
     stock = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert getattr(stock.config, "quantization_config", None) is None
     assert stock.model.layers[0].mlp.experts.gate_up_proj.dtype != torch.uint8
@@ -244,6 +255,14 @@ def test_the_memory_estimate_counts_the_packed_weights(nvfp4_moe):
     experts = next(v for k, v in parts.items() if k.startswith("weights: routed experts") and "NVFP4" in k)
     assert experts == int(p["experts"] * (0.5 + 1 / 16)) + 2 * 4 * (2 * 32 + 64) * 4
     assert not memory.Settings.from_run_config(cfg.build({"model": {"id": str(sixteen)}})).base_nvfp4
+    # Short of memory, the fit search offers what applies to a base that loads as saved: no 4-bit reload of
+    # it, no quantize_experts, no FSDP (hubtune has none for NVFP4 bases).
+    from hubtune import fit
+
+    tight = memory.estimate(arch, settings).total - 1
+    suggestion = fit.suggest(arch, replace(settings, seq_len=4096, micro_batch=8), tight)
+    assert suggestion is not None and not suggestion.settings.method == "qlora"
+    assert "quantize_experts" not in suggestion.change and "FSDP" not in suggestion.change
     # A Hub base is known by its config.json alone (all the estimate downloads): the default settings
     # (nf4 QLoRA) are estimated as what loads, the NVFP4 base.
     assert arch.saved_nvfp4 and memory.estimate(arch).settings.base_nvfp4
@@ -267,3 +286,93 @@ def test_the_documented_config_trains_lora_on_attention_and_experts_of_an_nvfp4_
     adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
     assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= adapted and len(nvfp4.nvfp4_weights(model)) == 12
     assert any("experts" in name for name, _ in model.named_parameters() if "lora_A" in name)
+
+
+def test_the_merge_aware_quantizer_is_torchaos_nvfp4_rounding():
+    """Q of merge-aware training equals torchao's NVFP4Tensor.to_nvfp4 round trip (the encoder Axolotl's
+    merge-identity quantizer is bit-identical to), per tensor and per expert, and is idempotent."""
+    pytest.importorskip("torchao")
+    from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor
+
+    x = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(2))
+    pts = x.flatten(1).abs().amax(1) / (6 * 448)
+    q = nvfp4.fake_quantize(x, pts)
+    for e in range(3):
+        theirs = NVFP4Tensor.to_nvfp4(x[e].contiguous(), per_tensor_scale=pts[e]).dequantize(torch.float32)
+        torch.testing.assert_close(q[e], theirs, rtol=0, atol=0)
+        torch.testing.assert_close(nvfp4.fake_quantize(x[e], pts[e]), q[e], rtol=0, atol=0)
+    torch.testing.assert_close(nvfp4.fake_quantize(q, pts), q, rtol=0, atol=0)
+    assert not torch.equal(q, x)
+
+
+def test_merge_aware_lora_computes_with_the_snapped_weight_and_trains_through_it(nvfp4_moe):
+    """lora.nvfp4_merge_aware: every adapted NVFP4 layer computes with Q(W + s·B·A): the model's logits equal the
+    16-bit model holding exactly those weights; the adapter still gets gradients (straight through Q), the loss
+    falls, and the layers stay one parametrization long after each step."""
+    pytest.importorskip("torchao")
+    from transformers import AutoModelForCausalLM
+
+    from hubtune.train import attach_lora
+
+    folder, sixteen = nvfp4_moe
+    lora = {"target_modules": ["q_proj", "o_proj"], "target_parameters": ["experts.gate_up_proj",
+                                                                          "experts.down_proj"],
+            "dropout": 0.0, "r": 4, "nvfp4_merge_aware": True}
+    model = attach_lora(load(folder), cfg.build({"model": {"id": str(folder)}, "lora": lora}), "hf", False)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for step in range(4):
+        loss = model(IDS, labels=IDS).loss
+        loss.backward()
+        if step:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    experts = model.base_model.model.model.layers[0].mlp.experts.get_base_layer()
+    assert {name: len(chain) for name, chain in experts.parametrizations.items()} == {"gate_up_proj": 1,
+                                                                                    "down_proj": 1}
+    model.eval()
+    snapped = nvfp4.merge_aware_weights(model)
+    assert len(snapped) == 2 * 4  # per layer: q_proj, o_proj and the two expert stacks
+    reference = AutoModelForCausalLM.from_pretrained(sixteen, dtype=torch.float32).eval()
+    moved = 0
+    with torch.no_grad():
+        for name, value in snapped.items():
+            moved += not torch.equal(reference.get_parameter(name), value)
+            reference.get_parameter(name).copy_(value)
+        torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, rtol=0, atol=1e-5)
+    assert moved == len(snapped)
+    weight = model.base_model.model.model.layers[1].self_attn.q_proj
+    w = weight.get_base_layer().weight
+    expected = nvfp4.fake_quantize(w + (weight.lora_B["default"].weight @ weight.lora_A["default"].weight)
+                                   * weight.scaling["default"], weight._hubtune_global_scale)
+    torch.testing.assert_close(snapped["model.layers.1.self_attn.q_proj.weight"], expected, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"merge-aware training needs an NVFP4 base"):
+        attach_lora(load(sixteen, quantization="none"),
+                    cfg.build({"model": {"id": str(sixteen), "quantization": "none"}, "lora": lora}), "hf", False)
+
+
+@pytest.mark.slow  # PEFT counts the adapter on the meta-device model: 48 layers of 128 experts
+def test_the_documented_estimate_of_axolotls_qwen3_nvfp4_example():
+    """docs/memory.md's figures: the qwen3 NVFP4 example on Qwen3-30B-A3B's config, as NVFP4 and as 16 bits."""
+    import json
+
+    import yaml
+
+    from hubtune import memory
+    from hubtune.interop import axolotl
+
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "tests/data/axolotl_examples/qwen3/30b-a3b-nvfp4-lora.yaml").read_text())
+    settings = memory.Settings.from_run_config(axolotl.from_axolotl(data).run_config())
+    config = json.loads((root / "hubtune/assets/model_configs/Qwen3-30B-A3B.json").read_text())
+    sixteen = memory.estimate(memory.architecture(config), settings)
+    packed = memory.estimate(memory.architecture({**config, "quantization_config": {
+        "quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}}), settings)
+    assert (round(packed.total_gb, 2), round(sixteen.total_gb, 2)) == (33.77, 78.77)
+    experts = next(v for k, v in packed.breakdown.items() if k.startswith("weights: routed experts"))
+    assert round(experts / 1e9, 2) == 16.40
+    assert "33.77 GB" in (root / "docs/memory.md").read_text()

@@ -52,6 +52,10 @@ def load_tuned(run_path: str | Path, quantization: str | None = None):
     base = load_base(run.config.model, quantization)
     fit_vocabulary(base, run.adapter)
     model = experts.under_lora(base, lambda: PeftModel.from_pretrained(base, str(run.adapter)))
+    if run.config.lora.nvfp4_merge_aware:
+        from hubtune import nvfp4
+
+        nvfp4.merge_aware(model)  # it computes what it trained on: Q(W + s·B·A)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))
     return model, tokenizer

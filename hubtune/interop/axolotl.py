@@ -148,7 +148,7 @@ NOTED = {
 NOT_CONVERTED = "not trained by hubtune, which trains DPO, ORPO, KTO and GRPO (rl: dpo | orpo | kto | grpo)"
 # NVIDIA's NVFP4 checkpoints (nvidia/*-NVFP4), saved by ModelOpt, load through hubtune.nvfp4: the weights stay
 # packed and are dequantized when read, and LoRA trains on that 16-bit weight. Axolotl's keys for them:
-# dsv4_fp4_grouped_mode picks the expert GEMM kernel; nvfp4_merge_aware trains a different function.
+# dsv4_fp4_grouped_mode picks the expert GEMM kernel; nvfp4_merge_aware is lora.nvfp4_merge_aware.
 FP4_GROUPED = ("Axolotl's grouped NVFP4 experts kernel: on Ampere, Ada, Hopper and RTX Blackwell GPUs its forward "
                "multiplies 16-bit activations by the dequantized NVFP4 experts (Marlin W4A16) and every backward "
                "dequantizes them to bf16, the computation hubtune runs (PEFT's LoRA over the dequantized weight); "
@@ -157,12 +157,6 @@ FP4_GROUPED = ("Axolotl's grouped NVFP4 experts kernel: on Ampere, Ada, Hopper a
 NVFP4_SHARDED = ("hubtune loads an NVFP4 base itself, its packed weights under a dequantizing parametrization, and "
                  "has not built FSDP's sharding of them (every GPU would need its own load path, as FSDP2 with "
                  "quantized experts has); train it on one GPU or with training.distributed: ddp")
-MERGE_AWARE = ("trains a different function: Axolotl's forward uses Q(W + s·B·A), the effective weight fake-quantized "
-               "to NVFP4 (fresh E4M3 block scales over the base's global scale, torchao's nvfp4_quantize) with a "
-               "straight-through gradient, on the experts and on every NVFP4 Linear (a callback can start it at "
-               "nvfp4_merge_aware_start_step), so that its NVFP4-preserving merge writes what was trained; hubtune "
-               "trains W + s·B·A on the dequantized base and merges into a 16-bit model. Leave it out to train "
-               "the plain LoRA")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
     "rl": f"is {NOT_CONVERTED}",
     "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
@@ -176,8 +170,6 @@ WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot h
     "s2_attention": "shifted-sparse attention changes what the model attends to; hubtune runs full attention",
     "peft_use_dora": "DoRA adapters: hubtune trains LoRA",
     "processor_type": "a vision / audio model with a processor: hubtune trains text-only causal language models",
-    "nvfp4_merge_aware": MERGE_AWARE,
-    "nvfp4_merge_aware_start_step": MERGE_AWARE,
     "qat": "quantization-aware training: hubtune trains LoRA on a fixed (4-bit or 16-bit) base",
     "peft": "PEFT options beyond LoRA's (LoftQ initialisation): hubtune starts adapters as PEFT's default",
     "tiled_mlp": "Axolotl's tiled MLP: hubtune runs transformers' own MLP",
@@ -333,6 +325,7 @@ class _Reader:
 
     def __init__(self, data: dict):
         self.data = {k: v for k, v in data.items() if k != HUBTUNE_BLOCK}
+        self.given = dict(self.data)  # as written, for checks between keys already taken
         self.extra = data.get(HUBTUNE_BLOCK) or {}
         self.notes: list[str] = []
         self.unsupported: list[tuple[str, str]] = []
@@ -590,6 +583,8 @@ class _Reader:
                 lora["target_modules"] = []  # the parameters only, as PEFT takes them
         if self.has("lora_modules_to_save"):
             lora["modules_to_save"] = [str(m) for m in self.take("lora_modules_to_save")]
+        if self.data.get("nvfp4_merge_aware") is True:
+            self.merge_aware(lora)
         if self.has("unfrozen_parameters"):
             self.unfrozen(lora)
         if self.data.get("peft_use_rslora") is True:
@@ -910,6 +905,26 @@ class _Reader:
         self.relora(t)
         return t
 
+    def merge_aware(self, lora: dict) -> None:
+        """nvfp4_merge_aware as Axolotl validates it (integrations/kernels/args.py): LoRA (not QLoRA), its sonicmoe
+        experts backend, none of its fused LoRA kernels; started at the first step."""
+        self.take("nvfp4_merge_aware")
+        lora["nvfp4_merge_aware"] = True
+        start = self.take("nvfp4_merge_aware_start_step")
+        if start not in (None, 0):
+            self.refuse("nvfp4_merge_aware_start_step", f"{start!r}: hubtune quantizes the effective weight from the "
+                                                        f"first step; leave it out (Axolotl's default, 0)")
+        if self.given.get("adapter") != "lora":
+            self.refuse("nvfp4_merge_aware", f"True with adapter {self.given.get('adapter')!r}: Axolotl requires "
+                                             f"adapter: lora (the NVFP4 base is the quantized one)")
+        if self.given.get("use_sonicmoe") is not True and self.given.get("experts_implementation") != "sonicmoe":
+            self.refuse("nvfp4_merge_aware", "True without use_sonicmoe: Axolotl refuses it outside its sonicmoe "
+                                             "experts backend")
+        fused = [k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel") if self.given.get(k) is True]
+        if fused:
+            self.refuse("nvfp4_merge_aware", f"True with {', '.join(fused)}: Axolotl refuses the two together (its "
+                                             f"fused LoRA kernels bypass the merge-aware forward)")
+
     def fsdp_optimizer(self, tree: dict) -> None:
         """An optimizer whose states hubtune's FSDP launch cannot shard is refused here rather than converted into
         a run that stops at launch; hubtune launches FSDP2 for context parallelism and quantized experts."""
@@ -918,7 +933,12 @@ class _Reader:
         t = tree["training"]
         if t.get("distributed") != "fsdp" or "optimizer" not in t:
             return
-        fsdp2 = t.get("context_parallel_size", 1) > 1 or bool(tree["model"].get("quantize_experts"))
+        from types import SimpleNamespace
+
+        m = tree["model"]
+        model = SimpleNamespace(quantize_experts=bool(m.get("quantize_experts")),
+                                quantization=m.get("quantization", cfg.ModelSection.model_fields["quantization"].default))
+        fsdp2 = t.get("context_parallel_size", 1) > 1 or distributed.loads_whole_base(model, SimpleNamespace(**t))
         if why := distributed.fsdp_optimizer_problem(t["optimizer"], fsdp2):
             named = "" if t["optimizer"] == self.axolotl_optimizer else f" (hubtune's {t['optimizer']})"
             self.refuse("optimizer", f"{self.axolotl_optimizer!r}{named} under fsdp: {why}; use adamw_torch (fused "
@@ -1506,6 +1526,8 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["lora_target_parameters"] = list(lo.target_parameters)
     if lo.modules_to_save:
         out["lora_modules_to_save"] = list(lo.modules_to_save)
+    if lo.nvfp4_merge_aware:
+        out["nvfp4_merge_aware"] = True  # Axolotl runs it on its sonicmoe experts backend (use_sonicmoe: true)
     if lo.unfrozen_parameters:  # matched, as Axolotl matches them, against the PEFT-wrapped model's names
         out["unfrozen_parameters"] = [ADAPTER_PATTERN, *(f"^{PEFT_PREFIX}{p}" for p in lo.unfrozen_parameters)]
     if lo.use_rslora:
@@ -1580,7 +1602,9 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
-    if t.distributed == "fsdp" and config.model.quantize_experts:  # what hubtune launches: FSDP2, every GPU loads
+    from hubtune.distributed import loads_whole_base
+
+    if loads_whole_base(config.model, t):  # what hubtune launches: FSDP2, every GPU loads
         out["fsdp_config"] = {**out["fsdp_config"], "fsdp_version": 2, "fsdp_cpu_ram_efficient_loading": False}
     if t.context_parallel_size > 1:
         out["context_parallel_size"] = t.context_parallel_size
