@@ -693,9 +693,10 @@ class RunConfig(Section):
         t = self.training
         if t.distributed != "fsdp":
             return self
+        from hubtune.distributed import loads_whole_base
         from hubtune.unfreeze import parse
 
-        fsdp1 = t.context_parallel_size == 1 and not self.model.quantize_experts  # else an FSDP2 preset
+        fsdp1 = t.context_parallel_size == 1 and not loads_whole_base(self.model, t)  # else an FSDP2 preset
         rows = [p for p in self.lora.unfrozen_parameters if parse(p).rows is not None]
         if fsdp1 and rows:
             raise ValueError(f"lora.unfrozen_parameters {rows[0]} trains embedding rows as a delta beside the frozen "
