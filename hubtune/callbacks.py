@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from hubtune.distributed import is_main_process
+from hubtune.distributed import adapter_from_fsdp_checkpoint, is_main_process, under_fsdp
 from hubtune.errors import HubtuneError
 from hubtune.runs import RunFolder, step_of
 
@@ -119,7 +119,11 @@ class CheckpointSelection(TrainerCallback):
                 self.base_regression = {"accuracy": entry["regression"]["base"]}
         self.history = [h for h in self.history if h["step"] != entry["step"]] + [entry]
         if choose(self.history, self.select) is entry:
-            model.save_pretrained(str(self.run_path / self.BEST))
+            if under_fsdp(model):  # its save_pretrained would gather the shards: a collective, on one process
+                adapter_from_fsdp_checkpoint(Path(args.output_dir) / f"{RunFolder.CHECKPOINT_PREFIX}{state.global_step}",
+                                             self.run_path / self.BEST, getattr(model, "module", model))
+            else:
+                model.save_pretrained(str(self.run_path / self.BEST))
         (self.run_path / self.FILE).write_text(json.dumps(self.summary(), indent=2))
 
     @property

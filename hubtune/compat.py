@@ -202,13 +202,17 @@ def _peft_under_fsdp1_faults() -> set[str]:
     (_AsFSDP1). inner_names: the prefixes PEFT selects the adapter's keys by keep FSDP1's module names past the
     first, which the state dict's keys do not have (so no key is the adapter's); prefix_dropped:
     set_peft_model_state_dict, reading the model's parameter names (FSDP1's, which do not start with the
-    PeftModel's "base_model.model."), drops that prefix from keys that need it (so nothing loads)."""
+    PeftModel's "base_model.model."), drops that prefix from keys that need it (so nothing loads);
+    trained_in_full_inner_names: a module trained in full (modules_to_save, trainable_token_indices) inside a
+    unit is looked up by its name with FSDP1's inner module names, which the state dict's keys do not have
+    (saving fails with a KeyError, or loading does)."""
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from peft.tuners import tuners_utils
 
-    model = get_peft_model(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2))),
-                           LoraConfig(r=1, target_modules=["0.0"], init_lora_weights=False))
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))),
+                           LoraConfig(r=1, target_modules=["0.0"], modules_to_save=["0.1"], init_lora_weights=False))
+    saved = {k: torch.zeros_like(v) for k, v in get_peft_model_state_dict(model).items()}  # before FSDP1's names
     model.base_model.model[0] = _AsFSDP1.wrap(model.base_model.model[0])
     wrapped = _AsFSDP1.wrap(model)
     upstream = tuners_utils._get_tuner_state_dict_key_prefixes
@@ -216,12 +220,67 @@ def _peft_under_fsdp1_faults() -> set[str]:
     faults = set()
     if any(FSDP_PREFIX in p for p in upstream(wrapped)):
         faults.add("inner_names")
-    saved = {k: torch.zeros_like(v) for k, v in get_peft_model_state_dict(model).items()}
+    getter = getattr(get_peft_model_state_dict, "upstream", get_peft_model_state_dict)
+    try:
+        in_full = [k for k in getter(wrapped) if "0.1." in k]
+    except KeyError:
+        in_full = []
+    if not in_full:
+        faults.add("trained_in_full_inner_names")
     setter = getattr(set_peft_model_state_dict, "upstream", set_peft_model_state_dict)
-    setter(wrapped, saved)
+    try:
+        setter(model, saved)  # the PeftModel, as peft_keys_under_nested_fsdp hands it on
+    except KeyError:
+        faults.add("trained_in_full_inner_names")
+    if any(p.abs().sum() > 0 for n, p in model.named_parameters() if "modules_to_save" in n):
+        faults.add("trained_in_full_inner_names")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(1.0)
+    try:
+        setter(wrapped, saved)
+    except KeyError:
+        pass  # trained_in_full_inner_names, found above
     if any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n):
         faults.add("prefix_dropped")
     return faults
+
+
+def _keys_without_gathering(model) -> None:
+    """PEFT's ModulesToSaveWrapper names the keys it saves by its trained copy's own state_dict(); under FSDP1 that
+    copy is a unit of its own (PEFT's wrap policy), and its state_dict() gathers it: a collective, which only the
+    main process calls when it writes the adapter at the end (Trainer._save), so the save hangs. Such a wrapper
+    reads the key names from the state dict it is given instead (the model's, which has every one)."""
+    import types
+
+    from peft.utils.other import ModulesToSaveWrapper
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    def adapter_state_dict(self, adapter_name, state_dict):
+        if adapter_name not in self._adapters:
+            return {}
+        prefix = f"modules_to_save.{adapter_name}."
+        return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper) and any(
+                isinstance(m, FullyShardedDataParallel) for m in module.modules_to_save.modules()):
+            module.adapter_state_dict = types.MethodType(adapter_state_dict, module)
+
+
+class _FlatNames:
+    """A model whose named_modules gives the names without FSDP1's inner module names, as the state dict's keys
+    have them; everything else is the model's."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def named_modules(self, *args, **kwargs):
+        for name, module in self._model.named_modules(*args, **kwargs):
+            yield name.replace(FSDP_PREFIX, ""), module
 
 
 def peft_keys_under_nested_fsdp() -> list[str]:
@@ -248,15 +307,33 @@ def peft_keys_under_nested_fsdp() -> list[str]:
 
         prefixes.upstream = upstream_prefixes
         tuners_utils._get_tuner_state_dict_key_prefixes = prefixes
-    upstream_set = peft.set_peft_model_state_dict
+    upstream_set, upstream_get = peft.set_peft_model_state_dict, peft.get_peft_model_state_dict
+
+    def under_fsdp(model) -> bool:
+        return any(FSDP_PREFIX in name for name, _ in model.named_modules())
 
     def set_state(model, *args, **kwargs):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         if "prefix_dropped" in faults and isinstance(model, FullyShardedDataParallel):
             model = model.module
+        if "trained_in_full_inner_names" in faults and under_fsdp(model):
+            model = _FlatNames(model)
         return upstream_set(model, *args, **kwargs)
 
+    def get_state(model, *args, **kwargs):
+        if under_fsdp(model):
+            _keys_without_gathering(model)
+            if "trained_in_full_inner_names" in faults:
+                model = _FlatNames(model)
+        return upstream_get(model, *args, **kwargs)
+
     set_state.upstream, set_state.faults = upstream_set, sorted(faults)
+    get_state.upstream = upstream_get
+    # accelerate imports them from peft when it saves or loads; PeftModel.save_pretrained (the adapter at the end)
+    # calls the one bound in peft.peft_model.
+    import peft.peft_model
+
     peft.set_peft_model_state_dict = set_state
+    peft.get_peft_model_state_dict = peft.peft_model.get_peft_model_state_dict = get_state
     return sorted(faults)

@@ -474,7 +474,7 @@ class TrainingSection(Section):
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_torch_8bit",
                        "adamw_torch_4bit", "adafactor", "sgd"] = Field(
         "auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU. adamw_8bit: bitsandbytes' 8-bit states; "
-        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install torchao).")
+        "adamw_torch_8bit / adamw_torch_4bit: torchao's 8- and 4-bit states (pip install 'hubtune[lowbit]').")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam's first-moment decay.")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam's second-moment decay (0.95 for less memory of old gradients).")
@@ -685,6 +685,30 @@ class RunConfig(Section):
             if self.training.backend == "unsloth":
                 raise ValueError("model.quantize_experts: the Unsloth backend loads the base its own way; "
                                  "use training.backend: hf")
+        return self
+
+    @model_validator(mode="after")
+    def _under_fsdp(self):
+        """What the fsdp presets cannot run, checked before any download or launch (docs/scaling.md)."""
+        t = self.training
+        if t.distributed != "fsdp":
+            return self
+        from hubtune.distributed import loads_whole_base
+        from hubtune.unfreeze import parse
+
+        fsdp1 = t.context_parallel_size == 1 and not loads_whole_base(self.model, t)  # else an FSDP2 preset
+        rows = [p for p in self.lora.unfrozen_parameters if parse(p).rows is not None]
+        if fsdp1 and rows:
+            raise ValueError(f"lora.unfrozen_parameters {rows[0]} trains embedding rows as a delta beside the frozen "
+                             f"embedding (PEFT's trainable_token_indices), and under fsdp (FSDP1, use_orig_params: "
+                             f"false) a unit's parameters must all train or all be frozen: wrapping fails with `Must "
+                             f"flatten tensors with uniform requires_grad`; name the whole embedding "
+                             f"(model.embed_tokens.weight), or use training.distributed: ddp or deepspeed-zero2")
+        if t.select == "task":
+            raise ValueError("training.select: task scores each checkpoint by generating answers on the main "
+                             "process, and under fsdp every forward pass gathers weights from all processes, so the "
+                             "others would wait forever; use select: eval_loss (the held-out loss every process "
+                             "computes), or training.distributed: ddp")
         return self
 
     @model_validator(mode="after")

@@ -83,12 +83,27 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def preset_path(mode: str, context_parallel_size: int = 1, quantized_experts: bool = False) -> Path:
-    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so do
-    quantized experts, loaded whole by every process (fsdp2-quantized-experts.yaml)."""
+def loads_whole_base(model, training) -> bool:
+    """Whether FSDP launches FSDP2 with every process loading the whole quantized base (the
+    fsdp2-quantized-experts.yaml preset): quantized experts, and a 4-bit base stepped by torchao's 8- or 4-bit
+    AdamW, whose states shard with FSDP2's parameters only (a 4-bit base's quantization constants are not
+    parameters or buffers, so rank-0 loading with a broadcast would not carry them)."""
+    return training.distributed == "fsdp" and (model.quantize_experts or (
+        training.optimizer in TORCHAO_OPTIMIZERS and model.quantization in ("nf4", "fp4")))
+
+
+def every_process_loads_the_base() -> bool:
+    """In a launched process: this launch is FSDP2 without rank-0 loading (loads_whole_base's preset)."""
+    return (world_size() > 1 and os.environ.get("FSDP_VERSION", "1") == "2"
+            and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() not in ("true", "1"))
+
+
+def preset_path(mode: str, context_parallel_size: int = 1, whole_base: bool = False) -> Path:
+    """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so does
+    a base every process loads whole (loads_whole_base: fsdp2-quantized-experts.yaml)."""
     if mode == "fsdp" and context_parallel_size > 1:
         return PRESETS / "fsdp2.yaml"
-    if mode == "fsdp" and quantized_experts:
+    if mode == "fsdp" and whole_base:
         return PRESETS / "fsdp2-quantized-experts.yaml"
     if mode not in MODES or mode == "none":
         raise ConfigError([("training.distributed", f"no accelerate preset for {mode!r}; use one of "
@@ -193,13 +208,14 @@ def check_quantized_experts(config) -> None:
     """In a launched process: quantized experts under FSDP need every process to load the quantized base
     (no rank-0-only loading, whose broadcast carries parameters and buffers but not the experts' quantization
     constants) and FSDP2, which shards their quantized storage as it is (FSDP1 would flatten it with the
-    compute-dtype weights)."""
-    if not config.model.quantize_experts or config.training.distributed != "fsdp" or world_size() == 1:
+    compute-dtype weights); so does a 4-bit base with torchao's low-bit AdamW (loads_whole_base)."""
+    if not loads_whole_base(config.model, config.training) or world_size() == 1:
         return
     version = os.environ.get("FSDP_VERSION", "1")
     ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("true", "1")
+    field = "model.quantize_experts" if config.model.quantize_experts else "training.optimizer"
     if version != "2" or ram_efficient:
-        raise ConfigError([("model.quantize_experts", f"under fsdp needs FSDP2 with every process loading the base, "
+        raise ConfigError([(field, f"under fsdp needs FSDP2 with every process loading the base, "
                                                       f"but this launch has FSDP {version}"
                                                       f"{' with cpu_ram_efficient_loading' if ram_efficient else ''}; "
                                                       f"start it with `hubtune train CONFIG --num-processes N`, or "
@@ -262,17 +278,16 @@ def start(cpu: bool) -> None:
 
 
 def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
-    """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8-bit AdamW quantizes each
-    process's shard of an FSDP2 (DTensor) parameter and saves through torch's distributed checkpoint;
-    bitsandbytes' optimizers keep their states for each process's shard of FSDP1's flattened parameters, and
-    their checkpoints keep each process's state in a file of its own (optimizer_shards)."""
+    """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8- and 4-bit AdamW quantize
+    each process's shard of an FSDP2 (DTensor) parameter and save through torch's distributed checkpoint
+    (their compiled update needs separate_optimizer_compiles); bitsandbytes' optimizers keep their states for
+    each process's shard of FSDP1's flattened parameters, and their checkpoints keep each process's state in a
+    file of its own (optimizer_shards)."""
     if not ("bit" in optimizer or optimizer.startswith("paged")):
         return None
-    if optimizer == "adamw_torch_8bit":
-        return None if fsdp2 else "torchao's 8-bit states shard with FSDP2's parameters only, and this launch is FSDP1"
-    if optimizer == "adamw_torch_4bit":
-        return ("torchao's 4-bit AdamW fails in its compiled update over FSDP2's sharded parameters (torch 2.13, "
-                "torchao 0.18: 'wrong number of dimensions1 for op: input')")
+    if optimizer in TORCHAO_OPTIMIZERS:
+        return None if fsdp2 else (f"torchao's {optimizer[-4]}-bit states shard with FSDP2's parameters only, "
+                                   f"and this launch is FSDP1")
     if fsdp2:  # measured on a 2-process CPU mesh, bitsandbytes 0.50.2, torch 2.13
         return ("bitsandbytes' optimizer kernels do not take FSDP2's sharded (DTensor) parameters: the first step "
                 "fails ('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'; 32-bit: "
@@ -280,10 +295,35 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
     return None
 
 
+TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
+
+
+def separate_optimizer_compiles(mode: str, optimizer: str) -> bool:
+    """Turn torch's AOTAutograd cache off in this process when torchao's low-bit AdamW steps FSDP2's parameters;
+    True when it did.
+
+    torchao compiles its update once per parameter shape, and under FSDP2 the parameter, its gradient and both
+    quantized states are DTensors. torch 2.13 keys a DTensor in that cache by its spec alone (mesh, placements,
+    global shape: DTensor._stable_hash_for_caching), never by the tensor it holds, so an update compiled for
+    8-bit states (one code per value, in the shard's shape) and one for 4-bit states (two codes per byte, flat)
+    or for another block size share a key. A process then loads another's compiled update from the on-disk
+    cache and fails on its inputs ('wrong number of dimensions1 for op: input'); on GPUs the ranks' keys are
+    equal too, though each compiles for its own device. Each process traces its own update instead (seconds per
+    shape); inductor's cache, keyed on the tensors inside, still serves the compiled code."""
+    if mode != "fsdp" or optimizer not in TORCHAO_OPTIMIZERS or world_size() == 1:
+        return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        return False
+    import torch._functorch.config
+
+    torch._functorch.config.enable_autograd_cache = False
+    return True
+
+
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
     """FSDP shards optimizer states with the parameters; an optimizer whose states it cannot shard
-    (fsdp_optimizer_problem: bitsandbytes' on FSDP2, torchao's 4-bit AdamW) is a ConfigError, and `auto`
-    trains with AdamW."""
+    (fsdp_optimizer_problem: bitsandbytes' on FSDP2, torchao's on FSDP1) is a ConfigError, and `auto` trains
+    with AdamW."""
     if mode != "fsdp" or world_size() == 1:
         return resolved
     why = fsdp_optimizer_problem(resolved, os.environ.get("FSDP_VERSION", "1") == "2")
@@ -302,6 +342,55 @@ def adapter_saved_whole(trainer) -> None:
     saves it."""
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+
+
+# accelerate's save_fsdp_model names: the folder each process writes its shard to (SHARDED_STATE_DICT, hubtune's
+# presets), and the file the main process writes a gathered state dict to (FULL_STATE_DICT).
+FSDP_SHARDED_WEIGHTS = "pytorch_model_fsdp_0"
+FSDP_FULL_WEIGHTS = "pytorch_model_fsdp.bin"
+
+
+def under_fsdp(model) -> bool:
+    """The model holds FSDP (1 or 2) units: a Trainer's callbacks get the PeftModel, whose layers FSDP wrapped in
+    place, and its state_dict() or forward pass are collectives."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
+
+
+def adapter_from_fsdp_checkpoint(checkpoint: Path, target: Path, peft_model) -> None:
+    """The adapter of an FSDP checkpoint written as PEFT writes one (adapter_model.safetensors and
+    adapter_config.json in `target`), on one process, without a process group. Under FSDP the Trainer's checkpoints
+    hold accelerate's save_fsdp_model output instead: with adapter_only (as the Trainer saves), PEFT's adapter state
+    dict (get_peft_model_state_dict: the same keys and tensors save_pretrained writes), sharded over the processes
+    by torch.distributed.checkpoint, or gathered into one file; the main process alone cannot gather it from the
+    model (a collective)."""
+    import copy
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    sharded, full = Path(checkpoint) / FSDP_SHARDED_WEIGHTS, Path(checkpoint) / FSDP_FULL_WEIGHTS
+    if (sharded / ".metadata").is_file():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            dcp_to_torch_save(sharded, Path(tmp) / "adapter.pt")
+            state = torch.load(Path(tmp) / "adapter.pt", weights_only=True)["model"]  # as save_fsdp_model keys it
+    elif full.is_file():
+        state = torch.load(full, weights_only=True)
+    else:
+        raise HubtuneError(f"{checkpoint} holds no FSDP weights that hubtune can read ({FSDP_SHARDED_WEIGHTS}/ with "
+                           f"its .metadata, or {FSDP_FULL_WEIGHTS}): a checkpoint written with LOCAL_STATE_DICT keeps "
+                           f"each process's flat shard; use hubtune's fsdp preset (SHARDED_STATE_DICT)")
+    target.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    adapter = peft_model.active_adapter
+    config = copy.deepcopy(peft_model.peft_config[adapter])
+    config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    config.save_pretrained(str(target))
 
 
 def share(compute: Callable[[], T], cpu: bool = True) -> T:
@@ -453,17 +542,17 @@ class LaunchPlan:
     main_process_ip: str | None = None
     main_process_port: int | None = None  # None: a free port on one machine, 29500 over several
     context_parallel_size: int = 1
-    quantized_experts: bool = False
+    whole_base: bool = False  # loads_whole_base
 
     @property
     def preset(self) -> Path:
-        return preset_path(self.mode, self.context_parallel_size, self.quantized_experts)
+        return preset_path(self.mode, self.context_parallel_size, self.whole_base)
 
 
 def plan_launch(config_mode: str, num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
                 main_process_ip: str | None = None, main_process_port: int | None = None,
                 context_parallel_size: int = 1, expert_parallel_size: int = 1,
-                quantized_experts: bool = False) -> LaunchPlan | None:
+                whole_base: bool = False) -> LaunchPlan | None:
     """How to launch, or None to train in this process. A config asking for ddp/fsdp/deepspeed launches on
     every GPU of this machine unless --num-processes says otherwise; --num-processes > 1 with
     training.distributed: none uses DDP."""
@@ -490,7 +579,7 @@ def plan_launch(config_mode: str, num_processes: int | None, num_machines: int =
                                f"multiple of it, got {num_processes}")
     mode = "ddp" if config_mode == "none" else config_mode
     return LaunchPlan(mode, num_processes, num_machines, machine_rank, main_process_ip, main_process_port,
-                      context_parallel_size, quantized_experts)
+                      context_parallel_size, whole_base)
 
 
 def launch_command(plan: LaunchPlan, hubtune_args: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 NOISY_LOGGERS = ("transformers", "datasets", "bitsandbytes", "peft", "trl", "accelerate", "huggingface_hub",
-                 "torch", "lm_eval", "lm-eval", "evaluate", "httpx")
+                 "torch", "torchao", "lm_eval", "lm-eval", "evaluate", "httpx")
 
 
 def held_out_text(eval_loss: float, eval_step: int | None, step: int) -> str:

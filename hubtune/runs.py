@@ -538,10 +538,12 @@ def list_runs(root: str | Path) -> list[RunFolder]:
     return sorted(found, key=lambda r: (r.path / RunFolder.CONFIG).stat().st_mtime, reverse=True)
 
 
-# What a checkpoint holds once the Trainer has finished writing it: the weights (adapter, or FSDP's sharded
-# folder), the optimizer (a file, FSDP's folder, or DeepSpeed's global_step folder), and trainer_state.json,
-# which the Trainer writes last.
-CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model_fsdp_0")
+# What a checkpoint holds once the Trainer has finished writing it: the weights (adapter, or accelerate's FSDP
+# files: the folder of each process's shard under SHARDED_STATE_DICT, the gathered file under FULL_STATE_DICT), the
+# optimizer (a file, FSDP's folder, or DeepSpeed's global_step folder), and trainer_state.json, which the Trainer
+# writes last.
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model_fsdp_0",
+                      "pytorch_model_fsdp.bin")
 CHECKPOINT_OPTIMIZER = ("optimizer.pt", "optimizer.bin", "optimizer_0", "global_step*",
                         "optimizer-rank*-of-*.pt")  # one per process: bitsandbytes under FSDP1 (optimizer_shards)
 
@@ -562,6 +564,9 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             return f"no {kind} ({' or '.join(names)})"
     if why := optimizer_shards.incomplete(checkpoint):
         return why
+    if (checkpoint / "pytorch_model_fsdp_0").is_dir() and not (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file():
+        # torch.distributed.checkpoint writes the index of the shards once every process has written its own
+        return "pytorch_model_fsdp_0 has no .metadata: the processes' weights were being written"
     adapter = checkpoint / "adapter_model.safetensors"
     if adapter.is_file() and not _safetensors_whole(adapter):
         return "adapter_model.safetensors is cut short"

@@ -170,7 +170,9 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise ConfigError([("training.optimizer", f"{hw.optimizer} keeps its states in torchao's low-bit tensors: "
-                                                  f"pip install torchao, or use adamw_8bit (bitsandbytes)")])
+                                                  f"pip install 'hubtune[lowbit]' (torchao), or use adamw_8bit "
+                                                  f"(bitsandbytes)")])
+    distributed.separate_optimizer_compiles(mode, hw.optimizer)
     hub_kernels_needed(config.model, config.training)
     loftq_device(config.lora, hw.device)
     # Unsloth loads the base its own way, without transformers' expert-parallel sharding.
@@ -721,9 +723,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         )
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
-    elif hw.device == "cuda" and (not sharded or model.quantize_experts):
-        # Quantized experts under FSDP2: every process loads the whole base onto its own GPU, quantizing the
-        # experts as they load, and fully_shard then shards it (their constants stay whole in every process).
+    elif hw.device == "cuda" and (not sharded or model.quantize_experts or distributed.every_process_loads_the_base()):
+        # Quantized experts (or a 4-bit base for torchao's low-bit AdamW) under FSDP2: every process loads the
+        # whole base onto its own GPU, quantizing as it loads, and fully_shard then shards it (the quantization
+        # constants stay whole in every process).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     modelopt = nvfp4.is_nvfp4(saved)
     if modelopt and model.quantize_experts:
@@ -930,7 +933,7 @@ def fit_vocabulary(base, adapter: Path) -> None:
             base.resize_token_embeddings(size, mean_resizing=False)  # the trained rows come from the adapter
 
 
-TORCHAO_OPTIMIZERS = ("adamw_torch_8bit", "adamw_torch_4bit")
+TORCHAO_OPTIMIZERS = distributed.TORCHAO_OPTIMIZERS
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
                     "swanlab": "swanlab"}
 

@@ -2,11 +2,16 @@
 tests/test_experts.py with the environment `accelerate launch` makes of hubtune's preset: the base loads
 whole in every process with its experts quantized (as hubtune loads it under FSDP), LoRA goes on, and
 accelerate's own FSDP2 preparation (fsdp2_prepare_model, with the plugin the preset's environment gives)
-shards it. accelerate selects FSDP on GPUs only, so the Accelerator is stood in for by the five attributes
-that function reads. Then one batch per process: forward, backward, an AdamW step, a second forward.
+shards it. accelerate selects FSDP on GPUs only, so the Accelerator is stood in for by the attributes its
+FSDP functions read. Then one batch per process: forward, backward, an AdamW step; the optimizer saved with
+accelerate's save_fsdp_optimizer (torch's distributed checkpoint) and loaded back by load_fsdp_optimizer into a
+new optimizer, as a resumed run does; a second step with it, a last forward.
 Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
 
-    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT
+    torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT [EXPERTS]
+
+EXPERTS "quantized" (the default) or "16-bit": a QLoRA base whose experts stay in 16 bits, launched the same
+way for torchao's low-bit AdamW (distributed.loads_whole_base).
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ import torch
 import torch.distributed as dist
 
 
-def prepared(model_path: str, quantization: str, lora: dict):
+def prepared(model_path: str, quantization: str, lora: dict, quantize_experts: bool = True):
     """The base and adapter exactly as the single-process reference builds them (same seed, same factors)."""
     from hubtune import config as cfg
     from hubtune.hardware import Hardware
     from hubtune.train import attach_lora, load_base
 
-    model = {"id": model_path, "quantization": quantization, "quantize_experts": True}
+    model = {"id": model_path, "quantization": quantization, "quantize_experts": quantize_experts}
     config = cfg.build({"model": model, "lora": lora})
     base = load_base(model_path, config.model, Hardware("cpu", torch.float32, "adamw_torch"), sharded=True)
     torch.manual_seed(0)
@@ -39,20 +44,27 @@ def prepared(model_path: str, quantization: str, lora: dict):
 
 
 def optimizer(model, name: str):
-    """AdamW over the adapter: torch's, or torchao's 8-bit one (adamw_torch_8bit), as the Trainer builds them."""
+    """AdamW over the adapter: torch's, or torchao's 8- or 4-bit one (adamw_torch_8bit, adamw_torch_4bit) with
+    the block size transformers' Trainer gives them (256)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adamw_torch_8bit":
-        from torchao.optim import AdamW8bit
+    if name in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        from torchao.optim import AdamW4bit, AdamW8bit
 
-        return AdamW8bit(params, lr=1e-2)
+        return (AdamW8bit if name == "adamw_torch_8bit" else AdamW4bit)(params, lr=1e-2, block_size=256)
     return torch.optim.AdamW(params, lr=1e-2)
+
+
+def state_types(adam) -> list[str]:
+    return sorted({type(v.to_local() if hasattr(v, "to_local") else v).__name__
+                   for state in adam.state.values() for v in state.values()})
 
 
 def batches() -> torch.Tensor:
     return torch.randint(3, 902, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str) -> None:
+def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str, out: str,
+         experts: str = "quantized") -> None:
     from types import SimpleNamespace
 
     from accelerate.utils import FullyShardedDataParallelPlugin
@@ -62,40 +74,75 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = prepared(model_path, quantization, json.loads(lora_json))
+    from accelerate import PartialState
+
+    from hubtune import distributed
+
+    PartialState(cpu=True)  # accelerate's logging, which its FSDP saving uses, needs it
+
+    # What hubtune's training does before the Trainer builds a torchao optimizer under FSDP2.
+    separate = distributed.separate_optimizer_compiles("fsdp", optimizer_name)
+    model = prepared(model_path, quantization, json.loads(lora_json), experts == "quantized")
     plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of the preset's launch
     assert plugin.fsdp_version == 2 and not plugin.cpu_ram_efficient_loading
     accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
-                                  parallelism_config=None, mixed_precision="no", is_main_process=rank == 0)
+                                  parallelism_config=None, mixed_precision="no", is_main_process=rank == 0,
+                                  process_index=rank, wait_for_everyone=dist.barrier)
     model = fsdp2_prepare_model(accelerator, model)
     assert all(isinstance(layer, FSDPModule) for layer in model.base_model.model.model.layers)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
             for name, param in model.named_parameters() if "parametrizations" in name}
     adam = optimizer(model, optimizer_name)
     ids = batches()[rank::world]
+
+    def mean(loss) -> float:
+        value = torch.tensor([loss.item()])
+        dist.all_reduce(value)
+        return value.item() / world
+
     losses = []
-    for step in range(2):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        if step == 0:
-            grads = {name: param.grad.full_tensor() for name, param in model.named_parameters() if param.requires_grad}
-            adam.step()
-            adam.zero_grad()
-        mean = torch.tensor([loss.item()])
-        dist.all_reduce(mean)
-        losses.append(mean.item() / world)
-    states = sorted({type(v.to_local() if hasattr(v, "to_local") else v).__name__
-                     for state in adam.state.values() for v in state.values()})
-    # What a checkpoint and the saved adapter take from it (accelerate's FSDP2 saving): the sharded state
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    grads = {name: param.grad.full_tensor() for name, param in model.named_parameters() if param.requires_grad}
+    adam.step()
+    adam.zero_grad()
+    losses.append(mean(loss))
+    states = state_types(adam)
+    # The checkpoint and the resume, as the Trainer does them through accelerate under FSDP2.
+    from accelerate.utils.fsdp_utils import load_fsdp_optimizer, save_fsdp_optimizer
+
+    save_fsdp_optimizer(plugin, accelerator, adam, model, f"{out}.checkpoint")
+    resumed = optimizer(model, optimizer_name)
+    load_fsdp_optimizer(plugin, accelerator, resumed, model, f"{out}.checkpoint")
+    loaded = state_types(resumed)
+    dtensor_keys = None
+    if optimizer_name == "adamw_torch_4bit":  # what torch's compile cache keys a 4-bit state by, and an 8-bit one
+        from torch.distributed.tensor import DTensor
+        from torchao.optim.subclass_8bit import OptimState8bit
+
+        four = next(v for state in resumed.state.values() for v in state.values()
+                    if type(getattr(v, "_local_tensor", None)).__name__ == "OptimState4bit")
+        eight = DTensor.from_local(OptimState8bit.zeros(four.to_local().shape, block_size=256), four.device_mesh,
+                                   four.placements, run_check=False, shape=four.shape, stride=four.stride())
+        dtensor_keys = [four._stable_hash_for_caching(), eight._stable_hash_for_caching()]
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    resumed.step()
+    resumed.zero_grad()
+    losses.append(mean(loss))
+    with torch.no_grad():
+        losses.append(mean(model(ids, labels=ids).loss))
+    # What a checkpoint and the saved adapter take from the model (accelerate's FSDP2 saving): the sharded state
     # through torch's distributed checkpoint, and the full state gathered onto the CPU.
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=f"{out}.checkpoint")
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=f"{out}.model")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     adapter = {name: value for name, value in full.items() if "lora_" in name}
     if rank == 0:
-        torch.save({"losses": losses, "grads": grads, "held": held, "states": states, "adapter": adapter}, out)
+        torch.save({"losses": losses, "grads": grads, "held": held, "states": states, "loaded": loaded,
+                    "adapter": adapter, "separate": separate, "dtensor_keys": dtensor_keys}, out)
     dist.destroy_process_group()
 
 

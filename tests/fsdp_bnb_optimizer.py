@@ -30,16 +30,21 @@ import torch.distributed as dist
 
 STEPS = 4  # the uninterrupted run; the checkpoint after SAVED of them
 SAVED = 2
+# Trained in full beside the adapter (PEFT's modules_to_save, without LoRA): a projection inside a decoder layer, an
+# FSDP1 unit within a unit. (Each process's share is whole 8-bit blocks, as for the LoRA factors; a norm's 192
+# values would be 96 per process, under min_8bit_size, and take 32-bit states where one process takes 8-bit ones.)
+UNFROZEN = ["model.layers.1.mlp.down_proj.weight"]
 
 
 def prepared(seed: int = 0):
-    """The tiny base with LoRA, without dropout (each process would draw its own), B given values."""
+    """The tiny base with LoRA and a projection trained in full, without dropout (each process would draw its own), B
+    given values."""
     from hubtune import config as cfg
     from hubtune.hardware import Hardware
     from hubtune.refs import resolve_builtin
     from hubtune.train import attach_lora, load_base
 
-    config = cfg.build({"model": {"quantization": "none"}, "lora": {"dropout": 0.0}})
+    config = cfg.build({"model": {"quantization": "none"}, "lora": {"dropout": 0.0, "unfrozen_parameters": UNFROZEN}})
     base = load_base(resolve_builtin(config.model.id), config.model, Hardware("cpu", torch.float32, "adamw_torch"),
                      sharded=True)
     torch.manual_seed(seed)
@@ -134,11 +139,12 @@ def main(optimizer_name: str, out: str) -> None:
         return finish(rank, out, result)
     result["states"] = sorted({f"{k}:{v.dtype}" for s in adam.state.values() for k, v in s.items() if torch.is_tensor(v)})
     result["shard_sizes"] = optimizer_shards.layout(adam, plugin)["shard_sizes"]
-    checkpoint = f"{out}.checkpoint"
+    checkpoint = f"{out}.checkpoints/checkpoint-{SAVED}"
     trainer = fsdp_trainer(model, adam, sched, plugin, out)
     trainer._save_optimizer_and_scheduler(checkpoint)  # the model (save_fsdp_model), the optimizer, the schedule
     trainer._save_rng_state(checkpoint)
     drawn = torch.rand(3).tolist()  # what the random state saved draws next
+    at_checkpoint = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     losses += [step(model, adam, sched) for _ in range(STEPS - SAVED)]
     result["losses"] = losses
     uninterrupted = [p.detach().clone() for p in model.parameters() if p.requires_grad]
@@ -172,6 +178,24 @@ def main(optimizer_name: str, out: str) -> None:
     whole = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
     with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, whole):
         trainer._save(f"{out}.adapter", state_dict=model.state_dict())
+    # Best-checkpoint selection: the checkpoint's adapter in PEFT's format, read by the main process alone
+    # (training.select), and the Trainer's load_best_model_at_end (training.early_stopping_patience).
+    if rank == 0:  # as the Trainer calls CheckpointSelection.on_save, with the model it was given (the PeftModel)
+        from pathlib import Path
+
+        from hubtune.callbacks import CheckpointSelection
+
+        Path(f"{out}.run").mkdir()
+        state = SimpleNamespace(is_world_process_zero=True, global_step=SAVED,
+                                log_history=[{"eval_loss": 1.0, "step": SAVED}])
+        CheckpointSelection(Path(f"{out}.run"), "eval_loss", [], None, None).on_save(
+            SimpleNamespace(output_dir=f"{out}.checkpoints"), state, None, model=model.module)
+    trainer.state.best_model_checkpoint = checkpoint
+    trainer._load_best_model()
+    best = [p.detach() for p in model.parameters() if p.requires_grad]
+    gap = torch.tensor([max((a - b).abs().max().item() for a, b in zip(best, at_checkpoint, strict=True))])
+    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
+    result["best_gap"] = gap.item()
     # What the Trainer's own FSDP path makes of this optimizer: it saves, but cannot load back.
     accelerate_path = f"{out}.accelerate"
     if attempt("save_error", lambda: save_fsdp_optimizer(plugin, accelerator, adam, model, accelerate_path)):

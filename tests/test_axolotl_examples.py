@@ -41,9 +41,9 @@ CANNOT_HONOUR = {
     # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
     # (CB, SCB) on the weight object, which FSDP replaces by its shard.
     "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
-    # Optimizer states FSDP cannot shard here: torchao's 4-bit AdamW (its compiled update fails over FSDP2's
-    # sharded parameters), torchao's 8-bit one outside FSDP2 (hubtune's FSDP1 preset), and bitsandbytes' on FSDP2
-    # (its first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
+    # Optimizer states FSDP cannot shard here: torchao's 8- and 4-bit AdamW outside FSDP2 (hubtune launches FSDP2
+    # for quantized experts and context parallelism, its FSDP1 preset otherwise), and bitsandbytes' on FSDP2 (its
+    # first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
     # hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
     # An 8-bit base sharded by FSDP (FSDP1 cannot flatten int8 weights, FSDP2 loses bitsandbytes' row constants)
@@ -363,9 +363,10 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
 
 # The examples asking for quantize_moe_experts that stay refused: an 8-bit base sharded by FSDP.
 EXPERTS_REFUSED = ("glm47-flash/lora_fsdp.yaml",)
-EXPERTS_UNDER_FSDP = ("glm47-flash/qlora_fsdp.yaml",)  # with torchao's 8-bit AdamW, which FSDP2 shards
-# Their quantized experts would run on FSDP2; their optimizer, torchao's 4-bit AdamW, does not.
-OPTIMIZER_REFUSED = ("qwen3.5/35b-a3b-moe-qlora-fsdp.yaml", "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml")
+# On FSDP2 with torchao's 8-bit AdamW (glm47-flash) or 4-bit AdamW (qwen3.5), whose states FSDP2 shards.
+EXPERTS_UNDER_FSDP = {"glm47-flash/qlora_fsdp.yaml": "adamw_torch_8bit",
+                      "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "adamw_torch_4bit",
+                      "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "adamw_torch_4bit"}
 
 
 def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
@@ -376,18 +377,17 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
     assert by_experts == set(EXPERTS_REFUSED)
     assert all("load_in_8bit under FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
-    # The other refusals are for something else: context parallelism over packed examples, and torchao's
-    # 4-bit AdamW under FSDP.
-    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml", *OPTIMIZER_REFUSED}
-    assert all("torchao's 4-bit AdamW fails" in asked[name][1]["optimizer"] for name in OPTIMIZER_REFUSED)
+    # The other refusal is for something else: context parallelism over packed examples.
+    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 12 and all(c.model.quantize_experts for c in converted.values())
+    assert len(converted) == 14 and all(c.model.quantize_experts for c in converted.values())
     # Axolotl's QLoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2 launch in
     # which every GPU loads the quantized base, and its export says so back.
-    for name in EXPERTS_UNDER_FSDP:
+    for name, optimizer in EXPERTS_UNDER_FSDP.items():
         config = converted[name]
         assert config.training.distributed == "fsdp" and config.model.quantization == "nf4", name
-        plan = distributed.plan_launch(config.training.distributed, 2, quantized_experts=config.model.quantize_experts)
+        assert config.training.optimizer == optimizer, name
+        plan = distributed.plan_launch(config.training.distributed, 2, whole_base=distributed.loads_whole_base(config.model, config.training))
         assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
         fsdp = axolotl.to_axolotl(config)["fsdp_config"]
         assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
@@ -398,6 +398,37 @@ def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
     assert converted["gemma4/26b-a4b-moe-qlora.yaml"].lora.target_parameters == ["experts.gate_up_proj",
                                                                                  "experts.down_proj"]
     assert "shared_expert.down_proj" in converted["qwen3-next/qwen3-next-80b-a3b-qlora.yaml"].lora.target_modules
+
+
+# torchao's 4-bit AdamW on a QLoRA base without quantized experts: FSDP2 with every process loading the base.
+TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/27b-qlora-fsdp.yaml")
+
+
+def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
+    """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
+    hubtune's FSDP2 launch in which every GPU loads the 4-bit base; the two still refused are refused for
+    their base (an 8-bit one with quantized experts, an NVFP4 one), and for the optimizer on FSDP1 as well."""
+    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
+             if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
+             and (data.get("fsdp") or data.get("fsdp_config"))}
+    refused = {name: why for name, (config, why) in asked.items() if config is None}
+    assert set(asked) - set(refused) == {*EXPERTS_UNDER_FSDP, *TORCHAO_QLORA_UNDER_FSDP}
+    for name, why in refused.items():
+        assert "shard with FSDP2's parameters only, and this launch is FSDP1" in why["optimizer"], name
+        assert set(why) - {"optimizer"}, (name, sorted(why))
+    for name in TORCHAO_QLORA_UNDER_FSDP:
+        config = asked[name][0]
+        m, t = config.model, config.training
+        assert (m.quantization, m.quantize_experts, t.distributed, t.optimizer) == (
+            "nf4", False, "fsdp", "adamw_torch_4bit"), name
+        assert distributed.loads_whole_base(m, t), name
+        plan = distributed.plan_launch(t.distributed, 2, whole_base=distributed.loads_whole_base(m, t))
+        assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
+        fsdp = axolotl.to_axolotl(config)["fsdp_config"]
+        assert (fsdp["fsdp_version"], fsdp["fsdp_cpu_ram_efficient_loading"]) == (2, False), name
+    # Without torchao's optimizer the same base keeps hubtune's FSDP1 preset (rank-0 loading).
+    config = asked[TORCHAO_QLORA_UNDER_FSDP[0]][0]
+    assert not distributed.loads_whole_base(config.model, config.training.model_copy(update={"optimizer": "adamw_torch"}))
 
 
 NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nvfp4-lora.yaml",

@@ -101,17 +101,49 @@ def test_peft_param_wrappers_over_a_parametrized_weight_still_leave_their_proxy_
 
 
 def test_peft_still_misses_the_adapters_keys_under_fsdp1():
-    """Under FSDP1 PEFT 0.21 finds no adapter key and loads none (compat.peft_keys_under_nested_fsdp): the 2-process
-    FSDP1 run in tests/test_distributed.py checkpoints and resumes the adapter through the Trainer with the
-    corrections."""
+    """Under FSDP1 PEFT 0.21 finds no adapter key and loads none, and a module trained in full inside a unit
+    (modules_to_save) fails the checkpoint's save with a KeyError (compat.peft_keys_under_nested_fsdp): the
+    2-process FSDP1 run in tests/test_distributed.py checkpoints and resumes the adapter and such a module through
+    the Trainer with the corrections."""
     import peft
+    import peft.peft_model
     from peft.tuners import tuners_utils
 
-    assert compat._peft_under_fsdp1_faults() == {"inner_names", "prefix_dropped"}
+    faults = ["inner_names", "prefix_dropped", "trained_in_full_inner_names"]
+    assert compat._peft_under_fsdp1_faults() == set(faults)
     try:
-        assert compat.peft_keys_under_nested_fsdp() == ["inner_names", "prefix_dropped"]
-        assert compat.peft_keys_under_nested_fsdp() == ["inner_names", "prefix_dropped"]  # once
-        assert compat._peft_under_fsdp1_faults() == {"inner_names", "prefix_dropped"}  # upstream, as it was
+        assert compat.peft_keys_under_nested_fsdp() == faults
+        assert compat.peft_keys_under_nested_fsdp() == faults  # once
+        assert compat._peft_under_fsdp1_faults() == set(faults)  # upstream, as it was
     finally:
         tuners_utils._get_tuner_state_dict_key_prefixes = tuners_utils._get_tuner_state_dict_key_prefixes.upstream
         peft.set_peft_model_state_dict = peft.set_peft_model_state_dict.upstream
+        peft.get_peft_model_state_dict = peft.peft_model.get_peft_model_state_dict = \
+            peft.get_peft_model_state_dict.upstream
+
+
+def test_modules_trained_in_full_save_and_load_under_fsdp1_names():
+    """With the corrections, a module trained in full inside a nested FSDP1 unit is saved under PEFT's own key and
+    loaded back, on a model wrapped as FSDP1 names and keys it."""
+    import peft
+    import peft.peft_model
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners import tuners_utils
+
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))),
+                           LoraConfig(r=1, target_modules=["0.0"], modules_to_save=["0.1"], init_lora_weights=False))
+    expected = {k: v.clone() for k, v in peft.get_peft_model_state_dict(model).items()}
+    model.base_model.model[0] = compat._AsFSDP1.wrap(model.base_model.model[0])
+    wrapped = compat._AsFSDP1.wrap(model)
+    try:
+        compat.peft_keys_under_nested_fsdp()
+        saved = peft.get_peft_model_state_dict(wrapped)
+        assert set(saved) == set(expected) and "base_model.model.0.1.weight" in saved
+        peft.set_peft_model_state_dict(model, {k: torch.full_like(v, 3.0) for k, v in saved.items()})
+        assert all((p == 3.0).all() for n, p in model.named_parameters() if "modules_to_save" in n)
+    finally:
+        tuners_utils._get_tuner_state_dict_key_prefixes = tuners_utils._get_tuner_state_dict_key_prefixes.upstream
+        peft.set_peft_model_state_dict = peft.set_peft_model_state_dict.upstream
+        peft.get_peft_model_state_dict = peft.peft_model.get_peft_model_state_dict = \
+            peft.get_peft_model_state_dict.upstream

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -135,13 +136,13 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
     assert distributed.optimizer_for("fsdp", "paged_adamw_32bit", "paged_adamw_32bit") == "paged_adamw_32bit"
     assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
-    # torchao's 8-bit AdamW shards with FSDP2's parameters (tests/test_experts.py runs it), not on FSDP1.
-    with pytest.raises(ConfigError, match="this launch is FSDP1"):
-        distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit")
+    # torchao's 8- and 4-bit AdamW shard with FSDP2's parameters (tests/test_experts.py runs both), not on FSDP1.
+    for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        with pytest.raises(ConfigError, match=f"torchao's {torchao[-4]}-bit states .* this launch is FSDP1"):
+            distributed.optimizer_for("fsdp", torchao, torchao)
     monkeypatch.setenv("FSDP_VERSION", "2")
-    assert distributed.optimizer_for("fsdp", "adamw_torch_8bit", "adamw_torch_8bit") == "adamw_torch_8bit"
-    with pytest.raises(ConfigError, match="4-bit AdamW fails in its compiled update"):
-        distributed.optimizer_for("fsdp", "adamw_torch_4bit", "adamw_torch_4bit")
+    for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
+        assert distributed.optimizer_for("fsdp", torchao, torchao) == torchao
     with pytest.raises(ConfigError, match="do not take FSDP2's sharded"):
         distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit")
     assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
@@ -367,7 +368,7 @@ def test_every_preset_is_documented():
 
 
 @pytest.mark.parametrize("fsdp2", [False, True], ids=["fsdp1", "fsdp2"])
-def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsdp2(tmp_path, fsdp2):
+def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsdp2(tmp_path, fsdp2, hub, hub_token):
     """bitsandbytes' optimizers under FSDP, measured on a 2-process CPU mesh (tests/fsdp_bnb_optimizer.py).
     FSDP1 (hubtune's fsdp.yaml) steps as one process does; accelerate's save_fsdp_optimizer /
     load_fsdp_optimizer (the Trainer's FSDP path) cannot load its checkpoint back, so hubtune keeps each
@@ -378,13 +379,13 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     or torch may have lifted the limits."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from fsdp_bnb_optimizer import SAVED, STEPS, batches, optimizer, prepared, schedule
+    from fsdp_bnb_optimizer import SAVED, STEPS, UNFROZEN, batches, optimizer, prepared, schedule
 
     from hubtune import optimizer_shards
     from hubtune.runs import RunFolder, checkpoint_problem
     from hubtune.train import check_resumable
 
-    plan = distributed.plan_launch("fsdp", 2, quantized_experts=fsdp2)  # the FSDP2 preset that loads everywhere
+    plan = distributed.plan_launch("fsdp", 2, whole_base=fsdp2)  # the FSDP2 preset that loads everywhere
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
     env = prepare_multi_gpu_env(_validate_launch_command(launch_command_parser().parse_args(
         cmd[cmd.index("--config_file"):]))[0])
@@ -407,12 +408,17 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     assert why is None
     assert result["use_orig_params"] is False and "state1:torch.uint8" in result["states"]
     # The steps match one process over both half-batches, on the same schedule.
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
     model = prepared()
     adam = optimizer(model, "adamw_8bit")
     sched = schedule(adam)
     halves = [batches()[rank::2] for rank in range(2)]
-    losses = []
+    losses, at_checkpoint = [], None
     for _ in range(STEPS):
+        if len(losses) == SAVED:
+            at_checkpoint = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
         total = 0.0
         for h in halves:
             loss = model(input_ids=h, labels=h).loss / 2
@@ -432,20 +438,30 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     assert result["resumed_lr"] == [pytest.approx(1e-2 * 0.75)]  # cosine after 1 warm-up step: 1 of 3 steps in
     # The adapter written at the end (gathered whole, as the Trainer's save_model does under FSDP) is the one one
     # process trains.
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
     saved = load_file(Path(f"{out}.adapter") / "adapter_model.safetensors")
     expected = get_peft_model_state_dict(model)
-    assert set(saved) == set(expected) and len(saved) == 56
+    # 54 LoRA factors and the projection trained in full (PEFT's modules_to_save, lora.unfrozen_parameters), an
+    # FSDP1 unit within a unit (compat.peft_keys_under_nested_fsdp).
+    assert set(saved) == set(expected) and len(saved) == 55
+    assert {k for k in saved if "lora_" not in k} == {f"base_model.model.{n}" for n in UNFROZEN}
     assert max((saved[k] - expected[k].detach()).abs().max().item() for k in saved) <= 1e-5
-    checkpoint = Path(f"{out}.checkpoint")
+    # The checkpoint chosen by training.select, read from the checkpoint by the main process alone into PEFT's
+    # format (RUN/selected-adapter), is one process's adapter at that step; load_best_model_at_end
+    # (early_stopping_patience) puts the checkpoint's weights back in the model.
+    selected = load_file(Path(f"{out}.run") / RunFolder.SELECTED_ADAPTER / "adapter_model.safetensors")
+    assert set(selected) == set(at_checkpoint)
+    assert max((selected[k] - at_checkpoint[k]).abs().max().item() for k in selected) <= 1e-5
+    assert max((selected[k] - expected[k].detach()).abs().max().item() for k in selected) > 1e-3  # not the last
+    assert json.loads((Path(f"{out}.run") / RunFolder.SELECTED_ADAPTER / "adapter_config.json").read_text())[
+        "modules_to_save"]
+    assert result["best_gap"] == 0.0
+    checkpoint = Path(f"{out}.checkpoints") / f"checkpoint-{SAVED}"
     assert sorted(p.name for p in checkpoint.glob("optimizer-*")) == ["optimizer-rank0-of-2.pt",
                                                                      "optimizer-rank1-of-2.pt"]
     # Each process's shards are FSDP1's flattened parameters (use_orig_params false, the preset's value). PEFT's
     # wrap policy gives every LoRA weight a unit of its own, so with the original parameters each process holds
     # shards of the same sizes; the checkpoint still records the layout it was saved under and refuses another.
-    assert len(result["shard_sizes"][0]) == 56 and result["shard_sizes"] == result["other_layout_shard_sizes"]
+    assert len(result["shard_sizes"][0]) == 55 and result["shard_sizes"] == result["other_layout_shard_sizes"]
     assert "use_orig_params False then, True now" in result["other_layout_error"]
     assert str(checkpoint / "optimizer-rank0-of-2.pt") in result["other_layout_error"]
     # Another count of processes is refused before any weight loads, naming the checkpoint and its count.
@@ -458,6 +474,23 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     (run.checkpoint(SAVED + 1) / "trainer_state.json").write_text(json.dumps({"global_step": SAVED + 1}))
     (run.checkpoint(SAVED + 1) / "optimizer-rank1-of-2.pt").unlink()
     assert checkpoint_problem(run.checkpoint(SAVED + 1)) == "it holds the optimizer states of 1 of its 2 processes"
+    unindexed = tmp_path / "unindexed" / run.checkpoint(SAVED).name
+    shutil.copytree(run.checkpoint(SAVED), unindexed)
+    (unindexed / "pytorch_model_fsdp_0" / ".metadata").unlink()
+    assert "pytorch_model_fsdp_0 has no .metadata" in checkpoint_problem(unindexed)
+    # The Hub mirror (training.push_checkpoints) carries the FSDP checkpoint whole, and a resume on another
+    # machine gets it back complete.
+    from hubtune.callbacks import HubCheckpoints, download_run
+
+    mirror = HubCheckpoints(run.path, "alice/fsdp-run", hub_token)
+    mirror.create_repo()
+    mirror.on_save(None, SimpleNamespace(is_world_process_zero=True, global_step=SAVED), None)
+    mirror.wait()
+    assert mirror.errors == [] and mirror.uploaded == [f"checkpoint-{SAVED}"]
+    fetched = RunFolder(download_run("alice/fsdp-run", tmp_path / "fetched", hub_token))
+    assert sorted(p.relative_to(fetched.checkpoint(SAVED)) for p in fetched.checkpoint(SAVED).rglob("*")) == sorted(
+        p.relative_to(run.checkpoint(SAVED)) for p in run.checkpoint(SAVED).rglob("*"))
+    assert checkpoint_problem(fetched.checkpoint(SAVED)) is None
     with pytest.raises(ConfigError) as err:
         check_resumable(run, run.config)
     assert f"{run.checkpoint(SAVED)} was saved by 2 processes" in str(err.value)
@@ -473,3 +506,19 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     optimizer_shards.keep_per_process(trainer)
     with pytest.raises(ConfigError, match="keeps its optimizer state per process"):
         trainer._load_optimizer_and_scheduler(str(run.checkpoint(SAVED)))
+
+
+def test_what_fsdp_cannot_train_or_select_is_refused_before_any_download():
+    """Embedding rows trained as a delta (lora.unfrozen_parameters with a row range: PEFT's trainable_token_indices)
+    cannot be wrapped by FSDP1 with use_orig_params false (measured on the 2-process mesh: `Must flatten tensors
+    with uniform requires_grad`), and training.select: task generates on the main process alone, which FSDP's
+    gathers cannot; both are refused by the config. The whole embedding, and select: eval_loss, train under FSDP1
+    (test_bitsandbytes_optimizer_under_fsdp1_...)."""
+    rows = {"lora": {"unfrozen_parameters": ["model.embed_tokens.weight[:8]"]}}
+    with pytest.raises(ConfigError, match="trainable_token_indices.*uniform requires_grad"):
+        cfg.build({**rows, "training": {"distributed": "fsdp"}})
+    cfg.build({**rows, "training": {"distributed": "ddp"}})
+    cfg.build({"lora": {"unfrozen_parameters": ["model.embed_tokens.weight"]}, "training": {"distributed": "fsdp"}})
+    with pytest.raises(ConfigError, match="select: task.*main process"):
+        cfg.build({"training": {"distributed": "fsdp", "select": "task"}})
+    cfg.build({"training": {"distributed": "fsdp", "select": "eval_loss"}})

@@ -134,7 +134,7 @@ def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(m
     """The launch accelerate makes of the plan: FSDP2 without rank-0-only loading (whose broadcast would not
     carry the experts' quantization constants); a process launched otherwise says how to launch it."""
     config = cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "fsdp"}})
-    plan = distributed.plan_launch("fsdp", 4, quantized_experts=config.model.quantize_experts)
+    plan = distributed.plan_launch("fsdp", 4, whole_base=config.model.quantize_experts)
     cmd = distributed.launch_command(plan, ["train", "run.yaml"])
     assert cmd[cmd.index("--config_file") + 1] == str(distributed.PRESETS / "fsdp2-quantized-experts.yaml")
     assert distributed.plan_launch("fsdp", 4).preset.name == "fsdp.yaml"  # the others keep FSDP1's preset
@@ -145,13 +145,26 @@ def test_fsdp_with_quantized_experts_launches_fsdp2_with_every_process_loading(m
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     distributed.check_quantized_experts(config)
+    assert distributed.every_process_loads_the_base()  # load_base puts the whole base on each process's GPU
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    assert not distributed.every_process_loads_the_base()
     with pytest.raises(ConfigError, match="FSDP 2 with cpu_ram_efficient_loading; .*fsdp2-quantized-experts.yaml"):
         distributed.check_quantized_experts(config)
     monkeypatch.setenv("FSDP_VERSION", "1")
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
     with pytest.raises(ConfigError, match="needs FSDP2 with every process loading the base, but this launch has FSDP 1"):
         distributed.check_quantized_experts(config)
+    # A 4-bit base with torchao's low-bit AdamW launches the same way (its states shard with FSDP2 only); with
+    # another optimizer, or a 16-bit base, FSDP keeps its FSDP1 preset.
+    qlora = cfg.build({"model": {"quantization": "nf4"}, "training": {"distributed": "fsdp",
+                                                                      "optimizer": "adamw_torch_4bit"}})
+    assert distributed.loads_whole_base(qlora.model, qlora.training)
+    with pytest.raises(ConfigError, match="training.optimizer.*needs FSDP2 with every process loading the base"):
+        distributed.check_quantized_experts(qlora)
+    for model, optimizer in (({"quantization": "nf4"}, "adamw_torch"), ({"quantization": "none"}, "adamw_torch_4bit")):
+        other = cfg.build({"model": model, "training": {"distributed": "fsdp", "optimizer": optimizer}})
+        assert not distributed.loads_whole_base(other.model, other.training)
+        distributed.check_quantized_experts(other)
 
 
 def lora_layout(model) -> list[tuple[str, tuple]]:
@@ -278,23 +291,37 @@ def test_the_documented_moe_config_builds():
     assert config.lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"]
 
 
+# r 128: A and B of q_proj hold 8192 values, 4096 per process, the least torchao quantizes (so one process
+# quantizes the same tensors in the same blocks of 256; v_proj's B, 2048 per process, would stay float32 there).
+TORCHAO_LORA = {"target_modules": ["q_proj"], "dropout": 0.0, "r": 128}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("quantization,lora,optimizer", [
     ("nf4", {"target_modules": ["q_proj", "v_proj"], "target_parameters": ["experts.gate_up_proj",
                                                                            "experts.down_proj"], "dropout": 0.0, "r": 4},
      "adamw_torch"),
     ("nf4", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0, "r": 4}, "adamw_torch"),
-    # r 128: A and B of q_proj hold 8192 values, 4096 per process, the least torchao quantizes.
-    ("nf4", {"target_modules": ["q_proj", "v_proj"], "dropout": 0.0, "r": 128}, "adamw_torch_8bit")],
-    ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw"])
+    ("nf4", TORCHAO_LORA, "adamw_torch_8bit"),
+    # A QLoRA base whose experts stay in 16 bits: hubtune launches the same FSDP2 for torchao's optimizers.
+    ("nf4", TORCHAO_LORA, "adamw_torch_4bit")],
+    ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw", "torchao-4-bit-adamw"])
 def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora, optimizer):
     """Two processes (gloo, CPU) under FSDP2: each loads the base with its experts quantized, fully_shard
     splits the quantized storage between them (each keeps the whole constants), and after its all-gather
-    the experts dequantize to the same weights: the loss, every LoRA gradient and the loss after an AdamW
-    step equal one process's over the same two batches (gradient checkpointing on, as in Axolotl's examples).
-    torchao's 8-bit AdamW quantizes each process's shard of the adapter's states and takes the same step."""
-    if optimizer == "adamw_torch_8bit":
+    the experts dequantize to the same weights: the loss, every LoRA gradient, the loss after an AdamW step,
+    after a second step taken by an optimizer resumed from accelerate's sharded checkpoint, and the adapter
+    gathered at the end equal one process's over the same two batches (gradient checkpointing on, as in
+    Axolotl's examples). torchao's 8- and 4-bit AdamW quantize each process's shard of the adapter's states,
+    save and load them quantized, and take the same steps (the 4-bit case over a QLoRA base whose experts stay
+    in 16 bits, which hubtune launches the same way for them); the 4-bit case runs after the 8-bit one over the
+    same parameter shapes with the machine's compile cache, which then holds the 8-bit updates under the keys
+    the 4-bit ones look up (distributed.separate_optimizer_compiles)."""
+    if optimizer.startswith("adamw_torch_"):
         pytest.importorskip("torchao")
+    experts_16_bit = optimizer == "adamw_torch_4bit"
+    assert distributed.loads_whole_base(cfg.ModelSection(quantization=quantization, quantize_experts=not experts_16_bit),
+                                        cfg.TrainingSection(distributed="fsdp", optimizer=optimizer))
     import json
     import os
     import socket
@@ -311,37 +338,52 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
     worker = Path(__file__).parent / "fsdp2_experts.py"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                     "127.0.0.1", "--master_port", str(port), str(worker), str(tiny_moe), quantization,
-                    json.dumps(lora), optimizer, str(out)], check=True, timeout=300,
-                   env={**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, quantized_experts=True))})
+                    json.dumps(lora), optimizer, str(out), "16-bit" if experts_16_bit else "quantized"],
+                   check=True, timeout=300,
+                   env={**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, whole_base=True))})
     sharded = torch.load(out)
     # Each process held half of every quantized expert's storage, in its quantized dtype.
-    assert len(sharded["held"]) == 4
+    assert len(sharded["held"]) == (0 if experts_16_bit else 4)
     for name, (full, local, dtype) in sharded["held"].items():
         assert "experts" in name and dtype == str(STORAGE[quantization]) and local[0] * 2 == full[0]
 
-    model = prepared(str(tiny_moe), quantization, lora)
+    model = prepared(str(tiny_moe), quantization, lora, not experts_16_bit)
     adam = adam_for(model, optimizer)
     ids = batches()
     halves = [ids[rank::2] for rank in range(2)]
-    first = sum(model(half, labels=half).loss.item() / 2 for half in halves)
-    for half in halves:
-        (model(half, labels=half).loss / 2).backward()
-    grads = {name: param.grad for name, param in model.named_parameters() if param.requires_grad}
-    adam.step()
+
+    def step() -> float:
+        adam.zero_grad()
+        loss = 0.0
+        for half in halves:
+            half_loss = model(half, labels=half).loss / 2
+            half_loss.backward()
+            loss += half_loss.item()
+        adam.step()
+        return loss
+
+    first = step()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
+    second = step()
     with torch.no_grad():
-        second = sum(model(half, labels=half).loss.item() / 2 for half in halves)
+        third = sum(model(half, labels=half).loss.item() / 2 for half in halves)
     assert sorted(grads) == sorted(sharded["grads"]) and any("experts" in n for n in grads) == ("target_parameters" in lora)
     for name, grad in grads.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(sharded["grads"][name], grad, rtol=1e-4, atol=1e-6)
-    assert sharded["losses"] == pytest.approx([first, second], abs=1e-5)
-    assert second < first
-    if optimizer == "adamw_torch_8bit":
-        assert "OptimState8bit" in sharded["states"]
-    # The adapter gathered from the shards after the step is the one process's adapter.
+    assert sharded["losses"] == pytest.approx([first, second, third], abs=1e-5)
+    assert first > second > third
+    quantized = {"adamw_torch_8bit": "OptimState8bit", "adamw_torch_4bit": "OptimState4bit"}.get(optimizer)
+    if quantized:  # quantized before the checkpoint and after the resume
+        assert quantized in sharded["states"] and quantized in sharded["loaded"] and sharded["separate"]
+    if optimizer == "adamw_torch_4bit":
+        # The cause distributed.separate_optimizer_compiles works around: torch keys a DTensor in its compile
+        # cache by its spec, not by the state it holds. Once this fails, torch tells them apart.
+        four, eight = sharded["dtensor_keys"]
+        assert four == eight, "torch now keys DTensors by their local tensor: separate_optimizer_compiles can go"
+    # The adapter gathered from the shards after the steps is the one process's adapter.
     mine = {name: value for name, value in model.state_dict().items() if "lora_" in name}
     assert sorted(sharded["adapter"]) == sorted(mine) and mine
     for name, value in mine.items():
-        # After an Adam step (lr 1e-2); torchao's 8-bit states can round a value into the next bucket.
-        torch.testing.assert_close(sharded["adapter"][name], value, rtol=1e-3,
-                                   atol=1e-3 if optimizer == "adamw_torch_8bit" else 1e-5)
+        # After two Adam steps (lr 1e-2); torchao's low-bit states can round a value into the next bucket.
+        torch.testing.assert_close(sharded["adapter"][name], value, rtol=1e-3, atol=1e-3 if quantized else 1e-5)

@@ -441,6 +441,6 @@ def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
     # converted (hubtune refuses both at launch).
     fsdp = axolotl.to_axolotl(cfg.build({**NEW_KEYS, "training": {**NEW_KEYS["training"], "distributed": "fsdp"}}))
     refused = dict(axolotl.from_axolotl({**fsdp, "optimizer": "adamw_torch_4bit"}).unsupported)
-    assert "'adamw_torch_4bit' under fsdp: torchao's 4-bit AdamW fails" in refused["optimizer"]
+    assert "'adamw_torch_4bit' under fsdp: torchao's 4-bit states shard with FSDP2's" in refused["optimizer"]
     assert "True under fsdp: FSDP1 cannot flatten bitsandbytes' int8 weights" in refused["load_in_8bit"]
     assert exported["datasets"][0]["split"] == "train[10%:60%]" and exported["chat_template"] == "chatml"

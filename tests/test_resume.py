@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerCallback
 from data_rows import invoice_file, invoice_lines, tiny_tree
 
 import hubtune
 from hubtune import config as cfg
 from hubtune.cli import main
-from hubtune.errors import DiskFullError, PushError
+from hubtune.errors import DiskFullError, PushError, TrainingInterrupted
 from hubtune.runs import RunFolder, Status, checkpoint_problem
 
 pytestmark = pytest.mark.slow  # trains or runs whole commands: make test-fast leaves it out
@@ -227,3 +228,45 @@ def test_checkpoints_mirrored_on_the_hub_resume_on_another_machine(hub, hub_toke
     assert json.loads(files["summary.json"])["global_steps"] == STEPS
     assert not any(hub_token.encode() in content for content in files.values())
     assert not any(hub_token.encode() in body for body in hub.uploaded_bodies[seen:])
+
+
+# ---- torchao's low-bit AdamW ------------------------------------------------------------------------------
+class CtrlCBefore(TrainerCallback):
+    """Ctrl-C as the given step begins: hubtune finishes that step, saves a checkpoint and stops."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("optimizer,state", [("adamw_torch_8bit", "OptimState8bit"),
+                                             ("adamw_torch_4bit", "OptimState4bit")])
+def test_torchaos_low_bit_adamw_checkpoints_and_resumes_as_a_run_never_stopped(tmp_path, one_torch_thread, capsys,
+                                                                               optimizer, state):
+    """The Trainer's adamw_torch_8bit / adamw_torch_4bit: its checkpoint keeps the states quantized (torchao's
+    tensors, which torch.load reads with weights_only, as the Trainer loads them), and a run stopped after
+    step 2 resumes from it to the losses of a run that was never stopped."""
+    pytest.importorskip("torchao")
+    from transformers.trainer import OPTIMIZER_NAME
+
+    rows = invoice_file(tmp_path / "rows.jsonl", 24)
+    # r 32: q_proj's A and B hold 4096 values each, the least torchao quantizes (v_proj's B stays float32).
+    build = lambda run: cfg.build(tiny_tree(rows, tmp_path / run, model={"quantization": "none"},  # noqa: E731
+                                            lora={"r": 32, "dropout": 0.0},
+                                            training={"max_steps": 4, "save_steps": 1, "micro_batch_size": 4,
+                                                      "learning_rate": 3e-3, "optimizer": optimizer}))
+    reference = metrics(hubtune.train(build("reference")).path)[2]
+    with pytest.raises(TrainingInterrupted, match="stopped at step 2"):
+        hubtune.train(build("run"), callbacks=[CtrlCBefore(2)])
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint-2" / OPTIMIZER_NAME, weights_only=True)
+    kinds = {type(value).__name__ for moments in saved["state"].values() for value in moments.values()}
+    assert state in kinds and "Tensor" in kinds, kinds  # quantized where a tensor holds 4096 values or more
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert "resuming from checkpoint-2" in capsys.readouterr().out
+    steps, _, losses = metrics(tmp_path / "run")
+    assert steps == [1, 2, 3, 4]
+    assert losses == pytest.approx(reference, rel=1e-5)
+    assert losses[4] < losses[1]

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                    args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port,
                                    config.training.context_parallel_size if config else 1,
                                    config.training.expert_parallel_size if config else 1,
-                                   bool(config and config.model.quantize_experts))
+                                   bool(config and distributed.loads_whole_base(config.model, config.training)))
     if plan is None:
         if from_hub:
             done = resume_from_hub(args.resume, args.out, display=display())

@@ -933,7 +933,12 @@ class _Reader:
         t = tree["training"]
         if t.get("distributed") != "fsdp" or "optimizer" not in t:
             return
-        fsdp2 = t.get("context_parallel_size", 1) > 1 or bool(tree["model"].get("quantize_experts"))
+        from types import SimpleNamespace
+
+        m = tree["model"]
+        model = SimpleNamespace(quantize_experts=bool(m.get("quantize_experts")),
+                                quantization=m.get("quantization", cfg.ModelSection.model_fields["quantization"].default))
+        fsdp2 = t.get("context_parallel_size", 1) > 1 or distributed.loads_whole_base(model, SimpleNamespace(**t))
         if why := distributed.fsdp_optimizer_problem(t["optimizer"], fsdp2):
             named = "" if t["optimizer"] == self.axolotl_optimizer else f" (hubtune's {t['optimizer']})"
             self.refuse("optimizer", f"{self.axolotl_optimizer!r}{named} under fsdp: {why}; use adamw_torch (fused "
@@ -1597,7 +1602,9 @@ def to_axolotl(config: cfg.RunConfig, formats: list[str] | None = None) -> dict:
         out["use_swanlab"] = True
         out.setdefault("plugins", []).append("axolotl.integrations.swanlab.SwanLabPlugin")
     out.update(DISTRIBUTED_TO_AXOLOTL.get(t.distributed, {}))
-    if t.distributed == "fsdp" and config.model.quantize_experts:  # what hubtune launches: FSDP2, every GPU loads
+    from hubtune.distributed import loads_whole_base
+
+    if loads_whole_base(config.model, t):  # what hubtune launches: FSDP2, every GPU loads
         out["fsdp_config"] = {**out["fsdp_config"], "fsdp_version": 2, "fsdp_cpu_ram_efficient_loading": False}
     if t.context_parallel_size > 1:
         out["context_parallel_size"] = t.context_parallel_size
