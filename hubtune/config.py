@@ -674,11 +674,6 @@ class RunConfig(Section):
                                  "built (deepspeed.zero.Init), before any expert is quantized, and moves parameters "
                                  "only, not a quantized expert's constants; use training.distributed: fsdp (FSDP2: "
                                  "every GPU loads the quantized base, then it is sharded) or ddp")
-            if self.training.distributed == "fsdp" and self.model.quantization == "int8":
-                raise ValueError("model.quantize_experts with an int8 base under fsdp: FSDP replaces each weight by "
-                                 "its shard, and bitsandbytes' 8-bit linear layers keep their row constants (CB, SCB) "
-                                 "on the weight object itself, so the layers break after sharding; use nf4 or fp4, "
-                                 "or training.distributed: ddp")
             if self.model.linearized_experts:
                 raise ValueError("model.quantize_experts with model.linearized_experts: those experts are linear "
                                  "layers, which model.quantization already quantizes; leave quantize_experts out")

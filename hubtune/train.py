@@ -708,9 +708,14 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if model.dequantize:
         kwargs["quantization_config"] = dequantized(path)
         saved_quantized = False  # it loads as a 16-bit base
-    if model.quantization == "int8" and sharded:
-        raise ConfigError([("model.quantization", "int8 bases cannot be sharded by FSDP or ZeRO-3; use nf4 (4 bits) "
-                                                  "or training.distributed: ddp")])
+    if model.quantization == "int8" and sharded and distributed.world_size() > 1 \
+            and not distributed.every_process_loads_the_base():
+        # FSDP1 cannot flatten int8 weights with the rest, and ZeRO-3 partitions them as they are built.
+        raise ConfigError([("model.quantization", f"an int8 base shards under FSDP2 only, every process loading it "
+                                                  f"whole (training.distributed: fsdp launched by `hubtune train "
+                                                  f"CONFIG --num-processes N`, or accelerate launch --config_file "
+                                                  f"{distributed.preset_path('fsdp', 1, True)}); not under FSDP1 or "
+                                                  f"ZeRO-3; use nf4 (4 bits) there, or training.distributed: ddp")])
     if model.quantization == "int8" and not saved_quantized and not model.dequantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     elif model.quantization != "none" and not saved_quantized and not model.dequantize:
@@ -753,6 +758,10 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
             experts.keep_state_dict_keys(base)  # FSDP2 saves through torch's distributed state dict
     else:
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if sharded and model.quantization == "int8" and not model.dequantize:
+        from hubtune import sharded_int8
+
+        sharded_int8.make_shardable(base)  # FSDP2 keeps neither CB nor SCB on the weights it shards
     compat.reachable_backbone(base)
     if saved_quantized:
         # The compute dtype saved with the weights (often bfloat16) is the machine's choice, not the

@@ -91,7 +91,7 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
     model = fsdp2_prepare_model(accelerator, model)
     assert all(isinstance(layer, FSDPModule) for layer in model.base_model.model.model.layers)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
-            for name, param in model.named_parameters() if "parametrizations" in name}
+            for name, param in model.named_parameters() if "parametrizations" in name or param.dtype == torch.int8}
     adam = optimizer(model, optimizer_name)
     ids = batches()[rank::world]
 

@@ -37,18 +37,14 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # Keys that stop a supervised LoRA / QLoRA example from converting, by what hubtune lacks. A key
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
-    # quantize_moe_experts is honoured (model.quantize_experts, under FSDP on FSDP2 with every GPU loading the
-    # quantized base) but on an 8-bit base under FSDP: bitsandbytes' 8-bit linear layers keep their row constants
-    # (CB, SCB) on the weight object, which FSDP replaces by its shard.
-    "quantized experts on an 8-bit base under FSDP (quantize_moe_experts)": {"quantize_moe_experts"},
     # Optimizer states FSDP cannot shard here: torchao's 8- and 4-bit AdamW outside FSDP2 (hubtune launches FSDP2
     # for quantized experts and context parallelism, its FSDP1 preset otherwise), and bitsandbytes' on FSDP2 (its
     # first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
     # hubtune refuses them at launch, so the converter does too.
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
-    # An 8-bit base sharded by FSDP (FSDP1 cannot flatten int8 weights, FSDP2 loses bitsandbytes' row constants)
-    # or ZeRO-3: hubtune refuses it at launch, so the converter does too.
-    "8-bit bases under FSDP (load_in_8bit)": {"load_in_8bit"},
+    # An 8-bit base partitioned by ZeRO-3 (bitsandbytes keeps its row constants on the weight object): hubtune
+    # refuses it at launch, so the converter does too. Under FSDP it runs on FSDP2 (hubtune.sharded_int8).
+    "8-bit bases under ZeRO-3 (load_in_8bit)": {"load_in_8bit"},
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
@@ -361,31 +357,29 @@ def test_a_converted_example_trains_what_axolotl_would(name, data):
     assert axolotl.from_axolotl(axolotl.to_axolotl(config, formats)).run_config() == config
 
 
-# The examples asking for quantize_moe_experts that stay refused: an 8-bit base sharded by FSDP.
-EXPERTS_REFUSED = ("glm47-flash/lora_fsdp.yaml",)
-# On FSDP2 with torchao's 8-bit AdamW (glm47-flash) or 4-bit AdamW (qwen3.5), whose states FSDP2 shards.
-EXPERTS_UNDER_FSDP = {"glm47-flash/qlora_fsdp.yaml": "adamw_torch_8bit",
-                      "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": "adamw_torch_4bit",
-                      "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": "adamw_torch_4bit"}
+# On FSDP2 with torchao's 8-bit AdamW (glm47-flash, on a 4-bit and on an 8-bit base) or 4-bit AdamW (qwen3.5),
+# whose states FSDP2 shards.
+EXPERTS_UNDER_FSDP = {"glm47-flash/qlora_fsdp.yaml": ("nf4", "adamw_torch_8bit"),
+                      "glm47-flash/lora_fsdp.yaml": ("int8", "adamw_torch_8bit"),
+                      "qwen3.5/35b-a3b-moe-qlora-fsdp.yaml": ("nf4", "adamw_torch_4bit"),
+                      "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": ("nf4", "adamw_torch_4bit")}
 
 
-def test_quantized_experts_convert_unless_fsdp_shards_an_8_bit_base(results):
+def test_quantized_experts_convert_under_fsdp_on_4_and_8_bit_bases(results):
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("quantize_moe_experts")}
     assert len(asked) == 16
     refused = {name for name, (config, _) in asked.items() if config is None}
-    by_experts = {name for name, (_, why) in asked.items() if "quantize_moe_experts" in why}
-    assert by_experts == set(EXPERTS_REFUSED)
-    assert all("load_in_8bit under FSDP" in asked[name][1]["quantize_moe_experts"] for name in EXPERTS_REFUSED)
-    # The other refusal is for something else: context parallelism over packed examples.
-    assert refused - by_experts == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
+    assert not any("quantize_moe_experts" in why for _, why in asked.values())
+    # The one refusal is for something else: context parallelism over packed examples.
+    assert refused == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
     converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 14 and all(c.model.quantize_experts for c in converted.values())
-    # Axolotl's QLoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2 launch in
-    # which every GPU loads the quantized base, and its export says so back.
-    for name, optimizer in EXPERTS_UNDER_FSDP.items():
+    assert len(converted) == 15 and all(c.model.quantize_experts for c in converted.values())
+    # Axolotl's QLoRA and 8-bit LoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2
+    # launch in which every GPU loads the quantized base, and its export says so back.
+    for name, (quantization, optimizer) in EXPERTS_UNDER_FSDP.items():
         config = converted[name]
-        assert config.training.distributed == "fsdp" and config.model.quantization == "nf4", name
+        assert config.training.distributed == "fsdp" and config.model.quantization == quantization, name
         assert config.training.optimizer == optimizer, name
         plan = distributed.plan_launch(config.training.distributed, 2, whole_base=distributed.loads_whole_base(config.model, config.training))
         assert plan.preset.name == "fsdp2-quantized-experts.yaml", name
@@ -406,8 +400,8 @@ TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/
 
 def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
     """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
-    hubtune's FSDP2 launch in which every GPU loads the 4-bit base; the two still refused are refused for
-    their base (an 8-bit one with quantized experts, an NVFP4 one), and for the optimizer on FSDP1 as well."""
+    hubtune's FSDP2 launch in which every GPU loads the quantized base; the one still refused is refused for
+    its base (an NVFP4 one), and for the optimizer on FSDP1 as well."""
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
              and (data.get("fsdp") or data.get("fsdp_config"))}
@@ -429,6 +423,27 @@ def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
     # Without torchao's optimizer the same base keeps hubtune's FSDP1 preset (rank-0 loading).
     config = asked[TORCHAO_QLORA_UNDER_FSDP[0]][0]
     assert not distributed.loads_whole_base(config.model, config.training.model_copy(update={"optimizer": "adamw_torch"}))
+
+
+def test_an_8_bit_base_under_fsdp_converts_to_fsdp2(results):
+    """Axolotl's 8-bit LoRA under FSDP runs on hubtune's FSDP2 launch in which every GPU loads the int8 base
+    (hubtune.sharded_int8; tests/test_experts.py int8-base measures it). dbrx's example is an FSDP1 config,
+    which cannot run an int8 base in Axolotl either ('Cannot flatten integer dtype tensors', torch 2.13); on
+    hubtune's FSDP2 launch (the same full sharding of each layer) its base would run, but its paged 8-bit AdamW
+    would not: bitsandbytes' optimizers do not take FSDP2's parameters, so it stays refused for that alone."""
+    asked = {name: (config, dict(why)) for name, kind, data, config, why in results
+             if kind == SUPERVISED and data.get("load_in_8bit") and (data.get("fsdp") or data.get("fsdp_config"))}
+    assert sorted(asked) == ["archived/dbrx/8bit-lora.yaml", "glm47-flash/lora_fsdp.yaml"]
+    config, why = asked["archived/dbrx/8bit-lora.yaml"]
+    assert config is None and set(why) == {"optimizer"}
+    assert "'paged_adamw_8bit' under fsdp: bitsandbytes' optimizer kernels do not take FSDP2's" in why["optimizer"]
+    config = asked["glm47-flash/lora_fsdp.yaml"][0]
+    m, t = config.model, config.training
+    assert (m.quantization, m.quantize_experts, t.distributed) == ("int8", True, "fsdp")
+    assert distributed.plan_launch("fsdp", 2, whole_base=distributed.loads_whole_base(m, t)).preset.name == (
+        "fsdp2-quantized-experts.yaml")
+    # The same base with quantized experts left out launches so too.
+    assert distributed.loads_whole_base(m.model_copy(update={"quantize_experts": False}), t)
 
 
 NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nvfp4-lora.yaml",

@@ -97,8 +97,6 @@ def test_quantized_experts_are_refused_where_they_cannot_work(tiny_moe):
         cfg.build({"model": {"quantization": "none", "quantize_experts": True}})
     with pytest.raises(ConfigError, match="quantize_experts with deepspeed-zero3: ZeRO-3 partitions the base"):
         cfg.build({"model": {"quantize_experts": True}, "training": {"distributed": "deepspeed-zero3"}})
-    with pytest.raises(ConfigError, match="int8 base under fsdp: .* row constants \\(CB, SCB\\)"):
-        cfg.build({"model": {"quantization": "int8", "quantize_experts": True}, "training": {"distributed": "fsdp"}})
     with pytest.raises(ConfigError, match="already quantizes; leave quantize_experts out"):
         cfg.build({"model": {"quantize_experts": True, "linearized_experts": True}})
     with pytest.raises(ConfigError, match="has no stacked expert weights"):
@@ -304,8 +302,10 @@ TORCHAO_LORA = {"target_modules": ["q_proj"], "dropout": 0.0, "r": 128}
     ("nf4", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0, "r": 4}, "adamw_torch"),
     ("nf4", TORCHAO_LORA, "adamw_torch_8bit"),
     # A QLoRA base whose experts stay in 16 bits: hubtune launches the same FSDP2 for torchao's optimizers.
-    ("nf4", TORCHAO_LORA, "adamw_torch_4bit")],
-    ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw", "torchao-4-bit-adamw"])
+    ("nf4", TORCHAO_LORA, "adamw_torch_4bit"),
+    # An LLM.int8() base with int8 experts (Axolotl's glm47-flash/lora_fsdp.yaml): hubtune.sharded_int8.
+    ("int8", TORCHAO_LORA, "adamw_torch_8bit")],
+    ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw", "torchao-4-bit-adamw", "int8-base"])
 def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora, optimizer):
     """Two processes (gloo, CPU) under FSDP2: each loads the base with its experts quantized, fully_shard
     splits the quantized storage between them (each keeps the whole constants), and after its all-gather
@@ -342,10 +342,12 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
                    check=True, timeout=300,
                    env={**os.environ, **launch_env(distributed.plan_launch("fsdp", 2, whole_base=True))})
     sharded = torch.load(out)
-    # Each process held half of every quantized expert's storage, in its quantized dtype.
-    assert len(sharded["held"]) == (0 if experts_16_bit else 4)
+    # Each process held half of every quantized expert's storage, in its quantized dtype (and of an int8 base's
+    # linear layers: q, k, v, o of both layers).
+    assert len(sharded["held"]) == (0 if experts_16_bit else 4) + (8 if quantization == "int8" else 0)
     for name, (full, local, dtype) in sharded["held"].items():
-        assert "experts" in name and dtype == str(STORAGE[quantization]) and local[0] * 2 == full[0]
+        assert ("experts" in name or "self_attn" in name) and dtype == str(STORAGE[quantization])
+        assert local[0] * 2 == full[0]
 
     model = prepared(str(tiny_moe), quantization, lora, not experts_16_bit)
     adam = adam_for(model, optimizer)

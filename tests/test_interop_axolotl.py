@@ -437,10 +437,16 @@ def test_new_settings_export_as_axolotl_keys_and_read_back_exactly():
     assert exported["attn_implementation"] == "flash_attention_2"
     assert exported["plugins"] == ["axolotl.integrations.liger.LigerPlugin"]
     assert exported["deepspeed"] == "deepspeed_configs/zero2.json"
-    # Under FSDP an 8-bit base, and an optimizer whose states hubtune's launch cannot shard, are refused, not
-    # converted (hubtune refuses both at launch).
+    # Under FSDP an 8-bit base runs on hubtune's FSDP2 launch in which every process loads it whole (so does
+    # torchao's low-bit AdamW); under ZeRO-3 it is refused, and so is an optimizer whose states hubtune's FSDP1
+    # launch of a 16-bit base cannot shard (hubtune refuses both at launch).
     fsdp = axolotl.to_axolotl(cfg.build({**NEW_KEYS, "training": {**NEW_KEYS["training"], "distributed": "fsdp"}}))
-    refused = dict(axolotl.from_axolotl({**fsdp, "optimizer": "adamw_torch_4bit"}).unsupported)
+    assert (fsdp["fsdp_config"]["fsdp_version"], fsdp["fsdp_config"]["fsdp_cpu_ram_efficient_loading"]) == (2, False)
+    back = axolotl.from_axolotl({**fsdp, "optimizer": "adamw_torch_4bit"})
+    assert not back.unsupported and back.run_config().training.optimizer == "adamw_torch_4bit"
+    refused = dict(axolotl.from_axolotl({**fsdp, "load_in_8bit": False, "optimizer": "adamw_torch_4bit"}).unsupported)
     assert "'adamw_torch_4bit' under fsdp: torchao's 4-bit states shard with FSDP2's" in refused["optimizer"]
-    assert "True under fsdp: FSDP1 cannot flatten bitsandbytes' int8 weights" in refused["load_in_8bit"]
+    zero3 = axolotl.to_axolotl(cfg.build({**NEW_KEYS, "training": {**NEW_KEYS["training"],
+                                                                   "distributed": "deepspeed-zero3"}}))
+    assert "True under deepspeed-zero3: ZeRO-3 partitions" in dict(axolotl.from_axolotl(zero3).unsupported)["load_in_8bit"]
     assert exported["datasets"][0]["split"] == "train[10%:60%]" and exported["chat_template"] == "chatml"

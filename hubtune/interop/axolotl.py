@@ -499,10 +499,6 @@ class _Reader:
                     "expert is quantized, and moves parameters only, not a quantized expert's constants; use fsdp "
                     "(FSDP2) or DDP, or leave quantize_moe_experts out")
         if self.data.get("fsdp") or self.data.get("fsdp_config"):
-            if model.get("quantization") == "int8":
-                return ("with load_in_8bit under FSDP: FSDP replaces each weight by its shard, and bitsandbytes' "
-                        "8-bit linear layers keep their row constants (CB, SCB) on the weight object itself, so they "
-                        "break once sharded; use load_in_4bit, or DDP")
             self.note("quantize_moe_experts with fsdp: hubtune launches FSDP2 with every process loading the quantized "
                       "base whole, then sharding it (fsdp2-quantized-experts.yaml: fsdp_version 2, "
                       "cpu_ram_efficient_loading false), as Axolotl runs QLoRA on FSDP2")
@@ -945,19 +941,21 @@ class _Reader:
                                      f"or not), or leave fsdp out")
 
     def sharded_int8(self, tree: dict) -> None:
-        """An 8-bit base under FSDP or ZeRO-3, which hubtune refuses at launch (train.load_base), is refused here
-        rather than converted into a run that stops there; quantize_moe_experts says so itself."""
+        """An 8-bit base under FSDP runs on hubtune's FSDP2 launch in which every process loads it whole
+        (hubtune.sharded_int8), as Axolotl runs it with fsdp_version 2; under ZeRO-3, which hubtune refuses at
+        launch (train.load_base), it is refused here rather than converted into a run that stops there."""
         mode = tree["training"].get("distributed")
-        if (tree["model"].get("quantization") != "int8" or mode not in ("fsdp", "deepspeed-zero3")
-                or any(key == "quantize_moe_experts" for key, _ in self.unsupported)):
+        if tree["model"].get("quantization") != "int8" or mode not in ("fsdp", "deepspeed-zero3"):
             return
-        why = ("FSDP1 cannot flatten bitsandbytes' int8 weights with the rest ('Cannot flatten integer dtype "
-               "tensors', torch 2.13), and on FSDP2 its 8-bit linear layers lose their row constants (CB, SCB), kept "
-               "on the weight object that FSDP replaces by its shard" if mode == "fsdp" else
-               "ZeRO-3 partitions the base's weights across processes, and bitsandbytes' 8-bit linear layers keep "
-               "their row constants (CB, SCB) on the weight object itself")
-        self.refuse("load_in_8bit", f"True under {mode}: {why}; use load_in_4bit (QLoRA shards under {mode}), or "
-                                    f"DDP")
+        if mode == "fsdp":
+            self.note("load_in_8bit with fsdp: hubtune launches FSDP2 with every process loading the 8-bit base whole, "
+                      "then sharding its int8 weights (fsdp2-quantized-experts.yaml: fsdp_version 2, "
+                      "cpu_ram_efficient_loading false); each layer's row scales stay whole in every process")
+            return
+        self.refuse("load_in_8bit", "True under deepspeed-zero3: ZeRO-3 partitions the base's weights across "
+                                    "processes, and bitsandbytes' 8-bit linear layers keep their row constants (CB, "
+                                    "SCB) on the weight object itself; use load_in_4bit (QLoRA shards under ZeRO-3), "
+                                    "fsdp or DDP")
 
     def relora(self, t: dict) -> None:
         """relora with its jagged_restart_* schedule (Axolotl's ReLoRACallback and JaggedLRRestartScheduler,
