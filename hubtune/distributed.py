@@ -283,17 +283,14 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
     """Why FSDP cannot shard this optimizer's states; None when it can. torchao's 8- and 4-bit AdamW quantize
     each process's shard of an FSDP2 (DTensor) parameter and save through torch's distributed checkpoint
     (their compiled update needs separate_optimizer_compiles); bitsandbytes' optimizers keep their states for
-    each process's shard of FSDP1's flattened parameters, and their checkpoints keep each process's state in a
-    file of its own (optimizer_shards)."""
+    each process's shard of FSDP1's flattened parameters, or of FSDP2's parameters, which they step as local
+    tensors (optimizer_shards.on_local_shards), and their checkpoints keep each process's state in a file of its
+    own (optimizer_shards)."""
     if not ("bit" in optimizer or optimizer.startswith("paged")):
         return None
     if optimizer in TORCHAO_OPTIMIZERS:
         return None if fsdp2 else (f"torchao's {optimizer[-4]}-bit states shard with FSDP2's parameters only, "
                                    f"and this launch is FSDP1")
-    if fsdp2:  # measured on a 2-process CPU mesh, bitsandbytes 0.50.2, torch 2.13
-        return ("bitsandbytes' optimizer kernels do not take FSDP2's sharded (DTensor) parameters: the first step "
-                "fails ('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'; 32-bit: "
-                "'optimizer_update_32bit does not have a sharding strategy registered')")
     return None
 
 
@@ -324,7 +321,7 @@ def separate_optimizer_compiles(mode: str, optimizer: str) -> bool:
 
 def optimizer_for(mode: str, resolved: str, configured: str) -> str:
     """FSDP shards optimizer states with the parameters; an optimizer whose states it cannot shard
-    (fsdp_optimizer_problem: bitsandbytes' on FSDP2, torchao's on FSDP1) is a ConfigError, and `auto` trains
+    (fsdp_optimizer_problem: torchao's on FSDP1) is a ConfigError, and `auto` trains
     with AdamW."""
     if mode != "fsdp" or world_size() == 1:
         return resolved

@@ -1,6 +1,6 @@
 """Checkpoints that keep each process's optimizer state in a file of its own, as DeepSpeed keeps its optimizer
-partitions: how a bitsandbytes optimizer (adamw_8bit, paged_adamw_8bit, paged_adamw_32bit) is saved and resumed
-under FSDP1.
+partitions: how a bitsandbytes optimizer (adamw_8bit, paged_adamw_8bit, paged_adamw_32bit) steps, is saved and
+resumed under FSDP.
 
 FSDP1 hands each process its shard of every wrapped module's flattened trainable parameters, and bitsandbytes
 keeps its states (8-bit with their block constants, or 32-bit) for that shard. The Trainer's own FSDP path,
@@ -11,7 +11,16 @@ its own shard as it is, with the layout it was taken under (processes, FSDP shar
 parameter shard), and loads its own file back; a launch with another layout is a ConfigError naming the
 checkpoint and what it was saved with, never a fresh optimizer.
 
-    applies(optimizer, plugin)            -> True for a bitsandbytes optimizer under FSDP1
+FSDP2 hands each process its shard of every parameter as a DTensor, which bitsandbytes' kernels do not take
+('optimizer_update_8bit_blockwise got mixed torch.Tensor and DTensor'). Its update is elementwise per parameter, so
+the optimizer runs over each process's local shards instead (on_local_shards): a plain tensor per parameter sharing
+the shard's storage, given the shard of the gradient at each step, updated in place. That is the update one process
+computes for those values, except that 8-bit states are quantized in blocks of the local shard (as under FSDP1's
+flattened shards), not of the whole parameter. The gradient norm for clipping is still taken over the whole
+(DTensor) gradients, before the step.
+
+    on_local_shards(optimizer)            -> a bitsandbytes optimizer over FSDP2's parameters steps their local shards
+    applies(optimizer, plugin)            -> True for a bitsandbytes optimizer under FSDP1, or FSDP2 on local shards
     save(optimizer, plugin, folder)       -> folder/optimizer-rank{R}-of-{N}.pt, one per process
     load(optimizer, plugin, folder)       -> this process's file, after checking the layout
     problem(folder, processes)            -> why a launch of `processes` cannot resume from folder, or None
@@ -23,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import types
 from pathlib import Path
 
 from hubtune.errors import ConfigError
@@ -46,9 +56,76 @@ def bitsandbytes_optimizer(optimizer) -> bool:
 
 
 def applies(optimizer, plugin) -> bool:
-    """A bitsandbytes optimizer over FSDP1's sharded parameters (FSDP2 fails at its first step instead:
-    distributed.fsdp_optimizer_problem)."""
-    return plugin is not None and getattr(plugin, "fsdp_version", 1) == 1 and bitsandbytes_optimizer(optimizer)
+    """A bitsandbytes optimizer over FSDP1's sharded parameters, or over FSDP2's local shards (on_local_shards)."""
+    if plugin is None or not bitsandbytes_optimizer(optimizer):
+        return False
+    return getattr(plugin, "fsdp_version", 1) == 1 or hasattr(_inner(optimizer), LOCAL)
+
+
+LOCAL = "_hubtune_local_shards"  # on an optimizer stepping FSDP2's local shards: [(shard, parameter), ...]
+
+
+def on_local_shards(optimizer) -> bool:
+    """Make a bitsandbytes optimizer over FSDP2's sharded (DTensor) parameters step each process's local shards;
+    True when it did (False: no DTensor parameter, or already done). Call it before the first step and before a
+    learning-rate schedule wraps its step."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    inner = _inner(optimizer)
+    if hasattr(inner, LOCAL) or not any(isinstance(p, DTensor) for g in inner.param_groups for p in g["params"]):
+        return False
+    if inner.state:
+        raise ValueError("on_local_shards: the optimizer has already stepped; call it before the first step")
+    pairs = []
+    for group in inner.param_groups:
+        shards = []
+        for param in group["params"]:
+            if isinstance(param, DTensor):
+                # state is keyed by the shard; its data is re-pointed at the parameter's local tensor at each step
+                shard = param.to_local().detach().requires_grad_(param.requires_grad)
+                pairs.append((shard, param))
+                param = shard
+            shards.append(param)
+        group["params"] = shards
+    setattr(inner, LOCAL, pairs)
+    step_on_shards, zero_on_shards = inner.step, inner.zero_grad
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:  # the gradients it makes land on the parameters, handed over below
+            with torch.enable_grad():
+                loss = closure()
+        _overrides_to_shards(self, pairs)
+        for shard, param in pairs:
+            local = param.to_local()
+            shard.data = local  # the same storage: FSDP2 may have re-made the local tensor since the last step
+            grad = param.grad
+            grad = grad.to_local() if isinstance(grad, DTensor) else grad
+            shard.grad = grad if grad is not None and local.numel() else None  # an empty shard takes no step
+        try:
+            step_on_shards()
+        finally:
+            for shard, param in pairs:
+                local = param.to_local()
+                if shard.data_ptr() != local.data_ptr():  # the update went to a copy (bnb makes it contiguous)
+                    local.copy_(shard)
+                shard.grad = None
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        zero_on_shards(set_to_none)
+        for _, param in pairs:
+            if param.grad is not None:
+                if set_to_none:
+                    param.grad = None
+                else:
+                    param.grad.zero_()
+
+    # bound, as the methods they replace (a learning-rate schedule wraps step's __func__)
+    inner.step, inner.zero_grad = types.MethodType(step, inner), types.MethodType(zero_grad, inner)
+    return True
 
 
 def _world() -> tuple[int, int]:
@@ -59,9 +136,28 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _overrides_to_shards(optimizer, pairs) -> None:
+    """bitsandbytes' per-parameter settings (GlobalOptimManager: the Trainer keeps embeddings' states 32-bit)
+    name the model's parameters, by identity; give each its shard's."""
+    from bitsandbytes.optim import GlobalOptimManager
+
+    manager = GlobalOptimManager.get_instance()
+    shard_of = {id(param): shard for shard, param in pairs}
+    for module, attr, config in manager.module_weight_config_triple:
+        if (shard := shard_of.get(id(getattr(module, attr, None)))) is not None:
+            manager.pid2config[id(shard)] = config
+    for pid, shard in shard_of.items():
+        if pid in manager.pid2config:
+            manager.pid2config[id(shard)] = manager.pid2config[pid]
+
+
 def layout(optimizer, plugin) -> dict:
-    """What a process's optimizer state depends on: the processes, how FSDP shards (strategy, and whether the
-    optimizer sees the original parameters or FSDP's flattened ones), the size of each parameter shard."""
+    """What a process's optimizer state depends on: the processes, how FSDP shards (FSDP1: strategy, and whether
+    the optimizer sees the original parameters or FSDP's flattened ones; FSDP2: each local shard's shape), the size
+    of each parameter shard."""
+    if getattr(plugin, "fsdp_version", 1) == 2:
+        return {"processes": _world()[1], "optimizer": type(_inner(optimizer)).__name__, "fsdp_version": 2,
+                "shard_shapes": [[list(p.shape) for p in group["params"]] for group in _inner(optimizer).param_groups]}
     strategy = getattr(plugin.sharding_strategy, "name", str(plugin.sharding_strategy))
     return {"processes": _world()[1], "optimizer": type(_inner(optimizer)).__name__, "fsdp_version": 1,
             "sharding_strategy": strategy, "use_orig_params": bool(plugin.use_orig_params),
@@ -101,7 +197,7 @@ def problem(folder: str | Path, processes: int) -> str | None:
     (count, _), = found.items()
     if count != processes:
         return (f"{folder} was saved by {count} processes, each with its own share of the optimizer state "
-                f"(bitsandbytes under FSDP1), and this launch has {processes}; {FIX} (--num-processes {count})")
+                f"(bitsandbytes under FSDP), and this launch has {processes}; {FIX} (--num-processes {count})")
     return None
 
 
@@ -127,7 +223,7 @@ def load(optimizer, plugin, folder: str | Path) -> None:
         raise ConfigError([(where, why)])
     path = Path(folder) / FILE.format(rank=rank, processes=processes)
     if not path.is_file():
-        raise ConfigError([(where, f"{folder} holds no optimizer state per process (bitsandbytes under FSDP1 "
+        raise ConfigError([(where, f"{folder} holds no optimizer state per process (bitsandbytes under FSDP "
                                    f"saves one file per process); it was saved by another launch or optimizer: "
                                    f"{FIX}")])
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -156,13 +252,21 @@ def _page(optimizer) -> None:
 
 
 def keep_per_process(trainer) -> None:
-    """The Trainer saves and resumes a bitsandbytes optimizer under FSDP1 per process (its model through
-    accelerate's save_fsdp_model as before, its scheduler as before); every other case goes on as the Trainer
-    does, except that a checkpoint saved per process never resumes with a fresh optimizer."""
+    """The Trainer saves and resumes a bitsandbytes optimizer under FSDP per process (its model through
+    accelerate's save_fsdp_model as before, its scheduler as before), and under FSDP2 steps it on each process's
+    local shards; every other case goes on as the Trainer does, except that a checkpoint saved per process never
+    resumes with a fresh optimizer."""
     save_as_trainer, load_as_trainer = trainer._save_optimizer_and_scheduler, trainer._load_optimizer_and_scheduler
+    create_as_trainer = trainer.create_optimizer
 
     def plugin():
         return trainer.accelerator.state.fsdp_plugin if trainer.is_fsdp_enabled else None
+
+    def create_optimizer(model=None):
+        optimizer = create_as_trainer(model)
+        if trainer.is_fsdp_enabled and getattr(plugin(), "fsdp_version", 1) == 2 and bitsandbytes_optimizer(optimizer):
+            on_local_shards(optimizer)
+        return optimizer
 
     def save_optimizer_and_scheduler(output_dir: str) -> None:
         if not applies(trainer.optimizer, plugin()):
@@ -183,7 +287,7 @@ def keep_per_process(trainer) -> None:
         if not applies(trainer.optimizer, plugin()):
             if saved(checkpoint):
                 raise ConfigError([("training.optimizer", f"{checkpoint} keeps its optimizer state per process, "
-                                                          f"as bitsandbytes' optimizers under FSDP1 save it, and "
+                                                          f"as bitsandbytes' optimizers under FSDP save it, and "
                                                           f"this run is not one: {FIX}")])
             return load_as_trainer(checkpoint)
         import torch
@@ -192,5 +296,6 @@ def keep_per_process(trainer) -> None:
         load(trainer.optimizer, plugin(), checkpoint)
         trainer.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
 
+    trainer.create_optimizer = create_optimizer
     trainer._save_optimizer_and_scheduler = save_optimizer_and_scheduler
     trainer._load_optimizer_and_scheduler = load_optimizer_and_scheduler

@@ -545,7 +545,7 @@ def list_runs(root: str | Path) -> list[RunFolder]:
 CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model_fsdp_0",
                       "pytorch_model_fsdp.bin")
 CHECKPOINT_OPTIMIZER = ("optimizer.pt", "optimizer.bin", "optimizer_0", "global_step*",
-                        "optimizer-rank*-of-*.pt")  # one per process: bitsandbytes under FSDP1 (optimizer_shards)
+                        "optimizer-rank*-of-*.pt")  # one per process: bitsandbytes under FSDP (optimizer_shards)
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:

@@ -280,7 +280,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         rewards=rewards,
     )
     _quiet_trainer(trainer)
-    optimizer_shards.keep_per_process(trainer)  # bitsandbytes' optimizer states under FSDP1: one file per process
+    optimizer_shards.keep_per_process(trainer)  # bitsandbytes under FSDP: one file per process; FSDP2's local shards
     if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 

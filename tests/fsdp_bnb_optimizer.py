@@ -12,8 +12,9 @@ runs FSDP on GPUs only, so the Trainer is told of the plugin the way its FSDP la
 the accelerator state's distributed type and fsdp_plugin) and handed the wrapped model, optimizer and schedule.
 Then the adapter at the end, gathered whole and written by the main process. Also what
 accelerate's own save_fsdp_optimizer / load_fsdp_optimizer (the Trainer's FSDP path) make of the optimizer,
-and a resume under another FSDP layout (use_orig_params flipped). FSDP2: the first step. Rank 0 writes what
-happened to OUT.
+and a resume under another FSDP layout (use_orig_params flipped). FSDP2: the optimizer steps each process's local
+shards (optimizer_shards.on_local_shards), after clipping the whole (DTensor) gradient's norm as accelerate clips
+it; the same checkpoint, steps and resume. Rank 0 writes what happened to OUT.
 
     torchrun --nproc_per_node 2 tests/fsdp_bnb_optimizer.py OPTIMIZER OUT
 """
@@ -30,6 +31,7 @@ import torch.distributed as dist
 
 STEPS = 4  # the uninterrupted run; the checkpoint after SAVED of them
 SAVED = 2
+CLIP = 1.0  # FSDP2's max gradient norm, below the tiny model's (so the clip acts)
 # Trained in full beside the adapter (PEFT's modules_to_save, without LoRA): a projection inside a decoder layer, an
 # FSDP1 unit within a unit. (Each process's share is whole 8-bit blocks, as for the LoRA factors; a norm's 192
 # values would be 96 per process, under min_8bit_size, and take 32-bit states where one process takes 8-bit ones.)
@@ -111,11 +113,15 @@ def main(optimizer_name: str, out: str) -> None:
                                   process_index=rank, num_processes=world, is_fsdp2=plugin.fsdp_version == 2,
                                   wait_for_everyone=dist.barrier)
     ids = batches()[rank::world]
-    result: dict = {"fsdp_version": plugin.fsdp_version, "use_orig_params": plugin.use_orig_params}
+    fsdp2 = plugin.fsdp_version == 2
+    result: dict = {"fsdp_version": plugin.fsdp_version, "use_orig_params": plugin.use_orig_params, "norms": []}
 
     def step(model, adam, sched) -> float:
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
+        if fsdp2:  # as accelerate's clip_grad_norm_ clips FSDP2's gradients (one mesh): over the whole DTensors
+            norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), CLIP)
+            result["norms"].append(norm.full_tensor().item() if hasattr(norm, "full_tensor") else norm.item())
         adam.step()
         sched.step()
         adam.zero_grad()
@@ -134,20 +140,22 @@ def main(optimizer_name: str, out: str) -> None:
     compat.peft_keys_under_nested_fsdp()  # as hubtune's FSDP runs do
     model = wrapped(prepared(), plugin, accelerator)
     adam, losses = optimizer(model, optimizer_name), []
+    result["local_shards"] = optimizer_shards.on_local_shards(adam)  # FSDP2's DTensors; FSDP1's are plain
     sched = schedule(adam)
     if not attempt("step_error", lambda: losses.extend(step(model, adam, sched) for _ in range(SAVED))):
         return finish(rank, out, result)
     result["states"] = sorted({f"{k}:{v.dtype}" for s in adam.state.values() for k, v in s.items() if torch.is_tensor(v)})
-    result["shard_sizes"] = optimizer_shards.layout(adam, plugin)["shard_sizes"]
+    shards = optimizer_shards.layout(adam, plugin)
+    result["shard_sizes" if "shard_sizes" in shards else "shard_shapes"] = shards.get("shard_sizes", shards.get("shard_shapes"))
     checkpoint = f"{out}.checkpoints/checkpoint-{SAVED}"
     trainer = fsdp_trainer(model, adam, sched, plugin, out)
     trainer._save_optimizer_and_scheduler(checkpoint)  # the model (save_fsdp_model), the optimizer, the schedule
     trainer._save_rng_state(checkpoint)
     drawn = torch.rand(3).tolist()  # what the random state saved draws next
-    at_checkpoint = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    at_checkpoint = [_local(p).clone() for p in model.parameters() if p.requires_grad]
     losses += [step(model, adam, sched) for _ in range(STEPS - SAVED)]
     result["losses"] = losses
-    uninterrupted = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    uninterrupted = [_local(p).clone() for p in model.parameters() if p.requires_grad]
     del model, adam
 
     # Resumed: another adapter initialisation, a fresh optimizer and schedule, then the checkpoint.
@@ -155,6 +163,7 @@ def main(optimizer_name: str, out: str) -> None:
     torch.manual_seed(1)
     model = wrapped(prepared(seed=1), plugin, accelerator)
     adam = optimizer(model, optimizer_name)
+    optimizer_shards.on_local_shards(adam)
     sched = schedule(adam)
     trainer.model = trainer.model_wrapped = model
     trainer.optimizer, trainer.lr_scheduler = adam, sched
@@ -164,10 +173,12 @@ def main(optimizer_name: str, out: str) -> None:
     result["rng_restored"] = torch.rand(3).tolist() == drawn
     result["resumed_lr"] = sched.get_last_lr()
     result["resumed_losses"] = [step(model, adam, sched) for _ in range(STEPS - SAVED)]
-    after = [p.detach() for p in model.parameters() if p.requires_grad]
+    after = [_local(p) for p in model.parameters() if p.requires_grad]
     gap = torch.tensor([max((a - b).abs().max().item() for a, b in zip(after, uninterrupted, strict=True))])
     dist.all_reduce(gap, op=dist.ReduceOp.MAX)
     result["adapter_gap"] = gap.item()
+    if fsdp2:
+        return finish(rank, out, result)
     # The adapter at the end, as the Trainer's save_model writes it once hubtune asks for the whole state dict
     # (distributed.adapter_saved_whole): gathered onto the main process as accelerate's get_state_dict gathers it,
     # but for its offload to CPU (which, on a model already on CPU, frees what it gathered: torch 2.13), and
@@ -214,6 +225,12 @@ def main(optimizer_name: str, out: str) -> None:
     except ConfigError as err:
         result["other_layout_error"] = str(err)
     finish(rank, out, result)
+
+
+def _local(param) -> torch.Tensor:
+    """This process's values of a parameter (FSDP2: its local shard)."""
+    param = param.detach()
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 def fsdp_trainer(model, adam, sched, plugin, out: str):

@@ -38,9 +38,9 @@ TYPE_FORMAT = {"alpaca": "alpaca", "alpaca:chat": "alpaca", "alpaca:phi": "alpac
 # refused outside this list is a regression: a setting hubtune can honour was turned away.
 CANNOT_HONOUR = {
     # Optimizer states FSDP cannot shard here: torchao's 8- and 4-bit AdamW outside FSDP2 (hubtune launches FSDP2
-    # for quantized experts and context parallelism, its FSDP1 preset otherwise), and bitsandbytes' on FSDP2 (its
-    # first step fails; on FSDP1 each process checkpoints its own states: tests/test_distributed.py);
-    # hubtune refuses them at launch, so the converter does too.
+    # for quantized experts and context parallelism, its FSDP1 preset otherwise); hubtune refuses them at launch,
+    # so the converter does too. bitsandbytes' run on both (each process checkpoints its own states; on FSDP2
+    # they step each process's local shards: tests/test_distributed.py).
     "8- and 4-bit optimizer states under FSDP (optimizer)": {"optimizer"},
     # An 8-bit base partitioned by ZeRO-3 (bitsandbytes keeps its row constants on the weight object): hubtune
     # refuses it at launch, so the converter does too. Under FSDP it runs on FSDP2 (hubtune.sharded_int8).
@@ -428,15 +428,18 @@ def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
 def test_an_8_bit_base_under_fsdp_converts_to_fsdp2(results):
     """Axolotl's 8-bit LoRA under FSDP runs on hubtune's FSDP2 launch in which every GPU loads the int8 base
     (hubtune.sharded_int8; tests/test_experts.py int8-base measures it). dbrx's example is an FSDP1 config,
-    which cannot run an int8 base in Axolotl either ('Cannot flatten integer dtype tensors', torch 2.13); on
-    hubtune's FSDP2 launch (the same full sharding of each layer) its base would run, but its paged 8-bit AdamW
-    would not: bitsandbytes' optimizers do not take FSDP2's parameters, so it stays refused for that alone."""
+    which cannot run an int8 base in Axolotl either ('Cannot flatten integer dtype tensors', torch 2.13); it
+    converts to hubtune's FSDP2 launch (the same full sharding of each layer), where its paged 8-bit AdamW steps
+    each process's local shards (optimizer_shards.on_local_shards; tests/test_distributed.py measures it)."""
     asked = {name: (config, dict(why)) for name, kind, data, config, why in results
              if kind == SUPERVISED and data.get("load_in_8bit") and (data.get("fsdp") or data.get("fsdp_config"))}
     assert sorted(asked) == ["archived/dbrx/8bit-lora.yaml", "glm47-flash/lora_fsdp.yaml"]
     config, why = asked["archived/dbrx/8bit-lora.yaml"]
-    assert config is None and set(why) == {"optimizer"}
-    assert "'paged_adamw_8bit' under fsdp: bitsandbytes' optimizer kernels do not take FSDP2's" in why["optimizer"]
+    assert why == {}
+    m, t = config.model, config.training
+    assert (m.quantization, t.distributed, t.optimizer) == ("int8", "fsdp", "paged_adamw_8bit")
+    assert distributed.loads_whole_base(m, t) and distributed.fsdp_optimizer_problem(t.optimizer, True) is None
+    assert distributed.plan_launch("fsdp", 2, whole_base=True).preset.name == "fsdp2-quantized-experts.yaml"
     config = asked["glm47-flash/lora_fsdp.yaml"][0]
     m, t = config.model, config.training
     assert (m.quantization, m.quantize_experts, t.distributed) == ("int8", True, "fsdp")

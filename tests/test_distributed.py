@@ -131,8 +131,8 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     with pytest.raises(ConfigError, match="launched with fsdp"):
         distributed.check_launch("ddp", "cuda")
     distributed.check_launch("fsdp", "cuda")
-    # bitsandbytes' optimizers: FSDP1 trains and resumes them, each process checkpointing its own states; FSDP2
-    # cannot step them (test_bitsandbytes_optimizer_under_fsdp1_...).
+    # bitsandbytes' optimizers: FSDP1 trains and resumes them, each process checkpointing its own states
+    # (test_bitsandbytes_optimizer_under_fsdp_...).
     assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
     assert distributed.optimizer_for("fsdp", "paged_adamw_32bit", "paged_adamw_32bit") == "paged_adamw_32bit"
     assert distributed.optimizer_for("ddp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
@@ -143,9 +143,9 @@ def test_a_worker_refuses_a_launch_that_does_not_match_the_config(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "2")
     for torchao in ("adamw_torch_8bit", "adamw_torch_4bit"):
         assert distributed.optimizer_for("fsdp", torchao, torchao) == torchao
-    with pytest.raises(ConfigError, match="do not take FSDP2's sharded"):
-        distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit")
-    assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "adamw_torch"
+    # bitsandbytes' optimizers step FSDP2's local shards (test_bitsandbytes_optimizer_under_fsdp_...).
+    assert distributed.optimizer_for("fsdp", "adamw_8bit", "adamw_8bit") == "adamw_8bit"
+    assert distributed.optimizer_for("fsdp", "paged_adamw_8bit", "auto") == "paged_adamw_8bit"
 
 
 def test_effective_batch_sets_the_step_count():
@@ -368,18 +368,19 @@ def test_every_preset_is_documented():
 
 
 @pytest.mark.parametrize("fsdp2", [False, True], ids=["fsdp1", "fsdp2"])
-def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsdp2(tmp_path, fsdp2, hub, hub_token):
+def test_bitsandbytes_optimizer_under_fsdp_resumes_per_process(tmp_path, fsdp2, hub, hub_token):
     """bitsandbytes' optimizers under FSDP, measured on a 2-process CPU mesh (tests/fsdp_bnb_optimizer.py).
     FSDP1 (hubtune's fsdp.yaml) steps as one process does; accelerate's save_fsdp_optimizer /
     load_fsdp_optimizer (the Trainer's FSDP path) cannot load its checkpoint back, so hubtune keeps each
     process's state in a file of its own (hubtune.optimizer_shards). A checkpoint written and read by the
     Trainer's own methods (the adapter through accelerate's save_fsdp_model / load_fsdp_model, with
-    compat.peft_keys_under_nested_fsdp) resumes to the same steps and adapter as the uninterrupted run. FSDP2
-    fails at the first step (distributed.fsdp_optimizer_problem). When the upstream failures stop, bitsandbytes
-    or torch may have lifted the limits."""
+    compat.peft_keys_under_nested_fsdp) resumes to the same steps and adapter as the uninterrupted run. FSDP2's
+    DTensor parameters go to bitsandbytes as each process's local shards (optimizer_shards.on_local_shards),
+    after the gradient is clipped by its whole norm; the same per-process checkpoint resumes them."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from fsdp_bnb_optimizer import SAVED, STEPS, UNFROZEN, batches, optimizer, prepared, schedule
+    import torch
+    from fsdp_bnb_optimizer import CLIP, SAVED, STEPS, UNFROZEN, batches, optimizer, prepared, schedule
 
     from hubtune import optimizer_shards
     from hubtune.runs import RunFolder, checkpoint_problem
@@ -400,14 +401,9 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
                     "adamw_8bit", str(out)], check=True, timeout=300, env={**os.environ, **env})
     result = json.loads(out.read_text())
     assert result["fsdp_version"] == (2 if fsdp2 else 1)
-    why = distributed.fsdp_optimizer_problem("adamw_8bit", fsdp2)
-    if fsdp2:
-        assert "mixed torch.Tensor and DTensor" in result["step_error"] and "optimizer_update_8bit_blockwise" in result["step_error"]
-        assert "mixed torch.Tensor and DTensor" in why
-        return
-    assert why is None
-    assert result["use_orig_params"] is False and "state1:torch.uint8" in result["states"]
-    # The steps match one process over both half-batches, on the same schedule.
+    assert "step_error" not in result and distributed.fsdp_optimizer_problem("adamw_8bit", fsdp2) is None
+    assert "state1:torch.uint8" in result["states"]
+    # The steps match one process over both half-batches, on the same schedule (FSDP2: the same clip).
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -415,7 +411,7 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
     adam = optimizer(model, "adamw_8bit")
     sched = schedule(adam)
     halves = [batches()[rank::2] for rank in range(2)]
-    losses, at_checkpoint = [], None
+    losses, norms, at_checkpoint = [], [], None
     for _ in range(STEPS):
         if len(losses) == SAVED:
             at_checkpoint = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
@@ -425,9 +421,34 @@ def test_bitsandbytes_optimizer_under_fsdp1_resumes_per_process_and_fails_on_fsd
             loss.backward()
             total += loss.item()
         losses.append(total)
+        if fsdp2:
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP).item())
         adam.step()
         sched.step()
         adam.zero_grad()
+    if fsdp2:
+        # Each process's optimizer holds its local shards (half of each LoRA factor's rows, of the projection's),
+        # updated in place in the model's DTensor parameters; 8-bit states are quantized in 256-value blocks of
+        # the local shard, where one process's blocks run over the whole parameter.
+        assert result["local_shards"] is True
+        assert result["shard_shapes"][0][:2] == [[8, 192], [96, 16]] and [96, 512] in result["shard_shapes"][0]
+        # The clip saw the whole gradient's norm (the one process's), and acted (above CLIP).
+        assert result["norms"][:STEPS] == pytest.approx(norms, rel=1e-4) and min(norms) > CLIP
+        assert result["losses"] == pytest.approx(losses, abs=1e-5)  # measured: 2.4e-6 apart
+        # Resumed from the per-process checkpoint: the same steps, the same adapter, as the run that went on.
+        assert result["resumed_losses"] == pytest.approx(result["losses"][SAVED:], abs=1e-6)
+        assert result["norms"][STEPS:] == pytest.approx(result["norms"][SAVED:STEPS], abs=1e-6)
+        assert result["adapter_gap"] <= 1e-6 and result["rng_restored"]
+        assert result["resumed_lr"] == [pytest.approx(1e-2 * 0.75)]
+        checkpoint = Path(f"{out}.checkpoints") / f"checkpoint-{SAVED}"
+        assert sorted(p.name for p in checkpoint.glob("optimizer-*")) == ["optimizer-rank0-of-2.pt",
+                                                                         "optimizer-rank1-of-2.pt"]
+        saved = torch.load(checkpoint / "optimizer-rank0-of-2.pt", weights_only=True)["layout"]
+        assert saved["fsdp_version"] == 2 and saved["shard_shapes"] == result["shard_shapes"]
+        # Another count of processes is refused, naming the checkpoint and its count.
+        assert "was saved by 2 processes" in optimizer_shards.problem(checkpoint, 1)
+        return
+    assert result["use_orig_params"] is False
     assert result["losses"] == pytest.approx(losses, abs=1e-5)
     # accelerate's FSDP checkpoint of the optimizer saves, and cannot be loaded back.
     assert "save_error" not in result and result["load_error"] == "TypeError: unhashable type: 'dict'"
@@ -522,3 +543,58 @@ def test_what_fsdp_cannot_train_or_select_is_refused_before_any_download():
     with pytest.raises(ConfigError, match="select: task.*main process"):
         cfg.build({"training": {"distributed": "fsdp", "select": "task"}})
     cfg.build({"training": {"distributed": "fsdp", "select": "eval_loss"}})
+
+
+def test_bitsandbytes_steps_fsdp2_shards_as_the_trainer_creates_it(tmp_path, monkeypatch):
+    """The Trainer's own create_optimizer (adamw_bnb_8bit: bitsandbytes' 8-bit AdamW, with embeddings kept in 32
+    bits through bitsandbytes' GlobalOptimManager) over FSDP2's DTensor parameters, with hubtune's
+    keep_per_process: the optimizer steps the local shards, keeps the embedding's override, and one step equals
+    the same optimizer on the plain model (one process: each shard is the whole parameter)."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    from transformers import Trainer, TrainingArguments
+
+    from hubtune import optimizer_shards
+
+    from bitsandbytes.optim import GlobalOptimManager
+
+    GlobalOptimManager.get_instance().initialize()  # its settings by position outlive an optimizer: none yet
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Embedding(128, 64), torch.nn.Linear(64, 64))  # 8-bit from 4096 values
+    sharded = copy.deepcopy(plain)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        fully_shard(sharded)
+        assert isinstance(sharded[1].weight, DTensor)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], optim="adamw_bnb_8bit",
+                                 learning_rate=1e-2)
+        trainers = {}
+        for name, model in (("plain", plain), ("sharded", sharded)):
+            trainer = Trainer(model=model, args=args)
+            if name == "sharded":  # as accelerate tells the Trainer of an FSDP2 launch
+                monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+                monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(fsdp_version=2),
+                                    raising=False)
+            optimizer_shards.keep_per_process(trainer)
+            trainers[name] = trainer.create_optimizer(model)
+        adam = trainers["sharded"]
+        assert all(not isinstance(p, DTensor) for g in adam.param_groups for p in g["params"])
+        ids = torch.arange(16).reshape(2, 8)
+        for model, optimizer in ((sharded, adam), (plain, trainers["plain"])):  # FSDP2's first
+            for _ in range(2):
+                model(ids).pow(2).mean().backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)  # over DTensor gradients: the whole norm
+                optimizer.step()
+                optimizer.zero_grad()
+        assert all(p.grad is None for p in sharded.parameters())  # zero_grad clears the model's gradients too
+        states = {tuple(s): st["state1"].dtype for s, st in ((p.shape, adam.state[p]) for g in adam.param_groups
+                                                              for p in g["params"])}
+        assert states[(128, 64)] == torch.float32 and states[(64, 64)] == torch.uint8  # the embedding's override
+        for a, b in zip(plain.parameters(), sharded.parameters(), strict=True):
+            assert torch.equal(a.detach(), b.detach().full_tensor())
+    finally:
+        dist.destroy_process_group()
