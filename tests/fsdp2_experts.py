@@ -5,7 +5,8 @@ accelerate's own FSDP2 preparation (fsdp2_prepare_model, with the plugin the pre
 shards it. accelerate selects FSDP on GPUs only, so the Accelerator is stood in for by the attributes its
 FSDP functions read. Then one batch per process: forward, backward, an AdamW step; the optimizer saved with
 accelerate's save_fsdp_optimizer (torch's distributed checkpoint) and loaded back by load_fsdp_optimizer into a
-new optimizer, as a resumed run does; a second step with it, a last forward.
+new optimizer, as a resumed run does; a second step with it, a last forward; the model saved with accelerate's
+save_fsdp_model and loaded back by load_fsdp_model over a zeroed adapter, and a forward again.
 Rank 0 writes the mean losses, the full LoRA gradients and what each process held to OUT.
 
     torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT [EXPERTS]
@@ -138,6 +139,19 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=f"{out}.model")
+    # The model's checkpoint as the Trainer writes and resumes it (accelerate's save_fsdp_model / load_fsdp_model),
+    # the quantized base in it: loaded over a zeroed adapter, the last loss comes back.
+    from accelerate.utils.fsdp_utils import load_fsdp_model, save_fsdp_model
+
+    accelerator.is_fsdp2 = True
+    save_fsdp_model(plugin, accelerator, model, f"{out}.trainer")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.zero_()
+    load_fsdp_model(plugin, accelerator, model, f"{out}.trainer")
+    with torch.no_grad():
+        losses.append(mean(model(ids, labels=ids).loss))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     adapter = {name: value for name, value in full.items() if "lora_" in name}
     if rank == 0:
