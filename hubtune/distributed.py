@@ -83,14 +83,26 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def loads_whole_base(model, training) -> bool:
+def loads_whole_base(model, training, nvfp4: bool | None = None, read_hub: bool = False) -> bool:
     """Whether FSDP launches FSDP2 with every process loading the whole quantized base (the
     fsdp2-quantized-experts.yaml preset): quantized experts, and a 4-bit base stepped by torchao's 8- or 4-bit
     AdamW, whose states shard with FSDP2's parameters only (a 4-bit base's quantization constants are not
     parameters or buffers, so rank-0 loading with a broadcast would not carry them); and an int8 (LLM.int8())
-    base, which FSDP1 cannot flatten and FSDP2 shards as hubtune.sharded_int8 keeps it."""
-    return training.distributed == "fsdp" and (model.quantize_experts or model.quantization == "int8" or (
-        training.optimizer in TORCHAO_OPTIMIZERS and model.quantization in ("nf4", "fp4")))
+    base, which FSDP1 cannot flatten and FSDP2 shards as hubtune.sharded_int8 keeps it; and an NVFP4 base
+    (hubtune.nvfp4), whose packed weights FSDP1 cannot flatten with the 16-bit ones and which hubtune's loader
+    packs, with their scales, in each process itself (no rank-0 load). nvfp4: whether the
+    base is saved in NVFP4, where the caller knows; else a local folder's config is read (a Hub id's only with
+    read_hub, which downloads its config.json)."""
+    if training.distributed != "fsdp":
+        return False
+    if model.quantize_experts or model.quantization == "int8" or (
+            training.optimizer in TORCHAO_OPTIMIZERS and model.quantization in ("nf4", "fp4")):
+        return True
+    if nvfp4 is None:
+        from hubtune import nvfp4 as formats
+
+        nvfp4 = formats.declared(getattr(model, "id", None), getattr(model, "revision", None), read_hub)
+    return nvfp4
 
 
 def every_process_loads_the_base() -> bool:
@@ -209,13 +221,15 @@ def check_quantized_experts(config) -> None:
     """In a launched process: quantized experts under FSDP need every process to load the quantized base
     (no rank-0-only loading, whose broadcast carries parameters and buffers but not the experts' quantization
     constants) and FSDP2, which shards their quantized storage as it is (FSDP1 would flatten it with the
-    compute-dtype weights); so do a 4-bit base with torchao's low-bit AdamW and an int8 base (loads_whole_base)."""
+    compute-dtype weights); so do a 4-bit base with torchao's low-bit AdamW, an int8 base and an NVFP4 base
+    (loads_whole_base)."""
     if not loads_whole_base(config.model, config.training) or world_size() == 1:
         return
     version = os.environ.get("FSDP_VERSION", "1")
     ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("true", "1")
     field = ("model.quantize_experts" if config.model.quantize_experts else
-             "model.quantization" if config.model.quantization == "int8" else "training.optimizer")
+             "model.quantization" if config.model.quantization == "int8" else
+             "training.optimizer" if config.training.optimizer in TORCHAO_OPTIMIZERS else "model.id")
     if version != "2" or ram_efficient:
         raise ConfigError([(field, f"under fsdp needs FSDP2 with every process loading the base, "
                                                       f"but this launch has FSDP {version}"

@@ -55,7 +55,7 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
         options.append(("batch", f"micro-batch {micro} with {accum} accumulation steps (training.micro_batch_size: "
                                  f"{micro}, training.gradient_accumulation_steps: {accum})",
                         {"micro_batch": micro, "gradient_accumulation": accum}))
-    nvfp4 = s.base_nvfp4 or arch.saved_nvfp4  # loads as saved: no other quantization, and no FSDP for it
+    nvfp4 = s.base_nvfp4 or arch.saved_nvfp4  # loads as saved: no other quantization
     if s.method != "qlora" and not nvfp4 and _quantizable(arch, s):
         options.append(("method", "LoRA on the base loaded in 4 bits (model.quantization: nf4)",
                         {"method": "qlora", "quantization": "nf4", "double_quant": True}))
@@ -66,9 +66,8 @@ def suggest(arch: Architecture, s: Settings, limit: int) -> Suggestion | None:
     while seq > 256:
         seq //= 2
         options.append(("seq", f"sequences of at most {seq} tokens (data.max_seq_len: {seq})", {"seq_len": seq}))
-    if not nvfp4:
-        options += [("gpus", f"{n} GPUs with FSDP sharding weights and optimizer states", {"gpus": n})
-                    for n in (2, 4, 8)]
+    options += [("gpus", f"{n} GPUs with FSDP sharding weights and optimizer states", {"gpus": n})
+                for n in (2, 4, 8)]
 
     def build(chosen: dict[str, tuple[str, dict]]) -> Settings:
         return replace(s, **{k: v for _, fields in chosen.values() for k, v in fields.items()})

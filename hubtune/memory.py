@@ -880,6 +880,10 @@ def _moe_notes(arch: Architecture, s: Settings) -> list[str]:
     if s.method != "full" and (s.expert_quantization != "none" or _adapts_experts(arch, s)):
         notes.append("each MoE layer's expert stack is read whole in 16 bits while the layer computes (dequantized, "
                      "or merged with its LoRA delta) and saved for its backward")
+    if s.base_nvfp4 and s.method != "full" and s.gpus > 1:
+        notes.append(f"figures are per process: under FSDP every process loads the whole packed NVFP4 base onto its "
+                     f"GPU (hubtune's FSDP2 launch, distributed.loads_whole_base) before FSDP2 shards it 1/{s.gpus} "
+                     f"a process, so the load needs the whole base's weights on each GPU first")
     if s.expert_parallel > 1 or s.context_parallel > 1:
         notes.append("figures are per process: " + ", ".join(
             ([f"each holds 1/{s.expert_parallel} of the experts and, sharded by FSDP2, at most 1/{s.expert_parallel} "

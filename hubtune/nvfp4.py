@@ -140,6 +140,28 @@ def saved_format(folder: str | Path) -> dict | None:
     return None
 
 
+def declared(model: str | None, revision: str | None = None, read_hub: bool = False) -> bool:
+    """Whether a base (a local folder, or with read_hub a Hub repo id, whose config.json alone is downloaded) is
+    saved in NVFP4 by ModelOpt. A Hub id without read_hub, or one whose config cannot be read, counts as not."""
+    if not model:
+        return False
+    from hubtune.refs import RepoRef
+
+    ref = RepoRef.parse(model)
+    if ref.is_local:
+        return ref.path.is_dir() and is_nvfp4(saved_format(ref.path))
+    if not (read_hub and ref.is_hub):
+        return False
+    from hubtune.errors import HubtuneError
+    from hubtune.memory import read_config
+
+    try:
+        config, _ = read_config(model, revision)
+    except HubtuneError:
+        return False  # the load itself says what is wrong with the repo
+    return is_nvfp4(config.get("quantization_config"))
+
+
 def is_nvfp4(quantization: dict | None) -> bool:
     return bool(quantization) and quantization.get("quant_method") == "modelopt" and \
         str(quantization.get("quant_algo", "")).upper() == "NVFP4"

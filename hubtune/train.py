@@ -740,10 +740,15 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
     if modelopt and model.linearized_experts:
         raise ConfigError([("model.linearized_experts", f"{path} is saved in NVFP4 by ModelOpt, not in Axolotl's "
                                                         f"linearized Llama 4 layout; leave linearized_experts out")])
-    if modelopt and sharded:
-        from hubtune.interop.axolotl import NVFP4_SHARDED
-
-        raise ConfigError([("training.distributed", f"{path} is saved in NVFP4 by ModelOpt: {NVFP4_SHARDED}")])
+    if modelopt and sharded and distributed.world_size() > 1 and not distributed.every_process_loads_the_base():
+        # FSDP1 cannot flatten the packed uint8 weights with the 16-bit ones, hubtune.nvfp4 packs the weights and
+        # sets their scales in each process itself (no rank-0 load), and ZeRO-3 partitions weights as they are built.
+        raise ConfigError([("training.distributed", f"{path} is saved in NVFP4 by ModelOpt, which shards under "
+                                                    f"FSDP2 only, every process loading it whole (training.distributed: "
+                                                    f"fsdp launched by `hubtune train CONFIG --num-processes N`, or "
+                                                    f"accelerate launch --config_file "
+                                                    f"{distributed.preset_path('fsdp', 1, True)}); not under FSDP1, "
+                                                    f"rank-0 loading or ZeRO-3")])
     if modelopt:
         base = nvfp4.load(path, **_nvfp4_kwargs(kwargs))  # packed weights, dequantized when read
     elif model.linearized_experts:

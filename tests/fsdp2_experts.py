@@ -12,7 +12,8 @@ Rank 0 writes the mean losses, the full LoRA gradients and what each process hel
     torchrun --nproc_per_node 2 tests/fsdp2_experts.py MODEL QUANTIZATION LORA_JSON OPTIMIZER OUT [EXPERTS]
 
 EXPERTS "quantized" (the default) or "16-bit": a QLoRA base whose experts stay in 16 bits, launched the same
-way for torchao's low-bit AdamW (distributed.loads_whole_base).
+way for torchao's low-bit AdamW (distributed.loads_whole_base). QUANTIZATION "nvfp4": MODEL is a ModelOpt NVFP4
+folder, loaded packed by hubtune.nvfp4 (attention and experts), also launched that way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def prepared(model_path: str, quantization: str, lora: dict, quantize_experts: b
     from hubtune.hardware import Hardware
     from hubtune.train import attach_lora, load_base
 
-    model = {"id": model_path, "quantization": quantization, "quantize_experts": quantize_experts}
+    if quantization == "nvfp4":  # a ModelOpt NVFP4 folder: it loads as saved (hubtune.nvfp4), nothing to set
+        model = {"id": model_path, "quantization": "none"}
+    else:
+        model = {"id": model_path, "quantization": quantization, "quantize_experts": quantize_experts}
     config = cfg.build({"model": model, "lora": lora})
     base = load_base(model_path, config.model, Hardware("cpu", torch.float32, "adamw_torch"), sharded=True)
     torch.manual_seed(0)
@@ -93,6 +97,9 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
     assert all(isinstance(layer, FSDPModule) for layer in model.base_model.model.model.layers)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
             for name, param in model.named_parameters() if "parametrizations" in name or param.dtype == torch.int8}
+    # The parametrizations' constants (NVFP4 block and global scales) are buffers: FSDP2 leaves them whole.
+    constants = {name: [tuple(buf.shape), type(buf).__name__] for name, buf in model.named_buffers()
+                 if "parametrizations" in name}
     adam = optimizer(model, optimizer_name)
     ids = batches()[rank::world]
 
@@ -156,7 +163,8 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
     adapter = {name: value for name, value in full.items() if "lora_" in name}
     if rank == 0:
         torch.save({"losses": losses, "grads": grads, "held": held, "states": states, "loaded": loaded,
-                    "adapter": adapter, "separate": separate, "dtensor_keys": dtensor_keys}, out)
+                    "adapter": adapter, "separate": separate, "dtensor_keys": dtensor_keys,
+                    "constants": constants}, out)
     dist.destroy_process_group()
 
 

@@ -48,8 +48,9 @@ CANNOT_HONOUR = {
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
-    # hubtune loads NVFP4 bases itself (hubtune.nvfp4) and has no FSDP path for their packed weights.
-    "an NVFP4 base under FSDP (dsv4_fp4_grouped_mode)": {"dsv4_fp4_grouped_mode"},
+    # DeepSeek V4's NVFP4 release declares transformers' fp8 with NVFP4 experts inside: hubtune reads NVFP4 from
+    # ModelOpt-declared checkpoints only (hubtune.nvfp4), and transformers' fp8 quantizer drops the experts' scales.
+    "an fp8-declared base with NVFP4 experts inside (DeepSeek V4: dsv4_fp4_grouped_mode)": {"dsv4_fp4_grouped_mode"},
     # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
     # parallelism (accelerate, TRL) drops their mask, and TRL refuses packing with it.
     "context parallelism with packed examples": {"context_parallel_size"},
@@ -400,16 +401,15 @@ TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/
 
 def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
     """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
-    hubtune's FSDP2 launch in which every GPU loads the quantized base; the one still refused is refused for
-    its base (an NVFP4 one), and for the optimizer on FSDP1 as well."""
+    hubtune's FSDP2 launch in which every GPU loads the quantized base; the one still refused (GLM-5.2 over an
+    NVFP4 base, which FSDP2 also shards) is refused for its expert parallelism alone, not for the optimizer."""
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
              and (data.get("fsdp") or data.get("fsdp_config"))}
     refused = {name: why for name, (config, why) in asked.items() if config is None}
     assert set(asked) - set(refused) == {*EXPERTS_UNDER_FSDP, *TORCHAO_QLORA_UNDER_FSDP}
-    for name, why in refused.items():
-        assert "shard with FSDP2's parameters only, and this launch is FSDP1" in why["optimizer"], name
-        assert set(why) - {"optimizer"}, (name, sorted(why))
+    assert {name: sorted(why) for name, why in refused.items()} == {
+        "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml": ["expert_parallel_size"]}
     for name in TORCHAO_QLORA_UNDER_FSDP:
         config = asked[name][0]
         m, t = config.model, config.training
@@ -454,15 +454,18 @@ NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nv
                   "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml")
 
 
-def test_nvfp4_examples_convert_unless_under_fsdp(results):
+def test_nvfp4_examples_convert_under_fsdp_but_deepseek_v4s_fp8_declared_base(results):
     """The NVFP4 bases load through hubtune.nvfp4: the grouped NVFP4 experts kernel is noted (Axolotl computes
-    the same on all but sm100 GPUs, which the note says) and merge-aware LoRA is lora.nvfp4_merge_aware, except
-    under FSDP, which hubtune has no path for with these bases; GLM-5.2's example is also refused for expert
-    parallelism and its optimizer under FSDP."""
+    the same on all but sm100 GPUs, which the note says) and merge-aware LoRA is lora.nvfp4_merge_aware; under
+    FSDP hubtune launches FSDP2 with every process loading the packed base whole (its 8-bit torchao optimizer
+    shards there). DeepSeek V4's is refused for its base, declared fp8 with NVFP4 experts inside; GLM-5.2's for
+    expert parallelism with LoRA on the experts alone."""
     by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
     config, refused = by_name[NVFP4_EXAMPLES[1]]
     assert config is None and set(refused) == {"dsv4_fp4_grouped_mode"}
-    assert "'nvfp4' (an NVFP4 base) under fsdp: hubtune loads an NVFP4 base itself" in refused["dsv4_fp4_grouped_mode"]
+    assert refused["dsv4_fp4_grouped_mode"].startswith("'nvfp4' on DeepSeek V4 (use_dsv4_kernels): DeepSeek V4's "
+                                                       "NVFP4 release (nvidia/DeepSeek-V4-Flash-NVFP4) declares "
+                                                       "quant_method fp8")
     config, _ = by_name[NVFP4_EXAMPLES[0]]
     notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text())).notes
     assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4: Axolotl's grouped NVFP4 experts kernel") and
@@ -475,7 +478,21 @@ def test_nvfp4_examples_convert_unless_under_fsdp(results):
         assert config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
         assert axolotl.to_axolotl(config)["nvfp4_merge_aware"] is True
     config, refused = by_name[NVFP4_EXAMPLES[4]]
-    assert config is None and set(refused) == {"expert_parallel_size", "optimizer", "dsv4_fp4_grouped_mode"}
+    assert config is None and set(refused) == {"expert_parallel_size"}
+    assert refused["expert_parallel_size"].startswith("8 with lora_target_parameters: LoRA on experts spread over")
+    # Without expert parallelism (the plugin and its keys dropped, as its comment says) GLM-5.2's converts: FSDP2
+    # with every process loading the NVFP4 base, so torchao's 8-bit AdamW shards with its parameters.
+    glm = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[4]).read_text())
+    glm = {k: v for k, v in glm.items() if not k.startswith("expert_parallel")}
+    glm["plugins"] = [p for p in glm["plugins"] if "expert_parallel" not in p]
+    plain = axolotl.from_axolotl(glm)
+    assert not plain.unsupported, plain.unsupported
+    t = plain.run_config().training
+    assert (t.distributed, t.optimizer) == ("fsdp", "adamw_torch_8bit")
+    assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4 with fsdp: hubtune launches FSDP2") for n in plain.notes)
+    zero3 = dict(axolotl.from_axolotl({**{k: v for k, v in glm.items() if not k.startswith("fsdp")},
+                                       "deepspeed": "deepspeed_configs/zero3_bf16.json"}).unsupported)
+    assert "under deepspeed-zero3: ZeRO-3 partitions" in zero3["dsv4_fp4_grouped_mode"]
     gemma = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text())
     assert axolotl.from_axolotl({**gemma, "dsv4_fp4_grouped_mode": "fp8"}).unsupported[0][0] == "dsv4_fp4_grouped_mode"
     # What Axolotl itself refuses beside nvfp4_merge_aware: its fused LoRA kernels (gemma4's example sets them),

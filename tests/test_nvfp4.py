@@ -256,13 +256,17 @@ def test_the_memory_estimate_counts_the_packed_weights(nvfp4_moe):
     assert experts == int(p["experts"] * (0.5 + 1 / 16)) + 2 * 4 * (2 * 32 + 64) * 4
     assert not memory.Settings.from_run_config(cfg.build({"model": {"id": str(sixteen)}})).base_nvfp4
     # Short of memory, the fit search offers what applies to a base that loads as saved: no 4-bit reload of
-    # it, no quantize_experts, no FSDP (hubtune has none for NVFP4 bases).
+    # it, no quantize_experts; FSDP where nothing less fits (each process loads the packed base whole).
     from hubtune import fit
 
     tight = memory.estimate(arch, settings).total - 1
     suggestion = fit.suggest(arch, replace(settings, seq_len=4096, micro_batch=8), tight)
     assert suggestion is not None and not suggestion.settings.method == "qlora"
     assert "quantize_experts" not in suggestion.change and "FSDP" not in suggestion.change
+    least = replace(settings, seq_len=256, micro_batch=1, gradient_checkpointing=True, optimizer="adamw_8bit")
+    sharded = fit.suggest(arch, settings, memory.estimate(arch, replace(least, gpus=8)).total)
+    assert sharded is not None and "8 GPUs with FSDP" in sharded.change and sharded.settings.base_nvfp4
+    assert any("loads the whole packed NVFP4 base" in n for n in memory.estimate(arch, sharded.settings).notes)
     # A Hub base is known by its config.json alone (all the estimate downloads): the default settings
     # (nf4 QLoRA) are estimated as what loads, the NVFP4 base.
     assert arch.saved_nvfp4 and memory.estimate(arch).settings.base_nvfp4
@@ -376,3 +380,29 @@ def test_the_documented_estimate_of_axolotls_qwen3_nvfp4_example():
     experts = next(v for k, v in packed.breakdown.items() if k.startswith("weights: routed experts"))
     assert round(experts / 1e9, 2) == 16.40
     assert "33.77 GB" in (root / "docs/memory.md").read_text()
+
+
+def test_under_fsdp_an_nvfp4_base_launches_fsdp2_with_every_process_loading_it(nvfp4_moe, monkeypatch):
+    """Known by its saved format (nothing in the run config says NVFP4), the base makes fsdp launch the FSDP2
+    preset in which every process loads it (tests/test_experts.py's nvfp4-base case trains on it); any other
+    sharded launch (FSDP1, rank-0 loading, ZeRO-3) is refused at load, naming that preset."""
+    from hubtune import distributed
+    from hubtune.train import load_base
+
+    folder, sixteen = nvfp4_moe
+    fsdp = cfg.TrainingSection(distributed="fsdp")
+    assert distributed.loads_whole_base(cfg.ModelSection(id=str(folder), quantization="none"), fsdp)
+    assert not distributed.loads_whole_base(cfg.ModelSection(id=str(sixteen), quantization="none"), fsdp)
+    assert not distributed.loads_whole_base(cfg.ModelSection(id=str(folder), quantization="none"),
+                                            cfg.TrainingSection(distributed="ddp"))
+    assert not nvfp4.declared("nvidia/Qwen3-30B-A3B-NVFP4")  # a Hub id is read only with read_hub (the launch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for version, ram_efficient in (("1", "false"), ("2", "true")):
+        monkeypatch.setenv("FSDP_VERSION", version)
+        monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", ram_efficient)
+        with pytest.raises(ConfigError, match="shards under FSDP2 only, every process loading it whole") as err:
+            load_base(str(folder), cfg.ModelSection(id=str(folder), quantization="none"), CPU, sharded=True)
+        assert "fsdp2-quantized-experts.yaml" in str(err.value)
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
+    base = load_base(str(folder), cfg.ModelSection(id=str(folder), quantization="none"), CPU, sharded=True)
+    assert len(nvfp4.nvfp4_weights(base)) == 12

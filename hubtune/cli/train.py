@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                                    args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port,
                                    config.training.context_parallel_size if config else 1,
                                    config.training.expert_parallel_size if config else 1,
-                                   bool(config and distributed.loads_whole_base(config.model, config.training)))
+                                   bool(config and distributed.loads_whole_base(config.model, config.training,
+                                                                                    read_hub=True)))
     if plan is None:
         if from_hub:
             done = resume_from_hub(args.resume, args.out, display=display())

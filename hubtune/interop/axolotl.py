@@ -154,9 +154,14 @@ FP4_GROUPED = ("Axolotl's grouped NVFP4 experts kernel: on Ampere, Ada, Hopper a
                "dequantizes them to bf16, the computation hubtune runs (PEFT's LoRA over the dequantized weight); "
                "on B200-class GPUs (sm100) Axolotl's forward uses DeepGEMM, fp8 activations against the experts "
                "re-quantized to MXFP4, which hubtune does not reproduce")
-NVFP4_SHARDED = ("hubtune loads an NVFP4 base itself, its packed weights under a dequantizing parametrization, and "
-                 "has not built FSDP's sharding of them (every GPU would need its own load path, as FSDP2 with "
-                 "quantized experts has); train it on one GPU or with training.distributed: ddp")
+NVFP4_SHARDED = ("hubtune launches FSDP2 with every process loading the packed NVFP4 base whole onto its GPU, then "
+                 "sharding its uint8 weights (fsdp2-quantized-experts.yaml: fsdp_version 2, cpu_ram_efficient_loading "
+                 "false); each weight's block and global scales stay whole in every process")
+DSV4_FP8_BASE = ("DeepSeek V4's NVFP4 release (nvidia/DeepSeek-V4-Flash-NVFP4) declares quant_method fp8 (block-wise "
+                 "FP8 weights) with NVFP4 experts inside, which Axolotl loads through a quantizer of its own "
+                 "(nvfp4_fp8_quantizer.py) and hubtune refuses at load, as transformers' fp8 quantizer would drop the "
+                 "experts' scales and leave them random; hubtune reads NVFP4 from checkpoints ModelOpt declares NVFP4 "
+                 "(quant_method modelopt)")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
     "rl": f"is {NOT_CONVERTED}",
     "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
@@ -329,6 +334,7 @@ class _Reader:
         self.extra = data.get(HUBTUNE_BLOCK) or {}
         self.notes: list[str] = []
         self.unsupported: list[tuple[str, str]] = []
+        self.nvfp4_base = False  # dsv4_fp4_grouped_mode: nvfp4 (the base is a ModelOpt NVFP4 checkpoint)
 
     def take(self, key: str, default: Any = None) -> Any:
         value = self.data.pop(key, None)
@@ -351,6 +357,7 @@ class _Reader:
         self.expert_parallel(tree)
         self.fsdp_optimizer(tree)
         self.sharded_int8(tree)
+        self.sharded_nvfp4(tree)
         if self.has("output_dir"):
             tree["output"] = {"dir": str(self.take("output_dir"))}
         self.leftovers()
@@ -465,9 +472,10 @@ class _Reader:
             if str(mode).lower() != "nvfp4":
                 self.refuse("dsv4_fp4_grouped_mode", f"{mode!r}: Axolotl trains with nvfp4 only (it rejects fp8 and "
                                                      f"any other value)")
-            elif self.data.get("fsdp") or self.data.get("fsdp_config"):
-                self.refuse("dsv4_fp4_grouped_mode", f"{mode!r} (an NVFP4 base) under fsdp: {NVFP4_SHARDED}")
+            elif self.given.get("use_dsv4_kernels"):
+                self.refuse("dsv4_fp4_grouped_mode", f"{mode!r} on DeepSeek V4 (use_dsv4_kernels): {DSV4_FP8_BASE}")
             else:
+                self.nvfp4_base = True
                 self.note(f"dsv4_fp4_grouped_mode: nvfp4: {FP4_GROUPED}")
         quantization = self.data.get("model_quantization_config")
         kwargs = self.data.get("model_quantization_config_kwargs") or {}
@@ -934,7 +942,8 @@ class _Reader:
         m = tree["model"]
         model = SimpleNamespace(quantize_experts=bool(m.get("quantize_experts")),
                                 quantization=m.get("quantization", cfg.ModelSection.model_fields["quantization"].default))
-        fsdp2 = t.get("context_parallel_size", 1) > 1 or distributed.loads_whole_base(model, SimpleNamespace(**t))
+        fsdp2 = t.get("context_parallel_size", 1) > 1 or distributed.loads_whole_base(model, SimpleNamespace(**t),
+                                                                                       nvfp4=self.nvfp4_base)
         if why := distributed.fsdp_optimizer_problem(t["optimizer"], fsdp2):
             named = "" if t["optimizer"] == self.axolotl_optimizer else f" (hubtune's {t['optimizer']})"
             self.refuse("optimizer", f"{self.axolotl_optimizer!r}{named} under fsdp: {why}; use adamw_torch (fused "
@@ -956,6 +965,20 @@ class _Reader:
                                     "processes, and bitsandbytes' 8-bit linear layers keep their row constants (CB, "
                                     "SCB) on the weight object itself; use load_in_4bit (QLoRA shards under ZeRO-3), "
                                     "fsdp or DDP")
+
+    def sharded_nvfp4(self, tree: dict) -> None:
+        """An NVFP4 base under FSDP runs on hubtune's FSDP2 launch in which every process loads it whole
+        (distributed.loads_whole_base); under ZeRO-3, which hubtune refuses at load (train.load_base), it is
+        refused here rather than converted into a run that stops there."""
+        mode = tree["training"].get("distributed")
+        if not self.nvfp4_base or mode not in ("fsdp", "deepspeed-zero3"):
+            return
+        if mode == "fsdp":
+            self.note(f"dsv4_fp4_grouped_mode: nvfp4 with fsdp: {NVFP4_SHARDED}")
+            return
+        self.refuse("dsv4_fp4_grouped_mode", "'nvfp4' (an NVFP4 base) under deepspeed-zero3: ZeRO-3 partitions the "
+                                             "weights as they are built, before hubtune's loader packs them and sets "
+                                             "their scales; use fsdp (FSDP2, every process loading the base) or DDP")
 
     def relora(self, t: dict) -> None:
         """relora with its jagged_restart_* schedule (Axolotl's ReLoRACallback and JaggedLRRestartScheduler,
