@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hubtune demo
 
 test: $(STAMP) $(LLAMA)
-	$(VENV)/bin/pytest -q -n auto --dist loadfile
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=30
 
 # The inner loop: everything but the tests marked slow, browser or gpu (about a minute on 2 cores).
 test-fast: $(STAMP) $(LLAMA)

@@ -71,7 +71,7 @@ def test_gpu_check_measures_a_peak_near_the_estimate():
 
 @pytest.mark.slow
 def test_busy_cpu_prints_its_line():
-    lines = run("busy_cpu.py", "--steps", "10", "--competitors", "1", "--rounds", "1")
+    lines = run("busy_cpu.py", "--steps", "5", "--competitors", "1", "--rounds", "1")
     assert re.fullmatch(rf"busy_cpu: idle_tok_s={NUMBER} busy_tok_s={NUMBER} busy_over_idle={NUMBER}", lines[-1]), lines[-1]
 
 

@@ -122,7 +122,7 @@ def _hubtune(*args, **kw):
 
 
 def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
-    config = small_config(tmp_path, max_steps=40, save_steps=100, logging_steps=1, eval_steps=None)
+    config = small_config(tmp_path, max_steps=20, save_steps=100, logging_steps=1, eval_steps=None)
     path = tmp_path / "run.yaml"
     path.write_text(config.to_yaml())
     proc = _hubtune("train", str(path))
@@ -139,7 +139,7 @@ def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     checkpoints = list((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1
     stopped_at = int(checkpoints[0].name.split("-")[1])
-    assert 3 <= stopped_at < 40
+    assert 3 <= stopped_at < 20
     assert not (tmp_path / "run" / "summary.json").exists()
     cli_words, page_words = RunFolder(tmp_path / "run").page_renderings[-1]  # one error, two renderings
     assert f"error: {cli_words}" in out
@@ -149,9 +149,9 @@ def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["global_steps"] == 40
+    assert summary["global_steps"] == 20
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if "loss" in json.loads(x)]
-    assert steps == list(range(1, 41))
+    assert steps == list(range(1, 21))
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, cli):
