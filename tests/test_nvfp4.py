@@ -78,6 +78,22 @@ def load(path, **model):
 IDS = torch.randint(3, 902, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
+def lora_steps(model, lr: float, gradients_reach_every_weight: bool = False) -> list[float]:
+    """Four AdamW steps over IDS, their losses; checks after the first step that every trainable weight got a
+    gradient where asked (merge-aware LoRA's straight-through path)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for step in range(4):
+        loss = model(IDS, labels=IDS).loss
+        loss.backward()
+        if gradients_reach_every_weight and step:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def test_the_base_loads_packed_and_computes_as_its_dequantized_16_bit_model(nvfp4_moe):
     from transformers import AutoModelForCausalLM
 
@@ -164,15 +180,8 @@ def test_lora_trains_on_the_packed_base_and_its_adapter_loads_on_the_16_bit_one(
             "dropout": 0.0, "r": 4}
     model = attach_lora(load(folder), cfg.build({"model": {"id": str(folder)}, "lora": lora}), "hf", True)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
-    losses = []
-    for _ in range(4):
-        loss = model(IDS, labels=IDS).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = lora_steps(model, lr=1e-2)
     assert losses[-1] < losses[0]
     experts = model.base_model.model.model.layers[0].mlp.experts.get_base_layer()
     assert {name: len(chain) for name, chain in experts.parametrizations.items()} == {"gate_up_proj": 1,
@@ -324,16 +333,7 @@ def test_merge_aware_lora_computes_with_the_snapped_weight_and_trains_through_it
             "dropout": 0.0, "r": 4, "nvfp4_merge_aware": True}
     model = attach_lora(load(folder), cfg.build({"model": {"id": str(folder)}, "lora": lora}), "hf", False)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for step in range(4):
-        loss = model(IDS, labels=IDS).loss
-        loss.backward()
-        if step:
-            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = lora_steps(model, lr=2e-2, gradients_reach_every_weight=True)
     assert losses[-1] < losses[0]
     experts = model.base_model.model.model.layers[0].mlp.experts.get_base_layer()
     assert {name: len(chain) for name, chain in experts.parametrizations.items()} == {"gate_up_proj": 1,
