@@ -300,11 +300,8 @@ def fsdp_optimizer_problem(optimizer: str, fsdp2: bool) -> str | None:
     each process's shard of FSDP1's flattened parameters, or of FSDP2's parameters, which they step as local
     tensors (optimizer_shards.on_local_shards), and their checkpoints keep each process's state in a file of its
     own (optimizer_shards)."""
-    if not ("bit" in optimizer or optimizer.startswith("paged")):
-        return None
-    if optimizer in TORCHAO_OPTIMIZERS:
-        return None if fsdp2 else (f"torchao's {optimizer[-4]}-bit states shard with FSDP2's parameters only, "
-                                   f"and this launch is FSDP1")
+    if optimizer in TORCHAO_OPTIMIZERS and not fsdp2:
+        return f"torchao's {optimizer[-4]}-bit states shard with FSDP2's parameters only, and this launch is FSDP1"
     return None
 
 
