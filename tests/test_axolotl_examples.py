@@ -489,7 +489,7 @@ def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_includ
         assert axolotl.to_axolotl(config)["nvfp4_merge_aware"] is True
     config, refused = by_name[NVFP4_EXAMPLES[4]]
     assert config is None and set(refused) == {"expert_parallel_size"}
-    assert refused["expert_parallel_size"].startswith("8 with lora_target_parameters: LoRA on experts spread over")
+    assert refused["expert_parallel_size"].startswith("8 with an NVFP4 base: transformers spreads the experts")
     # Without expert parallelism (the plugin and its keys dropped, as its comment says) GLM-5.2's converts: FSDP2
     # with every process loading the NVFP4 base, so torchao's 8-bit AdamW shards with its parameters.
     glm = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[4]).read_text())

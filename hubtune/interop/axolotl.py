@@ -1106,10 +1106,10 @@ class _Reader:
                    "ranks aside but dispatches no tokens to experts on other GPUs; add the plugin, or set it to 1")
         elif m.get("quantization", "none") != "none":
             why = "with a 4- or 8-bit base: the experts are spread over GPUs as 16-bit tensors (load_in_4bit: false)"
-        elif tree["lora"].get("target_parameters"):
-            why = ("with lora_target_parameters: LoRA on experts spread over GPUs (Axolotl shards and saves it with "
-                   "code of its own); transformers' Trainer keeps an adapter added after sharding as one copy per GPU, "
-                   "averaged, while each GPU holds other experts; target attention and dense layers")
+        elif self.nvfp4_base:
+            why = ("with an NVFP4 base: transformers spreads the experts over GPUs as it loads a 16-bit checkpoint, "
+                   "and hubtune loads NVFP4 checkpoints itself, whole in every process; drop the plugin and the "
+                   "expert_parallel_* keys for FSDP2, as the example's comment says")
         elif t.get("distributed") not in (None, "ddp", "fsdp"):
             why = f"with {t['distributed']}: transformers shards the model itself as it loads; leave deepspeed out"
         elif self.rl:
@@ -1131,6 +1131,11 @@ class _Reader:
             self.note(f"expert_parallel_token_capacity {capacity}: no expert can receive that many tokens in a step "
                       f"(at most micro_batch_size x sequence_len x expert_parallel_size = {micro * length * ep}), so "
                       f"Axolotl drops none, nor does transformers")
+        if tree["lora"].get("target_parameters"):
+            self.note(f"lora_target_parameters with expert_parallel_size {ep}: each GPU holds and trains the LoRA of "
+                      f"its own experts (kept out of the average over GPUs, as Axolotl keeps it), checkpoints its "
+                      f"optimizer state per GPU, and the adapter is gathered whole where it is saved; launch exactly "
+                      f"{ep} GPUs (no copies of an expert)")
         if buffers:
             self.note(f"{', '.join(buffers)}: settings of DeepEP's kernels; transformers exchanges the tokens with "
                       f"torch's all-to-all (the same tokens to the same experts)")
