@@ -6,7 +6,7 @@ and quantized as they load (nf4, int8).
 
 It saves a Qwen3-MoE with random bfloat16 weights at the given size, then loads it once per setting, each in
 a fresh process, through hubtune.train.load_base (bfloat16 compute). On a CUDA machine the peak is the GPU's
-(torch.cuda.max_memory_allocated); elsewhere it is the process's peak resident memory, which also counts the
+(torch.cuda.max_memory_allocated); elsewhere it is the process's peak resident memory (VmHWM), which also counts the
 checkpoint's pages the loader reads. The last line is:
 
     experts: weights_mb=<16-bit>,<nf4>,<int8> peak_mb=<16-bit>,<nf4>,<int8> device=<cuda|cpu>
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from moe_driver import each_in_its_process, peak_bytes, qwen3_moe
 
 SETTINGS = {"16-bit": {"quantization": "nf4"}, "nf4": {"quantization": "nf4", "quantize_experts": True},
             "int8": {"quantization": "int8", "quantize_experts": True}}
@@ -28,13 +27,10 @@ SETTINGS = {"16-bit": {"quantization": "nf4"}, "nf4": {"quantization": "nf4", "q
 
 def build(folder: Path, hidden: int, layers: int, experts: int) -> int:
     import torch
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import Qwen3MoeForCausalLM
 
-    config = Qwen3MoeConfig(vocab_size=1024, hidden_size=hidden, intermediate_size=2 * hidden,
-                            moe_intermediate_size=hidden // 2, num_hidden_layers=layers, num_attention_heads=8,
-                            num_key_value_heads=4, head_dim=hidden // 8, num_experts=experts, num_experts_per_tok=4)
     torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(config).to(torch.bfloat16)
+    model = Qwen3MoeForCausalLM(qwen3_moe(hidden, layers, experts)).to(torch.bfloat16)
     model.save_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
 
@@ -52,9 +48,7 @@ def load(folder: str, setting: str) -> dict:
     model = load_base(folder, cfg.ModelSection(id=folder, **SETTINGS[setting]), hw, for_training=False)
     tensors = [*model.parameters(), *model.buffers()]
     weights = sum(t.numel() * t.element_size() for t in tensors)
-    peak = (torch.cuda.max_memory_allocated() if cuda else
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"weights_mb": weights / 2**20, "peak_mb": peak / 2**20, "device": "cuda" if cuda else "cpu"}
+    return {"weights_mb": weights / 2**20, "peak_mb": peak_bytes() / 2**20, "device": "cuda" if cuda else "cpu"}
 
 
 def main() -> None:
@@ -71,11 +65,8 @@ def main() -> None:
         params = build(Path(folder), args.hidden, args.layers, args.experts)
         print(f"Qwen3-MoE hidden {args.hidden}, {args.layers} layers, {args.experts} experts: "
               f"{params / 1e6:.0f}M parameters in bfloat16")
-        got = {}
+        got = each_in_its_process(__file__, SETTINGS, folder)
         for setting in SETTINGS:
-            out = subprocess.run([sys.executable, __file__, "--load", folder, setting], capture_output=True,
-                                 text=True, check=True)
-            got[setting] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{setting:>6}: weights {got[setting]['weights_mb']:8.1f} MB, peak {got[setting]['peak_mb']:8.1f} MB")
     column = lambda key: ",".join(f"{got[s][key]:.0f}" for s in SETTINGS)  # noqa: E731
     print(f"experts: weights_mb={column('weights_mb')} peak_mb={column('peak_mb')} device={got['nf4']['device']}")

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from moe_driver import each_in_its_process, peak_bytes, qwen3_moe
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("16-bit", "nvfp4")
@@ -31,32 +31,18 @@ SETTINGS = ("16-bit", "nvfp4")
 
 def build(folder: Path, hidden: int, layers: int, experts: int) -> int:
     import torch
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import Qwen3MoeForCausalLM
 
     sys.path.insert(0, str(ROOT / "tests"))
     from nvfp4_checkpoint import write
 
-    config = Qwen3MoeConfig(vocab_size=1024, hidden_size=hidden, intermediate_size=2 * hidden,
-                            moe_intermediate_size=hidden // 2, num_hidden_layers=layers, num_attention_heads=8,
-                            num_key_value_heads=4, head_dim=hidden // 8, num_experts=experts, num_experts_per_tok=4)
     torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(config)
+    model = Qwen3MoeForCausalLM(qwen3_moe(hidden, layers, experts))
     model.save_pretrained(folder / "original")
     write(folder / "original", folder / "nvfp4", folder / "sixteen-f32")
     sixteen = Qwen3MoeForCausalLM.from_pretrained(folder / "sixteen-f32", dtype=torch.bfloat16)
     sixteen.save_pretrained(folder / "16-bit")
     return sum(p.numel() for p in model.parameters())
-
-
-def _peak_resident() -> int:
-    """This process's peak resident memory: VmHWM, which starts afresh in the new program (getrusage's ru_maxrss
-    would carry over the parent's peak, which built the 16-bit model)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def load(folder: str, setting: str, steps: int) -> dict:
@@ -88,8 +74,7 @@ def load(folder: str, setting: str, steps: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else _peak_resident()
-    return {"weights_mb": weights / 2**20, "peak_mb": peak / 2**20, "step_s": sum(times[1:]) / steps,
+    return {"weights_mb": weights / 2**20, "peak_mb": peak_bytes() / 2**20, "step_s": sum(times[1:]) / steps,
             "device": "cuda" if cuda else "cpu"}
 
 
@@ -99,20 +84,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--load", nargs=3, metavar=("FOLDER", "SETTING", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=3, metavar=("FOLDER", "STEPS", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        print(json.dumps(load(args.load[0], args.load[1], int(args.load[2]))))
+        print(json.dumps(load(args.load[0], args.load[2], int(args.load[1]))))
         return
     with tempfile.TemporaryDirectory(prefix="hubtune-nvfp4-") as folder:
         params = build(Path(folder), args.hidden, args.layers, args.experts)
         print(f"Qwen3-MoE hidden {args.hidden}, {args.layers} layers, {args.experts} experts: "
               f"{params / 1e6:.0f}M parameters")
-        got = {}
+        got = each_in_its_process(__file__, SETTINGS, folder, str(args.steps))
         for setting in SETTINGS:
-            out = subprocess.run([sys.executable, __file__, "--load", folder, setting, str(args.steps)],
-                                 capture_output=True, text=True, check=True)
-            got[setting] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{setting:>6}: weights {got[setting]['weights_mb']:8.1f} MB, peak {got[setting]['peak_mb']:8.1f} "
                   f"MB, LoRA step {got[setting]['step_s']:.2f} s")
     column = lambda key, f: ",".join(f"{got[s][key]:{f}}" for s in SETTINGS)  # noqa: E731

@@ -517,8 +517,9 @@ class TrainingSection(Section):
         "of it.")
     expert_parallel_size: int = Field(1, ge=1, description="Spread each mixture-of-experts layer's experts over this "
         "many GPUs, tokens sent to them all-to-all (transformers' expert parallelism, applied as the base loads, "
-        "with FSDP2 on the other weights): needs distributed: ddp, a 16-bit base, LoRA off the expert weights; the "
-        "GPUs of a launch and the experts must be multiples of it.")
+        "with FSDP2 on the other weights): needs distributed: ddp and a 16-bit base; the GPUs of a launch and the "
+        "experts must be multiples of it. LoRA on the experts (lora.target_parameters) is held per GPU, its own "
+        "experts' share, and needs it equal to the GPUs of the launch.")
     push_checkpoints: str | None = Field(
         None, description="OWNER/REPO: mirror the latest checkpoint and the finished run to this private Hub repo.")
     select: Literal["last", "eval_loss", "task"] = Field(
@@ -755,10 +756,6 @@ class RunConfig(Section):
         if self.model.quantization != "none":
             wrong.append(f"model.quantization: none (not {self.model.quantization}): the experts are sharded as "
                          f"16-bit tensors")
-        if self.lora.target_parameters:
-            wrong.append("no lora.target_parameters: transformers' Trainer keeps an adapter added after sharding as "
-                         "one copy per GPU, averaged, while each GPU holds other experts; target the attention and "
-                         "dense layers")
         if t.context_parallel_size > 1:
             wrong.append("training.context_parallel_size: 1: expert and context parallelism are not combined")
         if t.backend == "unsloth":

@@ -237,9 +237,10 @@ def check_quantized_experts(config) -> None:
                                                       f"accelerate launch")])
 
 
-def check_expert_parallel(training, device: str) -> None:
+def check_expert_parallel(training, device: str, lora_on_experts: bool = False) -> None:
     """In a launched process: expert_parallel_size divides the processes of the launch (GPUs; on CPUs,
-    processes over gloo, which transformers' expert parallelism runs too)."""
+    processes over gloo, which transformers' expert parallelism runs too), and equals them with LoRA on the
+    experts (hubtune.expert_lora holds each expert's factors on one process only)."""
     ep = training.expert_parallel_size
     if ep == 1:
         return
@@ -248,6 +249,10 @@ def check_expert_parallel(training, device: str) -> None:
     if size < ep or size % ep:
         raise ConfigError([(where, f"{ep} does not divide the {size} process(es) of this launch; launch a multiple "
                                    f"of {ep} GPUs (hubtune train CONFIG --num-processes {ep})")])
+    if lora_on_experts and size != ep:
+        raise ConfigError([(where, f"{ep} with lora.target_parameters needs every process to hold experts of its "
+                                   f"own, and this launch has {size} processes (copies of each expert on "
+                                   f"{size // ep}); set it to {size}, or launch {ep} (--num-processes {ep})")])
 
 
 def expert_parallel_config(training):

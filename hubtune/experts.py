@@ -172,10 +172,13 @@ def _dequantized_like(parametrization, original: torch.Tensor) -> tuple[torch.Si
     parametrization is not one of this module's quantizations."""
     from bitsandbytes.nn.parametrize import Bnb4bitParametrization
 
+    from hubtune.fp8 import Fp8Blocks
     from hubtune.nvfp4 import Nvfp4Blocks
 
     if isinstance(parametrization, Nvfp4Blocks):  # a ModelOpt NVFP4 base: its Linear weights and experts
         return parametrization.shape_of(original), parametrization.dtype
+    if isinstance(parametrization, Fp8Blocks):  # the block-wise FP8 weights beside them (DeepSeek V4)
+        return original.shape, parametrization.dtype
     if isinstance(parametrization, Bnb4bitParametrization):
         return parametrization.quant_state.shape, parametrization.quant_state.dtype
     if isinstance(parametrization, Int8Rows):

@@ -21,6 +21,16 @@ own global scale; they are stacked into transformers' `experts.gate_up_proj` (ga
 `experts.down_proj` as its loader does for 16-bit checkpoints, the global scale kept per expert and row, so
 the stack dequantizes to exactly what each expert's tensors hold (Axolotl instead folds the ratio to the larger
 of gate's and up's scales into the E4M3 block scales, exact up to that rounding).
+
+DeepSeek V4's NVFP4 release (`nvidia/DeepSeek-V4-Flash-NVFP4`) is another layout: its config.json declares
+transformers' `quant_method: fp8` (`quant_algo: MIXED_PRECISION`, `moe_quant_algo: NVFP4`), its dense and attention
+weights are block-wise FP8 (hubtune.fp8: E4M3 codes, 128 x 128 blocks, UE8M0 scales) and its routed experts NVFP4 in
+the layout above, all under DeepSeek's own tensor names (`layers.<i>.ffn.experts.<e>.w1.weight`, `embed.weight`,
+`layers.<i>.attn.wq_a.scale`, ...). transformers' fp8 quantizer would drop the experts' scales (Axolotl installs a
+quantizer of its own for them: integrations/kernels/libs/scattermoe_lora/nvfp4_fp8_quantizer.py). hubtune reads it
+here: the names through transformers' own deepseek_v4 renaming (conversion_mapping.py), w1, w3 and w2 stacked into
+gate_up_proj (gate rows, then up rows) and down_proj as transformers' converter stacks them, the FP8 weights kept
+in FP8 under an `Fp8Blocks` parametrization, the experts packed under `Nvfp4Blocks`.
 """
 
 from __future__ import annotations
@@ -33,13 +43,20 @@ from pathlib import Path
 import torch
 import torch.nn.utils.parametrize as P
 
+from hubtune import fp8
 from hubtune.errors import ConfigError
+from hubtune.fp8 import Fp8Blocks
 
 BLOCK = 16
 # E2M1 values by 4-bit code (bit 3 is the sign).
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 # Per-tensor constants the format carries for inference kernels only (activation and KV-cache scales).
 INFERENCE_ONLY = ("input_scale", "k_scale", "v_scale", "output_scale")
+# The model types whose fp8-declared checkpoints with NVFP4 experts hubtune reads (their names mapped by transformers).
+MIXED_MODEL_TYPES = ("deepseek_v4",)
+# DeepSeek's routed experts (`experts.<e>.w1`, `w3`, `w2`: gate, up, down), as transformers' converter reads them.
+_DEEPSEEK_EXPERT = re.compile(r"\.experts\.(\d+)\.w([123])\.")
+_DEEPSEEK_PROJ = {"1": "gate_proj", "3": "up_proj", "2": "down_proj"}
 _EXPERT = re.compile(r"^(?P<experts>.+\.experts)\.(?P<index>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.(?P<leaf>\w+)$")
 
 
@@ -127,7 +144,7 @@ def saved_format(folder: str | Path) -> dict | None:
             found = json.loads(config.read_text()).get("quantization_config")
         except (json.JSONDecodeError, AttributeError):
             found = None
-    if isinstance(found, dict) and found.get("quant_method") == "modelopt":
+    if isinstance(found, dict) and (found.get("quant_method") == "modelopt" or is_mixed(found)):
         return found
     side = folder / "hf_quant_config.json"
     if side.is_file():
@@ -163,12 +180,31 @@ def declared(model: str | None, revision: str | None = None, read_hub: bool = Fa
 
 
 def is_nvfp4(quantization: dict | None) -> bool:
-    return bool(quantization) and quantization.get("quant_method") == "modelopt" and \
-        str(quantization.get("quant_algo", "")).upper() == "NVFP4"
+    """Whether these settings declare NVFP4 weights hubtune reads: ModelOpt's NVFP4, or DeepSeek V4's fp8 with
+    NVFP4 experts (`is_mixed`)."""
+    return bool(quantization) and (quantization.get("quant_method") == "modelopt" and
+                                   str(quantization.get("quant_algo", "")).upper() == "NVFP4" or is_mixed(quantization))
+
+
+def is_mixed(quantization: dict | None) -> bool:
+    """Whether these settings declare block-wise FP8 weights with NVFP4 experts (DeepSeek V4's NVFP4 release)."""
+    return bool(quantization) and quantization.get("quant_method") == "fp8" and \
+        str(quantization.get("moe_quant_algo", "")).upper() == "NVFP4"
 
 
 def unreadable(quantization: dict) -> str | None:
     """Why hubtune cannot load a ModelOpt checkpoint with these settings, or None when it can."""
+    if is_mixed(quantization):
+        block = quantization.get("weight_block_size") or list(fp8.BLOCK)
+        if not (isinstance(block, (list, tuple)) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+            return f"declared fp8 with weight_block_size {block!r}; it must be two positive integers (128, 128)"
+        if quantization.get("scale_fmt", "float") not in ("float", "ue8m0"):
+            return (f"declared fp8 with scale_fmt {quantization.get('scale_fmt')!r}; the block scales are read as "
+                    f"float or ue8m0")
+        group = quantization.get("group_size", BLOCK)
+        if group != BLOCK:
+            return f"declared with NVFP4 experts of group_size {group}; the format's block is {BLOCK} weights"
+        return None
     algo = str(quantization.get("quant_algo", ""))
     if algo.upper() != "NVFP4":
         return (f"saved by NVIDIA ModelOpt as {algo or 'an unnamed algorithm'} (quant_method modelopt): hubtune reads "
@@ -185,7 +221,7 @@ def inside_other_format(folder: str | Path, quantization: dict) -> str | None:
     transformers' fp8) but which holds NVFP4 weights (`weight_scale_2` beside them) cannot load: transformers'
     quantizer for that method would drop their scales and leave those weights random. None when it holds none."""
     folder = Path(folder)
-    if quantization.get("quant_method") == "modelopt" or not folder.is_dir():
+    if quantization.get("quant_method") == "modelopt" or is_mixed(quantization) or not folder.is_dir():
         return None
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -202,8 +238,9 @@ def inside_other_format(folder: str | Path, quantization: dict) -> str | None:
         return None
     return (f"declared {quantization.get('quant_method')!r} but holding NVFP4 weights ({found} and others): "
             f"transformers' {quantization.get('quant_method')} quantizer drops their scales, which would leave them "
-            f"random, and hubtune reads NVFP4 only from checkpoints ModelOpt declares NVFP4 (quant_method modelopt, "
-            f"quant_algo NVFP4); use the 16-bit model it was made from")
+            f"random, and hubtune reads NVFP4 from checkpoints ModelOpt declares NVFP4 (quant_method modelopt, "
+            f"quant_algo NVFP4) and from DeepSeek V4's fp8 ones that declare it (moe_quant_algo NVFP4); use the "
+            f"16-bit model it was made from")
 
 
 def _tensor_files(folder: Path) -> list[Path]:
@@ -254,6 +291,14 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
     quantization = saved_format(folder)
     if quantization is None or (why := unreadable(quantization)):
         raise ConfigError([("model.id", f"{folder} is " + (why if quantization else "not a ModelOpt checkpoint"))])
+    mixed = is_mixed(quantization)
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type") if mixed else None
+    if mixed and model_type not in MIXED_MODEL_TYPES:
+        raise ConfigError([("model.id", f"{folder} declares fp8 with NVFP4 experts (moe_quant_algo NVFP4) for "
+                                        f"model_type {model_type!r}; hubtune reads that layout under "
+                                        f"DeepSeek V4's names only (model_type "
+                                        f"{' or '.join(repr(t) for t in MIXED_MODEL_TYPES)}); use the 16-bit model "
+                                        f"it was made from")])
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # built as a 16-bit model; the weights below say what is quantized
@@ -267,12 +312,13 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
     # Tensors the model's class leaves out as transformers' loader does (Qwen3-Next's multi-token prediction
     # layers, Gemma 4's key/value projections of the layers that share another's cache).
     ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    rename = _deepseek_names(model, config.model_type) if mixed else (lambda key: key)
     tensors: dict[str, tuple[Path, str]] = {}
     for file in _tensor_files(folder):
         with safe_open(file, framework="pt") as f:
             for key in f.keys():
                 if not any(p.search(key) for p in ignored):
-                    tensors[key] = (file, key)
+                    tensors[rename(key)] = (file, key)
     strict = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
     loose = (getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else ()
     fp32 = re.compile("|".join(rf"((^|\.){re.escape(m)}($|\.))" for m in (*strict, *loose))) if (*strict, *loose) else None
@@ -286,6 +332,7 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         return handles[file].get_tensor(name)
 
     quantized = {key[: -len(".weight_scale")] for key in tensors if key.endswith(".weight_scale")}
+    blockwise = {key[: -len(".weight_scale_inv")] for key in tensors if key.endswith(".weight_scale_inv")}
     used: set[str] = set()
     stacks: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
     for key in tensors:
@@ -305,6 +352,20 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         _quantized_parameter(module, leaf, read(prefix + ".weight"), read(prefix + ".weight_scale"),
                              read(prefix + ".weight_scale_2").to(torch.float32).reshape(()), dtype, prefix)
         used.update(prefix + suffix for suffix in (".weight", ".weight_scale", ".weight_scale_2"))
+    block = tuple(quantization.get("weight_block_size") or fp8.BLOCK) if mixed else fp8.BLOCK
+    for prefix in sorted(blockwise):
+        if (m := _EXPERT.match(prefix + ".weight")) and _stacked(model, m["experts"]):
+            raise ConfigError([("model.id", f"{folder}: the routed expert {prefix} is block-wise FP8; hubtune reads "
+                                            f"this layout with NVFP4 routed experts (weight_scale, weight_scale_2) "
+                                            f"only, as its config.json's moe_quant_algo NVFP4 says")])
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            raise ConfigError([("model.id", f"{folder}: {prefix} is quantized but {type(model).__name__} has no such "
+                                            f"layer (its config.json model_type is {config.model_type!r})")]) from None
+        _fp8_parameter(module, "weight", read(prefix + ".weight"), read(prefix + ".weight_scale_inv"), block,
+                       dtype, f"{folder}: {prefix}")
+        used.update((prefix + ".weight", prefix + ".weight_scale_inv"))
     for experts_name, by_index in stacks.items():
         used.update(_stack_experts(model, experts_name, by_index, quantized, read, dtype, folder))
     for key in tensors:
@@ -349,6 +410,42 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
             experts._cache_per_forward(module)
             _memoize_within(model.get_submodule(name.rpartition(".")[0]) if "." in name else module)
     return model
+
+
+def _deepseek_names(model, model_type: str):
+    """A checkpoint name (DeepSeek's) to the model's: transformers' renaming for this model type, the FP8 block
+    scales DeepSeek saves as `<prefix>.scale` named `<prefix>.weight_scale_inv` (as transformers' fp8 quantizer
+    renames them), the routed experts' w1, w3, w2 named gate_proj, up_proj, down_proj (stacked later), and the
+    base model's prefix added where the model holds the name under it."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, apply_renamings
+
+    renamings = [t for t in get_checkpoint_conversion_mapping(model_type) or () if isinstance(t, WeightRenaming)]
+    prefix = getattr(model, "base_model_prefix", "")
+    children = {child for child, _ in model.named_children()}
+
+    def name(key: str) -> str:
+        if key.endswith(".scale"):
+            key = key[: -len(".scale")] + ".weight_scale_inv"
+        key = apply_renamings(key, renamings)
+        key = _DEEPSEEK_EXPERT.sub(lambda m: f".experts.{m[1]}.{_DEEPSEEK_PROJ[m[2]]}.", key)
+        if prefix and key.split(".", 1)[0] not in children and prefix in children:
+            key = f"{prefix}.{key}"
+        return key
+
+    return name
+
+
+def _fp8_parameter(module: torch.nn.Module, name: str, codes, stored_scale, block, dtype, where: str):
+    expected = getattr(module, name).shape
+    if codes.dtype not in (torch.float8_e4m3fn, torch.uint8) or codes.shape != expected \
+            or stored_scale.shape != fp8.grid(expected, block):
+        raise ConfigError([("model.id", f"{where}: the FP8 weight is {tuple(codes.shape)} {codes.dtype} with block "
+                                        f"scales {tuple(stored_scale.shape)}, which do not hold the model's "
+                                        f"{tuple(expected)} weight in float8_e4m3fn with {tuple(block)} blocks "
+                                        f"({tuple(fp8.grid(expected, block))} scales)")])
+    _set_parameter(module, name, codes.view(torch.uint8), frozen=True)
+    P.register_parametrization(module, name, Fp8Blocks(fp8.scales(stored_scale), block, dtype), unsafe=True)
 
 
 def _stacked(model, experts_name: str) -> bool:
@@ -401,12 +498,20 @@ def nvfp4_weights(model) -> list[str]:
             if isinstance(module.parametrizations[param][0], Nvfp4Blocks)]
 
 
+def fp8_weights(model) -> list[str]:
+    """The names of the weights stored in block-wise FP8 (parametrized), as the 16-bit base names them."""
+    return [f"{name}.{param}" if name else param for name, module in model.named_modules()
+            if P.is_parametrized(module) for param in module.parametrizations
+            if isinstance(module.parametrizations[param][0], Fp8Blocks)]
+
+
 def dequantized(model):
     """`model` with every NVFP4 weight replaced by its dequantized value, a plain parameter (for merging an adapter
     into it, and saving it as a 16-bit model)."""
     for module in list(model.modules()):
         if P.is_parametrized(module):
-            for name in [n for n in module.parametrizations if isinstance(module.parametrizations[n][0], Nvfp4Blocks)]:
+            for name in [n for n in module.parametrizations
+                         if isinstance(module.parametrizations[n][0], (Nvfp4Blocks, Fp8Blocks))]:
                 value = getattr(module, name).detach()
                 P.remove_parametrizations(module, name, leave_parametrized=False)  # the packed bytes back
                 module._parameters[name] = torch.nn.Parameter(value)  # a float tensor cannot be set into them

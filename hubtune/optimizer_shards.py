@@ -154,7 +154,11 @@ def _overrides_to_shards(optimizer, pairs) -> None:
 def layout(optimizer, plugin) -> dict:
     """What a process's optimizer state depends on: the processes, how FSDP shards (FSDP1: strategy, and whether
     the optimizer sees the original parameters or FSDP's flattened ones; FSDP2: each local shard's shape), the size
-    of each parameter shard."""
+    of each parameter shard; without FSDP (plugin None: LoRA on experts split over the processes,
+    hubtune.expert_lora), the shape of each parameter this process holds."""
+    if plugin is None:
+        return {"processes": _world()[1], "optimizer": type(_inner(optimizer)).__name__,
+                "shapes": [[list(p.shape) for p in group["params"]] for group in _inner(optimizer).param_groups]}
     if getattr(plugin, "fsdp_version", 1) == 2:
         return {"processes": _world()[1], "optimizer": type(_inner(optimizer)).__name__, "fsdp_version": 2,
                 "shard_shapes": [[list(p.shape) for p in group["params"]] for group in _inner(optimizer).param_groups]}
@@ -197,7 +201,8 @@ def problem(folder: str | Path, processes: int) -> str | None:
     (count, _), = found.items()
     if count != processes:
         return (f"{folder} was saved by {count} processes, each with its own share of the optimizer state "
-                f"(bitsandbytes under FSDP), and this launch has {processes}; {FIX} (--num-processes {count})")
+                f"(bitsandbytes under FSDP, or LoRA on experts split over the processes), and this launch has "
+                f"{processes}; {FIX} (--num-processes {count})")
     return None
 
 
@@ -235,7 +240,7 @@ def load(optimizer, plugin, folder: str | Path) -> None:
                                    f"{FIX}")])
     inner = _inner(optimizer)
     inner.load_state_dict(state["optimizer"])  # moves the quantization state onto each parameter's device
-    if inner.is_paged:
+    if getattr(inner, "is_paged", False):
         _page(inner)
 
 

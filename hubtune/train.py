@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune import distributed, optimizer_shards, unfreeze
+from hubtune import distributed, expert_lora, optimizer_shards, unfreeze
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
 from hubtune.levers import Levers, recipe_levers
 from hubtune.runs import (DatasetRecord, RunFolder, RunSummary, Status, checkpoint_problem, folder_size,
@@ -81,10 +81,9 @@ def check_resumable(run: RunFolder, config: cfg.RunConfig) -> None:
     saved = [c / "adapter_config.json" for c in run.checkpoint_folders() if (c / "adapter_config.json").is_file()]
     if not saved:
         return
-    if config.training.expert_parallel_size > 1:
-        raise ConfigError([("training.expert_parallel_size", f"{config.training.expert_parallel_size}: the checkpoints "
-                            f"of an expert-parallel run hold the adapter only (transformers cannot checkpoint the "
-                            f"optimizer of a model it sharded as it loaded), so the run cannot continue where it "
+    if config.training.expert_parallel_size > 1 and last is not None and not optimizer_shards.saved(last):
+        raise ConfigError([("training.expert_parallel_size", f"{config.training.expert_parallel_size}: {last} holds "
+                            f"the adapter only, no optimizer state per process, so the run cannot continue where it "
                             f"stopped; start a new run")], str(run.path / RunFolder.CONFIG))
     try:
         adapter = json.loads(saved[-1].read_text())
@@ -165,7 +164,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     mode = config.training.distributed
     distributed.check_launch(mode, hw.device)
     distributed.check_context_parallel(config.training, hw.device)
-    distributed.check_expert_parallel(config.training, hw.device)
+    distributed.check_expert_parallel(config.training, hw.device, bool(config.lora.target_parameters))
     distributed.check_quantized_experts(config)
     hw = dataclasses.replace(hw, optimizer=distributed.optimizer_for(mode, hw.optimizer, config.training.optimizer))
     if hw.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
@@ -254,6 +253,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
+    # LoRA on experts split over the processes: each keeps its own experts' factors (hubtune.expert_lora)
+    expert_adapters = expert_lora.shard(model) if config.training.expert_parallel_size > 1 else []
     if config.training.context_parallel_size > 1:
         from hubtune import context_parallel
 
@@ -285,6 +286,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     )
     _quiet_trainer(trainer)
     optimizer_shards.keep_per_process(trainer)  # bitsandbytes under FSDP: one file per process; FSDP2's local shards
+    if config.training.expert_parallel_size > 1:
+        expert_lora.keep_per_process(trainer, expert_adapters)  # its optimizer per process, its experts' LoRA
     if _quantized(model) and not sharded:
         compat.restore_adapter_dtype(trainer.model, hw.compute_dtype)
 

@@ -48,9 +48,6 @@ CANNOT_HONOUR = {
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
-    # DeepSeek V4's NVFP4 release declares transformers' fp8 with NVFP4 experts inside: hubtune reads NVFP4 from
-    # ModelOpt-declared checkpoints only (hubtune.nvfp4), and transformers' fp8 quantizer drops the experts' scales.
-    "an fp8-declared base with NVFP4 experts inside (DeepSeek V4: dsv4_fp4_grouped_mode)": {"dsv4_fp4_grouped_mode"},
 }
 # Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
 # that trains something else.
@@ -451,18 +448,31 @@ NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nv
                   "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml")
 
 
-def test_nvfp4_examples_convert_under_fsdp_but_deepseek_v4s_fp8_declared_base(results):
+def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_included(results):
     """The NVFP4 bases load through hubtune.nvfp4: the grouped NVFP4 experts kernel is noted (Axolotl computes
     the same on all but sm100 GPUs, which the note says) and merge-aware LoRA is lora.nvfp4_merge_aware; under
     FSDP hubtune launches FSDP2 with every process loading the packed base whole (its 8-bit torchao optimizer
-    shards there). DeepSeek V4's is refused for its base, declared fp8 with NVFP4 experts inside; GLM-5.2's for
-    expert parallelism with LoRA on the experts alone."""
+    shards there). DeepSeek V4's, declared fp8 with NVFP4 experts inside, loads through hubtune.nvfp4 too
+    (tests/test_fp8.py); Hub kernels (use_kernels) are left out for these bases, whose layers read their weights
+    through hubtune's parametrizations. GLM-5.2's is refused for expert parallelism with LoRA on the experts alone."""
     by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
     config, refused = by_name[NVFP4_EXAMPLES[1]]
-    assert config is None and set(refused) == {"dsv4_fp4_grouped_mode"}
-    assert refused["dsv4_fp4_grouped_mode"].startswith("'nvfp4' on DeepSeek V4 (use_dsv4_kernels): DeepSeek V4's "
-                                                       "NVFP4 release (nvidia/DeepSeek-V4-Flash-NVFP4) declares "
-                                                       "quant_method fp8")
+    assert not refused and config is not None
+    m, t, lora = config.model, config.training, config.lora
+    assert (m.id, m.quantization, m.use_kernels, m.experts_implementation) == (
+        "nvidia/DeepSeek-V4-Flash-NVFP4", "none", False, None)
+    assert lora.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] and not lora.target_modules
+    assert (lora.r, lora.alpha, lora.dropout, lora.nvfp4_merge_aware) == (16, 32, 0.0, False)
+    assert (t.kernels, t.distributed, t.optimizer, t.gradient_checkpointing) == (["eager"], "fsdp", "adamw_torch", True)
+    assert (config.data.max_seq_len, config.data.packing, t.learning_rate, t.lr_scheduler) == (
+        4096, True, 1e-4, "constant")
+    assert distributed.loads_whole_base(m, t, nvfp4=True)
+    notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[1]).read_text())).notes
+    assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4 on DeepSeek V4 (use_dsv4_kernels): DeepSeek V4's NVFP4 "
+                            "release (nvidia/DeepSeek-V4-Flash-NVFP4) declares quant_method fp8 with NVFP4 experts")
+               and "hubtune through hubtune.nvfp4" in n for n in notes)
+    assert any(n.startswith("use_kernels: True: transformers' Hub kernels only speed up the same layers") for n in notes)
+    assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4 with fsdp: hubtune launches FSDP2") for n in notes)
     config, _ = by_name[NVFP4_EXAMPLES[0]]
     notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[0]).read_text())).notes
     assert any(n.startswith("dsv4_fp4_grouped_mode: nvfp4: Axolotl's grouped NVFP4 experts kernel") and
@@ -476,7 +486,7 @@ def test_nvfp4_examples_convert_under_fsdp_but_deepseek_v4s_fp8_declared_base(re
         assert axolotl.to_axolotl(config)["nvfp4_merge_aware"] is True
     config, refused = by_name[NVFP4_EXAMPLES[4]]
     assert config is None and set(refused) == {"expert_parallel_size"}
-    assert refused["expert_parallel_size"].startswith("8 with lora_target_parameters: LoRA on experts spread over")
+    assert refused["expert_parallel_size"].startswith("8 with an NVFP4 base: transformers spreads the experts")
     # Without expert parallelism (the plugin and its keys dropped, as its comment says) GLM-5.2's converts: FSDP2
     # with every process loading the NVFP4 base, so torchao's 8-bit AdamW shards with its parameters.
     glm = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[4]).read_text())

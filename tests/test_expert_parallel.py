@@ -33,8 +33,9 @@ def test_what_expert_parallelism_cannot_run_is_named_before_launch():
                    "lora": {"target_parameters": ["mlp.experts.gate_up_proj"], "target_modules": []}})
     text = str(info.value)
     for wanted in ("training.distributed: ddp (not fsdp)", "training.method: sft (not kto)",
-                   "model.quantization: none (not nf4)", "no lora.target_parameters"):
+                   "model.quantization: none (not nf4)"):
         assert wanted in text
+    assert "target_parameters" not in text  # LoRA on the experts is held per process (hubtune.expert_lora)
     with pytest.raises(ConfigError, match="expert and context parallelism are not combined"):
         cfg.build(cfg.merge(EP, {"training": {"context_parallel_size": 2, "distributed": "fsdp"}}))
     assert cfg.build(EP).training.expert_parallel_size == 4
@@ -70,6 +71,30 @@ def test_the_launch_is_plain_processes_on_a_multiple_of_the_group(monkeypatch):
         distributed.check_expert_parallel(training, "cuda")
     monkeypatch.setenv("WORLD_SIZE", "8")
     distributed.check_expert_parallel(training, "cuda")
+    # LoRA on the experts: each process holds its own experts' factors, so no copies of an expert.
+    with pytest.raises(ConfigError, match="4 with lora.target_parameters needs every process to hold experts of its "
+                                          "own, and this launch has 8 processes"):
+        distributed.check_expert_parallel(training, "cuda", lora_on_experts=True)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    distributed.check_expert_parallel(training, "cuda", lora_on_experts=True)
+
+
+def test_each_process_keeps_its_experts_of_pefts_factors():
+    """PEFT's factors over a stack of E experts (lora_A [E·r, in] expert by expert, lora_B [out, r·E] rank by rank):
+    a process's share gives its experts' deltas, and the shares gather back into the whole factors."""
+    import torch
+
+    from hubtune import expert_lora
+
+    experts, r, out, inp = 8, 3, 5, 7
+    a, b = torch.randn(experts * r, inp), torch.randn(out, r * experts)
+    rows = [expert_lora.local_rows(a, experts, start, 4) for start in (0, 4)]
+    columns = [expert_lora.local_columns(b, experts, start, 4) for start in (0, 4)]
+    assert torch.equal(torch.cat(rows), a) and torch.equal(expert_lora.whole_columns(columns, experts), b)
+    # PEFT's delta per expert (ParamWrapper.get_delta_weight), from the whole factors and from the second share.
+    whole = torch.einsum("o r e, e r i -> e o i", b.reshape(out, r, experts), a.reshape(experts, r, inp))
+    share = torch.einsum("o r e, e r i -> e o i", columns[1].reshape(out, r, 4), rows[1].reshape(4, r, inp))
+    torch.testing.assert_close(share, whole[4:])
 
 
 AXOLOTL = """\
@@ -102,6 +127,19 @@ def test_axolotls_expert_parallel_plugin_converts_and_exports_back():
     assert axolotl.from_axolotl(exported).run_config() == config
 
 
+def test_lora_on_the_experts_converts_held_per_gpu():
+    data = dict(yaml.safe_load(AXOLOTL), lora_target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                lora_dropout=0.0)
+    translation = axolotl.from_axolotl(data)
+    assert not translation.unsupported, translation.unsupported
+    config = translation.run_config()
+    assert config.lora.target_parameters == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    assert (config.training.expert_parallel_size, config.training.distributed) == (4, "ddp")
+    assert any("each GPU holds and trains the LoRA of its own experts" in note and "launch exactly 4 GPUs" in note
+               for note in translation.notes)
+    assert axolotl.from_axolotl(axolotl.to_axolotl(config)).run_config() == config
+
+
 def test_deepep_buffers_and_a_capacity_that_cannot_bind_are_noted():
     data = dict(yaml.safe_load(AXOLOTL), expert_parallel_num_nvl_bytes=4 << 30, expert_parallel_token_capacity=8192)
     translation = axolotl.from_axolotl(data)
@@ -116,7 +154,7 @@ def test_deepep_buffers_and_a_capacity_that_cannot_bind_are_noted():
     ({"expert_parallel_token_capacity": 1024}, "4 with expert_parallel_token_capacity 1024: below micro_batch_size"),
     ({"plugins": []}, "4 without axolotl.integrations.expert_parallel.ExpertParallelPlugin"),
     ({"adapter": "qlora", "load_in_4bit": True}, "4 with a 4- or 8-bit base"),
-    ({"lora_target_parameters": ["mlp.experts.gate_up_proj"]}, "4 with lora_target_parameters"),
+    ({"dsv4_fp4_grouped_mode": "nvfp4"}, "4 with an NVFP4 base: transformers spreads the experts"),
     ({"deepspeed": "deepspeed_configs/zero3.json"}, "4 with deepspeed-zero3"),
 ])
 def test_what_hubtunes_expert_parallelism_cannot_express_is_refused(change, why):
@@ -158,38 +196,33 @@ def _two_processes_env() -> dict:
 
 
 @pytest.mark.slow
-def test_experts_split_over_two_processes_compute_what_the_whole_model_computes(moe_base):
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(ROOT / "tests" / "ep_same_logits.py"),
-                           str(moe_base)], env=_two_processes_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # The two processes write at once: one's line can run into the other's, so the figure is read as a number.
-    lines = re.findall(r"rank (\d): experts held here (\d+) of 8, max logit difference (\d\.\d+e[-+]\d+)",
-                       proc.stdout)
-    assert sorted(rank for rank, _, _ in lines) == ["0", "1"]
-    for _, held, difference in lines:
-        assert held == "4" and float(difference) < 1e-5
-
-
-@pytest.mark.slow
-def test_an_expert_parallel_run_trains_through_hubtune_train(moe_base, tmp_path):
+def test_lora_on_experts_split_over_two_processes_trains_and_resumes_as_one_process(moe_base, tmp_path, monkeypatch):
+    """`hubtune train` with the experts split over 2 processes (gloo) and LoRA on them as well as on attention: each
+    process holds and trains its own experts' factors, and the run equals one process over the same batches (the
+    held-out loss before training, so the split forward; every step's loss, with the gradient norm clipping at 0.01
+    over the whole adapter; the gathered adapter); a checkpoint keeps the optimizer per process and a resumed run
+    ends where the uninterrupted one did; another process count is refused."""
     import json
+    import shutil
 
     import torch
     from peft import PeftModel
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from data_rows import invoice_file
     from hubtune.runs import RunFolder
-    from hubtune.train import check_resumable
+    from hubtune.train import check_resumable, train
 
     run_dir = tmp_path / "run"
     config = {"model": {"id": str(moe_base), "quantization": "none"},
-              "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+              "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0, "r": 4,
+                       "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]},
               "data": {"sources": [str(invoice_file(tmp_path / "invoices.jsonl", 24))], "val_set_size": 4,
                        "max_seq_len": 384},
-              "training": {"max_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "warmup_steps": 0, "logging_steps": 1,
-                           "gradient_checkpointing": False, "learning_rate": 1e-3, "distributed": "ddp",
+              "training": {"max_steps": 3, "save_steps": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+                           "warmup_steps": 0, "logging_steps": 1, "gradient_checkpointing": False,
+                           "learning_rate": 1e-3, "max_grad_norm": 0.01, "distributed": "ddp",
                            "expert_parallel_size": 2},
               "eval": {"tasks": [], "regression_set": None}, "output": {"dir": str(run_dir)}}
     path = tmp_path / "run.yaml"
@@ -201,15 +234,47 @@ def test_an_expert_parallel_run_trains_through_hubtune_train(moe_base, tmp_path)
     out = " ".join(proc.stdout.split())
     assert "effective batch 4 (2 per device x 1 accumulation x 2 processes)" in out
     assert "experts 4 of 8 per layer in each process (expert parallelism over 2" in out  # read off the weights
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["global_steps"] == 2 and summary["final_eval_loss"] < summary["initial_eval_loss"]
-    # transformers cannot checkpoint the optimizer of a model it sharded: checkpoints hold the adapter only,
-    # and the run says so rather than continue from one.
     checkpoint = run_dir / "checkpoints" / "checkpoint-2"
-    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()
-    with pytest.raises(ConfigError, match="hold the adapter only"):
+    assert sorted(p.name for p in checkpoint.glob("optimizer-*")) == ["optimizer-rank0-of-2.pt",
+                                                                      "optimizer-rank1-of-2.pt"]
+    split = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
+
+    # One process, the same 4 rows a step (2 from each process above), the whole experts.
+    one = cfg.merge(config, {"training": {"distributed": "none", "expert_parallel_size": 1, "micro_batch_size": 4},
+                             "output": {"dir": str(tmp_path / "one")}})
+    reference = train(cfg.build(one))
+    whole = load_file(reference.adapter / "adapter_model.safetensors")
+    assert sorted(split) == sorted(whole)  # the names and shapes of PEFT's adapter, experts whole
+    for name, value in whole.items():
+        assert split[name].shape == value.shape, name
+        torch.testing.assert_close(split[name], value, rtol=1e-3, atol=1e-5)
+    assert split["base_model.model.model.layers.0.mlp.experts.base_layer.lora_A.weight"].shape == (4 * 8, 64)
+
+    def losses(lines):
+        return [(row["step"], row.get("loss", row.get("eval_loss"))) for row in map(json.loads, lines)]
+
+    expected = losses((reference.path / "metrics.jsonl").read_text().splitlines())
+    assert [step for step, _ in losses(metrics)] == [step for step, _ in expected] == [0, 1, 2, 3, 3]
+    assert [v for _, v in losses(metrics)] == pytest.approx([v for _, v in expected], abs=1e-5)
+
+    # Another process count is refused before any weight loads; the same count resumes from checkpoint-2 as a run
+    # stopped after it, and ends with the uninterrupted run's adapter and step-3 loss.
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match="saved by 2 processes"):
         check_resumable(RunFolder.open(run_dir), cfg.load(path))
-    # The adapter is whole (not one process's share) and loads on the base loaded whole.
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-3")
+    shutil.rmtree(run_dir / "adapter")
+    (run_dir / "summary.json").unlink()
+    proc = subprocess.run([hubtune, "train", "--resume", str(run_dir), "--num-processes", "2"], cwd=tmp_path,
+                          env=_two_processes_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming from checkpoint-2" in proc.stdout
+    resumed = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    for name, value in split.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-7)
+    assert losses((run_dir / "metrics.jsonl").read_text().splitlines())[-2:] == losses(metrics)[-2:]
+    # The adapter loads on the base loaded whole, experts included, and changes its logits.
     base = AutoModelForCausalLM.from_pretrained(moe_base, dtype=torch.float32)
     ids = torch.tensor([[1, 5, 9, 200, 300, 17]])
     with torch.no_grad():

@@ -157,11 +157,12 @@ FP4_GROUPED = ("Axolotl's grouped NVFP4 experts kernel: on Ampere, Ada, Hopper a
 NVFP4_SHARDED = ("hubtune launches FSDP2 with every process loading the packed NVFP4 base whole onto its GPU, then "
                  "sharding its uint8 weights (fsdp2-quantized-experts.yaml: fsdp_version 2, cpu_ram_efficient_loading "
                  "false); each weight's block and global scales stay whole in every process")
-DSV4_FP8_BASE = ("DeepSeek V4's NVFP4 release (nvidia/DeepSeek-V4-Flash-NVFP4) declares quant_method fp8 (block-wise "
-                 "FP8 weights) with NVFP4 experts inside, which Axolotl loads through a quantizer of its own "
-                 "(nvfp4_fp8_quantizer.py) and hubtune refuses at load, as transformers' fp8 quantizer would drop the "
-                 "experts' scales and leave them random; hubtune reads NVFP4 from checkpoints ModelOpt declares NVFP4 "
-                 "(quant_method modelopt)")
+DSV4_FP8_BASE = ("DeepSeek V4's NVFP4 release (nvidia/DeepSeek-V4-Flash-NVFP4) declares quant_method fp8 with NVFP4 "
+                 "experts inside (moe_quant_algo NVFP4), under DeepSeek's tensor names; Axolotl loads it through a "
+                 "quantizer of its own (nvfp4_fp8_quantizer.py), hubtune through hubtune.nvfp4: the block-wise FP8 "
+                 "weights stay FP8 and the NVFP4 experts packed, each dequantized to the compute dtype when read "
+                 "(Axolotl holds the FP8 weights as torchao Float8Tensor, or bf16 with dsv4_fp8_nonexpert_mode: "
+                 "bf16, and computes with them in bf16 as well)")
 WHY = {  # the reason, and where there is one the fix, for keys hubtune cannot honour
     "rl": f"is {NOT_CONVERTED}",
     "reward_model": "reward-model training (a scoring head): hubtune trains adapters of causal language models with "
@@ -472,11 +473,15 @@ class _Reader:
             if str(mode).lower() != "nvfp4":
                 self.refuse("dsv4_fp4_grouped_mode", f"{mode!r}: Axolotl trains with nvfp4 only (it rejects fp8 and "
                                                      f"any other value)")
-            elif self.given.get("use_dsv4_kernels"):
-                self.refuse("dsv4_fp4_grouped_mode", f"{mode!r} on DeepSeek V4 (use_dsv4_kernels): {DSV4_FP8_BASE}")
             else:
                 self.nvfp4_base = True
                 self.note(f"dsv4_fp4_grouped_mode: nvfp4: {FP4_GROUPED}")
+                if self.given.get("use_dsv4_kernels"):
+                    self.note(f"dsv4_fp4_grouped_mode: nvfp4 on DeepSeek V4 (use_dsv4_kernels): {DSV4_FP8_BASE}")
+                if out.pop("use_kernels", False):
+                    self.note("use_kernels: True: transformers' Hub kernels only speed up the same layers, and an "
+                              "NVFP4 base's layers read their weights through hubtune's dequantizing "
+                              "parametrization, which Hub kernels do not; hubtune runs transformers' own layers")
         quantization = self.data.get("model_quantization_config")
         kwargs = self.data.get("model_quantization_config_kwargs") or {}
         if quantization == "Mxfp4Config" and kwargs == {"dequantize": True}:
@@ -1101,10 +1106,10 @@ class _Reader:
                    "ranks aside but dispatches no tokens to experts on other GPUs; add the plugin, or set it to 1")
         elif m.get("quantization", "none") != "none":
             why = "with a 4- or 8-bit base: the experts are spread over GPUs as 16-bit tensors (load_in_4bit: false)"
-        elif tree["lora"].get("target_parameters"):
-            why = ("with lora_target_parameters: LoRA on experts spread over GPUs (Axolotl shards and saves it with "
-                   "code of its own); transformers' Trainer keeps an adapter added after sharding as one copy per GPU, "
-                   "averaged, while each GPU holds other experts; target attention and dense layers")
+        elif self.nvfp4_base:
+            why = ("with an NVFP4 base: transformers spreads the experts over GPUs as it loads a 16-bit checkpoint, "
+                   "and hubtune loads NVFP4 checkpoints itself, whole in every process; drop the plugin and the "
+                   "expert_parallel_* keys for FSDP2, as the example's comment says")
         elif t.get("distributed") not in (None, "ddp", "fsdp"):
             why = f"with {t['distributed']}: transformers shards the model itself as it loads; leave deepspeed out"
         elif self.rl:
@@ -1126,6 +1131,11 @@ class _Reader:
             self.note(f"expert_parallel_token_capacity {capacity}: no expert can receive that many tokens in a step "
                       f"(at most micro_batch_size x sequence_len x expert_parallel_size = {micro * length * ep}), so "
                       f"Axolotl drops none, nor does transformers")
+        if tree["lora"].get("target_parameters"):
+            self.note(f"lora_target_parameters with expert_parallel_size {ep}: each GPU holds and trains the LoRA of "
+                      f"its own experts (kept out of the average over GPUs, as Axolotl keeps it), checkpoints its "
+                      f"optimizer state per GPU, and the adapter is gathered whole where it is saved; launch exactly "
+                      f"{ep} GPUs (no copies of an expert)")
         if buffers:
             self.note(f"{', '.join(buffers)}: settings of DeepEP's kernels; transformers exchanges the tokens with "
                       f"torch's all-to-all (the same tokens to the same experts)")

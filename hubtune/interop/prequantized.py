@@ -70,6 +70,10 @@ def original_base(metadata: dict, ref: str, revision: str | None = None) -> str 
 def describe(quantization: dict) -> str:
     """`bitsandbytes nf4 (double quantization)` and the like, for messages and the run summary."""
     method = quantization.get("quant_method", "unknown method")
+    from hubtune import nvfp4
+
+    if nvfp4.is_mixed(quantization):
+        return "fp8 with NVFP4 experts"  # DeepSeek V4's NVFP4 release, read by hubtune.nvfp4
     if method == "modelopt":
         return f"modelopt {quantization.get('quant_algo', '')}".strip()  # `modelopt NVFP4`
     if quantization.get("load_in_4bit") or quantization.get("_load_in_4bit"):
