@@ -128,6 +128,9 @@ def test_other_layouts_are_refused_naming_what_differs(dsv4, tmp_path):
     from safetensors.torch import load_file, save_file
 
     folder, _, _ = dsv4
+    with pytest.raises(ConfigError, match=r"saved in block-wise FP8 with NVFP4 experts \(DeepSeek V4's NVFP4 release\): "
+                                          r"hubtune keeps its weights packed.*leave dequantize out"):
+        load(folder, dequantize=True, quantization="none")  # transformers' fp8 dequantizing would drop their scales
 
     def model_type(data):
         data["model_type"] = "deepseek_v3"
