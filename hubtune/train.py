@@ -665,8 +665,10 @@ def dequantized(path: str):
                                                 f"quantization_config); leave dequantize out")])
     if why := prequantized.unreadable(saved):
         raise ConfigError([("model.dequantize", f"{path} is {why}")])
-    if saved.get("quant_method") == "modelopt":
-        raise ConfigError([("model.dequantize", f"{path} is saved in NVFP4 by ModelOpt: hubtune keeps its weights "
+    from hubtune import nvfp4
+
+    if saved.get("quant_method") == "modelopt" or nvfp4.is_mixed(saved):
+        raise ConfigError([("model.dequantize", f"{path} is {nvfp4.saved_as(saved)}: hubtune keeps its weights "
                                                 f"packed and dequantizes each as its layer reads it; leave dequantize "
                                                 f"out")])
     config = AutoQuantizationConfig.from_dict(saved)
@@ -700,7 +702,7 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         raise ConfigError([("model.id", f"{path} is {why}")])
     saved_quantized = saved is not None
     if backend == "unsloth" and nvfp4.is_nvfp4(saved):
-        raise ConfigError([("training.backend", f"{path} is saved in NVFP4 by ModelOpt, which hubtune loads itself "
+        raise ConfigError([("training.backend", f"{path} is {nvfp4.saved_as(saved)}, which hubtune loads itself "
                                                 f"(Unsloth does not read it); set training.backend: hf")])
     if backend == "unsloth":
         return backends.unsloth_base(path, model, hw, max_seq_len, saved_quantized)
@@ -745,15 +747,15 @@ def load_base(path: str, model: cfg.ModelSection, hw: Hardware, gradient_checkpo
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     modelopt = nvfp4.is_nvfp4(saved)
     if modelopt and model.quantize_experts:
-        raise ConfigError([("model.quantize_experts", f"{path} is saved in NVFP4: its experts load as saved; leave "
+        raise ConfigError([("model.quantize_experts", f"{path} is {nvfp4.saved_as(saved)}: its experts load as saved; leave "
                                                       f"quantize_experts out")])
     if modelopt and model.linearized_experts:
-        raise ConfigError([("model.linearized_experts", f"{path} is saved in NVFP4 by ModelOpt, not in Axolotl's "
+        raise ConfigError([("model.linearized_experts", f"{path} is {nvfp4.saved_as(saved)}, not in Axolotl's "
                                                         f"linearized Llama 4 layout; leave linearized_experts out")])
     if modelopt and sharded and distributed.world_size() > 1 and not distributed.every_process_loads_the_base():
         # FSDP1 cannot flatten the packed uint8 weights with the 16-bit ones, hubtune.nvfp4 packs the weights and
         # sets their scales in each process itself (no rank-0 load), and ZeRO-3 partitions weights as they are built.
-        raise ConfigError([("training.distributed", f"{path} is saved in NVFP4 by ModelOpt, which shards under "
+        raise ConfigError([("training.distributed", f"{path} is {nvfp4.saved_as(saved)}, which shards under "
                                                     f"FSDP2 only, every process loading it whole (training.distributed: "
                                                     f"fsdp launched by `hubtune train CONFIG --num-processes N`, or "
                                                     f"accelerate launch --config_file "

@@ -128,6 +128,9 @@ def test_other_layouts_are_refused_naming_what_differs(dsv4, tmp_path):
     from safetensors.torch import load_file, save_file
 
     folder, _, _ = dsv4
+    with pytest.raises(ConfigError, match=r"saved in block-wise FP8 with NVFP4 experts \(DeepSeek V4's NVFP4 release\): "
+                                          r"hubtune keeps its weights packed.*leave dequantize out"):
+        load(folder, dequantize=True, quantization="none")  # transformers' fp8 dequantizing would drop their scales
 
     def model_type(data):
         data["model_type"] = "deepseek_v3"
@@ -175,7 +178,7 @@ def test_other_layouts_are_refused_naming_what_differs(dsv4, tmp_path):
 def test_a_lora_run_trains_on_it_and_its_adapter_loads_on_the_16_bit_twin(dsv4, tmp_path, one_torch_thread):
     """Axolotl's example's LoRA (the experts' stacks through target_parameters) plus two FP8 attention projections:
     the run trains, and its adapter, in the 16-bit base's names, computes on the 16-bit twin what it computes on
-    the mixed base."""
+    the mixed base; its card loads the base with hubtune, and its merge is a 16-bit model."""
     from data_rows import tiny_config
     from peft import PeftModel
     from safetensors import safe_open
@@ -209,3 +212,14 @@ def test_a_lora_run_trains_on_it_and_its_adapter_loads_on_the_16_bit_twin(dsv4, 
         adapted = twin(IDS).logits
         with twin.disable_adapter():
             assert (adapted - twin(IDS).logits).abs().max() > 1e-4  # the adapter trained
+    # The card loads the base with hubtune, saying why; the merge writes a 16-bit model stock transformers loads.
+    from hubtune import card as cards
+    from hubtune.merge import merge
+
+    text = str(cards.build_card(run, "alice/dsv4-invoices", cards.publishing_verdict(run)))
+    assert "from hubtune.nvfp4 import load" in text and "its fp8 quantizer drops the experts' scales" in text
+    merged = merge(run.path, tmp_path / "merged")
+    assert merged.max_logit_difference is not None and merged.max_logit_difference < 1e-4
+    assert any("is stored in FP8 with NVFP4 experts" in w for w in merged.warnings)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert getattr(stock.config, "quantization_config", None) is None
