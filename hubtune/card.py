@@ -132,6 +132,7 @@ def build_card(run: RunFolder, repo_id: str, verdict, merged: bool = False, loss
         linearized=config.model.linearized_experts,
         nvfp4=(s.base_quantization or "").startswith("modelopt NVFP4") or
         (s.base_quantization or "").endswith("with NVFP4 experts"),
+        fp8_with_nvfp4_experts=(s.base_quantization or "").endswith("with NVFP4 experts"),
         base_revision=s.base_revision, base_licence=base_finding.repo.licence,
         base_licence_link=base_finding.repo.license_link or _link(base_finding),
         licence_files=licence_files, base_revision_short=(s.base_revision or "")[:12],

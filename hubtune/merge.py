@@ -81,8 +81,10 @@ def merge_into(run: RunFolder, out: Path, dtype: str = "auto") -> tuple[str, lis
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     warnings = []
     if _is_nvfp4(path):
-        warnings.append(f"{s.base_model} is stored in NVFP4: the merged model holds its dequantized weights plus the "
-                        f"adapter's delta (what the run trained on), in 16 bits; it is not quantized back to NVFP4")
+        stored = "in FP8 with NVFP4 experts" if (s.base_quantization or "").endswith("with NVFP4 experts") else \
+            "in NVFP4"
+        warnings.append(f"{s.base_model} is stored {stored}: the merged model holds its dequantized weights plus the "
+                        f"adapter's delta (what the run trained on), in 16 bits; it is not quantized back")
         base = _base(run, path, dtype=torch.float32, trust_remote_code=trust)
     elif _is_4bit(config):
         warnings.append(f"only a 4-bit base is available ({s.base_model} is stored quantized): it was dequantized "

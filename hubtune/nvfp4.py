@@ -186,6 +186,13 @@ def is_nvfp4(quantization: dict | None) -> bool:
                                    str(quantization.get("quant_algo", "")).upper() == "NVFP4" or is_mixed(quantization))
 
 
+def saved_as(quantization: dict | None) -> str:
+    """How such a base is saved, for messages: `saved in NVFP4 by NVIDIA ModelOpt` and the like."""
+    if is_mixed(quantization):
+        return "saved in block-wise FP8 with NVFP4 experts (DeepSeek V4's NVFP4 release)"
+    return "saved in NVFP4 by NVIDIA ModelOpt"
+
+
 def is_mixed(quantization: dict | None) -> bool:
     """Whether these settings declare block-wise FP8 weights with NVFP4 experts (DeepSeek V4's NVFP4 release)."""
     return bool(quantization) and quantization.get("quant_method") == "fp8" and \

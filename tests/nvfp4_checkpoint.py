@@ -108,7 +108,7 @@ DEEPSEEK_FP8 = re.compile(r"\.attn\.(wq_a|wq_b|wkv|wo_a|wo_b|indexer\.wq_b)\.wei
 DEEPSEEK_EXPERT = re.compile(r"^(?P<layer>layers\.\d+\.ffn\.experts)\.(?P<e>\d+)\.w(?P<w>[123])\.weight$")
 MIXED_SETTINGS = {"quant_method": "fp8", "quant_algo": "MIXED_PRECISION", "moe_quant_algo": "NVFP4",
                   "group_size": 16, "activation_scheme": "dynamic", "fmt": "e4m3", "scale_fmt": "ue8m0",
-                  "weight_block_size": [128, 128]}
+                  "weight_block_size": [128, 128], "ignore": ["mtp.*"]}
 
 
 def quantize_fp8_blocks(weight: torch.Tensor, block: int = 128):
@@ -167,9 +167,14 @@ def write_deepseek_v4(model_dir: Path, out: Path, sixteen_out: Path) -> None:
             dequantized[key] = dequantize(packed, block_scale, scale2)
         else:
             tensors[name] = value.contiguous()
+    # The multi-token-prediction layer's experts, which DeepSeek saves in MXFP4 (int8 codes, UE8M0 scales a 32
+    # weights) and transformers' model leaves out.
+    tensors["mtp.0.ffn.experts.0.w1.weight"] = torch.randint(-128, 127, (64, 64), dtype=torch.int8)
+    tensors["mtp.0.ffn.experts.0.w1.scale"] = torch.ones(64, 4).to(torch.float8_e8m0fnu)
     out.mkdir(parents=True)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((model_dir / "config.json").read_text())
+    config["expert_dtype"] = "fp4"  # DeepSeek V4's own field, which transformers folds into quantization_config
     config["quantization_config"] = dict(MIXED_SETTINGS)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for extra in model_dir.iterdir():
@@ -184,3 +189,28 @@ def write_deepseek_v4(model_dir: Path, out: Path, sixteen_out: Path) -> None:
     for extra in model_dir.iterdir():
         if extra.name != "model.safetensors" and extra.is_file():
             shutil.copy(extra, sixteen_out / extra.name)
+
+
+def tiny_deepseek_v4(root: Path) -> tuple[Path, Path, Path]:
+    """A tiny random DeepSeek V4 under root: both compressed attention kinds (compressed sparse with its indexer,
+    heavily compressed), a hash-routed and a top-k MoE layer of 4 experts, mHC width 2, hubtune's tiny tokenizer;
+    written by write_deepseek_v4. Returns (the mixed-layout folder, its 16-bit twin, the original 16-bit folder)."""
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+
+    from hubtune import config as cfg
+
+    tiny = Path(cfg.resolve_builtin("hubtune:tiny-llama"))
+    torch.manual_seed(0)
+    config = DeepseekV4Config(
+        vocab_size=902, hidden_size=128, moe_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=64, q_lora_rank=128, partial_rotary_factor=0.25, n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, o_groups=2, o_lora_rank=128, index_n_heads=2, index_head_dim=32,
+        index_topk=4, sliding_window=8, hc_mult=2, hc_sinkhorn_iters=3, max_position_embeddings=512,
+        layer_types=["compressed_sparse_attention", "heavily_compressed_attention"], mlp_layer_types=["hash_moe", "moe"],
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+        num_nextn_predict_layers=0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    DeepseekV4ForCausalLM(config).save_pretrained(root / "original")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md"):
+        shutil.copy(tiny / name, root / "original" / name)
+    write_deepseek_v4(root / "original", root / "mixed", root / "sixteen")
+    return root / "mixed", root / "sixteen", root / "original"

@@ -59,27 +59,10 @@ def test_the_reading_equals_transformers_fp8_dequantization_and_the_tests_own(st
 @pytest.fixture(scope="module")
 def dsv4(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(the mixed-layout folder, the 16-bit folder of the weights it dequantizes to, the original 16-bit folder) of
-    a tiny random DeepSeek V4: both attention kinds (compressed sparse with its indexer, heavily compressed), a
-    hash-routed and a top-k MoE layer of 4 experts, mHC width 2."""
-    from nvfp4_checkpoint import write_deepseek_v4
-    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+    a tiny random DeepSeek V4 (nvfp4_checkpoint.tiny_deepseek_v4)."""
+    from nvfp4_checkpoint import tiny_deepseek_v4
 
-    tiny = Path(cfg.resolve_builtin("hubtune:tiny-llama"))
-    root = tmp_path_factory.mktemp("dsv4")
-    torch.manual_seed(0)
-    config = DeepseekV4Config(
-        vocab_size=902, hidden_size=128, moe_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=64, q_lora_rank=128, partial_rotary_factor=0.25, n_routed_experts=4,
-        num_experts_per_tok=2, n_shared_experts=1, o_groups=2, o_lora_rank=128, index_n_heads=2, index_head_dim=32,
-        index_topk=4, sliding_window=8, hc_mult=2, hc_sinkhorn_iters=3, max_position_embeddings=512,
-        layer_types=["compressed_sparse_attention", "heavily_compressed_attention"], mlp_layer_types=["hash_moe", "moe"],
-        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
-        num_nextn_predict_layers=0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    DeepseekV4ForCausalLM(config).save_pretrained(root / "original")
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md"):
-        shutil.copy(tiny / name, root / "original" / name)
-    write_deepseek_v4(root / "original", root / "mixed", root / "sixteen")
-    return root / "mixed", root / "sixteen", root / "original"
+    return tiny_deepseek_v4(tmp_path_factory.mktemp("dsv4"))
 
 
 def load(path, **model):
@@ -101,9 +84,13 @@ def test_deepseek_v4s_mixed_layout_loads_packed_and_computes_as_its_16_bit_twin(
         assert f.get_tensor("layers.1.attn.wq_a.weight").dtype == torch.float8_e4m3fn
         assert f.get_tensor("layers.1.attn.wq_a.scale").dtype == torch.float8_e8m0fnu
         assert f.get_tensor("layers.1.ffn.experts.3.w3.weight").dtype == torch.uint8
-    assert {"embed.weight", "head.weight", "hc_head_fn", "layers.0.ffn.gate.tid2eid",
+    assert {"embed.weight", "head.weight", "hc_head_fn", "layers.0.ffn.gate.tid2eid", "mtp.0.ffn.experts.0.w1.scale",
             "layers.1.ffn.experts.0.w1.weight_scale_2"} <= keys and not any(k.startswith("model.") for k in keys)
     assert nvfp4.declared(str(folder)) and nvfp4.saved_format(folder)["moe_quant_algo"] == "NVFP4"
+    from hubtune import distributed  # under FSDP: the FSDP2 launch in which every process loads the base
+
+    assert distributed.loads_whole_base(cfg.ModelSection(id=str(folder), quantization="none"),
+                                        cfg.TrainingSection(distributed="fsdp"))
 
     model = load(folder)
     assert getattr(model, "hubtune_nvfp4", False)
@@ -141,6 +128,9 @@ def test_other_layouts_are_refused_naming_what_differs(dsv4, tmp_path):
     from safetensors.torch import load_file, save_file
 
     folder, _, _ = dsv4
+    with pytest.raises(ConfigError, match=r"saved in block-wise FP8 with NVFP4 experts \(DeepSeek V4's NVFP4 release\): "
+                                          r"hubtune keeps its weights packed.*leave dequantize out"):
+        load(folder, dequantize=True, quantization="none")  # transformers' fp8 dequantizing would drop their scales
 
     def model_type(data):
         data["model_type"] = "deepseek_v3"
@@ -188,7 +178,7 @@ def test_other_layouts_are_refused_naming_what_differs(dsv4, tmp_path):
 def test_a_lora_run_trains_on_it_and_its_adapter_loads_on_the_16_bit_twin(dsv4, tmp_path, one_torch_thread):
     """Axolotl's example's LoRA (the experts' stacks through target_parameters) plus two FP8 attention projections:
     the run trains, and its adapter, in the 16-bit base's names, computes on the 16-bit twin what it computes on
-    the mixed base."""
+    the mixed base; its card loads the base with hubtune, and its merge is a 16-bit model."""
     from data_rows import tiny_config
     from peft import PeftModel
     from safetensors import safe_open
@@ -222,3 +212,14 @@ def test_a_lora_run_trains_on_it_and_its_adapter_loads_on_the_16_bit_twin(dsv4, 
         adapted = twin(IDS).logits
         with twin.disable_adapter():
             assert (adapted - twin(IDS).logits).abs().max() > 1e-4  # the adapter trained
+    # The card loads the base with hubtune, saying why; the merge writes a 16-bit model stock transformers loads.
+    from hubtune import card as cards
+    from hubtune.merge import merge
+
+    text = str(cards.build_card(run, "alice/dsv4-invoices", cards.publishing_verdict(run)))
+    assert "from hubtune.nvfp4 import load" in text and "its fp8 quantizer drops the experts' scales" in text
+    merged = merge(run.path, tmp_path / "merged")
+    assert merged.max_logit_difference is not None and merged.max_logit_difference < 1e-4
+    assert any("is stored in FP8 with NVFP4 experts" in w for w in merged.warnings)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert getattr(stock.config, "quantization_config", None) is None

@@ -397,5 +397,5 @@ def test_a_modelopt_base_hubtune_cannot_read_is_refused_before_loading(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
     (tmp_path / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": {
         "quant_algo": "NVFP4", "group_size": 16}}))
-    with pytest.raises(ConfigError, match=r"saved in NVFP4 by ModelOpt: hubtune keeps its weights packed"):
+    with pytest.raises(ConfigError, match=r"saved in NVFP4 by NVIDIA ModelOpt: hubtune keeps its weights packed"):
         load_base(str(tmp_path), cfg.ModelSection(quantization="none", dequantize=True), hw)

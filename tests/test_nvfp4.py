@@ -131,7 +131,7 @@ def test_a_checkpoint_the_model_does_not_hold_is_refused_with_what_is_wrong(nvfp
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"which do not hold the model's \(4, 128, 64\) weight"):
         load(broken)
-    with pytest.raises(ConfigError, match=r"saved in NVFP4: its experts load as saved"):
+    with pytest.raises(ConfigError, match=r"saved in NVFP4 by NVIDIA ModelOpt: its experts load as saved"):
         load(folder, quantize_experts=True)
     # NVFP4 weights in a checkpoint declared as another method (as DeepSeek V4's NVFP4 release declares fp8)
     config.update(num_local_experts=4, moe_intermediate_size=32, quantization_config={
