@@ -511,9 +511,10 @@ class TrainingSection(Section):
         description="Experiment trackers to log to, through transformers' integrations; [] or none: no tracker.")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
         "none", description="Multi-GPU strategy: the accelerate preset `hubtune train` launches with (none: one process).")
-    context_parallel_size: int = Field(1, ge=1, description="Split each sequence over this many GPUs (accelerate's "
-        "context parallelism on FSDP2), for sequences one GPU cannot hold: needs distributed: fsdp, a 16-bit base, "
-        "SDPA attention and no packing; the GPUs of a launch must be a multiple of it.")
+    context_parallel_size: int = Field(1, ge=1, description="Split each sequence over this many GPUs, for "
+        "sequences one GPU cannot hold (hubtune's context parallelism: packed examples kept apart, Mamba-2 state "
+        "passed on): needs distributed: ddp or fsdp, SDPA attention, SFT; the GPUs of a launch must be a multiple "
+        "of it.")
     expert_parallel_size: int = Field(1, ge=1, description="Spread each mixture-of-experts layer's experts over this "
         "many GPUs, tokens sent to them all-to-all (transformers' expert parallelism, applied as the base loads, "
         "with FSDP2 on the other weights): needs distributed: ddp and a 16-bit base; the GPUs of a launch and the "
@@ -709,32 +710,30 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _context_parallel(self):
-        """What accelerate's context parallelism (torch's, on FSDP2) can run, checked before any launch: it
-        shards the model over the GPUs that share a sequence, computes attention with SDPA under a plain causal
-        mask (the per-example mask is dropped), and TRL refuses packing with it."""
-        t, d = self.training, self.data
+        """What hubtune's context parallelism (hubtune.context_parallel) can run, checked before any launch: the
+        processes that share a sequence train one model under DDP or FSDP2, attention runs as SDPA over the
+        gathered keys and values, and only the SFT trainer's input_ids and labels are split."""
+        t = self.training
         if t.context_parallel_size == 1:
             return self
+        from hubtune.distributed import loads_whole_base
+
         wrong = []
-        if t.distributed != "fsdp":
-            wrong.append(f"training.distributed: fsdp (not {t.distributed}): the GPUs that share a sequence hold "
-                         f"the model sharded by FSDP2")
+        if t.distributed not in ("ddp", "fsdp"):
+            wrong.append(f"training.distributed: ddp or fsdp (not {t.distributed}): the processes that share a "
+                         f"sequence each hold the whole model (ddp) or FSDP2's shards of it")
         if t.method != "sft":
-            wrong.append(f"training.method: sft (not {t.method}): the Trainer splits input_ids and labels along the "
-                         f"sequence, not the {t.method} trainer's own batch columns")
+            wrong.append(f"training.method: sft (not {t.method}): each process takes its chunk of input_ids and "
+                         f"labels, not of the {t.method} trainer's own batch columns")
         attention = (t.kernel_choice() or ("sdpa", False))[0]
         if attention != "sdpa" or t.attention_kernel:
-            wrong.append(f"training.kernels: auto, sdpa or liger (not {t.attention_kernel or attention}): torch's "
-                         f"context parallelism computes attention with SDPA only")
-        if d.packing:
-            wrong.append("data.packing: false: the attention mask that keeps packed examples apart is replaced by "
-                         "a plain causal one, so packed examples would attend to each other")
-        elif d.padding_free is True:
-            wrong.append("data.padding_free: auto or false: a padding-free row is packed examples, whose mask "
-                         "context parallelism drops")
-        if self.model.quantization != "none":
-            wrong.append(f"model.quantization: none (not {self.model.quantization}): FSDP2 cannot shard 4- or 8-bit "
-                         f"weights with their quantization state")
+            wrong.append(f"training.kernels: auto, sdpa or liger (not {t.attention_kernel or attention}): each "
+                         f"chunk's queries attend over the gathered keys and values with SDPA under the packed "
+                         f"examples' mask")
+        if t.distributed == "fsdp" and self.model.quantization != "none" and not loads_whole_base(self.model, t):
+            wrong.append(f"model.quantization: none (not {self.model.quantization}) under fsdp, or training."
+                         f"distributed: ddp: FSDP2 shards a 4- or 8-bit base only when every process loads it "
+                         f"(model.quantize_experts, or torchao's low-bit AdamW)")
         if wrong:
             raise ValueError(f"training.context_parallel_size {t.context_parallel_size} needs "
                              + "; ".join(wrong))

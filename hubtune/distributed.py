@@ -114,7 +114,7 @@ def every_process_loads_the_base() -> bool:
 def preset_path(mode: str, context_parallel_size: int = 1, whole_base: bool = False) -> Path:
     """The accelerate config a mode launches with; context parallelism runs on FSDP2 (fsdp2.yaml), and so does
     a base every process loads whole (loads_whole_base: fsdp2-quantized-experts.yaml)."""
-    if mode == "fsdp" and context_parallel_size > 1:
+    if mode == "fsdp" and context_parallel_size > 1 and not whole_base:
         return PRESETS / "fsdp2.yaml"
     if mode == "fsdp" and whole_base:
         return PRESETS / "fsdp2-quantized-experts.yaml"
@@ -197,21 +197,19 @@ def check_launch(mode: str, device: str) -> None:
 
 
 def check_context_parallel(training, device: str) -> None:
-    """In a launched process: the GPUs of the launch split into groups of context_parallel_size that share
-    each sequence, under the FSDP2 launch that accelerate's context parallelism runs on."""
+    """In a launched process: the processes of the launch split into groups of context_parallel_size that
+    share each sequence (GPUs over NCCL, or CPU processes over gloo); under fsdp, an FSDP2 launch (FSDP1's
+    flattened parameters are not sharded the way hubtune's presets for it load)."""
     cp = training.context_parallel_size
     if cp == 1:
         return
     size = world_size()
     where = "training.context_parallel_size"
-    if device != "cuda":
-        raise ConfigError([(where, f"{cp}: context parallelism splits sequences over GPUs and needs CUDA; this "
-                                   f"machine has none")])
     if size < cp or size % cp:
         raise ConfigError([(where, f"{cp} does not divide the {size} process(es) of this launch; launch a multiple "
                                    f"of {cp} GPUs (hubtune train CONFIG --num-processes {max(cp, size - size % cp) or cp})")])
-    if os.environ.get("FSDP_VERSION", "1") != "2":
-        raise ConfigError([(where, f"{cp} runs on FSDP2, but this process was launched with FSDP "
+    if training.distributed == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError([(where, f"{cp} with fsdp runs on FSDP2, but this process was launched with FSDP "
                                    f"{os.environ.get('FSDP_VERSION', '1')}; start it with `hubtune train CONFIG "
                                    f"--num-processes N`, or pass `--config_file {preset_path('fsdp', cp)}` to "
                                    f"accelerate launch")])
@@ -277,17 +275,6 @@ def experts_held(model, ep: int) -> str:
                     f"over {ep}, tokens exchanged all-to-all)")
     raise HubtuneError(f"training.expert_parallel_size {ep}: the base loaded with no sharded expert weights; "
                        f"transformers' expert-parallel plan did not apply to it")
-
-
-def parallelism_config(training):
-    """accelerate's ParallelismConfig for the Trainer: each sequence over context_parallel_size GPUs, the
-    model sharded by FSDP2 over the rest (dp_shard); None without context parallelism."""
-    cp = training.context_parallel_size
-    if cp == 1:
-        return None
-    from accelerate import ParallelismConfig
-
-    return ParallelismConfig(cp_size=cp, dp_shard_size=max(world_size() // cp, 1))
 
 
 def start(cpu: bool) -> None:

@@ -50,9 +50,9 @@ def recipe_levers(config: cfg.RunConfig, hw: Hardware, model_path: str, family=N
     if t.context_parallel_size > 1 and attention != "sdpa":  # kernels: auto (the config check named the rest)
         if family is not None and family.attention:
             raise ConfigError([("training.context_parallel_size", f"{t.context_parallel_size}: this model family's "
-                                f"attention needs {family.attention} (e.g. Gemma 2's soft-capping), and torch's "
-                                f"context parallelism computes attention with SDPA only; set it to 1")])
-        attention = "sdpa"  # auto under context parallelism: the one kernel it splits sequences for
+                                f"attention needs {family.attention} (e.g. Gemma 2's soft-capping), and hubtune's "
+                                f"context parallelism attends with SDPA only; set it to 1")])
+        attention = "sdpa"  # auto under context parallelism: the kernel it attends over gathered keys with
     if d.padding_free == "auto":
         padding_free = attention == "flash_attention_2" and not d.truncate and t.context_parallel_size == 1
     elif d.padding_free and d.truncate and not d.packing:

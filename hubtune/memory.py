@@ -453,6 +453,7 @@ class Settings:
     target_parameters: tuple[str, ...] = ()
     expert_parallel: int = 1
     context_parallel: int = 1
+    context_sharded: bool = True  # context parallelism under fsdp (FSDP2 over its GPUs); under ddp each holds all
 
     @classmethod
     def from_run_config(cls, config, model_path: str | None = None, **changes) -> Settings:
@@ -478,7 +479,8 @@ class Settings:
                        unfrozen_parameters=tuple(config.lora.unfrozen_parameters), relora=t.relora is not None,
                        expert_quantization=m.quantization if m.quantize_experts else "none",
                        target_parameters=tuple(config.lora.target_parameters),
-                       expert_parallel=t.expert_parallel_size, context_parallel=t.context_parallel_size)
+                       expert_parallel=t.expert_parallel_size, context_parallel=t.context_parallel_size,
+                       context_sharded=t.distributed == "fsdp")
         if _saved_nvfp4(model_path or m.id):
             settings = replace(settings, method="lora", base_nvfp4=True, expert_quantization="none")
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -700,9 +702,9 @@ def estimate(arch: Architecture, settings: Settings | None = None) -> Estimate:
         breakdown["gradients"] = sum(math.prod(shape) * size * n for shape, size, _, n in tensors)
         breakdown[f"optimizer states ({s.optimizer})"] = sum(
             n * _tensor_optimizer_bytes(s.optimizer, shape, size, embedding) for shape, size, embedding, n in tensors)
-    # FSDP shards weights, gradients and optimizer states; activations stay per GPU. Context parallelism runs
-    # on FSDP2 over at least its N GPUs (hubtune.distributed): 1/N of each is an upper bound.
-    shards = max(s.gpus, s.context_parallel)
+    # FSDP shards weights, gradients and optimizer states; activations stay per GPU. Context parallelism under
+    # fsdp runs on FSDP2 over at least its N GPUs (hubtune.distributed): 1/N of each is an upper bound.
+    shards = max(s.gpus, s.context_parallel if s.context_sharded else 1)
     if shards > 1:
         breakdown = {k: math.ceil(v / shards) for k, v in breakdown.items()}
     layer = layer_activation_bytes(arch, s, tokens)
@@ -888,8 +890,10 @@ def _moe_notes(arch: Architecture, s: Settings) -> list[str]:
         notes.append("figures are per process: " + ", ".join(
             ([f"each holds 1/{s.expert_parallel} of the experts and, sharded by FSDP2, at most 1/{s.expert_parallel} "
               f"of the other weights"] if s.expert_parallel > 1 else [])
-            + ([f"each computes 1/{s.context_parallel} of every sequence and, sharded by FSDP2, holds at most "
-                f"1/{s.context_parallel} of the weights, gradients and optimizer states"]
+            + ([f"each computes 1/{s.context_parallel} of every sequence"
+                + (f" and, sharded by FSDP2, holds at most 1/{s.context_parallel} of the weights, gradients and "
+                   f"optimizer states" if s.context_sharded else " and holds the whole model (ddp)")
+                + " (attention layers also hold the whole sequence's keys and values)"]
                if s.context_parallel > 1 else [])))
     return notes
 

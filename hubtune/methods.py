@@ -109,6 +109,10 @@ def build_trainer(config: cfg.RunConfig, model, tokenizer, args, train: Dataset,
 
         if config.data.packing and config.data.packing_strategy == "sequential":
             from hubtune.packing import SequentialPackingSFTTrainer as SFTTrainer
+        if config.training.context_parallel_size > 1:
+            from hubtune import context_parallel
+
+            SFTTrainer = context_parallel.trainer_class(SFTTrainer, config.training.context_parallel_size)
         return SFTTrainer(**shared, eval_dataset=eval_)
     if method == "dpo":
         from trl import DPOTrainer

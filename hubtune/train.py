@@ -255,6 +255,10 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
     # LoRA on experts split over the processes: each keeps its own experts' factors (hubtune.expert_lora)
     expert_adapters = expert_lora.shard(model) if config.training.expert_parallel_size > 1 else []
+    if config.training.context_parallel_size > 1:
+        from hubtune import context_parallel
+
+        context_parallel.prepare(model)  # attention over the gathered rows, Mamba-2 state passed between chunks
     if sharded and mode == "fsdp":
         compat.peft_keys_under_nested_fsdp()  # else FSDP1's checkpoints and the adapter saved at the end are empty
 
@@ -451,23 +455,26 @@ def expert_parallel_problem(ep: int, model_config) -> str | None:
 
 
 def context_parallel_layers_problem(model_config) -> str | None:
-    """accelerate's context parallelism replaces every attention layer's mask by a plain causal one, so it
-    refuses (at prepare time, after the weights load) models with sliding-window or chunked layers, and
-    anything that is not attention (Mamba mixers) would see only its own slice of the sequence. The same
-    reading of the config, before anything loads."""
+    """Why hubtune's context parallelism cannot split this model's sequences, or None: it computes full causal
+    attention under the packed examples' mask (not sliding-window or chunked attention) and Nemotron-H's
+    Mamba-2 mixers (hubtune.context_parallel.MIXERS), not other state-space or linear-attention layers."""
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     layer_types = getattr(text, "layer_types", None)
+    handled = {"full_attention"}
+    if getattr(text, "model_type", None) == "nemotron_h":
+        handled |= {"linear_attention", "moe", "mlp"}  # its Mamba-2 mixers, experts and MLPs
     if layer_types is not None:
-        other = sorted({str(kind) for kind in layer_types if kind != "full_attention"})
+        other = sorted({str(kind) for kind in layer_types if kind not in handled})
     else:
         other = ["sliding_attention"] if getattr(text, "sliding_window", None) else []
-    if any(key.startswith(("mamba", "ssm")) for key in text.to_dict()) and "mamba" not in other:
+    if (any(key.startswith(("mamba", "ssm")) for key in text.to_dict()) and "linear_attention" not in handled
+            and "mamba" not in other):
         other.append("mamba")  # state-space mixers (Jamba, Bamba, Zamba) whose configs list no layer types
     if not other:
         return None
-    return (f"the model has {', '.join(other)} layers; accelerate's context parallelism takes only models whose "
-            f"every layer is full causal attention (it replaces each layer's own mask, and each GPU holds a slice "
-            f"of the sequence); set it to 1")
+    return (f"the model has {', '.join(other)} layers; hubtune's context parallelism splits sequences for full "
+            f"causal attention and Nemotron-H's Mamba-2 layers only (each GPU holds a slice of the sequence); set "
+            f"it to 1")
 
 
 def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_code: bool = False,
@@ -1091,7 +1098,6 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         save_total_limit=t.save_total_limit,
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
-        parallelism_config=distributed.parallelism_config(t),
         # transformers cannot checkpoint the optimizer of a model it sharded as it loaded (expert parallelism).
         save_only_model=t.expert_parallel_size > 1,
         report_to=trackers or "none",
@@ -1115,9 +1121,9 @@ def sft_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool, ba
         # sequential: TRL's bfd sets up the padding-free collator; hubtune's trainer packs the rows in order.
         packing_strategy="bfd" if config.data.packing_strategy == "sequential" else config.data.packing_strategy,
         padding_free=levers.padding_free,
-        # Context parallelism cuts each row into 2 x context_parallel_size chunks (torch's load balancing):
-        # right padding (label -100, after every real token under the causal mask) makes them whole.
-        pad_to_multiple_of=2 * t.context_parallel_size if t.context_parallel_size > 1 else "auto",
+        # Context parallelism cuts each row into context_parallel_size chunks: right padding (label -100,
+        # after every real token) makes them whole.
+        pad_to_multiple_of=t.context_parallel_size if t.context_parallel_size > 1 else "auto",
         # Sort each optimizer step's examples by length into its micro-batches: the same examples and the
         # same token-averaged loss per step as random batches, with little padding (LengthGroupedSampler
         # would instead make whole steps of short or long examples, which reweights them).

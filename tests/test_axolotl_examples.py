@@ -48,9 +48,6 @@ CANNOT_HONOUR = {
     # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
     # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
     "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
-    # With sample_packing: Axolotl's ring-flash-attention keeps packed examples apart; torch's context
-    # parallelism (accelerate, TRL) drops their mask, and TRL refuses packing with it.
-    "context parallelism with packed examples": {"context_parallel_size"},
 }
 # Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
 # that trains something else.
@@ -234,7 +231,10 @@ def expected(data: dict) -> dict:
         "shuffle": not data.get("curriculum_sampling"),
         "context_parallel": data.get("context_parallel_size") or 1,
         "expert_parallel": data.get("expert_parallel_size") or 1,
-        "launch": "ddp" if (data.get("expert_parallel_size") or 1) > 1 else None,
+        # Expert parallelism launches plain processes; context parallelism DDP, or FSDP2 where Axolotl shards.
+        "launch": "ddp" if (data.get("expert_parallel_size") or 1) > 1 else (
+            ("fsdp" if data.get("fsdp") or data.get("fsdp_config") else "ddp")
+            if (data.get("context_parallel_size") or 1) > 1 else None),
         "validation": get("val_set_size"), "epochs": get("num_epochs"), "max_steps": data.get("max_steps"),
         "batch": get("micro_batch_size"),
         "accumulation": data.get("gradient_accumulation_steps") or (data["batch_size"] // get("micro_batch_size")
@@ -270,7 +270,7 @@ def trained(c: cfg.RunConfig) -> dict:
         "dropout": c.lora.dropout, "targets": c.lora.target_modules, "regex": c.lora.target_regex,
         "sequence_len": c.data.max_seq_len, "packing": c.data.packing, "packing_order": c.data.packing_strategy,
         "shuffle": t.shuffle, "context_parallel": t.context_parallel_size, "expert_parallel": t.expert_parallel_size,
-        "launch": t.distributed if t.expert_parallel_size > 1 else None,
+        "launch": t.distributed if t.expert_parallel_size > 1 or t.context_parallel_size > 1 else None,
         "sources": [(s.path, s.split, {"sharegpt": "chat", "messages": "chat"}.get(f, f))
                     for s, f in zip(c.data.sources, [c.data.format] * len(c.data.sources))],
         "validation": c.data.val_set_size, "epochs": t.epochs, "max_steps": t.max_steps,
@@ -367,12 +367,9 @@ def test_quantized_experts_convert_under_fsdp_on_4_and_8_bit_bases(results):
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("quantize_moe_experts")}
     assert len(asked) == 16
-    refused = {name for name, (config, _) in asked.items() if config is None}
-    assert not any("quantize_moe_experts" in why for _, why in asked.values())
-    # The one refusal is for something else: context parallelism over packed examples.
-    assert refused == {"nemotron-h/nano-30b-a3b-qlora-cp.yaml"}
-    converted = {name: config for name, (config, _) in asked.items() if config is not None}
-    assert len(converted) == 15 and all(c.model.quantize_experts for c in converted.values())
+    assert not any(why for _, why in asked.values())
+    converted = {name: config for name, (config, _) in asked.items()}
+    assert len(converted) == 16 and all(c.model.quantize_experts for c in converted.values())
     # Axolotl's QLoRA and 8-bit LoRA on FSDP2 (fsdp_version 2, cpu_ram_efficient_loading false): hubtune's FSDP2
     # launch in which every GPU loads the quantized base, and its export says so back.
     for name, (quantization, optimizer) in EXPERTS_UNDER_FSDP.items():
@@ -514,3 +511,30 @@ def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_includ
         refused = dict(axolotl.from_axolotl({**qwen, **change}).unsupported)
         assert why in refused.get(key, ""), (change, refused)
     assert not axolotl.from_axolotl({**qwen, "nvfp4_merge_aware_start_step": 0}).unsupported
+
+
+def test_nemotron_h_context_parallelism_over_packed_examples_converts(results):
+    """Nemotron-H's QLoRA with context_parallel_size: 2 over packed rows: hubtune's context parallelism (packed
+    examples kept apart, Mamba-2 state passed between the GPUs; tests/test_context_parallel.py measures it) under
+    DDP, each GPU holding the whole 4-bit base with its quantized experts, as Axolotl runs it without fsdp."""
+    from transformers import NemotronHConfig
+
+    from hubtune.train import check_against_model
+
+    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
+    config, refused = by_name["nemotron-h/nano-30b-a3b-qlora-cp.yaml"]
+    assert refused == {}
+    m, d, t = config.model, config.data, config.training
+    assert (m.quantization, m.quantize_experts, d.packing, d.max_seq_len) == ("nf4", True, True, 4096)
+    assert (t.context_parallel_size, t.distributed, t.kernels, t.optimizer) == (2, "ddp", ["sdpa", "liger"],
+                                                                               "adamw_torch_4bit")
+    plan = distributed.plan_launch(t.distributed, 4, context_parallel_size=2)
+    assert plan.preset.name == "ddp.yaml"
+    # Its base's layers (Mamba-2, attention, experts) all split: nothing refused once the config is read.
+    check_against_model(config, NemotronHConfig(layers_block_type=["linear_attention", "moe", "full_attention"]))
+    notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / "nemotron-h/nano-30b-a3b-qlora-cp.yaml").read_text())).notes
+    assert any("packed examples kept apart" in n and "Mamba-2" in n for n in notes)
+    assert axolotl.to_axolotl(config)["context_parallel_size"] == 2
+    # The other example with context parallelism stays refused, for its tensor parallelism.
+    config, refused = by_name["distributed-parallel/qwen3-8b-fsdp-tp-cp.yaml"]
+    assert config is None and "context_parallel_size" not in refused

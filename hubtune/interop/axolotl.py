@@ -1145,38 +1145,52 @@ class _Reader:
 
     def context_parallel(self, tree: dict) -> None:
         """context_parallel_size: Axolotl splits each sequence over that many GPUs with ring-flash-attention
-        (its own patch). hubtune runs accelerate's context parallelism (torch's, on FSDP2, over SDPA): the
-        same exact attention over the same split sequences, where it can express the run."""
+        (varlen: packed examples kept apart) and, for Mamba-2 layers, passes the SSM state between them.
+        hubtune's context parallelism (hubtune.context_parallel) splits the same rows the same way: attention
+        over the keys and values gathered from the group under the packed examples' mask, Mamba-2 state and
+        conv context passed on; under DDP (each GPU the whole model, as Axolotl without fsdp) or FSDP2."""
         cp = self.data.get("context_parallel_size")
         if not isinstance(cp, int) or isinstance(cp, bool) or cp <= 1:
             return  # 1 matches hubtune; anything else is refused with the reason in WHY
         self.take("context_parallel_size")
-        t, why = tree["training"], None
-        if tree["data"].get("packing"):
-            why = ("with sample_packing: true Axolotl's ring-flash-attention keeps the packed examples apart; torch's "
-                   "context parallelism, which hubtune runs, replaces their attention mask by a plain causal one "
-                   "(TRL refuses packing with it); set sample_packing: false")
-        elif tree["model"].get("quantization", "none") != "none":
-            why = ("with a 4- or 8-bit base: hubtune's context parallelism runs on FSDP2, which cannot shard "
-                   "quantized weights with their quantization state; load the base in 16 bits (load_in_4bit: false)")
-        elif t.get("distributed") not in (None, "ddp", "fsdp"):
-            why = f"with {t['distributed']}: hubtune's context parallelism runs on FSDP2; use fsdp"
+        t, m, why = tree["training"], tree["model"], None
+        mode = t.get("distributed") or "ddp"
+        if mode not in ("ddp", "fsdp"):
+            why = f"with {mode}: hubtune's context parallelism runs under DDP or FSDP2; leave deepspeed out"
         elif self.rl:
             why = f"with rl: {self.rl}: hubtune splits sequences for supervised fine-tuning only"
         elif t.get("attention_kernel"):
-            why = f"with the Hub attention kernel {t['attention_kernel']}: torch's context parallelism runs SDPA only"
+            why = (f"with the Hub attention kernel {t['attention_kernel']}: hubtune's context parallelism attends "
+                   f"with SDPA")
+        elif mode == "fsdp" and m.get("quantization", "none") != "none" and not self.loads_whole_base(tree):
+            why = ("with fsdp and a 4- or 8-bit base: FSDP2 shards it only when every process loads it "
+                   "(quantize_moe_experts, or a torchao low-bit optimizer); leave fsdp out (each GPU holds the "
+                   "whole base) or load the base in 16 bits")
         if why:
             self.refuse("context_parallel_size", f"{cp} {why}")
             return
-        t.update(context_parallel_size=cp, distributed="fsdp")
+        t.update(context_parallel_size=cp, distributed=mode)
         kernels = t.get("kernels")
         if kernels and kernels[0] != "sdpa":
             t["kernels"] = ["sdpa", *kernels[1:]]
-            self.note(f"context_parallel_size {cp}: attention {kernels[0]} runs as SDPA, the one kernel torch's "
-                      f"context parallelism splits sequences for (the same exact attention)")
-        self.note(f"context_parallel_size {cp}: each sequence is split over {cp} GPUs by accelerate's context "
-                  f"parallelism on FSDP2 (the model sharded over the GPUs rather than copied on each: the same "
-                  f"updates); launch a multiple of {cp} GPUs")
+            self.note(f"context_parallel_size {cp}: attention {kernels[0]} runs as SDPA, over the keys and values "
+                      f"gathered from the {cp} GPUs under the packed examples' mask (the same attention)")
+        self.note(f"context_parallel_size {cp}: each row is split over {cp} GPUs by hubtune's context parallelism "
+                  f"({'DDP' if mode == 'ddp' else 'FSDP2'}): each GPU attends from its chunk over the keys and "
+                  f"values gathered from the others, packed examples kept apart (Axolotl: ring-flash-attention), "
+                  f"and Mamba-2 layers start from the state of the chunks before; launch a multiple of {cp} GPUs")
+
+    def loads_whole_base(self, tree: dict) -> bool:
+        """distributed.loads_whole_base for the config being built (every process loads the base under FSDP2)."""
+        from types import SimpleNamespace
+
+        from hubtune import distributed
+
+        m, t = tree["model"], tree["training"]
+        model = SimpleNamespace(quantize_experts=bool(m.get("quantize_experts")),
+                                quantization=m.get("quantization", cfg.ModelSection.model_fields["quantization"].default))
+        training = SimpleNamespace(distributed="fsdp", optimizer=t.get("optimizer", ""))
+        return distributed.loads_whole_base(model, training, nvfp4=self.nvfp4_base)
 
     def packed_in_order(self, data: dict) -> None:
         """sample_packing_sequentially: Axolotl's sampler fills each packed row with examples in the order it
