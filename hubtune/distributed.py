@@ -273,6 +273,10 @@ def experts_held(model, ep: int) -> str:
         if ".experts." in name and hasattr(param, "to_local"):
             return (f"{param.to_local().shape[0]} of {param.shape[0]} per layer in each process (expert parallelism "
                     f"over {ep}, tokens exchanged all-to-all)")
+    for module in model.modules():  # an NVFP4 base, read in part by hubtune.nvfp4
+        if (share := getattr(module, "_hubtune_expert_share", None)) is not None:
+            return (f"{share[1]} of {share[2]} per layer in each process (expert parallelism over {ep}, tokens "
+                    f"exchanged all-to-all; the NVFP4 experts read in part)")
     raise HubtuneError(f"training.expert_parallel_size {ep}: the base loaded with no sharded expert weights; "
                        f"transformers' expert-parallel plan did not apply to it")
 

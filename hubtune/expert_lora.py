@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from hubtune.errors import ConfigError
 
+SHARE = "_hubtune_expert_share"  # hubtune.nvfp4.SHARE: on an NVFP4 experts module read in part
 FOLD = "_hubtune_local_lora"  # on an experts module: parameter name -> [wrapper, adapters, folded weight or None]
 
 
@@ -60,6 +61,17 @@ def shard(model) -> list[ExpertAdapter]:
             continue
         experts = wrapper.get_base_layer()
         param = experts._parameters.get(wrapper.parameter_name)
+        if (share := getattr(experts, SHARE, None)) is not None:
+            # An NVFP4 stack read in part (hubtune.nvfp4): PEFT built the factors over all the experts
+            # (experts.shaped_as_sixteen_bit) and adds this share's to the dequantized share itself (no DTensor).
+            import torch.distributed as dist
+
+            adapter = ExpertAdapter(wrapper, wrapper.parameter_name, *share, dist.group.WORLD)
+            for name in list(wrapper.lora_A):
+                _keep_experts(wrapper.lora_A[name], wrapper.lora_B[name], adapter)
+            wrapper.num_experts = adapter.local
+            found.append(adapter)
+            continue
         if not isinstance(param, DTensor):
             continue
         mesh = param.device_mesh
@@ -232,6 +244,15 @@ def load_sliced(model, adapters: list[ExpertAdapter], checkpoint: str) -> None:
             param.copy_(value)
 
 
+def divide_gradients(adapters: list[ExpertAdapter], batches: int) -> None:
+    """Each expert factor's gradient divided by the number of batches the processes read: it sums every batch's
+    tokens routed to its experts, where one process's mean over the global batch takes 1/batches of each."""
+    for adapter in adapters:
+        for name in adapter.wrapper.lora_A:
+            for param in (adapter.wrapper.lora_A[name].weight, adapter.wrapper.lora_B[name].weight):
+                param.register_hook(lambda grad: grad / batches)
+
+
 def global_grad_norm(model, adapters: list[ExpertAdapter], max_norm: float):
     """The gradient norm over the whole adapter (every process's experts, the replicated rest once), and every
     gradient clipped by it alike, as one process clips the whole adapter."""
@@ -289,13 +310,12 @@ def keep_per_process(trainer, adapters: list[ExpertAdapter]) -> None:
 
 def _expert_gradients_and_saves(trainer, adapters: list[ExpertAdapter]) -> None:
     """The Trainer's gradient sync, clipping, saving and loading, for factors held per process."""
+    import torch.distributed as dist
+
     held = expert_parameters(adapters)
-    batches = trainer.model.config.distributed_config.dp_size
-    for adapter in adapters:
-        for name in adapter.wrapper.lora_A:
-            for param in (adapter.wrapper.lora_A[name].weight, adapter.wrapper.lora_B[name].weight):
-                # The sum over every batch routed here, as one process's mean over the global batch takes it.
-                param.register_hook(lambda grad: grad / batches)
+    # transformers' data-parallel degree; an NVFP4 base spread by hubtune.nvfp4: every process reads its batches
+    divide_gradients(adapters, getattr(getattr(trainer.model.config, "distributed_config", None), "dp_size", None)
+                     or dist.get_world_size())
 
     sync_as_trainer = trainer._sync_replicated_trainable_parameters
 

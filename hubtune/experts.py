@@ -206,6 +206,10 @@ def shaped_as_sixteen_bit(model):
             parametrization = chain[0]
             P.remove_parametrizations(module, name, leave_parametrized=False)
             shape, dtype = like
+            if (share := getattr(module, "_hubtune_expert_share", None)) is not None:
+                # this process's share of the experts (hubtune.nvfp4 under expert parallelism): PEFT builds the
+                # adapter over all of them, as one process does, and hubtune.expert_lora keeps the share's
+                shape = torch.Size((share[2], *shape[1:]))
             placeholder = torch.zeros((), dtype=dtype, device=original.device).expand(shape)
             setattr(module, name, torch.nn.Parameter(placeholder, requires_grad=False))
             held.append((module, name, original, parametrization))

@@ -278,10 +278,16 @@ def _quantized_parameter(module: torch.nn.Module, name: str, packed, block_scale
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         trust_remote_code: bool = False, revision: str | None = None, **config_kwargs):
+         trust_remote_code: bool = False, revision: str | None = None, expert_parallel: int = 1, **config_kwargs):
     """The causal LM in a ModelOpt NVFP4 folder (or Hub repo, downloaded at `revision`): built without weights,
     its quantized weights then set packed (dequantized when read), the others in `dtype`. config_kwargs go to
-    the model's construction (attn_implementation, experts_implementation, output_router_logits)."""
+    the model's construction (attn_implementation, experts_implementation, output_router_logits).
+
+    expert_parallel N > 1 (in a launch of N processes): each process reads and keeps only its share of every
+    stacked experts module (experts [rank·E/N, (rank+1)·E/N)), and transformers' expert-parallel dispatch
+    (EpDispatchExpertsParallel with its all-to-all implementation, as from_pretrained(distributed_config=...)
+    installs it) sends each routed token to the process holding its expert and back (spread_experts). The
+    other weights load whole in every process."""
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
@@ -373,8 +379,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         _fp8_parameter(module, "weight", read(prefix + ".weight"), read(prefix + ".weight_scale_inv"), block,
                        dtype, f"{folder}: {prefix}")
         used.update((prefix + ".weight", prefix + ".weight_scale_inv"))
+    shares = _expert_shares(model, stacks, expert_parallel, folder)
     for experts_name, by_index in stacks.items():
-        used.update(_stack_experts(model, experts_name, by_index, quantized, read, dtype, folder))
+        used.update(_stack_experts(model, experts_name, by_index, quantized, read, dtype, folder,
+                                   shares.get(experts_name)))
     for key in tensors:
         if key in used:
             continue
@@ -416,7 +424,65 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
         if P.is_parametrized(module) and any(chain.original.ndim >= 3 for chain in module.parametrizations.values()):
             experts._cache_per_forward(module)
             _memoize_within(model.get_submodule(name.rpartition(".")[0]) if "." in name else module)
+    if shares:
+        spread_experts(model, [model.get_submodule(name) for name in shares], expert_parallel, device)
     return model
+
+
+SHARE = "_hubtune_expert_share"  # on an experts module loaded in part: (first expert, experts held, experts in all)
+
+
+def _expert_shares(model, stacks, expert_parallel: int, folder) -> dict[str, range]:
+    """Each stacked experts module's experts this process keeps: all of them without expert parallelism (no
+    entry); with it, rank·E/N to (rank+1)·E/N, the module rebuilt (on meta) at that many experts."""
+    if expert_parallel == 1:
+        return {}
+    import torch.distributed as dist
+
+    where = "training.expert_parallel_size"
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world != expert_parallel:
+        raise ConfigError([(where, f"{expert_parallel} over an NVFP4 base splits the experts over every process, "
+                                   f"each holding its own, and this launch has {world} process(es); launch "
+                                   f"{expert_parallel} (--num-processes {expert_parallel})")])
+    if not stacks:
+        raise ConfigError([(where, f"{folder}: {type(model).__name__} has no stacked experts (gate_up_proj and "
+                                   f"down_proj under an experts module) to spread over processes")])
+    rank, shares = dist.get_rank(), {}
+    for name in stacks:
+        module = model.get_submodule(name)
+        total = module.gate_up_proj.shape[0]
+        others = [p for p, v in module._parameters.items() if p not in ("gate_up_proj", "down_proj") and v is not None]
+        if total % expert_parallel or others:
+            raise ConfigError([(where, f"{expert_parallel}: {name} holds {total} experts"
+                                       + (f" and {', '.join(others)}" if others else "") + ", which do not split "
+                                       f"evenly over {expert_parallel} processes")])
+        local = total // expert_parallel
+        for param in ("gate_up_proj", "down_proj"):
+            meta = module._parameters[param]
+            module._parameters[param] = torch.nn.Parameter(torch.empty((local, *meta.shape[1:]), device="meta"),
+                                                           requires_grad=False)
+        module.num_experts = local
+        module._is_expert_parallel = True  # the experts forward skips the ids the dispatch marks as elsewhere
+        setattr(module, SHARE, (rank * local, local, total))
+        shares[name] = range(rank * local, (rank + 1) * local)
+    return shares
+
+
+def spread_experts(model, modules, expert_parallel: int, device) -> None:
+    """transformers' expert-parallel dispatch on each experts module holding this process's share: routed tokens
+    go to the process holding their expert and back, all-to-all (distributed/expert_parallel.py)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers.distributed.expert_parallel import EpDispatchExpertsParallel
+
+    mesh = init_device_mesh(torch.device(device).type, (expert_parallel, 1), mesh_dim_names=("ep", "tp"))
+    for module in modules:
+        EpDispatchExpertsParallel().install_forward(module, ep_mesh=mesh["ep"], tp_mesh=mesh["tp"],
+                                                    ep_implementation="all_to_all")
+    # Placed and reduced by hubtune itself: the Trainer must neither wrap it in DDP, which would copy rank 0's
+    # experts over the others', nor average the factors of LoRA on them (hubtune.expert_lora keeps those); its
+    # replicated adapter it keeps identical as for a model transformers sharded as it loaded.
+    model._is_distributed_loading_by_transformers = True
 
 
 def _deepseek_names(model, model_type: str):
@@ -463,18 +529,20 @@ def _stacked(model, experts_name: str) -> bool:
     return "gate_up_proj" in module._parameters and "down_proj" in module._parameters
 
 
-def _stack_experts(model, experts_name, by_index, quantized, read, dtype, folder) -> set[str]:
-    """Per-expert gate/up/down Linear weights into the experts module's stacked gate_up_proj and down_proj."""
+def _stack_experts(model, experts_name, by_index, quantized, read, dtype, folder, keep: range | None = None) -> set[str]:
+    """Per-expert gate/up/down Linear weights into the experts module's stacked gate_up_proj and down_proj (of
+    the experts in `keep` only, when given: this process's share; the others are left unread)."""
     module = model.get_submodule(experts_name)
-    count = module.gate_up_proj.shape[0]
+    count = getattr(module, SHARE, (0, 0, module.gate_up_proj.shape[0]))[2]
     if sorted(by_index) != list(range(count)) or any(set(p) != {"gate_proj", "up_proj", "down_proj"}
                                                       for p in by_index.values()):
         raise ConfigError([("model.id", f"{folder}: {experts_name} holds {count} experts in {type(model).__name__}, "
                                         f"and the checkpoint does not have gate_proj, up_proj and down_proj for each "
                                         f"of experts 0 to {count - 1}")])
-    used = set()
+    used = {by_index[e][proj] + leaf for e in set(range(count)) - set(keep or range(count))
+            for proj in ("gate_proj", "up_proj", "down_proj") for leaf in (".weight", ".weight_scale", ".weight_scale_2")}
     for name, projs in (("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",))):
-        prefixes = [[by_index[e][proj] for proj in projs] for e in range(count)]
+        prefixes = [[by_index[e][proj] for proj in projs] for e in (keep or range(count))]
         kinds = {prefix in quantized for row in prefixes for prefix in row}
         if len(kinds) > 1:
             raise ConfigError([("model.id", f"{folder}: {experts_name}.{name} mixes NVFP4 and 16-bit experts")])

@@ -811,15 +811,17 @@ def _nvfp4_kwargs(kwargs: dict) -> dict:
         raise ConfigError([("model.use_kernels", "an NVFP4 base's layers read their weights through a "
                                                  "dequantizing parametrization, which Hub kernels do not; leave "
                                                  "use_kernels out")])
-    if "distributed_config" in kwargs:
-        raise ConfigError([("training.expert_parallel_size", "an NVFP4 base is loaded by hubtune, not by "
-                                                             "transformers' sharding loader; leave expert "
-                                                             "parallelism out")])
     out = {key: kwargs[key] for key in ("trust_remote_code", "attn_implementation", "experts_implementation",
                                         "output_router_logits") if key in kwargs}
     out["dtype"] = kwargs["dtype"]
     device = kwargs.get("device_map", {}).get("")
     out["device"] = torch.device("cuda", device) if isinstance(device, int) else (device or "cpu")
+    if (ep := kwargs.get("distributed_config")) is not None:
+        # Expert parallelism: hubtune.nvfp4 reads each process's share of the experts and installs transformers'
+        # dispatch itself (transformers' sharding loader reads 16-bit checkpoints); onto this process's GPU.
+        out["expert_parallel"] = ep.ep_size
+        if torch.cuda.is_available():
+            out["device"] = torch.device("cuda", torch.cuda.current_device())
     return out
 
 

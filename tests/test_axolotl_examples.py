@@ -45,9 +45,6 @@ CANNOT_HONOUR = {
     # An 8-bit base partitioned by ZeRO-3 (bitsandbytes keeps its row constants on the weight object): hubtune
     # refuses it at launch, so the converter does too. Under FSDP it runs on FSDP2 (hubtune.sharded_int8).
     "8-bit bases under ZeRO-3 (load_in_8bit)": {"load_in_8bit"},
-    # Expert parallelism with LoRA on the experts themselves (lora_target_parameters): transformers' Trainer keeps
-    # an adapter added after sharding as one averaged copy per GPU, while each GPU holds other experts.
-    "expert parallelism with LoRA on the experts": {"expert_parallel_size"},
 }
 # Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
 # that trains something else.
@@ -395,15 +392,15 @@ TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/
 
 def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
     """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
-    hubtune's FSDP2 launch in which every GPU loads the quantized base; the one still refused (GLM-5.2 over an
-    NVFP4 base, which FSDP2 also shards) is refused for its expert parallelism alone, not for the optimizer."""
+    hubtune's FSDP2 launch in which every GPU loads the quantized base; GLM-5.2's (over an NVFP4 base, with
+    expert parallelism) to plain processes with its experts spread, where each process steps its own share."""
     asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
              and (data.get("fsdp") or data.get("fsdp_config"))}
-    refused = {name: why for name, (config, why) in asked.items() if config is None}
-    assert set(asked) - set(refused) == {*EXPERTS_UNDER_FSDP, *TORCHAO_QLORA_UNDER_FSDP}
-    assert {name: sorted(why) for name, why in refused.items()} == {
-        "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml": ["expert_parallel_size"]}
+    assert not [name for name, (config, _) in asked.items() if config is None]
+    assert set(asked) == {*EXPERTS_UNDER_FSDP, *TORCHAO_QLORA_UNDER_FSDP, "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml"}
+    glm = asked["glm_moe_dsa/glm-5.2-nvfp4-lora.yaml"][0].training
+    assert (glm.distributed, glm.expert_parallel_size, glm.optimizer) == ("ddp", 8, "adamw_torch_8bit")
     for name in TORCHAO_QLORA_UNDER_FSDP:
         config = asked[name][0]
         m, t = config.model, config.training
@@ -454,7 +451,8 @@ def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_includ
     FSDP hubtune launches FSDP2 with every process loading the packed base whole (its 8-bit torchao optimizer
     shards there). DeepSeek V4's, declared fp8 with NVFP4 experts inside, loads through hubtune.nvfp4 too
     (tests/test_fp8.py); Hub kernels (use_kernels) are left out for these bases, whose layers read their weights
-    through hubtune's parametrizations. GLM-5.2's is refused for expert parallelism with LoRA on the experts alone."""
+    through hubtune's parametrizations. GLM-5.2's runs with its experts spread over 8 GPUs, each reading its
+    share of the packed experts and holding its share of the experts' LoRA (tests/test_expert_parallel.py)."""
     by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
     config, refused = by_name[NVFP4_EXAMPLES[1]]
     assert not refused and config is not None
@@ -485,8 +483,31 @@ def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_includ
         assert config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
         assert axolotl.to_axolotl(config)["nvfp4_merge_aware"] is True
     config, refused = by_name[NVFP4_EXAMPLES[4]]
-    assert config is None and set(refused) == {"expert_parallel_size"}
-    assert refused["expert_parallel_size"].startswith("8 with an NVFP4 base: transformers spreads the experts")
+    assert not refused and config is not None
+    m, t, lora = config.model, config.training, config.lora
+    assert (m.id, m.quantization, m.use_kernels, m.experts_implementation) == (
+        "Mapika/GLM-5.2-NVFP4", "none", False, None)
+    assert (t.distributed, t.expert_parallel_size, t.context_parallel_size) == ("ddp", 8, 1)
+    # Its LoRA: MLA attention and the shared and dense MLPs by regex (not the DSA indexer), the routed experts'
+    # stacks by parameter; dropout 0, as PEFT needs on stacked experts.
+    assert lora.target_regex == (r"model.layers.[\d]+.(self_attn.(q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|"
+                                 r"o_proj)|mlp.(shared_experts.)?(gate_proj|up_proj|down_proj))")
+    assert lora.target_parameters == ["experts.gate_up_proj", "experts.down_proj"]
+    assert (lora.r, lora.alpha, lora.dropout, lora.nvfp4_merge_aware) == (16, 32, 0.0, False)
+    assert (t.optimizer, t.gradient_checkpointing, t.micro_batch_size, t.gradient_accumulation_steps) == (
+        "adamw_torch_8bit", True, 1, 4)
+    assert (config.data.max_seq_len, config.data.packing, t.learning_rate, t.lr_scheduler) == (
+        4096, True, 2e-4, "cosine")
+    notes = axolotl.from_axolotl(yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[4]).read_text())).notes
+    assert any(n.startswith("expert_parallel_size 8 over an NVFP4 base: each of 8 GPUs reads its share") for n in notes)
+    assert any(n.startswith("lora_target_parameters with expert_parallel_size 8: each GPU holds and trains the LoRA "
+                            "of its own experts") for n in notes)
+    assert any(n.startswith("expert_parallel_num_nvl_bytes: settings of DeepEP's kernels") for n in notes)
+    assert not any("FSDP2" in n and n.startswith(("fsdp with expert_parallel_size", "expert_parallel_size 8:"))
+                   for n in notes)
+    back = axolotl.to_axolotl(config)
+    assert back["expert_parallel_size"] == 8 and "axolotl.integrations.expert_parallel.ExpertParallelPlugin" in back[
+        "plugins"]
     # Without expert parallelism (the plugin and its keys dropped, as its comment says) GLM-5.2's converts: FSDP2
     # with every process loading the NVFP4 base, so torchao's 8-bit AdamW shards with its parameters.
     glm = yaml.safe_load((EXAMPLES / NVFP4_EXAMPLES[4]).read_text())

@@ -138,6 +138,11 @@ def test_lora_on_the_experts_converts_held_per_gpu():
     assert any("each GPU holds and trains the LoRA of its own experts" in note and "launch exactly 4 GPUs" in note
                for note in translation.notes)
     assert axolotl.from_axolotl(axolotl.to_axolotl(config)).run_config() == config
+    # Over an NVFP4 base (as Axolotl's GLM-5.2 example): hubtune.nvfp4 reads each GPU's share of the experts.
+    nvfp4 = axolotl.from_axolotl(dict(data, dsv4_fp4_grouped_mode="nvfp4"))
+    assert not nvfp4.unsupported and nvfp4.run_config().training.expert_parallel_size == 4
+    assert any("over an NVFP4 base: each of 4 GPUs reads its share" in note for note in nvfp4.notes)
+    assert not any("shards the other weights with FSDP2" in note for note in nvfp4.notes)
 
 
 def test_deepep_buffers_and_a_capacity_that_cannot_bind_are_noted():
@@ -154,7 +159,6 @@ def test_deepep_buffers_and_a_capacity_that_cannot_bind_are_noted():
     ({"expert_parallel_token_capacity": 1024}, "4 with expert_parallel_token_capacity 1024: below micro_batch_size"),
     ({"plugins": []}, "4 without axolotl.integrations.expert_parallel.ExpertParallelPlugin"),
     ({"adapter": "qlora", "load_in_4bit": True}, "4 with a 4- or 8-bit base"),
-    ({"dsv4_fp4_grouped_mode": "nvfp4"}, "4 with an NVFP4 base: transformers spreads the experts"),
     ({"deepspeed": "deepspeed_configs/zero3.json"}, "4 with deepspeed-zero3"),
 ])
 def test_what_hubtunes_expert_parallelism_cannot_express_is_refused(change, why):
@@ -281,3 +285,28 @@ def test_lora_on_experts_split_over_two_processes_trains_and_resumes_as_one_proc
         before = base(ids).logits
         after = PeftModel.from_pretrained(base, str(run_dir / "adapter"))(ids).logits
     assert (after - before).abs().max() > 1e-4
+
+
+@pytest.mark.slow
+def test_an_nvfp4_base_spreads_its_experts_with_lora_on_them_as_one_process(moe_base, tmp_path):
+    """An NVFP4 base (ModelOpt's layout) under expert parallelism, as Axolotl's GLM-5.2 example asks: each of 2
+    processes reads its share of the packed experts (hubtune.nvfp4), transformers' dispatch exchanges the tokens,
+    and LoRA on the experts starts from, computes and gathers what the whole base does (tests/ep_nvfp4_step.py)."""
+    from nvfp4_checkpoint import write
+
+    folder = tmp_path / "nvfp4"
+    write(moe_base, folder, tmp_path / "sixteen")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(ROOT / "tests" / "ep_nvfp4_step.py"), str(folder)],
+                          env=_two_processes_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The two processes write at once: one's line can run into the other's, so each figure is read as a number.
+    lines = re.findall(r"rank (\d): experts (\d+) of 8 per layer in each process \(expert parallelism over 2, tokens "
+                       r"exchanged all-to-all; the NVFP4 experts read in part\); (\d+) expert factors of (\d+); start "
+                       r"difference (\S+); loss (\S+) whole (\S+); gradient difference (\d\.\d+e[-+]\d+); gathered "
+                       r"difference (\d\.\d+e[-+]\d+)", proc.stdout)
+    assert sorted(line[0] for line in lines) == ["0", "1"], proc.stdout[-3000:]
+    for _, held, experts, factors, start, loss, whole, grads, gathered in lines:
+        assert (held, experts, factors) == ("4", "8", "16")  # 2 layers x 2 stacks x (A, B); q, v the rest
+        assert float(start) == 0 and float(gathered) == 0
+        assert float(loss) == pytest.approx(float(whole), abs=1e-5) and float(grads) < 1e-6

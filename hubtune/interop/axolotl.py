@@ -1106,10 +1106,6 @@ class _Reader:
                    "ranks aside but dispatches no tokens to experts on other GPUs; add the plugin, or set it to 1")
         elif m.get("quantization", "none") != "none":
             why = "with a 4- or 8-bit base: the experts are spread over GPUs as 16-bit tensors (load_in_4bit: false)"
-        elif self.nvfp4_base:
-            why = ("with an NVFP4 base: transformers spreads the experts over GPUs as it loads a 16-bit checkpoint, "
-                   "and hubtune loads NVFP4 checkpoints itself, whole in every process; drop the plugin and the "
-                   "expert_parallel_* keys for FSDP2, as the example's comment says")
         elif t.get("distributed") not in (None, "ddp", "fsdp"):
             why = f"with {t['distributed']}: transformers shards the model itself as it loads; leave deepspeed out"
         elif self.rl:
@@ -1124,13 +1120,20 @@ class _Reader:
             self.refuse("expert_parallel_size", f"{ep} {why}")
             return
         if t.get("distributed") == "fsdp":
-            self.note("fsdp with expert_parallel_size: transformers shards the non-expert weights with FSDP2 itself "
-                      "as the base loads; hubtune launches the processes plain (training.distributed: ddp)")
+            self.note("fsdp with expert_parallel_size: " + (
+                "each GPU loads the NVFP4 base's other weights whole" if self.nvfp4_base else
+                "transformers shards the non-expert weights with FSDP2 itself as the base loads")
+                + "; hubtune launches the processes plain (training.distributed: ddp)")
         t.update(expert_parallel_size=ep, distributed="ddp")
         if capacity is not None:
             self.note(f"expert_parallel_token_capacity {capacity}: no expert can receive that many tokens in a step "
                       f"(at most micro_batch_size x sequence_len x expert_parallel_size = {micro * length * ep}), so "
                       f"Axolotl drops none, nor does transformers")
+        if self.nvfp4_base:
+            self.note(f"expert_parallel_size {ep} over an NVFP4 base: each of {ep} GPUs reads its share of every "
+                      f"layer's packed experts (hubtune.nvfp4) and transformers' dispatch exchanges the tokens "
+                      f"all-to-all (DeepEP's kernels in Axolotl); the other weights load whole on every GPU; launch "
+                      f"exactly {ep} GPUs")
         if tree["lora"].get("target_parameters"):
             self.note(f"lora_target_parameters with expert_parallel_size {ep}: each GPU holds and trains the LoRA of "
                       f"its own experts (kept out of the average over GPUs, as Axolotl keeps it), checkpoints its "
@@ -1139,9 +1142,10 @@ class _Reader:
         if buffers:
             self.note(f"{', '.join(buffers)}: settings of DeepEP's kernels; transformers exchanges the tokens with "
                       f"torch's all-to-all (the same tokens to the same experts)")
-        self.note(f"expert_parallel_size {ep}: transformers spreads each MoE layer's experts over {ep} GPUs as the "
-                  f"base loads (tokens exchanged all-to-all, DeepEP's kernels in Axolotl) and shards the other weights "
-                  f"with FSDP2; launch a multiple of {ep} GPUs")
+        if not self.nvfp4_base:
+            self.note(f"expert_parallel_size {ep}: transformers spreads each MoE layer's experts over {ep} GPUs as "
+                      f"the base loads (tokens exchanged all-to-all, DeepEP's kernels in Axolotl) and shards the other "
+                      f"weights with FSDP2; launch a multiple of {ep} GPUs")
 
     def context_parallel(self, tree: dict) -> None:
         """context_parallel_size: Axolotl splits each sequence over that many GPUs with ring-flash-attention
