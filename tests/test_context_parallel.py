@@ -106,7 +106,8 @@ def test_models_with_layers_it_cannot_split_are_refused_before_loading():
 @pytest.mark.slow
 def test_two_processes_compute_what_one_does_and_a_run_trains_and_resumes(tmp_path):
     """tests/context_parallel_same.py on a 2-process gloo mesh: a tiny Nemotron-H over packed rows split in two
-    gives the loss and gradients of every example run alone in one process; then a hubtune run of it on packed
+    gives the loss and gradients of every example run alone in one process (and a row shorter than the Mamba
+    conv's reach, 2 tokens a process); then a hubtune run of it on packed
     invoices under DDP, stopped after step 2 and resumed to step 3."""
     import json
     import os
@@ -133,6 +134,11 @@ def test_two_processes_compute_what_one_does_and_a_run_trains_and_resumes(tmp_pa
     # measured 3e-7 apart. Without the state passed between the halves they are 4e-3 apart, without the conv's
     # left context 0.2.
     assert sorted(grads) == sorted(ref_grads) and len(grads) == 35
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    # A row of 4 tokens, 2 a process: the conv's left context reaches before the first half (zeros there).
+    (ref_loss, ref_grads), (loss, grads) = result["short"]
+    assert loss == pytest.approx(ref_loss, abs=1e-5)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     # The run: each batch a packed row of several examples, each process half of it, in training and evaluation.
