@@ -5,8 +5,8 @@ Attention: each process gathers the keys and values of the whole row from the gr
 all-gather, as Llama 3's context parallelism does) and attends from its own queries under the document mask
 that the row's position_ids give (causal, and only within the packed example a token belongs to).
 
-Mamba-2 (Nemotron-H's mixers): the causal conv1d of each chunk takes the last kernel-1 inputs of the chunk
-before it as its left context, and the scan starts from the state the chunks before it leave, composed over
+Mamba-2 (Nemotron-H's mixers): the causal conv1d of each chunk takes the kernel-1 inputs before it (from
+the chunks before) as its left context, and the scan starts from the state the chunks before it leave, composed over
 the group (each chunk's final state and its decay, reset where a packed example starts); the scan's output is
 linear in that state, so each chunk adds its contribution to the tokens before its first example start. Both
 exchanges are all-gathers whose backward sums the gradients of every process, so gradients cross chunks.
@@ -234,27 +234,23 @@ def scan(x, dt, A, B, C, documents, chunk_size: int):
     return y, final, last[:, -1]
 
 
-def _causal_conv(mixer, xbc: torch.Tensor, documents: torch.Tensor, split: Split) -> torch.Tensor:
-    """The mixer's depthwise causal conv1d over (b, l, channels), its left context the previous chunk's last
-    kernel-1 inputs, each output reading only inputs of its own example."""
+def _causal_conv(mixer, xbc: torch.Tensor, split: Split) -> torch.Tensor:
+    """The mixer's depthwise causal conv1d over (b, l, channels), its left context the kernel-1 inputs before
+    the chunk (from the chunks before it: the last ones, or all of them where chunks are shorter), each output
+    reading only inputs of its own example."""
     weight = mixer.conv1d.weight[:, 0, :]  # (channels, k)
-    k = weight.shape[-1]
-    before_x = torch.zeros_like(xbc[:, :k - 1])
-    before_docs = torch.full_like(documents[:, :k - 1], -2)
+    k, length = weight.shape[-1], xbc.shape[1]
+    own = split.local_documents.to(xbc.device)
+    before_x = torch.zeros_like(xbc[:, :0])
     if split.size > 1:
-        if xbc.shape[1] < k - 1:
-            raise ValueError(f"context parallelism: each process's chunk ({xbc.shape[1]} tokens) must be at least "
-                             f"the Mamba conv kernel less one ({k - 1})")
-        tails = gather(xbc[:, -(k - 1):], split, 1)
-        if split.rank > 0:
-            before_x = tails[:, (split.rank - 1) * (k - 1):split.rank * (k - 1)]
-            before_docs = split.documents[:, split.start - (k - 1):split.start].to(documents.device)
-        else:  # nothing before the first chunk, but its gather's backward must run here as on the others
-            before_x = tails[:, :k - 1] * 0
-    extended = torch.cat([before_x, xbc], dim=1)
-    extended_docs = torch.cat([before_docs, split.local_documents.to(documents.device)], dim=1)
-    length = xbc.shape[1]
-    own = split.local_documents.to(documents.device)
+        tail = min(length, k - 1)
+        tails = gather(xbc[:, length - tail:], split, 1)  # (b, size x tail, channels)
+        # nothing before the first chunk, but its gather's backward must run there as on the others
+        before_x = tails[:, :split.rank * tail][:, -(k - 1):] if split.rank else tails[:, :0] * 0
+    before_docs = split.documents[:, split.start - before_x.shape[1]:split.start].to(own.device)
+    missing = k - 1 - before_x.shape[1]  # before the row's start: zeros, as the conv's own padding
+    extended = torch.cat([xbc.new_zeros(xbc.shape[0], missing, xbc.shape[2]), before_x, xbc], dim=1)
+    extended_docs = torch.cat([torch.full_like(own[:, :missing], -2), before_docs, own], dim=1)
     out = 0
     for j in range(k):
         same = (extended_docs[:, j:j + length] == own)[..., None].to(xbc.dtype)
@@ -273,7 +269,7 @@ def mamba2_forward(mixer, hidden_states: torch.Tensor, split: Split) -> torch.Te
     valid = (own >= 0)[..., None].to(dtype)
     projected = mixer.in_proj(hidden_states * valid)
     gate, xbc, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
-    xbc = _causal_conv(mixer, xbc, own, split) * valid
+    xbc = _causal_conv(mixer, xbc, split) * valid
     groups, state = mixer.n_groups, mixer.ssm_state_size
     x, B, C = torch.split(xbc, [mixer.intermediate_size, groups * state, groups * state], dim=-1)
     heads, dim = mixer.num_heads, mixer.head_dim

@@ -128,19 +128,13 @@ def hubtune_run(base, folder):
     return seen
 
 
-def main(out: str) -> None:
+def split_over_two(model, rows, group, rank):
+    """The loss and gradients of the packed rows, each process computing its half, summed over the two."""
     from hubtune import context_parallel as cp
 
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    model = tiny_nemotron_h()
-    rows = examples()
-    ref_loss, ref_grads = reference(model, rows)
-    cp.prepare(model)
-    group, local_rank = cp.groups(2)
     model.zero_grad()
     batch = packed(rows)
-    local, split = cp.split_batch(batch, group, local_rank, 2)
+    local, split = cp.split_batch(batch, group, rank, 2)
     tokens = (batch["labels"][:, 1:] != -100).sum()
     with cp.computing(split):
         loss = model(**local, num_items_in_batch=tokens).loss
@@ -150,8 +144,24 @@ def main(out: str) -> None:
     got = grads(model)
     for g in got.values():
         dist.all_reduce(g)
+    return total.item(), got
+
+
+def main(out: str) -> None:
+    from hubtune import context_parallel as cp
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = tiny_nemotron_h()
+    rows = examples()
+    # A row of 4 tokens, 2 a process: fewer than the conv's kernel-1 inputs before the second half.
+    short = [[torch.arange(10, 14)]]
+    references = [reference(model, rows), reference(model, short)]
+    cp.prepare(model)
+    group, local_rank = cp.groups(2)
+    splits = [split_over_two(model, rows, group, local_rank), split_over_two(model, short, group, local_rank)]
     if rank == 0:
-        torch.save({"reference": (ref_loss, ref_grads), "split": (total.item(), got),
+        torch.save({"reference": references[0], "split": splits[0], "short": (references[1], splits[1]),
                     "mixers": sum(getattr(m, "_context_parallel", False) for m in model.modules()),
                     "attention": model.config._attn_implementation}, out)
     folder = str(Path(out).parent)

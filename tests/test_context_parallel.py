@@ -106,7 +106,8 @@ def test_models_with_layers_it_cannot_split_are_refused_before_loading():
 @pytest.mark.slow
 def test_two_processes_compute_what_one_does_and_a_run_trains_and_resumes(tmp_path):
     """tests/context_parallel_same.py on a 2-process gloo mesh: a tiny Nemotron-H over packed rows split in two
-    gives the loss and gradients of every example run alone in one process; then a hubtune run of it on packed
+    gives the loss and gradients of every example run alone in one process (and a row shorter than the Mamba
+    conv's reach, 2 tokens a process); then a hubtune run of it on packed
     invoices under DDP, stopped after step 2 and resumed to step 3."""
     import json
     import os
@@ -133,6 +134,11 @@ def test_two_processes_compute_what_one_does_and_a_run_trains_and_resumes(tmp_pa
     # measured 3e-7 apart. Without the state passed between the halves they are 4e-3 apart, without the conv's
     # left context 0.2.
     assert sorted(grads) == sorted(ref_grads) and len(grads) == 35
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    # A row of 4 tokens, 2 a process: the conv's left context reaches before the first half (zeros there).
+    (ref_loss, ref_grads), (loss, grads) = result["short"]
+    assert loss == pytest.approx(ref_loss, abs=1e-5)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     # The run: each batch a packed row of several examples, each process half of it, in training and evaluation.
@@ -192,3 +198,35 @@ def test_the_docs_config_is_a_valid_context_parallel_run(tmp_path):
     assert config.data.packing
     args = sft_args(config, CPU, tmp_path, has_eval=False)
     assert args.parallelism_config is None and args.pad_to_multiple_of == 2
+
+
+def test_four_chunks_computed_in_order_give_each_examples_own_logits(monkeypatch):
+    """Context parallelism over 4 chunks, computed one after the other in this process: each chunk's gathers
+    read what the chunks before it computed (later chunks' keys are masked, their tensors unused), so the
+    Mamba-2 state crosses whole chunks (an example spanning three: each chunk's decay composed) as on 4 GPUs.
+    The packed rows' logits are each example's own, run alone."""
+    from context_parallel_same import examples, packed, tiny_nemotron_h
+
+    from hubtune import context_parallel as cp
+
+    model = tiny_nemotron_h().eval()
+    rows = examples()
+    with torch.no_grad():
+        alone = torch.stack([torch.cat([model(input_ids=e[None]).logits[0] for e in row]) for row in rows])
+    cp.prepare(model)
+    computed, calls = {}, {}
+
+    def in_order(tensor, split, dim):
+        call = calls[split.rank] = calls.get(split.rank, -1) + 1
+        computed.setdefault(call, {})[split.rank] = tensor
+        return torch.cat([computed[call].get(q, torch.zeros_like(tensor)) for q in range(split.size)], dim=dim)
+
+    monkeypatch.setattr(cp, "gather", in_order)
+    chunks = []
+    with torch.no_grad():
+        for rank in range(4):
+            local, split = cp.split_batch(packed(rows), None, rank, 4)
+            with cp.computing(split):
+                chunks.append(model(**local).logits)
+    assert len(computed) == 3 * 2 + 2 * 1  # conv tails, states and decays of 2 Mamba layers; keys, values
+    torch.testing.assert_close(torch.cat(chunks, dim=1), alone, rtol=1e-4, atol=1e-5)

@@ -192,7 +192,7 @@ def test_a_lora_run_trains_on_it_and_its_adapter_loads_on_the_16_bit_twin(dsv4, 
                          lora={"target_modules": ["q_a_proj", "o_b_proj"], "dropout": 0.0,
                                "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]},
                          data={"val_set_size": 4},
-                         training={"max_steps": 3, "micro_batch_size": 4, "learning_rate": 5e-3, "eval_steps": 3,
+                         training={"max_steps": 3, "micro_batch_size": 2, "learning_rate": 5e-3, "eval_steps": 3,
                                    "logging_steps": 1, "gradient_checkpointing": True, "kernels": "eager"},
                          eval={"tasks": [], "regression_set": None})
     run = hubtune.train(config)
