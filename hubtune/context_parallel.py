@@ -5,8 +5,8 @@ Attention: each process gathers the keys and values of the whole row from the gr
 all-gather, as Llama 3's context parallelism does) and attends from its own queries under the document mask
 that the row's position_ids give (causal, and only within the packed example a token belongs to).
 
-Mamba-2 (Nemotron-H's mixers): the causal conv1d of each chunk takes the last kernel-1 inputs of the chunk
-before it as its left context, and the scan starts from the state the chunks before it leave, composed over
+Mamba-2 (Nemotron-H's mixers): the causal conv1d of each chunk takes the kernel-1 inputs before it (from
+the chunks before) as its left context, and the scan starts from the state the chunks before it leave, composed over
 the group (each chunk's final state and its decay, reset where a packed example starts); the scan's output is
 linear in that state, so each chunk adds its contribution to the tokens before its first example start. Both
 exchanges are all-gathers whose backward sums the gradients of every process, so gradients cross chunks.

@@ -234,7 +234,19 @@ def read_config(model: str, revision: str | None = None) -> tuple[dict, str]:
         raise HubtuneError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(config, dict):
         raise HubtuneError(f"{path}: a config.json holds one JSON object")
-    return config, model
+    return _special_floats(config), model
+
+
+def _special_floats(value):
+    """transformers writes the floats JSON lacks (inf, nan; Nemotron-H's time_step_limit) as
+    {"__float__": "Infinity"} and reads them back as floats when it loads a config: so does this."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in ("Infinity", "-Infinity", "NaN"):
+            return float(value["__float__"].lower().replace("infinity", "inf"))
+        return {k: _special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return value
 
 
 def _download_config(repo_id: str, revision: str | None) -> str:

@@ -198,3 +198,35 @@ def test_the_docs_config_is_a_valid_context_parallel_run(tmp_path):
     assert config.data.packing
     args = sft_args(config, CPU, tmp_path, has_eval=False)
     assert args.parallelism_config is None and args.pad_to_multiple_of == 2
+
+
+def test_four_chunks_computed_in_order_give_each_examples_own_logits(monkeypatch):
+    """Context parallelism over 4 chunks, computed one after the other in this process: each chunk's gathers
+    read what the chunks before it computed (later chunks' keys are masked, their tensors unused), so the
+    Mamba-2 state crosses whole chunks (an example spanning three: each chunk's decay composed) as on 4 GPUs.
+    The packed rows' logits are each example's own, run alone."""
+    from context_parallel_same import examples, packed, tiny_nemotron_h
+
+    from hubtune import context_parallel as cp
+
+    model = tiny_nemotron_h().eval()
+    rows = examples()
+    with torch.no_grad():
+        alone = torch.stack([torch.cat([model(input_ids=e[None]).logits[0] for e in row]) for row in rows])
+    cp.prepare(model)
+    computed, calls = {}, {}
+
+    def in_order(tensor, split, dim):
+        call = calls[split.rank] = calls.get(split.rank, -1) + 1
+        computed.setdefault(call, {})[split.rank] = tensor
+        return torch.cat([computed[call].get(q, torch.zeros_like(tensor)) for q in range(split.size)], dim=dim)
+
+    monkeypatch.setattr(cp, "gather", in_order)
+    chunks = []
+    with torch.no_grad():
+        for rank in range(4):
+            local, split = cp.split_batch(packed(rows), None, rank, 4)
+            with cp.computing(split):
+                chunks.append(model(**local).logits)
+    assert len(computed) == 3 * 2 + 2 * 1  # conv tails, states and decays of 2 Mamba layers; keys, values
+    torch.testing.assert_close(torch.cat(chunks, dim=1), alone, rtol=1e-4, atol=1e-5)

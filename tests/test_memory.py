@@ -263,3 +263,18 @@ def test_out_of_memory_advice_comes_from_the_fit_search(tmp_path):
     after = float(advice.rsplit("estimated ", 1)[1].split(" GB")[0]) * 1e9
     assert after <= min(24 * GIB, 0.8 * before)
     assert fit.oom_advice(cfg.build({"model": {"id": str(tmp_path)}}), 24 * GIB) is None  # no config.json
+
+
+def test_a_config_saved_with_infinity_reads_as_transformers_loads_it(tmp_path):
+    """transformers writes Nemotron-H's time_step_limit (0, inf) as {"__float__": "Infinity"}; read as a float,
+    the config builds (it used to stop `hubtune train` in the check of whether to checkpoint activations)."""
+    import math
+
+    from transformers import NemotronHConfig
+
+    NemotronHConfig(time_step_limit=(0.0, math.inf)).save_pretrained(tmp_path)
+    assert '"__float__": "Infinity"' in (tmp_path / "config.json").read_text()
+    config, _ = memory.read_config(str(tmp_path))
+    assert config["time_step_limit"] == [0.0, math.inf]
+    with pytest.raises(memory.UnknownArchitecture, match="Mamba-2"):
+        memory.architecture(config)
