@@ -36,9 +36,14 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] 
     if codes.dtype == torch.uint8:
         codes = codes.view(torch.float8_e4m3fn)
     rows, cols = codes.shape[-2:]
-    full = scale.to(torch.float32).repeat_interleave(block[0], dim=-2)[..., :rows, :]
-    full = full.repeat_interleave(block[1], dim=-1)[..., :cols]
-    return (codes.to(torch.float32) * full).to(dtype)
+    grid_rows, grid_cols = scale.shape[-2:]
+    values = codes.to(torch.float32)
+    if (grid_rows * block[0], grid_cols * block[1]) != (rows, cols):  # a partial last block: pad it whole
+        values = torch.nn.functional.pad(values, (0, grid_cols * block[1] - cols, 0, grid_rows * block[0] - rows))
+    # Blocks broadcast against their scale: no weight-sized copy of the scales.
+    values = values.unflatten(-1, (grid_cols, block[1])).unflatten(-3, (grid_rows, block[0]))
+    values = values.mul_(scale.to(torch.float32)[..., :, None, :, None]).flatten(-2).flatten(-3, -2)
+    return values[..., :rows, :cols].to(dtype)
 
 
 def grid(shape: torch.Size | tuple[int, ...], block: tuple[int, int] = BLOCK) -> torch.Size:

@@ -200,14 +200,13 @@ def _two_processes_env() -> dict:
 
 
 @pytest.mark.slow
-def test_lora_on_experts_split_over_two_processes_trains_and_resumes_as_one_process(moe_base, tmp_path, monkeypatch):
+def test_lora_on_experts_split_over_two_processes_trains_as_one_process(moe_base, tmp_path, monkeypatch):
     """`hubtune train` with the experts split over 2 processes (gloo) and LoRA on them as well as on attention: each
     process holds and trains its own experts' factors, and the run equals one process over the same batches (the
-    held-out loss before training, so the split forward; every step's loss, with the gradient norm clipping at 0.01
-    over the whole adapter; the gathered adapter); a checkpoint keeps the optimizer per process and a resumed run
-    ends where the uninterrupted one did; another process count is refused."""
+    held-out loss before training, so the split forward; both steps' losses, with the gradient norm clipping at 0.01
+    over the whole adapter; the gathered adapter); a checkpoint keeps the optimizer per process, so another
+    process count is refused. (tests/ep_lora_steps.py resumes from such a checkpoint.)"""
     import json
-    import shutil
 
     import torch
     from peft import PeftModel
@@ -224,7 +223,7 @@ def test_lora_on_experts_split_over_two_processes_trains_and_resumes_as_one_proc
                        "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]},
               "data": {"sources": [str(invoice_file(tmp_path / "invoices.jsonl", 24))], "val_set_size": 4,
                        "max_seq_len": 384},
-              "training": {"max_steps": 3, "save_steps": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+              "training": {"max_steps": 2, "save_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
                            "warmup_steps": 0, "logging_steps": 1, "gradient_checkpointing": False,
                            "learning_rate": 1e-3, "max_grad_norm": 0.01, "distributed": "ddp",
                            "expert_parallel_size": 2},
@@ -259,25 +258,15 @@ def test_lora_on_experts_split_over_two_processes_trains_and_resumes_as_one_proc
         return [(row["step"], row.get("loss", row.get("eval_loss"))) for row in map(json.loads, lines)]
 
     expected = losses((reference.path / "metrics.jsonl").read_text().splitlines())
-    assert [step for step, _ in losses(metrics)] == [step for step, _ in expected] == [0, 1, 2, 3, 3]
+    assert [step for step, _ in losses(metrics)] == [step for step, _ in expected] == [0, 1, 2, 2]
     assert [v for _, v in losses(metrics)] == pytest.approx([v for _, v in expected], abs=1e-5)
 
-    # Another process count is refused before any weight loads; the same count resumes from checkpoint-2 as a run
-    # stopped after it, and ends with the uninterrupted run's adapter and step-3 loss.
+    # Another process count is refused before any weight loads; the same count goes on.
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ConfigError, match="saved by 2 processes"):
         check_resumable(RunFolder.open(run_dir), cfg.load(path))
-    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-3")
-    shutil.rmtree(run_dir / "adapter")
-    (run_dir / "summary.json").unlink()
-    proc = subprocess.run([hubtune, "train", "--resume", str(run_dir), "--num-processes", "2"], cwd=tmp_path,
-                          env=_two_processes_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "resuming from checkpoint-2" in proc.stdout
-    resumed = load_file(run_dir / "adapter" / "adapter_model.safetensors")
-    for name, value in split.items():
-        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-7)
-    assert losses((run_dir / "metrics.jsonl").read_text().splitlines())[-2:] == losses(metrics)[-2:]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_resumable(RunFolder.open(run_dir), cfg.load(path))
     # The adapter loads on the base loaded whole, experts included, and changes its logits.
     base = AutoModelForCausalLM.from_pretrained(moe_base, dtype=torch.float32)
     ids = torch.tensor([[1, 5, 9, 200, 300, 17]])
@@ -288,25 +277,35 @@ def test_lora_on_experts_split_over_two_processes_trains_and_resumes_as_one_proc
 
 
 @pytest.mark.slow
-def test_an_nvfp4_base_spreads_its_experts_with_lora_on_them_as_one_process(moe_base, tmp_path):
-    """An NVFP4 base (ModelOpt's layout) under expert parallelism, as Axolotl's GLM-5.2 example asks: each of 2
-    processes reads its share of the packed experts (hubtune.nvfp4), transformers' dispatch exchanges the tokens,
-    and LoRA on the experts starts from, computes and gathers what the whole base does (tests/ep_nvfp4_step.py)."""
+def test_lora_on_split_experts_steps_and_resumes_as_the_whole_model(moe_base, tmp_path):
+    """Both ways the experts split over 2 processes, transformers' (a 16-bit base) and hubtune.nvfp4's (the same
+    weights in ModelOpt's NVFP4 layout, as Axolotl's GLM-5.2 example asks): LoRA on them starts from, steps (two
+    AdamW steps, the clip acting on the whole adapter's norm) and gathers to what the whole base does, and a model
+    resumed from a checkpoint (adapter gathered, optimizer per process) steps to the same factors
+    (tests/ep_lora_steps.py)."""
     from nvfp4_checkpoint import write
 
     folder = tmp_path / "nvfp4"
     write(moe_base, folder, tmp_path / "sixteen")
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(ROOT / "tests" / "ep_nvfp4_step.py"), str(folder)],
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(ROOT / "tests" / "ep_lora_steps.py"), str(moe_base),
+                           str(folder), str(tmp_path / "checkpoints")],
                           env=_two_processes_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The two processes write at once: one's line can run into the other's, so each figure is read as a number.
-    lines = re.findall(r"rank (\d): experts (\d+) of 8 per layer in each process \(expert parallelism over 2, tokens "
-                       r"exchanged all-to-all; the NVFP4 experts read in part\); (\d+) expert factors of (\d+); start "
-                       r"difference (\S+); loss (\S+) whole (\S+); gradient difference (\d\.\d+e[-+]\d+); gathered "
-                       r"difference (\d\.\d+e[-+]\d+)", proc.stdout)
-    assert sorted(line[0] for line in lines) == ["0", "1"], proc.stdout[-3000:]
-    for _, held, experts, factors, start, loss, whole, grads, gathered in lines:
-        assert (held, experts, factors) == ("4", "8", "16")  # 2 layers x 2 stacks x (A, B); q, v the rest
-        assert float(start) == 0 and float(gathered) == 0
-        assert float(loss) == pytest.approx(float(whole), abs=1e-5) and float(grads) < 1e-6
+    number = r"(\d+\.\d+(?:e[-+]\d+)?)"
+    lines = re.findall(rf"rank (\d) (16-bit|nvfp4): experts (\d) of 8 per layer in each process \(expert parallelism "
+                       rf"over 2, tokens exchanged all-to-all(; the NVFP4 experts read in part)?\); (\d+) expert "
+                       rf"factors of (\d+); start {number}; losses {number} {number} whole {number} {number}; "
+                       rf"gradient {number}; norm {number} whole {number}; resumed {number}; gathered {number}",
+                       proc.stdout)
+    assert sorted((rank, kind) for rank, kind, *_ in lines) == [("0", "16-bit"), ("0", "nvfp4"), ("1", "16-bit"),
+                                                               ("1", "nvfp4")], proc.stdout[-3000:]
+    for _, kind, held, read_in_part, experts, factors, start, *figures in lines:
+        first, second, whole_first, whole_second, gradient, norm, whole_norm, resumed, gathered = map(float, figures)
+        assert (held, experts, factors) == ("4", "8", "16")  # 2 layers x 2 stacks x (A, B); q and v the rest
+        assert bool(read_in_part) == (kind == "nvfp4")
+        assert float(start) == 0 and resumed == 0  # the whole adapter's share; resumed bit for bit
+        assert (first, second) == pytest.approx((whole_first, whole_second), abs=1e-5) and second < first
+        assert gradient < 1e-6 and norm == pytest.approx(whole_norm, rel=1e-5) and norm > 0.01
+        assert gathered < 5e-5
