@@ -13,7 +13,11 @@ exchanges are all-gathers whose backward sums the gradients of every process, so
 
 The loss of a chunk is its tokens' share: the labels are shifted over the whole row before it is cut, so the
 last token of a chunk predicts the first of the next. Summed over the group, the losses and gradients are
-those of one process over the whole row (tests/context_parallel_same.py checks it on a gloo mesh)."""
+those of one process over the whole row (tests/context_parallel_same.py checks it on a gloo mesh).
+
+Without context parallelism the same scan and conv, with a group of one, keep a packed row's examples apart in
+Nemotron-H's Mamba-2 layers (transformers' torch path carries the state from one example into the next); where
+mamba-ssm's and causal-conv1d's CUDA kernels run, they get seq_idx instead (keep_packed_examples_apart)."""
 
 from __future__ import annotations
 
@@ -303,18 +307,88 @@ def mamba2_forward(mixer, hidden_states: torch.Tensor, split: Split) -> torch.Te
 
 
 MIXERS = ("NemotronHMamba2Mixer",)
+BLOCKS = ("NemotronHBlock",)  # their position_ids say where packed examples start; their Mamba mixers get no ids
+
+
+def packed(position_ids: torch.Tensor) -> bool:
+    """Whether a row holds several examples: position_ids restart at 0 after its first token."""
+    return bool((position_ids[..., 1:] == 0).any())
+
+
+def seq_idx(position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """mamba-ssm's and causal-conv1d's seq_idx: each token's packed example, from 0 in every row, int32
+    (as Axolotl's get_seq_idx); padding belongs to the example before it (its outputs are ignored)."""
+    documents = torch.cummax(document_ids(position_ids, attention_mask), dim=-1).values
+    return (documents - documents[..., :1]).to(torch.int32)
+
+
+def kernels_keep_examples_apart() -> bool:
+    """Whether transformers' Nemotron-H mixers run mamba-ssm's and causal-conv1d's kernels, which restart at
+    seq_idx's boundaries (transformers' torch fallbacks would refuse seq_idx). transformers picks each package
+    when it imports, as here."""
+    import importlib
+
+    try:
+        ssd = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
+        conv = importlib.import_module("causal_conv1d")
+    except Exception:
+        return False
+    return all(hasattr(ssd, name) for name in ("mamba_chunk_scan_combined", "mamba_split_conv1d_scan_combined")) \
+        and hasattr(conv, "causal_conv1d_fn")
+
+
+def _continues(cache, layer_idx: int) -> bool:
+    """Whether the block continues a sequence from a cache's state (decoding), rather than reading whole rows.
+    transformers hands a training forward an empty cache too, unless use_cache is off; a packed row leaves that
+    cache's Mamba states unfilled (no one example's state could continue it)."""
+    if cache is None:
+        return False
+    try:
+        return bool(cache.has_previous_state(layer_idx))
+    except (ValueError, AttributeError, TypeError):
+        return cache.get_seq_length() > 0
+
+
+def _block_forward(block, original):
+    """A Nemotron-H block's forward that keeps a packed row's examples apart in its Mamba-2 mixer: seq_idx
+    handed to mamba-ssm's kernels on CUDA, hubtune's example-aware scan and conv (a group of one) elsewhere.
+    Both reach the mixer as keyword arguments, so a recomputation under gradient checkpointing does the same."""
+
+    def forward(*args, **kwargs):
+        position_ids = kwargs.get("position_ids")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if (_active is not None or block.block_type != "linear_attention" or position_ids is None
+                or _continues(cache, block.layer_idx) or not packed(position_ids)):
+            return original(*args, **kwargs)
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        mask = kwargs.get("attention_mask")
+        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if hidden_states.is_cuda and kernels_keep_examples_apart():
+            # The block hands its keyword arguments to the mixer, which hands them to the kernels
+            # (mamba_split_conv1d_scan_combined in training, causal_conv1d_fn and mamba_chunk_scan_combined else).
+            return original(*args, **kwargs, seq_idx=seq_idx(position_ids, mask))
+        # Handed to the mixer as a keyword argument (the block passes its own on), which transformers' gradient
+        # checkpointing, wrapped around the block's class forward, keeps for the recomputation.
+        split = Split(None, 0, 1, document_ids(position_ids, mask), 0, position_ids.shape[-1])
+        return original(*args, **kwargs, packed_examples=split)
+
+    return forward
 
 
 def patch_mixers(model) -> int:
     """Route every Nemotron-H Mamba-2 mixer of model through mamba2_forward while a split is active (its own
-    forward otherwise); the number of mixers."""
+    forward otherwise), and make each block over one of them keep packed examples apart (_block_forward);
+    the number of mixers."""
     count = 0
     for module in model.modules():
+        if type(module).__name__ in BLOCKS and not getattr(module, "_packed_examples_apart", False):
+            module.forward = _block_forward(module, module.forward)
+            module._packed_examples_apart = True
         if type(module).__name__ in MIXERS and not getattr(module, "_context_parallel", False):
             original = module.forward
 
             def forward(hidden_states, *args, _module=module, _original=original, **kwargs):
-                split = _active
+                split = kwargs.pop("packed_examples", None) or _active
                 if split is None:
                     return _original(hidden_states, *args, **kwargs)
                 return mamba2_forward(_module, hidden_states, split)
@@ -323,6 +397,13 @@ def patch_mixers(model) -> int:
             module._context_parallel = True
             count += 1
     return count
+
+
+def keep_packed_examples_apart(model) -> int:
+    """Without context parallelism: each example of a packed row starts its Mamba-2 layers from a zero state and
+    an empty conv window, as run alone (transformers' Nemotron-H forward carries them from the example before);
+    the number of mixers, 0 for models without them."""
+    return patch_mixers(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 def prepare(model) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtune import config as cfg
-from hubtune import distributed, expert_lora, optimizer_shards, unfreeze
+from hubtune import distributed, expert_lora, optimizer_shards, recurrent, unfreeze
 from hubtune.errors import ConfigError, DiskFullError, HubtuneError, TrainingInterrupted, page_text, translate
 from hubtune.levers import Levers, recipe_levers
 from hubtune.runs import (DatasetRecord, RunFolder, RunSummary, Status, checkpoint_problem, folder_size,
@@ -241,6 +241,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     # 3. The base (4-bit NF4/FP4 or 16-bit) with LoRA adapters on top.
     display.phase("backend", f"{backend.name} ({backend.why})")
     levers = recipe_levers(config, hw, base.path, families.family_of(model_config, tokenizer.chat_template))
+    if levers.padding_free and config.data.padding_free == "auto" and recurrent.packing_problem(model_config):
+        levers = dataclasses.replace(levers, padding_free=False)  # a flat row would mix the examples' states
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1
@@ -255,10 +257,12 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
     # LoRA on experts split over the processes: each keeps its own experts' factors (hubtune.expert_lora)
     expert_adapters = expert_lora.shard(model) if config.training.expert_parallel_size > 1 else []
-    if config.training.context_parallel_size > 1:
-        from hubtune import context_parallel
+    from hubtune import context_parallel
 
+    if config.training.context_parallel_size > 1:
         context_parallel.prepare(model)  # attention over the gathered rows, Mamba-2 state passed between chunks
+    else:
+        context_parallel.keep_packed_examples_apart(model)  # Mamba-2 state restarts at each packed example
     if sharded and mode == "fsdp":
         compat.peft_keys_under_nested_fsdp()  # else FSDP1's checkpoints and the adapter saved at the end are empty
 
@@ -432,6 +436,12 @@ def check_against_model(config: cfg.RunConfig, model_config) -> None:
         problems.append(("training.expert_parallel_size", f"{config.training.expert_parallel_size}: {experts}"))
     if config.training.context_parallel_size > 1 and (layers := context_parallel_layers_problem(model_config)):
         problems.append(("training.context_parallel_size", f"{config.training.context_parallel_size}: {layers}"))
+    if (config.data.packing or config.data.padding_free is True) and (
+            leak := recurrent.packing_problem(model_config)):
+        for field, value in (("packing", config.data.packing), ("padding_free", config.data.padding_free)):
+            if value is True:
+                problems.append((f"data.{field}", f"true packs several examples into each row, but {leak}; set "
+                                                  f"data.{field}: false"))
     if problems:
         # The settings are the config's; the model they were judged against is named in each problem.
         raise ConfigError([(path, f"{message} (base: {config.model.id})") for path, message in problems])

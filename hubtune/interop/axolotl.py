@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from hubtune import config as cfg
+from hubtune import recurrent
 from hubtune.errors import ConfigError, HubtuneError
 
 HUBTUNE_BLOCK = "hubtune"  # settings Axolotl has no key for; Axolotl ignores unknown keys
@@ -335,6 +336,7 @@ class _Reader:
         self.extra = data.get(HUBTUNE_BLOCK) or {}
         self.notes: list[str] = []
         self.unsupported: list[tuple[str, str]] = []
+        self.base_model = ""
         self.nvfp4_base = False  # dsv4_fp4_grouped_mode: nvfp4 (the base is a ModelOpt NVFP4 checkpoint)
 
     def take(self, key: str, default: Any = None) -> Any:
@@ -392,6 +394,7 @@ class _Reader:
         if not self.has("base_model"):
             self.refuse("base_model", "missing: the model to fine-tune (a Hub id or a local folder)")
         model = {"id": str(self.take("base_model", ""))}
+        self.base_model = model["id"]
         if self.has("revision_of_model"):
             model["revision"] = str(self.take("revision_of_model"))
         model["trust_remote_code"] = bool(self.take("trust_remote_code", False))
@@ -657,6 +660,9 @@ class _Reader:
         }
         if self.data.get("sample_packing_sequentially") is True:
             self.packed_in_order(data)
+        if data["packing"] and (leak := recurrent.packing_problem_by_name(self.base_model)):
+            # hubtune refuses it before training too (train.check_against_model), from the model's config.
+            self.refuse("sample_packing", f"True: {leak}; set sample_packing: false")
         val = self.take("val_set_size", AXOLOTL_DEFAULTS["val_set_size"])
         if isinstance(val, (int, float)) and 0 <= val < 1:
             data["val_set_size"] = val

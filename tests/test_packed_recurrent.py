@@ -1,0 +1,179 @@
+"""Packed rows through layers that carry a state from token to token: Nemotron-H's Mamba-2 layers restart at
+each packed example (hubtune.context_parallel with a group of one, or seq_idx for mamba-ssm's kernels), and
+packing is refused before training for the other state-space / linear-attention families (hubtune.recurrent)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (JambaConfig, LlamaConfig, NemotronHConfig, Qwen3NextConfig, GraniteMoeHybridConfig,
+                          Lfm2Config)
+
+from context_parallel_same import examples, grads, packed, tiny_nemotron_h
+from hubtune import config as cfg
+from hubtune import context_parallel as cp
+from hubtune import recurrent
+from hubtune.errors import ConfigError
+from hubtune.train import check_against_model
+
+
+def packed_logits_and_grads(model, rows):
+    model.zero_grad()
+    batch = packed(rows)
+    tokens = (batch["labels"] != -100).sum()
+    out = model(**batch, num_items_in_batch=tokens, use_cache=False)  # as TRL's SFTTrainer calls it
+    out.loss.backward()
+    return out.logits.detach(), out.loss.item(), grads(model)
+
+
+def test_packed_rows_give_each_examples_own_logits_loss_and_gradients():
+    """A tiny Nemotron-H (Mamba-2 chunks of 4 tokens, conv kernel 4, examples starting inside and across chunks):
+    transformers' forward carries each example's Mamba state into the next (the gap below); with the blocks
+    patched, every packed row's logits, the loss and all gradients are each example's run alone, gradient
+    checkpointing (which recomputes the blocks in the backward pass) included."""
+    model = tiny_nemotron_h()
+    rows = examples()
+    tokens = sum(len(e) - 1 for row in rows for e in row)
+    runs = [[model(input_ids=e[None], labels=e[None], use_cache=False) for e in row] for row in rows]
+    alone = torch.stack([torch.cat([run.logits[0].detach() for run in row]) for row in runs])
+    loss_alone = sum(run.loss * (run.logits.shape[1] - 1) / tokens for row in runs for run in row)
+    loss_alone.backward()
+    loss_alone, grads_alone = loss_alone.item(), grads(model)
+    leaked, _, _ = packed_logits_and_grads(model, rows)
+    assert (leaked - alone).abs().max() > 0.1  # the state leaks without hubtune's forward
+
+    assert cp.keep_packed_examples_apart(model) == 2
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        logits, loss, got = packed_logits_and_grads(model, rows)
+        torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)
+        assert loss == pytest.approx(loss_alone, rel=1e-6)
+        assert got.keys() == grads_alone.keys()
+        for name, grad in got.items():
+            torch.testing.assert_close(grad, grads_alone[name], rtol=1e-4, atol=1e-5, msg=name)
+    # One example per row (no restart after the first token) and generation take transformers' own forward.
+    with torch.no_grad():
+        one = rows[2][1][None]
+        torch.testing.assert_close(model(input_ids=one).logits, alone[2:, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_seq_idx_for_mamba_ssm_is_built_from_position_ids_and_handed_to_the_kernels(monkeypatch):
+    """Where mamba-ssm's and causal-conv1d's CUDA kernels run, the block hands the mixer seq_idx (each token's
+    example, from 0, int32, as Axolotl's get_seq_idx), which transformers' mixer passes on to the kernels it
+    calls. The kernels cannot run here: they are stood in for by recorders at the point where transformers
+    calls them, which is as far as this test reaches."""
+    from transformers.models.nemotron_h import modeling_nemotron_h as nh
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [5, 6, 0, 1, 2, 3, 0, 1, 0]])
+    assert cp.seq_idx(positions).tolist() == [[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 1, 1, 1, 1, 2, 2, 3]]
+    assert cp.seq_idx(positions).dtype == torch.int32
+    mask = torch.tensor([[1] * 7 + [0, 0], [1] * 9])  # padding keeps the example before it: non-decreasing
+    assert cp.seq_idx(positions, mask)[0].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+
+    model = tiny_nemotron_h()
+    cp.keep_packed_examples_apart(model)
+    monkeypatch.setattr(cp, "kernels_keep_examples_apart", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the kernel branch, on this CPU
+    handed = []
+
+    def fused(zxbcdt, *args, seq_idx=None, **kwargs):  # mamba_split_conv1d_scan_combined, in training
+        handed.append(("fused", seq_idx))
+        return torch.zeros(*zxbcdt.shape[:2], model.config.hidden_size)
+
+    def conv(x, weight, bias=None, activation=None, seq_idx=None, **kwargs):  # causal_conv1d_fn, in evaluation
+        handed.append(("conv", seq_idx))
+        return x
+
+    def scan(x, *args, seq_idx=None, **kwargs):  # mamba_chunk_scan_combined, in evaluation
+        handed.append(("scan", seq_idx))
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(nh, "mamba2_split_conv1d_scan_combined", fused)
+    monkeypatch.setattr(nh, "causal_conv1d_fn", conv)
+    monkeypatch.setattr(nh, "mamba2_chunk_scan", scan)
+    batch = packed(examples())
+    expected = cp.seq_idx(batch["position_ids"])
+    model(**batch, use_cache=False)
+    model.eval()
+    with torch.no_grad():
+        model(**batch, use_cache=False)
+    assert [kind for kind, _ in handed] == ["fused", "fused", "conv", "scan", "conv", "scan"]
+    for _, given in handed:
+        assert torch.equal(given, expected)
+
+
+TINY = {"num_hidden_layers": 2, "hidden_size": 64, "vocab_size": 64}
+
+
+def nemotron_h():
+    return NemotronHConfig(layers_block_type=["linear_attention", "full_attention", "mlp"], vocab_size=64)
+
+
+@pytest.mark.parametrize("model_config, layers", [
+    (JambaConfig(**TINY), "Mamba"), (Qwen3NextConfig(**TINY), "Gated DeltaNet"),
+    (GraniteMoeHybridConfig(**TINY, layer_types=["mamba", "attention"]), "Mamba-2"),
+    (Lfm2Config(**TINY, layer_types=["conv", "full_attention"]), "short-convolution")])
+def test_packing_is_refused_for_other_state_space_and_linear_attention_models(model_config, layers):
+    config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": ["x.jsonl"], "packing": True},
+                        "lora": {"dropout": 0.0}},
+                       check_paths=False)
+    with pytest.raises(ConfigError) as err:
+        check_against_model(config, model_config)
+    problems = dict(err.value.problems)
+    assert "data.packing" in problems, problems
+    why = problems["data.packing"]
+    assert layers in why and "set data.packing: false" in why
+    padding_free = config.model_copy(update={"data": config.data.model_copy(update={"packing": False,
+                                                                                     "padding_free": True})})
+    with pytest.raises(ConfigError, match="data.padding_free: false"):
+        check_against_model(padding_free, model_config)
+    unpacked = config.model_copy(update={"data": config.data.model_copy(update={"packing": False})})
+    check_against_model(unpacked, model_config)
+
+
+def test_packing_is_allowed_where_examples_stay_apart():
+    config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": ["x.jsonl"], "packing": True},
+                        "lora": {"dropout": 0.0}},
+                       check_paths=False)
+    check_against_model(config, nemotron_h())  # its Mamba-2 layers restart at each packed example
+    check_against_model(config, LlamaConfig(vocab_size=64, hidden_size=32))
+    # Granite 4.0 Micro: the hybrid family's config, all attention layers.
+    assert recurrent.stateful_layers(GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["attention", "attention"])) is None
+    assert recurrent.model_type_of("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16") == "nemotron_h"
+    assert recurrent.packing_problem_by_name("Qwen/Qwen3.5-27B").startswith("Qwen/Qwen3.5-27B is a qwen3_5 model")
+    assert recurrent.packing_problem_by_name("meta-llama/Llama-3.1-8B") is None
+
+
+@pytest.mark.slow
+def test_a_packed_nemotron_h_run_trains_with_its_examples_apart(tmp_path, monkeypatch):
+    """hubtune.train on packed invoices with the tiny Nemotron-H, no context parallelism: every batch is a
+    packed row of several examples, and its Mamba-2 layers compute them apart (a group of one)."""
+    import json
+
+    from context_parallel_same import saved_base
+    from data_rows import invoice_file, tiny_tree
+
+    from hubtune.train import train
+
+    base = saved_base(tiny_nemotron_h(902), tmp_path / "base")
+    seen, forward = [], cp.mamba2_forward
+
+    def recorded(mixer, hidden_states, split):
+        seen.append((split.size, int(split.documents.max()), torch.is_grad_enabled()))
+        return forward(mixer, hidden_states, split)
+
+    monkeypatch.setattr(cp, "mamba2_forward", recorded)
+    config = cfg.build(tiny_tree(invoice_file(tmp_path / "rows.jsonl", 10), tmp_path / "run",
+                                 model={"id": str(base), "quantization": "none"},
+                                 lora={"target_modules": ["q_proj", "v_proj", "in_proj"]},
+                                 data={"packing": True, "max_seq_len": 512, "val_set_size": 2},
+                                 training={"max_steps": 1, "eval_steps": 1, "micro_batch_size": 2,
+                                           "learning_rate": 1e-2, "gradient_checkpointing": True}))
+    train(config, run_dir=tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert losses and all(loss == loss and loss < 20 for loss in losses)
+    # Two Mamba layers per forward, each recomputed once in the backward pass; evaluation without gradients.
+    assert seen and all(size == 1 and examples_in_row > 1 for size, examples_in_row, _ in seen)
+    assert {grad for *_, grad in seen} == {True, False}
