@@ -383,6 +383,12 @@ class ContextParallelTrainer:
         # the data-parallel size by it.
         return self.context_parallel_size
 
+    def _track_num_input_tokens(self, inputs):
+        # The Trainer sums every process's batch; the processes of a group read the same one.
+        before = self.state.num_input_tokens_seen
+        super()._track_num_input_tokens(inputs)
+        self.state.num_input_tokens_seen = before + (self.state.num_input_tokens_seen - before) // self.context_parallel_size
+
     def _split(self, inputs: dict) -> tuple[dict, Split]:
         return split_batch(inputs, self._context_group, self._context_rank, self.context_parallel_size)
 
@@ -396,14 +402,15 @@ class ContextParallelTrainer:
         """The held-out loss of the whole rows: each process's share of it, scaled so that the mean the
         evaluation loop takes over the processes is each batch's token mean."""
         inputs = self._prepare_inputs(inputs)
-        local, split = self._split(inputs)
-        tokens = (local["shift_labels"] != -100).sum()
-        if split.group is not None:
-            import torch.distributed as dist
+        with torch.no_grad():
+            local, split = self._split(inputs)
+            tokens = (local["shift_labels"] != -100).sum()
+            if split.group is not None:
+                import torch.distributed as dist
 
-            dist.all_reduce(tokens, group=split.group)
-        with torch.no_grad(), self.compute_loss_context_manager(), computing(split):
-            loss = self.compute_loss(model, local, num_items_in_batch=tokens)
+                dist.all_reduce(tokens, group=split.group)
+            with self.compute_loss_context_manager(), computing(split):
+                loss = self.compute_loss(model, local, num_items_in_batch=tokens)
         if self.args.average_tokens_across_devices:  # compute_loss multiplied it by the processes
             loss = loss / (self.accelerator.num_processes // self.get_tp_size())
         return loss.detach() * split.size, None, None

@@ -96,10 +96,15 @@ def hubtune_run(base, folder):
     from hubtune import config as cfg
     from hubtune.errors import TrainingInterrupted
 
+    tokens_seen = []
+
     class TermBeforeStep2(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # StopOnSignal saves and stops at the step's end
+
+        def on_step_end(self, args, state, control, **kwargs):
+            tokens_seen.append(state.num_input_tokens_seen)
 
     data = invoice_file(Path(folder) / "rows.jsonl", 24) if dist.get_rank() == 0 else f"{folder}/rows.jsonl"
     dist.barrier()
@@ -116,7 +121,7 @@ def hubtune_run(base, folder):
     def recorded(inputs, group, rank, size):  # what each step and evaluation handed this process
         local, split = split_batch(inputs, group, rank, size)
         seen.append([int(split.documents[i].max()) for i in range(len(split.documents))]
-                    + [inputs["input_ids"].shape[1], local["input_ids"].shape[1]])
+                    + [torch.is_grad_enabled(), inputs["input_ids"].numel(), local["input_ids"].shape[1]])
         return local, split
 
     cp.split_batch = recorded
@@ -125,7 +130,7 @@ def hubtune_run(base, folder):
     except TrainingInterrupted:
         pass
     resume(f"{folder}/run")
-    return seen
+    return {"batches": seen, "tokens_seen": tokens_seen}
 
 
 def split_over_two(model, rows, group, rank):
@@ -169,7 +174,7 @@ def main(out: str) -> None:
     dist.barrier()
     seen = hubtune_run(base, folder)
     if rank == 0:
-        Path(f"{folder}/batches.json").write_text(json.dumps(seen))
+        Path(f"{folder}/seen.json").write_text(json.dumps(seen))
     dist.destroy_process_group()
 
 

@@ -142,8 +142,13 @@ def test_two_processes_compute_what_one_does_and_a_run_trains_and_resumes(tmp_pa
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     # The run: each batch a packed row of several examples, each process half of it, in training and evaluation.
-    seen = json.loads((tmp_path / "batches.json").read_text())
-    assert all(documents > 1 and whole == 2 * half for *docs, whole, half in seen for documents in docs)
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    batches = seen["batches"]  # [examples in each row..., training?, tokens of the whole batch, of a chunk's row]
+    assert all(documents > 1 and tokens == 2 * half * len(docs) for *docs, _, tokens, half in batches
+               for documents in docs)
+    # Tokens seen: the batches the group read, once (a padding token at most per row is not counted).
+    trained = [tokens for *_, training, tokens, _ in batches if training]
+    assert sum(trained[:2]) - 2 <= seen["tokens_seen"][1] <= sum(trained[:2])
     run = tmp_path / "run"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
