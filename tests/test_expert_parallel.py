@@ -1,6 +1,7 @@
 """Expert parallelism (training.expert_parallel_size): transformers' own (DistributedConfig with ep_size, tokens
 exchanged all-to-all, FSDP2 on the other weights), checked before launch, and Axolotl's ExpertParallelPlugin
-converted to it. Spreading experts over GPUs needs several CUDA GPUs: these tests stop at the launch boundary."""
+converted to it; LoRA on the experts held per process (hubtune.expert_lora), over a 16-bit or an NVFP4 base. The
+slow tests run it on this machine's CPUs, 2 processes over gloo; GPUs and NCCL are not exercised."""
 
 from __future__ import annotations
 
