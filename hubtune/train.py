@@ -255,6 +255,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # as Axolotl resizes by default
     model = attach_lora(model, config, backend.name, levers.gradient_checkpointing,
                         new_token_ids=tokenizer.convert_tokens_to_ids(new_tokens), model_config=model_config)
+    if line := regex_layers_moved(model, config.lora):
+        display.note(line)
     # LoRA on experts split over the processes: each keeps its own experts' factors (hubtune.expert_lora)
     expert_adapters = expert_lora.shard(model) if config.training.expert_parallel_size > 1 else []
     from hubtune import context_parallel
@@ -539,6 +541,28 @@ def target_modules_problem(lora: cfg.LoraSection, model_config, trust_remote_cod
         what.append(f"{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA can adapt")
     return (f"{'; '.join(what)}. Its adaptable layers are named: {', '.join(linear_names)}; or use a preset "
             f"(all-linear, attention, qv), which names this architecture's own modules")
+
+
+def regex_layers_moved(peft_model, lora: cfg.LoraSection) -> str | None:
+    """What PEFT adapted otherwise than lora.target_regex names, said; None when it adapted what it names. On a
+    transformers 5 mixture-of-experts model PEFT 0.21 maps the names its experts were fused from (Qwen-MoE's
+    gate_proj, up_proj, down_proj) onto their stacked parameters, also where the regex names a dense or shared
+    MLP's own layers: those then get no LoRA, and the stacked gate_up_proj takes PEFT's rank for a fused pair."""
+    if lora.target_regex is None:
+        return None
+    import torch
+    from peft.tuners.lora.layer import LoraLayer
+
+    base = peft_model.get_base_model()
+    missed = [key for key, m in base.named_modules() if isinstance(m, torch.nn.Linear)
+              and not isinstance(m, LoraLayer) and re.fullmatch(lora.target_regex, key)]
+    if not missed:
+        return None
+    ranks = getattr(peft_model.peft_config.get("default"), "rank_pattern", None) or {}
+    shown = ", ".join(missed[:4]) + (f" and {len(missed) - 4} more" if len(missed) > 4 else "")
+    return (f"lora.target_regex matches {len(missed)} linear layer(s) PEFT leaves without LoRA ({shown}): on this "
+            f"mixture-of-experts architecture PEFT maps those names onto the stacked experts (its transformers 4 to 5 "
+            f"conversion)" + (f", with ranks {ranks}" if ranks else "") + "; the layers it adapts are the rest")
 
 
 def moved_onto_experts(targets: list[str], model) -> set[str]:

@@ -1,6 +1,7 @@
 """Expert parallelism (training.expert_parallel_size): transformers' own (DistributedConfig with ep_size, tokens
 exchanged all-to-all, FSDP2 on the other weights), checked before launch, and Axolotl's ExpertParallelPlugin
-converted to it. Spreading experts over GPUs needs several CUDA GPUs: these tests stop at the launch boundary."""
+converted to it; LoRA on the experts held per process (hubtune.expert_lora), over a 16-bit or an NVFP4 base. The
+slow tests run it on this machine's CPUs, 2 processes over gloo; GPUs and NCCL are not exercised."""
 
 from __future__ import annotations
 
@@ -95,6 +96,37 @@ def test_each_process_keeps_its_experts_of_pefts_factors():
     whole = torch.einsum("o r e, e r i -> e o i", b.reshape(out, r, experts), a.reshape(experts, r, inp))
     share = torch.einsum("o r e, e r i -> e o i", columns[1].reshape(out, r, 4), rows[1].reshape(4, r, inp))
     torch.testing.assert_close(share, whole[4:])
+
+
+def test_what_peft_adapts_otherwise_than_a_regex_names_is_said():
+    """GLM-5.2's regex (Axolotl's example) names its dense and shared MLPs' gate_proj, up_proj and down_proj;
+    PEFT 0.21 maps those names onto the routed experts' stacked parameters on this architecture, and the run
+    says which layers the regex names get no LoRA."""
+    import warnings
+
+    import torch
+    from peft import get_peft_model
+    from transformers import GlmMoeDsaConfig, AutoModelForCausalLM
+
+    from hubtune.train import lora_config, regex_layers_moved
+
+    glm = GlmMoeDsaConfig(vocab_size=902, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                          num_hidden_layers=2, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=2,
+                          num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16,
+                          qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, index_topk=16, index_head_dim=16,
+                          index_n_heads=2)
+    example = yaml.safe_load((ROOT / "tests/data/axolotl_examples/glm_moe_dsa/glm-5.2-nvfp4-lora.yaml").read_text())
+    lora = axolotl.from_axolotl(example).run_config().lora
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(glm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapted = get_peft_model(skeleton, lora_config(lora, model_config=glm, model=skeleton), low_cpu_mem_usage=True)
+    line = regex_layers_moved(adapted, lora)
+    assert line.startswith("lora.target_regex matches 6 linear layer(s) PEFT leaves without LoRA "
+                           "(model.layers.0.mlp.gate_proj, ")
+    assert "gate_up_proj': 32}" in line  # the fused pair at twice lora.r
+    assert regex_layers_moved(adapted, lora.model_copy(update={"target_regex": None})) is None
 
 
 AXOLOTL = """\
