@@ -22,6 +22,7 @@ mamba-ssm's and causal-conv1d's CUDA kernels run, they get seq_idx instead (keep
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -322,6 +323,7 @@ def seq_idx(position_ids: torch.Tensor, attention_mask: torch.Tensor | None = No
     return (documents - documents[..., :1]).to(torch.int32)
 
 
+@functools.cache
 def kernels_keep_examples_apart() -> bool:
     """Whether transformers' Nemotron-H mixers run mamba-ssm's and causal-conv1d's kernels, which restart at
     seq_idx's boundaries (transformers' torch fallbacks would refuse seq_idx). transformers picks each package
@@ -337,18 +339,6 @@ def kernels_keep_examples_apart() -> bool:
         and hasattr(conv, "causal_conv1d_fn")
 
 
-def _continues(cache, layer_idx: int) -> bool:
-    """Whether the block continues a sequence from a cache's state (decoding), rather than reading whole rows.
-    transformers hands a training forward an empty cache too, unless use_cache is off; a packed row leaves that
-    cache's Mamba states unfilled (no one example's state could continue it)."""
-    if cache is None:
-        return False
-    try:
-        return bool(cache.has_previous_state(layer_idx))
-    except (ValueError, AttributeError, TypeError):
-        return cache.get_seq_length() > 0
-
-
 def _block_forward(block, original):
     """A Nemotron-H block's forward that keeps a packed row's examples apart in its Mamba-2 mixer: seq_idx
     handed to mamba-ssm's kernels on CUDA, hubtune's example-aware scan and conv (a group of one) elsewhere.
@@ -356,9 +346,11 @@ def _block_forward(block, original):
 
     def forward(*args, **kwargs):
         position_ids = kwargs.get("position_ids")
+        # Packed rows come without a cache (TRL's trainers pass use_cache=False, and transformers' attention
+        # reads packed position_ids only then); generation's left-padded rows restart position_ids too.
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if (_active is not None or block.block_type != "linear_attention" or position_ids is None
-                or _continues(cache, block.layer_idx) or not packed(position_ids)):
+                or cache is not None or not packed(position_ids)):
             return original(*args, **kwargs)
         hidden_states = args[0] if args else kwargs["hidden_states"]
         mask = kwargs.get("attention_mask")

@@ -41,6 +41,8 @@ def test_packed_rows_give_each_examples_own_logits_loss_and_gradients():
     loss_alone, grads_alone = loss_alone.item(), grads(model)
     leaked, _, _ = packed_logits_and_grads(model, rows)
     assert (leaked - alone).abs().max() > 0.1  # the state leaks without hubtune's forward
+    with torch.no_grad():  # with a cache (generation: its left padding restarts position_ids too)
+        cached = model(**packed(rows), use_cache=True).logits
 
     assert cp.keep_packed_examples_apart(model) == 2
     for checkpointing in (False, True):
@@ -52,10 +54,11 @@ def test_packed_rows_give_each_examples_own_logits_loss_and_gradients():
         assert got.keys() == grads_alone.keys()
         for name, grad in got.items():
             torch.testing.assert_close(grad, grads_alone[name], rtol=1e-4, atol=1e-5, msg=name)
-    # One example per row (no restart after the first token) and generation take transformers' own forward.
+    # One example per row (no restart after the first token) and forwards with a cache take transformers' own.
     with torch.no_grad():
         one = rows[2][1][None]
         torch.testing.assert_close(model(input_ids=one).logits, alone[2:, 3:], rtol=1e-5, atol=1e-5)
+        assert torch.equal(model(**packed(rows), use_cache=True).logits, cached)
 
 
 def test_seq_idx_for_mamba_ssm_is_built_from_position_ids_and_handed_to_the_kernels(monkeypatch):
@@ -114,16 +117,21 @@ def nemotron_h():
     (JambaConfig(**TINY), "Mamba"), (Qwen3NextConfig(**TINY), "Gated DeltaNet"),
     (GraniteMoeHybridConfig(**TINY, layer_types=["mamba", "attention"]), "Mamba-2"),
     (Lfm2Config(**TINY, layer_types=["conv", "full_attention"]), "short-convolution")])
-def test_packing_is_refused_for_other_state_space_and_linear_attention_models(model_config, layers):
+def test_other_state_space_and_linear_attention_layers_are_named(model_config, layers):
+    why = recurrent.packing_problem(model_config)
+    assert why.startswith(f"the model's {layers}") and "only Nemotron-H's Mamba-2" in why
+
+
+def test_packing_is_refused_for_other_state_space_and_linear_attention_models():
+    model_config = Qwen3NextConfig(**TINY)
     config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": ["x.jsonl"], "packing": True},
                         "lora": {"dropout": 0.0}},
                        check_paths=False)
     with pytest.raises(ConfigError) as err:
         check_against_model(config, model_config)
-    problems = dict(err.value.problems)
-    assert "data.packing" in problems, problems
-    why = problems["data.packing"]
-    assert layers in why and "set data.packing: false" in why
+    assert dict(err.value.problems) == {"data.packing": (
+        f"true packs several examples into each row, but {recurrent.packing_problem(model_config)}; set "
+        f"data.packing: false (base: hubtune:tiny-llama)")}
     padding_free = config.model_copy(update={"data": config.data.model_copy(update={"packing": False,
                                                                                      "padding_free": True})})
     with pytest.raises(ConfigError, match="data.padding_free: false"):
