@@ -219,14 +219,15 @@ def by_example(original, hidden_states, examples, *args, **kwargs):
 def with_boundaries(original, names, hidden_states, examples, *args, **kwargs):
     """The mixer over the batch as one row of its examples, the boundaries handed to the kernels: FLA's
     chunk_gated_delta_rule takes cu_seqlens (transformers passes it cu_seq_lens_q, and FLA wants a batch of
-    one), causal-conv1d's causal_conv1d_fn takes seq_idx (int32, non-decreasing along the row)."""
+    one; int64), causal-conv1d's causal_conv1d_fn and mamba-ssm's kernels take seq_idx (int32, non-decreasing along
+    the row)."""
     import torch
 
     batch, length = hidden_states.shape[:2]
     offsets = torch.cumsum(examples[:, -1] + 1, dim=0) - (examples[:, -1] + 1)
     flat = (examples + offsets[:, None]).reshape(1, -1).to(torch.int32)
     counts = torch.bincount(flat[0].long())
-    cu_seqlens = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(torch.int32)
+    cu_seqlens = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])  # int64: FLA's LongTensor
     mask = kwargs.pop("attention_mask", None)
     if getattr(mask, "dim", lambda: 0)() == 2:
         mask = mask.reshape(1, -1)

@@ -237,7 +237,7 @@ def test_boundaries_are_handed_to_the_kernels_on_cuda(family, monkeypatch):
         if boundary == "seq_idx":
             assert torch.equal(given["seq_idx"], flat.to(torch.int32))
         else:  # (transformers passes each kernel only the arguments its signature names)
-            assert torch.equal(given["cu_seqlens"], starts.to(torch.int32))
+            assert torch.equal(given["cu_seqlens"], starts) and given["cu_seqlens"].dtype == torch.int64
 
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "vocab_size": 64}
@@ -290,35 +290,58 @@ def test_packing_is_allowed_where_examples_stay_apart():
     assert recurrent.packing_problem_by_name("meta-llama/Llama-3.1-8B") is None
 
 
-@pytest.mark.slow
-def test_a_packed_nemotron_h_run_trains_with_its_examples_apart(tmp_path, monkeypatch):
-    """hubtune.train on packed invoices with the tiny Nemotron-H, no context parallelism: every batch is a
-    packed row of several examples, and its Mamba-2 layers compute them apart (a group of one)."""
+def packed_run(tmp_path, base, targets) -> list[float]:
+    """hubtune.train, 1 step and evaluations, on packed invoices (rows of several examples) with gradient
+    checkpointing; the held-out losses."""
     import json
 
-    from context_parallel_same import saved_base
     from data_rows import invoice_file, tiny_tree
 
     from hubtune.train import train
 
-    base = saved_base(tiny_nemotron_h(902), tmp_path / "base")
-    seen, forward = [], cp.mamba2_forward
-
-    def recorded(mixer, hidden_states, split):
-        seen.append((split.size, int(split.documents.max()), torch.is_grad_enabled()))
-        return forward(mixer, hidden_states, split)
-
-    monkeypatch.setattr(cp, "mamba2_forward", recorded)
     config = cfg.build(tiny_tree(invoice_file(tmp_path / "rows.jsonl", 10), tmp_path / "run",
-                                 model={"id": str(base), "quantization": "none"},
-                                 lora={"target_modules": ["q_proj", "v_proj", "in_proj"]},
+                                 model={"id": str(base), "quantization": "none"}, lora={"target_modules": targets},
                                  data={"packing": True, "max_seq_len": 512, "val_set_size": 2},
                                  training={"max_steps": 1, "eval_steps": 1, "micro_batch_size": 2,
                                            "learning_rate": 1e-2, "gradient_checkpointing": True}))
     train(config, run_dir=tmp_path / "run")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    return [m["eval_loss"] for m in metrics if "eval_loss" in m]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["nemotron_h", "qwen3_5_text"])
+def test_a_packed_run_trains_with_its_examples_apart(tmp_path, monkeypatch, family):
+    """hubtune.train on packed invoices, no context parallelism: every batch is a packed row of several examples,
+    and the recurrent layers compute them apart (Nemotron-H's Mamba-2 through hubtune's scan with a group of one,
+    Qwen3.5's Gated DeltaNet once per example)."""
+    from context_parallel_same import saved_base
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+    if family == "nemotron_h":
+        model, targets, forward = tiny_nemotron_h(902), ["q_proj", "v_proj", "in_proj"], cp.mamba2_forward
+
+        def recorded(mixer, hidden_states, split):
+            assert split.size == 1
+            seen.append((int(split.documents.max()), torch.is_grad_enabled()))
+            return forward(mixer, hidden_states, split)
+
+        monkeypatch.setattr(cp, "mamba2_forward", recorded)
+    else:
+        model_config = tiny_config(family)
+        model_config.vocab_size = 902  # the tiny base's tokenizer
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(model_config).float()
+        targets, forward = ["q_proj", "v_proj", "in_proj_qkv"], recurrent.by_example
+
+        def recorded(original, hidden_states, examples, *args, **kwargs):
+            seen.append((int(examples.max()) + 1, torch.is_grad_enabled()))
+            return forward(original, hidden_states, examples, *args, **kwargs)
+
+        monkeypatch.setattr(recurrent, "by_example", recorded)
+    losses = packed_run(tmp_path, saved_base(model, tmp_path / "base"), targets)
     assert losses and all(loss == loss and loss < 20 for loss in losses)
-    # Two Mamba layers per forward, each recomputed once in the backward pass; evaluation without gradients.
-    assert seen and all(size == 1 and examples_in_row > 1 for size, examples_in_row, _ in seen)
-    assert {grad for *_, grad in seen} == {True, False}
+    # Two recurrent layers per forward, each recomputed once in the backward pass; evaluation without gradients.
+    assert seen and all(examples_in_row > 1 for examples_in_row, _ in seen)
+    assert {grad for _, grad in seen} == {True, False}
