@@ -393,9 +393,13 @@ def patch_mixers(model) -> int:
 
 def keep_packed_examples_apart(model) -> int:
     """Without context parallelism: each example of a packed row starts its Mamba-2 layers from a zero state and
-    an empty conv window, as run alone (transformers' Nemotron-H forward carries them from the example before);
-    the number of mixers, 0 for models without them."""
-    return patch_mixers(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    an empty conv window, as run alone (transformers' Nemotron-H forward carries them from the example before),
+    and the other families' recurrent mixers too (hubtune.recurrent.keep_examples_apart); the number of mixers,
+    0 for models without them."""
+    from hubtune import recurrent
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return patch_mixers(base) + recurrent.keep_examples_apart(base)
 
 
 def prepare(model) -> None:

@@ -3,13 +3,15 @@ whether packed rows keep their examples apart through them.
 
 A packed row (data.packing, or padding-free rows) holds several examples, each with position_ids restarting at
 0. Attention keeps them apart by those position_ids; a recurrent layer's state and conv window run on from one
-example into the next unless its forward restarts at each example's start. hubtune does that for Nemotron-H's
-Mamba-2 layers (hubtune.context_parallel.keep_packed_examples_apart). For the other architectures below,
-transformers' forward takes no boundary from position_ids (its torch paths ignore them, its kernels get none),
-so hubtune refuses packed rows for them before training rather than train on leaked state."""
+example into the next unless its forward restarts at each example's start, which transformers' does not (its
+torch paths ignore position_ids, its kernels get no boundaries). hubtune restarts them for Nemotron-H's Mamba-2
+layers (hubtune.context_parallel) and for the mixers in LAYERS below (keep_examples_apart: each example run
+alone through transformers' own mixer, or the boundaries handed to the CUDA kernels that take them), and refuses
+packed rows for the other families before training rather than train on leaked state."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -26,7 +28,9 @@ STATEFUL = {
     "recurrent_gemma": "RG-LRU recurrent", "rwkv": "RWKV", "xlstm": "xLSTM",
 }
 # Packed rows keep their examples apart through these (hubtune.context_parallel).
-EXAMPLE_AWARE = frozenset({"nemotron_h"})
+EXAMPLE_AWARE = frozenset({"nemotron_h", "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text",
+                           "lfm2", "lfm2_moe", "falcon_h1", "kimi_linear", "jamba"})
+AWARE_IN_WORDS = "Nemotron-H, Falcon-H1, Jamba, Qwen3-Next, Qwen3.5 (+MoE), LFM2 (+MoE) and Kimi-Linear"
 ATTENTION = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention", "global", "local"})
 NOT_MIXING = frozenset({"mlp", "moe", "dense", "sparse"})  # layer kinds that mix no tokens (Nemotron-H, Kimi)
 RECURRENT_WORDS = ("linear", "mamba", "conv", "ssm", "recurrent", "delta", "rnn", "lightning")
@@ -71,7 +75,7 @@ def packing_problem(model_config) -> str | None:
     if layers is None or model_type in EXAMPLE_AWARE:
         return None
     return (f"the model's {layers} layers carry a state from token to token, and hubtune cannot restart it at "
-            f"each example of a packed row for {model_type} (only Nemotron-H's Mamba-2): each example would "
+            f"each example of a packed row for {model_type} (only for {AWARE_IN_WORDS}): each example would "
             f"start from the state the one before it left")
 
 
@@ -103,5 +107,167 @@ def packing_problem_by_name(base_model: str) -> str | None:
         except Exception:  # an architecture transformers does not know: judged by its model_type
             pass
     return (f"{base_model} is a {model_type} model: its {STATEFUL[model_type]} layers carry a state from token "
-            f"to token, and hubtune cannot restart it at each example of a packed row for {model_type} (only "
-            f"Nemotron-H's Mamba-2): each example would start from the state the one before it left")
+            f"to token, and hubtune cannot restart it at each example of a packed row for {model_type} (only for "
+            f"{AWARE_IN_WORDS}): each example would start from the state the one before it left")
+
+
+# ---- keeping a packed row's examples apart ---------------------------------------------------------------
+# Decoder layer class -> the attribute holding its recurrent mixer, and the mixer classes that carry state.
+# Each of these layers hands its keyword arguments on to the mixer, so the boundaries travel as one (and a
+# recomputation under gradient checkpointing, which replays the layer's class forward with them, does the same).
+LAYERS = {"Qwen3NextDecoderLayer": "linear_attn", "Qwen3_5DecoderLayer": "linear_attn",
+          "Qwen3_5MoeDecoderLayer": "linear_attn", "Lfm2DecoderLayer": "conv", "Lfm2MoeDecoderLayer": "conv",
+          "FalconH1DecoderLayer": "mamba", "KimiLinearDecoderLayer": "self_attn", "JambaMambaDecoderLayer": "mamba"}
+# Layers that hand their mixer no keyword arguments but attention_mask: the examples ride on it (Carried).
+THROUGH_MASK = frozenset({"JambaMambaDecoderLayer"})
+_GATED_DELTA = (("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"), ("causal_conv1d", "causal_conv1d_fn"))
+# Mixer class -> the kernels that keep packed examples apart on CUDA (module, function: all must import) and
+# the keyword arguments that carry the boundaries to them through the mixer.
+KERNELS = {
+    "Qwen3NextGatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),  # the mixer renames it cu_seqlens
+    "Qwen3_5GatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),
+    "Qwen3_5MoeGatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),
+    "KimiLinearDeltaAttention": ((("fla.ops.kda", "chunk_kda"), ("causal_conv1d", "causal_conv1d_fn")),
+                                 ("cu_seqlens", "seq_idx")),
+    "Lfm2ShortConv": ((("causal_conv1d", "causal_conv1d_fn"),), ("seq_idx",)),
+    "Lfm2MoeShortConv": ((("causal_conv1d", "causal_conv1d_fn"),), ("seq_idx",)),
+    "FalconH1Mixer": ((("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
+                       ("mamba_ssm.ops.triton.ssd_combined", "mamba_split_conv1d_scan_combined"),
+                       ("causal_conv1d", "causal_conv1d_fn")), ("seq_idx",)),
+    "JambaMambaMixer": ((), ()),  # mamba-ssm's selective scan (Mamba-1) takes no boundaries: one call per example
+}
+MIXERS = frozenset(KERNELS)
+KWARG = "packed_examples"
+FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx", "cu_seqlens")
+
+
+@functools.cache
+def kernels_take_boundaries(mixer: str) -> bool:
+    """Whether transformers runs this mixer on kernels that restart at packed boundaries (FLA's cu_seqlens,
+    causal-conv1d's seq_idx): transformers picks each package when it imports, and its torch fallbacks refuse
+    boundaries."""
+    import importlib
+
+    kernels = KERNELS[mixer][0]
+    try:
+        return bool(kernels) and all(hasattr(importlib.import_module(module), name) for module, name in kernels)
+    except Exception:
+        return False
+
+
+def _examples(position_ids, attention_mask):
+    """Each token's packed example (from 0 in every row; padding joins the example before it)."""
+    from hubtune.context_parallel import seq_idx
+
+    mask = attention_mask if getattr(attention_mask, "dim", lambda: 0)() == 2 else None
+    return seq_idx(position_ids, mask)
+
+
+def _layer_forward(layer, attribute, original):
+    def forward(*args, **kwargs):
+        position_ids = kwargs.get("position_ids")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        # Packed rows come without a cache (TRL's trainers pass use_cache=False); generation's left-padded rows
+        # restart position_ids too, and keep transformers' own path.
+        if (type(getattr(layer, attribute, None)).__name__ not in MIXERS or position_ids is None
+                or cache is not None or position_ids.dim() != 2 or not packed(position_ids)):
+            return original(*args, **kwargs)
+        examples = _examples(position_ids, kwargs.get("attention_mask"))
+        if type(layer).__name__ in THROUGH_MASK:
+            return original(*args, **{**kwargs, "attention_mask": Carried(kwargs.get("attention_mask"), examples)})
+        return original(*args, **kwargs, **{KWARG: examples})
+
+    return forward
+
+
+class Carried:
+    """A recurrent mixer's attention_mask with the packed examples riding on it, for layers that hand their mixer
+    nothing else (a recomputation under gradient checkpointing replays the layer with it)."""
+
+    def __init__(self, mask, examples):
+        self.mask, self.examples = mask, examples
+
+
+def _slice_mask(mask, row, start, end):
+    dim = getattr(mask, "dim", lambda: 0)()
+    if dim == 2:
+        return mask[row:row + 1, start:end]
+    if dim == 4:
+        return mask[row:row + 1, :, start:end, start:end]
+    return mask
+
+
+def by_example(original, hidden_states, examples, *args, **kwargs):
+    """The mixer run on each packed example of each row alone (its hidden states, a fresh state), concatenated:
+    what each example gives run by itself."""
+    import torch
+
+    mask = kwargs.pop("attention_mask", None)
+    for name in FLASH_KWARGS:  # boundaries for kernels, which the torch path refuses: each call is one example
+        kwargs.pop(name, None)
+    rows = []
+    for row in range(hidden_states.shape[0]):
+        starts = (torch.nonzero(examples[row, 1:] != examples[row, :-1]).flatten() + 1).tolist()
+        bounds = [0, *starts, hidden_states.shape[1]]
+        rows.append(torch.cat([
+            original(hidden_states[row:row + 1, start:end], *args,
+                     attention_mask=_slice_mask(mask, row, start, end), **kwargs)
+            for start, end in zip(bounds, bounds[1:])], dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def with_boundaries(original, names, hidden_states, examples, *args, **kwargs):
+    """The mixer over the batch as one row of its examples, the boundaries handed to the kernels: FLA's
+    chunk_gated_delta_rule takes cu_seqlens (transformers passes it cu_seq_lens_q, and FLA wants a batch of
+    one), causal-conv1d's causal_conv1d_fn takes seq_idx (int32, non-decreasing along the row)."""
+    import torch
+
+    batch, length = hidden_states.shape[:2]
+    offsets = torch.cumsum(examples[:, -1] + 1, dim=0) - (examples[:, -1] + 1)
+    flat = (examples + offsets[:, None]).reshape(1, -1).to(torch.int32)
+    counts = torch.bincount(flat[0].long())
+    cu_seqlens = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(torch.int32)
+    mask = kwargs.pop("attention_mask", None)
+    if getattr(mask, "dim", lambda: 0)() == 2:
+        mask = mask.reshape(1, -1)
+    given = {"cu_seq_lens_q": cu_seqlens, "cu_seqlens": cu_seqlens, "seq_idx": flat}
+    out = original(hidden_states.reshape(1, batch * length, -1), *args, attention_mask=mask,
+                   **{**kwargs, **{name: given[name] for name in names}})
+    return out.reshape(batch, length, *out.shape[2:])
+
+
+def _mixer_forward(mixer, original):
+    def forward(hidden_states, *args, **kwargs):
+        examples = kwargs.pop(KWARG, None)
+        if isinstance(kwargs.get("attention_mask"), Carried):
+            carried = kwargs.pop("attention_mask")
+            kwargs["attention_mask"], examples = carried.mask, carried.examples
+        if examples is None:
+            return original(hidden_states, *args, **kwargs)
+        if hidden_states.is_cuda and kernels_take_boundaries(type(mixer).__name__):
+            names = KERNELS[type(mixer).__name__][1]
+            return with_boundaries(original, names, hidden_states, examples, *args, **kwargs)
+        return by_example(original, hidden_states, examples, *args, **kwargs)
+
+    return forward
+
+
+def keep_examples_apart(model) -> int:
+    """Without context parallelism: each example of a packed row starts the model's recurrent mixers (LAYERS)
+    from a fresh state, as run alone; the number of mixers patched."""
+    count = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if name in LAYERS and not getattr(module, "_packed_examples_apart", False):
+            module.forward = _layer_forward(module, LAYERS[name], module.forward)
+            module._packed_examples_apart = True
+        if name in MIXERS and not getattr(module, "_packed_examples_apart", False):
+            module.forward = _mixer_forward(module, module.forward)
+            module._packed_examples_apart = True
+            count += 1
+    return count
+
+
+def packed(position_ids) -> bool:
+    """Whether a row holds several examples: position_ids restart at 0 after its first token."""
+    return bool((position_ids[..., 1:] == 0).any())

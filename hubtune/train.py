@@ -264,7 +264,7 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     if config.training.context_parallel_size > 1:
         context_parallel.prepare(model)  # attention over the gathered rows, Mamba-2 state passed between chunks
     else:
-        context_parallel.keep_packed_examples_apart(model)  # Mamba-2 state restarts at each packed example
+        context_parallel.keep_packed_examples_apart(model)  # recurrent state restarts at each packed example
     if sharded and mode == "fsdp":
         compat.peft_keys_under_nested_fsdp()  # else FSDP1's checkpoints and the adapter saved at the end are empty
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hubtune import config as cfg
-from hubtune import distributed
+from hubtune import distributed, recurrent
 from hubtune.errors import ConfigError
 from hubtune.interop import axolotl
 
@@ -45,11 +45,6 @@ CANNOT_HONOUR = {
     # An 8-bit base partitioned by ZeRO-3 (bitsandbytes keeps its row constants on the weight object): hubtune
     # refuses it at launch, so the converter does too. Under FSDP it runs on FSDP2 (hubtune.sharded_int8).
     "8-bit bases under ZeRO-3 (load_in_8bit)": {"load_in_8bit"},
-    # Packed rows through layers that carry a state from token to token (Mamba, Gated DeltaNet, KDA, short
-    # convolutions: hubtune.recurrent): every example would start from the state of the one before it. hubtune
-    # restarts it at each packed example for Nemotron-H's Mamba-2 only, and refuses packing for the others.
-    "packing over state-space / linear-attention layers other than Nemotron-H's (sample_packing)": {
-        "sample_packing"},
 }
 # Keys with which Axolotl itself would train nothing: refused with that said, never converted to a run
 # that trains something else.
@@ -105,18 +100,6 @@ def results():
     return out
 
 
-@pytest.fixture(scope="module")
-def unpacked_results(results):
-    """results, with the examples refused only for packing over layers that carry state between tokens
-    converted unpacked: what else they ask for is checked on that config."""
-    out = []
-    for name, kind, data, config, refused in results:
-        if refused and {key for key, _ in refused} == {"sample_packing"}:
-            config, refused = convert({**data, "sample_packing": False})
-        out.append((name, kind, data, config, refused))
-    return out
-
-
 PACKED_OVER_STATE = {  # supervised examples that pack rows for a model with recurrent layers, by their layers
     "LiquidAI/lfm2-8b-a1b-lora.yaml": "short-convolution", "falcon-h1/falcon-h1-1b-qlora-cp.yaml": "Mamba-2",
     "jamba/qlora_fsdp_large.yaml": "Mamba", "kimi-linear/kimi-48b-lora.yaml": "Kimi Delta Attention",
@@ -127,20 +110,19 @@ PACKED_OVER_STATE = {  # supervised examples that pack rows for a model with rec
 }
 
 
-def test_packing_over_layers_that_carry_state_is_refused_but_for_nemotron_h(results, unpacked_results):
+def test_packed_rows_over_layers_that_carry_state_convert_packed(results):
     """Axolotl packs these rows, and its monkeypatches pass the examples' boundaries to some of these layers'
-    kernels; hubtune keeps them apart for Nemotron-H's Mamba-2 only, so the others are refused with the layers
-    named and what to do, and convert unpacked (which trains each example from a fresh state)."""
-    refused = {name: dict(why) for name, kind, _, _, why in results if kind == SUPERVISED and "sample_packing" in dict(why)}
-    assert set(refused) == set(PACKED_OVER_STATE)
+    kernels; hubtune restarts every recurrent layer at each packed example (hubtune.recurrent, and Nemotron-H's
+    Mamba-2 through hubtune.context_parallel), so each converts with packing, as Nemotron-H's do."""
+    packed = {name: config for name, kind, data, config, _ in results
+              if kind == SUPERVISED and data.get("sample_packing") and
+              recurrent.model_type_of(data["base_model"]) in recurrent.STATEFUL}
+    assert set(packed) == set(PACKED_OVER_STATE) | {name for name in packed if name.startswith("nemotron-h/")}
+    assert len(packed) == len(PACKED_OVER_STATE) + 3
+    assert all(config is not None and config.data.packing for config in packed.values())
+    bases = {name: data["base_model"] for name, _, data, _, _ in results if name in PACKED_OVER_STATE}
     for name, layers in PACKED_OVER_STATE.items():
-        why = refused[name]["sample_packing"]
-        assert why.startswith("True: ") and layers in why and why.endswith("set sample_packing: false"), name
-    unpacked = {name: config for name, _, _, config, _ in unpacked_results}
-    assert all(unpacked[name] is not None and not unpacked[name].data.packing for name in PACKED_OVER_STATE)
-    nemotron = {name: config for name, _, data, config, _ in results if name.startswith("nemotron-h/")
-                and data.get("sample_packing")}
-    assert len(nemotron) == 3 and all(c is not None and c.data.packing for c in nemotron.values())
+        assert recurrent.STATEFUL[recurrent.model_type_of(bases[name])].startswith(layers), name
 
 
 def test_the_copy_is_axolotls_examples_with_licence_and_commit():
@@ -403,8 +385,8 @@ EXPERTS_UNDER_FSDP = {"glm47-flash/qlora_fsdp.yaml": ("nf4", "adamw_torch_8bit")
                       "qwen3.5/122b-a10b-moe-qlora-fsdp.yaml": ("nf4", "adamw_torch_4bit")}
 
 
-def test_quantized_experts_convert_under_fsdp_on_4_and_8_bit_bases(unpacked_results):
-    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in unpacked_results
+def test_quantized_experts_convert_under_fsdp_on_4_and_8_bit_bases(results):
+    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("quantize_moe_experts")}
     assert len(asked) == 16
     assert not any(why for _, why in asked.values())
@@ -433,11 +415,11 @@ def test_quantized_experts_convert_under_fsdp_on_4_and_8_bit_bases(unpacked_resu
 TORCHAO_QLORA_UNDER_FSDP = ("llama-4/scout-qlora-flexattn-fsdp2.yaml", "qwen3.5/27b-qlora-fsdp.yaml")
 
 
-def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(unpacked_results):
+def test_torchaos_low_bit_adamw_under_fsdp_launches_fsdp2(results):
     """Axolotl's examples with torchao's 8- or 4-bit AdamW under FSDP (all of them FSDP2 there) convert to
     hubtune's FSDP2 launch in which every GPU loads the quantized base; GLM-5.2's (over an NVFP4 base, with
     expert parallelism) to plain processes with its experts spread, where each process steps its own share."""
-    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in unpacked_results
+    asked = {name: (config, dict(refused)) for name, kind, data, config, refused in results
              if kind == SUPERVISED and data.get("optimizer") in ("adamw_torch_8bit", "adamw_torch_4bit")
              and (data.get("fsdp") or data.get("fsdp_config"))}
     assert not [name for name, (config, _) in asked.items() if config is None]
@@ -488,7 +470,7 @@ NVFP4_EXAMPLES = ("gemma4/26b-a4b-moe-nvfp4-lora.yaml", "deepseek-v4/v4-flash-nv
                   "glm_moe_dsa/glm-5.2-nvfp4-lora.yaml")
 
 
-def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_included(unpacked_results):
+def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_included(results):
     """The NVFP4 bases load through hubtune.nvfp4: the grouped NVFP4 experts kernel is noted (Axolotl computes
     the same on all but sm100 GPUs, which the note says) and merge-aware LoRA is lora.nvfp4_merge_aware; under
     FSDP hubtune launches FSDP2 with every process loading the packed base whole (its 8-bit torchao optimizer
@@ -496,7 +478,7 @@ def test_nvfp4_examples_convert_under_fsdp_deepseek_v4s_fp8_declared_base_includ
     (tests/test_fp8.py); Hub kernels (use_kernels) are left out for these bases, whose layers read their weights
     through hubtune's parametrizations. GLM-5.2's runs with its experts spread over 8 GPUs, each reading its
     share of the packed experts and holding its share of the experts' LoRA (tests/test_expert_parallel.py)."""
-    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in unpacked_results}
+    by_name = {name: (config, dict(refused)) for name, _, _, config, refused in results}
     config, refused = by_name[NVFP4_EXAMPLES[1]]
     assert not refused and config is not None
     m, t, lora = config.model, config.training, config.lora

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (JambaConfig, LlamaConfig, NemotronHConfig, Qwen3NextConfig, GraniteMoeHybridConfig,
-                          Lfm2Config)
+from transformers import BambaConfig, GraniteMoeHybridConfig, LlamaConfig, NemotronHConfig, Zamba2Config
 
 from context_parallel_same import examples, grads, packed, tiny_nemotron_h
 from hubtune import config as cfg
@@ -106,6 +105,141 @@ def test_seq_idx_for_mamba_ssm_is_built_from_position_ids_and_handed_to_the_kern
         assert torch.equal(given, expected)
 
 
+SMALL = {"vocab_size": 64, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "intermediate_size": 48, "initializer_range": 0.1, "dtype": "float32"}
+DELTA = {"head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+         "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "num_hidden_layers": 3,
+         "layer_types": ["linear_attention", "full_attention", "linear_attention"]}
+EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+CONV = {"layer_types": ["conv", "full_attention", "conv"], "num_hidden_layers": 3, "conv_L_cache": 4}
+# Tiny members of each family that hubtune keeps apart through its recurrent mixers (hubtune.recurrent): both
+# layer kinds, conv windows of 4 tokens (Falcon-H1: Mamba-2 chunks of 4), examples starting inside and across.
+FAMILIES = {
+    "qwen3_next": ("Qwen3NextConfig", {**DELTA, **EXPERTS, "shared_expert_intermediate_size": 16}),
+    "qwen3_5_text": ("Qwen3_5TextConfig", DELTA),
+    "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**DELTA, **EXPERTS, "shared_expert_intermediate_size": 16}),
+    "lfm2": ("Lfm2Config", CONV),
+    "lfm2_moe": ("Lfm2MoeConfig", {**CONV, **EXPERTS, "num_dense_layers": 1}),
+    "falcon_h1": ("FalconH1Config", {"num_hidden_layers": 2, "head_dim": 8, "mamba_d_ssm": 32, "mamba_n_heads": 4,
+                                     "mamba_d_head": 8, "mamba_d_state": 8, "mamba_n_groups": 2, "mamba_d_conv": 4,
+                                     "mamba_chunk_size": 4}),
+    "kimi_linear": ("KimiLinearConfig", {"num_hidden_layers": 3, "num_key_value_heads": 4,
+                                         "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+                                         "mlp_layer_types": ["dense", "sparse", "dense"], "num_experts_per_tok": 2,
+                                         "num_local_experts": 4, "moe_intermediate_size": 16, "linear_head_dim": 8,
+                                         "linear_num_heads": 4, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
+                                         "qk_nope_head_dim": 8, "v_head_dim": 16, "pad_token_id": 0,
+                                         "bos_token_id": 1, "eos_token_id": 2}),
+    "jamba": ("JambaConfig", {"num_hidden_layers": 3, "attn_layer_period": 2, "attn_layer_offset": 1,
+                              "expert_layer_period": 2, "expert_layer_offset": 0, "num_experts": 4,
+                              "num_experts_per_tok": 2, "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_expand": 2,
+                              "mamba_dt_rank": 8, "use_mamba_kernels": False}),
+}
+
+
+def tiny_config(family):
+    import transformers
+
+    name, fields = FAMILIES[family]
+    return getattr(transformers, name)(**{**SMALL, **fields})
+
+
+def tiny(family):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(family)).float()
+    assert model.config.model_type == family
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_packed_rows_keep_examples_apart_in_other_recurrent_families(family):
+    """Each family's recurrent mixers (Gated DeltaNet, short convolutions, Falcon-H1's Mamba-2, Kimi's KDA), run
+    on each packed example alone with a fresh state: the packed rows' logits, loss and gradients are each example's
+    run alone, gradient checkpointing included; transformers' forward carries the state over (the gap below)."""
+    model = tiny(family)
+    rows = examples()
+    tokens = sum(len(e) - 1 for row in rows for e in row)
+    runs = [[model(input_ids=e[None], labels=e[None], use_cache=False) for e in row] for row in rows]
+    alone = torch.stack([torch.cat([run.logits[0].detach() for run in row]) for row in runs])
+    loss_alone = sum(run.loss * (run.logits.shape[1] - 1) / tokens for row in runs for run in row)
+    loss_alone.backward()
+    loss_alone, grads_alone = loss_alone.item(), grads(model)
+    leaked, _, _ = packed_logits_and_grads(model, rows)
+    assert (leaked - alone).abs().max() > 0.05  # the state leaks without hubtune's forward
+    assert recurrent.packing_problem(model.config) is None
+
+    assert cp.keep_packed_examples_apart(model) == 2
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        logits, loss, got = packed_logits_and_grads(model, rows)
+        torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)
+        assert loss == pytest.approx(loss_alone, rel=1e-6)
+        assert got.keys() == grads_alone.keys()
+        for name, grad in got.items():
+            torch.testing.assert_close(grad, grads_alone[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _record(handed, kind, result):
+    def kernel(*args, **kwargs):
+        handed.append((kind, args[0].shape, {k: kwargs.get(k) for k in ("cu_seqlens", "seq_idx")}))
+        return result(*args)
+
+    return kernel
+
+
+def conv(x, *rest):
+    return x
+
+
+def delta(q, k, v, *rest):
+    return torch.zeros_like(v), None
+
+
+# The kernels transformers calls in each family's mixer (its module's names), as recorders, and which boundaries
+# each must be given.
+HANDOVER = {
+    "qwen3_5_text": {"causal_conv1d_fn": ("seq_idx", conv), "torch_chunk_gated_delta_rule": ("cu_seqlens", delta)},
+    "kimi_linear": {"causal_conv1d_fn": ("seq_idx", conv), "chunk_kimi_delta_attention": ("cu_seqlens", delta)},
+    "lfm2": {"causal_conv1d_fn": ("seq_idx", conv)},
+    "falcon_h1": {"causal_conv1d_fn": ("seq_idx", conv), "mamba2_chunk_scan": ("seq_idx", lambda x, *_: torch.zeros_like(x))},
+}
+
+
+@pytest.mark.parametrize("family", sorted(HANDOVER))
+def test_boundaries_are_handed_to_the_kernels_on_cuda(family, monkeypatch):
+    """Where FLA's, causal-conv1d's and mamba-ssm's CUDA kernels run, each mixer gets the batch as one row of its
+    examples with their boundaries (cu_seqlens for FLA's delta rules, which want a batch of one; seq_idx for the
+    convolutions and Mamba-2's scan), which transformers' mixer passes on to its kernels. The kernels cannot run
+    here: recorders stand in for them where transformers calls them, which is as far as this test reaches."""
+    import importlib
+
+    model = tiny(family).eval()
+    module = importlib.import_module(type(model).__module__)
+    cp.keep_packed_examples_apart(model)
+    monkeypatch.setattr(recurrent, "kernels_take_boundaries", lambda mixer: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the kernel branch, on this CPU
+    handed = []
+    for name, (_, result) in HANDOVER[family].items():
+        monkeypatch.setattr(module, name, _record(handed, name, result))
+    batch = packed(examples())
+    with torch.no_grad():
+        model(**batch, use_cache=False)
+    flat = cp.seq_idx(batch["position_ids"].reshape(1, -1))  # each row's examples numbered after the last's
+    starts = torch.cat([torch.nonzero(torch.diff(flat[0], prepend=flat[0, :1] - 1)).flatten(),
+                        torch.tensor([flat.shape[1]])])
+    assert sorted({name for name, *_ in handed}) == sorted(HANDOVER[family]) and len(handed) == 2 * len(HANDOVER[family])
+    for name, shape, given in handed:
+        boundary = HANDOVER[family][name][0]
+        assert shape[0] == 1 and flat.shape[1] in shape  # one row of all examples
+        if boundary == "seq_idx":
+            assert torch.equal(given["seq_idx"], flat.to(torch.int32))
+        else:  # (transformers passes each kernel only the arguments its signature names)
+            assert torch.equal(given["cu_seqlens"], starts.to(torch.int32))
+
+
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "vocab_size": 64}
 
 
@@ -114,16 +248,15 @@ def nemotron_h():
 
 
 @pytest.mark.parametrize("model_config, layers", [
-    (JambaConfig(**TINY), "Mamba"), (Qwen3NextConfig(**TINY), "Gated DeltaNet"),
-    (GraniteMoeHybridConfig(**TINY, layer_types=["mamba", "attention"]), "Mamba-2"),
-    (Lfm2Config(**TINY, layer_types=["conv", "full_attention"]), "short-convolution")])
+    (BambaConfig(**TINY), "Mamba-2"), (Zamba2Config(**TINY, layer_types=["mamba", "hybrid"]), "Mamba-2"),
+    (GraniteMoeHybridConfig(**TINY, layer_types=["mamba", "attention"]), "Mamba-2")])
 def test_other_state_space_and_linear_attention_layers_are_named(model_config, layers):
     why = recurrent.packing_problem(model_config)
-    assert why.startswith(f"the model's {layers}") and "only Nemotron-H's Mamba-2" in why
+    assert why.startswith(f"the model's {layers}") and f"(only for {recurrent.AWARE_IN_WORDS})" in why
 
 
 def test_packing_is_refused_for_other_state_space_and_linear_attention_models():
-    model_config = Qwen3NextConfig(**TINY)
+    model_config = BambaConfig(**TINY)
     config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": ["x.jsonl"], "packing": True},
                         "lora": {"dropout": 0.0}},
                        check_paths=False)
@@ -145,11 +278,15 @@ def test_packing_is_allowed_where_examples_stay_apart():
                         "lora": {"dropout": 0.0}},
                        check_paths=False)
     check_against_model(config, nemotron_h())  # its Mamba-2 layers restart at each packed example
+    for family in FAMILIES:  # and these families' recurrent mixers (hubtune.recurrent)
+        check_against_model(config, tiny_config(family))
     check_against_model(config, LlamaConfig(vocab_size=64, hidden_size=32))
     # Granite 4.0 Micro: the hybrid family's config, all attention layers.
     assert recurrent.stateful_layers(GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["attention", "attention"])) is None
     assert recurrent.model_type_of("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16") == "nemotron_h"
-    assert recurrent.packing_problem_by_name("Qwen/Qwen3.5-27B").startswith("Qwen/Qwen3.5-27B is a qwen3_5 model")
+    assert recurrent.packing_problem_by_name("Qwen/Qwen3.5-27B") is None
+    assert recurrent.packing_problem_by_name("ibm-ai-platform/Bamba-9B").startswith(
+        "ibm-ai-platform/Bamba-9B is a bamba model")
     assert recurrent.packing_problem_by_name("meta-llama/Llama-3.1-8B") is None
 
 
