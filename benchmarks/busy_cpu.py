@@ -4,7 +4,7 @@ the same training on the machine as it is.
     python benchmarks/busy_cpu.py [--steps 40] [--competitors 2] [--rounds 2] [--spinning]
 
 Each measurement is one `hubtune train` process on the demo's run config (the embedded tiny base, QLoRA,
-the invoice task) for --steps optimizer steps, its throughput read from the run's metrics.jsonl: the
+the invoice task; no held-out set) for --steps optimizer steps, its throughput read from the run's metrics.jsonl: the
 mean of the tokens per second of its logging intervals, the first one (warm-up) left out, so loading and
 data preparation do not count. "busy" runs it with --competitors processes that each keep one core busy
 (a Python loop), started before training and stopped after. Idle and busy alternate, --rounds times,
@@ -35,10 +35,11 @@ SPIN = "while True:\n    pass\n"
 
 
 def train(out: Path, steps: int, env: dict) -> float:
-    """One training process; its mean tokens/s after the first logging interval."""
+    """One training process; its mean tokens/s after the first logging interval. No held-out set: its
+    evaluations are not training, and would only lengthen the run."""
     cmd = [sys.executable, "-m", "hubtune.cli", "train", str(DEMO), f"training.max_steps={steps}",
            "training.logging_steps=5", f"training.eval_steps={steps * 10}", f"training.save_steps={steps * 10}",
-           f"output.dir={out}"]
+           "data.val_set_size=0", f"output.dir={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")

@@ -80,6 +80,17 @@ def line_colours(page: Page, chart: str) -> set[str]:
     return {s for s in strokes if s and s != "transparent"}
 
 
+def eventually(page: Page, read, until, timeout_s: float = 15.0):
+    """What `read()` gives once `until` holds of it (polled every 0.2 s, as the chart redraws when new points
+    arrive), or its last reading after timeout_s."""
+    deadline = time.time() + timeout_s
+    value = read()
+    while not until(value) and time.time() < deadline:
+        page.wait_for_timeout(200)
+        value = read()
+    return value
+
+
 def step_ticks(page: Page, chart: str) -> list[str]:
     """The labels the chart writes under its step (x) axis."""
     return page.eval_on_selector_all(
@@ -168,8 +179,8 @@ def test_demo_loop_in_the_browser(ui_app, hub, page: Page):
     assert min(losses[-5:]) < losses[0], f"loss did not fall: {losses}"
     log(started, "resumed run finished")
     page.locator("#loss-chart").scroll_into_view_if_needed()
-    page.wait_for_timeout(3000)  # the chart's last draw (it is sent only when it has new points)
-    assert len(line_colours(page, "loss-chart")) == 2, "the chart drew no training and held-out lines"
+    colours = eventually(page, lambda: line_colours(page, "loss-chart"), lambda c: len(c) == 2)
+    assert len(colours) == 2, "the chart drew no training and held-out lines"
     ticks = step_ticks(page, "loss-chart")
     assert ticks and all(t.isdigit() for t in ticks), ticks  # whole steps: never 0.5
     # The log in the page's words: each job as what it did, no command lines, no server folders.
@@ -301,8 +312,8 @@ def test_own_data_in_the_browser(ui_app, hub, page: Page, tmp_path):
     run_name = re.search(r"tiny-llama-[\d-]+", page.locator("#train-message").inner_text()).group(0)
     expect(page.locator("#progress")).to_contain_text("finished · step 12/12", timeout=LONG)
     page.locator("#loss-chart").scroll_into_view_if_needed()
-    page.wait_for_timeout(3000)
-    words = legend(page, "loss-chart")
+    words = eventually(page, lambda: legend(page, "loss-chart"),
+                       lambda w: "training loss" in w and "held-out loss" in w)
     assert "training loss" in words and "held-out loss" in words, words
     # ...and in view: drawn inside the chart's box, not cut off below it.
     box = page.locator("#loss-chart").bounding_box()
