@@ -29,8 +29,10 @@ STATEFUL = {
 }
 # Packed rows keep their examples apart through these (hubtune.context_parallel).
 EXAMPLE_AWARE = frozenset({"nemotron_h", "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text",
-                           "lfm2", "lfm2_moe", "falcon_h1", "kimi_linear", "jamba"})
-AWARE_IN_WORDS = "Nemotron-H, Falcon-H1, Jamba, Qwen3-Next, Qwen3.5 (+MoE), LFM2 (+MoE) and Kimi-Linear"
+                           "lfm2", "lfm2_moe", "falcon_h1", "kimi_linear", "jamba", "granitemoehybrid", "bamba",
+                           "zamba", "zamba2", "mamba", "mamba2", "falcon_mamba", "olmo_hybrid"})
+AWARE_IN_WORDS = ("Nemotron-H, Granite 4.0 hybrids, Bamba, Zamba, Zamba2, Falcon-H1, Jamba, Mamba, Mamba-2, "
+                  "FalconMamba, Qwen3-Next, Qwen3.5 (+MoE), OLMo-Hybrid, LFM2 (+MoE) and Kimi-Linear")
 ATTENTION = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention", "global", "local"})
 NOT_MIXING = frozenset({"mlp", "moe", "dense", "sparse"})  # layer kinds that mix no tokens (Nemotron-H, Kimi)
 RECURRENT_WORDS = ("linear", "mamba", "conv", "ssm", "recurrent", "delta", "rnn", "lightning")
@@ -117,24 +119,43 @@ def packing_problem_by_name(base_model: str) -> str | None:
 # recomputation under gradient checkpointing, which replays the layer's class forward with them, does the same).
 LAYERS = {"Qwen3NextDecoderLayer": "linear_attn", "Qwen3_5DecoderLayer": "linear_attn",
           "Qwen3_5MoeDecoderLayer": "linear_attn", "Lfm2DecoderLayer": "conv", "Lfm2MoeDecoderLayer": "conv",
-          "FalconH1DecoderLayer": "mamba", "KimiLinearDecoderLayer": "self_attn", "JambaMambaDecoderLayer": "mamba"}
+          "FalconH1DecoderLayer": "mamba", "KimiLinearDecoderLayer": "self_attn", "JambaMambaDecoderLayer": "mamba",
+          "BambaDecoderLayer": "mamba", "Mamba2Block": "mixer", "Zamba2MambaDecoderLayer": "mamba",
+          # Zamba2's hybrid layer hands its Mamba layer everything but position_ids
+          "Zamba2HybridLayer": "mamba_decoder.mamba",
+          "OlmoHybridLinearAttentionDecoderLayer": "linear_attn"}
+# Models whose forward never hands position_ids to its layers, and how the examples reach the mixers instead:
+# "kwargs": the model hands them to each layer as a keyword argument, which the layers pass on to their mixers
+# (Zamba; and Mamba-2's backbone, given them on its mask by Mamba2ForCausalLM, which drops position_ids);
+# "masks": the same, and the model's masks are built with position_ids (Granite 4.0's hybrids build their
+# attention masks without them); "mask": they ride on the attention_mask (Carried: the pure Mamba models drop
+# position_ids, and their blocks hand the mixer only the mask).
+MODELS = {"GraniteMoeHybridModel": "masks", "MambaForCausalLM": "mask", "FalconMambaForCausalLM": "mask",
+          "Mamba2ForCausalLM": "mask", "Mamba2Model": "kwargs", "ZambaModel": "kwargs"}
 # Layers that hand their mixer no keyword arguments but attention_mask: the examples ride on it (Carried).
 THROUGH_MASK = frozenset({"JambaMambaDecoderLayer"})
 _GATED_DELTA = (("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"), ("causal_conv1d", "causal_conv1d_fn"))
+_MAMBA2 = (("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
+           ("mamba_ssm.ops.triton.ssd_combined", "mamba_split_conv1d_scan_combined"),
+           ("causal_conv1d", "causal_conv1d_fn"))
 # Mixer class -> the kernels that keep packed examples apart on CUDA (module, function: all must import) and
 # the keyword arguments that carry the boundaries to them through the mixer.
 KERNELS = {
     "Qwen3NextGatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),  # the mixer renames it cu_seqlens
     "Qwen3_5GatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),
     "Qwen3_5MoeGatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),
+    "OlmoHybridGatedDeltaNet": (_GATED_DELTA, ("cu_seq_lens_q", "seq_idx")),
     "KimiLinearDeltaAttention": ((("fla.ops.kda", "chunk_kda"), ("causal_conv1d", "causal_conv1d_fn")),
                                  ("cu_seqlens", "seq_idx")),
     "Lfm2ShortConv": ((("causal_conv1d", "causal_conv1d_fn"),), ("seq_idx",)),
     "Lfm2MoeShortConv": ((("causal_conv1d", "causal_conv1d_fn"),), ("seq_idx",)),
-    "FalconH1Mixer": ((("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
-                       ("mamba_ssm.ops.triton.ssd_combined", "mamba_split_conv1d_scan_combined"),
-                       ("causal_conv1d", "causal_conv1d_fn")), ("seq_idx",)),
-    "JambaMambaMixer": ((), ()),  # mamba-ssm's selective scan (Mamba-1) takes no boundaries: one call per example
+    "FalconH1Mixer": (_MAMBA2, ("seq_idx",)),
+    "BambaMixer": (_MAMBA2, ("seq_idx",)),
+    "GraniteMoeHybridMambaLayer": (_MAMBA2, ("seq_idx",)),
+    "Zamba2MambaMixer": (_MAMBA2, ("seq_idx",)),
+    "Mamba2Mixer": (_MAMBA2, ("seq_idx",)),
+    # mamba-ssm's selective scan (Mamba-1) takes no boundaries: one call per example
+    "JambaMambaMixer": ((), ()), "MambaMixer": ((), ()), "FalconMambaMixer": ((), ()), "ZambaMambaMixer": ((), ()),
 }
 MIXERS = frozenset(KERNELS)
 KWARG = "packed_examples"
@@ -163,13 +184,17 @@ def _examples(position_ids, attention_mask):
     return seq_idx(position_ids, mask)
 
 
+def _mixer(layer, attribute):
+    return functools.reduce(lambda module, name: getattr(module, name, None), attribute.split("."), layer)
+
+
 def _layer_forward(layer, attribute, original):
     def forward(*args, **kwargs):
         position_ids = kwargs.get("position_ids")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         # Packed rows come without a cache (TRL's trainers pass use_cache=False); generation's left-padded rows
         # restart position_ids too, and keep transformers' own path.
-        if (type(getattr(layer, attribute, None)).__name__ not in MIXERS or position_ids is None
+        if (type(_mixer(layer, attribute)).__name__ not in MIXERS or position_ids is None or KWARG in kwargs
                 or cache is not None or position_ids.dim() != 2 or not packed(position_ids)):
             return original(*args, **kwargs)
         examples = _examples(position_ids, kwargs.get("attention_mask"))
@@ -178,6 +203,47 @@ def _layer_forward(layer, attribute, original):
         return original(*args, **kwargs, **{KWARG: examples})
 
     return forward
+
+
+def _model_forward(model, how, original):
+    def forward(*args, **kwargs):
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Carried) and how == "kwargs":
+            return original(*args, **{**kwargs, "attention_mask": mask.mask, KWARG: mask.examples})
+        position_ids = kwargs.get("position_ids")
+        use_cache = kwargs.get("use_cache")
+        use_cache = getattr(model.config, "use_cache", False) if use_cache is None else use_cache
+        if (position_ids is None or use_cache or kwargs.get("cache", kwargs.get("past_key_values")) is not None
+                or position_ids.dim() != 2 or not packed(position_ids)):
+            return original(*args, **kwargs)
+        examples = _examples(position_ids, mask)
+        if how == "mask":
+            return original(*args, **{**kwargs, "attention_mask": Carried(mask, examples)})
+        if how == "masks" and not isinstance(mask, dict):
+            kwargs["attention_mask"] = _packed_masks(model, position_ids, mask, kwargs)
+        return original(*args, **kwargs, **{KWARG: examples})
+
+    return forward
+
+
+def _packed_masks(model, position_ids, mask, kwargs):
+    """The masks of a model that builds them without position_ids (Granite 4.0's hybrids), built with them:
+    attention then keeps each packed example to itself, as transformers does where position_ids reach the mask
+    (flash attention gets the examples' cu_seqlens from transformers' own helper)."""
+    import torch
+    from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is None:
+        ids = kwargs["input_ids"]
+        embeds = torch.empty(*ids.shape, 1, dtype=model.get_input_embeddings().weight.dtype, device=ids.device)
+    if "flash" in str(model.config._attn_implementation) and "cu_seq_lens_q" not in kwargs:
+        (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(position_ids)
+        kwargs.update(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k, max_length_q=max_q, max_length_k=max_k)
+    common = {"config": model.config, "inputs_embeds": embeds, "attention_mask": mask, "cache": None}
+    return {"full_attention": create_causal_mask(**common, position_ids=position_ids),
+            "linear_attention": create_recurrent_attention_mask(**common)}
 
 
 class Carried:
@@ -243,7 +309,7 @@ def _mixer_forward(mixer, original):
         if isinstance(kwargs.get("attention_mask"), Carried):
             carried = kwargs.pop("attention_mask")
             kwargs["attention_mask"], examples = carried.mask, carried.examples
-        if examples is None:
+        if examples is None or kwargs.get("cache", kwargs.get("cache_params")) is not None:
             return original(hidden_states, *args, **kwargs)
         if hidden_states.is_cuda and kernels_take_boundaries(type(mixer).__name__):
             names = KERNELS[type(mixer).__name__][1]
@@ -259,6 +325,9 @@ def keep_examples_apart(model) -> int:
     count = 0
     for module in model.modules():
         name = type(module).__name__
+        if name in MODELS and not getattr(module, "_packed_examples_apart", False):
+            module.forward = _model_forward(module, MODELS[name], module.forward)
+            module._packed_examples_apart = True
         if name in LAYERS and not getattr(module, "_packed_examples_apart", False):
             module.forward = _layer_forward(module, LAYERS[name], module.forward)
             module._packed_examples_apart = True

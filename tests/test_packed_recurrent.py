@@ -1,12 +1,13 @@
 """Packed rows through layers that carry a state from token to token: Nemotron-H's Mamba-2 layers restart at
 each packed example (hubtune.context_parallel with a group of one, or seq_idx for mamba-ssm's kernels), and
-packing is refused before training for the other state-space / linear-attention families (hubtune.recurrent)."""
+the other families' recurrent mixers run per example or hand the kernels the boundaries (hubtune.recurrent);
+packing is refused before training for the rest (MiniMax-Text-01, RecurrentGemma, RWKV, xLSTM)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BambaConfig, GraniteMoeHybridConfig, LlamaConfig, NemotronHConfig, Zamba2Config
+from transformers import GraniteMoeHybridConfig, LlamaConfig, MiniMaxConfig, NemotronHConfig, RecurrentGemmaConfig, RwkvConfig
 
 from context_parallel_same import examples, grads, packed, tiny_nemotron_h
 from hubtune import config as cfg
@@ -111,6 +112,8 @@ DELTA = {"head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4, 
          "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "num_hidden_layers": 3,
          "layer_types": ["linear_attention", "full_attention", "linear_attention"]}
 EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+MAMBA2 = {"mamba_d_state": 8, "mamba_d_conv": 4, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 2,
+          "mamba_chunk_size": 4}
 CONV = {"layer_types": ["conv", "full_attention", "conv"], "num_hidden_layers": 3, "conv_L_cache": 4}
 # Tiny members of each family that hubtune keeps apart through its recurrent mixers (hubtune.recurrent): both
 # layer kinds, conv windows of 4 tokens (Falcon-H1: Mamba-2 chunks of 4), examples starting inside and across.
@@ -134,6 +137,23 @@ FAMILIES = {
                               "expert_layer_period": 2, "expert_layer_offset": 0, "num_experts": 4,
                               "num_experts_per_tok": 2, "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_expand": 2,
                               "mamba_dt_rank": 8, "use_mamba_kernels": False}),
+    "bamba": ("BambaConfig", {**MAMBA2, "num_hidden_layers": 3, "attn_layer_indices": [1]}),
+    "granitemoehybrid": ("GraniteMoeHybridConfig", {**MAMBA2, "num_hidden_layers": 3, "num_local_experts": 4,
+                                                    "num_experts_per_tok": 2,
+                                                    "layer_types": ["mamba", "attention", "mamba"]}),
+    "zamba2": ("Zamba2Config", {"num_hidden_layers": 2, "layers_block_type": ["mamba", "hybrid"], "mamba_d_state": 8,
+                                "mamba_d_conv": 4, "mamba_headdim": 8, "mamba_ngroups": 2, "chunk_size": 4,
+                                "n_mamba_heads": 8, "attention_head_dim": 16, "num_mem_blocks": 1}),
+    "zamba": ("ZambaConfig", {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"],
+                              "mamba_d_state": 8, "mamba_d_conv": 4, "n_mamba_heads": 2, "attention_head_dim": 8,
+                              "mamba_dt_rank": 8, "use_mamba_kernels": False}),
+    "olmo_hybrid": ("OlmoHybridConfig", {**DELTA, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+    # Pure Mamba models: no attention; their forward drops position_ids (hubtune reads them before it does).
+    "mamba2": ("Mamba2Config", {"num_hidden_layers": 2, "state_size": 8, "num_heads": 8, "head_dim": 8,
+                                "n_groups": 2, "conv_kernel": 4, "chunk_size": 4, "expand": 2}),
+    "mamba": ("MambaConfig", {"num_hidden_layers": 2, "state_size": 8, "conv_kernel": 4, "expand": 2,
+                              "use_mambapy": False}),
+    "falcon_mamba": ("FalconMambaConfig", {"num_hidden_layers": 2, "state_size": 8, "conv_kernel": 4, "expand": 2}),
 }
 
 
@@ -155,8 +175,9 @@ def tiny(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_packed_rows_keep_examples_apart_in_other_recurrent_families(family):
-    """Each family's recurrent mixers (Gated DeltaNet, short convolutions, Falcon-H1's Mamba-2, Kimi's KDA), run
-    on each packed example alone with a fresh state: the packed rows' logits, loss and gradients are each example's
+    """Each family's recurrent mixers (Gated DeltaNet, short convolutions, Mamba and Mamba-2, Kimi's KDA), run on
+    each packed example alone with a fresh state, whether position_ids reach the layers or only the model (Granite
+    4.0's hybrids, Zamba, the pure Mamba models, which also take position_ids only to drop them): the packed rows' logits, loss and gradients are each example's
     run alone, gradient checkpointing included; transformers' forward carries the state over (the gap below)."""
     model = tiny(family)
     rows = examples()
@@ -170,7 +191,7 @@ def test_packed_rows_keep_examples_apart_in_other_recurrent_families(family):
     assert (leaked - alone).abs().max() > 0.05  # the state leaks without hubtune's forward
     assert recurrent.packing_problem(model.config) is None
 
-    assert cp.keep_packed_examples_apart(model) == 2
+    assert cp.keep_packed_examples_apart(model) == (3 if family == "zamba" else 2)  # Zamba: a Mamba per hybrid
     for checkpointing in (False, True):
         if checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -181,6 +202,23 @@ def test_packed_rows_keep_examples_apart_in_other_recurrent_families(family):
         for name, grad in got.items():
             torch.testing.assert_close(grad, grads_alone[name], rtol=1e-4, atol=1e-5, msg=name)
 
+
+
+def test_granite_attention_keeps_packed_examples_apart():
+    """Granite 4.0's model builds its attention mask without position_ids, so packed examples attend to the ones
+    before them even with no Mamba layer (Granite 4.0 Micro); hubtune builds the mask with them."""
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(GraniteMoeHybridConfig(**SMALL, **MAMBA2, num_hidden_layers=2,
+                                                                    layer_types=["attention", "attention"])).float()
+    rows = examples()
+    with torch.no_grad():
+        alone = torch.stack([torch.cat([model(input_ids=e[None], use_cache=False).logits[0] for e in row])
+                             for row in rows])
+        assert (model(**packed(rows), use_cache=False).logits - alone).abs().max() > 0.1
+        assert cp.keep_packed_examples_apart(model) == 0
+        torch.testing.assert_close(model(**packed(rows), use_cache=False).logits, alone, rtol=1e-5, atol=1e-5)
 
 def _record(handed, kind, result):
     def kernel(*args, **kwargs):
@@ -201,10 +239,12 @@ def delta(q, k, v, *rest):
 # The kernels transformers calls in each family's mixer (its module's names), as recorders, and which boundaries
 # each must be given.
 HANDOVER = {
-    "qwen3_5_text": {"causal_conv1d_fn": ("seq_idx", conv), "torch_chunk_gated_delta_rule": ("cu_seqlens", delta)},
+    **{family: {"causal_conv1d_fn": ("seq_idx", conv), "torch_chunk_gated_delta_rule": ("cu_seqlens", delta)}
+       for family in ("qwen3_5_text", "olmo_hybrid")},
     "kimi_linear": {"causal_conv1d_fn": ("seq_idx", conv), "chunk_kimi_delta_attention": ("cu_seqlens", delta)},
     "lfm2": {"causal_conv1d_fn": ("seq_idx", conv)},
-    "falcon_h1": {"causal_conv1d_fn": ("seq_idx", conv), "mamba2_chunk_scan": ("seq_idx", lambda x, *_: torch.zeros_like(x))},
+    **{family: {"causal_conv1d_fn": ("seq_idx", conv), "mamba2_chunk_scan": ("seq_idx", lambda x, *_: torch.zeros_like(x))}
+       for family in ("falcon_h1", "bamba", "granitemoehybrid", "zamba2", "mamba2")},
 }
 
 
@@ -248,15 +288,15 @@ def nemotron_h():
 
 
 @pytest.mark.parametrize("model_config, layers", [
-    (BambaConfig(**TINY), "Mamba-2"), (Zamba2Config(**TINY, layer_types=["mamba", "hybrid"]), "Mamba-2"),
-    (GraniteMoeHybridConfig(**TINY, layer_types=["mamba", "attention"]), "Mamba-2")])
+    (MiniMaxConfig(**TINY), "lightning (linear) attention"), (RecurrentGemmaConfig(**TINY), "RG-LRU recurrent"),
+    (RwkvConfig(**TINY), "RWKV")])
 def test_other_state_space_and_linear_attention_layers_are_named(model_config, layers):
     why = recurrent.packing_problem(model_config)
     assert why.startswith(f"the model's {layers}") and f"(only for {recurrent.AWARE_IN_WORDS})" in why
 
 
 def test_packing_is_refused_for_other_state_space_and_linear_attention_models():
-    model_config = BambaConfig(**TINY)
+    model_config = MiniMaxConfig(**TINY)
     config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": ["x.jsonl"], "packing": True},
                         "lora": {"dropout": 0.0}},
                        check_paths=False)
@@ -285,8 +325,9 @@ def test_packing_is_allowed_where_examples_stay_apart():
     assert recurrent.stateful_layers(GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["attention", "attention"])) is None
     assert recurrent.model_type_of("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16") == "nemotron_h"
     assert recurrent.packing_problem_by_name("Qwen/Qwen3.5-27B") is None
-    assert recurrent.packing_problem_by_name("ibm-ai-platform/Bamba-9B").startswith(
-        "ibm-ai-platform/Bamba-9B is a bamba model")
+    assert recurrent.packing_problem_by_name("ibm-granite/granite-4.0-h-small") is None
+    assert recurrent.packing_problem_by_name("MiniMaxAI/MiniMax-Text-01").startswith(
+        "MiniMaxAI/MiniMax-Text-01 is a minimax model")
     assert recurrent.packing_problem_by_name("meta-llama/Llama-3.1-8B") is None
 
 
