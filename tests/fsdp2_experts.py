@@ -13,7 +13,8 @@ Rank 0 writes the mean losses, the full LoRA gradients and what each process hel
 
 EXPERTS "quantized" (the default) or "16-bit": a QLoRA base whose experts stay in 16 bits, launched the same
 way for torchao's low-bit AdamW (distributed.loads_whole_base). QUANTIZATION "nvfp4": MODEL is a ModelOpt NVFP4
-folder, loaded packed by hubtune.nvfp4 (attention and experts), also launched that way.
+folder, loaded packed by hubtune.nvfp4 (attention and experts), also launched that way; "dsv4": MODEL is DeepSeek V4's
+NVFP4 release layout (block-wise FP8 weights, NVFP4 experts), loaded the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def prepared(model_path: str, quantization: str, lora: dict, quantize_experts: b
     from hubtune.hardware import Hardware
     from hubtune.train import attach_lora, load_base
 
-    if quantization == "nvfp4":  # a ModelOpt NVFP4 folder: it loads as saved (hubtune.nvfp4), nothing to set
+    if quantization in ("nvfp4", "dsv4"):  # an NVFP4 folder (ModelOpt's, or DeepSeek V4's fp8 with NVFP4 experts):
+        # it loads as saved (hubtune.nvfp4), nothing to set
         model = {"id": model_path, "quantization": "none"}
     else:
         model = {"id": model_path, "quantization": quantization, "quantize_experts": quantize_experts}
@@ -97,7 +99,8 @@ def main(model_path: str, quantization: str, lora_json: str, optimizer_name: str
     assert all(isinstance(layer, FSDPModule) for layer in model.base_model.model.model.layers)
     held = {name: [tuple(param.shape), tuple(param.to_local().shape), str(param.dtype)]
             for name, param in model.named_parameters() if "parametrizations" in name or param.dtype == torch.int8}
-    # The parametrizations' constants (NVFP4 block and global scales) are buffers: FSDP2 leaves them whole.
+    # The parametrizations' constants (NVFP4 block and global scales, FP8 block scales) are buffers: FSDP2 leaves
+    # them whole.
     constants = {name: [tuple(buf.shape), type(buf).__name__] for name, buf in model.named_buffers()
                  if "parametrizations" in name}
     adam = optimizer(model, optimizer_name)

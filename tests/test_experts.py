@@ -16,7 +16,7 @@ from hubtune.errors import ConfigError
 from hubtune.hardware import Hardware
 
 CPU = Hardware("cpu", torch.float32, "adamw_torch")
-STORAGE = {"nf4": torch.uint8, "fp4": torch.uint8, "int8": torch.int8, "nvfp4": torch.uint8}
+STORAGE = {"nf4": torch.uint8, "fp4": torch.uint8, "int8": torch.int8, "nvfp4": torch.uint8, "dsv4": torch.uint8}
 
 
 @pytest.fixture(scope="module")
@@ -308,9 +308,13 @@ TORCHAO_LORA = {"target_modules": ["q_proj"], "dropout": 0.0, "r": 128}
     # A ModelOpt NVFP4 base (hubtune.nvfp4: packed uint8 attention and experts, their scales buffers).
     ("nvfp4", {"target_modules": ["q_proj", "v_proj"], "target_parameters": ["experts.gate_up_proj",
                                                                              "experts.down_proj"], "dropout": 0.0, "r": 4},
-     "adamw_torch")],
+     "adamw_torch"),
+    # DeepSeek V4's NVFP4 release layout: block-wise FP8 attention and shared expert (uint8 codes), NVFP4 experts.
+    ("dsv4", {"target_modules": ["q_a_proj", "o_b_proj"], "target_parameters": ["mlp.experts.gate_up_proj",
+                                                                                 "mlp.experts.down_proj"],
+              "dropout": 0.0, "r": 4}, "adamw_torch")],
     ids=["lora-on-experts", "lora-on-attention", "torchao-8-bit-adamw", "torchao-4-bit-adamw", "int8-base",
-         "nvfp4-base"])
+         "nvfp4-base", "dsv4-fp8-nvfp4-base"])
 def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_path, quantization, lora, optimizer):
     """Two processes (gloo, CPU) under FSDP2: each loads the base with its experts quantized, fully_shard
     splits the quantized storage between them (each keeps the whole constants), and after its all-gather
@@ -332,6 +336,11 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
         base = tmp_path / "nvfp4"
         write(tiny_moe, base, tmp_path / "sixteen")
         # Known by its saved format alone: nothing in the run config says NVFP4.
+        model_section = cfg.ModelSection(id=str(base), quantization="none")
+    elif quantization == "dsv4":
+        from nvfp4_checkpoint import tiny_deepseek_v4
+
+        base = tiny_deepseek_v4(tmp_path)[0]
         model_section = cfg.ModelSection(id=str(base), quantization="none")
     else:
         model_section = cfg.ModelSection(quantization=quantization, quantize_experts=not experts_16_bit)
@@ -358,7 +367,10 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
     sharded = torch.load(out)
     # Each process held half of every quantized expert's storage, in its quantized dtype (and of an int8 base's
     # linear layers: q, k, v, o of both layers).
-    assert len(sharded["held"]) == (0 if experts_16_bit else 4) + (8 if quantization in ("int8", "nvfp4") else 0)
+    # DeepSeek V4's: 17 FP8 weights (per layer the attention's q_a, q_b, kv, o_a, o_b and the shared expert's three;
+    # the indexer's q_b).
+    assert len(sharded["held"]) == (0 if experts_16_bit else 4) + {"int8": 8, "nvfp4": 8, "dsv4": 17}.get(
+        quantization, 0)
     for name, (full, local, dtype) in sharded["held"].items():
         assert ("experts" in name or "self_attn" in name) and dtype == str(STORAGE[quantization])
         assert local[0] * 2 == full[0]
@@ -373,6 +385,13 @@ def test_fsdp2_shards_quantized_experts_and_trains_as_one_process(tiny_moe, tmp_
                 assert shape == (*packed[:-1], packed[-1] // 8), name
             else:  # one float32 scale per weight, or per expert and row of a stack
                 assert shape == () or shape[0] == packed[0], name
+    if quantization == "dsv4":  # FP8 codes [N, K] split on dim 0, one whole scale per 128 x 128 block in each
+        scales = [name for name in sharded["constants"] if name.endswith(".0.scale")]
+        assert len(scales) == 17 and len(sharded["constants"]) == 17 + 8
+        for name in scales:
+            shape, kind = sharded["constants"][name]
+            full = sharded["held"][name.rsplit(".", 2)[0] + ".original"][0]
+            assert kind == "Tensor" and shape == (-(-full[0] // 128), -(-full[1] // 128)), name
 
     model = prepared(str(base), quantization, lora, not experts_16_bit)
     adam = adam_for(model, optimizer)
