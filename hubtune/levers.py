@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 class Levers:
     """How a run uses the machine: the config's auto settings resolved for this device and base."""
 
-    attention: str  # sdpa | flash_attention_2 | eager
+    attention: str | None  # sdpa | flash_attention_2 | eager; None: the model has no attention (Mamba)
     liger: bool  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU) through TRL
     padding_free: bool  # each batch one row with position ids
     gradient_checkpointing: bool
 
     def describe(self) -> str:
-        return (f"{self.attention} attention{', Liger kernels' if self.liger else ''}"
+        return (f"{f'{self.attention} attention' if self.attention else 'no attention layers'}{', Liger kernels' if self.liger else ''}"
                 f"{', padding-free rows' if self.padding_free else ''}, gradient checkpointing "
                 f"{'on' if self.gradient_checkpointing else 'off'}")
 

@@ -33,6 +33,8 @@ EXAMPLE_AWARE = frozenset({"nemotron_h", "qwen3_next", "qwen3_5", "qwen3_5_text"
                            "zamba", "zamba2", "mamba", "mamba2", "falcon_mamba", "olmo_hybrid"})
 AWARE_IN_WORDS = ("Nemotron-H, Granite 4.0 hybrids, Bamba, Zamba, Zamba2, Falcon-H1, Jamba, Mamba, Mamba-2, "
                   "FalconMamba, Qwen3-Next, Qwen3.5 (+MoE), OLMo-Hybrid, LFM2 (+MoE) and Kimi-Linear")
+# Families with no attention layer at all (transformers refuses an attn_implementation for them).
+ATTENTION_FREE = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm"})
 ATTENTION = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention", "global", "local"})
 NOT_MIXING = frozenset({"mlp", "moe", "dense", "sparse"})  # layer kinds that mix no tokens (Nemotron-H, Kimi)
 RECURRENT_WORDS = ("linear", "mamba", "conv", "ssm", "recurrent", "delta", "rnn", "lightning")
@@ -68,6 +70,11 @@ def stateful_layers(model_config) -> str | None:
     if any(key.startswith(("mamba", "ssm")) for key in to_dict):
         return "state-space (Mamba)"
     return None
+
+
+def attention_free(model_config) -> bool:
+    """Whether the model has no attention layer (pure state-space or RNN models)."""
+    return getattr(_text(model_config), "model_type", None) in ATTENTION_FREE
 
 
 def packing_problem(model_config) -> str | None:
@@ -130,8 +137,10 @@ LAYERS = {"Qwen3NextDecoderLayer": "linear_attn", "Qwen3_5DecoderLayer": "linear
 # "masks": the same, and the model's masks are built with position_ids (Granite 4.0's hybrids build their
 # attention masks without them); "mask": they ride on the attention_mask (Carried: the pure Mamba models drop
 # position_ids, and their blocks hand the mixer only the mask).
+# The pure Mamba backbones are patched too: TRL's fused loss calls the backbone itself, with position_ids.
 MODELS = {"GraniteMoeHybridModel": "masks", "MambaForCausalLM": "mask", "FalconMambaForCausalLM": "mask",
-          "Mamba2ForCausalLM": "mask", "Mamba2Model": "kwargs", "ZambaModel": "kwargs"}
+          "MambaModel": "mask", "FalconMambaModel": "mask", "Mamba2ForCausalLM": "mask", "Mamba2Model": "kwargs",
+          "ZambaModel": "kwargs"}
 # Layers that hand their mixer no keyword arguments but attention_mask: the examples ride on it (Carried).
 THROUGH_MASK = frozenset({"JambaMambaDecoderLayer"})
 _GATED_DELTA = (("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"), ("causal_conv1d", "causal_conv1d_fn"))

@@ -243,6 +243,8 @@ def _train(run: RunFolder, config: cfg.RunConfig, resume: bool, callbacks: list,
     levers = recipe_levers(config, hw, base.path, families.family_of(model_config, tokenizer.chat_template))
     if levers.padding_free and config.data.padding_free == "auto" and recurrent.packing_problem(model_config):
         levers = dataclasses.replace(levers, padding_free=False)  # a flat row would mix the examples' states
+    if recurrent.attention_free(model_config):  # transformers refuses to load them with an attention kernel named
+        levers = dataclasses.replace(levers, attention=None)
     display.phase("loading", f"{config.model.id} ({config.model.quantization}) on {hw.device}, "
                              f"{str(hw.compute_dtype).removeprefix('torch.')} compute, {levers.describe()}")
     sharded = mode in distributed.SHARDED and distributed.world_size() > 1

@@ -331,6 +331,12 @@ def test_packing_is_allowed_where_examples_stay_apart():
     assert recurrent.packing_problem_by_name("meta-llama/Llama-3.1-8B") is None
 
 
+# LoRA targets of the packed runs: attention and the mixer's input projection (Mamba: no attention; its blocks
+# are reached by TRL's fused loss through the backbone, not the model's forward).
+TRAINED = {"qwen3_5_text": ["q_proj", "v_proj", "in_proj_qkv"], "granitemoehybrid": ["q_proj", "v_proj", "in_proj"],
+           "mamba": ["in_proj", "x_proj"]}
+
+
 def packed_run(tmp_path, base, targets) -> list[float]:
     """hubtune.train, 1 step and evaluations, on packed invoices (rows of several examples) with gradient
     checkpointing; the held-out losses."""
@@ -351,11 +357,12 @@ def packed_run(tmp_path, base, targets) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["nemotron_h", "qwen3_5_text"])
+@pytest.mark.parametrize("family", ["nemotron_h", "qwen3_5_text", "granitemoehybrid", "mamba"])
 def test_a_packed_run_trains_with_its_examples_apart(tmp_path, monkeypatch, family):
     """hubtune.train on packed invoices, no context parallelism: every batch is a packed row of several examples,
     and the recurrent layers compute them apart (Nemotron-H's Mamba-2 through hubtune's scan with a group of one,
-    Qwen3.5's Gated DeltaNet once per example)."""
+    Qwen3.5's Gated DeltaNet, Granite 4.0's and Mamba's mixers once per example; Mamba, which has no attention,
+    loads without an attention kernel and is reached through its backbone by TRL's fused loss)."""
     from context_parallel_same import saved_base
     from transformers import AutoModelForCausalLM
 
@@ -374,7 +381,7 @@ def test_a_packed_run_trains_with_its_examples_apart(tmp_path, monkeypatch, fami
         model_config.vocab_size = 902  # the tiny base's tokenizer
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(model_config).float()
-        targets, forward = ["q_proj", "v_proj", "in_proj_qkv"], recurrent.by_example
+        targets, forward = TRAINED[family], recurrent.by_example
 
         def recorded(original, hidden_states, examples, *args, **kwargs):
             seen.append((int(examples.max()) + 1, torch.is_grad_enabled()))
