@@ -30,9 +30,10 @@ STATEFUL = {
 # Packed rows keep their examples apart through these (hubtune.context_parallel).
 EXAMPLE_AWARE = frozenset({"nemotron_h", "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text",
                            "lfm2", "lfm2_moe", "falcon_h1", "kimi_linear", "jamba", "granitemoehybrid", "bamba",
-                           "zamba", "zamba2", "mamba", "mamba2", "falcon_mamba", "olmo_hybrid"})
+                           "zamba", "zamba2", "mamba", "mamba2", "falcon_mamba", "olmo_hybrid", "minimax"})
 AWARE_IN_WORDS = ("Nemotron-H, Granite 4.0 hybrids, Bamba, Zamba, Zamba2, Falcon-H1, Jamba, Mamba, Mamba-2, "
-                  "FalconMamba, Qwen3-Next, Qwen3.5 (+MoE), OLMo-Hybrid, LFM2 (+MoE) and Kimi-Linear")
+                  "FalconMamba, Qwen3-Next, Qwen3.5 (+MoE), OLMo-Hybrid, LFM2 (+MoE), Kimi-Linear and "
+                  "MiniMax-Text-01")
 # Families with no attention layer at all (transformers refuses an attn_implementation for them).
 ATTENTION_FREE = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm"})
 ATTENTION = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention", "global", "local"})
@@ -130,7 +131,7 @@ LAYERS = {"Qwen3NextDecoderLayer": "linear_attn", "Qwen3_5DecoderLayer": "linear
           "BambaDecoderLayer": "mamba", "Mamba2Block": "mixer", "Zamba2MambaDecoderLayer": "mamba",
           # Zamba2's hybrid layer hands its Mamba layer everything but position_ids
           "Zamba2HybridLayer": "mamba_decoder.mamba",
-          "OlmoHybridLinearAttentionDecoderLayer": "linear_attn"}
+          "OlmoHybridLinearAttentionDecoderLayer": "linear_attn", "MiniMaxDecoderLayer": "self_attn"}
 # Models whose forward never hands position_ids to its layers, and how the examples reach the mixers instead:
 # "kwargs": the model hands them to each layer as a keyword argument, which the layers pass on to their mixers
 # (Zamba; and Mamba-2's backbone, given them on its mask by Mamba2ForCausalLM, which drops position_ids);
@@ -164,6 +165,7 @@ KERNELS = {
     "Zamba2MambaMixer": (_MAMBA2, ("seq_idx",)),
     "Mamba2Mixer": (_MAMBA2, ("seq_idx",)),
     # mamba-ssm's selective scan (Mamba-1) takes no boundaries: one call per example
+    "MiniMaxLightningAttention": ((), ()),  # block-wise torch, no kernels: one call per example
     "JambaMambaMixer": ((), ()), "MambaMixer": ((), ()), "FalconMambaMixer": ((), ()), "ZambaMambaMixer": ((), ()),
 }
 MIXERS = frozenset(KERNELS)
@@ -280,15 +282,18 @@ def by_example(original, hidden_states, examples, *args, **kwargs):
     mask = kwargs.pop("attention_mask", None)
     for name in FLASH_KWARGS:  # boundaries for kernels, which the torch path refuses: each call is one example
         kwargs.pop(name, None)
-    rows = []
+    rows, rest = [], ()
     for row in range(hidden_states.shape[0]):
         starts = (torch.nonzero(examples[row, 1:] != examples[row, :-1]).flatten() + 1).tolist()
         bounds = [0, *starts, hidden_states.shape[1]]
-        rows.append(torch.cat([
-            original(hidden_states[row:row + 1, start:end], *args,
-                     attention_mask=_slice_mask(mask, row, start, end), **kwargs)
-            for start, end in zip(bounds, bounds[1:])], dim=1))
-    return torch.cat(rows, dim=0)
+        outputs = [original(hidden_states[row:row + 1, start:end], *args,
+                            attention_mask=_slice_mask(mask, row, start, end), **kwargs)
+                   for start, end in zip(bounds, bounds[1:])]
+        if isinstance(outputs[0], tuple):  # (output, state): MiniMax's lightning attention, whose state is unused
+            outputs, rest = [out[0] for out in outputs], (None,) * (len(outputs[0]) - 1)
+        rows.append(torch.cat(outputs, dim=1))
+    out = torch.cat(rows, dim=0)
+    return (out, *rest) if rest else out
 
 
 def with_boundaries(original, names, hidden_states, examples, *args, **kwargs):
