@@ -30,10 +30,11 @@ STATEFUL = {
 # Packed rows keep their examples apart through these (hubtune.context_parallel).
 EXAMPLE_AWARE = frozenset({"nemotron_h", "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text",
                            "lfm2", "lfm2_moe", "falcon_h1", "kimi_linear", "jamba", "granitemoehybrid", "bamba",
-                           "zamba", "zamba2", "mamba", "mamba2", "falcon_mamba", "olmo_hybrid", "minimax"})
+                           "zamba", "zamba2", "mamba", "mamba2", "falcon_mamba", "olmo_hybrid", "minimax",
+                           "recurrent_gemma"})
 AWARE_IN_WORDS = ("Nemotron-H, Granite 4.0 hybrids, Bamba, Zamba, Zamba2, Falcon-H1, Jamba, Mamba, Mamba-2, "
-                  "FalconMamba, Qwen3-Next, Qwen3.5 (+MoE), OLMo-Hybrid, LFM2 (+MoE), Kimi-Linear and "
-                  "MiniMax-Text-01")
+                  "FalconMamba, Qwen3-Next, Qwen3.5 (+MoE), OLMo-Hybrid, LFM2 (+MoE), Kimi-Linear, "
+                  "MiniMax-Text-01 and RecurrentGemma")
 # Families with no attention layer at all (transformers refuses an attn_implementation for them).
 ATTENTION_FREE = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm"})
 ATTENTION = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention", "global", "local"})
@@ -134,14 +135,14 @@ LAYERS = {"Qwen3NextDecoderLayer": "linear_attn", "Qwen3_5DecoderLayer": "linear
           "OlmoHybridLinearAttentionDecoderLayer": "linear_attn", "MiniMaxDecoderLayer": "self_attn"}
 # Models whose forward never hands position_ids to its layers, and how the examples reach the mixers instead:
 # "kwargs": the model hands them to each layer as a keyword argument, which the layers pass on to their mixers
-# (Zamba; and Mamba-2's backbone, given them on its mask by Mamba2ForCausalLM, which drops position_ids);
+# (Zamba; RecurrentGemma, whose model hands its layers position_ids as a positional argument; and Mamba-2's backbone, given them on its mask by Mamba2ForCausalLM, which drops position_ids);
 # "masks": the same, and the model's masks are built with position_ids (Granite 4.0's hybrids build their
 # attention masks without them); "mask": they ride on the attention_mask (Carried: the pure Mamba models drop
 # position_ids, and their blocks hand the mixer only the mask).
 # The pure Mamba backbones are patched too: TRL's fused loss calls the backbone itself, with position_ids.
 MODELS = {"GraniteMoeHybridModel": "masks", "MambaForCausalLM": "mask", "FalconMambaForCausalLM": "mask",
           "MambaModel": "mask", "FalconMambaModel": "mask", "Mamba2ForCausalLM": "mask", "Mamba2Model": "kwargs",
-          "ZambaModel": "kwargs"}
+          "ZambaModel": "kwargs", "RecurrentGemmaModel": "kwargs"}
 # Layers that hand their mixer no keyword arguments but attention_mask: the examples ride on it (Carried).
 THROUGH_MASK = frozenset({"JambaMambaDecoderLayer"})
 _GATED_DELTA = (("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"), ("causal_conv1d", "causal_conv1d_fn"))
@@ -165,7 +166,8 @@ KERNELS = {
     "Zamba2MambaMixer": (_MAMBA2, ("seq_idx",)),
     "Mamba2Mixer": (_MAMBA2, ("seq_idx",)),
     # mamba-ssm's selective scan (Mamba-1) takes no boundaries: one call per example
-    "MiniMaxLightningAttention": ((), ()),  # block-wise torch, no kernels: one call per example
+    "MiniMaxLightningAttention": ((), ()),
+    "RecurrentGemmaRecurrentBlock": ((), ()),  # torch conv and RG-LRU scan, no kernels  # block-wise torch, no kernels: one call per example
     "JambaMambaMixer": ((), ()), "MambaMixer": ((), ()), "FalconMambaMixer": ((), ()), "ZambaMambaMixer": ((), ()),
 }
 MIXERS = frozenset(KERNELS)
@@ -274,6 +276,15 @@ def _slice_mask(mask, row, start, end):
     return mask
 
 
+def _slice_positions(kwargs, shape, row, start, end):
+    """The mixer's keyword arguments for one example: its own position_ids where the mixer reads them
+    (RecurrentGemma's RG-LRU)."""
+    positions = kwargs.get("position_ids")
+    if getattr(positions, "shape", None) is not None and tuple(positions.shape) == tuple(shape):
+        return {**kwargs, "position_ids": positions[row:row + 1, start:end]}
+    return kwargs
+
+
 def by_example(original, hidden_states, examples, *args, **kwargs):
     """The mixer run on each packed example of each row alone (its hidden states, a fresh state), concatenated:
     what each example gives run by itself."""
@@ -287,7 +298,8 @@ def by_example(original, hidden_states, examples, *args, **kwargs):
         starts = (torch.nonzero(examples[row, 1:] != examples[row, :-1]).flatten() + 1).tolist()
         bounds = [0, *starts, hidden_states.shape[1]]
         outputs = [original(hidden_states[row:row + 1, start:end], *args,
-                            attention_mask=_slice_mask(mask, row, start, end), **kwargs)
+                            attention_mask=_slice_mask(mask, row, start, end),
+                            **_slice_positions(kwargs, hidden_states.shape[:2], row, start, end))
                    for start, end in zip(bounds, bounds[1:])]
         if isinstance(outputs[0], tuple):  # (output, state): MiniMax's lightning attention, whose state is unused
             outputs, rest = [out[0] for out in outputs], (None,) * (len(outputs[0]) - 1)

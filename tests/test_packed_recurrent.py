@@ -1,13 +1,13 @@
 """Packed rows through layers that carry a state from token to token: Nemotron-H's Mamba-2 layers restart at
 each packed example (hubtune.context_parallel with a group of one, or seq_idx for mamba-ssm's kernels), and
 the other families' recurrent mixers run per example or hand the kernels the boundaries (hubtune.recurrent);
-packing is refused before training for the rest (RecurrentGemma, RWKV, xLSTM)."""
+packing is refused before training for the rest (RWKV, xLSTM)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GraniteMoeHybridConfig, LlamaConfig, NemotronHConfig, RecurrentGemmaConfig, RwkvConfig, xLSTMConfig
+from transformers import GraniteMoeHybridConfig, LlamaConfig, NemotronHConfig, RwkvConfig, xLSTMConfig
 
 from context_parallel_same import examples, grads, packed, tiny_nemotron_h
 from hubtune import config as cfg
@@ -151,6 +151,9 @@ FAMILIES = {
     "minimax": ("MiniMaxConfig", {"num_hidden_layers": 3, "head_dim": 8, "block_size": 4, "num_local_experts": 4,
                                   "num_experts_per_tok": 2,
                                   "layer_types": ["linear_attention", "full_attention", "linear_attention"]}),
+    "recurrent_gemma": ("RecurrentGemmaConfig", {"num_hidden_layers": 3, "lru_width": 32, "conv1d_width": 4,
+                                                 "block_types": ["recurrent", "attention", "recurrent"],
+                                                 "attention_window_size": 64}),
     # Pure Mamba models: no attention; their forward drops position_ids (hubtune reads them before it does).
     "mamba2": ("Mamba2Config", {"num_hidden_layers": 2, "state_size": 8, "num_heads": 8, "head_dim": 8,
                                 "n_groups": 2, "conv_kernel": 4, "chunk_size": 4, "expand": 2}),
@@ -179,7 +182,7 @@ def tiny(family):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_packed_rows_keep_examples_apart_in_other_recurrent_families(family):
     """Each family's recurrent mixers (Gated DeltaNet, short convolutions, Mamba and Mamba-2, Kimi's KDA, MiniMax's
-    lightning attention), run on
+    lightning attention, RecurrentGemma's conv and RG-LRU), run on
     each packed example alone with a fresh state, whether position_ids reach the layers or only the model (Granite
     4.0's hybrids, Zamba, the pure Mamba models, which also take position_ids only to drop them): the packed rows' logits, loss and gradients are each example's
     run alone, gradient checkpointing included; transformers' forward carries the state over (the gap below)."""
@@ -292,14 +295,14 @@ def nemotron_h():
 
 
 @pytest.mark.parametrize("model_config, layers", [
-    (xLSTMConfig(**TINY), "xLSTM"), (RecurrentGemmaConfig(**TINY), "RG-LRU recurrent"), (RwkvConfig(**TINY), "RWKV")])
+    (xLSTMConfig(**TINY), "xLSTM"), (RwkvConfig(**TINY), "RWKV")])
 def test_other_state_space_and_linear_attention_layers_are_named(model_config, layers):
     why = recurrent.packing_problem(model_config)
     assert why.startswith(f"the model's {layers}") and f"(only for {recurrent.AWARE_IN_WORDS})" in why
 
 
 def test_packing_is_refused_for_other_state_space_and_linear_attention_models():
-    model_config = RecurrentGemmaConfig(**TINY)
+    model_config = xLSTMConfig(**TINY)
     config = cfg.build({"model": {"id": "hubtune:tiny-llama"}, "data": {"sources": ["x.jsonl"], "packing": True},
                         "lora": {"dropout": 0.0}},
                        check_paths=False)
