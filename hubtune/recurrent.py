@@ -5,9 +5,11 @@ A packed row (data.packing, or padding-free rows) holds several examples, each w
 0. Attention keeps them apart by those position_ids; a recurrent layer's state and conv window run on from one
 example into the next unless its forward restarts at each example's start, which transformers' does not (its
 torch paths ignore position_ids, its kernels get no boundaries). hubtune restarts them for Nemotron-H's Mamba-2
-layers (hubtune.context_parallel) and for the mixers in LAYERS below (keep_examples_apart: each example run
-alone through transformers' own mixer, or the boundaries handed to the CUDA kernels that take them), and refuses
-packed rows for the other families before training rather than train on leaked state."""
+layers (hubtune.context_parallel) and for the mixers in KERNELS below (keep_examples_apart: each example run
+alone through transformers' own mixer, or the boundaries handed to the CUDA kernels that take them; the examples
+reach the mixer from its decoder layer (LAYERS) or, where position_ids never reach the layers, from the model
+(MODELS)), and refuses packed rows for the other families (RWKV, xLSTM) before training rather than train on
+leaked state."""
 
 from __future__ import annotations
 
