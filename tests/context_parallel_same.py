@@ -63,12 +63,15 @@ def grads(model) -> dict:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def reference(model, rows):
+def each_alone(model, rows):
+    """Each example of the rows run by itself: the rows' logits, the loss over all their tokens, its gradients."""
     model.zero_grad()
     tokens = sum(len(e) - 1 for row in rows for e in row)
-    loss = sum(model(input_ids=e[None], labels=e[None]).loss * (len(e) - 1) / tokens for row in rows for e in row)
+    runs = [[model(input_ids=e[None], labels=e[None], use_cache=False) for e in row] for row in rows]
+    alone = torch.stack([torch.cat([run.logits[0].detach() for run in row]) for row in runs])
+    loss = sum(run.loss * (run.logits.shape[1] - 1) / tokens for row in runs for run in row)
     loss.backward()
-    return loss.item(), grads(model)
+    return alone, loss.item(), grads(model)
 
 
 def saved_base(model, folder):
@@ -161,7 +164,7 @@ def main(out: str) -> None:
     rows = examples()
     # A row of 4 tokens, 2 a process: fewer than the conv's kernel-1 inputs before the second half.
     short = [[torch.arange(10, 14)]]
-    references = [reference(model, rows), reference(model, short)]
+    references = [each_alone(model, rows)[1:], each_alone(model, short)[1:]]
     cp.prepare(model)
     group, local_rank = cp.groups(2)
     splits = [split_over_two(model, rows, group, local_rank), split_over_two(model, short, group, local_rank)]

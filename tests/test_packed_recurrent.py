@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GraniteMoeHybridConfig, LlamaConfig, NemotronHConfig, RwkvConfig
 
-from context_parallel_same import examples, grads, packed, tiny_nemotron_h
+from context_parallel_same import each_alone, examples, grads, packed, tiny_nemotron_h
 from hubtune import config as cfg
 from hubtune import context_parallel as cp
 from hubtune import recurrent
@@ -26,25 +26,9 @@ def packed_logits_and_grads(model, rows):
     return out.logits.detach(), out.loss.item(), grads(model)
 
 
-def test_packed_rows_give_each_examples_own_logits_loss_and_gradients():
-    """A tiny Nemotron-H (Mamba-2 chunks of 4 tokens, conv kernel 4, examples starting inside and across chunks):
-    transformers' forward carries each example's Mamba state into the next (the gap below); with the blocks
-    patched, every packed row's logits, the loss and all gradients are each example's run alone, gradient
-    checkpointing (which recomputes the blocks in the backward pass) included."""
-    model = tiny_nemotron_h()
-    rows = examples()
-    tokens = sum(len(e) - 1 for row in rows for e in row)
-    runs = [[model(input_ids=e[None], labels=e[None], use_cache=False) for e in row] for row in rows]
-    alone = torch.stack([torch.cat([run.logits[0].detach() for run in row]) for row in runs])
-    loss_alone = sum(run.loss * (run.logits.shape[1] - 1) / tokens for row in runs for run in row)
-    loss_alone.backward()
-    loss_alone, grads_alone = loss_alone.item(), grads(model)
-    leaked, _, _ = packed_logits_and_grads(model, rows)
-    assert (leaked - alone).abs().max() > 0.1  # the state leaks without hubtune's forward
-    with torch.no_grad():  # with a cache (generation: its left padding restarts position_ids too)
-        cached = model(**packed(rows), use_cache=True).logits
-
-    assert cp.keep_packed_examples_apart(model) == 2
+def assert_packed_rows_equal(model, rows, alone, loss_alone, grads_alone):
+    """The packed rows' logits, loss and every gradient are each_alone's, without and then with gradient
+    checkpointing (which recomputes the layers in the backward pass)."""
     for checkpointing in (False, True):
         if checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -54,6 +38,23 @@ def test_packed_rows_give_each_examples_own_logits_loss_and_gradients():
         assert got.keys() == grads_alone.keys()
         for name, grad in got.items():
             torch.testing.assert_close(grad, grads_alone[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_packed_rows_give_each_examples_own_logits_loss_and_gradients():
+    """A tiny Nemotron-H (Mamba-2 chunks of 4 tokens, conv kernel 4, examples starting inside and across chunks):
+    transformers' forward carries each example's Mamba state into the next (the gap below); with the blocks
+    patched, every packed row's logits, the loss and all gradients are each example's run alone, gradient
+    checkpointing (which recomputes the blocks in the backward pass) included."""
+    model = tiny_nemotron_h()
+    rows = examples()
+    alone, loss_alone, grads_alone = each_alone(model, rows)
+    leaked, _, _ = packed_logits_and_grads(model, rows)
+    assert (leaked - alone).abs().max() > 0.1  # the state leaks without hubtune's forward
+    with torch.no_grad():  # with a cache (generation: its left padding restarts position_ids too)
+        cached = model(**packed(rows), use_cache=True).logits
+
+    assert cp.keep_packed_examples_apart(model) == 2
+    assert_packed_rows_equal(model, rows, alone, loss_alone, grads_alone)
     # One example per row (no restart after the first token) and forwards with a cache take transformers' own.
     with torch.no_grad():
         one = rows[2][1][None]
@@ -188,26 +189,13 @@ def test_packed_rows_keep_examples_apart_in_other_recurrent_families(family):
     run alone, gradient checkpointing included; transformers' forward carries the state over (the gap below)."""
     model = tiny(family)
     rows = examples()
-    tokens = sum(len(e) - 1 for row in rows for e in row)
-    runs = [[model(input_ids=e[None], labels=e[None], use_cache=False) for e in row] for row in rows]
-    alone = torch.stack([torch.cat([run.logits[0].detach() for run in row]) for row in runs])
-    loss_alone = sum(run.loss * (run.logits.shape[1] - 1) / tokens for row in runs for run in row)
-    loss_alone.backward()
-    loss_alone, grads_alone = loss_alone.item(), grads(model)
+    alone, loss_alone, grads_alone = each_alone(model, rows)
     leaked, _, _ = packed_logits_and_grads(model, rows)
     assert (leaked - alone).abs().max() > 0.05  # the state leaks without hubtune's forward
     assert recurrent.packing_problem(model.config) is None
 
     assert cp.keep_packed_examples_apart(model) == (3 if family == "zamba" else 2)  # Zamba: a Mamba per hybrid
-    for checkpointing in (False, True):
-        if checkpointing:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
-        logits, loss, got = packed_logits_and_grads(model, rows)
-        torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)
-        assert loss == pytest.approx(loss_alone, rel=1e-6)
-        assert got.keys() == grads_alone.keys()
-        for name, grad in got.items():
-            torch.testing.assert_close(grad, grads_alone[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert_packed_rows_equal(model, rows, alone, loss_alone, grads_alone)
     if family in ("mamba", "mamba2", "falcon_mamba"):
         # TRL's fused loss calls the backbone itself, with position_ids (which the model's forward drops).
         batch = {key: value for key, value in packed(rows).items() if key != "labels"}
