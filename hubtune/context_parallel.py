@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hubtune.recurrent import packed
+
 ATTENTION = "hubtune_context_parallel"
 
 
@@ -309,11 +311,6 @@ def mamba2_forward(mixer, hidden_states: torch.Tensor, split: Split) -> torch.Te
 
 MIXERS = ("NemotronHMamba2Mixer",)
 BLOCKS = ("NemotronHBlock",)  # their position_ids say where packed examples start; their Mamba mixers get no ids
-
-
-def packed(position_ids: torch.Tensor) -> bool:
-    """Whether a row holds several examples: position_ids restart at 0 after its first token."""
-    return bool((position_ids[..., 1:] == 0).any())
 
 
 def seq_idx(position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

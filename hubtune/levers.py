@@ -25,7 +25,8 @@ class Levers:
     gradient_checkpointing: bool
 
     def describe(self) -> str:
-        return (f"{f'{self.attention} attention' if self.attention else 'no attention layers'}{', Liger kernels' if self.liger else ''}"
+        attention = f"{self.attention} attention" if self.attention else "no attention layers"
+        return (f"{attention}{', Liger kernels' if self.liger else ''}"
                 f"{', padding-free rows' if self.padding_free else ''}, gradient checkpointing "
                 f"{'on' if self.gradient_checkpointing else 'off'}")
 

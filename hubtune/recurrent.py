@@ -137,7 +137,8 @@ LAYERS = {"Qwen3NextDecoderLayer": "linear_attn", "Qwen3_5DecoderLayer": "linear
           "OlmoHybridLinearAttentionDecoderLayer": "linear_attn", "MiniMaxDecoderLayer": "self_attn"}
 # Models whose forward never hands position_ids to its layers, and how the examples reach the mixers instead:
 # "kwargs": the model hands them to each layer as a keyword argument, which the layers pass on to their mixers
-# (Zamba; RecurrentGemma, whose model hands its layers position_ids as a positional argument; and Mamba-2's backbone, given them on its mask by Mamba2ForCausalLM, which drops position_ids);
+# (Zamba; RecurrentGemma, whose model hands its layers position_ids as a positional argument; and Mamba-2's
+# backbone, given them on its mask by Mamba2ForCausalLM, which drops position_ids);
 # "masks": the same, and the model's masks are built with position_ids (Granite 4.0's hybrids build their
 # attention masks without them); "mask": they ride on the attention_mask (Carried: the pure Mamba models drop
 # position_ids, and their blocks hand the mixer only the mask).
@@ -167,9 +168,9 @@ KERNELS = {
     "GraniteMoeHybridMambaLayer": (_MAMBA2, ("seq_idx",)),
     "Zamba2MambaMixer": (_MAMBA2, ("seq_idx",)),
     "Mamba2Mixer": (_MAMBA2, ("seq_idx",)),
-    # mamba-ssm's selective scan (Mamba-1) takes no boundaries: one call per example
-    "MiniMaxLightningAttention": ((), ()),
-    "RecurrentGemmaRecurrentBlock": ((), ()),  # torch conv and RG-LRU scan, no kernels  # block-wise torch, no kernels: one call per example
+    # No kernel that takes boundaries, so one call per example everywhere: MiniMax's lightning attention and
+    # RecurrentGemma's conv and RG-LRU scan are torch code, and mamba-ssm's selective scan (Mamba-1) takes none.
+    "MiniMaxLightningAttention": ((), ()), "RecurrentGemmaRecurrentBlock": ((), ()),
     "JambaMambaMixer": ((), ()), "MambaMixer": ((), ()), "FalconMambaMixer": ((), ()), "ZambaMambaMixer": ((), ()),
 }
 MIXERS = frozenset(KERNELS)

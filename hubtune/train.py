@@ -1136,7 +1136,8 @@ def trainer_args(config: cfg.RunConfig, hw: Hardware, path: Path, has_eval: bool
         save_total_limit=t.save_total_limit,
         use_liger_kernel=levers.liger,
         include_num_input_tokens_seen="non_padding",
-        # transformers cannot checkpoint the optimizer of a model it sharded as it loaded (expert parallelism).
+        # transformers refuses at construction to checkpoint the optimizer of a model it sharded as it loaded
+        # (expert parallelism); expert_lora.keep_per_process then saves it per process and turns this off.
         save_only_model=t.expert_parallel_size > 1,
         report_to=trackers or "none",
         dataloader_pin_memory=hw.device == "cuda",
